@@ -1,0 +1,46 @@
+# Two commands a newcomer needs: `make demo` and `make test`. Both set up .venv on first use.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint fmt venv redis-check clean
+
+venv: $(STAMP)
+
+# torch is installed first and exactly pinned: any looser request lets pip fetch the multi-GB CUDA build.
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/legato demo
+
+# Tests start their own redis-server (pytest-redis); they need the binary.
+redis-check:
+	@command -v redis-server >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "redis-server not found: installing it with apt-get"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; \
+	  else \
+	    echo "The tests need a redis-server binary. Install it (Debian/Ubuntu: sudo apt-get install redis-server; macOS: brew install redis) and run make test again." >&2; \
+	    exit 1; \
+	  fi; }
+
+lint: $(STAMP)
+	$(BIN)/ruff check legato tests examples
+	$(BIN)/ruff format --check legato tests examples
+	$(BIN)/mypy
+
+fmt: $(STAMP)
+	$(BIN)/ruff check --fix legato tests examples
+	$(BIN)/ruff format legato tests examples
+
+test: $(STAMP) redis-check lint
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -1,0 +1,244 @@
+"""The `Engine` protocol: what Legato needs from an inference engine, and nothing more.
+
+Every engine (the embedded torch engine, vLLM / SGLang over HTTP, the simulated engine) is
+token-in / token-out. Text only exists at the edges (the SDK's prompt templates, the
+OpenAI-compatible servers), where the engine's `tokenizer` converts.
+
+The base protocol is small on purpose. What only some engines can do (pin prefixes, export KV
+blocks, take eviction hints) is announced in `capabilities` and offered through the narrower
+protocols at the bottom of this module, so callers check a flag instead of catching
+`NotImplementedError`.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+
+class EngineError(RuntimeError):
+    """An engine failed a request in a way the caller should see (bad input, engine down)."""
+
+
+class Capability(enum.StrEnum):
+    """Optional abilities an engine may announce in `Engine.capabilities`."""
+
+    LOGPROBS = "logprobs"  # per-token logprobs of sampled tokens
+    PRIORITY = "priority"  # honours `GenerateRequest.priority`
+    PREFIX_QUERY = "prefix_query"  # `cached_prefix_tokens` reflects real cache state
+    PIN = "pin"  # `PinnableEngine`: keep a prefix resident through a tool call
+    EVICTION_HINTS = "eviction_hints"  # `EvictionHintEngine`: Legato decides what stays
+    KV_EXPORT = "kv_export"  # `KVTransferEngine.export_blocks`
+    KV_IMPORT = "kv_import"  # `KVTransferEngine.import_blocks`
+    WEIGHT_UPDATE = "weight_update"  # RL: load new policy weights in place
+    SPECULATIVE = "speculative"  # token-level speculative decoding
+
+
+@dataclass(frozen=True, slots=True)
+class SamplingParams:
+    """How to sample. Defaults are greedy decoding of up to 256 tokens."""
+
+    max_tokens: int = 256
+    temperature: float = 0.0  # 0 means greedy
+    top_p: float = 1.0
+    top_k: int = 0  # 0 disables top-k
+    seed: int | None = None  # per-request seed: same seed + same prompt = same tokens
+    stop: tuple[str, ...] = ()  # stop strings (matched on decoded text, not included in output)
+    stop_token_ids: tuple[int, ...] = ()  # in addition to the tokenizer's end-of-sequence token
+    ignore_eos: bool = False
+    logprobs: bool = False  # return the logprob of each sampled token
+
+    def __post_init__(self) -> None:
+        if self.max_tokens < 1:
+            raise ValueError(f"max_tokens must be >= 1, got {self.max_tokens}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0 (0 disables it), got {self.top_k}")
+
+
+@dataclass(frozen=True, slots=True)
+class GenerateRequest:
+    """One LLM call as an engine sees it."""
+
+    request_id: str
+    prompt_token_ids: tuple[int, ...]
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    # Lower value runs first (vLLM's convention). Engines without Capability.PRIORITY ignore it.
+    priority: int = 0
+    # Salt mixed into every prefix-cache block hash. Always derived from the *authenticated*
+    # tenant by the server, never taken from a client. None = the embedded single-tenant default.
+    cache_salt: str | None = None
+    # The program run this call belongs to: session routing / affinity for engines that use it.
+    session_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TokenChunk:
+    """One streamed piece of a generation. The last chunk has `finished=True`."""
+
+    token_ids: tuple[int, ...]
+    text: str = ""  # decoded text of `token_ids` (delta), stop strings already cut
+    logprobs: tuple[float, ...] | None = None  # one per token when requested
+    finished: bool = False
+    finish_reason: str | None = None  # "stop" | "length" | "abort" on the last chunk
+    prompt_tokens: int = 0
+    cached_tokens: int = 0  # prompt tokens served from the prefix cache (known from chunk 1)
+
+
+@dataclass(frozen=True, slots=True)
+class GenerateResult:
+    """A whole generation, as `collect` assembles it from the stream."""
+
+    request_id: str
+    token_ids: tuple[int, ...]
+    text: str
+    logprobs: tuple[float, ...] | None
+    finish_reason: str
+    prompt_tokens: int
+    cached_tokens: int
+
+
+@dataclass(frozen=True, slots=True)
+class EngineCapacity:
+    """KV-cache capacity in blocks. `free_blocks` counts blocks usable right now
+    (free, or cached but unreferenced and so evictable)."""
+
+    block_size: int
+    total_blocks: int
+    free_blocks: int
+
+    @property
+    def total_tokens(self) -> int:
+        return self.block_size * self.total_blocks
+
+
+@runtime_checkable
+class Tokenizer(Protocol):
+    """Text <-> token ids. Engines expose theirs so the SDK can build token-level prompts."""
+
+    @property
+    def eos_token_id(self) -> int: ...
+
+    @property
+    def vocab_size(self) -> int: ...
+
+    def encode(self, text: str) -> list[int]: ...
+
+    def decode(self, token_ids: Sequence[int]) -> str: ...
+
+    def apply_chat_template(
+        self, messages: Sequence[dict[str, str]], add_generation_prompt: bool = True
+    ) -> list[int]: ...
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """Token-in / token-out inference engine."""
+
+    @property
+    def model_name(self) -> str: ...
+
+    @property
+    def capabilities(self) -> frozenset[Capability]: ...
+
+    @property
+    def tokenizer(self) -> Tokenizer: ...
+
+    def generate(self, request: GenerateRequest) -> AsyncIterator[TokenChunk]:
+        """Stream the generation. Raises `EngineError` for requests the engine cannot serve
+        (prompt too long, engine closed). Cancelling the iteration aborts the request."""
+        ...
+
+    async def capacity(self) -> EngineCapacity: ...
+
+    async def cached_prefix_tokens(self, token_ids: Sequence[int], cache_salt: str | None = None) -> int:
+        """How many leading tokens of `token_ids` are in the engine's prefix cache now
+        (a multiple of the block size; 0 for engines without Capability.PREFIX_QUERY)."""
+        ...
+
+    async def abort(self, request_id: str) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+# --- optional capabilities -------------------------------------------------------------------
+
+
+@runtime_checkable
+class PinnableEngine(Engine, Protocol):
+    """Capability.PIN: keep a prefix's blocks resident (unevictable) until unpinned or the TTL
+    expires, e.g. through a tool call whose result the next call will append to."""
+
+    async def pin(self, token_ids: Sequence[int], cache_salt: str | None, ttl_s: float) -> str:
+        """Pin the cached leading blocks of `token_ids`; returns a pin id for `unpin`."""
+        ...
+
+    async def unpin(self, pin_id: str) -> None: ...
+
+
+@runtime_checkable
+class EvictionHintEngine(Engine, Protocol):
+    """Capability.EVICTION_HINTS: Legato's scheduler tells the engine when each cached prefix
+    is next expected to be used; among evictable blocks the engine evicts the one whose next
+    use is furthest away (suffix blocks before their prefixes)."""
+
+    async def set_next_use(self, token_ids: Sequence[int], cache_salt: str | None, next_use_s: float) -> None:
+        """`next_use_s` is seconds from now; `math.inf` means "not expected again"."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class KVBlock:
+    """One block of KV cache, portable between engine processes with the same weights."""
+
+    block_hash: bytes  # chained hash (parent hash, token ids, extra keys), see legato.cache
+    token_ids: tuple[int, ...]
+    layout: str  # e.g. "layers,kv,heads,block,head_dim" - must match on import
+    dtype: str  # torch dtype name, e.g. "float32"
+    shape: tuple[int, ...]
+    data: bytes  # raw tensor bytes in `layout` / `dtype` / `shape`
+
+
+@runtime_checkable
+class KVTransferEngine(Engine, Protocol):
+    """Capability.KV_EXPORT / KV_IMPORT: move KV blocks in and out of the engine by hash."""
+
+    async def export_blocks(self, block_hashes: Sequence[bytes]) -> list[KVBlock]:
+        """Blocks currently cached on the device, in the order asked; missing ones are skipped."""
+        ...
+
+    async def import_blocks(self, blocks: Sequence[KVBlock]) -> int:
+        """Install blocks into the prefix cache; returns how many were installed."""
+        ...
+
+
+async def collect(engine: Engine, request: GenerateRequest) -> GenerateResult:
+    """Run a request to completion and assemble its stream into one result."""
+    token_ids: list[int] = []
+    texts: list[str] = []
+    logprobs: list[float] = []
+    finish_reason = "abort"
+    prompt_tokens = cached_tokens = 0
+    async for chunk in engine.generate(request):
+        token_ids.extend(chunk.token_ids)
+        texts.append(chunk.text)
+        if chunk.logprobs is not None:
+            logprobs.extend(chunk.logprobs)
+        prompt_tokens = chunk.prompt_tokens or prompt_tokens
+        cached_tokens = chunk.cached_tokens or cached_tokens
+        if chunk.finished:
+            finish_reason = chunk.finish_reason or "stop"
+    return GenerateResult(
+        request_id=request.request_id,
+        token_ids=tuple(token_ids),
+        text="".join(texts),
+        logprobs=tuple(logprobs) if request.sampling.logprobs else None,
+        finish_reason=finish_reason,
+        prompt_tokens=prompt_tokens,
+        cached_tokens=cached_tokens,
+    )

@@ -1,0 +1,1 @@
+"""Shared pytest configuration. Test doubles live under tests/, never in the package."""
