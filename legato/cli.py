@@ -20,6 +20,11 @@ app = typer.Typer(
 )
 
 
+@app.callback()
+def _root() -> None:
+    """Agent-workflow-aware orchestration for LLM inference."""
+
+
 @app.command()
 def version() -> None:
     """Print Legato's version."""
