@@ -1,0 +1,46 @@
+"""What one replay of a workload under one policy produced: raw facts, no statistics.
+
+A driver (the simulator, or the runtime against a real engine) fills a `RunOutcome`;
+`legato.bench.metrics` turns outcomes into the numbers `legato bench` reports. Keeping the two
+apart means every driver is measured by the same code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, slots=True)
+class ProgramOutcome:
+    program_id: str
+    tenant: str
+    arrival_s: float
+    finish_s: float
+    calls: int  # LLM calls completed
+    prompt_tokens: int  # summed over its calls
+    output_tokens: int
+
+    @property
+    def tct_s(self) -> float:
+        """Task completion time: submission to last step finished (queueing included)."""
+        return self.finish_s - self.arrival_s
+
+
+@dataclass(slots=True)
+class RunOutcome:
+    policy: str
+    programs: list[ProgramOutcome]
+    makespan_s: float  # first arrival to last finish
+    prompt_tokens: int  # all prompt tokens of all calls (what a cache-less engine computes)
+    prefill_tokens_computed: int  # prompt tokens actually computed, recomputation included
+    cached_prompt_tokens: int  # prompt tokens served from any cache tier at admission
+    preemptions: int
+    pauses: int  # program-level pauses (admission control)
+    replicas: int
+    engine_busy_s: float  # summed over replicas
+    # Weighted service per tenant: w_in * input + w_out * output tokens (VTC cost), unweighted
+    # by the tenant's share. Metrics divide by tenant weights.
+    service_by_tenant: dict[str, float] = field(default_factory=dict)
+    tenant_weights: dict[str, float] = field(default_factory=dict)
+    # Policy- or driver-specific numbers (e.g. reuse-predictor accuracy, tier loads).
+    extra: dict[str, float] = field(default_factory=dict)
