@@ -1,9 +1,118 @@
-"""CLI commands of this component (registered on the `legato` app by legato.cli)."""
+"""CLI commands of this component (registered on the `legato` app by legato.cli).
+
+`legato engine serve` puts the embedded torch engine behind OpenAI-, SGLang- and vLLM-compatible
+HTTP APIs (see `legato.engine_adapter.server`). Heavy imports (torch, fastapi, uvicorn) stay
+inside the command body so `legato --help` stays fast.
+"""
 
 from __future__ import annotations
 
+import socket
+from pathlib import Path
+from typing import Annotated, Any
+
 import typer
+
+engine_app = typer.Typer(
+    name="engine",
+    help="The embedded inference engine: serve it over HTTP.",
+    no_args_is_help=True,
+)
 
 
 def register(app: typer.Typer) -> None:
     """Add this component's commands to `app`."""
+    app.add_typer(engine_app, name="engine")
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """Bind before starting the server so `--port 0` works and the printed URL is exact."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise typer.BadParameter(
+            f"cannot listen on {host}:{port}: {exc.strerror}", param_hint="--port"
+        ) from exc
+    sock.set_inheritable(True)
+    return sock
+
+
+@engine_app.command("serve")
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port (0 = any free port).")] = 8000,
+    checkpoint: Annotated[
+        Path | None,
+        typer.Option(
+            exists=True,
+            file_okay=False,
+            dir_okay=True,
+            readable=True,
+            help="Hugging Face checkpoint directory (config.json, *.safetensors, tokenizer.json). "
+            "Default: the small seeded model with a byte-level tokenizer.",
+        ),
+    ] = None,
+    device: Annotated[str, typer.Option(help="cpu or cuda (cuda:N).")] = "cpu",
+    num_blocks: Annotated[
+        int | None, typer.Option(min=1, help="KV-cache blocks (default: sized by the engine).")
+    ] = None,
+    max_batched_tokens: Annotated[
+        int | None, typer.Option(min=1, help="Token budget of one engine step (chunked prefill).")
+    ] = None,
+    seed: Annotated[
+        int | None, typer.Option(help="Seed of the default model's weights and of unseeded sampling.")
+    ] = None,
+    model_name: Annotated[
+        str | None,
+        typer.Option(help="Served model name (default: the checkpoint directory's name or legato-tiny)."),
+    ] = None,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "warning",
+) -> None:
+    """Serve the torch engine over HTTP: /v1/completions, /v1/chat/completions, /v1/models,
+    /generate (SGLang), /inference/v1/generate (vLLM tokens), /tokenize, /detokenize, /health."""
+    if not (device == "cpu" or device == "cuda" or device.startswith("cuda:")):
+        raise typer.BadParameter(f"device must be cpu, cuda or cuda:N, got {device!r}", param_hint="--device")
+    import anyio
+    import uvicorn
+
+    from legato.engine_adapter.base import EngineError
+    from legato.engine_adapter.server import create_engine_app
+    from legato.engine_adapter.torch import load_engine
+
+    overrides: dict[str, Any] = {}
+    if num_blocks is not None:
+        overrides["num_blocks"] = num_blocks
+    if max_batched_tokens is not None:
+        overrides["max_num_batched_tokens"] = max_batched_tokens
+    if seed is not None:
+        overrides["seed"] = seed
+    try:
+        engine = load_engine(checkpoint, device=device, **overrides)
+    except EngineError as exc:  # bad checkpoint or config: say what is wrong, no traceback
+        typer.echo(f"legato engine serve: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    # The served name: what clients put in `model` (the torch engine's own default differs).
+    engine.core.model_name = model_name or (
+        checkpoint.resolve().name if checkpoint is not None else "legato-tiny"
+    )
+
+    sock = _bind(host, port)
+    bound_host, bound_port = sock.getsockname()[:2]
+    shown = f"[{bound_host}]" if ":" in bound_host else bound_host
+    app = create_engine_app(engine, max_model_len=engine.core.max_model_len, on_shutdown=engine.close)
+    config = uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=5)
+    server = uvicorn.Server(config)
+    typer.echo(
+        f"Legato engine serving {engine.model_name!r} at http://{shown}:{bound_port} "
+        f"(OpenAI API under /v1, docs at /docs)",
+        err=False,
+    )
+    # Flush now: tests and supervisors wait for this line before connecting.
+    import sys
+
+    sys.stdout.flush()
+    anyio.run(server.serve, [sock])

@@ -1,0 +1,314 @@
+"""`VLLMEngine`: the `Engine` protocol over a vLLM server's HTTP API."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Sequence
+from typing import Any, Literal
+
+import anyio
+import httpx
+
+from legato.engine_adapter.base import (
+    Capability,
+    EngineCapacity,
+    EngineError,
+    GenerateRequest,
+    SamplingParams,
+    TokenChunk,
+    Tokenizer,
+)
+from legato.engine_adapter.http.common import (
+    DEFAULT_TIMEOUT_S,
+    IncrementalDecoder,
+    InFlight,
+    iter_sse,
+    make_client,
+    open_stream,
+    parse_prometheus,
+    request_json,
+    request_text,
+)
+
+SERVER = "vLLM"
+TOKENS_PATH = "/inference/v1/generate"
+COMPLETIONS_PATH = "/v1/completions"
+
+Endpoint = Literal["auto", "completions", "generate"]
+
+
+class VLLMEngine:
+    """Token-in/token-out generation on a vLLM server (or anything speaking its API, such as
+    `legato engine serve`).
+
+    Two routes, chosen once per engine (`endpoint="auto"` probes the server's OpenAPI document):
+
+    * `/inference/v1/generate` (vLLM's tokens-in/tokens-out API) when the server has it: no
+      detokenization round trip; text deltas are decoded locally with `tokenizer`. vLLM answers
+      it in one piece (no streaming), so the whole output arrives as one chunk there, and
+      `timeout` (the longest silence on a read) must cover the whole generation.
+    * `/v1/completions` with a token-id prompt, streamed, with `return_token_ids` (vLLM >= 0.10.2)
+      and `stream_options.continuous_usage_stats` so prompt and cached token counts come early.
+
+    Sent through: `priority` (only with `priority_scheduling=True`: vLLM rejects a non-zero
+    priority unless started with `--scheduling-policy priority`), `cache_salt`, `request_id`,
+    sampled-token logprobs. Read back: `usage.prompt_tokens_details.cached_tokens` (vLLM fills
+    it only with `--enable-prompt-tokens-details`; 0 otherwise).
+
+    What the real server lacks, so this engine does not announce it:
+    no prefix query (`cached_prefix_tokens` is always 0: vLLM has no API to ask), no pin/unpin,
+    no eviction hints (vLLM's prefix cache is plain LRU), no KV export/import over HTTP, no
+    session routing (`session_id` is not sent; route upstream), no abort endpoint: `abort()`
+    closes the connection, which vLLM turns into an abort; it takes effect at the next streamed
+    chunk (on the token route, when the single response arrives). `capacity()` reads
+    `vllm:cache_config_info` and `vllm:kv_cache_usage_perc` from `/metrics`.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        tokenizer: Tokenizer,
+        api_key: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT_S,
+        *,
+        endpoint: Endpoint = "auto",
+        priority_scheduling: bool = False,
+    ) -> None:
+        self._base_url = base_url.rstrip("/")
+        self._model = model
+        self._tokenizer = tokenizer
+        self._client = make_client(base_url, api_key, timeout)
+        self._endpoint: Endpoint = endpoint
+        self._probe_lock = anyio.Lock()
+        self._priority_scheduling = priority_scheduling
+        self._inflight = InFlight()
+
+    @property
+    def model_name(self) -> str:
+        return self._model
+
+    @property
+    def capabilities(self) -> frozenset[Capability]:
+        caps = {Capability.LOGPROBS}
+        if self._priority_scheduling:
+            caps.add(Capability.PRIORITY)
+        return frozenset(caps)
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        return self._tokenizer
+
+    async def endpoint(self) -> Literal["completions", "generate"]:
+        """The route in use, probing `/openapi.json` once if it was left to "auto"."""
+        async with self._probe_lock:
+            if self._endpoint == "auto":
+                try:
+                    with anyio.fail_after(15):
+                        spec = await request_json(self._client, SERVER, "GET", "/openapi.json")
+                    has_tokens = TOKENS_PATH in (spec.get("paths") or {})
+                except (EngineError, TimeoutError, AttributeError):
+                    has_tokens = False  # no OpenAPI document: the completions route always exists
+                self._endpoint = "generate" if has_tokens else "completions"
+            return self._endpoint
+
+    def _sampling(self, sp: SamplingParams) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "max_tokens": sp.max_tokens,
+            "temperature": sp.temperature,
+            "top_p": sp.top_p,
+            "ignore_eos": sp.ignore_eos,
+        }
+        if sp.top_k > 0:
+            out["top_k"] = sp.top_k
+        if sp.seed is not None:
+            out["seed"] = sp.seed
+        if sp.stop:
+            out["stop"] = list(sp.stop)
+        if sp.stop_token_ids:
+            out["stop_token_ids"] = list(sp.stop_token_ids)
+        if sp.logprobs:
+            out["logprobs"] = 0  # the sampled token's logprob, no alternatives
+        return out
+
+    def _extras(self, request: GenerateRequest) -> dict[str, Any]:
+        out: dict[str, Any] = {"model": self._model, "request_id": request.request_id}
+        if request.cache_salt is not None:
+            out["cache_salt"] = request.cache_salt
+        if self._priority_scheduling:
+            out["priority"] = request.priority
+        return out
+
+    async def generate(self, request: GenerateRequest) -> AsyncIterator[TokenChunk]:
+        with self._inflight.track(request.request_id):
+            if await self.endpoint() == "generate":
+                stream = self._generate_tokens(request)
+            else:
+                stream = self._generate_completions(request)
+            async for chunk in stream:
+                yield chunk
+                if chunk.finished:
+                    return
+
+    async def _generate_tokens(self, request: GenerateRequest) -> AsyncIterator[TokenChunk]:
+        payload = {
+            **self._extras(request),
+            "token_ids": list(request.prompt_token_ids),
+            "sampling_params": self._sampling(request.sampling),
+            "stream": True,  # honoured by `legato engine serve`; vLLM answers in one piece
+        }
+        decoder = IncrementalDecoder(self._tokenizer)
+        async with open_stream(self._client, SERVER, TOKENS_PATH, payload) as response:
+            if response.headers.get("content-type", "").startswith("text/event-stream"):
+                events: AsyncIterator[dict[str, Any]] = iter_sse(response, SERVER)
+            else:
+                events = _one(await _json_body(response))
+            prompt_tokens = cached = 0
+            async for event in events:
+                if self._inflight.is_aborted(request.request_id):
+                    yield _aborted(prompt_tokens, cached)
+                    return
+                choices = event.get("choices") or []
+                usage = event.get("usage") or {}
+                prompt_tokens = usage.get("prompt_tokens") or prompt_tokens
+                cached = _cached(usage) or cached
+                if not choices:
+                    continue
+                choice = choices[0]
+                ids = tuple(choice.get("token_ids") or ())
+                reason = choice.get("finish_reason")
+                text = decoder.push(ids, final=reason is not None)
+                yield TokenChunk(
+                    token_ids=ids,
+                    text=text,
+                    logprobs=_content_logprobs(choice, len(ids)) if request.sampling.logprobs else None,
+                    finished=reason is not None,
+                    finish_reason=reason,
+                    prompt_tokens=prompt_tokens or len(request.prompt_token_ids),
+                    cached_tokens=cached,
+                )
+                if reason is not None:
+                    return
+        raise EngineError(f"{SERVER} ended {TOKENS_PATH} without a finish_reason")
+
+    async def _generate_completions(self, request: GenerateRequest) -> AsyncIterator[TokenChunk]:
+        payload = {
+            **self._extras(request),
+            **self._sampling(request.sampling),
+            "prompt": list(request.prompt_token_ids),
+            "stream": True,
+            "stream_options": {"include_usage": True, "continuous_usage_stats": True},
+            "return_token_ids": True,
+        }
+        pending: TokenChunk | None = None  # the finishing chunk waits for the final usage
+        prompt_tokens = cached = 0
+        async with open_stream(self._client, SERVER, COMPLETIONS_PATH, payload) as response:
+            async for event in iter_sse(response, SERVER):
+                if self._inflight.is_aborted(request.request_id):
+                    yield _aborted(prompt_tokens, cached)
+                    return
+                usage = event.get("usage") or {}
+                prompt_tokens = usage.get("prompt_tokens") or prompt_tokens
+                cached = _cached(usage) or cached
+                for choice in event.get("choices") or []:
+                    ids = choice.get("token_ids")
+                    text = choice.get("text") or ""
+                    if ids is None:
+                        if not text:
+                            continue
+                        raise EngineError(
+                            f"{SERVER} returned text without token ids: it needs `return_token_ids` "
+                            "(vLLM >= 0.10.2)"
+                        )
+                    logprobs = None
+                    if request.sampling.logprobs:
+                        raw = (choice.get("logprobs") or {}).get("token_logprobs") or []
+                        logprobs = tuple(float(x) if x is not None else 0.0 for x in raw[: len(ids)])
+                    reason = choice.get("finish_reason")
+                    chunk = TokenChunk(
+                        token_ids=tuple(ids),
+                        text=text,
+                        logprobs=logprobs,
+                        finished=reason is not None,
+                        finish_reason=reason,
+                        prompt_tokens=prompt_tokens,
+                        cached_tokens=cached,
+                    )
+                    if reason is None:
+                        yield chunk
+                    else:
+                        pending = chunk
+        if pending is None:
+            raise EngineError(f"{SERVER} ended the completion stream without a finish_reason")
+        yield TokenChunk(
+            token_ids=pending.token_ids,
+            text=pending.text,
+            logprobs=pending.logprobs,
+            finished=True,
+            finish_reason=pending.finish_reason,
+            prompt_tokens=prompt_tokens or len(request.prompt_token_ids),
+            cached_tokens=cached,
+        )
+
+    async def capacity(self) -> EngineCapacity:
+        with anyio.fail_after(30):
+            metrics = parse_prometheus(await request_text(self._client, SERVER, "/metrics"))
+        info = metrics.get("vllm:cache_config_info")
+        if not info:
+            raise EngineError(f"{SERVER} at {self._base_url} reports no vllm:cache_config_info in /metrics")
+        labels = info[0][0]
+        try:
+            block_size = int(labels["block_size"])
+            total = int(labels["num_gpu_blocks"])
+        except (KeyError, ValueError) as exc:
+            raise EngineError(
+                f"{SERVER} /metrics: vllm:cache_config_info lacks block_size/num_gpu_blocks"
+            ) from exc
+        usage = metrics.get("vllm:kv_cache_usage_perc") or metrics.get("vllm:gpu_cache_usage_perc") or []
+        used = max((value for _, value in usage), default=0.0)
+        return EngineCapacity(
+            block_size=block_size, total_blocks=total, free_blocks=round(total * (1 - used))
+        )
+
+    async def cached_prefix_tokens(self, token_ids: Sequence[int], cache_salt: str | None = None) -> int:
+        return 0  # vLLM has no API to ask what is cached
+
+    async def abort(self, request_id: str) -> None:
+        self._inflight.abort(request_id)
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+
+def _cached(usage: dict[str, Any]) -> int:
+    details = usage.get("prompt_tokens_details") or {}
+    return int(details.get("cached_tokens") or 0)
+
+
+def _content_logprobs(choice: dict[str, Any], n: int) -> tuple[float, ...]:
+    content = (choice.get("logprobs") or {}).get("content") or []
+    values = tuple(float(entry.get("logprob", 0.0)) for entry in content[:n])
+    if len(values) != n:
+        raise EngineError(f"{SERVER} returned {len(values)} logprobs for {n} tokens")
+    return values
+
+
+def _aborted(prompt_tokens: int, cached: int) -> TokenChunk:
+    return TokenChunk(
+        token_ids=(), finished=True, finish_reason="abort", prompt_tokens=prompt_tokens, cached_tokens=cached
+    )
+
+
+async def _json_body(response: httpx.Response) -> dict[str, Any]:
+    body = await response.aread()
+    try:
+        data = json.loads(body)
+    except ValueError as exc:
+        raise EngineError(f"{SERVER} answered {TOKENS_PATH} with a body that is not JSON") from exc
+    if not isinstance(data, dict):
+        raise EngineError(f"{SERVER} answered {TOKENS_PATH} with {type(data).__name__}, not an object")
+    return data
+
+
+async def _one(event: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+    yield event

@@ -1,0 +1,383 @@
+"""Wire models of the engine server: OpenAI's API, SGLang's `/generate`, vLLM's token API.
+
+Shapes follow the upstream servers closely enough that their own clients work unchanged: the
+official `openai` client against `/v1/*`, SGLang's native `/generate` (`text` or `input_ids`,
+`sampling_params`, `meta_info`), and vLLM's token-in/token-out `/inference/v1/generate`.
+Unknown request fields are ignored (as vLLM does) so newer clients sending extras still work;
+fields we accept but cannot honour (`n > 1`, `echo`) are rejected with a 400 by the server.
+
+The HTTP engines (`legato.engine_adapter.http`) parse responses with the same models, so the
+client and the server cannot drift apart silently.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+def new_id(prefix: str) -> str:
+    """A fresh response/request id in OpenAI's style (`cmpl-…`, `chatcmpl-…`)."""
+    return f"{prefix}-{uuid.uuid4().hex}"
+
+
+class _Request(BaseModel):
+    """Requests ignore unknown fields: clients send provider extras we do not need."""
+
+    model_config = ConfigDict(extra="ignore")
+
+
+class _Response(BaseModel):
+    """Responses keep unknown fields when parsed by our HTTP engines (servers add extras)."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+# --- errors ----------------------------------------------------------------------------------
+
+
+class ErrorInfo(_Response):
+    message: str
+    type: str = "BadRequestError"
+    param: str | None = None
+    code: int = 400
+
+
+class ErrorResponse(_Response):
+    """OpenAI's (and vLLM's) error body: `{"error": {"message", "type", "param", "code"}}`."""
+
+    error: ErrorInfo
+
+
+# --- shared OpenAI pieces --------------------------------------------------------------------
+
+
+class StreamOptions(_Request):
+    include_usage: bool = False
+    # vLLM extra: put the running `usage` in every chunk, not just the last one.
+    continuous_usage_stats: bool = False
+
+
+class PromptTokensDetails(_Response):
+    cached_tokens: int = 0
+
+
+class Usage(_Response):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+    prompt_tokens_details: PromptTokensDetails | None = None
+
+
+class _SamplingFields(_Request):
+    """Sampling fields common to `/v1/completions` and `/v1/chat/completions` (OpenAI's plus
+    vLLM's extras). Defaults are OpenAI's: temperature 1, top_p 1."""
+
+    model: str
+    max_tokens: int | None = Field(default=None, description="Tokens to generate at most (>= 1).")
+    temperature: float = Field(default=1.0, ge=0, description="0 = greedy.")
+    top_p: float = Field(default=1.0, gt=0, le=1)
+    top_k: int = Field(default=0, description="vLLM extra; 0 or -1 disables top-k.")
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    stop_token_ids: list[int] | None = Field(default=None, description="vLLM extra.")
+    ignore_eos: bool = Field(default=False, description="vLLM extra.")
+    n: int = Field(default=1, description="Only n = 1 is supported.")
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    priority: int = Field(default=0, description="vLLM extra: lower runs first.")
+    cache_salt: str | None = Field(
+        default=None,
+        description=(
+            "vLLM extra: salt mixed into prefix-cache keys. This server sits behind Legato, which "
+            "sets it from the authenticated tenant; do not expose it to untrusted clients directly."
+        ),
+    )
+    request_id: str | None = Field(default=None, description="vLLM extra: id used for abort and logs.")
+    user: str | None = None
+
+
+# --- /v1/completions -------------------------------------------------------------------------
+
+
+class CompletionRequest(_SamplingFields):
+    prompt: str | list[int] | list[str] | list[list[int]] = Field(
+        description="Text, or token ids. A batch (list of prompts) must hold exactly one prompt."
+    )
+    max_tokens: int | None = 16
+    logprobs: int | None = Field(
+        default=None, ge=0, description="Return the sampled tokens' logprobs (alternatives are not listed)."
+    )
+    echo: bool = False
+    return_token_ids: bool = Field(default=False, description="vLLM extra: include `token_ids` per choice.")
+
+
+class CompletionLogprobs(_Response):
+    tokens: list[str] = Field(default_factory=list)
+    token_logprobs: list[float | None] = Field(default_factory=list)
+    top_logprobs: list[dict[str, float] | None] = Field(default_factory=list)
+    text_offset: list[int] = Field(default_factory=list)
+
+
+class CompletionChoice(_Response):
+    index: int = 0
+    text: str
+    logprobs: CompletionLogprobs | None = None
+    finish_reason: str | None = None
+    token_ids: list[int] | None = None
+    prompt_token_ids: list[int] | None = None
+
+
+class CompletionResponse(_Response):
+    id: str = Field(default_factory=lambda: new_id("cmpl"))
+    object: Literal["text_completion"] = "text_completion"
+    created: int = Field(default_factory=lambda: int(time.time()))
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage | None = None
+
+
+# The stream chunk has the same shape (`object` is "text_completion" in both for OpenAI).
+CompletionStreamResponse = CompletionResponse
+
+
+# --- /v1/chat/completions --------------------------------------------------------------------
+
+
+class ContentPart(_Request):
+    type: str = "text"
+    text: str = ""
+
+
+class ChatMessage(_Request):
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[ContentPart] | None = None
+    name: str | None = None
+
+    def text(self) -> str:
+        """The message's text; only `text` parts are supported (no images or audio)."""
+        if self.content is None:
+            return ""
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(part.text for part in self.content if part.type == "text")
+
+
+class ChatCompletionRequest(_SamplingFields):
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(default=None, description="OpenAI's newer name for max_tokens.")
+    logprobs: bool = False
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    add_generation_prompt: bool = Field(default=True, description="vLLM extra.")
+
+
+class TopLogprob(_Response):
+    token: str
+    logprob: float
+    bytes: list[int] | None = None
+
+
+class TokenLogprob(_Response):
+    token: str
+    logprob: float
+    bytes: list[int] | None = None
+    top_logprobs: list[TopLogprob] = Field(default_factory=list)
+
+
+class ChatLogprobs(_Response):
+    content: list[TokenLogprob] | None = None
+
+
+class ChatResponseMessage(_Response):
+    role: Literal["assistant"] = "assistant"
+    content: str | None = None
+
+
+class ChatChoice(_Response):
+    index: int = 0
+    message: ChatResponseMessage
+    logprobs: ChatLogprobs | None = None
+    finish_reason: str | None = None
+    token_ids: list[int] | None = None
+
+
+class ChatCompletionResponse(_Response):
+    id: str = Field(default_factory=lambda: new_id("chatcmpl"))
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int = Field(default_factory=lambda: int(time.time()))
+    model: str
+    choices: list[ChatChoice]
+    usage: Usage | None = None
+
+
+class ChatDelta(_Response):
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+
+
+class ChatChunkChoice(_Response):
+    index: int = 0
+    delta: ChatDelta
+    logprobs: ChatLogprobs | None = None
+    finish_reason: str | None = None
+    token_ids: list[int] | None = None
+
+
+class ChatCompletionChunk(_Response):
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int = Field(default_factory=lambda: int(time.time()))
+    model: str
+    choices: list[ChatChunkChoice]
+    usage: Usage | None = None
+
+
+# --- /v1/models ------------------------------------------------------------------------------
+
+
+class ModelCard(_Response):
+    id: str
+    object: Literal["model"] = "model"
+    created: int = Field(default_factory=lambda: int(time.time()))
+    owned_by: str = "legato"
+    max_model_len: int | None = None
+
+
+class ModelList(_Response):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+# --- /tokenize, /detokenize (vLLM's shapes) --------------------------------------------------
+
+
+class TokenizeRequest(_Request):
+    model: str | None = None
+    prompt: str | None = None
+    messages: list[ChatMessage] | None = None
+    add_generation_prompt: bool = True
+
+
+class TokenizeResponse(_Response):
+    count: int
+    max_model_len: int | None = None
+    tokens: list[int]
+
+
+class DetokenizeRequest(_Request):
+    model: str | None = None
+    tokens: list[int]
+
+
+class DetokenizeResponse(_Response):
+    prompt: str
+
+
+# --- SGLang /generate ------------------------------------------------------------------------
+
+
+class SGLangSamplingParams(_Request):
+    """SGLang's `sampling_params` (the subset an engine of ours can honour)."""
+
+    max_new_tokens: int = Field(default=128, description="Tokens to generate at most (>= 1).")
+    temperature: float = Field(default=1.0, ge=0)
+    top_p: float = Field(default=1.0, gt=0, le=1)
+    top_k: int = Field(default=-1, description="-1 (or 0) disables top-k.")
+    stop: str | list[str] | None = None
+    stop_token_ids: list[int] | None = None
+    ignore_eos: bool = False
+    seed: int | None = Field(default=None, description="Alias of SGLang's `sampling_seed`.")
+    sampling_seed: int | None = None
+
+
+class SGLangGenerateRequest(_Request):
+    text: str | None = None
+    input_ids: list[int] | None = None
+    sampling_params: SGLangSamplingParams = Field(default_factory=SGLangSamplingParams)
+    return_logprob: bool = False
+    rid: str | None = None
+    stream: bool = False
+    priority: int | None = Field(default=None, description="SGLang's convention: higher runs first.")
+    session_id: str | None = Field(default=None, description="Session identity (routing/affinity only).")
+    routing_key: str | None = None
+    cache_salt: str | None = None
+
+
+class SGLangFinishReason(_Response):
+    """`{"type": "length", "length": N}`, `{"type": "stop", "matched": id|str}` or
+    `{"type": "abort", "message": ...}`, as SGLang reports it."""
+
+    type: str
+    length: int | None = None
+    matched: int | str | None = None
+    message: str | None = None
+
+
+class SGLangMetaInfo(_Response):
+    id: str
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    finish_reason: SGLangFinishReason | None = None
+    # [[logprob, token_id, text-or-null], ...] for the output tokens.
+    output_token_logprobs: list[tuple[float, int, str | None]] | None = None
+    e2e_latency: float | None = None
+
+
+class SGLangGenerateResponse(_Response):
+    text: str = ""
+    output_ids: list[int] = Field(default_factory=list)
+    meta_info: SGLangMetaInfo
+
+
+class SGLangAbortRequest(_Request):
+    rid: str = ""
+    abort_all: bool = False
+
+
+# --- vLLM /inference/v1/generate (tokens in, tokens out) -------------------------------------
+
+
+class VLLMTokenSamplingParams(_Request):
+    """vLLM's `SamplingParams` as JSON (the subset an engine of ours can honour)."""
+
+    max_tokens: int = Field(default=16, description="Tokens to generate at most (>= 1).")
+    temperature: float = Field(default=1.0, ge=0)
+    top_p: float = Field(default=1.0, gt=0, le=1)
+    top_k: int = Field(default=0, description="0 or -1 disables top-k.")
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    stop_token_ids: list[int] | None = None
+    ignore_eos: bool = False
+    logprobs: int | None = Field(default=None, ge=0, description="Return the sampled tokens' logprobs.")
+
+
+class VLLMGenerateRequest(_Request):
+    request_id: str | None = None
+    token_ids: list[int]
+    sampling_params: VLLMTokenSamplingParams = Field(default_factory=VLLMTokenSamplingParams)
+    model: str | None = None
+    stream: bool = False
+    cache_salt: str | None = None
+    priority: int = 0
+
+
+class VLLMGenerateChoice(_Response):
+    index: int = 0
+    token_ids: list[int] | None = None
+    logprobs: ChatLogprobs | None = None
+    finish_reason: str | None = None
+
+
+class VLLMGenerateResponse(_Response):
+    request_id: str
+    choices: list[VLLMGenerateChoice]
+    usage: Usage | None = None
+
+
+class HealthResponse(_Response):
+    status: Literal["ok"] = "ok"
+    model: str

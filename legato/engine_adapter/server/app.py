@@ -1,0 +1,416 @@
+"""`create_engine_app`: the FastAPI app and its routes."""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import anyio
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+
+from legato.engine_adapter.base import (
+    Engine,
+    GenerateRequest,
+)
+from legato.engine_adapter.openai_api import (
+    ChatChoice,
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    ChatResponseMessage,
+    CompletionChoice,
+    CompletionRequest,
+    CompletionResponse,
+    DetokenizeRequest,
+    DetokenizeResponse,
+    HealthResponse,
+    ModelCard,
+    ModelList,
+    SGLangAbortRequest,
+    SGLangGenerateRequest,
+    SGLangGenerateResponse,
+    TokenizeRequest,
+    TokenizeResponse,
+    VLLMGenerateChoice,
+    VLLMGenerateRequest,
+    VLLMGenerateResponse,
+    new_id,
+)
+from legato.engine_adapter.server.errors import (
+    ERROR_RESPONSES,
+    ApiError,
+    error_body,
+    stream_responses,
+    validation_message,
+)
+from legato.engine_adapter.server.lifecycle import (
+    ABORT_TIMEOUT_S,
+    DEFAULT_CHUNK_TIMEOUT_S,
+    EventStream,
+    assemble,
+    collect_or_abort,
+)
+from legato.engine_adapter.server.service import EngineService, make_usage
+from legato.engine_adapter.server.streams import (
+    chat_events,
+    completion_events,
+    sglang_events,
+    sglang_response,
+    vllm_token_events,
+)
+
+
+def create_engine_app(
+    engine: Engine,
+    *,
+    max_model_len: int | None = None,
+    chunk_timeout_s: float = DEFAULT_CHUNK_TIMEOUT_S,
+    on_shutdown: Callable[[], Awaitable[None]] | None = None,
+) -> FastAPI:
+    """An ASGI app serving `engine` over OpenAI's, SGLang's and vLLM's HTTP APIs.
+
+    `max_model_len` (prompt + output tokens) lets the server reject over-long requests with a 400
+    before they reach the engine; it defaults to the engine's `max_model_len` attribute if it has
+    one. `on_shutdown` runs when the server stops (e.g. to close the engine).
+    """
+    limit = max_model_len if max_model_len is not None else getattr(engine, "max_model_len", None)
+    svc = EngineService(engine, limit if isinstance(limit, int) else None, chunk_timeout_s)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            if on_shutdown is not None:
+                with anyio.CancelScope(shield=True), anyio.move_on_after(ABORT_TIMEOUT_S):
+                    await on_shutdown()
+
+    app = FastAPI(
+        title="Legato engine server",
+        summary=f"{svc.model} behind OpenAI-, SGLang- and vLLM-compatible HTTP APIs.",
+        version="1",
+        lifespan=lifespan,
+    )
+
+    @app.exception_handler(ApiError)
+    async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
+        return JSONResponse(error_body(exc.status, exc.message, exc.param), status_code=exc.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse(error_body(400, validation_message(exc)), status_code=400)
+
+    # --- service endpoints ------------------------------------------------------------------
+
+    @app.get("/health", response_model=HealthResponse, summary="Liveness: 200 while the engine serves.")
+    async def health() -> HealthResponse:
+        return HealthResponse(model=svc.model)
+
+    @app.get("/v1/models", response_model=ModelList, summary="The one model this server serves.")
+    async def models() -> ModelList:
+        return ModelList(data=[ModelCard(id=svc.model, max_model_len=svc.max_model_len)])
+
+    @app.post(
+        "/tokenize",
+        response_model=TokenizeResponse,
+        responses=ERROR_RESPONSES,
+        summary="Text or chat messages to token ids (vLLM's shape).",
+    )
+    async def tokenize(body: TokenizeRequest) -> TokenizeResponse:
+        svc.check_model(body.model)
+        if (body.prompt is None) == (body.messages is None):
+            raise ApiError(400, "send exactly one of `prompt` (text) or `messages` (chat)")
+        if body.messages is not None:
+            messages = [{"role": m.role, "content": m.text()} for m in body.messages]
+            tokens = svc.tokenizer.apply_chat_template(
+                messages, add_generation_prompt=body.add_generation_prompt
+            )
+        else:
+            tokens = svc.tokenizer.encode(body.prompt or "")
+        return TokenizeResponse(count=len(tokens), max_model_len=svc.max_model_len, tokens=list(tokens))
+
+    @app.post(
+        "/detokenize",
+        response_model=DetokenizeResponse,
+        responses=ERROR_RESPONSES,
+        summary="Token ids to text (vLLM's shape).",
+    )
+    async def detokenize(body: DetokenizeRequest) -> DetokenizeResponse:
+        svc.check_model(body.model)
+        return DetokenizeResponse(prompt=svc.tokenizer.decode(svc.check_tokens(body.tokens, "tokens")))
+
+    @app.get(
+        "/metrics",
+        response_class=PlainTextResponse,
+        summary="KV-cache gauges in Prometheus text, named as vLLM and SGLang name them.",
+    )
+    async def metrics() -> PlainTextResponse:
+        cap = await engine.capacity()
+        used = 0.0 if cap.total_blocks == 0 else 1.0 - cap.free_blocks / cap.total_blocks
+        label = f'model_name="{svc.model}"'
+        lines = [
+            "# TYPE vllm:cache_config_info gauge",
+            f'vllm:cache_config_info{{block_size="{cap.block_size}",'
+            f'num_gpu_blocks="{cap.total_blocks}"}} 1.0',
+            "# TYPE vllm:kv_cache_usage_perc gauge",
+            f"vllm:kv_cache_usage_perc{{{label}}} {used}",
+            "# TYPE sglang:token_usage gauge",
+            f"sglang:token_usage{{{label}}} {used}",
+        ]
+        return PlainTextResponse("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
+
+    @app.get("/get_server_info", summary="Capacity facts in SGLang's shape (page size, token slots).")
+    async def server_info() -> dict[str, Any]:
+        cap = await engine.capacity()
+        return {
+            "model_path": svc.model,
+            "served_model_name": svc.model,
+            "page_size": cap.block_size,
+            "max_total_num_tokens": cap.total_tokens,
+            "context_length": svc.max_model_len,
+        }
+
+    # --- OpenAI ------------------------------------------------------------------------------
+
+    @app.post(
+        "/v1/completions",
+        response_model=CompletionResponse,
+        responses=stream_responses(CompletionResponse, "The completion"),
+        summary="Text completion (OpenAI); the prompt may be text or token ids.",
+    )
+    async def completions(body: CompletionRequest, raw: Request) -> Response:
+        svc.check_model(body.model)
+        if body.n != 1:
+            raise ApiError(
+                400, f"n must be 1 (got {body.n}); send separate requests for several samples", "n"
+            )
+        if body.echo:
+            raise ApiError(400, "echo is not supported; prepend the prompt yourself", "echo")
+        prompt = svc.prompt_ids(body.prompt)
+        sampling = svc.sampling(
+            max_tokens=body.max_tokens,
+            max_tokens_field="max_tokens",
+            prompt_len=len(prompt),
+            temperature=body.temperature,
+            top_p=body.top_p,
+            top_k=body.top_k,
+            seed=body.seed,
+            stop=body.stop,
+            stop_token_ids=body.stop_token_ids,
+            ignore_eos=body.ignore_eos,
+            logprobs=body.logprobs is not None,
+        )
+        req = GenerateRequest(
+            request_id=body.request_id or new_id("cmpl"),
+            prompt_token_ids=prompt,
+            sampling=sampling,
+            priority=body.priority,
+            cache_salt=body.cache_salt,
+        )
+        generation = await svc.start(req)
+        if body.stream:
+            return EventStream(completion_events(svc, body, req, generation))
+        chunks = await collect_or_abort(raw, generation)
+        if chunks is None:
+            return Response(status_code=499)
+        result = assemble(req, chunks)
+        choice = CompletionChoice(
+            text=result.text,
+            finish_reason=result.finish_reason,
+            logprobs=svc.completion_logprobs(result.token_ids, result.logprobs, 0),
+            token_ids=list(result.token_ids) if body.return_token_ids else None,
+            prompt_token_ids=list(prompt) if body.return_token_ids else None,
+        )
+        return JSONResponse(
+            CompletionResponse(
+                id=req.request_id,
+                model=svc.model,
+                choices=[choice],
+                usage=make_usage(
+                    result.prompt_tokens or len(prompt), len(result.token_ids), result.cached_tokens
+                ),
+            ).model_dump(exclude_none=True)
+        )
+
+    @app.post(
+        "/v1/chat/completions",
+        response_model=ChatCompletionResponse,
+        responses=stream_responses(ChatCompletionResponse, "The chat completion"),
+        summary="Chat completion (OpenAI); messages go through the model's chat template.",
+    )
+    async def chat_completions(body: ChatCompletionRequest, raw: Request) -> Response:
+        svc.check_model(body.model)
+        if body.n != 1:
+            raise ApiError(
+                400, f"n must be 1 (got {body.n}); send separate requests for several samples", "n"
+            )
+        messages = [{"role": m.role, "content": m.text()} for m in body.messages]
+        prompt = tuple(
+            svc.tokenizer.apply_chat_template(messages, add_generation_prompt=body.add_generation_prompt)
+        )
+        field = "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens"
+        requested = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
+        if requested is None:
+            requested = await svc.default_max_tokens(len(prompt))
+        sampling = svc.sampling(
+            max_tokens=requested,
+            max_tokens_field=field,
+            prompt_len=len(prompt),
+            temperature=body.temperature,
+            top_p=body.top_p,
+            top_k=body.top_k,
+            seed=body.seed,
+            stop=body.stop,
+            stop_token_ids=body.stop_token_ids,
+            ignore_eos=body.ignore_eos,
+            logprobs=body.logprobs,
+        )
+        req = GenerateRequest(
+            request_id=body.request_id or new_id("chatcmpl"),
+            prompt_token_ids=prompt,
+            sampling=sampling,
+            priority=body.priority,
+            cache_salt=body.cache_salt,
+        )
+        generation = await svc.start(req)
+        if body.stream:
+            return EventStream(chat_events(svc, body, req, generation))
+        chunks = await collect_or_abort(raw, generation)
+        if chunks is None:
+            return Response(status_code=499)
+        result = assemble(req, chunks)
+        choice = ChatChoice(
+            message=ChatResponseMessage(content=result.text),
+            finish_reason=result.finish_reason,
+            logprobs=svc.chat_logprobs(result.token_ids, result.logprobs),
+        )
+        return JSONResponse(
+            ChatCompletionResponse(
+                id=req.request_id,
+                model=svc.model,
+                choices=[choice],
+                usage=make_usage(
+                    result.prompt_tokens or len(prompt), len(result.token_ids), result.cached_tokens
+                ),
+            ).model_dump(exclude_none=True)
+        )
+
+    # --- SGLang -----------------------------------------------------------------------------
+
+    @app.post(
+        "/generate",
+        response_model=SGLangGenerateResponse,
+        responses=stream_responses(SGLangGenerateResponse, "The generation (SGLang's shape)"),
+        summary="SGLang's native generate: `input_ids` or `text` in, `output_ids` and `meta_info` out.",
+    )
+    async def sglang_generate(body: SGLangGenerateRequest, raw: Request) -> Response:
+        if (body.text is None) == (body.input_ids is None):
+            raise ApiError(400, "send exactly one of `text` or `input_ids`", "input_ids")
+        prompt = (
+            svc.check_tokens(body.input_ids, "input_ids")
+            if body.input_ids is not None
+            else tuple(svc.tokenizer.encode(body.text or ""))
+        )
+        sp = body.sampling_params
+        sampling = svc.sampling(
+            max_tokens=sp.max_new_tokens,
+            max_tokens_field="sampling_params.max_new_tokens",
+            prompt_len=len(prompt),
+            temperature=sp.temperature,
+            top_p=sp.top_p,
+            top_k=sp.top_k,
+            seed=sp.sampling_seed if sp.sampling_seed is not None else sp.seed,
+            stop=sp.stop,
+            stop_token_ids=sp.stop_token_ids,
+            ignore_eos=sp.ignore_eos,
+            logprobs=body.return_logprob,
+        )
+        req = GenerateRequest(
+            request_id=body.rid or uuid.uuid4().hex,
+            prompt_token_ids=prompt,
+            sampling=sampling,
+            # SGLang runs higher values first (its default); the engine runs lower first.
+            priority=-(body.priority or 0),
+            cache_salt=body.cache_salt,
+            session_id=body.session_id or body.routing_key,
+        )
+        generation = await svc.start(req)
+        if body.stream:
+            return EventStream(sglang_events(svc, req, generation))
+        chunks = await collect_or_abort(raw, generation)
+        if chunks is None:
+            return Response(status_code=499)
+        return JSONResponse(sglang_response(svc, req, assemble(req, chunks), len(prompt)).model_dump())
+
+    @app.post(
+        "/abort_request",
+        responses=ERROR_RESPONSES,
+        summary="Abort a request by `rid` (SGLang's shape); unknown ids are ignored.",
+    )
+    async def abort_request(body: SGLangAbortRequest) -> dict[str, bool]:
+        if body.abort_all:
+            raise ApiError(400, "abort_all is not supported; abort requests by rid", "abort_all")
+        if not body.rid:
+            raise ApiError(400, "rid is required", "rid")
+        await engine.abort(body.rid)
+        return {"success": True}
+
+    # --- vLLM tokens in / tokens out --------------------------------------------------------
+
+    @app.post(
+        "/inference/v1/generate",
+        response_model=VLLMGenerateResponse,
+        responses=stream_responses(VLLMGenerateResponse, "The generation (vLLM's token API)"),
+        summary="vLLM's token-in/token-out generate. `stream: true` is a Legato extension "
+        "(vLLM itself answers in one piece).",
+    )
+    async def vllm_generate(body: VLLMGenerateRequest, raw: Request) -> Response:
+        svc.check_model(body.model)
+        prompt = svc.check_tokens(body.token_ids, "token_ids")
+        sp = body.sampling_params
+        sampling = svc.sampling(
+            max_tokens=sp.max_tokens,
+            max_tokens_field="sampling_params.max_tokens",
+            prompt_len=len(prompt),
+            temperature=sp.temperature,
+            top_p=sp.top_p,
+            top_k=sp.top_k,
+            seed=sp.seed,
+            stop=sp.stop,
+            stop_token_ids=sp.stop_token_ids,
+            ignore_eos=sp.ignore_eos,
+            logprobs=sp.logprobs is not None,
+        )
+        req = GenerateRequest(
+            request_id=body.request_id or uuid.uuid4().hex,
+            prompt_token_ids=prompt,
+            sampling=sampling,
+            priority=body.priority,
+            cache_salt=body.cache_salt,
+        )
+        generation = await svc.start(req)
+        if body.stream:
+            return EventStream(vllm_token_events(svc, req, generation))
+        chunks = await collect_or_abort(raw, generation)
+        if chunks is None:
+            return Response(status_code=499)
+        result = assemble(req, chunks)
+        choice = VLLMGenerateChoice(
+            token_ids=list(result.token_ids),
+            finish_reason=result.finish_reason,
+            logprobs=svc.token_id_logprobs(result.token_ids, result.logprobs),
+        )
+        return JSONResponse(
+            VLLMGenerateResponse(
+                request_id=req.request_id,
+                choices=[choice],
+                usage=make_usage(
+                    result.prompt_tokens or len(prompt), len(result.token_ids), result.cached_tokens
+                ),
+            ).model_dump(exclude_none=True)
+        )
+
+    return app

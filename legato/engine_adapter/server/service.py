@@ -1,0 +1,208 @@
+"""What the handlers share: request validation (model, lengths, vocabulary, sampling) and the
+conversion of engine output into each API's token, logprob and finish-reason shapes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import anyio
+
+from legato.engine_adapter.base import (
+    Engine,
+    GenerateRequest,
+    SamplingParams,
+)
+from legato.engine_adapter.openai_api import (
+    ChatLogprobs,
+    CompletionLogprobs,
+    PromptTokensDetails,
+    SGLangFinishReason,
+    TokenLogprob,
+    Usage,
+)
+from legato.engine_adapter.server.errors import ApiError
+from legato.engine_adapter.server.lifecycle import Generation
+
+
+def make_usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int) -> Usage:
+    return Usage(
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
+        total_tokens=prompt_tokens + completion_tokens,
+        prompt_tokens_details=PromptTokensDetails(cached_tokens=cached_tokens),
+    )
+
+
+def stop_strings(stop: str | list[str] | None) -> tuple[str, ...]:
+    if stop is None:
+        return ()
+    return (stop,) if isinstance(stop, str) else tuple(stop)
+
+
+def finite(value: float) -> float:
+    # JSON has no -inf; vLLM clamps the same way.
+    return value if math.isfinite(value) else -9999.0
+
+
+class EngineService:
+    """The handlers' shared logic: validation, request building, output formatting."""
+
+    def __init__(self, engine: Engine, max_model_len: int | None, chunk_timeout_s: float) -> None:
+        self.engine = engine
+        self.model = engine.model_name
+        self.max_model_len = max_model_len
+        self.chunk_timeout_s = chunk_timeout_s
+        self.tokenizer = engine.tokenizer
+
+    def check_model(self, model: str | None) -> None:
+        if model and model != self.model:
+            raise ApiError(
+                404,
+                f"model {model!r} is not served here; use {self.model!r} (see GET /v1/models)",
+                "model",
+            )
+
+    def sampling(
+        self,
+        *,
+        max_tokens: int | None,
+        max_tokens_field: str,
+        prompt_len: int,
+        temperature: float,
+        top_p: float,
+        top_k: int,
+        seed: int | None,
+        stop: str | list[str] | None,
+        stop_token_ids: list[int] | None,
+        ignore_eos: bool,
+        logprobs: bool,
+    ) -> SamplingParams:
+        if prompt_len < 1:
+            raise ApiError(400, "the prompt is empty; send at least one token", "prompt")
+        limit = self.max_model_len
+        if max_tokens is None:
+            max_tokens = max(1, limit - prompt_len) if limit is not None else 256
+        if max_tokens < 1:
+            raise ApiError(400, f"{max_tokens_field} must be >= 1, got {max_tokens}", max_tokens_field)
+        if limit is not None and prompt_len + max_tokens > limit:
+            raise ApiError(
+                400,
+                f"the prompt has {prompt_len} tokens and {max_tokens_field} is {max_tokens}: together "
+                f"they exceed this model's context of {limit} tokens; shorten the prompt or lower "
+                f"{max_tokens_field}",
+                "prompt" if prompt_len >= limit else max_tokens_field,
+            )
+        vocab = self.tokenizer.vocab_size
+        bad = [t for t in stop_token_ids or () if not 0 <= t < vocab]
+        if bad:
+            raise ApiError(
+                400, f"stop_token_ids {bad} are outside the vocabulary [0, {vocab})", "stop_token_ids"
+            )
+        try:
+            return SamplingParams(
+                max_tokens=max_tokens,
+                temperature=temperature,
+                top_p=top_p,
+                top_k=max(0, top_k),
+                seed=seed,
+                stop=stop_strings(stop),
+                stop_token_ids=tuple(stop_token_ids or ()),
+                ignore_eos=ignore_eos,
+                logprobs=logprobs,
+            )
+        except ValueError as exc:
+            raise ApiError(400, str(exc)) from exc
+
+    def check_tokens(self, token_ids: Sequence[int], field: str) -> tuple[int, ...]:
+        vocab = self.tokenizer.vocab_size
+        bad = [t for t in token_ids if not 0 <= t < vocab]
+        if bad:
+            shown = bad[:5]
+            raise ApiError(
+                400, f"{field} holds token ids outside the vocabulary [0, {vocab}): {shown}", field
+            )
+        return tuple(token_ids)
+
+    def prompt_ids(self, prompt: str | list[int] | list[str] | list[list[int]]) -> tuple[int, ...]:
+        if isinstance(prompt, str):
+            return tuple(self.tokenizer.encode(prompt))
+        if prompt and isinstance(prompt[0], (str, list)):
+            if len(prompt) != 1:
+                raise ApiError(
+                    400,
+                    f"batched prompts are not supported: send one prompt per request (got {len(prompt)})",
+                    "prompt",
+                )
+            only = prompt[0]
+            return self.prompt_ids(only) if isinstance(only, str) else self.check_tokens(only, "prompt")
+        return self.check_tokens([int(t) for t in prompt if isinstance(t, int)], "prompt")
+
+    async def default_max_tokens(self, prompt_len: int) -> int:
+        """OpenAI's chat default: as many tokens as fit, in the context *and* in the KV cache (an
+        engine that checks a request's worst case up front would refuse a default it cannot hold)."""
+        with anyio.fail_after(30):
+            room = (await self.engine.capacity()).total_tokens
+        if self.max_model_len is not None:
+            room = min(room, self.max_model_len)
+        return max(1, room - prompt_len)
+
+    async def start(self, request: GenerateRequest) -> Generation:
+        generation = Generation(self.engine, request, self.chunk_timeout_s)
+        await generation.start()
+        return generation
+
+    def token_str(self, token_id: int) -> str:
+        return self.tokenizer.decode([token_id])
+
+    def chat_logprobs(
+        self, token_ids: Sequence[int], logprobs: Sequence[float] | None
+    ) -> ChatLogprobs | None:
+        if logprobs is None:
+            return None
+        content = []
+        for tid, lp in zip(token_ids, logprobs, strict=False):
+            text = self.token_str(tid)
+            content.append(TokenLogprob(token=text, logprob=finite(lp), bytes=list(text.encode())))
+        return ChatLogprobs(content=content)
+
+    def token_id_logprobs(
+        self, token_ids: Sequence[int], logprobs: Sequence[float] | None
+    ) -> ChatLogprobs | None:
+        """vLLM's token endpoint spells tokens as `token_id:N` (no detokenization)."""
+        if logprobs is None:
+            return None
+        content = [
+            TokenLogprob(token=f"token_id:{tid}", logprob=finite(lp))
+            for tid, lp in zip(token_ids, logprobs, strict=False)
+        ]
+        return ChatLogprobs(content=content)
+
+    def completion_logprobs(
+        self, token_ids: Sequence[int], logprobs: Sequence[float] | None, offset: int
+    ) -> CompletionLogprobs | None:
+        if logprobs is None:
+            return None
+        out = CompletionLogprobs()
+        for tid, lp in zip(token_ids, logprobs, strict=False):
+            text = self.token_str(tid)
+            out.tokens.append(text)
+            out.token_logprobs.append(finite(lp))
+            out.top_logprobs.append({text: finite(lp)})
+            out.text_offset.append(offset)
+            offset += len(text)
+        return out
+
+    def sglang_finish(
+        self, reason: str | None, completion_tokens: int, last_token: int | None, sampling: SamplingParams
+    ) -> SGLangFinishReason | None:
+        if reason is None:
+            return None
+        if reason == "length":
+            return SGLangFinishReason(type="length", length=completion_tokens)
+        if reason == "stop":
+            stops = {self.tokenizer.eos_token_id, *sampling.stop_token_ids}
+            matched = last_token if last_token in stops else None
+            return SGLangFinishReason(type="stop", matched=matched)
+        return SGLangFinishReason(type="abort", message=reason)

@@ -1,0 +1,163 @@
+"""The streamed bodies of each endpoint: engine chunks to OpenAI, SGLang and vLLM event shapes."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from legato.engine_adapter.base import (
+    GenerateRequest,
+    GenerateResult,
+    TokenChunk,
+)
+from legato.engine_adapter.openai_api import (
+    ChatChunkChoice,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ChatDelta,
+    CompletionChoice,
+    CompletionRequest,
+    CompletionResponse,
+    SGLangGenerateResponse,
+    SGLangMetaInfo,
+    Usage,
+    VLLMGenerateChoice,
+    VLLMGenerateResponse,
+)
+from legato.engine_adapter.server.lifecycle import Generation, assemble, guarded, sse
+from legato.engine_adapter.server.service import EngineService, finite, make_usage
+
+
+def completion_events(
+    svc: EngineService, body: CompletionRequest, req: GenerateRequest, generation: Generation
+) -> AsyncIterator[str]:
+    async def events() -> AsyncIterator[str]:
+        include_usage = body.stream_options is not None and body.stream_options.include_usage
+        continuous = body.stream_options is not None and body.stream_options.continuous_usage_stats
+        completion = prompt_tokens = cached = offset = 0
+        first = True
+        async for chunk in generation.chunks():
+            completion += len(chunk.token_ids)
+            prompt_tokens = chunk.prompt_tokens or prompt_tokens or len(req.prompt_token_ids)
+            cached = chunk.cached_tokens or cached
+            choice = CompletionChoice(
+                text=chunk.text,
+                finish_reason=chunk.finish_reason if chunk.finished else None,
+                logprobs=svc.completion_logprobs(chunk.token_ids, chunk.logprobs, offset),
+                token_ids=list(chunk.token_ids) if body.return_token_ids else None,
+                prompt_token_ids=list(req.prompt_token_ids) if body.return_token_ids and first else None,
+            )
+            offset += len(chunk.text)
+            first = False
+            out = CompletionResponse(
+                id=req.request_id,
+                model=svc.model,
+                choices=[choice],
+                usage=make_usage(prompt_tokens, completion, cached) if continuous else None,
+            )
+            yield sse(out.model_dump(exclude_none=True))
+        if include_usage:
+            tail = CompletionResponse(
+                id=req.request_id,
+                model=svc.model,
+                choices=[],
+                usage=make_usage(prompt_tokens, completion, cached),
+            )
+            yield sse(tail.model_dump(exclude_none=True))
+        yield sse("[DONE]")
+
+    return guarded(generation, events())
+
+
+def chat_events(
+    svc: EngineService, body: ChatCompletionRequest, req: GenerateRequest, generation: Generation
+) -> AsyncIterator[str]:
+    async def events() -> AsyncIterator[str]:
+        include_usage = body.stream_options is not None and body.stream_options.include_usage
+        continuous = body.stream_options is not None and body.stream_options.continuous_usage_stats
+        completion = cached = 0
+        prompt_tokens = len(req.prompt_token_ids)
+
+        def chunk_of(choice: ChatChunkChoice | None, usage: Usage | None) -> str:
+            out = ChatCompletionChunk(
+                id=req.request_id, model=svc.model, choices=[] if choice is None else [choice], usage=usage
+            )
+            return sse(out.model_dump(exclude_none=True))
+
+        # OpenAI opens every chat stream with the role, content "".
+        yield chunk_of(ChatChunkChoice(delta=ChatDelta(role="assistant", content="")), None)
+        async for chunk in generation.chunks():
+            completion += len(chunk.token_ids)
+            prompt_tokens = chunk.prompt_tokens or prompt_tokens
+            cached = chunk.cached_tokens or cached
+            choice = ChatChunkChoice(
+                delta=ChatDelta(content=chunk.text),
+                finish_reason=chunk.finish_reason if chunk.finished else None,
+                logprobs=svc.chat_logprobs(chunk.token_ids, chunk.logprobs),
+            )
+            yield chunk_of(choice, make_usage(prompt_tokens, completion, cached) if continuous else None)
+        if include_usage:
+            yield chunk_of(None, make_usage(prompt_tokens, completion, cached))
+        yield sse("[DONE]")
+
+    return guarded(generation, events())
+
+
+def sglang_response(
+    svc: EngineService, req: GenerateRequest, result: GenerateResult, prompt_len: int
+) -> SGLangGenerateResponse:
+    last = result.token_ids[-1] if result.token_ids else None
+    logprobs: list[tuple[float, int, str | None]] | None = None
+    if result.logprobs is not None:
+        logprobs = [
+            (finite(lp), tid, None) for lp, tid in zip(result.logprobs, result.token_ids, strict=False)
+        ]
+    meta = SGLangMetaInfo(
+        id=req.request_id,
+        prompt_tokens=result.prompt_tokens or prompt_len,
+        completion_tokens=len(result.token_ids),
+        cached_tokens=result.cached_tokens,
+        finish_reason=svc.sglang_finish(result.finish_reason, len(result.token_ids), last, req.sampling),
+        output_token_logprobs=logprobs,
+    )
+    return SGLangGenerateResponse(text=result.text, output_ids=list(result.token_ids), meta_info=meta)
+
+
+def sglang_events(svc: EngineService, req: GenerateRequest, generation: Generation) -> AsyncIterator[str]:
+    """SGLang's default streaming: every event carries the *cumulative* text, output_ids and
+    logprobs so far (its `--incremental-streaming-output` mode is not emulated)."""
+
+    async def events() -> AsyncIterator[str]:
+        seen: list[TokenChunk] = []
+        async for chunk in generation.chunks():
+            seen.append(chunk)
+            response = sglang_response(svc, req, assemble(req, seen), len(req.prompt_token_ids))
+            if not chunk.finished:
+                response.meta_info.finish_reason = None
+            yield sse(response.model_dump())
+        yield sse("[DONE]")
+
+    return guarded(generation, events())
+
+
+def vllm_token_events(svc: EngineService, req: GenerateRequest, generation: Generation) -> AsyncIterator[str]:
+    async def events() -> AsyncIterator[str]:
+        completion = cached = 0
+        prompt_tokens = len(req.prompt_token_ids)
+        async for chunk in generation.chunks():
+            completion += len(chunk.token_ids)
+            prompt_tokens = chunk.prompt_tokens or prompt_tokens
+            cached = chunk.cached_tokens or cached
+            choice = VLLMGenerateChoice(
+                token_ids=list(chunk.token_ids),
+                finish_reason=chunk.finish_reason if chunk.finished else None,
+                logprobs=svc.token_id_logprobs(chunk.token_ids, chunk.logprobs),
+            )
+            out = VLLMGenerateResponse(
+                request_id=req.request_id,
+                choices=[choice],
+                usage=make_usage(prompt_tokens, completion, cached),
+            )
+            yield sse(out.model_dump(exclude_none=True))
+        yield sse("[DONE]")
+
+    return guarded(generation, events())
