@@ -1,9 +1,174 @@
-"""CLI commands of this component (registered on the `legato` app by legato.cli)."""
+"""`legato bench`: replay one workload under several policies and report side by side.
+
+`legato bench` itself runs the comparison (a group callback with `invoke_without_command`, so the
+group doubles as the main command); `legato bench engine` and `legato bench calibrate` are the
+engine microbenchmark and the simulator's cost-model calibration. Heavy modules (the simulator,
+matplotlib, torch) are imported inside the command bodies so `legato --help` stays fast.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
 import typer
+
+if TYPE_CHECKING:
+    from legato.bench.runner import BenchRun
+
+bench_app = typer.Typer(
+    help="Replay a workload under several scheduling policies and compare them.",
+    no_args_is_help=False,
+)
+
+
+def _fail(message: str) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code=2)
+
+
+@bench_app.callback(invoke_without_command=True)
+def bench(
+    ctx: typer.Context,
+    workload: Annotated[
+        str,
+        typer.Option(
+            "--workload", "-w", help="swe, multiagent, text2sql, rl-grpo, chat, trace:PATH, sessions:PATH."
+        ),
+    ] = "swe",
+    engine: Annotated[
+        str, typer.Option(help="sim; torch needs the runtime driver of a later issue.")
+    ] = "sim",
+    policies: Annotated[
+        str,
+        typer.Option(help="Comma list of policies; the first is the baseline of the ratios. Default: all."),
+    ] = "",
+    programs: Annotated[int, typer.Option("--programs", "-n", help="Programs in the workload.")] = 64,
+    concurrency: Annotated[int, typer.Option("--concurrency", "-c", help="Programs in flight at once.")] = 32,
+    seed: Annotated[int, typer.Option(help="Seed of the workload and the replay.")] = 0,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the report JSON here.")] = None,
+    plot: Annotated[
+        Path | None, typer.Option(help="Write a PNG: TCT CDF, plus throughput vs concurrency with --sweep.")
+    ] = None,
+    sweep: Annotated[str | None, typer.Option(help="Also run these, e.g. concurrency=32,64,128.")] = None,
+    gpu: Annotated[str, typer.Option(help="GPU preset: h100, a10, t4.")] = "h100",
+    model: Annotated[
+        str, typer.Option(help="Model preset: llama-3.1-8b, qwen2.5-32b, llama-3.1-70b.")
+    ] = "llama-3.1-8b",
+    replicas: Annotated[int, typer.Option(help="Engine replicas.")] = 1,
+    tiers: Annotated[str, typer.Option(help="KV tiers below the GPU, comma list: host, redis.")] = "",
+    jobs: Annotated[int, typer.Option("--jobs", "-j", help="Replays run in parallel processes.")] = 1,
+    param: Annotated[
+        list[str] | None, typer.Option("--param", "-p", help="Workload parameter key=value (repeatable).")
+    ] = None,
+) -> None:
+    """Compare policies on one workload: a table, and optionally JSON and PNG plots."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from legato.bench import runner
+
+    try:
+        swept = runner.parse_sweep(sweep) if sweep else []
+        params = runner.parse_params(param or [])
+        names = runner.parse_list(policies) or _all_policies()
+        run = _run_with_progress(
+            workload,
+            names,
+            engine=engine,
+            programs=programs,
+            concurrency=concurrency,
+            seed=seed,
+            gpu=gpu,
+            model=model,
+            replicas=replicas,
+            tiers=runner.parse_list(tiers),
+            workload_params=params,
+            sweep=swept,
+            jobs=jobs,
+        )
+    except runner.BenchInputError as exc:
+        raise _fail(str(exc)) from None
+    _emit(run, json_out, plot)
+
+
+def _all_policies() -> list[str]:
+    from legato.bench.baselines import POLICIES
+
+    return list(POLICIES)
+
+
+def _run_with_progress(workload: str, policies: list[str], **kwargs: Any) -> BenchRun:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+
+    from legato.bench.runner import execute_bench
+
+    tasks: dict[str, TaskID] = {}
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        transient=False,
+    ) as bar:
+
+        def progress(label: str, done: int, total: int) -> None:
+            if label not in tasks:
+                tasks[label] = bar.add_task(label, total=total)
+            bar.update(tasks[label], completed=done, total=total)
+
+        return execute_bench(workload, policies, progress=progress, **kwargs)
+
+
+def _emit(run: BenchRun, json_out: Path | None, plot: Path | None) -> None:
+    from rich.console import Console
+
+    from legato.bench.metrics import tcts
+    from legato.bench.report import render_sweep_table, render_table, write_json
+
+    console = Console()
+    if not console.is_terminal:  # piped or captured: do not squeeze the table into 80 columns
+        console = Console(width=160)
+    console.print(render_table(run.report))
+    sweep_table = render_sweep_table(run.report)
+    if sweep_table is not None:
+        console.print(sweep_table)
+    if json_out is not None:
+        write_json(run.report, json_out)
+        console.print(f"wrote {json_out}")
+    if plot is not None:
+        from legato.bench.plots import plot_bench
+
+        plot_bench(plot, {name: tcts(outcome) for name, outcome in run.outcomes.items()}, run.report)
+        console.print(f"wrote {plot}")
+
+
+@bench_app.command("engine")
+def engine_bench(
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the results JSON here.")] = None,
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    quick: Annotated[bool, typer.Option("--quick", help="A short run (smoke test).")] = False,
+) -> None:
+    """Microbenchmark the embedded torch engine (against its baseline)."""
+    from legato.bench.engine_bench import main
+
+    main(json_out, device=device, quick=quick)
+
+
+@bench_app.command("calibrate")
+def calibrate(
+    requests: Annotated[int, typer.Option(help="Requests measured on the torch engine.")] = 24,
+    seed: Annotated[int, typer.Option(help="Seed of the measured prompts.")] = 0,
+) -> None:
+    """Fit the simulator's cost model to the torch engine and report the error."""
+    if requests <= 0:
+        raise _fail(f"--requests must be > 0, got {requests}")
+    from legato.engine_adapter.sim.calibrate import main
+
+    main(requests, seed)
 
 
 def register(app: typer.Typer) -> None:
-    """Add this component's commands to `app`."""
+    """Add `legato bench` (and its subcommands) to `app`."""
+    app.add_typer(bench_app, name="bench")

@@ -1,0 +1,157 @@
+"""Bench reports: the JSON document (byte-identical for the same seed) and the rich table.
+
+The JSON has the shape the bench issue fixes: top level `workload`, `engine`, `model`, `gpu`,
+`seed`, `programs`, `concurrency` (plus `replicas`, `tiers`, `workload_params`, `llm_calls`,
+`policy_order`, and `sweep` when one was run), and one object of metrics per policy under
+`policies`. Reproducibility is the point of the document, so it holds no timestamps or wall
+times, keys are sorted and floats are rounded to `FLOAT_DIGITS` decimals (the last bits of a sum
+must not make two runs of the same seed differ).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from rich.table import Table
+
+from legato.bench.metrics import PolicyMetrics
+
+FLOAT_DIGITS = 6
+
+
+def rounded(value: Any) -> Any:
+    """`value` with every float rounded to FLOAT_DIGITS decimals (recursively, -0.0 -> 0.0)."""
+    if isinstance(value, float):
+        return round(value, FLOAT_DIGITS) + 0.0
+    if isinstance(value, Mapping):
+        return {str(k): rounded(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [rounded(v) for v in value]
+    return value
+
+
+def metrics_dict(metrics: PolicyMetrics) -> dict[str, Any]:
+    """One policy's JSON object."""
+    row: dict[str, Any] = rounded(dataclasses.asdict(metrics))
+    return row
+
+
+def build_report(
+    *,
+    workload: str,
+    engine: str,
+    model: str,
+    gpu: str,
+    seed: int,
+    programs: int,
+    llm_calls: int,
+    concurrency: int,
+    replicas: int,
+    tiers: Sequence[str],
+    workload_params: Mapping[str, object],
+    policies: Mapping[str, PolicyMetrics],
+    sweep: Mapping[int, Mapping[str, PolicyMetrics]] | None = None,
+) -> dict[str, Any]:
+    """The report document; `policies` in the order given (the first is the ratio baseline)."""
+    report: dict[str, Any] = {
+        "workload": workload,
+        "engine": engine,
+        "model": model,
+        "gpu": gpu,
+        "seed": seed,
+        "programs": programs,
+        "llm_calls": llm_calls,
+        "concurrency": concurrency,
+        "replicas": replicas,
+        "tiers": list(tiers),
+        "workload_params": rounded(dict(workload_params)),
+        "policy_order": list(policies),
+        "policies": {name: metrics_dict(m) for name, m in policies.items()},
+    }
+    if sweep:
+        report["sweep"] = {
+            "param": "concurrency",
+            "points": [
+                {"concurrency": value, "policies": {name: metrics_dict(m) for name, m in point.items()}}
+                for value, point in sorted(sweep.items())
+            ],
+        }
+    return report
+
+
+def report_json(report: Mapping[str, Any]) -> str:
+    """The canonical text of a report: sorted keys, rounded floats, two-space indent."""
+    return json.dumps(rounded(report), sort_keys=True, indent=2, allow_nan=False) + "\n"
+
+
+def write_json(report: Mapping[str, Any], path: str | Path) -> None:
+    Path(path).write_text(report_json(report), encoding="utf-8")
+
+
+def _ratio(value: float, base: float) -> str:
+    return f"{value / base:.2f}×" if base > 0 else "–"
+
+
+def render_table(report: Mapping[str, Any]) -> Table:
+    """One row per policy with the key metrics and ratios against the first policy."""
+    order: list[str] = list(report.get("policy_order") or report["policies"])
+    rows = report["policies"]
+    base = rows[order[0]]
+    title = (
+        f"{report['workload']} · {report['programs']} programs · concurrency {report['concurrency']} · "
+        f"{report['engine']} {report['gpu']} {report['model']} ×{report['replicas']}"
+    )
+    table = Table(title=title)
+    for header in (
+        "policy",
+        "mean TCT s",
+        "p50 s",
+        "p99 s",
+        "steps/min",
+        "prefill Mtok",
+        "hit %",
+        "preempt",
+        "pauses",
+        "busy %",
+        "Jain",
+        "steps/min ×",
+        "TCT ×",
+    ):
+        table.add_column(header, justify="left" if header == "policy" else "right")
+    for name in order:
+        m = rows[name]
+        table.add_row(
+            name,
+            f"{m['mean_tct_s']:.1f}",
+            f"{m['p50_tct_s']:.1f}",
+            f"{m['p99_tct_s']:.1f}",
+            f"{m['steps_per_min']:.1f}",
+            f"{m['prefill_tokens_computed'] / 1e6:.1f}",
+            f"{100 * m['prefix_hit_rate']:.1f}",
+            str(m["preemptions"]),
+            str(m["pauses"]),
+            f"{100 * m['engine_busy_frac']:.1f}",
+            f"{m['jain_index']:.3f}",
+            _ratio(m["steps_per_min"], base["steps_per_min"]),
+            _ratio(m["mean_tct_s"], base["mean_tct_s"]),
+        )
+    return table
+
+
+def render_sweep_table(report: Mapping[str, Any]) -> Table | None:
+    """Steps/min per policy at each swept concurrency (None when no sweep was run)."""
+    sweep = report.get("sweep")
+    if not sweep:
+        return None
+    order: list[str] = list(report.get("policy_order") or report["policies"])
+    table = Table(title="steps/min vs concurrency")
+    table.add_column("policy")
+    for point in sweep["points"]:
+        table.add_column(f"c={point['concurrency']}", justify="right")
+    for name in order:
+        table.add_row(name, *(f"{p['policies'][name]['steps_per_min']:.1f}" for p in sweep["points"]))
+    return table

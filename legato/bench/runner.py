@@ -1,0 +1,324 @@
+"""Run one workload under several policies, side by side, and build the report.
+
+The workload is built **once** and the identical `Workload` object is replayed under every policy
+(and every swept concurrency), so all policies see the same programs, prompts, tool latencies and
+arrival sequence; differences in the numbers come from the policies alone. With `jobs > 1` the
+replays run in worker processes, each holding an equal copy of the workload (generators are
+deterministic), and the report is the same byte for byte.
+
+Input is validated before anything runs; every problem a user can fix raises `BenchInputError`
+naming it and the valid choices (the CLI turns it into exit status 2).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from legato.bench.metrics import PolicyMetrics, summarize
+from legato.bench.outcome import RunOutcome
+from legato.bench.report import build_report
+from legato.bench.workload import Workload
+from legato.bench.workloads import build_workload
+
+ENGINES = ("sim", "torch")
+SWEEP_PARAMS = ("concurrency",)
+
+# progress(label, done_programs, total_programs); label is the policy, or "policy @ c=N" in a sweep.
+ProgressFn = Callable[[str, int, int], None]
+
+
+class BenchInputError(ValueError):
+    """A bench argument the user must fix (unknown name, bad number, malformed list)."""
+
+
+@dataclass(frozen=True, slots=True)
+class BenchRun:
+    """A finished bench: the JSON report plus the raw outcomes (plots need per-program TCTs)."""
+
+    report: dict[str, Any]
+    outcomes: dict[str, RunOutcome]  # at the main concurrency, by policy
+    sweep: dict[int, dict[str, RunOutcome]]  # by swept concurrency, then policy
+
+
+def parse_sweep(text: str) -> list[int]:
+    """`concurrency=32,64,128` -> [32, 64, 128] (sorted, unique, each > 0)."""
+    key, sep, values = text.partition("=")
+    if not sep or key.strip() not in SWEEP_PARAMS:
+        raise BenchInputError(
+            f"--sweep must look like concurrency=32,64,128 (sweepable: {', '.join(SWEEP_PARAMS)})"
+        )
+    try:
+        numbers = sorted({int(v) for v in values.split(",") if v.strip()})
+    except ValueError:
+        raise BenchInputError(f"--sweep values must be integers, got {values!r}") from None
+    if not numbers or numbers[0] <= 0:
+        raise BenchInputError(f"--sweep needs one or more integers > 0, got {values!r}")
+    return numbers
+
+
+def parse_params(items: Sequence[str]) -> dict[str, str]:
+    """`["steps_max=30", "tenants=2"]` -> {"steps_max": "30", "tenants": "2"}."""
+    params = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise BenchInputError(f"--param must look like key=value, got {item!r}")
+        params[key.strip()] = value.strip()
+    return params
+
+
+def parse_list(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _check_positive(name: str, value: int) -> None:
+    if value <= 0:
+        raise BenchInputError(f"{name} must be > 0, got {value}")
+
+
+def _sim_config(gpu: str, model: str, replicas: int, tiers: Sequence[str]) -> Any:
+    from legato.engine_adapter.sim import hardware, models
+    from legato.engine_adapter.sim.driver import SimConfig
+
+    try:
+        hardware.gpu(gpu)
+        models.model(model)
+        for name in tiers:
+            hardware.tier(name)
+    except ValueError as exc:
+        raise BenchInputError(str(exc)) from None
+    return SimConfig(gpu=gpu, model=model, replicas=replicas, tiers=tuple(tiers))
+
+
+def _check_fits(workload: Workload, config: Any) -> None:
+    """Fail early, with the numbers, when the model or a single call cannot fit on one replica."""
+    try:
+        capacity = config.cost_model().kv_capacity_blocks(config.block_size) * config.block_size
+    except ValueError as exc:
+        raise BenchInputError(f"{exc}; pick a larger --gpu or a smaller --model") from None
+    need, program, call = max(
+        (
+            (c.prompt_tokens + c.output_tokens, p.program_id, c.node)
+            for p in workload.programs
+            for c in p.calls
+        ),
+        default=(0, "", ""),
+    )
+    if need > capacity:
+        raise BenchInputError(
+            f"call {call} of {program} needs {need} tokens of KV but one replica of {config.model} on "
+            f"{config.gpu} holds {capacity}; pick a larger --gpu, a smaller --model, or shrink the workload "
+            "(--param, --programs)"
+        )
+
+
+def _check_policies(policies: Sequence[str]) -> None:
+    from legato.bench.baselines import POLICIES
+
+    if not policies:
+        raise BenchInputError(f"give at least one policy; valid: {', '.join(POLICIES)}")
+    unknown = [p for p in policies if p not in POLICIES]
+    if unknown:
+        raise BenchInputError(f"unknown policy {', '.join(unknown)}; valid: {', '.join(POLICIES)}")
+    if len(set(policies)) != len(policies):
+        raise BenchInputError(f"a policy is listed twice: {', '.join(policies)}")
+
+
+def _build(workload_name: str, programs: int, seed: int, params: Mapping[str, object]) -> Workload:
+    try:
+        return build_workload(workload_name, programs, seed, params)
+    except ValueError as exc:
+        raise BenchInputError(str(exc)) from None
+
+
+def execute_bench(
+    workload_name: str,
+    policies: Sequence[str],
+    *,
+    engine: str = "sim",
+    programs: int,
+    concurrency: int,
+    seed: int = 0,
+    gpu: str = "h100",
+    model: str = "llama-3.1-8b",
+    replicas: int = 1,
+    tiers: Sequence[str] = (),
+    workload_params: Mapping[str, object] | None = None,
+    sweep: Sequence[int] = (),
+    jobs: int = 1,
+    progress: ProgressFn | None = None,
+) -> BenchRun:
+    """Validate, build the workload once, replay it under every policy (and concurrency)."""
+    if engine not in ENGINES:
+        raise BenchInputError(f"unknown engine {engine!r}; valid: {', '.join(ENGINES)}")
+    if engine != "sim":
+        raise BenchInputError(
+            f"--engine {engine} needs the program-level runtime driver, which a later issue builds; "
+            "use --engine sim for now"
+        )
+    for name, value in (
+        ("programs", programs),
+        ("concurrency", concurrency),
+        ("replicas", replicas),
+        ("jobs", jobs),
+    ):
+        _check_positive(name, value)
+    for value in sweep:
+        _check_positive("every --sweep value", value)
+    _check_policies(policies)
+    config = _sim_config(gpu, model, replicas, tiers)
+    workload = _build(workload_name, programs, seed, workload_params or {})
+    _check_fits(workload, config)
+
+    runs = [(level, policy) for level in sorted({concurrency, *sweep}) for policy in policies]
+    labels = {run: run[1] if not sweep else f"{run[1]} @ c={run[0]}" for run in runs}
+    if jobs == 1:
+        outcomes = _run_serial(workload, config, runs, labels, seed, progress)
+    else:
+        build_args = (workload_name, programs, seed, dict(workload_params or {}))
+        outcomes = _run_parallel(
+            build_args, len(workload.programs), config, runs, labels, seed, jobs, progress
+        )
+    results: dict[int, dict[str, RunOutcome]] = {}
+    for level, policy in runs:
+        results.setdefault(level, {})[policy] = outcomes[(level, policy)]
+
+    def summaries(level: int) -> dict[str, PolicyMetrics]:
+        return {policy: summarize(results[level][policy]) for policy in policies}
+
+    report = build_report(
+        workload=workload.name,
+        engine=engine,
+        model=model,
+        gpu=gpu,
+        seed=seed,
+        programs=len(workload.programs),
+        llm_calls=workload.total_calls,
+        concurrency=concurrency,
+        replicas=replicas,
+        tiers=tiers,
+        workload_params=workload.params,
+        policies=summaries(concurrency),
+        sweep={level: summaries(level) for level in sorted(set(sweep))} if sweep else None,
+    )
+    return BenchRun(report=report, outcomes=results[concurrency], sweep={v: results[v] for v in sweep})
+
+
+Run = tuple[int, str]  # (concurrency, policy)
+
+
+def _run_serial(
+    workload: Workload,
+    config: Any,
+    runs: list[Run],
+    labels: dict[Run, str],
+    seed: int,
+    progress: ProgressFn | None,
+) -> dict[Run, RunOutcome]:
+    from legato.engine_adapter.sim.driver import simulate
+
+    return {
+        run: simulate(
+            workload,
+            run[1],
+            config,
+            concurrency=run[0],
+            seed=seed,
+            progress=None if progress is None else _bind(progress, labels[run]),
+        )
+        for run in runs
+    }
+
+
+# Per worker process: the workload (rebuilt from its arguments, which is cheaper than pickling it
+# and yields an equal object because generators are deterministic) and the simulator config.
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(build_args: tuple[str, int, int, dict[str, object]], config: Any) -> None:
+    name, programs, seed, params = build_args
+    _WORKER["workload"] = build_workload(name, programs, seed, params)
+    _WORKER["config"] = config
+
+
+def _simulate_in_worker(run: Run, seed: int) -> RunOutcome:
+    from legato.engine_adapter.sim.driver import simulate
+
+    outcome: RunOutcome = simulate(
+        _WORKER["workload"], run[1], _WORKER["config"], concurrency=run[0], seed=seed
+    )
+    return outcome
+
+
+def _run_parallel(
+    build_args: tuple[str, int, int, dict[str, object]],
+    n_programs: int,
+    config: Any,
+    runs: list[Run],
+    labels: dict[Run, str],
+    seed: int,
+    jobs: int,
+    progress: ProgressFn | None,
+) -> dict[Run, RunOutcome]:
+    """Replays in `jobs` worker processes; progress is reported per finished replay."""
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    with ProcessPoolExecutor(
+        max_workers=min(jobs, len(runs)), initializer=_init_worker, initargs=(build_args, config)
+    ) as pool:
+        futures = {pool.submit(_simulate_in_worker, run, seed): run for run in runs}
+        if progress is not None:
+            for run in runs:
+                progress(labels[run], 0, n_programs)
+        outcomes = {}
+        for future in as_completed(futures):
+            run = futures[future]
+            outcomes[run] = future.result()
+            if progress is not None:
+                progress(labels[run], n_programs, n_programs)
+    return outcomes
+
+
+def _bind(progress: ProgressFn, label: str) -> Callable[[int, int], None]:
+    def callback(done: int, total: int) -> None:
+        progress(label, done, total)
+
+    return callback
+
+
+def run_bench(
+    workload_name: str,
+    policies: Sequence[str],
+    *,
+    engine: str = "sim",
+    programs: int,
+    concurrency: int,
+    seed: int = 0,
+    gpu: str = "h100",
+    model: str = "llama-3.1-8b",
+    replicas: int = 1,
+    tiers: Sequence[str] = (),
+    workload_params: Mapping[str, object] | None = None,
+    sweep: Sequence[int] = (),
+    jobs: int = 1,
+    progress: ProgressFn | None = None,
+) -> dict[str, Any]:
+    """The report document of `execute_bench` (see there)."""
+    return execute_bench(
+        workload_name,
+        policies,
+        engine=engine,
+        programs=programs,
+        concurrency=concurrency,
+        seed=seed,
+        gpu=gpu,
+        model=model,
+        replicas=replicas,
+        tiers=tiers,
+        workload_params=workload_params,
+        sweep=sweep,
+        jobs=jobs,
+        progress=progress,
+    ).report

@@ -1,0 +1,126 @@
+"""`legato bench` through typer's CliRunner: bad input, and a small end-to-end run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from legato.bench.report import report_json
+from legato.bench.runner import execute_bench, run_bench
+from legato.cli import app
+
+SMALL = [
+    "--workload",
+    "swe",
+    "--programs",
+    "6",
+    "--concurrency",
+    "3",
+    "-p",
+    "steps_min=2",
+    "-p",
+    "steps_max=4",
+]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--workload", "nope"], "unknown workload 'nope'; valid: swe, multiagent"),
+        (["--policies", "fcfs-lru,bogus"], "unknown policy bogus; valid: fcfs-lru"),
+        (["--gpu", "v100"], "unknown gpu 'v100'; valid choices: a10, h100, t4"),
+        (["--model", "gpt"], "unknown model 'gpt'"),
+        (["--tiers", "disk"], "unknown tier 'disk'"),
+        (["--programs", "0"], "programs must be > 0"),
+        (["--concurrency", "-1"], "concurrency must be > 0"),
+        (["--jobs", "0"], "jobs must be > 0"),
+        (["--sweep", "concurrency=4,x"], "--sweep values must be integers"),
+        (["--sweep", "replicas=1,2"], "--sweep must look like concurrency=32,64,128"),
+        (["--param", "steps_max"], "--param must look like key=value"),
+        (["--param", "bogus=1"], "unknown parameter(s) bogus"),
+        (["--engine", "torch"], "needs the program-level runtime driver"),
+        (["--engine", "gpu"], "unknown engine 'gpu'; valid: sim, torch"),
+        (["--gpu", "t4", "--model", "llama-3.1-70b"], "does not fit on T4"),
+        (["--gpu", "a10", "-p", "steps_min=60"], "tokens of KV but one replica of llama-3.1-8b on a10 holds"),
+    ],
+)
+def test_bad_input_exits_2_with_a_clear_message(args: list[str], message: str) -> None:
+    result = CliRunner().invoke(app, ["bench", *args])
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert "Traceback" not in result.output
+
+
+def test_help_lists_subcommands() -> None:
+    result = CliRunner().invoke(app, ["bench", "--help"])
+    assert result.exit_code == 0
+    for word in ("--workload", "--sweep", "engine", "calibrate"):
+        assert word in result.output
+
+
+def test_small_bench_end_to_end(tmp_path: Path) -> None:
+    out, plot = tmp_path / "r.json", tmp_path / "r.png"
+    args = ["bench", *SMALL, "--policies", "fcfs-lru,infinite-kv", "--json", str(out), "--plot", str(plot)]
+    args += ["--sweep", "concurrency=1,3"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    doc = json.loads(out.read_text())
+    assert (
+        doc["programs"] == 6
+        and doc["concurrency"] == 3
+        and doc["policy_order"] == ["fcfs-lru", "infinite-kv"]
+    )
+    assert [p["concurrency"] for p in doc["sweep"]["points"]] == [1, 3]
+    assert doc["sweep"]["points"][1]["policies"] == doc["policies"], "the main run is the sweep point"
+    for row in doc["policies"].values():
+        assert row["programs"] == 6 and row["llm_calls"] == doc["llm_calls"]
+    assert doc["policies"]["infinite-kv"]["prefix_hit_rate"] >= doc["policies"]["fcfs-lru"]["prefix_hit_rate"]
+    assert plot.read_bytes()[:4] == b"\x89PNG"
+    assert "steps/min ×" in result.output
+
+
+def _report(seed: int, jobs: int = 1, sweep: tuple[int, ...] = ()) -> str:
+    doc = run_bench(
+        "swe",
+        ["fcfs-lru", "belady"],
+        programs=5,
+        concurrency=2,
+        seed=seed,
+        workload_params={"steps_max": "12"},
+        sweep=sweep,
+        jobs=jobs,
+    )
+    return report_json(doc)
+
+
+def test_same_seed_gives_byte_identical_report() -> None:
+    assert _report(11) == _report(11)
+    assert _report(11) != _report(12)
+
+
+def test_parallel_jobs_give_the_same_report() -> None:
+    assert _report(3, jobs=2, sweep=(1, 2)) == _report(3, jobs=1, sweep=(1, 2))
+
+
+def test_calibrate_rejects_bad_request_count() -> None:
+    result = CliRunner().invoke(app, ["bench", "calibrate", "--requests", "0"])
+    assert result.exit_code == 2 and "--requests must be > 0" in result.output
+
+
+def test_every_policy_replays_the_same_arrivals() -> None:
+    run = execute_bench(
+        "chat",
+        ["fcfs-lru", "belady", "infinite-kv"],
+        programs=6,
+        concurrency=6,
+        workload_params={"arrival_rate": "0.5", "turns_max": "3"},
+    )
+    arrivals = {
+        name: sorted((p.program_id, p.arrival_s) for p in o.programs) for name, o in run.outcomes.items()
+    }
+    first = arrivals["fcfs-lru"]
+    assert len(first) == 6 and first[-1][1] > 0
+    assert all(a == first for a in arrivals.values())
