@@ -1,0 +1,232 @@
+"""One LLM call and one tool call, as both program styles (graphs and dynamic agents) make them.
+
+This is the only place a program touches the outside world: LLM calls go to the `CallScheduler`
+(never to an engine directly), tool calls to the tool runtime, and both report to the scheduler
+(`ToolStarted` / `ToolFinished`) and to the run's event stream. Retries and per-attempt timeouts
+live here too, so both styles behave the same way.
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeVar
+
+import anyio
+
+from legato.engine_adapter.base import EngineError, SamplingParams
+from legato.programs.events import EventHub
+from legato.programs.journal import JournalStore
+from legato.programs.prompt import PromptRenderer, RenderedPrompt
+from legato.scheduler.base import CallScheduler
+from legato.scheduler.events import CallHints, LLMCall, ToolFinished, ToolStarted
+from legato.tools.base import ToolResult, UnknownToolError
+
+T = TypeVar("T")
+
+
+class RunStatus(enum.StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    WAITING_FOR_TOOL = "waiting_for_tool"  # a client-side tool: the run waits for its result
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def finished(self) -> bool:
+        return self in (RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED)
+
+
+class ToolCaller(Protocol):
+    """What the executor needs of `legato.tools.runtime.ToolRuntime`."""
+
+    async def call(
+        self, name: str, args: dict[str, Any], *, run_id: str, call_id: str, tenant: str
+    ) -> ToolResult: ...
+
+    async def prepare_run(self, run_id: str) -> None: ...
+
+    async def release_run(self, run_id: str) -> None: ...
+
+
+class StepError(Exception):
+    """A step failed in a way the program handles (error route) or reports (run failed)."""
+
+    def __init__(self, message: str, kind: str = "exception") -> None:
+        super().__init__(message)
+        self.message = message
+        self.kind = kind
+
+
+@dataclass(frozen=True, slots=True)
+class LLMOutput:
+    text: str
+    output_tokens: int
+    prompt_tokens: int
+    cached_tokens: int
+    finish_reason: str
+
+
+@dataclass
+class RunEnv:
+    """Everything one run's steps need; created by the executor per run."""
+
+    run_id: str
+    tenant: str
+    program: str
+    scheduler: CallScheduler
+    renderer: PromptRenderer
+    hub: EventHub
+    journal: JournalStore
+    tools: ToolCaller | None
+    set_status: Callable[[RunStatus], None]
+    _calls: itertools.count[int] = field(default_factory=itertools.count)
+
+    def call_id(self, node: str) -> str:
+        return f"{self.run_id}:{node}:{next(self._calls)}"
+
+    # -- tool metadata (optional features of the tool runtime) ------------------------------
+    def tool_kind(self, name: str) -> str | None:
+        registry = getattr(self.tools, "registry", None)
+        try:
+            return str(registry.spec(name).kind) if registry is not None else None
+        except (KeyError, AttributeError):
+            return None
+
+    def expected_tool_latency(self, name: str) -> float | None:
+        stats = getattr(self.tools, "stats", None)
+        try:
+            value = stats.expected_latency(name, tenant=self.tenant) if stats is not None else None
+        except (KeyError, AttributeError, TypeError):
+            return None
+        return float(value) if value is not None else None
+
+
+@asynccontextmanager
+async def closing(stream: AsyncIterator[T]) -> AsyncIterator[AsyncIterator[T]]:
+    """Close an async generator however the loop over it ends, so a cancelled run stops its
+    engine request promptly (plain async iterators without `aclose` are left alone)."""
+    try:
+        yield stream
+    finally:
+        aclose = getattr(stream, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
+async def call_llm(
+    env: RunEnv, node: str, prompt: RenderedPrompt, sampling: SamplingParams, hints: CallHints
+) -> LLMOutput:
+    call = LLMCall(
+        call_id=env.call_id(node),
+        run_id=env.run_id,
+        program=env.program,
+        node=node,
+        tenant=env.tenant,
+        prompt_token_ids=prompt.token_ids,
+        sampling=sampling,
+        shared_prefix_tokens=prompt.shared_prefix_tokens,
+        hints=hints,
+    )
+    texts: list[str] = []
+    n_out = prompt_tokens = cached = 0
+    finish = "abort"
+    publish = env.hub.has_subscribers(env.run_id)
+    try:
+        async with closing(env.scheduler.generate(call)) as stream:
+            async for chunk in stream:
+                texts.append(chunk.text)
+                n_out += len(chunk.token_ids)
+                prompt_tokens = chunk.prompt_tokens or prompt_tokens
+                cached = chunk.cached_tokens or cached
+                if publish and chunk.text:
+                    env.hub.publish(env.run_id, "token", node, text=chunk.text)
+                if chunk.finished:
+                    finish = chunk.finish_reason or "stop"
+    except EngineError as exc:
+        raise StepError(f"LLM call of node {node!r} failed: {exc}", "engine") from exc
+    except Exception as exc:  # a broken engine or scheduler: the step fails, the run decides
+        raise StepError(f"LLM call of node {node!r} failed: {type(exc).__name__}: {exc}", "engine") from exc
+    if finish == "abort":
+        raise StepError(f"LLM call of node {node!r} was aborted by the engine", "engine")
+    return LLMOutput("".join(texts), n_out, prompt_tokens, cached, finish)
+
+
+async def call_tool(env: RunEnv, node: str, tool: str, args: dict[str, Any]) -> ToolResult:
+    if env.tools is None:
+        raise StepError(f"node {node!r} calls tool {tool!r} but the executor has no tool runtime", "config")
+    expected = env.expected_tool_latency(tool)
+    waits_for_client = env.tool_kind(tool) == "client"
+    env.scheduler.notify(ToolStarted(env.run_id, tool, expected))
+    env.hub.publish(env.run_id, "tool_started", node, tool=tool, args=args)
+    started = time.monotonic()
+    if waits_for_client:
+        env.set_status(RunStatus.WAITING_FOR_TOOL)
+    result: ToolResult | None = None
+    try:
+        result = await env.tools.call(
+            tool, args, run_id=env.run_id, call_id=env.call_id(node), tenant=env.tenant
+        )
+    except UnknownToolError as exc:
+        raise StepError(f"node {node!r}: {exc}", "unknown_tool") from exc
+    finally:
+        if waits_for_client:
+            env.set_status(RunStatus.RUNNING)
+        duration = result.duration_s if result is not None else time.monotonic() - started
+        env.scheduler.notify(ToolFinished(env.run_id, tool, duration, ok=result is not None and result.ok))
+    env.hub.publish(
+        env.run_id, "tool_output", node, tool=tool, ok=result.ok, output=result.output, error=result.error
+    )
+    return result
+
+
+def tool_error(node: str, tool: str, result: ToolResult) -> StepError:
+    kind = result.error_kind or "exception"
+    return StepError(f"tool {tool!r} (node {node!r}) failed [{kind}]: {result.error}", kind)
+
+
+@dataclass(frozen=True, slots=True)
+class Attempted:
+    value: Any
+    attempts: int
+
+
+async def with_retries(
+    attempt: Callable[[], Awaitable[T]],
+    *,
+    what: str,
+    retries: int = 0,
+    backoff_s: float = 0.05,
+    timeout_s: float | None = None,
+) -> tuple[T, int]:
+    """Run `attempt` up to `retries + 1` times, each under `timeout_s`, sleeping `backoff_s`,
+    then twice that, ... between attempts. Raises the last `StepError` (timeouts become one)."""
+    last: StepError | None = None
+    for n in range(retries + 1):
+        if n:
+            await anyio.sleep(backoff_s * 2 ** (n - 1))
+        try:
+            if timeout_s is None:
+                return await attempt(), n + 1
+            with anyio.fail_after(timeout_s):
+                return await attempt(), n + 1
+        except TimeoutError:
+            last = StepError(f"{what} timed out after {timeout_s:g} s (attempt {n + 1})", "timeout")
+        except StepError as exc:
+            last = exc
+    assert last is not None
+    if retries:
+        last.message = f"{last.message} (after {retries + 1} attempts)"
+        last.args = (last.message,)
+    raise last
+
+
+def scope_view(state: Mapping[str, Any], local: Mapping[str, Any] | None) -> Mapping[str, Any]:
+    if not local:
+        return state
+    return {**state, **local}
