@@ -1,0 +1,37 @@
+"""Chained block hashes: the identity of a KV-cache block.
+
+A block's hash covers its parent's hash, its own token ids and "extra keys" (model fingerprint,
+dtype, tenant cache salt, adapter), so two blocks share a hash only when the whole prefix up to
+and including them is the same, computed by the same weights, for the same tenant. That makes a
+hash safe to use as a cache key in any tier (device, host RAM, Redis) and across processes.
+
+Hashes are sha256 over a msgpack encoding of `(parent, token_ids, extra_keys)`; never Python's
+`hash`, which is salted per process.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+
+import msgpack
+
+ExtraKeys = tuple[str | int, ...]
+
+
+def block_hash(parent: bytes | None, token_ids: Sequence[int], extra_keys: ExtraKeys = ()) -> bytes:
+    """Hash of one block given its parent's hash (None for the first block of a sequence)."""
+    payload = msgpack.packb([parent, [int(t) for t in token_ids], list(extra_keys)], use_bin_type=True)
+    return hashlib.sha256(payload).digest()
+
+
+def prefix_block_hashes(token_ids: Sequence[int], block_size: int, extra_keys: ExtraKeys = ()) -> list[bytes]:
+    """Chained hashes of every *full* block of `token_ids` (a trailing partial block has none)."""
+    if block_size < 1:
+        raise ValueError(f"block_size must be >= 1, got {block_size}")
+    hashes: list[bytes] = []
+    parent: bytes | None = None
+    for start in range(0, len(token_ids) - block_size + 1, block_size):
+        parent = block_hash(parent, token_ids[start : start + block_size], extra_keys)
+        hashes.append(parent)
+    return hashes

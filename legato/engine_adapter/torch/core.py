@@ -1,0 +1,395 @@
+"""`EngineCore`: the synchronous engine (scheduler + model runner + sampler + detokenizer).
+
+One `step()` schedules a batch, runs one forward pass, samples, and returns what each request
+produced. It is single-threaded and clock-free apart from pin TTLs and next-use hints, so the
+benchmark and the simulator's calibration drive it directly; `TorchEngine` (engine.py) runs it in
+a worker thread for asyncio callers.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from legato.cache.block_hash import ExtraKeys, prefix_block_hashes
+from legato.engine_adapter.base import EngineCapacity, EngineError, GenerateRequest, KVBlock, TokenChunk
+from legato.engine_adapter.torch.block_manager import BlockManager
+from legato.engine_adapter.torch.checkpoint import model_fingerprint, torch_dtype
+from legato.engine_adapter.torch.config import EngineConfig
+from legato.engine_adapter.torch.model import LlamaForCausalLM
+from legato.engine_adapter.torch.model_runner import KV_LAYOUT, ModelRunner
+from legato.engine_adapter.torch.sampler import sample
+from legato.engine_adapter.torch.scheduler import Scheduler
+from legato.engine_adapter.torch.sequence import SeqStatus
+from legato.engine_adapter.torch.sequence import Sequence as Seq
+from legato.engine_adapter.torch.tokenizer import ByteTokenizer, HFTokenizer
+
+
+@dataclass(frozen=True, slots=True)
+class RequestOutput:
+    """What one request produced in one step (a delta), or its final state."""
+
+    request_id: str
+    token_ids: tuple[int, ...]
+    text: str
+    logprobs: tuple[float, ...] | None
+    finished: bool
+    finish_reason: str | None
+    prompt_tokens: int
+    cached_tokens: int
+
+    def to_chunk(self) -> TokenChunk:
+        return TokenChunk(
+            token_ids=self.token_ids,
+            text=self.text,
+            logprobs=self.logprobs,
+            finished=self.finished,
+            finish_reason=self.finish_reason,
+            prompt_tokens=self.prompt_tokens,
+            cached_tokens=self.cached_tokens,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class EngineStats:
+    """Counters for metrics and tests. Blocks: `free` = allocatable now (free + evictable)."""
+
+    total_blocks: int
+    free_blocks: int
+    used_blocks: int
+    cached_blocks: int
+    pins: int
+    running: int
+    waiting: int
+    steps: int
+    preemptions: int
+    evictions: int
+    prefix_hit_requests: int
+    prefix_hit_tokens: int
+    prompt_tokens: int
+    generated_tokens: int
+
+
+class EngineCore:
+    """Synchronous engine. Not thread-safe: use it from one thread (TorchEngine's worker)."""
+
+    def __init__(
+        self,
+        model: LlamaForCausalLM,
+        tokenizer: ByteTokenizer | HFTokenizer,
+        config: EngineConfig,
+        model_name: str = "legato-default",
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.model = model.fuse().eval()
+        self.tokenizer = tokenizer
+        self.config = config
+        self.model_name = model_name
+        self.clock = clock
+        mc = model.config
+        self.max_model_len = min(
+            config.max_model_len or mc.max_position_embeddings, mc.max_position_embeddings
+        )
+        self.num_blocks = config.resolved_num_blocks
+        self.dtype_name = config.resolved_dtype
+        self.fingerprint = model_fingerprint(model)
+        self.blocks = BlockManager(self.num_blocks, config.block_size, clock)
+        self.scheduler = Scheduler(
+            self.blocks, config.max_num_batched_tokens, config.max_num_seqs, config.enable_prefix_caching
+        )
+        self.runner = ModelRunner(model, self.num_blocks, config.block_size, torch_dtype(self.dtype_name))
+        self._seqs: dict[str, Seq] = {}
+        self._arrivals = itertools.count()
+        self._default_gen = torch.Generator().manual_seed(config.seed)
+        self._stop_ids = frozenset(tokenizer.stop_token_ids)
+        self.steps = 0
+        self.generated_tokens = 0
+        self.last_step_tokens = 0
+
+    # --- requests -------------------------------------------------------------------------
+
+    def extra_keys(self, cache_salt: str | None) -> ExtraKeys:
+        """Keys mixed into every block hash: weights, dtype, tenant salt."""
+        return (self.fingerprint, self.dtype_name, cache_salt or "")
+
+    def validate(self, request: GenerateRequest) -> None:
+        """Raise EngineError for a request this engine can never serve. Reads only immutable
+        state, so it is safe from any thread (TorchEngine calls it before queueing)."""
+        n = len(request.prompt_token_ids)
+        if n == 0:
+            raise EngineError(f"request {request.request_id!r}: prompt_token_ids is empty")
+        vocab = self.model.config.vocab_size
+        for i, t in enumerate(request.prompt_token_ids):
+            if not 0 <= t < vocab:
+                raise EngineError(
+                    f"request {request.request_id!r}: prompt_token_ids[{i}] = {t} is outside the vocabulary "
+                    f"[0, {vocab})"
+                )
+        total = n + request.sampling.max_tokens
+        if total > self.max_model_len:
+            raise EngineError(
+                f"request {request.request_id!r}: prompt ({n} tokens) + max_tokens "
+                f"({request.sampling.max_tokens}) = {total} exceeds the model's maximum length "
+                f"{self.max_model_len}; shorten the prompt or lower max_tokens"
+            )
+        blocks = -(-total // self.config.block_size)
+        if blocks > self.num_blocks:
+            raise EngineError(
+                f"request {request.request_id!r}: prompt + max_tokens = {total} tokens needs {blocks} "
+                f"KV blocks "
+                f"but the cache has only {self.num_blocks}; lower max_tokens or raise num_blocks"
+            )
+
+    def add_request(self, request: GenerateRequest) -> None:
+        self.validate(request)
+        if request.request_id in self._seqs:
+            raise EngineError(f"request id {request.request_id!r} is already running")
+        sp = request.sampling
+        stop_ids = set(sp.stop_token_ids)
+        if not sp.ignore_eos:
+            stop_ids |= self._stop_ids
+        gen = torch.Generator().manual_seed(sp.seed) if sp.seed is not None else None
+        seq = Seq(
+            request_id=request.request_id,
+            token_ids=list(request.prompt_token_ids),
+            num_prompt_tokens=len(request.prompt_token_ids),
+            sampling=sp,
+            priority=request.priority,
+            arrival=next(self._arrivals),
+            extra_keys=self.extra_keys(request.cache_salt),
+            stop_token_ids=frozenset(stop_ids),
+            generator=gen,
+        )
+        self._seqs[request.request_id] = seq
+        self.scheduler.add(seq)
+
+    def abort_request(self, request_id: str) -> RequestOutput | None:
+        """Stop a request and free its blocks; returns its final output (None if unknown)."""
+        seq = self._seqs.pop(request_id, None)
+        if seq is None:
+            return None
+        self.scheduler.remove(seq)
+        seq.finish_reason = "abort"
+        return self._output(seq, (), "", None, finished=True)
+
+    def has_unfinished(self) -> bool:
+        return self.scheduler.has_unfinished()
+
+    def step(self) -> list[RequestOutput]:
+        """Run one engine step; returns one output per request that produced something."""
+        plan = self.scheduler.schedule()
+        self.last_step_tokens = plan.num_tokens
+        if not plan.chunks:
+            return []
+        self.steps += 1
+        sampled, logits = self.runner.run(plan.chunks)
+        for chunk in plan.chunks:
+            self.scheduler.commit(chunk)
+        if logits is None:
+            return []
+        seqs = [c.seq for c in sampled]
+        tokens, logprobs = sample(
+            logits, [s.sampling for s in seqs], [s.generator for s in seqs], self._default_gen
+        )
+        outputs: list[RequestOutput] = []
+        for i, seq in enumerate(seqs):
+            lp = None if logprobs is None or not seq.sampling.logprobs else logprobs[i]
+            outputs.append(self._append_token(seq, tokens[i], lp))
+        self.generated_tokens += len(seqs)
+        return outputs
+
+    def run_to_completion(self, requests: Sequence[GenerateRequest]) -> dict[str, list[RequestOutput]]:
+        """Convenience for benchmarks and tests: add requests, step until all finish."""
+        for r in requests:
+            self.add_request(r)
+        outputs: dict[str, list[RequestOutput]] = {r.request_id: [] for r in requests}
+        while self.has_unfinished():
+            for out in self.step():
+                outputs.setdefault(out.request_id, []).append(out)
+        return outputs
+
+    # --- per-token postprocessing ---------------------------------------------------------
+
+    def _append_token(self, seq: Seq, token: int, logprob: float | None) -> RequestOutput:
+        seq.token_ids.append(token)
+        if logprob is not None:
+            seq.logprobs.append(logprob)
+        reason: str | None = None
+        if token in seq.stop_token_ids:
+            reason = "stop"
+        elif seq.num_output_tokens >= seq.sampling.max_tokens:
+            reason = "length"
+        old_len = len(seq.text)
+        self._detokenize(seq, flush=reason is not None)
+        stops = seq.sampling.stop
+        if stops and len(seq.text) > old_len:
+            longest = max(len(s) for s in stops)
+            window_start = max(0, old_len - longest + 1)
+            hits = [i for i in (seq.text.find(s, window_start) for s in stops if s) if i >= 0]
+            if hits:
+                seq.text = seq.text[: min(hits)]
+                reason = "stop"
+        upto = len(seq.text) - _held_back(seq.text, stops) if reason is None else len(seq.text)
+        upto = max(upto, seq.emitted_text_len)
+        delta = seq.text[seq.emitted_text_len : upto]
+        seq.emitted_text_len = upto
+        finished = reason is not None
+        if finished:
+            seq.finish_reason = reason
+            self._seqs.pop(seq.request_id, None)
+            self.scheduler.remove(seq)
+        return self._output(seq, (token,), delta, logprob, finished)
+
+    def _detokenize(self, seq: Seq, flush: bool) -> None:
+        """Incremental decoding: decode a small window of recent tokens and append only what is
+        new, waiting while the text ends in an incomplete character (U+FFFD)."""
+        out = seq.output_token_ids
+        prefix_text = self.tokenizer.decode(out[seq.prefix_offset : seq.read_offset])
+        new_text = self.tokenizer.decode(out[seq.prefix_offset :])
+        if len(new_text) > len(prefix_text) and (flush or not new_text.endswith("\ufffd")):
+            seq.text += new_text[len(prefix_text) :]
+            seq.prefix_offset = seq.read_offset
+            seq.read_offset = len(out)
+
+    def _output(
+        self, seq: Seq, tokens: tuple[int, ...], text: str, logprob: float | None, finished: bool
+    ) -> RequestOutput:
+        want_lp = seq.sampling.logprobs
+        return RequestOutput(
+            request_id=seq.request_id,
+            token_ids=tokens,
+            text=text,
+            logprobs=((logprob,) if logprob is not None else ()) if want_lp else None,
+            finished=finished,
+            finish_reason=seq.finish_reason if finished else None,
+            prompt_tokens=seq.num_prompt_tokens,
+            cached_tokens=seq.cached_tokens or 0,
+        )
+
+    # --- cache hooks ----------------------------------------------------------------------
+
+    def _hashes(self, token_ids: Sequence[int], cache_salt: str | None) -> list[bytes]:
+        return prefix_block_hashes(list(token_ids), self.config.block_size, self.extra_keys(cache_salt))
+
+    def cached_prefix_tokens(self, token_ids: Sequence[int], cache_salt: str | None = None) -> int:
+        if not self.config.enable_prefix_caching:
+            return 0
+        return len(self.blocks.lookup(self._hashes(token_ids, cache_salt))) * self.config.block_size
+
+    def pin(self, token_ids: Sequence[int], cache_salt: str | None, ttl_s: float) -> str:
+        """Pin the cached leading blocks of `token_ids` for `ttl_s` seconds."""
+        if not ttl_s > 0 or math.isnan(ttl_s):
+            raise EngineError(f"pin ttl_s must be > 0, got {ttl_s}")
+        pin_id, _ = self.blocks.pin(self._hashes(token_ids, cache_salt), ttl_s)
+        return pin_id
+
+    def unpin(self, pin_id: str) -> None:
+        self.blocks.unpin(pin_id)
+
+    def set_next_use(self, token_ids: Sequence[int], cache_salt: str | None, next_use_s: float) -> int:
+        if math.isnan(next_use_s) or next_use_s < 0:
+            raise EngineError(f"next_use_s must be >= 0 (or inf), got {next_use_s}")
+        deadline = self.clock() + next_use_s
+        return self.blocks.set_next_use(self._hashes(token_ids, cache_salt), deadline)
+
+    def export_blocks(self, block_hashes: Sequence[bytes]) -> list[KVBlock]:
+        out: list[KVBlock] = []
+        for h in block_hashes:
+            block_id = self.blocks.cached.get(h)
+            if block_id is None:
+                continue
+            block = self.blocks.blocks[block_id]
+            out.append(
+                KVBlock(
+                    block_hash=h,
+                    token_ids=block.token_ids,
+                    layout=KV_LAYOUT,
+                    dtype=self.dtype_name,
+                    shape=self.runner.block_shape,
+                    data=self.runner.read_block(block_id),
+                )
+            )
+        return out
+
+    def import_blocks(self, blocks: Sequence[KVBlock]) -> int:
+        """Install blocks as cached (unreferenced) prefix-cache entries. Blocks are expected in
+        prefix order (as `export_blocks` returns a chain); each one's parent is taken to be the
+        previous block of the list when it chains, so eviction stays suffix-first."""
+        installed = 0
+        prev: bytes | None = None
+        for depth, kv in enumerate(blocks):
+            if (
+                kv.layout != KV_LAYOUT
+                or kv.dtype != self.dtype_name
+                or tuple(kv.shape) != self.runner.block_shape
+            ):
+                raise EngineError(
+                    f"KV block layout mismatch: got layout={kv.layout!r} dtype={kv.dtype!r} "
+                    f"shape={kv.shape}, "
+                    f"this engine uses layout={KV_LAYOUT!r} dtype={self.dtype_name!r} "
+                    f"shape={self.runner.block_shape}"
+                )
+            if len(kv.token_ids) != self.config.block_size:
+                raise EngineError(
+                    f"KV block has {len(kv.token_ids)} token ids, expected {self.config.block_size}"
+                )
+            if kv.block_hash in self.blocks.cached:
+                prev = kv.block_hash
+                continue
+            ids = self.blocks.allocate(1)
+            if ids is None:
+                break
+            self.runner.write_block(ids[0], kv.data)
+            self.blocks.register(ids[0], kv.block_hash, prev, depth, kv.token_ids)
+            self.blocks.release(ids)
+            prev = kv.block_hash
+            installed += 1
+        return installed
+
+    # --- introspection --------------------------------------------------------------------
+
+    def capacity(self) -> EngineCapacity:
+        return EngineCapacity(self.config.block_size, self.num_blocks, self.blocks.num_free)
+
+    def stats(self) -> EngineStats:
+        s = self.scheduler
+        return EngineStats(
+            total_blocks=self.num_blocks,
+            free_blocks=self.blocks.num_free,
+            used_blocks=self.blocks.num_used,
+            cached_blocks=self.blocks.num_cached,
+            pins=self.blocks.num_pins,
+            running=len(s.running),
+            waiting=len(s.waiting),
+            steps=self.steps,
+            preemptions=s.num_preemptions,
+            evictions=self.blocks.stats.evictions,
+            prefix_hit_requests=s.prefix_hit_requests,
+            prefix_hit_tokens=s.prefix_hit_tokens,
+            prompt_tokens=s.prompt_tokens_admitted,
+            generated_tokens=self.generated_tokens,
+        )
+
+    def active_request_ids(self) -> list[str]:
+        return list(self._seqs)
+
+    def status_of(self, request_id: str) -> SeqStatus | None:
+        seq = self._seqs.get(request_id)
+        return None if seq is None else seq.status
+
+
+def _held_back(text: str, stops: Sequence[str]) -> int:
+    """Length of the longest suffix of `text` that could still grow into a stop string: that much
+    is not streamed yet, so a stop string is never partly emitted before it is cut."""
+    best = 0
+    for s in stops:
+        for k in range(min(len(s) - 1, len(text)), best, -1):
+            if text.endswith(s[:k]):
+                best = k
+                break
+    return best

@@ -1,0 +1,158 @@
+"""Dense per-sequence KV rows for decode attention.
+
+Gathering every decoding sequence's whole context out of the paged cache at every step copies the
+entire KV once per step (and Hugging Face's growing cache does the same with `torch.cat`). The
+workspace avoids it: each decoding sequence owns a row of a dense
+`[layers, 2 (k, v), rows, kv_heads, capacity, head_dim]` tensor, filled once from the paged cache
+when the sequence starts decoding and then extended by one position per step (the attention layer
+writes the new keys/values into both). Rows are recycled lowest-first as sequences come and go,
+so membership changes cost one row fill, not a rebuild. The paged cache stays the source of
+truth (prefix caching, export); the workspace is a cache of it for the current decode batch.
+
+Past `max_bytes` (very long contexts or batches) the runner falls back to per-step gathering.
+"""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from legato.engine_adapter.torch.scheduler import ScheduledChunk
+
+
+@dataclass(slots=True)
+class WorkspacePlan:
+    """How this step's decodes map onto workspace rows."""
+
+    tensor: Tensor  # [layers, 2, rows, kv_heads, capacity, head_dim]
+    rows: Tensor  # [num_decode] long: row of each decode token
+    write_index: Tensor  # [num_decode * kv_heads] long: flat (row, head, position) of the new KV
+    num_rows: int  # attention runs over rows [0, num_rows); rows not in `rows` are idle
+    identity: bool  # rows == 0..num_decode-1 and num_rows == num_decode (no scatter needed)
+    mask: Tensor | None  # [num_rows, 1, 1, length] bool, None when every row has `length` keys
+    length: int
+
+
+class DecodeWorkspace:
+    def __init__(self, kv_cache: Tensor, block_size: int, max_bytes: int) -> None:
+        self.kv_cache = kv_cache  # [layers, slots, kv_heads, 2 * head_dim]
+        self.block_size = block_size
+        self.max_bytes = max_bytes
+        self.tensor: Tensor | None = None
+        self._row_of: dict[int, int] = {}  # Sequence.arrival -> row
+        self._row_len: list[int] = []  # valid positions per row
+        self._free: list[int] = []  # heap of free rows
+        self.row_fills = 0
+        self.grows = 0
+
+    def _reset(self) -> None:
+        self.tensor = None
+        self._row_of.clear()
+        self._row_len = []
+        self._free = []
+
+    def _ensure(self, rows: int, capacity: int) -> bool:
+        layers, _, kvh, width = self.kv_cache.shape
+        old = self.tensor
+        old_rows = 0 if old is None else old.shape[2]
+        old_cap = 0 if old is None else old.shape[4]
+        if rows <= old_rows and capacity <= old_cap:
+            return True
+        new_rows = max(old_rows, rows, 8)
+        if rows > old_rows:
+            new_rows = max(new_rows, 2 * old_rows)
+        new_cap = max(old_cap, capacity)
+        if capacity > old_cap:  # headroom so growth is rare
+            new_cap = -(-(capacity + capacity // 2 + self.block_size) // self.block_size) * self.block_size
+        nbytes = layers * 2 * new_rows * kvh * new_cap * (width // 2) * self.kv_cache.element_size()
+        if nbytes > self.max_bytes:
+            self._reset()
+            return False
+        self.grows += 1
+        t = torch.zeros(
+            layers,
+            2,
+            new_rows,
+            kvh,
+            new_cap,
+            width // 2,
+            dtype=self.kv_cache.dtype,
+            device=self.kv_cache.device,
+        )
+        if old is not None:
+            t[:, :, :old_rows, :, :old_cap] = old
+        self.tensor = t
+        self._row_len.extend([0] * (new_rows - old_rows))
+        for r in range(old_rows, new_rows):
+            heapq.heappush(self._free, r)
+        return True
+
+    def _fill(self, row: int, chunk: ScheduledChunk, past: int) -> None:
+        """Copy a sequence's first `past` positions from the paged cache into its row."""
+        assert self.tensor is not None
+        self.row_fills += 1
+        bs = self.block_size
+        table = torch.tensor(
+            chunk.seq.block_table[: -(-past // bs)], dtype=torch.long, device=self.kv_cache.device
+        )
+        offsets = torch.arange(bs, device=self.kv_cache.device)
+        slots = (table.unsqueeze(1) * bs + offsets).view(-1)[:past]
+        layers, _, kvh, width = self.kv_cache.shape
+        got = self.kv_cache.index_select(1, slots).view(layers, past, kvh, 2, width // 2)
+        self.tensor[:, :, row, :, :past] = got.permute(0, 3, 2, 1, 4)
+
+    def prepare(self, decodes: list[ScheduledChunk], positions: list[int]) -> WorkspacePlan | None:
+        """Rows for this step's decodes (position p = tokens already cached for that sequence)."""
+        keys = [c.seq.arrival for c in decodes]
+        live = set(keys)
+        for key in [k for k in self._row_of if k not in live]:
+            row = self._row_of.pop(key)
+            self._row_len[row] = 0
+            heapq.heappush(self._free, row)
+        needed_rows = len(self._row_of) + sum(1 for k in keys if k not in self._row_of)
+        if not self._ensure(needed_rows, max(positions) + 1):
+            return None
+        rows: list[int] = []
+        for key, chunk, p in zip(keys, decodes, positions, strict=True):
+            if key in self._row_of:
+                row = self._row_of[key]
+            else:
+                row = heapq.heappop(self._free)
+                self._row_of[key] = row
+            if self._row_len[row] != p:
+                if p:
+                    self._fill(row, chunk, p)
+                self._row_len[row] = p
+            rows.append(row)
+        num_rows = max(rows) + 1
+        lens = [1] * num_rows  # idle rows attend to one (finite, ignored) position
+        for row, p in zip(rows, positions, strict=True):
+            lens[row] = p + 1
+            self._row_len[row] = p + 1  # after this step the new token's KV is in the row
+        length = max(lens)
+        device = self.kv_cache.device
+        identity = num_rows == len(rows) and rows == list(range(num_rows))
+        mask = None
+        if not identity or min(lens) != length:
+            ar = torch.arange(length, device=device)
+            mask = (ar.unsqueeze(0) < torch.tensor(lens, device=device).unsqueeze(1)).view(
+                num_rows, 1, 1, length
+            )
+        assert self.tensor is not None
+        rows_t = torch.tensor(rows, dtype=torch.long, device=device)
+        kvh, capacity = self.tensor.shape[3], self.tensor.shape[4]
+        heads = torch.arange(kvh, device=device)
+        pos_t = torch.tensor(positions, dtype=torch.long, device=device)
+        write_index = ((rows_t.unsqueeze(1) * kvh + heads) * capacity + pos_t.unsqueeze(1)).view(-1)
+        return WorkspacePlan(
+            tensor=self.tensor,
+            rows=rows_t,
+            write_index=write_index,
+            num_rows=num_rows,
+            identity=identity,
+            mask=mask,
+            length=length,
+        )

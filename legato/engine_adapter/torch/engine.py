@@ -1,0 +1,377 @@
+"""`TorchEngine`: the async `Engine` over `EngineCore`, with the engine loop in a worker thread.
+
+The worker thread owns the core: every call that touches engine state (adding and aborting
+requests, pins, hints, KV export/import, stats) is queued as a command and executed by the worker
+between steps, so the core needs no locks and a forward pass never blocks the event loop. Results
+flow back per request through an anyio memory stream fed with `loop.call_soon_threadsafe`.
+
+Lifecycle: the thread starts on first use (or `async with engine`); `await engine.close()` stops
+it, fails whatever is still pending with `EngineError`, and joins it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import itertools
+import logging
+import math
+import threading
+from collections.abc import AsyncIterator, Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import anyio
+from anyio.streams.memory import MemoryObjectSendStream
+
+from legato.engine_adapter.base import (
+    Capability,
+    EngineCapacity,
+    EngineError,
+    GenerateRequest,
+    KVBlock,
+    TokenChunk,
+)
+from legato.engine_adapter.torch.checkpoint import build_default_model, load_checkpoint
+from legato.engine_adapter.torch.config import EngineConfig, ModelConfig
+from legato.engine_adapter.torch.core import EngineCore, EngineStats, RequestOutput
+from legato.engine_adapter.torch.tokenizer import ByteTokenizer, HFTokenizer
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+_Item = RequestOutput | BaseException
+_IDLE_WAIT_S = 0.5  # worker wake-up period when idle (pin expiry needs no precision)
+_BLOCKED_WAIT_S = 0.005  # back-off when requests wait but nothing could be scheduled
+
+
+class _Stream:
+    """Delivery of one request's outputs from the worker thread to its event loop."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, send: MemoryObjectSendStream[_Item]) -> None:
+        self.loop = loop
+        self.send = send
+
+    def put(self, item: _Item) -> bool:
+        try:
+            self.loop.call_soon_threadsafe(self._put, item)
+        except RuntimeError:  # the loop is closed: nobody is listening any more
+            return False
+        return True
+
+    def _put(self, item: _Item) -> None:
+        with contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
+            self.send.send_nowait(item)
+
+
+class TorchEngine:
+    """The embedded torch engine (implements Engine, PinnableEngine, EvictionHintEngine,
+    KVTransferEngine)."""
+
+    def __init__(self, core: EngineCore) -> None:
+        self.core = core
+        self._cv = threading.Condition()
+        self._commands: list[Callable[[], None]] = []
+        self._streams: dict[str, _Stream] = {}
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self._closed = False
+        self._ids = itertools.count()
+
+    # --- Engine protocol: properties -----------------------------------------------------
+
+    @property
+    def model_name(self) -> str:
+        return self.core.model_name
+
+    @property
+    def capabilities(self) -> frozenset[Capability]:
+        return frozenset(
+            {
+                Capability.LOGPROBS,
+                Capability.PRIORITY,
+                Capability.PREFIX_QUERY,
+                Capability.PIN,
+                Capability.EVICTION_HINTS,
+                Capability.KV_EXPORT,
+                Capability.KV_IMPORT,
+            }
+        )
+
+    @property
+    def tokenizer(self) -> ByteTokenizer | HFTokenizer:
+        return self.core.tokenizer
+
+    @property
+    def config(self) -> EngineConfig:
+        return self.core.config
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    async def __aenter__(self) -> TorchEngine:
+        self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def start(self) -> None:
+        """Start the worker thread (idempotent)."""
+        if self._closed:
+            raise EngineError("torch engine is closed")
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name=f"legato-torch-{id(self):x}", daemon=True)
+            self._thread.start()
+
+    async def close(self) -> None:
+        """Stop the worker, fail pending requests and commands, join the thread."""
+        if self._closed:
+            return
+        self._closed = True
+        thread = self._thread
+        with self._cv:
+            self._stopping = True
+            self._cv.notify()
+        if thread is not None:
+            with anyio.fail_after(self.config.command_timeout_s):
+                await anyio.to_thread.run_sync(thread.join)
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    # --- worker ---------------------------------------------------------------------------
+
+    def _submit(self, fn: Callable[[], None]) -> None:
+        with self._cv:
+            self._commands.append(fn)
+            self._cv.notify()
+
+    def _loop(self) -> None:
+        core = self.core
+        wait_s = 0.0
+        while True:
+            with self._cv:
+                if not self._commands and not self._stopping:
+                    timeout = _IDLE_WAIT_S if not core.has_unfinished() else wait_s
+                    if timeout > 0:
+                        self._cv.wait(timeout)
+                commands, self._commands = self._commands, []
+                stopping = self._stopping
+            for cmd in commands:
+                try:
+                    cmd()
+                except Exception:  # a command must never take the worker down
+                    log.exception("torch engine command failed")
+            if stopping:
+                self._shutdown()
+                return
+            wait_s = 0.0
+            if not core.has_unfinished():
+                continue
+            try:
+                outputs = core.step()
+            except Exception as exc:  # a bug or OOM: fail everything in flight, keep serving
+                log.exception("torch engine step failed")
+                self._fail_all(EngineError(f"torch engine step failed: {exc!r}"))
+                continue
+            for out in outputs:
+                self._deliver(out)
+            if core.last_step_tokens == 0:
+                wait_s = _BLOCKED_WAIT_S  # e.g. blocks held by pins: wait for a TTL or unpin
+
+    def _deliver(self, out: RequestOutput) -> None:
+        stream = self._streams.get(out.request_id)
+        if stream is None or not stream.put(out):
+            if not out.finished:
+                self.core.abort_request(out.request_id)
+            self._streams.pop(out.request_id, None)
+        elif out.finished:
+            self._streams.pop(out.request_id, None)
+
+    def _fail_all(self, error: EngineError) -> None:
+        for rid in self.core.active_request_ids():
+            self.core.abort_request(rid)
+        streams, self._streams = self._streams, {}
+        for stream in streams.values():
+            stream.put(error)
+
+    def _shutdown(self) -> None:
+        self._fail_all(EngineError("torch engine closed while the request was running"))
+        with self._cv:
+            leftover, self._commands = self._commands, []
+        for cmd in leftover:
+            cmd()
+
+    async def _call(self, fn: Callable[[], T]) -> T:
+        """Run `fn` on the worker thread between steps and await its result."""
+        if self._closed:
+            raise EngineError("torch engine is closed")
+        self.start()
+        fut: concurrent.futures.Future[T] = concurrent.futures.Future()
+
+        def run() -> None:
+            if not fut.set_running_or_notify_cancel():
+                return
+            if self._stopping:
+                fut.set_exception(EngineError("torch engine closed"))
+                return
+            try:
+                fut.set_result(fn())
+            except BaseException as exc:
+                fut.set_exception(exc)
+
+        self._submit(run)
+        try:
+            with anyio.fail_after(self.config.command_timeout_s):
+                return await asyncio.wrap_future(fut)
+        except TimeoutError as exc:
+            fut.cancel()
+            raise EngineError(f"torch engine did not answer within {self.config.command_timeout_s}s") from exc
+
+    # --- Engine protocol: calls -----------------------------------------------------------
+
+    async def generate(self, request: GenerateRequest) -> AsyncIterator[TokenChunk]:
+        if self._closed:
+            raise EngineError("torch engine is closed")
+        self.core.validate(request)
+        self.start()
+        rid = request.request_id
+        loop = asyncio.get_running_loop()
+        send, recv = anyio.create_memory_object_stream[_Item](max_buffer_size=math.inf)
+        with self._cv:
+            if rid in self._streams:
+                raise EngineError(f"request id {rid!r} is already running")
+            self._streams[rid] = _Stream(loop, send)
+
+        def add() -> None:
+            try:
+                self.core.add_request(request)
+            except EngineError as exc:
+                stream = self._streams.pop(rid, None)
+                if stream is not None:
+                    stream.put(exc)
+
+        self._submit(add)
+        finished = False
+        try:
+            async with recv, send:
+                while True:
+                    try:
+                        with anyio.fail_after(self.config.request_timeout_s):
+                            item = await recv.receive()
+                    except TimeoutError as exc:
+                        raise EngineError(
+                            f"request {rid!r}: no output for {self.config.request_timeout_s}s"
+                        ) from exc
+                    if isinstance(item, BaseException):
+                        finished = True
+                        raise item
+                    finished = item.finished
+                    yield item.to_chunk()
+                    if finished:
+                        return
+        finally:
+            if not finished:
+                self._abort_quietly(rid)
+
+    def _abort_quietly(self, rid: str) -> None:
+        """Abort without awaiting (used when a consumer stops iterating or is cancelled)."""
+
+        def abort() -> None:
+            self._streams.pop(rid, None)
+            self.core.abort_request(rid)
+
+        if not self._stopping:
+            self._submit(abort)
+
+    async def abort(self, request_id: str) -> None:
+        def abort() -> None:
+            out = self.core.abort_request(request_id)
+            if out is not None:
+                self._deliver(out)
+
+        await self._call(abort)
+
+    async def capacity(self) -> EngineCapacity:
+        return await self._call(self.core.capacity)
+
+    async def cached_prefix_tokens(self, token_ids: Sequence[int], cache_salt: str | None = None) -> int:
+        ids = list(token_ids)
+        return await self._call(lambda: self.core.cached_prefix_tokens(ids, cache_salt))
+
+    async def stats(self) -> EngineStats:
+        return await self._call(self.core.stats)
+
+    # --- optional capabilities ------------------------------------------------------------
+
+    async def pin(self, token_ids: Sequence[int], cache_salt: str | None, ttl_s: float) -> str:
+        ids = list(token_ids)
+        return await self._call(lambda: self.core.pin(ids, cache_salt, ttl_s))
+
+    async def unpin(self, pin_id: str) -> None:
+        await self._call(lambda: self.core.unpin(pin_id))
+
+    async def set_next_use(self, token_ids: Sequence[int], cache_salt: str | None, next_use_s: float) -> None:
+        ids = list(token_ids)
+        await self._call(lambda: self.core.set_next_use(ids, cache_salt, next_use_s))
+
+    async def export_blocks(self, block_hashes: Sequence[bytes]) -> list[KVBlock]:
+        hashes = list(block_hashes)
+        return await self._call(lambda: self.core.export_blocks(hashes))
+
+    async def import_blocks(self, blocks: Sequence[KVBlock]) -> int:
+        items = list(blocks)
+        return await self._call(lambda: self.core.import_blocks(items))
+
+    def block_hashes(self, token_ids: Sequence[int], cache_salt: str | None = None) -> list[bytes]:
+        """Chained hashes of the full blocks of `token_ids` as this engine computes them (pure)."""
+        from legato.cache.block_hash import prefix_block_hashes
+
+        return prefix_block_hashes(list(token_ids), self.config.block_size, self.core.extra_keys(cache_salt))
+
+    def new_request_id(self) -> str:
+        return f"torch-{next(self._ids)}"
+
+
+def build_core(
+    checkpoint: Path | str | None = None,
+    device: str = "cpu",
+    *,
+    model_config: ModelConfig | None = None,
+    **config_overrides: Any,
+) -> EngineCore:
+    """The synchronous core, for benchmarks and calibration that drive `step()` themselves."""
+    config = EngineConfig(device=device).with_overrides(**config_overrides)
+    dtype = config.resolved_dtype
+    if checkpoint is None:
+        model = build_default_model(config.seed, model_config, device=device, dtype=dtype)
+        name = "legato-default"
+        tokenizer: ByteTokenizer | HFTokenizer = ByteTokenizer()
+    else:
+        if model_config is not None:
+            raise EngineError(
+                "model_config is only for the default model; a checkpoint has its own config.json"
+            )
+        model, tokenizer = load_checkpoint(checkpoint, device=device, dtype=dtype)
+        name = Path(checkpoint).name
+    if model.config.vocab_size < tokenizer.vocab_size:
+        raise EngineError(
+            f"tokenizer has {tokenizer.vocab_size} tokens but the model's vocab_size is "
+            f"{model.config.vocab_size}"
+        )
+    return EngineCore(model, tokenizer, config, model_name=name)
+
+
+def load_engine(
+    checkpoint: Path | str | None = None,
+    device: str = "cpu",
+    *,
+    model_config: ModelConfig | None = None,
+    **config_overrides: Any,
+) -> TorchEngine:
+    """A torch engine: from a Hugging Face checkpoint directory, or (None) the small seeded default
+    model with the byte-level tokenizer. `config_overrides` are `EngineConfig` fields
+    (num_blocks, max_num_batched_tokens, seed, ...); `model_config` shrinks or grows the default
+    model (tests use a tiny one)."""
+    return TorchEngine(build_core(checkpoint, device, model_config=model_config, **config_overrides))

@@ -1,0 +1,145 @@
+"""Runs one scheduled step through the model over the paged KV cache.
+
+The KV cache is one tensor `[layers, num_blocks * block_size, kv_heads, 2 * head_dim]` (keys and
+values side by side per slot), allocated once. A step's tokens are flattened into one batch with
+single-token chunks (decodes) first, so attention for all of them is one SDPA call per layer;
+multi-token prefill chunks each get their own SDPA call, masked causally against their cached
+prefix.
+
+Decode attention reads a dense per-sequence copy of the KV (`decode_workspace.py`) instead of
+gathering every context out of the paged cache at every step.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from legato.engine_adapter.torch.decode_workspace import DecodeWorkspace, WorkspacePlan
+from legato.engine_adapter.torch.model import AttentionContext, LlamaForCausalLM, PrefillSlice
+from legato.engine_adapter.torch.scheduler import ScheduledChunk
+
+KV_LAYOUT = "layers,block_tokens,kv_heads,k_then_v_head_dim"
+WORKSPACE_MAX_BYTES = 512 * 2**20  # above this the decode path gathers from the paged cache per step
+
+
+class ModelRunner:
+    def __init__(self, model: LlamaForCausalLM, num_blocks: int, block_size: int, dtype: torch.dtype) -> None:
+        cfg = model.config
+        self.model = model
+        self.block_size = block_size
+        self.device = model.lm_head.weight.device
+        self.dtype = dtype
+        self.kv_cache = torch.zeros(
+            cfg.num_hidden_layers,
+            num_blocks * block_size,
+            cfg.num_key_value_heads,
+            2 * cfg.head_dim,
+            dtype=dtype,
+            device=self.device,
+        )
+        self._offsets = torch.arange(block_size, device=self.device)
+        self.workspace = DecodeWorkspace(self.kv_cache, block_size, WORKSPACE_MAX_BYTES)
+
+    @property
+    def block_shape(self) -> tuple[int, ...]:
+        """Shape of one exported block (`KV_LAYOUT`)."""
+        s = self.kv_cache.shape
+        return (s[0], self.block_size, s[2], s[3])
+
+    @torch.inference_mode()
+    def run(self, chunks: list[ScheduledChunk]) -> tuple[list[ScheduledChunk], Tensor | None]:
+        """Forward the step. Returns the chunks that sample a token and their logits `[n, vocab]`
+        in the same order (None when no chunk samples, e.g. mid-prompt prefill chunks only)."""
+        bs = self.block_size
+        decodes = [c for c in chunks if c.num_tokens == 1]
+        prefills = [c for c in chunks if c.num_tokens > 1]
+        ids: list[int] = []
+        positions: list[int] = []
+        slots: list[int] = []
+        for c in decodes:
+            seq = c.seq
+            p = seq.num_computed_tokens
+            ids.append(seq.token_ids[p])
+            positions.append(p)
+            slots.append(seq.block_table[p // bs] * bs + p % bs)
+        decode_slots: Tensor | None = None
+        decode_mask: Tensor | None = None
+        plan: WorkspacePlan | None = None
+        nd = len(decodes)
+        decode_len = 0
+        if nd:
+            plan = self.workspace.prepare(decodes, positions)
+            if plan is None:  # too big for the workspace: gather from the paged cache
+                # Keys run up to the longest context; the mask hides shorter ones' padding.
+                lens = [p + 1 for p in positions]
+                decode_len = max(lens)
+                if min(lens) != decode_len:
+                    ctx_lens = torch.tensor(lens, device=self.device)
+                    keys = torch.arange(decode_len, device=self.device)
+                    decode_mask = (keys.unsqueeze(0) < ctx_lens.unsqueeze(1)).view(nd, 1, 1, decode_len)
+                max_blocks = -(-decode_len // bs)
+                table = [
+                    c.seq.block_table[:max_blocks] + [0] * (max_blocks - len(c.seq.block_table))
+                    for c in decodes
+                ]
+                table_t = torch.tensor(table, dtype=torch.long, device=self.device)
+                decode_slots = (
+                    (table_t.unsqueeze(2) * bs + self._offsets).view(nd, -1)[:, :decode_len].reshape(-1)
+                )
+        slices: list[PrefillSlice] = []
+        slot_parts: list[Tensor] = [torch.tensor(slots, dtype=torch.long, device=self.device)]
+        pos_parts: list[Tensor] = [torch.tensor(positions, dtype=torch.long, device=self.device)]
+        start = nd
+        for c in prefills:
+            seq = c.seq
+            p0, n = seq.num_computed_tokens, c.num_tokens
+            ids.extend(seq.token_ids[p0 : p0 + n])
+            pos = torch.arange(p0, p0 + n, device=self.device)
+            table_t = torch.tensor(seq.block_table, dtype=torch.long, device=self.device)
+            slot_parts.append(table_t[pos // bs] * bs + pos % bs)
+            pos_parts.append(pos)
+            ctx_len = p0 + n
+            mask = context_slots = None
+            if p0 > 0:
+                mask = torch.arange(ctx_len, device=self.device).unsqueeze(0) <= pos.unsqueeze(1)
+                context_slots = (table_t.unsqueeze(1) * bs + self._offsets).view(-1)[:ctx_len]
+            slices.append(PrefillSlice(start, n, ctx_len, context_slots, mask))
+            start += n
+        ctx = AttentionContext(
+            slot_mapping=torch.cat(slot_parts),
+            num_decode=nd,
+            decode_slots=decode_slots,
+            decode_len=decode_len,
+            decode_mask=decode_mask,
+            decode_workspace=plan,
+            prefills=slices,
+        )
+        input_ids = torch.tensor(ids, dtype=torch.long, device=self.device)
+        hidden = self.model(input_ids, torch.cat(pos_parts), ctx, self.kv_cache)
+        rows: list[int] = []
+        sampled: list[ScheduledChunk] = []
+        offset = 0
+        for c in [*decodes, *prefills]:
+            offset += c.num_tokens
+            if c.samples:
+                rows.append(offset - 1)
+                sampled.append(c)
+        if not rows:
+            return sampled, None
+        index = torch.tensor(rows, dtype=torch.long, device=self.device)
+        return sampled, self.model.logits(hidden.index_select(0, index))
+
+    # --- KV transfer ----------------------------------------------------------------------
+
+    def _block(self, block_id: int) -> Tensor:
+        return self.kv_cache[:, block_id * self.block_size : (block_id + 1) * self.block_size]
+
+    def read_block(self, block_id: int) -> bytes:
+        data = self._block(block_id).contiguous().cpu()
+        return data.view(torch.uint8).numpy().tobytes()
+
+    def write_block(self, block_id: int, data: bytes) -> None:
+        raw = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+        block = raw.view(self.dtype).view(self.block_shape)
+        self._block(block_id).copy_(block.to(self.device))

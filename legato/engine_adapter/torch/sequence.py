@@ -1,0 +1,75 @@
+"""One request's state inside the engine: tokens, KV blocks, progress, and output bookkeeping."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+import torch
+
+from legato.cache.block_hash import ExtraKeys, block_hash
+from legato.engine_adapter.base import SamplingParams
+
+
+class SeqStatus(enum.Enum):
+    WAITING = "waiting"
+    RUNNING = "running"
+    FINISHED = "finished"
+
+
+@dataclass(eq=False, slots=True)
+class Sequence:
+    """A request being served. `token_ids` is prompt + generated tokens; KV exists for the first
+    `num_computed_tokens` of them. After a preemption everything is recomputed (mostly from the
+    prefix cache), so `num_computed_tokens` goes back to 0 but the generated tokens are kept."""
+
+    request_id: str
+    token_ids: list[int]
+    num_prompt_tokens: int
+    sampling: SamplingParams
+    priority: int
+    arrival: int  # admission order; ties in priority go to the older request
+    extra_keys: ExtraKeys
+    stop_token_ids: frozenset[int]
+    generator: torch.Generator | None = None
+    status: SeqStatus = SeqStatus.WAITING
+    num_computed_tokens: int = 0
+    block_table: list[int] = field(default_factory=list)
+    block_hashes: list[bytes] = field(default_factory=list)  # chain over full blocks of token_ids
+    num_registered_blocks: int = 0  # leading blocks of block_table already in the prefix cache
+    cached_tokens: int | None = None  # prefix-cache hit at first admission
+    num_preemptions: int = 0
+    logprobs: list[float] = field(default_factory=list)
+    finish_reason: str | None = None
+    # incremental detokenization (see engine.py)
+    text: str = ""
+    emitted_text_len: int = 0
+    prefix_offset: int = 0
+    read_offset: int = 0
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.token_ids)
+
+    @property
+    def num_output_tokens(self) -> int:
+        return len(self.token_ids) - self.num_prompt_tokens
+
+    @property
+    def output_token_ids(self) -> list[int]:
+        return self.token_ids[self.num_prompt_tokens :]
+
+    @property
+    def sort_key(self) -> tuple[int, int]:
+        """Scheduling order: lower priority value first, then older first."""
+        return (self.priority, self.arrival)
+
+    def full_block_hashes(self, num_tokens: int, block_size: int) -> list[bytes]:
+        """Chained hashes of the full blocks among the first `num_tokens` tokens (memoized)."""
+        want = num_tokens // block_size
+        while len(self.block_hashes) < want:
+            i = len(self.block_hashes)
+            parent = self.block_hashes[-1] if self.block_hashes else None
+            chunk = self.token_ids[i * block_size : (i + 1) * block_size]
+            self.block_hashes.append(block_hash(parent, chunk, self.extra_keys))
+        return self.block_hashes[:want]

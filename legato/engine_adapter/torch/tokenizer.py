@@ -1,0 +1,175 @@
+"""Tokenizers of the torch engine; both implement `legato.engine_adapter.base.Tokenizer`.
+
+`ByteTokenizer` is the default model's: token id = byte value (0..255) plus a few special tokens
+for ChatML-style chat, so every string round-trips and no vocabulary file is needed.
+`HFTokenizer` wraps a `tokenizers.Tokenizer` loaded from a checkpoint's `tokenizer.json`, with the
+chat template from `tokenizer_config.json` rendered by a sandboxed Jinja environment.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from legato.engine_adapter.base import EngineError
+
+BYTE_SPECIAL_TOKENS = ("<|bos|>", "<|eos|>", "<|pad|>", "<|im_start|>", "<|im_end|>")
+BYTE_VOCAB_SIZE = 264  # 256 bytes + specials, padded to a multiple of 8
+
+
+class ByteTokenizer:
+    """Byte-level tokenizer: ids 0..255 are bytes; 256.. are the special tokens.
+
+    `encode` never produces special tokens from text (a user typing "<|im_end|>" cannot forge a
+    turn boundary); `apply_chat_template` inserts them. `decode` drops special tokens and replaces
+    invalid UTF-8 (a partial multi-byte character shows as U+FFFD until its last byte arrives).
+    """
+
+    def __init__(self) -> None:
+        self.special_ids = {tok: 256 + i for i, tok in enumerate(BYTE_SPECIAL_TOKENS)}
+        self.bos_token_id = self.special_ids["<|bos|>"]
+        self.pad_token_id = self.special_ids["<|pad|>"]
+        self.im_start_id = self.special_ids["<|im_start|>"]
+        self.im_end_id = self.special_ids["<|im_end|>"]
+        self._eos = self.special_ids["<|eos|>"]
+
+    @property
+    def eos_token_id(self) -> int:
+        return self._eos
+
+    @property
+    def vocab_size(self) -> int:
+        return BYTE_VOCAB_SIZE
+
+    @property
+    def stop_token_ids(self) -> tuple[int, ...]:
+        """Tokens that end a generation: end of sequence and end of a chat turn."""
+        return (self._eos, self.im_end_id)
+
+    def encode(self, text: str) -> list[int]:
+        return list(text.encode("utf-8"))
+
+    def decode(self, token_ids: Sequence[int]) -> str:
+        return bytes(t for t in token_ids if 0 <= t < 256).decode("utf-8", errors="replace")
+
+    def apply_chat_template(
+        self, messages: Sequence[dict[str, str]], add_generation_prompt: bool = True
+    ) -> list[int]:
+        ids = [self.bos_token_id]
+        for i, message in enumerate(messages):
+            if "role" not in message or "content" not in message:
+                raise EngineError(f"chat message {i} needs 'role' and 'content' keys, got {sorted(message)}")
+            ids.append(self.im_start_id)
+            ids.extend(self.encode(f"{message['role']}\n{message['content']}"))
+            ids.append(self.im_end_id)
+            ids.extend(self.encode("\n"))
+        if add_generation_prompt:
+            ids.append(self.im_start_id)
+            ids.extend(self.encode("assistant\n"))
+        return ids
+
+
+def _token_text(value: Any) -> str | None:
+    """tokenizer_config.json stores special tokens as strings or as {"content": ...} dicts."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict) and isinstance(value.get("content"), str):
+        return str(value["content"])
+    return None
+
+
+class HFTokenizer:
+    """A Hugging Face `tokenizers.Tokenizer` plus the checkpoint's chat template."""
+
+    def __init__(
+        self,
+        tokenizer: Any,
+        eos_token_id: int,
+        chat_template: str | None = None,
+        bos_token: str | None = None,
+        eos_token: str | None = None,
+        extra_stop_ids: Sequence[int] = (),
+    ) -> None:
+        self._tok = tokenizer
+        self._eos = eos_token_id
+        self.chat_template = chat_template
+        self.bos_token = bos_token
+        self.eos_token = eos_token
+        self._stop_ids = tuple(dict.fromkeys((eos_token_id, *extra_stop_ids)))
+
+    @classmethod
+    def from_dir(cls, path: Path, config_eos: int | None = None) -> HFTokenizer:
+        """Load `tokenizer.json` (+ `tokenizer_config.json` when present) from a checkpoint dir."""
+        from tokenizers import Tokenizer as RawTokenizer
+
+        tok_file = path / "tokenizer.json"
+        if not tok_file.is_file():
+            raise EngineError(f"checkpoint {path} has no tokenizer.json")
+        raw = RawTokenizer.from_file(str(tok_file))
+        cfg: dict[str, Any] = {}
+        cfg_file = path / "tokenizer_config.json"
+        if cfg_file.is_file():
+            cfg = json.loads(cfg_file.read_text())
+        eos_text = _token_text(cfg.get("eos_token"))
+        bos_text = _token_text(cfg.get("bos_token"))
+        eos_id = raw.token_to_id(eos_text) if eos_text else None
+        if eos_id is None:
+            eos_id = config_eos
+        if eos_id is None:
+            raise EngineError(
+                f"checkpoint {path}: no end-of-sequence token (set 'eos_token' in tokenizer_config.json "
+                "or 'eos_token_id' in config.json)"
+            )
+        template = cfg.get("chat_template")
+        if isinstance(template, list):  # some checkpoints list named templates
+            named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
+            template = named.get("default")
+        extra = []
+        if config_eos is not None and config_eos != eos_id:
+            extra.append(config_eos)
+        return cls(raw, eos_id, template if isinstance(template, str) else None, bos_text, eos_text, extra)
+
+    @property
+    def eos_token_id(self) -> int:
+        return self._eos
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self._tok.get_vocab_size(with_added_tokens=True))
+
+    @property
+    def stop_token_ids(self) -> tuple[int, ...]:
+        return self._stop_ids
+
+    def encode(self, text: str) -> list[int]:
+        return list(self._tok.encode(text, add_special_tokens=False).ids)
+
+    def decode(self, token_ids: Sequence[int]) -> str:
+        return str(self._tok.decode(list(token_ids), skip_special_tokens=True))
+
+    def apply_chat_template(
+        self, messages: Sequence[dict[str, str]], add_generation_prompt: bool = True
+    ) -> list[int]:
+        if self.chat_template is None:
+            # No template shipped: fall back to ChatML, the most common format.
+            text = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
+            if add_generation_prompt:
+                text += "<|im_start|>assistant\n"
+        else:
+            from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+            def raise_exception(message: str) -> None:
+                raise EngineError(f"chat template error: {message}")
+
+            env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+            env.globals["raise_exception"] = raise_exception
+            text = env.from_string(self.chat_template).render(
+                messages=list(messages),
+                add_generation_prompt=add_generation_prompt,
+                bos_token=self.bos_token or "",
+                eos_token=self.eos_token or "",
+            )
+        # The template writes special tokens as text; parse them as specials here.
+        return list(self._tok.encode(text, add_special_tokens=False).ids)
