@@ -6,6 +6,9 @@ heavy imports (torch, fastapi) inside the command bodies so `legato --help` stay
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated
+
 import typer
 
 from legato.bench import commands as bench_commands
@@ -31,6 +34,21 @@ def version() -> None:
     from legato import __version__
 
     typer.echo(__version__)
+
+
+@app.command()
+def demo(
+    examples: Annotated[
+        Path | None, typer.Option(help="Directory of example programs (default: the repo's examples/).")
+    ] = None,
+    device: Annotated[str, typer.Option(help="torch device for the embedded engine: cpu, cuda, ...")] = "cpu",
+) -> None:
+    """Run the example agent programs together on the embedded torch engine (no download, no Redis)."""
+    from legato import demo as demo_module
+
+    ok = demo_module.main(examples or demo_module.DEFAULT_EXAMPLES, device)
+    if not ok:
+        raise typer.Exit(1)
 
 
 for component in (program_commands, engine_commands, bench_commands):
