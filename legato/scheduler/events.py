@@ -35,6 +35,13 @@ class LLMCall:
     # Leading tokens that come from named prefix parts (shared across calls and programs).
     shared_prefix_tokens: int = 0
     hints: CallHints = field(default_factory=CallHints)
+    # Prompt length when `prompt_token_ids` is not materialised (the simulator replays prompts
+    # as identified segments, not token ids). None: use len(prompt_token_ids).
+    num_prompt_tokens: int | None = None
+
+    @property
+    def prompt_len(self) -> int:
+        return len(self.prompt_token_ids) if self.num_prompt_tokens is None else self.num_prompt_tokens
 
 
 @dataclass(frozen=True, slots=True)

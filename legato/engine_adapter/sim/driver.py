@@ -1,0 +1,606 @@
+"""Discrete-event simulator: replays a `Workload` under a pure policy, in virtual time.
+
+A closed-loop client keeps at most `concurrency` programs in flight: program i (in arrival
+order) is submitted at max(its arrival_s, the time a client slot frees). A program's call
+arrives when its dependencies (call + tool step) have finished; a tool step takes its
+`tool_latency_s` of virtual time. The policy sees exactly what a runtime would — `RunStarted`,
+`CallArrived` (with hints: next tool, the mean latency seen so far for that tool, last step),
+`CallFinished`, `ToolStarted`, `ToolFinished`, `RunFinished`, `Tick` — and its decisions are
+applied to the simulated replicas at their next step boundary.
+
+Determinism: one event heap ordered by (time, sequence number); no wall clock, no randomness,
+no iteration over sets or `hash()`-ordered containers. Same inputs give the same `RunOutcome`.
+
+Accounting (`RunOutcome`): `cached_prompt_tokens` counts the prefix-cache hit of each call's
+*first* admission (capped at prompt - 1 tokens, as the engine always recomputes the last one);
+`prefill_tokens_computed` counts every prefilled token, recomputation after preemption included;
+`service_by_tenant` uses the VTC cost 1 x input + 2 x output tokens.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from legato.bench.outcome import ProgramOutcome, RunOutcome
+from legato.bench.workload import ProgramSpec, Segment, Workload
+from legato.engine_adapter.base import SamplingParams
+from legato.engine_adapter.sim.cost_model import CostModel
+from legato.engine_adapter.sim.engine import SimEngine, SimRequest
+from legato.engine_adapter.sim.hardware import gpu as gpu_preset
+from legato.engine_adapter.sim.hardware import tier as tier_preset
+from legato.engine_adapter.sim.kv_pool import UNLIMITED_BLOCKS, KVPool
+from legato.engine_adapter.sim.models import model as model_preset
+from legato.scheduler.events import (
+    CallArrived,
+    CallFinished,
+    CallHints,
+    Event,
+    LLMCall,
+    RunFinished,
+    RunStarted,
+    Tick,
+    ToolFinished,
+    ToolStarted,
+)
+from legato.scheduler.policy import (
+    Decision,
+    Dispatch,
+    NextUse,
+    Pause,
+    Pin,
+    Policy,
+    Prefetch,
+    ReplicaView,
+    Resume,
+    SetPriority,
+    Unpin,
+)
+
+_BROADCAST = (Pause, Resume, SetPriority, NextUse, Unpin)  # decisions every replica applies
+_URGENT = (Pause, Resume)  # decisions that cut a decode jump short (besides new calls)
+W_IN, W_OUT = 1.0, 2.0  # VTC cost weights for service_by_tenant
+_SAMPLING = SamplingParams(max_tokens=4096)  # the simulator never samples; outputs come from the spec
+
+# event kinds, in tie-break order irrelevant (sequence numbers order equal times)
+_SUBMIT, _TOOL_DONE, _STEP, _KICK, _PIN_EXPIRE, _TICK = range(6)
+
+
+@dataclass(slots=True)
+class SimConfig:
+    gpu: str = "h100"
+    model: str = "llama-3.1-8b"
+    replicas: int = 1
+    max_num_batched_tokens: int = 8192
+    max_num_seqs: int = 256
+    block_size: int = 16
+    kv_blocks: int | None = None  # None: from GPU memory (see CostModel.kv_capacity_blocks)
+    tiers: tuple[str, ...] = ()  # validated; the engine does not model tier traffic yet
+    eff_compute: float = 0.5
+    eff_mem: float = 0.8
+    overhead_s: float = 1.5e-3
+
+    def cost_model(self) -> CostModel:
+        return CostModel(
+            model_preset(self.model),
+            gpu_preset(self.gpu),
+            eff_compute=self.eff_compute,
+            eff_mem=self.eff_mem,
+            overhead_s=self.overhead_s,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class CallTrace:
+    """When one call became ready, was dispatched, first admitted, finished (tests)."""
+
+    call_id: str
+    ready_s: float
+    dispatched_s: float
+    admitted_s: float
+    finished_s: float
+    replica: int
+
+
+@dataclass(slots=True)
+class _Prog:
+    spec: ProgramSpec
+    index: int
+    run_id: str
+    waiting_deps: list[int] = field(default_factory=list)
+    dependents: list[list[int]] = field(default_factory=list)
+    steps_left: int = 0
+    submitted_s: float = 0.0
+    prompt_tokens: int = 0
+    output_tokens: int = 0
+    calls_done: int = 0
+    active_calls: int = 0  # arrived, not finished
+    tool_ends: dict[int, float] = field(default_factory=dict)  # call index -> tool end time
+    prompt_lens: list[int] = field(default_factory=list)
+
+
+class _Oracle:
+    """Exact future knowledge for clairvoyant policies (the driver knows every tool's end)."""
+
+    def __init__(self, sim: _Sim) -> None:
+        self._sim = sim
+
+    def next_use_s(self, run_id: str, now: float) -> float:
+        p = self._sim.progs_by_run.get(run_id)
+        if p is None or p.steps_left == 0:
+            return math.inf
+        if p.active_calls:
+            return now
+        best = math.inf
+        for j, t in p.tool_ends.items():
+            if p.dependents[j] and t < best:
+                best = t
+        return best
+
+
+class _View:
+    """ClusterView over the simulated replicas."""
+
+    def __init__(self, sim: _Sim) -> None:
+        self._sim = sim
+
+    @property
+    def num_replicas(self) -> int:
+        return len(self._sim.engines)
+
+    def replica(self, index: int) -> ReplicaView:
+        e = self._sim.engines[index]
+        pool = e.pool
+        return ReplicaView(
+            replica=index,
+            block_size=pool.block_size,
+            total_blocks=pool.capacity,
+            free_blocks=pool.available,
+            running=e.running,
+            waiting=e.n_waiting + e.n_parked,
+        )
+
+    def cached_prefix_tokens(self, replica: int, call_id: str) -> int:
+        pending = self._sim.pending.get(call_id)
+        if pending is None:
+            return 0
+        p, j = pending
+        return self._sim.engines[replica].pool.match_tokens(p.spec.calls[j].prompt)
+
+    def resident_tokens(self, replica: int, run_id: str) -> int:
+        run = self._sim.run_index.get(run_id)
+        if run is None:
+            return 0
+        return self._sim.engines[replica].resident_tokens(run)
+
+
+class _Sim:
+    def __init__(
+        self,
+        workload: Workload,
+        policy: Policy,
+        config: SimConfig,
+        concurrency: int,
+        progress: Callable[[int, int], None] | None,
+        check: bool,
+        trace: list[CallTrace] | None,
+    ) -> None:
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be >= 1, got {concurrency}")
+        if config.replicas < 1:
+            raise ValueError(f"replicas must be >= 1, got {config.replicas}")
+        for t in config.tiers:
+            tier_preset(t)
+        self.policy = policy
+        self.config = config
+        self.concurrency = concurrency
+        self.progress = progress
+        self.trace = trace
+        cost = config.cost_model()
+        if policy.traits.unlimited_kv:
+            blocks = UNLIMITED_BLOCKS
+        elif config.kv_blocks is not None:
+            blocks = config.kv_blocks
+        else:
+            blocks = cost.kv_capacity_blocks(config.block_size)
+        self.engines = [
+            SimEngine(
+                i,
+                cost,
+                KVPool(blocks, config.block_size, policy.traits.eviction),
+                max_num_batched_tokens=config.max_num_batched_tokens,
+                max_num_seqs=config.max_num_seqs,
+                check=check,
+            )
+            for i in range(config.replicas)
+        ]
+        order = sorted(range(len(workload.programs)), key=lambda i: (workload.programs[i].arrival_s, i))
+        self.specs = [workload.programs[i] for i in order]
+        self.workload = workload
+        self.progs_by_run: dict[str, _Prog] = {}
+        self.run_index: dict[str, int] = {}
+        self.pending: dict[str, tuple[_Prog, int]] = {}  # arrived, not yet dispatched
+        self.requests: dict[str, tuple[_Prog, int, SimRequest, int]] = {}
+        self.ready_s: dict[str, float] = {}
+        self.dispatched_s: dict[str, float] = {}
+        self.heap: list[tuple[float, int, int, int, int]] = []
+        self.seq = 0
+        self.now = 0.0
+        self.pending_ops: list[list[Decision]] = [[] for _ in self.engines]
+        self.kicked = [False] * len(self.engines)
+        self.outcomes: list[ProgramOutcome] = []
+        self.service: dict[str, float] = {}
+        self.weights: dict[str, float] = {}
+        self.tool_stats: dict[str, tuple[float, int]] = {}
+        self.shared_first: set[int] = self._shared_first_segments()
+        self.pauses = 0
+        self.prefetches = 0
+        self.next_prog = 0
+        self.done = 0
+        self.view = _View(self)
+        self._pin_home: dict[int, int] = {}  # run -> replica holding its pin
+        self._progress_every = max(1, len(self.specs) // 100)
+
+    def _shared_first_segments(self) -> set[int]:
+        seen: dict[int, int] = {}
+        for p in self.workload.programs:
+            if p.calls and p.calls[0].prompt:
+                sid = p.calls[0].prompt[0].seg_id
+                seen[sid] = seen.get(sid, 0) + 1
+        return {s for s, c in seen.items() if c > 1}
+
+    # --- event plumbing ------------------------------------------------------------------
+
+    def push(self, t: float, kind: int, a: int = 0, b: int = 0) -> None:
+        self.seq += 1
+        heapq.heappush(self.heap, (t, self.seq, kind, a, b))
+
+    def emit(self, event: Event) -> None:
+        for d in self.policy.on_event(event, self.now, self.view):
+            self.apply(d)
+
+    def run(self) -> RunOutcome:
+        policy = self.policy
+        if policy.traits.oracle:
+            policy.set_oracle(_Oracle(self))
+        for _ in range(min(self.concurrency, len(self.specs))):
+            self._submit_next(0.0)
+        if policy.traits.tick_s is not None and self.specs:
+            self.push(self.specs[0].arrival_s, _TICK)
+        heap = self.heap
+        while heap and self.done < len(self.specs):
+            t, _, kind, a, b = heapq.heappop(heap)
+            self.now = t
+            if kind == _STEP:
+                self._on_step(a, b)
+            elif kind == _TOOL_DONE:
+                self._on_tool_done(a, b)
+            elif kind == _SUBMIT:
+                self._on_submit(a)
+            elif kind == _KICK:
+                self.kicked[a] = False
+                self._maybe_plan(a)
+            elif kind == _PIN_EXPIRE:
+                self._replica_op(self._pin_home.get(a, 0), ("expire", a, b))
+            elif kind == _TICK:
+                self.emit(Tick())
+                tick = policy.traits.tick_s
+                assert tick is not None
+                self.push(t + tick, _TICK)
+        if self.done < len(self.specs):
+            stuck = sorted(self.pending)[:5]
+            raise RuntimeError(
+                f"simulation stalled with {len(self.specs) - self.done} programs unfinished; "
+                f"undispatched calls: {stuck} (does the policy dispatch every call?)"
+            )
+        if self.progress is not None:
+            self.progress(self.done, len(self.specs))
+        return self._outcome()
+
+    # --- programs ------------------------------------------------------------------------
+
+    def _submit_next(self, now: float) -> None:
+        if self.next_prog >= len(self.specs):
+            return
+        i = self.next_prog
+        self.next_prog += 1
+        self.push(max(self.specs[i].arrival_s, now), _SUBMIT, i)
+
+    def _on_submit(self, i: int) -> None:
+        spec = self.specs[i]
+        n = len(spec.calls)
+        p = _Prog(spec, i, spec.program_id, submitted_s=self.now, steps_left=n)
+        p.waiting_deps = [len(c.deps) for c in spec.calls]
+        p.prompt_lens = [c.prompt_tokens for c in spec.calls]
+        p.dependents = [[] for _ in range(n)]
+        for j, c in enumerate(spec.calls):
+            for dep in c.deps:
+                p.dependents[dep].append(j)
+        self.progs_by_run[p.run_id] = p
+        self.run_index[p.run_id] = i
+        self.weights[spec.tenant] = spec.tenant_weight
+        self.service.setdefault(spec.tenant, 0.0)
+        self.emit(RunStarted(p.run_id, spec.kind or "program", spec.tenant))
+        if n == 0:
+            self._finish_program(p)
+            return
+        for j in range(n):
+            if p.waiting_deps[j] == 0:
+                self._arrive(p, j)
+
+    def _arrive(self, p: _Prog, j: int) -> None:
+        cs = p.spec.calls[j]
+        call_id = f"{p.run_id}#{j}"
+        prompt = cs.prompt
+        shared = prompt[0].tokens if prompt and prompt[0].seg_id in self.shared_first else 0
+        expected = None
+        if cs.tool is not None:
+            st = self.tool_stats.get(cs.tool)
+            if st is not None:
+                expected = st[0] / st[1]
+        hints = CallHints(cs.tool, expected, not p.dependents[j])
+        call = LLMCall(
+            call_id,
+            p.run_id,
+            p.spec.kind or "program",
+            cs.node,
+            p.spec.tenant,
+            (),
+            _SAMPLING,
+            shared,
+            hints,
+            num_prompt_tokens=p.prompt_lens[j],
+        )
+        p.active_calls += 1
+        self.pending[call_id] = (p, j)
+        self.ready_s[call_id] = self.now
+        self.emit(CallArrived(call))
+
+    def _on_call_done(self, req: SimRequest) -> None:
+        p, j, _, replica = self.requests.pop(req.call_id)
+        cs = p.spec.calls[j]
+        p.active_calls -= 1
+        p.calls_done += 1
+        prompt = req.prompt_len
+        p.prompt_tokens += prompt
+        p.output_tokens += cs.output_tokens
+        tenant = p.spec.tenant
+        self.service[tenant] += W_IN * prompt + W_OUT * cs.output_tokens
+        if self.trace is not None:
+            self.trace.append(
+                CallTrace(
+                    req.call_id,
+                    self.ready_s[req.call_id],
+                    self.dispatched_s[req.call_id],
+                    req.first_admit_s,
+                    self.now,
+                    replica,
+                )
+            )
+        self.emit(CallFinished(req.call_id, p.run_id, prompt, cs.output_tokens, req.hit_tokens, "length"))
+        if cs.tool is not None:
+            p.tool_ends[j] = self.now + cs.tool_latency_s
+            self.emit(ToolStarted(p.run_id, cs.tool, self._tool_mean(cs.tool)))
+            self.push(self.now + cs.tool_latency_s, _TOOL_DONE, p.index, j)
+        else:
+            self._step_done(p, j)
+
+    def _tool_mean(self, tool: str) -> float | None:
+        st = self.tool_stats.get(tool)
+        return None if st is None else st[0] / st[1]
+
+    def _on_tool_done(self, i: int, j: int) -> None:
+        p = self.progs_by_run[self.specs[i].program_id]
+        cs = p.spec.calls[j]
+        assert cs.tool is not None
+        del p.tool_ends[j]
+        s, c = self.tool_stats.get(cs.tool, (0.0, 0))
+        self.tool_stats[cs.tool] = (s + cs.tool_latency_s, c + 1)
+        self.emit(ToolFinished(p.run_id, cs.tool, cs.tool_latency_s))
+        self._step_done(p, j)
+
+    def _step_done(self, p: _Prog, j: int) -> None:
+        for d in p.dependents[j]:
+            p.waiting_deps[d] -= 1
+            if p.waiting_deps[d] == 0:
+                self._arrive(p, d)
+        p.steps_left -= 1
+        if p.steps_left == 0:
+            self._finish_program(p)
+
+    def _finish_program(self, p: _Prog) -> None:
+        spec = p.spec
+        self.outcomes.append(
+            ProgramOutcome(
+                spec.program_id,
+                spec.tenant,
+                p.submitted_s,
+                self.now,
+                p.calls_done,
+                p.prompt_tokens,
+                p.output_tokens,
+            )
+        )
+        self.emit(RunFinished(p.run_id, "succeeded"))
+        run = self.run_index[p.run_id]
+        for e in self.engines:
+            if run in e.run_path or run in e.pins:
+                self._replica_op(e.index, ("forget", run, 0))
+        self.done += 1
+        if self.progress is not None and self.done % self._progress_every == 0:
+            self.progress(self.done, len(self.specs))
+        self._submit_next(self.now)
+
+    # --- decisions -----------------------------------------------------------------------
+
+    def apply(self, d: Decision) -> None:
+        if isinstance(d, Dispatch):
+            pending = self.pending.pop(d.call_id, None)
+            if pending is None:
+                raise ValueError(f"policy dispatched unknown or already dispatched call {d.call_id!r}")
+            if not 0 <= d.replica < len(self.engines):
+                raise ValueError(
+                    f"policy dispatched {d.call_id!r} to replica {d.replica} (have {len(self.engines)})"
+                )
+            p, j = pending
+            cs = p.spec.calls[j]
+            req = SimRequest(
+                d.call_id, self.run_index[p.run_id], p.prompt_lens[j], cs.output_tokens, d.priority
+            )
+            self.requests[d.call_id] = (p, j, req, d.replica)
+            self.dispatched_s[d.call_id] = self.now
+            self._replica_op(d.replica, ("add", req, Segment(cs.output_seg_id, cs.output_tokens), cs.prompt))
+        elif isinstance(d, _BROADCAST):
+            if isinstance(d, Pause):
+                self.pauses += 1
+            for e in self.engines:
+                self._replica_op(e.index, d)
+        elif isinstance(d, Pin):
+            home = self._home_of(d.run_id)
+            if home is not None:
+                self._replica_op(home, d)
+        elif isinstance(d, Prefetch):
+            self.prefetches += 1  # no tiers modelled: nothing to bring back
+        else:
+            raise TypeError(f"unknown decision {d!r}")
+
+    def _home_of(self, run_id: str) -> int | None:
+        run = self.run_index.get(run_id)
+        if run is None:
+            return None
+        for e in self.engines:
+            if run in e.run_path:
+                return e.index
+        return None
+
+    def _replica_op(self, r: int, op: object) -> None:
+        """Apply an op now if the replica is between steps, else at its next step boundary.
+        Ops that change what the scheduler may run (a new call, pause, resume) also cut a
+        decode jump short, so they take effect one step later, as in a real engine; ops that
+        only change bookkeeping (hints, pins, priorities of queued calls) wait for the jump."""
+        e = self.engines[r]
+        if e.in_flight:
+            self.pending_ops[r].append(op)  # type: ignore[arg-type]
+            if isinstance(op, _URGENT) or (isinstance(op, tuple) and op[0] == "add"):
+                new_end = e.truncate(self.now)
+                if new_end is not None:
+                    self.push(new_end, _STEP, r, e.version)
+            return
+        self._do_op(e, op)
+        if not self.kicked[r]:
+            self.kicked[r] = True
+            self.push(self.now, _KICK, r)
+
+    def _do_op(self, e: SimEngine, op: object) -> None:
+        now = self.now
+        if isinstance(op, tuple):
+            if op[0] == "add":
+                _, req, out_seg, prompt = op
+                e.add(req, prompt, out_seg)
+            elif op[0] == "expire":
+                e.unpin(op[1], op[2], now)
+            elif op[0] == "forget":
+                e.forget_run(op[1], now)
+            return
+        if isinstance(op, Pause):
+            e.pause(self.run_index[op.run_id], now)
+        elif isinstance(op, Resume):
+            e.resume(self.run_index[op.run_id])
+        elif isinstance(op, SetPriority):
+            e.set_priority(self.run_index[op.run_id], op.priority)
+        elif isinstance(op, NextUse):
+            run = self.run_index.get(op.run_id)
+            if run is not None:
+                e.set_hint(run, op.at_s)
+        elif isinstance(op, Unpin):
+            run = self.run_index.get(op.run_id)
+            if run is not None:
+                e.unpin(run, now=now)
+        elif isinstance(op, Pin):
+            run = self.run_index[op.run_id]
+            version = e.pin(run)
+            if version is not None:
+                self._pin_home[run] = e.index
+                self.push(now + max(0.0, op.ttl_s), _PIN_EXPIRE, run, version)
+
+    def _on_step(self, r: int, version: int) -> None:
+        e = self.engines[r]
+        if version != e.version or not e.in_flight:
+            return
+        finished = e.complete(self.now)
+        ops, self.pending_ops[r] = self.pending_ops[r], []
+        for op in ops:
+            self._do_op(e, op)
+        for req in finished:
+            self._on_call_done(req)
+        self._maybe_plan(r)
+
+    def _maybe_plan(self, r: int) -> None:
+        e = self.engines[r]
+        if e.in_flight:
+            return
+        end = e.plan(self.now)
+        if end is not None:
+            self.push(end, _STEP, r, e.version)
+
+    def _outcome(self) -> RunOutcome:
+        stats = [e.stats for e in self.engines]
+        outcomes = sorted(self.outcomes, key=lambda o: o.program_id)
+        first = min((o.arrival_s for o in outcomes), default=0.0)
+        last = max((o.finish_s for o in outcomes), default=0.0)
+        evicted = sum(e.pool.evicted_blocks for e in self.engines)
+        return RunOutcome(
+            policy=self.policy.name,
+            programs=outcomes,
+            makespan_s=last - first,
+            prompt_tokens=sum(o.prompt_tokens for o in outcomes),
+            prefill_tokens_computed=sum(s.prefill_tokens for s in stats),
+            cached_prompt_tokens=sum(s.cached_prompt_tokens for s in stats),
+            preemptions=sum(s.preemptions for s in stats),
+            pauses=self.pauses,
+            replicas=len(self.engines),
+            engine_busy_s=sum(s.busy_s for s in stats),
+            service_by_tenant=dict(sorted(self.service.items())),
+            tenant_weights=dict(sorted(self.weights.items())),
+            extra={
+                "engine_steps": float(sum(s.steps for s in stats)),
+                "evicted_blocks": float(evicted),
+                "prefetches_ignored": float(self.prefetches),
+            },
+        )
+
+
+def resolve_policy(policy: str | Policy) -> Policy:
+    if not isinstance(policy, str):
+        return policy
+    from legato.bench.baselines import POLICIES
+
+    try:
+        return POLICIES[policy]()
+    except KeyError:
+        raise ValueError(f"unknown policy {policy!r}; valid choices: {', '.join(sorted(POLICIES))}") from None
+
+
+def simulate(
+    workload: Workload,
+    policy: str | Policy,
+    config: SimConfig,
+    *,
+    concurrency: int,
+    seed: int = 0,
+    progress: Callable[[int, int], None] | None = None,
+    check: bool = False,
+    trace: list[CallTrace] | None = None,
+) -> RunOutcome:
+    """Replay `workload` under `policy` (a registry name or a Policy object) on simulated
+    replicas. `seed` is accepted for interface symmetry with real drivers: the simulator draws
+    no random numbers, so equal inputs always give equal outcomes. `check` turns on the engine's
+    invariant assertions (slow); `trace`, when given, receives one `CallTrace` per call."""
+    del seed
+    sim = _Sim(workload, resolve_policy(policy), config, concurrency, progress, check, trace)
+    return sim.run()
+
+
+__all__: Sequence[str] = ["CallTrace", "SimConfig", "simulate"]

@@ -1,0 +1,326 @@
+"""The simulated engine's KV block pool with automatic prefix caching, over prompt segments.
+
+Prompts are sequences of identified segments (`legato.bench.workload.Segment`), so the prefix
+cache is a radix tree with one node per segment along a path: two sequences share KV exactly as
+far as their leading segments agree. A node owns the full blocks whose *last* token falls inside
+its segment (a block straddling two segments depends on both, so it hangs off the deeper one);
+`cached` counts how many of those blocks, from the front, are resident. Blocks are never Python
+objects: a 100k-token prompt is a few dozen nodes with integer counts.
+
+Semantics follow vLLM's v1 KV cache manager: only full blocks are cached; a block referenced by a
+running request cannot be evicted; unreferenced cached blocks stay in the pool and are reused on
+a hit until evicted to make room. Eviction is prefix-closed (tail blocks of leaf nodes first, as
+vLLM's reversed free-list order and SGLang's radix tree both do), in one of two orders:
+
+- `lru`: least recently released first (vLLM's free-block queue);
+- `next-use`: furthest hinted next use first (Bélády / KVFlow); unhinted nodes go last, LRU.
+
+Runs marked evict-first (paused programs) go before anything else in both orders.
+
+Accounting invariant (checked by `check()`): used = sum(cached) + blocks held privately by
+running requests (partial blocks, duplicates, and blocks computed but not yet committed).
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections.abc import Sequence
+
+from legato.bench.workload import Segment
+
+UNLIMITED_BLOCKS = 1 << 60
+
+
+class Node:
+    __slots__ = (
+        "cached",
+        "cached_children",
+        "children",
+        "depth",
+        "end",
+        "last_access",
+        "nblocks",
+        "owner",
+        "parent",
+        "refs",
+        "shared",
+        "start",
+        "version",
+    )
+
+    def __init__(self, parent: Node | None, start: int, end: int, block_size: int) -> None:
+        self.parent = parent
+        self.children: dict[int, Node] = {}
+        self.start = start
+        self.end = end
+        self.nblocks = end // block_size - start // block_size
+        self.cached = 0
+        self.refs = 0
+        self.cached_children = 0
+        self.last_access = 0.0
+        self.owner = -1  # run index of the last run that used it
+        self.shared = False  # used by more than one run
+        self.version = 0
+        self.depth: int = 0 if parent is None else parent.depth + 1
+
+
+HeapEntry = tuple[tuple[float, float, int], int, int, Node]
+
+
+class KVPool:
+    def __init__(self, capacity_blocks: int, block_size: int, eviction: str = "lru") -> None:
+        if eviction not in ("lru", "next-use"):
+            raise ValueError(f"unknown eviction order {eviction!r}; valid choices: lru, next-use")
+        self.capacity = capacity_blocks
+        self.block_size = block_size
+        self.next_use_mode = eviction == "next-use"
+        self.root = Node(None, 0, 0, block_size)
+        self.used = 0  # allocated blocks: cached ones plus private ones of running requests
+        self.cached_total = 0
+        self.evictable = 0  # cached blocks in unreferenced nodes
+        self.evicted_blocks = 0
+        self.hints: dict[int, float] = {}  # run -> absolute time of next use
+        self.evict_first: set[int] = set()
+        self._heap: list[HeapEntry] = []
+        self._seq = 0
+
+    # --- paths ---------------------------------------------------------------------------
+
+    def extend(self, nodes: list[Node], segments: Sequence[Segment]) -> list[Node]:
+        """`nodes` (a path from the root) extended by `segments`, creating nodes as needed."""
+        node = nodes[-1] if nodes else self.root
+        out = list(nodes)
+        bs = self.block_size
+        for seg in segments:
+            child = node.children.get(seg.seg_id)
+            if child is None:
+                child = Node(node, node.end, node.end + seg.tokens, bs)
+                node.children[seg.seg_id] = child
+            out.append(child)
+            node = child
+        return out
+
+    def match_tokens(self, segments: Sequence[Segment]) -> int:
+        """Leading tokens of `segments` resident in the cache (whole blocks), without touching it."""
+        node = self.root
+        blocks = 0
+        for seg in segments:
+            child = node.children.get(seg.seg_id)
+            if child is None:
+                break
+            blocks += child.cached
+            if child.cached < child.nblocks:
+                break
+            node = child
+        return blocks * self.block_size
+
+    # --- references ----------------------------------------------------------------------
+
+    def acquire(self, nodes: Sequence[Node], run: int) -> tuple[int, int]:
+        """Reference every node of a path; returns (leading cached blocks, index of the first
+        node not fully cached)."""
+        hit = 0
+        stop = -1
+        for i, n in enumerate(nodes):
+            if n.refs == 0:
+                self.evictable -= n.cached
+            n.refs += 1
+            if n.owner != run:
+                if n.owner >= 0:
+                    n.shared = True
+                n.owner = run
+            if stop < 0:
+                hit += n.cached
+                if n.cached < n.nblocks:
+                    stop = i
+        return hit, (len(nodes) if stop < 0 else stop)
+
+    def release(self, nodes: Sequence[Node], now: float | None) -> None:
+        """Drop one reference from every node of a path. `now=None` undoes an `acquire` without
+        counting it as a use (a failed admission)."""
+        if now is not None:
+            for n in nodes:
+                n.last_access = now
+        for n in nodes:
+            n.refs -= 1
+            if n.refs == 0:
+                self.evictable += n.cached
+                if n.cached and not n.cached_children:
+                    self._push(n)
+
+    def commit(self, nodes: Sequence[Node], idx: int, tokens: int) -> tuple[int, int]:
+        """Mark the full blocks among the first `tokens` tokens of a referenced path as cached.
+        Returns (blocks newly cached, index of the first node not yet complete)."""
+        bs = self.block_size
+        new = 0
+        full = tokens // bs
+        n_nodes = len(nodes)
+        while idx < n_nodes:
+            n = nodes[idx]
+            done = full - n.start // bs
+            if done > n.nblocks:
+                done = n.nblocks
+            if done > n.cached:
+                if n.cached == 0 and not n.cached_children:
+                    p = n.parent
+                    if p is not None:
+                        if p.cached or p.cached_children:
+                            p.cached_children += 1  # the common case, inlined
+                        else:
+                            self._mark_live(n)
+                new += done - n.cached
+                n.cached = done
+            if tokens < n.end:
+                break
+            idx += 1
+        self.cached_total += new
+        return new, idx
+
+    @staticmethod
+    def _mark_live(n: Node) -> None:
+        """`n` gets its first cached block: count it in its parent's `cached_children` (and up
+        through block-less ancestors, so a short segment never breaks prefix closure)."""
+        p = n.parent
+        while p is not None:
+            was_live = p.cached or p.cached_children
+            p.cached_children += 1
+            if was_live:
+                return
+            p = p.parent
+
+    # --- allocation ----------------------------------------------------------------------
+
+    @property
+    def available(self) -> int:
+        return self.capacity - self.used + self.evictable
+
+    def allocate(self, blocks: int) -> None:
+        free = self.capacity - self.used
+        if blocks > free:
+            self._evict(blocks - free)
+        self.used += blocks
+        if self.used > self.capacity:
+            raise AssertionError(f"KV pool over capacity: {self.used} > {self.capacity}")
+
+    def free(self, blocks: int) -> None:
+        self.used -= blocks
+        if self.used < 0:
+            raise AssertionError(f"KV pool freed below zero: {self.used}")
+
+    # --- eviction ------------------------------------------------------------------------
+
+    def set_hint(self, run: int, at_s: float, tail: Sequence[Node]) -> None:
+        self.hints[run] = at_s
+        self._repush_tail(tail)
+
+    def set_evict_first(self, run: int, on: bool, tail: Sequence[Node]) -> None:
+        if on:
+            self.evict_first.add(run)
+        else:
+            self.evict_first.discard(run)
+        self._repush_tail(tail)
+
+    def forget_run(self, run: int, tail: Sequence[Node]) -> None:
+        """The run ended: its private KV is not needed again (next-use mode says so)."""
+        self.evict_first.discard(run)
+        if self.next_use_mode:
+            self.hints[run] = math.inf
+            self._repush_tail(tail)
+        else:
+            self.hints.pop(run, None)
+
+    def _repush_tail(self, tail: Sequence[Node]) -> None:
+        for n in reversed(tail):
+            if n.cached:
+                if n.refs == 0 and not n.cached_children:
+                    self._push(n)
+                return
+
+    def _key(self, n: Node) -> tuple[float, float, int]:
+        if n.owner in self.evict_first and not n.shared:
+            return (-1.0, n.last_access, -n.depth)
+        if self.next_use_mode and not n.shared:
+            at = self.hints.get(n.owner)
+            if at is not None:
+                return (0.0, -at if at != math.inf else -math.inf, -n.depth)
+            return (1.0, n.last_access, -n.depth)
+        return (1.0, n.last_access, -n.depth)
+
+    def _push(self, n: Node) -> None:
+        n.version += 1
+        self._seq += 1
+        heapq.heappush(self._heap, (self._key(n), self._seq, n.version, n))
+
+    def _evict(self, blocks: int) -> None:
+        """Evict `blocks` blocks in key order. After a node empties, its parent usually comes
+        next (same run, same key class): it is evicted straight away, without a heap round
+        trip, whenever its key is not larger than the heap's top."""
+        heap = self._heap
+        n: Node | None = None
+        from_heap = False
+        while blocks > 0:
+            if n is None:
+                if not heap:
+                    raise AssertionError("KV pool: nothing left to evict")
+                _, _, version, n = heap[0]
+                if version != n.version or n.refs or not n.cached or n.cached_children:
+                    heapq.heappop(heap)
+                    n = None
+                    continue
+                from_heap = True
+            take = min(blocks, n.cached)
+            n.cached -= take
+            blocks -= take
+            self.cached_total -= take
+            self.evictable -= take
+            self.used -= take
+            self.evicted_blocks += take
+            if n.cached:  # done; a heap entry stays valid (the key does not depend on `cached`)
+                if not from_heap:
+                    self._push(n)
+                return
+            if from_heap:
+                heapq.heappop(heap)
+            p = n.parent
+            assert p is not None
+            p.cached_children -= 1
+            while not p.cached and not p.cached_children and p.parent is not None:
+                p = p.parent
+                p.cached_children -= 1
+            n = None
+            if p.refs == 0 and p.cached and not p.cached_children:
+                key = self._key(p)
+                p.version += 1  # any older entry of p is void
+                if not heap or key <= heap[0][0]:
+                    n, from_heap = p, False
+                else:
+                    self._seq += 1
+                    heapq.heappush(heap, (key, self._seq, p.version, p))
+        if n is not None and not from_heap:
+            self._push(n)  # the next chain node was not needed after all: give it its entry
+
+    # --- checks --------------------------------------------------------------------------
+
+    def check(self, private_blocks: int) -> None:
+        """Full consistency walk (tests turn this on): O(nodes)."""
+        total = evictable = 0
+        stack = [self.root]
+        while stack:
+            n = stack.pop()
+            assert 0 <= n.cached <= n.nblocks, "node cached out of range"
+            assert n.refs >= 0, "negative refs"
+            kids = 0
+            for c in n.children.values():
+                if c.cached or c.cached_children:
+                    kids += 1
+                    assert n.cached == n.nblocks, "cache not prefix-closed"
+                stack.append(c)
+            assert kids == n.cached_children, "cached_children out of sync"
+            total += n.cached
+            if n.refs == 0:
+                evictable += n.cached
+        assert total == self.cached_total, f"cached_total {self.cached_total} != {total}"
+        assert evictable == self.evictable, f"evictable {self.evictable} != {evictable}"
+        assert 0 <= self.used <= self.capacity, f"used {self.used} outside [0, {self.capacity}]"
+        assert self.used == total + private_blocks, f"used {self.used} != {total} + {private_blocks}"
