@@ -37,7 +37,11 @@ def bench(
         ),
     ] = "swe",
     engine: Annotated[
-        str, typer.Option(help="sim; torch needs the runtime driver of a later issue.")
+        str,
+        typer.Option(
+            help="sim (simulated GPU, virtual time) or torch (the embedded torch engine on CPU, real time; "
+            "--param token_scale=, time_scale=, kv_blocks=, kv_pressure= tune it)."
+        ),
     ] = "sim",
     policies: Annotated[
         str,

@@ -153,11 +153,9 @@ def execute_bench(
     """Validate, build the workload once, replay it under every policy (and concurrency)."""
     if engine not in ENGINES:
         raise BenchInputError(f"unknown engine {engine!r}; valid: {', '.join(ENGINES)}")
-    if engine != "sim":
-        raise BenchInputError(
-            f"--engine {engine} needs the program-level runtime driver, which a later issue builds; "
-            "use --engine sim for now"
-        )
+    torch_options: dict[str, float] = {}
+    if engine == "torch":
+        workload_params, torch_options = _split_torch_params(workload_params or {})
     for name, value in (
         ("programs", programs),
         ("concurrency", concurrency),
@@ -168,13 +166,21 @@ def execute_bench(
     for value in sweep:
         _check_positive("every --sweep value", value)
     _check_policies(policies)
-    config = _sim_config(gpu, model, replicas, tiers)
+    if engine == "torch":
+        _check_torch(policies, replicas, tiers)
+        config: Any = None
+        model, gpu = "legato-default", "cpu"
+    else:
+        config = _sim_config(gpu, model, replicas, tiers)
     workload = _build(workload_name, programs, seed, workload_params or {})
-    _check_fits(workload, config)
+    if config is not None:
+        _check_fits(workload, config)
 
     runs = [(level, policy) for level in sorted({concurrency, *sweep}) for policy in policies]
     labels = {run: run[1] if not sweep else f"{run[1]} @ c={run[0]}" for run in runs}
-    if jobs == 1:
+    if engine == "torch":
+        outcomes = _run_torch(workload, runs, labels, seed, torch_options, progress)
+    elif jobs == 1:
         outcomes = _run_serial(workload, config, runs, labels, seed, progress)
     else:
         build_args = (workload_name, programs, seed, dict(workload_params or {}))
@@ -203,10 +209,103 @@ def execute_bench(
         policies=summaries(concurrency),
         sweep={level: summaries(level) for level in sorted(set(sweep))} if sweep else None,
     )
+    if engine == "torch":
+        report["engine_params"] = _torch_engine_params(torch_options, results[concurrency])
     return BenchRun(report=report, outcomes=results[concurrency], sweep={v: results[v] for v in sweep})
 
 
 Run = tuple[int, str]  # (concurrency, policy)
+
+# --- the torch engine (`--engine torch`): real time, through legato.scheduler.runtime ----------
+# Options come as `--param key=value` and are taken out before the workload generator sees the
+# params: token_scale (default 1/32), time_scale (0.05), kv_blocks (default: sized for pressure),
+# kv_pressure (0.5), max_num_batched_tokens (engine step budget). Replays run one after another
+# (`--jobs` is ignored: they would compete for the same cores and distort each other's times);
+# `--gpu` / `--model` / `--tiers` do not apply (the report says model legato-default, gpu cpu).
+# Results are wall-clock measurements: the JSON is not byte-identical from run to run.
+
+
+def _split_torch_params(params: Mapping[str, object]) -> tuple[dict[str, object], dict[str, float]]:
+    from legato.bench.torch_replay import TORCH_PARAMS
+
+    rest: dict[str, object] = {}
+    options: dict[str, float] = {}
+    for key, value in params.items():
+        if key not in TORCH_PARAMS:
+            rest[key] = value
+            continue
+        try:
+            number = float(str(value))
+        except ValueError:
+            raise BenchInputError(f"--param {key} must be a number, got {value!r}") from None
+        if not number > 0 or number != number:
+            raise BenchInputError(f"--param {key} must be > 0, got {value!r}")
+        options[key] = number
+    return rest, options
+
+
+def _torch_engine_params(options: Mapping[str, float], outcomes: Mapping[str, RunOutcome]) -> dict[str, Any]:
+    """What the torch replays ran with (scales, KV size per policy), for the report."""
+    from legato.bench.torch_replay import DEFAULT_KV_PRESSURE, DEFAULT_TIME_SCALE, DEFAULT_TOKEN_SCALE
+
+    return {
+        "token_scale": options.get("token_scale", DEFAULT_TOKEN_SCALE),
+        "time_scale": options.get("time_scale", DEFAULT_TIME_SCALE),
+        "kv_pressure": options.get("kv_pressure", DEFAULT_KV_PRESSURE),
+        "kv_blocks": {name: int(o.extra.get("kv_blocks", 0)) for name, o in outcomes.items()},
+        "deterministic": False,
+    }
+
+
+def _check_torch(policies: Sequence[str], replicas: int, tiers: Sequence[str]) -> None:
+    from legato.bench.baselines import POLICIES
+
+    if replicas != 1:
+        raise BenchInputError(f"--engine torch runs one engine replica; got --replicas {replicas}")
+    if tiers:
+        raise BenchInputError("--engine torch has no KV tiers; drop --tiers")
+    oracle = [p for p in policies if POLICIES[p]().traits.oracle]
+    if oracle:
+        raise BenchInputError(
+            f"policy {', '.join(oracle)} needs future knowledge (a clairvoyant bound) and runs only with "
+            "--engine sim; drop it for --engine torch"
+        )
+
+
+def _run_torch(
+    workload: Workload,
+    runs: list[Run],
+    labels: dict[Run, str],
+    seed: int,
+    options: Mapping[str, float],
+    progress: ProgressFn | None,
+) -> dict[Run, RunOutcome]:
+    from legato.bench.torch_replay import (
+        DEFAULT_KV_PRESSURE,
+        DEFAULT_TIME_SCALE,
+        DEFAULT_TOKEN_SCALE,
+        replay_on_torch,
+    )
+
+    overrides: dict[str, object] = {}
+    if "max_num_batched_tokens" in options:
+        overrides["max_num_batched_tokens"] = int(options["max_num_batched_tokens"])
+    kv_blocks = options.get("kv_blocks")
+    return {
+        run: replay_on_torch(
+            workload,
+            run[1],
+            concurrency=run[0],
+            seed=seed,
+            token_scale=options.get("token_scale", DEFAULT_TOKEN_SCALE),
+            time_scale=options.get("time_scale", DEFAULT_TIME_SCALE),
+            kv_blocks=None if kv_blocks is None else int(kv_blocks),
+            kv_pressure=options.get("kv_pressure", DEFAULT_KV_PRESSURE),
+            engine_overrides=overrides,
+            progress=None if progress is None else _bind(progress, labels[run]),
+        )
+        for run in runs
+    }
 
 
 def _run_serial(

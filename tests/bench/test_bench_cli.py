@@ -41,7 +41,7 @@ SMALL = [
         (["--sweep", "replicas=1,2"], "--sweep must look like concurrency=32,64,128"),
         (["--param", "steps_max"], "--param must look like key=value"),
         (["--param", "bogus=1"], "unknown parameter(s) bogus"),
-        (["--engine", "torch"], "needs the program-level runtime driver"),
+        (["--engine", "torch", "--policies", "fcfs-lru,belady"], "needs future knowledge"),
         (["--engine", "gpu"], "unknown engine 'gpu'; valid: sim, torch"),
         (["--gpu", "t4", "--model", "llama-3.1-70b"], "does not fit on T4"),
         (["--gpu", "a10", "-p", "steps_min=60"], "tokens of KV but one replica of llama-3.1-8b on a10 holds"),

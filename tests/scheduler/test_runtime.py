@@ -1,0 +1,310 @@
+"""`PolicyScheduler`: the pure policies driven in real time against the real torch engine."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import AsyncIterator, Sequence
+
+import anyio
+import pytest
+import torch
+
+from legato.bench.baselines import Belady, Continuum, FcfsLru
+from legato.engine_adapter.base import SamplingParams, TokenChunk
+from legato.engine_adapter.torch import ModelConfig, TorchEngine, load_engine
+from legato.scheduler.base import CallScheduler
+from legato.scheduler.events import (
+    CallArrived,
+    Event,
+    LLMCall,
+    RunFinished,
+    RunStarted,
+    Tick,
+    ToolFinished,
+    ToolStarted,
+)
+from legato.scheduler.passthrough import PassthroughScheduler
+from legato.scheduler.policy import (
+    BasePolicy,
+    ClusterView,
+    Decision,
+    Dispatch,
+    Pause,
+    Policy,
+    PolicyTraits,
+    Resume,
+    SetPriority,
+)
+from legato.scheduler.runtime import PolicyScheduler, SchedulerError, UnsupportedPolicyError
+
+TINY = ModelConfig(
+    vocab_size=264,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=1024,
+    bos_token_id=256,
+    eos_token_id=257,
+)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread() -> None:
+    torch.set_num_threads(1)
+
+
+def engine(num_blocks: int = 64) -> TorchEngine:
+    return load_engine(None, "cpu", model_config=TINY, num_blocks=num_blocks, max_num_batched_tokens=128)
+
+
+def tokens(seed: int, n: int) -> tuple[int, ...]:
+    rng = random.Random(seed)
+    return tuple(rng.randrange(256) for _ in range(n))
+
+
+def call(run: str, i: int, prompt: Sequence[int], max_tokens: int = 8) -> LLMCall:
+    return LLMCall(
+        call_id=f"{run}#{i}",
+        run_id=run,
+        program="p",
+        node=f"step-{i}",
+        tenant="t",
+        prompt_token_ids=tuple(prompt),
+        sampling=SamplingParams(max_tokens=max_tokens, ignore_eos=True),
+    )
+
+
+async def run_call(sched: CallScheduler, c: LLMCall) -> tuple[tuple[int, ...], int]:
+    out: list[int] = []
+    cached = 0
+    stream: AsyncIterator[TokenChunk] = sched.generate(c)
+    async for chunk in stream:
+        out.extend(chunk.token_ids)
+        cached = chunk.cached_tokens or cached
+    return tuple(out), cached
+
+
+async def agent(
+    sched: CallScheduler, run: str, seed: int, steps: int, results: dict[str, tuple[int, ...]]
+) -> None:
+    """A small sequential agent: each step's prompt = previous prompt + output + tool output."""
+    sched.notify(RunStarted(run, "p", "t"))
+    prompt = tokens(seed, 40)
+    for i in range(steps):
+        out, _ = await run_call(sched, call(run, i, prompt))
+        results[f"{run}#{i}"] = out
+        sched.notify(ToolStarted(run, "bash", None))
+        await anyio.sleep(0.01)
+        sched.notify(ToolFinished(run, "bash", 0.01))
+        prompt = prompt + out + tokens(seed * 100 + i, 12)
+    sched.notify(RunFinished(run, "succeeded"))
+
+
+async def run_agents(sched: CallScheduler) -> dict[str, tuple[int, ...]]:
+    results: dict[str, tuple[int, ...]] = {}
+    async with anyio.create_task_group() as tg:
+        for k in range(3):
+            tg.start_soon(agent, sched, f"run-{k}", k + 1, 3, results)
+    return results
+
+
+@pytest.mark.parametrize("policy", [FcfsLru, Continuum])
+async def test_every_call_completes_with_passthrough_outputs(policy: type[BasePolicy]) -> None:
+    async with engine() as e:
+        expected = await run_agents(PassthroughScheduler(e))
+    async with engine() as e, PolicyScheduler([e], policy()) as sched:
+        got = await run_agents(sched)
+        assert sched.stats["calls"] == sched.stats["dispatches"] == 9
+        assert sched.running == [0] and sched.waiting == [0]
+    assert len(got) == 9 and all(len(v) == 8 for v in got.values())
+    assert got == expected
+
+
+async def pinned_hit(policy: Policy) -> int:
+    """A's KV survives a tool step only if pinned: B then C (distinct prompts) fill the cache
+    while A's tool runs, so LRU evicts A's blocks (the oldest) unless they are pinned."""
+    async with engine(num_blocks=12) as e, PolicyScheduler([e], policy) as sched:
+        sched.notify(RunStarted("A", "p", "t"))
+        prompt = tokens(1, 64)  # 4 full blocks
+        out, _ = await run_call(sched, call("A", 0, prompt))
+        sched.notify(ToolStarted("A", "bash", None))
+        await sched.settle()  # the pin (if any) has reached the engine
+        for run, seed in (("B", 2), ("C", 3)):  # 7 full blocks each: together more than is free
+            sched.notify(RunStarted(run, "p", "t"))
+            await run_call(sched, call(run, 0, tokens(seed, 120)))
+            sched.notify(RunFinished(run, "succeeded"))
+        sched.notify(ToolFinished("A", "bash", 0.05))
+        _, cached = await run_call(sched, call("A", 1, prompt + out + tokens(9, 16)))
+        sched.notify(RunFinished("A", "succeeded"))
+        await sched.settle()
+        stats = await e.stats()
+        assert stats.pins == 0  # the pin went once A's next call was admitted / A finished
+        return cached
+
+
+async def test_continuum_pin_keeps_prefix_through_tool_where_lru_loses_it() -> None:
+    assert await pinned_hit(Continuum()) == 64
+    assert await pinned_hit(FcfsLru()) == 0
+
+
+async def test_belady_is_rejected() -> None:
+    with pytest.raises(UnsupportedPolicyError, match="future knowledge"):
+        PolicyScheduler([engine()], Belady())
+
+
+class _PauseFirst(BasePolicy):
+    """Pauses run X at its call, dispatches it anyway (held), resumes on the first tick."""
+
+    name = "pause-first"
+    traits = PolicyTraits(tick_s=0.05)
+
+    def __init__(self) -> None:
+        self.paused = False
+        self.resumed_at: float | None = None
+
+    def on_event(self, event: Event, now: float, view: ClusterView) -> Sequence[Decision]:
+        if isinstance(event, CallArrived):
+            c = event.call
+            if not self.paused:
+                self.paused = True
+                return (Pause(c.run_id), Dispatch(c.call_id, 0, 5), SetPriority(c.run_id, 1))
+            return (Dispatch(c.call_id, 0),)
+        if isinstance(event, Tick) and self.paused and self.resumed_at is None:
+            self.resumed_at = now
+            return (Resume("X"),)
+        return ()
+
+
+async def test_pause_holds_calls_until_resume_and_ticks_run() -> None:
+    policy = _PauseFirst()
+    async with engine() as e, PolicyScheduler([e], policy) as sched:
+        sched.notify(RunStarted("X", "p", "t"))
+        out, _ = await run_call(sched, call("X", 0, tokens(5, 20)))
+        assert len(out) == 8 and policy.resumed_at is not None
+        assert sched.stats["pauses"] == 1 and sched.stats["resumes"] == 1
+
+
+class _Never(BasePolicy):
+    name = "never"
+
+    def on_call(self, event: CallArrived, now: float, view: ClusterView) -> Sequence[Decision]:
+        return ()
+
+
+async def test_undispatched_call_times_out_and_scheduler_needs_entering() -> None:
+    e = engine()
+    sched = PolicyScheduler([e], _Never(), dispatch_timeout_s=0.1)
+    with pytest.raises(SchedulerError, match="async with"):
+        await run_call(sched, call("R", 0, tokens(1, 8)))
+    async with e, sched:
+        with pytest.raises(SchedulerError, match="did not dispatch"):
+            await run_call(sched, call("R", 0, tokens(1, 8)))
+        assert sched.pending == {}
+
+
+async def test_view_reports_capacity_and_cached_prefix() -> None:
+    async with engine(num_blocks=32) as e, PolicyScheduler([e], FcfsLru()) as sched:
+        prompt = tokens(7, 48)
+        await run_call(sched, call("V", 0, prompt))
+        await sched.settle()
+        r = sched.view.replica(0)
+        assert (r.total_blocks, r.block_size, r.running, r.waiting) == (32, 16, 0, 0)
+        assert sched.view.resident_tokens(0, "V") == 48  # 48 prompt + 8 output: 3 full blocks
+        assert sched.busy_s[0] > 0
+
+
+async def test_consumer_closing_early_aborts_the_request_and_finishes_the_call() -> None:
+    finished: list[str] = []
+
+    class Recording(FcfsLru):
+        def on_call_finished(self, event, now, view):  # type: ignore[no-untyped-def]
+            finished.append(event.finish_reason)
+            return ()
+
+    async with engine() as e, PolicyScheduler([e], Recording()) as sched:
+        stream = sched.generate(call("E", 0, tokens(3, 24), max_tokens=200))
+        first = await stream.__anext__()
+        assert first.token_ids
+        await stream.aclose()  # type: ignore[attr-defined]
+        assert finished == ["abort"]
+        assert sched.running == [0] and sched.waiting == [0]
+        for _ in range(500):  # the abort reaches the engine worker between two steps
+            if not (await e.stats()).running:
+                break
+            await anyio.sleep(0.01)
+        assert (await e.stats()).running == 0
+
+
+class _Rerank(BasePolicy):
+    """Dispatches every call at priority 5; `ToolStarted` of run "trigger" lifts run "fast"."""
+
+    name = "rerank"
+
+    def on_call(self, event: CallArrived, now: float, view: ClusterView) -> Sequence[Decision]:
+        return (Dispatch(event.call.call_id, 0, 0 if event.call.run_id == "long" else 5),)
+
+    def on_tool_started(self, event: ToolStarted, now: float, view: ClusterView) -> Sequence[Decision]:
+        return (SetPriority("fast", 0),) if event.run_id == "trigger" else ()
+
+
+async def test_set_priority_reranks_a_call_waiting_in_the_engine() -> None:
+    order: list[str] = []
+    e = load_engine(None, "cpu", model_config=TINY, num_blocks=64, max_num_batched_tokens=128, max_num_seqs=1)
+    async with e, PolicyScheduler([e], _Rerank()) as sched:
+
+        async def go(run: str, seed: int, n: int) -> None:
+            await run_call(sched, call(run, 0, tokens(seed, 16), max_tokens=n))
+            order.append(run)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(go, "long", 1, 300)  # occupies the only running slot
+            await anyio.sleep(0.05)
+            tg.start_soon(go, "slow", 2, 4)  # queued first, priority 5
+            await anyio.sleep(0.02)
+            tg.start_soon(go, "fast", 3, 4)  # queued second, priority 5 ...
+            await anyio.sleep(0.02)
+            sched.notify(ToolStarted("trigger", "bash", None))  # ... lifted to 0 while queued
+        assert order == ["long", "fast", "slow"]
+        assert sched.stats["requeued"] == 1
+
+
+class _PauseOnTool(BasePolicy):
+    """FCFS at priority 0; `ToolStarted` of run "pause" / "resume" pauses / resumes run "X"."""
+
+    name = "pause-on-tool"
+
+    def on_call(self, event: CallArrived, now: float, view: ClusterView) -> Sequence[Decision]:
+        return (Dispatch(event.call.call_id, 0),)
+
+    def on_tool_started(self, event: ToolStarted, now: float, view: ClusterView) -> Sequence[Decision]:
+        if event.run_id == "pause":
+            return (Pause("X"),)
+        if event.run_id == "resume":
+            return (Resume("X"),)
+        return ()
+
+
+async def test_pause_takes_back_a_call_waiting_in_the_engine() -> None:
+    order: list[str] = []
+    e = load_engine(None, "cpu", model_config=TINY, num_blocks=64, max_num_batched_tokens=128, max_num_seqs=1)
+    async with e, PolicyScheduler([e], _PauseOnTool()) as sched:
+        sched.notify(RunStarted("X", "p", "t"))
+
+        async def go(run: str, seed: int, n: int) -> None:
+            out, _ = await run_call(sched, call(run, 0, tokens(seed, 16), max_tokens=n))
+            assert len(out) == n
+            order.append(run)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(go, "long", 1, 300)  # occupies the only running slot
+            await anyio.sleep(0.05)
+            tg.start_soon(go, "X", 2, 4)  # queued in the engine first ...
+            await anyio.sleep(0.02)
+            sched.notify(ToolStarted("pause", "bash", None))  # ... then taken back
+            await go("Y", 3, 4)  # queued after X, runs before it
+            assert order == ["long", "Y"]
+            sched.notify(ToolStarted("resume", "bash", None))
+        assert order == ["long", "Y", "X"]
+        assert sched.stats["requeued"] == 1 and sched.stats["pauses"] == 1
