@@ -128,3 +128,30 @@ def test_decode_workspace_recycles_rows_as_requests_come_and_go(make_core: Calla
     assert ws.row_fills >= 5
     for i, (prompt, _) in enumerate(mix):
         assert_matches_reference(core, prompt, got[f"r{i}"])
+
+
+def test_decode_workspace_sized_for_max_tokens_is_not_regrown(make_core: Callable[..., EngineCore]) -> None:
+    """The workspace is sized for the decoding sequences' prompt + max_tokens when they start
+    decoding, so decoding the batch never reallocates it (touching fresh pages is costly)."""
+    core = make_core(max_num_batched_tokens=256, max_num_seqs=8)
+    mix = [([(i * 11 + j) % 256 for j in range(20 + i)], 40) for i in range(6)]
+    reqs = [
+        GenerateRequest(f"r{i}", tuple(p), SamplingParams(max_tokens=m, ignore_eos=True))
+        for i, (p, m) in enumerate(mix)
+    ]
+    for r in reqs:
+        core.add_request(r)
+    outs: dict[str, list[int]] = {r.request_id: [] for r in reqs}
+    for _ in range(2):  # every prompt prefills in the first step, then all decode
+        for o in core.step():
+            outs[o.request_id].extend(o.token_ids)
+    ws = core.runner.workspace
+    assert ws.tensor is not None and ws.grows == 1
+    assert ws.tensor.shape[2] >= 6 and ws.tensor.shape[4] >= 25 + 40
+    while core.has_unfinished():
+        for o in core.step():
+            outs[o.request_id].extend(o.token_ids)
+    assert ws.grows == 1
+    for i, (prompt, max_tokens) in enumerate(mix):
+        assert len(outs[f"r{i}"]) == max_tokens
+        assert_matches_reference(core, prompt, outs[f"r{i}"])

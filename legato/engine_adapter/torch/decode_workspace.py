@@ -54,7 +54,15 @@ class DecodeWorkspace:
         self._row_len = []
         self._free = []
 
-    def _ensure(self, rows: int, capacity: int) -> bool:
+    def _nbytes(self, rows: int, capacity: int) -> int:
+        layers, _, kvh, width = self.kv_cache.shape
+        return layers * 2 * rows * kvh * capacity * (width // 2) * self.kv_cache.element_size()
+
+    def _ensure(self, rows: int, capacity: int, final_capacity: int = 0) -> bool:
+        """Make room for `rows` rows of `capacity` positions. `final_capacity` is the longest the
+        current sequences can get (prompt + max_tokens): when it fits (and is not far beyond
+        `capacity`), the rows are sized for it at once, so the tensor is not reallocated (and its
+        fresh pages touched again, which costs far more than the copy) as the batch decodes."""
         layers, _, kvh, width = self.kv_cache.shape
         old = self.tensor
         old_rows = 0 if old is None else old.shape[2]
@@ -67,8 +75,11 @@ class DecodeWorkspace:
         new_cap = max(old_cap, capacity)
         if capacity > old_cap:  # headroom so growth is rare
             new_cap = -(-(capacity + capacity // 2 + self.block_size) // self.block_size) * self.block_size
-        nbytes = layers * 2 * new_rows * kvh * new_cap * (width // 2) * self.kv_cache.element_size()
-        if nbytes > self.max_bytes:
+            final = min(final_capacity, 4 * capacity + 4 * self.block_size)
+            final = -(-final // self.block_size) * self.block_size
+            if final > new_cap and self._nbytes(new_rows, final) <= self.max_bytes:
+                new_cap = final
+        if self._nbytes(new_rows, new_cap) > self.max_bytes:
             self._reset()
             return False
         self.grows += 1
@@ -113,7 +124,7 @@ class DecodeWorkspace:
             self._row_len[row] = 0
             heapq.heappush(self._free, row)
         needed_rows = len(self._row_of) + sum(1 for k in keys if k not in self._row_of)
-        if not self._ensure(needed_rows, max(positions) + 1):
+        if not self._ensure(needed_rows, max(positions) + 1, _final_capacity(decodes)):
             return None
         rows: list[int] = []
         for key, chunk, p in zip(keys, decodes, positions, strict=True):
@@ -156,3 +167,8 @@ class DecodeWorkspace:
             mask=mask,
             length=length,
         )
+
+
+def _final_capacity(chunks: list[ScheduledChunk]) -> int:
+    """Longest any of these sequences can become: prompt + max_tokens."""
+    return max((c.seq.num_prompt_tokens + c.seq.sampling.max_tokens for c in chunks), default=0)
