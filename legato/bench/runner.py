@@ -89,6 +89,11 @@ def _sim_config(gpu: str, model: str, replicas: int, tiers: Sequence[str]) -> An
             hardware.tier(name)
     except ValueError as exc:
         raise BenchInputError(str(exc)) from None
+    if tiers:
+        # Accepting --tiers and then ignoring it would report numbers that look tiered but are not.
+        raise BenchInputError(
+            "the simulator does not model KV tier traffic yet (it comes with the tiered cache); drop --tiers"
+        )
     return SimConfig(gpu=gpu, model=model, replicas=replicas, tiers=tuple(tiers))
 
 
