@@ -34,6 +34,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check legato tests examples
 	$(BIN)/ruff format --check legato tests examples
 	$(BIN)/mypy
+	$(BIN)/mypy examples
 
 fmt: $(STAMP)
 	$(BIN)/ruff check --fix legato tests examples

@@ -35,19 +35,33 @@ TESTS = (
     "print('all tests passed')\n"
 )
 
-_LIMITS = {"timeout": 10.0, "cpu_seconds": 5, "memory_bytes": 512 * 1024 * 1024}
+
+def limited(
+    name: str, argv: list[str], *, pure: bool = False, stdin_arg: str | None = None
+) -> SubprocessTool:
+    """A subprocess tool with a timeout and CPU/memory limits."""
+    return SubprocessTool(
+        name,
+        argv,
+        pure=pure,
+        stdin_arg=stdin_arg,
+        timeout=10.0,
+        cpu_seconds=5,
+        memory_bytes=512 * 1024 * 1024,
+    )
+
+
 registry = ToolRegistry()
-registry.register(SubprocessTool("list_files", ["ls", "-1"], pure=True, **_LIMITS))
-registry.register(SubprocessTool("read_file", ["cat", "--", "{path}"], pure=True, **_LIMITS))
+registry.register(limited("list_files", ["ls", "-1"], pure=True))
+registry.register(limited("read_file", ["cat", "--", "{path}"], pure=True))
 registry.register(
-    SubprocessTool(
+    limited(
         "write_file",
         [sys.executable, "-c", "import sys; open(sys.argv[1], 'w').write(sys.stdin.read())", "{path}"],
         stdin_arg="content",
-        **_LIMITS,
     )
 )
-registry.register(SubprocessTool("run_tests", [sys.executable, "test_calc.py"], **_LIMITS))
+registry.register(limited("run_tests", [sys.executable, "test_calc.py"]))
 
 SYSTEM = legato.PrefixPart(
     "react_coder_system",
@@ -96,7 +110,7 @@ async def program(
     await ctx.tool("write_file", path="calc.py", content=BUGGY_MODULE, label="setup-module")
     await ctx.tool("write_file", path="test_calc.py", content=TESTS, label="setup-tests")
     transcript = ""
-    tool_calls, passed = 2, False
+    tool_calls, passed = 0, False  # agent turns only; the two setup writes are not counted
     for turn in range(MAX_TURNS):
         reply = await ctx.llm(
             SYSTEM, f"Task: {task}\n{transcript}\nTurn {turn}. ", max_tokens=24, label="think"
