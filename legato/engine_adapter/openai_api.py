@@ -72,7 +72,7 @@ class Usage(_Response):
     prompt_tokens_details: PromptTokensDetails | None = None
 
 
-class _SamplingFields(_Request):
+class SamplingFields(_Request):
     """Sampling fields common to `/v1/completions` and `/v1/chat/completions` (OpenAI's plus
     vLLM's extras). Defaults are OpenAI's: temperature 1, top_p 1."""
 
@@ -103,7 +103,7 @@ class _SamplingFields(_Request):
 # --- /v1/completions -------------------------------------------------------------------------
 
 
-class CompletionRequest(_SamplingFields):
+class CompletionRequest(SamplingFields):
     prompt: str | list[int] | list[str] | list[list[int]] = Field(
         description="Text, or token ids. A batch (list of prompts) must hold exactly one prompt."
     )
@@ -166,7 +166,7 @@ class ChatMessage(_Request):
         return "".join(part.text for part in self.content if part.type == "text")
 
 
-class ChatCompletionRequest(_SamplingFields):
+class ChatCompletionRequest(SamplingFields):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(default=None, description="OpenAI's newer name for max_tokens.")
     logprobs: bool = False

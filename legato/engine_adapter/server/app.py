@@ -29,6 +29,7 @@ from legato.engine_adapter.openai_api import (
     HealthResponse,
     ModelCard,
     ModelList,
+    SamplingFields,
     SGLangAbortRequest,
     SGLangGenerateRequest,
     SGLangGenerateResponse,
@@ -61,6 +62,42 @@ from legato.engine_adapter.server.streams import (
     sglang_response,
     vllm_token_events,
 )
+
+
+def openai_request(
+    svc: EngineService,
+    body: SamplingFields,
+    prompt: tuple[int, ...],
+    *,
+    max_tokens: int | None,
+    max_tokens_field: str,
+    logprobs: bool,
+    id_prefix: str,
+) -> GenerateRequest:
+    """The engine request of an OpenAI completion or chat body: the sampling fields and vLLM
+    extras the two share, checked the same way."""
+    if body.n != 1:
+        raise ApiError(400, f"n must be 1 (got {body.n}); send separate requests for several samples", "n")
+    sampling = svc.sampling(
+        max_tokens=max_tokens,
+        max_tokens_field=max_tokens_field,
+        prompt_len=len(prompt),
+        temperature=body.temperature,
+        top_p=body.top_p,
+        top_k=body.top_k,
+        seed=body.seed,
+        stop=body.stop,
+        stop_token_ids=body.stop_token_ids,
+        ignore_eos=body.ignore_eos,
+        logprobs=logprobs,
+    )
+    return GenerateRequest(
+        request_id=body.request_id or new_id(id_prefix),
+        prompt_token_ids=prompt,
+        sampling=sampling,
+        priority=body.priority,
+        cache_salt=body.cache_salt,
+    )
 
 
 def create_engine_app(
@@ -183,32 +220,17 @@ def create_engine_app(
     )
     async def completions(body: CompletionRequest, raw: Request) -> Response:
         svc.check_model(body.model)
-        if body.n != 1:
-            raise ApiError(
-                400, f"n must be 1 (got {body.n}); send separate requests for several samples", "n"
-            )
         if body.echo:
             raise ApiError(400, "echo is not supported; prepend the prompt yourself", "echo")
         prompt = svc.prompt_ids(body.prompt)
-        sampling = svc.sampling(
+        req = openai_request(
+            svc,
+            body,
+            prompt,
             max_tokens=body.max_tokens,
             max_tokens_field="max_tokens",
-            prompt_len=len(prompt),
-            temperature=body.temperature,
-            top_p=body.top_p,
-            top_k=body.top_k,
-            seed=body.seed,
-            stop=body.stop,
-            stop_token_ids=body.stop_token_ids,
-            ignore_eos=body.ignore_eos,
             logprobs=body.logprobs is not None,
-        )
-        req = GenerateRequest(
-            request_id=body.request_id or new_id("cmpl"),
-            prompt_token_ids=prompt,
-            sampling=sampling,
-            priority=body.priority,
-            cache_salt=body.cache_salt,
+            id_prefix="cmpl",
         )
         generation = await svc.start(req)
         if body.stream:
@@ -243,10 +265,6 @@ def create_engine_app(
     )
     async def chat_completions(body: ChatCompletionRequest, raw: Request) -> Response:
         svc.check_model(body.model)
-        if body.n != 1:
-            raise ApiError(
-                400, f"n must be 1 (got {body.n}); send separate requests for several samples", "n"
-            )
         messages = [{"role": m.role, "content": m.text()} for m in body.messages]
         prompt = tuple(
             svc.tokenizer.apply_chat_template(messages, add_generation_prompt=body.add_generation_prompt)
@@ -255,25 +273,14 @@ def create_engine_app(
         requested = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
         if requested is None:
             requested = await svc.default_max_tokens(len(prompt))
-        sampling = svc.sampling(
+        req = openai_request(
+            svc,
+            body,
+            prompt,
             max_tokens=requested,
             max_tokens_field=field,
-            prompt_len=len(prompt),
-            temperature=body.temperature,
-            top_p=body.top_p,
-            top_k=body.top_k,
-            seed=body.seed,
-            stop=body.stop,
-            stop_token_ids=body.stop_token_ids,
-            ignore_eos=body.ignore_eos,
             logprobs=body.logprobs,
-        )
-        req = GenerateRequest(
-            request_id=body.request_id or new_id("chatcmpl"),
-            prompt_token_ids=prompt,
-            sampling=sampling,
-            priority=body.priority,
-            cache_salt=body.cache_salt,
+            id_prefix="chatcmpl",
         )
         generation = await svc.start(req)
         if body.stream:
