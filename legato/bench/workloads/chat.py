@@ -13,16 +13,13 @@ driver's `concurrency` limits how many are open at once).
 
 from __future__ import annotations
 
-import random
-
 from legato.bench.workload import CallSpec, ProgramSpec, Segment, Workload
 from legato.bench.workloads.common import (
     LatencyModel,
-    SegmentIds,
-    arrival_times,
     check_positive,
     check_range,
-    tenant_sequence,
+    per_tenant_tokens,
+    start_workload,
     uniform_int,
 )
 
@@ -61,11 +58,15 @@ def generate(
             f"think_median_s must be > 0 and think_sigma >= 0, got {think_median_s}, {think_sigma}"
         )
     think = LatencyModel(median_s=think_median_s, sigma=think_sigma)
-    rng = random.Random(seed)
-    ids = SegmentIds()
-    owners = tenant_sequence(n_programs, tenants, tenant_weights, tenant_mix)
-    arrivals = arrival_times(n_programs, rng, arrival_rate)
-    system_tokens = {t.name: uniform_int(rng, system_min, system_max) for t in dict.fromkeys(owners)}
+    rng, ids, owners, arrivals = start_workload(
+        n_programs,
+        seed,
+        tenants=tenants,
+        tenant_weights=tenant_weights,
+        tenant_mix=tenant_mix,
+        arrival_rate=arrival_rate,
+    )
+    system_tokens = per_tenant_tokens(rng, owners, system_min, system_max)
     programs = []
     for index, (tenant, arrival) in enumerate(zip(owners, arrivals, strict=True)):
         history: tuple[Segment, ...] = (ids.shared(("chat-system", tenant.name), system_tokens[tenant.name]),)

@@ -156,3 +156,19 @@ def weighted_choice(rng: random.Random, options: tuple[tuple[str, float], ...]) 
         if x <= 0:
             return name
     return options[-1][0]
+
+
+def start_workload(
+    count: int, seed: int, *, tenants: int, tenant_weights: str, tenant_mix: str, arrival_rate: float
+) -> tuple[random.Random, SegmentIds, list[Tenant], list[float]]:
+    """What every generator draws first, in this order (the order fixes the output for a seed):
+    its random source, its segment-id counter, the tenant of each of `count` programs (or groups)
+    and their arrival times."""
+    rng = random.Random(seed)
+    owners = tenant_sequence(count, tenants, tenant_weights, tenant_mix)
+    return rng, SegmentIds(), owners, arrival_times(count, rng, arrival_rate)
+
+
+def per_tenant_tokens(rng: random.Random, owners: list[Tenant], lo: int, hi: int) -> dict[str, int]:
+    """One length per tenant (in order of first appearance), e.g. its shared system prompt."""
+    return {t.name: uniform_int(rng, lo, hi) for t in dict.fromkeys(owners)}

@@ -18,17 +18,14 @@ default: one tenant, everything submitted at t=0).
 
 from __future__ import annotations
 
-import random
-
 from legato.bench.workload import CallSpec, ProgramSpec, Segment, Workload
 from legato.bench.workloads.common import (
     LatencyModel,
-    SegmentIds,
-    arrival_times,
     check_positive,
     check_range,
     log_uniform_int,
-    tenant_sequence,
+    per_tenant_tokens,
+    start_workload,
     uniform_int,
 )
 
@@ -78,11 +75,15 @@ def generate(
         ("reduce", reduce_min, reduce_max),
     ):
         check_range(name, lo, hi)
-    rng = random.Random(seed)
-    ids = SegmentIds()
-    owners = tenant_sequence(n_programs, tenants, tenant_weights, tenant_mix)
-    arrivals = arrival_times(n_programs, rng, arrival_rate)
-    system_tokens = {t.name: uniform_int(rng, system_min, system_max) for t in dict.fromkeys(owners)}
+    rng, ids, owners, arrivals = start_workload(
+        n_programs,
+        seed,
+        tenants=tenants,
+        tenant_weights=tenant_weights,
+        tenant_mix=tenant_mix,
+        arrival_rate=arrival_rate,
+    )
+    system_tokens = per_tenant_tokens(rng, owners, system_min, system_max)
     programs = []
     for index, (tenant, arrival) in enumerate(zip(owners, arrivals, strict=True)):
         system = ids.shared(("multiagent-system", tenant.name), system_tokens[tenant.name])

@@ -22,17 +22,15 @@ arrive together. Tenants are assigned per group.
 from __future__ import annotations
 
 import math
-import random
 
 from legato.bench.workload import CallSpec, ProgramSpec, Segment, Workload
 from legato.bench.workloads.common import (
     LatencyModel,
-    SegmentIds,
-    arrival_times,
     check_positive,
     check_range,
     log_uniform_int,
-    tenant_sequence,
+    per_tenant_tokens,
+    start_workload,
     uniform_int,
 )
 
@@ -71,12 +69,16 @@ def generate(
         ("observation", observation_min, observation_max),
     ):
         check_range(name, lo, hi)
-    rng = random.Random(seed)
-    ids = SegmentIds()
     n_groups = math.ceil(n_programs / group_size)
-    owners = tenant_sequence(n_groups, tenants, tenant_weights, tenant_mix)
-    arrivals = arrival_times(n_groups, rng, arrival_rate)
-    system_tokens = {t.name: uniform_int(rng, system_min, system_max) for t in dict.fromkeys(owners)}
+    rng, ids, owners, arrivals = start_workload(
+        n_groups,
+        seed,
+        tenants=tenants,
+        tenant_weights=tenant_weights,
+        tenant_mix=tenant_mix,
+        arrival_rate=arrival_rate,
+    )
+    system_tokens = per_tenant_tokens(rng, owners, system_min, system_max)
     programs: list[ProgramSpec] = []
     for group, (tenant, arrival) in enumerate(zip(owners, arrivals, strict=True)):
         system = ids.shared(("rl-system", tenant.name), system_tokens[tenant.name])

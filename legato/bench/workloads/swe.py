@@ -29,17 +29,14 @@ relative program counts; both comma lists, default equal). Arrivals: all at t=0 
 
 from __future__ import annotations
 
-import random
-
 from legato.bench.workload import CallSpec, ProgramSpec, Segment, Workload
 from legato.bench.workloads.common import (
     LatencyModel,
-    SegmentIds,
-    arrival_times,
     check_positive,
     check_range,
     log_uniform_int,
-    tenant_sequence,
+    per_tenant_tokens,
+    start_workload,
     uniform_int,
     weighted_choice,
 )
@@ -83,11 +80,15 @@ def generate(
     ):
         check_range(name, lo, hi)
     check_positive("steps_min", steps_min)
-    rng = random.Random(seed)
-    ids = SegmentIds()
-    owners = tenant_sequence(n_programs, tenants, tenant_weights, tenant_mix)
-    arrivals = arrival_times(n_programs, rng, arrival_rate)
-    system_tokens = {t.name: uniform_int(rng, system_min, system_max) for t in dict.fromkeys(owners)}
+    rng, ids, owners, arrivals = start_workload(
+        n_programs,
+        seed,
+        tenants=tenants,
+        tenant_weights=tenant_weights,
+        tenant_mix=tenant_mix,
+        arrival_rate=arrival_rate,
+    )
+    system_tokens = per_tenant_tokens(rng, owners, system_min, system_max)
     programs = []
     for index, (tenant, arrival) in enumerate(zip(owners, arrivals, strict=True)):
         system = ids.shared(("swe-system", tenant.name), system_tokens[tenant.name])

@@ -17,17 +17,13 @@ stage extends the previous stage's prompt. Tenants and arrivals as in `swe`.
 
 from __future__ import annotations
 
-import random
-
 from legato.bench.workload import CallSpec, ProgramSpec, Segment, Workload
 from legato.bench.workloads.common import (
     LatencyModel,
-    SegmentIds,
-    arrival_times,
     check_positive,
     check_range,
     log_uniform_int,
-    tenant_sequence,
+    start_workload,
     uniform_int,
 )
 
@@ -77,10 +73,14 @@ def generate(
         ("answer", answer_min, answer_max),
     ):
         check_range(name, lo, hi)
-    rng = random.Random(seed)
-    ids = SegmentIds()
-    owners = tenant_sequence(n_programs, tenants, tenant_weights, tenant_mix)
-    arrivals = arrival_times(n_programs, rng, arrival_rate)
+    rng, ids, owners, arrivals = start_workload(
+        n_programs,
+        seed,
+        tenants=tenants,
+        tenant_weights=tenant_weights,
+        tenant_mix=tenant_mix,
+        arrival_rate=arrival_rate,
+    )
     schema_tokens = [uniform_int(rng, schema_min, schema_max) for _ in range(databases)]
     system_tokens = {
         (t.name, stage): uniform_int(rng, system_min, system_max)
