@@ -13,7 +13,7 @@ protocols at the bottom of this module, so callers check a flag instead of catch
 from __future__ import annotations
 
 import enum
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -217,14 +217,14 @@ class KVTransferEngine(Engine, Protocol):
         ...
 
 
-async def collect(engine: Engine, request: GenerateRequest) -> GenerateResult:
-    """Run a request to completion and assemble its stream into one result."""
+def assemble_result(request: GenerateRequest, chunks: Iterable[TokenChunk]) -> GenerateResult:
+    """Fold a request's streamed chunks into one result (what `collect` returns)."""
     token_ids: list[int] = []
     texts: list[str] = []
     logprobs: list[float] = []
     finish_reason = "abort"
     prompt_tokens = cached_tokens = 0
-    async for chunk in engine.generate(request):
+    for chunk in chunks:
         token_ids.extend(chunk.token_ids)
         texts.append(chunk.text)
         if chunk.logprobs is not None:
@@ -242,3 +242,8 @@ async def collect(engine: Engine, request: GenerateRequest) -> GenerateResult:
         prompt_tokens=prompt_tokens,
         cached_tokens=cached_tokens,
     )
+
+
+async def collect(engine: Engine, request: GenerateRequest) -> GenerateResult:
+    """Run a request to completion and assemble its stream into one result."""
+    return assemble_result(request, [chunk async for chunk in engine.generate(request)])

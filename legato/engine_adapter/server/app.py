@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from legato.engine_adapter.base import (
     Engine,
     GenerateRequest,
+    assemble_result,
 )
 from legato.engine_adapter.openai_api import (
     ChatChoice,
@@ -51,7 +52,6 @@ from legato.engine_adapter.server.lifecycle import (
     ABORT_TIMEOUT_S,
     DEFAULT_CHUNK_TIMEOUT_S,
     EventStream,
-    assemble,
     collect_or_abort,
 )
 from legato.engine_adapter.server.service import EngineService, make_usage
@@ -238,7 +238,7 @@ def create_engine_app(
         chunks = await collect_or_abort(raw, generation)
         if chunks is None:
             return Response(status_code=499)
-        result = assemble(req, chunks)
+        result = assemble_result(req, chunks)
         choice = CompletionChoice(
             text=result.text,
             finish_reason=result.finish_reason,
@@ -288,7 +288,7 @@ def create_engine_app(
         chunks = await collect_or_abort(raw, generation)
         if chunks is None:
             return Response(status_code=499)
-        result = assemble(req, chunks)
+        result = assemble_result(req, chunks)
         choice = ChatChoice(
             message=ChatResponseMessage(content=result.text),
             finish_reason=result.finish_reason,
@@ -350,7 +350,7 @@ def create_engine_app(
         chunks = await collect_or_abort(raw, generation)
         if chunks is None:
             return Response(status_code=499)
-        return JSONResponse(sglang_response(svc, req, assemble(req, chunks), len(prompt)).model_dump())
+        return JSONResponse(sglang_response(svc, req, assemble_result(req, chunks), len(prompt)).model_dump())
 
     @app.post(
         "/abort_request",
@@ -404,7 +404,7 @@ def create_engine_app(
         chunks = await collect_or_abort(raw, generation)
         if chunks is None:
             return Response(status_code=499)
-        result = assemble(req, chunks)
+        result = assemble_result(req, chunks)
         choice = VLLMGenerateChoice(
             token_ids=list(result.token_ids),
             finish_reason=result.finish_reason,

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
@@ -19,7 +19,6 @@ from legato.engine_adapter.base import (
     Engine,
     EngineError,
     GenerateRequest,
-    GenerateResult,
     TokenChunk,
 )
 from legato.engine_adapter.server.errors import ApiError, error_body
@@ -168,32 +167,6 @@ async def collect_or_abort(request: Request, generation: Generation) -> list[Tok
     if error is not None:
         raise error
     return None if disconnected else chunks
-
-
-def assemble(request: GenerateRequest, chunks: Sequence[TokenChunk]) -> GenerateResult:
-    token_ids: list[int] = []
-    texts: list[str] = []
-    logprobs: list[float] = []
-    finish_reason = "abort"
-    prompt_tokens = cached_tokens = 0
-    for chunk in chunks:
-        token_ids.extend(chunk.token_ids)
-        texts.append(chunk.text)
-        if chunk.logprobs is not None:
-            logprobs.extend(chunk.logprobs)
-        prompt_tokens = chunk.prompt_tokens or prompt_tokens
-        cached_tokens = chunk.cached_tokens or cached_tokens
-        if chunk.finished:
-            finish_reason = chunk.finish_reason or "stop"
-    return GenerateResult(
-        request_id=request.request_id,
-        token_ids=tuple(token_ids),
-        text="".join(texts),
-        logprobs=tuple(logprobs) if request.sampling.logprobs else None,
-        finish_reason=finish_reason,
-        prompt_tokens=prompt_tokens,
-        cached_tokens=cached_tokens,
-    )
 
 
 async def guarded(generation: Generation, events: AsyncIterator[str]) -> AsyncIterator[str]:

@@ -8,6 +8,7 @@ from legato.engine_adapter.base import (
     GenerateRequest,
     GenerateResult,
     TokenChunk,
+    assemble_result,
 )
 from legato.engine_adapter.openai_api import (
     ChatChunkChoice,
@@ -23,7 +24,7 @@ from legato.engine_adapter.openai_api import (
     VLLMGenerateChoice,
     VLLMGenerateResponse,
 )
-from legato.engine_adapter.server.lifecycle import Generation, assemble, guarded, sse
+from legato.engine_adapter.server.lifecycle import Generation, guarded, sse
 from legato.engine_adapter.server.service import EngineService, finite, make_usage
 
 
@@ -130,7 +131,7 @@ def sglang_events(svc: EngineService, req: GenerateRequest, generation: Generati
         seen: list[TokenChunk] = []
         async for chunk in generation.chunks():
             seen.append(chunk)
-            response = sglang_response(svc, req, assemble(req, seen), len(req.prompt_token_ids))
+            response = sglang_response(svc, req, assemble_result(req, seen), len(req.prompt_token_ids))
             if not chunk.finished:
                 response.meta_info.finish_reason = None
             yield sse(response.model_dump())
