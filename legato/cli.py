@@ -14,6 +14,7 @@ import typer
 from legato.bench import commands as bench_commands
 from legato.engine_adapter import commands as engine_commands
 from legato.programs import commands as program_commands
+from legato.server import commands as server_commands
 
 app = typer.Typer(
     name="legato",
@@ -38,20 +39,33 @@ def version() -> None:
 
 @app.command()
 def demo(
+    plot: Annotated[Path, typer.Option(help="Write the TCT CDF plot (PNG) here.")] = Path("legato-demo.png"),
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the report JSON here.")] = None,
+    programs: Annotated[int, typer.Option("--programs", "-n", help="Coding-agent programs.")] = 16,
     examples: Annotated[
-        Path | None, typer.Option(help="Directory of example programs (default: the repo's examples/).")
+        bool, typer.Option("--examples", help="Instead: run the example programs together on one engine.")
+    ] = False,
+    examples_dir: Annotated[
+        Path | None, typer.Option(help="With --examples: directory of example programs (default: examples/).")
     ] = None,
-    device: Annotated[str, typer.Option(help="torch device for the embedded engine: cpu, cuda, ...")] = "cpu",
+    device: Annotated[str, typer.Option(help="With --examples: torch device (cpu, cuda, ...).")] = "cpu",
 ) -> None:
-    """Run the example agent programs together on the embedded torch engine (no download, no Redis)."""
+    """Legato's policy vs fcfs-lru on 16 coding agents on the embedded torch engine (no download)."""
     from legato import demo as demo_module
 
-    ok = demo_module.main(examples or demo_module.DEFAULT_EXAMPLES, device)
+    if examples:
+        ok = demo_module.examples_main(examples_dir or demo_module.DEFAULT_EXAMPLES, device)
+    else:
+        if programs < 1:
+            typer.echo(f"error: --programs must be >= 1, got {programs}", err=True)
+            raise typer.Exit(2)
+        settings = demo_module.DemoSettings(programs=programs)
+        ok = demo_module.main(settings=settings, plot=plot, json_out=json_out)
     if not ok:
         raise typer.Exit(1)
 
 
-for component in (program_commands, engine_commands, bench_commands):
+for component in (program_commands, engine_commands, bench_commands, server_commands):
     component.register(app)
 
 

@@ -60,7 +60,12 @@ def bench(
         str, typer.Option(help="Model preset: llama-3.1-8b, qwen2.5-32b, llama-3.1-70b.")
     ] = "llama-3.1-8b",
     replicas: Annotated[int, typer.Option(help="Engine replicas.")] = 1,
-    tiers: Annotated[str, typer.Option(help="KV tiers below the GPU, comma list: host, redis.")] = "",
+    tiers: Annotated[
+        str,
+        typer.Option(
+            help="KV tiers below the GPU (sim), fastest first, NAME[:GB]: host, redis, redis-slow.",
+        ),
+    ] = "",
     jobs: Annotated[int, typer.Option("--jobs", "-j", help="Replays run in parallel processes.")] = 1,
     param: Annotated[
         list[str] | None, typer.Option("--param", "-p", help="Workload parameter key=value (repeatable).")
@@ -129,7 +134,7 @@ def _emit(run: BenchRun, json_out: Path | None, plot: Path | None) -> None:
     from rich.console import Console
 
     from legato.bench.metrics import tcts
-    from legato.bench.report import render_sweep_table, render_table, write_json
+    from legato.bench.report import render_sweep_table, render_table, render_tier_table, write_json
 
     console = Console()
     if not console.is_terminal:  # piped or captured: do not squeeze the table into 80 columns
@@ -138,6 +143,9 @@ def _emit(run: BenchRun, json_out: Path | None, plot: Path | None) -> None:
     sweep_table = render_sweep_table(run.report)
     if sweep_table is not None:
         console.print(sweep_table)
+    tier_table = render_tier_table(run.report)
+    if tier_table is not None:
+        console.print(tier_table)
     if json_out is not None:
         write_json(run.report, json_out)
         console.print(f"wrote {json_out}")
@@ -158,6 +166,87 @@ def engine_bench(
     from legato.bench.engine_bench import main
 
     main(json_out, device=device, quick=quick)
+
+
+@bench_app.command("cache")
+def cache_bench(
+    redis_url: Annotated[
+        str | None,
+        typer.Option(help="Redis to measure. Omitted: the bench starts its own redis-server on a free port."),
+    ] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the results JSON here.")] = None,
+    prefix_tokens: Annotated[int, typer.Option(help="Prompt length of the TTFT comparison.")] = 4000,
+    chunk_blocks: Annotated[int, typer.Option(help="Engine blocks per Redis value.")] = 16,
+    repeats: Annotated[int, typer.Option(help="Rounds per measurement (medians are reported).")] = 5,
+) -> None:
+    """KV tiers: Redis-tier put/get GB/s vs raw Redis SET/GET of same-size values, and TTFT of a
+    long prefix on the torch engine (recompute vs host-tier load vs Redis load, and the cost
+    model's choice). Flushes the Redis database it is given."""
+    import json
+
+    from legato.bench.cache_bench import CacheBenchConfig, format_report, run_cache_bench
+
+    cfg = CacheBenchConfig(redis_url, prefix_tokens, chunk_blocks, repeats)
+    result = run_cache_bench(cfg, lambda msg: typer.echo(msg, err=True))
+    typer.echo(format_report(result))
+    if json_out is not None:
+        json_out.write_text(json.dumps(result, indent=2))
+        typer.echo(f"wrote {json_out}")
+
+
+@bench_app.command("decide")
+def decide(
+    policies: Annotated[
+        str, typer.Option(help="Comma list of policies to time (default: every registered one).")
+    ] = "",
+    programs: Annotated[int, typer.Option("--programs", "-n", help="Active programs at once.")] = 10_000,
+    events: Annotated[int, typer.Option(help="Events timed per policy (after a warm-up).")] = 200_000,
+    replicas: Annotated[int, typer.Option(help="Replicas in the fake cluster view.")] = 8,
+    seed: Annotated[int, typer.Option(help="Seed of the synthetic event stream.")] = 0,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the results JSON here.")] = None,
+) -> None:
+    """Microbenchmark the cost of one policy decision per event, with many active programs."""
+    from legato.bench.decision_bench import main
+
+    main(policies, programs=programs, events=events, replicas=replicas, seed=seed, json_out=json_out)
+
+
+@bench_app.command("load")
+def load(
+    url: Annotated[str, typer.Option(help="Base URL of a running `legato serve`.")],
+    mode: Annotated[
+        str, typer.Option(help="proxy: agents via /v1/chat/completions; workflow: /v1/runs + SSE events.")
+    ] = "proxy",
+    runs: Annotated[int, typer.Option(min=1, help="Concurrent agents (programs back to back).")] = 200,
+    duration: Annotated[float, typer.Option(min=0.1, help="Seconds to keep submitting.")] = 120.0,
+    turns: Annotated[int, typer.Option(min=1, help="Streamed LLM calls per program.")] = 4,
+    max_tokens: Annotated[int, typer.Option(min=1, help="Tokens per call.")] = 32,
+    tool_s: Annotated[float, typer.Option(min=0.0, help="Mean simulated tool time between calls.")] = 2.0,
+    api_key: Annotated[str | None, typer.Option(envvar="LEGATO_API_KEY", help="Tenant API key.")] = None,
+    pid: Annotated[int | None, typer.Option(help="Sample this server PID's RSS (default: /metrics).")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the report JSON here.")] = None,
+) -> None:
+    """Load-test a server over HTTP: concurrent tool-using agents through the OpenAI proxy (or
+    declarative runs through /v1/runs), all streamed; reports ok/errors, latency percentiles and
+    server memory over time."""
+    import anyio
+    import httpx
+
+    from legato.bench.load_bench import LoadConfig, run_load, write_report
+
+    try:
+        cfg = LoadConfig(url, runs, mode, duration, turns, max_tokens, tool_s, api_key=api_key, pid=pid)
+        report = anyio.run(run_load, cfg)
+    except (ValueError, RuntimeError, OSError) as exc:
+        raise _fail(str(exc)) from exc
+    except httpx.HTTPError as exc:
+        raise _fail(f"cannot reach {url}: {exc}") from exc
+    typer.echo(report.table())
+    if json_out is not None:
+        write_report(report, json_out)
+        typer.echo(f"wrote {json_out}")
+    if report.requests_failed:
+        raise typer.Exit(1)
 
 
 @bench_app.command("calibrate")

@@ -139,7 +139,24 @@ def render_table(report: Mapping[str, Any]) -> Table:
             _ratio(m["steps_per_min"], base["steps_per_min"]),
             _ratio(m["mean_tct_s"], base["mean_tct_s"]),
         )
+    notes = [_predictor_note(name, rows[name]) for name in order]
+    caption = "\n".join(n for n in notes if n)
+    if caption:
+        table.caption = caption
     return table
+
+
+def _predictor_note(name: str, metrics: Mapping[str, Any]) -> str:
+    """A line on a policy's reuse-predictor accuracy, for policies that report one."""
+    extra = metrics.get("extra") or {}
+    samples = extra.get("predictor_samples", 0.0)
+    if not samples:
+        return ""
+    return (
+        f"{name} reuse predictor: median |error| {extra['predictor_median_abs_err_s']:.2f} s, "
+        f"{100 * extra['predictor_within_2x']:.1f}% within 2x of the actual gap to the next call "
+        f"({int(samples)} tool gaps)"
+    )
 
 
 def render_sweep_table(report: Mapping[str, Any]) -> Table | None:
@@ -154,4 +171,37 @@ def render_sweep_table(report: Mapping[str, Any]) -> Table | None:
         table.add_column(f"c={point['concurrency']}", justify="right")
     for name in order:
         table.add_row(name, *(f"{p['policies'][name]['steps_per_min']:.1f}" for p in sweep["points"]))
+    return table
+
+
+def render_tier_table(report: Mapping[str, Any]) -> Table | None:
+    """KV tier traffic per policy (only when the bench ran with `--tiers`): what went down to each
+    tier, what came back, the prompt tokens it served, and the prefill that was still recomputed."""
+    tiers = [str(t).partition(":")[0] for t in report.get("tiers") or ()]
+    if not tiers:
+        return None
+    names = ["redis" if t.startswith("redis") else t for t in tiers]
+    order: list[str] = list(report.get("policy_order") or report["policies"])
+    table = Table(title="KV tiers: " + ", ".join(str(t) for t in report["tiers"]))
+    table.add_column("policy")
+    for name in names:
+        for header in ("out GB", "in GB", "hit Mtok"):
+            table.add_column(f"{name} {header}", justify="right")
+    for header in ("load stall s", "prefetched GB", "recomputed Mtok"):
+        table.add_column(header, justify="right")
+    for policy in order:
+        m = report["policies"][policy]
+        extra = m.get("extra", {})
+        cells = []
+        for name in names:
+            cells.append(f"{extra.get(f'tier_{name}_offloaded_bytes', 0.0) / 1e9:.1f}")
+            cells.append(f"{extra.get(f'tier_{name}_loaded_bytes', 0.0) / 1e9:.1f}")
+            cells.append(f"{extra.get(f'tier_{name}_hit_tokens', 0.0) / 1e6:.2f}")
+        prefetched = sum(extra.get(f"tier_{name}_prefetched_bytes", 0.0) for name in names)
+        cells += [
+            f"{extra.get('tier_load_stall_s', 0.0):.1f}",
+            f"{prefetched / 1e9:.1f}",
+            f"{m['prefill_tokens_computed'] / 1e6:.2f}",
+        ]
+        table.add_row(policy, *cells)
     return table

@@ -317,11 +317,13 @@ def replay_on_torch(
     engine_overrides: Mapping[str, Any] | None = None,
     model_config: Any = None,
     progress: Callable[[int, int], None] | None = None,
+    timeout_s: float = 3600.0,
 ) -> RunOutcome:
     """Replay `workload` under a policy (registry name or object) on one embedded torch engine
     (the small default model on CPU; `model_config` shrinks it). `seed` seeds the engine's
     weights and unseeded sampling (greedy here, so only the weights). Blocking: runs its own
-    event loop. Raises `UnsupportedPolicyError` for oracle policies (`belady`)."""
+    event loop. Raises `UnsupportedPolicyError` for oracle policies (`belady`), `TimeoutError`
+    when the whole replay takes longer than `timeout_s`."""
     from legato.engine_adapter.sim.driver import resolve_policy
 
     policy = resolve_policy(policy_name)
@@ -339,6 +341,7 @@ def replay_on_torch(
             engine_overrides=overrides,
             model_config=model_config,
             progress=progress,
+            timeout_s=timeout_s,
         )
 
     return anyio.run(main)

@@ -35,3 +35,26 @@ def prefix_block_hashes(token_ids: Sequence[int], block_size: int, extra_keys: E
         parent = block_hash(parent, token_ids[start : start + block_size], extra_keys)
         hashes.append(parent)
     return hashes
+
+
+def tenant_salt(tenant: str) -> str:
+    """The cache salt of an *authenticated* tenant id (the server passes the tenant it verified,
+    never a client-supplied salt). Domain-separated sha256, so a salt reveals nothing about the
+    tenant name when it shows up in hashes or Redis keys, and the same tenant gets the same salt
+    in every process."""
+    if not tenant:
+        raise ValueError("tenant must be a non-empty authenticated tenant id")
+    return hashlib.sha256(b"legato-tenant-salt\x00" + tenant.encode()).hexdigest()[:32]
+
+
+def cache_extra_keys(model: str, dtype: str, layout: str, salt: str | None, adapter: str = "") -> ExtraKeys:
+    """The one definition of the extra keys of a block hash: weights fingerprint, KV dtype, KV
+    layout, adapter (LoRA) id and the tenant's cache salt. Every producer of block hashes (the
+    torch engine's scheduler, its `block_hashes`, the tier manager, tests in other processes) goes
+    through here, so a block computed anywhere has the same identity everywhere."""
+    return (model, dtype, layout, adapter, salt or "")
+
+
+def salt_of(extra_keys: ExtraKeys) -> str:
+    """The tenant cache salt inside extra keys built by `cache_extra_keys` ("" if none)."""
+    return str(extra_keys[-1]) if extra_keys else ""

@@ -36,10 +36,13 @@ class RunStatus(enum.StrEnum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    # a resumed run found a non-pure tool that was mid-flight when the process stopped: it is not
+    # run again (it may or may not have taken effect), so the run ends here
+    INTERRUPTED = "interrupted"
 
     @property
     def finished(self) -> bool:
-        return self in (RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED)
+        return self in (RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED, RunStatus.INTERRUPTED)
 
 
 class ToolCaller(Protocol):

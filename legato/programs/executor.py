@@ -12,7 +12,8 @@ However a run ends (success, failure, cancellation, executor shutdown), its tool
 released under a shielded scope with a timeout, the scheduler gets `RunFinished`, and subscribers
 get `run_finished`. `Executor.run(...)` runs one program in the caller's own task instead.
 
-Resuming: a run whose `run_id` already has steps in the journal continues after them.
+Resuming: a run whose `run_id` already has steps in the journal continues after them (a run
+that stopped inside a non-pure tool ends `interrupted` instead, see `graph_run`).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from legato.programs.agent import AgentProgram, AgentTrace
 from legato.programs.builder import CompiledProgram
 from legato.programs.calls import RunEnv, RunStatus, ToolCaller
 from legato.programs.events import EventHub, Subscription
-from legato.programs.graph_run import GraphRun, RunFailed
+from legato.programs.graph_run import GraphRun, RunFailed, RunInterrupted
 from legato.programs.journal import InMemoryJournalStore, JournalStore, Step, read_steps
 from legato.programs.prompt import PromptRenderer
 from legato.programs.spec import MapNodeSpec, ProgramSpec, ToolNodeSpec
@@ -265,6 +266,8 @@ class Executor:
                     status, error = RunStatus.SUCCEEDED, None
                 if deadline.cancelled_caught:
                     status, error = RunStatus.FAILED, f"run timed out after {timeout_s:g} s"
+        except RunInterrupted as exc:
+            status, error = RunStatus.INTERRUPTED, exc.message
         except RunFailed as exc:
             status, error = RunStatus.FAILED, exc.message
         except Exception as exc:
@@ -276,8 +279,8 @@ class Executor:
                 if self.tools is not None:
                     with anyio.move_on_after(self.release_timeout_s):
                         await self.tools.release_run(run_id)
-                try:
-                    steps = await read_steps(self.journal, run_id)
+                try:  # finished steps (not the markers journaled before impure tools)
+                    steps = [s for s in await read_steps(self.journal, run_id) if s.status != "started"]
                 except Exception:  # the result must still be delivered
                     steps = []
                 handle.result = RunResult(

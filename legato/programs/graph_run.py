@@ -6,6 +6,11 @@ next node (edge, router, error route), append the step to the journal, then move
 run replays the journaled writes through the same reducers and continues where it stopped.
 A map node is one step: its items all finish (or the step fails) before it is journaled, so a
 run interrupted inside a map redoes that map.
+
+Tools with side effects: before a tool node (or a map over a tool) whose tool is not declared
+`pure` runs, a `started` marker is journaled. A resumed run whose journal ends in such a marker
+was stopped while the tool ran: re-running it could apply its effect twice, so the run ends
+`interrupted` (`RunInterrupted`) unless the tool is (now) pure, in which case it simply runs again.
 """
 
 from __future__ import annotations
@@ -40,6 +45,19 @@ class RunFailed(Exception):
         super().__init__(message)
         self.message = message
         self.step = step
+
+
+class RunInterrupted(RunFailed):
+    """A resumed run stopped at a non-pure tool that was mid-flight when the process stopped."""
+
+
+def node_tool(node: NodeSpec) -> str | None:
+    """The tool a node runs (directly or as a map body), else None."""
+    if isinstance(node, ToolNodeSpec):
+        return node.tool
+    if isinstance(node, MapNodeSpec) and isinstance(node.body, ToolNodeSpec):
+        return node.body.tool
+    return None
 
 
 class GraphRun:
@@ -161,11 +179,29 @@ class GraphRun:
             )
         return dest
 
+    def _tool_is_pure(self, tool: str) -> bool:
+        """Pure per the tool runtime's registry; unknown tools count as impure (the safe side)."""
+        registry = getattr(self.env.tools, "registry", None)
+        try:
+            return bool(registry.spec(tool).pure) if registry is not None else False
+        except (KeyError, AttributeError):
+            return False
+
+    def _needs_marker(self, node: NodeSpec) -> bool:
+        tool = node_tool(node)
+        return tool is not None and not self._tool_is_pure(tool)
+
     # -- the walk ---------------------------------------------------------------------------
     def replay(self, steps: list[Step]) -> str:
-        """Rebuild state from journaled steps; returns the node to continue at."""
+        """Rebuild state from journaled steps; returns the node to continue at. Raises
+        `RunInterrupted` when the journal ends inside a non-pure tool (see the module doc)."""
         current = self.spec.entry
-        for step in steps:
+        for i, step in enumerate(steps):
+            if step.status == "started":
+                if i == len(steps) - 1:
+                    self._check_interrupted(step)
+                    current = step.node  # a pure tool: run it again
+                continue
             if step.status == "failed":
                 current = step.node  # the run failed here: redo the node (its writes are redone too)
                 continue
@@ -173,6 +209,18 @@ class GraphRun:
             self.visits[step.node] += 1
             current = step.next or END
         return current
+
+    def _check_interrupted(self, marker: Step) -> None:
+        node = self.graph.nodes.get(marker.node)
+        tool = node_tool(node) if node is not None else None
+        if tool is not None and self._tool_is_pure(tool):
+            return
+        raise RunInterrupted(
+            f"node {marker.node!r}: tool {tool or '?'!r} was running when the run stopped (e.g. a "
+            "server crash) and is not declared pure, so it is not run again (its effect may or may "
+            "not have happened); start a new run to retry, or declare the tool pure if re-running "
+            "it is safe"
+        )
 
     async def run(self, inputs: Mapping[str, Any], journaled: list[Step]) -> dict[str, Any]:
         env = self.env
@@ -193,6 +241,10 @@ class GraphRun:
             self.visits[current] += 1
             env.hub.publish(env.run_id, "node_started", current, visit=self.visits[current])
             started = time.time()
+            if self._needs_marker(node):
+                marker = Step(index, f"{index}:{current}:started", current, "started", started_at=started)
+                await append_step(env.journal, env.run_id, marker)
+                index += 1
             writes: dict[str, Any] = {}  # what this step applied to state (replayed on resume)
             error: StepError | None = None
             attempts = node.retries + 1

@@ -15,9 +15,11 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 import anyio
 
-StepStatus = Literal["ok", "error", "failed"]
+StepStatus = Literal["ok", "error", "failed", "started"]
 """ok: finished; error: failed but the run followed the node's error route; failed: the run
-failed at this step (a resumed run retries it)."""
+failed at this step (a resumed run retries it); started: a marker journaled *before* a tool that
+is not declared pure runs, so a resumed run can tell "finished" from "interrupted mid-flight" (a
+marker with no step after it) and never runs such a tool twice."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -154,6 +154,13 @@ def make_engine(name: str, checkpoint: Path | None = None, device: str = "cpu") 
         from legato.engine_adapter.torch import load_engine
 
         return load_engine(checkpoint, device)
+    if name.partition(":")[0] == "sim-realtime":  # simulated GPU in real time (load tests)
+        from legato.engine_adapter.sim.realtime import from_spec
+
+        try:
+            return from_spec(name)
+        except ValueError as exc:
+            raise LoadError(f"--engine {name!r}: {exc}") from exc
     module_name, sep, attr = name.partition(":")
     if not sep or not module_name or not attr:
         raise LoadError(f"--engine {name!r}: use 'torch' or 'package.module:factory'")

@@ -51,6 +51,8 @@ class RunStarted:
     tenant: str
     # The declarative program (legato.programs spec) when there is one; None for dynamic agents.
     spec: object | None = None
+    # Runs that share a prompt and are best served together (an RL GRPO group's siblings).
+    group: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

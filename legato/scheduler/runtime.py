@@ -10,8 +10,10 @@ drives the **same policy objects** in real time against real engines, as the exe
 `generate(call)` emits `CallArrived` and waits (bounded by `dispatch_timeout_s`) until the policy
 dispatches the call, then streams it from the chosen replica with the decided priority and emits
 `CallFinished`. `notify(event)` forwards program events (run started, tool started / finished,
-run finished). A tick loop delivers `Tick` every `traits.tick_s`. Everything that needs the engine
-(pins, hints, capacity refresh) is queued to one control task, so `notify` never awaits; both
+run finished). A tick loop delivers `Tick` every `traits.tick_s`. Nothing in `notify` awaits:
+capacity refreshes are queued to one control task, and cache operations (pin, unpin, next-use
+hint) each start at once as a task of their own, so they reach the engine in decision order
+within one event-loop turn instead of one engine round trip per queued operation; all of these
 tasks live in a task group owned by the scheduler and end with `async with`.
 
 How each decision is applied (and what a real engine cannot do):
@@ -36,9 +38,13 @@ How each decision is applied (and what a real engine cannot do):
   output tokens of its latest call, remembered here) on the replica that ran it. The pin is
   dropped when the run's next call has been admitted (its first token arrived: its blocks are
   then referenced by the request itself), when the run finishes, on `Unpin`, or by the engine at
-  the TTL. **Limit**: between a call finishing and its pin reaching the engine worker, the
-  engine may run steps that evict the just-freed blocks under pressure (the pin then holds
-  whatever prefix is still cached).
+  the TTL. A call's blocks are freed by the engine the moment it finishes, and its next step
+  may evict them before any decision about the finished call can arrive; so once a policy has
+  shown it manages the cache (sent a Pin or NextUse), every admitted call of a run gets a
+  *bridge pin* on its prompt, held until the policy has answered the run's next event (see
+  `PolicyScheduler._bridge`; `stats["bridge_pins"]`). **Limit**: the bridge covers the
+  prompt's blocks; output blocks are kept only by the policy's own Pin, which reaches the
+  engine an event-loop turn after the finish.
 - `NextUse(run, at_s)`: `EvictionHintEngine.set_next_use(last sequence, at_s - now)` on the
   run's replica.
 - `Prefetch`: no tiers here, ignored (counted in `stats["prefetches_ignored"]`).
@@ -147,6 +153,7 @@ class _Run:
     paused: bool = False
     priority: int | None = None  # SetPriority since the last pause: re-ranks held calls
     pin: tuple[int, str] | None = None  # (replica, pin id)
+    bridge: bool = False  # `pin` is the runtime's bridge pin (see `_bridge`), not a policy's
     pin_gen: int = 0  # bumped on every pin/unpin request, so a late pin answer is dropped
     in_engine: int = 0  # calls of this run submitted to an engine, not finished
     queued: dict[str, _Queued] = field(default_factory=dict)  # in an engine, no token yet
@@ -201,6 +208,7 @@ class PolicyScheduler:
         tenant_salt: str | None = None,
         dispatch_timeout_s: float = 600.0,
         control_timeout_s: float = 30.0,
+        bridge_ttl_s: float = 120.0,
     ) -> None:
         if not engines:
             raise ValueError("PolicyScheduler needs at least one engine")
@@ -215,6 +223,7 @@ class PolicyScheduler:
         self._secret = tenant_salt.encode() if tenant_salt is not None else None
         self.dispatch_timeout_s = dispatch_timeout_s
         self.control_timeout_s = control_timeout_s
+        self.bridge_ttl_s = bridge_ttl_s
         n = len(self.engines)
         self.capacity: list[EngineCapacity] = [EngineCapacity(16, 0, 0) for _ in range(n)]
         self.running = [0] * n
@@ -230,6 +239,7 @@ class PolicyScheduler:
             "calls": 0,
             "dispatches": 0,
             "pins": 0,
+            "bridge_pins": 0,
             "unpins": 0,
             "next_use_hints": 0,
             "pauses": 0,
@@ -245,6 +255,9 @@ class PolicyScheduler:
         self._send: MemoryObjectSendStream[_Op] | None = None
         self._refresh_queued = False
         self._closed = False
+        self._cache_aware = False  # the policy has sent a Pin or NextUse: bridge its runs' KV
+        self._cache_ops = 0  # cache operations on their way to an engine
+        self._cache_idle: anyio.Event | None = None
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -256,6 +269,8 @@ class PolicyScheduler:
                 self.capacity[i] = await engine.capacity()
         send, recv = anyio.create_memory_object_stream[_Op](max_buffer_size=math.inf)
         self._send = send
+        self._cache_idle = anyio.Event()
+        self._cache_idle.set()
         tg = anyio.create_task_group()
         await tg.__aenter__()
         self._tg = tg
@@ -295,7 +310,7 @@ class PolicyScheduler:
                     log.exception("scheduler control operation failed")
 
     async def settle(self) -> None:
-        """Wait until every engine operation queued so far (pins, hints, refreshes) is done."""
+        """Wait until every engine operation started so far (pins, hints, refreshes) is done."""
         done = anyio.Event()
 
         async def mark() -> None:
@@ -306,6 +321,36 @@ class PolicyScheduler:
             return
         with anyio.fail_after(self.control_timeout_s):
             await done.wait()
+            while self._cache_idle is not None and not self._cache_idle.is_set():
+                await self._cache_idle.wait()
+
+    def _cache_op(self, op: _Op) -> None:
+        """Start a pin / unpin / hint now, as its own task, instead of behind the control queue.
+
+        Why: the control loop awaits one engine round trip per operation, and a torch engine
+        answers between steps, so a pin queued behind k operations reached the engine k steps
+        after the decision, long after those steps could evict the blocks. Tasks started here
+        begin in FIFO order on the next event-loop turn and each one hands its command to the
+        engine before its first await (`TorchEngine` queues commands synchronously), so the
+        engine sees them in decision order, all before its next step."""
+        if self._tg is None or self._closed:
+            return
+        self._cache_ops += 1
+        if self._cache_idle is not None and self._cache_idle.is_set():
+            self._cache_idle = anyio.Event()
+        self._tg.start_soon(self._run_cache_op, op)
+
+    async def _run_cache_op(self, op: _Op) -> None:
+        try:
+            with anyio.fail_after(self.control_timeout_s):
+                await op()
+        except Exception:  # an engine hiccup must not take the scheduler down
+            self.stats["control_errors"] += 1
+            log.exception("scheduler cache operation failed")
+        finally:
+            self._cache_ops -= 1
+            if self._cache_ops == 0 and self._cache_idle is not None:
+                self._cache_idle.set()
 
     def _queue(self, op: _Op) -> None:
         if self._send is None or self._closed:
@@ -422,7 +467,7 @@ class PolicyScheduler:
             started = True
             self.waiting[replica] -= 1
             self.running[replica] += 1
-            self._drop_pin(run)  # admitted: its blocks are referenced by the request now
+            self._bridge(run, replica, call.prompt_token_ids)  # admitted: replaces the run's pin
             chunk = first
             while True:
                 output.extend(chunk.token_ids)
@@ -483,6 +528,13 @@ class PolicyScheduler:
         decisions = self.policy.on_event(event, self.clock(), self.view)
         for d in decisions:
             self._apply(d)
+        if not isinstance(event, (CallFinished, Tick)):
+            run_id = event.call.run_id if isinstance(event, CallArrived) else event.run_id
+            run = self.runs.get(run_id)
+            if run is not None and run.bridge and run.in_engine == 0:
+                # the policy has seen the run's next event and said what it wants kept (a Pin
+                # replaced the bridge already): the bridge's job is done
+                self._drop_pin(run)
         self._queue_refresh()
 
     def _emit_quietly(self, event: Event) -> None:
@@ -518,12 +570,14 @@ class PolicyScheduler:
         elif isinstance(d, Resume):
             self._resume(d.run_id)
         elif isinstance(d, Pin):
+            self._cache_aware = True
             self._pin(d)
         elif isinstance(d, Unpin):
             run = self.runs.get(d.run_id)
             if run is not None:
                 self._drop_pin(run)
         elif isinstance(d, NextUse):
+            self._cache_aware = True
             run = self.runs.get(d.run_id)
             if run is not None:
                 self._hint(run, d.at_s)
@@ -580,38 +634,68 @@ class PolicyScheduler:
         run = self.runs.get(d.run_id)
         if run is None or run.replica is None or not run.last_seq or not d.ttl_s > 0:
             return
-        engine = self.engines[run.replica]
-        if Capability.PIN not in engine.capabilities:
+        if Capability.PIN not in self.engines[run.replica].capabilities:
             return
-        self._drop_pin(run)
-        run.pin_gen += 1
-        gen, replica, tokens = run.pin_gen, run.replica, run.last_seq
-        salt = self.cache_salt(run.tenant)
-        pinnable: PinnableEngine = engine  # type: ignore[assignment]
         self.stats["pins"] += 1
+        self._replace_pin(run, run.replica, run.last_seq, d.ttl_s, bridge=False)
+
+    def _bridge(self, run: _Run, replica: int, prompt: Sequence[int]) -> None:
+        """A call of `run` was admitted: the run's pin (its previous sequence) goes, and, for a
+        policy that manages the cache (it has sent a Pin or NextUse), a *bridge pin* on the
+        call's prompt takes its place.
+
+        Why: when the call finishes the engine frees its blocks at once, and its next step may
+        evict them (a queued request is admitted in that very step) before the policy's Pin or
+        NextUse for the finished call can arrive: one event-loop turn is slower than one engine
+        step. The bridge costs nothing while the call runs (the request references the same
+        blocks) and holds the prompt's blocks from the finish until the policy has answered
+        the run's next event (its `Pin` replaces the bridge; otherwise the bridge is dropped
+        then, or at `Pause` / `Unpin` / run end, or by the engine at `bridge_ttl_s`). Policies
+        that never pin nor hint (`fcfs-lru`) get no bridge, so the baselines stay unchanged."""
+        if not self._cache_aware or not prompt or Capability.PIN not in self.engines[replica].capabilities:
+            self._drop_pin(run)
+            return
+        self.stats["bridge_pins"] += 1
+        self._replace_pin(run, replica, tuple(prompt), self.bridge_ttl_s, bridge=True)
+
+    def _replace_pin(
+        self, run: _Run, replica: int, tokens: tuple[int, ...], ttl_s: float, *, bridge: bool
+    ) -> None:
+        """Pin `tokens`, then unpin the run's previous pin: in that order, so the engine never
+        sees a moment in which the shared prefix of both is unpinned."""
+        old, run.pin = run.pin, None
+        run.pin_gen += 1  # a pin still on its way is now stale: it unpins itself on arrival
+        run.bridge = bridge
+        gen = run.pin_gen
+        salt = self.cache_salt(run.tenant)
+        pinnable: PinnableEngine = self.engines[replica]  # type: ignore[assignment]
 
         async def pin() -> None:
-            pin_id = await pinnable.pin(tokens, salt, d.ttl_s)
+            pin_id = await pinnable.pin(tokens, salt, ttl_s)
             if run.pin_gen == gen and self.runs.get(run.run_id) is run:
                 run.pin = (replica, pin_id)
-            else:  # unpinned (or finished) while the pin was on its way
+            else:  # replaced, unpinned or finished while the pin was on its way
                 await pinnable.unpin(pin_id)
 
-        self._queue(pin)
+        self._cache_op(pin)
+        if old is not None:
+            self._unpin(*old)
 
     def _drop_pin(self, run: _Run) -> None:
         run.pin_gen += 1
+        run.bridge = False
         pin, run.pin = run.pin, None
-        if pin is None:
-            return
-        replica, pin_id = pin
+        if pin is not None:
+            self._unpin(*pin)
+
+    def _unpin(self, replica: int, pin_id: str) -> None:
         pinnable: PinnableEngine = self.engines[replica]  # type: ignore[assignment]
         self.stats["unpins"] += 1
 
         async def unpin() -> None:
             await pinnable.unpin(pin_id)
 
-        self._queue(unpin)
+        self._cache_op(unpin)
 
     def _hint(self, run: _Run, at_s: float) -> None:
         if run.replica is None or not run.last_seq:
@@ -627,7 +711,7 @@ class PolicyScheduler:
             delay = at_s if math.isinf(at_s) else max(0.0, at_s - self.clock())
             await hinted.set_next_use(tokens, salt, delay)
 
-        self._queue(hint)
+        self._cache_op(hint)
 
     # --- prefix knowledge ------------------------------------------------------------------
 

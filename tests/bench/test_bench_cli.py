@@ -34,7 +34,7 @@ SMALL = [
         (["--gpu", "v100"], "unknown gpu 'v100'; valid choices: a10, h100, t4"),
         (["--model", "gpt"], "unknown model 'gpt'"),
         (["--tiers", "disk"], "unknown tier 'disk'"),
-        (["--tiers", "host"], "does not model KV tier traffic yet"),
+        (["--tiers", "redis,host"], "tiers go fastest first"),
         (["--programs", "0"], "programs must be > 0"),
         (["--concurrency", "-1"], "concurrency must be > 0"),
         (["--jobs", "0"], "jobs must be > 0"),

@@ -128,17 +128,23 @@ async def test_cancel_runs_inside_subprocess_tools_leaves_nothing_behind(tmp_pat
     engine = FakeEngine(lambda prompt: prompt.strip())
     envs_root = tmp_path / "envs"
     me = psutil.Process()
+    # Children alive before the runs (a session-wide redis-server of other tests) are not ours.
+    before = {c.pid for c in me.children(recursive=True)}
+
+    def ours() -> list[psutil.Process]:
+        return [c for c in me.children(recursive=True) if c.pid not in before]
+
     async with (
         ToolRuntime(reg, envs=EnvironmentManager(envs_root)) as tools,
         Executor(PassthroughScheduler(engine), tools) as ex,
     ):
         handles = [ex.submit(program, {"mode": "slow" if i % 2 else "fast"}) for i in range(16)]
-        await wait_until(lambda: len(me.children(recursive=True)) >= 8, poll_s=0.05)
+        await wait_until(lambda: len(ours()) >= 8, poll_s=0.05)
         assert len(list(envs_root.iterdir())) >= 8
         for h in handles[1::2]:
             h.cancel()
         results = [await h.wait(timeout_s=30) for h in handles]
     assert [r.status for r in results] == [RunStatus.SUCCEEDED, RunStatus.CANCELLED] * 8
     assert all("done" in r.output["out"]["stdout"] for r in results[::2])
-    assert me.children(recursive=True) == []
+    assert ours() == []
     assert list(envs_root.iterdir()) == []

@@ -78,7 +78,9 @@ async def test_failed_run_resumes_after_its_finished_steps() -> None:
             ("two", "ok"),
             ("three", "failed"),
         ]
-        assert store.requests_at_append == [1, 2, 2]  # step k journaled before call k+1 was made
+        # step k journaled before call k+1 was made; the impure tool `flaky` also gets a
+        # "started" marker journaled before it runs (so a crash mid-tool is never re-run blindly)
+        assert store.requests_at_append == [1, 2, 2, 2]
 
         flaky.broken = False
         async with Executor(RecordingScheduler(engine), tools, journal=store) as ex:  # a "restarted" server

@@ -6,7 +6,7 @@ class docstring says what it reproduces and what it simplifies.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from legato.bench.baselines.autellix import Autellix
 from legato.bench.baselines.belady import Belady
@@ -15,6 +15,7 @@ from legato.bench.baselines.fcfs_lru import FcfsLru
 from legato.bench.baselines.infinite_kv import InfiniteKV
 from legato.bench.baselines.lpm import Lpm
 from legato.bench.baselines.thunderagent import ThunderAgent
+from legato.scheduler.legato_policy import Legato
 from legato.scheduler.policy import Policy
 
 POLICIES: dict[str, Callable[[], Policy]] = {
@@ -25,6 +26,33 @@ POLICIES: dict[str, Callable[[], Policy]] = {
     "autellix": Autellix,
     "infinite-kv": InfiniteKV,
     "belady": Belady,
+    "legato": Legato,
 }
 
-__all__ = ["POLICIES", "Autellix", "Belady", "Continuum", "FcfsLru", "InfiniteKV", "Lpm", "ThunderAgent"]
+# Policies that take the tenants' fair-share weights, by name: weights -> policy.
+WEIGHTED: dict[str, Callable[[Mapping[str, float]], Policy]] = {
+    "legato": lambda weights: Legato(weights=weights),
+}
+
+
+def build_policy(name: str, tenant_weights: Mapping[str, float] | None = None) -> Policy:
+    """A fresh policy by registry name (KeyError if unknown); fair-share policies get the
+    tenants' weights — in a bench, the workload's `tenant_weights`."""
+    if tenant_weights and name in WEIGHTED:
+        return WEIGHTED[name](tenant_weights)
+    return POLICIES[name]()
+
+
+__all__ = [
+    "POLICIES",
+    "WEIGHTED",
+    "Autellix",
+    "Belady",
+    "Continuum",
+    "FcfsLru",
+    "InfiniteKV",
+    "Legato",
+    "Lpm",
+    "ThunderAgent",
+    "build_policy",
+]

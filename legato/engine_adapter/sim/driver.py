@@ -15,13 +15,20 @@ Accounting (`RunOutcome`): `cached_prompt_tokens` counts the prefix-cache hit of
 *first* admission (capped at prompt - 1 tokens, as the engine always recomputes the last one);
 `prefill_tokens_computed` counts every prefilled token, recomputation after preemption included;
 `service_by_tenant` uses the VTC cost 1 x input + 2 x output tokens.
+
+KV tiers (`SimConfig.tiers`, `sim/tiers.py`): evicted device blocks go to host RAM, then Redis;
+an admission asks `legato.cache.load_cost.plan_load` whether to load or recompute, and tokens
+loaded from a tier count as prefix-cache hits (also counted per tier in `extra`:
+`tier_<name>_{offloaded,loaded,prefetched}_bytes`, `tier_<name>_hit_tokens`, capacity and peak
+blocks, link time `tier_<name>_{write,read}_busy_s`, and `tier_load_stall_s`). `Prefetch`
+decisions load a run's tiered KV back early.
 """
 
 from __future__ import annotations
 
 import heapq
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from legato.bench.outcome import ProgramOutcome, RunOutcome
@@ -30,9 +37,10 @@ from legato.engine_adapter.base import SamplingParams
 from legato.engine_adapter.sim.cost_model import CostModel
 from legato.engine_adapter.sim.engine import SimEngine, SimRequest
 from legato.engine_adapter.sim.hardware import gpu as gpu_preset
-from legato.engine_adapter.sim.hardware import tier as tier_preset
+from legato.engine_adapter.sim.hardware import tier_specs
 from legato.engine_adapter.sim.kv_pool import UNLIMITED_BLOCKS, KVPool
 from legato.engine_adapter.sim.models import model as model_preset
+from legato.engine_adapter.sim.tiers import SimTiers
 from legato.scheduler.events import (
     CallArrived,
     CallFinished,
@@ -77,7 +85,7 @@ class SimConfig:
     max_num_seqs: int = 256
     block_size: int = 16
     kv_blocks: int | None = None  # None: from GPU memory (see CostModel.kv_capacity_blocks)
-    tiers: tuple[str, ...] = ()  # validated; the engine does not model tier traffic yet
+    tiers: tuple[str, ...] = ()  # KV tiers below the device, fastest first: "host[:GB]", "redis[:GB]"
     eff_compute: float = 0.5
     eff_mem: float = 0.8
     overhead_s: float = 1.5e-3
@@ -191,8 +199,7 @@ class _Sim:
             raise ValueError(f"concurrency must be >= 1, got {concurrency}")
         if config.replicas < 1:
             raise ValueError(f"replicas must be >= 1, got {config.replicas}")
-        for t in config.tiers:
-            tier_preset(t)
+        specs = tier_specs(config.tiers)
         self.policy = policy
         self.config = config
         self.concurrency = concurrency
@@ -216,6 +223,10 @@ class _Sim:
             )
             for i in range(config.replicas)
         ]
+        if specs and not policy.traits.unlimited_kv:  # an infinite device pool never offloads
+            kv_bytes = cost.model.kv_bytes_per_token
+            for e in self.engines:
+                e.pool.tiers = SimTiers(specs, config.block_size, kv_bytes, e.pool._key)
         order = sorted(range(len(workload.programs)), key=lambda i: (workload.programs[i].arrival_s, i))
         self.specs = [workload.programs[i] for i in order]
         self.workload = workload
@@ -322,7 +333,7 @@ class _Sim:
         self.run_index[p.run_id] = i
         self.weights[spec.tenant] = spec.tenant_weight
         self.service.setdefault(spec.tenant, 0.0)
-        self.emit(RunStarted(p.run_id, spec.kind or "program", spec.tenant))
+        self.emit(RunStarted(p.run_id, spec.kind or "program", spec.tenant, group=spec.group))
         if n == 0:
             self._finish_program(p)
             return
@@ -462,7 +473,10 @@ class _Sim:
             if home is not None:
                 self._replica_op(home, d)
         elif isinstance(d, Prefetch):
-            self.prefetches += 1  # no tiers modelled: nothing to bring back
+            self.prefetches += 1
+            run = self.run_index.get(d.run_id)
+            if run is not None and 0 <= d.replica < len(self.engines) and self.config.tiers:
+                self._replica_op(d.replica, ("prefetch", run, 0))
         else:
             raise TypeError(f"unknown decision {d!r}")
 
@@ -503,6 +517,8 @@ class _Sim:
                 e.unpin(op[1], op[2], now)
             elif op[0] == "forget":
                 e.forget_run(op[1], now)
+            elif op[0] == "prefetch":
+                e.prefetch(op[1], now)
             return
         if isinstance(op, Pause):
             e.pause(self.run_index[op.run_id], now)
@@ -567,18 +583,53 @@ class _Sim:
             extra={
                 "engine_steps": float(sum(s.steps for s in stats)),
                 "evicted_blocks": float(evicted),
-                "prefetches_ignored": float(self.prefetches),
+                "prefetches_ignored": float(0 if self.config.tiers else self.prefetches),
+                **self._tier_extra(),
+                **self._policy_extra(),
             },
         )
 
+    def _policy_extra(self) -> dict[str, float]:
+        """Numbers a policy reports about itself (e.g. reuse-predictor accuracy), when it has a
+        `stats() -> dict[str, float]` method."""
+        stats = getattr(self.policy, "stats", None)
+        return {str(k): float(v) for k, v in stats().items()} if callable(stats) else {}
 
-def resolve_policy(policy: str | Policy) -> Policy:
+    def _tier_extra(self) -> dict[str, float]:
+        """Per-tier traffic summed over replicas (only with tiers): `tier_<name>_<counter>`."""
+        if not self.config.tiers:
+            return {}
+        out: dict[str, float] = {"prefetches": float(self.prefetches)}
+        out["tier_load_stall_s"] = sum(e.stats.load_stall_s for e in self.engines)
+        for spec in tier_specs(self.config.tiers):
+            block_bytes = self.config.block_size * self.config.cost_model().model.kv_bytes_per_token
+            totals = {"offloaded_bytes": 0.0, "loaded_bytes": 0.0, "hit_tokens": 0.0, "prefetched_bytes": 0.0}
+            totals["capacity_blocks"] = totals["peak_blocks"] = 0.0
+            for e in self.engines:
+                if e.pool.tiers is None:
+                    continue
+                st = next(lv for lv in e.pool.tiers.levels if lv.spec.name == spec.name)
+                totals["offloaded_bytes"] += st.stats.offloaded_blocks * block_bytes
+                totals["loaded_bytes"] += st.stats.loaded_blocks * block_bytes
+                totals["prefetched_bytes"] += st.stats.prefetched_blocks * block_bytes
+                totals["hit_tokens"] += st.stats.hit_tokens
+                totals["write_busy_s"] = totals.get("write_busy_s", 0.0) + st.stats.write_busy_s
+                totals["read_busy_s"] = totals.get("read_busy_s", 0.0) + st.stats.read_busy_s
+                totals["capacity_blocks"] += st.capacity
+                totals["peak_blocks"] = max(totals["peak_blocks"], float(st.stats.peak_blocks))
+            out.update({f"tier_{spec.name}_{k}": v for k, v in totals.items()})
+        return out
+
+
+def resolve_policy(policy: str | Policy, tenant_weights: Mapping[str, float] | None = None) -> Policy:
+    """A policy object from a registry name; policies that take fair-share weights get
+    `tenant_weights` (the workload's)."""
     if not isinstance(policy, str):
         return policy
-    from legato.bench.baselines import POLICIES
+    from legato.bench.baselines import POLICIES, build_policy
 
     try:
-        return POLICIES[policy]()
+        return build_policy(policy, tenant_weights)
     except KeyError:
         raise ValueError(f"unknown policy {policy!r}; valid choices: {', '.join(sorted(POLICIES))}") from None
 
@@ -599,7 +650,8 @@ def simulate(
     no random numbers, so equal inputs always give equal outcomes. `check` turns on the engine's
     invariant assertions (slow); `trace`, when given, receives one `CallTrace` per call."""
     del seed
-    sim = _Sim(workload, resolve_policy(policy), config, concurrency, progress, check, trace)
+    weights = {p.tenant: p.tenant_weight for p in workload.programs}
+    sim = _Sim(workload, resolve_policy(policy, weights), config, concurrency, progress, check, trace)
     return sim.run()
 
 

@@ -91,6 +91,7 @@ class StepStats:
     preemptions: int = 0
     busy_s: float = 0.0
     steps: int = 0
+    load_stall_s: float = 0.0  # step time spent waiting for KV loads from tiers
 
 
 class SimEngine:
@@ -141,6 +142,9 @@ class SimEngine:
         self.ctx0 = 0  # summed decode context at the first step of the flight
         self.n_flight = 0
         self.version = 0  # bumped when the flight's end moves
+        # KV tiers (pool.tiers): loads planned this step stall it until `_stall_until`
+        self._stall_until = 0.0
+        self.prefetched: dict[int, float] = {}  # run -> when its prefetched KV lands
 
     # --- views ---------------------------------------------------------------------------
 
@@ -224,6 +228,30 @@ class SimEngine:
         del self.pins[run]
         self.pool.release(pin[1], now)
 
+    def prefetch(self, run: int, now: float) -> None:
+        """Bring the run's tiered KV back to the device ahead of its next call, when the cost
+        model prefers loading to recomputing and the blocks fit without preempting anyone."""
+        tiers = self.pool.tiers
+        path = self.run_path.get(run)
+        if tiers is None or path is None or not path[1]:
+            return
+        pool, nodes = self.pool, path[1]
+        tiers.now = now
+        hit_blocks, stop = pool.acquire(nodes, run)
+        plan = tiers.plan(nodes, hit_blocks * self.bs, nodes[-1].end // self.bs, self._prefill_s)
+        blocks = (plan.recompute_from - hit_blocks * self.bs) // self.bs
+        if plan.loads and 0 < blocks <= pool.available:
+            pool.allocate(blocks)
+            self.prefetched[run] = tiers.charge(plan, prefetch=True)
+            pool.commit(nodes, stop, plan.recompute_from)
+        pool.release(nodes, now)
+
+    def _prefill_s(self, start: int, end: int) -> float:
+        """Marginal compute of prefilling tokens [start, end) with [0, start) cached: what a
+        load from a tier saves (the step's weight reads and overhead are paid anyway)."""
+        c = end - start
+        return self.cost.compute_s(c, c * start + c * (c + 1) / 2)
+
     def set_hint(self, run: int, at_s: float) -> None:
         self.pool.set_hint(run, at_s, self._tail(run))
 
@@ -232,6 +260,7 @@ class SimEngine:
         self.paused.discard(run)
         self.pool.forget_run(run, self._tail(run))
         self.run_path.pop(run, None)
+        self.prefetched.pop(run, None)
 
     def _tail(self, run: int) -> list[Node]:
         path = self.run_path.get(run)
@@ -257,6 +286,9 @@ class SimEngine:
         pool = self.pool
         bs = self.bs
         preempted = False
+        if pool.tiers is not None:
+            pool.tiers.now = now
+        self._stall_until = now
         while True:
             budget = self.max_tokens - self.n_dec
             need = self.phase[(-self.d) % bs]  # decode blocks for one step
@@ -297,6 +329,9 @@ class SimEngine:
             dt = self.cost.step_time(toks, attn, kv)
         else:
             dt = self.cost.decode_run_time(self.n_dec, ctx, k)
+        if self._stall_until > now:
+            self.stats.load_stall_s += self._stall_until - now
+            dt += self._stall_until - now
         self.in_flight = True
         self.t0, self.t_end, self.k = now, now + dt, k
         self.chunks = chunks
@@ -372,15 +407,28 @@ class SimEngine:
                 continue
             hit_blocks, stop = pool.acquire(r.nodes, r.run)
             target = r.prefill_target
-            hit = min(hit_blocks * bs, (target - 1) // bs * bs)
+            cap = (target - 1) // bs
+            hit = min(hit_blocks, cap) * bs
+            dev_blocks = hit // bs
+            plan = None
+            if pool.tiers is not None and hit_blocks < cap:
+                plan = pool.tiers.plan(r.nodes, hit, cap, self._prefill_s)
+                hit = plan.recompute_from  # loaded blocks count as a prefix hit
             c = min(target - hit, budget)
-            need = -(-(hit + c) // bs) - hit // bs
+            need = -(-(hit + c) // bs) - dev_blocks  # loaded blocks need device blocks too
             if need > pool.available:
                 pool.release(r.nodes, None)
                 break
             heapq.heappop(waiting)
             self.n_waiting -= 1
             pool.allocate(need)
+            if plan is not None and plan.loads:
+                assert pool.tiers is not None
+                self._stall_until = max(self._stall_until, pool.tiers.charge(plan))
+                _, stop = pool.commit(r.nodes, stop, hit)
+            landed = self.prefetched.pop(r.run, None)
+            if landed is not None:
+                self._stall_until = max(self._stall_until, landed)
             r.state = PREFILL
             r.computed = hit
             r.tree_blocks = hit // bs

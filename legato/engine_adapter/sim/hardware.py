@@ -42,10 +42,40 @@ GPUS: dict[str, GPUSpec] = {
 
 TIERS: dict[str, TierSpec] = {
     # PCIe Gen4/5 x16 pinned-memory copies sustain ~25 GB/s in practice (64 GB/s theoretical).
-    "host": TierSpec("host RAM", bandwidth=25 * GB, round_trip_s=20e-6, capacity_bytes=256 * GB),
-    # A 10 GbE link (1.25 GB/s) to Redis, with a pipelined MGET round trip of ~0.5 ms.
-    "redis": TierSpec("Redis", bandwidth=1.25 * GB, round_trip_s=500e-6, capacity_bytes=1024 * GB),
+    "host": TierSpec("host", bandwidth=25 * GB, round_trip_s=20e-6, capacity_bytes=256 * GB),
+    # Redis on a 100 GbE link (12.5 GB/s), pipelined MGET round trip ~0.5 ms: for an 8B model on an
+    # H100 loading (~10 us/token) beats recomputing (~30 us/token).
+    "redis": TierSpec("redis", bandwidth=12.5 * GB, round_trip_s=500e-6, capacity_bytes=1024 * GB),
+    # Redis on 1 GbE with a slow round trip: the setup where a KV tier is slower than recompute
+    # (DESIGN.md: 38.7 s vs 1.03 s TTFT). The load-vs-recompute cost model must never choose it.
+    "redis-slow": TierSpec("redis", bandwidth=0.125 * GB, round_trip_s=5e-3, capacity_bytes=1024 * GB),
 }
+
+
+def tier_spec(text: str) -> TierSpec:
+    """`host`, `redis`, `redis-slow`, optionally with a capacity in GB: `host:64`."""
+    name, sep, size = text.partition(":")
+    spec = tier(name.strip())
+    if not sep:
+        return spec
+    try:
+        gb = float(size)
+    except ValueError:
+        raise ValueError(f"tier capacity must be a number of GB, like host:64; got {text!r}") from None
+    if not gb >= 0 or gb == float("inf"):
+        raise ValueError(f"tier capacity must be a finite number of GB >= 0, like host:64; got {text!r}")
+    return TierSpec(spec.name, spec.bandwidth, spec.round_trip_s, gb * GB)
+
+
+def tier_specs(texts: tuple[str, ...] | list[str]) -> tuple[TierSpec, ...]:
+    """Tiers below the device, fastest first: at most one host tier, then at most one Redis tier."""
+    specs = tuple(tier_spec(t) for t in texts)
+    names = [s.name for s in specs]
+    if len(set(names)) != len(names):
+        raise ValueError(f"a tier is listed twice: {', '.join(texts)}")
+    if names not in ([], ["host"], ["redis"], ["host", "redis"]):
+        raise ValueError(f"tiers go fastest first (host before redis); got {', '.join(texts)}")
+    return specs
 
 
 def gpu(name: str) -> GPUSpec:

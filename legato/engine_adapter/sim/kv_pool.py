@@ -17,6 +17,9 @@ vLLM's reversed free-list order and SGLang's radix tree both do), in one of two 
 
 Runs marked evict-first (paused programs) go before anything else in both orders.
 
+With KV tiers (`sim/tiers.py`), evicted blocks are offloaded to the host / Redis tier instead
+of vanishing, and blocks computed or loaded back leave their tier (`SimTiers.absorb`).
+
 Accounting invariant (checked by `check()`): used = sum(cached) + blocks held privately by
 running requests (partial blocks, duplicates, and blocks computed but not yet committed).
 """
@@ -28,6 +31,7 @@ import math
 from collections.abc import Sequence
 
 from legato.bench.workload import Segment
+from legato.engine_adapter.sim.tiers import SimTiers
 
 UNLIMITED_BLOCKS = 1 << 60
 
@@ -39,10 +43,12 @@ class Node:
         "children",
         "depth",
         "end",
+        "h",
         "last_access",
         "nblocks",
         "owner",
         "parent",
+        "rd",
         "refs",
         "shared",
         "start",
@@ -56,6 +62,8 @@ class Node:
         self.end = end
         self.nblocks = end // block_size - start // block_size
         self.cached = 0
+        self.h = 0  # blocks after the device ones held by the host tier (see sim/tiers.py)
+        self.rd = 0  # blocks after those held by the Redis tier
         self.refs = 0
         self.cached_children = 0
         self.last_access = 0.0
@@ -84,6 +92,7 @@ class KVPool:
         self.evict_first: set[int] = set()
         self._heap: list[HeapEntry] = []
         self._seq = 0
+        self.tiers: SimTiers | None = None  # set by the engine when the replica has KV tiers
 
     # --- paths ---------------------------------------------------------------------------
 
@@ -162,6 +171,9 @@ class KVPool:
             if done > n.nblocks:
                 done = n.nblocks
             if done > n.cached:
+                if n.h or n.rd:
+                    assert self.tiers is not None
+                    self.tiers.absorb(n, n.cached, done)
                 if n.cached == 0 and not n.cached_children:
                     p = n.parent
                     if p is not None:
@@ -276,6 +288,8 @@ class KVPool:
             self.evictable -= take
             self.used -= take
             self.evicted_blocks += take
+            if self.tiers is not None:
+                self.tiers.offload(n, take)
             if n.cached:  # done; a heap entry stays valid (the key does not depend on `cached`)
                 if not from_heap:
                     self._push(n)
@@ -324,3 +338,5 @@ class KVPool:
         assert evictable == self.evictable, f"evictable {self.evictable} != {evictable}"
         assert 0 <= self.used <= self.capacity, f"used {self.used} outside [0, {self.capacity}]"
         assert self.used == total + private_blocks, f"used {self.used} != {total} + {private_blocks}"
+        if self.tiers is not None:
+            self.tiers.check(self.root)

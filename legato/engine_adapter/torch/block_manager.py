@@ -13,6 +13,7 @@ Legato's hints decide what stays), then least recently used, then deepest first.
 lazy invalidation keeps allocation O(log n).
 
 Pins take a reference, so a pinned block is simply "in use" until `unpin` or its TTL expires.
+An `on_evict` hook sees each cached block right before it is reused, so the engine can offload it.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ class Block:
     parent_hash: bytes | None = None
     depth: int = 0  # index of this block within its sequence
     token_ids: tuple[int, ...] = ()
+    tenant: str = ""  # cache salt of the sequence that computed it (tier quotas and offload)
     last_access: float = 0.0
     next_use: float = math.inf  # monotonic deadline of the next expected use; inf = no hint
     num_cached_children: int = 0
@@ -61,6 +63,9 @@ class BlockManager:
     num_blocks: int
     block_size: int
     clock: Callable[[], float] = time.monotonic
+    # Called with a cached block just before eviction reuses it, while its KV is still intact:
+    # the engine copies blocks worth keeping to the host tier from here.
+    on_evict: Callable[[Block], None] | None = None
     blocks: list[Block] = field(init=False)
     cached: dict[bytes, int] = field(init=False, default_factory=dict)
     stats: BlockStats = field(init=False, default_factory=BlockStats)
@@ -153,6 +158,7 @@ class BlockManager:
         parent_hash: bytes | None,
         depth: int,
         token_ids: Sequence[int],
+        tenant: str = "",
     ) -> bool:
         """Make a full, computed block findable by its hash. Returns False (block stays private)
         when another block already holds that hash, e.g. two identical prompts computed at once."""
@@ -163,6 +169,7 @@ class BlockManager:
         block.parent_hash = parent_hash
         block.depth = depth
         block.token_ids = tuple(token_ids)
+        block.tenant = tenant
         self.cached[block_hash] = block_id
         if parent_hash is not None and parent_hash in self.cached:
             self.blocks[self.cached[parent_hash]].num_cached_children += 1
@@ -194,6 +201,8 @@ class BlockManager:
                 block.next_use = math.inf
                 self._push(block)
                 continue
+            if self.on_evict is not None:
+                self.on_evict(block)
             self._drop_from_cache(block)
             self._num_evictable -= 1
             self.stats.evictions += 1
@@ -217,6 +226,7 @@ class BlockManager:
         block.block_hash = None
         block.parent_hash = None
         block.token_ids = ()
+        block.tenant = ""
         block.depth = 0
         block.next_use = math.inf
         block.num_cached_children = 0

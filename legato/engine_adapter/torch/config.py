@@ -186,6 +186,13 @@ class EngineConfig:
     enable_prefix_caching: bool = True
     request_timeout_s: float = 600.0  # longest wait for one streamed chunk
     command_timeout_s: float = 60.0  # longest wait for a control call (pin, export, stats...)
+    # KV tiers below the device (see legato.cache.tier_manager); both off by default.
+    host_tier_bytes: int = 0  # host-RAM pool for evicted blocks; 0 = no host tier
+    redis_url: str | None = None  # shared Redis tier, e.g. redis://127.0.0.1:6379/0
+    redis_chunk_blocks: int = 16  # blocks per Redis value
+    redis_ttl_s: int = 3600
+    redis_op_timeout_s: float = 0.1  # a dead or stalled Redis costs at most this per call
+    tier_fetch_timeout_s: float = 5.0  # longest wait for a tier load before prefill (then recompute)
 
     def __post_init__(self) -> None:
         ints = ("block_size", "max_num_batched_tokens", "max_num_seqs")
@@ -203,7 +210,14 @@ class EngineConfig:
             raise ConfigError(
                 f"engine config field 'dtype' must be 'float32', 'float16' or 'bfloat16', got {self.dtype!r}"
             )
-        for name in ("request_timeout_s", "command_timeout_s"):
+        for name in ("host_tier_bytes", "redis_chunk_blocks", "redis_ttl_s"):
+            value = getattr(self, name)
+            least = 0 if name == "host_tier_bytes" else 1
+            if not isinstance(value, int) or isinstance(value, bool) or value < least:
+                raise ConfigError(
+                    f"engine config field {name!r} must be an integer >= {least}, got {value!r}"
+                )
+        for name in ("request_timeout_s", "command_timeout_s", "redis_op_timeout_s", "tier_fetch_timeout_s"):
             value = getattr(self, name)
             if not value > 0 or math.isnan(value):
                 raise ConfigError(f"engine config field {name!r} must be > 0, got {value!r}")

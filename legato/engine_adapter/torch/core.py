@@ -16,9 +16,12 @@ from dataclasses import dataclass
 
 import torch
 
-from legato.cache.block_hash import ExtraKeys, prefix_block_hashes
+from legato.cache.block_hash import ExtraKeys, cache_extra_keys, prefix_block_hashes, salt_of
+from legato.cache.kv_codec import KVFormat
+from legato.cache.prefill_model import PrefillCostModel
+from legato.cache.tier_manager import TierManager
 from legato.engine_adapter.base import EngineCapacity, EngineError, GenerateRequest, KVBlock, TokenChunk
-from legato.engine_adapter.torch.block_manager import BlockManager
+from legato.engine_adapter.torch.block_manager import Block, BlockManager
 from legato.engine_adapter.torch.checkpoint import model_fingerprint, torch_dtype
 from legato.engine_adapter.torch.config import EngineConfig
 from legato.engine_adapter.torch.model import LlamaForCausalLM
@@ -73,6 +76,8 @@ class EngineStats:
     prefix_hit_tokens: int
     prompt_tokens: int
     generated_tokens: int
+    tier_loaded_tokens: int = 0  # prompt tokens imported from the host tier / Redis before prefill
+    offloaded_blocks: int = 0  # evicted blocks handed to the host tier
 
 
 class EngineCore:
@@ -110,12 +115,89 @@ class EngineCore:
         self.steps = 0
         self.generated_tokens = 0
         self.last_step_tokens = 0
+        # Tiers below the device (host RAM, Redis): see attach_tiers.
+        self.tiers: TierManager | None = None
+        self.prefill_cost = PrefillCostModel()
+        self.tier_loaded_tokens = 0
+        self.offloaded_blocks = 0
+        self._held: dict[str, list[int]] = {}  # imported blocks held until their request is admitted
+        self._tier_written: set[str] = set()  # requests whose prompt chunks went to Redis
+
+    # --- tiers ----------------------------------------------------------------------------
+
+    @property
+    def kv_format(self) -> KVFormat:
+        """What this engine's KV blocks are, as tiers store and check them."""
+        shape = self.runner.block_shape
+        nbytes = torch.empty((), dtype=torch_dtype(self.dtype_name)).element_size()
+        for d in shape:
+            nbytes *= d
+        return KVFormat(self.fingerprint, KV_LAYOUT, self.dtype_name, shape, nbytes)
+
+    def attach_tiers(self, tiers: TierManager) -> None:
+        """Offload evicted blocks and write prefilled prompts through `tiers` from now on."""
+        if tiers.fmt != self.kv_format or tiers.block_size != self.config.block_size:
+            raise EngineError("tier manager was built for another KV format or block size")
+        self.tiers = tiers
+        self.blocks.on_evict = self._on_evict
+
+    def _kv_block(self, block_id: int, block_hash: bytes, token_ids: tuple[int, ...]) -> KVBlock:
+        return KVBlock(
+            block_hash=block_hash,
+            token_ids=token_ids,
+            layout=KV_LAYOUT,
+            dtype=self.dtype_name,
+            shape=self.runner.block_shape,
+            data=self.runner.read_block(block_id),
+        )
+
+    def _on_evict(self, block: Block) -> None:
+        """A cached block is about to be reused: copy it to the host tier if worth keeping.
+        The copy is one block read; the tier write itself happens on the tier writer thread."""
+        tiers = self.tiers
+        if tiers is None or block.block_hash is None or not tiers.wants_host(block.next_use):
+            return
+        kv = self._kv_block(block.block_id, block.block_hash, block.token_ids)
+        if tiers.offload(kv, block.parent_hash, block.depth, block.tenant, block.next_use):
+            self.offloaded_blocks += 1
+
+    def _write_through(self, seq: Seq) -> None:
+        """The prompt of `seq` is computed: hand its whole chunks not yet in Redis to the tier
+        writer, so another engine process can load instead of recomputing."""
+        assert self.tiers is not None
+        bs = self.config.block_size
+        full = min(seq.num_prompt_tokens // bs, len(seq.block_table))
+        hashes = seq.full_block_hashes(full * bs, bs)
+        todo = self.tiers.chunks_to_write(hashes)
+        if not todo:
+            return
+        c = self.tiers.redis.chunk_blocks if self.tiers.redis is not None else 1
+        blocks = [
+            self._kv_block(seq.block_table[i], hashes[i], tuple(seq.token_ids[i * bs : (i + 1) * bs]))
+            for chunk in todo
+            for i in range(chunk * c, (chunk + 1) * c)
+        ]
+        self.tiers.write_chunks(blocks, todo[0] * c, salt_of(seq.extra_keys), math.inf)
+
+    def _release_held(self) -> None:
+        """Drop the hold on imported blocks of requests the scheduler has admitted (it took its
+        own references) or that are gone."""
+        for rid in list(self._held):
+            seq = self._seqs.get(rid)
+            if seq is None or seq.status is not SeqStatus.WAITING:
+                self.blocks.release(self._held.pop(rid))
+
+    def _forget(self, request_id: str) -> None:
+        self._tier_written.discard(request_id)
+        held = self._held.pop(request_id, None)
+        if held:
+            self.blocks.release(held)
 
     # --- requests -------------------------------------------------------------------------
 
     def extra_keys(self, cache_salt: str | None) -> ExtraKeys:
-        """Keys mixed into every block hash: weights, dtype, tenant salt."""
-        return (self.fingerprint, self.dtype_name, cache_salt or "")
+        """Keys mixed into every block hash: weights, dtype, layout, adapter, tenant salt."""
+        return cache_extra_keys(self.fingerprint, self.dtype_name, KV_LAYOUT, cache_salt)
 
     def validate(self, request: GenerateRequest) -> None:
         """Raise EngineError for a request this engine can never serve. Reads only immutable
@@ -145,7 +227,9 @@ class EngineCore:
                 f"but the cache has only {self.num_blocks}; lower max_tokens or raise num_blocks"
             )
 
-    def add_request(self, request: GenerateRequest) -> None:
+    def add_request(self, request: GenerateRequest, preload: Sequence[KVBlock] = ()) -> None:
+        """Queue a request. `preload`: blocks fetched from a tier for its prompt, continuing the
+        prefix the device holds; they are installed and held until the request is admitted."""
         self.validate(request)
         if request.request_id in self._seqs:
             raise EngineError(f"request id {request.request_id!r} is already running")
@@ -166,13 +250,33 @@ class EngineCore:
             generator=gen,
         )
         self._seqs[request.request_id] = seq
+        if preload and self.config.enable_prefix_caching:
+            self._preload(seq, preload)
         self.scheduler.add(seq)
+
+    def _preload(self, seq: Seq, blocks: Sequence[KVBlock]) -> None:
+        """Install tier blocks that continue `seq`'s cached prefix. Each must be the request's
+        own next block (same chained hash: same tokens, weights, tenant), else it is ignored."""
+        hashes = seq.full_block_hashes(seq.num_prompt_tokens, self.config.block_size)
+        first = len(self.blocks.lookup(hashes))
+        chain: list[KVBlock] = []
+        for i, kv in enumerate(blocks):
+            if first + i >= len(hashes) or kv.block_hash != hashes[first + i]:
+                break
+            chain.append(kv)
+        if not chain:
+            return
+        ids = self._install(chain, hashes[first - 1] if first else None, first, salt_of(seq.extra_keys))
+        if ids:
+            self._held[seq.request_id] = ids
+            self.tier_loaded_tokens += len(ids) * self.config.block_size
 
     def abort_request(self, request_id: str) -> RequestOutput | None:
         """Stop a request and free its blocks; returns its final output (None if unknown)."""
         seq = self._seqs.pop(request_id, None)
         if seq is None:
             return None
+        self._forget(request_id)
         self.scheduler.remove(seq)
         seq.finish_reason = "abort"
         return self._output(seq, (), "", None, finished=True)
@@ -183,13 +287,27 @@ class EngineCore:
     def step(self) -> list[RequestOutput]:
         """Run one engine step; returns one output per request that produced something."""
         plan = self.scheduler.schedule()
+        if self._held:
+            self._release_held()
         self.last_step_tokens = plan.num_tokens
         if not plan.chunks:
             return []
         self.steps += 1
+        spans = [(c.seq.num_computed_tokens, c.seq.num_computed_tokens + c.num_tokens) for c in plan.chunks]
+        started = time.perf_counter()
         sampled, logits = self.runner.run(plan.chunks)
+        self.prefill_cost.observe(spans, time.perf_counter() - started)
         for chunk in plan.chunks:
             self.scheduler.commit(chunk)
+        if self.tiers is not None and self.tiers.redis is not None and self.config.enable_prefix_caching:
+            for chunk in plan.chunks:
+                seq = chunk.seq
+                if (
+                    seq.num_computed_tokens >= seq.num_prompt_tokens
+                    and seq.request_id not in self._tier_written
+                ):
+                    self._tier_written.add(seq.request_id)
+                    self._write_through(seq)
         if logits is None:
             return []
         seqs = [c.seq for c in sampled]
@@ -242,6 +360,7 @@ class EngineCore:
         if finished:
             seq.finish_reason = reason
             self._seqs.pop(seq.request_id, None)
+            self._forget(seq.request_id)
             self.scheduler.remove(seq)
         return self._output(seq, (token,), delta, logprob, finished)
 
@@ -295,7 +414,10 @@ class EngineCore:
         if math.isnan(next_use_s) or next_use_s < 0:
             raise EngineError(f"next_use_s must be >= 0 (or inf), got {next_use_s}")
         deadline = self.clock() + next_use_s
-        return self.blocks.set_next_use(self._hashes(token_ids, cache_salt), deadline)
+        hashes = self._hashes(token_ids, cache_salt)
+        if self.tiers is not None:
+            self.tiers.set_next_use(hashes, deadline)
+        return self.blocks.set_next_use(hashes, deadline)
 
     def export_blocks(self, block_hashes: Sequence[bytes]) -> list[KVBlock]:
         out: list[KVBlock] = []
@@ -320,9 +442,17 @@ class EngineCore:
         """Install blocks as cached (unreferenced) prefix-cache entries. Blocks are expected in
         prefix order (as `export_blocks` returns a chain); each one's parent is taken to be the
         previous block of the list when it chains, so eviction stays suffix-first."""
-        installed = 0
-        prev: bytes | None = None
-        for depth, kv in enumerate(blocks):
+        ids = self._install(blocks, None, 0)
+        self.blocks.release(ids)
+        return len(ids)
+
+    def _install(
+        self, blocks: Sequence[KVBlock], parent: bytes | None, depth: int, tenant: str = ""
+    ) -> list[int]:
+        """Write blocks into fresh device blocks and register them; returns the new block ids,
+        each holding one reference (the caller releases or keeps them). Blocks already cached
+        are skipped; stops when the pool is full."""
+        for kv in blocks:
             if (
                 kv.layout != KV_LAYOUT
                 or kv.dtype != self.dtype_name
@@ -338,18 +468,20 @@ class EngineCore:
                 raise EngineError(
                     f"KV block has {len(kv.token_ids)} token ids, expected {self.config.block_size}"
                 )
+        ids: list[int] = []
+        prev = parent
+        for i, kv in enumerate(blocks):
             if kv.block_hash in self.blocks.cached:
                 prev = kv.block_hash
                 continue
-            ids = self.blocks.allocate(1)
-            if ids is None:
+            new = self.blocks.allocate(1)
+            if new is None:
                 break
-            self.runner.write_block(ids[0], kv.data)
-            self.blocks.register(ids[0], kv.block_hash, prev, depth, kv.token_ids)
-            self.blocks.release(ids)
+            self.runner.write_block(new[0], kv.data)
+            self.blocks.register(new[0], kv.block_hash, prev, depth + i, kv.token_ids, tenant)
+            ids.append(new[0])
             prev = kv.block_hash
-            installed += 1
-        return installed
+        return ids
 
     # --- introspection --------------------------------------------------------------------
 
@@ -373,6 +505,8 @@ class EngineCore:
             prefix_hit_tokens=s.prefix_hit_tokens,
             prompt_tokens=s.prompt_tokens_admitted,
             generated_tokens=self.generated_tokens,
+            tier_loaded_tokens=self.tier_loaded_tokens,
+            offloaded_blocks=self.offloaded_blocks,
         )
 
     def active_request_ids(self) -> list[str]:

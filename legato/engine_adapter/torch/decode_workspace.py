@@ -5,7 +5,10 @@ entire KV once per step (and Hugging Face's growing cache does the same with `to
 workspace avoids it: each decoding sequence owns a row of a dense
 `[layers, 2 (k, v), rows, kv_heads, capacity, head_dim]` tensor, filled once from the paged cache
 when the sequence starts decoding and then extended by one position per step (the attention layer
-writes the new keys/values into both). Rows are recycled lowest-first as sequences come and go,
+writes the new keys/values into both). Within a row the keys are stored transposed, `[kv_heads,
+head_dim, capacity]` in the space of `[kv_heads, capacity, head_dim]`, so the scores of consecutive
+positions are contiguous vector lanes for the decode-attention kernel (`cpu_kernels.py`); the
+`keys` / `values` views give the two interpretations. Rows are recycled lowest-first as sequences come and go,
 so membership changes cost one row fill, not a rebuild. The paged cache stays the source of
 truth (prefix caching, export); the workspace is a cache of it for the current decode batch.
 
@@ -27,9 +30,12 @@ from legato.engine_adapter.torch.scheduler import ScheduledChunk
 class WorkspacePlan:
     """How this step's decodes map onto workspace rows."""
 
-    tensor: Tensor  # [layers, 2, rows, kv_heads, capacity, head_dim]
+    tensor: Tensor  # [layers, 2, rows, kv_heads, capacity, head_dim] (one allocation)
+    keys: Tensor  # [layers, rows, kv_heads, head_dim, capacity] view: keys, transposed
+    values: Tensor  # [layers, rows, kv_heads, capacity, head_dim] view
     rows: Tensor  # [num_decode] long: row of each decode token
-    write_index: Tensor  # [num_decode * kv_heads] long: flat (row, head, position) of the new KV
+    positions: Tensor  # [num_decode] long: position of each decode token (its new KV goes there)
+    lens: Tensor  # [num_decode] long: positions + 1, the keys each decode token attends to
     num_rows: int  # attention runs over rows [0, num_rows); rows not in `rows` are idle
     identity: bool  # rows == 0..num_decode-1 and num_rows == num_decode (no scatter needed)
     mask: Tensor | None  # [num_rows, 1, 1, length] bool, None when every row has `length` keys
@@ -94,7 +100,8 @@ class DecodeWorkspace:
             device=self.kv_cache.device,
         )
         if old is not None:
-            t[:, :, :old_rows, :, :old_cap] = old
+            _keys(t)[:, :old_rows, :, :, :old_cap] = _keys(old)
+            t[:, 1, :old_rows, :, :old_cap] = old[:, 1]
         self.tensor = t
         self._row_len.extend([0] * (new_rows - old_rows))
         for r in range(old_rows, new_rows):
@@ -113,7 +120,8 @@ class DecodeWorkspace:
         slots = (table.unsqueeze(1) * bs + offsets).view(-1)[:past]
         layers, _, kvh, width = self.kv_cache.shape
         got = self.kv_cache.index_select(1, slots).view(layers, past, kvh, 2, width // 2)
-        self.tensor[:, :, row, :, :past] = got.permute(0, 3, 2, 1, 4)
+        _keys(self.tensor)[:, row, :, :, :past] = got[:, :, :, 0].permute(0, 2, 3, 1)
+        self.tensor[:, 1, row, :, :past] = got[:, :, :, 1].permute(0, 2, 1, 3)
 
     def prepare(self, decodes: list[ScheduledChunk], positions: list[int]) -> WorkspacePlan | None:
         """Rows for this step's decodes (position p = tokens already cached for that sequence)."""
@@ -153,20 +161,25 @@ class DecodeWorkspace:
                 num_rows, 1, 1, length
             )
         assert self.tensor is not None
-        rows_t = torch.tensor(rows, dtype=torch.long, device=device)
-        kvh, capacity = self.tensor.shape[3], self.tensor.shape[4]
-        heads = torch.arange(kvh, device=device)
         pos_t = torch.tensor(positions, dtype=torch.long, device=device)
-        write_index = ((rows_t.unsqueeze(1) * kvh + heads) * capacity + pos_t.unsqueeze(1)).view(-1)
         return WorkspacePlan(
             tensor=self.tensor,
-            rows=rows_t,
-            write_index=write_index,
+            keys=_keys(self.tensor),
+            values=self.tensor[:, 1],
+            rows=torch.tensor(rows, dtype=torch.long, device=device),
+            positions=pos_t,
+            lens=pos_t + 1,
             num_rows=num_rows,
             identity=identity,
             mask=mask,
             length=length,
         )
+
+
+def _keys(tensor: Tensor) -> Tensor:
+    """The key half of a workspace tensor as `[layers, rows, kv_heads, head_dim, capacity]`."""
+    layers, _, rows, kvh, capacity, dim = tensor.shape
+    return tensor[:, 0].view(layers, rows, kvh, dim, capacity)
 
 
 def _final_capacity(chunks: list[ScheduledChunk]) -> int:

@@ -25,6 +25,10 @@ from typing import Any, TypeVar
 import anyio
 from anyio.streams.memory import MemoryObjectSendStream
 
+from legato.cache.block_hash import prefix_block_hashes
+from legato.cache.host_tier import HostTier
+from legato.cache.redis_tier import RedisTier, RedisTierConfig
+from legato.cache.tier_manager import TierManager
 from legato.engine_adapter.base import (
     Capability,
     EngineCapacity,
@@ -135,6 +139,10 @@ class TorchEngine:
         if thread is not None:
             with anyio.fail_after(self.config.command_timeout_s):
                 await anyio.to_thread.run_sync(thread.join)
+        tiers = self.core.tiers
+        if tiers is not None:  # finish queued tier writes (bounded), then stop the writer
+            with anyio.fail_after(self.config.command_timeout_s):
+                await anyio.to_thread.run_sync(tiers.close, self.config.command_timeout_s / 2)
 
     @property
     def running(self) -> bool:
@@ -244,9 +252,11 @@ class TorchEngine:
                 raise EngineError(f"request id {rid!r} is already running")
             self._streams[rid] = _Stream(loop, send)
 
+        preload = await self._fetch_from_tiers(request)
+
         def add() -> None:
             try:
-                self.core.add_request(request)
+                self.core.add_request(request, preload)
             except EngineError as exc:
                 stream = self._streams.pop(rid, None)
                 if stream is not None:
@@ -274,6 +284,30 @@ class TorchEngine:
         finally:
             if not finished:
                 self._abort_quietly(rid)
+
+    async def _fetch_from_tiers(self, request: GenerateRequest) -> list[KVBlock]:
+        """Blocks of the prompt that the tiers hold beyond the device's cached prefix and that
+        the cost model says to load rather than recompute. Runs in a worker thread (Redis I/O
+        never blocks the event loop or the engine's step loop); slow or failed = recompute."""
+        tiers = self.core.tiers
+        if tiers is None or not self.config.enable_prefix_caching:
+            return []
+        # The last prompt token is always computed, so its block is never worth loading.
+        usable = (len(request.prompt_token_ids) - 1) // self.config.block_size
+        hashes = self.block_hashes(request.prompt_token_ids, request.cache_salt)[:usable]
+        if not hashes:
+            return []
+        device = await self._call(lambda: len(self.core.blocks.lookup(hashes)))
+        if device >= len(hashes):
+            return []
+        with anyio.move_on_after(self.config.tier_fetch_timeout_s):
+            return await anyio.to_thread.run_sync(tiers.fetch, hashes, device, abandon_on_cancel=True)
+        log.warning(
+            "tier fetch for %s took over %ss; recomputing",
+            request.request_id,
+            self.config.tier_fetch_timeout_s,
+        )
+        return []
 
     def _abort_quietly(self, rid: str) -> None:
         """Abort without awaiting (used when a consumer stops iterating or is cancelled)."""
@@ -326,8 +360,6 @@ class TorchEngine:
 
     def block_hashes(self, token_ids: Sequence[int], cache_salt: str | None = None) -> list[bytes]:
         """Chained hashes of the full blocks of `token_ids` as this engine computes them (pure)."""
-        from legato.cache.block_hash import prefix_block_hashes
-
         return prefix_block_hashes(list(token_ids), self.config.block_size, self.core.extra_keys(cache_salt))
 
     def new_request_id(self) -> str:
@@ -360,7 +392,29 @@ def build_core(
             f"tokenizer has {tokenizer.vocab_size} tokens but the model's vocab_size is "
             f"{model.config.vocab_size}"
         )
-    return EngineCore(model, tokenizer, config, model_name=name)
+    core = EngineCore(model, tokenizer, config, model_name=name)
+    if config.host_tier_bytes or config.redis_url:
+        core.attach_tiers(build_tiers(core))
+    return core
+
+
+def build_tiers(core: EngineCore, **tier_options: Any) -> TierManager:
+    """The tier manager the core's config asks for (host pool size, Redis URL and chunking),
+    measuring this engine's prefill cost for its load-vs-recompute decisions. `tier_options` are
+    further `TierManager` fields (keep_unhinted, reuse_horizon_s, queue_size)."""
+    cfg = core.config
+    fmt = core.kv_format
+    host = HostTier(cfg.host_tier_bytes) if cfg.host_tier_bytes else None
+    redis_tier = None
+    if cfg.redis_url:
+        redis_cfg = RedisTierConfig(
+            url=cfg.redis_url,
+            chunk_blocks=cfg.redis_chunk_blocks,
+            ttl_s=cfg.redis_ttl_s,
+            op_timeout_s=cfg.redis_op_timeout_s,
+        )
+        redis_tier = RedisTier(redis_cfg, fmt)
+    return TierManager(fmt, cfg.block_size, host, redis_tier, prefill_s=core.prefill_cost, **tier_options)
 
 
 def load_engine(

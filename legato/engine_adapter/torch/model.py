@@ -19,9 +19,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from legato.engine_adapter.torch import cpu_kernels
 from legato.engine_adapter.torch.config import ModelConfig
 
 if TYPE_CHECKING:
+    from legato.engine_adapter.torch.cpu_kernels import CpuKernels
     from legato.engine_adapter.torch.decode_workspace import WorkspacePlan
 
 
@@ -155,6 +157,10 @@ class Attention(nn.Module):
     def fuse(self) -> None:
         self.qkv_weight, self.qkv_bias = _fuse([self.q_proj, self.k_proj, self.v_proj])
 
+    def _check_fused(self) -> None:
+        if self.q_proj.weight.data_ptr() != self.qkv_weight.data_ptr():
+            raise RuntimeError("attention weights were replaced after fusing: call model.fuse()")
+
     def forward(
         self,
         x: Tensor,
@@ -164,8 +170,7 @@ class Attention(nn.Module):
         kv: Tensor | None,
         layer: int = 0,
     ) -> Tensor:
-        if self.q_proj.weight.data_ptr() != self.qkv_weight.data_ptr():
-            raise RuntimeError("attention weights were replaced after fusing: call model.fuse()")
+        self._check_fused()
         t = x.shape[0]
         h, kvh, d = self.num_heads, self.num_kv_heads, self.head_dim
         qkv = F.linear(x, self.qkv_weight, self.qkv_bias).view(t, h + 2 * kvh, d)
@@ -175,6 +180,36 @@ class Attention(nn.Module):
         result: Tensor = self.o_proj(out.reshape(t, h * d))
         return result
 
+    def forward_fused(
+        self,
+        x: Tensor,
+        residual: Tensor,
+        positions: Tensor,
+        rotary: RotaryEmbedding,
+        ctx: AttentionContext,
+        kv: Tensor,
+        layer: int,
+        kern: CpuKernels,
+    ) -> Tensor:
+        """`residual + attention(x)` with the CPU kernels: RoPE and the KV writes are one call,
+        decode attention another, and the residual add rides on the output projection's GEMM."""
+        self._check_fused()
+        t = x.shape[0]
+        h, kvh, d = self.num_heads, self.num_kv_heads, self.head_dim
+        qkv = F.linear(x, self.qkv_weight, self.qkv_bias).view(t, h + 2 * kvh, d)
+        nd, plan = ctx.num_decode, ctx.decode_workspace
+        kern.rope_store(qkv, h, rotary.cos, rotary.sin, positions, kv, ctx.slot_mapping)
+        q, k, v = qkv[:, :h], qkv[:, h : h + kvh], qkv[:, h + kvh :]
+        out = torch.empty(t, h, d, dtype=x.dtype)
+        if nd and plan is not None:
+            keys, values = plan.keys[layer], plan.values[layer]
+            scale = 1.0 / math.sqrt(d)
+            kern.decode_attention(qkv[:nd], h, keys, values, plan.rows, plan.lens, out, scale)
+        elif nd:
+            out[:nd] = self._decode_gather(q[:nd], ctx, kv)
+        self._prefill(q, k, v, ctx, kv, out)
+        return torch.addmm(residual, out.view(t, h * d), self.o_proj.weight.t())
+
     def _dense(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         """Causal attention over one whole sequence, no cache: the reference path."""
         return _causal_sdpa(q, k, v, None)
@@ -183,36 +218,45 @@ class Attention(nn.Module):
         self, q: Tensor, k: Tensor, v: Tensor, ctx: AttentionContext, kv: Tensor, layer: int
     ) -> Tensor:
         d = self.head_dim
-        new_kv = torch.cat([k, v], dim=-1)
         # Write this step's keys/values first, so the reads below see the whole context.
-        kv.index_copy_(0, ctx.slot_mapping, new_kv)
+        kv.index_copy_(0, ctx.slot_mapping, torch.cat([k, v], dim=-1))
         out = torch.empty_like(q)
         nd = ctx.num_decode
-        if nd:
+        if nd and ctx.decode_workspace is not None:
+            plan = ctx.decode_workspace
+            keys, values = plan.keys[layer], plan.values[layer]  # [rows, kvh, D, cap], [rows, kvh, cap, D]
+            keys[plan.rows, :, :, plan.positions] = k[:nd]
+            values[plan.rows, :, plan.positions] = v[:nd]
+            m, length = plan.num_rows, plan.length
+            kd, vd = keys[:m, :, :, :length].transpose(-1, -2), values[:m, :, :length]
             # GQA for single-token queries: the query heads sharing a KV head become that head's
             # "query rows" ([nd, kvh, group, D]), so SDPA solves kvh small problems per sequence
             # instead of num_heads (same result as enable_gqa, with less per-problem overhead).
             qg = q[:nd].reshape(nd, self.num_kv_heads, self.num_heads // self.num_kv_heads, d)
-            if ctx.decode_workspace is not None:
-                plan = ctx.decode_workspace
-                ws = plan.tensor[layer]  # [2, rows, kvh, capacity, D]
-                # flat (row, head, position) index: a leading-dim index_copy is a plain row copy
-                ws[0].view(-1, d).index_copy_(0, plan.write_index, k[:nd].reshape(-1, d))
-                ws[1].view(-1, d).index_copy_(0, plan.write_index, v[:nd].reshape(-1, d))
-                m, length = plan.num_rows, plan.length
-                kd, vd = ws[0, :m, :, :length], ws[1, :m, :, :length]
-                # idle rows (not decoding this step) get a zero query; their outputs are dropped
-                qd = qg if plan.identity else qg.new_zeros(m, *qg.shape[1:]).index_copy_(0, plan.rows, qg)
-                od = F.scaled_dot_product_attention(qd, kd, vd, attn_mask=plan.mask)
-                out[:nd] = (od if plan.identity else od.index_select(0, plan.rows)).reshape(
-                    nd, self.num_heads, d
-                )
-            else:
-                assert ctx.decode_slots is not None
-                g = kv.index_select(0, ctx.decode_slots).view(nd, ctx.decode_len, self.num_kv_heads, 2 * d)
-                g = g.transpose(1, 2)  # [nd, kvh, L, 2D]
-                od = F.scaled_dot_product_attention(qg, g[..., :d], g[..., d:], attn_mask=ctx.decode_mask)
-                out[:nd] = od.reshape(nd, self.num_heads, d)
+            # idle rows (not decoding this step) get a zero query; their outputs are dropped
+            qd = qg if plan.identity else qg.new_zeros(m, *qg.shape[1:]).index_copy_(0, plan.rows, qg)
+            od = F.scaled_dot_product_attention(qd, kd, vd, attn_mask=plan.mask)
+            out[:nd] = (od if plan.identity else od.index_select(0, plan.rows)).reshape(nd, self.num_heads, d)
+        elif nd:
+            out[:nd] = self._decode_gather(q[:nd], ctx, kv)
+        self._prefill(q, k, v, ctx, kv, out)
+        return out
+
+    def _decode_gather(self, q: Tensor, ctx: AttentionContext, kv: Tensor) -> Tensor:
+        """Decode attention gathering every context from the paged cache (no workspace)."""
+        assert ctx.decode_slots is not None
+        nd, d, kvh = q.shape[0], self.head_dim, self.num_kv_heads
+        qg = q.reshape(nd, kvh, self.num_heads // kvh, d)
+        g = kv.index_select(0, ctx.decode_slots).view(nd, ctx.decode_len, kvh, 2 * d)
+        g = g.transpose(1, 2)  # [nd, kvh, L, 2D]
+        od = F.scaled_dot_product_attention(qg, g[..., :d], g[..., d:], attn_mask=ctx.decode_mask)
+        return od.reshape(nd, self.num_heads, d)
+
+    def _prefill(
+        self, q: Tensor, k: Tensor, v: Tensor, ctx: AttentionContext, kv: Tensor, out: Tensor
+    ) -> None:
+        """Each prefill chunk's causal attention over its cached prefix and itself, into `out`."""
+        d = self.head_dim
         for p in ctx.prefills:
             span = slice(p.start, p.start + p.length)
             if p.context_slots is None:
@@ -220,7 +264,6 @@ class Attention(nn.Module):
             else:
                 g = kv.index_select(0, p.context_slots)  # [ctx, kvh, 2D]
                 out[span] = _causal_sdpa(q[span], g[..., :d], g[..., d:], p.mask)
-        return out
 
 
 def _causal_sdpa(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
@@ -277,6 +320,24 @@ class DecoderLayer(nn.Module):
         out: Tensor = x + self.mlp(self.post_attention_layernorm(x))
         return out
 
+    def forward_fused(
+        self,
+        x: Tensor,
+        positions: Tensor,
+        rotary: RotaryEmbedding,
+        ctx: AttentionContext,
+        kv: Tensor,
+        layer: int,
+        kern: CpuKernels,
+    ) -> Tensor:
+        """`forward` with the CPU kernels (same arithmetic up to float rounding)."""
+        eps = self.input_layernorm.eps
+        h = kern.rmsnorm(x, self.input_layernorm.weight, eps)
+        x = self.self_attn.forward_fused(h, x, positions, rotary, ctx, kv, layer, kern)
+        h = kern.rmsnorm(x, self.post_attention_layernorm.weight, self.post_attention_layernorm.eps)
+        gate_up = kern.silu_mul(F.linear(h, self.mlp.gate_up_weight))
+        return torch.addmm(x, gate_up, self.mlp.down_proj.weight.t())
+
 
 class LlamaModel(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
@@ -298,6 +359,18 @@ class LlamaForCausalLM(nn.Module):
         if config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
         self.rotary = RotaryEmbedding(config)
+        # the paged forward uses `cpu_kernels` when it can; tests switch it off to compare
+        self.use_cpu_kernels = True
+
+    def _kernels(self, x: Tensor) -> CpuKernels | None:
+        """The fused CPU kernels when they apply: float32 on the CPU, head_dim a multiple of 16
+        (whole vector registers) and at most `cpu_kernels.MAX_HEAD_DIM`, and not disabled."""
+        d = self.config.head_dim
+        if not self.use_cpu_kernels or x.device.type != "cpu" or x.dtype != torch.float32:
+            return None
+        if d % 16 or d > cpu_kernels.MAX_HEAD_DIM:
+            return None
+        return cpu_kernels.load()
 
     def fuse(self) -> LlamaForCausalLM:
         """(Re)build the fused q/k/v and gate/up weights; needed after `.to()` or replacing
@@ -319,6 +392,13 @@ class LlamaForCausalLM(nn.Module):
     ) -> Tensor:
         """Hidden states `[T, hidden]` after the final norm (call `logits` on the rows you need)."""
         x = self.model.embed_tokens(input_ids)
+        kern = self._kernels(x) if ctx is not None and kv_cache is not None else None
+        if kern is not None:
+            assert ctx is not None and kv_cache is not None
+            for i, layer in enumerate(self.model.layers):
+                assert isinstance(layer, DecoderLayer)
+                x = layer.forward_fused(x, positions, self.rotary, ctx, kv_cache[i], i, kern)
+            return kern.rmsnorm(x, self.model.norm.weight, self.model.norm.eps)
         cos, sin = self.rotary.tables(positions, x.dtype)
         for i, layer in enumerate(self.model.layers):
             x = layer(x, cos, sin, ctx, kv_cache[i] if kv_cache is not None else None, i)

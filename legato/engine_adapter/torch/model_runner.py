@@ -7,7 +7,8 @@ multi-token prefill chunks each get their own SDPA call, masked causally against
 prefix.
 
 Decode attention reads a dense per-sequence copy of the KV (`decode_workspace.py`) instead of
-gathering every context out of the paged cache at every step.
+gathering every context out of the paged cache at every step; on the CPU in float32 the model runs
+it, and the other small per-layer ops, as fused C kernels (`cpu_kernels.py`).
 """
 
 from __future__ import annotations

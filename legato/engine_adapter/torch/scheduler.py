@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from legato.cache.block_hash import salt_of
 from legato.engine_adapter.torch.block_manager import BlockManager
 from legato.engine_adapter.torch.sequence import SeqStatus, Sequence
 
@@ -173,5 +174,5 @@ class Scheduler:
         for i in range(seq.num_registered_blocks, full):
             parent = hashes[i - 1] if i else None
             tokens = seq.token_ids[i * bs : (i + 1) * bs]
-            self.blocks.register(seq.block_table[i], hashes[i], parent, i, tokens)
+            self.blocks.register(seq.block_table[i], hashes[i], parent, i, tokens, salt_of(seq.extra_keys))
         seq.num_registered_blocks = full

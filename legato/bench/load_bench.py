@@ -1,0 +1,470 @@
+"""`legato bench load`: many concurrent agent programs against a running Legato server, over HTTP.
+
+Each of `runs` workers plays a tool-using agent through the OpenAI-compatible proxy, for
+`duration_s`: a program of `turns` streamed chat calls (`program_id`, `next_tool` and
+`is_last_step` hints) with a simulated tool of ~`tool_s` seconds between calls, then the next
+program. Every answer is streamed to the end and checked (HTTP status, SSE error events, the
+closing `[DONE]`), so "ok" means the client got a whole answer. Meanwhile the server's resident
+memory is sampled (`process_resident_memory_bytes` from /metrics, or psutil with `--pid`), so the
+report says whether memory stayed flat after warm-up.
+
+It is a client only: point it at `legato serve --engine sim-realtime` (a simulated GPU in real
+time, no GPU needed) or at a server on a real engine. Structured concurrency throughout: one
+anyio task group holds the workers and the sampler; every request has a timeout.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import math
+import random
+import re
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+
+_RESUMES = 3  # a run's event stream is resumed at most this many times
+_RSS = re.compile(r"^process_resident_memory_bytes (\S+)$", re.MULTILINE)
+_SYSTEM = (
+    "You are a software engineering agent working in a repository. Read the task, decide which "
+    "tool to call (python, shell, search), read its output, and continue until the task is done. "
+)
+
+
+@dataclass(frozen=True, slots=True)
+class LoadConfig:
+    url: str
+    runs: int = 200
+    mode: str = "proxy"  # proxy: agents through /v1/chat/completions; workflow: /v1/runs + SSE events
+    duration_s: float = 120.0
+    turns: int = 4
+    max_tokens: int = 32
+    tool_s: float = 2.0  # mean simulated tool time between calls (uniform in [0.5x, 1.5x])
+    system_chars: int = 1500  # shared system prompt (a prefix every program reuses)
+    api_key: str | None = None
+    model: str | None = None  # default: the first of GET /v1/models
+    pid: int | None = None  # sample this process's RSS with psutil instead of /metrics
+    sample_s: float = 5.0
+    warmup_s: float | None = None  # default: a quarter of the duration
+    request_timeout_s: float = 120.0
+    flat_tolerance: float = 0.10  # memory is "flat" if it grows less than this after warm-up
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.runs < 1 or self.turns < 1 or self.max_tokens < 1:
+            raise ValueError("runs, turns and max_tokens must be >= 1")
+        if not self.duration_s > 0 or self.tool_s < 0 or not self.sample_s > 0:
+            raise ValueError("duration and sample period must be > 0, tool time >= 0")
+        if self.mode not in ("proxy", "workflow"):
+            raise ValueError(f"mode must be proxy or workflow, got {self.mode!r}")
+
+
+@dataclass(slots=True)
+class _Tally:
+    ok: int = 0
+    errors: Counter[str] = field(default_factory=Counter)
+    error_examples: list[str] = field(default_factory=list)
+    latency_s: list[float] = field(default_factory=list)
+    ttft_s: list[float] = field(default_factory=list)
+    completion_tokens: int = 0
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    programs: int = 0
+    retries: int = 0
+    rss: list[tuple[float, int]] = field(default_factory=list)
+
+    def error(self, kind: str, detail: str) -> None:
+        self.errors[kind] += 1
+        if len(self.error_examples) < 10:
+            self.error_examples.append(f"{kind}: {detail[:200]}")
+
+
+@dataclass(frozen=True, slots=True)
+class LoadReport:
+    config: dict[str, Any]
+    elapsed_s: float
+    requests_ok: int
+    requests_failed: int
+    errors: dict[str, int]
+    error_examples: list[str]
+    programs_completed: int
+    retries: int  # requests resent after a closing keep-alive connection, event streams resumed
+    requests_per_s: float
+    completion_tokens_per_s: float
+    cached_prompt_fraction: float | None  # None when answers carry no usage (workflow runs)
+    latency_s: dict[str, float]
+    ttft_s: dict[str, float]
+    rss_mb: list[tuple[float, float]]
+    rss_after_warmup_mb: float | None
+    rss_end_mb: float | None
+    rss_growth_after_warmup: float | None
+    memory_flat: bool | None
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+    def table(self) -> str:
+        lat, ttft = self.latency_s, self.ttft_s
+        lines = [
+            f"duration            {self.elapsed_s:.1f} s, {self.config['runs']} concurrent "
+            f"{'agents' if self.config['mode'] == 'proxy' else 'workflow runs'}, "
+            f"{self.config['turns']} LLM calls/program",
+            f"requests            ok {self.requests_ok}, failed {self.requests_failed} {self.errors or ''}",
+            f"programs completed  {self.programs_completed}"
+            + (f" (connection retries / stream resumes: {self.retries})" if self.retries else ""),
+            f"throughput          {self.requests_per_s:.1f} req/s, "
+            f"{self.completion_tokens_per_s:.0f} tokens/s",
+            "cached prompt       "
+            + (
+                f"{self.cached_prompt_fraction:.1%} of prompt tokens"
+                if self.cached_prompt_fraction is not None
+                else "n/a (not reported to this client; see the server's /metrics)"
+            ),
+            f"latency (s)         p50 {lat['p50']:.3f}  p90 {lat['p90']:.3f}  p99 {lat['p99']:.3f}  "
+            f"max {lat['max']:.3f}",
+            f"time to 1st token   p50 {ttft['p50']:.3f}  p90 {ttft['p90']:.3f}  p99 {ttft['p99']:.3f}",
+        ]
+        if self.rss_mb:
+            series = ", ".join(f"{t:.0f}s:{mb:.0f}" for t, mb in self.rss_mb)
+            lines.append(f"server RSS (MB)     {series}")
+            if self.rss_growth_after_warmup is not None:
+                verdict = "flat" if self.memory_flat else "GROWING"
+                lines.append(
+                    f"memory after warm-up {self.rss_after_warmup_mb:.0f} -> {self.rss_end_mb:.0f} MB "
+                    f"({self.rss_growth_after_warmup:+.1%}): {verdict}"
+                )
+        for example in self.error_examples:
+            lines.append(f"  error: {example}")
+        return "\n".join(lines)
+
+
+def workflow_spec(turns: int, max_tokens: int, system: str) -> dict[str, Any]:
+    """A declarative program (the REST wire format) of `turns` chained LLM nodes sharing a
+    system prefix, each reading the task and the previous node's output."""
+    names = [f"step{i}" for i in range(turns)]
+    nodes = []
+    for i, name in enumerate(names):
+        slots = [{"var": "task", "label": "Task: "}]
+        if i:
+            slots.append({"var": names[i - 1], "label": "Previous step: "})
+        nodes.append(
+            {
+                "kind": "llm",
+                "name": name,
+                "output": name,
+                "max_tokens": max_tokens,
+                "prompt": {"parts": ["system"], "slots": slots, "suffix": "Next:"},
+            }
+        )
+    return {
+        "name": "load-chain",
+        "state": [{"name": "task"}, *({"name": n} for n in names)],
+        "prefix_parts": {"system": system},
+        "nodes": nodes,
+        "entry": names[0],
+        "edges": [{"source": a, "target": b} for a, b in itertools.pairwise(names)],
+    }
+
+
+def percentiles(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {"p50": math.nan, "p90": math.nan, "p99": math.nan, "max": math.nan, "mean": math.nan}
+    xs = sorted(values)
+
+    def pick(q: float) -> float:
+        return xs[min(len(xs) - 1, max(0, math.ceil(q * len(xs)) - 1))]
+
+    return {"p50": pick(0.5), "p90": pick(0.9), "p99": pick(0.99), "max": xs[-1], "mean": sum(xs) / len(xs)}
+
+
+class _Agent:
+    """One simulated agent: programs of `turns` streamed calls with tool time between them."""
+
+    def __init__(
+        self, cfg: LoadConfig, index: int, model: str, client: httpx.AsyncClient, tally: _Tally
+    ) -> None:
+        self.cfg = cfg
+        self.index = index
+        self.model = model
+        self.client = client
+        self.tally = tally
+        self.rng = random.Random(cfg.seed * 100_003 + index)
+        self.system = (_SYSTEM * (cfg.system_chars // len(_SYSTEM) + 1))[: cfg.system_chars]
+
+    async def _open(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        """Send and return the response with its body unread. A request that went out on a
+        keep-alive connection the server was closing at that moment (no response at all; under
+        load the two sides' idle timers drift apart by the event loops' lag) is sent again
+        once, as HTTP clients do, and counted in `retries`."""
+        request = self.client.build_request(method, url, **kwargs)
+        try:
+            return await self.client.send(request, stream=True)
+        except httpx.TransportError:
+            self.tally.retries += 1
+            return await self.client.send(request, stream=True)
+
+    async def run(self, deadline: float) -> None:
+        program = 0
+        while time.monotonic() < deadline:
+            if self.cfg.mode == "workflow":
+                await self.workflow_run(program)
+            else:
+                await self.program(f"load-{self.index}-{program}", deadline)
+            program += 1
+
+    async def workflow_run(self, number: int) -> None:
+        """One declarative run (`turns` chained LLM nodes) submitted to /v1/runs and followed
+        on its SSE event stream to `run_finished`; ok when it succeeded. A dropped event stream
+        is resumed with `Last-Event-ID`, as SSE clients do (counted in `retries`)."""
+        cfg, tally = self.cfg, self.tally
+        body = {
+            "program": workflow_spec(cfg.turns, cfg.max_tokens, self.system),
+            "inputs": {"task": f"Task {self.index}-{number}: fix the failing test in module {self.index}."},
+        }
+        start = time.monotonic()
+        first: float | None = None
+        status: str | None = None
+        tokens = 0
+        last_seq = -1
+        phase = "POST /v1/runs"
+        try:
+            with anyio.fail_after(cfg.request_timeout_s):
+                created = await self._open("POST", "/v1/runs", json=body)
+                await created.aread()
+                if created.status_code != 201:
+                    tally.error(f"http_{created.status_code}", created.text)
+                    if created.status_code == 429:  # quota: back off as told
+                        await anyio.sleep(float(created.headers.get("retry-after", "1")))
+                    return
+                run_id = created.json()["id"]
+                phase = "GET /v1/runs/{id}/events"
+                for attempt in range(_RESUMES + 1):
+                    headers = {"Last-Event-ID": str(last_seq)} if last_seq >= 0 else {}
+                    try:
+                        response = await self._open("GET", f"/v1/runs/{run_id}/events", headers=headers)
+                        async with contextlib.aclosing(response):
+                            if response.status_code != 200:
+                                detail = (await response.aread()).decode(errors="replace")
+                                tally.error(f"http_{response.status_code}", detail)
+                                return
+                            async for line in response.aiter_lines():
+                                if not line.startswith("data: "):
+                                    continue
+                                event = json.loads(line[6:])
+                                last_seq = max(last_seq, int(event.get("seq", last_seq)))
+                                if event.get("kind") == "token":
+                                    tokens += 1  # one event per engine chunk: a token on the simulator
+                                    if first is None:
+                                        first = time.monotonic()
+                                if event.get("kind") == "run_finished":
+                                    status = str((event.get("data") or {}).get("status"))
+                                    break
+                        break
+                    except httpx.TransportError:
+                        if attempt == _RESUMES:
+                            raise
+                        tally.retries += 1  # dropped mid-stream: resume after the last event seen
+        except TimeoutError:
+            tally.error("timeout", f"{phase}: run not finished within {cfg.request_timeout_s}s")
+            return
+        except (httpx.HTTPError, json.JSONDecodeError, KeyError, ValueError) as exc:
+            tally.error(type(exc).__name__, f"{phase}: {exc}")
+            return
+        if status != "succeeded":
+            tally.error("run_" + (status or "unfinished"), f"run ended {status}")
+            return
+        end = time.monotonic()
+        tally.ok += 1
+        tally.programs += 1
+        tally.latency_s.append(end - start)
+        tally.ttft_s.append((first or end) - start)
+        tally.completion_tokens += tokens
+
+    async def program(self, program_id: str, deadline: float) -> None:
+        cfg = self.cfg
+        messages = [
+            {"role": "system", "content": self.system},
+            {"role": "user", "content": f"Task {program_id}: fix the failing test in module {self.index}."},
+        ]
+        for turn in range(cfg.turns):
+            last = turn == cfg.turns - 1
+            text = await self.call(program_id, messages, last)
+            if text is None or (not last and time.monotonic() >= deadline):
+                await self.release(program_id)  # failed, or out of time: end the program now
+                return
+            if last:
+                self.tally.programs += 1
+                return
+            await anyio.sleep(cfg.tool_s * self.rng.uniform(0.5, 1.5))
+            result = f"$ python -m pytest -x\n{self.rng.randrange(1, 99)} passed, {turn} failed"
+            messages += [{"role": "assistant", "content": text}, {"role": "tool", "content": result}]
+
+    async def release(self, program_id: str) -> None:
+        try:
+            with anyio.fail_after(self.cfg.request_timeout_s):
+                await self.client.post(f"/v1/programs/{program_id}/release")
+        except (httpx.HTTPError, TimeoutError):
+            pass  # the server's idle timeout ends it anyway
+
+    async def call(self, program_id: str, messages: list[dict[str, str]], last: bool) -> str | None:
+        cfg, tally = self.cfg, self.tally
+        body: dict[str, Any] = {
+            "model": self.model,
+            "messages": messages,
+            "max_tokens": cfg.max_tokens,
+            "temperature": 0,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            "program_id": program_id,
+            "is_last_step": last,
+        }
+        if not last:
+            body |= {"next_tool": "pytest", "expected_tool_latency_s": cfg.tool_s}
+        start = time.monotonic()
+        first: float | None = None
+        parts: list[str] = []
+        done = False
+        usage: dict[str, Any] | None = None
+        try:
+            with anyio.fail_after(cfg.request_timeout_s):
+                response = await self._open("POST", "/v1/chat/completions", json=body)
+                async with contextlib.aclosing(response):
+                    if response.status_code != 200:
+                        detail = (await response.aread()).decode(errors="replace")
+                        tally.error(f"http_{response.status_code}", detail)
+                        return None
+                    async for line in response.aiter_lines():
+                        if not line.startswith("data: "):
+                            continue
+                        data = line[6:]
+                        if data == "[DONE]":
+                            done = True
+                            break
+                        event = json.loads(data)
+                        if "error" in event:
+                            tally.error("stream_error", json.dumps(event["error"]))
+                            return None
+                        usage = event.get("usage") or usage
+                        for choice in event.get("choices", ()):
+                            content = choice.get("delta", {}).get("content")
+                            if content:
+                                if first is None:
+                                    first = time.monotonic()
+                                parts.append(content)
+        except TimeoutError:
+            tally.error("timeout", f"no complete answer within {cfg.request_timeout_s}s")
+            return None
+        except (httpx.HTTPError, json.JSONDecodeError) as exc:
+            tally.error(type(exc).__name__, f"POST /v1/chat/completions: {exc}")
+            return None
+        if not done:
+            tally.error("incomplete_stream", "the stream ended without data: [DONE]")
+            return None
+        end = time.monotonic()
+        tally.ok += 1
+        tally.latency_s.append(end - start)
+        tally.ttft_s.append((first or end) - start)
+        if usage is not None:
+            tally.completion_tokens += int(usage.get("completion_tokens", 0))
+            tally.prompt_tokens += int(usage.get("prompt_tokens", 0))
+            details = usage.get("prompt_tokens_details") or {}
+            tally.cached_tokens += int(details.get("cached_tokens", 0))
+        return "".join(parts)
+
+
+async def _rss(cfg: LoadConfig, client: httpx.AsyncClient) -> int | None:
+    if cfg.pid is not None:
+        import psutil
+
+        return int(psutil.Process(cfg.pid).memory_info().rss)
+    try:
+        with anyio.fail_after(30):
+            response = await client.get("/metrics")
+    except (httpx.HTTPError, TimeoutError):
+        return None
+    m = _RSS.search(response.text) if response.status_code == 200 else None
+    return int(float(m.group(1))) if m else None
+
+
+async def _sample(
+    cfg: LoadConfig, client: httpx.AsyncClient, tally: _Tally, t0: float, stop: anyio.Event
+) -> None:
+    while not stop.is_set():
+        rss = await _rss(cfg, client)
+        if rss is not None:
+            tally.rss.append((time.monotonic() - t0, rss))
+        with anyio.move_on_after(cfg.sample_s):
+            await stop.wait()
+
+
+async def run_load(cfg: LoadConfig) -> LoadReport:
+    headers = {"Authorization": f"Bearer {cfg.api_key}"} if cfg.api_key else {}
+    # Idle connections are dropped before the server's keep-alive timeout (uvicorn: 5 s), so a
+    # request never goes out on a connection the server is closing at that moment.
+    limits = httpx.Limits(
+        max_connections=cfg.runs + 8, max_keepalive_connections=cfg.runs + 8, keepalive_expiry=2.0
+    )
+    timeout = httpx.Timeout(cfg.request_timeout_s, connect=30)
+    tally = _Tally()
+    async with httpx.AsyncClient(base_url=cfg.url, headers=headers, limits=limits, timeout=timeout) as client:
+        model = cfg.model
+        if model is None and cfg.mode == "proxy":
+            with anyio.fail_after(30):
+                response = await client.get("/v1/models")
+            if response.status_code != 200:
+                raise RuntimeError(f"GET /v1/models answered {response.status_code}: {response.text[:200]}")
+            model = str(response.json()["data"][0]["id"])
+        t0 = time.monotonic()
+        deadline = t0 + cfg.duration_s
+        stop = anyio.Event()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_sample, cfg, client, tally, t0, stop)
+            async with anyio.create_task_group() as agents:
+                for i in range(cfg.runs):
+                    agents.start_soon(_Agent(cfg, i, model or "", client, tally).run, deadline)
+            stop.set()
+        elapsed = time.monotonic() - t0
+        final = await _rss(cfg, client)
+        if final is not None:
+            tally.rss.append((elapsed, final))
+    return _report(cfg, tally, elapsed)
+
+
+def _report(cfg: LoadConfig, tally: _Tally, elapsed: float) -> LoadReport:
+    warmup = cfg.warmup_s if cfg.warmup_s is not None else cfg.duration_s / 4
+    after = [rss for t, rss in tally.rss if t >= warmup]
+    warm = after[0] if after else None
+    end = tally.rss[-1][1] if tally.rss else None
+    growth = (end - warm) / warm if warm and end is not None else None
+    failed = sum(tally.errors.values())
+    return LoadReport(
+        config={k: v for k, v in asdict(cfg).items() if k != "api_key"},
+        elapsed_s=elapsed,
+        requests_ok=tally.ok,
+        requests_failed=failed,
+        errors=dict(tally.errors),
+        error_examples=tally.error_examples,
+        programs_completed=tally.programs,
+        retries=tally.retries,
+        requests_per_s=tally.ok / elapsed if elapsed > 0 else 0.0,
+        completion_tokens_per_s=tally.completion_tokens / elapsed if elapsed > 0 else 0.0,
+        cached_prompt_fraction=tally.cached_tokens / tally.prompt_tokens if tally.prompt_tokens else None,
+        latency_s=percentiles(tally.latency_s),
+        ttft_s=percentiles(tally.ttft_s),
+        rss_mb=[(round(t, 1), round(rss / 2**20, 1)) for t, rss in tally.rss],
+        rss_after_warmup_mb=warm / 2**20 if warm else None,
+        rss_end_mb=end / 2**20 if end is not None else None,
+        rss_growth_after_warmup=growth,
+        memory_flat=None if growth is None else growth < cfg.flat_tolerance,
+    )
+
+
+def write_report(report: LoadReport, path: Path) -> None:
+    path.write_text(report.to_json())

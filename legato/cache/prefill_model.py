@@ -1,0 +1,63 @@
+"""The engine's prefill cost, measured online: what the load-vs-recompute decision weighs a tier
+load against.
+
+Computing tokens `[start, end)` on top of a cached `[0, start)` costs a per-token part (weights:
+projections and MLP) plus a part growing with context (attention reads every earlier token):
+`a * n + b * n * (start + end) / 2` with `n = end - start`. Each engine step is one observation
+(its tokens and their summed context against its wall time); `a` and `b` are an exponentially
+weighted least-squares fit, so the model follows the machine it runs on (and its load) instead of
+trusting a constant. Before any observation the priors are used.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+
+@dataclass(slots=True)
+class PrefillCostModel:
+    per_token_s: float = 1e-4  # prior for `a`
+    per_token_context_s: float = 1e-8  # prior for `b`
+    decay: float = 0.97  # weight of older observations
+    observations: int = 0
+    _sxx: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])  # s11, s12, s22
+    _sxy: list[float] = field(default_factory=lambda: [0.0, 0.0])
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def observe(self, spans: Sequence[tuple[int, int]], seconds: float) -> None:
+        """One step computed the token spans `[(start, end), ...]` in `seconds`."""
+        x1 = float(sum(e - s for s, e in spans))
+        x2 = float(sum((e - s) * (s + e) / 2 for s, e in spans))
+        if x1 <= 0 or seconds <= 0:
+            return
+        with self._lock:
+            d = self.decay
+            s, y = self._sxx, self._sxy
+            s[0] = d * s[0] + x1 * x1
+            s[1] = d * s[1] + x1 * x2
+            s[2] = d * s[2] + x2 * x2
+            y[0] = d * y[0] + x1 * seconds
+            y[1] = d * y[1] + x2 * seconds
+            self.observations += 1
+            self._refit()
+
+    def _refit(self) -> None:
+        s, y = self._sxx, self._sxy
+        det = s[0] * s[2] - s[1] * s[1]
+        if det > 1e-12 * max(s[0] * s[2], 1e-300):
+            a = (y[0] * s[2] - y[1] * s[1]) / det
+            b = (y[1] * s[0] - y[0] * s[1]) / det
+            if a > 0 and b >= 0:
+                self.per_token_s, self.per_token_context_s = a, b
+                return
+        if s[0] > 0:  # degenerate (all steps alike) or a negative term: fit the per-token cost alone
+            self.per_token_s = max(y[0] / s[0] - self.per_token_context_s * s[1] / s[0], 1e-9)
+
+    def __call__(self, start: int, end: int) -> float:
+        """Estimated seconds to compute tokens `[start, end)` with `[0, start)` cached."""
+        if end <= start:
+            return 0.0
+        n = end - start
+        return self.per_token_s * n + self.per_token_context_s * n * (start + end) / 2

@@ -1,0 +1,221 @@
+"""Redis tier: KV chunks shared across engine processes and machines.
+
+A chunk is `chunk_blocks` consecutive blocks of a chain, stored as one atomic value
+(`kv_codec`) under a key named by the chained hash of its *last* block, which identifies the
+whole prefix up to it (weights, layout, dtype and tenant salt included). Only whole chunks are
+stored, at chunk-aligned depths, so a reader knows every candidate key from the prompt alone.
+
+Round trips: a whole prefix is probed in one pipelined round trip (EXISTS per chunk key), loaded
+in one (pipelined GETs), written in one (pipelined SET with a TTL). Keys are hash-tagged on the
+chunk hash (`legato:kv:{<hex>}`), so on Redis Cluster every command about one chunk lands on one
+slot and a pipeline is split by node, never a value.
+
+Nothing here may fail a request: every call is bounded by a short socket timeout, errors become
+misses, a circuit breaker stops calls to a Redis that keeps failing, and a value that is missing
+(Redis evicted it), corrupt or mismatched ends the usable prefix there and is counted; corrupt or
+mismatched values are deleted so nobody reads them again.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from legato.cache.circuit_breaker import CircuitBreaker
+from legato.cache.kv_codec import ChunkCorrupt, ChunkError, KVFormat, decode_chunk, encode_chunk
+from legato.engine_adapter.base import KVBlock
+
+KEY_PREFIX = "legato:kv"
+
+
+def chunk_key(last_hash: bytes, prefix: str = KEY_PREFIX) -> str:
+    """Redis key of the chunk ending with the block `last_hash`, hash-tagged for Cluster."""
+    return f"{prefix}:{{{last_hash.hex()}}}"
+
+
+@dataclass(frozen=True, slots=True)
+class RedisTierConfig:
+    url: str = "redis://127.0.0.1:6379/0"
+    chunk_blocks: int = 16  # blocks per value: a chunk is chunk_blocks * engine block_size tokens
+    ttl_s: int = 3600
+    op_timeout_s: float = 0.1  # socket timeout of every call: a dead or stalled Redis is a fast miss
+    cluster: bool = False  # Redis Cluster (redis.cluster.RedisCluster) instead of one server
+    key_prefix: str = KEY_PREFIX
+    breaker_failures: int = 3
+    breaker_cooldown_s: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.chunk_blocks < 1:
+            raise ValueError(f"chunk_blocks must be >= 1, got {self.chunk_blocks}")
+        if self.ttl_s < 1:
+            raise ValueError(f"ttl_s must be >= 1 second, got {self.ttl_s}")
+        if not self.op_timeout_s > 0:
+            raise ValueError(f"op_timeout_s must be > 0, got {self.op_timeout_s}")
+
+
+@dataclass(slots=True)
+class RedisTierStats:
+    probes: int = 0
+    hit_chunks: int = 0
+    miss_chunks: int = 0  # probed-present but gone at load (Redis evicted it), or absent at load
+    corrupt: int = 0
+    mismatched: int = 0
+    errors: int = 0  # connection errors and timeouts
+    write_errors: int = 0  # e.g. Redis full with noeviction: the write is dropped
+    refused: int = 0  # calls skipped because the circuit breaker is open
+    put_chunks: int = 0
+    bytes_read: int = 0
+    bytes_written: int = 0
+
+
+@dataclass(slots=True)
+class RedisTier:
+    config: RedisTierConfig
+    fmt: KVFormat
+    breaker: CircuitBreaker = field(init=False)
+    stats: RedisTierStats = field(default_factory=RedisTierStats)
+    client: Any = field(init=False)  # redis.Redis or redis.cluster.RedisCluster
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        cfg = self.config
+        self.breaker = CircuitBreaker(cfg.breaker_failures, cfg.breaker_cooldown_s)
+        common: dict[str, Any] = {
+            "socket_timeout": cfg.op_timeout_s,
+            "socket_connect_timeout": cfg.op_timeout_s,
+            "retry": Retry(NoBackoff(), 0),
+        }
+        if cfg.cluster:
+            from redis.cluster import RedisCluster
+
+            self.client = RedisCluster.from_url(cfg.url, **common)
+        else:
+            self.client = redis.Redis.from_url(cfg.url, **common)
+
+    @property
+    def chunk_blocks(self) -> int:
+        return self.config.chunk_blocks
+
+    def key(self, last_hash: bytes) -> str:
+        return chunk_key(last_hash, self.config.key_prefix)
+
+    def chunk_last_hashes(self, hashes: Sequence[bytes]) -> list[bytes]:
+        """Last-block hashes of the whole chunks of a chain (the candidate keys, in order)."""
+        c = self.config.chunk_blocks
+        return [hashes[i + c - 1] for i in range(0, len(hashes) - c + 1, c)]
+
+    def close(self) -> None:
+        self.client.close()
+
+    # --- calls ----------------------------------------------------------------------------
+
+    def _execute(self, commands: list[tuple[str, tuple[Any, ...], dict[str, Any]]]) -> list[Any] | None:
+        """One pipelined round trip, through the breaker. None on refusal or failure."""
+        if not self.breaker.allow():
+            with self._lock:
+                self.stats.refused += 1
+            return None
+        pipe = self.client.pipeline(transaction=False)
+        for name, args, kwargs in commands:
+            getattr(pipe, name)(*args, **kwargs)
+        try:
+            results: list[Any] = pipe.execute(raise_on_error=False)
+        except (redis.ConnectionError, redis.TimeoutError, OSError, redis.RedisError):
+            self.breaker.failure()
+            with self._lock:
+                self.stats.errors += 1
+            return None
+        finally:
+            pipe.reset()
+        self.breaker.success()
+        return results
+
+    def probe(self, last_hashes: Sequence[bytes]) -> int:
+        """How many leading chunks are stored (one round trip; errors count as none)."""
+        if not last_hashes:
+            return 0
+        with self._lock:
+            self.stats.probes += 1
+        results = self._execute([("exists", (self.key(h),), {}) for h in last_hashes])
+        if results is None:
+            return 0
+        n = 0
+        for r in results:
+            if isinstance(r, Exception) or not r:
+                break
+            n += 1
+        return n
+
+    def get(self, last_hashes: Sequence[bytes]) -> list[KVBlock]:
+        """The blocks of the leading chunks that load and check out (one round trip), stopping
+        at the first missing, corrupt or mismatched one."""
+        if not last_hashes:
+            return []
+        results = self._execute([("get", (self.key(h),), {}) for h in last_hashes])
+        if results is None:
+            return []
+        out: list[KVBlock] = []
+        bad: list[str] = []
+        nread = 0
+        ok = 0
+        for h, value in zip(last_hashes, results, strict=True):
+            if isinstance(value, Exception) or value is None:
+                break
+            nread += len(value)
+            try:
+                blocks = decode_chunk(self.fmt, value, h)
+            except ChunkError as exc:
+                bad.append(self.key(h))
+                with self._lock:
+                    if isinstance(exc, ChunkCorrupt):
+                        self.stats.corrupt += 1
+                    else:
+                        self.stats.mismatched += 1
+                break
+            if len(blocks) != self.config.chunk_blocks:
+                bad.append(self.key(h))
+                with self._lock:
+                    self.stats.mismatched += 1
+                break
+            out.extend(blocks)
+            ok += 1
+        with self._lock:
+            self.stats.hit_chunks += ok
+            self.stats.miss_chunks += len(last_hashes) - ok
+            self.stats.bytes_read += nread
+        if bad:
+            self._execute([("delete", tuple(bad), {})])
+        return out
+
+    def put(self, chunks: Sequence[Sequence[KVBlock]]) -> int:
+        """Write whole chunks (one round trip); returns how many Redis accepted."""
+        if not chunks:
+            return 0
+        values = [encode_chunk(self.fmt, c) for c in chunks]
+        ttl = self.config.ttl_s
+        results = self._execute(
+            [
+                ("set", (self.key(c[-1].block_hash), v), {"ex": ttl})
+                for c, v in zip(chunks, values, strict=True)
+            ]
+        )
+        if results is None:
+            return 0
+        written = sum(1 for r in results if r is True)
+        with self._lock:
+            self.stats.put_chunks += written
+            self.stats.write_errors += len(results) - written
+            self.stats.bytes_written += sum(len(v) for v, r in zip(values, results, strict=True) if r is True)
+        return written
+
+    def round_trip_s(self) -> float | None:
+        """Seconds of one PING, or None when Redis is unreachable (used to seed the cost model)."""
+        start = time.perf_counter()
+        return None if self._execute([("ping", (), {})]) is None else time.perf_counter() - start

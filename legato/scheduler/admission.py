@@ -1,0 +1,196 @@
+"""KV admission budget: the summed KV of a replica's active programs, kept within its capacity.
+
+Why: when the KV of the programs an engine serves exceeds its memory, a request-level engine
+thrashes — it evicts the prefix of every agent that is running a tool and preempts running
+requests, then recomputes both (ThunderAgent measured up to 7x worse latency). Admitting whole
+programs only while their KV fits, and pausing whole programs when growth overflows, keeps every
+admitted program's prefix resident through its tool calls.
+
+The budget is in tokens, kept incrementally (O(horizons) per update, never a scan of programs):
+- each active program holds its *footprint*: the tokens of its private context (prompt + output
+  reserve of live calls, the context of branches inside a tool), minus shared parts;
+- and a *projection*: its expected footprint a few calls ahead, one value per horizon (grown by
+  the context growth per call, times the chance it is still running then) and that value's
+  variance (a run either still holds it or has finished and freed everything). Admission packs
+  projections: a program admitted small keeps growing, so packing current sizes admits a burst
+  of young programs that overflow together a few steps later; packing each program's *peak*
+  instead wastes memory, because programs finish at different times. Summed over programs, the
+  projections give the expected total at each horizon and its variance; admission keeps
+  mean + `safety` standard deviations under the threshold at every horizon, so a replica with
+  few large programs (one finish frees a lot, or not) keeps more headroom than one with many;
+- shared parts (a tenant's system prompt, an RL group's task prompt) are held once per replica
+  with a reference count, since the prefix cache stores them once.
+
+Two thresholds give hysteresis: programs are admitted while every projected total stays under
+`low` x capacity and paused only when the current total goes over `high` x capacity.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass, field
+
+
+@dataclass(slots=True)
+class _Held:
+    replica: int
+    tokens: float = 0.0
+    projected: list[float] = field(default_factory=list)
+    variance: list[float] = field(default_factory=list)
+    shared: list[Hashable] = field(default_factory=list)
+
+
+class KVBudget:
+    def __init__(
+        self, *, horizons: int = 1, low: float = 0.9, high: float = 0.95, safety: float = 2.0
+    ) -> None:
+        if not 0.0 < low <= high <= 1.0:
+            raise ValueError(f"need 0 < low <= high <= 1, got low={low}, high={high}")
+        if horizons < 1:
+            raise ValueError(f"horizons must be >= 1, got {horizons}")
+        self.low = low
+        self.high = high
+        self.horizons = horizons
+        self.safety = safety
+        self.capacity: list[float] = []
+        self.used: list[list[float]] = []  # per replica, per horizon: projected totals
+        self.var: list[list[float]] = []  # per replica, per horizon: summed variances
+        self.current: list[float] = []  # per replica: footprint totals
+        self.count: list[int] = []  # per replica: admitted programs
+        self.releases = 0  # programs released so far (admission retries only after one)
+        self._held: dict[str, _Held] = {}
+        self._shared: dict[tuple[int, Hashable], list[float]] = {}  # -> [tokens, refs]
+
+    def set_capacity(self, capacities: Sequence[float]) -> None:
+        if len(capacities) != len(self.capacity):
+            self.used = [[0.0] * self.horizons for _ in capacities]
+            self.var = [[0.0] * self.horizons for _ in capacities]
+            self.current = [0.0] * len(capacities)
+            self.count = [0] * len(capacities)
+        self.capacity = list(capacities)
+
+    @property
+    def replicas(self) -> int:
+        return len(self.capacity)
+
+    def replica_of(self, run: str) -> int | None:
+        held = self._held.get(run)
+        return None if held is None else held.replica
+
+    def holds(self, run: str) -> bool:
+        return run in self._held
+
+    def tokens_of(self, run: str) -> float:
+        held = self._held.get(run)
+        return 0.0 if held is None else held.tokens
+
+    def room(self, replica: int) -> float:
+        """Tokens still admissible on the replica at its tightest horizon."""
+        k = self.safety
+        used, var = self.used[replica], self.var[replica]
+        peak = max(u + k * math.sqrt(max(0.0, v)) for u, v in zip(used, var, strict=True))
+        return self.low * self.capacity[replica] - peak
+
+    def fits(self, replica: int, need: Sequence[float], need_var: Sequence[float] | None = None) -> bool:
+        """Would a program projecting `need` (one value per horizon, with variances
+        `need_var`) keep every horizon's mean + safety x std under `low`?"""
+        limit = self.low * self.capacity[replica]
+        k = self.safety
+        nv = self._vec([0.0] if need_var is None else need_var)
+        used, var = self.used[replica], self.var[replica]
+        return all(
+            used[h] + n + k * math.sqrt(max(0.0, var[h] + nv[h])) <= limit
+            for h, n in enumerate(self._vec(need))
+        )
+
+    def overflow(self, replica: int) -> float:
+        """Current tokens above the high threshold (> 0: someone must be paused)."""
+        return self.current[replica] - self.high * self.capacity[replica]
+
+    def shared_cost(self, replica: int, keys: Sequence[tuple[Hashable, float]]) -> float:
+        """Tokens the shared parts `keys` would add on `replica` (those not held there yet)."""
+        return sum(tokens for key, tokens in keys if (replica, key) not in self._shared)
+
+    def _vec(self, projected: Sequence[float]) -> list[float]:
+        if len(projected) == self.horizons:
+            return list(projected)
+        if len(projected) == 1:
+            return [projected[0]] * self.horizons
+        raise ValueError(f"need one projection per horizon ({self.horizons}), got {len(projected)}")
+
+    def admit(
+        self,
+        run: str,
+        replica: int,
+        tokens: float,
+        shared: Sequence[tuple[Hashable, float]],
+        projected: Sequence[float] | None = None,
+        variance: Sequence[float] | None = None,
+    ) -> None:
+        if run in self._held:
+            raise ValueError(f"run {run!r} is already admitted")
+        if not 0 <= replica < len(self.capacity):
+            raise ValueError(
+                f"replica {replica} has no capacity set (have {len(self.capacity)}); call set_capacity first"
+            )
+        if projected is not None:
+            self._vec(projected)  # refuse a malformed projection before changing anything
+        held = _Held(replica, projected=[0.0] * self.horizons, variance=[0.0] * self.horizons)
+        self._held[run] = held
+        self.count[replica] += 1
+        used = self.used[replica]
+        for key, size in shared:
+            entry = self._shared.get((replica, key))
+            if entry is None:
+                self._shared[(replica, key)] = [size, 1.0]
+                for h in range(self.horizons):
+                    used[h] += size
+                self.current[replica] += size
+            else:
+                entry[1] += 1
+            held.shared.append(key)
+        self.update(run, tokens, projected, variance)
+
+    def update(
+        self,
+        run: str,
+        tokens: float,
+        projected: Sequence[float] | None = None,
+        variance: Sequence[float] | None = None,
+    ) -> None:
+        """The run's private footprint (and projections, default the footprint, and their
+        variances, default 0) changed."""
+        held = self._held[run]
+        proj = self._vec([tokens] if projected is None else projected)
+        pvar = self._vec([0.0] if variance is None else variance)
+        used, var = self.used[held.replica], self.var[held.replica]
+        for h in range(self.horizons):
+            used[h] += proj[h] - held.projected[h]
+            var[h] += pvar[h] - held.variance[h]
+        held.projected = proj
+        held.variance = pvar
+        self.current[held.replica] += tokens - held.tokens
+        held.tokens = tokens
+
+    def release(self, run: str) -> None:
+        """The run left the replica (paused or finished): its footprint and shared refs go."""
+        held = self._held.pop(run, None)
+        if held is None:
+            return
+        r = held.replica
+        self.releases += 1
+        self.count[r] -= 1
+        used, var = self.used[r], self.var[r]
+        for h in range(self.horizons):
+            used[h] -= held.projected[h]
+            var[h] = max(0.0, var[h] - held.variance[h])
+        self.current[r] -= held.tokens
+        for key in held.shared:
+            entry = self._shared[(r, key)]
+            entry[1] -= 1
+            if entry[1] <= 0:
+                for h in range(self.horizons):
+                    used[h] -= entry[0]
+                self.current[r] -= entry[0]
+                del self._shared[(r, key)]

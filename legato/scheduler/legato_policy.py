@@ -1,0 +1,530 @@
+"""`legato`: Legato's own program-level policy.
+
+What it does with its knowledge of whole programs (DESIGN.md, "Scheduler"):
+
+- **Admission** (`KVBudget`): a program's calls reach an engine only while the summed KV
+  of the replica's active programs — projected a few calls ahead from what past runs of the
+  program did (growth per call, fan-outs, chance of finishing first), with a safety margin of
+  its standard deviation — fits under its capacity; programs whose KV would not fit wait in the
+  policy, holding nothing. When a running program's context grows past the
+  high threshold, whole programs are paused — the most recently admitted first, preferring ones
+  with no call on the engine (pausing those costs no work in flight) — so the engine never
+  thrashes. Paused programs come back before new ones (part of their KV is usually still
+  resident: eviction is tail-first and only takes what is needed).
+- **Order**: tenants by weighted virtual token counters (`FairShare`, a program's predicted
+  cost charged when it is admitted and settled as its calls run); within a tenant, least
+  predicted remaining work first (mean residual calls learned from past runs of the program:
+  programs that are further along finish first instead of interleaving), aged so nothing
+  starves; the engine runs admitted programs' calls in admission order, so a preemption, if
+  one ever happens, hits the newest program.
+- **Cache**: `NextUse` hints from the reuse predictor (eviction furthest-next-use first), a
+  `Pin` through a tool call when recomputing the context would cost more GPU time than holding
+  it for the tool's predicted duration at the current memory pressure (TTL: a high quantile of
+  the tool's latency), `Prefetch` when a tool is about to finish.
+- **Routing** (`Router`): program affinity, RL-group affinity, work stealing for idle replicas.
+
+Every per-event step is O(live calls of the program + tenants + log programs): no scan over
+programs, so the decision cost stays flat at 10,000 active programs.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from legato.scheduler.admission import KVBudget
+from legato.scheduler.events import (
+    CallArrived,
+    CallFinished,
+    CallHints,
+    RunFinished,
+    RunStarted,
+    ToolFinished,
+    ToolStarted,
+)
+from legato.scheduler.fair_share import FairShare
+from legato.scheduler.policy import (
+    BasePolicy,
+    ClusterView,
+    Decision,
+    Dispatch,
+    NextUse,
+    Pause,
+    Pin,
+    PolicyTraits,
+    Prefetch,
+    Resume,
+)
+from legato.scheduler.predictor import ReusePredictor
+from legato.scheduler.routing import Router
+
+TICK_S = 0.5
+PIN_QUANTILE = 0.9  # pin TTL: this quantile of the tool's latency distribution
+PREFILL_TOKENS_PER_S = 20_000.0  # recompute speed assumed by the pin rule (H100-class, 8B model)
+AGING_CALLS_PER_S = 1.0 / 30.0  # a waiting program gains one call of priority per 30 s waited
+DEFAULT_CALLS = 10.0  # predicted calls of a program never seen to finish
+HORIZONS = (0, 1, 2, 4, 8)  # calls ahead at which admission checks the projected KV total
+PAUSED_HINT_S = 3600.0  # a paused run's next use, as an eviction hint: after dead runs' KV
+VICTIM_LOOKAHEAD = 8  # newest active programs examined for one without work on the engine
+
+NEW, WAITING, ACTIVE, PAUSED = range(4)
+
+
+@dataclass(slots=True)
+class _Branch:
+    """A finished call whose context waits for a tool before the next call reads it."""
+
+    tool: str
+    ctx: float
+    started: bool = False
+
+
+@dataclass(slots=True)
+class _Run:
+    run_id: str
+    program: str
+    tenant: str
+    group: str | None
+    state: int = NEW
+    replica: int | None = None  # where its KV lives (kept while paused)
+    prio: int = 0  # engine priority: admission order
+    held: list[str] = field(default_factory=list)  # arrived calls not yet dispatched
+    live: dict[str, int] = field(default_factory=dict)  # arrived, unfinished call -> prompt tokens
+    dispatched: int = 0  # calls on an engine, unfinished
+    # (tool, context, started) per branch whose KV waits for a tool: entered when the call
+    # finishes with a tool expected, so the footprint never dips between call and tool.
+    acting: list[_Branch] = field(default_factory=list)
+    bridge: float = 0.0  # context a finished call hands to dependents that have not arrived yet
+    last_ctx: float = 0.0
+    last_node: str = ""
+    root_ctx: float | None = None  # context after the first call (what parallel branches share)
+    shared: list[tuple[Hashable, float]] = field(default_factory=list)
+    shared_tokens: float = 0.0
+    calls_done: int = 0
+    queued_s: float = 0.0
+    qver: int = 0  # waiting-queue entry version (lazy deletion)
+    queued: bool = False
+    engine_paused: bool = False  # a Pause decision is in force (its calls are parked)
+    prev_prompt: int = 0  # prompt of the previous sequential call (growth samples)
+    last_call_final: bool = False  # the latest call is the run's last step
+    peak: float = 0.0  # largest footprint since the last call finished (history)
+    prepaid: float = 0.0  # fair-share cost charged at admission, not yet used by calls
+    tool_ver: int = 0
+    hints: dict[str, tuple[str, CallHints]] = field(default_factory=dict)  # call -> (node, hints)
+
+
+class Legato(BasePolicy):
+    name = "legato"
+    traits = PolicyTraits(eviction="next-use", tick_s=TICK_S)
+
+    def __init__(
+        self,
+        weights: Mapping[str, float] | None = None,
+        *,
+        low: float = 0.9,
+        high: float = 0.95,
+        prefill_tokens_per_s: float = PREFILL_TOKENS_PER_S,
+    ) -> None:
+        self.fair = FairShare(weights)
+        self.budget = KVBudget(horizons=len(HORIZONS), low=low, high=high)
+        self.router = Router()
+        self.predictor = ReusePredictor()
+        self.prefill_tokens_per_s = prefill_tokens_per_s
+        self._runs: dict[str, _Run] = {}
+        self._waiting: dict[str, list[tuple[float, int, int, str]]] = {}  # tenant -> heap
+        self._victims: list[list[tuple[int, str]]] = []  # per replica: (-prio, run)
+        self._prefetch: list[tuple[float, int, int, str]] = []  # (tool end, seq, tool_ver, run)
+        self._seq = 0
+        self._admitted = 0
+        self._blocked: tuple[str, int, int] | None = None  # (head run, its qver, releases)
+        self.pins = 0
+        self.pauses = 0
+
+    # --- bookkeeping ---------------------------------------------------------------------
+
+    def _ensure_capacity(self, view: ClusterView) -> None:
+        if self.budget.replicas == view.num_replicas:
+            return
+        caps = []
+        for i in range(view.num_replicas):
+            r = view.replica(i)
+            caps.append(float(r.total_blocks * r.block_size))
+        self.budget.set_capacity(caps)
+        self._victims = [[] for _ in caps]
+
+    def _footprint(self, r: _Run) -> float:
+        """Private KV tokens the run needs resident now (shared parts excluded)."""
+        reserve = self.predictor.history.mean_output(r.program)
+        branches = [p + reserve for p in r.live.values()]
+        branches.extend(b.ctx for b in r.acting)
+        if r.bridge and not r.live:
+            branches.append(r.bridge)
+        if not branches:
+            return 0.0
+        total = sum(branches)
+        if len(branches) > 1:
+            head = min(r.root_ctx or 0.0, min(branches))
+            total -= (len(branches) - 1) * head
+        return max(0.0, total - r.shared_tokens)
+
+    def _projected(self, r: _Run, footprint: float) -> tuple[list[float], list[float]]:
+        """Expected footprint `h` calls ahead, for each horizon h, and its variance: the run
+        holds footprint + h x (mean growth per call) with probability s (it still runs then,
+        from the length distribution of past runs of the program), nothing otherwise."""
+        n = len(HORIZONS)
+        if r.last_call_final:
+            return [footprint] + [0.0] * (n - 1), [0.0] * n
+        hist = self.predictor.history
+        growth = hist.mean_growth(r.program)
+        done = r.calls_done
+        mean: list[float] = []
+        var: list[float] = []
+        for h in HORIZONS:
+            learned = hist.footprint_growth(r.program, done, h) if h else 0.0
+            size = footprint + (h * growth if learned is None else max(0.0, learned))
+            s = hist.survival(r.program, done, h)
+            mean.append(s * size)
+            var.append(s * (1.0 - s) * size * size)
+        return mean, var
+
+    def _sync(self, r: _Run) -> None:
+        fp = self._footprint(r)
+        r.peak = max(r.peak, fp)
+        self.budget.update(r.run_id, fp, *self._projected(r, fp))
+
+    def _need_fn(self, r: _Run) -> Callable[[int], tuple[list[float], list[float]]]:
+        """The run's projected need on each replica (its projection is computed once; only
+        the shared parts it would add differ between replicas)."""
+        mean, var = self._projected(r, self._footprint(r))
+
+        def need(replica: int) -> tuple[list[float], list[float]]:
+            shared = self.budget.shared_cost(replica, r.shared)
+            return ([p + shared for p in mean] if shared else mean), var
+
+        return need
+
+    def _enqueue(self, r: _Run, now: float) -> None:
+        """Put the run in its tenant's waiting queue (least predicted remaining work, aged)."""
+        if r.state not in (WAITING, PAUSED):
+            raise AssertionError(f"enqueue of run {r.run_id} in state {r.state}")
+        remaining = self.predictor.history.expected_remaining_calls(r.program, r.calls_done)
+        if remaining is None:
+            remaining = DEFAULT_CALLS
+        r.queued_s = now
+        r.queued = True
+        r.qver += 1
+        self._seq += 1
+        key = remaining + AGING_CALLS_PER_S * now - (1.0 if r.state == PAUSED else 0.0)
+        heapq.heappush(self._waiting.setdefault(r.tenant, []), (key, self._seq, r.qver, r.run_id))
+
+    def _head(self, tenant: str) -> _Run | None:
+        heap = self._waiting.get(tenant)
+        while heap:
+            _, _, qver, run_id = heap[0]
+            r = self._runs.get(run_id)
+            if r is not None and r.qver == qver and r.queued:
+                return r
+            heapq.heappop(heap)
+        if heap is not None:
+            del self._waiting[tenant]
+        return None
+
+    # --- admission -----------------------------------------------------------------------
+
+    def _admit(self, now: float, view: ClusterView, out: list[Decision]) -> None:
+        """Admit waiting programs, fair-share order, while they fit somewhere."""
+        while self._waiting:
+            heads = {t: h for t in list(self._waiting) if (h := self._head(t)) is not None}
+            if not heads:
+                return
+            r = heads[self.fair.pick(sorted(heads))]
+            if self._blocked == (r.run_id, r.qver, self.budget.releases):
+                return  # the same program failed to fit and nobody has left since: skip the math
+            replica = self.router.choose(
+                self.budget,
+                self._need_fn(r),
+                home=r.replica,
+                group=r.group,
+                waited_s=now - r.queued_s,
+                idle=lambda i: self._idle(view, i),
+                may_steal=r.dispatched == 0,  # calls parked on its home replica pin it there
+            )
+            if replica is None:
+                self._blocked = (r.run_id, r.qver, self.budget.releases)
+                return
+            heapq.heappop(self._waiting[r.tenant])
+            self._activate(r, replica, now, out)
+
+    def _predicted_cost(self, r: _Run) -> float:
+        """Fair-share cost the run is expected to consume from here: its expected remaining
+        calls x the program's mean cost per call (one call's cost without history)."""
+        hist = self.predictor.history
+        per_call = hist.mean_call_cost(r.program)
+        if per_call is None:
+            prompt = max(r.live.values(), default=0)
+            per_call = self.fair.cost(prompt, hist.mean_output(r.program))
+        remaining = hist.expected_remaining_calls(r.program, r.calls_done)
+        return per_call * (1.0 if remaining is None else remaining)
+
+    def _idle(self, view: ClusterView, replica: int) -> bool:
+        rv = view.replica(replica)
+        return rv.running + rv.waiting == 0
+
+    def _activate(self, r: _Run, replica: int, now: float, out: list[Decision]) -> None:
+        was_paused = r.state == PAUSED
+        if r.state == WAITING or r.replica is None:
+            self._admitted += 1
+            r.prio = self._admitted
+        r.prepaid = self.fair.prepay(r.tenant, self._predicted_cost(r))
+        r.state = ACTIVE
+        r.replica = replica
+        r.queued = False
+        r.qver += 1
+        fp = self._footprint(r)
+        r.peak = max(r.peak, fp)
+        self.budget.admit(r.run_id, replica, fp, r.shared, *self._projected(r, fp))
+        self.router.joined(r.group, replica)
+        heapq.heappush(self._victims[replica], (-r.prio, r.run_id))
+        if was_paused and r.engine_paused:
+            r.engine_paused = False
+            out.append(Resume(r.run_id))
+        out.append(NextUse(r.run_id, now))
+        for call_id in r.held:
+            r.dispatched += 1
+            r.prepaid = self.fair.charge(r.tenant, r.live.get(call_id, 0), 0, r.prepaid)
+            out.append(Dispatch(call_id, replica, priority=r.prio))
+        r.held.clear()
+
+    def _pause(self, r: _Run, now: float, out: list[Decision]) -> None:
+        self.fair.refund(r.tenant, r.prepaid)
+        r.prepaid = 0.0
+        self.budget.release(r.run_id)
+        self.router.left(r.group)
+        r.state = PAUSED
+        self.pauses += 1
+        if r.dispatched:
+            # Calls on the engine must be parked; that also marks its KV evict-first.
+            r.engine_paused = True
+            out.append(Pause(r.run_id))
+        # Otherwise holding its next calls is the pause: its KV stays cached behind dead runs'
+        # (next use infinite) and ahead of active runs', and is resumed from what is left.
+        out.append(NextUse(r.run_id, now + PAUSED_HINT_S))
+        if r.held or r.dispatched:
+            self._enqueue(r, now)
+
+    def _relieve(self, replica: int, now: float, out: list[Decision]) -> None:
+        """Pause programs on `replica` until its footprint is back under the high threshold."""
+        heap = self._victims[replica]
+        while self.budget.overflow(replica) > 0 and heap:
+            picked: list[tuple[int, str]] = []
+            victim: _Run | None = None
+            while heap and len(picked) < VICTIM_LOOKAHEAD:
+                neg, run_id = heapq.heappop(heap)
+                r = self._runs.get(run_id)
+                if r is None or r.state != ACTIVE or r.replica != replica or r.prio != -neg:
+                    continue
+                picked.append((neg, run_id))
+                if r.dispatched == 0:
+                    victim = r
+                    break
+            if victim is None and picked and self.budget.current[replica] > self.budget.capacity[replica]:
+                # Past the whole capacity: the newest program is parked even with work on the
+                # engine (its in-flight call is recomputed later) rather than letting the
+                # engine thrash. Between `high` and capacity, parking would throw work away
+                # for nothing: admission stays closed until the footprint shrinks.
+                victim = self._runs[picked[0][1]]
+            for entry in picked:
+                if victim is None or entry[1] != victim.run_id:
+                    heapq.heappush(heap, entry)
+            if victim is None:
+                return
+            self._pause(victim, now, out)
+
+    # --- events --------------------------------------------------------------------------
+
+    def on_run_started(self, event: RunStarted, now: float, view: ClusterView) -> Sequence[Decision]:
+        self._ensure_capacity(view)
+        self._runs[event.run_id] = _Run(event.run_id, event.program, event.tenant, event.group)
+        self.fair.program_started(event.tenant)
+        self.predictor.run_started(event.program, event.spec)
+        return ()
+
+    def on_call(self, event: CallArrived, now: float, view: ClusterView) -> Sequence[Decision]:
+        self._ensure_capacity(view)
+        call = event.call
+        r = self._runs.get(call.run_id)
+        if r is None:  # a call of a run we were not told about: treat it as a fresh run
+            r = self._runs[call.run_id] = _Run(call.run_id, call.program, call.tenant, None)
+            self.fair.program_started(call.tenant)
+        self.predictor.call_arrived(r.run_id, now)
+        if r.state == NEW:
+            r.shared_tokens = float(call.shared_prefix_tokens)
+            if call.shared_prefix_tokens:
+                r.shared.append(
+                    (("prefix", call.tenant, call.program, call.shared_prefix_tokens), r.shared_tokens)
+                )
+            if r.group is not None:
+                head = float(max(0, call.prompt_len - call.shared_prefix_tokens))
+                r.shared.append((("group", r.group), head))
+                r.shared_tokens += head
+            r.state = WAITING
+        if not r.live and not r.acting and r.prev_prompt:
+            self.predictor.history.record_growth(r.program, call.prompt_len - r.prev_prompt)
+        if not r.live:
+            r.prev_prompt = call.prompt_len
+        r.bridge = 0.0
+        r.last_call_final = call.hints.is_last_step
+        r.live[call.call_id] = call.prompt_len
+        r.hints[call.call_id] = (call.node, call.hints)
+        out: list[Decision] = []
+        if r.state == ACTIVE:
+            assert r.replica is not None
+            self._sync(r)
+            self._relieve(r.replica, now, out)
+        if r.state == ACTIVE:
+            assert r.replica is not None
+            r.dispatched += 1
+            out.append(NextUse(r.run_id, now))
+            r.prepaid = self.fair.charge(r.tenant, call.prompt_len, 0, r.prepaid)
+            out.append(Dispatch(call.call_id, r.replica, priority=r.prio))
+        else:
+            r.held.append(call.call_id)
+            if not r.queued:
+                self._enqueue(r, now)
+            self._admit(now, view, out)
+        return out
+
+    def on_call_finished(self, event: CallFinished, now: float, view: ClusterView) -> Sequence[Decision]:
+        r = self._runs.get(event.run_id)
+        if r is None:
+            return ()
+        r.live.pop(event.call_id, None)
+        node, hints = r.hints.pop(event.call_id, ("", CallHints()))
+        r.dispatched = max(0, r.dispatched - 1)
+        if r.peak > 0:
+            self.predictor.history.record_footprint(r.program, r.calls_done, r.peak)
+        r.peak = 0.0
+        r.calls_done += 1
+        ctx = float(event.prompt_tokens + event.output_tokens)
+        r.last_ctx = ctx
+        r.last_node = node
+        if r.root_ctx is None:
+            r.root_ctx = ctx
+        # The prompt was charged at dispatch (so a burst of admissions at one instant already
+        # tips the counters); the output is charged as it is known.
+        r.prepaid = self.fair.charge(r.tenant, 0, event.output_tokens, r.prepaid)
+        self.predictor.history.record_output(r.program, event.output_tokens)
+        self.predictor.history.record_call_cost(
+            r.program, self.fair.cost(event.prompt_tokens, event.output_tokens)
+        )
+        out: list[Decision] = []
+        reuse = self.predictor.reuses_prefix(r.program, node, hints)
+        tool = self.predictor.next_tool(r.program, node, hints) if reuse else None
+        if tool is not None:
+            r.acting.append(_Branch(tool, ctx))
+        elif reuse:
+            r.bridge = max(r.bridge, ctx)
+            out.append(NextUse(r.run_id, now))
+        elif not r.live:
+            out.append(NextUse(r.run_id, math.inf))
+        if self.budget.holds(r.run_id):
+            self._sync(r)
+            assert r.replica is not None
+            self._relieve(r.replica, now, out)
+        if not reuse:
+            # KV was let go: room for a waiting program. (Otherwise the footprint barely moved,
+            # and the next tick retries admission: this keeps the hot path cheap.)
+            self._admit(now, view, out)
+        return out
+
+    def on_tool_started(self, event: ToolStarted, now: float, view: ClusterView) -> Sequence[Decision]:
+        r = self._runs.get(event.run_id)
+        if r is None:
+            return ()
+        for branch in r.acting:
+            if branch.tool == event.tool and not branch.started:
+                branch.started = True
+                break
+        else:
+            r.acting.append(_Branch(event.tool, r.last_ctx, True))
+        r.tool_ver += 1
+        if r.last_node:
+            self.predictor.history.record_tool(r.program, r.last_node, event.tool)
+        at = self.predictor.tool_started(r.run_id, event.tool, r.tenant, now, event.expected_latency_s)
+        out: list[Decision] = [NextUse(r.run_id, at)]
+        self._seq += 1
+        heapq.heappush(self._prefetch, (at, self._seq, r.tool_ver, r.run_id))
+        if self.budget.holds(r.run_id):
+            self._sync(r)
+            assert r.replica is not None
+            self._relieve(r.replica, now, out)
+        if self.budget.holds(r.run_id) and r.replica is not None and self._should_pin(r, event, at - now):
+            ttl = self.predictor.tool_quantile_s(event.tool, r.tenant, PIN_QUANTILE, event.expected_latency_s)
+            self.pins += 1
+            out.append(Pin(r.run_id, ttl))
+        return out
+
+    def _should_pin(self, r: _Run, event: ToolStarted, predicted_s: float) -> bool:
+        """Pin when recomputing the context costs more GPU time than holding its memory for the
+        tool's predicted duration: ctx / prefill_rate > pressure * (ctx / capacity) * T, i.e.
+        T < capacity / (prefill_rate * pressure). Never when the replica is over budget."""
+        assert r.replica is not None
+        if self.budget.overflow(r.replica) > 0:
+            return False
+        cap = self.budget.capacity[r.replica]
+        pressure = max(self.budget.current[r.replica] / cap, 1e-3)
+        return predicted_s < cap / (self.prefill_tokens_per_s * pressure)
+
+    def on_tool_finished(self, event: ToolFinished, now: float, view: ClusterView) -> Sequence[Decision]:
+        r = self._runs.get(event.run_id)
+        self.predictor.tool_finished(event.tool, r.tenant if r is not None else "", event.duration_s)
+        if r is None:
+            return ()
+        for i, branch in enumerate(r.acting):
+            if branch.tool == event.tool:
+                del r.acting[i]
+                break
+        if self.budget.holds(r.run_id):
+            self._sync(r)
+        return ()
+
+    def on_run_finished(self, event: RunFinished, now: float, view: ClusterView) -> Sequence[Decision]:
+        r = self._runs.pop(event.run_id, None)
+        if r is None:
+            return ()
+        if self.budget.holds(r.run_id):
+            self.budget.release(r.run_id)
+            self.router.left(r.group)
+        self.fair.refund(r.tenant, r.prepaid)
+        self.fair.program_finished(r.tenant)
+        self.predictor.run_finished(r.run_id, r.program, r.calls_done)
+        out: list[Decision] = [NextUse(r.run_id, math.inf)]
+        self._admit(now, view, out)
+        return out
+
+    def on_tick(self, now: float, view: ClusterView) -> Sequence[Decision]:
+        out: list[Decision] = []
+        horizon = now + TICK_S
+        heap = self._prefetch
+        while heap and heap[0][0] <= horizon:
+            _, _, ver, run_id = heapq.heappop(heap)
+            r = self._runs.get(run_id)
+            if r is not None and r.tool_ver == ver and r.acting and r.replica is not None:
+                out.append(Prefetch(run_id, r.replica))
+        if self._waiting:
+            self._ensure_capacity(view)
+            self._blocked = None  # footprints drift as calls finish: retry on every tick
+            self._admit(now, view, out)
+        return out
+
+    # --- reporting -----------------------------------------------------------------------
+
+    def stats(self) -> dict[str, float]:
+        """Numbers for the bench report: predictor accuracy, pins, pauses, steals."""
+        out = self.predictor.accuracy()
+        out["legato_pins"] = float(self.pins)
+        out["legato_pauses"] = float(self.pauses)
+        out["legato_steals"] = float(self.router.steals)
+        return out

@@ -1,0 +1,170 @@
+"""What past runs of a program teach about its next runs (dynamic agents have no graph).
+
+A dynamic `async def` agent declares nothing ahead of time, but its runs repeat: the same call
+sites, the same tools after them, similar numbers of steps. Per program name this keeps
+- the distribution of calls per finished run, to predict how much work a run still has (the mean
+  residual number of calls given how many it has made: SJF without a declared length);
+- the mean output tokens per call, to reserve KV for a call's output before it is generated,
+  the mean growth of the context per call and the mean KV footprint after k calls (fan-outs
+  show up there), to project how much KV a run will need soon;
+- which tool followed each call site, for calls that arrive without a `next_tool` hint.
+
+Bounded memory: per program a histogram of run lengths (at most `max_lengths` distinct values)
+and one counter per call site.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+DEFAULT_OUTPUT_TOKENS = 256.0
+
+
+@dataclass(slots=True)
+class _Program:
+    lengths: Counter[int] = field(default_factory=Counter)  # calls per finished run -> runs
+    runs: int = 0
+    output_sum: float = 0.0
+    output_n: int = 0
+    cost_sum: float = 0.0  # prompt + 2 x output per call (the fair-share cost)
+    cost_n: int = 0
+    growth_sum: float = 0.0
+    growth_n: int = 0
+    footprint: dict[int, list[float]] = field(default_factory=dict)  # calls done -> [sum, n]
+    next_tool: dict[str, Counter[str]] = field(default_factory=dict)
+    residual: dict[int, float] = field(default_factory=dict)  # cache: calls done -> residual
+    survival: dict[tuple[int, int], float] = field(default_factory=dict)  # cache
+
+
+class ProgramHistory:
+    def __init__(self, max_lengths: int = 512) -> None:
+        self._programs: dict[str, _Program] = {}
+        self.max_lengths = max_lengths
+
+    def _get(self, program: str) -> _Program:
+        p = self._programs.get(program)
+        if p is None:
+            p = self._programs[program] = _Program()
+        return p
+
+    def record_output(self, program: str, output_tokens: int) -> None:
+        p = self._get(program)
+        p.output_sum += output_tokens
+        p.output_n += 1
+
+    def mean_output(self, program: str) -> float:
+        p = self._programs.get(program)
+        if p is None or p.output_n == 0:
+            return DEFAULT_OUTPUT_TOKENS
+        return p.output_sum / p.output_n
+
+    def record_call_cost(self, program: str, cost: float) -> None:
+        p = self._get(program)
+        p.cost_sum += cost
+        p.cost_n += 1
+
+    def mean_call_cost(self, program: str) -> float | None:
+        p = self._programs.get(program)
+        if p is None or p.cost_n == 0:
+            return None
+        return p.cost_sum / p.cost_n
+
+    def record_growth(self, program: str, tokens: float) -> None:
+        """How much a sequential call's prompt grew over the previous call's."""
+        p = self._get(program)
+        p.growth_sum += tokens
+        p.growth_n += 1
+
+    def mean_growth(self, program: str) -> float:
+        """Mean prompt growth per call (before any sample: twice the mean output)."""
+        p = self._programs.get(program)
+        if p is None or p.growth_n == 0:
+            return 2.0 * self.mean_output(program)
+        return p.growth_sum / p.growth_n
+
+    def record_footprint(self, program: str, done: int, tokens: float) -> None:
+        """The peak KV footprint a run had while it had made `done` calls."""
+        p = self._get(program)
+        entry = p.footprint.get(done)
+        if entry is None:
+            if len(p.footprint) >= self.max_lengths:
+                return
+            p.footprint[done] = [tokens, 1.0]
+        else:
+            entry[0] += tokens
+            entry[1] += 1.0
+
+    def footprint_growth(self, program: str, done: int, more: int) -> float | None:
+        """Mean footprint after `done + more` calls minus mean after `done` calls (how a run's KV
+        grows, fan-outs included); None until both points have been seen."""
+        p = self._programs.get(program)
+        if p is None:
+            return None
+        a = p.footprint.get(done)
+        b = p.footprint.get(done + more)
+        if a is None or b is None:
+            return None
+        return b[0] / b[1] - a[0] / a[1]
+
+    def record_tool(self, program: str, node: str, tool: str) -> None:
+        self._get(program).next_tool.setdefault(node, Counter())[tool] += 1
+
+    def likely_tool(self, program: str, node: str) -> str | None:
+        """The tool most often run after this call site (None: never seen one)."""
+        p = self._programs.get(program)
+        seen = p.next_tool.get(node) if p is not None else None
+        if not seen:
+            return None
+        return max(sorted(seen), key=lambda t: seen[t])
+
+    def record_run(self, program: str, calls: int) -> None:
+        p = self._get(program)
+        if calls not in p.lengths and len(p.lengths) >= self.max_lengths:
+            return  # a new distinct length beyond the bound: keep the histogram as it is
+        p.lengths[calls] += 1
+        p.runs += 1
+        p.residual.clear()
+        p.survival.clear()
+
+    def runs(self, program: str) -> int:
+        p = self._programs.get(program)
+        return 0 if p is None else p.runs
+
+    def survival(self, program: str, done: int, more: int) -> float:
+        """P(a run that has made `done` calls and is not finished makes more than `more` further
+        calls), from past runs' lengths; 1.0 without history (assume it goes on)."""
+        p = self._programs.get(program)
+        if p is None or p.runs == 0 or more <= 0:
+            return 1.0
+        key = (done, more)
+        cached = p.survival.get(key)
+        if cached is not None:
+            return cached
+        alive = longer = 0
+        for length, count in p.lengths.items():
+            if length > done:
+                alive += count
+                if length > done + more:
+                    longer += count
+        value = longer / alive if alive else 1.0
+        p.survival[key] = value
+        return value
+
+    def expected_remaining_calls(self, program: str, done: int) -> float | None:
+        """Mean of (length - done) over past runs longer than `done`; None without history.
+        Runs that outlived every past run get 1 (at least one more call, since one is pending)."""
+        p = self._programs.get(program)
+        if p is None or p.runs == 0:
+            return None
+        cached = p.residual.get(done)
+        if cached is not None:
+            return cached
+        total = n = 0
+        for length, count in p.lengths.items():
+            if length > done:
+                total += (length - done) * count
+                n += count
+        value = total / n if n else 1.0
+        p.residual[done] = value
+        return value

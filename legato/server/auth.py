@@ -1,0 +1,238 @@
+"""Tenants and API keys: who is calling, and may they start more work.
+
+- Keys are `lg_` + 32 random bytes (urlsafe base64); the store keeps only their sha256 (a
+  high-entropy key needs no slow hash), looked up by hash and compared in constant time.
+- `current_tenant` is the FastAPI dependency every tenant-scoped endpoint uses: `Authorization:
+  Bearer <key>` -> `Tenant`, else 401 with `WWW-Authenticate`. The embedded single-tenant default
+  (`DEFAULT_TENANT`) answers keyless requests only from loopback clients, and only when the server
+  runs in single-tenant mode (`on`, or `auto` while no tenants exist).
+- `Tenant.cache_salt` depends on the tenant id alone: prefix-cache isolation never comes from a
+  client-supplied field.
+- `QuotaTracker`: concurrent runs and tokens per minute per tenant; `ApiError(429)` with
+  `Retry-After` when exhausted.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import hmac
+import ipaddress
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from fastapi import Request
+
+from legato.server.errors import ApiError
+from legato.server.store.base import RunStore, TenantRecord
+
+if TYPE_CHECKING:
+    from legato.server.state import ServerState
+
+log = logging.getLogger(__name__)
+
+KEY_PREFIX = "lg_"
+CACHE_SALT_KEY = "legato-cache-salt-v1"
+"""Key of the per-tenant cache salt HMAC(key, tenant id), shared with the schedulers
+(`tenant_salt=CACHE_SALT_KEY`). Not a secret: the salt isolates tenants' prefix caches because the
+*tenant id* comes from the authenticated API key, never from anything the client sends."""
+
+
+@dataclass(frozen=True)
+class Tenant:
+    id: str
+    name: str
+    weight: float
+    max_concurrent_runs: int
+    tokens_per_minute: int | None
+
+    @property
+    def cache_salt(self) -> str:
+        """Prefix-cache salt: a function of the authenticated tenant id only."""
+        return hmac.new(CACHE_SALT_KEY.encode(), self.id.encode(), hashlib.sha256).hexdigest()[:32]
+
+    @classmethod
+    def from_record(cls, rec: TenantRecord) -> Tenant:
+        return cls(rec.id, rec.name, rec.weight, rec.max_concurrent_runs, rec.tokens_per_minute)
+
+
+def default_tenant(max_concurrent_runs: int) -> Tenant:
+    return Tenant("default", "default", 1.0, max_concurrent_runs, None)
+
+
+def new_api_key() -> str:
+    return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def is_loopback(host: str | None) -> bool:
+    if not host:
+        return False
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+class TenantRegistry:
+    """Tenants on top of the run store (so `legato tenants add` in another process is seen at
+    once by a running server)."""
+
+    def __init__(self, store: RunStore, single_tenant: str, default_max_concurrent_runs: int) -> None:
+        self.store = store
+        self.single_tenant = single_tenant
+        self.default = default_tenant(default_max_concurrent_runs)
+        self._key_cache: dict[str, tuple[float, Tenant]] = {}  # key hash -> (expiry, tenant)
+
+    async def add(
+        self,
+        name: str,
+        *,
+        weight: float = 1.0,
+        max_concurrent_runs: int = 64,
+        tokens_per_minute: int | None = None,
+    ) -> tuple[Tenant, str]:
+        """Create a tenant; returns it and its API key (shown once, never stored)."""
+        key = new_api_key()
+        record = TenantRecord(
+            id="t_" + secrets.token_hex(8),
+            name=name,
+            key_hash=hash_key(key),
+            weight=weight,
+            max_concurrent_runs=max_concurrent_runs,
+            tokens_per_minute=tokens_per_minute,
+        )
+        await self.store.add_tenant(record)
+        return Tenant.from_record(record), key
+
+    async def list(self) -> list[TenantRecord]:
+        return await self.store.list_tenants()
+
+    async def remove(self, name: str) -> bool:
+        return await self.store.remove_tenant(name)
+
+    KEY_CACHE_TTL_S = 2.0
+
+    async def by_key(self, key: str) -> Tenant | None:
+        """Known keys are remembered for `KEY_CACHE_TTL_S` (a removed tenant's key keeps working
+        that long): every proxied call authenticates, and a store round trip per call (SQLite
+        runs one query at a time) became the service's bottleneck under load. Unknown keys
+        always ask the store, so a new tenant's key works at once."""
+        digest = hash_key(key)
+        now = time.monotonic()
+        cache = self._key_cache
+        hit = cache.get(digest)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        record = await self.store.tenant_by_key_hash(digest)
+        if record is None or not hmac.compare_digest(record.key_hash, digest):
+            cache.pop(digest, None)
+            return None
+        tenant = Tenant.from_record(record)
+        if len(cache) > 10_000:
+            cache.clear()
+        cache[digest] = (now + self.KEY_CACHE_TTL_S, tenant)
+        return tenant
+
+    async def keyless_allowed(self) -> bool:
+        if self.single_tenant == "on":
+            return True
+        if self.single_tenant == "off":
+            return False
+        return await self.store.count_tenants() == 0
+
+    async def authenticate(self, authorization: str | None, client_host: str | None) -> Tenant:
+        if authorization:
+            scheme, _, key = authorization.partition(" ")
+            if scheme.lower() != "bearer" or not key.strip():
+                raise ApiError(401, "malformed Authorization header: send `Authorization: Bearer <api key>`")
+            tenant = await self.by_key(key.strip())
+            if tenant is None:
+                raise ApiError(401, "invalid API key (create one with `legato tenants add NAME`)")
+            return tenant
+        if is_loopback(client_host) and await self.keyless_allowed():
+            return self.default
+        raise ApiError(
+            401,
+            "missing API key: send `Authorization: Bearer <api key>` "
+            "(keys come from `legato tenants add NAME`; keyless access is only for localhost in "
+            "single-tenant mode)",
+        )
+
+
+async def current_tenant(request: Request) -> Tenant:
+    """FastAPI dependency: the authenticated tenant of this request (401 otherwise)."""
+    state: ServerState = request.app.state.legato
+    client = request.client.host if request.client is not None else None
+    tenant = await state.tenants.authenticate(request.headers.get("authorization"), client)
+    request.state.tenant = tenant
+    return tenant
+
+
+class QuotaTracker:
+    """Per-tenant concurrent runs (counted by the run manager) and tokens in a sliding minute."""
+
+    WINDOW_S = 60.0
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self.active: collections.Counter[str] = collections.Counter()
+        self._tokens: dict[str, collections.deque[tuple[float, int]]] = {}
+        self._totals: collections.Counter[str] = collections.Counter()
+
+    def record_tokens(self, tenant_id: str, n: int) -> None:
+        if n <= 0:
+            return
+        self._tokens.setdefault(tenant_id, collections.deque()).append((self.clock(), n))
+        self._totals[tenant_id] += n
+
+    def tokens_last_minute(self, tenant_id: str) -> int:
+        window = self._tokens.get(tenant_id)
+        if not window:
+            return 0
+        cutoff = self.clock() - self.WINDOW_S
+        while window and window[0][0] <= cutoff:
+            self._totals[tenant_id] -= window.popleft()[1]
+        return self._totals[tenant_id]
+
+    def check_tokens(self, tenant: Tenant) -> None:
+        """429 when the tenant used its tokens-per-minute budget."""
+        limit = tenant.tokens_per_minute
+        if limit is None:
+            return
+        used = self.tokens_last_minute(tenant.id)
+        if used < limit:
+            return
+        window = self._tokens[tenant.id]
+        # wait until enough of the oldest tokens leave the window to get under the limit
+        excess, retry = used - limit + 1, self.WINDOW_S
+        for at, n in window:
+            excess -= n
+            if excess <= 0:
+                retry = at + self.WINDOW_S - self.clock()
+                break
+        raise ApiError(
+            429,
+            f"tenant {tenant.name!r} used {used} tokens in the last minute (limit {limit} tokens per "
+            "minute); retry later",
+            retry_after_s=max(1.0, retry),
+        )
+
+    def check_run_start(self, tenant: Tenant) -> None:
+        """429 when the tenant already has `max_concurrent_runs` runs in flight, or no tokens left."""
+        running = self.active[tenant.id]
+        if running >= tenant.max_concurrent_runs:
+            raise ApiError(
+                429,
+                f"tenant {tenant.name!r} has {running} runs in flight (limit {tenant.max_concurrent_runs} "
+                "concurrent runs); wait for one to finish or cancel one",
+                retry_after_s=1.0,
+            )
+        self.check_tokens(tenant)

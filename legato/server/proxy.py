@@ -1,0 +1,467 @@
+"""OpenAI-compatible agent proxy: `/v1/chat/completions`, `/v1/completions`, `/v1/models`,
+`POST /v1/programs/{program_id}/release`.
+
+Agents written against the OpenAI API get program-level scheduling without declaring a graph:
+each request carries a `program_id` (top level, or inside `extra_body` — the official client's
+`extra_body=` merges its keys into the top-level JSON, raw clients may nest them) and optional
+hints (`is_last_step`, `next_tool`, `expected_tool_latency_s`). The `ProgramTracker` turns the
+sequence of requests into program events (run started, tool started / finished, run finished)
+and every request becomes an `LLMCall` of that run, so the scheduler's policy pins the program's
+KV through its tool calls, keeps it on one replica and shares the GPU fairly between programs
+and tenants. A request without `program_id` is a one-call program.
+
+Rules kept from the engine server (`legato.engine_adapter.server`, whose request/response
+models, validation and SSE streaming this reuses): the first chunk is awaited before the
+response starts, so scheduling or engine failures become status codes; a client that goes away
+aborts its call at once; bad input is a 4xx that names the field. Security: the tenant comes
+from the API key (`current_tenant`), program ids are namespaced by it, and the prefix-cache salt
+is derived by the scheduler from the tenant id — a client's `cache_salt` field is ignored.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+import anyio
+from fastapi import APIRouter, Depends, Path, Request
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from legato.engine_adapter.base import Engine, EngineError, GenerateRequest, TokenChunk, assemble_result
+from legato.engine_adapter.openai_api import (
+    ChatChoice,
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    ChatResponseMessage,
+    CompletionChoice,
+    CompletionRequest,
+    CompletionResponse,
+    ModelCard,
+    ModelList,
+    SamplingFields,
+    new_id,
+)
+from legato.engine_adapter.server.errors import ApiError as EngineApiError
+from legato.engine_adapter.server.errors import stream_responses
+from legato.engine_adapter.server.lifecycle import (
+    ABORT_TIMEOUT_S,
+    DEFAULT_CHUNK_TIMEOUT_S,
+    EventStream,
+    Generation,
+    collect_or_abort,
+)
+from legato.engine_adapter.server.service import EngineService, make_usage
+from legato.engine_adapter.server.streams import chat_events, completion_events
+from legato.scheduler.base import CallScheduler
+from legato.scheduler.events import CallHints, LLMCall
+from legato.scheduler.runtime import SchedulerError
+from legato.server.auth import QuotaTracker, Tenant, current_tenant
+from legato.server.errors import ApiError, responses
+from legato.server.metrics import ServiceMetrics
+from legato.server.programs_tracker import (
+    DEFAULT_IDLE_TIMEOUT_S,
+    Program,
+    ProgramTracker,
+    TooManyPrograms,
+)
+
+MAX_ID_LEN = 256
+
+# --- request models: OpenAI's, plus the program fields ----------------------------------------
+
+
+class ProgramFields(BaseModel):
+    """What ties a request to an agent program, and what the agent knows comes next."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    program_id: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=MAX_ID_LEN,
+        description="Agent program this call belongs to (namespaced by your tenant). Calls with the "
+        "same id are scheduled as one program. Omitted: the call is a program of its own.",
+    )
+    is_last_step: bool | None = Field(
+        default=None, description="No later call of this program reuses this call's prefix: end it."
+    )
+    next_tool: str | None = Field(
+        default=None, min_length=1, max_length=128, description="The tool the agent runs with this output."
+    )
+    expected_tool_latency_s: float | None = Field(
+        default=None, ge=0, le=86_400, description="How long that tool is expected to take, in seconds."
+    )
+
+
+class ProxyChatRequest(ChatCompletionRequest, ProgramFields):
+    extra_body: ProgramFields | None = Field(
+        default=None, description="Program fields nested, as raw clients may send them."
+    )
+
+
+class ProxyCompletionRequest(CompletionRequest, ProgramFields):
+    extra_body: ProgramFields | None = Field(
+        default=None, description="Program fields nested, as raw clients may send them."
+    )
+
+
+class ProgramReleased(BaseModel):
+    program_id: str
+    released: Literal[True] = True
+    calls: int = Field(description="LLM calls the program made.")
+    duration_s: float = Field(description="Seconds from its first call to the release.")
+
+
+def program_fields(body: ProxyChatRequest | ProxyCompletionRequest) -> ProgramFields:
+    """Top-level fields, overridden by those set inside `extra_body`."""
+    merged = ProgramFields(
+        program_id=body.program_id,
+        is_last_step=body.is_last_step,
+        next_tool=body.next_tool,
+        expected_tool_latency_s=body.expected_tool_latency_s,
+    )
+    if body.extra_body is not None:
+        for name in body.extra_body.model_fields_set:
+            setattr(merged, name, getattr(body.extra_body, name))
+    return merged
+
+
+# --- one scheduled call, as the engine server's streaming helpers expect it -------------------
+
+
+@dataclass(slots=True)
+class CallOutcome:
+    """How a call ended ("abort" until a finished chunk says otherwise). Its tokens are metered
+    by the `MeteredScheduler` the call goes through."""
+
+    finish_reason: str = "abort"
+
+
+class ScheduledGeneration(Generation):
+    """A `Generation` whose chunks come from the scheduler (`CallScheduler.generate(call)`),
+    not straight from an engine, so the engine server's SSE and disconnect handling apply
+    unchanged. It reports how the call ended exactly once, when closed."""
+
+    def __init__(
+        self,
+        scheduler: CallScheduler,
+        call: LLMCall,
+        request: GenerateRequest,
+        chunk_timeout_s: float,
+        on_close: Callable[[CallOutcome], None],
+    ) -> None:
+        # Not Generation.__init__: that would submit to an engine. These are the fields it uses.
+        self.request = request
+        self._timeout = chunk_timeout_s
+        self._iter = scheduler.generate(call).__aiter__()
+        self._first: TokenChunk | None = None
+        self.finished = False
+        self.outcome = CallOutcome()
+        self._on_close: Callable[[CallOutcome], None] | None = on_close
+
+    async def start(self) -> TokenChunk:
+        try:
+            return await super().start()
+        except BaseException:
+            await self.close()  # idempotent: the call is reported (and its program updated) once
+            raise
+
+    async def _next(self) -> TokenChunk | None:
+        try:
+            chunk = await super()._next()
+        except SchedulerError as exc:
+            raise EngineApiError(503, f"the scheduler could not run the call: {exc}") from exc
+        if chunk is not None and chunk.finished:
+            self.outcome.finish_reason = chunk.finish_reason or "stop"
+        return chunk
+
+    async def close(self) -> None:
+        # Closing the scheduler's stream aborts the engine request and emits CallFinished.
+        with (
+            anyio.CancelScope(shield=True),
+            anyio.move_on_after(ABORT_TIMEOUT_S),
+            contextlib.suppress(EngineError, SchedulerError),
+        ):
+            closer = getattr(self._iter, "aclose", None)
+            if closer is not None:
+                await closer()
+        report, self._on_close = self._on_close, None
+        if report is not None:
+            report(self.outcome)
+
+
+@contextlib.contextmanager
+def server_errors() -> Iterator[None]:
+    """The engine server's refusals (400 bad sampling, 404 unknown model, 504 silent engine)
+    raised as the REST service's `ApiError`, so its handlers answer them."""
+    try:
+        yield
+    except EngineApiError as exc:
+        raise ApiError(exc.status, exc.message, param=exc.param) from exc
+    except EngineError as exc:
+        raise ApiError(400, str(exc)) from exc
+
+
+# --- the proxy ---------------------------------------------------------------------------------
+
+
+class Proxy:
+    """Shared by the proxy's routes: validation (`EngineService`), the program tracker, metrics."""
+
+    def __init__(
+        self,
+        scheduler: CallScheduler,
+        engine: Engine,
+        *,
+        max_model_len: int | None = None,
+        quotas: QuotaTracker | None = None,
+        metrics: Callable[[], ServiceMetrics | None] = lambda: None,
+        idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S,
+        chunk_timeout_s: float = DEFAULT_CHUNK_TIMEOUT_S,
+    ) -> None:
+        limit = max_model_len if max_model_len is not None else getattr(engine, "max_model_len", None)
+        self.svc = EngineService(engine, limit if isinstance(limit, int) else None, chunk_timeout_s)
+        self.scheduler = scheduler
+        self.quotas = quotas
+        self.metrics = metrics
+        self.tracker = ProgramTracker(scheduler, idle_timeout_s=idle_timeout_s, on_finish=self._finished)
+
+    def _finished(self, program: Program, status: str, why: str, seconds: float) -> None:
+        m = self.metrics()
+        if m is not None:
+            m.observe_run(source="proxy", status=status, seconds=seconds)
+            m.programs_finished.labels(why).inc()
+
+    def sampling_request(
+        self,
+        body: SamplingFields,
+        prompt: tuple[int, ...],
+        *,
+        max_tokens: int | None,
+        field: str,
+        logprobs: bool,
+        id_prefix: str,
+    ) -> GenerateRequest:
+        """Validated sampling as a `GenerateRequest` (its id names the response; the cache salt is
+        left unset here: the scheduler derives it from the tenant)."""
+        if body.n != 1:
+            raise ApiError(
+                400, f"n must be 1 (got {body.n}); send separate requests for several samples", param="n"
+            )
+        with server_errors():
+            sampling = self.svc.sampling(
+                max_tokens=max_tokens,
+                max_tokens_field=field,
+                prompt_len=len(prompt),
+                temperature=body.temperature,
+                top_p=body.top_p,
+                top_k=body.top_k,
+                seed=body.seed,
+                stop=body.stop,
+                stop_token_ids=body.stop_token_ids,
+                ignore_eos=body.ignore_eos,
+                logprobs=logprobs,
+            )
+        return GenerateRequest(
+            request_id=new_id(id_prefix),
+            prompt_token_ids=prompt,
+            sampling=sampling,
+        )
+
+    async def start(
+        self, tenant: Tenant, fields: ProgramFields, request: GenerateRequest, node: str
+    ) -> ScheduledGeneration:
+        """Register the call with its program and wait for its first chunk."""
+        if self.quotas is not None:
+            self.quotas.check_tokens(tenant)
+        one_off = fields.program_id is None
+        program_id = fields.program_id or f"call-{uuid.uuid4().hex}"
+        hints = CallHints(
+            next_tool=fields.next_tool,
+            expected_tool_latency_s=fields.expected_tool_latency_s,
+            is_last_step=True if one_off else bool(fields.is_last_step),
+        )
+        try:
+            program = self.tracker.begin_call(tenant.id, program_id)
+        except TooManyPrograms as exc:
+            raise ApiError(429, str(exc), param="program_id", retry_after_s=1.0) from exc
+        call = LLMCall(
+            call_id=request.request_id,
+            run_id=program.run_id,
+            program=program_id,
+            node=node,
+            tenant=tenant.id,
+            prompt_token_ids=request.prompt_token_ids,
+            sampling=request.sampling,
+            hints=hints,
+        )
+        started = time.monotonic()
+
+        def on_close(outcome: CallOutcome) -> None:
+            ok = outcome.finish_reason != "abort"
+            self.tracker.end_call(program, hints, ok=ok)
+            m = self.metrics()
+            if m is not None:
+                m.observe_call(
+                    source="proxy", finish_reason=outcome.finish_reason, seconds=time.monotonic() - started
+                )
+
+        generation = ScheduledGeneration(self.scheduler, call, request, self.svc.chunk_timeout_s, on_close)
+        with server_errors():
+            await generation.start()  # closes the generation itself when it fails
+        return generation
+
+    async def collect(self, raw: Request, generation: ScheduledGeneration) -> list[TokenChunk] | None:
+        with server_errors():
+            return await collect_or_abort(raw, generation)
+
+    async def reap_idle(self, period_s: float = 10.0) -> None:
+        """Finish idle programs every `period_s` (run it in the app's task group). Without it
+        they still end at the next call or /metrics scrape, which sweep too."""
+        while True:
+            await anyio.sleep(period_s)
+            self.tracker.sweep()
+
+    def router(self) -> APIRouter:
+        """The routes (tenants come from `current_tenant`; tests may swap it through FastAPI's
+        `app.dependency_overrides`)."""
+        return _routes(self)
+
+
+TenantDep = Annotated[Tenant, Depends(current_tenant)]
+
+
+def _routes(proxy: Proxy) -> APIRouter:
+    router = APIRouter(tags=["openai-proxy"])
+    svc = proxy.svc
+
+    @router.get(
+        "/v1/models", response_model=ModelList, responses=responses(), summary="The model served here."
+    )
+    async def models(tenant: TenantDep) -> ModelList:
+        return ModelList(data=[ModelCard(id=svc.model, max_model_len=svc.max_model_len)])
+
+    @router.post(
+        "/v1/chat/completions",
+        response_model=ChatCompletionResponse,
+        responses={**stream_responses(ChatCompletionResponse, "The chat completion"), **responses(503)},
+        summary="Chat completion (OpenAI), scheduled as a call of the agent program `program_id`.",
+    )
+    async def chat_completions(body: ProxyChatRequest, raw: Request, tenant: TenantDep) -> Response:
+        with server_errors():
+            svc.check_model(body.model)
+        messages = [{"role": m.role, "content": m.text()} for m in body.messages]
+        prompt = tuple(
+            svc.tokenizer.apply_chat_template(messages, add_generation_prompt=body.add_generation_prompt)
+        )
+        field = "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens"
+        requested = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
+        if requested is None:
+            with server_errors():
+                requested = await svc.default_max_tokens(len(prompt))
+        req = proxy.sampling_request(
+            body, prompt, max_tokens=requested, field=field, logprobs=body.logprobs, id_prefix="chatcmpl"
+        )
+        generation = await proxy.start(tenant, program_fields(body), req, "chat")
+        if body.stream:
+            return EventStream(chat_events(svc, body, req, generation))
+        chunks = await proxy.collect(raw, generation)
+        if chunks is None:
+            return Response(status_code=499)
+        result = assemble_result(req, chunks)
+        choice = ChatChoice(
+            message=ChatResponseMessage(content=result.text),
+            finish_reason=result.finish_reason,
+            logprobs=svc.chat_logprobs(result.token_ids, result.logprobs),
+        )
+        usage = make_usage(result.prompt_tokens or len(prompt), len(result.token_ids), result.cached_tokens)
+        out = ChatCompletionResponse(id=req.request_id, model=svc.model, choices=[choice], usage=usage)
+        return JSONResponse(out.model_dump(exclude_none=True))
+
+    @router.post(
+        "/v1/completions",
+        response_model=CompletionResponse,
+        responses={**stream_responses(CompletionResponse, "The completion"), **responses(503)},
+        summary="Text completion (OpenAI), scheduled as a call of the agent program `program_id`.",
+    )
+    async def completions(body: ProxyCompletionRequest, raw: Request, tenant: TenantDep) -> Response:
+        with server_errors():
+            svc.check_model(body.model)
+            prompt = svc.prompt_ids(body.prompt)
+        if body.echo:
+            raise ApiError(400, "echo is not supported; prepend the prompt yourself", param="echo")
+        req = proxy.sampling_request(
+            body,
+            prompt,
+            max_tokens=body.max_tokens,
+            field="max_tokens",
+            logprobs=body.logprobs is not None,
+            id_prefix="cmpl",
+        )
+        generation = await proxy.start(tenant, program_fields(body), req, "completion")
+        if body.stream:
+            return EventStream(completion_events(svc, body, req, generation))
+        chunks = await proxy.collect(raw, generation)
+        if chunks is None:
+            return Response(status_code=499)
+        result = assemble_result(req, chunks)
+        choice = CompletionChoice(
+            text=result.text,
+            finish_reason=result.finish_reason,
+            logprobs=svc.completion_logprobs(result.token_ids, result.logprobs, 0),
+            token_ids=list(result.token_ids) if body.return_token_ids else None,
+            prompt_token_ids=list(prompt) if body.return_token_ids else None,
+        )
+        usage = make_usage(result.prompt_tokens or len(prompt), len(result.token_ids), result.cached_tokens)
+        out = CompletionResponse(id=req.request_id, model=svc.model, choices=[choice], usage=usage)
+        return JSONResponse(out.model_dump(exclude_none=True))
+
+    @router.post(
+        "/v1/programs/{program_id}/release",
+        response_model=ProgramReleased,
+        responses=responses(),
+        summary="End an agent program: its KV is no longer kept for a next call.",
+    )
+    async def release(
+        program_id: Annotated[str, Path(min_length=1, max_length=MAX_ID_LEN)], tenant: TenantDep
+    ) -> ProgramReleased:
+        program = proxy.tracker.release(tenant.id, program_id)
+        if program is None:
+            raise ApiError(
+                404,
+                f"no live program {program_id!r} for this tenant (never called, already released, or "
+                f"ended after {proxy.tracker.idle_timeout_s:.0f} s idle)",
+                param="program_id",
+            )
+        return ProgramReleased(
+            program_id=program_id,
+            calls=program.calls,
+            duration_s=round(time.monotonic() - program.started_at, 6),
+        )
+
+    return router
+
+
+def proxy_router(state: Any) -> APIRouter:
+    """The proxy's routes for the REST app (`app.include_router(proxy_router(state))`); the
+    `Proxy` is kept in `state.extras["proxy"]` (metrics read its program tracker)."""
+    extras: dict[str, Any] = state.extras
+    proxy = Proxy(
+        state.scheduler,
+        state.engine,
+        quotas=state.quotas,
+        metrics=lambda: extras.get("metrics"),
+    )
+    extras["proxy"] = proxy
+    metrics = extras.get("metrics")
+    if isinstance(metrics, ServiceMetrics):
+        metrics.sources.tracker = proxy.tracker
+    return proxy.router()
+
+
+__all__ = ["Proxy", "ProxyChatRequest", "ProxyCompletionRequest", "proxy_router"]

@@ -1,0 +1,106 @@
+"""`GET /v1/runs/{id}/events`: a run's events as server-sent events, resumable.
+
+Each event is `id: <seq>` / `event: <kind>` / `data: <json>`; `seq` counts per run and survives
+server restarts. Reconnect with `Last-Event-ID: <seq>` (or `?last_event_id=`) to get what came
+after it: lifecycle events (node, tool, status, run events) are stored, so they are replayed from
+the store even after a restart; `token` events are live only (replayed only while the same server
+still holds them in memory). The stream ends after `run_finished`; a comment line is sent every
+`sse_keepalive_s` while the run is quiet so proxies keep the connection open.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+import anyio
+from fastapi import APIRouter, Header, Query
+from fastapi.responses import StreamingResponse
+
+from legato.server.deps import StateDep, TenantDep
+from legato.server.errors import ApiError, responses
+from legato.server.routes_runs import RunId, tenant_run
+from legato.server.state import ServerState
+from legato.server.store.base import EventRecord
+
+router = APIRouter(prefix="/v1/runs", tags=["runs"])
+
+
+def sse(event: EventRecord) -> bytes:
+    payload = {"seq": event.seq, "kind": event.kind, "node": event.node, "data": event.data, "at": event.at}
+    return f"id: {event.seq}\nevent: {event.kind}\ndata: {json.dumps(payload)}\n\n".encode()
+
+
+def parse_last_id(header: str | None, query: int | None) -> int:
+    if query is not None:
+        return query
+    if header is None or not header.strip():
+        return -1
+    try:
+        value = int(header.strip())
+    except ValueError:
+        raise ApiError(
+            422, f"Last-Event-ID {header!r} is not an event id: send the `id:` of the last event you got"
+        ) from None
+    return value
+
+
+async def event_stream(state: ServerState, run_id: str, after: int) -> AsyncIterator[bytes]:
+    """History (memory or store), then live events, each once, in seq order."""
+    keepalive = state.config.sse_keepalive_s
+    recent, live = state.runs.listen(run_id, after, state.config.limits.max_event_buffer)
+    last = after
+    try:
+        history = recent if recent is not None else await state.store.events(run_id, after)
+        for event in history:
+            if event.seq > last:
+                last = event.seq
+                yield sse(event)
+                if event.kind == "run_finished":
+                    return
+        if live is None:
+            return
+        while True:
+            with anyio.move_on_after(keepalive):
+                try:
+                    event = await live.receive()
+                except anyio.EndOfStream:
+                    return  # run over (or this client fell behind: it resumes with Last-Event-ID)
+                if event.seq > last:
+                    last = event.seq
+                    yield sse(event)
+                    if event.kind == "run_finished":
+                        return
+                continue
+            yield b": keepalive\n\n"
+    finally:
+        if live is not None:
+            live.close()
+
+
+@router.get(
+    "/{run_id}/events",
+    summary="Stream a run's events (SSE)",
+    response_class=StreamingResponse,
+    responses={
+        200: {"description": "`text/event-stream` of run events", "content": {"text/event-stream": {}}},
+        **responses(),
+    },
+)
+async def run_events(
+    run_id: RunId,
+    tenant: TenantDep,
+    state: StateDep,
+    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", max_length=32)] = None,
+    after: Annotated[
+        int | None, Query(alias="last_event_id", ge=-1, description="same as the Last-Event-ID header")
+    ] = None,
+) -> StreamingResponse:
+    await tenant_run(state, tenant, run_id)
+    start = parse_last_id(last_event_id, after)
+    return StreamingResponse(
+        event_stream(state, run_id, start),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )

@@ -1,0 +1,51 @@
+"""`legato bench load` at tiny size against the whole REST app (real socket, the real-time
+simulated engine): every streamed request completes, memory is sampled from /metrics, and the
+report (table and JSON) says so; a server that refuses the key is a clear CLI error."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from legato.cli import app
+from legato.engine_adapter.sim.realtime import RealtimeSimConfig, RealtimeSimEngine
+from tests.server.proxy_harness import legato_server
+
+
+def test_load_bench_drives_agents_and_reports(tmp_path: Path) -> None:
+    engine = RealtimeSimEngine(RealtimeSimConfig())
+    out = tmp_path / "load.json"
+    with legato_server(tmp_path, engine, policy="continuum", tenants=("acme",)) as served:
+        args = ["bench", "load", "--url", served.url, "--runs", "4", "--duration", "3", "--turns", "2"]
+        args += ["--tool-s", "0.1", "--max-tokens", "8", "--json", str(out)]
+        result = CliRunner().invoke(app, args, env={"LEGATO_API_KEY": served.keys["acme"]})
+        assert result.exit_code == 0, result.output
+        bad = CliRunner().invoke(
+            app, ["bench", "load", "--url", served.url, "--runs", "1", "--duration", "1"]
+        )
+    report = json.loads(out.read_text())
+    assert report["requests_failed"] == 0 and report["requests_ok"] >= 4
+    assert report["programs_completed"] >= 2
+    assert report["latency_s"]["p50"] > 0 and report["ttft_s"]["p99"] <= report["latency_s"]["max"]
+    assert report["cached_prompt_fraction"] > 0  # turn 2 reuses turn 1's prefix
+    assert len(report["rss_mb"]) >= 2 and all(mb > 0 for _, mb in report["rss_mb"])
+    assert "api_key" not in report["config"]
+    assert "requests            ok" in result.output and "server RSS (MB)" in result.output
+    assert bad.exit_code == 2 and "401" in bad.output
+
+
+def test_workflow_mode_submits_runs_and_follows_their_events(tmp_path: Path) -> None:
+    import anyio
+
+    from legato.bench.load_bench import LoadConfig, run_load
+
+    engine = RealtimeSimEngine(RealtimeSimConfig())
+    with legato_server(tmp_path, engine, policy="continuum", tenants=("acme",)) as served:
+        key = served.keys["acme"]
+        cfg = LoadConfig(served.url, 3, "workflow", 2.0, 3, 6, api_key=key, sample_s=0.5)
+        report = anyio.run(run_load, cfg)
+    assert report.requests_failed == 0, report.error_examples
+    assert report.requests_ok == report.programs_completed >= 3
+    assert report.completion_tokens_per_s > 0 and report.ttft_s["p50"] <= report.latency_s["p50"]

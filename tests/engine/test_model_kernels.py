@@ -1,0 +1,106 @@
+"""The fused CPU kernels equal the torch ops they replace, and the engine is correct with and
+without them (the dense reference never uses them, so test_correctness checks the kernel path)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from legato.engine_adapter.base import GenerateRequest, SamplingParams
+from legato.engine_adapter.torch import EngineCore, cpu_kernels
+from legato.engine_adapter.torch.cpu_kernels import CpuKernels
+from legato.engine_adapter.torch.model import apply_rope
+from tests.engine.conftest import assert_matches_reference
+
+
+@pytest.fixture
+def kern() -> CpuKernels:
+    k = cpu_kernels.load()
+    if k is None:
+        pytest.skip("no C compiler: the CPU kernels are unavailable")
+    return k
+
+
+@pytest.mark.parametrize("dim", [16, 64, 71, 256])
+def test_rmsnorm_and_silu_mul_match_torch(kern: CpuKernels, dim: int) -> None:
+    gen = torch.Generator().manual_seed(dim)
+    x = torch.randn(5, dim, generator=gen) * 3
+    w = torch.randn(dim, generator=gen)
+    torch.testing.assert_close(kern.rmsnorm(x, w, 1e-5), F.rms_norm(x, (dim,), w, 1e-5))
+    gate_up = torch.randn(5, 2 * dim, generator=gen) * 30  # large |x|: exp's clamping
+    want = F.silu(gate_up[:, :dim]) * gate_up[:, dim:]
+    torch.testing.assert_close(kern.silu_mul(gate_up), want)
+
+
+def test_rope_store_rotates_and_writes_the_cache(kern: CpuKernels) -> None:
+    gen = torch.Generator().manual_seed(1)
+    t, h, kvh, d, slots = 6, 4, 2, 16, 40
+    qkv = torch.randn(t, h + 2 * kvh, d, generator=gen)
+    positions = torch.tensor([5, 0, 33, 7, 8, 9])
+    table = torch.randn(64, d // 2, generator=gen)
+    cos, sin = torch.cat([table.cos()] * 2, -1), torch.cat([table.sin()] * 2, -1)
+    slot_mapping = torch.tensor([3, 17, 0, 21, 22, 23])
+    kv = torch.zeros(slots, kvh, 2 * d)
+    want_qk = apply_rope(qkv[:, : h + kvh], cos[positions].unsqueeze(1), sin[positions].unsqueeze(1))
+    v = qkv[:, h + kvh :].clone()
+    kern.rope_store(qkv, h, cos, sin, positions, kv, slot_mapping)
+    torch.testing.assert_close(qkv[:, : h + kvh], want_qk)
+    torch.testing.assert_close(kv[slot_mapping], torch.cat([want_qk[:, h:], v], -1))
+    assert kv.count_nonzero() == t * kvh * 2 * d  # nothing else was written
+
+
+@pytest.mark.parametrize(
+    ("heads", "kv_heads", "dim"), [(8, 4, 32), (6, 2, 16), (4, 4, 64), (6, 2, 48), (3, 1, 16)]
+)
+def test_decode_attention_matches_sdpa_on_ragged_rows(
+    kern: CpuKernels, heads: int, kv_heads: int, dim: int
+) -> None:
+    """GQA groups of 1-3 heads, ragged lengths around the 16-lane blocks, rows out of order."""
+    gen = torch.Generator().manual_seed(heads * 100 + dim)
+    n, rows, cap = 7, 9, 160
+    keys = torch.randn(rows, kv_heads, dim, cap, generator=gen)
+    values = torch.randn(rows, kv_heads, cap, dim, generator=gen)
+    qkv = torch.randn(2 * n, heads + 2 * kv_heads, dim, generator=gen)[::2]  # strided rows
+    row_of = torch.tensor([4, 0, 8, 1, 6, 2, 3])
+    lens = torch.tensor([1, 15, 16, 17, 64, 100, 160])
+    out = torch.empty(n, heads, dim)
+    kern.decode_attention(qkv, heads, keys, values, row_of, lens, out, 1.0 / math.sqrt(dim))
+    for i in range(n):
+        r, length = int(row_of[i]), int(lens[i])
+        # the new key and value landed at the last position before attending
+        torch.testing.assert_close(keys[r, :, :, length - 1], qkv[i, heads : heads + kv_heads])
+        torch.testing.assert_close(values[r, :, length - 1], qkv[i, heads + kv_heads :])
+        k = keys[r, :, :, :length].transpose(-1, -2)
+        v = values[r, :, :length]
+        q = qkv[i, :heads].unsqueeze(1)
+        want = F.scaled_dot_product_attention(q, k, v, enable_gqa=True).squeeze(1)
+        torch.testing.assert_close(out[i], want, atol=2e-5, rtol=1e-4)
+
+
+def _mix() -> list[tuple[list[int], int]]:
+    return [([(i * 13 + j) % 256 for j in range(5 + 9 * i)], 4 + 5 * i) for i in range(5)]
+
+
+def _generate(core: EngineCore, mix: list[tuple[list[int], int]]) -> dict[str, list[int]]:
+    reqs = [
+        GenerateRequest(f"r{i}", tuple(p), SamplingParams(max_tokens=m, ignore_eos=True))
+        for i, (p, m) in enumerate(mix)
+    ]
+    outs = core.run_to_completion(reqs)
+    return {rid: [t for o in chunks for t in o.token_ids] for rid, chunks in outs.items()}
+
+
+@pytest.mark.parametrize("use_kernels", [True, False])
+def test_engine_matches_reference_with_and_without_kernels(
+    make_core: Callable[..., EngineCore], use_kernels: bool
+) -> None:
+    core = make_core(max_num_batched_tokens=24, max_num_seqs=3)
+    core.model.use_cpu_kernels = use_kernels
+    mix = _mix()
+    got = _generate(core, mix)
+    for i, (prompt, _) in enumerate(mix):
+        assert_matches_reference(core, prompt, got[f"r{i}"])

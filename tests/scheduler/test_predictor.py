@@ -1,0 +1,113 @@
+"""Reuse predictor and program history: what they learn and how they predict."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from legato import END, START, Program, llm, tool_node
+from legato.scheduler.events import CallHints
+from legato.scheduler.predictor import ReusePredictor
+from legato.scheduler.program_history import DEFAULT_OUTPUT_TOKENS, ProgramHistory
+
+
+def test_tool_latency_falls_back_to_hint_then_default() -> None:
+    p = ReusePredictor(default_tool_s=1.5)
+    assert p.tool_latency_s("bash", "t0") == 1.5
+    assert p.tool_latency_s("bash", "t0", hint_s=4.0) == 4.0
+    assert p.tool_quantile_s("bash", "t0", 0.9, hint_s=4.0) == 8.0
+
+
+def test_tool_latency_learns_the_lognormal_median_per_tenant() -> None:
+    p = ReusePredictor(min_tenant_samples=3)
+    for seconds in (1.0, 4.0, 16.0):  # log-mean: log 4
+        p.tool_finished("test", "slow", seconds)
+    for seconds in (0.5, 0.5, 0.5):
+        p.tool_finished("test", "fast", seconds)
+    assert p.tool_latency_s("test", "slow") == pytest.approx(4.0)
+    assert p.tool_latency_s("test", "fast") == pytest.approx(0.5)
+    # a tenant with no samples of its own gets the tool-wide fit
+    overall = math.exp((math.log(1.0) + math.log(4.0) + math.log(16.0) + 3 * math.log(0.5)) / 6)
+    assert p.tool_latency_s("test", "new") == pytest.approx(overall)
+    assert p.tool_quantile_s("test", "slow", 0.9) > p.tool_latency_s("test", "slow")
+
+
+def test_accuracy_compares_each_tool_gap_with_the_next_call() -> None:
+    p = ReusePredictor()
+    for _ in range(3):
+        p.tool_finished("bash", "t", 2.0)
+    assert p.accuracy() == {"predictor_samples": 0.0}
+    at = p.tool_started("r1", "bash", "t", now=10.0)
+    assert at == pytest.approx(12.0)
+    p.call_arrived("r1", 13.0)  # actual gap 3 s: error 1 s, within 2x
+    p.tool_started("r2", "bash", "t", now=20.0)
+    p.call_arrived("r2", 30.0)  # actual gap 10 s: error 8 s, not within 2x
+    p.call_arrived("r3", 31.0)  # no pending prediction: ignored
+    acc = p.accuracy()
+    assert acc["predictor_samples"] == 2.0
+    assert acc["predictor_median_abs_err_s"] == pytest.approx(4.5)
+    assert acc["predictor_within_2x"] == pytest.approx(0.5)
+
+
+def test_last_step_is_never_reused_and_hint_tool_wins() -> None:
+    p = ReusePredictor()
+    assert not p.reuses_prefix("agent", "n", CallHints(is_last_step=True))
+    assert p.reuses_prefix("agent", "n", CallHints())
+    assert p.next_tool("agent", "n", CallHints(next_tool="grep")) == "grep"
+    assert p.next_tool("agent", "n", CallHints()) is None
+    p.history.record_tool("agent", "n", "bash")
+    p.history.record_tool("agent", "n", "bash")
+    p.history.record_tool("agent", "n", "edit")
+    assert p.next_tool("agent", "n", CallHints()) == "bash"
+
+
+def _two_prefix_program() -> object:
+    prog = Program({"q": "replace", "a": "replace", "b": "replace", "c": "replace"}, name="two")
+    prog.prefix("sys", "You are a helper.\n")
+    prog.prefix("other", "A different system prompt.\n")
+    prog.add_node("first", llm(prefix=["sys"], slots=["q"], output="a"))
+    prog.add_node("tool", tool_node("word_count", output="b"))
+    prog.add_node("again", llm(prefix=["sys"], slots=["b"], output="c"))
+    prog.add_node("switch", llm(prefix=["other"], slots=["c"], output="a"))
+    prog.add_edge(START, "first")
+    prog.add_edge("first", "tool")
+    prog.add_edge("tool", "again")
+    prog.add_edge("again", "switch")
+    prog.add_edge("switch", END)
+    return prog.compile().spec
+
+
+def test_graph_says_whether_the_next_llm_node_shares_the_prefix() -> None:
+    p = ReusePredictor()
+    p.run_started("two", _two_prefix_program())
+    assert p.reuses_prefix("two", "first", CallHints())  # "again" starts with "sys" too
+    assert not p.reuses_prefix("two", "again", CallHints())  # "switch" starts with "other"
+    assert not p.reuses_prefix("two", "switch", CallHints())  # nothing follows
+    assert p.reuses_prefix("two", "not-a-node", CallHints())  # unknown label: assume reuse
+
+
+def test_history_residual_survival_growth_and_footprints() -> None:
+    h = ProgramHistory()
+    assert h.expected_remaining_calls("swe", 0) is None
+    assert h.survival("swe", 3, 2) == 1.0
+    assert h.mean_output("swe") == DEFAULT_OUTPUT_TOKENS
+    for n in (10, 20, 30):
+        h.record_run("swe", n)
+    assert h.runs("swe") == 3
+    assert h.expected_remaining_calls("swe", 0) == pytest.approx(20.0)
+    assert h.expected_remaining_calls("swe", 15) == pytest.approx((5 + 15) / 2)
+    assert h.expected_remaining_calls("swe", 40) == 1.0
+    assert h.survival("swe", 15, 10) == pytest.approx(0.5)  # of {20, 30}: only 30 passes 25
+    assert h.survival("swe", 0, 25) == pytest.approx(1 / 3)
+    h.record_output("swe", 100)
+    h.record_output("swe", 300)
+    assert h.mean_output("swe") == 200.0
+    assert h.mean_growth("swe") == 400.0  # no sample yet: twice the mean output
+    h.record_growth("swe", 1000)
+    assert h.mean_growth("swe") == 1000.0
+    assert h.footprint_growth("swe", 1, 2) is None
+    h.record_footprint("swe", 1, 5000)
+    h.record_footprint("swe", 3, 9000)
+    h.record_footprint("swe", 3, 11000)
+    assert h.footprint_growth("swe", 1, 2) == pytest.approx(5000.0)
