@@ -32,6 +32,7 @@ class Capability(enum.StrEnum):
     EVICTION_HINTS = "eviction_hints"  # `EvictionHintEngine`: Legato decides what stays
     KV_EXPORT = "kv_export"  # `KVTransferEngine.export_blocks`
     KV_IMPORT = "kv_import"  # `KVTransferEngine.import_blocks`
+    PREFETCH = "prefetch"  # `PrefetchEngine`: pull a prefix from a slow KV tier ahead of use
     WEIGHT_UPDATE = "weight_update"  # RL: load new policy weights in place
     SPECULATIVE = "speculative"  # token-level speculative decoding
 
@@ -189,6 +190,16 @@ class EvictionHintEngine(Engine, Protocol):
 
     async def set_next_use(self, token_ids: Sequence[int], cache_salt: str | None, next_use_s: float) -> None:
         """`next_use_s` is seconds from now; `math.inf` means "not expected again"."""
+        ...
+
+
+class PrefetchEngine(Engine, Protocol):
+    """Capability.PREFETCH: the engine keeps KV in slower tiers (host RAM, Redis) and can start
+    bringing a prefix closer before the call that needs it arrives (while a tool runs)."""
+
+    async def prefetch(self, token_ids: Sequence[int], cache_salt: str | None, next_use_s: float) -> bool:
+        """Start moving the prefix's tiered blocks towards the device in the background; False
+        when there is nothing to do or the request was dropped. `next_use_s`: seconds from now."""
         ...
 
 

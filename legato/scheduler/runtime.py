@@ -47,7 +47,10 @@ How each decision is applied (and what a real engine cannot do):
   engine an event-loop turn after the finish.
 - `NextUse(run, at_s)`: `EvictionHintEngine.set_next_use(last sequence, at_s - now)` on the
   run's replica.
-- `Prefetch`: no tiers here, ignored (counted in `stats["prefetches_ignored"]`).
+- `Prefetch(run, replica)`: `PrefetchEngine.prefetch` of the run's last sequence on that replica
+  when the engine has KV tiers (the torch engine with a host tier and Redis pulls the prefix's
+  Redis chunks into host RAM in the background, `stats["prefetches"]`); engines without tiers
+  ignore it (`stats["prefetches_ignored"]`).
 
 The `ClusterView`: replica capacity is the last `await engine.capacity()`, refreshed (coalesced)
 after every event; `running` / `waiting` are the scheduler's own counts (a call is *running*
@@ -87,6 +90,7 @@ from legato.engine_adapter.base import (
     EvictionHintEngine,
     GenerateRequest,
     PinnableEngine,
+    PrefetchEngine,
     TokenChunk,
     Tokenizer,
 )
@@ -246,6 +250,7 @@ class PolicyScheduler:
             "resumes": 0,
             "set_priority_unapplied": 0,
             "requeued": 0,
+            "prefetches": 0,
             "prefetches_ignored": 0,
             "bad_decisions": 0,
             "control_errors": 0,
@@ -582,7 +587,7 @@ class PolicyScheduler:
             if run is not None:
                 self._hint(run, d.at_s)
         elif isinstance(d, Prefetch):
-            self.stats["prefetches_ignored"] += 1
+            self._prefetch(d)
         else:
             self._bad(f"unknown decision {d!r}")
 
@@ -712,6 +717,24 @@ class PolicyScheduler:
             await hinted.set_next_use(tokens, salt, delay)
 
         self._cache_op(hint)
+
+    def _prefetch(self, d: Prefetch) -> None:
+        run = self.runs.get(d.run_id)
+        if not 0 <= d.replica < len(self.engines):
+            self._bad(f"Prefetch to replica {d.replica}: there are {len(self.engines)} replicas")
+            return
+        engine = self.engines[d.replica]
+        if run is None or not run.last_seq or Capability.PREFETCH not in engine.capabilities:
+            self.stats["prefetches_ignored"] += 1
+            return
+        self.stats["prefetches"] += 1
+        tiered: PrefetchEngine = engine  # type: ignore[assignment]
+        tokens, salt = run.last_seq, self.cache_salt(run.tenant)
+
+        async def prefetch() -> None:
+            await tiered.prefetch(tokens, salt, 0.0)
+
+        self._cache_op(prefetch)
 
     # --- prefix knowledge ------------------------------------------------------------------
 

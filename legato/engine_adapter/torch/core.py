@@ -419,6 +419,14 @@ class EngineCore:
             self.tiers.set_next_use(hashes, deadline)
         return self.blocks.set_next_use(hashes, deadline)
 
+    def prefetch(self, token_ids: Sequence[int], cache_salt: str | None, next_use_s: float) -> bool:
+        """Ask the tier manager to pull the prefix's Redis chunks into the host tier (a background
+        job: the step loop does no network I/O). False without tiers or when the job is dropped."""
+        if self.tiers is None:
+            return False
+        hashes = self._hashes(token_ids, cache_salt)
+        return self.tiers.prefetch(hashes, cache_salt or "", self.clock() + max(0.0, next_use_s))
+
     def export_blocks(self, block_hashes: Sequence[bytes]) -> list[KVBlock]:
         out: list[KVBlock] = []
         for h in block_hashes:

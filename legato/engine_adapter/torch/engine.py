@@ -99,6 +99,7 @@ class TorchEngine:
                 Capability.EVICTION_HINTS,
                 Capability.KV_EXPORT,
                 Capability.KV_IMPORT,
+                *((Capability.PREFETCH,) if self.core.tiers is not None else ()),
             }
         )
 
@@ -349,6 +350,10 @@ class TorchEngine:
     async def set_next_use(self, token_ids: Sequence[int], cache_salt: str | None, next_use_s: float) -> None:
         ids = list(token_ids)
         await self._call(lambda: self.core.set_next_use(ids, cache_salt, next_use_s))
+
+    async def prefetch(self, token_ids: Sequence[int], cache_salt: str | None, next_use_s: float) -> bool:
+        ids = list(token_ids)
+        return await self._call(lambda: self.core.prefetch(ids, cache_salt, next_use_s))
 
     async def export_blocks(self, block_hashes: Sequence[bytes]) -> list[KVBlock]:
         hashes = list(block_hashes)
