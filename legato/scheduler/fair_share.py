@@ -29,6 +29,9 @@ class FairShare:
         self.w_in = w_in
         self.w_out = w_out
         self.counters: dict[str, float] = {}
+        # Service actually delivered per unit weight (no prepay): what the call-level gate
+        # equalizes between tenants whose calls share an engine.
+        self.served: dict[str, float] = {}
         self._active: dict[str, int] = {}  # tenant -> programs it has in the system
 
     def weight(self, tenant: str) -> float:
@@ -49,6 +52,9 @@ class FairShare:
             floor = self.active_min()
             own = self.counters.get(tenant, 0.0)
             self.counters[tenant] = own if floor is None else max(own, floor)
+            if self._active:
+                low = min(self.served.get(t, 0.0) for t in self._active)
+                self.served[tenant] = max(self.served.get(tenant, 0.0), low)
         self._active[tenant] = n + 1
 
     def program_finished(self, tenant: str) -> None:
@@ -68,6 +74,11 @@ class FairShare:
         used = min(prepaid, cost)
         self.counters[tenant] = self.counters.get(tenant, 0.0) + (cost - used) / self.weight(tenant)
         return prepaid - used
+
+    def serve(self, tenant: str, input_tokens: float, output_tokens: float) -> None:
+        """Record delivered service (prompt at dispatch, output when known)."""
+        cost = self.cost(input_tokens, output_tokens)
+        self.served[tenant] = self.served.get(tenant, 0.0) + cost / self.weight(tenant)
 
     def prepay(self, tenant: str, cost: float) -> float:
         """Charge a program's predicted cost when it is admitted, so the next admission already

@@ -68,6 +68,7 @@ DEFAULT_CALLS = 10.0  # predicted calls of a program never seen to finish
 HORIZONS = (0, 1, 2, 4, 8)  # calls ahead at which admission checks the projected KV total
 PAUSED_HINT_S = 3600.0  # a paused run's next use, as an eviction hint: after dead runs' KV
 VICTIM_LOOKAHEAD = 8  # newest active programs examined for one without work on the engine
+GATE_TOKENS = 8_000.0  # lead in service per weight over a tenant on the engines: calls wait
 
 NEW, WAITING, ACTIVE, PAUSED = range(4)
 
@@ -111,8 +112,11 @@ class _Run:
     last_call_final: bool = False  # the latest call is the run's last step
     peak: float = 0.0  # largest footprint since the last call finished (history)
     prepaid: float = 0.0  # fair-share cost charged at admission, not yet used by calls
+    live_paid: float = 0.0  # cost already charged for live calls (their prompts)
+    costs: list[float] = field(default_factory=list)  # fair-share cost of each finished call
     tool_ver: int = 0
     hints: dict[str, tuple[str, CallHints]] = field(default_factory=dict)  # call -> (node, hints)
+    deferred: list[str] = field(default_factory=list)  # admitted calls the fair-share gate holds
 
 
 class Legato(BasePolicy):
@@ -126,12 +130,16 @@ class Legato(BasePolicy):
         low: float = 0.9,
         high: float = 0.95,
         prefill_tokens_per_s: float = PREFILL_TOKENS_PER_S,
+        gate_tokens: float = GATE_TOKENS,
     ) -> None:
         self.fair = FairShare(weights)
         self.budget = KVBudget(horizons=len(HORIZONS), low=low, high=high)
         self.router = Router()
         self.predictor = ReusePredictor()
         self.prefill_tokens_per_s = prefill_tokens_per_s
+        self.gate_tokens = gate_tokens
+        self._on_engine: dict[str, int] = {}  # tenant -> its calls on an engine
+        self._deferred: dict[str, list[str]] = {}  # tenant -> runs with deferred calls (FIFO)
         self._runs: dict[str, _Run] = {}
         self._waiting: dict[str, list[tuple[float, int, int, str]]] = {}  # tenant -> heap
         self._victims: list[list[tuple[int, str]]] = []  # per replica: (-prio, run)
@@ -258,9 +266,14 @@ class Legato(BasePolicy):
             self._activate(r, replica, now, out)
 
     def _predicted_cost(self, r: _Run) -> float:
-        """Fair-share cost the run is expected to consume from here: its expected remaining
-        calls x the program's mean cost per call (one call's cost without history)."""
+        """Fair-share cost the run is expected to consume from here: what past runs of the
+        program still cost after as many calls (less what its live calls already paid);
+        without such runs, its expected remaining calls x the program's mean cost per call
+        (one call's cost without any history)."""
         hist = self.predictor.history
+        rest = hist.expected_remaining_cost(r.program, r.calls_done)
+        if rest is not None:
+            return max(0.0, rest - r.live_paid)
         per_call = hist.mean_call_cost(r.program)
         if per_call is None:
             prompt = max(r.live.values(), default=0)
@@ -292,10 +305,68 @@ class Legato(BasePolicy):
             out.append(Resume(r.run_id))
         out.append(NextUse(r.run_id, now))
         for call_id in r.held:
-            r.dispatched += 1
-            r.prepaid = self.fair.charge(r.tenant, r.live.get(call_id, 0), 0, r.prepaid)
-            out.append(Dispatch(call_id, replica, priority=r.prio))
+            self._send(r, call_id, out)
         r.held.clear()
+
+    # --- call-level fair share -----------------------------------------------------------
+
+    def _gated(self, tenant: str) -> bool:
+        """Is the tenant ahead, in delivered service per weight, of another tenant whose calls
+        are on the engines by more than `gate_tokens`? Admission balances committed work at
+        program granularity, so between admissions one tenant's programs can run ahead (their
+        contexts are longer, the other's wait on tools); its calls then wait, which gives the
+        engines' time to the tenant behind. Work-conserving: nobody waits for a tenant that has
+        nothing on the engines."""
+        if not self._on_engine or not self._waiting:
+            return False
+        served = self.fair.served
+        behind = min(
+            (served.get(t, 0.0) for t in self._on_engine if t != tenant and t in self._waiting),
+            default=None,
+        )
+        return behind is not None and served.get(tenant, 0.0) - behind > self.gate_tokens
+
+    def _send(self, r: _Run, call_id: str, out: list[Decision]) -> None:
+        """Dispatch an admitted run's call, or defer it while its tenant is ahead."""
+        if self._gated(r.tenant):
+            if not r.deferred:
+                self._deferred.setdefault(r.tenant, []).append(r.run_id)
+            r.deferred.append(call_id)
+            return
+        assert r.replica is not None
+        prompt = r.live.get(call_id, 0)
+        r.dispatched += 1
+        self._on_engine[r.tenant] = self._on_engine.get(r.tenant, 0) + 1
+        r.prepaid = self.fair.charge(r.tenant, prompt, 0, r.prepaid)
+        r.live_paid += self.fair.cost(prompt, 0)
+        self.fair.serve(r.tenant, prompt, 0)
+        out.append(Dispatch(call_id, r.replica, priority=r.prio))
+
+    def _release(self, out: list[Decision]) -> None:
+        """Dispatch the deferred calls of tenants no longer ahead (all of them when no call is
+        on the engines: the gate never idles an engine)."""
+        if not self._deferred:
+            return
+        for tenant in sorted(self._deferred):
+            if self._on_engine and self._gated(tenant):
+                continue
+            for run_id in self._deferred.pop(tenant):
+                r = self._runs.get(run_id)
+                if r is None or not r.deferred:
+                    continue
+                calls, r.deferred = r.deferred, []
+                if r.state != ACTIVE:
+                    r.held.extend(calls)
+                    continue
+                for call_id in calls:
+                    self._send(r, call_id, out)
+
+    def _left_engine(self, tenant: str) -> None:
+        n = self._on_engine.get(tenant, 0) - 1
+        if n <= 0:
+            self._on_engine.pop(tenant, None)
+        else:
+            self._on_engine[tenant] = n
 
     def _pause(self, r: _Run, now: float, out: list[Decision]) -> None:
         self.fair.refund(r.tenant, r.prepaid)
@@ -304,6 +375,8 @@ class Legato(BasePolicy):
         self.router.left(r.group)
         r.state = PAUSED
         self.pauses += 1
+        r.held.extend(r.deferred)  # deferred calls wait with the run (dropped from the gate)
+        r.deferred.clear()
         if r.dispatched:
             # Calls on the engine must be parked; that also marks its KV evict-first.
             r.engine_paused = True
@@ -384,11 +457,8 @@ class Legato(BasePolicy):
             self._sync(r)
             self._relieve(r.replica, now, out)
         if r.state == ACTIVE:
-            assert r.replica is not None
-            r.dispatched += 1
             out.append(NextUse(r.run_id, now))
-            r.prepaid = self.fair.charge(r.tenant, call.prompt_len, 0, r.prepaid)
-            out.append(Dispatch(call.call_id, r.replica, priority=r.prio))
+            self._send(r, call.call_id, out)
         else:
             r.held.append(call.call_id)
             if not r.queued:
@@ -400,9 +470,14 @@ class Legato(BasePolicy):
         r = self._runs.get(event.run_id)
         if r is None:
             return ()
-        r.live.pop(event.call_id, None)
+        paid = r.live.pop(event.call_id, None)
+        if paid is not None:
+            r.live_paid = max(0.0, r.live_paid - self.fair.cost(paid, 0))
         node, hints = r.hints.pop(event.call_id, ("", CallHints()))
-        r.dispatched = max(0, r.dispatched - 1)
+        if r.dispatched > 0:
+            r.dispatched -= 1
+            self._left_engine(r.tenant)
+        self.fair.serve(r.tenant, 0, event.output_tokens)
         if r.peak > 0:
             self.predictor.history.record_footprint(r.program, r.calls_done, r.peak)
         r.peak = 0.0
@@ -415,6 +490,13 @@ class Legato(BasePolicy):
         # The prompt was charged at dispatch (so a burst of admissions at one instant already
         # tips the counters); the output is charged as it is known.
         r.prepaid = self.fair.charge(r.tenant, 0, event.output_tokens, r.prepaid)
+        r.costs.append(self.fair.cost(event.prompt_tokens, event.output_tokens))
+        if r.state == ACTIVE:
+            # Settle: the commitment becomes what a run this far along still costs, so the
+            # counters track each tenant's committed work as its programs progress, not the
+            # guess made when they were admitted.
+            self.fair.refund(r.tenant, r.prepaid)
+            r.prepaid = self.fair.prepay(r.tenant, self._predicted_cost(r))
         self.predictor.history.record_output(r.program, event.output_tokens)
         self.predictor.history.record_call_cost(
             r.program, self.fair.cost(event.prompt_tokens, event.output_tokens)
@@ -433,6 +515,7 @@ class Legato(BasePolicy):
             self._sync(r)
             assert r.replica is not None
             self._relieve(r.replica, now, out)
+        self._release(out)
         if not reuse:
             # KV was let go: room for a waiting program. (Otherwise the footprint barely moved,
             # and the next tick retries admission: this keeps the hot path cheap.)
@@ -500,6 +583,7 @@ class Legato(BasePolicy):
         self.fair.refund(r.tenant, r.prepaid)
         self.fair.program_finished(r.tenant)
         self.predictor.run_finished(r.run_id, r.program, r.calls_done)
+        self.predictor.history.record_costs(r.program, r.costs)
         out: list[Decision] = [NextUse(r.run_id, math.inf)]
         self._admit(now, view, out)
         return out
@@ -513,6 +597,7 @@ class Legato(BasePolicy):
             r = self._runs.get(run_id)
             if r is not None and r.tool_ver == ver and r.acting and r.replica is not None:
                 out.append(Prefetch(run_id, r.replica))
+        self._release(out)
         if self._waiting:
             self._ensure_capacity(view)
             self._blocked = None  # footprints drift as calls finish: retry on every tick

@@ -32,6 +32,7 @@ class _Program:
     growth_sum: float = 0.0
     growth_n: int = 0
     footprint: dict[int, list[float]] = field(default_factory=dict)  # calls done -> [sum, n]
+    rest_cost: dict[int, list[float]] = field(default_factory=dict)  # calls done -> [sum, n]
     next_tool: dict[str, Counter[str]] = field(default_factory=dict)
     residual: dict[int, float] = field(default_factory=dict)  # cache: calls done -> residual
     survival: dict[tuple[int, int], float] = field(default_factory=dict)  # cache
@@ -69,6 +70,32 @@ class ProgramHistory:
         if p is None or p.cost_n == 0:
             return None
         return p.cost_sum / p.cost_n
+
+    def record_costs(self, program: str, costs: list[float]) -> None:
+        """A finished run's fair-share cost per call, in order: for each point `done` of the
+        run, what it still cost from there (calls grow with the context, so the remaining cost
+        is not remaining calls x mean call cost; a run far along costs more per call)."""
+        p = self._get(program)
+        rest = 0.0
+        for done in range(len(costs) - 1, -1, -1):
+            rest += costs[done]
+            entry = p.rest_cost.get(done)
+            if entry is None:
+                if len(p.rest_cost) >= self.max_lengths:
+                    continue
+                p.rest_cost[done] = [rest, 1.0]
+            else:
+                entry[0] += rest
+                entry[1] += 1.0
+
+    def expected_remaining_cost(self, program: str, done: int) -> float | None:
+        """Mean fair-share cost past runs still had after `done` calls (None: no run that
+        long seen yet)."""
+        p = self._programs.get(program)
+        entry = p.rest_cost.get(done) if p is not None else None
+        if entry is None:
+            return None
+        return entry[0] / entry[1]
 
     def record_growth(self, program: str, tokens: float) -> None:
         """How much a sequential call's prompt grew over the previous call's."""

@@ -14,6 +14,7 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
+import anyio
 from fastapi import FastAPI
 
 from legato.server.errors import install_error_handlers
@@ -71,8 +72,12 @@ async def running(state: ServerState) -> AsyncIterator[ServerState]:
 def create_app(state: ServerState) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        async with running(state):
+        async with running(state), anyio.create_task_group() as background:
+            proxy = state.extras.get("proxy")
+            if proxy is not None:  # end proxy programs that went idle, even with nobody scraping
+                background.start_soon(proxy.reap_idle)
             yield
+            background.cancel_scope.cancel()
 
     app = FastAPI(
         title="Legato",

@@ -341,6 +341,11 @@ def install_metrics(app: FastAPI, state: Any) -> ServiceMetrics:
     extras["metrics"] = metrics
     if hasattr(state.scheduler, "meter"):  # the MeteredScheduler every call goes through
         state.scheduler.meter = metrics.count_tokens
+    runs = getattr(state, "runs", None)
+    if runs is not None:  # workflow runs' completion times join the proxy programs' in the TCT histogram
+        runs.on_finished = lambda status, seconds: metrics.observe_run(
+            source="workflow", status=status, seconds=seconds
+        )
     app.add_middleware(_Counting, metrics=metrics)
     app.include_router(metrics.router())
     return metrics

@@ -86,6 +86,8 @@ class RunManager:
     ) -> None:
         self.store = store
         self.executor = executor
+        # Told (status, seconds from creation) when a run finishes: the /metrics TCT histogram.
+        self.on_finished: Callable[[str, float], None] | None = None
         self.quotas = quotas
         self.limits = limits
         self.registry = registry
@@ -257,6 +259,8 @@ class RunManager:
         record.error = result.error
         record.finished_at = record.updated_at = time.time()
         await self.store.save_run(record)
+        if self.on_finished is not None:
+            self.on_finished(record.status, record.finished_at - record.created_at)
         log.info(
             "run finished %s", record.status, extra={"run_id": record.id, "program_id": record.program_id}
         )

@@ -66,3 +66,13 @@ def test_only_the_last_program_makes_a_tenant_inactive() -> None:
 def test_bad_weight_is_refused_by_name(weight: float) -> None:
     with pytest.raises(ValueError, match="tenant 'x'"):
         FairShare({"x": weight})
+
+
+def test_served_counts_delivered_service_only_and_lifts_a_returning_tenant() -> None:
+    fs = FairShare({"a": 2.0})
+    fs.program_started("a")
+    fs.prepay("a", 1000.0)  # committed, not delivered: the counter moves, `served` does not
+    fs.serve("a", 100, 50)  # (100 + 2*50) / 2
+    assert fs.served["a"] == pytest.approx(100.0)
+    fs.program_started("b")  # arrives while a is active: starts at a's delivered service
+    assert fs.served["b"] == pytest.approx(100.0)

@@ -87,6 +87,32 @@ def test_tool_call_gets_a_next_use_hint_and_a_pin() -> None:
     assert policy.stats()["legato_pins"] == 1.0
 
 
+def _tenant_call(run: str, j: int, tenant: str, prompt: int) -> CallArrived:
+    hints = CallHints(next_tool="bash", expected_tool_latency_s=1.0)
+    return CallArrived(
+        LLMCall(f"{run}#{j}", run, "agent", f"step-{j}", tenant, (), hints=hints, num_prompt_tokens=prompt)
+    )
+
+
+def test_a_tenant_ahead_of_a_backlogged_one_waits_until_the_other_catches_up() -> None:
+    policy = Legato({"a": 1.0, "b": 1.0}, gate_tokens=1000.0)
+    view = _View(40_000)
+    out: list[Decision] = []
+    for run, tenant in (("a1", "a"), ("b1", "b"), ("b2", "b"), ("b3", "b")):
+        out += policy.on_event(RunStarted(run, "agent", tenant), 0.0, view)
+    out += policy.on_event(_tenant_call("a1", 0, "a", 8000), 0.0, view)
+    out += policy.on_event(_tenant_call("b1", 0, "b", 2000), 0.0, view)
+    out += policy.on_event(_tenant_call("b2", 0, "b", 20_000), 0.0, view)  # does not fit: b waits
+    assert _dispatched(out) == ["a1#0", "b1#0"]
+    # a1's next call: a has 8000 served, b 2000 and a program waiting: a1's call is held
+    out = list(policy.on_event(CallFinished("a1#0", "a1", 8000, 10, 0, "stop"), 1.0, view))
+    out += policy.on_event(_tenant_call("a1", 1, "a", 8100), 1.0, view)
+    assert _dispatched(out) == []
+    # b's call finishes, it has nothing else on the engine: the gate lets a1 go
+    out = list(policy.on_event(CallFinished("b1#0", "b1", 2000, 10, 0, "stop"), 2.0, view))
+    assert _dispatched(out) == ["a1#1"]
+
+
 def test_build_policy_passes_the_tenant_weights() -> None:
     policy = build_policy("legato", {"a": 3.0})
     assert isinstance(policy, Legato)
@@ -129,22 +155,23 @@ def _service_first_half(w: Workload, trace: list[CallTrace]) -> dict[str, float]
     return service
 
 
-def _run(w: Workload) -> tuple[list[CallTrace], dict[str, float]]:
+def _run(w: Workload, config: SimConfig = TIGHT) -> tuple[list[CallTrace], dict[str, float]]:
     trace: list[CallTrace] = []
-    out = simulate(w, "legato", TIGHT, concurrency=len(w.programs), trace=trace)
+    out = simulate(w, "legato", config, concurrency=len(w.programs), trace=trace)
     assert len(out.programs) == len(w.programs)
     _assert_program_order(w, trace)
     return trace, {t: m.mean_tct_s for t, m in summarize(out).per_tenant.items()}
 
 
-def test_backlogged_tenants_are_served_in_proportion_to_their_weights() -> None:
+@pytest.mark.parametrize("kv_blocks", [4000, 6000, 12000])
+def test_backlogged_tenants_are_served_in_proportion_to_their_weights(kv_blocks: int) -> None:
     # The weight-2 tenant submits twice the programs, so both stay backlogged through the run.
+    # Pool sizes from ~5 to ~20 programs resident: admission alone (program granularity) left
+    # the share 1.79-2.06 here; the call-level gate holds it to the weight.
     w = _two_tenants("2,1", mix="2,1")
-    trace, _ = _run(w)
+    trace, _ = _run(w, SimConfig(kv_blocks=kv_blocks, max_num_seqs=64))
     service = _service_first_half(w, trace)
-    # Measured 1.88 here (1.86-1.99 across pool sizes and windows): admission works at program
-    # granularity, so the share tracks the weight within about 6%, not the 5% the issue asks.
-    assert service["tenant-0"] / service["tenant-1"] == pytest.approx(2.0, abs=0.15)
+    assert service["tenant-0"] / service["tenant-1"] == pytest.approx(2.0, abs=0.1)
 
 
 def test_equal_weights_give_equal_service_and_a_heavy_tenant_does_not_hurt_a_light_one() -> None:

@@ -111,3 +111,14 @@ def test_history_residual_survival_growth_and_footprints() -> None:
     h.record_footprint("swe", 3, 9000)
     h.record_footprint("swe", 3, 11000)
     assert h.footprint_growth("swe", 1, 2) == pytest.approx(5000.0)
+
+
+def test_history_learns_the_remaining_cost_after_each_step() -> None:
+    h = ProgramHistory()
+    assert h.expected_remaining_cost("p", 0) is None
+    h.record_costs("p", [100.0, 200.0, 400.0])  # calls grow with the context
+    h.record_costs("p", [100.0, 300.0])
+    assert h.expected_remaining_cost("p", 0) == pytest.approx((700.0 + 400.0) / 2)
+    assert h.expected_remaining_cost("p", 1) == pytest.approx((600.0 + 300.0) / 2)
+    assert h.expected_remaining_cost("p", 2) == pytest.approx(400.0)
+    assert h.expected_remaining_cost("p", 3) is None

@@ -120,6 +120,7 @@ def test_workflow_runs_count_in_the_tenants_service(served: Served) -> None:
     tenant = served.tenant_ids["acme"]
     assert metric(text, "legato_tenant_tokens_total", tenant=tenant, kind="completion") == 2 * 3
     assert metric(text, "legato_tenant_tokens_total", tenant=tenant, kind="prompt") > 0
+    assert metric(text, "legato_program_tct_seconds_count", source="workflow", status="succeeded") == 1
 
 
 async def test_host_tier_hits_are_exposed_per_tier() -> None:
