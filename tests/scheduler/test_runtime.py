@@ -237,6 +237,17 @@ async def test_consumer_closing_early_aborts_the_request_and_finishes_the_call()
         assert (await e.stats()).running == 0
 
 
+async def engine_holds(e: TorchEngine, running: int, waiting: int) -> None:
+    """Wait until the engine runs and queues that many requests (no sleeps that a loaded
+    machine could outrun)."""
+    with anyio.fail_after(30):
+        while True:
+            stats = await e.stats()
+            if (stats.running, stats.waiting) == (running, waiting):
+                return
+            await anyio.sleep(0.005)
+
+
 class _Rerank(BasePolicy):
     """Dispatches every call at priority 5; `ToolStarted` of run "trigger" lifts run "fast"."""
 
@@ -260,11 +271,11 @@ async def test_set_priority_reranks_a_call_waiting_in_the_engine() -> None:
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(go, "long", 1, 300)  # occupies the only running slot
-            await anyio.sleep(0.05)
+            await engine_holds(e, 1, 0)
             tg.start_soon(go, "slow", 2, 4)  # queued first, priority 5
-            await anyio.sleep(0.02)
+            await engine_holds(e, 1, 1)
             tg.start_soon(go, "fast", 3, 4)  # queued second, priority 5 ...
-            await anyio.sleep(0.02)
+            await engine_holds(e, 1, 2)
             sched.notify(ToolStarted("trigger", "bash", None))  # ... lifted to 0 while queued
         assert order == ["long", "fast", "slow"]
         assert sched.stats["requeued"] == 1
@@ -299,9 +310,9 @@ async def test_pause_takes_back_a_call_waiting_in_the_engine() -> None:
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(go, "long", 1, 300)  # occupies the only running slot
-            await anyio.sleep(0.05)
+            await engine_holds(e, 1, 0)
             tg.start_soon(go, "X", 2, 4)  # queued in the engine first ...
-            await anyio.sleep(0.02)
+            await engine_holds(e, 1, 1)
             sched.notify(ToolStarted("pause", "bash", None))  # ... then taken back
             await go("Y", 3, 4)  # queued after X, runs before it
             assert order == ["long", "Y"]
