@@ -134,7 +134,13 @@ def _emit(run: BenchRun, json_out: Path | None, plot: Path | None) -> None:
     from rich.console import Console
 
     from legato.bench.metrics import tcts
-    from legato.bench.report import render_sweep_table, render_table, render_tier_table, write_json
+    from legato.bench.report import (
+        render_sweep_table,
+        render_table,
+        render_tenant_table,
+        render_tier_table,
+        write_json,
+    )
 
     console = Console()
     if not console.is_terminal:  # piped or captured: do not squeeze the table into 80 columns
@@ -146,6 +152,9 @@ def _emit(run: BenchRun, json_out: Path | None, plot: Path | None) -> None:
     tier_table = render_tier_table(run.report)
     if tier_table is not None:
         console.print(tier_table)
+    tenant_table = render_tenant_table(run.report)
+    if tenant_table is not None:
+        console.print(tenant_table)
     if json_out is not None:
         write_json(run.report, json_out)
         console.print(f"wrote {json_out}")

@@ -85,10 +85,26 @@ class TenantMetrics:
     service: float
     normalized_service: float
     mean_tct_s: float
+    backlog_service: float  # service in the backlogged window (see `backlog_share`)
+    backlog_share: float
+
+
+def backlog_shares(outcome: RunOutcome) -> dict[str, float]:
+    """Each tenant's service per weight in the backlogged window (calls finished while every
+    tenant still had a program waiting to start), over the mean of that across tenants: 1.0 for
+    every tenant means service exactly in proportion to the weights. Whole-run totals cannot
+    show it (every program finishes, so totals are just the workload's); this window is where
+    fair sharing is owed. Empty when the driver did not track it."""
+    norm = {t: s / _weight(outcome, t) for t, s in outcome.backlog_service_by_tenant.items()}
+    mean = sum(norm.values()) / len(norm) if norm else 0.0
+    if mean <= 0:
+        return {}
+    return {t: v / mean for t, v in norm.items()}
 
 
 def per_tenant(outcome: RunOutcome) -> dict[str, TenantMetrics]:
     norm = normalized_service(outcome)
+    shares = backlog_shares(outcome)
     result = {}
     for tenant in norm:
         own = [p.tct_s for p in outcome.programs if p.tenant == tenant]
@@ -98,6 +114,8 @@ def per_tenant(outcome: RunOutcome) -> dict[str, TenantMetrics]:
             service=outcome.service_by_tenant.get(tenant, 0.0),
             normalized_service=norm[tenant],
             mean_tct_s=sum(own) / len(own) if own else 0.0,
+            backlog_service=outcome.backlog_service_by_tenant.get(tenant, 0.0),
+            backlog_share=shares.get(tenant, 0.0),
         )
     return result
 
@@ -120,6 +138,8 @@ class PolicyMetrics:
     pauses: int
     engine_busy_frac: float
     jain_index: float
+    backlog_window_s: float
+    backlog_jain_index: float  # Jain over backlogged-window service per weight
     per_tenant: dict[str, TenantMetrics]
     extra: dict[str, float]
 
@@ -142,6 +162,8 @@ def summarize(outcome: RunOutcome) -> PolicyMetrics:
         pauses=outcome.pauses,
         engine_busy_frac=engine_busy_frac(outcome),
         jain_index=jain_index(list(normalized_service(outcome).values())),
+        backlog_window_s=outcome.backlog_window_s,
+        backlog_jain_index=jain_index(list(backlog_shares(outcome).values())),
         per_tenant=per_tenant(outcome),
         extra=dict(outcome.extra),
     )

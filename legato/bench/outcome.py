@@ -42,5 +42,10 @@ class RunOutcome:
     # by the tenant's share. Metrics divide by tenant weights.
     service_by_tenant: dict[str, float] = field(default_factory=dict)
     tenant_weights: dict[str, float] = field(default_factory=dict)
+    # The same service, counting only calls finished while every tenant still had a program
+    # waiting to start (the window in which weighted fair sharing is owed); empty when the
+    # driver does not track it.
+    backlog_service_by_tenant: dict[str, float] = field(default_factory=dict)
+    backlog_window_s: float = 0.0
     # Policy- or driver-specific numbers (e.g. reuse-predictor accuracy, tier loads).
     extra: dict[str, float] = field(default_factory=dict)

@@ -174,6 +174,33 @@ def render_sweep_table(report: Mapping[str, Any]) -> Table | None:
     return table
 
 
+def render_tenant_table(report: Mapping[str, Any]) -> Table | None:
+    """Per policy and tenant (only with two or more tenants): weight, mean TCT, and the service
+    finished in the backlogged window (every tenant still had a program waiting to start), raw
+    and as a share of its weight's due (1.000 = exactly in proportion to the weights)."""
+    order: list[str] = list(report.get("policy_order") or report["policies"])
+    rows = report["policies"]
+    if not order or len(rows[order[0]].get("per_tenant") or {}) < 2:
+        return None
+    table = Table(title="tenants: service in the backlogged window")
+    for header in ("policy", "tenant", "weight", "programs", "mean TCT s", "window s", "Mtok", "share"):
+        table.add_column(header, justify="left" if header in ("policy", "tenant") else "right")
+    for name in order:
+        m = rows[name]
+        for tenant, t in sorted(m["per_tenant"].items()):
+            table.add_row(
+                name,
+                tenant,
+                f"{t['weight']:g}",
+                str(t["programs"]),
+                f"{t['mean_tct_s']:.1f}",
+                f"{m.get('backlog_window_s', 0.0):.0f}",
+                f"{t.get('backlog_service', 0.0) / 1e6:.2f}",
+                f"{t.get('backlog_share', 0.0):.3f}",
+            )
+    return table
+
+
 def render_tier_table(report: Mapping[str, Any]) -> Table | None:
     """KV tier traffic per policy (only when the bench ran with `--tiers`): what went down to each
     tier, what came back, the prompt tokens it served, and the prefill that was still recomputed."""

@@ -6,9 +6,25 @@ whole prefix up to it (weights, layout, dtype and tenant salt included). Only wh
 stored, at chunk-aligned depths, so a reader knows every candidate key from the prompt alone.
 
 Round trips: a whole prefix is probed in one pipelined round trip (EXISTS per chunk key), loaded
-in one (pipelined GETs), written in one (pipelined SET with a TTL). Keys are hash-tagged on the
-chunk hash (`legato:kv:{<hex>}`), so on Redis Cluster every command about one chunk lands on one
-slot and a pipeline is split by node, never a value.
+in one (pipelined GETs), written in one (pipelined SET with a TTL). Every command names exactly
+one key, never a multi-key MGET/DEL, because Redis Cluster refuses a multi-key command whose keys
+hash to different slots (CROSSSLOT). Keys are hash-tagged on the chunk hash
+(`legato:kv:{<hex>}`), so on Redis Cluster every command about one chunk lands on one slot and a
+pipeline is split by node, never a value.
+
+Cluster mode (`RedisTierConfig.cluster`, redis.cluster.RedisCluster): redis-py's ClusterPipeline
+groups the queued commands by the node owning each key's slot, writes every node's batch to its
+socket first and only then reads the replies node by node (one thread, no multiplexing), and
+returns the results in the order queued. So "one round trip" becomes one batch per node, all in
+flight at once: the wall time is about the slowest node's round trip plus reading the replies,
+not one round trip per node. A reply that is MOVED/ASK (a resharding) or a connection error is
+retried command by command through the cluster client, which is slow but correct; with the
+client's retry count at 0 and the short socket timeout a dead node still costs a bounded time,
+and its commands come back as errors, which count as a failed call for the circuit breaker.
+PING is not allowed in a cluster pipeline, so the round-trip probe pings one random node. The
+cluster client is created on first use, not in the constructor, because RedisCluster connects
+to discover the slot map as soon as it is built: an unreachable cluster at engine start is then
+a miss and a breaker failure, not a failed engine.
 
 Nothing here may fail a request: every call is bounded by a short socket timeout, errors become
 misses, a circuit breaker stops calls to a Redis that keeps failing, and a value that is missing
@@ -20,12 +36,13 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import redis
 from redis.backoff import NoBackoff
+from redis.exceptions import RedisClusterException
 from redis.retry import Retry
 
 from legato.cache.circuit_breaker import CircuitBreaker
@@ -33,6 +50,14 @@ from legato.cache.kv_codec import ChunkCorrupt, ChunkError, KVFormat, decode_chu
 from legato.engine_adapter.base import KVBlock
 
 KEY_PREFIX = "legato:kv"
+
+# What a call to Redis may raise: RedisClusterException (slot map unavailable, no node for a
+# slot) is not a RedisError, and a socket error can surface bare.
+CALL_ERRORS = (redis.RedisError, RedisClusterException, OSError)
+# Per-command results that mean the node was unreachable, not that the command was refused.
+UNREACHABLE = (redis.ConnectionError, redis.TimeoutError)
+
+Command = tuple[str, tuple[Any, ...], dict[str, Any]]
 
 
 def chunk_key(last_hash: bytes, prefix: str = KEY_PREFIX) -> str:
@@ -81,23 +106,32 @@ class RedisTier:
     fmt: KVFormat
     breaker: CircuitBreaker = field(init=False)
     stats: RedisTierStats = field(default_factory=RedisTierStats)
-    client: Any = field(init=False)  # redis.Redis or redis.cluster.RedisCluster
+    _client: Any = field(init=False, default=None)  # redis.Redis or redis.cluster.RedisCluster
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _connect_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
         cfg = self.config
         self.breaker = CircuitBreaker(cfg.breaker_failures, cfg.breaker_cooldown_s)
-        common: dict[str, Any] = {
-            "socket_timeout": cfg.op_timeout_s,
-            "socket_connect_timeout": cfg.op_timeout_s,
-            "retry": Retry(NoBackoff(), 0),
-        }
-        if cfg.cluster:
-            from redis.cluster import RedisCluster
+        if not cfg.cluster:
+            self._client = redis.Redis.from_url(cfg.url, **self._client_options())  # lazy: no I/O
 
-            self.client = RedisCluster.from_url(cfg.url, **common)
-        else:
-            self.client = redis.Redis.from_url(cfg.url, **common)
+    def _client_options(self) -> dict[str, Any]:
+        t = self.config.op_timeout_s
+        # No retries: a failed call is a miss, and the breaker decides when to try again.
+        return {"socket_timeout": t, "socket_connect_timeout": t, "retry": Retry(NoBackoff(), 0)}
+
+    @property
+    def client(self) -> Any:
+        """The Redis client; in cluster mode built (and the slot map fetched) on first use, so a
+        cluster that is down when the engine starts raises here, inside a guarded call."""
+        if self._client is None:
+            with self._connect_lock:
+                if self._client is None:
+                    from redis.cluster import RedisCluster
+
+                    self._client = RedisCluster.from_url(self.config.url, **self._client_options())
+        return self._client
 
     @property
     def chunk_blocks(self) -> int:
@@ -112,30 +146,46 @@ class RedisTier:
         return [hashes[i + c - 1] for i in range(0, len(hashes) - c + 1, c)]
 
     def close(self) -> None:
-        self.client.close()
+        if self._client is not None:
+            self._client.close()
 
     # --- calls ----------------------------------------------------------------------------
 
-    def _execute(self, commands: list[tuple[str, tuple[Any, ...], dict[str, Any]]]) -> list[Any] | None:
-        """One pipelined round trip, through the breaker. None on refusal or failure."""
+    def _guarded(self, call: Callable[[Any], list[Any]]) -> list[Any] | None:
+        """Run `call(client)` through the breaker. None on refusal or failure; a call whose
+        results include an unreachable node's error also counts as a failure (in cluster mode
+        redis-py returns those per command instead of raising)."""
         if not self.breaker.allow():
             with self._lock:
                 self.stats.refused += 1
             return None
-        pipe = self.client.pipeline(transaction=False)
-        for name, args, kwargs in commands:
-            getattr(pipe, name)(*args, **kwargs)
         try:
-            results: list[Any] = pipe.execute(raise_on_error=False)
-        except (redis.ConnectionError, redis.TimeoutError, OSError, redis.RedisError):
+            results = call(self.client)
+        except CALL_ERRORS:
+            results = None
+        if results is None or any(isinstance(r, UNREACHABLE) for r in results):
             self.breaker.failure()
             with self._lock:
                 self.stats.errors += 1
             return None
-        finally:
-            pipe.reset()
         self.breaker.success()
         return results
+
+    def _execute(self, commands: list[Command]) -> list[Any] | None:
+        """One pipelined round trip (one batch per node in cluster mode). None on refusal or
+        failure. Commands must name one key each (see the module docstring)."""
+
+        def run(client: Any) -> list[Any]:
+            pipe = client.pipeline(transaction=False)
+            try:
+                for name, args, kwargs in commands:
+                    getattr(pipe, name)(*args, **kwargs)
+                results: list[Any] = pipe.execute(raise_on_error=False)
+                return results
+            finally:
+                pipe.reset()
+
+        return self._guarded(run)
 
     def probe(self, last_hashes: Sequence[bytes]) -> int:
         """How many leading chunks are stored (one round trip; errors count as none)."""
@@ -191,7 +241,7 @@ class RedisTier:
             self.stats.miss_chunks += len(last_hashes) - ok
             self.stats.bytes_read += nread
         if bad:
-            self._execute([("delete", tuple(bad), {})])
+            self._execute([("delete", (k,), {}) for k in bad])  # one key per DEL: no CROSSSLOT
         return out
 
     def put(self, chunks: Sequence[Sequence[KVBlock]]) -> int:
@@ -217,5 +267,17 @@ class RedisTier:
 
     def round_trip_s(self) -> float | None:
         """Seconds of one PING, or None when Redis is unreachable (used to seed the cost model)."""
-        start = time.perf_counter()
-        return None if self._execute([("ping", (), {})]) is None else time.perf_counter() - start
+        if not self.config.cluster:
+            start = time.perf_counter()
+            ok = self._execute([("ping", (), {})]) is not None
+            return time.perf_counter() - start if ok else None
+        from redis.cluster import RedisCluster
+
+        def ping(client: Any) -> list[Any]:
+            # PING is refused in a cluster pipeline, and its default target is every node
+            start = time.perf_counter()
+            client.ping(target_nodes=RedisCluster.RANDOM)
+            return [time.perf_counter() - start]  # timed after the client fetched the slot map
+
+        timed = self._guarded(ping)
+        return None if timed is None else float(timed[0])

@@ -44,8 +44,8 @@ from legato.engine_adapter.openai_api import (
     ModelCard,
     ModelList,
     SamplingFields,
-    new_id,
 )
+from legato.engine_adapter.server.app import openai_request
 from legato.engine_adapter.server.errors import ApiError as EngineApiError
 from legato.engine_adapter.server.errors import stream_responses
 from legato.engine_adapter.server.lifecycle import (
@@ -249,29 +249,17 @@ class Proxy:
     ) -> GenerateRequest:
         """Validated sampling as a `GenerateRequest` (its id names the response; the cache salt is
         left unset here: the scheduler derives it from the tenant)."""
-        if body.n != 1:
-            raise ApiError(
-                400, f"n must be 1 (got {body.n}); send separate requests for several samples", param="n"
-            )
         with server_errors():
-            sampling = self.svc.sampling(
+            return openai_request(
+                self.svc,
+                body,
+                prompt,
                 max_tokens=max_tokens,
                 max_tokens_field=field,
-                prompt_len=len(prompt),
-                temperature=body.temperature,
-                top_p=body.top_p,
-                top_k=body.top_k,
-                seed=body.seed,
-                stop=body.stop,
-                stop_token_ids=body.stop_token_ids,
-                ignore_eos=body.ignore_eos,
                 logprobs=logprobs,
+                id_prefix=id_prefix,
+                client_routing=False,
             )
-        return GenerateRequest(
-            request_id=new_id(id_prefix),
-            prompt_token_ids=prompt,
-            sampling=sampling,
-        )
 
     async def start(
         self, tenant: Tenant, fields: ProgramFields, request: GenerateRequest, node: str

@@ -1,6 +1,6 @@
 """The torch engine on real tiers: host-tier reload of evicted blocks, two processes sharing one
-Redis, tenant isolation, and Redis chaos (killed, restarted, corrupted, evicting) never failing a
-request or changing its greedy output."""
+Redis, two engines sharing one Redis Cluster, tenant isolation, and Redis chaos (killed,
+restarted, corrupted, evicting) never failing a request or changing its greedy output."""
 
 from __future__ import annotations
 
@@ -8,11 +8,13 @@ import json
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
 import anyio
 import redis
+from redis.cluster import RedisCluster
 
 from legato.cache.block_hash import tenant_salt
 from legato.engine_adapter.base import GenerateRequest, SamplingParams, collect
@@ -28,6 +30,7 @@ ROOT = Path(__file__).resolve().parents[2]
 cache_redis_proc = cache_fixtures.cache_redis_proc
 redis_url = cache_fixtures.redis_url
 own_redis = cache_fixtures.own_redis
+redis_cluster_url = cache_fixtures.redis_cluster_url
 
 
 def engine(**overrides: Any) -> TorchEngine:
@@ -168,3 +171,45 @@ async def test_redis_chaos_never_fails_a_request(own_redis: RedisServer) -> None
     assert evicted.core.tiers is not None and evicted.core.tiers.redis is not None
     stats = evicted.core.tiers.redis.stats
     assert stats.probes >= 5 and stats.hit_chunks < 5 * (200 // 16 // 4)
+
+
+def cluster_keys(url: str) -> dict[Any, str]:
+    """Every tier key in the cluster, read node by node, with the node that holds it."""
+    raw = RedisCluster.from_url(url, socket_timeout=5)
+    try:
+        return {
+            key: node.name
+            for node in raw.get_primaries()  # type: ignore[no-untyped-call]
+            for key in raw.get_redis_connection(node).keys("legato:kv:*")
+        }
+    finally:
+        raw.close()
+
+
+async def test_second_engine_serves_a_long_prompt_from_redis_cluster(redis_cluster_url: str) -> None:
+    """Acceptance for cluster mode: the chunks of one prompt land on several masters, and a fresh
+    engine on the same cluster loads them (greedy output unchanged) instead of recomputing."""
+    salt = tenant_salt(f"cluster-{uuid.uuid4().hex}")  # own keys, even on a shared cluster
+    opts: dict[str, Any] = {"redis_url": redis_cluster_url, "redis_cluster": True, "redis_op_timeout_s": 1.0}
+    ref = (await reference([PROMPT]))[0]
+
+    async def serve() -> tuple[list[int], Any, Any, int]:
+        async with engine(**opts) as eng:
+            out = await greedy(eng, PROMPT, salt)
+            tiers = eng.core.tiers
+            assert tiers is not None and tiers.redis is not None and tiers.flush()
+            return out, tiers.redis, await eng.stats(), eng.core.config.block_size
+
+    before = cluster_keys(redis_cluster_url)
+    first, tier1, stats1, block_size = await serve()
+    assert tier1.config.cluster and tier1.stats.put_chunks >= 4 and tier1.stats.errors == 0
+    written = {k: node for k, node in cluster_keys(redis_cluster_url).items() if k not in before}
+    assert len(written) == tier1.stats.put_chunks
+    assert len(set(written.values())) >= 2  # the prompt's chunks live on several masters
+
+    second, tier2, stats2, _ = await serve()
+    assert tier2.stats.hit_chunks >= 4 and tier2.stats.errors == 0
+    assert stats2.tier_loaded_tokens >= 4 * tier2.chunk_blocks * block_size
+    computed = [s.prompt_tokens - s.prefix_hit_tokens for s in (stats1, stats2)]
+    assert computed[1] < computed[0]
+    assert second == first == ref

@@ -73,9 +73,12 @@ def openai_request(
     max_tokens_field: str,
     logprobs: bool,
     id_prefix: str,
+    client_routing: bool = True,
 ) -> GenerateRequest:
     """The engine request of an OpenAI completion or chat body: the sampling fields and vLLM
-    extras the two share, checked the same way."""
+    extras the two share, checked the same way. `client_routing=False` (Legato's proxy) ignores
+    the client's `request_id`, `priority` and `cache_salt`: there the scheduler decides priority
+    and derives the salt from the authenticated tenant."""
     if body.n != 1:
         raise ApiError(400, f"n must be 1 (got {body.n}); send separate requests for several samples", "n")
     sampling = svc.sampling(
@@ -91,6 +94,8 @@ def openai_request(
         ignore_eos=body.ignore_eos,
         logprobs=logprobs,
     )
+    if not client_routing:
+        return GenerateRequest(request_id=new_id(id_prefix), prompt_token_ids=prompt, sampling=sampling)
     return GenerateRequest(
         request_id=body.request_id or new_id(id_prefix),
         prompt_token_ids=prompt,

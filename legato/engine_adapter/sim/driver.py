@@ -127,6 +127,7 @@ class _Prog:
     active_calls: int = 0  # arrived, not finished
     tool_ends: dict[int, float] = field(default_factory=dict)  # call index -> tool end time
     prompt_lens: list[int] = field(default_factory=list)
+    started: bool = False  # a call of it has been dispatched
 
 
 class _Oracle:
@@ -244,6 +245,15 @@ class _Sim:
         self.outcomes: list[ProgramOutcome] = []
         self.service: dict[str, float] = {}
         self.weights: dict[str, float] = {}
+        # The backlogged window: from the start until some tenant has no program left that
+        # has not started (dispatched a call). Service finished inside it is what weighted fair
+        # sharing promises in proportion to weights; whole-run totals are just the workload's.
+        self.unstarted: dict[str, int] = {}
+        for spec in self.specs:
+            self.unstarted[spec.tenant] = self.unstarted.get(spec.tenant, 0) + 1
+        self.backlog_open = bool(self.specs)
+        self.backlog_end_s = 0.0
+        self.backlog_service: dict[str, float] = {t: 0.0 for t in sorted(self.unstarted)}
         self.tool_stats: dict[str, tuple[float, int]] = {}
         self.shared_first: set[int] = self._shared_first_segments()
         self.pauses = 0
@@ -379,6 +389,8 @@ class _Sim:
         p.output_tokens += cs.output_tokens
         tenant = p.spec.tenant
         self.service[tenant] += W_IN * prompt + W_OUT * cs.output_tokens
+        if self.backlog_open:
+            self.backlog_service[tenant] += W_IN * prompt + W_OUT * cs.output_tokens
         if self.trace is not None:
             self.trace.append(
                 CallTrace(
@@ -457,6 +469,12 @@ class _Sim:
                 )
             p, j = pending
             cs = p.spec.calls[j]
+            if not p.started:
+                p.started = True
+                left = self.unstarted[p.spec.tenant] = self.unstarted[p.spec.tenant] - 1
+                if left == 0 and self.backlog_open:
+                    self.backlog_open = False
+                    self.backlog_end_s = self.now
             req = SimRequest(
                 d.call_id, self.run_index[p.run_id], p.prompt_lens[j], cs.output_tokens, d.priority
             )
@@ -580,6 +598,8 @@ class _Sim:
             engine_busy_s=sum(s.busy_s for s in stats),
             service_by_tenant=dict(sorted(self.service.items())),
             tenant_weights=dict(sorted(self.weights.items())),
+            backlog_service_by_tenant=self.backlog_service,
+            backlog_window_s=max(0.0, self.backlog_end_s - first),
             extra={
                 "engine_steps": float(sum(s.steps for s in stats)),
                 "evicted_blocks": float(evicted),

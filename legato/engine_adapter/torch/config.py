@@ -189,6 +189,7 @@ class EngineConfig:
     # KV tiers below the device (see legato.cache.tier_manager); both off by default.
     host_tier_bytes: int = 0  # host-RAM pool for evicted blocks; 0 = no host tier
     redis_url: str | None = None  # shared Redis tier, e.g. redis://127.0.0.1:6379/0
+    redis_cluster: bool = False  # redis_url is a seed node of a Redis Cluster (db 0 only)
     redis_chunk_blocks: int = 16  # blocks per Redis value
     redis_ttl_s: int = 3600
     redis_op_timeout_s: float = 0.1  # a dead or stalled Redis costs at most this per call

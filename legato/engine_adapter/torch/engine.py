@@ -417,6 +417,7 @@ def build_tiers(core: EngineCore, **tier_options: Any) -> TierManager:
             chunk_blocks=cfg.redis_chunk_blocks,
             ttl_s=cfg.redis_ttl_s,
             op_timeout_s=cfg.redis_op_timeout_s,
+            cluster=cfg.redis_cluster,
         )
         redis_tier = RedisTier(redis_cfg, fmt)
     return TierManager(fmt, cfg.block_size, host, redis_tier, prefill_s=core.prefill_cost, **tier_options)
