@@ -17,10 +17,14 @@ groups the queued commands by the node owning each key's slot, writes every node
 socket first and only then reads the replies node by node (one thread, no multiplexing), and
 returns the results in the order queued. So "one round trip" becomes one batch per node, all in
 flight at once: the wall time is about the slowest node's round trip plus reading the replies,
-not one round trip per node. A reply that is MOVED/ASK (a resharding) or a connection error is
-retried command by command through the cluster client, which is slow but correct; with the
-client's retry count at 0 and the short socket timeout a dead node still costs a bounded time,
-and its commands come back as errors, which count as a failed call for the circuit breaker.
+not one round trip per node. A reply that is MOVED/ASK (a resharding), or a connection error or
+timeout, is retried command by command through the cluster client (which refreshes its slot
+map), slow but correct; a command that still fails comes back as an error in its place rather
+than raising, and an unreachable node's errors count as a failed call for the circuit breaker.
+Cost of a bad node: a dead one (connection refused) fails at once; a stalled one costs about one
+`op_timeout_s` per command queued for it on the first failing call (that one-by-one retry:
+measured ~4 s for ~40 chunks on the node at 0.1 s), then about one `op_timeout_s` per call until
+the breaker opens after `breaker_failures` of them.
 PING is not allowed in a cluster pipeline, so the round-trip probe pings one random node. The
 cluster client is created on first use, not in the constructor, because RedisCluster connects
 to discover the slot map as soon as it is built: an unreachable cluster at engine start is then

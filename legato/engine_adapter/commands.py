@@ -25,7 +25,7 @@ def register(app: typer.Typer) -> None:
     app.add_typer(engine_app, name="engine")
 
 
-def _bind(host: str, port: int) -> socket.socket:
+def bind_socket(host: str, port: int) -> socket.socket:
     """Bind before starting the server so `--port 0` works and the printed URL is exact."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -100,7 +100,7 @@ def serve(
         checkpoint.resolve().name if checkpoint is not None else "legato-tiny"
     )
 
-    sock = _bind(host, port)
+    sock = bind_socket(host, port)
     bound_host, bound_port = sock.getsockname()[:2]
     shown = f"[{bound_host}]" if ":" in bound_host else bound_host
     app = create_engine_app(engine, max_model_len=engine.core.max_model_len, on_shutdown=engine.close)

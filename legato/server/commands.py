@@ -8,11 +8,12 @@ Heavy imports (torch, fastapi, uvicorn) stay inside the command bodies.
 from __future__ import annotations
 
 import json
-import socket
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+
+from legato.engine_adapter.commands import bind_socket
 
 tenants_app = typer.Typer(
     name="tenants", help="API keys and quotas of the REST service's tenants.", no_args_is_help=True
@@ -31,20 +32,6 @@ def _store(db: Path, redis_url: str | None, prefix: str = "legato:") -> Any:
     from legato.server.store import open_store
 
     return open_store(str(db), redis_url, prefix)
-
-
-def _bind(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        raise typer.BadParameter(
-            f"cannot listen on {host}:{port}: {exc.strerror}", param_hint="--port"
-        ) from exc
-    return sock
 
 
 def serve(
@@ -129,7 +116,7 @@ def serve(
     except (ValueError, RuntimeError) as exc:
         typer.echo(f"legato serve: {exc}", err=True)
         raise typer.Exit(2) from exc
-    sock = _bind(host, port)
+    sock = bind_socket(host, port)
     bound_host, bound_port = sock.getsockname()[:2]
     shown = f"[{bound_host}]" if ":" in bound_host else bound_host
     app = create_app(state)
