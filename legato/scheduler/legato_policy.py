@@ -16,7 +16,11 @@ What it does with its knowledge of whole programs (DESIGN.md, "Scheduler"):
   predicted remaining work first (mean residual calls learned from past runs of the program:
   programs that are further along finish first instead of interleaving), aged so nothing
   starves; the engine runs admitted programs' calls in admission order, so a preemption, if
-  one ever happens, hits the newest program.
+  one ever happens, hits the newest program. Admission is program-granular, so between
+  admissions one tenant's programs can run ahead of its weight (a few programs' worth: the
+  share drifted 1.79-2.06 for weights 2:1); a call-level gate holds an admitted program's
+  next call while its tenant leads a backlogged tenant with calls on the engines by more than
+  `gate_tokens` of delivered service per weight (work-conserving, at most `GATE_MAX_WAIT_S`).
 - **Cache**: `NextUse` hints from the reuse predictor (eviction furthest-next-use first), a
   `Pin` through a tool call when recomputing the context would cost more GPU time than holding
   it for the tool's predicted duration at the current memory pressure (TTL: a high quantile of
@@ -69,6 +73,7 @@ HORIZONS = (0, 1, 2, 4, 8)  # calls ahead at which admission checks the projecte
 PAUSED_HINT_S = 3600.0  # a paused run's next use, as an eviction hint: after dead runs' KV
 VICTIM_LOOKAHEAD = 8  # newest active programs examined for one without work on the engine
 GATE_TOKENS = 8_000.0  # lead in service per weight over a tenant on the engines: calls wait
+GATE_MAX_WAIT_S = 10.0  # ... but never longer than this (no cycle of waits can stall a run)
 
 NEW, WAITING, ACTIVE, PAUSED = range(4)
 
@@ -140,6 +145,7 @@ class Legato(BasePolicy):
         self.gate_tokens = gate_tokens
         self._on_engine: dict[str, int] = {}  # tenant -> its calls on an engine
         self._deferred: dict[str, list[str]] = {}  # tenant -> runs with deferred calls (FIFO)
+        self._deferred_since: dict[str, float] = {}  # tenant -> when its oldest call was held
         self._runs: dict[str, _Run] = {}
         self._waiting: dict[str, list[tuple[float, int, int, str]]] = {}  # tenant -> heap
         self._victims: list[list[tuple[int, str]]] = []  # per replica: (-prio, run)
@@ -302,10 +308,12 @@ class Legato(BasePolicy):
         heapq.heappush(self._victims[replica], (-r.prio, r.run_id))
         if was_paused and r.engine_paused:
             r.engine_paused = False
+            if r.dispatched:  # its parked calls run again
+                self._on_engine[r.tenant] = self._on_engine.get(r.tenant, 0) + r.dispatched
             out.append(Resume(r.run_id))
         out.append(NextUse(r.run_id, now))
         for call_id in r.held:
-            self._send(r, call_id, out)
+            self._send(r, call_id, now, out)
         r.held.clear()
 
     # --- call-level fair share -----------------------------------------------------------
@@ -326,13 +334,17 @@ class Legato(BasePolicy):
         )
         return behind is not None and served.get(tenant, 0.0) - behind > self.gate_tokens
 
-    def _send(self, r: _Run, call_id: str, out: list[Decision]) -> None:
+    def _send(self, r: _Run, call_id: str, now: float, out: list[Decision]) -> None:
         """Dispatch an admitted run's call, or defer it while its tenant is ahead."""
         if self._gated(r.tenant):
             if not r.deferred:
                 self._deferred.setdefault(r.tenant, []).append(r.run_id)
+                self._deferred_since.setdefault(r.tenant, now)
             r.deferred.append(call_id)
             return
+        self._dispatch(r, call_id, out)
+
+    def _dispatch(self, r: _Run, call_id: str, out: list[Decision]) -> None:
         assert r.replica is not None
         prompt = r.live.get(call_id, 0)
         r.dispatched += 1
@@ -342,14 +354,16 @@ class Legato(BasePolicy):
         self.fair.serve(r.tenant, prompt, 0)
         out.append(Dispatch(call_id, r.replica, priority=r.prio))
 
-    def _release(self, out: list[Decision]) -> None:
+    def _release(self, now: float, out: list[Decision]) -> None:
         """Dispatch the deferred calls of tenants no longer ahead (all of them when no call is
-        on the engines: the gate never idles an engine)."""
+        on the engines: the gate never idles an engine; and any held `GATE_MAX_WAIT_S`)."""
         if not self._deferred:
             return
         for tenant in sorted(self._deferred):
-            if self._on_engine and self._gated(tenant):
+            waited = now - self._deferred_since.get(tenant, now)
+            if self._on_engine and waited < GATE_MAX_WAIT_S and self._gated(tenant):
                 continue
+            self._deferred_since.pop(tenant, None)
             for run_id in self._deferred.pop(tenant):
                 r = self._runs.get(run_id)
                 if r is None or not r.deferred:
@@ -359,7 +373,7 @@ class Legato(BasePolicy):
                     r.held.extend(calls)
                     continue
                 for call_id in calls:
-                    self._send(r, call_id, out)
+                    self._dispatch(r, call_id, out)
 
     def _left_engine(self, tenant: str) -> None:
         n = self._on_engine.get(tenant, 0) - 1
@@ -380,6 +394,8 @@ class Legato(BasePolicy):
         if r.dispatched:
             # Calls on the engine must be parked; that also marks its KV evict-first.
             r.engine_paused = True
+            for _ in range(r.dispatched):  # parked calls get no service: not "on the engines"
+                self._left_engine(r.tenant)
             out.append(Pause(r.run_id))
         # Otherwise holding its next calls is the pause: its KV stays cached behind dead runs'
         # (next use infinite) and ahead of active runs', and is resumed from what is left.
@@ -458,7 +474,7 @@ class Legato(BasePolicy):
             self._relieve(r.replica, now, out)
         if r.state == ACTIVE:
             out.append(NextUse(r.run_id, now))
-            self._send(r, call.call_id, out)
+            self._send(r, call.call_id, now, out)
         else:
             r.held.append(call.call_id)
             if not r.queued:
@@ -476,7 +492,8 @@ class Legato(BasePolicy):
         node, hints = r.hints.pop(event.call_id, ("", CallHints()))
         if r.dispatched > 0:
             r.dispatched -= 1
-            self._left_engine(r.tenant)
+            if not r.engine_paused:
+                self._left_engine(r.tenant)
         self.fair.serve(r.tenant, 0, event.output_tokens)
         if r.peak > 0:
             self.predictor.history.record_footprint(r.program, r.calls_done, r.peak)
@@ -515,7 +532,7 @@ class Legato(BasePolicy):
             self._sync(r)
             assert r.replica is not None
             self._relieve(r.replica, now, out)
-        self._release(out)
+        self._release(now, out)
         if not reuse:
             # KV was let go: room for a waiting program. (Otherwise the footprint barely moved,
             # and the next tick retries admission: this keeps the hot path cheap.)
@@ -597,7 +614,7 @@ class Legato(BasePolicy):
             r = self._runs.get(run_id)
             if r is not None and r.tool_ver == ver and r.acting and r.replica is not None:
                 out.append(Prefetch(run_id, r.replica))
-        self._release(out)
+        self._release(now, out)
         if self._waiting:
             self._ensure_capacity(view)
             self._blocked = None  # footprints drift as calls finish: retry on every tick

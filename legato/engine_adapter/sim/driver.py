@@ -127,7 +127,7 @@ class _Prog:
     active_calls: int = 0  # arrived, not finished
     tool_ends: dict[int, float] = field(default_factory=dict)  # call index -> tool end time
     prompt_lens: list[int] = field(default_factory=list)
-    started: bool = False  # a call of it has been dispatched
+    started: bool = False  # a call of it has finished (it got through any queue)
 
 
 class _Oracle:
@@ -246,8 +246,9 @@ class _Sim:
         self.service: dict[str, float] = {}
         self.weights: dict[str, float] = {}
         # The backlogged window: from the start until some tenant has no program left that
-        # has not started (dispatched a call). Service finished inside it is what weighted fair
-        # sharing promises in proportion to weights; whole-run totals are just the workload's.
+        # has not started (finished a call: got through the policy's and the engine's queues).
+        # Service finished inside it is what weighted fair sharing promises in proportion to
+        # weights; whole-run totals are just the workload's.
         self.unstarted: dict[str, int] = {}
         for spec in self.specs:
             self.unstarted[spec.tenant] = self.unstarted.get(spec.tenant, 0) + 1
@@ -391,6 +392,12 @@ class _Sim:
         self.service[tenant] += W_IN * prompt + W_OUT * cs.output_tokens
         if self.backlog_open:
             self.backlog_service[tenant] += W_IN * prompt + W_OUT * cs.output_tokens
+            if not p.started:
+                p.started = True
+                self.unstarted[tenant] -= 1
+                if self.unstarted[tenant] == 0:
+                    self.backlog_open = False
+                    self.backlog_end_s = self.now
         if self.trace is not None:
             self.trace.append(
                 CallTrace(
@@ -469,12 +476,6 @@ class _Sim:
                 )
             p, j = pending
             cs = p.spec.calls[j]
-            if not p.started:
-                p.started = True
-                left = self.unstarted[p.spec.tenant] = self.unstarted[p.spec.tenant] - 1
-                if left == 0 and self.backlog_open:
-                    self.backlog_open = False
-                    self.backlog_end_s = self.now
             req = SimRequest(
                 d.call_id, self.run_index[p.run_id], p.prompt_lens[j], cs.output_tokens, d.priority
             )
