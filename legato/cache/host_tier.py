@@ -19,7 +19,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from legato.engine_adapter.base import KVBlock
 
@@ -142,6 +142,8 @@ class HostTier:
                 if not self._make_room(len(block.data), tenant, keep=prev):
                     self.stats.rejected += len(blocks) - i
                     break
+                if not isinstance(block.data, bytes):  # own the bytes: a view would pin its whole chunk
+                    block = replace(block, data=bytes(block.data))
                 entry = _Entry(block, prev, depth + i, tenant, next_use, now)
                 self._entries[block.block_hash] = entry
                 if prev is not None and prev in self._entries:

@@ -3,9 +3,11 @@
 Layout of a value: `MAGIC` (4 bytes), the header length (u32 little endian), the msgpack header,
 then the payload: the blocks' raw bytes back to back. The header names what the bytes are
 (model fingerprint, KV layout, dtype, block shape), which blocks they are (hashes, token ids) and
-a crc32 of the payload. A reader checks all of it before a single byte reaches the engine: a
-value written by other weights or another layout is a *mismatch*, a truncated or bit-flipped one
-is *corrupt*; both are errors the tier drops and counts, never KV it installs.
+an xxh3-64 checksum of the payload (xxHash: ~30 GB/s, so checking costs a few percent of a
+Redis round trip, where crc32's ~2.5 GB/s cost a third of it). A reader checks all of it before
+a single byte reaches the engine: a value written by other weights or another layout is a
+*mismatch*, a truncated or bit-flipped one is *corrupt*; both are errors the tier drops and
+counts, never KV it installs.
 
 Header and payload travel in one value on purpose: Redis may evict any key at any time, and two
 keys per chunk could be half-evicted. No pickle: msgpack for the header, raw bytes for tensors.
@@ -14,15 +16,15 @@ keys per chunk could be half-evicted. No pickle: msgpack for the header, raw byt
 from __future__ import annotations
 
 import struct
-import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import msgpack
+import xxhash
 
 from legato.engine_adapter.base import KVBlock
 
-MAGIC = b"LKV1"
+MAGIC = b"LKV2"  # LKV1 values (crc32) read as corrupt: dropped and recomputed
 _LEN = struct.Struct("<I")
 _PREFIX = len(MAGIC) + _LEN.size
 MAX_HEADER_BYTES = 1 << 20
@@ -55,7 +57,7 @@ def encode_chunk(fmt: KVFormat, blocks: Sequence[KVBlock]) -> bytes:
     """One value holding `blocks` (consecutive blocks of one chain, prefix order)."""
     if not blocks:
         raise ValueError("a chunk needs at least one block")
-    crc = 0
+    digest = xxhash.xxh3_64()
     for b in blocks:
         if b.layout != fmt.layout or b.dtype != fmt.dtype or tuple(b.shape) != fmt.block_shape:
             raise ChunkMismatch(
@@ -66,7 +68,7 @@ def encode_chunk(fmt: KVFormat, blocks: Sequence[KVBlock]) -> bytes:
             raise ChunkMismatch(
                 f"block {b.block_hash.hex()[:12]} has {len(b.data)} bytes, want {fmt.block_nbytes}"
             )
-        crc = zlib.crc32(b.data, crc)
+        digest.update(b.data)
     header = msgpack.packb(
         {
             "model": fmt.model,
@@ -76,7 +78,7 @@ def encode_chunk(fmt: KVFormat, blocks: Sequence[KVBlock]) -> bytes:
             "hashes": [b.block_hash for b in blocks],
             "tokens": [list(b.token_ids) for b in blocks],
             "nbytes": fmt.block_nbytes * len(blocks),
-            "crc": crc,
+            "xxh3": digest.intdigest(),
         },
         use_bin_type=True,
     )
@@ -101,7 +103,7 @@ def decode_chunk(fmt: KVFormat, value: bytes, last_hash: bytes) -> list[KVBlock]
     try:
         model, layout, dtype = header["model"], header["layout"], header["dtype"]
         shape, hashes, tokens = tuple(header["shape"]), header["hashes"], header["tokens"]
-        nbytes, crc = int(header["nbytes"]), int(header["crc"])
+        nbytes, checksum = int(header["nbytes"]), int(header["xxh3"])
     except (KeyError, TypeError, ValueError) as exc:
         raise ChunkCorrupt(f"header field missing or malformed: {exc}") from exc
     if (model, layout, dtype, shape) != (fmt.model, fmt.layout, fmt.dtype, fmt.block_shape):
@@ -116,7 +118,7 @@ def decode_chunk(fmt: KVFormat, value: bytes, last_hash: bytes) -> list[KVBlock]
     payload = view[_PREFIX + hlen :]
     if nbytes != len(payload) or nbytes != fmt.block_nbytes * len(hashes):
         raise ChunkCorrupt(f"payload has {len(payload)} bytes, header says {nbytes}")
-    if zlib.crc32(payload) != crc:
+    if xxhash.xxh3_64_intdigest(payload) != checksum:
         raise ChunkCorrupt("payload checksum mismatch")
     size = fmt.block_nbytes
     return [
@@ -126,7 +128,7 @@ def decode_chunk(fmt: KVFormat, value: bytes, last_hash: bytes) -> list[KVBlock]
             layout=layout,
             dtype=dtype,
             shape=shape,
-            data=bytes(payload[i * size : (i + 1) * size]),
+            data=payload[i * size : (i + 1) * size],  # a view: no copy
         )
         for i, (h, toks) in enumerate(zip(hashes, tokens, strict=True))
     ]

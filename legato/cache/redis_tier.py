@@ -51,6 +51,7 @@ from redis.retry import Retry
 
 from legato.cache.circuit_breaker import CircuitBreaker
 from legato.cache.kv_codec import ChunkCorrupt, ChunkError, KVFormat, decode_chunk, encode_chunk
+from legato.cache.malloc_tuning import keep_freed_buffers_in_process
 from legato.engine_adapter.base import KVBlock
 
 KEY_PREFIX = "legato:kv"
@@ -117,6 +118,7 @@ class RedisTier:
     def __post_init__(self) -> None:
         cfg = self.config
         self.breaker = CircuitBreaker(cfg.breaker_failures, cfg.breaker_cooldown_s)
+        keep_freed_buffers_in_process()  # MiB chunk buffers: no page faults on every allocation
         if not cfg.cluster:
             self._client = redis.Redis.from_url(cfg.url, **self._client_options())  # lazy: no I/O
 

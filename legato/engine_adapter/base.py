@@ -212,7 +212,9 @@ class KVBlock:
     layout: str  # e.g. "layers,kv,heads,block,head_dim" - must match on import
     dtype: str  # torch dtype name, e.g. "float32"
     shape: tuple[int, ...]
-    data: bytes  # raw tensor bytes in `layout` / `dtype` / `shape`
+    # Raw tensor bytes in `layout` / `dtype` / `shape`; a read-only view into the chunk value when
+    # decoded from Redis (no per-block copy: copying a 1 MiB chunk block by block page-faults).
+    data: bytes | memoryview
 
 
 @runtime_checkable

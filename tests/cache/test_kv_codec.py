@@ -6,14 +6,14 @@ import dataclasses
 
 import pytest
 
-from legato.cache.kv_codec import ChunkCorrupt, ChunkMismatch, decode_chunk, encode_chunk
+from legato.cache.kv_codec import MAGIC, ChunkCorrupt, ChunkMismatch, decode_chunk, encode_chunk
 from tests.cache.kv import FMT, chain
 
 
 def test_round_trip_keeps_hashes_tokens_and_bytes() -> None:
     blocks = chain(3)
     value = encode_chunk(FMT, blocks)
-    assert b"pickle" not in value and value[:4] == b"LKV1"
+    assert b"pickle" not in value and value[:4] == MAGIC
     assert decode_chunk(FMT, value, blocks[-1].block_hash) == blocks
 
 

@@ -140,7 +140,7 @@ class ModelRunner:
         data = self._block(block_id).contiguous().cpu()
         return data.view(torch.uint8).numpy().tobytes()
 
-    def write_block(self, block_id: int, data: bytes) -> None:
+    def write_block(self, block_id: int, data: bytes | memoryview) -> None:
         raw = torch.frombuffer(bytearray(data), dtype=torch.uint8)
         block = raw.view(self.dtype).view(self.block_shape)
         self._block(block_id).copy_(block.to(self.device))
