@@ -50,7 +50,14 @@ from redis.exceptions import RedisClusterException
 from redis.retry import Retry
 
 from legato.cache.circuit_breaker import CircuitBreaker
-from legato.cache.kv_codec import ChunkCorrupt, ChunkError, KVFormat, decode_chunk, encode_chunk
+from legato.cache.kv_codec import (
+    ChunkCorrupt,
+    ChunkError,
+    KVFormat,
+    decode_chunk,
+    encode_chunk,
+    encode_chunk_parts,
+)
 from legato.cache.malloc_tuning import keep_freed_buffers_in_process
 from legato.engine_adapter.base import KVBlock
 
@@ -254,21 +261,24 @@ class RedisTier:
         """Write whole chunks (one round trip); returns how many Redis accepted."""
         if not chunks:
             return 0
-        values = [encode_chunk(self.fmt, c) for c in chunks]
+        keys = [self.key(c[-1].block_hash) for c in chunks]
         ttl = self.config.ttl_s
-        results = self._execute(
-            [
-                ("set", (self.key(c[-1].block_hash), v), {"ex": ttl})
-                for c, v in zip(chunks, values, strict=True)
-            ]
-        )
+        if self.config.cluster:
+            values = [encode_chunk(self.fmt, c) for c in chunks]
+            results = self._execute([("set", (k, v), {"ex": ttl}) for k, v in zip(keys, values, strict=True)])
+            sizes = [len(v) for v in values]
+        else:
+            parts = [encode_chunk_parts(self.fmt, c) for c in chunks]
+            results = self._guarded(lambda client: _set_framed(client, keys, parts, ttl))
+            sizes = [sum(len(p) for p in ps) for ps in parts]
         if results is None:
             return 0
-        written = sum(1 for r in results if r is True)
+        ok = [r is True or r == b"OK" for r in results]
+        written = int(sum(ok))
         with self._lock:
             self.stats.put_chunks += written
             self.stats.write_errors += len(results) - written
-            self.stats.bytes_written += sum(len(v) for v, r in zip(values, results, strict=True) if r is True)
+            self.stats.bytes_written += sum(n for n, good in zip(sizes, ok, strict=True) if good)
         return written
 
     def round_trip_s(self) -> float | None:
@@ -287,3 +297,46 @@ class RedisTier:
 
         timed = self._guarded(ping)
         return None if timed is None else float(timed[0])
+
+
+def _resp_set(key: str, value: list[bytes | memoryview], ttl_s: int) -> bytes:
+    """`SET key value EX ttl` in the Redis protocol (RESP), built with one copy of the value."""
+    k = key.encode()
+    t = str(ttl_s).encode()
+    vlen = sum(len(p) for p in value)
+    return b"".join(
+        [
+            b"*5\r\n$3\r\nSET\r\n$%d\r\n" % len(k),
+            k,
+            b"\r\n$%d\r\n" % vlen,
+            *value,
+            b"\r\n$2\r\nEX\r\n$%d\r\n" % len(t),
+            t,
+            b"\r\n",
+        ]
+    )
+
+
+def _set_framed(
+    client: Any, keys: Sequence[str], values: Sequence[list[bytes | memoryview]], ttl_s: int
+) -> list[Any]:
+    """Pipelined SETs on one connection of a single Redis, framed here: redis-py would join each
+    value into one bytes and then copy it again into its packed command, and those two MiB copies
+    per chunk cost a third of the tier's write throughput. Error replies are returned in their
+    command's place (like a pipeline with `raise_on_error=False`); a connection error raises."""
+    pool = client.connection_pool
+    conn = pool.get_connection()
+    try:
+        conn.send_packed_command([_resp_set(k, v, ttl_s) for k, v in zip(keys, values, strict=True)])
+        results: list[Any] = []
+        for _ in keys:
+            try:
+                results.append(conn.read_response())
+            except redis.ResponseError as exc:  # e.g. OOM under maxmemory: this chunk only
+                results.append(exc)
+        return results
+    except BaseException:
+        conn.disconnect()  # a half-read reply stream must not be reused
+        raise
+    finally:
+        pool.release(conn)

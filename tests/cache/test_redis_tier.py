@@ -9,8 +9,10 @@ import time
 import redis
 from redis.cluster import key_slot
 
+from legato.cache.circuit_breaker import BreakerState
+from legato.cache.kv_codec import encode_chunk
 from legato.cache.redis_tier import RedisTier, RedisTierConfig, chunk_key
-from tests.cache.kv import FMT, chain
+from tests.cache.kv import BLOCK, FMT, chain
 from tests.cache.redis_server import RedisServer
 
 
@@ -103,5 +105,32 @@ def test_dead_redis_is_a_fast_miss_and_the_breaker_opens() -> None:
         server.kill()
         assert tier.get(lasts) == []  # connection refused: a miss, not an exception
         assert tier.stats.errors == 4
+    finally:
+        server.kill()
+
+
+def test_a_full_redis_refuses_some_writes_and_the_connection_stays_usable() -> None:
+    """`maxmemory` with `noeviction`: Redis answers OOM errors to some SETs of a pipelined put.
+    They are counted as write errors in their chunk's place, later replies are not misread, and
+    the same connection serves the next calls."""
+    server = RedisServer()
+    server.start()
+    try:
+        big = dataclasses.replace(FMT, block_shape=(2, BLOCK, 2, 4096), block_nbytes=256 << 10)
+        tier = RedisTier(RedisTierConfig(url=server.url, chunk_blocks=2, ttl_s=600), big)
+        blocks = chain(40, fmt=big)
+        chunks = [blocks[i : i + 2] for i in range(0, 40, 2)]
+        used = int(server.client().info("memory")["used_memory"])
+        limit = used + 6 * len(encode_chunk(big, chunks[0]))  # room for a few chunks, not 20
+        server.client().config_set("maxmemory-policy", "noeviction")
+        server.client().config_set("maxmemory", str(limit))
+        written = tier.put(chunks)
+        assert 0 < written < len(chunks)
+        assert tier.stats.write_errors == len(chunks) - written
+        assert tier.breaker.state is BreakerState.CLOSED  # a full Redis answers: it is not down
+        lasts = tier.chunk_last_hashes([b.block_hash for b in blocks])
+        stored = tier.probe(lasts)
+        assert stored == written  # the writes that landed are the leading chunks
+        assert tier.get(lasts[:stored]) == blocks[: 2 * stored]
     finally:
         server.kill()
