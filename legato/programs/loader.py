@@ -51,8 +51,10 @@ class LoadedFile:
     timeout_s: float | None
 
 
-def _import_file(path: Path) -> ModuleType:
-    name = f"legato_user_{path.stem}_{uuid.uuid4().hex[:8]}"
+def import_python_file(path: Path, module_prefix: str = "legato_user") -> ModuleType:
+    """Import a user's Python file under a fresh module name (its directory joins sys.path, so
+    it can import its sibling modules). Used by `legato run FILE` and `legato serve --tools`."""
+    name = f"{module_prefix}_{path.stem}_{uuid.uuid4().hex[:8]}"
     spec = importlib.util.spec_from_file_location(name, path)
     if spec is None or spec.loader is None:
         raise LoadError(f"cannot import {path}: not a Python file")
@@ -102,7 +104,7 @@ def load_file(path: Path) -> LoadedFile:
         except ValueError as exc:
             raise LoadError(f"{path}: not a valid program spec: {exc}") from exc
         return LoadedFile(path, _as_runnable(spec, str(path)), None, None, None, None)
-    module = _import_file(path)
+    module = import_python_file(path)
     names = vars(module)
     if "program" in names:
         program = _as_runnable(names["program"], f"{path}: `program`")

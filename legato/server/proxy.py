@@ -29,23 +29,20 @@ from typing import Annotated, Any, Literal
 
 import anyio
 from fastapi import APIRouter, Depends, Path, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from legato.engine_adapter.base import Engine, EngineError, GenerateRequest, TokenChunk, assemble_result
 from legato.engine_adapter.openai_api import (
-    ChatChoice,
     ChatCompletionRequest,
     ChatCompletionResponse,
-    ChatResponseMessage,
-    CompletionChoice,
     CompletionRequest,
     CompletionResponse,
     ModelCard,
     ModelList,
     SamplingFields,
 )
-from legato.engine_adapter.server.app import openai_request
+from legato.engine_adapter.server.app import chat_response, completion_response, openai_request
 from legato.engine_adapter.server.errors import ApiError as EngineApiError
 from legato.engine_adapter.server.errors import stream_responses
 from legato.engine_adapter.server.lifecycle import (
@@ -55,7 +52,7 @@ from legato.engine_adapter.server.lifecycle import (
     Generation,
     collect_or_abort,
 )
-from legato.engine_adapter.server.service import EngineService, make_usage
+from legato.engine_adapter.server.service import EngineService
 from legato.engine_adapter.server.streams import chat_events, completion_events
 from legato.scheduler.base import CallScheduler
 from legato.scheduler.events import CallHints, LLMCall
@@ -361,15 +358,7 @@ def _routes(proxy: Proxy) -> APIRouter:
         chunks = await proxy.collect(raw, generation)
         if chunks is None:
             return Response(status_code=499)
-        result = assemble_result(req, chunks)
-        choice = ChatChoice(
-            message=ChatResponseMessage(content=result.text),
-            finish_reason=result.finish_reason,
-            logprobs=svc.chat_logprobs(result.token_ids, result.logprobs),
-        )
-        usage = make_usage(result.prompt_tokens or len(prompt), len(result.token_ids), result.cached_tokens)
-        out = ChatCompletionResponse(id=req.request_id, model=svc.model, choices=[choice], usage=usage)
-        return JSONResponse(out.model_dump(exclude_none=True))
+        return chat_response(svc, prompt, assemble_result(req, chunks))
 
     @router.post(
         "/v1/completions",
@@ -397,17 +386,7 @@ def _routes(proxy: Proxy) -> APIRouter:
         chunks = await proxy.collect(raw, generation)
         if chunks is None:
             return Response(status_code=499)
-        result = assemble_result(req, chunks)
-        choice = CompletionChoice(
-            text=result.text,
-            finish_reason=result.finish_reason,
-            logprobs=svc.completion_logprobs(result.token_ids, result.logprobs, 0),
-            token_ids=list(result.token_ids) if body.return_token_ids else None,
-            prompt_token_ids=list(prompt) if body.return_token_ids else None,
-        )
-        usage = make_usage(result.prompt_tokens or len(prompt), len(result.token_ids), result.cached_tokens)
-        out = CompletionResponse(id=req.request_id, model=svc.model, choices=[choice], usage=usage)
-        return JSONResponse(out.model_dump(exclude_none=True))
+        return completion_response(svc, body, prompt, assemble_result(req, chunks))
 
     @router.post(
         "/v1/programs/{program_id}/release",

@@ -16,10 +16,9 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import sys
-import uuid
 from pathlib import Path
 
+from legato.programs.loader import LoadError, import_python_file
 from legato.tools.registry import ToolRegistry, default_registry
 
 
@@ -28,17 +27,10 @@ class ToolsLoadError(ValueError):
 
 
 def _import_file(path: Path) -> object:
-    name = f"legato_tools_{path.stem}_{uuid.uuid4().hex[:8]}"
-    spec = importlib.util.spec_from_file_location(name, path)
-    if spec is None or spec.loader is None:
-        raise ToolsLoadError(f"--tools {path}: not an importable Python file")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    parent = str(path.parent.resolve())
-    if parent not in sys.path:
-        sys.path.insert(0, parent)
-    spec.loader.exec_module(module)
-    return module
+    try:
+        return import_python_file(path, "legato_tools")
+    except LoadError as exc:
+        raise ToolsLoadError(f"--tools {path}: {exc}") from exc
 
 
 def load_registry(spec: str | None) -> ToolRegistry:

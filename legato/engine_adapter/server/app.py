@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from legato.engine_adapter.base import (
     Engine,
     GenerateRequest,
+    GenerateResult,
     assemble_result,
 )
 from legato.engine_adapter.openai_api import (
@@ -62,6 +63,34 @@ from legato.engine_adapter.server.streams import (
     sglang_response,
     vllm_token_events,
 )
+
+
+def completion_response(
+    svc: EngineService, body: CompletionRequest, prompt: tuple[int, ...], result: GenerateResult
+) -> JSONResponse:
+    """The non-streaming OpenAI completion answer for a finished generation."""
+    choice = CompletionChoice(
+        text=result.text,
+        finish_reason=result.finish_reason,
+        logprobs=svc.completion_logprobs(result.token_ids, result.logprobs, 0),
+        token_ids=list(result.token_ids) if body.return_token_ids else None,
+        prompt_token_ids=list(prompt) if body.return_token_ids else None,
+    )
+    usage = make_usage(result.prompt_tokens or len(prompt), len(result.token_ids), result.cached_tokens)
+    out = CompletionResponse(id=result.request_id, model=svc.model, choices=[choice], usage=usage)
+    return JSONResponse(out.model_dump(exclude_none=True))
+
+
+def chat_response(svc: EngineService, prompt: tuple[int, ...], result: GenerateResult) -> JSONResponse:
+    """The non-streaming OpenAI chat completion answer for a finished generation."""
+    choice = ChatChoice(
+        message=ChatResponseMessage(content=result.text),
+        finish_reason=result.finish_reason,
+        logprobs=svc.chat_logprobs(result.token_ids, result.logprobs),
+    )
+    usage = make_usage(result.prompt_tokens or len(prompt), len(result.token_ids), result.cached_tokens)
+    out = ChatCompletionResponse(id=result.request_id, model=svc.model, choices=[choice], usage=usage)
+    return JSONResponse(out.model_dump(exclude_none=True))
 
 
 def openai_request(
@@ -243,24 +272,7 @@ def create_engine_app(
         chunks = await collect_or_abort(raw, generation)
         if chunks is None:
             return Response(status_code=499)
-        result = assemble_result(req, chunks)
-        choice = CompletionChoice(
-            text=result.text,
-            finish_reason=result.finish_reason,
-            logprobs=svc.completion_logprobs(result.token_ids, result.logprobs, 0),
-            token_ids=list(result.token_ids) if body.return_token_ids else None,
-            prompt_token_ids=list(prompt) if body.return_token_ids else None,
-        )
-        return JSONResponse(
-            CompletionResponse(
-                id=req.request_id,
-                model=svc.model,
-                choices=[choice],
-                usage=make_usage(
-                    result.prompt_tokens or len(prompt), len(result.token_ids), result.cached_tokens
-                ),
-            ).model_dump(exclude_none=True)
-        )
+        return completion_response(svc, body, prompt, assemble_result(req, chunks))
 
     @app.post(
         "/v1/chat/completions",
@@ -293,22 +305,7 @@ def create_engine_app(
         chunks = await collect_or_abort(raw, generation)
         if chunks is None:
             return Response(status_code=499)
-        result = assemble_result(req, chunks)
-        choice = ChatChoice(
-            message=ChatResponseMessage(content=result.text),
-            finish_reason=result.finish_reason,
-            logprobs=svc.chat_logprobs(result.token_ids, result.logprobs),
-        )
-        return JSONResponse(
-            ChatCompletionResponse(
-                id=req.request_id,
-                model=svc.model,
-                choices=[choice],
-                usage=make_usage(
-                    result.prompt_tokens or len(prompt), len(result.token_ids), result.cached_tokens
-                ),
-            ).model_dump(exclude_none=True)
-        )
+        return chat_response(svc, prompt, assemble_result(req, chunks))
 
     # --- SGLang -----------------------------------------------------------------------------
 
