@@ -24,7 +24,9 @@ What it does with its knowledge of whole programs (DESIGN.md, "Scheduler"):
 - **Cache**: `NextUse` hints from the reuse predictor (eviction furthest-next-use first), a
   `Pin` through a tool call when recomputing the context would cost more GPU time than holding
   it for the tool's predicted duration at the current memory pressure (TTL: a high quantile of
-  the tool's latency), `Prefetch` when a tool is about to finish.
+  the tool's latency), `Prefetch` when a tool is about to finish. A branch expected to run a
+  tool counts in the budget from its call's end; if the tool has not started `TOOL_GRACE_S`
+  later, the expectation was wrong and the branch stops counting.
 - **Routing** (`Router`): program affinity, RL-group affinity, work stealing for idle replicas.
 
 Every per-event step is O(live calls of the program + tenants + log programs): no scan over
@@ -74,6 +76,7 @@ PAUSED_HINT_S = 3600.0  # a paused run's next use, as an eviction hint: after de
 VICTIM_LOOKAHEAD = 8  # newest active programs examined for one without work on the engine
 GATE_TOKENS = 8_000.0  # lead in service per weight over a tenant on the engines: calls wait
 GATE_MAX_WAIT_S = 10.0  # ... but never longer than this (no cycle of waits can stall a run)
+TOOL_GRACE_S = 2 * TICK_S  # a branch whose expected tool has not started by then has none
 
 NEW, WAITING, ACTIVE, PAUSED = range(4)
 
@@ -85,6 +88,10 @@ class _Branch:
     tool: str
     ctx: float
     started: bool = False
+    # Until its tool starts, the branch is only expected (from a hint or from what followed
+    # this call site in past runs, which can be wrong: a map body's last round has no tool);
+    # past this time without a `ToolStarted` it is dropped (see `_drop_unstarted`).
+    expires_s: float = math.inf
 
 
 @dataclass(slots=True)
@@ -150,6 +157,7 @@ class Legato(BasePolicy):
         self._waiting: dict[str, list[tuple[float, int, int, str]]] = {}  # tenant -> heap
         self._victims: list[list[tuple[int, str]]] = []  # per replica: (-prio, run)
         self._prefetch: list[tuple[float, int, int, str]] = []  # (tool end, seq, tool_ver, run)
+        self._expected: list[tuple[float, int, str]] = []  # (branch expiry, seq, run): see _Branch
         self._seq = 0
         self._admitted = 0
         self._blocked: tuple[str, int, int] | None = None  # (head run, its qver, releases)
@@ -522,7 +530,10 @@ class Legato(BasePolicy):
         reuse = self.predictor.reuses_prefix(r.program, node, hints)
         tool = self.predictor.next_tool(r.program, node, hints) if reuse else None
         if tool is not None:
-            r.acting.append(_Branch(tool, ctx))
+            expires = now + TOOL_GRACE_S
+            r.acting.append(_Branch(tool, ctx, expires_s=expires))
+            self._seq += 1
+            heapq.heappush(self._expected, (expires, self._seq, r.run_id))
         elif reuse:
             r.bridge = max(r.bridge, ctx)
             out.append(NextUse(r.run_id, now))
@@ -553,7 +564,9 @@ class Legato(BasePolicy):
         if r.last_node:
             self.predictor.history.record_tool(r.program, r.last_node, event.tool)
         at = self.predictor.tool_started(r.run_id, event.tool, r.tenant, now, event.expected_latency_s)
-        out: list[Decision] = [NextUse(r.run_id, at)]
+        # The hint is the run's: while another branch of it has a call in progress, its KV is
+        # needed now (a map's parallel workers), whatever this branch's tool takes.
+        out: list[Decision] = [NextUse(r.run_id, now if r.live else at)]
         self._seq += 1
         heapq.heappush(self._prefetch, (at, self._seq, r.tool_ver, r.run_id))
         if self.budget.holds(r.run_id):
@@ -582,10 +595,11 @@ class Legato(BasePolicy):
         self.predictor.tool_finished(event.tool, r.tenant if r is not None else "", event.duration_s)
         if r is None:
             return ()
-        for i, branch in enumerate(r.acting):
-            if branch.tool == event.tool:
-                del r.acting[i]
-                break
+        # The branch whose tool ran ends, not a still-expected one that happens to share the name.
+        started = [i for i, b in enumerate(r.acting) if b.tool == event.tool and b.started]
+        unstarted = [i for i, b in enumerate(r.acting) if b.tool == event.tool and not b.started]
+        for i in (started or unstarted)[:1]:
+            del r.acting[i]
         if self.budget.holds(r.run_id):
             self._sync(r)
         return ()
@@ -614,12 +628,34 @@ class Legato(BasePolicy):
             r = self._runs.get(run_id)
             if r is not None and r.tool_ver == ver and r.acting and r.replica is not None:
                 out.append(Prefetch(run_id, r.replica))
+        self._drop_unstarted(now, out)
         self._release(now, out)
         if self._waiting:
             self._ensure_capacity(view)
             self._blocked = None  # footprints drift as calls finish: retry on every tick
             self._admit(now, view, out)
         return out
+
+    def _drop_unstarted(self, now: float, out: list[Decision]) -> None:
+        """Forget expected tool branches whose tool never started (`TOOL_GRACE_S` after their
+        call): the prediction was wrong and their context is not held through a tool. Kept,
+        they would count against the KV budget until the run ends; a map-reduce run whose
+        workers' last rounds were predicted to call a tool would look several contexts larger
+        than it is, and admission would leave most of the memory unused."""
+        heap = self._expected
+        while heap and heap[0][0] <= now:
+            _, _, run_id = heapq.heappop(heap)
+            r = self._runs.get(run_id)
+            if r is None:
+                continue
+            kept = [b for b in r.acting if b.started or b.expires_s > now]
+            if len(kept) == len(r.acting):
+                continue
+            r.acting = kept
+            if self.budget.holds(r.run_id):
+                self._sync(r)
+                assert r.replica is not None
+                self._relieve(r.replica, now, out)
 
     # --- reporting -----------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ from legato.engine_adapter.base import GenerateRequest, SamplingParams
 from legato.engine_adapter.torch import EngineCore, cpu_kernels
 from legato.engine_adapter.torch.cpu_kernels import CpuKernels
 from legato.engine_adapter.torch.model import apply_rope
+from legato.engine_adapter.torch.packed_decode import PackedDecoder
 from tests.engine.conftest import assert_matches_reference
 
 
@@ -53,28 +54,47 @@ def test_rope_store_rotates_and_writes_the_cache(kern: CpuKernels) -> None:
     assert kv.count_nonzero() == t * kvh * 2 * d  # nothing else was written
 
 
+def _key_layout(logical: torch.Tensor, tile: int) -> torch.Tensor:
+    """Keys `[rows, kvh, cap, dim]` in the workspace layout the kernel reads: transposed
+    `[rows, kvh, dim, cap]` (tile 0), or tiled `[rows, kvh, cap / tile, dim, tile]`."""
+    rows, kvh, cap, dim = logical.shape
+    if not tile:
+        return logical.transpose(-1, -2).contiguous()
+    return logical.view(rows, kvh, cap // tile, tile, dim).transpose(-1, -2).contiguous()
+
+
+def _key_logical(layout: torch.Tensor, tile: int) -> torch.Tensor:
+    if not tile:
+        return layout.transpose(-1, -2)
+    rows, kvh, tiles, dim, _ = layout.shape
+    return layout.transpose(-1, -2).reshape(rows, kvh, tiles * tile, dim)
+
+
+@pytest.mark.parametrize("tile", [0, 16])
 @pytest.mark.parametrize(
     ("heads", "kv_heads", "dim"), [(8, 4, 32), (6, 2, 16), (4, 4, 64), (6, 2, 48), (3, 1, 16)]
 )
 def test_decode_attention_matches_sdpa_on_ragged_rows(
-    kern: CpuKernels, heads: int, kv_heads: int, dim: int
+    kern: CpuKernels, heads: int, kv_heads: int, dim: int, tile: int
 ) -> None:
-    """GQA groups of 1-3 heads, ragged lengths around the 16-lane blocks, rows out of order."""
+    """GQA groups of 1-3 heads, ragged lengths around the 16-lane blocks, rows out of order, keys
+    in both workspace layouts."""
     gen = torch.Generator().manual_seed(heads * 100 + dim)
     n, rows, cap = 7, 9, 160
-    keys = torch.randn(rows, kv_heads, dim, cap, generator=gen)
+    keys = _key_layout(torch.randn(rows, kv_heads, cap, dim, generator=gen), tile)
     values = torch.randn(rows, kv_heads, cap, dim, generator=gen)
     qkv = torch.randn(2 * n, heads + 2 * kv_heads, dim, generator=gen)[::2]  # strided rows
     row_of = torch.tensor([4, 0, 8, 1, 6, 2, 3])
     lens = torch.tensor([1, 15, 16, 17, 64, 100, 160])
     out = torch.empty(n, heads, dim)
     kern.decode_attention(qkv, heads, keys, values, row_of, lens, out, 1.0 / math.sqrt(dim))
+    logical_keys = _key_logical(keys, tile)  # [rows, kvh, cap, dim]
     for i in range(n):
         r, length = int(row_of[i]), int(lens[i])
         # the new key and value landed at the last position before attending
-        torch.testing.assert_close(keys[r, :, :, length - 1], qkv[i, heads : heads + kv_heads])
+        torch.testing.assert_close(logical_keys[r, :, length - 1], qkv[i, heads : heads + kv_heads])
         torch.testing.assert_close(values[r, :, length - 1], qkv[i, heads + kv_heads :])
-        k = keys[r, :, :, :length].transpose(-1, -2)
+        k = logical_keys[r, :, :length]
         v = values[r, :, :length]
         q = qkv[i, :heads].unsqueeze(1)
         want = F.scaled_dot_product_attention(q, k, v, enable_gqa=True).squeeze(1)
@@ -104,3 +124,56 @@ def test_engine_matches_reference_with_and_without_kernels(
     got = _generate(core, mix)
     for i, (prompt, _) in enumerate(mix):
         assert_matches_reference(core, prompt, got[f"r{i}"])
+
+
+def _packed_decoder_or_skip(core: EngineCore) -> PackedDecoder:
+    kern = cpu_kernels.load()
+    decoder = None if kern is None else core.model.packed_decoder(kern)
+    if decoder is None:
+        pytest.skip("no C compiler or no MKL in this torch build: the packed decode step is unavailable")
+    return decoder
+
+
+def test_packed_decode_step_gives_the_per_op_paths_tokens(make_core: Callable[..., EngineCore]) -> None:
+    """The one-call decode step (MKL-packed weights) against the per-op kernel path and the dense
+    reference, on a mix whose decodes join and leave the batch at different steps."""
+    packed, per_op = make_core(max_num_seqs=5), make_core(max_num_seqs=5)
+    per_op.model.use_packed_decode = False
+    decoder = _packed_decoder_or_skip(packed)
+    mix = _mix()
+    got, want = _generate(packed, mix), _generate(per_op, mix)
+    assert got == want
+    assert decoder.steps > 0 and decoder.repacks == 1
+    for i, (prompt, _) in enumerate(mix):
+        assert_matches_reference(packed, prompt, got[f"r{i}"])
+
+
+def test_packed_decode_step_follows_in_place_weight_changes(make_core: Callable[..., EngineCore]) -> None:
+    packed, per_op = make_core(max_num_seqs=5), make_core(max_num_seqs=5)
+    per_op.model.use_packed_decode = False
+    decoder = _packed_decoder_or_skip(packed)
+    mix = _mix()
+    before = _generate(packed, mix)
+    assert _generate(per_op, mix) == before  # same history, so the same prefix cache
+    for core in (packed, per_op):
+        with torch.no_grad():  # an in-place load, as load_state_dict does
+            for layer in core.model.model.layers:
+                layer.mlp.down_proj.weight.mul_(-3.0)
+                layer.self_attn.q_proj.weight.mul_(2.0)  # a view into the fused q/k/v weight
+    after = _generate(packed, mix)
+    assert after == _generate(per_op, mix)
+    assert after != before  # the change mattered, so the repack did too
+    assert decoder.repacks == 2
+
+
+def test_packed_decode_step_refuses_weights_replaced_after_fusing(
+    make_core: Callable[..., EngineCore],
+) -> None:
+    core = make_core(max_num_seqs=5)
+    _packed_decoder_or_skip(core)
+    mlp = core.model.model.layers[0].mlp
+    mlp.up_proj.weight = torch.nn.Parameter(torch.zeros_like(mlp.up_proj.weight), requires_grad=False)
+    with pytest.raises(RuntimeError, match=r"model\.fuse\(\)"):
+        _generate(core, _mix())
+    core.model.fuse()  # the documented fix
+    assert len(_generate(make_core(max_num_seqs=5), _mix())) == len(_mix())

@@ -19,9 +19,11 @@ from legato.scheduler.events import (
     LLMCall,
     RunFinished,
     RunStarted,
+    Tick,
+    ToolFinished,
     ToolStarted,
 )
-from legato.scheduler.legato_policy import Legato
+from legato.scheduler.legato_policy import TOOL_GRACE_S, Legato
 from legato.scheduler.policy import Decision, Dispatch, NextUse, Pin, ReplicaView
 from tests.sim.test_invariants import _assert_program_order
 
@@ -85,6 +87,66 @@ def test_tool_call_gets_a_next_use_hint_and_a_pin() -> None:
     pins = [d for d in out if isinstance(d, Pin)]
     assert pins and pins[0].ttl_s == pytest.approx(4.0)  # twice the hint before any sample
     assert policy.stats()["legato_pins"] == 1.0
+
+
+def _learn_that_a_tool_follows_step_0(policy: Legato, view: _View) -> None:
+    """A past run of "agent" ran `bash` after its call site step-0 (and then ended)."""
+    policy.on_event(RunStarted("past", "agent", "t0"), 0.0, view)
+    policy.on_event(_call("past", 0, 100, tool=None), 0.0, view)
+    policy.on_event(CallFinished("past#0", "past", 100, 10, 0, "stop"), 0.1, view)
+    policy.on_event(ToolStarted("past", "bash", 1.0), 0.1, view)
+    policy.on_event(ToolFinished("past", "bash", 1.0), 1.1, view)
+    policy.on_event(RunFinished("past", "succeeded"), 1.1, view)
+
+
+def _start_two_programs(policy: Legato, view: _View, a_tool: str | None) -> list[Decision]:
+    """Run a's first call (5000 tokens) finishes at t=2; b (4000 tokens) arrives then and does
+    not fit beside a's context (0.9 x 10,000 tokens) while a holds it for a tool."""
+    policy.on_event(RunStarted("a", "agent", "t0"), 2.0, view)
+    assert _dispatched(list(policy.on_event(_call("a", 0, 5000, tool=a_tool), 2.0, view))) == ["a#0"]
+    policy.on_event(CallFinished("a#0", "a", 5000, 100, 0, "stop"), 2.0, view)
+    policy.on_event(RunStarted("b", "agent", "t0"), 2.0, view)
+    return list(policy.on_event(_call("b", 0, 4000, tool=None), 2.0, view))
+
+
+def test_a_predicted_tool_that_never_starts_stops_holding_kv_after_a_grace() -> None:
+    # History says step-0 is followed by a tool, but this run's step-0 ends without one (a map
+    # body's last round): its context must not hold the budget for the rest of the run.
+    policy = Legato()
+    view = _View(10_000)
+    _learn_that_a_tool_follows_step_0(policy, view)
+    assert _dispatched(_start_two_programs(policy, view, a_tool=None)) == []
+    assert _dispatched(list(policy.on_event(Tick(), 2.0 + TOOL_GRACE_S / 2, view))) == []
+    assert _dispatched(list(policy.on_event(Tick(), 2.0 + TOOL_GRACE_S + 0.1, view))) == ["b#0"]
+
+
+def test_a_branch_whose_tool_started_keeps_its_kv_budget_until_the_tool_ends() -> None:
+    policy = Legato()
+    view = _View(10_000)
+    _learn_that_a_tool_follows_step_0(policy, view)
+    assert _dispatched(_start_two_programs(policy, view, a_tool="bash")) == []
+    policy.on_event(ToolStarted("a", "bash", 30.0), 2.0, view)
+    for t in (2.5, 5.0, 10.0):  # well past the grace: the tool is still running
+        assert _dispatched(list(policy.on_event(Tick(), t, view))) == []
+    # the tool ends; a's next call is the last one and needs only 100 more tokens: b fits
+    policy.on_event(ToolFinished("a", "bash", 10.0), 12.0, view)
+    policy.on_event(_call("a", 1, 400, tool=None, last=True), 12.0, view)
+    assert _dispatched(list(policy.on_event(Tick(), 12.5, view))) == ["b#0"]
+
+
+def test_a_run_with_a_call_in_progress_is_hinted_as_needed_now_when_a_branch_starts_a_tool() -> None:
+    # A map's workers run in parallel: one worker's tool does not make the run's KV idle.
+    policy = Legato()
+    view = _View(100_000)
+    policy.on_event(RunStarted("a", "agent", "t0"), 0.0, view)
+    policy.on_event(_call("a", 0, 2000), 0.0, view)
+    policy.on_event(_call("a", 1, 2000), 0.0, view)
+    policy.on_event(CallFinished("a#0", "a", 2000, 300, 0, "stop"), 3.0, view)
+    out = list(policy.on_event(ToolStarted("a", "bash", 2.0), 3.0, view))
+    assert [d.at_s for d in out if isinstance(d, NextUse)] == [3.0]
+    policy.on_event(CallFinished("a#1", "a", 2000, 300, 0, "stop"), 4.0, view)
+    out = list(policy.on_event(ToolStarted("a", "bash", 2.0), 4.0, view))
+    assert [d.at_s for d in out if isinstance(d, NextUse)] == [pytest.approx(6.0)]  # all in tools
 
 
 def _tenant_call(run: str, j: int, tenant: str, prompt: int) -> CallArrived:

@@ -367,13 +367,14 @@ class EngineCore:
     def _detokenize(self, seq: Seq, flush: bool) -> None:
         """Incremental decoding: decode a small window of recent tokens and append only what is
         new, waiting while the text ends in an incomplete character (U+FFFD)."""
-        out = seq.output_token_ids
-        prefix_text = self.tokenizer.decode(out[seq.prefix_offset : seq.read_offset])
-        new_text = self.tokenizer.decode(out[seq.prefix_offset :])
+        base = seq.num_prompt_tokens  # offsets count output tokens
+        ids = seq.token_ids
+        prefix_text = self.tokenizer.decode(ids[base + seq.prefix_offset : base + seq.read_offset])
+        new_text = self.tokenizer.decode(ids[base + seq.prefix_offset :])
         if len(new_text) > len(prefix_text) and (flush or not new_text.endswith("\ufffd")):
             seq.text += new_text[len(prefix_text) :]
             seq.prefix_offset = seq.read_offset
-            seq.read_offset = len(out)
+            seq.read_offset = len(ids) - base
 
     def _output(
         self, seq: Seq, tokens: tuple[int, ...], text: str, logprob: float | None, finished: bool

@@ -93,9 +93,13 @@ class CpuKernels:
         self._rope_store.argtypes = [_PTR, _I64, _I64, _I64, _I64, _PTR, _PTR, _PTR, _PTR, _PTR]
         self._decode_attention = lib.lg_decode_attention
         self._decode_attention.argtypes = [_PTR, _I64, _PTR, _PTR, _PTR, _PTR, _I64, _I64, _I64, _I64]
-        self._decode_attention.argtypes += [_I64, _F32, _PTR]
+        self._decode_attention.argtypes += [_I64, _I64, _F32, _PTR]
         for fn in (self._rmsnorm, self._silu_mul, self._rope_store, self._decode_attention):
             fn.restype = None
+        self.decode_step = lib.lg_decode_step  # called by `packed_decode.PackedDecoder`
+        self.decode_step.argtypes = [_PTR, _PTR, *[_I64] * 7, _F32, _PTR, _PTR, _PTR, _PTR, _PTR, _PTR]
+        self.decode_step.argtypes += [_PTR, _I64, _PTR, _PTR, _PTR, _I64, _PTR, _PTR, _I64, _I64, _F32]
+        self.decode_step.restype = ctypes.c_int
 
     def rmsnorm(self, x: Tensor, weight: Tensor, eps: float) -> Tensor:
         """`F.rms_norm(x, (dim,), weight, eps)` for `x` `[rows, dim]`."""
@@ -151,10 +155,12 @@ class CpuKernels:
     ) -> None:
         """For each decode token i (rows of `qkv` `[n, heads + 2 * kv_heads, dim]`, rotated; rows
         may be strided): write its key and value at position `lens[i] - 1` of workspace row
-        `rows[i]` (keys `[rows, kvh, dim, cap]`, values `[rows, kvh, cap, dim]`), then write into
-        `out` `[n, heads, dim]` its query heads' attention over the row's first `lens[i]`
-        positions."""
+        `rows[i]` (keys `[rows, kvh, dim, cap]` or tiled `[rows, kvh, cap / tile, dim, tile]`,
+        values `[rows, kvh, cap, dim]`), then write into `out` `[n, heads, dim]` its query heads'
+        attention over the row's first `lens[i]` positions."""
         n, _, dim = qkv.shape
+        cap = ws_v.shape[2]
+        tile = ws_kt.shape[-1]
         self._decode_attention(
             qkv.data_ptr(),
             qkv.stride(0),
@@ -166,14 +172,82 @@ class CpuKernels:
             heads,
             ws_kt.shape[1],
             dim,
-            ws_kt.shape[-1],
+            cap,
+            tile,
             scale,
             out.data_ptr(),
         )
 
 
+class PackedGemm:
+    """MKL's packed single-precision GEMM, from the MKL that torch links statically.
+
+    `cblas_sgemm_pack` lays a weight out once in the blocked order MKL's kernels read, so
+    `cblas_sgemm_compute` skips the per-call repacking that `F.linear` pays (about a fifth of a
+    small-batch matmul's time). torch exports these symbols from `libtorch_cpu` on x86-64 Linux;
+    elsewhere (OpenBLAS or Accelerate builds) `find()` returns None and callers keep `F.linear`."""
+
+    _ROW_MAJOR, _B_MATRIX, _TRANS = 101, 162, 112
+
+    def __init__(self, lib: ctypes.CDLL) -> None:
+        self._size = lib.cblas_sgemm_pack_get_size
+        self._size.argtypes = [ctypes.c_int, _I64, _I64, _I64]
+        self._size.restype = ctypes.c_size_t
+        self._pack = lib.cblas_sgemm_pack
+        self._pack.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int, _I64, _I64, _I64, _F32, _PTR, _I64]
+        self._pack.argtypes += [_PTR]
+        self._pack.restype = None
+        address = ctypes.cast(lib.cblas_sgemm_compute, ctypes.c_void_p).value
+        assert address is not None
+        self.compute_address = address  # handed to the C kernels, which call it directly
+
+    def pack(self, weight: Tensor, batch: int = 32) -> Tensor:
+        """`weight` `[out, in]` (float32, contiguous) packed as the right operand of `x @ weight.T`.
+        `batch` only sizes MKL's buffer; the packed weight serves any number of rows."""
+        out_features, in_features = weight.shape
+        size = self._size(self._B_MATRIX, batch, out_features, in_features)
+        packed = torch.empty(-(-size // 4), dtype=torch.float32)
+        self._pack(
+            self._ROW_MAJOR,
+            self._B_MATRIX,
+            self._TRANS,
+            batch,
+            out_features,
+            in_features,
+            1.0,
+            weight.data_ptr(),
+            in_features,
+            packed.data_ptr(),
+        )
+        return packed
+
+    @staticmethod
+    def find() -> PackedGemm | None:
+        path = Path(torch.__file__).parent / "lib" / "libtorch_cpu.so"
+        if platform.machine() not in ("x86_64", "AMD64") or not path.is_file():
+            return None
+        try:
+            lib = ctypes.CDLL(str(path))
+            return PackedGemm(lib)
+        except (OSError, AttributeError):
+            return None
+
+
 _loaded: CpuKernels | None = None
 _tried = False
+_gemm: PackedGemm | None = None
+_gemm_tried = False
+
+
+def packed_gemm() -> PackedGemm | None:
+    """MKL's packed GEMM when torch links it (see `PackedGemm`); None otherwise or when
+    `LEGATO_PACKED_GEMM=0`."""
+    global _gemm, _gemm_tried
+    if not _gemm_tried:
+        _gemm_tried = True
+        if os.environ.get("LEGATO_PACKED_GEMM", "1") != "0":
+            _gemm = PackedGemm.find()
+    return _gemm
 
 
 def load() -> CpuKernels | None:

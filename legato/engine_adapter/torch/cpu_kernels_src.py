@@ -117,20 +117,28 @@ void lg_rope_store(float *restrict qkv, int64_t ntok, int64_t heads, int64_t kv_
     }
 }
 
+/* Key (d, t) of one head in the tiled transposed layout [cap / tile][dim][tile]; tile is cap
+   itself (plain [dim][cap]) or a multiple of 16, so 16 lanes from a multiple of 16 are contiguous. */
+static inline int64_t key_at(int64_t d, int64_t t, int64_t dim, int64_t tile) {
+    return (t / tile) * dim * tile + d * tile + t % tile;
+}
+
 /* Scores of NQ query heads (1 or 2, sharing one KV head) against positions [0, len):
-   sc[g * stride + t] = scale * q_g . k[t], keys transposed [dim, cap]. Blocks of 64 positions keep
-   4 * NQ FMA chains in flight and load each key vector once for all NQ heads. */
+   sc[g * stride + t] = scale * q_g . k[t], keys tiled and transposed (key_at). Blocks of 64
+   positions keep 4 * NQ FMA chains in flight and load each key vector once for all NQ heads. */
 INLINE void scores(const float *restrict q, int nq, const float *restrict kt, int64_t len, int64_t dim,
-                   int64_t cap, float scale, float *restrict sc, int64_t stride) {
+                   int64_t cap, int64_t tile, float scale, float *restrict sc, int64_t stride) {
     int64_t t = 0;
     for (; t + 4 * LANES <= len; t += 4 * LANES) {
         v16 a[2][4];
         for (int g = 0; g < nq; g++)
             for (int b = 0; b < 4; b++) a[g][b] = splat(0.0f);
+        const float *k0p = kt + key_at(0, t, dim, tile), *k1p = kt + key_at(0, t + LANES, dim, tile);
+        const float *k2p = kt + key_at(0, t + 2 * LANES, dim, tile);
+        const float *k3p = kt + key_at(0, t + 3 * LANES, dim, tile);
         for (int64_t d = 0; d < dim; d++) {
-            const float *kr = kt + d * cap + t;
-            v16 k0 = vload(kr), k1 = vload(kr + LANES);
-            v16 k2 = vload(kr + 2 * LANES), k3 = vload(kr + 3 * LANES);
+            v16 k0 = vload(k0p + d * tile), k1 = vload(k1p + d * tile);
+            v16 k2 = vload(k2p + d * tile), k3 = vload(k3p + d * tile);
             for (int g = 0; g < nq; g++) {
                 float qd = q[g * dim + d];
                 a[g][0] += qd * k0;
@@ -145,8 +153,9 @@ INLINE void scores(const float *restrict q, int nq, const float *restrict kt, in
     for (; t + LANES <= cap && t < len; t += LANES) { /* may read past len, never past cap */
         v16 a[2];
         for (int g = 0; g < nq; g++) a[g] = splat(0.0f);
+        const float *kp = kt + key_at(0, t, dim, tile);
         for (int64_t d = 0; d < dim; d++) {
-            v16 k0 = vload(kt + d * cap + t);
+            v16 k0 = vload(kp + d * tile);
             for (int g = 0; g < nq; g++) a[g] += q[g * dim + d] * k0;
         }
         for (int g = 0; g < nq; g++) vstore(sc + g * stride + t, a[g] * scale);
@@ -154,7 +163,7 @@ INLINE void scores(const float *restrict q, int nq, const float *restrict kt, in
     for (; t < len; t++)
         for (int g = 0; g < nq; g++) {
             float s = 0.0f;
-            for (int64_t d = 0; d < dim; d++) s += q[g * dim + d] * kt[d * cap + t];
+            for (int64_t d = 0; d < dim; d++) s += q[g * dim + d] * kt[key_at(d, t, dim, tile)];
             sc[g * stride + t] = s * scale;
         }
 }
@@ -214,10 +223,10 @@ INLINE void weighted_sum(const float *restrict p, int64_t stride, int nq, const 
 
 /* One KV head's share of a sequence: NQ consecutive query heads q [nq, dim] -> o [nq, dim]. */
 INLINE void attend(const float *restrict q, int nq, const float *restrict kt, const float *restrict vv,
-                   int64_t len, int64_t dim, int64_t cap, float scale, float *restrict sc, int64_t stride,
-                   float *restrict o) {
+                   int64_t len, int64_t dim, int64_t cap, int64_t tile, float scale, float *restrict sc,
+                   int64_t stride, float *restrict o) {
     float inv[2];
-    scores(q, nq, kt, len, dim, cap, scale, sc, stride);
+    scores(q, nq, kt, len, dim, cap, tile, scale, sc, stride);
     for (int g = 0; g < nq; g++) inv[g] = softmax_unnormalised(sc + g * stride, len);
     switch (dim / LANES) { /* constant trip counts keep the accumulators in registers */
     case 2: weighted_sum(sc, stride, nq, vv, len, 2, inv, o); break;
@@ -232,12 +241,15 @@ INLINE void attend(const float *restrict q, int nq, const float *restrict kt, co
    its new key and value heads: those are first written at position lens[i] - 1 of workspace row
    rows[i] (here rather than in a separate pass, so the cache lines are fetched once for the write
    and the read), then the query heads attend to positions [0, lens[i]); query head j reads KV head
-   j / (heads / kv_heads) (GQA). Writes out [n, heads, dim].
-   dim must be a multiple of 16, at most 256 (the caller checks). */
+   j / (heads / kv_heads) (GQA). Writes out [n, heads, dim]. A head's keys are laid out
+   [cap / tile][dim][tile] (key_at): tile = cap is the plain transposed layout; tile = 16 keeps
+   every 16 positions' keys in one contiguous 64 * dim bytes, which the hardware prefetcher
+   streams (plain rows of dim strided reads defeat it, and decode attention is bound by fetching
+   keys). dim must be a multiple of 16, at most 256 (the caller checks). */
 void lg_decode_attention(const float *restrict qkv, int64_t qkv_stride, float *restrict ws_kt,
                          float *restrict ws_v, const int64_t *restrict rows,
                          const int64_t *restrict lens, int64_t n, int64_t heads, int64_t kv_heads,
-                         int64_t dim, int64_t cap, float scale, float *restrict out) {
+                         int64_t dim, int64_t cap, int64_t tile, float scale, float *restrict out) {
     int64_t group = heads / kv_heads;
     int64_t maxlen = 1;
     for (int64_t i = 0; i < n; i++) maxlen = lens[i] > maxlen ? lens[i] : maxlen;
@@ -251,19 +263,89 @@ void lg_decode_attention(const float *restrict qkv, int64_t qkv_stride, float *r
             float *kt = ws_kt + (row * kv_heads + h) * dim * cap;
             float *vv = ws_v + (row * kv_heads + h) * cap * dim;
             const float *k_new = q + (heads + h) * dim, *v_new = q + (heads + kv_heads + h) * dim;
-            for (int64_t d = 0; d < dim; d++) kt[d * cap + len - 1] = k_new[d];
+            for (int64_t d = 0; d < dim; d++) kt[key_at(d, len - 1, dim, tile)] = k_new[d];
             memcpy(vv + (len - 1) * dim, v_new, dim * sizeof(float));
             for (int64_t g = 0; g < group; g += 2) {
                 int64_t head = h * group + g;
                 const float *qh = q + head * dim;
                 float *o = out + (i * heads + head) * dim;
                 if (g + 1 < group)
-                    attend(qh, 2, kt, vv, len, dim, cap, scale, sc, stride, o);
+                    attend(qh, 2, kt, vv, len, dim, cap, tile, scale, sc, stride, o);
                 else
-                    attend(qh, 1, kt, vv, len, dim, cap, scale, sc, stride, o);
+                    attend(qh, 1, kt, vv, len, dim, cap, tile, scale, sc, stride, o);
             }
         }
     }
     free(sc);
+}
+/* ---- the whole decode step in one call -------------------------------------------------------
+   Matrix products go through MKL's packed GEMM (cblas_sgemm_compute with the weight packed once by
+   cblas_sgemm_pack), reached through a function pointer the caller takes from the MKL that torch
+   itself links: nothing here links against MKL. MKL_INT arguments are passed as int64_t, which
+   is right for both the LP64 and ILP64 interfaces on x86-64 (a 32-bit callee reads the low half). */
+typedef void (*lg_gemm_compute_t)(int layout, int64_t transa, int64_t transb, int64_t m, int64_t n,
+                                  int64_t k, const float *a, int64_t lda, const float *b, int64_t ldb,
+                                  float beta, float *c, int64_t ldc);
+#define LG_ROW_MAJOR 101
+#define LG_NO_TRANS 111
+#define LG_PACKED 151
+
+/* y[n, out] = x[n, in] . W^T + beta * y, W [out, in] packed by cblas_sgemm_pack */
+static void packed_linear(lg_gemm_compute_t gemm, int64_t n, int64_t out, int64_t in, const float *x,
+                          const float *w_packed, float beta, float *y) {
+    gemm(LG_ROW_MAJOR, LG_NO_TRANS, LG_PACKED, n, out, in, x, in, w_packed, out, beta, y, out);
+}
+
+/* One decoder layer's weights: norms plain, projections packed (qkv_bias may be NULL). */
+typedef struct {
+    const float *input_norm, *post_norm, *qkv, *qkv_bias, *o, *gate_up, *down;
+} lg_layer;
+
+/* Every layer of a decode-only step (n tokens, one per sequence, each with a workspace row),
+   the same arithmetic as the per-op path: x += o(attention(rope(qkv(norm(x))))); x += down(
+   silu(gate) * up(norm(x))). `x` [n, hidden] holds the embeddings on entry and the residual
+   stream on return; `out` [n, hidden] gets the final norm. Workspace and KV-cache layouts as in
+   lg_decode_attention and lg_rope_store, layer l at `+ l * *_layer_stride` floats.
+   Returns 0, or -1 when scratch memory could not be allocated (outputs are then undefined). */
+int lg_decode_step(void *gemm_fn, const lg_layer *layers, int64_t num_layers, int64_t n,
+                   int64_t hidden, int64_t heads, int64_t kv_heads, int64_t dim, int64_t inter,
+                   float eps, float *restrict x, const float *final_norm, float *restrict out,
+                   const int64_t *pos, const float *cos_tab, const float *sin_tab, float *kv,
+                   int64_t kv_layer_stride, const int64_t *slots, float *ws_kt, float *ws_v,
+                   int64_t ws_layer_stride, const int64_t *rows, const int64_t *lens, int64_t cap,
+                   int64_t tile, float scale) {
+    lg_gemm_compute_t gemm = (lg_gemm_compute_t)gemm_fn;
+    int64_t width = (heads + 2 * kv_heads) * dim;
+    float *h = (float *)malloc((size_t)(n * hidden) * sizeof(float));
+    float *qkv = (float *)malloc((size_t)(n * width) * sizeof(float));
+    float *att = (float *)malloc((size_t)(n * heads * dim) * sizeof(float));
+    float *gu = (float *)malloc((size_t)(n * 2 * inter) * sizeof(float));
+    float *act = (float *)malloc((size_t)(n * inter) * sizeof(float));
+    int status = (h && qkv && att && gu && act) ? 0 : -1;
+    for (int64_t l = 0; status == 0 && l < num_layers; l++) {
+        const lg_layer *w = layers + l;
+        lg_rmsnorm(x, w->input_norm, h, n, hidden, eps);
+        float beta = 0.0f;
+        if (w->qkv_bias) {
+            for (int64_t i = 0; i < n; i++) memcpy(qkv + i * width, w->qkv_bias, width * sizeof(float));
+            beta = 1.0f;
+        }
+        packed_linear(gemm, n, width, hidden, h, w->qkv, beta, qkv);
+        lg_rope_store(qkv, n, heads, kv_heads, dim, cos_tab, sin_tab, pos, kv + l * kv_layer_stride, slots);
+        lg_decode_attention(qkv, width, ws_kt + l * ws_layer_stride, ws_v + l * ws_layer_stride, rows,
+                            lens, n, heads, kv_heads, dim, cap, tile, scale, att);
+        packed_linear(gemm, n, hidden, heads * dim, att, w->o, 1.0f, x);
+        lg_rmsnorm(x, w->post_norm, h, n, hidden, eps);
+        packed_linear(gemm, n, 2 * inter, hidden, h, w->gate_up, 0.0f, gu);
+        lg_silu_mul(gu, act, n, inter);
+        packed_linear(gemm, n, hidden, inter, act, w->down, 1.0f, x);
+    }
+    if (status == 0) lg_rmsnorm(x, final_norm, out, n, hidden, eps);
+    free(h);
+    free(qkv);
+    free(att);
+    free(gu);
+    free(act);
+    return status;
 }
 """

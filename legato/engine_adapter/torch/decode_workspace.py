@@ -5,11 +5,13 @@ entire KV once per step (and Hugging Face's growing cache does the same with `to
 workspace avoids it: each decoding sequence owns a row of a dense
 `[layers, 2 (k, v), rows, kv_heads, capacity, head_dim]` tensor, filled once from the paged cache
 when the sequence starts decoding and then extended by one position per step (the attention layer
-writes the new keys/values into both). Within a row the keys are stored transposed, `[kv_heads,
-head_dim, capacity]` in the space of `[kv_heads, capacity, head_dim]`, so the scores of consecutive
-positions are contiguous vector lanes for the decode-attention kernel (`cpu_kernels.py`); the
-`keys` / `values` views give the two interpretations. Rows are recycled lowest-first as sequences come and go,
-so membership changes cost one row fill, not a rebuild. The paged cache stays the source of
+writes the new keys/values into both). Within a row the keys are stored transposed, so the scores
+of consecutive positions are contiguous vector lanes: `[kv_heads, head_dim, capacity]` for the
+torch ops (`key_tile` 0), or in tiles of `key_tile` positions, `[kv_heads, capacity / key_tile,
+head_dim, key_tile]`, for the decode-attention kernel (`cpu_kernels.py`), which then reads each
+head's keys as one sequential stream. The `keys` / `values` views give the interpretations.
+Rows are recycled lowest-first as sequences come and go, so membership changes cost one row
+fill, not a rebuild. The paged cache stays the source of
 truth (prefix caching, export); the workspace is a cache of it for the current decode batch.
 
 Past `max_bytes` (very long contexts or batches) the runner falls back to per-step gathering.
@@ -18,9 +20,11 @@ Past `max_bytes` (very long contexts or batches) the runner falls back to per-st
 from __future__ import annotations
 
 import heapq
+import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from legato.engine_adapter.torch.scheduler import ScheduledChunk
@@ -31,7 +35,10 @@ class WorkspacePlan:
     """How this step's decodes map onto workspace rows."""
 
     tensor: Tensor  # [layers, 2, rows, kv_heads, capacity, head_dim] (one allocation)
-    keys: Tensor  # [layers, rows, kv_heads, head_dim, capacity] view: keys, transposed
+    # keys, transposed: [layers, rows, kv_heads, head_dim, capacity] view when key_tile is 0, else
+    # [layers, rows, kv_heads, capacity / key_tile, head_dim, key_tile]
+    keys: Tensor
+    key_tile: int
     values: Tensor  # [layers, rows, kv_heads, capacity, head_dim] view
     rows: Tensor  # [num_decode] long: row of each decode token
     positions: Tensor  # [num_decode] long: position of each decode token (its new KV goes there)
@@ -48,13 +55,15 @@ class DecodeWorkspace:
         self.block_size = block_size
         self.max_bytes = max_bytes
         self.tensor: Tensor | None = None
+        self.key_tile = 0
         self._row_of: dict[int, int] = {}  # Sequence.arrival -> row
         self._row_len: list[int] = []  # valid positions per row
         self._free: list[int] = []  # heap of free rows
         self.row_fills = 0
         self.grows = 0
 
-    def _reset(self) -> None:
+    def _reset(self, key_tile: int = 0) -> None:
+        self.key_tile = key_tile
         self.tensor = None
         self._row_of.clear()
         self._row_len = []
@@ -79,14 +88,15 @@ class DecodeWorkspace:
         if rows > old_rows:
             new_rows = max(new_rows, 2 * old_rows)
         new_cap = max(old_cap, capacity)
+        unit = math.lcm(self.block_size, self.key_tile or 1)  # capacity is whole blocks and tiles
         if capacity > old_cap:  # headroom so growth is rare
-            new_cap = -(-(capacity + capacity // 2 + self.block_size) // self.block_size) * self.block_size
+            new_cap = -(-(capacity + capacity // 2 + self.block_size) // unit) * unit
             final = min(final_capacity, 4 * capacity + 4 * self.block_size)
-            final = -(-final // self.block_size) * self.block_size
+            final = -(-final // unit) * unit
             if final > new_cap and self._nbytes(new_rows, final) <= self.max_bytes:
                 new_cap = final
         if self._nbytes(new_rows, new_cap) > self.max_bytes:
-            self._reset()
+            self._reset(self.key_tile)
             return False
         self.grows += 1
         t = torch.zeros(
@@ -100,7 +110,12 @@ class DecodeWorkspace:
             device=self.kv_cache.device,
         )
         if old is not None:
-            _keys(t)[:, :old_rows, :, :, :old_cap] = _keys(old)
+            if self.key_tile:
+                _keys(t, self.key_tile)[:, :old_rows, :, : old_cap // self.key_tile] = _keys(
+                    old, self.key_tile
+                )
+            else:
+                _keys(t, 0)[:, :old_rows, :, :, :old_cap] = _keys(old, 0)
             t[:, 1, :old_rows, :, :old_cap] = old[:, 1]
         self.tensor = t
         self._row_len.extend([0] * (new_rows - old_rows))
@@ -120,11 +135,24 @@ class DecodeWorkspace:
         slots = (table.unsqueeze(1) * bs + offsets).view(-1)[:past]
         layers, _, kvh, width = self.kv_cache.shape
         got = self.kv_cache.index_select(1, slots).view(layers, past, kvh, 2, width // 2)
-        _keys(self.tensor)[:, row, :, :, :past] = got[:, :, :, 0].permute(0, 2, 3, 1)
+        keys = got[:, :, :, 0]  # [layers, past, kvh, dim]
+        tile = self.key_tile
+        if tile:
+            tiles = -(-past // tile)  # the last tile is padded; positions past `past` are never read
+            padded = F.pad(keys, (0, 0, 0, 0, 0, tiles * tile - past))
+            tiled = padded.view(layers, tiles, tile, kvh, width // 2).permute(0, 3, 1, 4, 2)
+            _keys(self.tensor, tile)[:, row, :, :tiles] = tiled
+        else:
+            _keys(self.tensor, 0)[:, row, :, :, :past] = keys.permute(0, 2, 3, 1)
         self.tensor[:, 1, row, :, :past] = got[:, :, :, 1].permute(0, 2, 1, 3)
 
-    def prepare(self, decodes: list[ScheduledChunk], positions: list[int]) -> WorkspacePlan | None:
-        """Rows for this step's decodes (position p = tokens already cached for that sequence)."""
+    def prepare(
+        self, decodes: list[ScheduledChunk], positions: list[int], key_tile: int = 0
+    ) -> WorkspacePlan | None:
+        """Rows for this step's decodes (position p = tokens already cached for that sequence),
+        keys laid out for `key_tile` (0: the torch ops' layout; see the module docstring)."""
+        if key_tile != self.key_tile:  # the other attention path ran last: rebuild its rows
+            self._reset(key_tile)
         keys = [c.seq.arrival for c in decodes]
         live = set(keys)
         for key in [k for k in self._row_of if k not in live]:
@@ -164,7 +192,8 @@ class DecodeWorkspace:
         pos_t = torch.tensor(positions, dtype=torch.long, device=device)
         return WorkspacePlan(
             tensor=self.tensor,
-            keys=_keys(self.tensor),
+            keys=_keys(self.tensor, self.key_tile),
+            key_tile=self.key_tile,
             values=self.tensor[:, 1],
             rows=torch.tensor(rows, dtype=torch.long, device=device),
             positions=pos_t,
@@ -176,9 +205,12 @@ class DecodeWorkspace:
         )
 
 
-def _keys(tensor: Tensor) -> Tensor:
-    """The key half of a workspace tensor as `[layers, rows, kv_heads, head_dim, capacity]`."""
+def _keys(tensor: Tensor, key_tile: int) -> Tensor:
+    """The key half of a workspace tensor: `[layers, rows, kv_heads, head_dim, capacity]`, or with
+    a `key_tile`, `[layers, rows, kv_heads, capacity / key_tile, head_dim, key_tile]`."""
     layers, _, rows, kvh, capacity, dim = tensor.shape
+    if key_tile:
+        return tensor[:, 0].view(layers, rows, kvh, capacity // key_tile, dim, key_tile)
     return tensor[:, 0].view(layers, rows, kvh, dim, capacity)
 
 

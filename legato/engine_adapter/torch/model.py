@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from legato.engine_adapter.torch import cpu_kernels
 from legato.engine_adapter.torch.config import ModelConfig
+from legato.engine_adapter.torch.packed_decode import PackedDecoder
 
 if TYPE_CHECKING:
     from legato.engine_adapter.torch.cpu_kernels import CpuKernels
@@ -141,6 +142,16 @@ def _fuse(linears: list[nn.Linear]) -> tuple[Tensor, Tensor | None]:
     return weight, bias
 
 
+def _check_views(fused: Tensor, linears: list[nn.Linear], what: str) -> None:
+    """Raise unless each linear's weight still lies where `_fuse` put it inside `fused`."""
+    row_bytes = fused.stride(0) * fused.element_size()
+    ptr = fused.data_ptr()
+    for lin in linears:
+        if lin.weight.data_ptr() != ptr:
+            raise RuntimeError(f"{what} weights were replaced after fusing: call model.fuse()")
+        ptr += lin.weight.shape[0] * row_bytes
+
+
 class Attention(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -158,8 +169,7 @@ class Attention(nn.Module):
         self.qkv_weight, self.qkv_bias = _fuse([self.q_proj, self.k_proj, self.v_proj])
 
     def _check_fused(self) -> None:
-        if self.q_proj.weight.data_ptr() != self.qkv_weight.data_ptr():
-            raise RuntimeError("attention weights were replaced after fusing: call model.fuse()")
+        _check_views(self.qkv_weight, [self.q_proj, self.k_proj, self.v_proj], "attention")
 
     def forward(
         self,
@@ -224,6 +234,7 @@ class Attention(nn.Module):
         nd = ctx.num_decode
         if nd and ctx.decode_workspace is not None:
             plan = ctx.decode_workspace
+            assert plan.key_tile == 0, "the torch ops read the untiled workspace layout"
             keys, values = plan.keys[layer], plan.values[layer]  # [rows, kvh, D, cap], [rows, kvh, cap, D]
             keys[plan.rows, :, :, plan.positions] = k[:nd]
             values[plan.rows, :, plan.positions] = v[:nd]
@@ -293,6 +304,9 @@ class MLP(nn.Module):
     def fuse(self) -> None:
         self.gate_up_weight, _ = _fuse([self.gate_proj, self.up_proj])
 
+    def _check_fused(self) -> None:
+        _check_views(self.gate_up_weight, [self.gate_proj, self.up_proj], "MLP")
+
     def forward(self, x: Tensor) -> Tensor:
         gate_up = F.linear(x, self.gate_up_weight)
         out: Tensor = self.down_proj(F.silu(gate_up[:, : self.inter]) * gate_up[:, self.inter :])
@@ -335,6 +349,7 @@ class DecoderLayer(nn.Module):
         h = kern.rmsnorm(x, self.input_layernorm.weight, eps)
         x = self.self_attn.forward_fused(h, x, positions, rotary, ctx, kv, layer, kern)
         h = kern.rmsnorm(x, self.post_attention_layernorm.weight, self.post_attention_layernorm.eps)
+        self.mlp._check_fused()
         gate_up = kern.silu_mul(F.linear(h, self.mlp.gate_up_weight))
         return torch.addmm(x, gate_up, self.mlp.down_proj.weight.t())
 
@@ -359,18 +374,35 @@ class LlamaForCausalLM(nn.Module):
         if config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
         self.rotary = RotaryEmbedding(config)
-        # the paged forward uses `cpu_kernels` when it can; tests switch it off to compare
+        # the paged forward uses `cpu_kernels` (and, for decode-only steps, `packed_decode`) when
+        # it can; tests switch them off to compare
         self.use_cpu_kernels = True
+        self.use_packed_decode = True
+        self._packed_decoder: PackedDecoder | None = None
 
     def _kernels(self, x: Tensor) -> CpuKernels | None:
+        return self.kernels_for(x.device, x.dtype)
+
+    def kernels_for(self, device: torch.device, dtype: torch.dtype) -> CpuKernels | None:
         """The fused CPU kernels when they apply: float32 on the CPU, head_dim a multiple of 16
         (whole vector registers) and at most `cpu_kernels.MAX_HEAD_DIM`, and not disabled."""
         d = self.config.head_dim
-        if not self.use_cpu_kernels or x.device.type != "cpu" or x.dtype != torch.float32:
+        if not self.use_cpu_kernels or device.type != "cpu" or dtype != torch.float32:
             return None
         if d % 16 or d > cpu_kernels.MAX_HEAD_DIM:
             return None
         return cpu_kernels.load()
+
+    def packed_decoder(self, kern: CpuKernels) -> PackedDecoder | None:
+        """The one-call decode step (`packed_decode.py`) when MKL's packed GEMM is reachable."""
+        if not self.use_packed_decode:
+            return None
+        if self._packed_decoder is None:
+            gemm = cpu_kernels.packed_gemm()
+            if gemm is None:
+                return None
+            self._packed_decoder = PackedDecoder(self, kern, gemm)
+        return self._packed_decoder
 
     def fuse(self) -> LlamaForCausalLM:
         """(Re)build the fused q/k/v and gate/up weights; needed after `.to()` or replacing
@@ -395,6 +427,11 @@ class LlamaForCausalLM(nn.Module):
         kern = self._kernels(x) if ctx is not None and kv_cache is not None else None
         if kern is not None:
             assert ctx is not None and kv_cache is not None
+            decoder = None
+            if not ctx.prefills and ctx.decode_workspace is not None:
+                decoder = self.packed_decoder(kern)
+            if decoder is not None:
+                return decoder.run(x, positions, ctx, kv_cache)
             for i, layer in enumerate(self.model.layers):
                 assert isinstance(layer, DecoderLayer)
                 x = layer.forward_fused(x, positions, self.rotary, ctx, kv_cache[i], i, kern)

@@ -70,7 +70,9 @@ class ModelRunner:
         nd = len(decodes)
         decode_len = 0
         if nd:
-            plan = self.workspace.prepare(decodes, positions)
+            # the C decode-attention kernel reads keys in tiles of 16 positions (decode_workspace.py)
+            key_tile = 16 if self.model.kernels_for(self.device, self.dtype) is not None else 0
+            plan = self.workspace.prepare(decodes, positions, key_tile)
             if plan is None:  # too big for the workspace: gather from the paged cache
                 # Keys run up to the longest context; the mask hides shorter ones' padding.
                 lens = [p + 1 for p in positions]
@@ -108,7 +110,7 @@ class ModelRunner:
             slices.append(PrefillSlice(start, n, ctx_len, context_slots, mask))
             start += n
         ctx = AttentionContext(
-            slot_mapping=torch.cat(slot_parts),
+            slot_mapping=slot_parts[0] if len(slot_parts) == 1 else torch.cat(slot_parts),
             num_decode=nd,
             decode_slots=decode_slots,
             decode_len=decode_len,
@@ -117,7 +119,8 @@ class ModelRunner:
             prefills=slices,
         )
         input_ids = torch.tensor(ids, dtype=torch.long, device=self.device)
-        hidden = self.model(input_ids, torch.cat(pos_parts), ctx, self.kv_cache)
+        positions_t = pos_parts[0] if len(pos_parts) == 1 else torch.cat(pos_parts)
+        hidden = self.model(input_ids, positions_t, ctx, self.kv_cache)
         rows: list[int] = []
         sampled: list[ScheduledChunk] = []
         offset = 0
@@ -128,6 +131,8 @@ class ModelRunner:
                 sampled.append(c)
         if not rows:
             return sampled, None
+        if len(rows) == offset:  # every token samples (all decodes): no gather
+            return sampled, self.model.logits(hidden)
         index = torch.tensor(rows, dtype=torch.long, device=self.device)
         return sampled, self.model.logits(hidden.index_select(0, index))
 

@@ -52,7 +52,11 @@ class ByteTokenizer:
         return list(text.encode("utf-8"))
 
     def decode(self, token_ids: Sequence[int]) -> str:
-        return bytes(t for t in token_ids if 0 <= t < 256).decode("utf-8", errors="replace")
+        try:  # the common case, all byte tokens, converts in C
+            raw = bytes(token_ids)
+        except ValueError:  # special tokens (>= 256) have no text
+            raw = bytes(t for t in token_ids if 0 <= t < 256)
+        return raw.decode("utf-8", errors="replace")
 
     def apply_chat_template(
         self, messages: Sequence[dict[str, str]], add_generation_prompt: bool = True

@@ -1,0 +1,169 @@
+"""A decode-only step through every layer in one C call, over MKL-packed weights.
+
+Why: at decode batch sizes a step is a few small matmuls per layer plus small ops, and what the
+matmuls cost is set as much by how they are called as by the arithmetic. The per-op path
+(`DecoderLayer.forward_fused`) dispatches about twenty torch ops and C kernels per layer from
+Python, and every `F.linear` repacks its weight for MKL. Here the weights are packed once
+(`cpu_kernels.PackedGemm`) and `lg_decode_step` runs norm, projections, RoPE, the KV writes,
+attention over the decode workspace and the MLP of every layer, calling MKL directly. The
+arithmetic is the per-op path's, so tests compare the two.
+
+It applies when the step is all single-token decodes with workspace rows, on the CPU in float32,
+with the C kernels built and torch's MKL reachable. Packed weights are rebuilt when any weight
+changes (a new tensor, or an in-place load, seen through the tensor's version counter).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import math
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor
+
+if TYPE_CHECKING:
+    from legato.engine_adapter.torch.cpu_kernels import CpuKernels, PackedGemm
+    from legato.engine_adapter.torch.model import AttentionContext, DecoderLayer, LlamaForCausalLM
+
+
+class _Layer(ctypes.Structure):
+    """Mirror of the C `lg_layer`."""
+
+    _fields_ = [
+        (name, ctypes.c_void_p)
+        for name in ("input_norm", "post_norm", "qkv", "qkv_bias", "o", "gate_up", "down")
+    ]
+
+
+def _weight_slots(layer: DecoderLayer) -> list[tuple[dict[str, Any], str]]:
+    """Where each weight the step reads lives: (the owning dict, the name). Reading them through
+    these dicts each step costs a fraction of nn.Module attribute lookups."""
+    attn, mlp = layer.self_attn, layer.mlp
+    slots: list[tuple[dict[str, Any], str]] = [
+        (layer.input_layernorm._parameters, "weight"),
+        (layer.post_attention_layernorm._parameters, "weight"),
+        (attn.__dict__, "qkv_weight"),
+        (attn.__dict__, "qkv_bias"),
+        (attn.o_proj._parameters, "weight"),
+        (mlp.__dict__, "gate_up_weight"),
+        (mlp.down_proj._parameters, "weight"),
+    ]
+    # the fused tensors are only current while the per-projection weights are views into them: a
+    # replaced q/k/v or gate/up weight changes the key, and repacking then fails `_check_fused`
+    slots += [(m._parameters, "weight") for m in (attn.q_proj, attn.k_proj, attn.v_proj)]
+    slots += [(m._parameters, "weight") for m in (mlp.gate_proj, mlp.up_proj)]
+    return slots
+
+
+class PackedDecoder:
+    """Packed weights of one model and the call into `lg_decode_step`."""
+
+    def __init__(self, model: LlamaForCausalLM, kern: CpuKernels, gemm: PackedGemm) -> None:
+        self.model = model
+        self.kern = kern
+        self.gemm = gemm
+        self.repacks = 0  # times the weights were packed (1 unless they changed)
+        self.steps = 0  # decode steps run here
+        self._key: tuple[tuple[int, int], ...] = ()
+        self._layer_objects: tuple[object, ...] = ()
+        self._slots: list[tuple[dict[str, Any], str]] = []
+        self._keep: list[Tensor] = []  # packed weights and contiguous copies the C side points into
+        self._layers: ctypes.Array[_Layer] | None = None
+
+    def _decoder_layers(self) -> list[DecoderLayer]:
+        from legato.engine_adapter.torch.model import DecoderLayer
+
+        layers = list(self.model.model.layers)
+        assert all(isinstance(layer, DecoderLayer) for layer in layers)
+        return layers  # type: ignore[return-value]
+
+    def _current_key(self) -> tuple[tuple[int, int], ...]:
+        """Storage and version of every weight: any replacement or in-place write changes it."""
+        layers = tuple(self.model.model.layers)
+        if layers != self._layer_objects:
+            self._layer_objects = layers
+            self._slots = [slot for layer in self._decoder_layers() for slot in _weight_slots(layer)]
+        key = []
+        for owner, name in self._slots:
+            t = owner[name]
+            key.append((0, 0) if t is None else (t.data_ptr(), t._version))
+        return tuple(key)
+
+    def _pack(self) -> None:
+        keep: list[Tensor] = []
+
+        def plain(t: Tensor) -> int:
+            c = t.detach().contiguous()
+            keep.append(c)
+            return c.data_ptr()
+
+        def packed(t: Tensor) -> int:
+            p = self.gemm.pack(t.detach().contiguous())
+            keep.append(p)
+            return p.data_ptr()
+
+        layers = self._decoder_layers()
+        structs = (_Layer * len(layers))()
+        for s, layer in zip(structs, layers, strict=True):
+            attn, mlp = layer.self_attn, layer.mlp
+            attn._check_fused()
+            mlp._check_fused()
+            s.input_norm = plain(layer.input_layernorm.weight)
+            s.post_norm = plain(layer.post_attention_layernorm.weight)
+            s.qkv = packed(attn.qkv_weight)
+            s.qkv_bias = None if attn.qkv_bias is None else plain(attn.qkv_bias)
+            s.o = packed(attn.o_proj.weight)
+            s.gate_up = packed(mlp.gate_up_weight)
+            s.down = packed(mlp.down_proj.weight)
+        self._keep, self._layers = keep, structs
+        self.repacks += 1
+
+    def run(self, x: Tensor, positions: Tensor, ctx: AttentionContext, kv_cache: Tensor) -> Tensor:
+        """Final-normed hidden states `[n, hidden]` for the decode tokens embedded in `x` (which is
+        overwritten with the residual stream)."""
+        plan = ctx.decode_workspace
+        assert plan is not None and not ctx.prefills
+        key = self._current_key()
+        if key != self._key:
+            self._pack()
+            self._key = key
+        cfg = self.model.config
+        n, hidden = x.shape
+        out = torch.empty_like(x)
+        final_norm = self.model.model.norm
+        rotary = self.model.rotary
+        ws = plan.tensor  # [layers, 2, rows, kv_heads, capacity, head_dim]
+        status = self.kern.decode_step(
+            self.gemm.compute_address,
+            ctypes.addressof(self._layers) if self._layers is not None else None,
+            cfg.num_hidden_layers,
+            n,
+            hidden,
+            cfg.num_attention_heads,
+            cfg.num_key_value_heads,
+            cfg.head_dim,
+            cfg.intermediate_size,
+            cfg.rms_norm_eps,
+            x.data_ptr(),
+            final_norm.weight.data_ptr(),
+            out.data_ptr(),
+            positions.data_ptr(),
+            rotary.cos.data_ptr(),
+            rotary.sin.data_ptr(),
+            kv_cache.data_ptr(),
+            kv_cache.stride(0),
+            ctx.slot_mapping.data_ptr(),
+            ws[0, 0].data_ptr(),
+            ws[0, 1].data_ptr(),
+            ws.stride(0),
+            plan.rows.data_ptr(),
+            plan.lens.data_ptr(),
+            ws.shape[4],
+            plan.key_tile or ws.shape[4],
+            1.0 / math.sqrt(cfg.head_dim),
+        )
+        if status != 0:
+            raise MemoryError("lg_decode_step could not allocate its scratch buffers")
+        self.steps += 1
+        return out
