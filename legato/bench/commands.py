@@ -203,6 +203,42 @@ def cache_bench(
         typer.echo(f"wrote {json_out}")
 
 
+@bench_app.command("bound")
+def bound(
+    workload: Annotated[
+        str, typer.Option("--workload", "-w", help="Workload, as for `legato bench`.")
+    ] = "swe",
+    programs: Annotated[int, typer.Option("--programs", "-n", help="Programs in the workload.")] = 512,
+    seed: Annotated[int, typer.Option(help="Seed of the workload.")] = 0,
+    gpu: Annotated[str, typer.Option(help="GPU preset: h100, a10, t4.")] = "h100",
+    model: Annotated[str, typer.Option(help="Model preset.")] = "llama-3.1-8b",
+    baseline: Annotated[
+        float | None, typer.Option(help="A policy's steps/min (e.g. fcfs-lru's): also print the ratio bound.")
+    ] = None,
+    param: Annotated[
+        list[str] | None, typer.Option("--param", "-p", help="Workload parameter key=value (repeatable).")
+    ] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the bound JSON here.")] = None,
+) -> None:
+    """Upper bound on the steps/min of any policy that keeps KV on one simulated replica."""
+    import json
+
+    from legato.bench import kv_bound, runner
+
+    if baseline is not None and not baseline > 0:
+        raise _fail(f"--baseline is a policy's steps/min and must be > 0, got {baseline}")
+    try:
+        params = runner.parse_params(param or [])
+        config = runner.sim_config(gpu, model, replicas=1, tiers=[])
+        result = kv_bound.compute(runner.build(workload, programs, seed, params), config)
+    except runner.BenchInputError as exc:
+        raise _fail(str(exc)) from None
+    kv_bound.render(result, workload, baseline)
+    if json_out is not None:
+        record = {"workload": workload, "programs": programs, **result.as_dict()}
+        json_out.write_text(json.dumps(record, indent=2))
+
+
 @bench_app.command("decide")
 def decide(
     policies: Annotated[

@@ -47,7 +47,7 @@ class BenchSizes:
 
 
 FULL = BenchSizes(
-    prompt_tokens=64, new_tokens=64, prefill_tokens=1024, ttft_tokens=2000, repeats=3, sanity_tokens=16
+    prompt_tokens=64, new_tokens=64, prefill_tokens=1024, ttft_tokens=2000, repeats=5, sanity_tokens=16
 )
 QUICK = BenchSizes(
     prompt_tokens=16, new_tokens=6, prefill_tokens=64, ttft_tokens=256, repeats=1, sanity_tokens=6

@@ -78,7 +78,7 @@ def _check_positive(name: str, value: int) -> None:
         raise BenchInputError(f"{name} must be > 0, got {value}")
 
 
-def _sim_config(gpu: str, model: str, replicas: int, tiers: Sequence[str]) -> Any:
+def sim_config(gpu: str, model: str, replicas: int, tiers: Sequence[str]) -> Any:
     from legato.engine_adapter.sim import hardware, models
     from legato.engine_adapter.sim.driver import SimConfig
 
@@ -125,7 +125,7 @@ def _check_policies(policies: Sequence[str]) -> None:
         raise BenchInputError(f"a policy is listed twice: {', '.join(policies)}")
 
 
-def _build(workload_name: str, programs: int, seed: int, params: Mapping[str, object]) -> Workload:
+def build(workload_name: str, programs: int, seed: int, params: Mapping[str, object]) -> Workload:
     try:
         return build_workload(workload_name, programs, seed, params)
     except ValueError as exc:
@@ -170,8 +170,8 @@ def execute_bench(
         config: Any = None
         model, gpu = "legato-default", "cpu"
     else:
-        config = _sim_config(gpu, model, replicas, tiers)
-    workload = _build(workload_name, programs, seed, workload_params or {})
+        config = sim_config(gpu, model, replicas, tiers)
+    workload = build(workload_name, programs, seed, workload_params or {})
     if config is not None:
         _check_fits(workload, config)
 

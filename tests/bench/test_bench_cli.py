@@ -125,3 +125,24 @@ def test_every_policy_replays_the_same_arrivals() -> None:
     first = arrivals["fcfs-lru"]
     assert len(first) == 6 and first[-1][1] > 0
     assert all(a == first for a in arrivals.values())
+
+
+def test_bound_command_prints_and_writes_the_bound(tmp_path: Path) -> None:
+    out = tmp_path / "bound.json"
+    args = ["bench", "bound", "-w", "multiagent", "-n", "8", "--baseline", "10", "--json", str(out)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "ratio vs 10.0 steps/min (at most)" in result.output
+    data = json.loads(out.read_text())
+    assert data["workload"] == "multiagent" and data["total_calls"] > 8
+    assert data["makespan_s"] == pytest.approx(data["kv_read_s"] + data["min_steps"] * data["step_fixed_s"])
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [(["--baseline", "0"], "--baseline is a policy's steps/min and must be > 0"), (["-n", "0"], "programs")],
+)
+def test_bound_command_rejects_bad_input(args: list[str], message: str) -> None:
+    result = CliRunner().invoke(app, ["bench", "bound", *args])
+    assert result.exit_code == 2
+    assert message in result.output

@@ -45,7 +45,9 @@ class WorkspacePlan:
     lens: Tensor  # [num_decode] long: positions + 1, the keys each decode token attends to
     num_rows: int  # attention runs over rows [0, num_rows); rows not in `rows` are idle
     identity: bool  # rows == 0..num_decode-1 and num_rows == num_decode (no scatter needed)
-    mask: Tensor | None  # [num_rows, 1, 1, length] bool, None when every row has `length` keys
+    # [num_rows, 1, 1, length] bool for the torch ops; None when every row has `length` keys, or
+    # with a key_tile (the C kernel, which reads `lens`)
+    mask: Tensor | None
     length: int
 
 
@@ -182,8 +184,8 @@ class DecodeWorkspace:
         length = max(lens)
         device = self.kv_cache.device
         identity = num_rows == len(rows) and rows == list(range(num_rows))
-        mask = None
-        if not identity or min(lens) != length:
+        mask = None  # the C kernel (key_tile) takes `lens` and needs no mask
+        if not self.key_tile and (not identity or min(lens) != length):
             ar = torch.arange(length, device=device)
             mask = (ar.unsqueeze(0) < torch.tensor(lens, device=device).unsqueeze(1)).view(
                 num_rows, 1, 1, length
