@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import pytest
 import torch
 
 from legato.engine_adapter.base import GenerateRequest, SamplingParams
@@ -123,3 +124,45 @@ def test_logprobs_absent_unless_asked(make_core: Callable[..., EngineCore]) -> N
     core = make_core()
     out = core.run_to_completion([GenerateRequest("n", PROMPT, SamplingParams(max_tokens=3))])["n"]
     assert all(o.logprobs is None for o in out)
+
+
+def _force_tokens(monkeypatch: pytest.MonkeyPatch, tokens: list[int]) -> None:
+    """Make the engine's sampler emit `tokens` in order (one request), to test detokenization."""
+    from legato.engine_adapter.torch import core as core_module
+
+    queue = list(tokens)
+
+    def forced(logits: torch.Tensor, *_: object) -> tuple[list[int], None]:
+        return [queue.pop(0) for _ in range(logits.shape[0])], None
+
+    monkeypatch.setattr(core_module, "sample", forced)
+
+
+@pytest.mark.parametrize("stop", [(), ("wör",)])
+def test_streamed_text_of_split_multibyte_characters(
+    make_core: Callable[..., EngineCore], monkeypatch: pytest.MonkeyPatch, stop: tuple[str, ...]
+) -> None:
+    """Byte tokens split two-, three- and four-byte characters; a special token in between has no
+    text. Streamed deltas never show a half character and add up to the one-shot decoding."""
+    text = "héllo wörld €5 👋!"
+    raw = list(text.encode())
+    tokens = [*raw[:3], 256, *raw[3:]]  # 256 (BOS): a special token, no text, inside the stream
+    _force_tokens(monkeypatch, tokens)
+    core = make_core()
+    params = SamplingParams(max_tokens=len(tokens), stop=stop, ignore_eos=True)
+    outs = core.run_to_completion([GenerateRequest("r", PROMPT, params)])["r"]
+    deltas = [o.text for o in outs]
+    assert all("\ufffd" not in d for d in deltas)
+    want = text.split(stop[0])[0] if stop else text
+    assert "".join(deltas) == want
+    assert outs[-1].finish_reason == ("stop" if stop else "length")
+
+
+def test_a_truncated_character_at_the_end_is_flushed_as_a_replacement(
+    make_core: Callable[..., EngineCore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tokens = list("ok ".encode()) + list("👋".encode())[:2]  # the output ends mid-character
+    _force_tokens(monkeypatch, tokens)
+    params = SamplingParams(max_tokens=len(tokens), ignore_eos=True)
+    outs = make_core().run_to_completion([GenerateRequest("r", PROMPT, params)])["r"]
+    assert "".join(o.text for o in outs) == "ok \ufffd"

@@ -8,6 +8,7 @@ a worker thread for asyncio callers.
 
 from __future__ import annotations
 
+import codecs
 import itertools
 import math
 import time
@@ -366,7 +367,15 @@ class EngineCore:
 
     def _detokenize(self, seq: Seq, flush: bool) -> None:
         """Incremental decoding: decode a small window of recent tokens and append only what is
-        new, waiting while the text ends in an incomplete character (U+FFFD)."""
+        new, waiting while the text ends in an incomplete character (U+FFFD). Byte tokens go
+        through a UTF-8 incremental decoder instead, which gives exactly the one-shot decoding
+        of all the bytes (Python guarantees it) at a fraction of the cost."""
+        if isinstance(self.tokenizer, ByteTokenizer):
+            if seq.utf8 is None:
+                seq.utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+            token = seq.token_ids[-1]
+            seq.text += seq.utf8.decode(bytes((token,)) if 0 <= token < 256 else b"", final=flush)
+            return
         base = seq.num_prompt_tokens  # offsets count output tokens
         ids = seq.token_ids
         prefix_text = self.tokenizer.decode(ids[base + seq.prefix_offset : base + seq.read_offset])

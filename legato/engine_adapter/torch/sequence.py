@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import enum
 from dataclasses import dataclass, field
 
@@ -46,6 +47,7 @@ class Sequence:
     emitted_text_len: int = 0
     prefix_offset: int = 0
     read_offset: int = 0
+    utf8: codecs.IncrementalDecoder | None = None  # byte-level tokenizers' detokenizer
 
     @property
     def num_tokens(self) -> int:
