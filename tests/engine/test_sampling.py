@@ -161,7 +161,7 @@ def test_streamed_text_of_split_multibyte_characters(
 def test_a_truncated_character_at_the_end_is_flushed_as_a_replacement(
     make_core: Callable[..., EngineCore], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    tokens = list("ok ".encode()) + list("👋".encode())[:2]  # the output ends mid-character
+    tokens = list(b"ok ") + list("👋".encode())[:2]  # the output ends mid-character
     _force_tokens(monkeypatch, tokens)
     params = SamplingParams(max_tokens=len(tokens), ignore_eos=True)
     outs = make_core().run_to_completion([GenerateRequest("r", PROMPT, params)])["r"]

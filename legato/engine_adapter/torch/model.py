@@ -399,7 +399,7 @@ class LlamaForCausalLM(nn.Module):
             return None
         if self._packed_decoder is None:
             gemm = cpu_kernels.packed_gemm()
-            if gemm is None:
+            if gemm is None or not PackedDecoder.fits(self):
                 return None
             self._packed_decoder = PackedDecoder(self, kern, gemm)
         return self._packed_decoder

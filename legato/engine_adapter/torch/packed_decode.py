@@ -9,14 +9,16 @@ attention over the decode workspace and the MLP of every layer, calling MKL dire
 arithmetic is the per-op path's, so tests compare the two.
 
 It applies when the step is all single-token decodes with workspace rows, on the CPU in float32,
-with the C kernels built and torch's MKL reachable. Packed weights are rebuilt when any weight
-changes (a new tensor, or an in-place load, seen through the tensor's version counter).
+with the C kernels built, torch's MKL reachable, and the projection weights at most
+`MAX_PACKED_BYTES` (the packed copy doubles their memory). Packed weights are rebuilt when any
+weight changes (a new tensor, or an in-place load, seen through the tensor's version counter).
 """
 
 from __future__ import annotations
 
 import ctypes
 import math
+import threading
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -25,6 +27,9 @@ from torch import Tensor
 if TYPE_CHECKING:
     from legato.engine_adapter.torch.cpu_kernels import CpuKernels, PackedGemm
     from legato.engine_adapter.torch.model import AttentionContext, DecoderLayer, LlamaForCausalLM
+
+
+MAX_PACKED_BYTES = 2 * 2**30  # larger models keep the per-op path rather than a second copy
 
 
 class _Layer(ctypes.Structure):
@@ -70,6 +75,15 @@ class PackedDecoder:
         self._slots: list[tuple[dict[str, Any], str]] = []
         self._keep: list[Tensor] = []  # packed weights and contiguous copies the C side points into
         self._layers: ctypes.Array[_Layer] | None = None
+        # engines sharing one model may step on different threads: a repack must not free
+        # buffers another step is reading
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def fits(model: LlamaForCausalLM) -> bool:
+        """Whether packing the model's projections stays within `MAX_PACKED_BYTES`."""
+        total = sum(p.numel() * p.element_size() for p in model.model.layers.parameters())
+        return total <= MAX_PACKED_BYTES
 
     def _decoder_layers(self) -> list[DecoderLayer]:
         from legato.engine_adapter.torch.model import DecoderLayer
@@ -122,6 +136,10 @@ class PackedDecoder:
     def run(self, x: Tensor, positions: Tensor, ctx: AttentionContext, kv_cache: Tensor) -> Tensor:
         """Final-normed hidden states `[n, hidden]` for the decode tokens embedded in `x` (which is
         overwritten with the residual stream)."""
+        with self._lock:
+            return self._run(x, positions, ctx, kv_cache)
+
+    def _run(self, x: Tensor, positions: Tensor, ctx: AttentionContext, kv_cache: Tensor) -> Tensor:
         plan = ctx.decode_workspace
         assert plan is not None and not ctx.prefills
         key = self._current_key()
