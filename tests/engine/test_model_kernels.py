@@ -177,3 +177,19 @@ def test_packed_decode_step_refuses_weights_replaced_after_fusing(
         _generate(core, _mix())
     core.model.fuse()  # the documented fix
     assert len(_generate(make_core(max_num_seqs=5), _mix())) == len(_mix())
+
+
+def test_models_past_the_packing_limit_keep_the_per_op_path(
+    make_core: Callable[..., EngineCore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from legato.engine_adapter.torch import packed_decode
+
+    monkeypatch.setattr(packed_decode, "MAX_PACKED_BYTES", 1024)
+    core = make_core(max_num_seqs=5)
+    kern = cpu_kernels.load()
+    if kern is None:
+        pytest.skip("no C compiler: the CPU kernels are unavailable")
+    assert core.model.packed_decoder(kern) is None
+    got = _generate(core, _mix())
+    for i, (prompt, _) in enumerate(_mix()):
+        assert_matches_reference(core, prompt, got[f"r{i}"])
