@@ -272,12 +272,15 @@ async def test_set_priority_reranks_a_call_waiting_in_the_engine() -> None:
         async with anyio.create_task_group() as tg:
             tg.start_soon(go, "long", 1, 300)  # occupies the only running slot
             await engine_holds(e, 1, 0)
-            tg.start_soon(go, "slow", 2, 4)  # queued first, priority 5
+            tg.start_soon(go, "slow", 2, 32)  # queued first, priority 5
             await engine_holds(e, 1, 1)
-            tg.start_soon(go, "fast", 3, 4)  # queued second, priority 5 ...
+            tg.start_soon(go, "fast", 3, 32)  # queued second, priority 5 ...
             await engine_holds(e, 1, 2)
             sched.notify(ToolStarted("trigger", "bash", None))  # ... lifted to 0 while queued
-        assert order == ["long", "fast", "slow"]
+        # The engine runs one request at a time, so "fast" ends 32 steps before "slow"; when each
+        # task records its end is up to the event loop, which a busy machine can delay a few steps.
+        assert sorted(order) == ["fast", "long", "slow"]
+        assert order.index("fast") < order.index("slow")
         assert sched.stats["requeued"] == 1
 
 
@@ -318,5 +321,5 @@ async def test_pause_takes_back_a_call_waiting_in_the_engine() -> None:
             # (whether the task of "long" has recorded its end yet is up to the event loop)
             assert "X" not in order
             sched.notify(ToolStarted("resume", "bash", None))
-        assert sorted(order) == ["X", "Y", "long"] and order[-1] == "X"
+        assert sorted(order) == ["X", "Y", "long"] and order.index("Y") < order.index("X")
         assert sched.stats["requeued"] == 1 and sched.stats["pauses"] == 1
