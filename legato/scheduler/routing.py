@@ -9,8 +9,10 @@ its whole context. Rules, in order:
 4. **work stealing**: a program whose home has no room moves to another replica only when that
    replica is idle (nothing running or queued) or the program has waited `steal_after_s` —
    recomputing its context elsewhere beats leaving a GPU idle;
-5. a program too large for any budget still runs, alone, on a replica with no admitted program
-   (its home if that one is empty): the engine can serve a call that fits its whole pool.
+5. a replica running fewer than `min_programs` programs takes one whatever its budget says (its
+   home if that one is short, else the one with the fewest): a program too large for any budget
+   still runs, since the engine can serve a call that fits its whole pool, and a small pool is
+   not left serving one or two programs at a time (see `legato_policy.MIN_PROGRAMS`).
 """
 
 from __future__ import annotations
@@ -23,8 +25,11 @@ STEAL_AFTER_S = 30.0
 
 
 class Router:
-    def __init__(self, steal_after_s: float = STEAL_AFTER_S) -> None:
+    def __init__(self, steal_after_s: float = STEAL_AFTER_S, min_programs: int = 1) -> None:
+        if min_programs < 1:
+            raise ValueError(f"min_programs must be >= 1, got {min_programs}")
         self.steal_after_s = steal_after_s
+        self.min_programs = min_programs
         self._groups: dict[str, list[int]] = {}  # group -> [replica, admitted members]
         self.steals = 0
 
@@ -47,7 +52,7 @@ class Router:
         program's projected footprints on replica r and their variances, one per budget horizon
         (shared parts already there are free)."""
         if home is not None:
-            if budget.fits(home, *need(home)) or budget.count[home] == 0:
+            if budget.fits(home, *need(home)) or budget.count[home] < self.min_programs:
                 return home
             if not may_steal:
                 return None
@@ -62,15 +67,13 @@ class Router:
             return None
         if group is not None:
             g = self.group_home(group)
-            if g is not None and budget.fits(g, *need(g)):
+            if g is not None and (budget.fits(g, *need(g)) or budget.count[g] < self.min_programs):
                 return g
         for r in self._by_room(budget):
             if budget.fits(r, *need(r)):
                 return r
-        for r in range(budget.replicas):
-            if budget.count[r] == 0:
-                return r
-        return None
+        fewest = min(range(budget.replicas), key=lambda r: (budget.count[r], r))
+        return fewest if budget.count[fewest] < self.min_programs else None
 
     @staticmethod
     def _by_room(budget: KVBudget) -> list[int]:
