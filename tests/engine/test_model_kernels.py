@@ -193,3 +193,30 @@ def test_models_past_the_packing_limit_keep_the_per_op_path(
     got = _generate(core, _mix())
     for i, (prompt, _) in enumerate(_mix()):
         assert_matches_reference(core, prompt, got[f"r{i}"])
+
+
+def test_fuse_keeps_current_fused_weights_and_rebuilds_broken_ones(
+    make_core: Callable[..., EngineCore],
+) -> None:
+    core = make_core()
+    attn = core.model.model.layers[0].self_attn
+    before = attn.qkv_weight.data_ptr()
+    core.model.fuse()  # as every EngineCore on this model does
+    assert attn.qkv_weight.data_ptr() == before
+    want_k = attn.k_proj.weight.detach().clone()
+    attn.k_proj.weight = torch.nn.Parameter(want_k.clone(), requires_grad=False)
+    core.model.fuse()
+    assert attn.qkv_weight.data_ptr() != before
+    attn._check_fused()  # the projections are views of the new fused weight again
+    torch.testing.assert_close(attn.k_proj.weight, want_k)
+
+
+def test_engines_sharing_a_model_share_its_packed_weights(make_core: Callable[..., EngineCore]) -> None:
+    first = make_core(max_num_seqs=5)
+    decoder = _packed_decoder_or_skip(first)
+    want = _generate(first, _mix())
+    from legato.engine_adapter.torch import EngineConfig
+
+    second = EngineCore(first.model, first.tokenizer, EngineConfig(num_blocks=64, max_num_seqs=5))
+    assert _generate(second, _mix()) == want
+    assert decoder.repacks == 1

@@ -142,14 +142,29 @@ def _fuse(linears: list[nn.Linear]) -> tuple[Tensor, Tensor | None]:
     return weight, bias
 
 
-def _check_views(fused: Tensor, linears: list[nn.Linear], what: str) -> None:
-    """Raise unless each linear's weight still lies where `_fuse` put it inside `fused`."""
+def _views_intact(fused: Tensor | None, parts: list[Tensor | None]) -> bool:
+    """Whether each part still lies where `_fuse` put it inside `fused`, in order."""
+    if fused is None:
+        return all(part is None for part in parts)
     row_bytes = fused.stride(0) * fused.element_size()
     ptr = fused.data_ptr()
-    for lin in linears:
-        if lin.weight.data_ptr() != ptr:
-            raise RuntimeError(f"{what} weights were replaced after fusing: call model.fuse()")
-        ptr += lin.weight.shape[0] * row_bytes
+    for part in parts:
+        if part is None or part.data_ptr() != ptr or part.device != fused.device:
+            return False
+        ptr += part.shape[0] * row_bytes
+    return True
+
+
+def _fused_current(fused: Tensor, fused_bias: Tensor | None, linears: list[nn.Linear]) -> bool:
+    return _views_intact(fused, [lin.weight for lin in linears]) and _views_intact(
+        fused_bias, [lin.bias for lin in linears]
+    )
+
+
+def _check_views(fused: Tensor, linears: list[nn.Linear], what: str) -> None:
+    """Raise unless each linear's weight still lies where `_fuse` put it inside `fused`."""
+    if not _views_intact(fused, [lin.weight for lin in linears]):
+        raise RuntimeError(f"{what} weights were replaced after fusing: call model.fuse()")
 
 
 class Attention(nn.Module):
@@ -166,7 +181,9 @@ class Attention(nn.Module):
         self.qkv_weight, self.qkv_bias = _fuse([self.q_proj, self.k_proj, self.v_proj])
 
     def fuse(self) -> None:
-        self.qkv_weight, self.qkv_bias = _fuse([self.q_proj, self.k_proj, self.v_proj])
+        linears = [self.q_proj, self.k_proj, self.v_proj]
+        if not _fused_current(self.qkv_weight, self.qkv_bias, linears):
+            self.qkv_weight, self.qkv_bias = _fuse(linears)
 
     def _check_fused(self) -> None:
         _check_views(self.qkv_weight, [self.q_proj, self.k_proj, self.v_proj], "attention")
@@ -302,7 +319,8 @@ class MLP(nn.Module):
         self.gate_up_weight, _ = _fuse([self.gate_proj, self.up_proj])
 
     def fuse(self) -> None:
-        self.gate_up_weight, _ = _fuse([self.gate_proj, self.up_proj])
+        if not _fused_current(self.gate_up_weight, None, [self.gate_proj, self.up_proj]):
+            self.gate_up_weight, _ = _fuse([self.gate_proj, self.up_proj])
 
     def _check_fused(self) -> None:
         _check_views(self.gate_up_weight, [self.gate_proj, self.up_proj], "MLP")
@@ -405,8 +423,9 @@ class LlamaForCausalLM(nn.Module):
         return self._packed_decoder
 
     def fuse(self) -> LlamaForCausalLM:
-        """(Re)build the fused q/k/v and gate/up weights; needed after `.to()` or replacing
-        parameters, which break the views the fused weights rely on."""
+        """(Re)build the fused q/k/v and gate/up weights where they no longer back the
+        projections' weights (after `.to()` or replacing parameters, which break the views);
+        where they still do, nothing changes, so packed copies of them stay valid."""
         for layer in self.model.layers:
             assert isinstance(layer, DecoderLayer)
             layer.self_attn.fuse()
