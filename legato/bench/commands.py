@@ -220,7 +220,7 @@ def bound(
     ] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the bound JSON here.")] = None,
 ) -> None:
-    """Upper bound on the steps/min of any policy that keeps KV on one simulated replica."""
+    """Upper bound on the steps/min of any policy that keeps KV on the simulated replica's device."""
     import json
 
     from legato.bench import kv_bound, runner

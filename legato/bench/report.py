@@ -140,10 +140,22 @@ def render_table(report: Mapping[str, Any]) -> Table:
             _ratio(m["mean_tct_s"], base["mean_tct_s"]),
         )
     notes = [_predictor_note(name, rows[name]) for name in order]
+    notes.append(_bound_note(report.get("kv_bound"), order[0], base["steps_per_min"]))
     caption = "\n".join(n for n in notes if n)
     if caption:
         table.caption = caption
     return table
+
+
+def _bound_note(bound: Mapping[str, Any] | None, base_name: str, base_steps: float) -> str:
+    """The ceiling any policy with KV on the device can reach (`legato bench bound`)."""
+    if not bound or not base_steps:
+        return ""
+    ceiling = bound["steps_per_min"]
+    return (
+        f"bound: no policy keeping KV on the device exceeds {ceiling:.1f} steps/min "
+        f"({ceiling / base_steps:.2f}× {base_name}; `legato bench bound`)"
+    )
 
 
 def _predictor_note(name: str, metrics: Mapping[str, Any]) -> str:

@@ -210,6 +210,10 @@ def execute_bench(
     )
     if engine == "torch":
         report["engine_params"] = _torch_engine_params(torch_options, results[concurrency])
+    else:
+        from legato.bench.kv_bound import compute
+
+        report["kv_bound"] = compute(workload, config).as_dict()
     return BenchRun(report=report, outcomes=results[concurrency], sweep={v: results[v] for v in sweep})
 
 

@@ -54,3 +54,22 @@ def test_no_simulated_policy_beats_the_bound(workload: str) -> None:
         makespan = simulate(w, policy, config, concurrency=6).makespan_s
         assert makespan >= bound.makespan_s, policy
     assert bound.makespan_s > 0
+
+
+def test_replicas_share_the_work_at_best_evenly() -> None:
+    w = build_workload("multiagent", 16, 1, {})
+    one, two = compute(w, SimConfig(kv_blocks=4000)), compute(w, SimConfig(kv_blocks=4000, replicas=2))
+    assert two.makespan_s == pytest.approx(one.makespan_s / 2)
+    assert (
+        simulate(w, "legato", SimConfig(kv_blocks=4000, replicas=2), concurrency=8).makespan_s
+        >= two.makespan_s
+    )
+
+
+def test_every_sim_bench_report_carries_the_bound() -> None:
+    from legato.bench.report import render_table
+    from legato.bench.runner import execute_bench
+
+    run = execute_bench("multiagent", ["fcfs-lru"], programs=6, concurrency=3)
+    assert run.report["kv_bound"]["steps_per_min"] >= run.report["policies"]["fcfs-lru"]["steps_per_min"]
+    assert "bound: no policy keeping KV on the device exceeds" in str(render_table(run.report).caption)
