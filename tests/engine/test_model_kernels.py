@@ -220,3 +220,14 @@ def test_engines_sharing_a_model_share_its_packed_weights(make_core: Callable[..
     second = EngineCore(first.model, first.tokenizer, EngineConfig(num_blocks=64, max_num_seqs=5))
     assert _generate(second, _mix()) == want
     assert decoder.repacks == 1
+
+
+@pytest.mark.parametrize("rows", [1, 7, 32, 33, 100])
+def test_a_packed_weight_serves_any_number_of_rows(rows: int) -> None:
+    gemm = cpu_kernels.packed_gemm()
+    if gemm is None:
+        pytest.skip("no MKL in this torch build: the packed GEMM is unavailable")
+    gen = torch.Generator().manual_seed(rows)
+    weight, x = torch.randn(72, 48, generator=gen), torch.randn(rows, 48, generator=gen)
+    packed = gemm.pack(weight)  # sized for the default 32 rows
+    torch.testing.assert_close(gemm.linear(x, packed, 72), x @ weight.T, atol=1e-4, rtol=1e-4)

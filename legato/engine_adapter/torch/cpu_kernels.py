@@ -187,7 +187,7 @@ class PackedGemm:
     small-batch matmul's time). torch exports these symbols from `libtorch_cpu` on x86-64 Linux;
     elsewhere (OpenBLAS or Accelerate builds) `find()` returns None and callers keep `F.linear`."""
 
-    _ROW_MAJOR, _B_MATRIX, _TRANS = 101, 162, 112
+    _ROW_MAJOR, _NO_TRANS, _TRANS, _PACKED, _B_MATRIX = 101, 111, 112, 151, 162  # CBLAS enums
 
     def __init__(self, lib: ctypes.CDLL) -> None:
         self._size = lib.cblas_sgemm_pack_get_size
@@ -197,9 +197,42 @@ class PackedGemm:
         self._pack.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int, _I64, _I64, _I64, _F32, _PTR, _I64]
         self._pack.argtypes += [_PTR]
         self._pack.restype = None
+        self._compute = lib.cblas_sgemm_compute
+        self._compute.argtypes = [ctypes.c_int, _I64, _I64, _I64, _I64, _I64, _PTR, _I64, _PTR, _I64, _F32]
+        self._compute.argtypes += [_PTR, _I64]
+        self._compute.restype = None
         address = ctypes.cast(lib.cblas_sgemm_compute, ctypes.c_void_p).value
         assert address is not None
         self.compute_address = address  # handed to the C kernels, which call it directly
+
+    def linear(self, x: Tensor, packed: Tensor, out_features: int) -> Tensor:
+        """`x @ weight.T` for `x` `[n, in]` (float32, contiguous) and a weight packed by `pack`."""
+        n, in_features = x.shape
+        y = torch.empty(n, out_features, dtype=torch.float32)
+        self._compute(
+            self._ROW_MAJOR,
+            self._NO_TRANS,
+            self._PACKED,
+            n,
+            out_features,
+            in_features,
+            x.data_ptr(),
+            in_features,
+            packed.data_ptr(),
+            out_features,
+            0.0,
+            y.data_ptr(),
+            out_features,
+        )
+        return y
+
+    def works(self) -> bool:
+        """A small product checked against torch: symbols that exist but do not behave as this
+        module assumes (another MKL interface) must not give the engine wrong numbers."""
+        gen = torch.Generator().manual_seed(0)
+        weight, x = torch.randn(40, 24, generator=gen), torch.randn(3, 24, generator=gen)
+        got = self.linear(x, self.pack(weight), 40)
+        return bool(torch.allclose(got, x @ weight.T, atol=1e-4, rtol=1e-4))
 
     def pack(self, weight: Tensor, batch: int = 32) -> Tensor:
         """`weight` `[out, in]` (float32, contiguous) packed as the right operand of `x @ weight.T`.
@@ -227,10 +260,13 @@ class PackedGemm:
         if platform.machine() not in ("x86_64", "AMD64") or not path.is_file():
             return None
         try:
-            lib = ctypes.CDLL(str(path))
-            return PackedGemm(lib)
+            gemm = PackedGemm(ctypes.CDLL(str(path)))
         except (OSError, AttributeError):
             return None
+        if not gemm.works():
+            log.warning("MKL's packed GEMM failed its self-check: decode steps use torch ops")
+            return None
+        return gemm
 
 
 _loaded: CpuKernels | None = None
