@@ -9,8 +9,11 @@ What it does with its knowledge of whole programs (DESIGN.md, "Scheduler"):
   policy, holding nothing. When a running program's context grows past the
   high threshold, whole programs are paused — the most recently admitted first, preferring ones
   with no call on the engine (pausing those costs no work in flight) — so the engine never
-  thrashes. Paused programs come back before new ones (part of their KV is usually still
-  resident: eviction is tail-first and only takes what is needed). Below `MIN_PROGRAMS`
+  thrashes. A paused program re-enters its tenant's queue one call ahead of a new program
+  with the same predicted remaining work (part of its KV is usually still resident: eviction
+  is tail-first and only takes what is needed); its ageing restarts at the pause, so a long
+  program can wait behind shorter new ones (strict resume-first was measured to cost swe
+  throughput). Below `MIN_PROGRAMS`
   programs on a replica none of this applies: there the budget only ever held the engine to
   one or two programs at a time (a pool of a few contexts), and the decode batch it lost cost
   more than the recomputation it saved (1.05-1.72x FCFS's makespan on 12-64 programs with a
