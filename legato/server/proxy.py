@@ -340,15 +340,7 @@ def _routes(proxy: Proxy) -> APIRouter:
     async def chat_completions(body: ProxyChatRequest, raw: Request, tenant: TenantDep) -> Response:
         with server_errors():
             svc.check_model(body.model)
-        messages = [{"role": m.role, "content": m.text()} for m in body.messages]
-        prompt = tuple(
-            svc.tokenizer.apply_chat_template(messages, add_generation_prompt=body.add_generation_prompt)
-        )
-        field = "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens"
-        requested = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
-        if requested is None:
-            with server_errors():
-                requested = await svc.default_max_tokens(len(prompt))
+            prompt, field, requested = await svc.chat_prompt(body)
         req = proxy.sampling_request(
             body, prompt, max_tokens=requested, field=field, logprobs=body.logprobs, id_prefix="chatcmpl"
         )

@@ -282,14 +282,7 @@ def create_engine_app(
     )
     async def chat_completions(body: ChatCompletionRequest, raw: Request) -> Response:
         svc.check_model(body.model)
-        messages = [{"role": m.role, "content": m.text()} for m in body.messages]
-        prompt = tuple(
-            svc.tokenizer.apply_chat_template(messages, add_generation_prompt=body.add_generation_prompt)
-        )
-        field = "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens"
-        requested = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
-        if requested is None:
-            requested = await svc.default_max_tokens(len(prompt))
+        prompt, field, requested = await svc.chat_prompt(body)
         req = openai_request(
             svc,
             body,

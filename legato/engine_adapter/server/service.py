@@ -15,6 +15,7 @@ from legato.engine_adapter.base import (
     SamplingParams,
 )
 from legato.engine_adapter.openai_api import (
+    ChatCompletionRequest,
     ChatLogprobs,
     CompletionLogprobs,
     PromptTokensDetails,
@@ -138,6 +139,19 @@ class EngineService:
             only = prompt[0]
             return self.prompt_ids(only) if isinstance(only, str) else self.check_tokens(only, "prompt")
         return self.check_tokens([int(t) for t in prompt if isinstance(t, int)], "prompt")
+
+    async def chat_prompt(self, body: ChatCompletionRequest) -> tuple[tuple[int, ...], str, int]:
+        """A chat request's prompt (messages through the chat template), the max-tokens field it
+        used (`max_completion_tokens` wins) and its value, defaulted as OpenAI does."""
+        messages = [{"role": m.role, "content": m.text()} for m in body.messages]
+        prompt = tuple(
+            self.tokenizer.apply_chat_template(messages, add_generation_prompt=body.add_generation_prompt)
+        )
+        if body.max_completion_tokens is not None:
+            return prompt, "max_completion_tokens", body.max_completion_tokens
+        if body.max_tokens is not None:
+            return prompt, "max_tokens", body.max_tokens
+        return prompt, "max_tokens", await self.default_max_tokens(len(prompt))
 
     async def default_max_tokens(self, prompt_len: int) -> int:
         """OpenAI's chat default: as many tokens as fit, in the context *and* in the KV cache (an
