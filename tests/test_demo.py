@@ -19,19 +19,9 @@ from legato.demo import (
     run_comparison,
     tct_speedup,
 )
-from legato.engine_adapter.torch import ModelConfig
+from tests.tiny_model import tiny_model_config
 
-TINY = ModelConfig(
-    vocab_size=264,
-    hidden_size=64,
-    intermediate_size=128,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    max_position_embeddings=4096,
-    bos_token_id=256,
-    eos_token_id=257,
-)
+TINY = tiny_model_config(max_position_embeddings=4096)
 SMALL = DemoSettings(
     programs=3, steps_min=2, steps_max=3, token_scale=1 / 32, time_scale=0.01, timeout_s=120.0
 )

@@ -13,20 +13,10 @@ from legato.bench.runner import BenchInputError, execute_bench
 from legato.bench.torch_replay import choose_kv_blocks, replay_on_torch, segment_tokens
 from legato.bench.workloads import build_workload
 from legato.cli import app
-from legato.engine_adapter.torch import ModelConfig
 from legato.scheduler.runtime import UnsupportedPolicyError
+from tests.tiny_model import tiny_model_config
 
-TINY = ModelConfig(
-    vocab_size=264,
-    hidden_size=64,
-    intermediate_size=128,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    max_position_embeddings=4096,
-    bos_token_id=256,
-    eos_token_id=257,
-)
+TINY = tiny_model_config(max_position_embeddings=4096)
 SMALL = {"steps_min": 2, "steps_max": 3}
 
 

@@ -14,7 +14,7 @@ import torch
 from legato.engine_adapter.base import GenerateRequest, SamplingParams, collect
 from legato.engine_adapter.torch import build_core
 from legato.engine_adapter.torch.engine import TorchEngine
-from tests.engine.conftest import TINY
+from tests.tiny_model import TINY
 
 PROMPT = tuple((i * 37 + 11) % 250 for i in range(400))
 

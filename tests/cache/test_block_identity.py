@@ -15,7 +15,7 @@ from legato.engine_adapter.base import GenerateRequest, SamplingParams
 from legato.engine_adapter.torch import build_core
 from legato.engine_adapter.torch.model_runner import KV_LAYOUT
 from legato.engine_adapter.torch.sequence import Sequence as Seq
-from tests.engine.conftest import TINY
+from tests.tiny_model import TINY
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -50,7 +50,7 @@ def test_another_process_computes_the_same_block_hashes() -> None:
     salt = tenant_salt("alice")
     code = (
         "import json; from legato.engine_adapter.torch import build_core;"
-        "from tests.engine.conftest import TINY;"
+        "from tests.tiny_model import TINY;"
         "from legato.cache.block_hash import prefix_block_hashes;"
         "c = build_core(model_config=TINY, num_blocks=64);"
         f"hs = prefix_block_hashes(list(range(70)), 16, c.extra_keys({salt!r}));"

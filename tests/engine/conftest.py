@@ -8,19 +8,8 @@ from typing import Any
 import pytest
 import torch
 
-from legato.engine_adapter.torch import EngineCore, ModelConfig, build_core
-
-TINY = ModelConfig(
-    vocab_size=264,
-    hidden_size=64,
-    intermediate_size=128,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    max_position_embeddings=1024,
-    bos_token_id=256,
-    eos_token_id=257,
-)
+from legato.engine_adapter.torch import EngineCore, build_core
+from tests.tiny_model import TINY
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -21,7 +21,7 @@ from legato.engine_adapter.base import (
     collect,
 )
 from legato.engine_adapter.torch import TorchEngine, load_engine
-from tests.engine.conftest import TINY
+from tests.tiny_model import TINY
 
 PROMPT = tuple(range(30, 94))  # 64 tokens = 4 full blocks
 

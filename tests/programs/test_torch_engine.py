@@ -5,25 +5,14 @@ from __future__ import annotations
 
 from typing import TypedDict
 
-from legato.engine_adapter.torch import ModelConfig, load_engine
+from legato.engine_adapter.torch import load_engine
 from legato.programs.agent import AgentContext, agent
 from legato.programs.builder import Program, fan_out, llm
 from legato.programs.calls import RunStatus
 from legato.programs.executor import Executor
 from legato.programs.prompt import PrefixPart
 from tests.programs.helpers import RecordingScheduler
-
-TINY = ModelConfig(
-    vocab_size=264,
-    hidden_size=64,
-    intermediate_size=128,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    max_position_embeddings=1024,
-    bos_token_id=256,
-    eos_token_id=257,
-)
+from tests.tiny_model import TINY
 
 
 class S(TypedDict):

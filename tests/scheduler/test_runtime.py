@@ -11,7 +11,7 @@ import torch
 
 from legato.bench.baselines import Belady, Continuum, FcfsLru
 from legato.engine_adapter.base import SamplingParams, TokenChunk
-from legato.engine_adapter.torch import ModelConfig, TorchEngine, load_engine
+from legato.engine_adapter.torch import TorchEngine, load_engine
 from legato.scheduler.base import CallScheduler
 from legato.scheduler.events import (
     CallArrived,
@@ -36,18 +36,7 @@ from legato.scheduler.policy import (
     SetPriority,
 )
 from legato.scheduler.runtime import PolicyScheduler, SchedulerError, UnsupportedPolicyError
-
-TINY = ModelConfig(
-    vocab_size=264,
-    hidden_size=64,
-    intermediate_size=128,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    max_position_embeddings=1024,
-    bos_token_id=256,
-    eos_token_id=257,
-)
+from tests.tiny_model import TINY
 
 
 @pytest.fixture(autouse=True, scope="module")

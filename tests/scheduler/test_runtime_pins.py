@@ -17,22 +17,12 @@ import torch
 
 from legato.bench.baselines import FcfsLru
 from legato.engine_adapter.base import SamplingParams
-from legato.engine_adapter.torch import ModelConfig, TorchEngine, load_engine
+from legato.engine_adapter.torch import TorchEngine, load_engine
 from legato.scheduler.events import CallArrived, CallFinished, LLMCall, RunFinished, RunStarted, ToolStarted
 from legato.scheduler.policy import BasePolicy, ClusterView, Decision, Dispatch, NextUse, Pin
 from legato.scheduler.runtime import PolicyScheduler
+from tests.tiny_model import TINY
 
-TINY = ModelConfig(
-    vocab_size=264,
-    hidden_size=64,
-    intermediate_size=128,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    max_position_embeddings=1024,
-    bos_token_id=256,
-    eos_token_id=257,
-)
 BLOCKS = 24
 BS = 16
 

@@ -19,23 +19,14 @@ import httpx
 import uvicorn
 from fastapi import FastAPI
 
-from legato.engine_adapter.torch import ModelConfig, load_engine
+from legato.engine_adapter.torch import load_engine
+from tests.tiny_model import tiny_model_config
 
 ROOT = Path(__file__).resolve().parents[2]
 TOOLS_FILE = Path(__file__).with_name("server_tools.py")
 STARTUP_TIMEOUT_S = 90.0
 
-TINY = ModelConfig(
-    vocab_size=264,
-    hidden_size=64,
-    intermediate_size=128,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    max_position_embeddings=512,
-    bos_token_id=256,
-    eos_token_id=257,
-)
+TINY = tiny_model_config(max_position_embeddings=512)
 
 
 def tiny_engine() -> Any:
