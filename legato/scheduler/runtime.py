@@ -307,12 +307,17 @@ class PolicyScheduler:
     async def _control_loop(self, recv: MemoryObjectReceiveStream[_Op]) -> None:
         async with recv:
             async for op in recv:
-                try:
-                    with anyio.fail_after(self.control_timeout_s):
-                        await op()
-                except Exception:  # an engine hiccup must not take the scheduler down
-                    self.stats["control_errors"] += 1
-                    log.exception("scheduler control operation failed")
+                await self._guarded(op, "control")
+
+    async def _guarded(self, op: _Op, what: str) -> None:
+        """Run an engine operation with the control timeout; an engine hiccup must not take the
+        scheduler down, so a failure is counted and logged, never raised."""
+        try:
+            with anyio.fail_after(self.control_timeout_s):
+                await op()
+        except Exception:
+            self.stats["control_errors"] += 1
+            log.exception("scheduler %s operation failed", what)
 
     async def settle(self) -> None:
         """Wait until every engine operation started so far (pins, hints, refreshes) is done."""
@@ -347,11 +352,7 @@ class PolicyScheduler:
 
     async def _run_cache_op(self, op: _Op) -> None:
         try:
-            with anyio.fail_after(self.control_timeout_s):
-                await op()
-        except Exception:  # an engine hiccup must not take the scheduler down
-            self.stats["control_errors"] += 1
-            log.exception("scheduler cache operation failed")
+            await self._guarded(op, "cache")
         finally:
             self._cache_ops -= 1
             if self._cache_ops == 0 and self._cache_idle is not None:
