@@ -13,6 +13,7 @@ import typer
 
 from legato.bench import commands as bench_commands
 from legato.engine_adapter import commands as engine_commands
+from legato.output_path import output_path
 from legato.programs import commands as program_commands
 from legato.server import commands as server_commands
 
@@ -39,8 +40,12 @@ def version() -> None:
 
 @app.command()
 def demo(
-    plot: Annotated[Path, typer.Option(help="Write the TCT CDF plot (PNG) here.")] = Path("legato-demo.png"),
-    json_out: Annotated[Path | None, typer.Option("--json", help="Write the report JSON here.")] = None,
+    plot: Annotated[
+        Path, typer.Option(callback=output_path, help="Write the TCT CDF plot (PNG) here.")
+    ] = Path("legato-demo.png"),
+    json_out: Annotated[
+        Path | None, typer.Option("--json", callback=output_path, help="Write the report JSON here.")
+    ] = None,
     programs: Annotated[int, typer.Option("--programs", "-n", help="Coding-agent programs.")] = 16,
     examples: Annotated[
         bool, typer.Option("--examples", help="Instead: run the example programs together on one engine.")

@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from legato.output_path import output_path
+
 if TYPE_CHECKING:
     from legato.bench.runner import BenchRun
 
@@ -50,9 +52,14 @@ def bench(
     programs: Annotated[int, typer.Option("--programs", "-n", help="Programs in the workload.")] = 64,
     concurrency: Annotated[int, typer.Option("--concurrency", "-c", help="Programs in flight at once.")] = 32,
     seed: Annotated[int, typer.Option(help="Seed of the workload and the replay.")] = 0,
-    json_out: Annotated[Path | None, typer.Option("--json", help="Write the report JSON here.")] = None,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", callback=output_path, help="Write the report JSON here.")
+    ] = None,
     plot: Annotated[
-        Path | None, typer.Option(help="Write a PNG: TCT CDF, plus throughput vs concurrency with --sweep.")
+        Path | None,
+        typer.Option(
+            callback=output_path, help="Write a PNG: TCT CDF, plus throughput vs concurrency with --sweep."
+        ),
     ] = None,
     sweep: Annotated[str | None, typer.Option(help="Also run these, e.g. concurrency=32,64,128.")] = None,
     gpu: Annotated[str, typer.Option(help="GPU preset: h100, a10, t4.")] = "h100",
@@ -167,7 +174,9 @@ def _emit(run: BenchRun, json_out: Path | None, plot: Path | None) -> None:
 
 @bench_app.command("engine")
 def engine_bench(
-    json_out: Annotated[Path | None, typer.Option("--json", help="Write the results JSON here.")] = None,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", callback=output_path, help="Write the results JSON here.")
+    ] = None,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
     quick: Annotated[bool, typer.Option("--quick", help="A short run (smoke test).")] = False,
 ) -> None:
@@ -183,7 +192,9 @@ def cache_bench(
         str | None,
         typer.Option(help="Redis to measure. Omitted: the bench starts its own redis-server on a free port."),
     ] = None,
-    json_out: Annotated[Path | None, typer.Option("--json", help="Write the results JSON here.")] = None,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", callback=output_path, help="Write the results JSON here.")
+    ] = None,
     prefix_tokens: Annotated[int, typer.Option(help="Prompt length of the TTFT comparison.")] = 4000,
     chunk_blocks: Annotated[int, typer.Option(help="Engine blocks per Redis value.")] = 16,
     repeats: Annotated[int, typer.Option(help="Rounds per measurement (medians are reported).")] = 5,
@@ -218,7 +229,9 @@ def bound(
     param: Annotated[
         list[str] | None, typer.Option("--param", "-p", help="Workload parameter key=value (repeatable).")
     ] = None,
-    json_out: Annotated[Path | None, typer.Option("--json", help="Write the bound JSON here.")] = None,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", callback=output_path, help="Write the bound JSON here.")
+    ] = None,
 ) -> None:
     """Upper bound on the steps/min of any policy that keeps KV on the simulated replica's device."""
     import json
@@ -248,7 +261,9 @@ def decide(
     events: Annotated[int, typer.Option(help="Events timed per policy (after a warm-up).")] = 200_000,
     replicas: Annotated[int, typer.Option(help="Replicas in the fake cluster view.")] = 8,
     seed: Annotated[int, typer.Option(help="Seed of the synthetic event stream.")] = 0,
-    json_out: Annotated[Path | None, typer.Option("--json", help="Write the results JSON here.")] = None,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", callback=output_path, help="Write the results JSON here.")
+    ] = None,
 ) -> None:
     """Microbenchmark the cost of one policy decision per event, with many active programs."""
     from legato.bench.decision_bench import main
@@ -269,7 +284,9 @@ def load(
     tool_s: Annotated[float, typer.Option(min=0.0, help="Mean simulated tool time between calls.")] = 2.0,
     api_key: Annotated[str | None, typer.Option(envvar="LEGATO_API_KEY", help="Tenant API key.")] = None,
     pid: Annotated[int | None, typer.Option(help="Sample this server PID's RSS (default: /metrics).")] = None,
-    json_out: Annotated[Path | None, typer.Option("--json", help="Write the report JSON here.")] = None,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", callback=output_path, help="Write the report JSON here.")
+    ] = None,
 ) -> None:
     """Load-test a server over HTTP: concurrent tool-using agents through the OpenAI proxy (or
     declarative runs through /v1/runs), all streamed; reports ok/errors, latency percentiles and

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -146,3 +147,31 @@ def test_bound_command_rejects_bad_input(args: list[str], message: str) -> None:
     result = CliRunner().invoke(app, ["bench", "bound", *args])
     assert result.exit_code == 2
     assert message in result.output
+
+
+@pytest.mark.parametrize(
+    ("option", "make", "message"),
+    [
+        ("--json", lambda tmp: tmp / "report.json", "is a folder; give a file name"),
+        ("--json", lambda tmp: tmp / "file.txt" / "report.json", "is a file, not a folder"),
+        ("--plot", lambda tmp: tmp / "file.txt" / "plot.png", "is a file, not a folder"),
+    ],
+)
+def test_output_paths_are_checked_before_the_run(
+    tmp_path: Path, option: str, make: Callable[[Path], Path], message: str
+) -> None:
+    (tmp_path / "report.json").mkdir()
+    (tmp_path / "file.txt").write_text("x")
+    for command in (["bench", *SMALL], ["bench", "bound", "-n", "2"]):
+        if option == "--plot" and command[1] == "bound":
+            continue
+        result = CliRunner().invoke(app, [*command, option, str(make(tmp_path))])
+        assert result.exit_code == 2
+        assert message in " ".join(result.output.replace("│", " ").split())  # unwrap rich's box
+
+
+def test_a_missing_output_folder_is_created(tmp_path: Path) -> None:
+    out = tmp_path / "new" / "deeper" / "bound.json"
+    result = CliRunner().invoke(app, ["bench", "bound", "-n", "2", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    assert json.loads(out.read_text())["programs"] == 2
