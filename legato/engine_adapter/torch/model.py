@@ -397,6 +397,7 @@ class LlamaForCausalLM(nn.Module):
         self.use_cpu_kernels = True
         self.use_packed_decode = True
         self._packed_decoder: PackedDecoder | None = None
+        self._packed_decode_unavailable = False
 
     def _kernels(self, x: Tensor) -> CpuKernels | None:
         return self.kernels_for(x.device, x.dtype)
@@ -413,11 +414,12 @@ class LlamaForCausalLM(nn.Module):
 
     def packed_decoder(self, kern: CpuKernels) -> PackedDecoder | None:
         """The one-call decode step (`packed_decode.py`) when MKL's packed GEMM is reachable."""
-        if not self.use_packed_decode:
+        if not self.use_packed_decode or self._packed_decode_unavailable:
             return None
         if self._packed_decoder is None:
             gemm = cpu_kernels.packed_gemm()
             if gemm is None or not PackedDecoder.fits(self):
+                self._packed_decode_unavailable = True  # asked every step: answer once
                 return None
             self._packed_decoder = PackedDecoder(self, kern, gemm)
         return self._packed_decoder
