@@ -110,7 +110,7 @@ class ModelRunner:
             slices.append(PrefillSlice(start, n, ctx_len, context_slots, mask))
             start += n
         ctx = AttentionContext(
-            slot_mapping=slot_parts[0] if len(slot_parts) == 1 else torch.cat(slot_parts),
+            slot_mapping=_cat(slot_parts),
             num_decode=nd,
             decode_slots=decode_slots,
             decode_len=decode_len,
@@ -119,8 +119,7 @@ class ModelRunner:
             prefills=slices,
         )
         input_ids = torch.tensor(ids, dtype=torch.long, device=self.device)
-        positions_t = pos_parts[0] if len(pos_parts) == 1 else torch.cat(pos_parts)
-        hidden = self.model(input_ids, positions_t, ctx, self.kv_cache)
+        hidden = self.model(input_ids, _cat(pos_parts), ctx, self.kv_cache)
         rows: list[int] = []
         sampled: list[ScheduledChunk] = []
         offset = 0
@@ -149,3 +148,8 @@ class ModelRunner:
         raw = torch.frombuffer(bytearray(data), dtype=torch.uint8)
         block = raw.view(self.dtype).view(self.block_shape)
         self._block(block_id).copy_(block.to(self.device))
+
+
+def _cat(parts: list[Tensor]) -> Tensor:
+    """`torch.cat`, without its copy in the common decode-only step (a single part)."""
+    return parts[0] if len(parts) == 1 else torch.cat(parts)

@@ -58,10 +58,6 @@ class Sequence:
         return len(self.token_ids) - self.num_prompt_tokens
 
     @property
-    def output_token_ids(self) -> list[int]:
-        return self.token_ids[self.num_prompt_tokens :]
-
-    @property
     def sort_key(self) -> tuple[int, int]:
         """Scheduling order: lower priority value first, then older first."""
         return (self.priority, self.arrival)
