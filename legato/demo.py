@@ -167,7 +167,7 @@ class DemoResult:
 
 def legato_policy_name() -> str:
     """`legato` once it is registered; the strongest baseline (`thunderagent`) until then."""
-    from legato.bench.baselines import POLICIES
+    from legato.scheduler.baselines import POLICIES
 
     return LEGATO if LEGATO in POLICIES else STAND_IN
 

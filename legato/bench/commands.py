@@ -108,7 +108,7 @@ def bench(
 
 
 def _all_policies() -> list[str]:
-    from legato.bench.baselines import POLICIES
+    from legato.scheduler.baselines import POLICIES
 
     return list(POLICIES)
 
@@ -319,7 +319,7 @@ def calibrate(
     """Fit the simulator's cost model to the torch engine and report the error."""
     if requests <= 0:
         raise _fail(f"--requests must be > 0, got {requests}")
-    from legato.engine_adapter.sim.calibrate import main
+    from legato.sim.calibrate import main
 
     main(requests, seed)
 

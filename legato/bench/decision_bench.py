@@ -385,7 +385,7 @@ def run_decide(
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Measure every named policy on the same stream settings; returns the report document."""
-    from legato.bench.baselines import POLICIES
+    from legato.scheduler.baselines import POLICIES
 
     if not policies:
         raise DecideInputError(f"give at least one policy; valid: {', '.join(POLICIES)}")
@@ -502,7 +502,7 @@ def main(
     import typer
     from rich.console import Console
 
-    from legato.bench.baselines import POLICIES
+    from legato.scheduler.baselines import POLICIES
 
     names = [p.strip() for p in policies.split(",") if p.strip()] or list(POLICIES)
     console = Console()

@@ -32,8 +32,8 @@ from collections import defaultdict
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from legato.bench.workload import ProgramSpec, Workload
-from legato.engine_adapter.sim.driver import SimConfig
+from legato.sim.driver import SimConfig
+from legato.sim.workload import ProgramSpec, Workload
 
 
 @dataclass(frozen=True, slots=True)

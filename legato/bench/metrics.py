@@ -18,7 +18,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from legato.bench.outcome import RunOutcome
+from legato.sim.outcome import RunOutcome
 
 
 def percentile(values: Sequence[float], q: float) -> float:

@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from legato.bench.metrics import PolicyMetrics, summarize
-from legato.bench.outcome import RunOutcome
 from legato.bench.report import build_report
-from legato.bench.workload import Workload
 from legato.bench.workloads import build_workload
+from legato.sim.outcome import RunOutcome
+from legato.sim.workload import Workload
 
 ENGINES = ("sim", "torch")
 SWEEP_PARAMS = ("concurrency",)
@@ -79,8 +79,8 @@ def _check_positive(name: str, value: int) -> None:
 
 
 def sim_config(gpu: str, model: str, replicas: int, tiers: Sequence[str]) -> Any:
-    from legato.engine_adapter.sim import hardware, models
-    from legato.engine_adapter.sim.driver import SimConfig
+    from legato.sim import hardware, models
+    from legato.sim.driver import SimConfig
 
     try:
         hardware.gpu(gpu)
@@ -114,7 +114,7 @@ def _check_fits(workload: Workload, config: Any) -> None:
 
 
 def _check_policies(policies: Sequence[str]) -> None:
-    from legato.bench.baselines import POLICIES
+    from legato.scheduler.baselines import POLICIES
 
     if not policies:
         raise BenchInputError(f"give at least one policy; valid: {', '.join(POLICIES)}")
@@ -261,7 +261,7 @@ def _torch_engine_params(options: Mapping[str, float], outcomes: Mapping[str, Ru
 
 
 def _check_torch(policies: Sequence[str], replicas: int, tiers: Sequence[str]) -> None:
-    from legato.bench.baselines import POLICIES
+    from legato.scheduler.baselines import POLICIES
 
     if replicas != 1:
         raise BenchInputError(f"--engine torch runs one engine replica; got --replicas {replicas}")
@@ -319,7 +319,7 @@ def _run_serial(
     seed: int,
     progress: ProgressFn | None,
 ) -> dict[Run, RunOutcome]:
-    from legato.engine_adapter.sim.driver import simulate
+    from legato.sim.driver import simulate
 
     return {
         run: simulate(
@@ -346,7 +346,7 @@ def _init_worker(build_args: tuple[str, int, int, dict[str, object]], config: An
 
 
 def _simulate_in_worker(run: Run, seed: int) -> RunOutcome:
-    from legato.engine_adapter.sim.driver import simulate
+    from legato.sim.driver import simulate
 
     outcome: RunOutcome = simulate(
         _WORKER["workload"], run[1], _WORKER["config"], concurrency=run[0], seed=seed

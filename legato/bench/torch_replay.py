@@ -33,12 +33,12 @@ from typing import Any
 
 import anyio
 
-from legato.bench.outcome import ProgramOutcome, RunOutcome
-from legato.bench.workload import ProgramSpec, Workload
 from legato.engine_adapter.base import SamplingParams
 from legato.scheduler.events import CallHints, LLMCall, RunFinished, RunStarted, ToolFinished, ToolStarted
 from legato.scheduler.policy import Policy
 from legato.scheduler.runtime import PolicyScheduler, UnsupportedPolicyError
+from legato.sim.outcome import ProgramOutcome, RunOutcome
+from legato.sim.workload import ProgramSpec, Workload
 
 W_IN, W_OUT = 1.0, 2.0  # VTC cost weights, as the simulator's service_by_tenant
 TOKEN_RANGE = 256  # byte-level token ids: inside every default vocabulary, never special tokens
@@ -324,7 +324,7 @@ def replay_on_torch(
     weights and unseeded sampling (greedy here, so only the weights). Blocking: runs its own
     event loop. Raises `UnsupportedPolicyError` for oracle policies (`belady`), `TimeoutError`
     when the whole replay takes longer than `timeout_s`."""
-    from legato.engine_adapter.sim.driver import resolve_policy
+    from legato.sim.driver import resolve_policy
 
     policy = resolve_policy(policy_name)
     overrides = {"seed": seed, **(engine_overrides or {})}

@@ -41,7 +41,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from legato.bench.workload import CallSpec, ProgramSpec, Segment, Workload
+from legato.sim.workload import CallSpec, ProgramSpec, Segment, Workload
 
 BLOCK_TOKENS = 512
 _AMBIGUOUS = -1

@@ -157,7 +157,7 @@ def make_engine(name: str, checkpoint: Path | None = None, device: str = "cpu") 
 
         return load_engine(checkpoint, device)
     if name.partition(":")[0] == "sim-realtime":  # simulated GPU in real time (load tests)
-        from legato.engine_adapter.sim.realtime import from_spec
+        from legato.sim.realtime import from_spec
 
         try:
             return from_spec(name)

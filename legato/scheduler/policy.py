@@ -3,7 +3,7 @@
 A policy object is synchronous, does no I/O and never reads a clock: every call gets `now`
 (seconds, virtual in the simulator, monotonic in the runtime) and a read-only `ClusterView` of
 the engines. It answers with plain-data decisions. Two drivers apply them — the simulator
-(`legato.engine_adapter.sim.driver`) and the runtime scheduler (issue 5) — so a policy is
+(`legato.sim.driver`) and the runtime scheduler (issue 5) — so a policy is
 written once and compared side by side (DESIGN.md, "policies are pure").
 
 What a policy may see is what a real runtime knows: calls that have arrived (with their hints),

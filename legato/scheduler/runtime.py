@@ -1,6 +1,6 @@
 """`PolicyScheduler`: the real-time driver of the pure policies (DESIGN.md, "policies are pure").
 
-The simulator (`legato.engine_adapter.sim.driver`) drives a `Policy` in virtual time; this class
+The simulator (`legato.sim.driver`) drives a `Policy` in virtual time; this class
 drives the **same policy objects** in real time against real engines, as the executor's
 `CallScheduler`:
 

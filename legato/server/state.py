@@ -48,7 +48,7 @@ def make_scheduler(engine: Engine, policy: str | None) -> Any:
     """Passthrough (the engine batches) or the named `legato bench` policy, live."""
     if policy is None or policy == "passthrough":
         return PassthroughScheduler(engine, tenant_salt=CACHE_SALT_KEY)
-    from legato.bench.baselines import POLICIES
+    from legato.scheduler.baselines import POLICIES
     from legato.scheduler.runtime import PolicyScheduler
 
     if policy not in POLICIES:

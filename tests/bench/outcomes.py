@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from legato.bench.outcome import ProgramOutcome, RunOutcome
+from legato.sim.outcome import ProgramOutcome, RunOutcome
 
 
 def outcome(policy: str = "p", scale: float = 1.0) -> RunOutcome:

@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from legato.bench.baselines import Continuum, FcfsLru, ThunderAgent
 from legato.bench.decision_bench import (
     DecideInputError,
     FakeCluster,
@@ -17,6 +16,7 @@ from legato.bench.decision_bench import (
     verdict,
 )
 from legato.cli import app
+from legato.scheduler.baselines import Continuum, FcfsLru, ThunderAgent
 from legato.scheduler.policy import ClusterView
 
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 
 from legato.bench.kv_bound import compute
-from legato.bench.workload import CallSpec, ProgramSpec, Segment, Workload
 from legato.bench.workloads import build_workload
-from legato.engine_adapter.sim.driver import SimConfig, simulate
+from legato.sim.driver import SimConfig, simulate
+from legato.sim.workload import CallSpec, ProgramSpec, Segment, Workload
 
 
 def _program(pid: str, calls: tuple[CallSpec, ...]) -> ProgramSpec:

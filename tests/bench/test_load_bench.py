@@ -10,7 +10,7 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 from legato.cli import app
-from legato.engine_adapter.sim.realtime import RealtimeSimConfig, RealtimeSimEngine
+from legato.sim.realtime import RealtimeSimConfig, RealtimeSimEngine
 from tests.server.proxy_harness import legato_server
 
 

@@ -7,9 +7,9 @@ from itertools import pairwise
 
 import pytest
 
-from legato.bench.workload import Segment, Workload
 from legato.bench.workloads import WORKLOADS, build_workload, resolve_params
 from legato.bench.workloads.common import tenant_sequence
+from legato.sim.workload import Segment, Workload
 
 
 def _segments(workload: Workload) -> list[Segment]:

@@ -6,12 +6,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from legato.bench.baselines import POLICIES
-from legato.engine_adapter.sim import SimConfig, simulate
 from legato.scheduler.admission import KVBudget
+from legato.scheduler.baselines import POLICIES
 from legato.scheduler.events import Event
 from legato.scheduler.legato_policy import ACTIVE, Legato
 from legato.scheduler.policy import ClusterView, Decision
+from legato.sim import SimConfig, simulate
 from tests.sim.helpers import agent_workload, map_reduce_workload
 
 

@@ -6,12 +6,9 @@ import math
 
 import pytest
 
-from legato.bench.baselines import build_policy
 from legato.bench.metrics import jain_index, mean_tct_s, summarize
-from legato.bench.workload import Workload
 from legato.bench.workloads import build_workload, rl_grpo, swe
-from legato.engine_adapter.sim import SimConfig, simulate
-from legato.engine_adapter.sim.driver import CallTrace
+from legato.scheduler.baselines import build_policy
 from legato.scheduler.events import (
     CallArrived,
     CallFinished,
@@ -25,6 +22,9 @@ from legato.scheduler.events import (
 )
 from legato.scheduler.legato_policy import TOOL_GRACE_S, Legato
 from legato.scheduler.policy import Decision, Dispatch, NextUse, Pin, ReplicaView
+from legato.sim import SimConfig, simulate
+from legato.sim.driver import CallTrace
+from legato.sim.workload import Workload
 from tests.sim.test_invariants import _assert_program_order
 
 

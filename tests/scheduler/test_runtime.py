@@ -9,10 +9,10 @@ import anyio
 import pytest
 import torch
 
-from legato.bench.baselines import Belady, Continuum, FcfsLru
 from legato.engine_adapter.base import SamplingParams, TokenChunk
 from legato.engine_adapter.torch import TorchEngine, load_engine
 from legato.scheduler.base import CallScheduler
+from legato.scheduler.baselines import Belady, Continuum, FcfsLru
 from legato.scheduler.events import (
     CallArrived,
     Event,

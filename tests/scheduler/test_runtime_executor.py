@@ -6,11 +6,11 @@ from typing import TypedDict
 
 import pytest
 
-from legato.bench.baselines import POLICIES
 from legato.engine_adapter.torch import load_engine
 from legato.programs.builder import Program, fan_out, llm
 from legato.programs.calls import RunStatus
 from legato.programs.executor import Executor
+from legato.scheduler.baselines import POLICIES
 from legato.scheduler.runtime import PolicyScheduler
 from tests.scheduler.test_runtime import TINY
 

@@ -15,9 +15,9 @@ import anyio
 import pytest
 import torch
 
-from legato.bench.baselines import FcfsLru
 from legato.engine_adapter.base import SamplingParams
 from legato.engine_adapter.torch import TorchEngine, load_engine
+from legato.scheduler.baselines import FcfsLru
 from legato.scheduler.events import CallArrived, CallFinished, LLMCall, RunFinished, RunStarted, ToolStarted
 from legato.scheduler.policy import BasePolicy, ClusterView, Decision, Dispatch, NextUse, Pin
 from legato.scheduler.runtime import PolicyScheduler

@@ -12,7 +12,7 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode
 
-from legato.engine_adapter.sim.realtime import RealtimeSimConfig, RealtimeSimEngine
+from legato.sim.realtime import RealtimeSimConfig, RealtimeSimEngine
 from tests.server.proxy_harness import legato_server
 
 EXAMPLES = 20  # per operation and mode: bounded so the suite stays fast

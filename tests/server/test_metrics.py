@@ -12,7 +12,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from legato.engine_adapter.sim.realtime import RealtimeSimConfig, RealtimeSimEngine
+from legato.sim.realtime import RealtimeSimConfig, RealtimeSimEngine
 from tests.server.proxy_harness import Served, legato_server, metric, scrape
 
 FAMILIES = {

@@ -12,7 +12,7 @@ import anyio
 import httpx
 import pytest
 
-from legato.engine_adapter.sim.realtime import RealtimeSimConfig, RealtimeSimEngine
+from legato.sim.realtime import RealtimeSimConfig, RealtimeSimEngine
 from tests.server.proxy_harness import Served, legato_server
 
 MODEL = "sim-llama-3.1-8b"

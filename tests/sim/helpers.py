@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from legato.bench.workload import CallSpec, ProgramSpec, Segment, Workload
+from legato.sim.workload import CallSpec, ProgramSpec, Segment, Workload
 
 
 def agent_workload(

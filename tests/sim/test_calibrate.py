@@ -2,9 +2,9 @@ import random
 
 import pytest
 
-from legato.engine_adapter.sim.calibrate import CPU, StepSample, fit
-from legato.engine_adapter.sim.cost_model import CostModel
-from legato.engine_adapter.sim.models import ModelSpec
+from legato.sim.calibrate import CPU, StepSample, fit
+from legato.sim.cost_model import CostModel
+from legato.sim.models import ModelSpec
 
 TINY = ModelSpec("tiny", 3.1e6, 4, 256, 8, 4, 32, dtype_bytes=4)
 

@@ -1,8 +1,8 @@
 import pytest
 
-from legato.engine_adapter.sim.cost_model import CostModel
-from legato.engine_adapter.sim.hardware import GPUS
-from legato.engine_adapter.sim.models import MODELS
+from legato.sim.cost_model import CostModel
+from legato.sim.hardware import GPUS
+from legato.sim.models import MODELS
 
 
 @pytest.fixture

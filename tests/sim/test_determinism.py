@@ -7,11 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from legato.engine_adapter.sim import SimConfig, simulate
+from legato.sim import SimConfig, simulate
 from tests.sim.helpers import agent_workload
 
 _SCRIPT = """
-from legato.engine_adapter.sim import SimConfig, simulate
+from legato.sim import SimConfig, simulate
 from tests.sim.helpers import agent_workload
 w = agent_workload(10, seed=9)
 for name in ("lpm", "thunderagent", "continuum", "belady"):

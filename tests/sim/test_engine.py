@@ -6,11 +6,11 @@ from collections.abc import Sequence
 
 import pytest
 
-from legato.bench.workload import CallSpec, ProgramSpec, Segment, Workload
-from legato.engine_adapter.sim import SimConfig, simulate
-from legato.engine_adapter.sim.driver import CallTrace
 from legato.scheduler.events import CallArrived
 from legato.scheduler.policy import BasePolicy, ClusterView, Decision, Dispatch
+from legato.sim import SimConfig, simulate
+from legato.sim.driver import CallTrace
+from legato.sim.workload import CallSpec, ProgramSpec, Segment, Workload
 from tests.sim.helpers import agent_workload
 
 

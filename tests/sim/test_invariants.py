@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from legato.bench.baselines import POLICIES
-from legato.bench.outcome import RunOutcome
-from legato.bench.workload import Workload
-from legato.engine_adapter.sim import SimConfig, simulate
-from legato.engine_adapter.sim.driver import CallTrace
+from legato.scheduler.baselines import POLICIES
+from legato.sim import SimConfig, simulate
+from legato.sim.driver import CallTrace
+from legato.sim.outcome import RunOutcome
+from legato.sim.workload import Workload
 from tests.sim.helpers import agent_workload, map_reduce_workload
 
 # ~2.4k blocks of 16 tokens: a few agents' contexts, so every policy meets KV pressure.

@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from legato.bench.workload import Segment
-from legato.engine_adapter.sim.kv_pool import KVPool, Node
+from legato.sim.kv_pool import KVPool, Node
+from legato.sim.workload import Segment
 
 
 def _fill(pool: KVPool, segs: list[Segment], run: int, now: float) -> list[Node]:

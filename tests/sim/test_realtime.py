@@ -9,7 +9,7 @@ import anyio
 import pytest
 
 from legato.engine_adapter.base import Engine, EngineError, GenerateRequest, SamplingParams, collect
-from legato.engine_adapter.sim.realtime import RealtimeSimConfig, RealtimeSimEngine
+from legato.sim.realtime import RealtimeSimConfig, RealtimeSimEngine
 
 
 def _req(rid: str, prompt: tuple[int, ...], max_tokens: int = 8, **kw: object) -> GenerateRequest:

@@ -9,13 +9,13 @@ from collections.abc import Sequence
 
 import pytest
 
-from legato.bench.baselines.fcfs_lru import FcfsLru
 from legato.bench.metrics import summarize
-from legato.bench.outcome import RunOutcome
-from legato.engine_adapter.sim import SimConfig, simulate
-from legato.engine_adapter.sim.hardware import tier_specs
+from legato.scheduler.baselines.fcfs_lru import FcfsLru
 from legato.scheduler.events import ToolFinished
 from legato.scheduler.policy import ClusterView, Decision, Prefetch
+from legato.sim import SimConfig, simulate
+from legato.sim.hardware import tier_specs
+from legato.sim.outcome import RunOutcome
 from tests.sim.helpers import agent_workload
 
 # Llama-3.1-8B: a 16-token block is 2 MiB, so host:2 holds ~950 blocks and redis:4 ~1900.
@@ -128,10 +128,10 @@ def test_bench_reports_tier_traffic() -> None:
 
 
 def test_pool_offloads_suffix_first_and_stays_stratified() -> None:
-    from legato.bench.workload import Segment
-    from legato.engine_adapter.sim.hardware import TierSpec
-    from legato.engine_adapter.sim.kv_pool import KVPool
-    from legato.engine_adapter.sim.tiers import SimTiers
+    from legato.sim.hardware import TierSpec
+    from legato.sim.kv_pool import KVPool
+    from legato.sim.tiers import SimTiers
+    from legato.sim.workload import Segment
 
     bs, bpt = 16, 1000.0
     block = bs * bpt

@@ -15,8 +15,8 @@ import dataclasses
 import inspect
 from collections.abc import Callable, Mapping
 
-from legato.bench.workload import Workload
 from legato.bench.workloads import chat, multiagent, rl_grpo, swe, text2sql
+from legato.sim.workload import Workload
 
 Generator = Callable[..., Workload]
 

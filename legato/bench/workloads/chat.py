@@ -13,7 +13,6 @@ driver's `concurrency` limits how many are open at once).
 
 from __future__ import annotations
 
-from legato.bench.workload import CallSpec, ProgramSpec, Segment, Workload
 from legato.bench.workloads.common import (
     LatencyModel,
     check_positive,
@@ -22,6 +21,7 @@ from legato.bench.workloads.common import (
     start_workload,
     uniform_int,
 )
+from legato.sim.workload import CallSpec, ProgramSpec, Segment, Workload
 
 
 def generate(

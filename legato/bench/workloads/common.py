@@ -12,7 +12,7 @@ import math
 import random
 from dataclasses import dataclass, field
 
-from legato.bench.workload import Segment
+from legato.sim.workload import Segment
 
 
 @dataclass(slots=True)

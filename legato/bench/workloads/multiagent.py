@@ -18,7 +18,6 @@ default: one tenant, everything submitted at t=0).
 
 from __future__ import annotations
 
-from legato.bench.workload import CallSpec, ProgramSpec, Segment, Workload
 from legato.bench.workloads.common import (
     LatencyModel,
     check_positive,
@@ -28,6 +27,7 @@ from legato.bench.workloads.common import (
     start_workload,
     uniform_int,
 )
+from legato.sim.workload import CallSpec, ProgramSpec, Segment, Workload
 
 SEARCH = LatencyModel(median_s=1.5, sigma=0.8)
 

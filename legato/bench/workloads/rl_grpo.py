@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import math
 
-from legato.bench.workload import CallSpec, ProgramSpec, Segment, Workload
 from legato.bench.workloads.common import (
     LatencyModel,
     check_positive,
@@ -33,6 +32,7 @@ from legato.bench.workloads.common import (
     start_workload,
     uniform_int,
 )
+from legato.sim.workload import CallSpec, ProgramSpec, Segment, Workload
 
 ENV = LatencyModel(median_s=0.5, sigma=1.0)
 

@@ -29,7 +29,6 @@ relative program counts; both comma lists, default equal). Arrivals: all at t=0 
 
 from __future__ import annotations
 
-from legato.bench.workload import CallSpec, ProgramSpec, Segment, Workload
 from legato.bench.workloads.common import (
     LatencyModel,
     check_positive,
@@ -40,6 +39,7 @@ from legato.bench.workloads.common import (
     uniform_int,
     weighted_choice,
 )
+from legato.sim.workload import CallSpec, ProgramSpec, Segment, Workload
 
 TOOLS: dict[str, tuple[float, LatencyModel]] = {
     "bash": (0.35, LatencyModel(median_s=1.0, sigma=1.0)),

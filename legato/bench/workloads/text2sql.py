@@ -17,7 +17,6 @@ stage extends the previous stage's prompt. Tenants and arrivals as in `swe`.
 
 from __future__ import annotations
 
-from legato.bench.workload import CallSpec, ProgramSpec, Segment, Workload
 from legato.bench.workloads.common import (
     LatencyModel,
     check_positive,
@@ -26,6 +25,7 @@ from legato.bench.workloads.common import (
     start_workload,
     uniform_int,
 )
+from legato.sim.workload import CallSpec, ProgramSpec, Segment, Workload
 
 SQL = LatencyModel(median_s=0.2, sigma=0.8)
 

@@ -31,16 +31,7 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from legato.bench.outcome import ProgramOutcome, RunOutcome
-from legato.bench.workload import ProgramSpec, Segment, Workload
 from legato.engine_adapter.base import SamplingParams
-from legato.engine_adapter.sim.cost_model import CostModel
-from legato.engine_adapter.sim.engine import SimEngine, SimRequest
-from legato.engine_adapter.sim.hardware import gpu as gpu_preset
-from legato.engine_adapter.sim.hardware import tier_specs
-from legato.engine_adapter.sim.kv_pool import UNLIMITED_BLOCKS, KVPool
-from legato.engine_adapter.sim.models import model as model_preset
-from legato.engine_adapter.sim.tiers import SimTiers
 from legato.scheduler.events import (
     CallArrived,
     CallFinished,
@@ -66,6 +57,15 @@ from legato.scheduler.policy import (
     SetPriority,
     Unpin,
 )
+from legato.sim.cost_model import CostModel
+from legato.sim.engine import SimEngine, SimRequest
+from legato.sim.hardware import gpu as gpu_preset
+from legato.sim.hardware import tier_specs
+from legato.sim.kv_pool import UNLIMITED_BLOCKS, KVPool
+from legato.sim.models import model as model_preset
+from legato.sim.outcome import ProgramOutcome, RunOutcome
+from legato.sim.tiers import SimTiers
+from legato.sim.workload import ProgramSpec, Segment, Workload
 
 _BROADCAST = (Pause, Resume, SetPriority, NextUse, Unpin)  # decisions every replica applies
 _URGENT = (Pause, Resume)  # decisions that cut a decode jump short (besides new calls)
@@ -647,7 +647,7 @@ def resolve_policy(policy: str | Policy, tenant_weights: Mapping[str, float] | N
     `tenant_weights` (the workload's)."""
     if not isinstance(policy, str):
         return policy
-    from legato.bench.baselines import POLICIES, build_policy
+    from legato.scheduler.baselines import POLICIES, build_policy
 
     try:
         return build_policy(policy, tenant_weights)

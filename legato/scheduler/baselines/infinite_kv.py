@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from legato.bench.baselines.sticky import Affinity
+from legato.scheduler.baselines.sticky import Affinity
 from legato.scheduler.events import CallArrived, RunFinished
 from legato.scheduler.policy import BasePolicy, ClusterView, Decision, Dispatch, PolicyTraits
 

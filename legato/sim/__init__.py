@@ -4,8 +4,8 @@
 policy object against a step-level, roofline-timed model of a vLLM-like engine, in virtual time.
 """
 
-from legato.engine_adapter.sim.driver import SimConfig, simulate
-from legato.engine_adapter.sim.hardware import GPUS, TIERS
-from legato.engine_adapter.sim.models import MODELS
+from legato.sim.driver import SimConfig, simulate
+from legato.sim.hardware import GPUS, TIERS
+from legato.sim.models import MODELS
 
 __all__ = ["GPUS", "MODELS", "TIERS", "SimConfig", "simulate"]

@@ -23,9 +23,9 @@ from __future__ import annotations
 import heapq
 from dataclasses import dataclass
 
-from legato.bench.workload import Segment
-from legato.engine_adapter.sim.cost_model import CostModel
-from legato.engine_adapter.sim.kv_pool import KVPool, Node
+from legato.sim.cost_model import CostModel
+from legato.sim.kv_pool import KVPool, Node
+from legato.sim.workload import Segment
 
 WAITING, PREFILL, DECODE, DONE, PARKED = range(5)
 

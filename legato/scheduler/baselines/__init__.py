@@ -8,13 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
-from legato.bench.baselines.autellix import Autellix
-from legato.bench.baselines.belady import Belady
-from legato.bench.baselines.continuum import Continuum
-from legato.bench.baselines.fcfs_lru import FcfsLru
-from legato.bench.baselines.infinite_kv import InfiniteKV
-from legato.bench.baselines.lpm import Lpm
-from legato.bench.baselines.thunderagent import ThunderAgent
+from legato.scheduler.baselines.autellix import Autellix
+from legato.scheduler.baselines.belady import Belady
+from legato.scheduler.baselines.continuum import Continuum
+from legato.scheduler.baselines.fcfs_lru import FcfsLru
+from legato.scheduler.baselines.infinite_kv import InfiniteKV
+from legato.scheduler.baselines.lpm import Lpm
+from legato.scheduler.baselines.thunderagent import ThunderAgent
 from legato.scheduler.legato_policy import Legato
 from legato.scheduler.policy import Policy
 

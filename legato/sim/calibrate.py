@@ -1,6 +1,6 @@
 """Fit the roofline cost model to a measured engine: the embedded torch engine on this CPU.
 
-`python -m legato.engine_adapter.sim.calibrate` drives the torch `EngineCore` step by step over
+`python -m legato.sim.calibrate` drives the torch `EngineCore` step by step over
 a spread of batch shapes (long and short prefills, chunked prefills, decode batches of several
 sizes), records each step's shape — new tokens, (query, key) pairs, KV tokens touched — and its
 wall time, then fits the three free numbers of `CostModel` (compute efficiency, memory
@@ -22,9 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from legato.engine_adapter.sim.cost_model import CostModel
-from legato.engine_adapter.sim.hardware import GPUSpec
-from legato.engine_adapter.sim.models import ModelSpec
+from legato.sim.cost_model import CostModel
+from legato.sim.hardware import GPUSpec
+from legato.sim.models import ModelSpec
 
 # Nominal peaks of "a CPU core pair" the efficiencies are expressed against; only the products
 # peak * eff matter, so these just keep the fitted efficiencies in a readable range.

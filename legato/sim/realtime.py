@@ -10,7 +10,7 @@ decode. Tokens are fake but deterministic: a function of the prompt, the request
 position, drawn from lower-case letters and spaces (so the text is readable and stop strings
 work), with their exact uniform logprob.
 
-KV accounting is deliberately simpler than `legato.engine_adapter.sim.engine` (no preemption):
+KV accounting is deliberately simpler than `legato.sim.engine` (no preemption):
 a request reserves blocks for prompt + max_tokens when it is admitted, so it never runs out
 mid-decode; a request that could never fit is refused up front with `EngineError`. Full blocks
 of a finished sequence enter an LRU prefix cache keyed by chained block hashes
@@ -48,10 +48,10 @@ from legato.engine_adapter.base import (
     GenerateRequest,
     TokenChunk,
 )
-from legato.engine_adapter.sim.cost_model import CostModel
-from legato.engine_adapter.sim.hardware import gpu as gpu_preset
-from legato.engine_adapter.sim.models import model as model_preset
 from legato.engine_adapter.torch.tokenizer import ByteTokenizer
+from legato.sim.cost_model import CostModel
+from legato.sim.hardware import gpu as gpu_preset
+from legato.sim.models import model as model_preset
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """The simulated engine's KV block pool with automatic prefix caching, over prompt segments.
 
-Prompts are sequences of identified segments (`legato.bench.workload.Segment`), so the prefix
+Prompts are sequences of identified segments (`legato.sim.workload.Segment`), so the prefix
 cache is a radix tree with one node per segment along a path: two sequences share KV exactly as
 far as their leading segments agree. A node owns the full blocks whose *last* token falls inside
 its segment (a block straddling two segments depends on both, so it hangs off the deeper one);
@@ -30,8 +30,8 @@ import heapq
 import math
 from collections.abc import Sequence
 
-from legato.bench.workload import Segment
-from legato.engine_adapter.sim.tiers import SimTiers
+from legato.sim.tiers import SimTiers
+from legato.sim.workload import Segment
 
 UNLIMITED_BLOCKS = 1 << 60
 

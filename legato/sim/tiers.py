@@ -32,10 +32,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from legato.cache.load_cost import LoadPlan, TierCost, plan_load
-from legato.engine_adapter.sim.hardware import TierSpec
+from legato.sim.hardware import TierSpec
 
 if TYPE_CHECKING:
-    from legato.engine_adapter.sim.kv_pool import Node
+    from legato.sim.kv_pool import Node
 
 HOST, REDIS = 0, 1  # a level's slot: host blocks live in Node.h, Redis blocks in Node.rd
 

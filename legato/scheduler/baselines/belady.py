@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from legato.bench.baselines.sticky import Affinity
+from legato.scheduler.baselines.sticky import Affinity
 from legato.scheduler.events import CallArrived, CallFinished, RunFinished, ToolStarted
 from legato.scheduler.policy import (
     BasePolicy,

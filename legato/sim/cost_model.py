@@ -26,8 +26,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from legato.engine_adapter.sim.hardware import GPUSpec
-from legato.engine_adapter.sim.models import ModelSpec
+from legato.sim.hardware import GPUSpec
+from legato.sim.models import ModelSpec
 
 GPU_MEMORY_UTILIZATION = 0.9  # vLLM's default fraction of device memory the engine may use
 ACTIVATION_RESERVE_BYTES = 1.0e9  # per GPU: activations / CUDA graphs / sampler workspace
