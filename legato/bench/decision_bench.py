@@ -9,8 +9,9 @@ run is replaced by a new one, so the count stays put), and times `policy.on_even
 The stream is closed-loop, like the simulator's, but with no cost model: a dispatched call
 starts on its replica when one of `max_num_seqs` slots frees, runs for a virtual time that
 grows with its output tokens, then its run's tool runs for a lognormal time, and so on for
-5-30 steps. Decisions are applied just enough for the stream to stay honest (dispatch, pause
-and resume change what happens next; priorities, pins and hints are only counted). The
+5-30 steps. Decisions go through the one decision applier (`legato.scheduler.apply`) to a
+replica control that applies them just enough for the stream to stay honest (dispatch, pause
+and resume change what happens next; priorities, pins and hints are accepted and dropped). The
 `ClusterView` is `FakeCluster`, a plain class of counters, so reading it costs about what a
 real view's cached numbers cost; `belady` gets a `FutureOracle` from the driver, which knows
 when every tool ends.
@@ -32,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from legato.engine_adapter.base import SamplingParams
+from legato.scheduler.apply import DecisionApplier, ReplicaTraits
 from legato.scheduler.events import (
     CallArrived,
     CallFinished,
@@ -44,7 +46,7 @@ from legato.scheduler.events import (
     ToolFinished,
     ToolStarted,
 )
-from legato.scheduler.policy import Dispatch, Pause, Policy, ReplicaView, Resume
+from legato.scheduler.policy import Policy, ReplicaView
 
 TARGET_POLICY = "legato"
 TARGET_US = 50.0  # acceptance: mean cost per event of `legato` with 10,000 active programs
@@ -164,6 +166,50 @@ class DecideResult:
     finished_programs: int
 
 
+class _Control:
+    """`ReplicaControl` of the synthetic stream: dispatch, pause and resume change what happens
+    next; a running call is never preempted; priorities, pins, hints and prefetches are dropped."""
+
+    traits = ReplicaTraits(can_preempt_running=False, can_rerank_queued=False)
+
+    def __init__(self, driver: _Driver) -> None:
+        self._d = driver
+
+    @property
+    def num_replicas(self) -> int:
+        return self._d.view.num_replicas
+
+    def awaits_dispatch(self, call_id: str) -> bool:
+        c = self._d.view.calls.get(call_id)
+        return c is not None and c.replica < 0
+
+    def dispatch(self, call_id: str, replica: int, priority: int) -> None:
+        self._d.dispatch(call_id, replica)
+
+    def pause(self, run_id: str) -> None:
+        run = self._d.view.runs.get(run_id)
+        if run is not None:
+            run.paused = True
+
+    def resume(self, run_id: str) -> None:
+        self._d.resume(run_id)
+
+    def set_priority(self, run_id: str, priority: int) -> None:
+        pass
+
+    def pin(self, run_id: str, ttl_s: float) -> None:
+        pass
+
+    def unpin(self, run_id: str) -> None:
+        pass
+
+    def next_use(self, run_id: str, at_s: float) -> None:
+        pass
+
+    def prefetch(self, run_id: str, replica: int) -> None:
+        pass
+
+
 # driver event kinds (heap entries: (time, seq, kind, key))
 _ARRIVE, _CALL_DONE, _TOOL_DONE, _TICK = range(4)
 
@@ -187,6 +233,7 @@ class _Driver:
         self.kinds: list[int] = []
         self.emitted = 0
         self.measuring = False
+        self.applier = DecisionApplier(_Control(self))
         if policy.traits.oracle:
             policy.set_oracle(_Oracle(self.view))
 
@@ -205,15 +252,7 @@ class _Driver:
             self.samples.append(elapsed)
             self.kinds.append(kind)
             self.decisions += len(decisions)
-        for d in decisions:
-            if isinstance(d, Dispatch):
-                self._dispatch(d)
-            elif isinstance(d, Pause):
-                run = self.view.runs.get(d.run_id)
-                if run is not None:
-                    run.paused = True
-            elif isinstance(d, Resume):
-                self._resume(d.run_id)
+        self.applier.apply(decisions)
 
     def _start_run(self) -> None:
         self.started += 1
@@ -246,13 +285,11 @@ class _Driver:
         self.view.calls[call.call_id] = _Call(call, run, self.rng.randint(100, 600))
         self._emit(CallArrived(call), 1)
 
-    def _dispatch(self, d: Dispatch) -> None:
-        c = self.view.calls.get(d.call_id)
-        if c is None or c.replica >= 0 or not 0 <= d.replica < self.view.num_replicas:
-            return
-        c.replica = d.replica
+    def dispatch(self, call_id: str, replica: int) -> None:
+        c = self.view.calls[call_id]
+        c.replica = replica
         if c.run.paused:
-            c.run.held.append(d.call_id)
+            c.run.held.append(call_id)
             return
         self._enqueue(c)
 
@@ -269,7 +306,7 @@ class _Driver:
             r.used_blocks += -(-(c.call.prompt_len + c.output) // BLOCK_SIZE)
             self._push(self.now + 0.3 + c.output * 0.015, _CALL_DONE, c.call.call_id)
 
-    def _resume(self, run_id: str) -> None:
+    def resume(self, run_id: str) -> None:
         run = self.view.runs.get(run_id)
         if run is None or not run.paused:
             return

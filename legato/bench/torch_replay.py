@@ -35,7 +35,7 @@ import anyio
 
 from legato.engine_adapter.base import SamplingParams
 from legato.scheduler.events import CallHints, LLMCall, RunFinished, RunStarted, ToolFinished, ToolStarted
-from legato.scheduler.policy import Policy
+from legato.scheduler.policy import Decision, Policy
 from legato.scheduler.runtime import PolicyScheduler, UnsupportedPolicyError
 from legato.sim.outcome import ProgramOutcome, RunOutcome
 from legato.sim.workload import ProgramSpec, Workload
@@ -223,8 +223,10 @@ async def replay_async(
     model_config: Any = None,
     progress: Callable[[int, int], None] | None = None,
     timeout_s: float = 3600.0,
+    decisions: list[Decision] | None = None,
 ) -> RunOutcome:
-    """See `replay_on_torch`; this is its async body (tests call it inside their event loop)."""
+    """See `replay_on_torch`; this is its async body (tests call it inside their event loop).
+    `decisions`, when given, receives every decision in the order it was applied."""
     from legato.engine_adapter.torch import load_engine
 
     check_policy(policy)
@@ -247,7 +249,7 @@ async def replay_async(
     engine = load_engine(None, "cpu", model_config=model_config, **overrides)
     order = sorted(range(len(workload.programs)), key=lambda i: (workload.programs[i].arrival_s, i))
     specs = [workload.programs[i] for i in order]
-    async with engine, PolicyScheduler([engine], policy) as sched:
+    async with engine, PolicyScheduler([engine], policy, decisions=decisions) as sched:
         replay = _Replay(workload, sched, token_scale, time_scale)
         replay.t0 = time.monotonic()
         next_index = 0

@@ -12,6 +12,7 @@ Hashes are sha256 over a msgpack encoding of `(parent, token_ids, extra_keys)`; 
 from __future__ import annotations
 
 import hashlib
+import hmac
 from collections.abc import Sequence
 
 import msgpack
@@ -37,14 +38,21 @@ def prefix_block_hashes(token_ids: Sequence[int], block_size: int, extra_keys: E
     return hashes
 
 
-def tenant_salt(tenant: str) -> str:
-    """The cache salt of an *authenticated* tenant id (the server passes the tenant it verified,
-    never a client-supplied salt). Domain-separated sha256, so a salt reveals nothing about the
-    tenant name when it shows up in hashes or Redis keys, and the same tenant gets the same salt
-    in every process."""
+CACHE_SALT_KEY = "legato-cache-salt-v1"
+"""The server's salt key (`legato.server` passes it to its schedulers). Not a secret: the salt
+isolates tenants' prefix caches because the *tenant id* comes from the authenticated API key,
+never from anything the client sends."""
+
+
+def tenant_salt(tenant: str, key: str = CACHE_SALT_KEY) -> str:
+    """The one cache-salt function: HMAC-SHA256(key, tenant id), 32 hex digits, of an
+    *authenticated* tenant id (the server passes the tenant it verified, never a client-supplied
+    salt). A salt reveals nothing about the tenant name when it shows up in hashes or Redis keys,
+    and the same tenant gets the same salt in every process. The server's tenants, its
+    schedulers and the tier tests all derive salts here."""
     if not tenant:
         raise ValueError("tenant must be a non-empty authenticated tenant id")
-    return hashlib.sha256(b"legato-tenant-salt\x00" + tenant.encode()).hexdigest()[:32]
+    return hmac.new(key.encode(), tenant.encode(), hashlib.sha256).hexdigest()[:32]
 
 
 def cache_extra_keys(model: str, dtype: str, layout: str, salt: str | None, adapter: str = "") -> ExtraKeys:

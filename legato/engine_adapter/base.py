@@ -28,6 +28,7 @@ class Capability(enum.StrEnum):
     LOGPROBS = "logprobs"  # per-token logprobs of sampled tokens
     PRIORITY = "priority"  # honours `GenerateRequest.priority`
     PREFIX_QUERY = "prefix_query"  # `cached_prefix_tokens` reflects real cache state
+    PREFIX_SNAPSHOT = "prefix_snapshot"  # `PrefixSnapshotEngine`: read the prefix cache without awaiting
     PIN = "pin"  # `PinnableEngine`: keep a prefix resident through a tool call
     EVICTION_HINTS = "eviction_hints"  # `EvictionHintEngine`: Legato decides what stays
     KV_EXPORT = "kv_export"  # `KVTransferEngine.export_blocks`
@@ -190,6 +191,17 @@ class EvictionHintEngine(Engine, Protocol):
 
     async def set_next_use(self, token_ids: Sequence[int], cache_salt: str | None, next_use_s: float) -> None:
         """`next_use_s` is seconds from now; `math.inf` means "not expected again"."""
+        ...
+
+
+class PrefixSnapshotEngine(Engine, Protocol):
+    """Capability.PREFIX_SNAPSHOT: an in-process engine whose prefix cache can be read at once,
+    so a scheduler can answer a policy's "how much of this prefix is resident" synchronously."""
+
+    def resident_prefix_tokens(self, token_ids: Sequence[int], cache_salt: str | None) -> int:
+        """Leading tokens of `token_ids` whose KV blocks are cached on the device now, in whole
+        blocks. A lock-free snapshot read while the engine may be mutating its cache, so it can
+        be off by a block that is being evicted right now."""
         ...
 
 

@@ -7,10 +7,9 @@ tenant the executor was told (server-authenticated), never from anything a clien
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 from collections.abc import AsyncIterator
 
+from legato.cache.block_hash import tenant_salt as _salt
 from legato.engine_adapter.base import Engine, GenerateRequest, TokenChunk, Tokenizer
 from legato.scheduler.events import LLMCall, ProgramEvent
 
@@ -21,7 +20,7 @@ class PassthroughScheduler:
         HMAC(secret, tenant), so tenants never share prefix-cache blocks; when None, no salt
         (the embedded single-tenant default)."""
         self.engine = engine
-        self._secret = tenant_salt.encode() if tenant_salt is not None else None
+        self._salt_key = tenant_salt
         self.calls = 0
 
     @property
@@ -29,9 +28,7 @@ class PassthroughScheduler:
         return self.engine.tokenizer
 
     def cache_salt(self, tenant: str) -> str | None:
-        if self._secret is None:
-            return None
-        return hmac.new(self._secret, tenant.encode(), hashlib.sha256).hexdigest()[:32]
+        return None if self._salt_key is None else _salt(tenant, self._salt_key)
 
     async def generate(self, call: LLMCall) -> AsyncIterator[TokenChunk]:
         self.calls += 1

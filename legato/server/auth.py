@@ -27,6 +27,8 @@ from typing import TYPE_CHECKING
 
 from fastapi import Request
 
+from legato.cache.block_hash import CACHE_SALT_KEY as CACHE_SALT_KEY  # re-exported for the server
+from legato.cache.block_hash import tenant_salt
 from legato.server.errors import ApiError
 from legato.server.store.base import RunStore, TenantRecord
 
@@ -36,10 +38,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 KEY_PREFIX = "lg_"
-CACHE_SALT_KEY = "legato-cache-salt-v1"
-"""Key of the per-tenant cache salt HMAC(key, tenant id), shared with the schedulers
-(`tenant_salt=CACHE_SALT_KEY`). Not a secret: the salt isolates tenants' prefix caches because the
-*tenant id* comes from the authenticated API key, never from anything the client sends."""
 
 
 @dataclass(frozen=True)
@@ -53,7 +51,7 @@ class Tenant:
     @property
     def cache_salt(self) -> str:
         """Prefix-cache salt: a function of the authenticated tenant id only."""
-        return hmac.new(CACHE_SALT_KEY.encode(), self.id.encode(), hashlib.sha256).hexdigest()[:32]
+        return tenant_salt(self.id)
 
     @classmethod
     def from_record(cls, rec: TenantRecord) -> Tenant:

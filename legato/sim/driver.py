@@ -32,6 +32,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from legato.engine_adapter.base import SamplingParams
+from legato.scheduler.apply import DecisionApplier
 from legato.scheduler.events import (
     CallArrived,
     CallFinished,
@@ -44,19 +45,8 @@ from legato.scheduler.events import (
     ToolFinished,
     ToolStarted,
 )
-from legato.scheduler.policy import (
-    Decision,
-    Dispatch,
-    NextUse,
-    Pause,
-    Pin,
-    Policy,
-    Prefetch,
-    ReplicaView,
-    Resume,
-    SetPriority,
-    Unpin,
-)
+from legato.scheduler.policy import Decision, Policy, ReplicaView
+from legato.sim.control import AddCall, ForgetRun, SimControl, SimHooks, UnpinRun
 from legato.sim.cost_model import CostModel
 from legato.sim.engine import SimEngine, SimRequest
 from legato.sim.hardware import gpu as gpu_preset
@@ -67,8 +57,6 @@ from legato.sim.outcome import ProgramOutcome, RunOutcome
 from legato.sim.tiers import SimTiers
 from legato.sim.workload import ProgramSpec, Segment, Workload
 
-_BROADCAST = (Pause, Resume, SetPriority, NextUse, Unpin)  # decisions every replica applies
-_URGENT = (Pause, Resume)  # decisions that cut a decode jump short (besides new calls)
 W_IN, W_OUT = 1.0, 2.0  # VTC cost weights for service_by_tenant
 _SAMPLING = SamplingParams(max_tokens=4096)  # the simulator never samples; outputs come from the spec
 
@@ -195,6 +183,7 @@ class _Sim:
         progress: Callable[[int, int], None] | None,
         check: bool,
         trace: list[CallTrace] | None,
+        decisions: list[Decision] | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError(f"concurrency must be >= 1, got {concurrency}")
@@ -240,8 +229,6 @@ class _Sim:
         self.heap: list[tuple[float, int, int, int, int]] = []
         self.seq = 0
         self.now = 0.0
-        self.pending_ops: list[list[Decision]] = [[] for _ in self.engines]
-        self.kicked = [False] * len(self.engines)
         self.outcomes: list[ProgramOutcome] = []
         self.service: dict[str, float] = {}
         self.weights: dict[str, float] = {}
@@ -257,12 +244,19 @@ class _Sim:
         self.backlog_service: dict[str, float] = {t: 0.0 for t in sorted(self.unstarted)}
         self.tool_stats: dict[str, tuple[float, int]] = {}
         self.shared_first: set[int] = self._shared_first_segments()
-        self.pauses = 0
-        self.prefetches = 0
         self.next_prog = 0
         self.done = 0
         self.view = _View(self)
-        self._pin_home: dict[int, int] = {}  # run -> replica holding its pin
+        hooks = SimHooks(
+            now=lambda: self.now,
+            awaits_dispatch=self.pending.__contains__,
+            new_call=self._new_call,
+            schedule_step=lambda r, end, version: self.push(end, _STEP, r, version),
+            schedule_kick=lambda r: self.push(self.now, _KICK, r),
+            schedule_expiry=lambda run, version, at: self.push(at, _PIN_EXPIRE, run, version),
+        )
+        self.control = SimControl(self.engines, self.run_index, hooks, has_tiers=bool(config.tiers))
+        self.applier = DecisionApplier(self.control, record=decisions)
         self._progress_every = max(1, len(self.specs) // 100)
 
     def _shared_first_segments(self) -> set[int]:
@@ -280,8 +274,7 @@ class _Sim:
         heapq.heappush(self.heap, (t, self.seq, kind, a, b))
 
     def emit(self, event: Event) -> None:
-        for d in self.policy.on_event(event, self.now, self.view):
-            self.apply(d)
+        self.applier.apply(self.policy.on_event(event, self.now, self.view))
 
     def run(self) -> RunOutcome:
         policy = self.policy
@@ -302,10 +295,10 @@ class _Sim:
             elif kind == _SUBMIT:
                 self._on_submit(a)
             elif kind == _KICK:
-                self.kicked[a] = False
+                self.control.kicked[a] = False
                 self._maybe_plan(a)
             elif kind == _PIN_EXPIRE:
-                self._replica_op(self._pin_home.get(a, 0), ("expire", a, b))
+                self.control.op(self.control.pin_home.get(a, 0), UnpinRun(a, b))
             elif kind == _TICK:
                 self.emit(Tick())
                 tick = policy.traits.tick_s
@@ -457,117 +450,29 @@ class _Sim:
         run = self.run_index[p.run_id]
         for e in self.engines:
             if run in e.run_path or run in e.pins:
-                self._replica_op(e.index, ("forget", run, 0))
+                self.control.op(e.index, ForgetRun(run))
         self.done += 1
         if self.progress is not None and self.done % self._progress_every == 0:
             self.progress(self.done, len(self.specs))
         self._submit_next(self.now)
 
-    # --- decisions -----------------------------------------------------------------------
+    # --- decisions ----------------------------------------------------------------------
 
-    def apply(self, d: Decision) -> None:
-        if isinstance(d, Dispatch):
-            pending = self.pending.pop(d.call_id, None)
-            if pending is None:
-                raise ValueError(f"policy dispatched unknown or already dispatched call {d.call_id!r}")
-            if not 0 <= d.replica < len(self.engines):
-                raise ValueError(
-                    f"policy dispatched {d.call_id!r} to replica {d.replica} (have {len(self.engines)})"
-                )
-            p, j = pending
-            cs = p.spec.calls[j]
-            req = SimRequest(
-                d.call_id, self.run_index[p.run_id], p.prompt_lens[j], cs.output_tokens, d.priority
-            )
-            self.requests[d.call_id] = (p, j, req, d.replica)
-            self.dispatched_s[d.call_id] = self.now
-            self._replica_op(d.replica, ("add", req, Segment(cs.output_seg_id, cs.output_tokens), cs.prompt))
-        elif isinstance(d, _BROADCAST):
-            if isinstance(d, Pause):
-                self.pauses += 1
-            for e in self.engines:
-                self._replica_op(e.index, d)
-        elif isinstance(d, Pin):
-            home = self._home_of(d.run_id)
-            if home is not None:
-                self._replica_op(home, d)
-        elif isinstance(d, Prefetch):
-            self.prefetches += 1
-            run = self.run_index.get(d.run_id)
-            if run is not None and 0 <= d.replica < len(self.engines) and self.config.tiers:
-                self._replica_op(d.replica, ("prefetch", run, 0))
-        else:
-            raise TypeError(f"unknown decision {d!r}")
-
-    def _home_of(self, run_id: str) -> int | None:
-        run = self.run_index.get(run_id)
-        if run is None:
-            return None
-        for e in self.engines:
-            if run in e.run_path:
-                return e.index
-        return None
-
-    def _replica_op(self, r: int, op: object) -> None:
-        """Apply an op now if the replica is between steps, else at its next step boundary.
-        Ops that change what the scheduler may run (a new call, pause, resume) also cut a
-        decode jump short, so they take effect one step later, as in a real engine; ops that
-        only change bookkeeping (hints, pins, priorities of queued calls) wait for the jump."""
-        e = self.engines[r]
-        if e.in_flight:
-            self.pending_ops[r].append(op)  # type: ignore[arg-type]
-            if isinstance(op, _URGENT) or (isinstance(op, tuple) and op[0] == "add"):
-                new_end = e.truncate(self.now)
-                if new_end is not None:
-                    self.push(new_end, _STEP, r, e.version)
-            return
-        self._do_op(e, op)
-        if not self.kicked[r]:
-            self.kicked[r] = True
-            self.push(self.now, _KICK, r)
-
-    def _do_op(self, e: SimEngine, op: object) -> None:
-        now = self.now
-        if isinstance(op, tuple):
-            if op[0] == "add":
-                _, req, out_seg, prompt = op
-                e.add(req, prompt, out_seg)
-            elif op[0] == "expire":
-                e.unpin(op[1], op[2], now)
-            elif op[0] == "forget":
-                e.forget_run(op[1], now)
-            elif op[0] == "prefetch":
-                e.prefetch(op[1], now)
-            return
-        if isinstance(op, Pause):
-            e.pause(self.run_index[op.run_id], now)
-        elif isinstance(op, Resume):
-            e.resume(self.run_index[op.run_id])
-        elif isinstance(op, SetPriority):
-            e.set_priority(self.run_index[op.run_id], op.priority)
-        elif isinstance(op, NextUse):
-            run = self.run_index.get(op.run_id)
-            if run is not None:
-                e.set_hint(run, op.at_s)
-        elif isinstance(op, Unpin):
-            run = self.run_index.get(op.run_id)
-            if run is not None:
-                e.unpin(run, now=now)
-        elif isinstance(op, Pin):
-            run = self.run_index[op.run_id]
-            version = e.pin(run)
-            if version is not None:
-                self._pin_home[run] = e.index
-                self.push(now + max(0.0, op.ttl_s), _PIN_EXPIRE, run, version)
+    def _new_call(self, call_id: str, replica: int, priority: int) -> AddCall:
+        """A dispatched call leaves the pending set and becomes a request for `replica`."""
+        p, j = self.pending.pop(call_id)
+        cs = p.spec.calls[j]
+        req = SimRequest(call_id, self.run_index[p.run_id], p.prompt_lens[j], cs.output_tokens, priority)
+        self.requests[call_id] = (p, j, req, replica)
+        self.dispatched_s[call_id] = self.now
+        return AddCall(req, cs.prompt, Segment(cs.output_seg_id, cs.output_tokens))
 
     def _on_step(self, r: int, version: int) -> None:
         e = self.engines[r]
         if version != e.version or not e.in_flight:
             return
         finished = e.complete(self.now)
-        ops, self.pending_ops[r] = self.pending_ops[r], []
-        for op in ops:
-            self._do_op(e, op)
+        self.control.flush(e)
         for req in finished:
             self._on_call_done(req)
         self._maybe_plan(r)
@@ -594,7 +499,7 @@ class _Sim:
             prefill_tokens_computed=sum(s.prefill_tokens for s in stats),
             cached_prompt_tokens=sum(s.cached_prompt_tokens for s in stats),
             preemptions=sum(s.preemptions for s in stats),
-            pauses=self.pauses,
+            pauses=self.control.pauses,
             replicas=len(self.engines),
             engine_busy_s=sum(s.busy_s for s in stats),
             service_by_tenant=dict(sorted(self.service.items())),
@@ -604,7 +509,7 @@ class _Sim:
             extra={
                 "engine_steps": float(sum(s.steps for s in stats)),
                 "evicted_blocks": float(evicted),
-                "prefetches_ignored": float(0 if self.config.tiers else self.prefetches),
+                "prefetches_ignored": float(0 if self.config.tiers else self.control.prefetches),
                 **self._tier_extra(),
                 **self._policy_extra(),
             },
@@ -620,7 +525,7 @@ class _Sim:
         """Per-tier traffic summed over replicas (only with tiers): `tier_<name>_<counter>`."""
         if not self.config.tiers:
             return {}
-        out: dict[str, float] = {"prefetches": float(self.prefetches)}
+        out: dict[str, float] = {"prefetches": float(self.control.prefetches)}
         out["tier_load_stall_s"] = sum(e.stats.load_stall_s for e in self.engines)
         for spec in tier_specs(self.config.tiers):
             block_bytes = self.config.block_size * self.config.cost_model().model.kv_bytes_per_token
@@ -665,14 +570,18 @@ def simulate(
     progress: Callable[[int, int], None] | None = None,
     check: bool = False,
     trace: list[CallTrace] | None = None,
+    decisions: list[Decision] | None = None,
 ) -> RunOutcome:
     """Replay `workload` under `policy` (a registry name or a Policy object) on simulated
     replicas. `seed` is accepted for interface symmetry with real drivers: the simulator draws
     no random numbers, so equal inputs always give equal outcomes. `check` turns on the engine's
-    invariant assertions (slow); `trace`, when given, receives one `CallTrace` per call."""
+    invariant assertions (slow); `trace`, when given, receives one `CallTrace` per call, and
+    `decisions` every decision in the order it was applied. A bad decision (a policy bug)
+    raises `legato.scheduler.apply.BadDecision`."""
     del seed
     weights = {p.tenant: p.tenant_weight for p in workload.programs}
-    sim = _Sim(workload, resolve_policy(policy, weights), config, concurrency, progress, check, trace)
+    policy = resolve_policy(policy, weights)
+    sim = _Sim(workload, policy, config, concurrency, progress, check, trace, decisions)
     return sim.run()
 
 

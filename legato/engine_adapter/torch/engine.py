@@ -95,6 +95,7 @@ class TorchEngine:
                 Capability.LOGPROBS,
                 Capability.PRIORITY,
                 Capability.PREFIX_QUERY,
+                Capability.PREFIX_SNAPSHOT,
                 Capability.PIN,
                 Capability.EVICTION_HINTS,
                 Capability.KV_EXPORT,
@@ -366,6 +367,16 @@ class TorchEngine:
     def block_hashes(self, token_ids: Sequence[int], cache_salt: str | None = None) -> list[bytes]:
         """Chained hashes of the full blocks of `token_ids` as this engine computes them (pure)."""
         return prefix_block_hashes(list(token_ids), self.config.block_size, self.core.extra_keys(cache_salt))
+
+    def resident_prefix_tokens(self, token_ids: Sequence[int], cache_salt: str | None) -> int:
+        """`PrefixSnapshotEngine`: the block pool's hash table read from the caller's thread."""
+        table = self.core.blocks.cached
+        n = 0
+        for h in self.block_hashes(token_ids, cache_salt):
+            if h not in table:
+                break
+            n += 1
+        return n * self.config.block_size
 
     def new_request_id(self) -> str:
         return f"torch-{next(self._ids)}"
