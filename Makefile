@@ -35,6 +35,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check legato tests examples
 	$(BIN)/mypy
 	$(BIN)/mypy examples
+	$(BIN)/lint-imports
 
 fmt: $(STAMP)
 	$(BIN)/ruff check --fix legato tests examples

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
-from legato.engine_adapter.base import KVBlock
+from legato.cache.kv_block import KVBlock
 
 
 class PinQuotaExceeded(RuntimeError):

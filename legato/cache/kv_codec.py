@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import msgpack
 import xxhash
 
-from legato.engine_adapter.base import KVBlock
+from legato.cache.kv_block import KVBlock
 
 MAGIC = b"LKV2"  # LKV1 values (crc32) read as corrupt: dropped and recomputed
 _LEN = struct.Struct("<I")

@@ -50,6 +50,7 @@ from redis.exceptions import RedisClusterException
 from redis.retry import Retry
 
 from legato.cache.circuit_breaker import CircuitBreaker
+from legato.cache.kv_block import KVBlock
 from legato.cache.kv_codec import (
     ChunkCorrupt,
     ChunkError,
@@ -59,7 +60,6 @@ from legato.cache.kv_codec import (
     encode_chunk_parts,
 )
 from legato.cache.malloc_tuning import keep_freed_buffers_in_process
-from legato.engine_adapter.base import KVBlock
 
 KEY_PREFIX = "legato:kv"
 

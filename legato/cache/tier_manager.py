@@ -26,10 +26,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from legato.cache.host_tier import HostTier
+from legato.cache.kv_block import KVBlock
 from legato.cache.kv_codec import KVFormat
 from legato.cache.load_cost import LoadPlan, TierCost, plan_load
 from legato.cache.redis_tier import RedisTier
-from legato.engine_adapter.base import KVBlock
 
 _WRITTEN_CAP = 65536
 

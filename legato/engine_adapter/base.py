@@ -17,6 +17,8 @@ from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
+from legato.cache.kv_block import KVBlock as KVBlock  # re-exported: KVTransferEngine moves them
+
 
 class EngineError(RuntimeError):
     """An engine failed a request in a way the caller should see (bad input, engine down)."""
@@ -213,20 +215,6 @@ class PrefetchEngine(Engine, Protocol):
         """Start moving the prefix's tiered blocks towards the device in the background; False
         when there is nothing to do or the request was dropped. `next_use_s`: seconds from now."""
         ...
-
-
-@dataclass(frozen=True, slots=True)
-class KVBlock:
-    """One block of KV cache, portable between engine processes with the same weights."""
-
-    block_hash: bytes  # chained hash (parent hash, token ids, extra keys), see legato.cache
-    token_ids: tuple[int, ...]
-    layout: str  # e.g. "layers,kv,heads,block,head_dim" - must match on import
-    dtype: str  # torch dtype name, e.g. "float32"
-    shape: tuple[int, ...]
-    # Raw tensor bytes in `layout` / `dtype` / `shape`; a read-only view into the chunk value when
-    # decoded from Redis (no per-block copy: copying a 1 MiB chunk block by block page-faults).
-    data: bytes | memoryview
 
 
 @runtime_checkable

@@ -247,8 +247,8 @@ class Executor:
         status, output = RunStatus.CANCELLED, None
         error: str | None = "cancelled"
         agent_run = None
-        spec = program.spec if isinstance(program, CompiledProgram) else None
-        self.scheduler.notify(RunStarted(run_id, handle.program, handle.tenant, spec))
+        graph = program.graph if isinstance(program, CompiledProgram) else None
+        self.scheduler.notify(RunStarted(run_id, handle.program, handle.tenant, graph))
         self.events.publish(run_id, "run_started", program=handle.program)
         try:
             with handle._scope:

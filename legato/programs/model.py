@@ -78,3 +78,27 @@ class ProgramGraph:
         if isinstance(node, MapNodeSpec):
             node = node.body
         return list(node.prompt.parts) if isinstance(node, LLMNodeSpec) else []
+
+    def reuses_first_prefix_after(self, node: str) -> bool | None:
+        """`legato.scheduler.events.ProgramShape`: does an LLM node reachable from `node` start
+        with the same first prefix part? None when `node` is not one of the graph's nodes (a map
+        body label) or starts with no prefix part."""
+        if node not in self.nodes:
+            return None
+        parts = self.prefix_parts_of(node)
+        if not parts:
+            return None
+        seen = {node}
+        frontier = list(self.successors(node))
+        while frontier:
+            name = frontier.pop()
+            if name in seen or name not in self.nodes:
+                continue
+            seen.add(name)
+            follow = self.prefix_parts_of(name)
+            if follow:
+                if follow[0] == parts[0]:
+                    return True
+                continue  # an LLM node with another prefix: what follows it reuses *its* prefix
+            frontier.extend(self.successors(name))
+        return False

@@ -8,6 +8,7 @@ pure"). Events are plain frozen data: no engine handles, no awaitables.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from legato.engine_adapter.base import SamplingParams
 
@@ -44,13 +45,23 @@ class LLMCall:
         return len(self.prompt_token_ids) if self.num_prompt_tokens is None else self.num_prompt_tokens
 
 
+class ProgramShape(Protocol):
+    """What a policy may ask of a declarative program's graph (`legato.programs.model.ProgramGraph`
+    answers it), so the scheduler never imports the programs layer."""
+
+    def reuses_first_prefix_after(self, node: str) -> bool | None:
+        """Does an LLM node reachable from `node` start with `node`'s first prefix part? None
+        when unknown (not a node of the graph, or `node` has no prefix part)."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class RunStarted:
     run_id: str
     program: str
     tenant: str
-    # The declarative program (legato.programs spec) when there is one; None for dynamic agents.
-    spec: object | None = None
+    # The declarative program's graph when there is one; None for dynamic agents.
+    spec: ProgramShape | None = None
     # Runs that share a prompt and are best served together (an RL GRPO group's siblings).
     group: str | None = None
 
@@ -92,9 +103,21 @@ class RunFinished:
 
 
 @dataclass(frozen=True, slots=True)
+class TenantWeight:
+    """A tenant's fair-share weight was set or changed (the server sends its tenant records'
+    weights, keyed by tenant id as its calls are). Weighted policies use it; others ignore it."""
+
+    tenant: str
+    weight: float
+
+
+@dataclass(frozen=True, slots=True)
 class Tick:
     """Periodic wake-up so policies can expire pins, resume paused programs, etc."""
 
 
-ProgramEvent = RunStarted | ToolStarted | ToolFinished | RunFinished
-Event = RunStarted | CallArrived | CallFinished | ToolStarted | ToolFinished | RunFinished | Tick
+# What a caller tells a `CallScheduler` besides its calls (`notify`).
+ProgramEvent = RunStarted | ToolStarted | ToolFinished | RunFinished | TenantWeight
+Event = (
+    RunStarted | CallArrived | CallFinished | ToolStarted | ToolFinished | RunFinished | TenantWeight | Tick
+)

@@ -34,6 +34,11 @@ class FairShare:
         self.served: dict[str, float] = {}
         self._active: dict[str, int] = {}  # tenant -> programs it has in the system
 
+    def set_weight(self, tenant: str, weight: float) -> None:
+        if not weight > 0 or weight != weight:
+            raise ValueError(f"tenant weight must be > 0, got {weight!r} for tenant {tenant!r}")
+        self.weights[tenant] = weight
+
     def weight(self, tenant: str) -> float:
         return self.weights.get(tenant, 1.0)
 

@@ -55,6 +55,7 @@ from legato.scheduler.events import (
     CallHints,
     RunFinished,
     RunStarted,
+    TenantWeight,
     ToolFinished,
     ToolStarted,
 )
@@ -644,6 +645,10 @@ class Legato(BasePolicy):
         self._forget(r, out)
         self._admit(now, view, out)
         return out
+
+    def on_tenant_weight(self, event: TenantWeight, now: float, view: ClusterView) -> Sequence[Decision]:
+        self.fair.set_weight(event.tenant, event.weight)
+        return ()
 
     def on_tick(self, now: float, view: ClusterView) -> Sequence[Decision]:
         out: list[Decision] = []

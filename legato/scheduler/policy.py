@@ -41,6 +41,7 @@ from legato.scheduler.events import (
     Event,
     RunFinished,
     RunStarted,
+    TenantWeight,
     Tick,
     ToolFinished,
     ToolStarted,
@@ -188,6 +189,8 @@ class BasePolicy:
             return self.on_run_finished(event, now, view)
         if isinstance(event, Tick):
             return self.on_tick(now, view)
+        if isinstance(event, TenantWeight):
+            return self.on_tenant_weight(event, now, view)
         return ()
 
     def on_call(self, event: CallArrived, now: float, view: ClusterView) -> Sequence[Decision]:
@@ -209,6 +212,9 @@ class BasePolicy:
         return ()
 
     def on_tick(self, now: float, view: ClusterView) -> Sequence[Decision]:
+        return ()
+
+    def on_tenant_weight(self, event: TenantWeight, now: float, view: ClusterView) -> Sequence[Decision]:
         return ()
 
 

@@ -22,7 +22,7 @@ import math
 from collections import deque
 from dataclasses import dataclass
 
-from legato.scheduler.events import CallHints
+from legato.scheduler.events import CallHints, ProgramShape
 from legato.scheduler.program_history import ProgramHistory
 from legato.tools.stats import LognormalFit, ToolLatencyStats
 
@@ -36,36 +36,6 @@ class _Pending:
     predicted_s: float  # predicted delay from started_s to the next call
 
 
-def _graph_reuses(spec: object, node: str) -> bool | None:
-    """Does an LLM node reachable from `node` start with the same first prefix part? None when
-    `spec` is not a declarative program or the node is not one of its nodes (a map body label)."""
-    from legato.programs.model import ProgramGraph
-    from legato.programs.spec import ProgramSpec
-
-    if not isinstance(spec, ProgramSpec):
-        return None
-    graph = ProgramGraph(spec)
-    if node not in graph.nodes:
-        return None
-    parts = graph.prefix_parts_of(node)
-    if not parts:
-        return None
-    seen = {node}
-    frontier = list(graph.successors(node))
-    while frontier:
-        name = frontier.pop()
-        if name in seen or name not in graph.nodes:
-            continue
-        seen.add(name)
-        follow = graph.prefix_parts_of(name)
-        if follow:
-            if follow[0] == parts[0]:
-                return True
-            continue  # an LLM node with another prefix: what follows it reuses *its* prefix
-        frontier.extend(graph.successors(name))
-    return False
-
-
 class ReusePredictor:
     def __init__(
         self,
@@ -77,7 +47,7 @@ class ReusePredictor:
         self.tools = ToolLatencyStats(min_tenant_samples=min_tenant_samples)
         self.history = ProgramHistory()
         self.default_tool_s = default_tool_s
-        self._specs: dict[str, object] = {}  # program name -> declarative spec
+        self._specs: dict[str, ProgramShape] = {}  # program name -> declarative program
         self._reuse_cache: dict[tuple[str, str], bool | None] = {}
         self._pending: dict[str, _Pending] = {}
         # (tool, tenant) -> fitted lognormal (or None): fits are O(1) but not free, and tool
@@ -88,7 +58,7 @@ class ReusePredictor:
 
     # --- learning ------------------------------------------------------------------------
 
-    def run_started(self, program: str, spec: object | None) -> None:
+    def run_started(self, program: str, spec: ProgramShape | None) -> None:
         if spec is not None and program not in self._specs:
             self._specs[program] = spec
 
@@ -144,7 +114,7 @@ class ReusePredictor:
             return True
         key = (program, node)
         if key not in self._reuse_cache:
-            self._reuse_cache[key] = _graph_reuses(spec, node)
+            self._reuse_cache[key] = spec.reuses_first_prefix_after(node)
         return self._reuse_cache[key] is not False
 
     def next_tool(self, program: str, node: str, hints: CallHints) -> str | None:

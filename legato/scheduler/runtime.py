@@ -55,6 +55,7 @@ from legato.scheduler.events import (
     ProgramEvent,
     RunFinished,
     RunStarted,
+    TenantWeight,
     Tick,
 )
 from legato.scheduler.pins import PinKeeper
@@ -338,7 +339,7 @@ class PolicyScheduler:
         except BadDecision as bad:
             self.stats["bad_decisions"] += len(bad.problems)
             log.warning("policy %s: %s", self.policy.name, bad)
-        if not isinstance(event, (CallFinished, Tick)):
+        if not isinstance(event, (CallFinished, Tick, TenantWeight)):
             run_id = event.call.run_id if isinstance(event, CallArrived) else event.run_id
             run = self.runs.get(run_id)
             if run is not None and run.bridge and run.in_engine == 0:

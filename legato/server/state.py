@@ -14,6 +14,7 @@ from typing import Any
 from legato.engine_adapter.base import Engine
 from legato.programs.executor import Executor
 from legato.scheduler.base import CallScheduler
+from legato.scheduler.events import TenantWeight
 from legato.scheduler.passthrough import PassthroughScheduler
 from legato.server.auth import CACHE_SALT_KEY, QuotaTracker, TenantRegistry
 from legato.server.config import ServerConfig
@@ -57,13 +58,12 @@ def make_scheduler(engine: Engine, policy: str | None) -> Any:
 
 
 def weight_setter(inner: Any) -> Callable[[str, float], None]:
-    """Feeds tenant weights to a fair-share policy (`policy.fair.weights`, e.g. `--policy
-    legato`), keyed by tenant id as the executor's calls are; a no-op for other schedulers."""
+    """Tells the scheduler a tenant's fair-share weight (a `TenantWeight` event, keyed by tenant
+    id as the executor's calls are); weighted policies (`--policy legato`) use it, others ignore it."""
 
     def apply(tenant_id: str, weight: float) -> None:
-        weights = getattr(getattr(getattr(inner, "policy", None), "fair", None), "weights", None)
-        if isinstance(weights, dict) and weight > 0:
-            weights[tenant_id] = weight
+        if weight > 0:
+            inner.notify(TenantWeight(tenant_id, weight))
 
     return apply
 

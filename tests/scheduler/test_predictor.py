@@ -75,7 +75,7 @@ def _two_prefix_program() -> object:
     prog.add_edge("tool", "again")
     prog.add_edge("again", "switch")
     prog.add_edge("switch", END)
-    return prog.compile().spec
+    return prog.compile().graph
 
 
 def test_graph_says_whether_the_next_llm_node_shares_the_prefix() -> None:
