@@ -11,7 +11,8 @@ objects, but real tokens, a real paged KV cache and wall-clock time.
 - Outputs: `max_tokens` = the scaled output length, `ignore_eos=True`, greedy.
 - Tools: a real `anyio.sleep(tool_latency_s * time_scale)`.
 - Closed loop: at most `concurrency` programs in flight, submitted in arrival order (arrival
-  times scaled by `time_scale` too), as in the simulator.
+  times scaled by `time_scale` too); what a program announces and is charged comes from the
+  client the simulator uses too (`legato.sim.client`), RL groups included.
 - KV size: `kv_blocks` (default: `kv_pressure` x the blocks the first `concurrency` programs'
   final contexts need, at least what the largest call needs plus a margin), so KV pressure is
   real. Policies with `traits.unlimited_kv` (`infinite-kv`) get a pool large enough for every
@@ -34,13 +35,20 @@ from typing import Any
 import anyio
 
 from legato.engine_adapter.base import SamplingParams
-from legato.scheduler.events import CallHints, LLMCall, RunFinished, RunStarted, ToolFinished, ToolStarted
+from legato.scheduler.events import LLMCall, RunFinished, ToolFinished, ToolStarted
 from legato.scheduler.policy import Decision, Policy
 from legato.scheduler.runtime import PolicyScheduler, UnsupportedPolicyError
+from legato.sim.client import (
+    ToolMeans,
+    arrival_order,
+    dependents,
+    run_started,
+    service_cost,
+    shared_first_segments,
+)
 from legato.sim.outcome import ProgramOutcome, RunOutcome
 from legato.sim.workload import ProgramSpec, Workload
 
-W_IN, W_OUT = 1.0, 2.0  # VTC cost weights, as the simulator's service_by_tenant
 TOKEN_RANGE = 256  # byte-level token ids: inside every default vocabulary, never special tokens
 DEFAULT_TOKEN_SCALE = 1 / 32
 DEFAULT_TIME_SCALE = 0.05
@@ -107,35 +115,24 @@ class _Replay:
         self.outcomes: list[ProgramOutcome] = []
         self.service: dict[str, float] = {}
         self.weights: dict[str, float] = {}
-        self.tool_stats: dict[str, tuple[float, int]] = {}
+        self.tools = ToolMeans()
         self.cached_tokens = 0
         self.prompt_tokens = 0
         self.t0 = 0.0
-        self.shared_first = self._shared_first()
-
-    def _shared_first(self) -> set[int]:
-        seen: dict[int, int] = {}
-        for p in self.workload.programs:
-            if p.calls and p.calls[0].prompt:
-                sid = p.calls[0].prompt[0].seg_id
-                seen[sid] = seen.get(sid, 0) + 1
-        return {s for s, c in seen.items() if c > 1}
+        self.shared_first = shared_first_segments(workload)
 
     async def program(self, spec: ProgramSpec) -> None:
         sched = self.sched
         submitted = time.monotonic() - self.t0
         run_id = spec.program_id
         n = len(spec.calls)
-        dependents: list[list[int]] = [[] for _ in range(n)]
-        for j, c in enumerate(spec.calls):
-            for dep in c.deps:
-                dependents[dep].append(j)
+        after = dependents(spec)
         done = [anyio.Event() for _ in range(n)]
         outputs: dict[int, tuple[int, ...]] = {}  # output_seg_id -> generated tokens
         totals = [0, 0, 0]  # calls, prompt tokens, output tokens
         self.weights[spec.tenant] = spec.tenant_weight
         self.service.setdefault(spec.tenant, 0.0)
-        sched.notify(RunStarted(run_id, spec.kind or "program", spec.tenant))
+        sched.notify(run_started(spec))
 
         async def step(j: int) -> None:
             cs = spec.calls[j]
@@ -152,10 +149,6 @@ class _Replay:
             shared = 0
             if cs.prompt and cs.prompt[0].seg_id in self.shared_first:
                 shared = scaled(cs.prompt[0].tokens, self.token_scale)
-            expected = None
-            if cs.tool is not None and cs.tool in self.tool_stats:
-                s, c = self.tool_stats[cs.tool]
-                expected = s / c
             call = LLMCall(
                 call_id=f"{run_id}#{j}",
                 run_id=run_id,
@@ -167,7 +160,7 @@ class _Replay:
                     max_tokens=scaled(cs.output_tokens, self.token_scale), ignore_eos=True
                 ),
                 shared_prefix_tokens=shared,
-                hints=CallHints(cs.tool, expected, not dependents[j]),
+                hints=self.tools.hints(cs.tool, not after[j]),
             )
             out: list[int] = []
             cached = 0
@@ -180,12 +173,11 @@ class _Replay:
             totals[2] += len(out)
             self.prompt_tokens += len(prompt)
             self.cached_tokens += cached
-            self.service[spec.tenant] += W_IN * len(prompt) + W_OUT * len(out)
+            self.service[spec.tenant] += service_cost(len(prompt), len(out))
             if cs.tool is not None:
-                sched.notify(ToolStarted(run_id, cs.tool, expected))
+                sched.notify(ToolStarted(run_id, cs.tool, self.tools.mean(cs.tool)))
                 await anyio.sleep(cs.tool_latency_s * self.time_scale)
-                s, c = self.tool_stats.get(cs.tool, (0.0, 0))
-                self.tool_stats[cs.tool] = (s + cs.tool_latency_s * self.time_scale, c + 1)
+                self.tools.record(cs.tool, cs.tool_latency_s * self.time_scale)
                 sched.notify(ToolFinished(run_id, cs.tool, cs.tool_latency_s * self.time_scale))
             done[j].set()
 
@@ -247,8 +239,7 @@ async def replay_async(
         max(1024, max((_context_tokens(p, token_scale) for p in workload.programs), default=0) + 1),
     )
     engine = load_engine(None, "cpu", model_config=model_config, **overrides)
-    order = sorted(range(len(workload.programs)), key=lambda i: (workload.programs[i].arrival_s, i))
-    specs = [workload.programs[i] for i in order]
+    specs = arrival_order(workload)
     async with engine, PolicyScheduler([engine], policy, decisions=decisions) as sched:
         replay = _Replay(workload, sched, token_scale, time_scale)
         replay.t0 = time.monotonic()

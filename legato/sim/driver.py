@@ -36,56 +36,36 @@ from legato.scheduler.apply import DecisionApplier
 from legato.scheduler.events import (
     CallArrived,
     CallFinished,
-    CallHints,
     Event,
     LLMCall,
     RunFinished,
-    RunStarted,
     Tick,
     ToolFinished,
     ToolStarted,
 )
-from legato.scheduler.policy import Decision, Policy, ReplicaView
+from legato.scheduler.policy import Decision, Policy
+from legato.sim.client import (
+    ToolMeans,
+    arrival_order,
+    dependents,
+    run_started,
+    service_cost,
+    shared_first_segments,
+)
+from legato.sim.config import SimConfig
 from legato.sim.control import AddCall, ForgetRun, SimControl, SimHooks, UnpinRun
-from legato.sim.cost_model import CostModel
 from legato.sim.engine import SimEngine, SimRequest
-from legato.sim.hardware import gpu as gpu_preset
 from legato.sim.hardware import tier_specs
 from legato.sim.kv_pool import UNLIMITED_BLOCKS, KVPool
-from legato.sim.models import model as model_preset
 from legato.sim.outcome import ProgramOutcome, RunOutcome
 from legato.sim.tiers import SimTiers
+from legato.sim.views import SimClusterView, tier_extra
 from legato.sim.workload import ProgramSpec, Segment, Workload
 
-W_IN, W_OUT = 1.0, 2.0  # VTC cost weights for service_by_tenant
 _SAMPLING = SamplingParams(max_tokens=4096)  # the simulator never samples; outputs come from the spec
 
 # event kinds, in tie-break order irrelevant (sequence numbers order equal times)
 _SUBMIT, _TOOL_DONE, _STEP, _KICK, _PIN_EXPIRE, _TICK = range(6)
-
-
-@dataclass(slots=True)
-class SimConfig:
-    gpu: str = "h100"
-    model: str = "llama-3.1-8b"
-    replicas: int = 1
-    max_num_batched_tokens: int = 8192
-    max_num_seqs: int = 256
-    block_size: int = 16
-    kv_blocks: int | None = None  # None: from GPU memory (see CostModel.kv_capacity_blocks)
-    tiers: tuple[str, ...] = ()  # KV tiers below the device, fastest first: "host[:GB]", "redis[:GB]"
-    eff_compute: float = 0.5
-    eff_mem: float = 0.8
-    overhead_s: float = 1.5e-3
-
-    def cost_model(self) -> CostModel:
-        return CostModel(
-            model_preset(self.model),
-            gpu_preset(self.gpu),
-            eff_compute=self.eff_compute,
-            eff_mem=self.eff_mem,
-            overhead_s=self.overhead_s,
-        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,42 +117,6 @@ class _Oracle:
         return best
 
 
-class _View:
-    """ClusterView over the simulated replicas."""
-
-    def __init__(self, sim: _Sim) -> None:
-        self._sim = sim
-
-    @property
-    def num_replicas(self) -> int:
-        return len(self._sim.engines)
-
-    def replica(self, index: int) -> ReplicaView:
-        e = self._sim.engines[index]
-        pool = e.pool
-        return ReplicaView(
-            replica=index,
-            block_size=pool.block_size,
-            total_blocks=pool.capacity,
-            free_blocks=pool.available,
-            running=e.running,
-            waiting=e.n_waiting + e.n_parked,
-        )
-
-    def cached_prefix_tokens(self, replica: int, call_id: str) -> int:
-        pending = self._sim.pending.get(call_id)
-        if pending is None:
-            return 0
-        p, j = pending
-        return self._sim.engines[replica].pool.match_tokens(p.spec.calls[j].prompt)
-
-    def resident_tokens(self, replica: int, run_id: str) -> int:
-        run = self._sim.run_index.get(run_id)
-        if run is None:
-            return 0
-        return self._sim.engines[replica].resident_tokens(run)
-
-
 class _Sim:
     def __init__(
         self,
@@ -217,8 +161,7 @@ class _Sim:
             kv_bytes = cost.model.kv_bytes_per_token
             for e in self.engines:
                 e.pool.tiers = SimTiers(specs, config.block_size, kv_bytes, e.pool._key)
-        order = sorted(range(len(workload.programs)), key=lambda i: (workload.programs[i].arrival_s, i))
-        self.specs = [workload.programs[i] for i in order]
+        self.specs = arrival_order(workload)
         self.workload = workload
         self.progs_by_run: dict[str, _Prog] = {}
         self.run_index: dict[str, int] = {}
@@ -242,11 +185,11 @@ class _Sim:
         self.backlog_open = bool(self.specs)
         self.backlog_end_s = 0.0
         self.backlog_service: dict[str, float] = {t: 0.0 for t in sorted(self.unstarted)}
-        self.tool_stats: dict[str, tuple[float, int]] = {}
-        self.shared_first: set[int] = self._shared_first_segments()
+        self.tools = ToolMeans()
+        self.shared_first = shared_first_segments(workload)
         self.next_prog = 0
         self.done = 0
-        self.view = _View(self)
+        self.view = SimClusterView(self.engines, self._prompt_of, self.run_index)
         hooks = SimHooks(
             now=lambda: self.now,
             awaits_dispatch=self.pending.__contains__,
@@ -258,14 +201,6 @@ class _Sim:
         self.control = SimControl(self.engines, self.run_index, hooks, has_tiers=bool(config.tiers))
         self.applier = DecisionApplier(self.control, record=decisions)
         self._progress_every = max(1, len(self.specs) // 100)
-
-    def _shared_first_segments(self) -> set[int]:
-        seen: dict[int, int] = {}
-        for p in self.workload.programs:
-            if p.calls and p.calls[0].prompt:
-                sid = p.calls[0].prompt[0].seg_id
-                seen[sid] = seen.get(sid, 0) + 1
-        return {s for s, c in seen.items() if c > 1}
 
     # --- event plumbing ------------------------------------------------------------------
 
@@ -329,15 +264,12 @@ class _Sim:
         p = _Prog(spec, i, spec.program_id, submitted_s=self.now, steps_left=n)
         p.waiting_deps = [len(c.deps) for c in spec.calls]
         p.prompt_lens = [c.prompt_tokens for c in spec.calls]
-        p.dependents = [[] for _ in range(n)]
-        for j, c in enumerate(spec.calls):
-            for dep in c.deps:
-                p.dependents[dep].append(j)
+        p.dependents = dependents(spec)
         self.progs_by_run[p.run_id] = p
         self.run_index[p.run_id] = i
         self.weights[spec.tenant] = spec.tenant_weight
         self.service.setdefault(spec.tenant, 0.0)
-        self.emit(RunStarted(p.run_id, spec.kind or "program", spec.tenant, group=spec.group))
+        self.emit(run_started(spec))
         if n == 0:
             self._finish_program(p)
             return
@@ -350,12 +282,7 @@ class _Sim:
         call_id = f"{p.run_id}#{j}"
         prompt = cs.prompt
         shared = prompt[0].tokens if prompt and prompt[0].seg_id in self.shared_first else 0
-        expected = None
-        if cs.tool is not None:
-            st = self.tool_stats.get(cs.tool)
-            if st is not None:
-                expected = st[0] / st[1]
-        hints = CallHints(cs.tool, expected, not p.dependents[j])
+        hints = self.tools.hints(cs.tool, not p.dependents[j])
         call = LLMCall(
             call_id,
             p.run_id,
@@ -382,9 +309,10 @@ class _Sim:
         p.prompt_tokens += prompt
         p.output_tokens += cs.output_tokens
         tenant = p.spec.tenant
-        self.service[tenant] += W_IN * prompt + W_OUT * cs.output_tokens
+        cost = service_cost(prompt, cs.output_tokens)
+        self.service[tenant] += cost
         if self.backlog_open:
-            self.backlog_service[tenant] += W_IN * prompt + W_OUT * cs.output_tokens
+            self.backlog_service[tenant] += cost
             if not p.started:
                 p.started = True
                 self.unstarted[tenant] -= 1
@@ -405,22 +333,17 @@ class _Sim:
         self.emit(CallFinished(req.call_id, p.run_id, prompt, cs.output_tokens, req.hit_tokens, "length"))
         if cs.tool is not None:
             p.tool_ends[j] = self.now + cs.tool_latency_s
-            self.emit(ToolStarted(p.run_id, cs.tool, self._tool_mean(cs.tool)))
+            self.emit(ToolStarted(p.run_id, cs.tool, self.tools.mean(cs.tool)))
             self.push(self.now + cs.tool_latency_s, _TOOL_DONE, p.index, j)
         else:
             self._step_done(p, j)
-
-    def _tool_mean(self, tool: str) -> float | None:
-        st = self.tool_stats.get(tool)
-        return None if st is None else st[0] / st[1]
 
     def _on_tool_done(self, i: int, j: int) -> None:
         p = self.progs_by_run[self.specs[i].program_id]
         cs = p.spec.calls[j]
         assert cs.tool is not None
         del p.tool_ends[j]
-        s, c = self.tool_stats.get(cs.tool, (0.0, 0))
-        self.tool_stats[cs.tool] = (s + cs.tool_latency_s, c + 1)
+        self.tools.record(cs.tool, cs.tool_latency_s)
         self.emit(ToolFinished(p.run_id, cs.tool, cs.tool_latency_s))
         self._step_done(p, j)
 
@@ -455,6 +378,10 @@ class _Sim:
         if self.progress is not None and self.done % self._progress_every == 0:
             self.progress(self.done, len(self.specs))
         self._submit_next(self.now)
+
+    def _prompt_of(self, call_id: str) -> tuple[Segment, ...] | None:
+        pending = self.pending.get(call_id)
+        return None if pending is None else pending[0].spec.calls[pending[1]].prompt
 
     # --- decisions ----------------------------------------------------------------------
 
@@ -510,7 +437,7 @@ class _Sim:
                 "engine_steps": float(sum(s.steps for s in stats)),
                 "evicted_blocks": float(evicted),
                 "prefetches_ignored": float(0 if self.config.tiers else self.control.prefetches),
-                **self._tier_extra(),
+                **tier_extra(self.engines, self.config, self.control.prefetches),
                 **self._policy_extra(),
             },
         )
@@ -520,31 +447,6 @@ class _Sim:
         `stats() -> dict[str, float]` method."""
         stats = getattr(self.policy, "stats", None)
         return {str(k): float(v) for k, v in stats().items()} if callable(stats) else {}
-
-    def _tier_extra(self) -> dict[str, float]:
-        """Per-tier traffic summed over replicas (only with tiers): `tier_<name>_<counter>`."""
-        if not self.config.tiers:
-            return {}
-        out: dict[str, float] = {"prefetches": float(self.control.prefetches)}
-        out["tier_load_stall_s"] = sum(e.stats.load_stall_s for e in self.engines)
-        for spec in tier_specs(self.config.tiers):
-            block_bytes = self.config.block_size * self.config.cost_model().model.kv_bytes_per_token
-            totals = {"offloaded_bytes": 0.0, "loaded_bytes": 0.0, "hit_tokens": 0.0, "prefetched_bytes": 0.0}
-            totals["capacity_blocks"] = totals["peak_blocks"] = 0.0
-            for e in self.engines:
-                if e.pool.tiers is None:
-                    continue
-                st = next(lv for lv in e.pool.tiers.levels if lv.spec.name == spec.name)
-                totals["offloaded_bytes"] += st.stats.offloaded_blocks * block_bytes
-                totals["loaded_bytes"] += st.stats.loaded_blocks * block_bytes
-                totals["prefetched_bytes"] += st.stats.prefetched_blocks * block_bytes
-                totals["hit_tokens"] += st.stats.hit_tokens
-                totals["write_busy_s"] = totals.get("write_busy_s", 0.0) + st.stats.write_busy_s
-                totals["read_busy_s"] = totals.get("read_busy_s", 0.0) + st.stats.read_busy_s
-                totals["capacity_blocks"] += st.capacity
-                totals["peak_blocks"] = max(totals["peak_blocks"], float(st.stats.peak_blocks))
-            out.update({f"tier_{spec.name}_{k}": v for k, v in totals.items()})
-        return out
 
 
 def resolve_policy(policy: str | Policy, tenant_weights: Mapping[str, float] | None = None) -> Policy:

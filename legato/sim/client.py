@@ -1,0 +1,78 @@
+"""The closed-loop workload client both replays share: the simulator (`sim/driver.py`, virtual
+time) and the torch replay (`bench/torch_replay.py`, wall-clock time).
+
+What a program run tells the scheduler and what it is charged must not depend on which engine
+replays it, so the pieces are written once here: programs are submitted in arrival order (ties
+by position); a call's prompt counts its first segment as a shared prefix when several programs
+start with it; each program's dependency graph; the `RunStarted` a program announces (with its
+RL group); the call hints (next tool, the mean latency seen so far for that tool, last step);
+and the VTC service cost charged per call (`legato.scheduler.fair_share.W_IN`, `W_OUT`).
+"""
+
+from __future__ import annotations
+
+from legato.scheduler.events import CallHints, RunStarted
+from legato.scheduler.fair_share import W_IN, W_OUT
+from legato.sim.workload import ProgramSpec, Workload
+
+
+def arrival_order(workload: Workload) -> list[ProgramSpec]:
+    """The programs in the order the client submits them."""
+    order = sorted(range(len(workload.programs)), key=lambda i: (workload.programs[i].arrival_s, i))
+    return [workload.programs[i] for i in order]
+
+
+def shared_first_segments(workload: Workload) -> set[int]:
+    """Ids of first prompt segments that more than one program starts with (shared prefixes)."""
+    seen: dict[int, int] = {}
+    for p in workload.programs:
+        if p.calls and p.calls[0].prompt:
+            sid = p.calls[0].prompt[0].seg_id
+            seen[sid] = seen.get(sid, 0) + 1
+    return {s for s, c in seen.items() if c > 1}
+
+
+def dependents(spec: ProgramSpec) -> list[list[int]]:
+    """For each call of the program, the calls that wait for it (and its tool step)."""
+    out: list[list[int]] = [[] for _ in spec.calls]
+    for j, c in enumerate(spec.calls):
+        for dep in c.deps:
+            out[dep].append(j)
+    return out
+
+
+def run_started(spec: ProgramSpec) -> RunStarted:
+    return RunStarted(spec.program_id, spec.kind or "program", spec.tenant, group=spec.group)
+
+
+def service_cost(prompt_tokens: int, output_tokens: int) -> float:
+    """The VTC cost of one call, as `RunOutcome.service_by_tenant` counts it."""
+    return W_IN * prompt_tokens + W_OUT * output_tokens
+
+
+class ToolMeans:
+    """Mean latency of each tool seen so far (what a runtime could know when a call arrives)."""
+
+    def __init__(self) -> None:
+        self._sums: dict[str, tuple[float, int]] = {}
+
+    def mean(self, tool: str | None) -> float | None:
+        st = None if tool is None else self._sums.get(tool)
+        return None if st is None else st[0] / st[1]
+
+    def record(self, tool: str, latency_s: float) -> None:
+        s, c = self._sums.get(tool, (0.0, 0))
+        self._sums[tool] = (s + latency_s, c + 1)
+
+    def hints(self, tool: str | None, is_last_step: bool) -> CallHints:
+        return CallHints(tool, self.mean(tool), is_last_step)
+
+
+__all__ = [
+    "ToolMeans",
+    "arrival_order",
+    "dependents",
+    "run_started",
+    "service_cost",
+    "shared_first_segments",
+]
