@@ -136,7 +136,6 @@ def examples_main(examples_dir: Path = DEFAULT_EXAMPLES, device: str = "cpu") ->
 
 BASELINE = "fcfs-lru"
 LEGATO = "legato"
-STAND_IN = "thunderagent"  # used only while the `legato` policy is not registered
 TCT_TARGET = 1.3  # acceptance: Legato's mean TCT at least this much better than fcfs-lru's
 
 
@@ -165,13 +164,6 @@ class DemoResult:
     wall_s: float
 
 
-def legato_policy_name() -> str:
-    """`legato` once it is registered; the strongest baseline (`thunderagent`) until then."""
-    from legato.scheduler.baselines import POLICIES
-
-    return LEGATO if LEGATO in POLICIES else STAND_IN
-
-
 def run_comparison(
     settings: DemoSettings = DemoSettings(),
     policies: tuple[str, ...] | None = None,
@@ -188,7 +180,7 @@ def run_comparison(
 
     if settings.programs < 1:
         raise ValueError(f"programs must be >= 1, got {settings.programs}")
-    names = policies or (BASELINE, legato_policy_name())
+    names = policies or (BASELINE, LEGATO)
     params = {"steps_min": settings.steps_min, "steps_max": settings.steps_max}
     workload = build_workload("swe", settings.programs, settings.seed, params)
     started = time.perf_counter()
@@ -304,7 +296,7 @@ def main(
     console = Console()
     if not console.is_terminal:
         console = Console(width=160)
-    mine = legato_policy_name()
+    mine = LEGATO
     console.print(
         f"legato demo: {settings.programs} coding-agent programs on the embedded torch engine (CPU), "
         f"once under {BASELINE} and once under {mine}."

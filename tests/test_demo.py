@@ -14,7 +14,6 @@ from legato.cli import app
 from legato.demo import (
     BASELINE,
     DemoSettings,
-    legato_policy_name,
     render_comparison,
     run_comparison,
     tct_speedup,
@@ -25,16 +24,12 @@ TINY = tiny_model_config(max_position_embeddings=4096)
 SMALL = DemoSettings(
     programs=3, steps_min=2, steps_max=3, token_scale=1 / 32, time_scale=0.01, timeout_s=120.0
 )
-STAND_IN = "thunderagent"
+OTHER = "thunderagent"
 
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_torch_thread() -> None:
     torch.set_num_threads(1)
-
-
-def test_default_pair_is_fcfs_lru_then_legato() -> None:
-    assert legato_policy_name() == "legato"  # registered: the demo no longer needs a stand-in
 
 
 def test_legato_completes_the_tiny_demo() -> None:
@@ -45,7 +40,7 @@ def test_legato_completes_the_tiny_demo() -> None:
 
 def test_both_policies_complete_every_program_under_real_kv_pressure() -> None:
     progress: list[tuple[str, int, int]] = []
-    mine = STAND_IN  # the demo path itself; `legato` is covered above
+    mine = OTHER  # the demo path with a second policy; `legato` is covered above
     result = run_comparison(
         SMALL, (BASELINE, mine), model_config=TINY, progress=lambda *a: progress.append(a)
     )

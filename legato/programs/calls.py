@@ -193,12 +193,6 @@ def tool_error(node: str, tool: str, result: ToolResult) -> StepError:
     return StepError(f"tool {tool!r} (node {node!r}) failed [{kind}]: {result.error}", kind)
 
 
-@dataclass(frozen=True, slots=True)
-class Attempted:
-    value: Any
-    attempts: int
-
-
 async def with_retries(
     attempt: Callable[[], Awaitable[T]],
     *,
