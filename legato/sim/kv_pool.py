@@ -15,7 +15,8 @@ vLLM's reversed free-list order and SGLang's radix tree both do), in one of two 
 - `lru`: least recently released first (vLLM's free-block queue);
 - `next-use`: furthest hinted next use first (Bélády / KVFlow); unhinted nodes go last, LRU.
 
-Runs marked evict-first (paused programs) go before anything else in both orders.
+Runs marked evict-first (paused programs) go before anything else in both orders. The ranking is
+`legato.cache.eviction.eviction_key`, shared with the torch engine's block pool.
 
 With KV tiers (`sim/tiers.py`), evicted blocks are offloaded to the host / Redis tier instead
 of vanishing, and blocks computed or loaded back leave their tier (`SimTiers.absorb`).
@@ -30,6 +31,7 @@ import heapq
 import math
 from collections.abc import Sequence
 
+from legato.cache.eviction import EvictionKey, eviction_key
 from legato.sim.tiers import SimTiers
 from legato.sim.workload import Segment
 
@@ -73,7 +75,7 @@ class Node:
         self.depth: int = 0 if parent is None else parent.depth + 1
 
 
-HeapEntry = tuple[tuple[float, float, int], int, int, Node]
+HeapEntry = tuple[EvictionKey, int, int, Node]
 
 
 class KVPool:
@@ -249,15 +251,13 @@ class KVPool:
                     self._push(n)
                 return
 
-    def _key(self, n: Node) -> tuple[float, float, int]:
-        if n.owner in self.evict_first and not n.shared:
-            return (-1.0, n.last_access, -n.depth)
-        if self.next_use_mode and not n.shared:
-            at = self.hints.get(n.owner)
-            if at is not None:
-                return (0.0, -at if at != math.inf else -math.inf, -n.depth)
-            return (1.0, n.last_access, -n.depth)
-        return (1.0, n.last_access, -n.depth)
+    def _key(self, n: Node) -> EvictionKey:
+        """`legato.cache.eviction.eviction_key`; a node used by several runs is never ranked by
+        one run's pause or hint."""
+        if n.shared:
+            return eviction_key(None, n.last_access, n.depth)
+        hint = self.hints.get(n.owner) if self.next_use_mode else None
+        return eviction_key(hint, n.last_access, n.depth, evict_first=n.owner in self.evict_first)
 
     def _push(self, n: Node) -> None:
         n.version += 1

@@ -88,15 +88,20 @@ def test_next_use_hints_keep_soon_needed_prefixes() -> None:
     assert bm.lookup(prefix_block_hashes(list(range(8)), 4)) == soon
 
 
-def test_unhinted_blocks_go_before_hinted_ones_and_expired_hints_lapse() -> None:
+def test_unhinted_blocks_go_after_hinted_ones_and_expired_hints_lapse() -> None:
+    """An unhinted block's next use is unknown, not "never": hinted blocks go first (the
+    simulator's order, `legato.cache.eviction`); a hint whose time has passed lapses."""
     clock = FakeClock()
-    bm = BlockManager(4, 4, clock)
+    bm = BlockManager(6, 4, clock)
     hinted = _cache_chain(bm, list(range(8)), clock)
     unhinted = _cache_chain(bm, list(range(100, 108)), clock)
-    bm.set_next_use(prefix_block_hashes(list(range(8)), 4), clock.now + 10.0)
-    assert bm.allocate(2) == [unhinted[1], unhinted[0]]
-    clock.now += 20  # the hinted use has passed: plain LRU again
+    lapsing = _cache_chain(bm, list(range(200, 208)), clock)
+    bm.set_next_use(prefix_block_hashes(list(range(8)), 4), clock.now + 100.0)
+    bm.set_next_use(prefix_block_hashes(list(range(200, 208)), 4), clock.now + 10.0)
+    clock.now += 20  # the second hint's time has passed: those blocks are unhinted (LRU) again
     assert bm.allocate(2) == [hinted[1], hinted[0]]
+    assert bm.allocate(2) == [unhinted[1], unhinted[0]]  # older than `lapsing`
+    assert bm.allocate(2) == [lapsing[1], lapsing[0]]
 
 
 def test_inf_hint_means_evict_first() -> None:

@@ -7,10 +7,12 @@ Every block is in exactly one state:
   list is empty.
 
 Eviction of cached blocks is prefix-closed: a block is evictable only once no cached block chains
-from it (suffix blocks go before their prefixes). Among evictable blocks the order is: furthest
-next use first (from `set_next_use` hints; an unhinted block counts as "not expected again", so
-Legato's hints decide what stays), then least recently used, then deepest first. A min-heap with
-lazy invalidation keeps allocation O(log n).
+from it (suffix blocks go before their prefixes). Among evictable blocks the order is
+`legato.cache.eviction.eviction_key`, the simulator's too: hinted blocks (`set_next_use`)
+furthest next use first (`inf`, "not expected again", first of all), then unhinted blocks least
+recently used first (an unknown next use is not "never"), deepest first on ties. A hint whose
+time has passed lapses (the block is unhinted again). A min-heap with lazy invalidation keeps
+allocation O(log n).
 
 Pins take a reference, so a pinned block is simply "in use" until `unpin` or its TTL expires.
 An `on_evict` hook sees each cached block right before it is reused, so the engine can offload it.
@@ -26,6 +28,8 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from legato.cache.eviction import EvictionKey, eviction_key
+
 
 @dataclass(slots=True)
 class Block:
@@ -37,7 +41,8 @@ class Block:
     token_ids: tuple[int, ...] = ()
     tenant: str = ""  # cache salt of the sequence that computed it (tier quotas and offload)
     last_access: float = 0.0
-    next_use: float = math.inf  # monotonic deadline of the next expected use; inf = no hint
+    next_use: float = math.inf  # monotonic deadline of the next expected use (inf: never / no hint)
+    hinted: bool = False  # `next_use` comes from a hint (else the next use is unknown)
     num_cached_children: int = 0
     version: int = 0  # bumped whenever the eviction key changes; stale heap entries are skipped
 
@@ -70,7 +75,7 @@ class BlockManager:
     cached: dict[bytes, int] = field(init=False, default_factory=dict)
     stats: BlockStats = field(init=False, default_factory=BlockStats)
     _free: deque[int] = field(init=False)
-    _heap: list[tuple[float, float, int, int, int]] = field(init=False, default_factory=list)
+    _heap: list[tuple[EvictionKey, int, int]] = field(init=False, default_factory=list)
     _num_evictable: int = field(init=False, default=0)
     _pins: dict[str, Pin] = field(init=False, default_factory=dict)
     _pin_ids: itertools.count[int] = field(init=False, default_factory=itertools.count)
@@ -185,20 +190,22 @@ class BlockManager:
             heapq.heapify(self._heap)
 
     @staticmethod
-    def _key(block: Block) -> tuple[float, float, int, int, int]:
-        return (-block.next_use, block.last_access, -block.depth, block.block_id, block.version)
+    def _key(block: Block) -> tuple[EvictionKey, int, int]:
+        rank = eviction_key(block.next_use if block.hinted else None, block.last_access, block.depth)
+        return (rank, block.block_id, block.version)
 
     def _evict_one(self) -> int:
         now = self.clock()
         while self._heap:
-            _, _, _, block_id, version = heapq.heappop(self._heap)
+            _, block_id, version = heapq.heappop(self._heap)
             block = self.blocks[block_id]
             if version != block.version or block.ref_count or block.block_hash is None:
                 continue  # stale entry
             if block.num_cached_children:
                 continue  # re-pushed when its last cached child goes
-            if block.next_use < now:  # the hinted use has passed: the hint no longer applies
+            if block.hinted and block.next_use < now:  # the hinted use has passed: the hint lapses
                 block.next_use = math.inf
+                block.hinted = False
                 self._push(block)
                 continue
             if self.on_evict is not None:
@@ -229,6 +236,7 @@ class BlockManager:
         block.tenant = ""
         block.depth = 0
         block.next_use = math.inf
+        block.hinted = False
         block.num_cached_children = 0
         block.version += 1
 
@@ -239,6 +247,7 @@ class BlockManager:
         for b in ids:
             block = self.blocks[b]
             block.next_use = deadline
+            block.hinted = True
             if block.ref_count == 0:
                 self._push(block)
         return len(ids)
