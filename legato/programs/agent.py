@@ -33,6 +33,7 @@ from legato.programs.journal import Step, append_step
 from legato.programs.output import extract_json
 from legato.programs.prompt import PrefixPart
 from legato.scheduler.events import CallHints
+from legato.scheduler.followers import Followers
 
 T = TypeVar("T")
 
@@ -92,9 +93,13 @@ class AgentTrace:
     duration_s: float = 0.0
 
 
+NextKind = Literal["llm", "tool", "fork", "end"]
+_KINDS: dict[str, NextKind] = {"llm": "llm", "tool": "tool", "fork": "fork", "end": "end"}
+
+
 @dataclass(frozen=True, slots=True)
 class NextCallPrediction:
-    kind: Literal["llm", "tool", "fork", "end"]
+    kind: NextKind
     tool: str | None
     probability: float
     expected_latency_s: float | None  # mean duration of that tool after this site
@@ -105,9 +110,23 @@ class AgentHistory:
 
     def __init__(self, max_runs: int = 256) -> None:
         self._traces: deque[AgentTrace] = deque(maxlen=max_runs)
+        self._followers = Followers()  # site -> next step in the same branch (kind or "tool:NAME")
 
     def record(self, trace: AgentTrace) -> None:
+        if len(self._traces) == self._traces.maxlen:
+            self._count(self._traces[0], self._followers.forget)
         self._traces.append(trace)
+        self._count(trace, self._followers.record)
+
+    @staticmethod
+    def _count(trace: AgentTrace, count: Callable[[str, str, float | None], None]) -> None:
+        for event, nxt in _successors(trace.events):
+            if nxt is None:
+                count(event.site, "end", None)
+            elif nxt.tool:
+                count(event.site, f"{nxt.kind}:{nxt.tool}", nxt.finished_s - nxt.started_s)
+            else:
+                count(event.site, nxt.kind, None)
 
     def traces(self) -> list[AgentTrace]:
         return list(self._traces)
@@ -127,22 +146,15 @@ class AgentHistory:
         return counts
 
     def predict_next(self, site: str) -> NextCallPrediction | None:
-        """What most often followed `site` in the same branch (None: never seen)."""
-        kinds: Counter[tuple[str, str | None]] = Counter()
-        durations: dict[str, list[float]] = {}
-        for trace in self._traces:
-            for event, nxt in _successors(trace.events):
-                if event.site != site:
-                    continue
-                key = (nxt.kind, nxt.tool) if nxt else ("end", None)
-                kinds[key] += 1
-                if nxt and nxt.tool:
-                    durations.setdefault(nxt.tool, []).append(nxt.finished_s - nxt.started_s)
-        if not kinds:
+        """What most often followed `site` in the same branch (None: never seen; ties: the
+        smallest follower name)."""
+        likely = self._followers.most_likely(site)
+        if likely is None:
             return None
-        (kind, tool), n = kinds.most_common(1)[0]
-        lat = durations.get(tool or "")
-        return NextCallPrediction(kind, tool, n / sum(kinds.values()), sum(lat) / len(lat) if lat else None)  # type: ignore[arg-type]
+        follower, probability = likely
+        kind, _, tool = follower.partition(":")
+        latency = self._followers.mean_duration(site, follower) if tool else None
+        return NextCallPrediction(_KINDS[kind], tool or None, probability, latency)
 
 
 def _successors(events: Sequence[TraceEvent]) -> list[tuple[TraceEvent, TraceEvent | None]]:

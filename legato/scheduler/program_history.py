@@ -7,7 +7,8 @@ sites, the same tools after them, similar numbers of steps. Per program name thi
 - the mean output tokens per call, to reserve KV for a call's output before it is generated,
   the mean growth of the context per call and the mean KV footprint after k calls (fan-outs
   show up there), to project how much KV a run will need soon;
-- which tool followed each call site, for calls that arrive without a `next_tool` hint.
+- which tool followed each call site, for calls that arrive without a `next_tool` hint
+  (`legato.scheduler.followers`, shared with dynamic agents' `AgentHistory`).
 
 Bounded memory: per program a histogram of run lengths (at most `max_lengths` distinct values)
 and one counter per call site.
@@ -17,6 +18,8 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+
+from legato.scheduler.followers import Followers
 
 DEFAULT_OUTPUT_TOKENS = 256.0
 
@@ -33,7 +36,7 @@ class _Program:
     growth_n: int = 0
     footprint: dict[int, list[float]] = field(default_factory=dict)  # calls done -> [sum, n]
     rest_cost: dict[int, list[float]] = field(default_factory=dict)  # calls done -> [sum, n]
-    next_tool: dict[str, Counter[str]] = field(default_factory=dict)
+    next_tool: Followers = field(default_factory=Followers)  # call site -> tools run after it
     residual: dict[int, float] = field(default_factory=dict)  # cache: calls done -> residual
     survival: dict[tuple[int, int], float] = field(default_factory=dict)  # cache
 
@@ -135,15 +138,13 @@ class ProgramHistory:
         return b[0] / b[1] - a[0] / a[1]
 
     def record_tool(self, program: str, node: str, tool: str) -> None:
-        self._get(program).next_tool.setdefault(node, Counter())[tool] += 1
+        self._get(program).next_tool.record(node, tool)
 
     def likely_tool(self, program: str, node: str) -> str | None:
         """The tool most often run after this call site (None: never seen one)."""
         p = self._programs.get(program)
-        seen = p.next_tool.get(node) if p is not None else None
-        if not seen:
-            return None
-        return max(sorted(seen), key=lambda t: seen[t])
+        likely = p.next_tool.most_likely(node) if p is not None else None
+        return None if likely is None else likely[0]
 
     def record_run(self, program: str, calls: int) -> None:
         p = self._get(program)
