@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 
-from legato.engine_adapter.base import EngineError, Tokenizer
+from legato.engine_adapter.base import Capability, EngineError, Tokenizer
 
 DEFAULT_TIMEOUT_S = 120.0
 CONNECT_TIMEOUT_S = 10.0
@@ -208,3 +208,49 @@ def parse_prometheus(text: str) -> dict[str, list[tuple[dict[str, str], float]]]
         labels = dict(_LABEL.findall(match["labels"] or ""))
         out.setdefault(match["name"], []).append((labels, value))
     return out
+
+
+class HTTPEngineBase:
+    """The part of an HTTP engine that does not depend on the server: the client, the tokenizer,
+    the requests in flight (for `abort`), the priority switch (a server must be started with
+    priority scheduling to accept one), and the `Engine` protocol's plain members. No HTTP
+    server Legato talks to can say what its prefix cache holds, so `cached_prefix_tokens` is 0.
+    Subclasses add `generate`, `capacity` and `abort`."""
+
+    def __init__(
+        self,
+        base_url: str,
+        tokenizer: Tokenizer,
+        api_key: str | None,
+        timeout: float,
+        *,
+        model_name: str,
+        priority_scheduling: bool,
+    ) -> None:
+        self._base_url = base_url.rstrip("/")
+        self._tokenizer = tokenizer
+        self._client = make_client(base_url, api_key, timeout)
+        self._model = model_name
+        self._priority_scheduling = priority_scheduling
+        self._inflight = InFlight()
+
+    @property
+    def model_name(self) -> str:
+        return self._model
+
+    @property
+    def capabilities(self) -> frozenset[Capability]:
+        caps = {Capability.LOGPROBS}
+        if self._priority_scheduling:
+            caps.add(Capability.PRIORITY)
+        return frozenset(caps)
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        return self._tokenizer
+
+    async def cached_prefix_tokens(self, token_ids: Sequence[int], cache_salt: str | None = None) -> int:
+        return 0  # the server has no API to ask what its prefix cache holds
+
+    async def close(self) -> None:
+        await self._client.aclose()

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlsplit
 
 import anyio
 
 from legato.engine_adapter.base import (
-    Capability,
     EngineCapacity,
     EngineError,
     GenerateRequest,
@@ -19,9 +18,8 @@ from legato.engine_adapter.base import (
 )
 from legato.engine_adapter.http.common import (
     DEFAULT_TIMEOUT_S,
-    InFlight,
+    HTTPEngineBase,
     iter_sse,
-    make_client,
     open_stream,
     parse_prometheus,
     request_json,
@@ -35,7 +33,7 @@ GENERATE_PATH = "/generate"
 _FINISH = {"length": "length", "stop": "stop", "abort": "abort"}
 
 
-class SGLangEngine:
+class SGLangEngine(HTTPEngineBase):
     """Token-in/token-out generation on an SGLang server (or `legato engine serve`), through
     `/generate` with `input_ids`, streamed.
 
@@ -71,29 +69,16 @@ class SGLangEngine:
         priority_scheduling: bool = False,
         low_priority_values_first: bool = False,
     ) -> None:
-        self._base_url = base_url.rstrip("/")
-        self._tokenizer = tokenizer
-        self._client = make_client(base_url, api_key, timeout)
-        self._model = model_name or f"sglang@{urlsplit(base_url).netloc}"
+        super().__init__(
+            base_url,
+            tokenizer,
+            api_key,
+            timeout,
+            model_name=model_name or f"sglang@{urlsplit(base_url).netloc}",
+            priority_scheduling=priority_scheduling,
+        )
         self._send_session = send_session
-        self._priority_scheduling = priority_scheduling
         self._priority_sign = 1 if low_priority_values_first else -1
-        self._inflight = InFlight()
-
-    @property
-    def model_name(self) -> str:
-        return self._model
-
-    @property
-    def capabilities(self) -> frozenset[Capability]:
-        caps = {Capability.LOGPROBS}
-        if self._priority_scheduling:
-            caps.add(Capability.PRIORITY)
-        return frozenset(caps)
-
-    @property
-    def tokenizer(self) -> Tokenizer:
-        return self._tokenizer
 
     def _sampling(self, sp: SamplingParams) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -185,18 +170,12 @@ class SGLangEngine:
             pass  # metrics are off (no --enable-metrics): report everything free
         return EngineCapacity(block_size=page, total_blocks=total, free_blocks=round(total * (1 - used)))
 
-    async def cached_prefix_tokens(self, token_ids: Sequence[int], cache_salt: str | None = None) -> int:
-        return 0  # SGLang has no API to ask what its radix cache holds
-
     async def abort(self, request_id: str) -> None:
         """Ask the server to abort `request_id`; the stream then ends with `finish_reason="abort"`."""
         if not self._inflight.abort(request_id):
             return
         with anyio.fail_after(30):
             await request_ok(self._client, SERVER, "POST", "/abort_request", {"rid": request_id})
-
-    async def close(self) -> None:
-        await self._client.aclose()
 
 
 def _finish_reason(raw: Any) -> str | None:

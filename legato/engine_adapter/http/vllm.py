@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from typing import Any, Literal
 
 import anyio
 import httpx
 
 from legato.engine_adapter.base import (
-    Capability,
     EngineCapacity,
     EngineError,
     GenerateRequest,
@@ -20,10 +19,9 @@ from legato.engine_adapter.base import (
 )
 from legato.engine_adapter.http.common import (
     DEFAULT_TIMEOUT_S,
+    HTTPEngineBase,
     IncrementalDecoder,
-    InFlight,
     iter_sse,
-    make_client,
     open_stream,
     parse_prometheus,
     request_json,
@@ -37,7 +35,7 @@ COMPLETIONS_PATH = "/v1/completions"
 Endpoint = Literal["auto", "completions", "generate"]
 
 
-class VLLMEngine:
+class VLLMEngine(HTTPEngineBase):
     """Token-in/token-out generation on a vLLM server (or anything speaking its API, such as
     `legato engine serve`).
 
@@ -75,29 +73,11 @@ class VLLMEngine:
         endpoint: Endpoint = "auto",
         priority_scheduling: bool = False,
     ) -> None:
-        self._base_url = base_url.rstrip("/")
-        self._model = model
-        self._tokenizer = tokenizer
-        self._client = make_client(base_url, api_key, timeout)
+        super().__init__(
+            base_url, tokenizer, api_key, timeout, model_name=model, priority_scheduling=priority_scheduling
+        )
         self._endpoint: Endpoint = endpoint
         self._probe_lock = anyio.Lock()
-        self._priority_scheduling = priority_scheduling
-        self._inflight = InFlight()
-
-    @property
-    def model_name(self) -> str:
-        return self._model
-
-    @property
-    def capabilities(self) -> frozenset[Capability]:
-        caps = {Capability.LOGPROBS}
-        if self._priority_scheduling:
-            caps.add(Capability.PRIORITY)
-        return frozenset(caps)
-
-    @property
-    def tokenizer(self) -> Tokenizer:
-        return self._tokenizer
 
     async def endpoint(self) -> Literal["completions", "generate"]:
         """The route in use, probing `/openapi.json` once if it was left to "auto"."""
@@ -270,14 +250,8 @@ class VLLMEngine:
             block_size=block_size, total_blocks=total, free_blocks=round(total * (1 - used))
         )
 
-    async def cached_prefix_tokens(self, token_ids: Sequence[int], cache_salt: str | None = None) -> int:
-        return 0  # vLLM has no API to ask what is cached
-
     async def abort(self, request_id: str) -> None:
         self._inflight.abort(request_id)
-
-    async def close(self) -> None:
-        await self._client.aclose()
 
 
 def _cached(usage: dict[str, Any]) -> int:
