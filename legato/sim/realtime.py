@@ -31,7 +31,6 @@ import heapq
 import itertools
 import logging
 import math
-import threading
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -49,6 +48,7 @@ from legato.engine_adapter.base import (
     TokenChunk,
 )
 from legato.engine_adapter.torch.tokenizer import ByteTokenizer
+from legato.engine_adapter.worker import WorkerThread
 from legato.sim.cost_model import CostModel
 from legato.sim.hardware import gpu as gpu_preset
 from legato.sim.models import model as model_preset
@@ -121,7 +121,7 @@ class _Req:
     rng_state: int = 0
 
 
-class RealtimeSimEngine:
+class RealtimeSimEngine(WorkerThread):
     """Implements `Engine` (with `Capability.PREFIX_QUERY`, `PRIORITY`, `LOGPROBS`)."""
 
     def __init__(self, config: RealtimeSimConfig | None = None, *, model_name: str | None = None) -> None:
@@ -132,12 +132,9 @@ class RealtimeSimEngine:
         self._name = model_name or f"sim-{cfg.model}"
         self._tokenizer = ByteTokenizer()
         self._extra = (self._name, cfg.gpu)
-        self._cv = threading.Condition()
+        self._init_worker("legato-sim-realtime", "simulated engine", 30.0)
         self._incoming: list[_Req] = []
         self._aborts: list[str] = []
-        self._thread: threading.Thread | None = None
-        self._stopping = False
-        self._closed = False
         self._seq = itertools.count()
         # --- worker-owned state (read racily by stats(): counters only) ---
         self._waiting: list[tuple[int, int, _Req]] = []
@@ -161,35 +158,6 @@ class RealtimeSimEngine:
     @property
     def tokenizer(self) -> ByteTokenizer:
         return self._tokenizer
-
-    # --- lifecycle -------------------------------------------------------------------------
-
-    async def __aenter__(self) -> RealtimeSimEngine:
-        self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
-    def start(self) -> None:
-        if self._closed:
-            raise EngineError("simulated engine is closed")
-        with self._cv:
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._loop, name="legato-sim-realtime", daemon=True)
-                self._thread.start()
-
-    async def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        with self._cv:
-            self._stopping = True
-            self._cv.notify()
-        thread = self._thread
-        if thread is not None:
-            with anyio.fail_after(30):
-                await anyio.to_thread.run_sync(thread.join)
 
     # --- Engine protocol: calls ------------------------------------------------------------
 

@@ -17,7 +17,6 @@ import contextlib
 import itertools
 import logging
 import math
-import threading
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -41,6 +40,7 @@ from legato.engine_adapter.torch.checkpoint import build_default_model, load_che
 from legato.engine_adapter.torch.config import EngineConfig, ModelConfig
 from legato.engine_adapter.torch.core import EngineCore, EngineStats, RequestOutput
 from legato.engine_adapter.torch.tokenizer import ByteTokenizer, HFTokenizer
+from legato.engine_adapter.worker import WorkerThread
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -68,18 +68,15 @@ class _Stream:
             self.send.send_nowait(item)
 
 
-class TorchEngine:
+class TorchEngine(WorkerThread):
     """The embedded torch engine (implements Engine, PinnableEngine, EvictionHintEngine,
     KVTransferEngine)."""
 
     def __init__(self, core: EngineCore) -> None:
         self.core = core
-        self._cv = threading.Condition()
+        self._init_worker(f"legato-torch-{id(self):x}", "torch engine", core.config.command_timeout_s)
         self._commands: list[Callable[[], None]] = []
         self._streams: dict[str, _Stream] = {}
-        self._thread: threading.Thread | None = None
-        self._stopping = False
-        self._closed = False
         self._ids = itertools.count()
 
     # --- Engine protocol: properties -----------------------------------------------------
@@ -112,43 +109,13 @@ class TorchEngine:
     def config(self) -> EngineConfig:
         return self.core.config
 
-    # --- lifecycle ------------------------------------------------------------------------
+    # --- lifecycle (start, close, `async with`: `WorkerThread`) ---------------------------
 
-    async def __aenter__(self) -> TorchEngine:
-        self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
-    def start(self) -> None:
-        """Start the worker thread (idempotent)."""
-        if self._closed:
-            raise EngineError("torch engine is closed")
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._loop, name=f"legato-torch-{id(self):x}", daemon=True)
-            self._thread.start()
-
-    async def close(self) -> None:
-        """Stop the worker, fail pending requests and commands, join the thread."""
-        if self._closed:
-            return
-        self._closed = True
-        thread = self._thread
-        with self._cv:
-            self._stopping = True
-            self._cv.notify()
-        if thread is not None:
-            with anyio.fail_after(self.config.command_timeout_s):
-                await anyio.to_thread.run_sync(thread.join)
+    async def _after_close(self) -> None:
         tiers = self.core.tiers
         if tiers is not None:  # finish queued tier writes (bounded), then stop the writer
             with anyio.fail_after(self.config.command_timeout_s):
                 await anyio.to_thread.run_sync(tiers.close, self.config.command_timeout_s / 2)
-
-    @property
-    def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
 
     # --- worker ---------------------------------------------------------------------------
 
