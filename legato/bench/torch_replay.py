@@ -39,11 +39,11 @@ from legato.scheduler.events import LLMCall, RunFinished, ToolFinished, ToolStar
 from legato.scheduler.policy import Decision, Policy
 from legato.scheduler.runtime import PolicyScheduler, UnsupportedPolicyError
 from legato.sim.client import (
+    TenantLedger,
     ToolMeans,
     arrival_order,
     dependents,
     run_started,
-    service_cost,
     shared_first_segments,
 )
 from legato.sim.outcome import ProgramOutcome, RunOutcome
@@ -113,8 +113,7 @@ class _Replay:
         self.token_scale = token_scale
         self.time_scale = time_scale
         self.outcomes: list[ProgramOutcome] = []
-        self.service: dict[str, float] = {}
-        self.weights: dict[str, float] = {}
+        self.ledger = TenantLedger(workload.programs)
         self.tools = ToolMeans()
         self.cached_tokens = 0
         self.prompt_tokens = 0
@@ -130,8 +129,7 @@ class _Replay:
         done = [anyio.Event() for _ in range(n)]
         outputs: dict[int, tuple[int, ...]] = {}  # output_seg_id -> generated tokens
         totals = [0, 0, 0]  # calls, prompt tokens, output tokens
-        self.weights[spec.tenant] = spec.tenant_weight
-        self.service.setdefault(spec.tenant, 0.0)
+        self.ledger.submitted(spec)
         sched.notify(run_started(spec))
 
         async def step(j: int) -> None:
@@ -173,7 +171,7 @@ class _Replay:
             totals[2] += len(out)
             self.prompt_tokens += len(prompt)
             self.cached_tokens += cached
-            self.service[spec.tenant] += service_cost(len(prompt), len(out))
+            self.ledger.charge(spec, len(prompt), len(out), time.monotonic() - self.t0)
             if cs.tool is not None:
                 sched.notify(ToolStarted(run_id, cs.tool, self.tools.mean(cs.tool)))
                 await anyio.sleep(cs.tool_latency_s * self.time_scale)
@@ -279,8 +277,8 @@ async def replay_async(
         pauses=sched_stats["pauses"],
         replicas=1,
         engine_busy_s=busy,
-        service_by_tenant=dict(sorted(replay.service.items())),
-        tenant_weights=dict(sorted(replay.weights.items())),
+        service_by_tenant=dict(sorted(replay.ledger.service.items())),
+        tenant_weights=dict(sorted(replay.ledger.weights.items())),
         extra={
             "kv_blocks": float(stats.total_blocks),
             "engine_steps": float(stats.steps),

@@ -6,10 +6,13 @@ replays it, so the pieces are written once here: programs are submitted in arriv
 by position); a call's prompt counts its first segment as a shared prefix when several programs
 start with it; each program's dependency graph; the `RunStarted` a program announces (with its
 RL group); the call hints (next tool, the mean latency seen so far for that tool, last step);
-and the VTC service cost charged per call (`legato.scheduler.fair_share.W_IN`, `W_OUT`).
+and the VTC service cost charged per call (`legato.scheduler.fair_share.W_IN`, `W_OUT`), with
+the per-tenant ledger of what was served.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 from legato.scheduler.events import CallHints, RunStarted
 from legato.scheduler.fair_share import W_IN, W_OUT
@@ -50,6 +53,44 @@ def service_cost(prompt_tokens: int, output_tokens: int) -> float:
     return W_IN * prompt_tokens + W_OUT * output_tokens
 
 
+class TenantLedger:
+    """Service delivered per tenant (VTC cost) and, for fair-share reports, the *backlogged
+    window*: from the start until some tenant has no program left that has not started (finished
+    a call: got through the policy's and the engine's queues). Service finished inside it is
+    what weighted fair sharing promises in proportion to weights; whole-run totals are just the
+    workload's."""
+
+    def __init__(self, specs: Sequence[ProgramSpec]) -> None:
+        self.service: dict[str, float] = {}
+        self.weights: dict[str, float] = {}
+        self._unstarted: dict[str, int] = {}
+        for spec in specs:
+            self._unstarted[spec.tenant] = self._unstarted.get(spec.tenant, 0) + 1
+        self._started: set[str] = set()
+        self.backlog_open = bool(specs)
+        self.backlog_end_s = 0.0
+        self.backlog_service: dict[str, float] = {t: 0.0 for t in sorted(self._unstarted)}
+
+    def submitted(self, spec: ProgramSpec) -> None:
+        self.weights[spec.tenant] = spec.tenant_weight
+        self.service.setdefault(spec.tenant, 0.0)
+
+    def charge(self, spec: ProgramSpec, prompt_tokens: int, output_tokens: int, now: float) -> None:
+        """A call of `spec`'s program finished at `now`."""
+        tenant = spec.tenant
+        cost = service_cost(prompt_tokens, output_tokens)
+        self.service[tenant] += cost
+        if not self.backlog_open:
+            return
+        self.backlog_service[tenant] += cost
+        if spec.program_id not in self._started:
+            self._started.add(spec.program_id)
+            self._unstarted[tenant] -= 1
+            if self._unstarted[tenant] == 0:
+                self.backlog_open = False
+                self.backlog_end_s = now
+
+
 class ToolMeans:
     """Mean latency of each tool seen so far (what a runtime could know when a call arrives)."""
 
@@ -69,6 +110,7 @@ class ToolMeans:
 
 
 __all__ = [
+    "TenantLedger",
     "ToolMeans",
     "arrival_order",
     "dependents",

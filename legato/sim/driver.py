@@ -45,11 +45,11 @@ from legato.scheduler.events import (
 )
 from legato.scheduler.policy import Decision, Policy
 from legato.sim.client import (
+    TenantLedger,
     ToolMeans,
     arrival_order,
     dependents,
     run_started,
-    service_cost,
     shared_first_segments,
 )
 from legato.sim.config import SimConfig
@@ -59,7 +59,7 @@ from legato.sim.hardware import tier_specs
 from legato.sim.kv_pool import UNLIMITED_BLOCKS, KVPool
 from legato.sim.outcome import ProgramOutcome, RunOutcome
 from legato.sim.tiers import SimTiers
-from legato.sim.views import SimClusterView, tier_extra
+from legato.sim.views import SimClusterView, build_outcome
 from legato.sim.workload import ProgramSpec, Segment, Workload
 
 _SAMPLING = SamplingParams(max_tokens=4096)  # the simulator never samples; outputs come from the spec
@@ -95,7 +95,6 @@ class _Prog:
     active_calls: int = 0  # arrived, not finished
     tool_ends: dict[int, float] = field(default_factory=dict)  # call index -> tool end time
     prompt_lens: list[int] = field(default_factory=list)
-    started: bool = False  # a call of it has finished (it got through any queue)
 
 
 class _Oracle:
@@ -173,18 +172,7 @@ class _Sim:
         self.seq = 0
         self.now = 0.0
         self.outcomes: list[ProgramOutcome] = []
-        self.service: dict[str, float] = {}
-        self.weights: dict[str, float] = {}
-        # The backlogged window: from the start until some tenant has no program left that
-        # has not started (finished a call: got through the policy's and the engine's queues).
-        # Service finished inside it is what weighted fair sharing promises in proportion to
-        # weights; whole-run totals are just the workload's.
-        self.unstarted: dict[str, int] = {}
-        for spec in self.specs:
-            self.unstarted[spec.tenant] = self.unstarted.get(spec.tenant, 0) + 1
-        self.backlog_open = bool(self.specs)
-        self.backlog_end_s = 0.0
-        self.backlog_service: dict[str, float] = {t: 0.0 for t in sorted(self.unstarted)}
+        self.ledger = TenantLedger(self.specs)
         self.tools = ToolMeans()
         self.shared_first = shared_first_segments(workload)
         self.next_prog = 0
@@ -247,7 +235,7 @@ class _Sim:
             )
         if self.progress is not None:
             self.progress(self.done, len(self.specs))
-        return self._outcome()
+        return build_outcome(self.policy, self.outcomes, self.engines, self.ledger, self.control, self.config)
 
     # --- programs ------------------------------------------------------------------------
 
@@ -267,8 +255,7 @@ class _Sim:
         p.dependents = dependents(spec)
         self.progs_by_run[p.run_id] = p
         self.run_index[p.run_id] = i
-        self.weights[spec.tenant] = spec.tenant_weight
-        self.service.setdefault(spec.tenant, 0.0)
+        self.ledger.submitted(spec)
         self.emit(run_started(spec))
         if n == 0:
             self._finish_program(p)
@@ -308,17 +295,7 @@ class _Sim:
         prompt = req.prompt_len
         p.prompt_tokens += prompt
         p.output_tokens += cs.output_tokens
-        tenant = p.spec.tenant
-        cost = service_cost(prompt, cs.output_tokens)
-        self.service[tenant] += cost
-        if self.backlog_open:
-            self.backlog_service[tenant] += cost
-            if not p.started:
-                p.started = True
-                self.unstarted[tenant] -= 1
-                if self.unstarted[tenant] == 0:
-                    self.backlog_open = False
-                    self.backlog_end_s = self.now
+        self.ledger.charge(p.spec, prompt, cs.output_tokens, self.now)
         if self.trace is not None:
             self.trace.append(
                 CallTrace(
@@ -411,42 +388,6 @@ class _Sim:
         end = e.plan(self.now)
         if end is not None:
             self.push(end, _STEP, r, e.version)
-
-    def _outcome(self) -> RunOutcome:
-        stats = [e.stats for e in self.engines]
-        outcomes = sorted(self.outcomes, key=lambda o: o.program_id)
-        first = min((o.arrival_s for o in outcomes), default=0.0)
-        last = max((o.finish_s for o in outcomes), default=0.0)
-        evicted = sum(e.pool.evicted_blocks for e in self.engines)
-        return RunOutcome(
-            policy=self.policy.name,
-            programs=outcomes,
-            makespan_s=last - first,
-            prompt_tokens=sum(o.prompt_tokens for o in outcomes),
-            prefill_tokens_computed=sum(s.prefill_tokens for s in stats),
-            cached_prompt_tokens=sum(s.cached_prompt_tokens for s in stats),
-            preemptions=sum(s.preemptions for s in stats),
-            pauses=self.control.pauses,
-            replicas=len(self.engines),
-            engine_busy_s=sum(s.busy_s for s in stats),
-            service_by_tenant=dict(sorted(self.service.items())),
-            tenant_weights=dict(sorted(self.weights.items())),
-            backlog_service_by_tenant=self.backlog_service,
-            backlog_window_s=max(0.0, self.backlog_end_s - first),
-            extra={
-                "engine_steps": float(sum(s.steps for s in stats)),
-                "evicted_blocks": float(evicted),
-                "prefetches_ignored": float(0 if self.config.tiers else self.control.prefetches),
-                **tier_extra(self.engines, self.config, self.control.prefetches),
-                **self._policy_extra(),
-            },
-        )
-
-    def _policy_extra(self) -> dict[str, float]:
-        """Numbers a policy reports about itself (e.g. reuse-predictor accuracy), when it has a
-        `stats() -> dict[str, float]` method."""
-        stats = getattr(self.policy, "stats", None)
-        return {str(k): float(v) for k, v in stats().items()} if callable(stats) else {}
 
 
 def resolve_policy(policy: str | Policy, tenant_weights: Mapping[str, float] | None = None) -> Policy:

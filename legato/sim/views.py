@@ -1,14 +1,18 @@
 """What the simulator shows a policy and the report: the `ClusterView` over simulated replicas,
-and the per-tier traffic summed over replicas (`RunOutcome.extra["tier_<name>_<counter>"]`)."""
+and the `RunOutcome` of a finished run (with the per-tier traffic summed over replicas,
+`extra["tier_<name>_<counter>"]`, and the numbers a policy reports about itself)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 
-from legato.scheduler.policy import ReplicaView
+from legato.scheduler.policy import Policy, ReplicaView
+from legato.sim.client import TenantLedger
 from legato.sim.config import SimConfig
+from legato.sim.control import SimControl
 from legato.sim.engine import SimEngine
 from legato.sim.hardware import tier_specs
+from legato.sim.outcome import ProgramOutcome, RunOutcome
 from legato.sim.workload import Segment
 
 
@@ -54,6 +58,52 @@ class SimClusterView:
         return self._engines[replica].resident_tokens(run)
 
 
+def build_outcome(
+    policy: Policy,
+    outcomes: Sequence[ProgramOutcome],
+    engines: Sequence[SimEngine],
+    ledger: TenantLedger,
+    control: SimControl,
+    config: SimConfig,
+) -> RunOutcome:
+    """The `RunOutcome` of a finished simulation."""
+    stats = [e.stats for e in engines]
+    programs = sorted(outcomes, key=lambda o: o.program_id)
+    first = min((o.arrival_s for o in programs), default=0.0)
+    last = max((o.finish_s for o in programs), default=0.0)
+    evicted = sum(e.pool.evicted_blocks for e in engines)
+    return RunOutcome(
+        policy=policy.name,
+        programs=programs,
+        makespan_s=last - first,
+        prompt_tokens=sum(o.prompt_tokens for o in programs),
+        prefill_tokens_computed=sum(s.prefill_tokens for s in stats),
+        cached_prompt_tokens=sum(s.cached_prompt_tokens for s in stats),
+        preemptions=sum(s.preemptions for s in stats),
+        pauses=control.pauses,
+        replicas=len(engines),
+        engine_busy_s=sum(s.busy_s for s in stats),
+        service_by_tenant=dict(sorted(ledger.service.items())),
+        tenant_weights=dict(sorted(ledger.weights.items())),
+        backlog_service_by_tenant=ledger.backlog_service,
+        backlog_window_s=max(0.0, ledger.backlog_end_s - first),
+        extra={
+            "engine_steps": float(sum(s.steps for s in stats)),
+            "evicted_blocks": float(evicted),
+            "prefetches_ignored": float(0 if config.tiers else control.prefetches),
+            **tier_extra(engines, config, control.prefetches),
+            **policy_extra(policy),
+        },
+    )
+
+
+def policy_extra(policy: Policy) -> dict[str, float]:
+    """Numbers a policy reports about itself (e.g. reuse-predictor accuracy), when it has a
+    `stats() -> dict[str, float]` method."""
+    stats = getattr(policy, "stats", None)
+    return {str(k): float(v) for k, v in stats().items()} if callable(stats) else {}
+
+
 def tier_extra(engines: Sequence[SimEngine], config: SimConfig, prefetches: int) -> dict[str, float]:
     """Per-tier traffic summed over replicas (only with tiers): `tier_<name>_<counter>`."""
     if not config.tiers:
@@ -80,4 +130,4 @@ def tier_extra(engines: Sequence[SimEngine], config: SimConfig, prefetches: int)
     return out
 
 
-__all__ = ["SimClusterView", "tier_extra"]
+__all__ = ["SimClusterView", "build_outcome", "policy_extra", "tier_extra"]
