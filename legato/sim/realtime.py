@@ -25,19 +25,16 @@ Outputs of one step are delivered to the event loop in one `call_soon_threadsafe
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import hashlib
 import heapq
 import itertools
 import logging
 import math
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 
 import anyio
-from anyio.streams.memory import MemoryObjectSendStream
 
 from legato.cache.block_hash import prefix_block_hashes
 from legato.engine_adapter.base import (
@@ -52,14 +49,11 @@ from legato.engine_adapter.worker import WorkerThread
 from legato.sim.cost_model import CostModel
 from legato.sim.hardware import gpu as gpu_preset
 from legato.sim.models import model as model_preset
+from legato.sim.realtime_stream import Item, SimStream, deliver, putter, sample, seed_of
 
 log = logging.getLogger(__name__)
 
-_ALPHABET = b"abcdefghijklmnopqrstuvwxyz     "  # spaces weighted so the text has words
-_LOGPROB = -math.log(len(_ALPHABET))  # exact: tokens are drawn uniformly from the alphabet
 _IDLE_WAIT_S = 0.5
-_Item = TokenChunk | BaseException
-_Put = Callable[[list[_Item]], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,23 +98,6 @@ class RealtimeSimStats:
     busy_s: float
 
 
-@dataclass(slots=True)
-class _Req:
-    request: GenerateRequest
-    arrival: int
-    loop: asyncio.AbstractEventLoop
-    put: _Put  # runs on `loop`: hands items to the request's stream
-    hashes: list[bytes] = field(default_factory=list)
-    reserved: int = 0  # private blocks reserved at admission
-    hit_blocks: list[bytes] = field(default_factory=list)  # referenced cached blocks
-    computed: int = 0  # prompt tokens prefilled so far (cache hits included)
-    cached: int = 0
-    output: list[int] = field(default_factory=list)
-    text: str = ""  # all generated text (one character per token)
-    emitted: int = 0  # characters of `text` already sent
-    rng_state: int = 0
-
-
 class RealtimeSimEngine(WorkerThread):
     """Implements `Engine` (with `Capability.PREFIX_QUERY`, `PRIORITY`, `LOGPROBS`)."""
 
@@ -133,12 +110,12 @@ class RealtimeSimEngine(WorkerThread):
         self._tokenizer = ByteTokenizer()
         self._extra = (self._name, cfg.gpu)
         self._init_worker("legato-sim-realtime", "simulated engine", 30.0)
-        self._incoming: list[_Req] = []
+        self._incoming: list[SimStream] = []
         self._aborts: list[str] = []
         self._seq = itertools.count()
         # --- worker-owned state (read racily by stats(): counters only) ---
-        self._waiting: list[tuple[int, int, _Req]] = []
-        self._running: dict[str, _Req] = {}
+        self._waiting: list[tuple[int, int, SimStream]] = []
+        self._running: dict[str, SimStream] = {}
         self._ids: set[str] = set()  # every unfinished request id (guarded by _cv)
         self._refs: dict[bytes, int] = {}  # cached blocks referenced by running requests
         self._lru: OrderedDict[bytes, None] = OrderedDict()  # cached, unreferenced: evictable
@@ -161,34 +138,15 @@ class RealtimeSimEngine(WorkerThread):
 
     # --- Engine protocol: calls ------------------------------------------------------------
 
-    def _check(self, request: GenerateRequest) -> None:
-        n = len(request.prompt_token_ids)
-        if n < 1:
-            raise EngineError("the prompt is empty")
-        total = n + request.sampling.max_tokens
-        if total > self.max_model_len:
-            raise EngineError(
-                f"prompt ({n} tokens) + max_tokens ({request.sampling.max_tokens}) exceeds the "
-                f"context of {self.max_model_len} tokens"
-            )
-        if math.ceil(total / self.config.block_size) > self.num_blocks:
-            raise EngineError(
-                f"prompt + max_tokens ({total} tokens) needs more KV blocks than the engine has "
-                f"({self.num_blocks} blocks of {self.config.block_size})"
-            )
-        vocab = self._tokenizer.vocab_size
-        if any(not 0 <= t < vocab for t in request.prompt_token_ids):
-            raise EngineError(f"prompt holds token ids outside the vocabulary [0, {vocab})")
-
     async def generate(self, request: GenerateRequest) -> AsyncIterator[TokenChunk]:
         if self._closed:
             raise EngineError("simulated engine is closed")
-        self._check(request)
+        _check(self, request)
         self.start()
         rid = request.request_id
         loop = asyncio.get_running_loop()
-        send, recv = anyio.create_memory_object_stream[_Item](max_buffer_size=math.inf)
-        req = _Req(request, next(self._seq), loop, _putter(send))
+        send, recv = anyio.create_memory_object_stream[Item](max_buffer_size=math.inf)
+        req = SimStream(request, next(self._seq), loop, putter(send))
         with self._cv:
             if rid in self._ids:
                 raise EngineError(f"request id {rid!r} is already running")
@@ -286,7 +244,7 @@ class RealtimeSimEngine(WorkerThread):
             remaining = step_s * self.config.time_scale - (time.monotonic() - started)
             if remaining > 0:
                 time.sleep(remaining)
-            _deliver(out)
+            deliver(out)
 
     def _busy(self) -> bool:
         return bool(self._running or self._waiting)
@@ -329,7 +287,7 @@ class RealtimeSimEngine(WorkerThread):
             self._private += need
             req.reserved, req.hit_blocks = need, hit
             req.cached = req.computed = len(hit) * cfg.block_size
-            req.rng_state = _seed(request)
+            req.rng_state = seed_of(request)
             self._running[request.request_id] = req
             self._stats.prompt_tokens += prompt_len
             if hit:
@@ -337,15 +295,15 @@ class RealtimeSimEngine(WorkerThread):
                 self._stats.prefix_hit_tokens += req.cached
             budget -= prompt_len - req.computed
 
-    def _step(self) -> tuple[float, list[tuple[_Req, list[_Item]]]]:
+    def _step(self) -> tuple[float, list[tuple[SimStream, list[Item]]]]:
         cfg = self.config
         budget = cfg.max_num_batched_tokens
         decodes = [r for r in self._running.values() if r.computed >= len(r.request.prompt_token_ids)]
         budget -= len(decodes)
         self._admit(budget)
         tokens = attn_ctx = kv_tokens = 0.0
-        out: list[tuple[_Req, list[_Item]]] = []
-        finished: list[_Req] = []
+        out: list[tuple[SimStream, list[Item]]] = []
+        finished: list[SimStream] = []
         for req in list(self._running.values()):
             prompt_len = len(req.request.prompt_token_ids)
             if req.computed < prompt_len:  # prefill chunk
@@ -365,7 +323,8 @@ class RealtimeSimEngine(WorkerThread):
                 tokens += 1
                 attn_ctx += p
                 kv_tokens += p
-            chunk_out = self._sample(req)
+            chunk_out = sample(req)
+            self._stats.generated_tokens += 1
             out.append((req, [chunk_out]))
             if chunk_out.finished:
                 finished.append(req)
@@ -376,38 +335,7 @@ class RealtimeSimEngine(WorkerThread):
         step_s = self.cost.step_time(tokens, attn_ctx, kv_tokens) if tokens else 0.0
         return step_s, out
 
-    def _sample(self, req: _Req) -> TokenChunk:
-        sampling = req.request.sampling
-        req.rng_state = (req.rng_state * 6364136223846793005 + 1442695040888963407) % (1 << 64)
-        token = _ALPHABET[(req.rng_state >> 33) % len(_ALPHABET)]
-        first = not req.output
-        req.output.append(token)
-        self._stats.generated_tokens += 1
-        req.text += chr(token)
-        reason: str | None = None
-        end = len(req.text)
-        stops = [x for x in sampling.stop if x]
-        if stops:
-            cut = min((i for i in (req.text.find(x) for x in stops) if i >= 0), default=-1)
-            if cut >= 0:
-                end, reason = cut, "stop"
-            else:  # hold back what could still become the start of a stop string
-                end -= max(len(x) for x in stops) - 1
-        if reason is None and len(req.output) >= sampling.max_tokens:
-            end, reason = len(req.text), "length"
-        delta = req.text[req.emitted : max(end, req.emitted)]
-        req.emitted += len(delta)
-        return TokenChunk(
-            token_ids=(token,),
-            text=delta,
-            logprobs=(_LOGPROB,) if sampling.logprobs else None,
-            finished=reason is not None,
-            finish_reason=reason,
-            prompt_tokens=len(req.request.prompt_token_ids) if first else 0,
-            cached_tokens=req.cached if first else 0,
-        )
-
-    def _finish(self, req: _Req, *, cache: bool) -> None:
+    def _finish(self, req: SimStream, *, cache: bool) -> None:
         rid = req.request.request_id
         self._running.pop(rid, None)
         with self._cv:
@@ -437,7 +365,7 @@ class RealtimeSimEngine(WorkerThread):
         req = self._running.get(rid)
         if req is not None:
             self._finish(req, cache=False)
-            _deliver([(req, [TokenChunk((), finished=True, finish_reason="abort")])])
+            deliver([(req, [TokenChunk((), finished=True, finish_reason="abort")])])
         else:
             kept = [entry for entry in self._waiting if entry[2].request.request_id != rid]
             if len(kept) != len(self._waiting):
@@ -455,38 +383,28 @@ class RealtimeSimEngine(WorkerThread):
             self._ids.clear()
         self._running.clear()
         self._waiting.clear()
-        _deliver([(req, [error]) for req in reqs])
+        deliver([(req, [error]) for req in reqs])
 
 
-def _seed(request: GenerateRequest) -> int:
-    """Deterministic per (prompt, seed): same request, same tokens, on every run and process."""
-    digest = hashlib.sha256(repr((request.sampling.seed, request.prompt_token_ids[-64:])).encode()).digest()
-    return int.from_bytes(digest[:8], "little")
-
-
-def _putter(send: MemoryObjectSendStream[_Item]) -> _Put:
-    def put(items: list[_Item]) -> None:
-        for item in items:
-            with contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
-                send.send_nowait(item)
-
-    return put
-
-
-def _deliver(out: list[tuple[_Req, list[_Item]]]) -> None:
-    """Hand a step's outputs to their event loops: one thread hop per loop per step, not per
-    request (200 streams at 50 steps/s would otherwise flood the loop with callbacks)."""
-    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Put, list[_Item]]]] = {}
-    for req, items in out:
-        by_loop.setdefault(req.loop, []).append((req.put, items))
-    for loop, batch in by_loop.items():
-        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is listening
-            loop.call_soon_threadsafe(_put_all, batch)
-
-
-def _put_all(batch: list[tuple[_Put, list[_Item]]]) -> None:
-    for put, items in batch:
-        put(items)
+def _check(engine: RealtimeSimEngine, request: GenerateRequest) -> None:
+    """Refuse a request the engine could never serve (empty, too long, too many blocks, bad ids)."""
+    n = len(request.prompt_token_ids)
+    if n < 1:
+        raise EngineError("the prompt is empty")
+    total = n + request.sampling.max_tokens
+    if total > engine.max_model_len:
+        raise EngineError(
+            f"prompt ({n} tokens) + max_tokens ({request.sampling.max_tokens}) exceeds the "
+            f"context of {engine.max_model_len} tokens"
+        )
+    if math.ceil(total / engine.config.block_size) > engine.num_blocks:
+        raise EngineError(
+            f"prompt + max_tokens ({total} tokens) needs more KV blocks than the engine has "
+            f"({engine.num_blocks} blocks of {engine.config.block_size})"
+        )
+    vocab = engine.tokenizer.vocab_size
+    if any(not 0 <= t < vocab for t in request.prompt_token_ids):
+        raise EngineError(f"prompt holds token ids outside the vocabulary [0, {vocab})")
 
 
 SPEC_PREFIX = "sim-realtime"
