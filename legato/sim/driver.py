@@ -416,12 +416,11 @@ def simulate(
     decisions: list[Decision] | None = None,
 ) -> RunOutcome:
     """Replay `workload` under `policy` (a registry name or a Policy object) on simulated
-    replicas. `seed` is accepted for interface symmetry with real drivers: the simulator draws
-    no random numbers, so equal inputs always give equal outcomes. `check` turns on the engine's
-    invariant assertions (slow); `trace`, when given, receives one `CallTrace` per call, and
-    `decisions` every decision in the order it was applied. A bad decision (a policy bug)
-    raises `legato.scheduler.apply.BadDecision`."""
-    del seed
+    replicas. `seed` is the real drivers' (`bench --engine torch` seeds the weights): the
+    simulator draws no random numbers, so equal inputs always give equal outcomes. `check`
+    turns on the engine's invariant assertions (slow); `trace`, when given, receives one
+    `CallTrace` per call, and `decisions` every decision in the order it was applied. A bad
+    decision (a policy bug) raises `legato.scheduler.apply.BadDecision`."""
     weights = {p.tenant: p.tenant_weight for p in workload.programs}
     policy = resolve_policy(policy, weights)
     sim = _Sim(workload, policy, config, concurrency, progress, check, trace, decisions)

@@ -284,7 +284,3 @@ class BlockManager:
     @property
     def num_pins(self) -> int:
         return len(self._pins)
-
-    @property
-    def next_pin_expiry(self) -> float | None:
-        return min((p.expires_at for p in self._pins.values()), default=None)

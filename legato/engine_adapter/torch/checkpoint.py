@@ -205,12 +205,6 @@ def save_checkpoint(
     return path
 
 
-def default_model_and_tokenizer(
-    seed: int = 0, device: str = "cpu", dtype: str = "float32"
-) -> tuple[LlamaForCausalLM, ByteTokenizer]:
-    return build_default_model(seed, device=device, dtype=dtype), ByteTokenizer()
-
-
 def model_fingerprint(model: LlamaForCausalLM) -> str:
     """A short identity of the weights, mixed into every block hash so KV from different weights
     never matches. Hashes the config plus a sample of every tensor (not all bytes: a multi-GB

@@ -530,10 +530,6 @@ class EngineCore:
     def active_request_ids(self) -> list[str]:
         return list(self._seqs)
 
-    def status_of(self, request_id: str) -> SeqStatus | None:
-        seq = self._seqs.get(request_id)
-        return None if seq is None else seq.status
-
 
 def _held_back(text: str, stops: Sequence[str]) -> int:
     """Length of the longest suffix of `text` that could still grow into a stop string: that much
