@@ -23,7 +23,6 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from fastapi import Request
 
@@ -31,9 +30,6 @@ from legato.cache.block_hash import CACHE_SALT_KEY as CACHE_SALT_KEY  # re-expor
 from legato.cache.block_hash import tenant_salt
 from legato.server.errors import ApiError
 from legato.server.store.base import RunStore, TenantRecord
-
-if TYPE_CHECKING:
-    from legato.server.state import ServerState
 
 log = logging.getLogger(__name__)
 
@@ -167,9 +163,9 @@ class TenantRegistry:
 
 async def current_tenant(request: Request) -> Tenant:
     """FastAPI dependency: the authenticated tenant of this request (401 otherwise)."""
-    state: ServerState = request.app.state.legato
+    tenants: TenantRegistry = request.app.state.legato.tenants
     client = request.client.host if request.client is not None else None
-    tenant = await state.tenants.authenticate(request.headers.get("authorization"), client)
+    tenant = await tenants.authenticate(request.headers.get("authorization"), client)
     request.state.tenant = tenant
     return tenant
 

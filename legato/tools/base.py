@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeAlias, runtime_checkable
 
 if TYPE_CHECKING:
-    from legato.tools.client import ClientToolBroker
     from legato.tools.process import ProcessGroups
 
 ToolKind: TypeAlias = Literal["python", "subprocess", "client"]
@@ -86,6 +85,14 @@ class ToolResult:
         return cls(ok=False, output=output, error=error, error_kind=kind)
 
 
+class ToolBroker(Protocol):
+    """Where client-side tools wait for the client's answer (`legato.tools.client.ClientToolBroker`)."""
+
+    async def wait(
+        self, run_id: str, call_id: str, name: str, args: Mapping[str, Any], timeout_s: float
+    ) -> ToolResult: ...
+
+
 @dataclass(frozen=True, slots=True)
 class ToolContext:
     """Per-call context handed to a tool: who is calling and where it may work.
@@ -100,7 +107,7 @@ class ToolContext:
     tenant: str
     workdir: Path
     processes: ProcessGroups | None = field(default=None, compare=False)
-    client: ClientToolBroker | None = field(default=None, compare=False)
+    client: ToolBroker | None = field(default=None, compare=False)
 
 
 class BadToolArgsError(ValueError):
