@@ -11,8 +11,18 @@ import pytest
 import torch
 
 from legato.bench.torch_replay import replay_async
+from legato.engine_adapter.base import SamplingParams
+from legato.engine_adapter.torch import load_engine
 from legato.scheduler.apply import BadDecision, DecisionApplier, ReplicaTraits
-from legato.scheduler.events import CallArrived, CallFinished, RunFinished, ToolFinished, ToolStarted
+from legato.scheduler.events import (
+    CallArrived,
+    CallFinished,
+    LLMCall,
+    RunFinished,
+    RunStarted,
+    ToolFinished,
+    ToolStarted,
+)
 from legato.scheduler.policy import (
     BasePolicy,
     ClusterView,
@@ -21,9 +31,11 @@ from legato.scheduler.policy import (
     NextUse,
     Pause,
     Pin,
+    PolicyTraits,
     Resume,
     Unpin,
 )
+from legato.scheduler.runtime import PolicyScheduler
 from legato.sim.driver import SimConfig, simulate
 from legato.sim.workload import CallSpec, ProgramSpec, Segment, Workload
 from tests.tiny_model import tiny_model_config
@@ -142,3 +154,65 @@ def test_a_bad_decision_raises_after_the_good_ones_of_the_batch_are_applied() ->
     assert "replica 5" in str(info.value) and "'nope'" in str(info.value)
     with pytest.raises(BadDecision, match="already dispatched"):
         applier.apply([Dispatch("c2", 0)])
+
+
+class PauseOnSignal(BasePolicy):
+    """Dispatches every call; pauses the run on the first signal (a Tick once a call runs, or
+    a ToolStarted) and resumes it on the next one."""
+
+    name = "pause-on-signal"
+
+    def __init__(self, tick_s: float | None) -> None:
+        self.traits = PolicyTraits(tick_s=tick_s)
+        self.run_id: str | None = None
+        self.signals = 0
+
+    def on_call(self, event: CallArrived, now: float, view: ClusterView) -> Sequence[Decision]:
+        self.run_id = event.call.run_id
+        return (Dispatch(event.call.call_id, 0),)
+
+    def _signal(self) -> Sequence[Decision]:
+        if self.run_id is None or self.signals >= 2:
+            return ()
+        self.signals += 1
+        return (Pause(self.run_id),) if self.signals == 1 else (Resume(self.run_id),)
+
+    def on_tick(self, now: float, view: ClusterView) -> Sequence[Decision]:
+        running = self.run_id is not None and view.replica(0).running > 0
+        return self._signal() if running or self.signals == 1 else ()
+
+    def on_tool_started(self, event: ToolStarted, now: float, view: ClusterView) -> Sequence[Decision]:
+        return self._signal()
+
+
+def test_pause_of_a_running_call_follows_the_declared_trait() -> None:
+    """`can_preempt_running`: the simulated replica sends a paused run's running call back (its
+    prompt is prefilled again after `Resume`); a real engine lets it run to completion."""
+    one = CallSpec("only", (Segment(1, 512),), output_tokens=4000, output_seg_id=2)
+    workload = Workload("pause", (ProgramSpec("p0", "t", 0.0, (one,), kind="pause"),))
+    applied: list[Decision] = []
+    out = simulate(
+        workload, PauseOnSignal(tick_s=0.5), SimConfig(kv_blocks=1024), concurrency=1, decisions=applied
+    )
+    assert [type(d).__name__ for d in applied] == ["Dispatch", "Pause", "Resume"]
+    assert out.prefill_tokens_computed > out.prompt_tokens  # preempted while running: recomputed
+
+    async def main() -> tuple[dict[str, int], list[int], str | None]:
+        engine = load_engine(None, "cpu", model_config=tiny_model_config(), num_blocks=64)
+        policy = PauseOnSignal(tick_s=None)
+        call = LLMCall("p0#0", "p0", "pause", "only", "t", tuple(range(40)), SamplingParams(max_tokens=24))
+        got: list[int] = []
+        reason = None
+        async with engine, PolicyScheduler([engine], policy) as sched:
+            sched.notify(RunStarted("p0", "pause", "t"))
+            async for chunk in sched.generate(call):
+                if not got:  # running in the engine: pause the run now
+                    sched.notify(ToolStarted("p0", "signal"))
+                got.extend(chunk.token_ids)
+                reason = chunk.finish_reason or reason
+            sched.notify(ToolStarted("p0", "signal"))  # resume
+            return dict(sched.stats), got, reason
+
+    stats, tokens, reason = anyio.run(main)
+    assert stats["pauses"] == stats["resumes"] == 1 and stats["requeued"] == 0
+    assert len(tokens) == 24 and reason == "length"  # ran to completion through the pause
