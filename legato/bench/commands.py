@@ -311,6 +311,55 @@ def load(
         raise typer.Exit(1)
 
 
+@bench_app.command("spec")
+def spec(
+    trace: Annotated[
+        Path, typer.Option(help="The mini-swe-agent trace (full text of real agent sessions).")
+    ] = Path("../shared/traces/miniswe_deepseek.jsonl.gz"),
+    drafters: Annotated[str, typer.Option(help="Comma list: suffix, ngram (each at every --draft-lens).")] = "suffix,ngram",
+    ablations: Annotated[
+        str, typer.Option(help="Comma list measured at the largest draft length only: suffix-local, suffix-agent.")
+    ] = "suffix-local,suffix-agent",
+    draft_lens: Annotated[str, typer.Option(help="Comma list of draft lengths (1..64).")] = "1,2,4,8,16",
+    adaptive: Annotated[bool, typer.Option(help="Also measure the adaptive length (max: the largest).")] = True,
+    sessions: Annotated[int, typer.Option(help="Held-out sessions measured (0: all 62).")] = 8,
+    cache_dir: Annotated[Path, typer.Option(help="Where the trained tokenizer is cached.")] = Path(".legato/spec"),
+    json_out: Annotated[
+        Path | None, typer.Option("--json", callback=output_path, help="Write the results JSON here.")
+    ] = None,
+) -> None:
+    """Acceptance of drafted tokens on real agent text: tokens per verify step by drafter and
+    draft length (BPE tokens; greedy verification semantics)."""
+    import json
+
+    from legato.bench import runner
+    from legato.bench.spec_bench import SpecBenchConfig, render, run_spec_bench
+
+    try:
+        lens = tuple(int(v) for v in runner.parse_list(draft_lens))
+    except ValueError:
+        raise _fail(f"--draft-lens must be a comma list of integers, got {draft_lens!r}") from None
+    try:
+        cfg = SpecBenchConfig(
+            trace=trace,
+            drafters=tuple(runner.parse_list(drafters)),
+            ablations=tuple(runner.parse_list(ablations)),
+            draft_lens=lens,
+            adaptive=adaptive,
+            sessions=sessions,
+            cache_dir=cache_dir,
+        )
+        if not trace.is_file():
+            raise ValueError(f"--trace {trace} not found")
+        report = run_spec_bench(cfg, lambda msg: typer.echo(msg, err=True))
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
+    typer.echo(render(report))
+    if json_out is not None:
+        json_out.write_text(json.dumps(report, indent=2))
+        typer.echo(f"wrote {json_out}")
+
+
 @bench_app.command("calibrate")
 def calibrate(
     requests: Annotated[int, typer.Option(help="Requests measured on the torch engine.")] = 24,
