@@ -77,6 +77,13 @@ def bench(
     param: Annotated[
         list[str] | None, typer.Option("--param", "-p", help="Workload parameter key=value (repeatable).")
     ] = None,
+    spec: Annotated[
+        str,
+        typer.Option(
+            help="Speculative decoding (sim), comma list of none, suffix, ngram: each policy runs under each "
+            "(rows policy+suffix ...), with acceptance measured on real text by `legato bench spec`."
+        ),
+    ] = "none",
 ) -> None:
     """Compare policies on one workload: a table, and optionally JSON and PNG plots."""
     if ctx.invoked_subcommand is not None:
@@ -101,6 +108,7 @@ def bench(
             workload_params=params,
             sweep=swept,
             jobs=jobs,
+            spec=runner.parse_list(spec),
         )
     except runner.BenchInputError as exc:
         raise _fail(str(exc)) from None
@@ -316,16 +324,33 @@ def spec(
     trace: Annotated[
         Path, typer.Option(help="The mini-swe-agent trace (full text of real agent sessions).")
     ] = Path("../shared/traces/miniswe_deepseek.jsonl.gz"),
-    drafters: Annotated[str, typer.Option(help="Comma list: suffix, ngram (each at every --draft-lens).")] = "suffix,ngram",
+    drafters: Annotated[
+        str, typer.Option(help="Comma list: suffix, ngram (each at every --draft-lens).")
+    ] = "suffix,ngram",
     ablations: Annotated[
-        str, typer.Option(help="Comma list measured at the largest draft length only: suffix-local, suffix-agent.")
+        str,
+        typer.Option(
+            help="Comma list measured at the largest draft length only: suffix-local, suffix-agent."
+        ),
     ] = "suffix-local,suffix-agent",
     draft_lens: Annotated[str, typer.Option(help="Comma list of draft lengths (1..64).")] = "1,2,4,8,16",
-    adaptive: Annotated[bool, typer.Option(help="Also measure the adaptive length (max: the largest).")] = True,
+    adaptive: Annotated[
+        bool, typer.Option(help="Also measure the adaptive length (max: the largest).")
+    ] = True,
     sessions: Annotated[int, typer.Option(help="Held-out sessions measured (0: all 62).")] = 8,
-    cache_dir: Annotated[Path, typer.Option(help="Where the trained tokenizer is cached.")] = Path(".legato/spec"),
+    cache_dir: Annotated[Path, typer.Option(help="Where the trained tokenizer is cached.")] = Path(
+        ".legato/spec"
+    ),
     json_out: Annotated[
         Path | None, typer.Option("--json", callback=output_path, help="Write the results JSON here.")
+    ] = None,
+    sim_table: Annotated[
+        Path | None,
+        typer.Option(
+            callback=output_path,
+            help="Also store the measured table as the simulator's acceptance model for swe "
+            "(legato/sim/data/spec_acceptance.json).",
+        ),
     ] = None,
 ) -> None:
     """Acceptance of drafted tokens on real agent text: tokens per verify step by drafter and
@@ -333,7 +358,7 @@ def spec(
     import json
 
     from legato.bench import runner
-    from legato.bench.spec_bench import SpecBenchConfig, render, run_spec_bench
+    from legato.bench.spec_bench import SpecBenchConfig, render, run_spec_bench, write_sim_table
 
     try:
         lens = tuple(int(v) for v in runner.parse_list(draft_lens))
@@ -358,6 +383,9 @@ def spec(
     if json_out is not None:
         json_out.write_text(json.dumps(report, indent=2))
         typer.echo(f"wrote {json_out}")
+    if sim_table is not None:
+        write_sim_table(report, sim_table)
+        typer.echo(f"wrote {sim_table}")
 
 
 @bench_app.command("calibrate")

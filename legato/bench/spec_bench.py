@@ -103,7 +103,8 @@ def load_sessions(path: Path) -> list[Session]:
 
 def split(sessions: Sequence[Session]) -> tuple[list[Session], list[Session]]:
     """(train, test) by a hash of the session id: deterministic, independent of file order."""
-    train, test = [], []
+    train: list[Session] = []
+    test: list[Session] = []
     for s in sorted(sessions, key=lambda s: s.session_id):
         h = hashlib.sha256(s.session_id.encode()).digest()[0]
         (train if h % 2 == 0 else test).append(s)
@@ -224,7 +225,9 @@ class SpecBenchConfig:
     def __post_init__(self) -> None:
         unknown = [d for d in (*self.drafters, *self.ablations) if d not in DRAFTER_NAMES]
         if unknown or not self.drafters:
-            raise ValueError(f"unknown drafter {', '.join(unknown) or '(none)'}; valid: {', '.join(DRAFTER_NAMES)}")
+            raise ValueError(
+                f"unknown drafter {', '.join(unknown) or '(none)'}; valid: {', '.join(DRAFTER_NAMES)}"
+            )
         if not self.draft_lens:
             raise ValueError("give at least one draft length")
         for k in self.draft_lens:
@@ -261,15 +264,46 @@ def run_spec_bench(cfg: SpecBenchConfig, log: Callable[[str], None]) -> dict[str
         log(f"{r['drafter']:13s} k={k:13s} {r['tokens_per_step']:.3f} tokens/step")
     return {
         "trace": str(cfg.trace),
-        "tokenizer": {"kind": "byte-level BPE (tokenizers)", "vocab_size": tok.get_vocab_size(), "path": str(tok_path)},
+        "tokenizer": {
+            "kind": "byte-level BPE (tokenizers)",
+            "vocab_size": tok.get_vocab_size(),
+            "path": str(tok_path),
+        },
         "train_sessions": len(train),
         "test_sessions": [s.session_id for s in picked],
         "held_out_sessions": len(test),
         "output_tokens": sum(len(ids) for msgs in encoded for o, ids in msgs if o),
-        "semantics": "greedy verification: accepted = longest matching prefix; tokens_per_step includes the bonus token",
+        "semantics": "greedy verification: accepted = longest matching prefix; "
+        "tokens_per_step includes the bonus token",
         "seconds": round(time.perf_counter() - t0, 1),
         "results": results,
     }
+
+
+def write_sim_table(report: dict[str, Any], path: Path, workload: str = "swe") -> None:
+    """Store the fixed-length tokens-per-step of each drafter as the simulator's acceptance model
+    for `workload` (legato/sim/data/spec_acceptance.json), with where it was measured."""
+    data: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {"workloads": {}}
+    per: dict[str, dict[str, float]] = {}
+    for r in report["results"]:
+        if not r["adaptive"] and r["drafter"] in ("suffix", "ngram"):
+            per.setdefault(r["drafter"], {})[str(r["draft_len"])] = r["tokens_per_step"]
+    trace = Path(report["trace"])
+    data["workloads"][workload] = {
+        "source": {
+            "measured_by": "legato bench spec",
+            "trace": trace.name,
+            "trace_sha256": hashlib.sha256(trace.read_bytes()).hexdigest() if trace.is_file() else None,
+            "tokenizer": f"byte-level BPE, {report['tokenizer']['vocab_size']} tokens, trained on "
+            f"{report['train_sessions']} sessions of the trace",
+            "sessions_measured": len(report["test_sessions"]),
+            "output_tokens": report["output_tokens"],
+            "semantics": report["semantics"],
+            "date": time.strftime("%Y-%m-%d", time.gmtime()),
+        },
+        "tokens_per_step": per,
+    }
+    path.write_text(json.dumps(data, indent=2) + "\n")
 
 
 def render(report: dict[str, Any]) -> str:

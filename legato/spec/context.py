@@ -78,10 +78,10 @@ class ProgramContext:
         extends the context (an agent re-sending its history plus a tool result) adds only its
         new tail; any other prompt is appended whole."""
         held = len(self.index)
-        if held and len(prompt) >= held and self.index.held_tokens == held:
-            if list(prompt[:held]) == self.index.tokens():
-                self.index.extend(prompt[held:])
-                return
+        extends = held and len(prompt) >= held and self.index.held_tokens == held
+        if extends and list(prompt[:held]) == self.index.tokens():
+            self.index.extend(prompt[held:])
+            return
         self.index.extend(prompt)
 
     def start_output(self) -> None:

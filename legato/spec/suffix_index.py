@@ -216,4 +216,3 @@ class SuffixIndex:
             probs.append(p)
             cur = [s for s in cur if s + depth < n and toks[s + depth] == tok]
         return Draft(tuple(out), tuple(probs), length)
-
