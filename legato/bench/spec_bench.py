@@ -292,6 +292,9 @@ def write_sim_table(report: dict[str, Any], path: Path, workload: str = "swe") -
     data["workloads"][workload] = {
         "source": {
             "measured_by": "legato bench spec",
+            "command": f"legato bench spec --sessions {len(report['test_sessions'])} "
+            f"--draft-lens {','.join(sorted({k for d in per.values() for k in d}, key=int))} "
+            "--sim-table legato/sim/data/spec_acceptance.json",
             "trace": trace.name,
             "trace_sha256": hashlib.sha256(trace.read_bytes()).hexdigest() if trace.is_file() else None,
             "tokenizer": f"byte-level BPE, {report['tokenizer']['vocab_size']} tokens, trained on "
