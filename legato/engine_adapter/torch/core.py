@@ -31,6 +31,7 @@ from legato.engine_adapter.torch.sampler import sample
 from legato.engine_adapter.torch.scheduler import Scheduler
 from legato.engine_adapter.torch.sequence import SeqStatus
 from legato.engine_adapter.torch.sequence import Sequence as Seq
+from legato.engine_adapter.torch.speculator import Speculator
 from legato.engine_adapter.torch.tokenizer import ByteTokenizer, HFTokenizer
 
 
@@ -123,6 +124,7 @@ class EngineCore:
         self.offloaded_blocks = 0
         self._held: dict[str, list[int]] = {}  # imported blocks held until their request is admitted
         self._tier_written: set[str] = set()  # requests whose prompt chunks went to Redis
+        self.speculator: Speculator | None = None  # opt-in speculative decoding (speculator.py)
 
     # --- tiers ----------------------------------------------------------------------------
 
@@ -287,7 +289,12 @@ class EngineCore:
 
     def step(self) -> list[RequestOutput]:
         """Run one engine step; returns one output per request that produced something."""
+        spec = self.speculator
+        if spec is not None:
+            spec.propose(self.scheduler.running, self.config.max_num_batched_tokens, self.max_model_len)
         plan = self.scheduler.schedule()
+        if spec is not None:
+            spec.after_schedule(plan)
         if self._held:
             self._release_held()
         self.last_step_tokens = plan.num_tokens
@@ -298,8 +305,12 @@ class EngineCore:
         started = time.perf_counter()
         sampled, logits = self.runner.run(plan.chunks)
         self.prefill_cost.observe(spans, time.perf_counter() - started)
-        for chunk in plan.chunks:
-            self.scheduler.commit(chunk)
+        spec_step = spec is not None and logits is not None and any(c.seq.num_draft for c in sampled)
+        if spec is not None and spec_step and logits is not None:
+            spec.verify_and_commit(self, plan.chunks, sampled, logits)  # commits verified tokens only
+        else:
+            for chunk in plan.chunks:
+                self.scheduler.commit(chunk)
         if self.tiers is not None and self.tiers.redis is not None and self.config.enable_prefix_caching:
             for chunk in plan.chunks:
                 seq = chunk.seq
@@ -311,6 +322,8 @@ class EngineCore:
                     self._write_through(seq)
         if logits is None:
             return []
+        if spec is not None and spec_step:
+            return spec.emit(self)
         seqs = [c.seq for c in sampled]
         tokens, logprobs = sample(
             logits, [s.sampling for s in seqs], [s.generator for s in seqs], self._default_gen

@@ -125,8 +125,8 @@ class ModelRunner:
         offset = 0
         for c in [*decodes, *prefills]:
             offset += c.num_tokens
-            if c.samples:
-                rows.append(offset - 1)
+            if c.samples:  # a chunk ending in a draft (speculator.py) samples at every draft position
+                rows.extend(range(offset - 1 - c.seq.num_draft, offset))
                 sampled.append(c)
         if not rows:
             return sampled, None

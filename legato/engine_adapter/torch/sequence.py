@@ -40,6 +40,7 @@ class Sequence:
     num_registered_blocks: int = 0  # leading blocks of block_table already in the prefix cache
     cached_tokens: int | None = None  # prefix-cache hit at first admission
     num_preemptions: int = 0
+    num_draft: int = 0  # unverified draft tokens at the end of token_ids (speculator.py; 0 between steps)
     logprobs: list[float] = field(default_factory=list)
     finish_reason: str | None = None
     # incremental detokenization (see engine.py)

@@ -1,0 +1,170 @@
+"""Speculative decoding in the torch engine (opt-in: `EngineCore.speculator`), greedy requests.
+
+Between steps no sequence holds unverified tokens. At the start of a step the speculator
+appends a draft to each greedy decoding sequence (`Sequence.num_draft` of them), so the
+scheduler schedules the last token plus the draft as one chunk and the model runner returns a
+row of logits per position. After the forward pass `finish_step`:
+
+- verifies each draft (`spec_verify.verify_greedy`: the longest prefix equal to the target's
+  argmax, plus the target's own next token), so the output is token-identical to decoding
+  without speculation;
+- publishes to the prefix cache only blocks made of verified tokens (the commit runs with the
+  draft cut back to its accepted prefix), and counts as computed only the verified positions:
+  the KV written for rejected positions is overwritten by the next tokens (their blocks stay in
+  the sequence's table, never in the cache, and are freed with it);
+- emits accepted tokens one by one through the engine's normal path, so stop tokens, stop
+  strings and max_tokens apply to each.
+
+A sequence that is preempted, or whose chunk the token budget cut short, drops its draft before
+the forward pass. Drafts come from `legato.spec` (per request: its prompt and output so far),
+with a per-request adaptive length; sampled or logprob-reporting requests are not speculated.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+
+from legato.engine_adapter.torch.sampler import sample
+from legato.engine_adapter.torch.scheduler import ScheduledChunk, SchedulerOutput
+from legato.engine_adapter.torch.sequence import SeqStatus, Sequence
+from legato.engine_adapter.torch.spec_verify import verify_greedy
+from legato.spec.adaptive import check_draft_len
+from legato.spec.context import AgentHistory, ProgramContext
+from legato.spec.drafter import make_drafter
+
+if TYPE_CHECKING:
+    from legato.engine_adapter.torch.core import EngineCore, RequestOutput
+
+
+class Speculator:
+    def __init__(self, drafter: str = "suffix", max_draft: int = 4) -> None:
+        check_draft_len(max_draft, "max draft length")
+        self.drafter = make_drafter(drafter)
+        self.max_draft = max_draft
+        self.history = AgentHistory()
+        self._ctx: dict[str, tuple[ProgramContext, int]] = {}  # request -> (context, tokens indexed)
+        self.drafted = 0
+        self.accepted = 0
+        self.verify_steps = 0
+        # between verify_and_commit and emit (one engine step)
+        self._pending: list[tuple[Sequence, list[int]]] = []
+        self._plain: list[tuple[Sequence, int]] = []
+        self._logits: torch.Tensor | None = None
+
+    def _context(self, seq: Sequence) -> ProgramContext:
+        ctx, indexed = self._ctx.get(seq.request_id, (None, 0))
+        if ctx is None:
+            ctx = ProgramContext("engine", self.history, max_draft=self.max_draft)
+        ctx.index.extend(seq.token_ids[indexed:])
+        self._ctx[seq.request_id] = (ctx, len(seq.token_ids))
+        return ctx
+
+    def propose(self, running: list[Sequence], budget: int, max_model_len: int) -> None:
+        """Append drafts to the greedy decoding sequences the step's token budget can verify."""
+        live = {s.request_id for s in running}
+        for rid in [r for r in self._ctx if r not in live]:
+            del self._ctx[rid]
+        for seq in sorted(running, key=lambda s: s.sort_key):
+            left = seq.num_tokens - seq.num_computed_tokens
+            budget -= left
+            if left != 1 or budget < 1 or seq.status is not SeqStatus.RUNNING:
+                continue
+            sp = seq.sampling
+            if not (sp.temperature == 0.0 or sp.top_k == 1) or sp.logprobs:
+                continue
+            ctx = self._context(seq)
+            room = min(
+                ctx.draft_length.cap,
+                budget,
+                sp.max_tokens - seq.num_output_tokens - 1,
+                max_model_len - seq.num_tokens - 1,
+            )
+            if room <= 0:
+                continue
+            draft = self.drafter.propose(ctx, room).tokens
+            seq.token_ids.extend(draft)
+            seq.num_draft = len(draft)
+            budget -= len(draft)
+
+    @staticmethod
+    def drop(seq: Sequence) -> None:
+        if seq.num_draft:
+            del seq.token_ids[len(seq.token_ids) - seq.num_draft :]
+            seq.num_draft = 0
+
+    def after_schedule(self, plan: SchedulerOutput) -> None:
+        """Drop drafts of preempted sequences and of chunks the budget cut short."""
+        for seq in plan.preempted:
+            self.drop(seq)
+        for chunk in plan.chunks:
+            seq = chunk.seq
+            if seq.num_draft and chunk.num_tokens != 1 + seq.num_draft:
+                self.drop(seq)
+                chunk.num_tokens = 1
+
+    def verify_and_commit(
+        self,
+        core: EngineCore,
+        chunks: list[ScheduledChunk],
+        sampled: list[ScheduledChunk],
+        logits: torch.Tensor,
+    ) -> None:
+        """Verify every draft, cut it back to its accepted prefix and commit every chunk (so the
+        prefix cache sees verified tokens only); `emit` then produces the outputs."""
+        self._pending, self._plain = [], []
+        row = 0
+        for chunk in sampled:
+            seq = chunk.seq
+            g = seq.num_draft
+            if not g:
+                self._plain.append((seq, row))
+                row += 1
+                continue
+            emitted = verify_greedy(seq.token_ids[len(seq.token_ids) - g :], logits[row : row + g + 1])
+            row += g + 1
+            a = len(emitted) - 1
+            del seq.token_ids[len(seq.token_ids) - (g - a) :]  # keep the accepted prefix only
+            seq.num_draft = 0
+            chunk.num_tokens = 1 + a  # verified positions only count as computed
+            self._pending.append((seq, emitted))
+            ctx, _ = self._ctx.get(seq.request_id, (None, 0))
+            if ctx is not None:
+                ctx.draft_length.record(g, a)
+            self.verify_steps += 1
+            self.drafted += g
+            self.accepted += a
+        for chunk in chunks:
+            core.scheduler.commit(chunk)
+        self._logits = logits if self._plain else None
+
+    def emit(self, core: EngineCore) -> list[RequestOutput]:
+        """Outputs of the step: verified tokens one by one (stops and max_tokens apply to each),
+        then the sequences that did not speculate, sampled as usual."""
+        outputs: list[RequestOutput] = []
+        for seq, emitted in self._pending:
+            accepted = len(emitted) - 1
+            if accepted:
+                del seq.token_ids[len(seq.token_ids) - accepted :]  # re-appended below, one by one
+            for tok in emitted:
+                out = core._append_token(seq, tok, None)
+                outputs.append(out)
+                core.generated_tokens += 1
+                if out.finished:
+                    break
+        if self._plain and self._logits is not None:
+            seqs = [seq for seq, _ in self._plain]
+            index = torch.tensor([r for _, r in self._plain], dtype=torch.long, device=self._logits.device)
+            tokens, logprobs = sample(
+                self._logits.index_select(0, index),
+                [s.sampling for s in seqs],
+                [s.generator for s in seqs],
+                core._default_gen,
+            )
+            for i, seq in enumerate(seqs):
+                lp = None if logprobs is None or not seq.sampling.logprobs else logprobs[i]
+                outputs.append(core._append_token(seq, tokens[i], lp))
+            core.generated_tokens += len(seqs)
+        self._pending, self._plain, self._logits = [], [], None
+        return outputs
