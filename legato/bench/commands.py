@@ -35,7 +35,9 @@ def bench(
     workload: Annotated[
         str,
         typer.Option(
-            "--workload", "-w", help="swe, multiagent, text2sql, rl-grpo, chat, trace:PATH, sessions:PATH."
+            "--workload",
+            "-w",
+            help="swe, multiagent, text2sql, rl-grpo, chat, trace:PATH, sessions:PATH, chat:PATH.",
         ),
     ] = "swe",
     engine: Annotated[
