@@ -28,7 +28,8 @@ each rule exists once:
   session at t=0, `poisson:RATE` draws starts from a Poisson process of RATE sessions/s (seeded);
   `time_scale` multiplies every time taken from the log (session starts and tool gaps; 0.5 replays
   the log twice as fast). Trace programs are marked `open_loop`, so their TCT counts from that
-  arrival, including time spent waiting for a client slot.
+  arrival, including time spent waiting for a client slot. (With `legato bench --engine torch`,
+  `-p time_scale` is the torch replay's own real-time scale and is not passed to the loader.)
 """
 
 from __future__ import annotations

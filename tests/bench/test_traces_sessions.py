@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import random
 from pathlib import Path
@@ -12,6 +13,9 @@ from legato.bench.traces import approx_tokens
 from legato.bench.workloads import build_workload
 from legato.bench.workloads.sessions import load_sessions
 from legato.sim.workload import Workload
+from tests.bench.shared_traces import shared_trace
+
+MINISWE = shared_trace("miniswe_deepseek.jsonl.gz")
 
 S = 1_000_000  # µs per second
 
@@ -143,3 +147,41 @@ def test_malformed_session_line(tmp_path: Path) -> None:
     early = _write(tmp_path / "u.jsonl", [_line(5, "a", "q", "r", end_timestamp=1)])
     with pytest.raises(ValueError, match=r"u\.jsonl:1: 'end_timestamp' is before 'timestamp'"):
         load_sessions(early, 10)
+
+
+def _render(message: dict[str, object]) -> str:
+    calls = message.get("tool_calls") or []
+    text = f"<|{message['role']}|>{message.get('content') or ''}"
+    return text + "".join(f"<|call|>{c['name']}({c['arguments']})" for c in calls) + "\n"  # type: ignore[attr-defined,index]
+
+
+@pytest.mark.skipif(MINISWE is None, reason="shared traces not present")
+def test_real_sessions_logged_cumulatively(tmp_path: Path) -> None:
+    """Two real mini-swe-agent sessions written the way a logging proxy writes them (each input the
+    whole conversation so far): prompts stay the size the provider reported, not the sum of all
+    earlier turns (the old loader made a 36k-token prompt 607k), and gaps are the logged tool times."""
+    assert MINISWE is not None
+    with gzip.open(MINISWE, "rt") as fh:
+        sessions = [json.loads(next(fh)) for _ in range(2)]
+    rows, usage, tool_s = [], [], []
+    for s in sessions:
+        messages, sent = s["messages"], None
+        for i, m in enumerate(messages):
+            if m["role"] != "assistant":
+                sent = m.get("timestamp", sent)
+                continue
+            text_in = "".join(_render(x) for x in messages[:i])
+            end = int(m["timestamp"] * S)
+            rows.append(
+                _line(sent or m["timestamp"], s["session_id"], text_in, _render(m), end_timestamp=end)
+            )
+            usage.append(m["usage"]["prompt_tokens"])
+            if i + 1 < len(messages) and messages[i + 1]["role"] == "tool":
+                tool_s.append(messages[i + 1]["timestamp"] - m["timestamp"])
+    workload = load_sessions(_write(tmp_path / "real.jsonl", rows), 10)
+    assert [len(p.calls) for p in workload.programs] == [104, 74]
+    assert workload.params["continuations"] == 104 + 74 - 2
+    # Four UTF-8 bytes a token is an estimate; the provider's count is the truth it must track.
+    assert 0.8 < workload.params["max_prompt_tokens"] / max(usage) < 1.2  # type: ignore[operator]
+    gaps = sorted(c.tool_latency_s for p in workload.programs for c in p.calls if c.tool is not None)
+    assert gaps == pytest.approx(sorted(tool_s), abs=2e-6)
