@@ -149,14 +149,17 @@ class _Builder:
         return calls
 
     def _continuation(self, line: SessionLine, calls: list[_Call]) -> _Call | None:
+        # Longest input first (the latest on ties): the first that qualifies is the parent.
+        order = sorted(range(len(calls)), key=lambda i: (-len(calls[i].src.input), -i))
         best, at = -1, -1
-        for i, c in enumerate(calls):
-            src = c.src
+        for i in order:
+            src = calls[i].src
             if len(src.input) > len(line.input) or not line.input.startswith(src.input):
                 continue
-            pos = _output_at(src, line.input[len(src.input) :])
-            if pos >= 0 and (best < 0 or len(src.input) >= len(calls[best].src.input)):
-                best, at = i, pos
+            at = _output_at(src, line.input[len(src.input) :])
+            if at >= 0:
+                best = i
+                break
         if best < 0:
             return None
         parent = calls[best]
