@@ -26,6 +26,7 @@ class Capability(enum.StrEnum):
     """Optional abilities an engine may announce in `Engine.capabilities`."""
 
     LOGPROBS = "logprobs"  # per-token logprobs of sampled tokens
+    TOP_LOGPROBS = "top_logprobs"  # `SamplingParams.top_logprobs`: the most likely alternatives
     PRIORITY = "priority"  # honours `GenerateRequest.priority`
     PREFIX_QUERY = "prefix_query"  # `cached_prefix_tokens` reflects real cache state
     PIN = "pin"  # `PinnableEngine`: keep a prefix resident through a tool call

@@ -79,9 +79,7 @@ def test_logit_bias_forces_and_bans_tokens(make_core: Callable[..., EngineCore])
 
 def test_top_logprobs_match_the_dense_forward(make_core: Callable[..., EngineCore]) -> None:
     core = make_core()
-    sp = SamplingParams(
-        max_tokens=8, temperature=0.7, seed=3, ignore_eos=True, logprobs=True, top_logprobs=3
-    )
+    sp = SamplingParams(max_tokens=8, temperature=0.7, seed=3, ignore_eos=True, logprobs=True, top_logprobs=3)
     out = core.run_to_completion([GenerateRequest("r", PROMPT, sp)])["r"]
     tokens = [t for o in out for t in o.token_ids]
     picked = [lp for o in out for lp in o.logprobs or ()]
@@ -101,8 +99,8 @@ def test_top_logprobs_match_the_dense_forward(make_core: Callable[..., EngineCor
 
 def test_no_top_logprobs_unless_asked(make_core: Callable[..., EngineCore]) -> None:
     core = make_core()
-    out = core.run_to_completion(
-        [GenerateRequest("r", PROMPT, SamplingParams(max_tokens=3, logprobs=True))]
-    )["r"]
+    out = core.run_to_completion([GenerateRequest("r", PROMPT, SamplingParams(max_tokens=3, logprobs=True))])[
+        "r"
+    ]
     assert all(o.top_logprobs is None for o in out)
     assert all(o.logprobs is not None for o in out)

@@ -133,10 +133,10 @@ def test_program_ids_are_namespaced_per_tenant_and_release_ends_them(served: Ser
         again = http.post("/v1/programs/p1/release", headers=served.headers("acme"))
         assert again.status_code == 404 and "no live program" in again.json()["error"]["message"]
         # program fields nested in extra_body (raw clients) work like top-level ones
-        nested = {**body, "program_id": None, "extra_body": {"program_id": "p2", "is_last_step": True}}
+        nested = {"model": MODEL, "max_tokens": 2, "extra_body": {"program_id": "p2", "is_last_step": True}}
         r = http.post(
             "/v1/completions",
-            json={**nested, "prompt": "x", "messages": None},
+            json={**nested, "prompt": "x"},
             headers=served.headers("globex"),
         )
         assert r.status_code == 200, r.text
@@ -148,13 +148,28 @@ def test_program_ids_are_namespaced_per_tenant_and_release_ends_them(served: Ser
     ("patch", "status", "says"),
     [
         ({"model": "gpt-4"}, 404, "not served here"),
-        ({"n": 2}, 400, "n must be 1"),
+        ({"n": 0}, 400, "n must be between 1 and 128"),
+        ({"n": 1000}, 400, "n must be between 1 and 128"),
         ({"max_tokens": 0}, 400, "max_tokens must be >= 1"),
         ({"max_tokens": 10_000_000}, 400, "exceed"),
-        ({"messages": []}, 422, "messages"),
-        ({"program_id": "x" * 300}, 422, "program_id"),
-        ({"expected_tool_latency_s": -1}, 422, "expected_tool_latency_s"),
-        ({"extra_body": {"program_id": ""}}, 422, "program_id"),
+        ({"messages": []}, 400, "messages"),
+        ({"program_id": "x" * 300}, 400, "program_id"),
+        ({"expected_tool_latency_s": -1}, 400, "expected_tool_latency_s"),
+        ({"extra_body": {"program_id": ""}}, 400, "program_id"),
+        ({"extra_body": {"program": "p"}}, 400, "extra_body.program"),
+        ({"priority": 3}, 400, "priority is decided by Legato"),
+        ({"cache_salt": "mine"}, 400, "cache_salt"),
+        ({"store": True}, 400, "store"),
+        ({"metadata": {"a": "b"}}, 400, "metadata"),
+        ({"service_tier": "flex"}, 400, "service_tier"),
+        ({"top_logprobs": 2}, 400, "top_logprobs needs logprobs"),
+        ({"logprobs": True, "top_logprobs": 21}, 400, "top_logprobs"),
+        ({"presence_penalty": 2.5}, 400, "presence_penalty"),
+        ({"frequency_penalty": -3}, 400, "frequency_penalty"),
+        ({"logit_bias": {"99999": 1}}, 400, "logit_bias"),
+        ({"logit_bias": {"5": 101}}, 400, "logit_bias"),
+        ({"reasoning_effort": "high"}, 400, "reasoning_effort"),
+        ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]}, 400, "type"),
     ],
 )
 def test_bad_requests_get_a_4xx_that_names_the_fix(
@@ -175,9 +190,9 @@ def test_no_key_or_a_wrong_key_is_401(served: Served) -> None:
     assert httpx.get(f"{served.url}/v1/models", timeout=30).status_code == 401
 
 
-def test_client_cache_salt_is_ignored(served: Served, tmp_path: Path) -> None:
+def test_client_cache_salt_is_refused(served: Served, tmp_path: Path) -> None:
     """Prefix-cache isolation comes from the tenant: a `cache_salt` in the body cannot opt a
-    request into another tenant's cache entries."""
+    request into another tenant's cache entries (it is a 400, and the salt stays the tenant's)."""
     prompt = "shared secret prefix " * 8
     body = {"model": MODEL, "prompt": prompt, "max_tokens": 2, "temperature": 0}
     with httpx.Client(base_url=served.url, timeout=120) as http:
@@ -186,7 +201,8 @@ def test_client_cache_salt_is_ignored(served: Served, tmp_path: Path) -> None:
         r = http.post(
             "/v1/completions", json={**body, "cache_salt": globex_salt}, headers=served.headers("globex")
         )
-        assert r.status_code == 200
+        assert r.status_code == 400 and r.json()["error"]["param"] == "cache_salt"
+        r = http.post("/v1/completions", json=body, headers=served.headers("globex"))
         assert r.json()["usage"]["prompt_tokens_details"]["cached_tokens"] == 0
         again = http.post("/v1/completions", json=body, headers=served.headers("acme")).json()
         assert again["usage"]["prompt_tokens_details"]["cached_tokens"] > 0

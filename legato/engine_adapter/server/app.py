@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -17,6 +18,7 @@ from legato.engine_adapter.base import (
     GenerateRequest,
     GenerateResult,
     assemble_result,
+    assemble_samples,
 )
 from legato.engine_adapter.openai_api import (
     ChatChoice,
@@ -55,6 +57,12 @@ from legato.engine_adapter.server.lifecycle import (
     EventStream,
     collect_or_abort,
 )
+from legato.engine_adapter.server.openai_fields import (
+    check_fields,
+    logit_bias,
+    samples_to_draw,
+    wants_logprobs,
+)
 from legato.engine_adapter.server.service import EngineService, make_usage
 from legato.engine_adapter.server.streams import (
     chat_events,
@@ -65,31 +73,59 @@ from legato.engine_adapter.server.streams import (
 )
 
 
+def best_samples(body: CompletionRequest, results: list[GenerateResult]) -> list[GenerateResult]:
+    """The `n` samples with the highest total logprob when `best_of` drew more (OpenAI's rule),
+    re-indexed; the logprobs drawn only for the ranking are dropped."""
+    if len(results) <= body.n:
+        return results
+    ranked = sorted(results, key=lambda r: sum(r.logprobs or ()), reverse=True)[: body.n]
+    keep = body.logprobs is not None
+    return [
+        dataclasses.replace(r, index=i, logprobs=r.logprobs if keep else None) for i, r in enumerate(ranked)
+    ]
+
+
 def completion_response(
-    svc: EngineService, body: CompletionRequest, prompt: tuple[int, ...], result: GenerateResult
+    svc: EngineService, body: CompletionRequest, prompt: tuple[int, ...], results: list[GenerateResult]
 ) -> JSONResponse:
-    """The non-streaming OpenAI completion answer for a finished generation."""
-    choice = CompletionChoice(
-        text=result.text,
-        finish_reason=result.finish_reason,
-        logprobs=svc.completion_logprobs(result.token_ids, result.logprobs, 0),
-        token_ids=list(result.token_ids) if body.return_token_ids else None,
-        prompt_token_ids=list(prompt) if body.return_token_ids else None,
+    """The non-streaming OpenAI completion answer for a finished generation (one choice per sample)."""
+    echo = svc.tokenizer.decode(prompt) if body.echo else ""
+    choices = [
+        CompletionChoice(
+            index=r.index,
+            text=echo + r.text,
+            finish_reason=r.finish_reason,
+            logprobs=svc.completion_logprobs(r.token_ids, r.logprobs, r.top_logprobs, len(echo)),
+            token_ids=list(r.token_ids) if body.return_token_ids else None,
+            prompt_token_ids=list(prompt) if body.return_token_ids else None,
+        )
+        for r in best_samples(body, results)
+    ]
+    first = results[0]
+    usage = make_usage(
+        first.prompt_tokens or len(prompt), sum(len(r.token_ids) for r in results), first.cached_tokens
     )
-    usage = make_usage(result.prompt_tokens or len(prompt), len(result.token_ids), result.cached_tokens)
-    out = CompletionResponse(id=result.request_id, model=svc.model, choices=[choice], usage=usage)
+    out = CompletionResponse(id=first.request_id, model=svc.model, choices=choices, usage=usage)
     return JSONResponse(out.model_dump(exclude_none=True))
 
 
-def chat_response(svc: EngineService, prompt: tuple[int, ...], result: GenerateResult) -> JSONResponse:
-    """The non-streaming OpenAI chat completion answer for a finished generation."""
-    choice = ChatChoice(
-        message=ChatResponseMessage(content=result.text),
-        finish_reason=result.finish_reason,
-        logprobs=svc.chat_logprobs(result.token_ids, result.logprobs),
+def chat_response(svc: EngineService, prompt: tuple[int, ...], results: list[GenerateResult]) -> JSONResponse:
+    """The non-streaming OpenAI chat completion answer for a finished generation (one choice per
+    sample)."""
+    choices = [
+        ChatChoice(
+            index=r.index,
+            message=ChatResponseMessage(content=r.text),
+            finish_reason=r.finish_reason,
+            logprobs=svc.chat_logprobs(r.token_ids, r.logprobs, r.top_logprobs),
+        )
+        for r in results
+    ]
+    first = results[0]
+    usage = make_usage(
+        first.prompt_tokens or len(prompt), sum(len(r.token_ids) for r in results), first.cached_tokens
     )
-    usage = make_usage(result.prompt_tokens or len(prompt), len(result.token_ids), result.cached_tokens)
-    out = ChatCompletionResponse(id=result.request_id, model=svc.model, choices=[choice], usage=usage)
+    out = ChatCompletionResponse(id=first.request_id, model=svc.model, choices=choices, usage=usage)
     return JSONResponse(out.model_dump(exclude_none=True))
 
 
@@ -100,16 +136,16 @@ def openai_request(
     *,
     max_tokens: int | None,
     max_tokens_field: str,
-    logprobs: bool,
     id_prefix: str,
     client_routing: bool = True,
 ) -> GenerateRequest:
     """The engine request of an OpenAI completion or chat body: the sampling fields and vLLM
-    extras the two share, checked the same way. `client_routing=False` (Legato's proxy) ignores
-    the client's `request_id`, `priority` and `cache_salt`: there the scheduler decides priority
-    and derives the salt from the authenticated tenant."""
-    if body.n != 1:
-        raise ApiError(400, f"n must be 1 (got {body.n}); send separate requests for several samples", "n")
+    extras the two share, checked the same way (`openai_fields`: every field honoured or a 400
+    naming it). `client_routing=False` (Legato's proxy) refuses the client's `request_id`,
+    `priority` and `cache_salt`: there the scheduler decides priority and derives the salt from
+    the authenticated tenant."""
+    check_fields(body, svc.engine, client_routing=client_routing)
+    logprobs, top_logprobs = wants_logprobs(body)
     sampling = svc.sampling(
         max_tokens=max_tokens,
         max_tokens_field=max_tokens_field,
@@ -122,6 +158,11 @@ def openai_request(
         stop_token_ids=body.stop_token_ids,
         ignore_eos=body.ignore_eos,
         logprobs=logprobs,
+        top_logprobs=top_logprobs,
+        n=samples_to_draw(body),
+        presence_penalty=body.presence_penalty,
+        frequency_penalty=body.frequency_penalty,
+        logit_bias=logit_bias(body.logit_bias, svc.tokenizer.vocab_size),
     )
     if not client_routing:
         return GenerateRequest(request_id=new_id(id_prefix), prompt_token_ids=prompt, sampling=sampling)
@@ -195,7 +236,7 @@ def create_engine_app(
         if (body.prompt is None) == (body.messages is None):
             raise ApiError(400, "send exactly one of `prompt` (text) or `messages` (chat)")
         if body.messages is not None:
-            messages = [{"role": m.role, "content": m.text()} for m in body.messages]
+            messages = [m.template_dict() for m in body.messages]
             tokens = svc.tokenizer.apply_chat_template(
                 messages, add_generation_prompt=body.add_generation_prompt
             )
@@ -254,17 +295,9 @@ def create_engine_app(
     )
     async def completions(body: CompletionRequest, raw: Request) -> Response:
         svc.check_model(body.model)
-        if body.echo:
-            raise ApiError(400, "echo is not supported; prepend the prompt yourself", "echo")
         prompt = svc.prompt_ids(body.prompt)
         req = openai_request(
-            svc,
-            body,
-            prompt,
-            max_tokens=body.max_tokens,
-            max_tokens_field="max_tokens",
-            logprobs=body.logprobs is not None,
-            id_prefix="cmpl",
+            svc, body, prompt, max_tokens=body.max_tokens, max_tokens_field="max_tokens", id_prefix="cmpl"
         )
         generation = await svc.start(req)
         if body.stream:
@@ -272,7 +305,7 @@ def create_engine_app(
         chunks = await collect_or_abort(raw, generation)
         if chunks is None:
             return Response(status_code=499)
-        return completion_response(svc, body, prompt, assemble_result(req, chunks))
+        return completion_response(svc, body, prompt, assemble_samples(req, chunks))
 
     @app.post(
         "/v1/chat/completions",
@@ -284,13 +317,7 @@ def create_engine_app(
         svc.check_model(body.model)
         prompt, field, requested = await svc.chat_prompt(body)
         req = openai_request(
-            svc,
-            body,
-            prompt,
-            max_tokens=requested,
-            max_tokens_field=field,
-            logprobs=body.logprobs,
-            id_prefix="chatcmpl",
+            svc, body, prompt, max_tokens=requested, max_tokens_field=field, id_prefix="chatcmpl"
         )
         generation = await svc.start(req)
         if body.stream:
@@ -298,7 +325,7 @@ def create_engine_app(
         chunks = await collect_or_abort(raw, generation)
         if chunks is None:
             return Response(status_code=499)
-        return chat_response(svc, prompt, assemble_result(req, chunks))
+        return chat_response(svc, prompt, assemble_samples(req, chunks))
 
     # --- SGLang -----------------------------------------------------------------------------
 
@@ -329,6 +356,9 @@ def create_engine_app(
             stop_token_ids=sp.stop_token_ids,
             ignore_eos=sp.ignore_eos,
             logprobs=body.return_logprob,
+            presence_penalty=sp.presence_penalty,
+            frequency_penalty=sp.frequency_penalty,
+            logit_bias=logit_bias(sp.logit_bias, svc.tokenizer.vocab_size),
         )
         req = GenerateRequest(
             request_id=body.rid or uuid.uuid4().hex,
@@ -385,6 +415,9 @@ def create_engine_app(
             stop_token_ids=sp.stop_token_ids,
             ignore_eos=sp.ignore_eos,
             logprobs=sp.logprobs is not None,
+            presence_penalty=sp.presence_penalty,
+            frequency_penalty=sp.frequency_penalty,
+            logit_bias=logit_bias(sp.logit_bias, svc.tokenizer.vocab_size),
         )
         req = GenerateRequest(
             request_id=body.request_id or uuid.uuid4().hex,

@@ -3,9 +3,11 @@
 One `step()` schedules a batch, runs one forward pass, samples, and returns what each request
 produced. A request with `n > 1` is prefilled once: when its prompt is done, its sequence forks
 into `n` samples sharing the prompt's KV blocks (`_fork`), each drawing its first token from the
-same logits and then decoding on its own in the batch. It is single-threaded and clock-free apart from pin TTLs and next-use hints, so the
-benchmark and the simulator's calibration drive it directly; `TorchEngine` (engine.py) runs it in
-a worker thread for asyncio callers.
+same logits and then decoding on its own in the batch.
+
+It is single-threaded and clock-free apart from pin TTLs and next-use hints, so the benchmark and
+the simulator's calibration drive it directly; `TorchEngine` (engine.py) runs it in a worker
+thread for asyncio callers.
 """
 
 from __future__ import annotations

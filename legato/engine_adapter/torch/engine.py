@@ -93,6 +93,7 @@ class TorchEngine:
         return frozenset(
             {
                 Capability.LOGPROBS,
+                Capability.TOP_LOGPROBS,
                 Capability.PARALLEL_SAMPLING,
                 Capability.PRIORITY,
                 Capability.PREFIX_QUERY,
