@@ -10,6 +10,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import anyio
 import httpx
 import pytest
 
@@ -206,3 +207,63 @@ def test_client_cache_salt_is_refused(served: Served, tmp_path: Path) -> None:
         assert r.json()["usage"]["prompt_tokens_details"]["cached_tokens"] == 0
         again = http.post("/v1/completions", json=body, headers=served.headers("acme")).json()
         assert again["usage"]["prompt_tokens_details"]["cached_tokens"] > 0
+
+
+def test_n_samples_are_one_call_prefilled_once(served: Served) -> None:
+    """`n=4` through the proxy: 4 choices from one scheduled call (one engine request, one
+    prefill, the samples forked), and the program's next prompt continues from choice 0."""
+    from openai import OpenAI
+
+    client = OpenAI(base_url=f"{served.url}/v1", api_key=served.keys["acme"], timeout=120, max_retries=0)
+    engine = served.state.engine
+    scheduler = served.state.inner_scheduler
+    before, calls = anyio.run(engine.stats), scheduler.stats["calls"]
+    messages = [{"role": "user", "content": "Four samples of one prompt, through the proxy, please."}]
+    out = client.chat.completions.create(
+        model=MODEL,
+        messages=messages,
+        n=4,
+        max_tokens=8,
+        temperature=1.0,
+        seed=3,
+        extra_body={"program_id": "sampler", "is_last_step": True},
+    )
+    after = anyio.run(engine.stats)
+    assert [c.index for c in out.choices] == [0, 1, 2, 3]
+    assert scheduler.stats["calls"] - calls == 1
+    assert after.prefill_tokens - before.prefill_tokens == out.usage.prompt_tokens
+    assert after.forked_samples - before.forked_samples == 3
+    # streamed: every choice opens with the role and ends with a finish_reason
+    stream = client.chat.completions.create(
+        model=MODEL, messages=messages, n=4, max_tokens=8, temperature=1.0, seed=3, stream=True
+    )
+    texts, roles, reasons = ["", "", "", ""], set(), set()
+    for chunk in stream:
+        for c in chunk.choices:
+            texts[c.index] += c.delta.content or ""
+            roles |= {c.index} if c.delta.role == "assistant" else set()
+            reasons |= {c.index} if c.finish_reason else set()
+    assert texts == [c.message.content for c in out.choices]
+    assert roles == reasons == {0, 1, 2, 3}
+
+
+def test_top_logprobs_through_the_proxy(served: Served) -> None:
+    from openai import OpenAI
+
+    client = OpenAI(base_url=f"{served.url}/v1", api_key=served.keys["acme"], timeout=120, max_retries=0)
+    out = client.chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": "hi"}],
+        max_tokens=4,
+        temperature=0,
+        logprobs=True,
+        top_logprobs=3,
+    )
+    content = out.choices[0].logprobs.content
+    assert len(content) == out.usage.completion_tokens
+    for entry in content:
+        assert len(entry.top_logprobs) == 3
+        assert entry.top_logprobs[0].logprob == pytest.approx(entry.logprob)  # greedy: the top one
+        assert [a.logprob for a in entry.top_logprobs] == sorted(
+            (a.logprob for a in entry.top_logprobs), reverse=True
+        )

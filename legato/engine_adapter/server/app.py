@@ -175,6 +175,32 @@ def openai_request(
     )
 
 
+# Engine counters for /metrics, from an engine with a `stats()` coroutine (the torch engine):
+# (metric, stats attribute, help). vLLM's names where vLLM has the same counter.
+_COUNTERS = (
+    ("vllm:prompt_tokens_total", "prompt_tokens", "Prompt tokens of admitted requests (once per request)."),
+    ("vllm:generation_tokens_total", "generated_tokens", "Tokens generated, all samples."),
+    ("vllm:prefix_cache_hits_total", "prefix_hit_tokens", "Prompt tokens served from the prefix cache."),
+    ("legato:prefill_tokens_total", "prefill_tokens", "Prompt tokens run through the model."),
+    ("legato:forked_samples_total", "forked_samples", "Samples of n > 1 requests forked off a prefill."),
+    ("vllm:num_preemptions_total", "preemptions", "Sequences preempted."),
+)
+
+
+async def engine_counters(engine: Engine, label: str) -> list[str]:
+    """Prometheus lines for the engine's counters; none for engines that keep no stats."""
+    stats_fn = getattr(engine, "stats", None)
+    if stats_fn is None:
+        return []
+    stats = await stats_fn()
+    lines: list[str] = []
+    for name, attr, text in _COUNTERS:
+        value = getattr(stats, attr, None)
+        if isinstance(value, int):
+            lines += [f"# HELP {name} {text}", f"# TYPE {name} counter", f"{name}{{{label}}} {value}"]
+    return lines
+
+
 def create_engine_app(
     engine: Engine,
     *,
@@ -271,6 +297,7 @@ def create_engine_app(
             f"vllm:kv_cache_usage_perc{{{label}}} {used}",
             "# TYPE sglang:token_usage gauge",
             f"sglang:token_usage{{{label}}} {used}",
+            *await engine_counters(engine, label),
         ]
         return PlainTextResponse("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
 

@@ -90,7 +90,11 @@ def _byte_level_chars() -> dict[str, int]:
     """Byte-level BPE's printable stand-in for each byte (GPT-2's table, used by Llama 3, Qwen
     and most byte-level vocabularies): printable Latin-1 bytes stand for themselves, the others
     are mapped in order onto code points from 256 up. Returns stand-in -> byte."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    printable = [
+        *range(ord("!"), ord("~") + 1),
+        *range(ord("¡"), ord("¬") + 1),
+        *range(ord("®"), ord("ÿ") + 1),
+    ]
     out = {chr(b): b for b in printable}
     extra = 0
     for b in range(256):
