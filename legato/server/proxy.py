@@ -45,7 +45,6 @@ from legato.engine_adapter.openai_api import (
     ModelList,
     SamplingFields,
 )
-from legato.engine_adapter.server.app import chat_response, completion_response, openai_request
 from legato.engine_adapter.server.errors import ApiError as EngineApiError
 from legato.engine_adapter.server.errors import stream_responses
 from legato.engine_adapter.server.lifecycle import (
@@ -55,6 +54,7 @@ from legato.engine_adapter.server.lifecycle import (
     Generation,
     collect_or_abort,
 )
+from legato.engine_adapter.server.openai_calls import chat_response, completion_response, openai_request
 from legato.engine_adapter.server.service import EngineService
 from legato.engine_adapter.server.streams import chat_events, completion_events
 from legato.scheduler.base import CallScheduler

@@ -9,7 +9,7 @@ import pytest
 
 from legato.engine_adapter.base import GenerateRequest, SamplingParams
 from legato.engine_adapter.torch import EngineCore
-from legato.engine_adapter.torch.core import RequestOutput
+from legato.engine_adapter.torch.outputs import RequestOutput
 from tests.engine.conftest import assert_matches_reference
 
 

@@ -17,7 +17,6 @@ import itertools
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import torch
 
@@ -30,7 +29,6 @@ from legato.engine_adapter.base import (
     EngineError,
     GenerateRequest,
     KVBlock,
-    TokenChunk,
     TopLogprobs,
 )
 from legato.engine_adapter.torch.block_manager import Block, BlockManager
@@ -38,64 +36,13 @@ from legato.engine_adapter.torch.checkpoint import model_fingerprint, torch_dtyp
 from legato.engine_adapter.torch.config import EngineConfig
 from legato.engine_adapter.torch.model import LlamaForCausalLM
 from legato.engine_adapter.torch.model_runner import KV_LAYOUT, ModelRunner
+from legato.engine_adapter.torch.outputs import EngineStats, RequestOutput
+from legato.engine_adapter.torch.parallel_sampling import fork_samples
 from legato.engine_adapter.torch.sampler import sample
 from legato.engine_adapter.torch.scheduler import Scheduler
 from legato.engine_adapter.torch.sequence import SeqStatus
 from legato.engine_adapter.torch.sequence import Sequence as Seq
 from legato.engine_adapter.torch.tokenizer import ByteTokenizer, HFTokenizer
-
-
-@dataclass(frozen=True, slots=True)
-class RequestOutput:
-    """What one request produced in one step (a delta), or its final state."""
-
-    request_id: str
-    token_ids: tuple[int, ...]
-    text: str
-    logprobs: tuple[float, ...] | None
-    finished: bool  # the request is over (all its samples)
-    finish_reason: str | None  # set when this sample ended
-    prompt_tokens: int
-    cached_tokens: int
-    index: int = 0
-    top_logprobs: tuple[TopLogprobs, ...] | None = None
-
-    def to_chunk(self) -> TokenChunk:
-        return TokenChunk(
-            token_ids=self.token_ids,
-            text=self.text,
-            logprobs=self.logprobs,
-            finished=self.finished,
-            finish_reason=self.finish_reason,
-            prompt_tokens=self.prompt_tokens,
-            cached_tokens=self.cached_tokens,
-            index=self.index,
-            top_logprobs=self.top_logprobs,
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class EngineStats:
-    """Counters for metrics and tests. Blocks: `free` = allocatable now (free + evictable)."""
-
-    total_blocks: int
-    free_blocks: int
-    used_blocks: int
-    cached_blocks: int
-    pins: int
-    running: int
-    waiting: int
-    steps: int
-    preemptions: int
-    evictions: int
-    prefix_hit_requests: int
-    prefix_hit_tokens: int
-    prompt_tokens: int
-    generated_tokens: int
-    tier_loaded_tokens: int = 0  # prompt tokens imported from the host tier / Redis before prefill
-    offloaded_blocks: int = 0  # evicted blocks handed to the host tier
-    prefill_tokens: int = 0  # prompt tokens run through the model (cache hits and forks excluded)
-    forked_samples: int = 0  # samples of n > 1 requests that started from a forked prompt
 
 
 class EngineCore:
@@ -363,35 +310,9 @@ class EngineCore:
         return outputs
 
     def _fork(self, seq: Seq) -> list[Seq]:
-        """Samples 1..n-1 of `seq`'s request, sharing its prompt blocks (copy-on-write for the
-        partly filled last one, see the scheduler); `seq` stays sample 0. Seeded requests give
-        sample i the seed `seed + i` (as vLLM does), so each sample is reproducible."""
-        seq.forked = True
-        sp = seq.sampling
-        children: list[Seq] = []
-        for i in range(1, sp.n):
-            self.blocks.fork(seq.block_table)
-            child = Seq(
-                request_id=seq.request_id,
-                token_ids=list(seq.token_ids),
-                num_prompt_tokens=seq.num_prompt_tokens,
-                sampling=sp,
-                priority=seq.priority,
-                arrival=next(self._arrivals),
-                extra_keys=seq.extra_keys,
-                stop_token_ids=seq.stop_token_ids,
-                generator=torch.Generator().manual_seed(sp.seed + i) if sp.seed is not None else None,
-                index=i,
-                forked=True,
-                status=SeqStatus.RUNNING,
-                num_computed_tokens=seq.num_computed_tokens,
-                block_table=list(seq.block_table),
-                block_hashes=list(seq.block_hashes),
-                num_registered_blocks=seq.num_registered_blocks,
-                cached_tokens=seq.cached_tokens,
-            )
-            self.scheduler.running.append(child)
-            children.append(child)
+        """Samples 1..n-1 of `seq`'s request (see `fork_samples`), running from now on."""
+        children = fork_samples(seq, self.blocks, self._arrivals)
+        self.scheduler.running.extend(children)
         self._seqs[seq.request_id].extend(children)
         self.forked_samples += len(children)
         return children
