@@ -427,7 +427,9 @@ class VLLMTokenSamplingParams(_Request):
     stop: str | list[str] | None = None
     stop_token_ids: list[int] | None = None
     ignore_eos: bool = False
-    logprobs: int | None = Field(default=None, ge=0, description="Return the sampled tokens' logprobs.")
+    logprobs: int | None = Field(
+        default=None, ge=0, description="Return the sampled tokens' logprobs and this many alternatives."
+    )
     presence_penalty: float = Field(default=0.0, ge=-2, le=2)
     frequency_penalty: float = Field(default=0.0, ge=-2, le=2)
     logit_bias: dict[str, float] | None = None

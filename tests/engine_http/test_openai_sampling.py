@@ -182,3 +182,37 @@ def test_unsupported_values_are_a_400_naming_the_field(url: str, body: dict[str,
     r = httpx.post(f"{url}/v1/completions", json={"model": MODEL, "prompt": "x", **body}, timeout=30)
     assert r.status_code == 400, r.text
     assert field in r.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("kind", ["vllm-completions", "vllm-generate", "sglang"])
+async def test_http_engines_pass_penalties_and_bias_through(url: str, engine: TorchEngine, kind: str) -> None:
+    """The vLLM / SGLang HTTP engines send the penalties and `logit_bias` on (here to this
+    server's vLLM- and SGLang-shaped routes): the output equals the engine's own."""
+    from legato.engine_adapter.base import GenerateRequest, SamplingParams, collect
+    from legato.engine_adapter.http import SGLangEngine, VLLMEngine
+
+    sp = SamplingParams(
+        max_tokens=16, ignore_eos=True, frequency_penalty=1.5, presence_penalty=0.5, logit_bias=((101, 3.0),)
+    )
+    prompt = tuple(engine.tokenizer.encode("Hello, w"))
+    expected = await collect(engine, GenerateRequest(f"local-{kind}", prompt, sp))
+    plain = await collect(engine, GenerateRequest(f"plain-{kind}", prompt, SamplingParams(max_tokens=16)))
+    assert expected.token_ids != plain.token_ids
+    if kind == "sglang":
+        http: VLLMEngine | SGLangEngine = SGLangEngine(url, engine.tokenizer, timeout=60)
+    else:
+        http = VLLMEngine(url, MODEL, engine.tokenizer, endpoint=kind.split("-")[1], timeout=60)  # type: ignore[arg-type]
+    try:
+        got = await collect(http, GenerateRequest(f"http-{kind}", prompt, sp))
+    finally:
+        await http.close()
+    assert got.token_ids == expected.token_ids
+
+
+def test_vllm_token_api_lists_alternatives(url: str) -> None:
+    body = {"token_ids": [72, 105], "sampling_params": {"max_tokens": 3, "temperature": 0, "logprobs": 2}}
+    r = httpx.post(f"{url}/inference/v1/generate", json=body, timeout=30)
+    assert r.status_code == 200, r.text
+    content = r.json()["choices"][0]["logprobs"]["content"]
+    assert len(content) == 3 and all(len(c["top_logprobs"]) == 2 for c in content)
+    assert all(c["top_logprobs"][0]["token"].startswith("token_id:") for c in content)

@@ -51,7 +51,7 @@ from legato.engine_adapter.server.lifecycle import (
     collect_or_abort,
 )
 from legato.engine_adapter.server.openai_calls import chat_response, completion_response, openai_request
-from legato.engine_adapter.server.openai_fields import logit_bias
+from legato.engine_adapter.server.openai_fields import logit_bias, top_logprobs_of
 from legato.engine_adapter.server.service import EngineService, make_usage
 from legato.engine_adapter.server.streams import (
     chat_events,
@@ -328,6 +328,7 @@ def create_engine_app(
             stop_token_ids=sp.stop_token_ids,
             ignore_eos=sp.ignore_eos,
             logprobs=sp.logprobs is not None,
+            top_logprobs=top_logprobs_of(svc.engine, sp.logprobs or 0, "sampling_params.logprobs"),
             presence_penalty=sp.presence_penalty,
             frequency_penalty=sp.frequency_penalty,
             logit_bias=logit_bias(sp.logit_bias, svc.tokenizer.vocab_size),
@@ -349,7 +350,7 @@ def create_engine_app(
         choice = VLLMGenerateChoice(
             token_ids=list(result.token_ids),
             finish_reason=result.finish_reason,
-            logprobs=svc.token_id_logprobs(result.token_ids, result.logprobs),
+            logprobs=svc.token_id_logprobs(result.token_ids, result.logprobs, result.top_logprobs),
         )
         return JSONResponse(
             VLLMGenerateResponse(

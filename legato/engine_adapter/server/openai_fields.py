@@ -19,6 +19,7 @@ import logging
 from legato.engine_adapter.base import Capability, Engine
 from legato.engine_adapter.openai_api import (
     MAX_N,
+    MAX_TOP_LOGPROBS,
     ChatCompletionRequest,
     CompletionRequest,
     SamplingFields,
@@ -112,6 +113,15 @@ def _check_completion(body: CompletionRequest, draw: int) -> None:
             raise ApiError(
                 400, "best_of > n cannot be streamed (the best samples are known at the end)", "best_of"
             )
+
+
+def top_logprobs_of(engine: Engine, k: int, field: str) -> int:
+    """`k` alternatives per token, checked against the engine's capability and OpenAI's limit."""
+    if k > MAX_TOP_LOGPROBS:
+        raise ApiError(400, f"{field} must be at most {MAX_TOP_LOGPROBS} (got {k})", field)
+    if k and Capability.TOP_LOGPROBS not in engine.capabilities:
+        raise ApiError(400, f"this engine returns the sampled tokens' logprobs only: set {field} to 0", field)
+    return k
 
 
 def logit_bias(bias_map: dict[str, float] | None, vocab_size: int) -> tuple[tuple[int, float], ...]:

@@ -218,14 +218,24 @@ class EngineService:
         return ChatLogprobs(content=content)
 
     def token_id_logprobs(
-        self, token_ids: Sequence[int], logprobs: Sequence[float] | None
+        self,
+        token_ids: Sequence[int],
+        logprobs: Sequence[float] | None,
+        top: Sequence[TopLogprobs] | None = None,
     ) -> ChatLogprobs | None:
         """vLLM's token endpoint spells tokens as `token_id:N` (no detokenization)."""
         if logprobs is None:
             return None
         content = [
-            TokenLogprob(token=f"token_id:{tid}", logprob=finite(lp))
-            for tid, lp in zip(token_ids, logprobs, strict=False)
+            TokenLogprob(
+                token=f"token_id:{tid}",
+                logprob=finite(lp),
+                top_logprobs=[
+                    TopLogprob(token=f"token_id:{t}", logprob=finite(v))
+                    for t, v in (top[i] if top and i < len(top) else ())
+                ],
+            )
+            for i, (tid, lp) in enumerate(zip(token_ids, logprobs, strict=False))
         ]
         return ChatLogprobs(content=content)
 

@@ -162,7 +162,7 @@ def vllm_token_events(svc: EngineService, req: GenerateRequest, generation: Gene
             choice = VLLMGenerateChoice(
                 token_ids=list(chunk.token_ids),
                 finish_reason=chunk.finish_reason if chunk.finished else None,
-                logprobs=svc.token_id_logprobs(chunk.token_ids, chunk.logprobs),
+                logprobs=svc.token_id_logprobs(chunk.token_ids, chunk.logprobs, chunk.top_logprobs),
             )
             out = VLLMGenerateResponse(
                 request_id=req.request_id,
