@@ -13,6 +13,7 @@ from pathlib import Path
 import anyio
 import httpx
 import pytest
+import torch
 
 from legato.engine_adapter.torch import load_engine
 from tests.server.proxy_harness import Served, legato_server, metric, scrape
@@ -261,9 +262,14 @@ def test_top_logprobs_through_the_proxy(served: Served) -> None:
     )
     content = out.choices[0].logprobs.content
     assert len(content) == out.usage.completion_tokens
-    for entry in content:
-        assert len(entry.top_logprobs) == 3
-        assert entry.top_logprobs[0].logprob == pytest.approx(entry.logprob)  # greedy: the top one
-        assert [a.logprob for a in entry.top_logprobs] == sorted(
-            (a.logprob for a in entry.top_logprobs), reverse=True
-        )
+    engine = served.state.engine
+    seq = engine.tokenizer.apply_chat_template([{"role": "user", "content": "hi"}])
+    for entry in content:  # the dense forward pass of the same model gives the same alternatives
+        ref = torch.log_softmax(engine.core.model.dense_logits(seq)[-1].double(), dim=-1)
+        values, ids = torch.topk(ref, 3)
+        assert [a.bytes for a in entry.top_logprobs] == [
+            list(engine.tokenizer.token_bytes(t)) for t in ids.tolist()
+        ]
+        assert [a.logprob for a in entry.top_logprobs] == pytest.approx(values.tolist(), abs=1e-4)
+        assert entry.logprob == pytest.approx(values.tolist()[0], abs=1e-4)  # greedy: the top one
+        seq.append(ids.tolist()[0])
