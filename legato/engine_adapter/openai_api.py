@@ -362,6 +362,7 @@ class SGLangSamplingParams(_Request):
     stop_token_ids: list[int] | None = None
     ignore_eos: bool = False
     seed: int | None = Field(default=None, description="Alias of SGLang's `sampling_seed`.")
+    n: int = Field(default=1, description="Only 1 here; `/v1/completions` takes n > 1.")
     sampling_seed: int | None = None
     presence_penalty: float = Field(default=0.0, ge=-2, le=2)
     frequency_penalty: float = Field(default=0.0, ge=-2, le=2)
@@ -424,6 +425,7 @@ class VLLMTokenSamplingParams(_Request):
     top_p: float = Field(default=1.0, gt=0, le=1)
     top_k: int = Field(default=0, description="0 or -1 disables top-k.")
     seed: int | None = None
+    n: int = Field(default=1, description="Only 1 here; `/v1/completions` takes n > 1.")
     stop: str | list[str] | None = None
     stop_token_ids: list[int] | None = None
     ignore_eos: bool = False

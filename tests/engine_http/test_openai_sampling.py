@@ -176,6 +176,7 @@ def test_echo(client: Any) -> None:
         ({"store": True}, "store"),
         ({"user": "u" * 300}, "user"),
         ({"stream_options": {"include_obfuscation": True}}, "include_obfuscation"),
+        ({"stream_options": {"include_usage": True}}, "stream_options"),
     ],
 )
 def test_unsupported_values_are_a_400_naming_the_field(url: str, body: dict[str, Any], field: str) -> None:
@@ -216,3 +217,10 @@ def test_vllm_token_api_lists_alternatives(url: str) -> None:
     content = r.json()["choices"][0]["logprobs"]["content"]
     assert len(content) == 3 and all(len(c["top_logprobs"]) == 2 for c in content)
     assert all(c["top_logprobs"][0]["token"].startswith("token_id:") for c in content)
+
+
+@pytest.mark.parametrize("path", ["/generate", "/inference/v1/generate"])
+def test_native_routes_refuse_n(url: str, path: str) -> None:
+    key = "input_ids" if path == "/generate" else "token_ids"
+    r = httpx.post(f"{url}{path}", json={key: [72, 105], "sampling_params": {"n": 2}}, timeout=30)
+    assert r.status_code == 400 and "sampling_params.n" in r.json()["error"]["message"]

@@ -87,6 +87,16 @@ async def engine_counters(engine: Engine, label: str) -> list[str]:
     return lines
 
 
+def single_sample(n: int) -> None:
+    """The native SGLang / vLLM routes answer one sample per request."""
+    if n != 1:
+        raise ApiError(
+            400,
+            f"sampling_params.n must be 1 here (got {n}); /v1/completions takes n > 1",
+            "sampling_params.n",
+        )
+
+
 def create_engine_app(
     engine: Engine,
     *,
@@ -257,6 +267,7 @@ def create_engine_app(
             else tuple(svc.tokenizer.encode(body.text or ""))
         )
         sp = body.sampling_params
+        single_sample(sp.n)
         sampling = svc.sampling(
             max_tokens=sp.max_new_tokens,
             max_tokens_field="sampling_params.max_new_tokens",
@@ -316,6 +327,7 @@ def create_engine_app(
         svc.check_model(body.model)
         prompt = svc.check_tokens(body.token_ids, "token_ids")
         sp = body.sampling_params
+        single_sample(sp.n)
         sampling = svc.sampling(
             max_tokens=sp.max_tokens,
             max_tokens_field="sampling_params.max_tokens",

@@ -72,6 +72,8 @@ def check_fields(body: SamplingFields, engine: Engine, *, client_routing: bool) 
             "this engine returns the sampled tokens' logprobs only: set top_logprobs to 0",
             "top_logprobs",
         )
+    if body.stream_options is not None and not body.stream:
+        raise ApiError(400, "stream_options only applies with stream: true", "stream_options")
     if body.store:
         raise ApiError(
             400, "store: true is not supported (this server keeps no completions); omit it", "store"

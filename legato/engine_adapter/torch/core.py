@@ -38,7 +38,7 @@ from legato.engine_adapter.torch.model import LlamaForCausalLM
 from legato.engine_adapter.torch.model_runner import KV_LAYOUT, ModelRunner
 from legato.engine_adapter.torch.outputs import EngineStats, RequestOutput
 from legato.engine_adapter.torch.parallel_sampling import fork_samples
-from legato.engine_adapter.torch.sampler import sample
+from legato.engine_adapter.torch.sampler import needs_processing, sample
 from legato.engine_adapter.torch.scheduler import Scheduler
 from legato.engine_adapter.torch.sequence import SeqStatus
 from legato.engine_adapter.torch.sequence import Sequence as Seq
@@ -298,7 +298,7 @@ class EngineCore:
             [s.sampling for s in seqs],
             [s.generator for s in seqs],
             self._default_gen,
-            [s.output_ids for s in seqs],
+            [s.output_ids if needs_processing(s.sampling) else () for s in seqs],
         )
         outputs: list[RequestOutput] = []
         for i, seq in enumerate(seqs):

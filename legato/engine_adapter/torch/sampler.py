@@ -48,6 +48,7 @@ def apply_penalties(logits: Tensor, params: SamplingParams, output_ids: Seq[int]
 
 
 def needs_processing(params: SamplingParams) -> bool:
+    """Whether `apply_penalties` changes anything for these params (else the raw logits serve)."""
     return bool(params.logit_bias) or params.presence_penalty != 0.0 or params.frequency_penalty != 0.0
 
 
