@@ -104,3 +104,11 @@ def test_no_top_logprobs_unless_asked(make_core: Callable[..., EngineCore]) -> N
     ]
     assert all(o.top_logprobs is None for o in out)
     assert all(o.logprobs is not None for o in out)
+
+
+def test_logit_bias_outside_the_vocabulary_is_refused(make_core: Callable[..., EngineCore]) -> None:
+    from legato.engine_adapter.base import EngineError
+
+    core = make_core()
+    with pytest.raises(EngineError, match="logit_bias"):
+        core.add_request(GenerateRequest("r", PROMPT, SamplingParams(logit_bias=((10_000, 1.0),))))

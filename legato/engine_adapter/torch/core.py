@@ -179,6 +179,12 @@ class EngineCore:
                     f"request {request.request_id!r}: prompt_token_ids[{i}] = {t} is outside the vocabulary "
                     f"[0, {vocab})"
                 )
+        bad = [t for t, _ in request.sampling.logit_bias if not 0 <= t < vocab]
+        if bad:
+            raise EngineError(
+                f"request {request.request_id!r}: logit_bias token ids {bad[:5]} are outside the "
+                f"vocabulary [0, {vocab})"
+            )
         total = n + request.sampling.max_tokens
         if total > self.max_model_len:
             raise EngineError(
