@@ -13,6 +13,7 @@ protocols at the bottom of this module, so callers check a flag instead of catch
 from __future__ import annotations
 
 import enum
+import math
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
@@ -78,6 +79,8 @@ class SamplingParams:
             value = getattr(self, name)
             if not -2.0 <= value <= 2.0:
                 raise ValueError(f"{name} must be in [-2, 2], got {value}")
+        if any(not math.isfinite(bias) for _, bias in self.logit_bias):
+            raise ValueError("logit_bias values must be finite numbers")
 
 
 @dataclass(frozen=True, slots=True)
