@@ -224,3 +224,26 @@ def test_native_routes_refuse_n(url: str, path: str) -> None:
     key = "input_ids" if path == "/generate" else "token_ids"
     r = httpx.post(f"{url}{path}", json={key: [72, 105], "sampling_params": {"n": 2}}, timeout=30)
     assert r.status_code == 400 and "sampling_params.n" in r.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("endpoint", ["completions", "generate"])
+async def test_vllm_engine_passes_n_through(url: str, engine: TorchEngine, endpoint: str) -> None:
+    """`VLLMEngine` sends `n` on /v1/completions (whatever its route for n = 1) and streams the
+    choices back by index: the samples equal the engine's own forked samples."""
+    from legato.engine_adapter.base import GenerateRequest, SamplingParams, assemble_samples
+    from legato.engine_adapter.http import VLLMEngine
+
+    sp = SamplingParams(max_tokens=10, temperature=1.0, seed=5, ignore_eos=True, n=3)
+    prompt = tuple(engine.tokenizer.encode("Three samples over HTTP"))
+    local_req = GenerateRequest(f"local-n-{endpoint}", prompt, sp)
+    expected = assemble_samples(local_req, [c async for c in engine.generate(local_req)])
+    http = VLLMEngine(url, MODEL, engine.tokenizer, endpoint=endpoint, timeout=60)  # type: ignore[arg-type]
+    try:
+        remote_req = GenerateRequest(f"http-n-{endpoint}", prompt, sp)
+        chunks = [c async for c in http.generate(remote_req)]
+    finally:
+        await http.close()
+    assert [c.finished for c in chunks].count(True) == 1 and chunks[-1].finished
+    got = assemble_samples(remote_req, chunks)
+    assert [r.token_ids for r in got] == [r.token_ids for r in expected]
+    assert [r.finish_reason for r in got] == ["length"] * 3

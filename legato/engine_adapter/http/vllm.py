@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, Literal
@@ -52,7 +53,9 @@ class VLLMEngine:
 
     Sent through: `priority` (only with `priority_scheduling=True`: vLLM rejects a non-zero
     priority unless started with `--scheduling-policy priority`), `cache_salt`, `request_id`,
-    sampled-token logprobs. Read back: `usage.prompt_tokens_details.cached_tokens` (vLLM fills
+    sampled-token logprobs, penalties and `logit_bias`, and `n` (a request with `n > 1` always
+    takes `/v1/completions`, whose choices carry their `index`; vLLM shares the prompt's prefill
+    between them). Read back: `usage.prompt_tokens_details.cached_tokens` (vLLM fills
     it only with `--enable-prompt-tokens-details`; 0 otherwise).
 
     What the real server lacks, so this engine does not announce it:
@@ -90,7 +93,7 @@ class VLLMEngine:
 
     @property
     def capabilities(self) -> frozenset[Capability]:
-        caps = {Capability.LOGPROBS}
+        caps = {Capability.LOGPROBS, Capability.PARALLEL_SAMPLING}
         if self._priority_scheduling:
             caps.add(Capability.PRIORITY)
         return frozenset(caps)
@@ -135,6 +138,8 @@ class VLLMEngine:
             out["logit_bias"] = {str(t): b for t, b in sp.logit_bias}
         if sp.logprobs:
             out["logprobs"] = 0  # the sampled token's logprob, no alternatives
+        if sp.n > 1:
+            out["n"] = sp.n
         return out
 
     def _extras(self, request: GenerateRequest) -> dict[str, Any]:
@@ -147,7 +152,7 @@ class VLLMEngine:
 
     async def generate(self, request: GenerateRequest) -> AsyncIterator[TokenChunk]:
         with self._inflight.track(request.request_id):
-            if await self.endpoint() == "generate":
+            if await self.endpoint() == "generate" and request.sampling.n == 1:
                 stream = self._generate_tokens(request)
             else:
                 stream = self._generate_completions(request)
@@ -207,6 +212,7 @@ class VLLMEngine:
             "return_token_ids": True,
         }
         pending: TokenChunk | None = None  # the finishing chunk waits for the final usage
+        unfinished = set(range(request.sampling.n))  # samples still running
         prompt_tokens = cached = 0
         async with open_stream(self._client, SERVER, COMPLETIONS_PATH, payload) as response:
             async for event in iter_sse(response, SERVER):
@@ -231,6 +237,11 @@ class VLLMEngine:
                         raw = (choice.get("logprobs") or {}).get("token_logprobs") or []
                         logprobs = tuple(float(x) if x is not None else 0.0 for x in raw[: len(ids)])
                     reason = choice.get("finish_reason")
+                    index = int(choice.get("index") or 0)
+                    if index not in range(request.sampling.n):
+                        raise EngineError(f"{SERVER} returned choice {index} for n={request.sampling.n}")
+                    if reason is not None:
+                        unfinished.discard(index)
                     chunk = TokenChunk(
                         token_ids=tuple(ids),
                         text=text,
@@ -239,9 +250,12 @@ class VLLMEngine:
                         finish_reason=reason,
                         prompt_tokens=prompt_tokens,
                         cached_tokens=cached,
+                        index=index,
                     )
                     if reason is None:
                         yield chunk
+                    elif unfinished:  # another sample is still running: not the stream's end
+                        yield dataclasses.replace(chunk, finished=False)
                     else:
                         pending = chunk
         if pending is None:
@@ -254,6 +268,7 @@ class VLLMEngine:
             finish_reason=pending.finish_reason,
             prompt_tokens=prompt_tokens or len(request.prompt_token_ids),
             cached_tokens=cached,
+            index=pending.index,
         )
 
     async def capacity(self) -> EngineCapacity:
