@@ -137,6 +137,9 @@ class SamplingFields(OpenAIRequest):
         ),
     )
     request_id: str | None = Field(default=None, description="vLLM extra: id used for abort and logs.")
+    return_tokens_as_token_ids: bool = Field(
+        default=False, description="vLLM extra: logprobs name tokens `token_id:N` instead of their text."
+    )
     user: str | None = Field(
         default=None,
         max_length=256,

@@ -351,7 +351,7 @@ def _routes(proxy: Proxy) -> APIRouter:
         chunks = await proxy.collect(raw, generation)
         if chunks is None:
             return Response(status_code=499)
-        return chat_response(svc, prompt, assemble_samples(req, chunks))
+        return chat_response(svc, body, prompt, assemble_samples(req, chunks))
 
     @router.post(
         "/v1/completions",

@@ -247,3 +247,41 @@ async def test_vllm_engine_passes_n_through(url: str, engine: TorchEngine, endpo
     got = assemble_samples(remote_req, chunks)
     assert [r.token_ids for r in got] == [r.token_ids for r in expected]
     assert [r.finish_reason for r in got] == ["length"] * 3
+
+
+@pytest.mark.parametrize("endpoint", ["completions", "generate"])
+async def test_vllm_engine_passes_top_logprobs_through(url: str, engine: TorchEngine, endpoint: str) -> None:
+    from legato.engine_adapter.base import GenerateRequest, SamplingParams, collect
+    from legato.engine_adapter.http import VLLMEngine
+
+    sp = SamplingParams(max_tokens=6, ignore_eos=True, logprobs=True, top_logprobs=4)
+    prompt = tuple(engine.tokenizer.encode("Alternatives over HTTP"))
+    expected = await collect(engine, GenerateRequest(f"local-top-{endpoint}", prompt, sp))
+    http = VLLMEngine(url, MODEL, engine.tokenizer, endpoint=endpoint, timeout=60)  # type: ignore[arg-type]
+    try:
+        got = await collect(http, GenerateRequest(f"http-top-{endpoint}", prompt, sp))
+    finally:
+        await http.close()
+    assert got.token_ids == expected.token_ids
+    assert got.top_logprobs is not None and expected.top_logprobs is not None
+    assert [[t for t, _ in row] for row in got.top_logprobs] == [
+        [t for t, _ in row] for row in expected.top_logprobs
+    ]
+    for mine, theirs in zip(got.top_logprobs, expected.top_logprobs, strict=True):
+        assert [v for _, v in mine] == pytest.approx([v for _, v in theirs], abs=1e-4)
+
+
+def test_return_tokens_as_token_ids(client: Any) -> None:
+    out = client.chat.completions.create(
+        model=MODEL,
+        messages=MESSAGES,
+        max_tokens=2,
+        temperature=0,
+        logprobs=True,
+        top_logprobs=2,
+        extra_body={"return_tokens_as_token_ids": True},
+    )
+    entry = out.choices[0].logprobs.content[0]
+    assert entry.token.startswith("token_id:") and all(
+        a.token.startswith("token_id:") for a in entry.top_logprobs
+    )

@@ -248,7 +248,7 @@ def create_engine_app(
         chunks = await collect_or_abort(raw, generation)
         if chunks is None:
             return Response(status_code=499)
-        return chat_response(svc, prompt, assemble_samples(req, chunks))
+        return chat_response(svc, body, prompt, assemble_samples(req, chunks))
 
     # --- SGLang -----------------------------------------------------------------------------
 

@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse
 from legato.engine_adapter.base import GenerateRequest, GenerateResult
 from legato.engine_adapter.openai_api import (
     ChatChoice,
+    ChatCompletionRequest,
     ChatCompletionResponse,
     ChatResponseMessage,
     CompletionChoice,
@@ -50,7 +51,9 @@ def completion_response(
             index=r.index,
             text=echo + r.text,
             finish_reason=r.finish_reason,
-            logprobs=svc.completion_logprobs(r.token_ids, r.logprobs, r.top_logprobs, len(echo)),
+            logprobs=svc.completion_logprobs(
+                r.token_ids, r.logprobs, r.top_logprobs, len(echo), body.return_tokens_as_token_ids
+            ),
             token_ids=list(r.token_ids) if body.return_token_ids else None,
             prompt_token_ids=list(prompt) if body.return_token_ids else None,
         )
@@ -64,7 +67,9 @@ def completion_response(
     return JSONResponse(out.model_dump(exclude_none=True))
 
 
-def chat_response(svc: EngineService, prompt: tuple[int, ...], results: list[GenerateResult]) -> JSONResponse:
+def chat_response(
+    svc: EngineService, body: ChatCompletionRequest, prompt: tuple[int, ...], results: list[GenerateResult]
+) -> JSONResponse:
     """The non-streaming OpenAI chat completion answer for a finished generation (one choice per
     sample)."""
     choices = [
@@ -72,7 +77,9 @@ def chat_response(svc: EngineService, prompt: tuple[int, ...], results: list[Gen
             index=r.index,
             message=ChatResponseMessage(content=r.text),
             finish_reason=r.finish_reason,
-            logprobs=svc.chat_logprobs(r.token_ids, r.logprobs, r.top_logprobs),
+            logprobs=svc.chat_logprobs(
+                r.token_ids, r.logprobs, r.top_logprobs, body.return_tokens_as_token_ids
+            ),
         )
         for r in results
     ]

@@ -187,29 +187,33 @@ class EngineService:
             return bytes(raw(token_id))
         return self.tokenizer.decode([token_id]).encode()
 
-    def token_str(self, token_id: int) -> str:
+    def token_str(self, token_id: int, as_id: bool = False) -> str:
         """The token as logprobs show it: its text, with bytes that are no UTF-8 on their own
-        written `\\xNN` (as OpenAI does); `bytes` carries the exact value."""
+        written `\\xNN` (as OpenAI does; `bytes` carries the exact value), or `token_id:N` with
+        vLLM's `return_tokens_as_token_ids`."""
+        if as_id:
+            return f"token_id:{token_id}"
         return self.token_bytes(token_id).decode("utf-8", errors="backslashreplace")
 
-    def _token_logprob(self, token_id: int, logprob: float) -> TopLogprob:
+    def _token_logprob(self, token_id: int, logprob: float, as_id: bool) -> TopLogprob:
         raw = self.token_bytes(token_id)
-        return TopLogprob(
-            token=raw.decode("utf-8", errors="backslashreplace"), logprob=finite(logprob), bytes=list(raw)
-        )
+        return TopLogprob(token=self.token_str(token_id, as_id), logprob=finite(logprob), bytes=list(raw))
 
     def chat_logprobs(
         self,
         token_ids: Sequence[int],
         logprobs: Sequence[float] | None,
         top: Sequence[TopLogprobs] | None = None,
+        as_ids: bool = False,
     ) -> ChatLogprobs | None:
         if logprobs is None:
             return None
         content = []
         for i, (tid, lp) in enumerate(zip(token_ids, logprobs, strict=False)):
-            this = self._token_logprob(tid, lp)
-            alternatives = [self._token_logprob(t, v) for t, v in top[i]] if top and i < len(top) else []
+            this = self._token_logprob(tid, lp, as_ids)
+            alternatives = [
+                self._token_logprob(t, v, as_ids) for t, v in (top[i] if top and i < len(top) else ())
+            ]
             content.append(
                 TokenLogprob(
                     token=this.token, logprob=this.logprob, bytes=this.bytes, top_logprobs=alternatives
@@ -245,6 +249,7 @@ class EngineService:
         logprobs: Sequence[float] | None,
         top: Sequence[TopLogprobs] | None,
         offset: int,
+        as_ids: bool = False,
     ) -> CompletionLogprobs | None:
         """The legacy shape: per token its string, logprob, text offset, and a dict of the most
         likely alternatives plus the sampled token (so up to `logprobs + 1` entries, as OpenAI)."""
@@ -252,10 +257,12 @@ class EngineService:
             return None
         out = CompletionLogprobs()
         for i, (tid, lp) in enumerate(zip(token_ids, logprobs, strict=False)):
-            text = self.token_str(tid)
+            text = self.token_str(tid, as_ids)
             out.tokens.append(text)
             out.token_logprobs.append(finite(lp))
-            alternatives = {self.token_str(t): finite(v) for t, v in (top[i] if top and i < len(top) else ())}
+            alternatives = {
+                self.token_str(t, as_ids): finite(v) for t, v in (top[i] if top and i < len(top) else ())
+            }
             alternatives.setdefault(text, finite(lp))
             out.top_logprobs.append(alternatives)
             out.text_offset.append(offset)

@@ -51,7 +51,13 @@ def completion_events(
                 index=chunk.index,
                 text=prefix + chunk.text,
                 finish_reason=chunk.finish_reason,
-                logprobs=svc.completion_logprobs(chunk.token_ids, chunk.logprobs, chunk.top_logprobs, offset),
+                logprobs=svc.completion_logprobs(
+                    chunk.token_ids,
+                    chunk.logprobs,
+                    chunk.top_logprobs,
+                    offset,
+                    body.return_tokens_as_token_ids,
+                ),
                 token_ids=list(chunk.token_ids) if body.return_token_ids else None,
                 prompt_token_ids=list(req.prompt_token_ids) if body.return_token_ids and first else None,
             )
@@ -104,7 +110,9 @@ def chat_events(
                 index=chunk.index,
                 delta=ChatDelta(content=chunk.text),
                 finish_reason=chunk.finish_reason,
-                logprobs=svc.chat_logprobs(chunk.token_ids, chunk.logprobs, chunk.top_logprobs),
+                logprobs=svc.chat_logprobs(
+                    chunk.token_ids, chunk.logprobs, chunk.top_logprobs, body.return_tokens_as_token_ids
+                ),
             )
             yield chunk_of(choice, make_usage(prompt_tokens, completion, cached) if continuous else None)
         if include_usage:
