@@ -5,11 +5,15 @@ refused by the models themselves, see `openai_api.OpenAIRequest`).
 Honoured by the sampler or the server: `n`, `best_of`, `logprobs`, `top_logprobs`,
 `presence_penalty`, `frequency_penalty`, `logit_bias`, `seed`, `stop`, `max_tokens`,
 `max_completion_tokens`, `temperature`, `top_p`, `stream`, `stream_options`, `echo`, `user`
-(logged), `service_tier` (`auto`/`default`: the one tier served). Refused when they ask for
-something this server does not do: `store: true`, `metadata`, `suffix`, `echo` with `logprobs`,
-`best_of` with `stream`, `top_logprobs` without `logprobs`, `n > 1` or `top_logprobs` on an engine
-without the capability, and on Legato's proxy the vLLM routing extras it decides itself
-(`priority`, `cache_salt`, `request_id`).
+(logged), `service_tier` (`auto`/`default`: the one tier served), and vLLM's extras (`top_k`,
+`stop_token_ids`, `ignore_eos`, `return_token_ids`, `return_tokens_as_token_ids`,
+`add_generation_prompt`; `priority`, `cache_salt`, `request_id` on the engine server).
+
+Refused when they ask for something this server does not do: `store: true`, `metadata`,
+`suffix`, `echo` with `logprobs`, `best_of` with `stream`, `top_logprobs` without `logprobs`,
+`stream_options` without `stream`, `n > 1` or `top_logprobs` on an engine without the capability,
+and on Legato's proxy the vLLM routing extras it decides itself (`priority`, `cache_salt`,
+`request_id`).
 """
 
 from __future__ import annotations
