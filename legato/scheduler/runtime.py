@@ -476,7 +476,10 @@ class PolicyScheduler:
             self._bridge(run, replica, call.prompt_token_ids)  # admitted: replaces the run's pin
             chunk = first
             while True:
-                output.extend(chunk.token_ids)
+                # n > 1 is one call (one engine request, one prefill); the program continues
+                # from sample 0, so that is the sequence whose KV the run keeps
+                if chunk.index == 0:
+                    output.extend(chunk.token_ids)
                 prompt_tokens = chunk.prompt_tokens or prompt_tokens
                 cached = chunk.cached_tokens or cached
                 if chunk.finished:

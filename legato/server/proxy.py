@@ -15,7 +15,10 @@ models, validation and SSE streaming this reuses): the first chunk is awaited be
 response starts, so scheduling or engine failures become status codes; a client that goes away
 aborts its call at once; bad input is a 4xx that names the field. Security: the tenant comes
 from the API key (`current_tenant`), program ids are namespaced by it, and the prefix-cache salt
-is derived by the scheduler from the tenant id — a client's `cache_salt` field is ignored.
+is derived by the scheduler from the tenant id — a client's `cache_salt` (like `priority` and
+`request_id`) is refused with a 400. A request with `n > 1` is one call of its program: one
+engine request whose samples share a single prefill (the engine forks them), so the scheduler
+admits, routes and pins it as one call; the program continues from `choices[0]`.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from fastapi import APIRouter, Depends, Path, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from legato.engine_adapter.base import Engine, EngineError, GenerateRequest, TokenChunk, assemble_result
+from legato.engine_adapter.base import Engine, EngineError, GenerateRequest, TokenChunk, assemble_samples
 from legato.engine_adapter.openai_api import (
     ChatCompletionRequest,
     ChatCompletionResponse,
@@ -42,7 +45,6 @@ from legato.engine_adapter.openai_api import (
     ModelList,
     SamplingFields,
 )
-from legato.engine_adapter.server.app import chat_response, completion_response, openai_request
 from legato.engine_adapter.server.errors import ApiError as EngineApiError
 from legato.engine_adapter.server.errors import stream_responses
 from legato.engine_adapter.server.lifecycle import (
@@ -52,6 +54,7 @@ from legato.engine_adapter.server.lifecycle import (
     Generation,
     collect_or_abort,
 )
+from legato.engine_adapter.server.openai_calls import chat_response, completion_response, openai_request
 from legato.engine_adapter.server.service import EngineService
 from legato.engine_adapter.server.streams import chat_events, completion_events
 from legato.scheduler.base import CallScheduler
@@ -75,7 +78,7 @@ MAX_ID_LEN = 256
 class ProgramFields(BaseModel):
     """What ties a request to an agent program, and what the agent knows comes next."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="forbid")  # as the OpenAI fields: unknown ones are a 400
 
     program_id: str | None = Field(
         default=None,
@@ -96,12 +99,14 @@ class ProgramFields(BaseModel):
 
 
 class ProxyChatRequest(ChatCompletionRequest, ProgramFields):
+    model_config = ConfigDict(extra="forbid")
     extra_body: ProgramFields | None = Field(
         default=None, description="Program fields nested, as raw clients may send them."
     )
 
 
 class ProxyCompletionRequest(CompletionRequest, ProgramFields):
+    model_config = ConfigDict(extra="forbid")
     extra_body: ProgramFields | None = Field(
         default=None, description="Program fields nested, as raw clients may send them."
     )
@@ -241,7 +246,6 @@ class Proxy:
         *,
         max_tokens: int | None,
         field: str,
-        logprobs: bool,
         id_prefix: str,
     ) -> GenerateRequest:
         """Validated sampling as a `GenerateRequest` (its id names the response; the cache salt is
@@ -253,7 +257,6 @@ class Proxy:
                 prompt,
                 max_tokens=max_tokens,
                 max_tokens_field=field,
-                logprobs=logprobs,
                 id_prefix=id_prefix,
                 client_routing=False,
             )
@@ -341,16 +344,14 @@ def _routes(proxy: Proxy) -> APIRouter:
         with server_errors():
             svc.check_model(body.model)
             prompt, field, requested = await svc.chat_prompt(body)
-        req = proxy.sampling_request(
-            body, prompt, max_tokens=requested, field=field, logprobs=body.logprobs, id_prefix="chatcmpl"
-        )
+        req = proxy.sampling_request(body, prompt, max_tokens=requested, field=field, id_prefix="chatcmpl")
         generation = await proxy.start(tenant, program_fields(body), req, "chat")
         if body.stream:
             return EventStream(chat_events(svc, body, req, generation))
         chunks = await proxy.collect(raw, generation)
         if chunks is None:
             return Response(status_code=499)
-        return chat_response(svc, prompt, assemble_result(req, chunks))
+        return chat_response(svc, body, prompt, assemble_samples(req, chunks))
 
     @router.post(
         "/v1/completions",
@@ -362,15 +363,8 @@ def _routes(proxy: Proxy) -> APIRouter:
         with server_errors():
             svc.check_model(body.model)
             prompt = svc.prompt_ids(body.prompt)
-        if body.echo:
-            raise ApiError(400, "echo is not supported; prepend the prompt yourself", param="echo")
         req = proxy.sampling_request(
-            body,
-            prompt,
-            max_tokens=body.max_tokens,
-            field="max_tokens",
-            logprobs=body.logprobs is not None,
-            id_prefix="cmpl",
+            body, prompt, max_tokens=body.max_tokens, field="max_tokens", id_prefix="cmpl"
         )
         generation = await proxy.start(tenant, program_fields(body), req, "completion")
         if body.stream:
@@ -378,7 +372,7 @@ def _routes(proxy: Proxy) -> APIRouter:
         chunks = await proxy.collect(raw, generation)
         if chunks is None:
             return Response(status_code=499)
-        return completion_response(svc, body, prompt, assemble_result(req, chunks))
+        return completion_response(svc, body, prompt, assemble_samples(req, chunks))
 
     @router.post(
         "/v1/programs/{program_id}/release",

@@ -12,6 +12,11 @@ next use first (from `set_next_use` hints; an unhinted block counts as "not expe
 Legato's hints decide what stays), then least recently used, then deepest first. A min-heap with
 lazy invalidation keeps allocation O(log n).
 
+Blocks are reference-counted, so sequences can share them: a prefix-cache hit, a pin, or a fork
+(the `n` samples of one request share its prompt's blocks). A block is written only by a sequence
+that holds it alone; `copy_on_write` gives a sequence its own copy of a shared, partly filled
+block before it appends to it (full blocks are never written again, so they stay shared).
+
 Pins take a reference, so a pinned block is simply "in use" until `unpin` or its TTL expires.
 An `on_evict` hook sees each cached block right before it is reused, so the engine can offload it.
 """
@@ -120,6 +125,29 @@ class BlockManager:
                 block.version += 1  # drops its heap entry
             block.ref_count += 1
             block.last_access = now
+
+    def fork(self, block_ids: Sequence[int]) -> None:
+        """Another sequence shares these (held) blocks: one more reference on each."""
+        for b in block_ids:
+            block = self.blocks[b]
+            if block.ref_count <= 0:
+                raise RuntimeError(f"block {b} is not held; only held blocks can be shared")
+            block.ref_count += 1
+
+    def is_shared(self, block_id: int) -> bool:
+        return self.blocks[block_id].ref_count > 1
+
+    def copy_on_write(self, block_id: int) -> int | None:
+        """A private block in place of the shared `block_id` for a sequence about to write into
+        it: a fresh block (the caller copies the KV over) while this sequence's reference on the
+        shared one is dropped. None when no block can be had; `block_id` if it is not shared."""
+        if not self.is_shared(block_id):
+            return block_id
+        new = self.allocate(1)
+        if new is None:
+            return None
+        self.release([block_id])
+        return new[0]
 
     def allocate(self, n: int) -> list[int] | None:
         """`n` fresh blocks (ref_count 1), evicting cached ones as needed; None if impossible."""

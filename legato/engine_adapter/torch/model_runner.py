@@ -140,6 +140,10 @@ class ModelRunner:
     def _block(self, block_id: int) -> Tensor:
         return self.kv_cache[:, block_id * self.block_size : (block_id + 1) * self.block_size]
 
+    def copy_block(self, src: int, dst: int) -> None:
+        """Copy one block's KV (copy-on-write of a block shared by forked samples)."""
+        self._block(dst).copy_(self._block(src))
+
     def read_block(self, block_id: int) -> bytes:
         data = self._block(block_id).contiguous().cpu()
         return data.view(torch.uint8).numpy().tobytes()
