@@ -94,3 +94,32 @@ def test_bad_speculation_options_are_refused() -> None:
         Speculator("ngram", 10**6)
     with pytest.raises(ValueError, match="unknown drafter"):
         Speculator("medusa", 4)
+
+
+def test_requests_that_cannot_speculate_share_the_batch_unchanged(
+    make_core: Callable[..., EngineCore],
+) -> None:
+    """Sampled, n > 1, penalised and logit-biased requests are not speculated; batched with a
+    speculating one they get exactly what they get without a speculator."""
+    prompt = tuple(range(60, 75)) * 2
+
+    def reqs() -> list[GenerateRequest]:
+        return [
+            GenerateRequest("greedy", prompt, SamplingParams(max_tokens=24, ignore_eos=True)),
+            GenerateRequest(
+                "n2", prompt, SamplingParams(max_tokens=12, n=2, temperature=0.9, seed=3, ignore_eos=True)
+            ),
+            GenerateRequest(
+                "pen", prompt, SamplingParams(max_tokens=12, presence_penalty=1.5, ignore_eos=True)
+            ),
+            GenerateRequest(
+                "bias", prompt, SamplingParams(max_tokens=12, logit_bias=((7, 5.0),), ignore_eos=True)
+            ),
+            GenerateRequest("lp", prompt, SamplingParams(max_tokens=12, logprobs=True, ignore_eos=True)),
+        ]
+
+    plain = make_core()
+    spec = make_core()
+    spec.speculator = Speculator("ngram", 4)
+    assert _run(spec, reqs()) == _run(plain, reqs())
+    assert spec.speculator.verify_steps > 0

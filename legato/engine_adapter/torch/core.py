@@ -284,8 +284,8 @@ class EngineCore:
         sampled, logits = self.runner.run(plan.chunks)
         self.prefill_cost.observe(spans, time.perf_counter() - started)
         spec_step = spec is not None and logits is not None and any(c.seq.num_draft for c in sampled)
-        if spec is not None and spec_step and logits is not None:
-            spec.verify_and_commit(self, plan.chunks, sampled, logits)  # commits verified tokens only
+        if spec is not None and spec_step and logits is not None:  # commits verified tokens only
+            sampled, logits = spec.verify_and_commit(self, plan.chunks, sampled, logits)
         else:
             for chunk in plan.chunks:
                 self.scheduler.commit(chunk)
@@ -298,10 +298,9 @@ class EngineCore:
                 ):
                     self._tier_written.add(seq.request_id)
                     self._write_through(seq)
+        spec_outputs = spec.emit(self) if spec is not None and spec_step else []
         if logits is None:
-            return []
-        if spec is not None and spec_step:
-            return spec.emit(self)
+            return spec_outputs
         seqs = [c.seq for c in sampled]
         rows = list(range(len(seqs)))
         for row in range(len(sampled)):
@@ -319,7 +318,7 @@ class EngineCore:
             self._default_gen,
             [s.output_ids if needs_processing(s.sampling) else () for s in seqs],
         )
-        outputs: list[RequestOutput] = []
+        outputs: list[RequestOutput] = spec_outputs
         for i, seq in enumerate(seqs):
             want = seq.sampling.logprobs
             lp = drawn.logprobs[i] if want and drawn.logprobs is not None else None

@@ -26,7 +26,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from legato.engine_adapter.torch.sampler import sample
+from legato.engine_adapter.torch.outputs import RequestOutput
+from legato.engine_adapter.torch.sampler import needs_processing
 from legato.engine_adapter.torch.scheduler import ScheduledChunk, SchedulerOutput
 from legato.engine_adapter.torch.sequence import SeqStatus, Sequence
 from legato.engine_adapter.torch.spec_verify import verify_greedy
@@ -35,7 +36,7 @@ from legato.spec.context import AgentHistory, ProgramContext
 from legato.spec.drafter import make_drafter
 
 if TYPE_CHECKING:
-    from legato.engine_adapter.torch.core import EngineCore, RequestOutput
+    from legato.engine_adapter.torch.core import EngineCore
 
 
 class Speculator:
@@ -48,10 +49,7 @@ class Speculator:
         self.drafted = 0
         self.accepted = 0
         self.verify_steps = 0
-        # between verify_and_commit and emit (one engine step)
-        self._pending: list[tuple[Sequence, list[int]]] = []
-        self._plain: list[tuple[Sequence, int]] = []
-        self._logits: torch.Tensor | None = None
+        self._pending: list[tuple[Sequence, list[int]]] = []  # verified, not yet emitted (one step)
 
     def _context(self, seq: Sequence) -> ProgramContext:
         ctx, indexed = self._ctx.get(seq.request_id, (None, 0))
@@ -72,8 +70,9 @@ class Speculator:
             if left != 1 or budget < 1 or seq.status is not SeqStatus.RUNNING:
                 continue
             sp = seq.sampling
-            if not (sp.temperature == 0.0 or sp.top_k == 1) or sp.logprobs:
-                continue
+            greedy = sp.temperature == 0.0 or sp.top_k == 1
+            if not greedy or sp.logprobs or sp.n > 1 or needs_processing(sp):
+                continue  # the draft is checked against the raw argmax: plain greedy requests only
             ctx = self._context(seq)
             room = min(
                 ctx.draft_length.cap,
@@ -110,16 +109,21 @@ class Speculator:
         chunks: list[ScheduledChunk],
         sampled: list[ScheduledChunk],
         logits: torch.Tensor,
-    ) -> None:
+    ) -> tuple[list[ScheduledChunk], torch.Tensor | None]:
         """Verify every draft, cut it back to its accepted prefix and commit every chunk (so the
-        prefix cache sees verified tokens only); `emit` then produces the outputs."""
-        self._pending, self._plain = [], []
+        prefix cache sees verified tokens only). Returns the chunks that did not speculate and
+        their rows of logits, for the engine to sample as usual; `emit` produces the outputs of
+        the verified ones."""
+        self._pending = []
+        plain: list[ScheduledChunk] = []
+        plain_rows: list[int] = []
         row = 0
         for chunk in sampled:
             seq = chunk.seq
             g = seq.num_draft
             if not g:
-                self._plain.append((seq, row))
+                plain.append(chunk)
+                plain_rows.append(row)
                 row += 1
                 continue
             emitted = verify_greedy(seq.token_ids[len(seq.token_ids) - g :], logits[row : row + g + 1])
@@ -137,34 +141,23 @@ class Speculator:
             self.accepted += a
         for chunk in chunks:
             core.scheduler.commit(chunk)
-        self._logits = logits if self._plain else None
+        if not plain:
+            return plain, None
+        return plain, logits[torch.tensor(plain_rows, dtype=torch.long, device=logits.device)]
 
     def emit(self, core: EngineCore) -> list[RequestOutput]:
-        """Outputs of the step: verified tokens one by one (stops and max_tokens apply to each),
-        then the sequences that did not speculate, sampled as usual."""
+        """Outputs of the verified sequences: their tokens one by one, so stop tokens, stop
+        strings and max_tokens apply to each."""
         outputs: list[RequestOutput] = []
         for seq, emitted in self._pending:
             accepted = len(emitted) - 1
             if accepted:
                 del seq.token_ids[len(seq.token_ids) - accepted :]  # re-appended below, one by one
             for tok in emitted:
-                out = core._append_token(seq, tok, None)
+                out = core._append_token(seq, tok, None, None)
                 outputs.append(out)
                 core.generated_tokens += 1
                 if out.finished:
                     break
-        if self._plain and self._logits is not None:
-            seqs = [seq for seq, _ in self._plain]
-            index = torch.tensor([r for _, r in self._plain], dtype=torch.long, device=self._logits.device)
-            tokens, logprobs = sample(
-                self._logits.index_select(0, index),
-                [s.sampling for s in seqs],
-                [s.generator for s in seqs],
-                core._default_gen,
-            )
-            for i, seq in enumerate(seqs):
-                lp = None if logprobs is None or not seq.sampling.logprobs else logprobs[i]
-                outputs.append(core._append_token(seq, tokens[i], lp))
-            core.generated_tokens += len(seqs)
-        self._pending, self._plain, self._logits = [], [], None
+        self._pending = []
         return outputs
