@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from legato.engine_adapter.base import GenerateRequest, SamplingParams
 from legato.engine_adapter.torch import EngineCore
+from legato.engine_adapter.torch.config import ConfigError, EngineConfig
 from legato.engine_adapter.torch.speculator import Speculator
 
 
@@ -64,8 +65,8 @@ def test_greedy_output_is_identical_with_speculation(
 
 def test_speculation_accepts_drafts_and_saves_steps(make_core: Callable[..., EngineCore]) -> None:
     plain = make_core()
-    spec = make_core()
-    spec.speculator = Speculator("ngram", 4)
+    spec = make_core(speculative_drafter="ngram", num_speculative_tokens=4)
+    assert spec.speculator is not None and plain.speculator is None
     req = [GenerateRequest("a", tuple(range(10, 30)) * 2, SamplingParams(max_tokens=48, ignore_eos=True))]
     assert _run(spec, req) == _run(plain, req)
     assert spec.speculator.accepted > 0  # the seeded model's greedy output loops: drafts match
@@ -85,6 +86,19 @@ def test_prefix_cache_holds_only_verified_tokens(make_core: Callable[..., Engine
     plain = make_core(block_size=4)
     cont = [GenerateRequest("b", tuple(full), SamplingParams(max_tokens=8, ignore_eos=True))]
     assert _run(spec, cont) == _run(plain, cont)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"speculative_drafter": "eagle"}, "'speculative_drafter' must be one of suffix"),
+        ({"speculative_drafter": "ngram", "num_speculative_tokens": -1}, "must be between 0 and 64, got -1"),
+        ({"num_speculative_tokens": 1000}, "'num_speculative_tokens' must be between 0 and 64"),
+    ],
+)
+def test_bad_engine_speculation_config_is_refused(overrides: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        EngineConfig(**overrides)
 
 
 def test_bad_speculation_options_are_refused() -> None:

@@ -91,6 +91,8 @@ class EngineCore:
         self._held: dict[str, list[int]] = {}  # imported blocks held until their request is admitted
         self._tier_written: set[str] = set()  # requests whose prompt chunks went to Redis
         self.speculator: Speculator | None = None  # opt-in speculative decoding (speculator.py)
+        if config.speculative_drafter is not None:
+            self.speculator = Speculator(config.speculative_drafter, config.num_speculative_tokens)
 
     # --- tiers ----------------------------------------------------------------------------
 
