@@ -42,6 +42,7 @@ def _requests(prompts: list[list[int]], max_tokens: int, stop: tuple[str, ...]) 
     st.sampled_from(["suffix", "ngram"]),
     st.integers(1, 6),
     st.sampled_from([32, 64]),
+    st.sampled_from([5, 64]),
 )
 def test_greedy_output_is_identical_with_speculation(
     make_core: Callable[..., EngineCore],
@@ -51,9 +52,11 @@ def test_greedy_output_is_identical_with_speculation(
     drafter: str,
     k: int,
     num_blocks: int,
+    budget: int,
 ) -> None:
     prompts = [p * 3 for p in pieces]  # repeats: drafts get accepted, not only rejected
-    kw: dict[str, Any] = {"num_blocks": num_blocks, "block_size": 4}  # few blocks: preemption
+    # few blocks: preemption; a small step budget: drafts cut short by the budget
+    kw: dict[str, Any] = {"num_blocks": num_blocks, "block_size": 4, "max_num_batched_tokens": budget}
     plain = make_core(**kw)
     spec = make_core(**kw)
     spec.speculator = Speculator(drafter, k)

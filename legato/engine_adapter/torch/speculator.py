@@ -50,6 +50,7 @@ class Speculator:
         self.accepted = 0
         self.verify_steps = 0
         self._pending: list[tuple[Sequence, list[int]]] = []  # verified, not yet emitted (one step)
+        self._drafted: list[Sequence] = []  # sequences given a draft this step
 
     def _context(self, seq: Sequence) -> ProgramContext:
         ctx, indexed = self._ctx.get(seq.request_id, (None, 0))
@@ -86,6 +87,8 @@ class Speculator:
             seq.token_ids.extend(draft)
             seq.num_draft = len(draft)
             budget -= len(draft)
+            if draft:
+                self._drafted.append(seq)
 
     @staticmethod
     def drop(seq: Sequence) -> None:
@@ -94,9 +97,12 @@ class Speculator:
             seq.num_draft = 0
 
     def after_schedule(self, plan: SchedulerOutput) -> None:
-        """Drop drafts of preempted sequences and of chunks the budget cut short."""
-        for seq in plan.preempted:
-            self.drop(seq)
+        """Drop drafts of preempted or unscheduled sequences and of chunks the budget cut short."""
+        scheduled = {id(c.seq) for c in plan.chunks}
+        for seq in self._drafted:
+            if id(seq) not in scheduled:
+                self.drop(seq)
+        self._drafted = []
         for chunk in plan.chunks:
             seq = chunk.seq
             if seq.num_draft and chunk.num_tokens != 1 + seq.num_draft:
