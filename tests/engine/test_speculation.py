@@ -140,3 +140,14 @@ def test_requests_that_cannot_speculate_share_the_batch_unchanged(
     spec.speculator = Speculator("ngram", 4)
     assert _run(spec, reqs()) == _run(plain, reqs())
     assert spec.speculator.verify_steps > 0
+
+
+def test_finished_outputs_feed_later_requests(make_core: Callable[..., EngineCore]) -> None:
+    spec = make_core(speculative_drafter="suffix-agent", num_speculative_tokens=6)
+    plain = make_core()
+    req = [GenerateRequest("a", tuple(range(90, 110)), SamplingParams(max_tokens=30, ignore_eos=True))]
+    assert _run(spec, req) == _run(plain, req)
+    assert spec.speculator is not None and spec.speculator.accepted == 0  # no history yet
+    again = [GenerateRequest("b", tuple(range(90, 110)), SamplingParams(max_tokens=30, ignore_eos=True))]
+    assert _run(spec, again) == _run(plain, again)
+    assert spec.speculator.accepted > 10  # the same output again: drafted from the first one

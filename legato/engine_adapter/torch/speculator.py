@@ -16,8 +16,10 @@ row of logits per position. After the forward pass `finish_step`:
   strings and max_tokens apply to each.
 
 A sequence that is preempted, or whose chunk the token budget cut short, drops its draft before
-the forward pass. Drafts come from `legato.spec` (per request: its prompt and output so far),
-with a per-request adaptive length; sampled or logprob-reporting requests are not speculated.
+the forward pass. Drafts come from `legato.spec`: per request its prompt and output so far (an
+agent's prompt holds its program's history), and the finished outputs of earlier requests (one
+engine-wide history: requests carry no program name), with a per-request adaptive length. Only
+plain greedy requests speculate (not sampled, n > 1, penalised, biased or logprob requests).
 """
 
 from __future__ import annotations
@@ -39,13 +41,17 @@ if TYPE_CHECKING:
     from legato.engine_adapter.torch.core import EngineCore
 
 
+AGENT = "engine"  # the engine sees no program names: its history is engine-wide, like SuffixDecoding's
+
+
 class Speculator:
     def __init__(self, drafter: str = "suffix", max_draft: int = 4) -> None:
         check_draft_len(max_draft, "max draft length")
         self.drafter = make_drafter(drafter)
         self.max_draft = max_draft
         self.history = AgentHistory()
-        self._ctx: dict[str, tuple[ProgramContext, int]] = {}  # request -> (context, tokens indexed)
+        # request -> (its sequence, context, tokens indexed)
+        self._ctx: dict[str, tuple[Sequence, ProgramContext, int]] = {}
         self.drafted = 0
         self.accepted = 0
         self.verify_steps = 0
@@ -53,18 +59,26 @@ class Speculator:
         self._drafted: list[Sequence] = []  # sequences given a draft this step
 
     def _context(self, seq: Sequence) -> ProgramContext:
-        ctx, indexed = self._ctx.get(seq.request_id, (None, 0))
+        entry = self._ctx.get(seq.request_id)
+        ctx, indexed = (entry[1], entry[2]) if entry is not None else (None, 0)
         if ctx is None:
-            ctx = ProgramContext("engine", self.history, max_draft=self.max_draft)
+            ctx = ProgramContext(AGENT, self.history, max_draft=self.max_draft)
         ctx.index.extend(seq.token_ids[indexed:])
-        self._ctx[seq.request_id] = (ctx, len(seq.token_ids))
+        self._ctx[seq.request_id] = (seq, ctx, len(seq.token_ids))
         return ctx
+
+    def _forget_finished(self) -> None:
+        """Drop the contexts of finished requests; a completed output joins the history."""
+        for rid, (seq, _, _) in list(self._ctx.items()):
+            if seq.status is not SeqStatus.FINISHED:
+                continue
+            del self._ctx[rid]
+            if seq.finish_reason in ("stop", "length"):
+                self.history.add_output(AGENT, seq.token_ids[seq.num_prompt_tokens :])
 
     def propose(self, running: list[Sequence], budget: int, max_model_len: int) -> None:
         """Append drafts to the greedy decoding sequences the step's token budget can verify."""
-        live = {s.request_id for s in running}
-        for rid in [r for r in self._ctx if r not in live]:
-            del self._ctx[rid]
+        self._forget_finished()
         for seq in sorted(running, key=lambda s: s.sort_key):
             left = seq.num_tokens - seq.num_computed_tokens
             budget -= left
@@ -139,9 +153,9 @@ class Speculator:
             seq.num_draft = 0
             chunk.num_tokens = 1 + a  # verified positions only count as computed
             self._pending.append((seq, emitted))
-            ctx, _ = self._ctx.get(seq.request_id, (None, 0))
-            if ctx is not None:
-                ctx.draft_length.record(g, a)
+            entry = self._ctx.get(seq.request_id)
+            if entry is not None:
+                entry[1].draft_length.record(g, a)
             self.verify_steps += 1
             self.drafted += g
             self.accepted += a
