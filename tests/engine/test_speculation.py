@@ -151,3 +151,21 @@ def test_finished_outputs_feed_later_requests(make_core: Callable[..., EngineCor
     again = [GenerateRequest("b", tuple(range(90, 110)), SamplingParams(max_tokens=30, ignore_eos=True))]
     assert _run(spec, again) == _run(plain, again)
     assert spec.speculator.accepted > 10  # the same output again: drafted from the first one
+
+
+async def test_speculation_counters_reach_metrics(make_core: Callable[..., EngineCore]) -> None:
+    from legato.engine_adapter.server.app import engine_counters
+
+    core = make_core(speculative_drafter="ngram", num_speculative_tokens=4)
+    _run(
+        core, [GenerateRequest("a", tuple(range(10, 30)) * 2, SamplingParams(max_tokens=32, ignore_eos=True))]
+    )
+    stats = core.stats()
+    assert stats.spec_drafts > 0 and 0 < stats.spec_accepted_tokens <= stats.spec_draft_tokens
+
+    class _Stats:  # the one method engine_counters reads
+        async def stats(self) -> object:
+            return stats
+
+    lines = "\n".join(await engine_counters(_Stats(), 'model="m"'))  # type: ignore[arg-type]
+    assert f'vllm:spec_decode_num_accepted_tokens_total{{model="m"}} {stats.spec_accepted_tokens}' in lines

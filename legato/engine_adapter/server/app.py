@@ -70,6 +70,9 @@ _COUNTERS = (
     ("legato:prefill_tokens_total", "prefill_tokens", "Prompt tokens run through the model."),
     ("legato:forked_samples_total", "forked_samples", "Samples of n > 1 requests forked off a prefill."),
     ("vllm:num_preemptions_total", "preemptions", "Sequences preempted."),
+    ("vllm:spec_decode_num_drafts_total", "spec_drafts", "Verify steps that checked a draft."),
+    ("vllm:spec_decode_num_draft_tokens_total", "spec_draft_tokens", "Draft tokens proposed."),
+    ("vllm:spec_decode_num_accepted_tokens_total", "spec_accepted_tokens", "Draft tokens accepted."),
 )
 
 

@@ -561,6 +561,9 @@ class EngineCore:
             offloaded_blocks=self.offloaded_blocks,
             prefill_tokens=s.prefill_tokens,
             forked_samples=self.forked_samples,
+            spec_drafts=self.speculator.verify_steps if self.speculator else 0,
+            spec_draft_tokens=self.speculator.drafted if self.speculator else 0,
+            spec_accepted_tokens=self.speculator.accepted if self.speculator else 0,
         )
 
     def active_request_ids(self) -> list[str]:

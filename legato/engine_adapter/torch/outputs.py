@@ -59,3 +59,6 @@ class EngineStats:
     offloaded_blocks: int = 0  # evicted blocks handed to the host tier
     prefill_tokens: int = 0  # prompt tokens run through the model (cache hits and forks excluded)
     forked_samples: int = 0  # samples of n > 1 requests that started from a forked prompt
+    spec_drafts: int = 0  # verify steps that checked a draft (speculator.py)
+    spec_draft_tokens: int = 0  # tokens drafted
+    spec_accepted_tokens: int = 0  # drafted tokens the target accepted
