@@ -130,7 +130,9 @@ def _check_spec(
     if len(set(methods)) != len(methods):
         raise BenchInputError(f"a --spec method is listed twice: {', '.join(methods)}")
     if engine != "sim" and list(methods) != ["none"]:
-        raise BenchInputError("--spec applies to --engine sim only (the torch engine does not speculate yet)")
+        raise BenchInputError(
+            "--spec applies to --engine sim only (the torch replay does not turn speculation on)"
+        )
     try:
         return [(method, acceptance(workload_name, method)) for method in methods]
     except ValueError as exc:
