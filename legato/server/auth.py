@@ -24,9 +24,10 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated
 
-from fastapi import Request
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from legato.server.errors import ApiError
 from legato.server.store.base import RunStore, TenantRecord
@@ -176,8 +177,19 @@ class TenantRegistry:
         )
 
 
-async def current_tenant(request: Request) -> Tenant:
-    """FastAPI dependency: the authenticated tenant of this request (401 otherwise)."""
+BEARER = HTTPBearer(
+    auto_error=False,
+    scheme_name="ApiKey",
+    description="A key from `legato tenants add NAME`. Not needed from localhost while no tenant exists.",
+)
+
+
+async def current_tenant(
+    request: Request, _: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)] = None
+) -> Tenant:
+    """FastAPI dependency: the authenticated tenant of this request (401 otherwise). `BEARER`
+    only declares the scheme in the OpenAPI document (Swagger's Authorize button); the header is
+    read here, so a malformed one gets this module's message."""
     state: ServerState = request.app.state.legato
     client = request.client.host if request.client is not None else None
     tenant = await state.tenants.authenticate(request.headers.get("authorization"), client)

@@ -33,6 +33,12 @@ class MeteredScheduler:
     def notify(self, event: ProgramEvent) -> None:
         self.inner.notify(event)
 
+    def replica_of(self, call_id: str) -> int | None:
+        """The replica a streaming call runs on (`PolicyScheduler.placed`); a scheduler without
+        routing has one engine, replica 0."""
+        placed = getattr(self.inner, "placed", None)
+        return placed.get(call_id) if isinstance(placed, dict) else 0
+
     async def generate(self, call: LLMCall) -> AsyncIterator[TokenChunk]:
         self.quotas.record_tokens(call.tenant, len(call.prompt_token_ids))
         meter = self.meter

@@ -336,7 +336,7 @@ def install_metrics(app: FastAPI, state: Any) -> ServiceMetrics:
     sched = getattr(state, "inner_scheduler", None) or state.scheduler
     proxy = extras.get("proxy")
     metrics = ServiceMetrics(
-        Sources(engines=[state.engine], scheduler=sched, tracker=getattr(proxy, "tracker", None))
+        Sources(engines=state.replicas, scheduler=sched, tracker=getattr(proxy, "tracker", None))
     )
     extras["metrics"] = metrics
     if hasattr(state.scheduler, "meter"):  # the MeteredScheduler every call goes through
