@@ -62,12 +62,17 @@ async def run_agents(url: str, programs: int, calls: int, max_tokens: int = 6) -
         ]
         placed: Placed = []
         for step in range(calls):
+            last = step == calls - 1
             raw = await client.chat.completions.with_raw_response.create(
                 model=model,
                 messages=messages,  # type: ignore[arg-type]
                 max_tokens=max_tokens,
                 temperature=0,
-                extra_body={"program_id": program_id, "next_tool": "pytest", "is_last_step": step == calls - 1},
+                extra_body={
+                    "program_id": program_id,
+                    "next_tool": "pytest",
+                    "is_last_step": last,
+                },
             )
             text = raw.parse().choices[0].message.content or ""
             placed.append((text, int(raw.headers["x-legato-replica"])))

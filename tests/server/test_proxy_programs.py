@@ -50,7 +50,11 @@ def test_session_header_live_programs_and_release(tmp_path: Path) -> None:
             assert gone.status_code == 404
             too_long = http.post(
                 "/v1/chat/completions",
-                json={"model": "legato-default", "messages": [{"role": "user", "content": "x"}], "max_tokens": 1},
+                json={
+                    "model": "legato-default",
+                    "messages": [{"role": "user", "content": "x"}],
+                    "max_tokens": 1,
+                },
                 headers={**served.headers("acme"), "X-Session-ID": "s" * 300},
             )
             assert too_long.status_code == 400 and "X-Session-ID" in too_long.json()["error"]["message"]
