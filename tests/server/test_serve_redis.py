@@ -4,6 +4,8 @@ and answers the same greedy tokens. A Redis that does not answer refuses the sta
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -12,6 +14,7 @@ from openai import OpenAI
 
 from tests.server.launching import legato_serve, save_tiny_checkpoint, serve_fails
 from tests.server.proxy_harness import metric, scrape
+from tests.server.serving import ROOT
 
 PROMPT = "".join(f"Step {i}: the agent reads file src/module_{i}.py and runs its tests. " for i in range(12))
 
@@ -53,3 +56,16 @@ def test_unreachable_redis_refuses_the_start() -> None:
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert done.stderr.strip().splitlines() == [done.stderr.strip()]
     assert "--kv-redis-url redis://127.0.0.1:9/0: no Redis answers there" in done.stderr
+
+
+def test_engine_serve_takes_the_same_tier_flags() -> None:
+    cmd = [sys.executable, "-m", "legato.cli", "engine", "serve", "--port", "0"]
+    done = subprocess.run(
+        [*cmd, "--kv-host-gb", "0.01", "--kv-redis-url", "redis://127.0.0.1:9/0"],
+        capture_output=True, text=True, cwd=ROOT, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip() == (
+        "legato engine serve: --kv-redis-url redis://127.0.0.1:9/0: no Redis answers there "
+        + done.stderr.strip().split("no Redis answers there ", 1)[1]
+    )

@@ -1,8 +1,9 @@
 """`legato serve` with replicas named on the command line, as real subprocesses driven by the
 official `openai` client: `--engine torch --engine torch`, and two `legato engine serve`
-processes attached as `--engine vllm=URL`. 32 agent programs of 3 calls each go through the
-proxy: every program's calls land on one replica (`X-Legato-Replica`), both replicas are used,
-and the greedy replies equal a single-replica run's. Startup refusals are one clear line."""
+processes attached as `--engine vllm=URL` (and as one vllm= and one sglang= replica). 32 agent
+programs of 3 calls each go through the proxy: every program's calls land on one replica
+(`X-Legato-Replica`), both replicas are used, and the greedy replies equal a single-replica
+run's. Startup refusals are one clear line."""
 
 from __future__ import annotations
 
@@ -88,6 +89,16 @@ def test_two_engine_servers_as_vllm_replicas(
 ) -> None:
     args = [a for url in engine_servers for a in ("--engine", f"vllm={url}")]
     with legato_serve([*args, "--checkpoint", str(checkpoint)], workdir, "vllm2") as url:
+        results = _run(url)
+    _check_replicated(results, single)
+
+
+def test_a_vllm_and_an_sglang_replica(
+    workdir: Path, checkpoint: Path, engine_servers: list[str], single: dict[str, Placed]
+) -> None:
+    """The same two servers, one driven through the vLLM API and one through SGLang's."""
+    args = ["--engine", f"vllm={engine_servers[0]}", "--engine", f"sglang={engine_servers[1]}"]
+    with legato_serve([*args, "--checkpoint", str(checkpoint)], workdir, "mixed") as url:
         results = _run(url)
     _check_replicated(results, single)
 
