@@ -57,8 +57,8 @@ async def running(state: ServerState) -> AsyncIterator[ServerState]:
             state.runs.set_weight(tenant.id, tenant.weight)
         if await state.tenants.keyless_allowed():
             log.warning(
-                "single-tenant mode: requests from localhost without an API key act as tenant "
-                "'default' (add a tenant with `legato tenants add NAME` to require keys)"
+                "single-tenant mode: requests from localhost act as tenant 'default' whatever API "
+                "key they send, or none (add a tenant with `legato tenants add NAME` to require keys)"
             )
         resumed = await state.runs.resume_unfinished()
         if resumed:
