@@ -99,21 +99,24 @@ def serve(
     import uvicorn
 
     from legato.engine_adapter.base import EngineError
-    from legato.launch import LaunchError, TorchOptions, build_engines
-    from legato.server.app import create_app
-    from legato.server.config import Limits, ServerConfig
+    from legato.launch import LaunchError, TorchOptions, build_engines, parse_engine_spec
     from legato.server.logs import setup_logging
-    from legato.server.state import build_state
     from legato.server.tools import ToolsLoadError, load_registry
 
     setup_logging(log_level)
     try:
+        for text in engine or []:
+            parse_engine_spec(text)  # a malformed --engine is refused before the heavy imports
         registry = load_registry(tools)
         torch_options = TorchOptions(checkpoint, device, tier_overrides(kv_host_gb, kv_redis_url))
         engines = build_engines(engine or [], torch_options)
     except (ToolsLoadError, LaunchError, EngineError) as exc:
         typer.echo(f"legato serve: {exc}", err=True)
         raise typer.Exit(2) from None
+    from legato.server.app import create_app
+    from legato.server.config import Limits, ServerConfig
+    from legato.server.state import build_state
+
     config = ServerConfig(
         host=host,
         port=port,
