@@ -15,6 +15,7 @@ import pytest
 
 from tests.engine_http.serving import serve_cli
 from tests.server.launching import Placed, legato_serve, run_agents, save_tiny_checkpoint, serve_fails
+from tests.server.proxy_harness import metric
 
 PROGRAMS, CALLS = 32, 3
 
@@ -81,6 +82,8 @@ def test_two_torch_replicas(workdir: Path, checkpoint: Path, single: dict[str, P
         gauges = httpx.get(f"{url}/metrics", timeout=30).text
     _check_replicated(results, single)
     assert set(lookups) == {"0", "1"} and all(v > 0 for v in lookups.values())
+    per_replica = [metric(gauges, "legato_replica_calls_total", replica=r) for r in ("0", "1")]
+    assert sum(per_replica) == PROGRAMS * CALLS and min(per_replica) > 0
     assert "legato_scheduler_decisions_total" in gauges  # default policy legato: its gauges are there
 
 
