@@ -237,6 +237,7 @@ class PolicyScheduler:
         self._tick_scope: anyio.CancelScope | None = None
         self._busy_since: list[float | None] = [None] * n
         self.pending: dict[str, _Pending] = {}
+        self.placed: dict[str, int] = {}  # call id -> its replica, while the call streams
         self.runs: dict[str, _Run] = {}
         self.view = _View(self)
         self.stats: dict[str, int] = {
@@ -412,10 +413,16 @@ class PolicyScheduler:
                 self.waiting[pending.replica] -= 1
         if self._closed or pending.replica is None:
             raise SchedulerError("PolicyScheduler closed before the call was dispatched")
-        # aclosing: a consumer that stops early closes the inner stream (and the engine request) now
-        async with contextlib.aclosing(self._stream(call, run, pending.replica, pending.priority)) as inner:
-            async for chunk in inner:
-                yield chunk
+        self.placed[call.call_id] = pending.replica
+        try:
+            # aclosing: a consumer that stops early closes the inner stream (and the engine request) now
+            async with contextlib.aclosing(
+                self._stream(call, run, pending.replica, pending.priority)
+            ) as inner:
+                async for chunk in inner:
+                    yield chunk
+        finally:
+            self.placed.pop(call.call_id, None)
 
     async def _stream(
         self, call: LLMCall, run: _Run, replica: int, priority: int

@@ -11,6 +11,7 @@ import anyio
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi_offline import FastAPIOffline
 
 from legato.engine_adapter.base import (
     Engine,
@@ -125,7 +126,7 @@ def create_engine_app(
                 with anyio.CancelScope(shield=True), anyio.move_on_after(ABORT_TIMEOUT_S):
                     await on_shutdown()
 
-    app = FastAPI(
+    app = FastAPIOffline(  # /docs and /redoc from assets shipped in the package: no CDN, works offline
         title="Legato engine server",
         summary=f"{svc.model} behind OpenAI-, SGLang- and vLLM-compatible HTTP APIs.",
         version="1",
