@@ -229,14 +229,29 @@ class BlockManager:
                 block.next_use = math.inf
                 self._push(block)
                 continue
-            if self.on_evict is not None:
-                self.on_evict(block)
-            self._drop_from_cache(block)
-            self._num_evictable -= 1
-            self.stats.evictions += 1
-            self._reset(block)
-            return block_id
-        raise RuntimeError("block pool accounting error: no evictable block although num_free > 0")
+            return self._evict(block)
+        # Every unreferenced cached block still has a cached child. That happens when two
+        # sequences computed the same prefix at once: the child registered by one chains from the
+        # other's block, so the parent can be unreferenced while its child is held. Evict the best
+        # such parent anyway; its children become unreachable roots until they are evicted too.
+        blocked = [b for b in self.blocks if b.ref_count == 0 and b.block_hash is not None]
+        if not blocked:
+            raise RuntimeError("block pool accounting error: no evictable block although num_free > 0")
+        victim = min(blocked, key=self._key)
+        for child in self.blocks:
+            if child.parent_hash is not None and child.parent_hash == victim.block_hash:
+                child.parent_hash = None
+        victim.num_cached_children = 0
+        return self._evict(victim)
+
+    def _evict(self, block: Block) -> int:
+        if self.on_evict is not None:
+            self.on_evict(block)
+        self._drop_from_cache(block)
+        self._num_evictable -= 1
+        self.stats.evictions += 1
+        self._reset(block)
+        return block.block_id
 
     def _drop_from_cache(self, block: Block) -> None:
         assert block.block_hash is not None
