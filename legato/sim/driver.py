@@ -484,7 +484,9 @@ class _Sim:
             self._replica_op(d.replica, ("add", req, Segment(cs.output_seg_id, cs.output_tokens), cs.prompt))
         elif isinstance(d, _BROADCAST):
             if isinstance(d, Pause):
-                self.pauses += 1
+                self.pauses += 1  # the one count of program pauses (RunOutcome.pauses)
+                if not d.evict:
+                    return  # a router-level pause: the policy holds the calls, engines are not told
             for e in self.engines:
                 self._replica_op(e.index, d)
         elif isinstance(d, Pin):
