@@ -125,7 +125,7 @@ class _Prog:
     output_tokens: int = 0
     calls_done: int = 0
     active_calls: int = 0  # arrived, not finished
-    tool_ends: dict[int, float] = field(default_factory=dict)  # call index -> tool end time
+    tool_ends: dict[int, float] = field(default_factory=dict)  # call index -> its step's end time
     prompt_lens: list[int] = field(default_factory=list)
     started: bool = False  # a call of it has finished (it got through any queue)
 
@@ -409,12 +409,15 @@ class _Sim:
                     replica,
                 )
             )
+        # When the step ends (its tool's end, or now: dependents follow at once) is known before
+        # the policy hears of the finish, so an oracle's next-use hint already counts it.
+        p.tool_ends[j] = self.now + (cs.tool_latency_s if cs.tool is not None else 0.0)
         self.emit(CallFinished(req.call_id, p.run_id, prompt, cs.output_tokens, req.hit_tokens, "length"))
         if cs.tool is not None:
-            p.tool_ends[j] = self.now + cs.tool_latency_s
             self.emit(ToolStarted(p.run_id, cs.tool, self._tool_mean(cs.tool)))
             self.push(self.now + cs.tool_latency_s, _TOOL_DONE, p.index, j)
         else:
+            del p.tool_ends[j]
             self._step_done(p, j)
 
     def _tool_mean(self, tool: str) -> float | None:

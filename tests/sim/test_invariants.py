@@ -81,7 +81,7 @@ def test_every_policy_multi_replica_and_fan_out(policy: str) -> None:
 def test_bounds_dominate_hit_rates(agent_outcomes: dict[str, tuple[RunOutcome, list[CallTrace]]]) -> None:
     rates = {name: _hit_rate(o) for name, (o, _) in agent_outcomes.items()}
     assert all(rates["infinite-kv"] >= r for r in rates.values()), rates
-    assert rates["belady"] >= rates["fcfs-lru"], rates
+    assert rates["oracle-evict"] >= rates["fcfs-lru"], rates
     assert agent_outcomes["infinite-kv"][0].preemptions == 0
     lru = agent_outcomes["fcfs-lru"][0]
     assert lru.preemptions > 0 and lru.extra["evicted_blocks"] > 0  # the bounds were tested under pressure

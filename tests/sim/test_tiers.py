@@ -29,7 +29,7 @@ def _run(cfg: SimConfig, policy: str = "fcfs-lru", check: bool = True) -> RunOut
     return simulate(WORKLOAD, policy, cfg, concurrency=CONC, check=check)
 
 
-@pytest.mark.parametrize("policy", ["fcfs-lru", "continuum", "thunderagent", "belady"])
+@pytest.mark.parametrize("policy", ["fcfs-lru", "continuum", "thunderagent", "oracle-evict"])
 def test_every_program_completes_within_tier_bounds(policy: str) -> None:
     out = _run(TIERED, policy)  # check=True: pool and tier invariants after every step
     assert len(out.programs) == len(WORKLOAD.programs)
