@@ -221,6 +221,7 @@ class _Sim:
                 max_num_batched_tokens=config.max_num_batched_tokens,
                 max_num_seqs=config.max_num_seqs,
                 check=check,
+                pin_yield=policy.traits.pin_yield,
             )
             for i in range(config.replicas)
         ]
@@ -609,6 +610,7 @@ class _Sim:
             extra={
                 "engine_steps": float(sum(s.steps for s in stats)),
                 "evicted_blocks": float(evicted),
+                "pin_yields": float(sum(s.pin_yields for s in stats)),
                 "prefetches_ignored": float(0 if self.config.tiers else self.prefetches),
                 **self._tier_extra(),
                 **self._policy_extra(),

@@ -14,6 +14,11 @@ of decode-only steps is planned as one *jump* of k steps (until the first reques
 the pool would run out), priced in closed form. A jump is cut short at the next step boundary
 when an outside event (a new call, a pause, a pin) reaches the replica.
 
+Pins (`pin`) hold a run's KV between calls. On engines whose policy declares `pin_yield`
+(Continuum's), pins give way when KV runs out: before a running request is preempted, and
+before a queued call is refused for lack of blocks (then only pins of runs submitted after the
+call's own), the latest-submitted run's pin is released first.
+
 Policy decisions arrive as ops (`add`, `pause`, `resume`, `pin`, `unpin`, `set_priority`,
 `set_hint`); the driver applies them only between steps, like a real engine's input queue.
 """
@@ -92,6 +97,7 @@ class StepStats:
     busy_s: float = 0.0
     steps: int = 0
     load_stall_s: float = 0.0  # step time spent waiting for KV loads from tiers
+    pin_yields: int = 0  # pins released early because KV ran out (`pin_yield` engines)
 
 
 class SimEngine:
@@ -104,6 +110,7 @@ class SimEngine:
         max_num_batched_tokens: int,
         max_num_seqs: int,
         check: bool = False,
+        pin_yield: bool = False,
     ) -> None:
         self.index = index
         self.cost = cost
@@ -112,6 +119,7 @@ class SimEngine:
         self.max_tokens = max_num_batched_tokens
         self.max_seqs = max_num_seqs
         self.check_mode = check
+        self.pin_yield = pin_yield  # pins give way when KV runs out, latest-submitted run first
         self.stats = StepStats()
         self._waiting: list[tuple[int, int, int, SimRequest]] = []
         self.n_waiting = 0  # live queued requests (parked ones not included)
@@ -302,6 +310,8 @@ class SimEngine:
                 need += -(-(r.computed + c) // bs) - (-(-r.computed // bs))
             if need <= pool.available:
                 break
+            if self._yield_pin(None, now):
+                continue  # an idle pin gives way before a running request is preempted
             victim = self._pop_victim()
             if victim is None:
                 raise AssertionError("KV pool too small for a single request")
@@ -416,6 +426,8 @@ class SimEngine:
                 hit = plan.recompute_from  # loaded blocks count as a prefix hit
             c = min(target - hit, budget)
             need = -(-(hit + c) // bs) - dev_blocks  # loaded blocks need device blocks too
+            while need > pool.available and self._yield_pin(r.run, now):
+                pass
             if need > pool.available:
                 pool.release(r.nodes, None)
                 break
@@ -447,6 +459,19 @@ class SimEngine:
             if r.run in self.pins:
                 self.unpin(r.run, now=now)
         return budget
+
+    def _yield_pin(self, before: int | None, now: float) -> bool:
+        """With `pin_yield`: release the pin of the latest-submitted run (runs are numbered in
+        submission order), only of runs submitted after `before` when it is given (a queued call
+        takes memory from later programs' pins, never from earlier ones'). False: none left."""
+        if not self.pin_yield or not self.pins:
+            return False
+        latest = max(self.pins)
+        if before is not None and latest <= before:
+            return False
+        self.unpin(latest, now=now)
+        self.stats.pin_yields += 1
+        return True
 
     def _pop_victim(self) -> SimRequest | None:
         v = self._victims
