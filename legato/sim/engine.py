@@ -111,6 +111,7 @@ class SimEngine:
         max_num_seqs: int,
         check: bool = False,
         pin_yield: bool = False,
+        swap: bool = False,
     ) -> None:
         self.index = index
         self.cost = cost
@@ -120,6 +121,7 @@ class SimEngine:
         self.max_seqs = max_num_seqs
         self.check_mode = check
         self.pin_yield = pin_yield  # pins give way when KV runs out, latest-submitted run first
+        self.swap = swap  # preemption swaps the victim's KV to the first tier (vLLM v0 swap)
         self.stats = StepStats()
         self._waiting: list[tuple[int, int, int, SimRequest]] = []
         self.n_waiting = 0  # live queued requests (parked ones not included)
@@ -499,13 +501,16 @@ class SimEngine:
         self.phase[r.a % self.bs] -= 1
 
     def _evict_running(self, r: SimRequest, now: float, park: bool = False) -> None:
-        """Preemption by recompute: free the request's blocks (cached full blocks stay reusable)
-        and send it back to the queue (or park it, for a paused run)."""
+        """Preemption: free the request's blocks (cached full blocks stay reusable; with `swap`
+        they move to the first tier at once, to be loaded back on readmission) and send it back
+        to the queue (or park it, for a paused run)."""
         if r.state == DECODE:
             self._leave_decode(r)
         else:
             self.prefilling.remove(r)
         self._release_blocks(r, r.computed, now)
+        if self.swap and not park:
+            self.pool.swap_out(r.nodes)
         r.computed = 0
         r.cidx = 0
         r.tree_blocks = 0
