@@ -229,6 +229,9 @@ class _Sim:
                 check=check,
                 pin_yield=policy.traits.pin_yield,
                 swap=policy.traits.preemption == "swap",
+                victim=policy.traits.victim,
+                reserve_output=policy.traits.reserve_output,
+                max_new_tokens=_SAMPLING.max_tokens,
             )
             for i in range(config.replicas)
         ]

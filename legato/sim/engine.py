@@ -19,6 +19,12 @@ Pins (`pin`) hold a run's KV between calls. On engines whose policy declares `pi
 before a queued call is refused for lack of blocks (then only pins of runs submitted after the
 call's own), the latest-submitted run's pin is released first.
 
+Engine mechanics a policy declares in its `PolicyTraits` (the defaults are vLLM v1's): the
+preemption victim (`victim`: vLLM's lowest priority / newest, or SGLang's fewest output tokens),
+preemption by swap instead of recompute (`preemption="swap"`: the victim's KV moves to the first
+tier and is loaded back), SGLang's conservative admission (`reserve_output`, see
+`sim/output_reserve.py`).
+
 Policy decisions arrive as ops (`add`, `pause`, `resume`, `pin`, `unpin`, `set_priority`,
 `set_hint`); the driver applies them only between steps, like a real engine's input queue.
 """
@@ -30,6 +36,7 @@ from dataclasses import dataclass
 
 from legato.sim.cost_model import CostModel
 from legato.sim.kv_pool import KVPool, Node
+from legato.sim.output_reserve import OutputReserve
 from legato.sim.workload import Segment
 
 WAITING, PREFILL, DECODE, DONE, PARKED = range(5)
@@ -112,6 +119,9 @@ class SimEngine:
         check: bool = False,
         pin_yield: bool = False,
         swap: bool = False,
+        victim: str = "newest",
+        reserve_output: bool = False,
+        max_new_tokens: int = 4096,
     ) -> None:
         self.index = index
         self.cost = cost
@@ -122,6 +132,11 @@ class SimEngine:
         self.check_mode = check
         self.pin_yield = pin_yield  # pins give way when KV runs out, latest-submitted run first
         self.swap = swap  # preemption swaps the victim's KV to the first tier (vLLM v0 swap)
+        if victim not in ("newest", "fewest-output"):
+            raise ValueError(f"unknown preemption victim order {victim!r}; valid: newest, fewest-output")
+        self.fewest_output_first = victim == "fewest-output"  # SGLang's retract_decode order
+        self.reserve = OutputReserve(max_new_tokens) if reserve_output else None
+        self.sum_prompt_dec = 0  # summed prompt length of decoding requests
         self.stats = StepStats()
         self._waiting: list[tuple[int, int, int, SimRequest]] = []
         self.n_waiting = 0  # live queued requests (parked ones not included)
@@ -314,13 +329,15 @@ class SimEngine:
                 break
             if self._yield_pin(None, now):
                 continue  # an idle pin gives way before a running request is preempted
-            victim = self._pop_victim()
+            victim = self._fewest_output() if self.fewest_output_first else self._pop_victim()
             if victim is None:
                 raise AssertionError("KV pool too small for a single request")
             self._evict_running(victim, now)
             self.stats.preemptions += 1
             preempted = True
         pool.allocate(need)  # this step's chunks and one decode step, before any admission
+        if preempted and self.reserve is not None:
+            self.reserve.retracted(self.running, self._generated_running())
         if not preempted:
             budget = self._admit(now, budget, chunks)
         if self.n_dec == 0 and not chunks:
@@ -373,6 +390,8 @@ class SimEngine:
         self.stats.busy_s += self.t_end - self.t0
         self.stats.steps += self.k
         self.d += self.k
+        if self.reserve is not None and self.n_flight:
+            self.reserve.decoded(self.k)
         done: list[SimRequest] = []
         fin = self._fin
         while fin and fin[0][0] <= self.d:
@@ -407,6 +426,10 @@ class SimEngine:
         pool = self.pool
         bs = self.bs
         waiting = self._waiting
+        room = 0.0  # tokens a reserve_output engine may still admit this round
+        if self.reserve is not None:
+            room = pool.available * bs - self.reserve.running_tokens(self.running, self._generated_running())
+        admitted = 0
         while waiting and budget > 0 and self.running < self.max_seqs:
             _, _, qver, r = waiting[0]
             if qver != r.qver or r.state != WAITING:
@@ -430,9 +453,17 @@ class SimEngine:
             need = -(-(hit + c) // bs) - dev_blocks  # loaded blocks need device blocks too
             while need > pool.available and self._yield_pin(r.run, now):
                 pass
+            cost = 0.0
+            if self.reserve is not None:
+                cost = (target - hit) + self.reserve.new_tokens()
+                if cost > room and (self.running or admitted):
+                    pool.release(r.nodes, None)
+                    break  # SGLang: no room left for this request's output to come
             if need > pool.available:
                 pool.release(r.nodes, None)
                 break
+            room -= cost
+            admitted += 1
             heapq.heappop(waiting)
             self.n_waiting -= 1
             pool.allocate(need)
@@ -475,6 +506,27 @@ class SimEngine:
         self.stats.pin_yields += 1
         return True
 
+    def _running(self) -> list[SimRequest]:
+        live = [r for _, _, dver, r in self._fin if dver == r.dver and r.state == DECODE]
+        return [*self.prefilling, *live]
+
+    def _generated_running(self) -> int:
+        """Output tokens generated so far by the running requests."""
+        dec = self.sum_a + self.n_dec * (self.d + 1) - self.sum_prompt_dec
+        return dec + sum(r.generated for r in self.prefilling)
+
+    def _fewest_output(self) -> SimRequest | None:
+        """SGLang's `retract_decode` victim: the running request with the fewest output tokens
+        (ties: the longest prompt)."""
+        best: SimRequest | None = None
+        best_key = (0, 0)
+        for r in self._running():
+            gen = r.a + self.d - r.prompt_len + 1 if r.state == DECODE else r.generated
+            key = (gen, -r.prompt_len)
+            if best is None or key < best_key:
+                best, best_key = r, key
+        return best
+
     def _pop_victim(self) -> SimRequest | None:
         v = self._victims
         while v:
@@ -489,6 +541,7 @@ class SimEngine:
         r.a = r.computed - self.d
         self.n_dec += 1
         self.sum_a += r.a
+        self.sum_prompt_dec += r.prompt_len
         self.phase[r.a % self.bs] += 1
         r.dver += 1
         heapq.heappush(self._fin, (self.d + r.out_len - r.generated, r.seq, r.dver, r))
@@ -498,6 +551,7 @@ class SimEngine:
         r.generated = r.computed - r.prompt_len + 1
         self.n_dec -= 1
         self.sum_a -= r.a
+        self.sum_prompt_dec -= r.prompt_len
         self.phase[r.a % self.bs] -= 1
 
     def _evict_running(self, r: SimRequest, now: float, park: bool = False) -> None:
