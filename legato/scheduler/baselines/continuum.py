@@ -13,6 +13,7 @@ import bisect
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from itertools import accumulate
 
 from legato.scheduler.baselines.sticky import Affinity
 from legato.scheduler.events import (
@@ -52,14 +53,16 @@ def best_ttl(latencies: Sequence[float], benefit_s: float, cost_per_s: float) ->
     the cost grows continuously), so only samples are tried; 0 when no TTL has positive value
     (the pin is not worth its memory)."""
     k = len(latencies)
-    best, best_u = 0.0, 0.0
-    below = 0.0  # sum of samples <= tau
-    for i, x in enumerate(latencies, start=1):
-        below += x
-        u = benefit_s * i / k - cost_per_s * (below + (k - i) * x) / k
-        if u > best_u:
-            best, best_u = x, u
-    return best
+    if k == 0:
+        return 0.0
+    # U(x_i) x k = benefit x i - cost x (x_1 + ... + x_i + (k - i) x_i), i = 1..k
+    below = accumulate(latencies)
+    utility = [
+        benefit_s * i - cost_per_s * (b + (k - i) * x)
+        for i, (x, b) in enumerate(zip(latencies, below, strict=True), start=1)
+    ]
+    best = max(range(k), key=utility.__getitem__)  # the first maximum: the shortest TTL
+    return latencies[best] if utility[best] > 0 else 0.0
 
 
 class Continuum(BasePolicy):
