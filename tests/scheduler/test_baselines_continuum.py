@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 
 from legato.scheduler.baselines.continuum import COLD_START_K, Continuum, best_ttl, prior_ttl
-from legato.scheduler.events import RunStarted, ToolFinished, ToolStarted
+from legato.scheduler.events import CallFinished, RunStarted, ToolFinished, ToolStarted
 from legato.scheduler.policy import Dispatch, Pin
 from legato.sim import SimConfig
 from legato.sim.engine import DONE, PREFILL, WAITING, SimEngine, SimRequest
@@ -95,3 +95,19 @@ def test_pins_yield_latest_program_first_when_memory_runs_out() -> None:
     e2.add(big2, (Segment(103, 1200),), Segment(203, 16))
     e2.plan(10.0)
     assert big2.state == WAITING and len(e2.pins) == 2
+
+
+def test_benefit_counts_the_queueing_wait_of_evicted_programs() -> None:
+    """B = reload + eta x T: T is the mean queued -> admitted wait of calls that returned to no
+    live pin (the engine reports it); eta is 1 at cold start."""
+    view = FakeView([1000])
+    c = Continuum()
+    on(c, RunStarted("a", "p", "t"), 0.0, view)
+    on(c, arrive("a", 0, 4000), 0.0, view)
+    on(c, finish("a", 0, 4000, 1000), 10.0, view)  # first call: its wait does not count
+    on(c, arrive("a", 1, 5000), 20.0, view)  # no pin was live: an evicted program's next call
+    done = CallFinished("a#1", "a", 5000, 0, 0, "stop", queued_s=30.0)
+    on(c, done, 30.0, view)
+    reload = c.reload_s("a", 30.0)
+    assert reload is not None
+    assert c.ttl("bash", "a", 30.0) == prior_ttl(reload + 30.0)

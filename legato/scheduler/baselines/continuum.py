@@ -37,6 +37,46 @@ PRIOR_MEAN_S = 1.0
 # The empirical CDFs are over the most recent latencies (a sliding history, so a decision costs
 # O(window)); the paper does not fix a length.
 WINDOW = 512
+# The queueing term's windows: the reconstruction's defaults (256 evicted waits, 256 programs).
+QUEUE_WINDOW = 256
+PROGRAM_WINDOW = 256
+
+
+class _Eta:
+    """eta = -Pearson correlation of (k, N - k) over the non-final steps k of the last completed
+    programs (N steps each): how strongly a program that has run longer has less left."""
+
+    def __init__(self) -> None:
+        self._progs: deque[int] = deque()
+        self._sums = [0.0] * 6  # n, sum x, sum y, sum xx, sum yy, sum xy
+
+    @staticmethod
+    def _terms(n_steps: int) -> list[float]:
+        m = n_steps - 1  # pairs (k, N - k), k = 1 .. N - 1
+        sx = m * (m + 1) / 2
+        sxx = m * (m + 1) * (2 * m + 1) / 6
+        sy = m * n_steps - sx
+        syy = n_steps * n_steps * m - 2 * n_steps * sx + sxx
+        sxy = n_steps * sx - sxx
+        return [float(m), sx, sy, sxx, syy, sxy]
+
+    def add(self, n_steps: int) -> None:
+        if n_steps < 2:
+            return
+        if len(self._progs) == PROGRAM_WINDOW:
+            old = self._progs.popleft()
+            self._sums = [a - b for a, b in zip(self._sums, self._terms(old), strict=True)]
+        self._progs.append(n_steps)
+        self._sums = [a + b for a, b in zip(self._sums, self._terms(n_steps), strict=True)]
+
+    def value(self) -> float:
+        n, sx, sy, sxx, syy, sxy = self._sums
+        if n < 2:
+            return 0.0
+        vx, vy = n * sxx - sx * sx, n * syy - sy * sy
+        if vx <= 0 or vy <= 0:
+            return 0.0
+        return -(n * sxy - sx * sy) / math.sqrt(vx * vy)
 
 
 @dataclass(slots=True)
@@ -80,18 +120,21 @@ class Continuum(BasePolicy):
       returning to a live pin goes first; a program stays on one replica. (Preempted requests
       go back to the head of the queue in the engine.)
     - When a call ends in a tool call, its KV (prompt + output) is pinned for tau* =
-      argmax F(tau) x B - tau (Equation 2), B = the reload it saves: the prefill time of its
-      context. F is the tool's empirical latency CDF, the pooled CDF of all tools while this
-      one has at most 100 samples, and an exponential of mean 1 s while fewer than 100 tool
-      returns were seen at all (cold start, section 4.2).
+      argmax F(tau) x B - tau (Equation 2), B = what a pin saves when the tool returns within
+      it: the reload (prefill time of the context) plus eta x T, T the mean queueing wait of
+      evicted programs' next calls (programs that returned to no live pin; the engine reports
+      each call's queued -> admitted time) and eta = -corr(k, N - k) over completed programs'
+      steps (1 at cold start). F is the tool's empirical latency CDF, the pooled CDF of all
+      tools while this one has at most 100 samples, and an exponential of mean 1 s while at
+      most 100 tool returns were seen at all (cold start, section 4.2).
     - When memory runs out, whole pins are released, latest program first, before queued calls
       are refused and before running ones are preempted (`PolicyTraits.pin_yield`).
 
-    Simplifies: B omits the paper's queueing term (eta x the mean wait of evicted programs'
-    next requests; the policy does not see when a call is admitted), so TTLs are if anything
-    shorter than the paper's; the prefill time comes from the replica's measured prefill
-    throughput (prompt tokens computed per second since its first call) instead of an offline
-    profile, which overstates it (the engine also decodes), so TTLs are if anything longer."""
+    Simplifies: the prefill time comes from the replica's measured prefill throughput (prompt
+    tokens computed per second since its first call) instead of an offline profile, which
+    overstates it (the engine also decodes), so TTLs are if anything longer; a preempted
+    call's wait from preemption to readmission is not counted in T (the policy does not see
+    preemptions)."""
 
     name = "continuum"
     traits = PolicyTraits(eviction="lru", pin_yield=True)
@@ -104,6 +147,10 @@ class Continuum(BasePolicy):
         self._all = _History()
         self._context: dict[str, int] = {}  # run -> tokens its last call leaves in KV
         self._pinned_until: dict[str, float] = {}
+        self._returning: set[str] = set()  # calls that arrived to a live pin
+        self._steps: dict[str, int] = {}  # run -> calls finished
+        self._waits: deque[float] = deque(maxlen=QUEUE_WINDOW)  # evicted programs' queueing
+        self._eta = _Eta()
         self._computed: dict[int, float] = {}  # replica -> prompt tokens computed
         self._since: dict[int, float] = {}  # replica -> when it got its first call
 
@@ -117,11 +164,19 @@ class Continuum(BasePolicy):
         replica = self._affinity.route(call.run_id, view)
         self._since.setdefault(replica, now)
         pinned = self._pinned_until.pop(call.run_id, -1.0) >= now
+        if pinned:
+            self._returning.add(call.call_id)
         priority = 0 if pinned else self._order.get(call.run_id, 0)
         return (Dispatch(call.call_id, replica, priority=priority),)
 
     def on_call_finished(self, event: CallFinished, now: float, view: ClusterView) -> Sequence[Decision]:
         self._context[event.run_id] = event.prompt_tokens + event.output_tokens
+        steps = self._steps.get(event.run_id, 0)
+        self._steps[event.run_id] = steps + 1
+        returning = event.call_id in self._returning
+        self._returning.discard(event.call_id)
+        if steps and not returning and event.queued_s is not None:
+            self._waits.append(event.queued_s)  # an evicted program's next call: what it waited
         replica = self._affinity.get(event.run_id)
         if replica is not None:
             computed = self._computed.get(replica, 0.0) + event.prompt_tokens - event.cached_tokens
@@ -141,11 +196,13 @@ class Continuum(BasePolicy):
 
     def ttl(self, tool: str, run_id: str, now: float) -> float:
         """tau* for the run's pin at the start of `tool` (see the class docstring)."""
-        benefit = self.reload_s(run_id, now)
-        if benefit is None:
+        reload = self.reload_s(run_id, now)
+        if reload is None:
             return 0.0
+        wait = sum(self._waits) / len(self._waits) if self._waits else 0.0
         if self._all.seen <= COLD_START_K:
-            return prior_ttl(benefit)
+            return prior_ttl(reload + wait)  # eta = 1 at cold start
+        benefit = reload + self._eta.value() * wait
         hist = self._hist.get(tool)
         if hist is None or hist.seen <= COLD_START_K:
             hist = self._all
@@ -168,4 +225,5 @@ class Continuum(BasePolicy):
         self._order.pop(event.run_id, None)
         self._context.pop(event.run_id, None)
         self._pinned_until.pop(event.run_id, None)
+        self._eta.add(self._steps.pop(event.run_id, 0))
         return ()
