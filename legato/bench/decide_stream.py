@@ -144,7 +144,7 @@ class _Control:
     def dispatch(self, call_id: str, replica: int, priority: int) -> None:
         self._d.dispatch(call_id, replica)
 
-    def pause(self, run_id: str) -> None:
+    def pause(self, run_id: str, evict: bool) -> None:
         run = self._d.view.runs.get(run_id)
         if run is not None:
             run.paused = True

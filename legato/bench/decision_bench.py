@@ -13,8 +13,8 @@ lognormal time, and so on for 5-30 steps. Decisions go through the one decision 
 (`legato.scheduler.apply`) to a replica control that applies them just enough for the stream
 to stay honest (dispatch, pause and resume change what happens next; priorities, pins and
 hints are accepted and dropped). The `ClusterView` is `FakeCluster`, a plain class of
-counters, so reading it costs about what a real view's cached numbers cost; `belady` gets a
-`FutureOracle` from the driver, which knows when every tool ends.
+counters, so reading it costs about what a real view's cached numbers cost; `oracle-evict`
+gets a `FutureOracle` from the driver, which knows when every tool ends.
 
 Times are wall-clock (`time.perf_counter_ns` around each `on_event`), so they vary with the
 machine and its load; ratios between policies in one run are what to compare.

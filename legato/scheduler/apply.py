@@ -86,7 +86,9 @@ class ReplicaControl(Protocol):
 
     def set_priority(self, run_id: str, priority: int) -> None: ...
 
-    def pause(self, run_id: str) -> None: ...
+    def pause(self, run_id: str, evict: bool) -> None:
+        """`evict` False: hold the run's calls only (a router-level pause)."""
+        ...
 
     def resume(self, run_id: str) -> None: ...
 
@@ -134,7 +136,7 @@ class DecisionApplier:
         elif isinstance(d, SetPriority):
             c.set_priority(d.run_id, d.priority)
         elif isinstance(d, Pause):
-            c.pause(d.run_id)
+            c.pause(d.run_id, d.evict)
         elif isinstance(d, Resume):
             c.resume(d.run_id)
         elif isinstance(d, Pin):

@@ -88,7 +88,7 @@ class EngineControl:
         if run.in_engine > len(run.queued):
             s.stats["set_priority_unapplied"] += 1
 
-    def pause(self, run_id: str) -> None:
+    def pause(self, run_id: str, evict: bool) -> None:
         run = self._s.runs.get(run_id)
         if run is None or run.paused:
             return

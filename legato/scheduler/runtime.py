@@ -20,7 +20,7 @@ reach the engines), `accounting` (busy time).
 A bad decision (`legato.scheduler.apply.BadDecision`: a policy bug) is counted in
 `stats["bad_decisions"]` and logged, like any other policy failure (`stats["policy_errors"]`):
 a policy bug must not take a server down. Policies declaring `traits.oracle` (the clairvoyant
-`belady` bound) are rejected: real time has no future knowledge. `traits.unlimited_kv` is a
+`oracle-evict` bound) are rejected: real time has no future knowledge. `traits.unlimited_kv` is a
 property of the engine, which the caller sizes.
 """
 
@@ -136,6 +136,10 @@ class PolicyScheduler:
         return self.state.pending
 
     @property
+    def placed(self) -> dict[str, int]:
+        return self.state.placed
+
+    @property
     def runs(self) -> dict[str, RunState]:
         return self.state.runs
 
@@ -220,10 +224,16 @@ class PolicyScheduler:
                 self.waiting[pending.replica] -= 1
         if self._closed or pending.replica is None:
             raise SchedulerError("PolicyScheduler closed before the call was dispatched")
-        # aclosing: a consumer that stops early closes the inner stream (and the engine request) now
-        async with contextlib.aclosing(self._stream(call, run, pending.replica, pending.priority)) as inner:
-            async for chunk in inner:
-                yield chunk
+        self.placed[call.call_id] = pending.replica
+        try:
+            # aclosing: a consumer that stops early closes the inner stream (and the engine request) now
+            async with contextlib.aclosing(
+                self._stream(call, run, pending.replica, pending.priority)
+            ) as inner:
+                async for chunk in inner:
+                    yield chunk
+        finally:
+            self.placed.pop(call.call_id, None)
 
     async def _stream(
         self, call: LLMCall, run: RunState, replica: int, priority: int
@@ -284,7 +294,10 @@ class PolicyScheduler:
             self.pins.bridge(run, replica, call.prompt_token_ids)  # admitted: replaces the run's pin
             chunk = first
             while True:
-                output.extend(chunk.token_ids)
+                # n > 1 is one call (one engine request, one prefill); the program continues
+                # from sample 0, so that is the sequence whose KV the run keeps
+                if chunk.index == 0:
+                    output.extend(chunk.token_ids)
                 prompt_tokens = chunk.prompt_tokens or prompt_tokens
                 cached = chunk.cached_tokens or cached
                 if chunk.finished:

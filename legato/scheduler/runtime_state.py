@@ -83,6 +83,7 @@ class SchedulerState:
         self.running = [0] * n
         self.waiting = [0] * n
         self.pending: dict[str, Pending] = {}
+        self.placed: dict[str, int] = {}  # call id -> its replica, while the call streams
         self.runs: dict[str, RunState] = {}
         self.stats: dict[str, int] = dict.fromkeys(STAT_NAMES, 0)
 

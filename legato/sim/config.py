@@ -23,8 +23,21 @@ class SimConfig:
     eff_compute: float = 0.5
     eff_mem: float = 0.8
     overhead_s: float = 1.5e-3
+    # speculative decoding: measured (draft length, tokens per verify step); () = none (sim/spec.py)
+    spec_acceptance: tuple[tuple[int, float], ...] = ()
 
     def cost_model(self) -> CostModel:
+        if self.spec_acceptance:
+            from legato.sim.spec import SpecCostModel
+
+            return SpecCostModel(
+                model_preset(self.model),
+                gpu_preset(self.gpu),
+                eff_compute=self.eff_compute,
+                eff_mem=self.eff_mem,
+                overhead_s=self.overhead_s,
+                acceptance=self.spec_acceptance,
+            )
         return CostModel(
             model_preset(self.model),
             gpu_preset(self.gpu),

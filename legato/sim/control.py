@@ -133,8 +133,10 @@ class SimControl:
         if run is not None:
             self._broadcast(Reprioritize(run, priority))
 
-    def pause(self, run_id: str) -> None:
-        self.pauses += 1
+    def pause(self, run_id: str, evict: bool) -> None:
+        self.pauses += 1  # the one count of program pauses (RunOutcome.pauses)
+        if not evict:
+            return  # a router-level pause: the policy holds the calls, engines are not told
         run = self._runs.get(run_id)
         if run is not None:
             self._broadcast(PauseRun(run))

@@ -62,6 +62,7 @@ from legato.sim.tiers import SimTiers
 from legato.sim.views import SimClusterView, build_outcome
 from legato.sim.workload import ProgramSpec, Segment, Workload
 
+SWAP_SPACE_GB = 4 * 2**30 / 1e9  # vLLM's default --swap-space: 4 GiB per GPU
 _SAMPLING = SamplingParams(max_tokens=4096)  # the simulator never samples; outputs come from the spec
 
 # event kinds, in tie-break order irrelevant (sequence numbers order equal times)
@@ -93,7 +94,7 @@ class _Prog:
     output_tokens: int = 0
     calls_done: int = 0
     active_calls: int = 0  # arrived, not finished
-    tool_ends: dict[int, float] = field(default_factory=dict)  # call index -> tool end time
+    tool_ends: dict[int, float] = field(default_factory=dict)  # call index -> its step's end time
     prompt_lens: list[int] = field(default_factory=list)
 
 
@@ -133,6 +134,11 @@ class _Sim:
         if config.replicas < 1:
             raise ValueError(f"replicas must be >= 1, got {config.replicas}")
         specs = tier_specs(config.tiers)
+        if not specs and policy.traits.preemption == "swap":
+            # Swap-based preemption (vLLM's --swap-space, 4 GiB per GPU by default): the
+            # engine's CPU swap space is a host tier, so preempted KV is reloaded, not recomputed.
+            specs = tier_specs((f"host:{SWAP_SPACE_GB}",))
+        self.tier_specs = specs
         self.policy = policy
         self.config = config
         self.concurrency = concurrency
@@ -153,6 +159,11 @@ class _Sim:
                 max_num_batched_tokens=config.max_num_batched_tokens,
                 max_num_seqs=config.max_num_seqs,
                 check=check,
+                pin_yield=policy.traits.pin_yield,
+                swap=policy.traits.preemption == "swap",
+                victim=policy.traits.victim,
+                reserve_output=policy.traits.reserve_output,
+                max_new_tokens=_SAMPLING.max_tokens,
             )
             for i in range(config.replicas)
         ]
@@ -160,6 +171,7 @@ class _Sim:
             kv_bytes = cost.model.kv_bytes_per_token
             for e in self.engines:
                 e.pool.tiers = SimTiers(specs, config.block_size, kv_bytes, e.pool._key)
+                e.pool.offload_evictions = bool(config.tiers)
         self.specs = arrival_order(workload)
         self.workload = workload
         self.progs_by_run: dict[str, _Prog] = {}
@@ -186,7 +198,7 @@ class _Sim:
             schedule_kick=lambda r: self.push(self.now, _KICK, r),
             schedule_expiry=lambda run, version, at: self.push(at, _PIN_EXPIRE, run, version),
         )
-        self.control = SimControl(self.engines, self.run_index, hooks, has_tiers=bool(config.tiers))
+        self.control = SimControl(self.engines, self.run_index, hooks, has_tiers=bool(self.tier_specs))
         self.applier = DecisionApplier(self.control, record=decisions)
         self._progress_every = max(1, len(self.specs) // 100)
 
@@ -235,7 +247,9 @@ class _Sim:
             )
         if self.progress is not None:
             self.progress(self.done, len(self.specs))
-        return build_outcome(self.policy, self.outcomes, self.engines, self.ledger, self.control, self.config)
+        return build_outcome(
+            self.policy, self.outcomes, self.engines, self.ledger, self.control, self.config, self.tier_specs
+        )
 
     # --- programs ------------------------------------------------------------------------
 
@@ -307,12 +321,19 @@ class _Sim:
                     replica,
                 )
             )
-        self.emit(CallFinished(req.call_id, p.run_id, prompt, cs.output_tokens, req.hit_tokens, "length"))
+        # When the step ends (its tool's end, or now: dependents follow at once) is known before
+        # the policy hears of the finish, so an oracle's next-use hint already counts it.
+        p.tool_ends[j] = self.now + (cs.tool_latency_s if cs.tool is not None else 0.0)
+        queued = req.first_admit_s - self.dispatched_s[req.call_id]
+        finished = CallFinished(
+            req.call_id, p.run_id, prompt, cs.output_tokens, req.hit_tokens, "length", queued
+        )
+        self.emit(finished)
         if cs.tool is not None:
-            p.tool_ends[j] = self.now + cs.tool_latency_s
             self.emit(ToolStarted(p.run_id, cs.tool, self.tools.mean(cs.tool)))
             self.push(self.now + cs.tool_latency_s, _TOOL_DONE, p.index, j)
         else:
+            del p.tool_ends[j]
             self._step_done(p, j)
 
     def _on_tool_done(self, i: int, j: int) -> None:
@@ -339,11 +360,12 @@ class _Sim:
             ProgramOutcome(
                 spec.program_id,
                 spec.tenant,
-                p.submitted_s,
+                spec.arrival_s if spec.open_loop else p.submitted_s,
                 self.now,
                 p.calls_done,
                 p.prompt_tokens,
                 p.output_tokens,
+                submitted_s=p.submitted_s,
             )
         )
         self.emit(RunFinished(p.run_id, "succeeded"))

@@ -11,7 +11,7 @@ from legato.sim.client import TenantLedger
 from legato.sim.config import SimConfig
 from legato.sim.control import SimControl
 from legato.sim.engine import SimEngine
-from legato.sim.hardware import tier_specs
+from legato.sim.hardware import TierSpec
 from legato.sim.outcome import ProgramOutcome, RunOutcome
 from legato.sim.workload import Segment
 
@@ -65,6 +65,7 @@ def build_outcome(
     ledger: TenantLedger,
     control: SimControl,
     config: SimConfig,
+    tiers: Sequence[TierSpec],
 ) -> RunOutcome:
     """The `RunOutcome` of a finished simulation."""
     stats = [e.stats for e in engines]
@@ -90,8 +91,9 @@ def build_outcome(
         extra={
             "engine_steps": float(sum(s.steps for s in stats)),
             "evicted_blocks": float(evicted),
-            "prefetches_ignored": float(0 if config.tiers else control.prefetches),
-            **tier_extra(engines, config, control.prefetches),
+            "pin_yields": float(sum(s.pin_yields for s in stats)),
+            "prefetches_ignored": float(0 if tiers else control.prefetches),
+            **tier_extra(engines, config, tiers, control.prefetches),
             **policy_extra(policy),
         },
     )
@@ -104,13 +106,15 @@ def policy_extra(policy: Policy) -> dict[str, float]:
     return {str(k): float(v) for k, v in stats().items()} if callable(stats) else {}
 
 
-def tier_extra(engines: Sequence[SimEngine], config: SimConfig, prefetches: int) -> dict[str, float]:
+def tier_extra(
+    engines: Sequence[SimEngine], config: SimConfig, tiers: Sequence[TierSpec], prefetches: int
+) -> dict[str, float]:
     """Per-tier traffic summed over replicas (only with tiers): `tier_<name>_<counter>`."""
-    if not config.tiers:
+    if not tiers:
         return {}
     out: dict[str, float] = {"prefetches": float(prefetches)}
     out["tier_load_stall_s"] = sum(e.stats.load_stall_s for e in engines)
-    for spec in tier_specs(config.tiers):
+    for spec in tiers:
         block_bytes = config.block_size * config.cost_model().model.kv_bytes_per_token
         totals = {"offloaded_bytes": 0.0, "loaded_bytes": 0.0, "hit_tokens": 0.0, "prefetched_bytes": 0.0}
         totals["capacity_blocks"] = totals["peak_blocks"] = 0.0

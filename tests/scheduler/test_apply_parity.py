@@ -130,7 +130,7 @@ class _Recorder:
 
     def set_priority(self, run_id: str, priority: int) -> None: ...
 
-    def pause(self, run_id: str) -> None:
+    def pause(self, run_id: str, evict: bool) -> None:
         self.calls.append(f"pause {run_id}")
 
     def resume(self, run_id: str) -> None: ...

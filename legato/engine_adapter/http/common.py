@@ -215,7 +215,10 @@ class HTTPEngineBase:
     the requests in flight (for `abort`), the priority switch (a server must be started with
     priority scheduling to accept one), and the `Engine` protocol's plain members. No HTTP
     server Legato talks to can say what its prefix cache holds, so `cached_prefix_tokens` is 0.
-    Subclasses add `generate`, `capacity` and `abort`."""
+    Subclasses add `generate`, `capacity` and `abort`, and name what the server can always do
+    in `BASE_CAPABILITIES`."""
+
+    BASE_CAPABILITIES: frozenset[Capability] = frozenset({Capability.LOGPROBS})
 
     def __init__(
         self,
@@ -240,7 +243,7 @@ class HTTPEngineBase:
 
     @property
     def capabilities(self) -> frozenset[Capability]:
-        caps = {Capability.LOGPROBS}
+        caps = set(self.BASE_CAPABILITIES)
         if self._priority_scheduling:
             caps.add(Capability.PRIORITY)
         return frozenset(caps)

@@ -11,19 +11,17 @@ import anyio
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi_offline import FastAPIOffline
 
 from legato.engine_adapter.base import (
     Engine,
     GenerateRequest,
-    GenerateResult,
     assemble_result,
+    assemble_samples,
 )
 from legato.engine_adapter.openai_api import (
-    ChatChoice,
     ChatCompletionRequest,
     ChatCompletionResponse,
-    ChatResponseMessage,
-    CompletionChoice,
     CompletionRequest,
     CompletionResponse,
     DetokenizeRequest,
@@ -31,7 +29,6 @@ from legato.engine_adapter.openai_api import (
     HealthResponse,
     ModelCard,
     ModelList,
-    SamplingFields,
     SGLangAbortRequest,
     SGLangGenerateRequest,
     SGLangGenerateResponse,
@@ -40,7 +37,6 @@ from legato.engine_adapter.openai_api import (
     VLLMGenerateChoice,
     VLLMGenerateRequest,
     VLLMGenerateResponse,
-    new_id,
 )
 from legato.engine_adapter.server.errors import (
     ERROR_RESPONSES,
@@ -55,6 +51,8 @@ from legato.engine_adapter.server.lifecycle import (
     EventStream,
     collect_or_abort,
 )
+from legato.engine_adapter.server.openai_calls import chat_response, completion_response, openai_request
+from legato.engine_adapter.server.openai_fields import logit_bias, top_logprobs_of
 from legato.engine_adapter.server.service import EngineService, make_usage
 from legato.engine_adapter.server.streams import (
     chat_events,
@@ -64,74 +62,43 @@ from legato.engine_adapter.server.streams import (
     vllm_token_events,
 )
 
-
-def completion_response(
-    svc: EngineService, body: CompletionRequest, prompt: tuple[int, ...], result: GenerateResult
-) -> JSONResponse:
-    """The non-streaming OpenAI completion answer for a finished generation."""
-    choice = CompletionChoice(
-        text=result.text,
-        finish_reason=result.finish_reason,
-        logprobs=svc.completion_logprobs(result.token_ids, result.logprobs, 0),
-        token_ids=list(result.token_ids) if body.return_token_ids else None,
-        prompt_token_ids=list(prompt) if body.return_token_ids else None,
-    )
-    usage = make_usage(result.prompt_tokens or len(prompt), len(result.token_ids), result.cached_tokens)
-    out = CompletionResponse(id=result.request_id, model=svc.model, choices=[choice], usage=usage)
-    return JSONResponse(out.model_dump(exclude_none=True))
+# Engine counters for /metrics, from an engine with a `stats()` coroutine (the torch engine):
+# (metric, stats attribute, help). vLLM's names where vLLM has the same counter.
+_COUNTERS = (
+    ("vllm:prompt_tokens_total", "prompt_tokens", "Prompt tokens of admitted requests (once per request)."),
+    ("vllm:generation_tokens_total", "generated_tokens", "Tokens generated, all samples."),
+    ("vllm:prefix_cache_hits_total", "prefix_hit_tokens", "Prompt tokens served from the prefix cache."),
+    ("legato:prefill_tokens_total", "prefill_tokens", "Prompt tokens run through the model."),
+    ("legato:forked_samples_total", "forked_samples", "Samples of n > 1 requests forked off a prefill."),
+    ("vllm:num_preemptions_total", "preemptions", "Sequences preempted."),
+    ("vllm:spec_decode_num_drafts_total", "spec_drafts", "Verify steps that checked a draft."),
+    ("vllm:spec_decode_num_draft_tokens_total", "spec_draft_tokens", "Draft tokens proposed."),
+    ("vllm:spec_decode_num_accepted_tokens_total", "spec_accepted_tokens", "Draft tokens accepted."),
+)
 
 
-def chat_response(svc: EngineService, prompt: tuple[int, ...], result: GenerateResult) -> JSONResponse:
-    """The non-streaming OpenAI chat completion answer for a finished generation."""
-    choice = ChatChoice(
-        message=ChatResponseMessage(content=result.text),
-        finish_reason=result.finish_reason,
-        logprobs=svc.chat_logprobs(result.token_ids, result.logprobs),
-    )
-    usage = make_usage(result.prompt_tokens or len(prompt), len(result.token_ids), result.cached_tokens)
-    out = ChatCompletionResponse(id=result.request_id, model=svc.model, choices=[choice], usage=usage)
-    return JSONResponse(out.model_dump(exclude_none=True))
+async def engine_counters(engine: Engine, label: str) -> list[str]:
+    """Prometheus lines for the engine's counters; none for engines that keep no stats."""
+    stats_fn = getattr(engine, "stats", None)
+    if stats_fn is None:
+        return []
+    stats = await stats_fn()
+    lines: list[str] = []
+    for name, attr, text in _COUNTERS:
+        value = getattr(stats, attr, None)
+        if isinstance(value, int):
+            lines += [f"# HELP {name} {text}", f"# TYPE {name} counter", f"{name}{{{label}}} {value}"]
+    return lines
 
 
-def openai_request(
-    svc: EngineService,
-    body: SamplingFields,
-    prompt: tuple[int, ...],
-    *,
-    max_tokens: int | None,
-    max_tokens_field: str,
-    logprobs: bool,
-    id_prefix: str,
-    client_routing: bool = True,
-) -> GenerateRequest:
-    """The engine request of an OpenAI completion or chat body: the sampling fields and vLLM
-    extras the two share, checked the same way. `client_routing=False` (Legato's proxy) ignores
-    the client's `request_id`, `priority` and `cache_salt`: there the scheduler decides priority
-    and derives the salt from the authenticated tenant."""
-    if body.n != 1:
-        raise ApiError(400, f"n must be 1 (got {body.n}); send separate requests for several samples", "n")
-    sampling = svc.sampling(
-        max_tokens=max_tokens,
-        max_tokens_field=max_tokens_field,
-        prompt_len=len(prompt),
-        temperature=body.temperature,
-        top_p=body.top_p,
-        top_k=body.top_k,
-        seed=body.seed,
-        stop=body.stop,
-        stop_token_ids=body.stop_token_ids,
-        ignore_eos=body.ignore_eos,
-        logprobs=logprobs,
-    )
-    if not client_routing:
-        return GenerateRequest(request_id=new_id(id_prefix), prompt_token_ids=prompt, sampling=sampling)
-    return GenerateRequest(
-        request_id=body.request_id or new_id(id_prefix),
-        prompt_token_ids=prompt,
-        sampling=sampling,
-        priority=body.priority,
-        cache_salt=body.cache_salt,
-    )
+def single_sample(n: int) -> None:
+    """The native SGLang / vLLM routes answer one sample per request."""
+    if n != 1:
+        raise ApiError(
+            400,
+            f"sampling_params.n must be 1 here (got {n}); /v1/completions takes n > 1",
+            "sampling_params.n",
+        )
 
 
 def create_engine_app(
@@ -159,7 +126,7 @@ def create_engine_app(
                 with anyio.CancelScope(shield=True), anyio.move_on_after(ABORT_TIMEOUT_S):
                     await on_shutdown()
 
-    app = FastAPI(
+    app = FastAPIOffline(  # /docs and /redoc from assets shipped in the package: no CDN, works offline
         title="Legato engine server",
         summary=f"{svc.model} behind OpenAI-, SGLang- and vLLM-compatible HTTP APIs.",
         version="1",
@@ -195,7 +162,7 @@ def create_engine_app(
         if (body.prompt is None) == (body.messages is None):
             raise ApiError(400, "send exactly one of `prompt` (text) or `messages` (chat)")
         if body.messages is not None:
-            messages = [{"role": m.role, "content": m.text()} for m in body.messages]
+            messages = [m.template_dict() for m in body.messages]
             tokens = svc.tokenizer.apply_chat_template(
                 messages, add_generation_prompt=body.add_generation_prompt
             )
@@ -230,6 +197,7 @@ def create_engine_app(
             f"vllm:kv_cache_usage_perc{{{label}}} {used}",
             "# TYPE sglang:token_usage gauge",
             f"sglang:token_usage{{{label}}} {used}",
+            *await engine_counters(engine, label),
         ]
         return PlainTextResponse("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
 
@@ -254,17 +222,9 @@ def create_engine_app(
     )
     async def completions(body: CompletionRequest, raw: Request) -> Response:
         svc.check_model(body.model)
-        if body.echo:
-            raise ApiError(400, "echo is not supported; prepend the prompt yourself", "echo")
         prompt = svc.prompt_ids(body.prompt)
         req = openai_request(
-            svc,
-            body,
-            prompt,
-            max_tokens=body.max_tokens,
-            max_tokens_field="max_tokens",
-            logprobs=body.logprobs is not None,
-            id_prefix="cmpl",
+            svc, body, prompt, max_tokens=body.max_tokens, max_tokens_field="max_tokens", id_prefix="cmpl"
         )
         generation = await svc.start(req)
         if body.stream:
@@ -272,7 +232,7 @@ def create_engine_app(
         chunks = await collect_or_abort(raw, generation)
         if chunks is None:
             return Response(status_code=499)
-        return completion_response(svc, body, prompt, assemble_result(req, chunks))
+        return completion_response(svc, body, prompt, assemble_samples(req, chunks))
 
     @app.post(
         "/v1/chat/completions",
@@ -284,13 +244,7 @@ def create_engine_app(
         svc.check_model(body.model)
         prompt, field, requested = await svc.chat_prompt(body)
         req = openai_request(
-            svc,
-            body,
-            prompt,
-            max_tokens=requested,
-            max_tokens_field=field,
-            logprobs=body.logprobs,
-            id_prefix="chatcmpl",
+            svc, body, prompt, max_tokens=requested, max_tokens_field=field, id_prefix="chatcmpl"
         )
         generation = await svc.start(req)
         if body.stream:
@@ -298,7 +252,7 @@ def create_engine_app(
         chunks = await collect_or_abort(raw, generation)
         if chunks is None:
             return Response(status_code=499)
-        return chat_response(svc, prompt, assemble_result(req, chunks))
+        return chat_response(svc, body, prompt, assemble_samples(req, chunks))
 
     # --- SGLang -----------------------------------------------------------------------------
 
@@ -317,6 +271,7 @@ def create_engine_app(
             else tuple(svc.tokenizer.encode(body.text or ""))
         )
         sp = body.sampling_params
+        single_sample(sp.n)
         sampling = svc.sampling(
             max_tokens=sp.max_new_tokens,
             max_tokens_field="sampling_params.max_new_tokens",
@@ -329,6 +284,9 @@ def create_engine_app(
             stop_token_ids=sp.stop_token_ids,
             ignore_eos=sp.ignore_eos,
             logprobs=body.return_logprob,
+            presence_penalty=sp.presence_penalty,
+            frequency_penalty=sp.frequency_penalty,
+            logit_bias=logit_bias(sp.logit_bias, svc.tokenizer.vocab_size),
         )
         req = GenerateRequest(
             request_id=body.rid or uuid.uuid4().hex,
@@ -373,6 +331,7 @@ def create_engine_app(
         svc.check_model(body.model)
         prompt = svc.check_tokens(body.token_ids, "token_ids")
         sp = body.sampling_params
+        single_sample(sp.n)
         sampling = svc.sampling(
             max_tokens=sp.max_tokens,
             max_tokens_field="sampling_params.max_tokens",
@@ -385,6 +344,10 @@ def create_engine_app(
             stop_token_ids=sp.stop_token_ids,
             ignore_eos=sp.ignore_eos,
             logprobs=sp.logprobs is not None,
+            top_logprobs=top_logprobs_of(svc.engine, sp.logprobs or 0, "sampling_params.logprobs"),
+            presence_penalty=sp.presence_penalty,
+            frequency_penalty=sp.frequency_penalty,
+            logit_bias=logit_bias(sp.logit_bias, svc.tokenizer.vocab_size),
         )
         req = GenerateRequest(
             request_id=body.request_id or uuid.uuid4().hex,
@@ -403,7 +366,7 @@ def create_engine_app(
         choice = VLLMGenerateChoice(
             token_ids=list(result.token_ids),
             finish_reason=result.finish_reason,
-            logprobs=svc.token_id_logprobs(result.token_ids, result.logprobs),
+            logprobs=svc.token_id_logprobs(result.token_ids, result.logprobs, result.top_logprobs),
         )
         return JSONResponse(
             VLLMGenerateResponse(

@@ -38,7 +38,8 @@ from legato.engine_adapter.base import (
 )
 from legato.engine_adapter.torch.checkpoint import build_default_model, load_checkpoint
 from legato.engine_adapter.torch.config import EngineConfig, ModelConfig
-from legato.engine_adapter.torch.core import EngineCore, EngineStats, RequestOutput
+from legato.engine_adapter.torch.core import EngineCore
+from legato.engine_adapter.torch.outputs import EngineStats, RequestOutput
 from legato.engine_adapter.torch.tokenizer import ByteTokenizer, HFTokenizer
 from legato.engine_adapter.worker import WorkerThread
 
@@ -90,6 +91,8 @@ class TorchEngine(WorkerThread):
         return frozenset(
             {
                 Capability.LOGPROBS,
+                Capability.TOP_LOGPROBS,
+                Capability.PARALLEL_SAMPLING,
                 Capability.PRIORITY,
                 Capability.PREFIX_QUERY,
                 Capability.PREFIX_SNAPSHOT,
