@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 
-from legato.engine_adapter.base import Capability, EngineError, Tokenizer
+from legato.engine_adapter.base import Capability, EngineError, SamplingParams, Tokenizer
 
 DEFAULT_TIMEOUT_S = 120.0
 CONNECT_TIMEOUT_S = 10.0
@@ -207,6 +207,23 @@ def parse_prometheus(text: str) -> dict[str, list[tuple[dict[str, str], float]]]
             continue
         labels = dict(_LABEL.findall(match["labels"] or ""))
         out.setdefault(match["name"], []).append((labels, value))
+    return out
+
+
+def shared_sampling_fields(sp: SamplingParams) -> dict[str, Any]:
+    """The optional sampling fields vLLM and SGLang both name the same way (stop strings, stop
+    token ids, presence / frequency penalties, logit bias), set only when they change anything."""
+    out: dict[str, Any] = {}
+    if sp.stop:
+        out["stop"] = list(sp.stop)
+    if sp.stop_token_ids:
+        out["stop_token_ids"] = list(sp.stop_token_ids)
+    if sp.presence_penalty:
+        out["presence_penalty"] = sp.presence_penalty
+    if sp.frequency_penalty:
+        out["frequency_penalty"] = sp.frequency_penalty
+    if sp.logit_bias:
+        out["logit_bias"] = {str(t): b for t, b in sp.logit_bias}
     return out
 
 

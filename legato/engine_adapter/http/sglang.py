@@ -25,6 +25,7 @@ from legato.engine_adapter.http.common import (
     request_json,
     request_ok,
     request_text,
+    shared_sampling_fields,
 )
 
 SERVER = "SGLang"
@@ -88,16 +89,7 @@ class SGLangEngine(HTTPEngineBase):
             "top_k": sp.top_k if sp.top_k > 0 else -1,
             "ignore_eos": sp.ignore_eos,
         }
-        if sp.stop:
-            out["stop"] = list(sp.stop)
-        if sp.stop_token_ids:
-            out["stop_token_ids"] = list(sp.stop_token_ids)
-        if sp.presence_penalty:
-            out["presence_penalty"] = sp.presence_penalty
-        if sp.frequency_penalty:
-            out["frequency_penalty"] = sp.frequency_penalty
-        if sp.logit_bias:
-            out["logit_bias"] = {str(t): b for t, b in sp.logit_bias}
+        out.update(shared_sampling_fields(sp))
         if sp.seed is not None:
             out["sampling_seed"] = sp.seed
         return out

@@ -29,6 +29,7 @@ from legato.engine_adapter.http.common import (
     parse_prometheus,
     request_json,
     request_text,
+    shared_sampling_fields,
 )
 
 SERVER = "vLLM"
@@ -113,16 +114,7 @@ class VLLMEngine(HTTPEngineBase):
             out["top_k"] = sp.top_k
         if sp.seed is not None:
             out["seed"] = sp.seed
-        if sp.stop:
-            out["stop"] = list(sp.stop)
-        if sp.stop_token_ids:
-            out["stop_token_ids"] = list(sp.stop_token_ids)
-        if sp.presence_penalty:
-            out["presence_penalty"] = sp.presence_penalty
-        if sp.frequency_penalty:
-            out["frequency_penalty"] = sp.frequency_penalty
-        if sp.logit_bias:
-            out["logit_bias"] = {str(t): b for t, b in sp.logit_bias}
+        out.update(shared_sampling_fields(sp))
         if sp.logprobs:
             out["logprobs"] = sp.top_logprobs  # the sampled token's logprob, and alternatives
         if sp.n > 1:
