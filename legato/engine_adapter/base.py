@@ -13,9 +13,9 @@ protocols at the bottom of this module, so callers check a flag instead of catch
 from __future__ import annotations
 
 import enum
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 
 class EngineError(RuntimeError):
@@ -38,6 +38,16 @@ class Capability(enum.StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
+class GrammarSpec:
+    """A constraint on the output: `kind` "json_schema" (`text` is a JSON Schema) or "lark" (`text`
+    is an llguidance Lark grammar, which may embed JSON Schemas with `%json`). Engines enforce it
+    with a token mask (torch engine) or pass it to theirs (vLLM, SGLang)."""
+
+    kind: str
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
 class SamplingParams:
     """How to sample. Defaults are greedy decoding of up to 256 tokens."""
 
@@ -50,6 +60,7 @@ class SamplingParams:
     stop_token_ids: tuple[int, ...] = ()  # in addition to the tokenizer's end-of-sequence token
     ignore_eos: bool = False
     logprobs: bool = False  # return the logprob of each sampled token
+    grammar: GrammarSpec | None = None  # structured output: only tokens the grammar allows
 
     def __post_init__(self) -> None:
         if self.max_tokens < 1:
@@ -133,8 +144,14 @@ class Tokenizer(Protocol):
     def decode(self, token_ids: Sequence[int]) -> str: ...
 
     def apply_chat_template(
-        self, messages: Sequence[dict[str, str]], add_generation_prompt: bool = True
-    ) -> list[int]: ...
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        add_generation_prompt: bool = True,
+        tools: Sequence[Mapping[str, Any]] | None = None,
+    ) -> list[int]:
+        """Messages (OpenAI's shape: role, content, tool_calls with dict arguments, tool_call_id)
+        through the chat template; `tools` (OpenAI tool definitions) go to templates that take them."""
+        ...
 
 
 @runtime_checkable

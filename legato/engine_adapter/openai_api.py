@@ -18,6 +18,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from legato.engine_adapter.openai_tools import ResponseFormat, ToolCall, ToolCallDelta, ToolChoice, ToolDefinition
+
 
 def new_id(prefix: str) -> str:
     """A fresh response/request id in OpenAI's style (`cmpl-…`, `chatcmpl-…`)."""
@@ -156,6 +158,8 @@ class ChatMessage(_Request):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[ContentPart] | None = None
     name: str | None = None
+    tool_calls: list[ToolCall] | None = Field(default=None, description="An assistant turn's tool calls.")
+    tool_call_id: str | None = Field(default=None, description="A tool message: the call it answers.")
 
     def text(self) -> str:
         """The message's text; only `text` parts are supported (no images or audio)."""
@@ -172,6 +176,18 @@ class ChatCompletionRequest(SamplingFields):
     logprobs: bool = False
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
     add_generation_prompt: bool = Field(default=True, description="vLLM extra.")
+    tools: list[ToolDefinition] | None = Field(
+        default=None, description="Functions the model may call; rendered by the model's chat template."
+    )
+    tool_choice: ToolChoice | None = Field(
+        default=None,
+        description="`none`, `auto` (default with tools), `required` or a named function; `required` "
+        "and a named function constrain the output to a schema-valid call.",
+    )
+    parallel_tool_calls: bool = Field(default=True, description="False: at most one tool call.")
+    response_format: ResponseFormat | None = Field(
+        default=None, description="`text`, `json_object` or `json_schema` (enforced by a grammar)."
+    )
 
 
 class TopLogprob(_Response):
@@ -194,6 +210,7 @@ class ChatLogprobs(_Response):
 class ChatResponseMessage(_Response):
     role: Literal["assistant"] = "assistant"
     content: str | None = None
+    tool_calls: list[ToolCall] | None = None
 
 
 class ChatChoice(_Response):
@@ -216,6 +233,7 @@ class ChatCompletionResponse(_Response):
 class ChatDelta(_Response):
     role: Literal["assistant"] | None = None
     content: str | None = None
+    tool_calls: list[ToolCallDelta] | None = None
 
 
 class ChatChunkChoice(_Response):

@@ -26,6 +26,7 @@ from legato.engine_adapter.torch.block_manager import Block, BlockManager
 from legato.engine_adapter.torch.checkpoint import model_fingerprint, torch_dtype
 from legato.engine_adapter.torch.config import EngineConfig
 from legato.engine_adapter.torch.model import LlamaForCausalLM
+from legato.engine_adapter.torch.guided import GrammarCompiler
 from legato.engine_adapter.torch.model_runner import KV_LAYOUT, ModelRunner
 from legato.engine_adapter.torch.sampler import sample
 from legato.engine_adapter.torch.scheduler import Scheduler
@@ -123,6 +124,7 @@ class EngineCore:
         self.offloaded_blocks = 0
         self._held: dict[str, list[int]] = {}  # imported blocks held until their request is admitted
         self._tier_written: set[str] = set()  # requests whose prompt chunks went to Redis
+        self._grammars: GrammarCompiler | None = None  # built on the first constrained request
 
     # --- tiers ----------------------------------------------------------------------------
 
@@ -239,6 +241,11 @@ class EngineCore:
         if not sp.ignore_eos:
             stop_ids |= self._stop_ids
         gen = torch.Generator().manual_seed(sp.seed) if sp.seed is not None else None
+        grammar = None
+        if sp.grammar is not None:
+            if self._grammars is None:
+                self._grammars = GrammarCompiler(self.tokenizer, self.model.config.vocab_size)
+            grammar = self._grammars.sequence(sp.grammar, sorted(stop_ids))
         seq = Seq(
             request_id=request.request_id,
             token_ids=list(request.prompt_token_ids),
@@ -249,6 +256,7 @@ class EngineCore:
             extra_keys=self.extra_keys(request.cache_salt),
             stop_token_ids=frozenset(stop_ids),
             generator=gen,
+            grammar=grammar,
         )
         self._seqs[request.request_id] = seq
         if preload and self.config.enable_prefix_caching:
@@ -312,8 +320,12 @@ class EngineCore:
         if logits is None:
             return []
         seqs = [c.seq for c in sampled]
+        allowed = [
+            None if s.grammar is None else s.grammar.allowed(s.sampling.max_tokens - s.num_output_tokens)
+            for s in seqs
+        ]
         tokens, logprobs = sample(
-            logits, [s.sampling for s in seqs], [s.generator for s in seqs], self._default_gen
+            logits, [s.sampling for s in seqs], [s.generator for s in seqs], self._default_gen, allowed
         )
         outputs: list[RequestOutput] = []
         for i, seq in enumerate(seqs):
@@ -336,6 +348,8 @@ class EngineCore:
 
     def _append_token(self, seq: Seq, token: int, logprob: float | None) -> RequestOutput:
         seq.token_ids.append(token)
+        if seq.grammar is not None:
+            seq.grammar.accept(token)
         if logprob is not None:
             seq.logprobs.append(logprob)
         reason: str | None = None

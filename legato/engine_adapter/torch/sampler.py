@@ -35,22 +35,36 @@ def filter_logits(logits: Tensor, params: SamplingParams) -> Tensor:
     return out
 
 
+def masked(logits: Tensor, allowed: Seq[Tensor | None] | None) -> Tensor:
+    """`logits` with the tokens a row's grammar forbids at -inf (a copy, only when needed)."""
+    if allowed is None or all(a is None for a in allowed):
+        return logits
+    out = logits.clone()
+    for row, mask in enumerate(allowed):
+        if mask is not None:
+            out[row].masked_fill_(~mask.to(out.device), float("-inf"))
+    return out
+
+
 def sample(
     logits: Tensor,
     params: Seq[SamplingParams],
     generators: Seq[torch.Generator | None],
     default_generator: torch.Generator,
+    allowed: Seq[Tensor | None] | None = None,
 ) -> tuple[list[int], list[float] | None]:
-    """Sample one token per row of `logits` `[B, vocab]` (float32).
+    """Sample one token per row of `logits` `[B, vocab]` (float32), among the tokens `allowed`
+    marks for the row (a bool mask from its grammar; None: any token).
 
     Returns the token ids and, when any row asked for them, the logprob of each sampled token.
     """
-    greedy = logits.argmax(dim=-1).tolist()
+    choose = masked(logits, allowed)
+    greedy = choose.argmax(dim=-1).tolist()
     tokens: list[int] = [int(t) for t in greedy]
     for row, p in enumerate(params):
         if p.temperature == 0.0 or p.top_k == 1:
             continue
-        probs = torch.softmax(filter_logits(logits[row], p), dim=-1)
+        probs = torch.softmax(filter_logits(choose[row], p), dim=-1)
         gen = generators[row] or default_generator
         tokens[row] = int(torch.multinomial(probs.cpu(), 1, generator=gen).item())
     if not any(p.logprobs for p in params):

@@ -10,6 +10,7 @@ import torch
 
 from legato.cache.block_hash import ExtraKeys, block_hash
 from legato.engine_adapter.base import SamplingParams
+from legato.engine_adapter.torch.guided import SequenceGrammar
 
 
 class SeqStatus(enum.Enum):
@@ -33,6 +34,7 @@ class Sequence:
     extra_keys: ExtraKeys
     stop_token_ids: frozenset[int]
     generator: torch.Generator | None = None
+    grammar: SequenceGrammar | None = None  # structured output: the per-sequence matcher
     status: SeqStatus = SeqStatus.WAITING
     num_computed_tokens: int = 0
     block_table: list[int] = field(default_factory=list)
