@@ -18,7 +18,13 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from legato.engine_adapter.openai_tools import ResponseFormat, ToolCall, ToolCallDelta, ToolChoice, ToolDefinition
+from legato.engine_adapter.openai_tools import (
+    ResponseFormat,
+    ToolCall,
+    ToolCallDelta,
+    ToolChoice,
+    ToolDefinition,
+)
 
 
 def new_id(prefix: str) -> str:

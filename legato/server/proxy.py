@@ -32,7 +32,14 @@ from fastapi import APIRouter, Depends, Path, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from legato.engine_adapter.base import Engine, EngineError, GenerateRequest, TokenChunk, assemble_result
+from legato.engine_adapter.base import (
+    Engine,
+    EngineError,
+    GenerateRequest,
+    GrammarSpec,
+    TokenChunk,
+    assemble_result,
+)
 from legato.engine_adapter.openai_api import (
     ChatCompletionRequest,
     ChatCompletionResponse,
@@ -243,6 +250,7 @@ class Proxy:
         field: str,
         logprobs: bool,
         id_prefix: str,
+        grammar: GrammarSpec | None = None,
     ) -> GenerateRequest:
         """Validated sampling as a `GenerateRequest` (its id names the response; the cache salt is
         left unset here: the scheduler derives it from the tenant)."""
@@ -256,6 +264,7 @@ class Proxy:
                 logprobs=logprobs,
                 id_prefix=id_prefix,
                 client_routing=False,
+                grammar=grammar,
             )
 
     async def start(
@@ -340,17 +349,23 @@ def _routes(proxy: Proxy) -> APIRouter:
     async def chat_completions(body: ProxyChatRequest, raw: Request, tenant: TenantDep) -> Response:
         with server_errors():
             svc.check_model(body.model)
-            prompt, field, requested = await svc.chat_prompt(body)
+            chat = await svc.chat_prompt(body)
         req = proxy.sampling_request(
-            body, prompt, max_tokens=requested, field=field, logprobs=body.logprobs, id_prefix="chatcmpl"
+            body,
+            chat.prompt,
+            max_tokens=chat.max_tokens,
+            field=chat.max_tokens_field,
+            logprobs=body.logprobs,
+            id_prefix="chatcmpl",
+            grammar=chat.plan.grammar,
         )
         generation = await proxy.start(tenant, program_fields(body), req, "chat")
         if body.stream:
-            return EventStream(chat_events(svc, body, req, generation))
+            return EventStream(chat_events(svc, body, req, generation, chat.plan))
         chunks = await proxy.collect(raw, generation)
         if chunks is None:
             return Response(status_code=499)
-        return chat_response(svc, prompt, assemble_result(req, chunks))
+        return chat_response(svc, chat.prompt, assemble_result(req, chunks), chat.plan)
 
     @router.post(
         "/v1/completions",

@@ -98,7 +98,8 @@ def hermes_turns(
         for call in calls:
             fn = call.get("function", call)
             body = {"name": fn.get("name"), "arguments": fn.get("arguments", {})}
-            content += ("\n" if content else "") + f"<tool_call>\n{json.dumps(body, ensure_ascii=False)}\n</tool_call>"
+            written = json.dumps(body, ensure_ascii=False)
+            content += ("\n" if content else "") + f"<tool_call>\n{written}\n</tool_call>"
         turns.append((role, content))
     return turns
 
@@ -110,11 +111,11 @@ def parse(fmt: str, text: str, names: frozenset[str]) -> ParsedOutput:
     """Split model output into content and tool calls. A call must be well-formed JSON naming a
     known tool; if any is not, the whole text is content (nothing is dropped)."""
     calls = _parse_hermes(text, names) if fmt == HERMES else _parse_llama3(text, names)
-    if calls is None:
+    if not calls:
         return ParsedOutput(text or None, ())
     if fmt == HERMES:
-        head = text.split(HERMES_OPEN, 1)[0].strip()
-        return ParsedOutput(head or None, calls)
+        head = text.split(HERMES_OPEN, 1)[0].rstrip()
+        return ParsedOutput(head if head.strip() else None, calls)
     return ParsedOutput(None, calls)
 
 
@@ -130,8 +131,7 @@ def _call(obj: Any, names: frozenset[str], args_key: str) -> ParsedCall | None:
 def _parse_hermes(text: str, names: frozenset[str]) -> tuple[ParsedCall, ...] | None:
     if HERMES_OPEN not in text:
         return ()
-    head, tail = text.split(HERMES_OPEN, 1)
-    tail = HERMES_OPEN + tail
+    tail = HERMES_OPEN + text.split(HERMES_OPEN, 1)[1]
     blocks = _HERMES_BLOCK.findall(tail)
     if _HERMES_BLOCK.sub("", tail).strip():
         return None  # an unterminated call or text after the calls

@@ -109,6 +109,9 @@ class SGLangEngine:
             out["stop_token_ids"] = list(sp.stop_token_ids)
         if sp.seed is not None:
             out["sampling_seed"] = sp.seed
+        if sp.grammar is not None:
+            # SGLang's constraint fields; a Lark grammar needs its llguidance grammar backend.
+            out["json_schema" if sp.grammar.kind == "json_schema" else "ebnf"] = sp.grammar.text
         return out
 
     def _payload(self, request: GenerateRequest) -> dict[str, Any]:

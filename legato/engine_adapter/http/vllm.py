@@ -129,6 +129,12 @@ class VLLMEngine:
             out["stop_token_ids"] = list(sp.stop_token_ids)
         if sp.logprobs:
             out["logprobs"] = 0  # the sampled token's logprob, no alternatives
+        if sp.grammar is not None:
+            # vLLM's structured outputs; a Lark grammar with %json needs its `guidance` backend.
+            if sp.grammar.kind == "json_schema":
+                out["structured_outputs"] = {"json": json.loads(sp.grammar.text)}
+            else:
+                out["structured_outputs"] = {"grammar": sp.grammar.text}
         return out
 
     def _extras(self, request: GenerateRequest) -> dict[str, Any]:

@@ -16,13 +16,15 @@ from legato.engine_adapter.base import (
     Engine,
     GenerateRequest,
     GenerateResult,
+    GrammarSpec,
     assemble_result,
 )
+from legato.engine_adapter.chat.output import chat_message
+from legato.engine_adapter.chat.plan import ChatPlan, PlanError, template_message
 from legato.engine_adapter.openai_api import (
     ChatChoice,
     ChatCompletionRequest,
     ChatCompletionResponse,
-    ChatResponseMessage,
     CompletionChoice,
     CompletionRequest,
     CompletionResponse,
@@ -81,11 +83,15 @@ def completion_response(
     return JSONResponse(out.model_dump(exclude_none=True))
 
 
-def chat_response(svc: EngineService, prompt: tuple[int, ...], result: GenerateResult) -> JSONResponse:
-    """The non-streaming OpenAI chat completion answer for a finished generation."""
+def chat_response(
+    svc: EngineService, prompt: tuple[int, ...], result: GenerateResult, plan: ChatPlan | None = None
+) -> JSONResponse:
+    """The non-streaming OpenAI chat completion answer for a finished generation (tool calls
+    parsed out of the text as `plan` says)."""
+    message, finish_reason = chat_message(plan, result.text, result.finish_reason)
     choice = ChatChoice(
-        message=ChatResponseMessage(content=result.text),
-        finish_reason=result.finish_reason,
+        message=message,
+        finish_reason=finish_reason,
         logprobs=svc.chat_logprobs(result.token_ids, result.logprobs),
     )
     usage = make_usage(result.prompt_tokens or len(prompt), len(result.token_ids), result.cached_tokens)
@@ -103,6 +109,7 @@ def openai_request(
     logprobs: bool,
     id_prefix: str,
     client_routing: bool = True,
+    grammar: GrammarSpec | None = None,
 ) -> GenerateRequest:
     """The engine request of an OpenAI completion or chat body: the sampling fields and vLLM
     extras the two share, checked the same way. `client_routing=False` (Legato's proxy) ignores
@@ -122,6 +129,7 @@ def openai_request(
         stop_token_ids=body.stop_token_ids,
         ignore_eos=body.ignore_eos,
         logprobs=logprobs,
+        grammar=grammar,
     )
     if not client_routing:
         return GenerateRequest(request_id=new_id(id_prefix), prompt_token_ids=prompt, sampling=sampling)
@@ -195,7 +203,10 @@ def create_engine_app(
         if (body.prompt is None) == (body.messages is None):
             raise ApiError(400, "send exactly one of `prompt` (text) or `messages` (chat)")
         if body.messages is not None:
-            messages = [{"role": m.role, "content": m.text()} for m in body.messages]
+            try:
+                messages = [template_message(m, i) for i, m in enumerate(body.messages)]
+            except PlanError as exc:
+                raise ApiError(400, str(exc), exc.param) from exc
             tokens = svc.tokenizer.apply_chat_template(
                 messages, add_generation_prompt=body.add_generation_prompt
             )
@@ -282,23 +293,24 @@ def create_engine_app(
     )
     async def chat_completions(body: ChatCompletionRequest, raw: Request) -> Response:
         svc.check_model(body.model)
-        prompt, field, requested = await svc.chat_prompt(body)
+        chat = await svc.chat_prompt(body)
         req = openai_request(
             svc,
             body,
-            prompt,
-            max_tokens=requested,
-            max_tokens_field=field,
+            chat.prompt,
+            max_tokens=chat.max_tokens,
+            max_tokens_field=chat.max_tokens_field,
             logprobs=body.logprobs,
             id_prefix="chatcmpl",
+            grammar=chat.plan.grammar,
         )
         generation = await svc.start(req)
         if body.stream:
-            return EventStream(chat_events(svc, body, req, generation))
+            return EventStream(chat_events(svc, body, req, generation, chat.plan))
         chunks = await collect_or_abort(raw, generation)
         if chunks is None:
             return Response(status_code=499)
-        return chat_response(svc, prompt, assemble_result(req, chunks))
+        return chat_response(svc, chat.prompt, assemble_result(req, chunks), chat.plan)
 
     # --- SGLang -----------------------------------------------------------------------------
 

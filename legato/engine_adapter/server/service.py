@@ -6,14 +6,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import anyio
 
 from legato.engine_adapter.base import (
     Engine,
+    EngineError,
     GenerateRequest,
+    GrammarSpec,
     SamplingParams,
 )
+from legato.engine_adapter.chat.plan import ChatPlan, PlanError, plan_chat
 from legato.engine_adapter.openai_api import (
     ChatCompletionRequest,
     ChatLogprobs,
@@ -45,6 +49,14 @@ def stop_strings(stop: str | list[str] | None) -> tuple[str, ...]:
 def finite(value: float) -> float:
     # JSON has no -inf; vLLM clamps the same way.
     return value if math.isfinite(value) else -9999.0
+
+
+@dataclass(frozen=True, slots=True)
+class ChatPrompt:
+    prompt: tuple[int, ...]
+    max_tokens_field: str
+    max_tokens: int
+    plan: ChatPlan
 
 
 class EngineService:
@@ -79,6 +91,7 @@ class EngineService:
         stop_token_ids: list[int] | None,
         ignore_eos: bool,
         logprobs: bool,
+        grammar: GrammarSpec | None = None,
     ) -> SamplingParams:
         if prompt_len < 1:
             raise ApiError(400, "the prompt is empty; send at least one token", "prompt")
@@ -112,6 +125,7 @@ class EngineService:
                 stop_token_ids=tuple(stop_token_ids or ()),
                 ignore_eos=ignore_eos,
                 logprobs=logprobs,
+                grammar=grammar,
             )
         except ValueError as exc:
             raise ApiError(400, str(exc)) from exc
@@ -140,18 +154,35 @@ class EngineService:
             return self.prompt_ids(only) if isinstance(only, str) else self.check_tokens(only, "prompt")
         return self.check_tokens([int(t) for t in prompt if isinstance(t, int)], "prompt")
 
-    async def chat_prompt(self, body: ChatCompletionRequest) -> tuple[tuple[int, ...], str, int]:
-        """A chat request's prompt (messages through the chat template), the max-tokens field it
-        used (`max_completion_tokens` wins) and its value, defaulted as OpenAI does."""
-        messages = [{"role": m.role, "content": m.text()} for m in body.messages]
-        prompt = tuple(
-            self.tokenizer.apply_chat_template(messages, add_generation_prompt=body.add_generation_prompt)
-        )
+    def chat_plan(self, body: ChatCompletionRequest) -> ChatPlan:
+        """Template inputs, output grammar and tool parsing of a chat request (400 on bad input)."""
+        try:
+            return plan_chat(body, self.tokenizer)
+        except PlanError as exc:
+            raise ApiError(400, str(exc), exc.param) from exc
+
+    async def chat_prompt(self, body: ChatCompletionRequest) -> ChatPrompt:
+        """A chat request's prompt (messages and tools through the chat template), its plan, the
+        max-tokens field it used (`max_completion_tokens` wins) and its value, defaulted as
+        OpenAI does."""
+        plan = self.chat_plan(body)
+        try:
+            if plan.tools:
+                ids = self.tokenizer.apply_chat_template(
+                    plan.messages, add_generation_prompt=body.add_generation_prompt, tools=plan.tools
+                )
+            else:
+                ids = self.tokenizer.apply_chat_template(
+                    plan.messages, add_generation_prompt=body.add_generation_prompt
+                )
+        except EngineError as exc:
+            raise ApiError(400, str(exc), "messages") from exc
+        prompt = tuple(ids)
         if body.max_completion_tokens is not None:
-            return prompt, "max_completion_tokens", body.max_completion_tokens
+            return ChatPrompt(prompt, "max_completion_tokens", body.max_completion_tokens, plan)
         if body.max_tokens is not None:
-            return prompt, "max_tokens", body.max_tokens
-        return prompt, "max_tokens", await self.default_max_tokens(len(prompt))
+            return ChatPrompt(prompt, "max_tokens", body.max_tokens, plan)
+        return ChatPrompt(prompt, "max_tokens", await self.default_max_tokens(len(prompt)), plan)
 
     async def default_max_tokens(self, prompt_len: int) -> int:
         """OpenAI's chat default: as many tokens as fit, in the context *and* in the KV cache (an

@@ -10,6 +10,8 @@ from legato.engine_adapter.base import (
     TokenChunk,
     assemble_result,
 )
+from legato.engine_adapter.chat.output import ToolStream
+from legato.engine_adapter.chat.plan import ChatPlan
 from legato.engine_adapter.openai_api import (
     ChatChunkChoice,
     ChatCompletionChunk,
@@ -70,7 +72,11 @@ def completion_events(
 
 
 def chat_events(
-    svc: EngineService, body: ChatCompletionRequest, req: GenerateRequest, generation: Generation
+    svc: EngineService,
+    body: ChatCompletionRequest,
+    req: GenerateRequest,
+    generation: Generation,
+    plan: ChatPlan | None = None,
 ) -> AsyncIterator[str]:
     async def events() -> AsyncIterator[str]:
         include_usage = body.stream_options is not None and body.stream_options.include_usage
@@ -86,13 +92,21 @@ def chat_events(
 
         # OpenAI opens every chat stream with the role, content "".
         yield chunk_of(ChatChunkChoice(delta=ChatDelta(role="assistant", content="")), None)
+        tools = ToolStream(plan)
         async for chunk in generation.chunks():
             completion += len(chunk.token_ids)
             prompt_tokens = chunk.prompt_tokens or prompt_tokens
             cached = chunk.cached_tokens or cached
+            content = tools.push(chunk.text)
+            calls = None
+            finish = chunk.finish_reason if chunk.finished else None
+            if chunk.finished:
+                rest, deltas, finish = tools.finish(chunk.finish_reason)
+                content += rest
+                calls = deltas or None
             choice = ChatChunkChoice(
-                delta=ChatDelta(content=chunk.text),
-                finish_reason=chunk.finish_reason if chunk.finished else None,
+                delta=ChatDelta(content=content, tool_calls=calls),
+                finish_reason=finish,
                 logprobs=svc.chat_logprobs(chunk.token_ids, chunk.logprobs),
             )
             yield chunk_of(choice, make_usage(prompt_tokens, completion, cached) if continuous else None)

@@ -25,8 +25,8 @@ from legato.engine_adapter.base import EngineCapacity, EngineError, GenerateRequ
 from legato.engine_adapter.torch.block_manager import Block, BlockManager
 from legato.engine_adapter.torch.checkpoint import model_fingerprint, torch_dtype
 from legato.engine_adapter.torch.config import EngineConfig
-from legato.engine_adapter.torch.model import LlamaForCausalLM
 from legato.engine_adapter.torch.guided import GrammarCompiler
+from legato.engine_adapter.torch.model import LlamaForCausalLM
 from legato.engine_adapter.torch.model_runner import KV_LAYOUT, ModelRunner
 from legato.engine_adapter.torch.sampler import sample
 from legato.engine_adapter.torch.scheduler import Scheduler

@@ -79,7 +79,9 @@ class GrammarCompiler:
 class SequenceGrammar:
     """One request's matcher, its closing witness, and its mask."""
 
-    def __init__(self, matcher: llguidance.LLMatcher, compiler: GrammarCompiler, stops: tuple[int, ...]) -> None:
+    def __init__(
+        self, matcher: llguidance.LLMatcher, compiler: GrammarCompiler, stops: tuple[int, ...]
+    ) -> None:
         self.matcher = matcher
         self.compiler = compiler
         self.stops = stops

@@ -81,7 +81,9 @@ class ByteTokenizer:
         return ids
 
 
-def _tojson(value: Any, indent: int | None = None, ensure_ascii: bool = False, sort_keys: bool = False) -> str:
+def _tojson(
+    value: Any, indent: int | None = None, ensure_ascii: bool = False, sort_keys: bool = False
+) -> str:
     """Hugging Face's `tojson` for chat templates: plain JSON, no HTML escaping."""
     return json.dumps(value, indent=indent, ensure_ascii=ensure_ascii, sort_keys=sort_keys)
 
@@ -173,7 +175,8 @@ class HFTokenizer:
         if self.chat_template is None:
             # No template shipped: fall back to ChatML (tools in the hermes format).
             text = "".join(
-                f"<|im_start|>{role}\n{content}<|im_end|>\n" for role, content in hermes_turns(messages, tools)
+                f"<|im_start|>{role}\n{content}<|im_end|>\n"
+                for role, content in hermes_turns(messages, tools)
             )
             if add_generation_prompt:
                 text += "<|im_start|>assistant\n"
