@@ -71,10 +71,17 @@ def template_message(message: ChatMessage, index: int) -> dict[str, Any]:
     return out
 
 
-def template_of(tokenizer: Any) -> str | None:
-    """The tokenizer's Hugging Face chat template (None: the built-in ChatML rendering)."""
-    template = getattr(tokenizer, "chat_template", None)
-    return template if isinstance(template, str) else None
+_MISSING = object()
+
+
+def tool_format_of(tokenizer: Any) -> str | None:
+    """The tool format of the tokenizer's chat template: a Hugging Face template's (`chat_template`
+    text), hermes for the built-in ChatML rendering (`chat_template` None), and none for a
+    tokenizer that does not say how it renders (no `chat_template` attribute)."""
+    template = getattr(tokenizer, "chat_template", _MISSING)
+    if template is _MISSING:
+        return None
+    return format_for_template(template if isinstance(template, str) else None)
 
 
 def plan_chat(body: ChatCompletionRequest, tokenizer: Any) -> ChatPlan:
@@ -101,7 +108,7 @@ def plan_chat(body: ChatCompletionRequest, tokenizer: Any) -> ChatPlan:
         raise PlanError("tool_choice needs tools: send `tools` or drop `tool_choice`", "tool_choice")
     fmt = None
     if tools:
-        fmt = format_for_template(template_of(tokenizer))
+        fmt = tool_format_of(tokenizer)
         if fmt is None:
             raise PlanError(
                 "this model's chat template has no tool-calling format (it neither writes <tool_call> "

@@ -25,7 +25,7 @@ from legato.engine_adapter.base import EngineCapacity, EngineError, GenerateRequ
 from legato.engine_adapter.torch.block_manager import Block, BlockManager
 from legato.engine_adapter.torch.checkpoint import model_fingerprint, torch_dtype
 from legato.engine_adapter.torch.config import EngineConfig
-from legato.engine_adapter.torch.guided import GrammarCompiler
+from legato.engine_adapter.torch.guided import GrammarCompiler, grammar_masks, vet_tokens
 from legato.engine_adapter.torch.model import LlamaForCausalLM
 from legato.engine_adapter.torch.model_runner import KV_LAYOUT, ModelRunner
 from legato.engine_adapter.torch.sampler import sample
@@ -245,7 +245,7 @@ class EngineCore:
         if sp.grammar is not None:
             if self._grammars is None:
                 self._grammars = GrammarCompiler(self.tokenizer, self.model.config.vocab_size)
-            grammar = self._grammars.sequence(sp.grammar, sorted(stop_ids))
+            grammar = self._grammars.sequence(sp.grammar, sorted(stop_ids), sp.max_tokens)
         seq = Seq(
             request_id=request.request_id,
             token_ids=list(request.prompt_token_ids),
@@ -320,13 +320,12 @@ class EngineCore:
         if logits is None:
             return []
         seqs = [c.seq for c in sampled]
-        allowed = [
-            None if s.grammar is None else s.grammar.allowed(s.sampling.max_tokens - s.num_output_tokens)
-            for s in seqs
-        ]
+        allowed = grammar_masks(seqs)
         tokens, logprobs = sample(
             logits, [s.sampling for s in seqs], [s.generator for s in seqs], self._default_gen, allowed
         )
+        if allowed is not None:
+            vet_tokens(seqs, tokens, logprobs, logits)
         outputs: list[RequestOutput] = []
         for i, seq in enumerate(seqs):
             lp = None if logprobs is None or not seq.sampling.logprobs else logprobs[i]

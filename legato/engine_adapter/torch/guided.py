@@ -7,20 +7,21 @@ appended; nothing else moves the matcher, so preemption (KV recomputed, tokens k
 caching (KV only) leave it untouched.
 
 Finishing within `max_tokens`: a grammar can let a model write forever (a string that never
-closes: the seeded model is random and does exactly that). So the sequence keeps a *closing
-witness*: a short token path from its current state to an accepting state plus end-of-sequence,
-found by walking a copy of the matcher and preferring tokens that close structures (`"`, `}`,
-`]`, ...). When the remaining budget is no longer than the witness plus the most it has grown in
-one token on this sequence (learned online), the sequence follows it, so a constrained output
-ends complete and valid whenever its budget allows. The witness is searched again when the
-budget has halved since the last search, and at every token once the budget is within twice the
-witness length (far from the end that is O(log max_tokens) searches, near the end one per
-token, each a few matcher steps).
+closes: the seeded model is random and does exactly that). So each sequence keeps a *closing
+witness*: a short token path from its state to acceptance plus end-of-sequence, found by walking
+a copy of the matcher and preferring tokens that close structures (`"`, `}`, `]`, ...). Near the
+end of the budget every sampled token is vetted: if the witness from the state after it no
+longer fits in the budget left, the current witness's next token is appended instead. The
+invariant "a witness fits" then holds to the end, so a constrained output ends complete and
+valid whenever its budget allows at all. "Near" is a budget within twice the longest witness
+seen on the sequence (the first one is a whole structure from scratch, e.g. a full tool call);
+further out a token is assumed not to outgrow the slack, and no search is done.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import llguidance
 import torch
@@ -29,6 +30,9 @@ from torch import Tensor
 from legato.engine_adapter.base import EngineError, GrammarSpec
 from legato.engine_adapter.chat.grammar import ll_grammar
 from legato.engine_adapter.torch.tokenizer import ByteTokenizer, HFTokenizer
+
+if TYPE_CHECKING:
+    from legato.engine_adapter.torch.sequence import Sequence as Seq
 
 # Characters that close or shortest-complete JSON and call syntax, most closing first.
 _CLOSERS = '"}],0\n>'
@@ -69,27 +73,31 @@ class GrammarCompiler:
                 prefer.append(ids[0])
         self.prefer = tuple(prefer)
 
-    def sequence(self, spec: GrammarSpec, stop_ids: Sequence[int]) -> SequenceGrammar:
+    def sequence(self, spec: GrammarSpec, stop_ids: Sequence[int], max_tokens: int) -> SequenceGrammar:
         matcher = llguidance.LLMatcher(self.lltok, ll_grammar(spec), log_level=0)
         if matcher.is_error():
             raise EngineError(f"the output grammar cannot be compiled: {matcher.get_error()}")
-        return SequenceGrammar(matcher, self, tuple(stop_ids))
+        return SequenceGrammar(matcher, self, tuple(stop_ids), max_tokens)
 
 
 class SequenceGrammar:
     """One request's matcher, its closing witness, and its mask."""
 
     def __init__(
-        self, matcher: llguidance.LLMatcher, compiler: GrammarCompiler, stops: tuple[int, ...]
+        self,
+        matcher: llguidance.LLMatcher,
+        compiler: GrammarCompiler,
+        stops: tuple[int, ...],
+        max_tokens: int,
     ) -> None:
         self.matcher = matcher
         self.compiler = compiler
         self.stops = stops
-        self.forced: list[int] = []  # the witness being followed
-        self.witness_len: int | None = None
-        self.searched_at: int | None = None  # budget at the last witness search
-        self.growth = 1  # the largest one-token growth of the witness seen so far
-        self.hopeless = False
+        self.witness = self._witness(matcher, max_tokens)  # None: stale (or none fits)
+        # The longest closing distance seen: from the start state it is a whole fresh structure,
+        # so one token is assumed never to add more than this to the distance.
+        self.longest = len(self.witness) if self.witness is not None else max_tokens
+        self._next: tuple[int, list[int]] | None = None  # a vetted token and its witness
 
     def _mask(self, matcher: llguidance.LLMatcher) -> Tensor:
         bias = matcher.compute_logit_bias()
@@ -98,12 +106,18 @@ class SequenceGrammar:
             allowed[list(self.stops)] = True
         return allowed
 
-    def _witness(self, limit: int) -> list[int] | None:
-        """A short path to acceptance plus end-of-sequence, at most `limit` tokens (None: none).
-        Preferred (closing) tokens are tried with a cheap validity check; otherwise the lowest
-        allowed token id is taken."""
-        m = self.matcher.deep_copy()
+    def _witness(
+        self, matcher: llguidance.LLMatcher, limit: int, first: int | None = None
+    ) -> list[int] | None:
+        """A short path from `matcher`'s state (after `first`, when given) to acceptance plus
+        end-of-sequence, at most `limit` tokens counting `first` (None: none found). Preferred
+        (closing) tokens are tried with a cheap validity check, else the lowest allowed id."""
+        m = matcher.deep_copy()
         path: list[int] = []
+        if first is not None:
+            if not m.consume_token(first):
+                return None
+            path.append(first)
         while len(path) < limit:
             if m.is_accepting():
                 return [*path, self.stops[0]]
@@ -115,38 +129,66 @@ class SequenceGrammar:
             path.append(token)
         return None
 
-    def allowed(self, budget: int) -> Tensor:
-        """Tokens allowed next, with `budget` tokens left to generate (this one included)."""
+    def allowed(self) -> Tensor:
+        """Tokens the grammar allows next (end-of-sequence only once it accepts)."""
         if self.matcher.is_error():
             out = torch.zeros(self.compiler.vocab_size, dtype=torch.bool)
             out[list(self.stops)] = True  # a broken matcher ends the sequence
             return out
-        if not self.forced and not self.hopeless:
-            last, at = self.witness_len, self.searched_at
-            if last is None or at is None or budget <= 2 * last or budget * 2 <= at:
-                witness = self._witness(budget + 1)
-                if witness is not None and last is not None and at == budget + 1:
-                    # Learned online: how much the closing distance can grow in one token.
-                    self.growth = max(self.growth, len(witness) - (last - 1))
-                self.searched_at = budget
-                self.witness_len = None if witness is None else len(witness)
-                # No closing path fits the budget: the output ends by length (stop searching).
-                self.hopeless = witness is None
-                if witness is not None and len(witness) + self.growth >= budget:
-                    self.forced = witness
-        if self.forced:
-            out = torch.zeros(self.compiler.vocab_size, dtype=torch.bool)
-            out[self.forced[0]] = True
-            return out
         return self._mask(self.matcher)
 
+    def vet(self, token: int, budget: int) -> int:
+        """The token to append instead of the sampled `token` (itself, unless taking it would
+        leave no way to close within the `budget` tokens left, this one included: then the
+        witness's next token)."""
+        self._next = None
+        if token in self.stops or self.matcher.is_error():
+            return token
+        if budget > 2 * self.longest:
+            self.witness = None  # far from the end: no check, the witness goes stale
+            return token
+        if self.witness is None:
+            self.witness = self._witness(self.matcher, budget)
+            if self.witness is None:
+                return token  # nothing fits any more: the output ends by length
+            self.longest = max(self.longest, len(self.witness))
+        if token == self.witness[0]:
+            return token
+        after = self._witness(self.matcher, budget, first=token)
+        if after is None:
+            return self.witness[0]
+        self._next = (token, after)
+        self.longest = max(self.longest, len(after))
+        return token
+
     def accept(self, token: int) -> None:
-        """The engine appended `token`: move the matcher (and the witness being followed)."""
-        if self.forced:
-            if self.forced[0] == token:
-                self.forced.pop(0)
-            else:
-                self.forced.clear()
-        if token in self.stops:
-            return
-        self.matcher.consume_token(token)
+        """The engine appended `token`: move the matcher and the witness."""
+        if self._next is not None and self._next[0] == token:
+            self.witness = self._next[1][1:]
+        elif self.witness and self.witness[0] == token:
+            self.witness = self.witness[1:]
+        else:
+            self.witness = None
+        self._next = None
+        if token not in self.stops:
+            self.matcher.consume_token(token)
+
+
+def grammar_masks(seqs: Sequence[Seq]) -> list[Tensor | None] | None:
+    """Each sequence's allowed tokens (None for unconstrained ones; None when none is)."""
+    if all(s.grammar is None for s in seqs):
+        return None
+    return [None if s.grammar is None else s.grammar.allowed() for s in seqs]
+
+
+def vet_tokens(seqs: Sequence[Seq], tokens: list[int], logprobs: list[float] | None, logits: Tensor) -> None:
+    """Replace sampled tokens that would leave a constrained sequence unable to close within its
+    budget (in place; a replaced token's logprob is read from `logits`)."""
+    for i, seq in enumerate(seqs):
+        if seq.grammar is None:
+            continue
+        token = seq.grammar.vet(tokens[i], seq.sampling.max_tokens - seq.num_output_tokens)
+        if token != tokens[i]:
+            tokens[i] = token
+            if logprobs is not None:
+                logprobs[i] = float(torch.log_softmax(logits[i].float(), dim=-1)[token])

@@ -28,6 +28,9 @@ class ByteTokenizer:
     invalid UTF-8 (a partial multi-byte character shows as U+FFFD until its last byte arrives).
     """
 
+    # No Hugging Face template: the built-in ChatML rendering, tools in the hermes format.
+    chat_template: str | None = None
+
     def __init__(self) -> None:
         self.special_ids = {tok: 256 + i for i, tok in enumerate(BYTE_SPECIAL_TOKENS)}
         self.bos_token_id = self.special_ids["<|bos|>"]
