@@ -1,0 +1,127 @@
+"""Tool calling on `legato engine serve`'s app (the same plan, grammar and response builder as the
+proxy): the official client against the torch engine, a model whose template has no tool format,
+and the two call formats (hermes, Llama-3.1 JSON) rendered and parsed."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import jsonschema
+import pytest
+
+from legato.engine_adapter.chat.formats import HERMES, LLAMA3_JSON, format_for_template, parse
+from legato.engine_adapter.server import create_engine_app
+from legato.engine_adapter.torch import load_engine
+from tests.engine_http.serving import serve_in_thread
+from tests.tiny_model import tiny_model_config
+
+PARAMS = {"type": "object", "properties": {"q": {"type": "string"}}, "required": ["q"]}
+TOOLS: list[Any] = [{"type": "function", "function": {"name": "search", "parameters": PARAMS}}]
+
+# A Llama-3.1-style template (abridged): tools as JSON in the user turn, calls as bare JSON.
+LLAMA_TEMPLATE = (
+    "{% for m in messages %}<|start_header_id|>{{ m.role }}<|end_header_id|>\n\n"
+    "{% if m.tool_calls %}{% for c in m.tool_calls %}"
+    '{"name": "{{ c.function.name }}", "parameters": {{ c.function.arguments | tojson }}}'
+    "{% endfor %}{% else %}{{ m.content }}{% endif %}<|eot_id|>{% endfor %}"
+    "{% if tools %}{% for t in tools %}{{ t | tojson }}{% endfor %}<|python_tag|>{% endif %}"
+    "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"
+)
+
+
+@pytest.fixture(scope="module")
+def torch_url() -> Iterator[str]:
+    engine = load_engine(model_config=tiny_model_config(4096), num_blocks=1024, seed=0)
+    with serve_in_thread(create_engine_app(engine)) as url:
+        yield url
+
+
+def test_engine_server_forced_call_with_the_openai_client(torch_url: str) -> None:
+    from openai import OpenAI
+
+    client = OpenAI(base_url=f"{torch_url}/v1", api_key="EMPTY", max_retries=0)
+    reply = client.chat.completions.create(
+        model="legato-default",
+        messages=[
+            {"role": "user", "content": "find cats"},
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {
+                        "id": "call_1",
+                        "type": "function",
+                        "function": {"name": "search", "arguments": '{"q": "cats"}'},
+                    }
+                ],
+            },
+            {"role": "tool", "tool_call_id": "call_1", "content": "3 cats"},
+        ],
+        tools=TOOLS,
+        tool_choice="required",
+        max_tokens=150,
+        temperature=1.0,
+        seed=1,
+    )
+    assert reply.choices[0].finish_reason == "tool_calls"
+    for call in reply.choices[0].message.tool_calls or ():
+        jsonschema.validate(json.loads(call.function.arguments), PARAMS)
+    # The history's call and result are in the prompt: it is longer than without them.
+    short = httpx.post(
+        f"{torch_url}/tokenize", json={"messages": [{"role": "user", "content": "find cats"}]}, timeout=30
+    ).json()["count"]
+    assert reply.usage is not None and reply.usage.prompt_tokens > short + len('{"q": "cats"}3 cats')
+
+
+def test_tools_on_a_model_without_a_tool_format_is_a_400(fake_url: str) -> None:
+    body = {"model": "fake-model", "messages": [{"role": "user", "content": "x"}], "tools": TOOLS}
+    r = httpx.post(f"{fake_url}/v1/chat/completions", json=body, timeout=30)
+    assert r.status_code == 400
+    assert "no tool-calling format" in r.json()["error"]["message"]
+
+
+def test_formats_are_chosen_by_the_template_and_parsed() -> None:
+    assert format_for_template(None) == HERMES
+    assert format_for_template("{{ '<tool_call>' }}") == HERMES
+    assert format_for_template(LLAMA_TEMPLATE) == LLAMA3_JSON
+    assert format_for_template("{% for m in messages %}{{ m.content }}{% endfor %}") is None
+    names = frozenset({"search"})
+    out = parse(HERMES, 'ok\n<tool_call>\n{"name": "search", "arguments": {"q": "x"}}\n</tool_call>', names)
+    assert out.content == "ok" and [(c.name, c.arguments) for c in out.calls] == [("search", '{"q": "x"}')]
+    out = parse(LLAMA3_JSON, '<|python_tag|>{"name": "search", "parameters": {"q": "y"}}', names)
+    assert out.content is None and [(c.name, c.arguments) for c in out.calls] == [("search", '{"q": "y"}')]
+    # An unknown tool or broken JSON: nothing is dropped, the text stays content.
+    for bad in ('<tool_call>{"name": "nope", "arguments": {}}</tool_call>', "<tool_call>{oops</tool_call>"):
+        assert parse(HERMES, bad, names).calls == () and parse(HERMES, bad, names).content == bad
+
+
+def test_a_hugging_face_template_gets_tools_and_dict_arguments() -> None:
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    from legato.engine_adapter.torch import HFTokenizer
+
+    raw = Tokenizer(models.WordLevel({"[UNK]": 0}, unk_token="[UNK]"))
+    raw.pre_tokenizer = pre_tokenizers.Whitespace()
+    seen: list[str] = []
+    tok = HFTokenizer(raw, 0, LLAMA_TEMPLATE)
+    original = raw.encode
+
+    def spy(text: str, **kw: Any) -> Any:
+        seen.append(text)
+        return original(text, **kw)
+
+    raw.encode = spy  # type: ignore[method-assign]
+    messages = [
+        {"role": "user", "content": "q"},
+        {
+            "role": "assistant",
+            "content": "",
+            "tool_calls": [{"function": {"name": "search", "arguments": {"q": "z"}}}],
+        },
+    ]
+    tok.apply_chat_template(messages, tools=TOOLS)
+    assert '{"name": "search", "parameters": {"q": "z"}}' in seen[-1]
+    assert '"name": "search"' in seen[-1].split("<|eot_id|>")[-1]  # the tools were rendered
