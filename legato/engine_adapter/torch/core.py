@@ -320,7 +320,7 @@ class EngineCore:
         if logits is None:
             return []
         seqs = [c.seq for c in sampled]
-        allowed = grammar_masks(seqs)
+        allowed = grammar_masks(seqs, logits.shape[-1])
         tokens, logprobs = sample(
             logits, [s.sampling for s in seqs], [s.generator for s in seqs], self._default_gen, allowed
         )
@@ -347,8 +347,6 @@ class EngineCore:
 
     def _append_token(self, seq: Seq, token: int, logprob: float | None) -> RequestOutput:
         seq.token_ids.append(token)
-        if seq.grammar is not None:
-            seq.grammar.accept(token)
         if logprob is not None:
             seq.logprobs.append(logprob)
         reason: str | None = None

@@ -1,21 +1,22 @@
 """Guided decoding in the torch engine: one llguidance matcher per sequence, a token mask per step.
 
 `GrammarCompiler` (one per engine) wraps the engine's vocabulary as an llguidance tokenizer and
-makes a `SequenceGrammar` for each constrained request. The engine asks the sequence for its
-allowed tokens before sampling (the mask is applied in the sampler) and feeds it the token it
-appended; nothing else moves the matcher, so preemption (KV recomputed, tokens kept) and prefix
-caching (KV only) leave it untouched.
+makes a `SequenceGrammar` for each constrained request. The engine asks for the allowed tokens
+before sampling (one `[B, vocab]` mask, applied in the sampler) and hands each sampled token to
+`vet`, which moves the matcher; nothing else does, so preemption (KV recomputed, tokens kept) and
+prefix caching (KV only) leave it untouched.
 
 Finishing within `max_tokens`: a grammar can let a model write forever (a string that never
 closes: the seeded model is random and does exactly that). So each sequence keeps a *closing
-witness*: a short token path from its state to acceptance plus end-of-sequence, found by walking
-a copy of the matcher and preferring tokens that close structures (`"`, `}`, `]`, ...). Near the
-end of the budget every sampled token is vetted: if the witness from the state after it no
-longer fits in the budget left, the current witness's next token is appended instead. The
-invariant "a witness fits" then holds to the end, so a constrained output ends complete and
-valid whenever its budget allows at all. "Near" is a budget within twice the longest witness
-seen on the sequence (the first one is a whole structure from scratch, e.g. a full tool call);
-further out a token is assumed not to outgrow the slack, and no search is done.
+witness*: a token path from its state to acceptance plus end-of-sequence that fits the budget
+left, found by walking a copy of the matcher and preferring tokens that close structures (`"`,
+`}`, `]`, ...). Every sampled token is vetted against it: the witness's own next token keeps it
+(minus that token); a content token after which the same path still validates keeps it as is
+(one llguidance validation, the common case: a character inside a string or number); any other
+token gets a fresh search from the state after it, and if no path from there fits the budget,
+the witness's next token is appended instead. The invariant "a witness fits" holds from the
+first token to the last, so a constrained output ends complete and valid whenever its
+`max_tokens` allows at all, with no length cap or constant added to the user's schema.
 """
 
 from __future__ import annotations
@@ -81,7 +82,8 @@ class GrammarCompiler:
 
 
 class SequenceGrammar:
-    """One request's matcher, its closing witness, and its mask."""
+    """One request's matcher and its closing witness. The matcher moves in `vet`, on the token
+    the engine is about to append."""
 
     def __init__(
         self,
@@ -93,31 +95,22 @@ class SequenceGrammar:
         self.matcher = matcher
         self.compiler = compiler
         self.stops = stops
-        self.witness = self._witness(matcher, max_tokens)  # None: stale (or none fits)
-        # The longest closing distance seen: from the start state it is a whole fresh structure,
-        # so one token is assumed never to add more than this to the distance.
-        self.longest = len(self.witness) if self.witness is not None else max_tokens
-        self._next: tuple[int, list[int]] | None = None  # a vetted token and its witness
+        # A path to the end that fits the budget left (None: none does; the output ends by length).
+        self.witness = self._witness(matcher, max_tokens)
 
-    def _mask(self, matcher: llguidance.LLMatcher) -> Tensor:
-        bias = matcher.compute_logit_bias()
-        allowed = torch.frombuffer(bytearray(bias), dtype=torch.uint8)[: self.compiler.vocab_size] > 0
-        if matcher.is_accepting():
-            allowed[list(self.stops)] = True
-        return allowed
+    def bias(self) -> bytes:
+        """One byte per token, non-zero where the grammar allows it next (end-of-sequence tokens
+        are added by `grammar_masks` when the matcher accepts)."""
+        if self.matcher.is_error():
+            return bytes(self.compiler.vocab_size)
+        return bytes(self.matcher.compute_logit_bias())[: self.compiler.vocab_size]
 
-    def _witness(
-        self, matcher: llguidance.LLMatcher, limit: int, first: int | None = None
-    ) -> list[int] | None:
-        """A short path from `matcher`'s state (after `first`, when given) to acceptance plus
-        end-of-sequence, at most `limit` tokens counting `first` (None: none found). Preferred
-        (closing) tokens are tried with a cheap validity check, else the lowest allowed id."""
+    def _witness(self, matcher: llguidance.LLMatcher, limit: int) -> list[int] | None:
+        """A short path from `matcher`'s state to acceptance plus end-of-sequence, at most `limit`
+        tokens (None: none found). Preferred (closing) tokens are tried with a cheap validity
+        check, else the lowest allowed token id is taken."""
         m = matcher.deep_copy()
         path: list[int] = []
-        if first is not None:
-            if not m.consume_token(first):
-                return None
-            path.append(first)
         while len(path) < limit:
             if m.is_accepting():
                 return [*path, self.stops[0]]
@@ -129,61 +122,59 @@ class SequenceGrammar:
             path.append(token)
         return None
 
-    def allowed(self) -> Tensor:
-        """Tokens the grammar allows next (end-of-sequence only once it accepts)."""
-        if self.matcher.is_error():
-            out = torch.zeros(self.compiler.vocab_size, dtype=torch.bool)
-            out[list(self.stops)] = True  # a broken matcher ends the sequence
-            return out
-        return self._mask(self.matcher)
-
     def vet(self, token: int, budget: int) -> int:
-        """The token to append instead of the sampled `token` (itself, unless taking it would
-        leave no way to close within the `budget` tokens left, this one included: then the
-        witness's next token)."""
-        self._next = None
-        if token in self.stops or self.matcher.is_error():
+        """Advance the matcher on the sampled `token`, or on the witness's next token instead when
+        taking `token` would leave no way to close within the `budget` tokens left (this one
+        included); returns the token to append."""
+        m, w = self.matcher, self.witness
+        if token in self.stops or m.is_error():
             return token
-        if budget > 2 * self.longest:
-            self.witness = None  # far from the end: no check, the witness goes stale
+        if w is None:  # nothing fits any more
+            m.consume_token(token)
             return token
-        if self.witness is None:
-            self.witness = self._witness(self.matcher, budget)
-            if self.witness is None:
-                return token  # nothing fits any more: the output ends by length
-            self.longest = max(self.longest, len(self.witness))
-        if token == self.witness[0]:
+        if token == w[0]:
+            m.consume_token(token)
+            self.witness = w[1:]
             return token
-        after = self._witness(self.matcher, budget, first=token)
-        if after is None:
-            return self.witness[0]
-        self._next = (token, after)
-        self.longest = max(self.longest, len(after))
-        return token
-
-    def accept(self, token: int) -> None:
-        """The engine appended `token`: move the matcher and the witness."""
-        if self._next is not None and self._next[0] == token:
-            self.witness = self._next[1][1:]
-        elif self.witness and self.witness[0] == token:
-            self.witness = self.witness[1:]
-        else:
-            self.witness = None
-        self._next = None
-        if token not in self.stops:
-            self.matcher.consume_token(token)
+        m.consume_token(token)
+        if len(w) <= budget - 1 and m.validate_tokens(w) == len(w):
+            return token  # a content token: the same path still closes the structure
+        after = self._witness(m, budget - 1)
+        if after is not None:
+            self.witness = after
+            return token
+        m.rollback(1)
+        m.consume_token(w[0])
+        self.witness = w[1:]
+        return w[0]
 
 
-def grammar_masks(seqs: Sequence[Seq]) -> list[Tensor | None] | None:
-    """Each sequence's allowed tokens (None for unconstrained ones; None when none is)."""
+def grammar_masks(seqs: Sequence[Seq], vocab_size: int) -> Tensor | None:
+    """`[B, vocab]` bool: the tokens each sequence's grammar allows next (every token for
+    unconstrained rows); None when no row is constrained. One buffer, one tensor op."""
     if all(s.grammar is None for s in seqs):
         return None
-    return [None if s.grammar is None else s.grammar.allowed() for s in seqs]
+    free = b"\x01" * vocab_size
+    buf = bytearray()
+    accepting: list[tuple[int, tuple[int, ...]]] = []
+    for row, s in enumerate(seqs):
+        g = s.grammar
+        if g is None:
+            buf += free
+            continue
+        buf += g.bias()
+        if g.matcher.is_accepting() or g.matcher.is_error():
+            accepting.append((row, g.stops))
+    allowed = torch.frombuffer(buf, dtype=torch.uint8).view(len(seqs), vocab_size) > 0
+    for row, stops in accepting:
+        allowed[row, list(stops)] = True
+    return allowed
 
 
 def vet_tokens(seqs: Sequence[Seq], tokens: list[int], logprobs: list[float] | None, logits: Tensor) -> None:
-    """Replace sampled tokens that would leave a constrained sequence unable to close within its
-    budget (in place; a replaced token's logprob is read from `logits`)."""
+    """Move each constrained sequence's matcher on its sampled token, replacing a token that
+    would leave it unable to close within its budget (a replaced token's logprob is read from
+    `logits`)."""
     for i, seq in enumerate(seqs):
         if seq.grammar is None:
             continue

@@ -35,30 +35,19 @@ def filter_logits(logits: Tensor, params: SamplingParams) -> Tensor:
     return out
 
 
-def masked(logits: Tensor, allowed: Seq[Tensor | None] | None) -> Tensor:
-    """`logits` with the tokens a row's grammar forbids at -inf (a copy, only when needed)."""
-    if allowed is None or all(a is None for a in allowed):
-        return logits
-    out = logits.clone()
-    for row, mask in enumerate(allowed):
-        if mask is not None:
-            out[row].masked_fill_(~mask.to(out.device), float("-inf"))
-    return out
-
-
 def sample(
     logits: Tensor,
     params: Seq[SamplingParams],
     generators: Seq[torch.Generator | None],
     default_generator: torch.Generator,
-    allowed: Seq[Tensor | None] | None = None,
+    allowed: Tensor | None = None,
 ) -> tuple[list[int], list[float] | None]:
     """Sample one token per row of `logits` `[B, vocab]` (float32), among the tokens `allowed`
-    marks for the row (a bool mask from its grammar; None: any token).
+    marks (`[B, vocab]` bool from the rows' grammars; None: any token).
 
     Returns the token ids and, when any row asked for them, the logprob of each sampled token.
     """
-    choose = masked(logits, allowed)
+    choose = logits if allowed is None else logits.masked_fill(~allowed.to(logits.device), float("-inf"))
     greedy = choose.argmax(dim=-1).tolist()
     tokens: list[int] = [int(t) for t in greedy]
     for row, p in enumerate(params):
