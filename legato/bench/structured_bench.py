@@ -148,8 +148,8 @@ def report(result: StructuredResult) -> str:
         f"structured decoding, torch engine on {result.device}, batch {result.batch}, "
         f"{result.new_tokens} new tokens, best of {result.repeats}\n"
         f"  unconstrained   {result.unconstrained_tok_s:10.1f} tok/s\n"
-        f"  json_schema     {result.constrained_tok_s:10.1f} tok/s   ({result.constrained_valid}/{result.batch} "
-        "valid JSON)\n"
+        f"  json_schema     {result.constrained_tok_s:10.1f} tok/s   "
+        f"({result.constrained_valid}/{result.batch} valid JSON)\n"
         f"  ratio           {result.ratio:10.3f}   (target >= {result.target_ratio}: "
         f"{'met' if result.target_met else 'NOT met'})"
     )

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from legato.engine_adapter.openai_tools import (
     ResponseFormat,
+    StructuredOutputs,
     ToolCall,
     ToolCallDelta,
     ToolChoice,
@@ -121,6 +122,9 @@ class CompletionRequest(SamplingFields):
     )
     echo: bool = False
     return_token_ids: bool = Field(default=False, description="vLLM extra: include `token_ids` per choice.")
+    structured_outputs: StructuredOutputs | None = Field(
+        default=None, description="vLLM extra: constrain the output to a JSON Schema or a Lark grammar."
+    )
 
 
 class CompletionLogprobs(_Response):
@@ -315,6 +319,8 @@ class SGLangSamplingParams(_Request):
     ignore_eos: bool = False
     seed: int | None = Field(default=None, description="Alias of SGLang's `sampling_seed`.")
     sampling_seed: int | None = None
+    json_schema: str | None = Field(default=None, description="Constrain the output to this JSON Schema.")
+    ebnf: str | None = Field(default=None, description="Constrain the output to this (Lark) grammar.")
 
 
 class SGLangGenerateRequest(_Request):
@@ -377,6 +383,7 @@ class VLLMTokenSamplingParams(_Request):
     stop_token_ids: list[int] | None = None
     ignore_eos: bool = False
     logprobs: int | None = Field(default=None, ge=0, description="Return the sampled tokens' logprobs.")
+    structured_outputs: StructuredOutputs | None = None
 
 
 class VLLMGenerateRequest(_Request):

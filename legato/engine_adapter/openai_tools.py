@@ -64,6 +64,16 @@ class ToolCallDelta(_Wire):
     function: FunctionCallDelta | None = None
 
 
+class StructuredOutputs(BaseModel):
+    """vLLM's `structured_outputs` extra (its `json` and `grammar` forms; a Lark grammar is read
+    by llguidance, as vLLM's `guidance` backend reads it). Other forms are refused."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    json_: dict[str, Any] | str | None = Field(default=None, alias="json")
+    grammar: str | None = None
+
+
 class JsonSchemaFormat(_Wire):
     name: str = "response"
     description: str | None = None

@@ -125,3 +125,43 @@ def test_a_hugging_face_template_gets_tools_and_dict_arguments() -> None:
     tok.apply_chat_template(messages, tools=TOOLS)
     assert '{"name": "search", "parameters": {"q": "z"}}' in seen[-1]
     assert '"name": "search"' in seen[-1].split("<|eot_id|>")[-1]  # the tools were rendered
+
+
+@pytest.mark.parametrize("kind", ["vllm-generate", "vllm-completions", "sglang"])
+async def test_http_engines_pass_the_grammar_through(torch_url: str, kind: str) -> None:
+    """The vLLM and SGLang engines send the constraint in their servers' fields (vLLM's
+    `structured_outputs`, SGLang's `json_schema`), which `legato engine serve` honours too."""
+    from legato.engine_adapter.base import GenerateRequest, SamplingParams, collect
+    from legato.engine_adapter.chat.grammar import json_schema_grammar
+    from legato.engine_adapter.http.sglang import SGLangEngine
+    from legato.engine_adapter.http.vllm import VLLMEngine
+    from legato.engine_adapter.torch import ByteTokenizer
+
+    tok = ByteTokenizer()
+    engine: Any = (
+        SGLangEngine(torch_url, tok)
+        if kind == "sglang"
+        else VLLMEngine(torch_url, "legato-default", tok, endpoint=kind.split("-")[1])  # type: ignore[arg-type]
+    )
+    sampling = SamplingParams(max_tokens=60, temperature=1.0, seed=4, grammar=json_schema_grammar(PARAMS))
+    try:
+        result = await collect(engine, GenerateRequest(f"g-{kind}", tuple(tok.encode("hello")), sampling))
+    finally:
+        await engine.close()
+    assert result.finish_reason == "stop"
+    jsonschema.validate(json.loads(result.text), PARAMS)
+
+
+def test_a_grammar_that_cannot_be_compiled_is_a_400(torch_url: str) -> None:
+    bad = {"type": "object", "properties": {"q": {"type": "string", "pattern": "(("}}}
+    r = httpx.post(
+        f"{torch_url}/inference/v1/generate",
+        json={
+            "token_ids": [1, 2, 3],
+            "sampling_params": {"max_tokens": 4, "structured_outputs": {"json": bad}},
+        },
+        timeout=30,
+    )
+    assert r.status_code == 400
+    assert "sampling_params.structured_outputs" in r.json()["error"]["message"]
+    assert "unclosed group" in r.json()["error"]["message"]

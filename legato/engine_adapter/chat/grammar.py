@@ -82,6 +82,28 @@ def ll_grammar(spec: GrammarSpec) -> str:
     return str(llguidance.LLMatcher.grammar_from_lark(spec.text))
 
 
+def grammar_of(json_schema: Mapping[str, Any] | str | None, lark: str | None) -> GrammarSpec | None:
+    """The grammar of the engine APIs' constraint fields (a JSON Schema, as an object or its
+    text, or a Lark grammar); raises GrammarError when it cannot be compiled or both are set."""
+    if json_schema is not None and lark is not None:
+        raise GrammarError("send a JSON Schema or a grammar, not both")
+    if lark is not None:
+        spec = GrammarSpec("lark", lark)
+        check_grammar(spec)
+        return spec
+    if json_schema is None:
+        return None
+    if isinstance(json_schema, str):
+        try:
+            json_schema = json.loads(json_schema)
+        except ValueError as exc:
+            raise GrammarError(f"the JSON Schema is not valid JSON: {exc}") from exc
+    if not isinstance(json_schema, dict):
+        raise GrammarError("the JSON Schema must be a JSON object")
+    check_schema(json_schema, "the JSON Schema")
+    return json_schema_grammar(json_schema)
+
+
 def json_schema_grammar(schema: Mapping[str, Any]) -> GrammarSpec:
     return GrammarSpec("json_schema", json.dumps(prepared_schema(schema), ensure_ascii=False))
 

@@ -268,6 +268,7 @@ def create_engine_app(
         if body.echo:
             raise ApiError(400, "echo is not supported; prepend the prompt yourself", "echo")
         prompt = svc.prompt_ids(body.prompt)
+        so = body.structured_outputs
         req = openai_request(
             svc,
             body,
@@ -276,6 +277,7 @@ def create_engine_app(
             max_tokens_field="max_tokens",
             logprobs=body.logprobs is not None,
             id_prefix="cmpl",
+            grammar=None if so is None else svc.grammar(so.json_, so.grammar, "structured_outputs"),
         )
         generation = await svc.start(req)
         if body.stream:
@@ -341,6 +343,7 @@ def create_engine_app(
             stop_token_ids=sp.stop_token_ids,
             ignore_eos=sp.ignore_eos,
             logprobs=body.return_logprob,
+            grammar=svc.grammar(sp.json_schema, sp.ebnf, "sampling_params"),
         )
         req = GenerateRequest(
             request_id=body.rid or uuid.uuid4().hex,
@@ -397,6 +400,13 @@ def create_engine_app(
             stop_token_ids=sp.stop_token_ids,
             ignore_eos=sp.ignore_eos,
             logprobs=sp.logprobs is not None,
+            grammar=None
+            if sp.structured_outputs is None
+            else svc.grammar(
+                sp.structured_outputs.json_,
+                sp.structured_outputs.grammar,
+                "sampling_params.structured_outputs",
+            ),
         )
         req = GenerateRequest(
             request_id=body.request_id or uuid.uuid4().hex,

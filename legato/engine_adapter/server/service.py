@@ -5,8 +5,9 @@ conversion of engine output into each API's token, logprob and finish-reason sha
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import anyio
 
@@ -17,6 +18,7 @@ from legato.engine_adapter.base import (
     GrammarSpec,
     SamplingParams,
 )
+from legato.engine_adapter.chat.grammar import GrammarError, grammar_of
 from legato.engine_adapter.chat.plan import ChatPlan, PlanError, plan_chat
 from legato.engine_adapter.openai_api import (
     ChatCompletionRequest,
@@ -153,6 +155,15 @@ class EngineService:
             only = prompt[0]
             return self.prompt_ids(only) if isinstance(only, str) else self.check_tokens(only, "prompt")
         return self.check_tokens([int(t) for t in prompt if isinstance(t, int)], "prompt")
+
+    def grammar(
+        self, json_schema: Mapping[str, Any] | str | None, lark: str | None, field: str
+    ) -> GrammarSpec | None:
+        """The output grammar of an engine API's constraint fields (400 naming `field` if bad)."""
+        try:
+            return grammar_of(json_schema, lark)
+        except GrammarError as exc:
+            raise ApiError(400, f"{field}: {exc}", field) from exc
 
     def chat_plan(self, body: ChatCompletionRequest) -> ChatPlan:
         """Template inputs, output grammar and tool parsing of a chat request (400 on bad input)."""
