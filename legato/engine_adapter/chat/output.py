@@ -56,20 +56,21 @@ class ToolStream:
         if fmt is None:
             out, self.emitted = self.text[self.emitted :], len(self.text)
             return out
-        safe = len(self.text.rstrip())
+        limit = len(self.text)
         if fmt == HERMES:
             marker = self.text.find(HERMES_OPEN)
             if marker >= 0:
-                safe = min(safe, marker)
+                limit = marker
             else:
                 for k in range(min(len(HERMES_OPEN) - 1, len(self.text)), 0, -1):
                     if self.text.endswith(HERMES_OPEN[:k]):
-                        safe = min(safe, len(self.text) - k)
+                        limit = len(self.text) - k
                         break
         else:
             head = self.text.lstrip()
             if not head or head[0] in "{<":
-                safe = 0
+                limit = 0
+        safe = len(self.text[:limit].rstrip())  # trailing whitespace waits: a call may follow
         safe = max(safe, self.emitted)
         out, self.emitted = self.text[self.emitted : safe], safe
         return out
