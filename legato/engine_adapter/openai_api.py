@@ -287,6 +287,7 @@ class TokenizeRequest(_Request):
     prompt: str | None = None
     messages: list[ChatMessage] | None = None
     add_generation_prompt: bool = True
+    tools: list[ToolDefinition] | None = Field(default=None, description="With `messages`: tools to render.")
 
 
 class TokenizeResponse(_Response):

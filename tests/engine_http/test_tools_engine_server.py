@@ -43,23 +43,24 @@ def test_engine_server_forced_call_with_the_openai_client(torch_url: str) -> Non
     from openai import OpenAI
 
     client = OpenAI(base_url=f"{torch_url}/v1", api_key="EMPTY", max_retries=0)
+    messages: list[Any] = [
+        {"role": "user", "content": "find cats"},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "call_1",
+                    "type": "function",
+                    "function": {"name": "search", "arguments": '{"q": "cats"}'},
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": "call_1", "content": "3 cats"},
+    ]
     reply = client.chat.completions.create(
         model="legato-default",
-        messages=[
-            {"role": "user", "content": "find cats"},
-            {
-                "role": "assistant",
-                "content": None,
-                "tool_calls": [
-                    {
-                        "id": "call_1",
-                        "type": "function",
-                        "function": {"name": "search", "arguments": '{"q": "cats"}'},
-                    }
-                ],
-            },
-            {"role": "tool", "tool_call_id": "call_1", "content": "3 cats"},
-        ],
+        messages=messages,
         tools=TOOLS,
         tool_choice="required",
         max_tokens=150,
@@ -69,6 +70,9 @@ def test_engine_server_forced_call_with_the_openai_client(torch_url: str) -> Non
     assert reply.choices[0].finish_reason == "tool_calls"
     for call in reply.choices[0].message.tool_calls or ():
         jsonschema.validate(json.loads(call.function.arguments), PARAMS)
+    # /tokenize renders the same prompt (tools, the call, its result) as the chat completion.
+    full = httpx.post(f"{torch_url}/tokenize", json={"messages": messages, "tools": TOOLS}, timeout=30).json()
+    assert reply.usage is not None and reply.usage.prompt_tokens == full["count"]
     # The history's call and result are in the prompt: it is longer than without them.
     short = httpx.post(
         f"{torch_url}/tokenize", json={"messages": [{"role": "user", "content": "find cats"}]}, timeout=30

@@ -20,7 +20,7 @@ from legato.engine_adapter.base import (
     assemble_result,
 )
 from legato.engine_adapter.chat.output import chat_message
-from legato.engine_adapter.chat.plan import ChatPlan, PlanError, template_message
+from legato.engine_adapter.chat.plan import ChatPlan
 from legato.engine_adapter.openai_api import (
     ChatChoice,
     ChatCompletionRequest,
@@ -203,13 +203,8 @@ def create_engine_app(
         if (body.prompt is None) == (body.messages is None):
             raise ApiError(400, "send exactly one of `prompt` (text) or `messages` (chat)")
         if body.messages is not None:
-            try:
-                messages = [template_message(m, i) for i, m in enumerate(body.messages)]
-            except PlanError as exc:
-                raise ApiError(400, str(exc), exc.param) from exc
-            tokens = svc.tokenizer.apply_chat_template(
-                messages, add_generation_prompt=body.add_generation_prompt
-            )
+            chat = ChatCompletionRequest(model=svc.model, messages=body.messages, tools=body.tools)
+            tokens = list(svc.render(svc.chat_plan(chat), body.add_generation_prompt))
         else:
             tokens = svc.tokenizer.encode(body.prompt or "")
         return TokenizeResponse(count=len(tokens), max_model_len=svc.max_model_len, tokens=list(tokens))

@@ -172,23 +172,27 @@ class EngineService:
         except PlanError as exc:
             raise ApiError(400, str(exc), exc.param) from exc
 
+    def render(self, plan: ChatPlan, add_generation_prompt: bool) -> tuple[int, ...]:
+        """The plan's messages (and tools) through the chat template."""
+        try:
+            if plan.tools:
+                ids = self.tokenizer.apply_chat_template(
+                    plan.messages, add_generation_prompt=add_generation_prompt, tools=plan.tools
+                )
+            else:  # the two-argument form: tokenizers that predate tools still work
+                ids = self.tokenizer.apply_chat_template(
+                    plan.messages, add_generation_prompt=add_generation_prompt
+                )
+        except EngineError as exc:
+            raise ApiError(400, str(exc), "messages") from exc
+        return tuple(ids)
+
     async def chat_prompt(self, body: ChatCompletionRequest) -> ChatPrompt:
         """A chat request's prompt (messages and tools through the chat template), its plan, the
         max-tokens field it used (`max_completion_tokens` wins) and its value, defaulted as
         OpenAI does."""
         plan = self.chat_plan(body)
-        try:
-            if plan.tools:
-                ids = self.tokenizer.apply_chat_template(
-                    plan.messages, add_generation_prompt=body.add_generation_prompt, tools=plan.tools
-                )
-            else:
-                ids = self.tokenizer.apply_chat_template(
-                    plan.messages, add_generation_prompt=body.add_generation_prompt
-                )
-        except EngineError as exc:
-            raise ApiError(400, str(exc), "messages") from exc
-        prompt = tuple(ids)
+        prompt = self.render(plan, body.add_generation_prompt)
         if body.max_completion_tokens is not None:
             return ChatPrompt(prompt, "max_completion_tokens", body.max_completion_tokens, plan)
         if body.max_tokens is not None:

@@ -60,12 +60,16 @@ class GrammarCompiler:
 
     def __init__(self, tokenizer: ByteTokenizer | HFTokenizer, vocab_size: int) -> None:
         stops = list(tokenizer.stop_token_ids)
-        if isinstance(tokenizer, ByteTokenizer):
-            wrapper = llguidance.TokenizerWrapper(_ByteVocab(tokenizer, vocab_size))
-            self.lltok = llguidance.LLTokenizer(wrapper, n_vocab=vocab_size, eos_token=stops)
-        else:
-            raw = tokenizer._tok.to_str()
-            self.lltok = llguidance.LLTokenizer(raw, n_vocab=vocab_size, eos_token=stops)
+        try:
+            if isinstance(tokenizer, ByteTokenizer):
+                wrapper = llguidance.TokenizerWrapper(_ByteVocab(tokenizer, vocab_size))
+                self.lltok = llguidance.LLTokenizer(wrapper, n_vocab=vocab_size, eos_token=stops)
+            else:
+                self.lltok = llguidance.LLTokenizer(tokenizer.to_json(), n_vocab=vocab_size, eos_token=stops)
+        except (ValueError, RuntimeError) as exc:
+            raise EngineError(
+                f"structured output is not available for this model's tokenizer (llguidance: {exc})"
+            ) from exc
         self.vocab_size = vocab_size
         prefer = []
         for ch in _CLOSERS:

@@ -163,6 +163,10 @@ class HFTokenizer:
     def stop_token_ids(self) -> tuple[int, ...]:
         return self._stop_ids
 
+    def to_json(self) -> str:
+        """The `tokenizers` JSON of the vocabulary (what llguidance builds its token trie from)."""
+        return str(self._tok.to_str())
+
     def encode(self, text: str) -> list[int]:
         return list(self._tok.encode(text, add_special_tokens=False).ids)
 
