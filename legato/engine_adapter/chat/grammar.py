@@ -53,7 +53,8 @@ def _closed(schema: Any) -> Any:
 def prepared_schema(schema: Mapping[str, Any]) -> dict[str, Any]:
     out = _closed(copy.deepcopy(dict(schema)))
     assert isinstance(out, dict)
-    out["x-guidance"] = {**_JSON_OPTIONS, **out.get("x-guidance", {})}
+    own = out.get("x-guidance")
+    out["x-guidance"] = {**_JSON_OPTIONS, **(own if isinstance(own, dict) else {})}
     return out
 
 

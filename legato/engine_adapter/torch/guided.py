@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from legato.engine_adapter.torch.sequence import Sequence as Seq
 
 # Characters that close or shortest-complete JSON and call syntax, most closing first.
+_SHIFTS = torch.arange(32, dtype=torch.int32)
 _CLOSERS = '"}],0\n>'
 
 
@@ -71,12 +72,9 @@ class GrammarCompiler:
                 f"structured output is not available for this model's tokenizer (llguidance: {exc})"
             ) from exc
         self.vocab_size = vocab_size
-        prefer = []
-        for ch in _CLOSERS:
-            ids = tokenizer.encode(ch)
-            if len(ids) == 1:
-                prefer.append(ids[0])
-        self.prefer = tuple(prefer)
+        single = {ch: ids[0] for ch in _CLOSERS if len(ids := tokenizer.encode(ch)) == 1}
+        self.prefer = tuple(single.values())
+        self.closers = frozenset(single[ch] for ch in '"}]' if ch in single)
 
     def sequence(self, spec: GrammarSpec, stop_ids: Sequence[int], max_tokens: int) -> SequenceGrammar:
         matcher = llguidance.LLMatcher(self.lltok, ll_grammar(spec), log_level=0)
@@ -102,17 +100,15 @@ class SequenceGrammar:
         # A path to the end that fits the budget left (None: none does; the output ends by length).
         self.witness = self._witness(matcher, max_tokens)
 
-    def bias(self) -> bytes:
-        """One byte per token, non-zero where the grammar allows it next (end-of-sequence tokens
-        are added by `grammar_masks` when the matcher accepts)."""
-        if self.matcher.is_error():
-            return bytes(self.compiler.vocab_size)
-        return bytes(self.matcher.compute_logit_bias())[: self.compiler.vocab_size]
-
-    def _witness(self, matcher: llguidance.LLMatcher, limit: int) -> list[int] | None:
+    def _witness(
+        self, matcher: llguidance.LLMatcher, limit: int, resume: list[int] | None = None
+    ) -> list[int] | None:
         """A short path from `matcher`'s state to acceptance plus end-of-sequence, at most `limit`
         tokens (None: none found). Preferred (closing) tokens are tried with a cheap validity
-        check, else the lowest allowed token id is taken."""
+        check, else the lowest allowed token id is taken. `resume`: the previous witness; each
+        time the walk closes something, it ends if that path, or its rest after the first such
+        closer, continues from there (a deviation inside a string, or a new array item, is
+        closed, then the old path goes on)."""
         m = matcher.deep_copy()
         path: list[int] = []
         while len(path) < limit:
@@ -124,6 +120,12 @@ class SequenceGrammar:
             if token < 0 or token >= self.compiler.vocab_size or not m.consume_token(token):
                 return None
             path.append(token)
+            if resume and token in self.compiler.closers:
+                # The old path, or its rest after the structure this token closed.
+                tails = [resume] + ([resume[resume.index(token) + 1 :]] if token in resume else [])
+                for tail in tails:
+                    if len(path) + len(tail) <= limit and m.validate_tokens(tail) == len(tail):
+                        return path + tail
         return None
 
     def vet(self, token: int, budget: int) -> int:
@@ -143,7 +145,7 @@ class SequenceGrammar:
         m.consume_token(token)
         if len(w) <= budget - 1 and m.validate_tokens(w) == len(w):
             return token  # a content token: the same path still closes the structure
-        after = self._witness(m, budget - 1)
+        after = self._witness(m, budget - 1, resume=w)
         if after is not None:
             self.witness = after
             return token
@@ -155,21 +157,26 @@ class SequenceGrammar:
 
 def grammar_masks(seqs: Sequence[Seq], vocab_size: int) -> Tensor | None:
     """`[B, vocab]` bool: the tokens each sequence's grammar allows next (every token for
-    unconstrained rows); None when no row is constrained. One buffer, one tensor op."""
+    unconstrained rows); None when no row is constrained. llguidance writes each row's bitmask
+    straight into one int32 buffer; one shift-and-mask expands it."""
     if all(s.grammar is None for s in seqs):
         return None
-    free = b"\x01" * vocab_size
-    buf = bytearray()
+    words = (vocab_size + 31) // 32
+    bits = torch.full((len(seqs), words), -1, dtype=torch.int32)
+    base = bits.data_ptr()
     accepting: list[tuple[int, tuple[int, ...]]] = []
     for row, s in enumerate(seqs):
         g = s.grammar
         if g is None:
-            buf += free
             continue
-        buf += g.bias()
-        if g.matcher.is_accepting() or g.matcher.is_error():
+        m = g.matcher
+        if m.is_error():
+            bits[row] = 0
+        else:
+            m.unsafe_compute_mask_ptr(base + row * words * 4, words * 4)
+        if m.is_accepting() or m.is_error():
             accepting.append((row, g.stops))
-    allowed = torch.frombuffer(buf, dtype=torch.uint8).view(len(seqs), vocab_size) > 0
+    allowed = ((bits.unsqueeze(-1) >> _SHIFTS) & 1).view(len(seqs), words * 32)[:, :vocab_size] > 0
     for row, stops in accepting:
         allowed[row, list(stops)] = True
     return allowed
