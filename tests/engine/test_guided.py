@@ -121,3 +121,18 @@ def test_a_budget_of_exactly_the_shortest_output_still_closes_it(seed: int) -> N
     )
     text, reason, n = _text(core.run_to_completion([req])["b"])
     assert (text, reason, n) == (shortest, "stop", budget)
+
+
+def test_a_forked_grammar_moves_independently() -> None:
+    """What n > 1 sampling needs: siblings of one prompt each keep their own matcher."""
+    core = _core()
+    schema = {"type": "object", "properties": {"a": {"type": "string"}}, "required": ["a"]}
+    from legato.engine_adapter.torch.guided import GrammarCompiler
+
+    compiler = GrammarCompiler(core.tokenizer, core.model.config.vocab_size)
+    one = compiler.sequence(json_schema_grammar(schema), [257, 260], 32)
+    two = one.fork()
+    for t in b'{"a": "x':
+        assert one.vet(t, 32) == t
+    assert not two.matcher.is_accepting() and two.matcher.validate_tokens(list(b'{"a": ""}')) == 9
+    assert one.matcher.validate_tokens(list(b'"}')) == 2

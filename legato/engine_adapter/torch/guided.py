@@ -35,8 +35,8 @@ from legato.engine_adapter.torch.tokenizer import ByteTokenizer, HFTokenizer
 if TYPE_CHECKING:
     from legato.engine_adapter.torch.sequence import Sequence as Seq
 
+_SHIFTS = torch.arange(32, dtype=torch.int32)  # bit positions in llguidance's int32 bitmask words
 # Characters that close or shortest-complete JSON and call syntax, most closing first.
-_SHIFTS = torch.arange(32, dtype=torch.int32)
 _CLOSERS = '"}],0\n>'
 
 
@@ -99,6 +99,15 @@ class SequenceGrammar:
         self.stops = stops
         # A path to the end that fits the budget left (None: none does; the output ends by length).
         self.witness = self._witness(matcher, max_tokens)
+
+    def fork(self) -> SequenceGrammar:
+        """An independent copy for a sibling sequence (n > 1 samples forked from one prompt)."""
+        twin = SequenceGrammar.__new__(SequenceGrammar)
+        twin.matcher = self.matcher.deep_copy()
+        twin.compiler = self.compiler
+        twin.stops = self.stops
+        twin.witness = None if self.witness is None else list(self.witness)
+        return twin
 
     def _witness(
         self, matcher: llguidance.LLMatcher, limit: int, resume: list[int] | None = None
