@@ -35,7 +35,7 @@ LLAMA_TEMPLATE = (
 @pytest.fixture(scope="module")
 def torch_url() -> Iterator[str]:
     engine = load_engine(model_config=tiny_model_config(4096), num_blocks=1024, seed=0)
-    with serve_in_thread(create_engine_app(engine)) as url:
+    with serve_in_thread(create_engine_app(engine, on_shutdown=engine.close)) as url:
         yield url
 
 

@@ -203,7 +203,10 @@ def create_engine_app(
         if (body.prompt is None) == (body.messages is None):
             raise ApiError(400, "send exactly one of `prompt` (text) or `messages` (chat)")
         if body.messages is not None:
-            chat = ChatCompletionRequest(model=svc.model, messages=body.messages, tools=body.tools)
+            # Already validated field by field: no min-length rule on `messages` here.
+            chat = ChatCompletionRequest.model_construct(
+                model=svc.model, messages=body.messages, tools=body.tools
+            )
             tokens = list(svc.render(svc.chat_plan(chat), body.add_generation_prompt))
         else:
             tokens = svc.tokenizer.encode(body.prompt or "")
