@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint fmt venv redis-check clean
+.PHONY: demo test lint fmt venv redis-check chromium-check clean
 
 venv: $(STAMP)
 
@@ -30,6 +30,16 @@ redis-check:
 	    exit 1; \
 	  fi; }
 
+# The /docs test renders the API docs in headless Chromium (Debian's chromium + chromium-driver).
+chromium-check:
+	@{ command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; } || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "chromium not found: installing chromium and chromium-driver with apt-get"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	  else \
+	    echo "note: without chromium and chromedriver the /docs browser test is skipped (Debian/Ubuntu: sudo apt-get install chromium chromium-driver)" >&2; \
+	  fi; }
+
 lint: $(STAMP)
 	$(BIN)/ruff check legato tests examples
 	$(BIN)/ruff format --check legato tests examples
@@ -40,7 +50,7 @@ fmt: $(STAMP)
 	$(BIN)/ruff check --fix legato tests examples
 	$(BIN)/ruff format legato tests examples
 
-test: $(STAMP) redis-check lint
+test: $(STAMP) redis-check chromium-check lint
 	$(BIN)/python -m pytest -q
 
 clean:

@@ -35,7 +35,9 @@ def bench(
     workload: Annotated[
         str,
         typer.Option(
-            "--workload", "-w", help="swe, multiagent, text2sql, rl-grpo, chat, trace:PATH, sessions:PATH."
+            "--workload",
+            "-w",
+            help="swe, multiagent, text2sql, rl-grpo, chat, trace:PATH, sessions:PATH, chat:PATH.",
         ),
     ] = "swe",
     engine: Annotated[
@@ -77,6 +79,13 @@ def bench(
     param: Annotated[
         list[str] | None, typer.Option("--param", "-p", help="Workload parameter key=value (repeatable).")
     ] = None,
+    spec: Annotated[
+        str,
+        typer.Option(
+            help="Speculative decoding (sim), comma list of none, suffix, ngram: each policy runs under each "
+            "(rows policy+suffix ...), with acceptance measured on real text by `legato bench spec`."
+        ),
+    ] = "none",
 ) -> None:
     """Compare policies on one workload: a table, and optionally JSON and PNG plots."""
     if ctx.invoked_subcommand is not None:
@@ -101,6 +110,7 @@ def bench(
             workload_params=params,
             sweep=swept,
             jobs=jobs,
+            spec=runner.parse_list(spec),
         )
     except runner.BenchInputError as exc:
         raise _fail(str(exc)) from None
@@ -266,6 +276,66 @@ def bound(
         json_out.write_text(json.dumps(record, indent=2))
 
 
+@bench_app.command("matrix")
+def matrix(
+    miniswe: Annotated[
+        str, typer.Option(help="The mini-swe-agent chat log (chat: workload, burst arrival).")
+    ] = "../shared/traces/miniswe_deepseek.jsonl.gz",
+    mooncake: Annotated[
+        str, typer.Option(help="The Mooncake conversation trace (trace: workload).")
+    ] = "../shared/traces/mooncake_conversation_trace.jsonl",
+    jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, help="Cells run in parallel processes.")] = 2,
+    quick: Annotated[bool, typer.Option("--quick", help="A few small cells (smoke test).")] = False,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", callback=output_path, help="Write the matrix JSON here.")
+    ] = None,
+    plot: Annotated[
+        Path | None, typer.Option(callback=output_path, help="Write a heat map PNG of the ratios here.")
+    ] = None,
+) -> None:
+    """Legato against every peer and the bounds over workloads x GPU x concurrency x tiers: per
+    cell, Legato's ratio to the best peer in steps/min and in mean TCT, and the worst cell."""
+    from rich.console import Console
+
+    from legato.bench import matrix as mx
+
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=160)
+    err = Console(stderr=True)
+    cells = mx.plan(quick)
+
+    def progress(done: int, total: int, cell: dict[str, Any]) -> None:
+        err.print(
+            f"[{done}/{total}] {cell['cell']}: steps {cell['steps_ratio']:.2f}x, "
+            f"TCT {cell['tct_ratio']:.2f}x ({cell['seconds']:.1f}s)"
+        )
+
+    try:
+        result = mx.run_matrix(cells, {"miniswe": miniswe, "mooncake": mooncake}, jobs, progress)
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
+    console.print(mx.render(result))
+    by_key = {c["cell"]: c for c in result["cells"]}
+    for label, key in (
+        ("worst cell", "worst"),
+        ("worst steps/min", "worst_steps"),
+        ("worst TCT", "worst_tct"),
+    ):
+        cell = by_key[result[key]]
+        console.print(
+            f"{label}: {cell['cell']}  steps {cell['steps_ratio']:.3f}x vs {cell['best_peer_steps']}, "
+            f"TCT {cell['tct_ratio']:.3f}x vs {cell['best_peer_tct']}"
+        )
+    console.print(f"{len(cells)} cells in {result['wall_s']:.0f} s")
+    if json_out is not None:
+        mx.write_json(result, json_out)
+        console.print(f"wrote {json_out}")
+    if plot is not None:
+        mx.plot(result, plot)
+        console.print(f"wrote {plot}")
+
+
 @bench_app.command("decide")
 def decide(
     policies: Annotated[
@@ -323,6 +393,75 @@ def load(
         typer.echo(f"wrote {json_out}")
     if report.requests_failed:
         raise typer.Exit(1)
+
+
+@bench_app.command("spec")
+def spec(
+    trace: Annotated[
+        Path, typer.Option(help="The mini-swe-agent trace (full text of real agent sessions).")
+    ] = Path("../shared/traces/miniswe_deepseek.jsonl.gz"),
+    drafters: Annotated[
+        str, typer.Option(help="Comma list: suffix, ngram (each at every --draft-lens).")
+    ] = "suffix,ngram",
+    ablations: Annotated[
+        str,
+        typer.Option(
+            help="Comma list measured at the largest draft length only: suffix-local, suffix-agent."
+        ),
+    ] = "suffix-local,suffix-agent",
+    draft_lens: Annotated[str, typer.Option(help="Comma list of draft lengths (1..64).")] = "1,2,4,8,16",
+    adaptive: Annotated[
+        bool, typer.Option(help="Also measure the adaptive length (max: the largest).")
+    ] = True,
+    sessions: Annotated[int, typer.Option(help="Held-out sessions measured (0: all 62).")] = 8,
+    cache_dir: Annotated[Path, typer.Option(help="Where the trained tokenizer is cached.")] = Path(
+        ".legato/spec"
+    ),
+    json_out: Annotated[
+        Path | None, typer.Option("--json", callback=output_path, help="Write the results JSON here.")
+    ] = None,
+    sim_table: Annotated[
+        Path | None,
+        typer.Option(
+            callback=output_path,
+            help="Also store the measured table as the simulator's acceptance model for swe "
+            "(legato/sim/data/spec_acceptance.json).",
+        ),
+    ] = None,
+) -> None:
+    """Acceptance of drafted tokens on real agent text: tokens per verify step by drafter and
+    draft length (BPE tokens; greedy verification semantics)."""
+    import json
+
+    from legato.bench import runner
+    from legato.bench.spec_bench import SpecBenchConfig, render, run_spec_bench, write_sim_table
+
+    try:
+        lens = tuple(int(v) for v in runner.parse_list(draft_lens))
+    except ValueError:
+        raise _fail(f"--draft-lens must be a comma list of integers, got {draft_lens!r}") from None
+    try:
+        cfg = SpecBenchConfig(
+            trace=trace,
+            drafters=tuple(runner.parse_list(drafters)),
+            ablations=tuple(runner.parse_list(ablations)),
+            draft_lens=lens,
+            adaptive=adaptive,
+            sessions=sessions,
+            cache_dir=cache_dir,
+        )
+        if not trace.is_file():
+            raise ValueError(f"--trace {trace} not found")
+        report = run_spec_bench(cfg, lambda msg: typer.echo(msg, err=True))
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
+    typer.echo(render(report))
+    if json_out is not None:
+        json_out.write_text(json.dumps(report, indent=2))
+        typer.echo(f"wrote {json_out}")
+    if sim_table is not None:
+        write_sim_table(report, sim_table)
+        typer.echo(f"wrote {sim_table}")
 
 
 @bench_app.command("calibrate")

@@ -309,7 +309,7 @@ class _Agent:
     async def release(self, program_id: str) -> None:
         try:
             with anyio.fail_after(self.cfg.request_timeout_s):
-                await self.client.post(f"/v1/programs/{program_id}/release")
+                await self.client.post(f"/v1/proxy/programs/{program_id}/release")
         except (httpx.HTTPError, TimeoutError):
             pass  # the server's idle timeout ends it anyway
 

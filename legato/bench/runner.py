@@ -12,6 +12,7 @@ naming it and the valid choices (the CLI turns it into exit status 2).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -113,6 +114,31 @@ def _check_fits(workload: Workload, config: Any) -> None:
         )
 
 
+def spec_label(policy: str, method: str) -> str:
+    """A report row: the policy, with `+method` when it speculates."""
+    return policy if method == "none" else f"{policy}+{method}"
+
+
+def _check_spec(
+    methods: Sequence[str], workload_name: str, engine: str
+) -> list[tuple[str, tuple[tuple[int, float], ...]]]:
+    """(method, measured acceptance) per --spec method; BenchInputError for a bad one."""
+    from legato.sim.spec import acceptance
+
+    if not methods:
+        raise BenchInputError("--spec needs at least one method (none, suffix, ngram)")
+    if len(set(methods)) != len(methods):
+        raise BenchInputError(f"a --spec method is listed twice: {', '.join(methods)}")
+    if engine != "sim" and list(methods) != ["none"]:
+        raise BenchInputError(
+            "--spec applies to --engine sim only (the torch replay does not turn speculation on)"
+        )
+    try:
+        return [(method, acceptance(workload_name, method)) for method in methods]
+    except ValueError as exc:
+        raise BenchInputError(str(exc)) from None
+
+
 def _check_policies(policies: Sequence[str]) -> None:
     from legato.scheduler.baselines import POLICIES
 
@@ -148,8 +174,10 @@ def execute_bench(
     sweep: Sequence[int] = (),
     jobs: int = 1,
     progress: ProgressFn | None = None,
+    spec: Sequence[str] = ("none",),
 ) -> BenchRun:
-    """Validate, build the workload once, replay it under every policy (and concurrency)."""
+    """Validate, build the workload once, replay it under every policy (and concurrency), and
+    under every speculation method in `spec` (sim only; rows `policy+method`)."""
     if engine not in ENGINES:
         raise BenchInputError(f"unknown engine {engine!r}; valid: {', '.join(ENGINES)}")
     torch_options: dict[str, float] = {}
@@ -165,6 +193,7 @@ def execute_bench(
     for value in sweep:
         _check_positive("every --sweep value", value)
     _check_policies(policies)
+    specs = _check_spec(spec, workload_name, engine)
     if engine == "torch":
         _check_torch(policies, replicas, tiers)
         config: Any = None
@@ -176,16 +205,26 @@ def execute_bench(
         _check_fits(workload, config)
 
     runs = [(level, policy) for level in sorted({concurrency, *sweep}) for policy in policies]
-    labels = {run: run[1] if not sweep else f"{run[1]} @ c={run[0]}" for run in runs}
     if engine == "torch":
+        labels = {run: run[1] if not sweep else f"{run[1]} @ c={run[0]}" for run in runs}
         outcomes = _run_torch(workload, runs, labels, seed, torch_options, progress)
-    elif jobs == 1:
-        outcomes = _run_serial(workload, config, runs, labels, seed, progress)
     else:
-        build_args = (workload_name, programs, seed, dict(workload_params or {}))
-        outcomes = _run_parallel(
-            build_args, len(workload.programs), config, runs, labels, seed, jobs, progress
-        )
+        outcomes = {}
+        for method, table in specs:
+            spec_config = dataclasses.replace(config, spec_acceptance=table)
+            labels = {
+                run: spec_label(run[1], method) + ("" if not sweep else f" @ c={run[0]}") for run in runs
+            }
+            if jobs == 1:
+                part = _run_serial(workload, spec_config, runs, labels, seed, progress)
+            else:
+                build_args = (workload_name, programs, seed, dict(workload_params or {}))
+                part = _run_parallel(
+                    build_args, len(workload.programs), spec_config, runs, labels, seed, jobs, progress
+                )
+            outcomes.update({(level, spec_label(policy, method)): o for (level, policy), o in part.items()})
+        policies = [spec_label(policy, method) for method, _ in specs for policy in policies]
+        runs = [(level, policy) for level in sorted({concurrency, *sweep}) for policy in policies]
     results: dict[int, dict[str, RunOutcome]] = {}
     for level, policy in runs:
         results.setdefault(level, {})[policy] = outcomes[(level, policy)]
@@ -213,7 +252,16 @@ def execute_bench(
     else:
         from legato.bench.kv_bound import compute
 
-        report["kv_bound"] = compute(workload, config).as_dict()
+        if not any(table for _, table in specs):  # the bound's step model has no speculation
+            report["kv_bound"] = compute(workload, config).as_dict()
+        if any(table for _, table in specs):
+            from legato.sim.spec import provenance
+
+            report["spec"] = {
+                "methods": [method for method, _ in specs],
+                "tokens_per_step": {method: dict(table) for method, table in specs if table},
+                "source": provenance(workload_name),
+            }
     return BenchRun(report=report, outcomes=results[concurrency], sweep={v: results[v] for v in sweep})
 
 

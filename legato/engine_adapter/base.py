@@ -13,6 +13,7 @@ protocols at the bottom of this module, so callers check a flag instead of catch
 from __future__ import annotations
 
 import enum
+import math
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
@@ -26,6 +27,7 @@ class Capability(enum.StrEnum):
     """Optional abilities an engine may announce in `Engine.capabilities`."""
 
     LOGPROBS = "logprobs"  # per-token logprobs of sampled tokens
+    TOP_LOGPROBS = "top_logprobs"  # `SamplingParams.top_logprobs`: the most likely alternatives
     PRIORITY = "priority"  # honours `GenerateRequest.priority`
     PREFIX_QUERY = "prefix_query"  # `cached_prefix_tokens` reflects real cache state
     PIN = "pin"  # `PinnableEngine`: keep a prefix resident through a tool call
@@ -35,6 +37,8 @@ class Capability(enum.StrEnum):
     PREFETCH = "prefetch"  # `PrefetchEngine`: pull a prefix from a slow KV tier ahead of use
     WEIGHT_UPDATE = "weight_update"  # RL: load new policy weights in place
     SPECULATIVE = "speculative"  # token-level speculative decoding
+    # `SamplingParams.n > 1`: the samples share one prefill, streamed with `TokenChunk.index`
+    PARALLEL_SAMPLING = "parallel_sampling"
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +64,13 @@ class SamplingParams:
     stop_token_ids: tuple[int, ...] = ()  # in addition to the tokenizer's end-of-sequence token
     ignore_eos: bool = False
     logprobs: bool = False  # return the logprob of each sampled token
+    top_logprobs: int = 0  # with logprobs: also the this many most likely tokens at each step
+    n: int = 1  # samples of the prompt (needs Capability.PARALLEL_SAMPLING when > 1)
+    # OpenAI's penalties over the tokens generated so far: logit[t] -= frequency * count(t) +
+    # presence * (count(t) > 0)
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias added to its logit)
     grammar: GrammarSpec | None = None  # structured output: only tokens the grammar allows
 
     def __post_init__(self) -> None:
@@ -71,6 +82,16 @@ class SamplingParams:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.top_k < 0:
             raise ValueError(f"top_k must be >= 0 (0 disables it), got {self.top_k}")
+        if self.n < 1:
+            raise ValueError(f"n must be >= 1, got {self.n}")
+        if self.top_logprobs < 0:
+            raise ValueError(f"top_logprobs must be >= 0, got {self.top_logprobs}")
+        for name in ("presence_penalty", "frequency_penalty"):
+            value = getattr(self, name)
+            if not -2.0 <= value <= 2.0:
+                raise ValueError(f"{name} must be in [-2, 2], got {value}")
+        if any(not math.isfinite(bias) for _, bias in self.logit_bias):
+            raise ValueError("logit_bias values must be finite numbers")
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,17 +110,27 @@ class GenerateRequest:
     session_id: str | None = None
 
 
+# Per generated token: the `top_logprobs` most likely (token id, logprob) pairs, best first.
+TopLogprobs = tuple[tuple[int, float], ...]
+
+
 @dataclass(frozen=True, slots=True)
 class TokenChunk:
-    """One streamed piece of a generation. The last chunk has `finished=True`."""
+    """One streamed piece of a generation. The last chunk of the stream has `finished=True`.
+
+    With `n > 1` the samples' chunks are interleaved, each tagged with its sample `index`; a
+    sample's last chunk carries its `finish_reason`, and `finished` is set on the chunk that
+    ends the last sample. With `n = 1` both happen on the same chunk."""
 
     token_ids: tuple[int, ...]
     text: str = ""  # decoded text of `token_ids` (delta), stop strings already cut
     logprobs: tuple[float, ...] | None = None  # one per token when requested
     finished: bool = False
-    finish_reason: str | None = None  # "stop" | "length" | "abort" on the last chunk
+    finish_reason: str | None = None  # "stop" | "length" | "abort" on the sample's last chunk
     prompt_tokens: int = 0
     cached_tokens: int = 0  # prompt tokens served from the prefix cache (known from chunk 1)
+    index: int = 0  # which sample (0 .. n-1) these tokens belong to
+    top_logprobs: tuple[TopLogprobs, ...] | None = None  # one per token when requested
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +144,8 @@ class GenerateResult:
     finish_reason: str
     prompt_tokens: int
     cached_tokens: int
+    index: int = 0
+    top_logprobs: tuple[TopLogprobs, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,31 +280,53 @@ class KVTransferEngine(Engine, Protocol):
         ...
 
 
-def assemble_result(request: GenerateRequest, chunks: Iterable[TokenChunk]) -> GenerateResult:
-    """Fold a request's streamed chunks into one result (what `collect` returns)."""
-    token_ids: list[int] = []
-    texts: list[str] = []
-    logprobs: list[float] = []
-    finish_reason = "abort"
+def assemble_samples(request: GenerateRequest, chunks: Iterable[TokenChunk]) -> list[GenerateResult]:
+    """Fold a request's streamed chunks into one result per sample (`n` of them, by index)."""
+    n = request.sampling.n
+    tokens: list[list[int]] = [[] for _ in range(n)]
+    texts: list[list[str]] = [[] for _ in range(n)]
+    logprobs: list[list[float]] = [[] for _ in range(n)]
+    tops: list[list[TopLogprobs]] = [[] for _ in range(n)]
+    reasons: list[str] = ["abort"] * n
     prompt_tokens = cached_tokens = 0
     for chunk in chunks:
-        token_ids.extend(chunk.token_ids)
-        texts.append(chunk.text)
+        i = chunk.index
+        if not 0 <= i < n:
+            raise EngineError(f"request {request.request_id!r}: chunk for sample {i} of n={n}")
+        tokens[i].extend(chunk.token_ids)
+        texts[i].append(chunk.text)
         if chunk.logprobs is not None:
-            logprobs.extend(chunk.logprobs)
+            logprobs[i].extend(chunk.logprobs)
+        if chunk.top_logprobs is not None:
+            tops[i].extend(chunk.top_logprobs)
         prompt_tokens = chunk.prompt_tokens or prompt_tokens
         cached_tokens = chunk.cached_tokens or cached_tokens
-        if chunk.finished:
-            finish_reason = chunk.finish_reason or "stop"
-    return GenerateResult(
-        request_id=request.request_id,
-        token_ids=tuple(token_ids),
-        text="".join(texts),
-        logprobs=tuple(logprobs) if request.sampling.logprobs else None,
-        finish_reason=finish_reason,
-        prompt_tokens=prompt_tokens,
-        cached_tokens=cached_tokens,
-    )
+        if chunk.finish_reason is not None:
+            reasons[i] = chunk.finish_reason
+        elif chunk.finished and n == 1:
+            reasons[i] = "stop"
+    want_lp = request.sampling.logprobs
+    want_top = want_lp and request.sampling.top_logprobs > 0
+    return [
+        GenerateResult(
+            request_id=request.request_id,
+            token_ids=tuple(tokens[i]),
+            text="".join(texts[i]),
+            logprobs=tuple(logprobs[i]) if want_lp else None,
+            finish_reason=reasons[i],
+            prompt_tokens=prompt_tokens,
+            cached_tokens=cached_tokens,
+            index=i,
+            top_logprobs=tuple(tops[i]) if want_top else None,
+        )
+        for i in range(n)
+    ]
+
+
+def assemble_result(request: GenerateRequest, chunks: Iterable[TokenChunk]) -> GenerateResult:
+    """Fold a request's streamed chunks into one result (what `collect` returns); with n > 1,
+    the first sample's (see `assemble_samples` for all of them)."""
+    return assemble_samples(request, chunks)[0]
 
 
 async def collect(engine: Engine, request: GenerateRequest) -> GenerateResult:

@@ -1,8 +1,9 @@
 """CLI commands of this component (registered on the `legato` app by legato.cli).
 
 `legato engine serve` puts the embedded torch engine behind OpenAI-, SGLang- and vLLM-compatible
-HTTP APIs (see `legato.engine_adapter.server`). Heavy imports (torch, fastapi, uvicorn) stay
-inside the command body so `legato --help` stays fast.
+HTTP APIs (see `legato.engine_adapter.server`). The torch engine's KV-tier flags (`--kv-host-gb`,
+`--kv-redis-url`) are defined here once and shared with `legato serve` and `legato run`. Heavy
+imports (torch, fastapi, uvicorn) stay inside the command body so `legato --help` stays fast.
 """
 
 from __future__ import annotations
@@ -18,6 +19,49 @@ engine_app = typer.Typer(
     help="The embedded inference engine: serve it over HTTP.",
     no_args_is_help=True,
 )
+
+
+KvHostGbOpt = Annotated[
+    float,
+    typer.Option(
+        "--kv-host-gb",
+        min=0,
+        help="Host-RAM KV tier of each torch engine, in GiB (evicted blocks worth keeping); 0 = none.",
+    ),
+]
+KvRedisOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--kv-redis-url",
+        help="Redis KV tier shared by torch engines (and processes), e.g. redis://127.0.0.1:6379/0.",
+    ),
+]
+REDIS_PING_TIMEOUT_S = 3.0
+
+
+def tier_overrides(kv_host_gb: float, kv_redis_url: str | None) -> dict[str, Any]:
+    """The `EngineConfig` fields the tier flags set; a Redis that does not answer a PING is an
+    `EngineError` now (at run time a dead Redis only costs misses, so it would go unnoticed)."""
+    from legato.engine_adapter.base import EngineError
+
+    out: dict[str, Any] = {}
+    if kv_host_gb > 0:
+        out["host_tier_bytes"] = int(kv_host_gb * 2**30)
+    if kv_redis_url:
+        import redis
+
+        try:
+            client = redis.Redis.from_url(
+                kv_redis_url, socket_connect_timeout=REDIS_PING_TIMEOUT_S, socket_timeout=REDIS_PING_TIMEOUT_S
+            )
+            try:
+                client.ping()
+            finally:
+                client.close()
+        except (ValueError, redis.RedisError) as exc:
+            raise EngineError(f"--kv-redis-url {kv_redis_url}: no Redis answers there ({exc})") from None
+        out["redis_url"] = kv_redis_url
+    return out
 
 
 def register(app: typer.Typer) -> None:
@@ -70,6 +114,8 @@ def serve(
         str | None,
         typer.Option(help="Served model name (default: the checkpoint directory's name or legato-tiny)."),
     ] = None,
+    kv_host_gb: KvHostGbOpt = 0.0,
+    kv_redis_url: KvRedisOpt = None,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "warning",
 ) -> None:
     """Serve the torch engine over HTTP: /v1/completions, /v1/chat/completions, /v1/models,
@@ -91,6 +137,7 @@ def serve(
     if seed is not None:
         overrides["seed"] = seed
     try:
+        overrides.update(tier_overrides(kv_host_gb, kv_redis_url))
         engine = load_engine(checkpoint, device=device, **overrides)
     except EngineError as exc:  # bad checkpoint or config: say what is wrong, no traceback
         typer.echo(f"legato engine serve: {exc}", err=True)

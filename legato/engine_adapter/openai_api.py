@@ -3,8 +3,11 @@
 Shapes follow the upstream servers closely enough that their own clients work unchanged: the
 official `openai` client against `/v1/*`, SGLang's native `/generate` (`text` or `input_ids`,
 `sampling_params`, `meta_info`), and vLLM's token-in/token-out `/inference/v1/generate`.
-Unknown request fields are ignored (as vLLM does) so newer clients sending extras still work;
-fields we accept but cannot honour (`n > 1`, `echo`) are rejected with a 400 by the server.
+The OpenAI requests (`/v1/completions`, `/v1/chat/completions`) declare every field OpenAI
+defines that a client may send, plus the vLLM extras we honour; each declared field is honoured, or
+refused with a 400 naming it when it asks for what we cannot do (`store: true`, `suffix`, ...),
+and an undeclared field is a 400 naming it too, never silently dropped (see `OpenAIRequest`).
+SGLang's and vLLM's native shapes still ignore unknown fields, as those servers do.
 
 The HTTP engines (`legato.engine_adapter.http`) parse responses with the same models, so the
 client and the server cannot drift apart silently.
@@ -39,6 +42,21 @@ class _Request(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
 
+class OpenAIRequest(BaseModel):
+    """OpenAI request bodies refuse undeclared fields: a field a client sends is either honoured
+    or answered with a 400 that names it (the server turns `extra_forbidden` into that message)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+# Most samples one request may ask for (`n`, `best_of`): each holds its own KV, and the batch
+# holds them all at once. vLLM has no fixed cap; 128 is OpenAI's own limit for `n`.
+MAX_N = 128
+# Most alternatives per token (`top_logprobs`, completions' `logprobs`): OpenAI's chat limit 20,
+# also vLLM's default `max_logprobs`.
+MAX_TOP_LOGPROBS = 20
+
+
 class _Response(BaseModel):
     """Responses keep unknown fields when parsed by our HTTP engines (servers add extras)."""
 
@@ -64,7 +82,7 @@ class ErrorResponse(_Response):
 # --- shared OpenAI pieces --------------------------------------------------------------------
 
 
-class StreamOptions(_Request):
+class StreamOptions(OpenAIRequest):
     include_usage: bool = False
     # vLLM extra: put the running `usage` in every chunk, not just the last one.
     continuous_usage_stats: bool = False
@@ -81,7 +99,7 @@ class Usage(_Response):
     prompt_tokens_details: PromptTokensDetails | None = None
 
 
-class SamplingFields(_Request):
+class SamplingFields(OpenAIRequest):
     """Sampling fields common to `/v1/completions` and `/v1/chat/completions` (OpenAI's plus
     vLLM's extras). Defaults are OpenAI's: temperature 1, top_p 1."""
 
@@ -94,7 +112,29 @@ class SamplingFields(_Request):
     stop: str | list[str] | None = None
     stop_token_ids: list[int] | None = Field(default=None, description="vLLM extra.")
     ignore_eos: bool = Field(default=False, description="vLLM extra.")
-    n: int = Field(default=1, description="Only n = 1 is supported.")
+    n: int = Field(
+        default=1,
+        description=f"Samples of the prompt (1..{MAX_N}): prefilled once, their KV forked, returned as "
+        "`choices[i]` with `index` i. Engines without parallel sampling take only 1.",
+    )
+    presence_penalty: float = Field(
+        default=0.0, ge=-2, le=2, description="Subtracted from the logit of every token generated so far."
+    )
+    frequency_penalty: float = Field(
+        default=0.0, ge=-2, le=2, description="Subtracted once per occurrence among the generated tokens."
+    )
+    logit_bias: dict[str, float] | None = Field(
+        default=None, description="Token id (as a string) -> bias in [-100, 100] added to its logit."
+    )
+    service_tier: Literal["auto", "default"] | None = Field(
+        default=None, description="One tier is served here: `auto` and `default` (the same) only."
+    )
+    store: bool | None = Field(
+        default=None, description="Completions are never stored here: `true` is refused."
+    )
+    metadata: dict[str, str] | None = Field(
+        default=None, description="Only kept with `store: true` (refused here): must be empty."
+    )
     stream: bool = False
     stream_options: StreamOptions | None = None
     priority: int = Field(default=0, description="vLLM extra: lower runs first.")
@@ -106,7 +146,15 @@ class SamplingFields(_Request):
         ),
     )
     request_id: str | None = Field(default=None, description="vLLM extra: id used for abort and logs.")
-    user: str | None = None
+    return_tokens_as_token_ids: bool = Field(
+        default=False, description="vLLM extra: logprobs name tokens `token_id:N` instead of their text."
+    )
+    user: str | None = Field(
+        default=None,
+        max_length=256,
+        description="Your end user's id. As at OpenAI it does not change the output; the engine "
+        "server logs it with the request id (abuse monitoring).",
+    )
 
 
 # --- /v1/completions -------------------------------------------------------------------------
@@ -118,9 +166,19 @@ class CompletionRequest(SamplingFields):
     )
     max_tokens: int | None = 16
     logprobs: int | None = Field(
-        default=None, ge=0, description="Return the sampled tokens' logprobs (alternatives are not listed)."
+        default=None,
+        ge=0,
+        le=MAX_TOP_LOGPROBS,
+        description="Return each token's logprob and the `logprobs` most likely alternatives "
+        "(log-softmax of the raw model logits).",
     )
-    echo: bool = False
+    echo: bool = Field(default=False, description="Prepend the prompt's text (not with `logprobs`).")
+    best_of: int | None = Field(
+        default=None,
+        description=f"Draw this many samples (n..{MAX_N}) and return the `n` with the highest total "
+        "logprob; not with `stream`.",
+    )
+    suffix: str | None = Field(default=None, description="Insertion is not supported: must be empty.")
     return_token_ids: bool = Field(default=False, description="vLLM extra: include `token_ids` per choice.")
     structured_outputs: StructuredOutputs | None = Field(
         default=None, description="vLLM extra: constrain the output to a JSON Schema or a Lark grammar."
@@ -159,32 +217,42 @@ CompletionStreamResponse = CompletionResponse
 # --- /v1/chat/completions --------------------------------------------------------------------
 
 
-class ContentPart(_Request):
-    type: str = "text"
+class ContentPart(OpenAIRequest):
+    """Only text parts: the models served here read no images, audio or files (a 400 says so)."""
+
+    type: Literal["text"] = "text"
     text: str = ""
 
 
-class ChatMessage(_Request):
+class ChatMessage(OpenAIRequest):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[ContentPart] | None = None
-    name: str | None = None
+    name: str | None = Field(
+        default=None, description="Passed to the model's chat template with the message."
+    )
     tool_calls: list[ToolCall] | None = Field(default=None, description="An assistant turn's tool calls.")
     tool_call_id: str | None = Field(default=None, description="A tool message: the call it answers.")
 
     def text(self) -> str:
-        """The message's text; only `text` parts are supported (no images or audio)."""
+        """The message's text (its text parts joined)."""
         if self.content is None:
             return ""
         if isinstance(self.content, str):
             return self.content
-        return "".join(part.text for part in self.content if part.type == "text")
+        return "".join(part.text for part in self.content)
 
 
 class ChatCompletionRequest(SamplingFields):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(default=None, description="OpenAI's newer name for max_tokens.")
     logprobs: bool = False
-    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    top_logprobs: int | None = Field(
+        default=None,
+        ge=0,
+        le=MAX_TOP_LOGPROBS,
+        description="With `logprobs`: the most likely alternatives at each token (log-softmax of the "
+        "raw model logits, as vLLM reports them).",
+    )
     add_generation_prompt: bool = Field(default=True, description="vLLM extra.")
     tools: list[ToolDefinition] | None = Field(
         default=None, description="Functions the model may call; rendered by the model's chat template."
@@ -319,9 +387,13 @@ class SGLangSamplingParams(_Request):
     stop_token_ids: list[int] | None = None
     ignore_eos: bool = False
     seed: int | None = Field(default=None, description="Alias of SGLang's `sampling_seed`.")
+    n: int = Field(default=1, description="Only 1 here; `/v1/completions` takes n > 1.")
     sampling_seed: int | None = None
     json_schema: str | None = Field(default=None, description="Constrain the output to this JSON Schema.")
     ebnf: str | None = Field(default=None, description="Constrain the output to this (Lark) grammar.")
+    presence_penalty: float = Field(default=0.0, ge=-2, le=2)
+    frequency_penalty: float = Field(default=0.0, ge=-2, le=2)
+    logit_bias: dict[str, float] | None = None
 
 
 class SGLangGenerateRequest(_Request):
@@ -380,11 +452,17 @@ class VLLMTokenSamplingParams(_Request):
     top_p: float = Field(default=1.0, gt=0, le=1)
     top_k: int = Field(default=0, description="0 or -1 disables top-k.")
     seed: int | None = None
+    n: int = Field(default=1, description="Only 1 here; `/v1/completions` takes n > 1.")
     stop: str | list[str] | None = None
     stop_token_ids: list[int] | None = None
     ignore_eos: bool = False
-    logprobs: int | None = Field(default=None, ge=0, description="Return the sampled tokens' logprobs.")
+    logprobs: int | None = Field(
+        default=None, ge=0, description="Return the sampled tokens' logprobs and this many alternatives."
+    )
     structured_outputs: StructuredOutputs | None = None
+    presence_penalty: float = Field(default=0.0, ge=-2, le=2)
+    frequency_penalty: float = Field(default=0.0, ge=-2, le=2)
+    logit_bias: dict[str, float] | None = None
 
 
 class VLLMGenerateRequest(_Request):

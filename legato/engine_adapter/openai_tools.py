@@ -1,7 +1,8 @@
 """Wire models of OpenAI's tool calling and structured output: `tools`, `tool_choice`,
 `tool_calls` (in requests' assistant messages, in responses and as streamed deltas) and
 `response_format`. Shapes follow OpenAI's chat completions API, so the official client,
-LangChain and LangGraph send and read them unchanged.
+LangChain and LangGraph send and read them unchanged; a field these shapes do not declare is a
+400 naming it (`openai_fields` lists how every request field is honoured).
 """
 
 from __future__ import annotations
@@ -12,7 +13,17 @@ from pydantic import BaseModel, ConfigDict, Field
 
 
 class _Wire(BaseModel):
-    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+    """Request-side shapes (also echoed in responses): undeclared fields are refused, as in every
+    OpenAI request model (`openai_api.OpenAIRequest`; the server answers a 400 naming the field)."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class _Delta(BaseModel):
+    """Response-only shapes (streamed deltas): they keep unknown fields, as `openai_api`'s
+    responses do."""
+
+    model_config = ConfigDict(extra="allow")
 
 
 class FunctionDefinition(_Wire):
@@ -52,12 +63,12 @@ class ToolCall(_Wire):
     function: FunctionCall
 
 
-class FunctionCallDelta(_Wire):
+class FunctionCallDelta(_Delta):
     name: str | None = None
     arguments: str | None = None
 
 
-class ToolCallDelta(_Wire):
+class ToolCallDelta(_Delta):
     index: int
     id: str | None = None
     type: Literal["function"] | None = None

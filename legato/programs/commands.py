@@ -11,6 +11,9 @@ from typing import Annotated, Any
 
 import typer
 
+from legato.engine_adapter.commands import KvHostGbOpt, KvRedisOpt, tier_overrides
+from legato.scheduler.by_name import DEFAULT_POLICY
+
 
 def _jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
@@ -18,9 +21,8 @@ def _jsonable(value: Any) -> Any:
 
 async def _run_file(
     file: Path,
-    engine_name: str,
-    checkpoint: Path | None,
-    device: str,
+    engines: list[Any],
+    policy: str,
     overrides: dict[str, Any],
     show_events: bool,
     timeout_s: float | None,
@@ -29,9 +31,9 @@ async def _run_file(
 
     from legato.programs.builder import CompiledProgram
     from legato.programs.executor import Executor
-    from legato.programs.loader import load_file, make_engine, resolve_inputs
+    from legato.programs.loader import load_file, resolve_inputs
     from legato.programs.validate import validate
-    from legato.scheduler.passthrough import PassthroughScheduler
+    from legato.scheduler.by_name import make_scheduler
     from legato.tools.registry import default_registry
     from legato.tools.runtime import ToolRuntime
 
@@ -40,15 +42,17 @@ async def _run_file(
     if isinstance(loaded.program, CompiledProgram):
         validate(loaded.program.spec, registry)  # unknown tools are reported before anything runs
     inputs = {**await resolve_inputs(loaded), **overrides}
-    engine = make_engine(engine_name, checkpoint, device)
+    scheduler: Any = make_scheduler(engines, policy)
     async with AsyncExitStack() as stack:
-        enter = getattr(engine, "__aenter__", None)
-        if enter is not None:
-            await stack.enter_async_context(engine)  # type: ignore[arg-type]
-        else:
-            stack.push_async_callback(engine.close)
+        for engine in engines:
+            if hasattr(engine, "__aenter__"):
+                await stack.enter_async_context(engine)
+            else:
+                stack.push_async_callback(engine.close)
+        if hasattr(scheduler, "__aenter__"):
+            await stack.enter_async_context(scheduler)
         tools = await stack.enter_async_context(ToolRuntime(registry))
-        executor = await stack.enter_async_context(Executor(PassthroughScheduler(engine), tools))
+        executor = await stack.enter_async_context(Executor(scheduler, tools))
         handle = executor.submit(
             loaded.program, inputs, tenant=loaded.tenant, timeout_s=timeout_s or loaded.timeout_s
         )
@@ -78,11 +82,23 @@ def register(app: typer.Typer) -> None:
     @app.command("run")
     def run_command(
         file: Annotated[Path, typer.Argument(help="Program file (.py defining `program`, or a .json spec).")],
-        engine: Annotated[str, typer.Option(help="'torch' or 'package.module:factory'.")] = "torch",
+        engine: Annotated[
+            list[str] | None,
+            typer.Option(
+                help="A replica, repeatable (default: one 'torch'): torch[:device=...], vllm=URL, "
+                "sglang=URL, sim-realtime[:...] or package.module:factory (as `legato serve`)."
+            ),
+        ] = None,
         checkpoint: Annotated[
             Path | None, typer.Option(help="HF checkpoint dir for the torch engine (default: seeded model).")
         ] = None,
         device: Annotated[str, typer.Option(help="torch device: cpu, cuda, cuda:1 ...")] = "cpu",
+        kv_host_gb: KvHostGbOpt = 0.0,
+        kv_redis_url: KvRedisOpt = None,
+        policy: Annotated[
+            str,
+            typer.Option(help="Scheduling policy: legato, a `legato bench` policy, or passthrough."),
+        ] = DEFAULT_POLICY,
         input: Annotated[
             list[str] | None, typer.Option("--input", "-i", help="KEY=VALUE (JSON or text).")
         ] = None,
@@ -93,13 +109,17 @@ def register(app: typer.Typer) -> None:
         """Run a program file to completion and print its result as JSON."""
         import anyio
 
+        from legato.engine_adapter.base import EngineError
+        from legato.launch import LaunchError, TorchOptions, build_engines
         from legato.programs.loader import LoadError, parse_inputs
         from legato.programs.validate import ProgramValidationError
 
         try:
             overrides = parse_inputs(list(input or []), inputs_json)
-            summary = anyio.run(_run_file, file, engine, checkpoint, device, overrides, events, timeout)
-        except (LoadError, ProgramValidationError, TypeError) as exc:
+            tiers = tier_overrides(kv_host_gb, kv_redis_url)
+            engines = build_engines(engine or [], TorchOptions(checkpoint, device, tiers))
+            summary = anyio.run(_run_file, file, engines, policy, overrides, events, timeout)
+        except (LoadError, LaunchError, EngineError, ProgramValidationError, TypeError, ValueError) as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from None
         typer.echo(json.dumps(summary, indent=2, ensure_ascii=False))

@@ -12,9 +12,7 @@ The FILE convention (what examples follow):
 - Optional `tenant` (str) and `timeout_s` (float).
 - A `.json` FILE is a serialised `ProgramSpec` (inputs then come from the command line).
 
-Engines: `torch` (the embedded engine, `--checkpoint DIR` or the seeded default model) or
-`module:factory`, a zero-argument callable returning an `Engine` (tests use
-`tests.doubles.engines:make_engine`).
+Engines (`--engine`) are built by `legato.launch`, as for `legato serve`.
 """
 
 from __future__ import annotations
@@ -30,7 +28,6 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from legato.engine_adapter.base import Engine
 from legato.programs.agent import AgentProgram
 from legato.programs.builder import CompiledProgram
 from legato.programs.spec import ProgramSpec
@@ -38,7 +35,7 @@ from legato.programs.validate import validate
 
 
 class LoadError(ValueError):
-    """FILE or --engine does not follow the convention; the message says what to change."""
+    """FILE does not follow the convention; the message says what to change."""
 
 
 @dataclass
@@ -148,34 +145,3 @@ def parse_inputs(pairs: list[str], inputs_json: str | None) -> dict[str, Any]:
         except json.JSONDecodeError:
             result[key] = raw
     return result
-
-
-def make_engine(name: str, checkpoint: Path | None = None, device: str = "cpu") -> Engine:
-    """`torch` or `module:factory` -> an Engine (not yet started)."""
-    if name == "torch":
-        from legato.engine_adapter.torch import load_engine
-
-        return load_engine(checkpoint, device)
-    if name.partition(":")[0] == "sim-realtime":  # simulated GPU in real time (load tests)
-        from legato.sim.realtime import from_spec
-
-        try:
-            return from_spec(name)
-        except ValueError as exc:
-            raise LoadError(f"--engine {name!r}: {exc}") from exc
-    module_name, sep, attr = name.partition(":")
-    if not sep or not module_name or not attr:
-        raise LoadError(f"--engine {name!r}: use 'torch' or 'package.module:factory'")
-    if "" not in sys.path and str(Path.cwd()) not in sys.path:
-        sys.path.insert(0, str(Path.cwd()))
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise LoadError(f"--engine {name!r}: cannot import {module_name!r}: {exc}") from exc
-    factory = getattr(module, attr, None)
-    if not callable(factory):
-        raise LoadError(f"--engine {name!r}: {module_name} has no callable {attr!r}")
-    engine = factory()
-    if not isinstance(engine, Engine):
-        raise LoadError(f"--engine {name!r}: factory returned {type(engine).__name__}, not an Engine")
-    return engine

@@ -63,7 +63,7 @@ being evicted right now); for other engines they are estimated from the sequence
 scheduler remembers per replica (the longest common prefix, in whole blocks; optimistic: it
 ignores evictions).
 
-Policies declaring `traits.oracle` (the clairvoyant `belady` bound) are rejected: real time has no
+Policies declaring `traits.oracle` (the clairvoyant `oracle-evict`) are rejected: real time has no
 future knowledge. `traits.unlimited_kv` is a property of the engine, which the caller sizes.
 """
 
@@ -237,6 +237,7 @@ class PolicyScheduler:
         self._tick_scope: anyio.CancelScope | None = None
         self._busy_since: list[float | None] = [None] * n
         self.pending: dict[str, _Pending] = {}
+        self.placed: dict[str, int] = {}  # call id -> its replica, while the call streams
         self.runs: dict[str, _Run] = {}
         self.view = _View(self)
         self.stats: dict[str, int] = {
@@ -412,10 +413,16 @@ class PolicyScheduler:
                 self.waiting[pending.replica] -= 1
         if self._closed or pending.replica is None:
             raise SchedulerError("PolicyScheduler closed before the call was dispatched")
-        # aclosing: a consumer that stops early closes the inner stream (and the engine request) now
-        async with contextlib.aclosing(self._stream(call, run, pending.replica, pending.priority)) as inner:
-            async for chunk in inner:
-                yield chunk
+        self.placed[call.call_id] = pending.replica
+        try:
+            # aclosing: a consumer that stops early closes the inner stream (and the engine request) now
+            async with contextlib.aclosing(
+                self._stream(call, run, pending.replica, pending.priority)
+            ) as inner:
+                async for chunk in inner:
+                    yield chunk
+        finally:
+            self.placed.pop(call.call_id, None)
 
     async def _stream(
         self, call: LLMCall, run: _Run, replica: int, priority: int
@@ -476,7 +483,10 @@ class PolicyScheduler:
             self._bridge(run, replica, call.prompt_token_ids)  # admitted: replaces the run's pin
             chunk = first
             while True:
-                output.extend(chunk.token_ids)
+                # n > 1 is one call (one engine request, one prefill); the program continues
+                # from sample 0, so that is the sequence whose KV the run keeps
+                if chunk.index == 0:
+                    output.extend(chunk.token_ids)
                 prompt_tokens = chunk.prompt_tokens or prompt_tokens
                 cached = chunk.cached_tokens or cached
                 if chunk.finished:

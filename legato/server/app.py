@@ -2,7 +2,7 @@
 
 Routers: workflows (`/v1/programs`, `/v1/runs`, SSE events), health (`/healthz`, `/readyz`,
 `/v1/limits`). Other components add theirs with `app.include_router(...)` (the OpenAI-compatible
-proxy, metrics). The lifespan starts, in order: store, engine, scheduler, tool runtime, executor,
+proxy, metrics). The lifespan starts, in order: store, engines, scheduler, tool runtime, executor,
 run manager; then resumes the runs a previous server left in flight; and stops them in reverse
 (runs are suspended, not cancelled, so the next server resumes them).
 """
@@ -16,6 +16,7 @@ from typing import Any
 
 import anyio
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 
 from legato.server.errors import install_error_handlers
 from legato.server.limits import BodyLimitMiddleware
@@ -45,7 +46,8 @@ async def running(state: ServerState) -> AsyncIterator[ServerState]:
         state.store.claim()
         stack.push_async_callback(state.store.close)
         await state.store.open()
-        await _enter(stack, state.engine)
+        for engine in state.replicas:
+            await _enter(stack, engine)
         if state.inner_scheduler is not None:
             await _enter(stack, state.inner_scheduler)
         await stack.enter_async_context(state.tools)
@@ -55,8 +57,8 @@ async def running(state: ServerState) -> AsyncIterator[ServerState]:
             state.runs.set_weight(tenant.id, tenant.weight)
         if await state.tenants.keyless_allowed():
             log.warning(
-                "single-tenant mode: requests from localhost without an API key act as tenant "
-                "'default' (add a tenant with `legato tenants add NAME` to require keys)"
+                "single-tenant mode: requests from localhost act as tenant 'default' whatever API "
+                "key they send, or none (add a tenant with `legato tenants add NAME` to require keys)"
             )
         resumed = await state.runs.resume_unfinished()
         if resumed:
@@ -79,7 +81,7 @@ def create_app(state: ServerState) -> FastAPI:
             yield
             background.cancel_scope.cancel()
 
-    app = FastAPI(
+    app = FastAPIOffline(  # /docs and /redoc from assets shipped in the package: no CDN, works offline
         title="Legato",
         summary="Agent-workflow-aware orchestration for LLM inference: submit programs, follow runs.",
         version="1",

@@ -4,8 +4,9 @@
   high-entropy key needs no slow hash), looked up by hash and compared in constant time.
 - `current_tenant` is the FastAPI dependency every tenant-scoped endpoint uses: `Authorization:
   Bearer <key>` -> `Tenant`, else 401 with `WWW-Authenticate`. The embedded single-tenant default
-  (`DEFAULT_TENANT`) answers keyless requests only from loopback clients, and only when the server
-  runs in single-tenant mode (`on`, or `auto` while no tenants exist).
+  (`default_tenant`) answers requests with no key or an unknown one (clients such as the official
+  `openai` client always send one) only from loopback clients, and only when the server runs in
+  single-tenant mode (`on`, or `auto` while no tenants exist).
 - `Tenant.cache_salt` depends on the tenant id alone: prefix-cache isolation never comes from a
   client-supplied field.
 - `QuotaTracker`: concurrent runs and tokens per minute per tenant; `ApiError(429)` with
@@ -23,9 +24,10 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated
 
-from fastapi import Request
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from legato.server.errors import ApiError
 from legato.server.store.base import RunStore, TenantRecord
@@ -149,15 +151,23 @@ class TenantRegistry:
         return await self.store.count_tenants() == 0
 
     async def authenticate(self, authorization: str | None, client_host: str | None) -> Tenant:
+        """The tenant of a request. In single-tenant mode a loopback client is the default tenant
+        whatever key it sends (or none): the official `openai` client always sends one
+        (`api_key="EMPTY"` by convention); a key that belongs to a tenant still means that tenant."""
+        keyless = is_loopback(client_host) and await self.keyless_allowed()
         if authorization:
             scheme, _, key = authorization.partition(" ")
             if scheme.lower() != "bearer" or not key.strip():
+                if keyless:
+                    return self.default
                 raise ApiError(401, "malformed Authorization header: send `Authorization: Bearer <api key>`")
             tenant = await self.by_key(key.strip())
-            if tenant is None:
-                raise ApiError(401, "invalid API key (create one with `legato tenants add NAME`)")
-            return tenant
-        if is_loopback(client_host) and await self.keyless_allowed():
+            if tenant is not None:
+                return tenant
+            if keyless:
+                return self.default
+            raise ApiError(401, "invalid API key (create one with `legato tenants add NAME`)")
+        if keyless:
             return self.default
         raise ApiError(
             401,
@@ -167,8 +177,19 @@ class TenantRegistry:
         )
 
 
-async def current_tenant(request: Request) -> Tenant:
-    """FastAPI dependency: the authenticated tenant of this request (401 otherwise)."""
+BEARER = HTTPBearer(
+    auto_error=False,
+    scheme_name="ApiKey",
+    description="A key from `legato tenants add NAME`. Not needed from localhost while no tenant exists.",
+)
+
+
+async def current_tenant(
+    request: Request, _: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)] = None
+) -> Tenant:
+    """FastAPI dependency: the authenticated tenant of this request (401 otherwise). `BEARER`
+    only declares the scheme in the OpenAPI document (Swagger's Authorize button); the header is
+    read here, so a malformed one gets this module's message."""
     state: ServerState = request.app.state.legato
     client = request.client.host if request.client is not None else None
     tenant = await state.tenants.authenticate(request.headers.get("authorization"), client)

@@ -13,7 +13,8 @@ from typing import Annotated, Any
 
 import typer
 
-from legato.engine_adapter.commands import bind_socket
+from legato.engine_adapter.commands import KvHostGbOpt, KvRedisOpt, bind_socket, tier_overrides
+from legato.scheduler.by_name import DEFAULT_POLICY
 
 tenants_app = typer.Typer(
     name="tenants", help="API keys and quotas of the REST service's tenants.", no_args_is_help=True
@@ -48,20 +49,32 @@ def serve(
         ),
     ] = None,
     engine: Annotated[
-        str,
+        list[str] | None,
         typer.Option(
-            help="'torch' (embedded), 'sim-realtime[:gpu=h100,model=llama-3.1-8b,time_scale=1]' "
-            "(simulated GPU in real time, for load tests) or 'package.module:factory'."
+            help="A replica, repeatable (default: one 'torch'): 'torch[:device=cuda:1]' (embedded), "
+            "'vllm=URL', 'sglang=URL' (a server speaking that API, e.g. `legato engine serve`), "
+            "'sim-realtime[:gpu=h100,model=llama-3.1-8b,time_scale=1]' (simulated GPU in real time, "
+            "for load tests) or 'package.module:factory'. Several give several replicas, routed "
+            "by the policy (program and RL-group affinity, work stealing).",
         ),
-    ] = "torch",
+    ] = None,
     checkpoint: Annotated[
-        Path | None, typer.Option(help="HF checkpoint dir for the torch engine (default: seeded model).")
+        Path | None,
+        typer.Option(
+            help="HF checkpoint dir of the torch engines (default: seeded model); its tokenizer "
+            "is also the one vllm= / sglang= engines use."
+        ),
     ] = None,
     device: Annotated[str, typer.Option(help="torch device: cpu, cuda, cuda:N.")] = "cpu",
+    kv_host_gb: KvHostGbOpt = 0.0,
+    kv_redis_url: KvRedisOpt = None,
     policy: Annotated[
-        str | None,
-        typer.Option(help="Scheduling policy (a `legato bench` policy name); default passthrough."),
-    ] = None,
+        str,
+        typer.Option(
+            help="Scheduling policy: legato (program-level scheduling), another `legato bench` "
+            "policy, or passthrough (one engine batches on its own)."
+        ),
+    ] = DEFAULT_POLICY,
     single_tenant: Annotated[
         str,
         typer.Option(
@@ -85,20 +98,25 @@ def serve(
     import anyio
     import uvicorn
 
-    from legato.programs.loader import LoadError, make_engine
-    from legato.server.app import create_app
-    from legato.server.config import Limits, ServerConfig
+    from legato.engine_adapter.base import EngineError
+    from legato.launch import LaunchError, TorchOptions, build_engines, parse_engine_spec
     from legato.server.logs import setup_logging
-    from legato.server.state import build_state
     from legato.server.tools import ToolsLoadError, load_registry
 
     setup_logging(log_level)
     try:
+        for text in engine or []:
+            parse_engine_spec(text)  # a malformed --engine is refused before the heavy imports
         registry = load_registry(tools)
-        eng = make_engine(engine, checkpoint, device)
-    except (ToolsLoadError, LoadError) as exc:
+        torch_options = TorchOptions(checkpoint, device, tier_overrides(kv_host_gb, kv_redis_url))
+        engines = build_engines(engine or [], torch_options)
+    except (ToolsLoadError, LaunchError, EngineError) as exc:
         typer.echo(f"legato serve: {exc}", err=True)
-        raise typer.Exit(2) from exc
+        raise typer.Exit(2) from None
+    from legato.server.app import create_app
+    from legato.server.config import Limits, ServerConfig
+    from legato.server.state import build_state
+
     config = ServerConfig(
         host=host,
         port=port,
@@ -111,18 +129,22 @@ def serve(
         limits=Limits(max_body_bytes=max_body_bytes, max_prompt_chars=max_prompt_chars),
     )
     try:
-        state = build_state(config, eng, registry)
+        state = build_state(config, engines, registry)
         state.store.claim()  # refuse early, with a clear message, if another server has this store
     except (ValueError, RuntimeError) as exc:
         typer.echo(f"legato serve: {exc}", err=True)
-        raise typer.Exit(2) from exc
+        raise typer.Exit(2) from None
     sock = bind_socket(host, port)
     bound_host, bound_port = sock.getsockname()[:2]
     shown = f"[{bound_host}]" if ":" in bound_host else bound_host
     app = create_app(state)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=5))
     where = f"redis {redis_url}" if redis_url else f"sqlite {db}"
-    typer.echo(f"Legato serving at http://{shown}:{bound_port} (store: {where}; docs at /docs)")
+    replicas = ", ".join(getattr(e, "model_name", "?") for e in engines)
+    typer.echo(
+        f"Legato serving at http://{shown}:{bound_port} (policy {policy}; replicas: {replicas}; "
+        f"store: {where}; docs at /docs)"
+    )
     import sys
 
     sys.stdout.flush()  # tests and supervisors wait for this line

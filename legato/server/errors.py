@@ -108,6 +108,9 @@ def responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     return {**RESPONSES, **{c: extra[c] for c in codes if c in extra}}
 
 
+OPENAI_PATHS = frozenset({"/v1/chat/completions", "/v1/completions"})
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """JSON error bodies for `ApiError`, validation errors, Starlette HTTP errors and the rest."""
 
@@ -116,8 +119,10 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(exc)
 
     @app.exception_handler(RequestValidationError)
-    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        return error_response(ApiError(422, validation_message(exc)))
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # The OpenAI-compatible routes answer invalid bodies as OpenAI does (400); the rest 422.
+        status = 400 if request.url.path in OPENAI_PATHS else 422
+        return error_response(ApiError(status, validation_message(exc)))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:

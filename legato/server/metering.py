@@ -2,7 +2,8 @@
 
 It wraps the executor's `CallScheduler` (passthrough or policy scheduler) and forwards
 everything; as a call's chunks stream back it records prompt tokens (once) and output tokens
-against the call's tenant, which the executor set from the authenticated tenant.
+against the call's tenant, which the executor set from the authenticated tenant, and the
+replica that ran the call (`/metrics`: `legato_replica_calls`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ class MeteredScheduler:
         self.quotas = quotas
         # (tenant, kind, tokens) for /metrics' per-tenant service; kind: prompt, cached, completion
         self.meter: Callable[[str, str, int], None] | None = None
+        self.on_placed: Callable[[int], None] | None = None  # a call reached this replica (/metrics)
 
     @property
     def tokenizer(self) -> Tokenizer:
@@ -33,6 +35,12 @@ class MeteredScheduler:
     def notify(self, event: ProgramEvent) -> None:
         self.inner.notify(event)
 
+    def replica_of(self, call_id: str) -> int | None:
+        """The replica a streaming call runs on (`PolicyScheduler.placed`); a scheduler without
+        routing has one engine, replica 0."""
+        placed = getattr(self.inner, "placed", None)
+        return placed.get(call_id) if isinstance(placed, dict) else 0
+
     async def generate(self, call: LLMCall) -> AsyncIterator[TokenChunk]:
         self.quotas.record_tokens(call.tenant, len(call.prompt_token_ids))
         meter = self.meter
@@ -40,8 +48,13 @@ class MeteredScheduler:
             meter(call.tenant, "prompt", len(call.prompt_token_ids))
         stream = self.inner.generate(call)
         try:
-            cached_seen = False
+            cached_seen = placed = False
             async for chunk in stream:
+                if not placed:
+                    placed = True
+                    replica = self.replica_of(call.call_id)
+                    if self.on_placed is not None and replica is not None:
+                        self.on_placed(replica)
                 self.quotas.record_tokens(call.tenant, len(chunk.token_ids))
                 if meter is not None:
                     if chunk.cached_tokens and not cached_seen:  # engines repeat it on later chunks

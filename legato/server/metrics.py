@@ -110,6 +110,12 @@ class ServiceMetrics:
             buckets=TCT_BUCKETS,
             registry=r,
         )
+        self.replica_calls = Counter(
+            "legato_replica_calls",
+            "LLM calls (proxy and workflows) by the replica the scheduler placed them on.",
+            ["replica"],
+            registry=r,
+        )
         self.programs_finished = Counter(
             "legato_proxy_programs_finished",
             "Proxy programs ended, by why (released, last_step, idle).",
@@ -336,11 +342,12 @@ def install_metrics(app: FastAPI, state: Any) -> ServiceMetrics:
     sched = getattr(state, "inner_scheduler", None) or state.scheduler
     proxy = extras.get("proxy")
     metrics = ServiceMetrics(
-        Sources(engines=[state.engine], scheduler=sched, tracker=getattr(proxy, "tracker", None))
+        Sources(engines=state.replicas, scheduler=sched, tracker=getattr(proxy, "tracker", None))
     )
     extras["metrics"] = metrics
     if hasattr(state.scheduler, "meter"):  # the MeteredScheduler every call goes through
         state.scheduler.meter = metrics.count_tokens
+        state.scheduler.on_placed = lambda replica: metrics.replica_calls.labels(str(replica)).inc()
     runs = getattr(state, "runs", None)
     if runs is not None:  # workflow runs' completion times join the proxy programs' in the TCT histogram
         runs.on_finished = lambda status, seconds: metrics.observe_run(

@@ -127,3 +127,5 @@ class LimitsView(BaseModel):
     max_fan_out: int
     max_loop_bound: int
     max_model_len: int | None
+    max_n: int = Field(description="OpenAI `n` / `best_of`: most samples of one prompt.")
+    max_top_logprobs: int = Field(description="OpenAI `top_logprobs` / completions `logprobs`.")

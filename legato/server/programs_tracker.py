@@ -89,7 +89,7 @@ class ProgramTracker:
             if self._per_tenant.get(tenant, 0) >= self.max_programs_per_tenant:
                 raise TooManyPrograms(
                     f"tenant holds {self.max_programs_per_tenant} live programs; release finished ones "
-                    "with POST /v1/programs/{program_id}/release"
+                    "with POST /v1/proxy/programs/{program_id}/release"
                 )
             run_id = self.run_id_for(tenant, program_id, next(self._gen))
             program = Program(tenant, program_id, run_id, started_at=now, last_seen=now)

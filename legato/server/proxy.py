@@ -1,10 +1,13 @@
-"""OpenAI-compatible agent proxy: `/v1/chat/completions`, `/v1/completions`, `/v1/models`,
-`POST /v1/programs/{program_id}/release`.
+"""OpenAI-compatible agent proxy: `/v1/chat/completions`, `/v1/completions`, `/v1/models`, and
+the live programs at `GET /v1/proxy/programs` and `POST /v1/proxy/programs/{program_id}/release`
+(`POST /v1/programs/{program_id}/release` is its deprecated alias).
 
 Agents written against the OpenAI API get program-level scheduling without declaring a graph:
 each request carries a `program_id` (top level, or inside `extra_body` — the official client's
-`extra_body=` merges its keys into the top-level JSON, raw clients may nest them) and optional
-hints (`is_last_step`, `next_tool`, `expected_tool_latency_s`). The `ProgramTracker` turns the
+`extra_body=` merges its keys into the top-level JSON, raw clients may nest them — or SkyRL's
+`X-Session-ID` header) and optional hints (`is_last_step`, `next_tool`,
+`expected_tool_latency_s`). Every answer names the replica that ran the call in its
+`X-Legato-Replica` header. The `ProgramTracker` turns the
 sequence of requests into program events (run started, tool started / finished, run finished)
 and every request becomes an `LLMCall` of that run, so the scheduler's policy pins the program's
 KV through its tool calls, keeps it on one replica and shares the GPU fairly between programs
@@ -15,7 +18,10 @@ models, validation and SSE streaming this reuses): the first chunk is awaited be
 response starts, so scheduling or engine failures become status codes; a client that goes away
 aborts its call at once; bad input is a 4xx that names the field. Security: the tenant comes
 from the API key (`current_tenant`), program ids are namespaced by it, and the prefix-cache salt
-is derived by the scheduler from the tenant id — a client's `cache_salt` field is ignored.
+is derived by the scheduler from the tenant id — a client's `cache_salt` (like `priority` and
+`request_id`) is refused with a 400. A request with `n > 1` is one call of its program: one
+engine request whose samples share a single prefill (the engine forks them), so the scheduler
+admits, routes and pins it as one call; the program continues from `choices[0]`.
 """
 
 from __future__ import annotations
@@ -38,7 +44,7 @@ from legato.engine_adapter.base import (
     GenerateRequest,
     GrammarSpec,
     TokenChunk,
-    assemble_result,
+    assemble_samples,
 )
 from legato.engine_adapter.openai_api import (
     ChatCompletionRequest,
@@ -49,7 +55,6 @@ from legato.engine_adapter.openai_api import (
     ModelList,
     SamplingFields,
 )
-from legato.engine_adapter.server.app import chat_response, completion_response, openai_request
 from legato.engine_adapter.server.errors import ApiError as EngineApiError
 from legato.engine_adapter.server.errors import stream_responses
 from legato.engine_adapter.server.lifecycle import (
@@ -59,6 +64,7 @@ from legato.engine_adapter.server.lifecycle import (
     Generation,
     collect_or_abort,
 )
+from legato.engine_adapter.server.openai_calls import chat_response, completion_response, openai_request
 from legato.engine_adapter.server.service import EngineService
 from legato.engine_adapter.server.streams import chat_events, completion_events
 from legato.scheduler.base import CallScheduler
@@ -82,7 +88,7 @@ MAX_ID_LEN = 256
 class ProgramFields(BaseModel):
     """What ties a request to an agent program, and what the agent knows comes next."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="forbid")  # as the OpenAI fields: unknown ones are a 400
 
     program_id: str | None = Field(
         default=None,
@@ -103,12 +109,14 @@ class ProgramFields(BaseModel):
 
 
 class ProxyChatRequest(ChatCompletionRequest, ProgramFields):
+    model_config = ConfigDict(extra="forbid")
     extra_body: ProgramFields | None = Field(
         default=None, description="Program fields nested, as raw clients may send them."
     )
 
 
 class ProxyCompletionRequest(CompletionRequest, ProgramFields):
+    model_config = ConfigDict(extra="forbid")
     extra_body: ProgramFields | None = Field(
         default=None, description="Program fields nested, as raw clients may send them."
     )
@@ -121,8 +129,30 @@ class ProgramReleased(BaseModel):
     duration_s: float = Field(description="Seconds from its first call to the release.")
 
 
-def program_fields(body: ProxyChatRequest | ProxyCompletionRequest) -> ProgramFields:
-    """Top-level fields, overridden by those set inside `extra_body`."""
+SESSION_HEADER = "x-session-id"  # SkyRL's HTTP inference client sends its trajectory id here
+REPLICA_HEADER = "x-legato-replica"
+
+
+class LiveProgram(BaseModel):
+    program_id: str
+    calls: int = Field(description="LLM calls the program made so far.")
+    in_flight: int = Field(description="Calls running now.")
+    step: str | None = Field(description="What runs between calls (the hinted tool, or `client`).")
+    age_s: float = Field(description="Seconds since its first call.")
+    idle_s: float = Field(description="Seconds since its last call started or ended.")
+
+
+class LivePrograms(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[LiveProgram]
+    idle_timeout_s: float = Field(description="A program with no call for this long ends by itself.")
+
+
+def program_fields(
+    body: ProxyChatRequest | ProxyCompletionRequest, raw: Request | None = None
+) -> ProgramFields:
+    """Top-level fields, overridden by those set inside `extra_body`; without a `program_id`,
+    the `X-Session-ID` header (SkyRL's) names the program."""
     merged = ProgramFields(
         program_id=body.program_id,
         is_last_step=body.is_last_step,
@@ -132,7 +162,23 @@ def program_fields(body: ProxyChatRequest | ProxyCompletionRequest) -> ProgramFi
     if body.extra_body is not None:
         for name in body.extra_body.model_fields_set:
             setattr(merged, name, getattr(body.extra_body, name))
+    session = raw.headers.get(SESSION_HEADER) if raw is not None else None
+    if merged.program_id is None and session is not None:
+        if not 1 <= len(session) <= MAX_ID_LEN:
+            raise ApiError(
+                400,
+                f"X-Session-ID must be 1 to {MAX_ID_LEN} characters (it is the program_id)",
+                param=SESSION_HEADER,
+            )
+        merged.program_id = session
     return merged
+
+
+def placed(response: Response, generation: ScheduledGeneration) -> Response:
+    """Name the replica that ran the call (`X-Legato-Replica`), so placement is observable."""
+    if generation.replica is not None:
+        response.headers[REPLICA_HEADER] = str(generation.replica)
+    return response
 
 
 # --- one scheduled call, as the engine server's streaming helpers expect it -------------------
@@ -166,6 +212,7 @@ class ScheduledGeneration(Generation):
         self._first: TokenChunk | None = None
         self.finished = False
         self.outcome = CallOutcome()
+        self.replica: int | None = None  # set once the call is placed
         self._on_close: Callable[[CallOutcome], None] | None = on_close
 
     async def start(self) -> TokenChunk:
@@ -248,7 +295,6 @@ class Proxy:
         *,
         max_tokens: int | None,
         field: str,
-        logprobs: bool,
         id_prefix: str,
         grammar: GrammarSpec | None = None,
     ) -> GenerateRequest:
@@ -261,7 +307,6 @@ class Proxy:
                 prompt,
                 max_tokens=max_tokens,
                 max_tokens_field=field,
-                logprobs=logprobs,
                 id_prefix=id_prefix,
                 client_routing=False,
                 grammar=grammar,
@@ -308,6 +353,8 @@ class Proxy:
         generation = ScheduledGeneration(self.scheduler, call, request, self.svc.chunk_timeout_s, on_close)
         with server_errors():
             await generation.start()  # closes the generation itself when it fails
+        replica_of = getattr(self.scheduler, "replica_of", None)
+        generation.replica = replica_of(call.call_id) if replica_of is not None else None
         return generation
 
     async def collect(self, raw: Request, generation: ScheduledGeneration) -> list[TokenChunk] | None:
@@ -355,17 +402,18 @@ def _routes(proxy: Proxy) -> APIRouter:
             chat.prompt,
             max_tokens=chat.max_tokens,
             field=chat.max_tokens_field,
-            logprobs=body.logprobs,
             id_prefix="chatcmpl",
             grammar=chat.plan.grammar,
         )
-        generation = await proxy.start(tenant, program_fields(body), req, "chat")
+        generation = await proxy.start(tenant, program_fields(body, raw), req, "chat")
         if body.stream:
-            return EventStream(chat_events(svc, body, req, generation, chat.plan))
+            return placed(EventStream(chat_events(svc, body, req, generation, chat.plan)), generation)
         chunks = await proxy.collect(raw, generation)
         if chunks is None:
             return Response(status_code=499)
-        return chat_response(svc, chat.prompt, assemble_result(req, chunks), chat.plan)
+        return placed(
+            chat_response(svc, body, chat.prompt, assemble_samples(req, chunks), chat.plan), generation
+        )
 
     @router.post(
         "/v1/completions",
@@ -377,33 +425,42 @@ def _routes(proxy: Proxy) -> APIRouter:
         with server_errors():
             svc.check_model(body.model)
             prompt = svc.prompt_ids(body.prompt)
-        if body.echo:
-            raise ApiError(400, "echo is not supported; prepend the prompt yourself", param="echo")
         req = proxy.sampling_request(
-            body,
-            prompt,
-            max_tokens=body.max_tokens,
-            field="max_tokens",
-            logprobs=body.logprobs is not None,
-            id_prefix="cmpl",
+            body, prompt, max_tokens=body.max_tokens, field="max_tokens", id_prefix="cmpl"
         )
-        generation = await proxy.start(tenant, program_fields(body), req, "completion")
+        generation = await proxy.start(tenant, program_fields(body, raw), req, "completion")
         if body.stream:
-            return EventStream(completion_events(svc, body, req, generation))
+            return placed(EventStream(completion_events(svc, body, req, generation)), generation)
         chunks = await proxy.collect(raw, generation)
         if chunks is None:
             return Response(status_code=499)
-        return completion_response(svc, body, prompt, assemble_result(req, chunks))
+        return placed(completion_response(svc, body, prompt, assemble_samples(req, chunks)), generation)
 
-    @router.post(
-        "/v1/programs/{program_id}/release",
-        response_model=ProgramReleased,
+    @router.get(
+        "/v1/proxy/programs",
+        response_model=LivePrograms,
         responses=responses(),
-        summary="End an agent program: its KV is no longer kept for a next call.",
+        summary="The live agent programs of this tenant (called, not yet released, ended or idle).",
     )
-    async def release(
-        program_id: Annotated[str, Path(min_length=1, max_length=MAX_ID_LEN)], tenant: TenantDep
-    ) -> ProgramReleased:
+    async def live_programs(tenant: TenantDep) -> LivePrograms:
+        tracker = proxy.tracker
+        tracker.sweep()
+        now = tracker.clock()
+        data = [
+            LiveProgram(
+                program_id=p.program_id,
+                calls=p.calls,
+                in_flight=p.in_flight,
+                step=p.tool,
+                age_s=round(now - p.started_at, 6),
+                idle_s=round(now - p.last_seen, 6),
+            )
+            for p in tracker.programs.values()
+            if p.tenant == tenant.id
+        ]
+        return LivePrograms(data=data, idle_timeout_s=tracker.idle_timeout_s)
+
+    async def release(program_id: str, tenant: Tenant) -> ProgramReleased:
         program = proxy.tracker.release(tenant.id, program_id)
         if program is None:
             raise ApiError(
@@ -417,6 +474,29 @@ def _routes(proxy: Proxy) -> APIRouter:
             calls=program.calls,
             duration_s=round(time.monotonic() - program.started_at, 6),
         )
+
+    @router.post(
+        "/v1/proxy/programs/{program_id}/release",
+        response_model=ProgramReleased,
+        responses=responses(),
+        summary="End an agent program: its KV is no longer kept for a next call.",
+    )
+    async def release_program(
+        program_id: Annotated[str, Path(min_length=1, max_length=MAX_ID_LEN)], tenant: TenantDep
+    ) -> ProgramReleased:
+        return await release(program_id, tenant)
+
+    @router.post(
+        "/v1/programs/{program_id}/release",
+        response_model=ProgramReleased,
+        responses=responses(),
+        deprecated=True,
+        summary="Deprecated alias of POST /v1/proxy/programs/{program_id}/release.",
+    )
+    async def release_program_old_path(
+        program_id: Annotated[str, Path(min_length=1, max_length=MAX_ID_LEN)], tenant: TenantDep
+    ) -> ProgramReleased:
+        return await release(program_id, tenant)
 
     return router
 

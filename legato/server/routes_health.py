@@ -5,6 +5,7 @@ from __future__ import annotations
 import anyio
 from fastapi import APIRouter, Response
 
+from legato.engine_adapter.openai_api import MAX_N, MAX_TOP_LOGPROBS
 from legato.programs.validate import MAX_FAN_OUT, MAX_LOOP_BOUND, MAX_NODES
 from legato.server.deps import StateDep
 from legato.server.models import Health, LimitsView, Readiness
@@ -62,4 +63,6 @@ async def limits(state: StateDep) -> LimitsView:
         max_fan_out=MAX_FAN_OUT,
         max_loop_bound=MAX_LOOP_BOUND,
         max_model_len=state.runs.max_model_len,
+        max_n=MAX_N,
+        max_top_logprobs=MAX_TOP_LOGPROBS,
     )

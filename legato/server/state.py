@@ -7,14 +7,14 @@ leaves them in reverse. Routes reach the state as `request.app.state.legato`.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from legato.engine_adapter.base import Engine
 from legato.programs.executor import Executor
+from legato.scheduler import by_name
 from legato.scheduler.base import CallScheduler
-from legato.scheduler.passthrough import PassthroughScheduler
 from legato.server.auth import CACHE_SALT_KEY, QuotaTracker, TenantRegistry
 from legato.server.config import ServerConfig
 from legato.server.metering import MeteredScheduler
@@ -27,7 +27,7 @@ from legato.tools.runtime import ToolRuntime
 @dataclass
 class ServerState:
     config: ServerConfig
-    engine: Engine
+    engine: Engine  # the first replica: its tokenizer and model name are the service's
     scheduler: CallScheduler  # what the executor calls (metered, wrapping the policy scheduler)
     store: RunStore
     tenants: TenantRegistry
@@ -38,22 +38,26 @@ class ServerState:
     inner_scheduler: Any = None  # the PolicyScheduler / PassthroughScheduler (entered by the lifespan)
     ready: bool = False
     extras: dict[str, Any] = field(default_factory=dict)  # for other routers (proxy, metrics)
+    engines: list[Engine] = field(default_factory=list)  # every replica (the scheduler routes)
 
     @property
     def registry(self) -> ToolRegistry:
         return self.tools.registry
 
+    @property
+    def replicas(self) -> list[Engine]:
+        """Every engine the scheduler drives (the first is `engine`)."""
+        return self.engines or [self.engine]
 
-def make_scheduler(engine: Engine, policy: str | None) -> Any:
-    """Passthrough (the engine batches) or the named `legato bench` policy, live."""
-    if policy is None or policy == "passthrough":
-        return PassthroughScheduler(engine, tenant_salt=CACHE_SALT_KEY)
-    from legato.scheduler.baselines import POLICIES
-    from legato.scheduler.runtime import PolicyScheduler
 
-    if policy not in POLICIES:
-        raise ValueError(f"unknown policy {policy!r}; valid: passthrough, {', '.join(sorted(POLICIES))}")
-    return PolicyScheduler([engine], POLICIES[policy](), tenant_salt=CACHE_SALT_KEY)
+def as_replicas(engine: Engine | Sequence[Engine]) -> list[Engine]:
+    return list(engine) if isinstance(engine, list | tuple) else [engine]  # type: ignore[list-item]
+
+
+def make_scheduler(engine: Engine | Sequence[Engine], policy: str | None) -> Any:
+    """Passthrough (one engine batches) or the named `legato bench` policy over every replica,
+    live; cache salts keyed by the server's tenant salt."""
+    return by_name.make_scheduler(as_replicas(engine), policy, tenant_salt=CACHE_SALT_KEY)
 
 
 def weight_setter(inner: Any) -> Callable[[str, float], None]:
@@ -70,7 +74,7 @@ def weight_setter(inner: Any) -> Callable[[str, float], None]:
 
 def build_state(
     config: ServerConfig,
-    engine: Engine,
+    engine: Engine | Sequence[Engine],
     registry: ToolRegistry,
     *,
     store: RunStore | None = None,
@@ -82,14 +86,17 @@ def build_state(
             str(config.db_path) if config.db_path else None, config.redis_url, config.redis_prefix
         )
     )
+    engines = as_replicas(engine)
+    if not engines:
+        raise ValueError("the service needs at least one engine")
     quotas = QuotaTracker()
-    inner = make_scheduler(engine, config.policy)
+    inner = make_scheduler(engines, config.policy)
     scheduler = MeteredScheduler(inner, quotas)
     tools = ToolRuntime(registry)
     executor = Executor(scheduler, tools, journal=store)
-    limit = getattr(engine, "max_model_len", None)
+    limit = getattr(engines[0], "max_model_len", None)
     if limit is None:  # the torch engine keeps it on its core
-        limit = getattr(getattr(engine, "core", None), "max_model_len", None)
+        limit = getattr(getattr(engines[0], "core", None), "max_model_len", None)
     runs = RunManager(
         store,
         executor,
@@ -101,7 +108,7 @@ def build_state(
     )
     return ServerState(
         config=config,
-        engine=engine,
+        engine=engines[0],
         scheduler=scheduler,
         store=store,
         tenants=TenantRegistry(store, config.single_tenant, config.default_max_concurrent_runs),
@@ -110,4 +117,5 @@ def build_state(
         executor=executor,
         runs=runs,
         inner_scheduler=inner,
+        engines=engines,
     )

@@ -76,10 +76,8 @@ class CostModel:
 
     def decode_run_time(self, n: int, ctx_sum: float, k: int) -> float:
         """Seconds for k decode steps of a fixed batch of n sequences whose summed context
-        (keys attended, p + 1 per sequence) is `ctx_sum` at the first step and grows by n per step.
-
-        Both roofline terms are linear in the step index j, so the sum of their max is two
-        arithmetic series split where the lines cross."""
+        (keys attended, p + 1 per sequence) is `ctx_sum` at the first step and grows by n per step
+        (closed form: `linear_run_time`)."""
         if k <= 0:
             return 0.0
         m = self.model
@@ -88,20 +86,7 @@ class CostModel:
         c1 = m.attn_flops_per_ctx_token * n / f
         m0 = (m.weight_bytes + m.kv_bytes_per_token * ctx_sum) / bw
         m1 = m.kv_bytes_per_token * n / bw
-        total = _series(m0, m1, 0, k) + k * self.overhead_s
-        d0, d1 = c0 - m0, c1 - m1  # compute minus memory: add it where positive
-        if d1 == 0.0:
-            if d0 > 0.0:
-                total += k * d0
-            return total
-        cross = -d0 / d1
-        if d1 > 0.0:
-            j0 = min(k, max(0, math.floor(cross) + 1))
-            total += _series(d0, d1, j0, k)
-        else:
-            j1 = min(k, max(0, math.ceil(cross)))
-            total += _series(d0, d1, 0, j1)
-        return total
+        return linear_run_time(c0, c1, m0, m1, k, self.overhead_s)
 
     def decode_steps_until(self, n: int, ctx_sum: float, kmax: int, dt: float) -> int:
         """Fewest steps (1..kmax) of a decode run whose summed time reaches `dt` (kmax if never):
@@ -118,6 +103,29 @@ class CostModel:
         while j < kmax and self.decode_run_time(n, ctx_sum, j) < dt:
             j += 1
         return j
+
+
+def linear_run_time(c0: float, c1: float, m0: float, m1: float, k: int, overhead_s: float) -> float:
+    """sum over steps j = 0..k-1 of max(c0 + c1*j, m0 + m1*j) + overhead_s.
+
+    Both roofline terms are linear in the step index j, so the sum of their max is two
+    arithmetic series split where the lines cross."""
+    if k <= 0:
+        return 0.0
+    total = _series(m0, m1, 0, k) + k * overhead_s
+    d0, d1 = c0 - m0, c1 - m1  # compute minus memory: add it where positive
+    if d1 == 0.0:
+        if d0 > 0.0:
+            total += k * d0
+        return total
+    cross = -d0 / d1
+    if d1 > 0.0:
+        j0 = min(k, max(0, math.floor(cross) + 1))
+        total += _series(d0, d1, j0, k)
+    else:
+        j1 = min(k, max(0, math.ceil(cross)))
+        total += _series(d0, d1, 0, j1)
+    return total
 
 
 def _series(a: float, b: float, j0: int, j1: int) -> float:

@@ -135,3 +135,24 @@ def test_duplicate_hash_stays_private() -> None:
     assert not bm.register(b, h, None, 0, [1, 2, 3, 4])
     bm.release([a, b])
     assert bm.num_cached == 1 and bm.num_free == 4
+
+
+def test_parent_whose_cached_child_another_sequence_holds_is_still_evictable() -> None:
+    """Two sequences computed the same first block at once: A's copy is cached, B's stays
+    private, and B's second block registers as A's block's child. Once A is done, A's block is
+    unreferenced but has a held cached child; when nothing else is left it must still be evicted
+    (it used to raise 'no evictable block although num_free > 0')."""
+    bm = BlockManager(num_blocks=3, block_size=4)
+    a = bm.allocate(1)
+    b = bm.allocate(2)
+    assert a is not None and b is not None
+    assert bm.register(a[0], b"h1", None, 0, (1, 2, 3, 4))
+    assert not bm.register(b[0], b"h1", None, 0, (1, 2, 3, 4))  # duplicate: B's copy stays private
+    assert bm.register(b[1], b"h2", b"h1", 1, (5, 6, 7, 8))  # chains from A's block
+    bm.release(a)
+    assert bm.num_free == 1
+    assert bm.allocate(1) == a
+    assert bm.lookup([b"h1", b"h2"]) == []  # the orphaned child is no longer reachable
+    bm.release(b)  # the orphan is evicted like any other block later
+    bm.release(a)
+    assert bm.allocate(3) is not None

@@ -136,3 +136,64 @@ def test_a_forked_grammar_moves_independently() -> None:
         assert one.vet(t, 32) == t
     assert not two.matcher.is_accepting() and two.matcher.validate_tokens(list(b'{"a": ""}')) == 9
     assert one.matcher.validate_tokens(list(b'"}')) == 2
+
+
+def test_n_samples_each_follow_the_grammar() -> None:
+    """n > 1 forks the prompt's sequence after prefill: every sample gets its own matcher clone,
+    so all n outputs are valid (a sample left without one would be unconstrained)."""
+    core = _core()
+    schema = {
+        "type": "object",
+        "properties": {"a": {"type": "string"}, "b": {"type": "array", "items": {"type": "integer"}}},
+        "required": ["a", "b"],
+    }
+    prompt = tuple(core.tokenizer.apply_chat_template([{"role": "user", "content": "three, please"}]))
+    sp = SamplingParams(max_tokens=80, temperature=1.0, seed=5, n=3, grammar=json_schema_grammar(schema))
+    outputs = core.run_to_completion([GenerateRequest("n3", prompt, sp)])["n3"]
+    assert core.stats().forked_samples == 2
+    for index in range(3):
+        mine = [o for o in outputs if o.index == index]
+        text, reason, n = _text(mine)
+        assert reason == "stop" and n <= 80, text
+        jsonschema.validate(json.loads(text), schema)
+    texts = {"".join(o.text for o in outputs if o.index == i) for i in range(3)}
+    assert len(texts) > 1  # independent samples, not one output three times
+
+
+def test_grammar_requests_do_not_speculate() -> None:
+    """The speculator drafts for plain greedy requests only: a greedy constrained request never
+    gets a draft (its matcher moves one vetted token at a time), even when the drafter's history
+    holds its exact output; batched with a speculating request it decodes exactly as without a
+    speculator, and stays valid."""
+    from legato.engine_adapter.torch.scheduler import SchedulerOutput
+    from legato.engine_adapter.torch.speculator import Speculator
+
+    schema = {"type": "object", "properties": {"a": {"type": "string"}}, "required": ["a"]}
+    prompt = tuple(range(10, 30)) * 2
+
+    def reqs(tag: str) -> list[GenerateRequest]:
+        return [
+            GenerateRequest(
+                f"g{tag}", prompt, SamplingParams(max_tokens=40, grammar=json_schema_grammar(schema))
+            ),
+            GenerateRequest(f"plain{tag}", prompt, SamplingParams(max_tokens=24, ignore_eos=True)),
+        ]
+
+    plain, spec = _core(), _core()
+    speculator = spec.speculator = Speculator("suffix", 4)
+    after_schedule = speculator.after_schedule
+
+    def no_constrained_drafts(plan: SchedulerOutput) -> None:
+        assert all(c.seq.num_draft == 0 for c in plan.chunks if c.seq.grammar is not None)
+        after_schedule(plan)
+
+    speculator.after_schedule = no_constrained_drafts  # type: ignore[method-assign]
+    want = plain.run_to_completion(reqs("1"))
+    for tag in ("1", "2"):  # the second run's history holds the first run's outputs
+        got = spec.run_to_completion(reqs(tag))
+        for rid in ("g", "plain"):
+            assert [o.token_ids for o in got[rid + tag]] == [o.token_ids for o in want[rid + "1"]]
+        text, reason, _ = _text(got["g" + tag])
+        assert reason == "stop", text
+        jsonschema.validate(json.loads(text), schema)
+    assert speculator.accepted > 0  # the plain request did speculate

@@ -9,7 +9,7 @@ import torch
 
 from legato.engine_adapter.base import GenerateRequest, SamplingParams
 from legato.engine_adapter.torch import EngineCore
-from legato.engine_adapter.torch.sampler import filter_logits
+from legato.engine_adapter.torch.sampler import SampleOutput, filter_logits
 from tests.engine.conftest import reference_greedy
 
 PROMPT = tuple(b"The agent called a tool and")
@@ -132,8 +132,8 @@ def _force_tokens(monkeypatch: pytest.MonkeyPatch, tokens: list[int]) -> None:
 
     queue = list(tokens)
 
-    def forced(logits: torch.Tensor, *_: object) -> tuple[list[int], None]:
-        return [queue.pop(0) for _ in range(logits.shape[0])], None
+    def forced(logits: torch.Tensor, *_: object) -> SampleOutput:
+        return SampleOutput([queue.pop(0) for _ in range(logits.shape[0])], None, None)
 
     monkeypatch.setattr(core_module, "sample", forced)
 

@@ -169,3 +169,91 @@ def test_a_grammar_that_cannot_be_compiled_is_a_400(torch_url: str) -> None:
     assert r.status_code == 400
     assert "sampling_params.structured_outputs" in r.json()["error"]["message"]
     assert "unclosed group" in r.json()["error"]["message"]
+
+
+RECORD = {
+    "type": "object",
+    "properties": {"name": {"type": "string"}, "tags": {"type": "array", "items": {"type": "integer"}}},
+    "required": ["name", "tags"],
+}
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_n_samples_with_a_json_schema_are_all_valid(torch_url: str, stream: bool) -> None:
+    """n=3 with `response_format` json_schema: each forked sample keeps its own grammar, so all
+    three choices are valid JSON of the schema (streamed: reassembled per `index`)."""
+    from openai import OpenAI
+
+    client = OpenAI(base_url=f"{torch_url}/v1", api_key="EMPTY", max_retries=0)
+    kw: dict[str, Any] = {
+        "model": "legato-default",
+        "messages": [{"role": "user", "content": "a record"}],
+        "n": 3,
+        "max_tokens": 80,
+        "temperature": 1.0,
+        "seed": 7,
+        "response_format": {"type": "json_schema", "json_schema": {"name": "record", "schema": RECORD}},
+    }
+    texts = ["", "", ""]
+    finishes: list[str | None] = [None, None, None]
+    if stream:
+        for chunk in client.chat.completions.create(stream=True, **kw):
+            for c in chunk.choices:
+                texts[c.index] += c.delta.content or ""
+                finishes[c.index] = c.finish_reason or finishes[c.index]
+    else:
+        reply = client.chat.completions.create(**kw)
+        assert sorted(c.index for c in reply.choices) == [0, 1, 2]
+        for c in reply.choices:
+            texts[c.index], finishes[c.index] = c.message.content or "", c.finish_reason
+    assert finishes == ["stop"] * 3, texts
+    for text in texts:
+        jsonschema.validate(json.loads(text), RECORD)
+
+
+def test_n_samples_each_get_their_tool_calls(torch_url: str) -> None:
+    body = {
+        "model": "legato-default",
+        "messages": [{"role": "user", "content": "find cats"}],
+        "tools": TOOLS,
+        "tool_choice": "required",
+        "n": 2,
+        "max_tokens": 150,
+        "temperature": 1.0,
+        "seed": 2,
+    }
+    r = httpx.post(f"{torch_url}/v1/chat/completions", json=body, timeout=60)
+    assert r.status_code == 200, r.text
+    choices = r.json()["choices"]
+    assert [c["index"] for c in choices] == [0, 1]
+    for c in choices:
+        assert c["finish_reason"] == "tool_calls"
+        for call in c["message"]["tool_calls"]:
+            jsonschema.validate(json.loads(call["function"]["arguments"]), PARAMS)
+
+
+@pytest.mark.parametrize(
+    ("patch", "field"),
+    [
+        (
+            {"tools": [{"type": "function", "function": {"name": "s", "parameters": PARAMS, "x_hint": 1}}]},
+            "x_hint",
+        ),
+        ({"tools": [{**TOOLS[0], "cache_control": {}}]}, "cache_control"),
+        ({"tools": TOOLS, "tool_choice": {"type": "function", "function": {"name": "search", "v": 2}}}, "v"),
+        ({"response_format": {"type": "json_object", "strict_mode": True}}, "strict_mode"),
+    ],
+)
+def test_undeclared_fields_of_the_tool_models_are_a_400(
+    torch_url: str, patch: dict[str, Any], field: str
+) -> None:
+    body = {
+        "model": "legato-default",
+        "messages": [{"role": "user", "content": "x"}],
+        "max_tokens": 4,
+        **patch,
+    }
+    r = httpx.post(f"{torch_url}/v1/chat/completions", json=body, timeout=30)
+    assert r.status_code == 400, r.text
+    assert field in r.json()["error"]["message"]
+    assert "does not support this field" in r.json()["error"]["message"]

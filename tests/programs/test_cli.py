@@ -115,3 +115,16 @@ def test_unknown_tool_is_reported_before_running(tmp_path: Path) -> None:
     )
     result = CliRunner().invoke(app, ["run", str(_write(tmp_path, "u.py", text)), *ENGINE])
     assert result.exit_code == 2 and "unknown tool 'whisper'" in result.stderr
+
+
+def test_run_on_replicas_with_the_default_policy(tmp_path: Path) -> None:
+    """Two `--engine` flags: two replicas under the default policy (legato); passthrough drives
+    one engine only, and says so."""
+    path = _write(tmp_path, "a.py", AGENT_FILE)
+    result = CliRunner().invoke(app, ["run", str(path), *ENGINE, *ENGINE, "--input", "times=3"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["status"] == "succeeded"
+    result = CliRunner().invoke(app, ["run", str(path), *ENGINE, *ENGINE, "--policy", "passthrough"])
+    assert result.exit_code == 2 and "drives one engine" in result.stderr
+    result = CliRunner().invoke(app, ["run", str(path), *ENGINE, "--policy", "nope"])
+    assert result.exit_code == 2 and "unknown policy 'nope'" in result.stderr

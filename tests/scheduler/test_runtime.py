@@ -12,7 +12,7 @@ import torch
 from legato.engine_adapter.base import SamplingParams, TokenChunk
 from legato.engine_adapter.torch import TorchEngine, load_engine
 from legato.scheduler.base import CallScheduler
-from legato.scheduler.baselines import Belady, Continuum, FcfsLru
+from legato.scheduler.baselines import Continuum, FcfsLru, OracleEvict
 from legato.scheduler.events import (
     CallArrived,
     Event,
@@ -30,6 +30,7 @@ from legato.scheduler.policy import (
     Decision,
     Dispatch,
     Pause,
+    Pin,
     Policy,
     PolicyTraits,
     Resume,
@@ -133,14 +134,24 @@ async def pinned_hit(policy: Policy) -> int:
         return cached
 
 
-async def test_continuum_pin_keeps_prefix_through_tool_where_lru_loses_it() -> None:
-    assert await pinned_hit(Continuum()) == 64
+class _PinAtTool(FcfsLru):
+    """Pins a run's KV for 30 s at each tool step (Continuum, with its TTL rule left out: on
+    this tiny engine a 64-token context is too cheap to reload for Continuum to pin it)."""
+
+    name = "pin-at-tool"
+
+    def on_tool_started(self, event: ToolStarted, now: float, view: ClusterView) -> Sequence[Decision]:
+        return (Pin(event.run_id, 30.0),)
+
+
+async def test_pin_keeps_prefix_through_tool_where_lru_loses_it() -> None:
+    assert await pinned_hit(_PinAtTool()) == 64
     assert await pinned_hit(FcfsLru()) == 0
 
 
-async def test_belady_is_rejected() -> None:
+async def test_oracle_evict_is_rejected() -> None:
     with pytest.raises(UnsupportedPolicyError, match="future knowledge"):
-        PolicyScheduler([engine()], Belady())
+        PolicyScheduler([engine()], OracleEvict())
 
 
 class _PauseFirst(BasePolicy):

@@ -31,6 +31,9 @@ def test_keys_required_once_tenants_exist(server: tuple[str, ServerState]) -> No
     url, state = server
     with httpx.Client(base_url=url, timeout=30) as c:
         assert c.get("/v1/runs").status_code == 200  # single-tenant default: keyless on localhost
+        # ... whatever key a client sends (the official client always sends one, e.g. "EMPTY")
+        for header in ("Bearer EMPTY", "Bearer lg_wrong", "Basic abc"):
+            assert c.get("/v1/runs", headers={"Authorization": header}).status_code == 200, header
     acme, acme_key = add_tenant(state, "acme")
     other, other_key = add_tenant(state, "other")
     with httpx.Client(base_url=url, timeout=30) as c:
@@ -126,9 +129,11 @@ def test_keyless_default_is_loopback_only(tmp_path: Path) -> None:
         registry = TenantRegistry(store, "on", 8)
         assert (await registry.authenticate(None, "127.0.0.1")).id == "default"
         assert (await registry.authenticate(None, "::1")).id == "default"
-        with pytest.raises(ApiError) as err:
-            await registry.authenticate(None, "10.1.2.3")
-        assert err.value.status == 401
+        assert (await registry.authenticate("Bearer EMPTY", "127.0.0.1")).id == "default"
+        for key in (None, "Bearer EMPTY"):
+            with pytest.raises(ApiError) as err:
+                await registry.authenticate(key, "10.1.2.3")
+            assert err.value.status == 401
         off = TenantRegistry(store, "off", 8)
         with pytest.raises(ApiError):
             await off.authenticate(None, "127.0.0.1")

@@ -75,6 +75,7 @@ def test_size_limits(make_server: MakeServerFactory) -> None:
         assert "300 (max_prompt_chars)" in error(long_prompt)
         limit = c.get("/v1/limits").json()
         assert limit["max_prompt_chars"] == 300 and limit["max_model_len"] == state.runs.max_model_len
+        assert limit["max_n"] == 128 and limit["max_top_logprobs"] == 20
 
 
 def test_prompt_longer_than_the_model_is_422(make_server: MakeServerFactory) -> None:

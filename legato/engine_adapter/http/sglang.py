@@ -107,6 +107,12 @@ class SGLangEngine:
             out["stop"] = list(sp.stop)
         if sp.stop_token_ids:
             out["stop_token_ids"] = list(sp.stop_token_ids)
+        if sp.presence_penalty:
+            out["presence_penalty"] = sp.presence_penalty
+        if sp.frequency_penalty:
+            out["frequency_penalty"] = sp.frequency_penalty
+        if sp.logit_bias:
+            out["logit_bias"] = {str(t): b for t, b in sp.logit_bias}
         if sp.seed is not None:
             out["sampling_seed"] = sp.seed
         if sp.grammar is not None:

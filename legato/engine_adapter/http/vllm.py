@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, Literal
@@ -17,6 +18,7 @@ from legato.engine_adapter.base import (
     SamplingParams,
     TokenChunk,
     Tokenizer,
+    TopLogprobs,
 )
 from legato.engine_adapter.http.common import (
     DEFAULT_TIMEOUT_S,
@@ -52,8 +54,11 @@ class VLLMEngine:
 
     Sent through: `priority` (only with `priority_scheduling=True`: vLLM rejects a non-zero
     priority unless started with `--scheduling-policy priority`), `cache_salt`, `request_id`,
-    sampled-token logprobs. Read back: `usage.prompt_tokens_details.cached_tokens` (vLLM fills
-    it only with `--enable-prompt-tokens-details`; 0 otherwise).
+    logprobs and their alternatives, penalties and `logit_bias`, and `n`. A request with `n > 1` or
+    `top_logprobs` always takes `/v1/completions` (choices carry their `index`; alternatives come
+    back as `token_id:N` with vLLM's `return_tokens_as_token_ids`). Read back:
+    `usage.prompt_tokens_details.cached_tokens` (vLLM fills it only with
+    `--enable-prompt-tokens-details`; 0 otherwise).
 
     What the real server lacks, so this engine does not announce it:
     no prefix query (`cached_prefix_tokens` is always 0: vLLM has no API to ask), no pin/unpin,
@@ -90,7 +95,7 @@ class VLLMEngine:
 
     @property
     def capabilities(self) -> frozenset[Capability]:
-        caps = {Capability.LOGPROBS}
+        caps = {Capability.LOGPROBS, Capability.TOP_LOGPROBS, Capability.PARALLEL_SAMPLING}
         if self._priority_scheduling:
             caps.add(Capability.PRIORITY)
         return frozenset(caps)
@@ -127,8 +132,16 @@ class VLLMEngine:
             out["stop"] = list(sp.stop)
         if sp.stop_token_ids:
             out["stop_token_ids"] = list(sp.stop_token_ids)
+        if sp.presence_penalty:
+            out["presence_penalty"] = sp.presence_penalty
+        if sp.frequency_penalty:
+            out["frequency_penalty"] = sp.frequency_penalty
+        if sp.logit_bias:
+            out["logit_bias"] = {str(t): b for t, b in sp.logit_bias}
         if sp.logprobs:
-            out["logprobs"] = 0  # the sampled token's logprob, no alternatives
+            out["logprobs"] = sp.top_logprobs  # the sampled token's logprob, and alternatives
+        if sp.n > 1:
+            out["n"] = sp.n
         if sp.grammar is not None:
             # vLLM's structured outputs; a Lark grammar with %json needs its `guidance` backend.
             if sp.grammar.kind == "json_schema":
@@ -147,7 +160,8 @@ class VLLMEngine:
 
     async def generate(self, request: GenerateRequest) -> AsyncIterator[TokenChunk]:
         with self._inflight.track(request.request_id):
-            if await self.endpoint() == "generate":
+            sp = request.sampling
+            if await self.endpoint() == "generate" and sp.n == 1 and not sp.top_logprobs:
                 stream = self._generate_tokens(request)
             else:
                 stream = self._generate_completions(request)
@@ -206,7 +220,11 @@ class VLLMEngine:
             "stream_options": {"include_usage": True, "continuous_usage_stats": True},
             "return_token_ids": True,
         }
+        top_k = request.sampling.top_logprobs if request.sampling.logprobs else 0
+        if top_k:
+            payload["return_tokens_as_token_ids"] = True  # alternatives named `token_id:N`
         pending: TokenChunk | None = None  # the finishing chunk waits for the final usage
+        unfinished = set(range(request.sampling.n))  # samples still running
         prompt_tokens = cached = 0
         async with open_stream(self._client, SERVER, COMPLETIONS_PATH, payload) as response:
             async for event in iter_sse(response, SERVER):
@@ -230,7 +248,13 @@ class VLLMEngine:
                     if request.sampling.logprobs:
                         raw = (choice.get("logprobs") or {}).get("token_logprobs") or []
                         logprobs = tuple(float(x) if x is not None else 0.0 for x in raw[: len(ids)])
+                    top = _top_logprobs(choice, len(ids), top_k) if top_k else None
                     reason = choice.get("finish_reason")
+                    index = int(choice.get("index") or 0)
+                    if index not in range(request.sampling.n):
+                        raise EngineError(f"{SERVER} returned choice {index} for n={request.sampling.n}")
+                    if reason is not None:
+                        unfinished.discard(index)
                     chunk = TokenChunk(
                         token_ids=tuple(ids),
                         text=text,
@@ -239,9 +263,13 @@ class VLLMEngine:
                         finish_reason=reason,
                         prompt_tokens=prompt_tokens,
                         cached_tokens=cached,
+                        index=index,
+                        top_logprobs=top,
                     )
                     if reason is None:
                         yield chunk
+                    elif unfinished:  # another sample is still running: not the stream's end
+                        yield dataclasses.replace(chunk, finished=False)
                     else:
                         pending = chunk
         if pending is None:
@@ -254,6 +282,8 @@ class VLLMEngine:
             finish_reason=pending.finish_reason,
             prompt_tokens=prompt_tokens or len(request.prompt_token_ids),
             cached_tokens=cached,
+            index=pending.index,
+            top_logprobs=pending.top_logprobs,
         )
 
     async def capacity(self) -> EngineCapacity:
@@ -289,6 +319,24 @@ class VLLMEngine:
 def _cached(usage: dict[str, Any]) -> int:
     details = usage.get("prompt_tokens_details") or {}
     return int(details.get("cached_tokens") or 0)
+
+
+def _top_logprobs(choice: dict[str, Any], n: int, k: int) -> tuple[TopLogprobs, ...]:
+    """The `k` best alternatives per token from a completion choice's `top_logprobs` dicts (keys
+    `token_id:N`, as `return_tokens_as_token_ids` asks; vLLM adds the sampled token when it is
+    not among them, so the dict is sorted and cut to `k`)."""
+    rows = (choice.get("logprobs") or {}).get("top_logprobs") or []
+    if len(rows) < n:
+        raise EngineError(f"{SERVER} returned {len(rows)} top_logprobs entries for {n} tokens")
+    out: list[TopLogprobs] = []
+    for row in rows[:n]:
+        pairs: list[tuple[int, float]] = []
+        for key, value in (row or {}).items():
+            if not str(key).startswith("token_id:"):
+                raise EngineError(f"{SERVER} named a top_logprobs token {key!r}, not token_id:N")
+            pairs.append((int(str(key)[len("token_id:") :]), float(value)))
+        out.append(tuple(sorted(pairs, key=lambda p: -p[1])[:k]))
+    return tuple(out)
 
 
 def _content_logprobs(choice: dict[str, Any], n: int) -> tuple[float, ...]:

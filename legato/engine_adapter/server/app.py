@@ -11,21 +11,17 @@ import anyio
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi_offline import FastAPIOffline
 
 from legato.engine_adapter.base import (
     Engine,
     GenerateRequest,
-    GenerateResult,
-    GrammarSpec,
     assemble_result,
+    assemble_samples,
 )
-from legato.engine_adapter.chat.output import chat_message
-from legato.engine_adapter.chat.plan import ChatPlan
 from legato.engine_adapter.openai_api import (
-    ChatChoice,
     ChatCompletionRequest,
     ChatCompletionResponse,
-    CompletionChoice,
     CompletionRequest,
     CompletionResponse,
     DetokenizeRequest,
@@ -33,7 +29,6 @@ from legato.engine_adapter.openai_api import (
     HealthResponse,
     ModelCard,
     ModelList,
-    SamplingFields,
     SGLangAbortRequest,
     SGLangGenerateRequest,
     SGLangGenerateResponse,
@@ -42,7 +37,6 @@ from legato.engine_adapter.openai_api import (
     VLLMGenerateChoice,
     VLLMGenerateRequest,
     VLLMGenerateResponse,
-    new_id,
 )
 from legato.engine_adapter.server.errors import (
     ERROR_RESPONSES,
@@ -57,6 +51,8 @@ from legato.engine_adapter.server.lifecycle import (
     EventStream,
     collect_or_abort,
 )
+from legato.engine_adapter.server.openai_calls import chat_response, completion_response, openai_request
+from legato.engine_adapter.server.openai_fields import logit_bias, top_logprobs_of
 from legato.engine_adapter.server.service import EngineService, make_usage
 from legato.engine_adapter.server.streams import (
     chat_events,
@@ -66,80 +62,43 @@ from legato.engine_adapter.server.streams import (
     vllm_token_events,
 )
 
-
-def completion_response(
-    svc: EngineService, body: CompletionRequest, prompt: tuple[int, ...], result: GenerateResult
-) -> JSONResponse:
-    """The non-streaming OpenAI completion answer for a finished generation."""
-    choice = CompletionChoice(
-        text=result.text,
-        finish_reason=result.finish_reason,
-        logprobs=svc.completion_logprobs(result.token_ids, result.logprobs, 0),
-        token_ids=list(result.token_ids) if body.return_token_ids else None,
-        prompt_token_ids=list(prompt) if body.return_token_ids else None,
-    )
-    usage = make_usage(result.prompt_tokens or len(prompt), len(result.token_ids), result.cached_tokens)
-    out = CompletionResponse(id=result.request_id, model=svc.model, choices=[choice], usage=usage)
-    return JSONResponse(out.model_dump(exclude_none=True))
+# Engine counters for /metrics, from an engine with a `stats()` coroutine (the torch engine):
+# (metric, stats attribute, help). vLLM's names where vLLM has the same counter.
+_COUNTERS = (
+    ("vllm:prompt_tokens_total", "prompt_tokens", "Prompt tokens of admitted requests (once per request)."),
+    ("vllm:generation_tokens_total", "generated_tokens", "Tokens generated, all samples."),
+    ("vllm:prefix_cache_hits_total", "prefix_hit_tokens", "Prompt tokens served from the prefix cache."),
+    ("legato:prefill_tokens_total", "prefill_tokens", "Prompt tokens run through the model."),
+    ("legato:forked_samples_total", "forked_samples", "Samples of n > 1 requests forked off a prefill."),
+    ("vllm:num_preemptions_total", "preemptions", "Sequences preempted."),
+    ("vllm:spec_decode_num_drafts_total", "spec_drafts", "Verify steps that checked a draft."),
+    ("vllm:spec_decode_num_draft_tokens_total", "spec_draft_tokens", "Draft tokens proposed."),
+    ("vllm:spec_decode_num_accepted_tokens_total", "spec_accepted_tokens", "Draft tokens accepted."),
+)
 
 
-def chat_response(
-    svc: EngineService, prompt: tuple[int, ...], result: GenerateResult, plan: ChatPlan | None = None
-) -> JSONResponse:
-    """The non-streaming OpenAI chat completion answer for a finished generation (tool calls
-    parsed out of the text as `plan` says)."""
-    message, finish_reason = chat_message(plan, result.text, result.finish_reason)
-    choice = ChatChoice(
-        message=message,
-        finish_reason=finish_reason,
-        logprobs=svc.chat_logprobs(result.token_ids, result.logprobs),
-    )
-    usage = make_usage(result.prompt_tokens or len(prompt), len(result.token_ids), result.cached_tokens)
-    out = ChatCompletionResponse(id=result.request_id, model=svc.model, choices=[choice], usage=usage)
-    return JSONResponse(out.model_dump(exclude_none=True))
+async def engine_counters(engine: Engine, label: str) -> list[str]:
+    """Prometheus lines for the engine's counters; none for engines that keep no stats."""
+    stats_fn = getattr(engine, "stats", None)
+    if stats_fn is None:
+        return []
+    stats = await stats_fn()
+    lines: list[str] = []
+    for name, attr, text in _COUNTERS:
+        value = getattr(stats, attr, None)
+        if isinstance(value, int):
+            lines += [f"# HELP {name} {text}", f"# TYPE {name} counter", f"{name}{{{label}}} {value}"]
+    return lines
 
 
-def openai_request(
-    svc: EngineService,
-    body: SamplingFields,
-    prompt: tuple[int, ...],
-    *,
-    max_tokens: int | None,
-    max_tokens_field: str,
-    logprobs: bool,
-    id_prefix: str,
-    client_routing: bool = True,
-    grammar: GrammarSpec | None = None,
-) -> GenerateRequest:
-    """The engine request of an OpenAI completion or chat body: the sampling fields and vLLM
-    extras the two share, checked the same way. `client_routing=False` (Legato's proxy) ignores
-    the client's `request_id`, `priority` and `cache_salt`: there the scheduler decides priority
-    and derives the salt from the authenticated tenant."""
-    if body.n != 1:
-        raise ApiError(400, f"n must be 1 (got {body.n}); send separate requests for several samples", "n")
-    sampling = svc.sampling(
-        max_tokens=max_tokens,
-        max_tokens_field=max_tokens_field,
-        prompt_len=len(prompt),
-        temperature=body.temperature,
-        top_p=body.top_p,
-        top_k=body.top_k,
-        seed=body.seed,
-        stop=body.stop,
-        stop_token_ids=body.stop_token_ids,
-        ignore_eos=body.ignore_eos,
-        logprobs=logprobs,
-        grammar=grammar,
-    )
-    if not client_routing:
-        return GenerateRequest(request_id=new_id(id_prefix), prompt_token_ids=prompt, sampling=sampling)
-    return GenerateRequest(
-        request_id=body.request_id or new_id(id_prefix),
-        prompt_token_ids=prompt,
-        sampling=sampling,
-        priority=body.priority,
-        cache_salt=body.cache_salt,
-    )
+def single_sample(n: int) -> None:
+    """The native SGLang / vLLM routes answer one sample per request."""
+    if n != 1:
+        raise ApiError(
+            400,
+            f"sampling_params.n must be 1 here (got {n}); /v1/completions takes n > 1",
+            "sampling_params.n",
+        )
 
 
 def create_engine_app(
@@ -167,7 +126,7 @@ def create_engine_app(
                 with anyio.CancelScope(shield=True), anyio.move_on_after(ABORT_TIMEOUT_S):
                     await on_shutdown()
 
-    app = FastAPI(
+    app = FastAPIOffline(  # /docs and /redoc from assets shipped in the package: no CDN, works offline
         title="Legato engine server",
         summary=f"{svc.model} behind OpenAI-, SGLang- and vLLM-compatible HTTP APIs.",
         version="1",
@@ -239,6 +198,7 @@ def create_engine_app(
             f"vllm:kv_cache_usage_perc{{{label}}} {used}",
             "# TYPE sglang:token_usage gauge",
             f"sglang:token_usage{{{label}}} {used}",
+            *await engine_counters(engine, label),
         ]
         return PlainTextResponse("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
 
@@ -263,19 +223,9 @@ def create_engine_app(
     )
     async def completions(body: CompletionRequest, raw: Request) -> Response:
         svc.check_model(body.model)
-        if body.echo:
-            raise ApiError(400, "echo is not supported; prepend the prompt yourself", "echo")
         prompt = svc.prompt_ids(body.prompt)
-        so = body.structured_outputs
         req = openai_request(
-            svc,
-            body,
-            prompt,
-            max_tokens=body.max_tokens,
-            max_tokens_field="max_tokens",
-            logprobs=body.logprobs is not None,
-            id_prefix="cmpl",
-            grammar=None if so is None else svc.grammar(so.json_, so.grammar, "structured_outputs"),
+            svc, body, prompt, max_tokens=body.max_tokens, max_tokens_field="max_tokens", id_prefix="cmpl"
         )
         generation = await svc.start(req)
         if body.stream:
@@ -283,7 +233,7 @@ def create_engine_app(
         chunks = await collect_or_abort(raw, generation)
         if chunks is None:
             return Response(status_code=499)
-        return completion_response(svc, body, prompt, assemble_result(req, chunks))
+        return completion_response(svc, body, prompt, assemble_samples(req, chunks))
 
     @app.post(
         "/v1/chat/completions",
@@ -300,7 +250,6 @@ def create_engine_app(
             chat.prompt,
             max_tokens=chat.max_tokens,
             max_tokens_field=chat.max_tokens_field,
-            logprobs=body.logprobs,
             id_prefix="chatcmpl",
             grammar=chat.plan.grammar,
         )
@@ -310,7 +259,7 @@ def create_engine_app(
         chunks = await collect_or_abort(raw, generation)
         if chunks is None:
             return Response(status_code=499)
-        return chat_response(svc, chat.prompt, assemble_result(req, chunks), chat.plan)
+        return chat_response(svc, body, chat.prompt, assemble_samples(req, chunks), chat.plan)
 
     # --- SGLang -----------------------------------------------------------------------------
 
@@ -329,6 +278,7 @@ def create_engine_app(
             else tuple(svc.tokenizer.encode(body.text or ""))
         )
         sp = body.sampling_params
+        single_sample(sp.n)
         sampling = svc.sampling(
             max_tokens=sp.max_new_tokens,
             max_tokens_field="sampling_params.max_new_tokens",
@@ -341,6 +291,9 @@ def create_engine_app(
             stop_token_ids=sp.stop_token_ids,
             ignore_eos=sp.ignore_eos,
             logprobs=body.return_logprob,
+            presence_penalty=sp.presence_penalty,
+            frequency_penalty=sp.frequency_penalty,
+            logit_bias=logit_bias(sp.logit_bias, svc.tokenizer.vocab_size),
             grammar=svc.grammar(sp.json_schema, sp.ebnf, "sampling_params"),
         )
         req = GenerateRequest(
@@ -386,6 +339,7 @@ def create_engine_app(
         svc.check_model(body.model)
         prompt = svc.check_tokens(body.token_ids, "token_ids")
         sp = body.sampling_params
+        single_sample(sp.n)
         sampling = svc.sampling(
             max_tokens=sp.max_tokens,
             max_tokens_field="sampling_params.max_tokens",
@@ -398,6 +352,10 @@ def create_engine_app(
             stop_token_ids=sp.stop_token_ids,
             ignore_eos=sp.ignore_eos,
             logprobs=sp.logprobs is not None,
+            top_logprobs=top_logprobs_of(svc.engine, sp.logprobs or 0, "sampling_params.logprobs"),
+            presence_penalty=sp.presence_penalty,
+            frequency_penalty=sp.frequency_penalty,
+            logit_bias=logit_bias(sp.logit_bias, svc.tokenizer.vocab_size),
             grammar=None
             if sp.structured_outputs is None
             else svc.grammar(
@@ -423,7 +381,7 @@ def create_engine_app(
         choice = VLLMGenerateChoice(
             token_ids=list(result.token_ids),
             finish_reason=result.finish_reason,
-            logprobs=svc.token_id_logprobs(result.token_ids, result.logprobs),
+            logprobs=svc.token_id_logprobs(result.token_ids, result.logprobs, result.top_logprobs),
         )
         return JSONResponse(
             VLLMGenerateResponse(

@@ -57,5 +57,8 @@ def validation_message(exc: RequestValidationError) -> str:
         if err.get("type") == "json_invalid":
             return f"request body is not valid JSON ({err.get('ctx', {}).get('error', 'parse error')})"
         loc = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
+        if err.get("type") == "extra_forbidden":
+            parts.append(f"{loc}: this server does not support this field; remove it (see /docs)")
+            continue
         parts.append(f"{loc or 'body'}: {err.get('msg', 'invalid')}")
     return "invalid request: " + "; ".join(parts)

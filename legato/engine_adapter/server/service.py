@@ -17,6 +17,7 @@ from legato.engine_adapter.base import (
     GenerateRequest,
     GrammarSpec,
     SamplingParams,
+    TopLogprobs,
 )
 from legato.engine_adapter.chat.grammar import GrammarError, grammar_of
 from legato.engine_adapter.chat.plan import ChatPlan, PlanError, plan_chat
@@ -27,6 +28,7 @@ from legato.engine_adapter.openai_api import (
     PromptTokensDetails,
     SGLangFinishReason,
     TokenLogprob,
+    TopLogprob,
     Usage,
 )
 from legato.engine_adapter.server.errors import ApiError
@@ -93,6 +95,11 @@ class EngineService:
         stop_token_ids: list[int] | None,
         ignore_eos: bool,
         logprobs: bool,
+        top_logprobs: int = 0,
+        n: int = 1,
+        presence_penalty: float = 0.0,
+        frequency_penalty: float = 0.0,
+        logit_bias: tuple[tuple[int, float], ...] = (),
         grammar: GrammarSpec | None = None,
     ) -> SamplingParams:
         if prompt_len < 1:
@@ -127,6 +134,11 @@ class EngineService:
                 stop_token_ids=tuple(stop_token_ids or ()),
                 ignore_eos=ignore_eos,
                 logprobs=logprobs,
+                top_logprobs=top_logprobs,
+                n=n,
+                presence_penalty=presence_penalty,
+                frequency_penalty=frequency_penalty,
+                logit_bias=logit_bias,
                 grammar=grammar,
             )
         except ValueError as exc:
@@ -213,45 +225,94 @@ class EngineService:
         await generation.start()
         return generation
 
-    def token_str(self, token_id: int) -> str:
-        return self.tokenizer.decode([token_id])
+    def token_bytes(self, token_id: int) -> bytes:
+        """The token's own bytes: for a byte-level token that is part of a UTF-8 character, that
+        byte (not the replacement character its lone decoding gives)."""
+        raw = getattr(self.tokenizer, "token_bytes", None)
+        if raw is not None:
+            return bytes(raw(token_id))
+        return self.tokenizer.decode([token_id]).encode()
+
+    def token_str(self, token_id: int, as_id: bool = False) -> str:
+        """The token as logprobs show it: its text, with bytes that are no UTF-8 on their own
+        written `\\xNN` (as OpenAI does; `bytes` carries the exact value), or `token_id:N` with
+        vLLM's `return_tokens_as_token_ids`."""
+        if as_id:
+            return f"token_id:{token_id}"
+        return self.token_bytes(token_id).decode("utf-8", errors="backslashreplace")
+
+    def _token_logprob(self, token_id: int, logprob: float, as_id: bool) -> TopLogprob:
+        raw = self.token_bytes(token_id)
+        return TopLogprob(token=self.token_str(token_id, as_id), logprob=finite(logprob), bytes=list(raw))
 
     def chat_logprobs(
-        self, token_ids: Sequence[int], logprobs: Sequence[float] | None
+        self,
+        token_ids: Sequence[int],
+        logprobs: Sequence[float] | None,
+        top: Sequence[TopLogprobs] | None = None,
+        as_ids: bool = False,
     ) -> ChatLogprobs | None:
         if logprobs is None:
             return None
         content = []
-        for tid, lp in zip(token_ids, logprobs, strict=False):
-            text = self.token_str(tid)
-            content.append(TokenLogprob(token=text, logprob=finite(lp), bytes=list(text.encode())))
+        for i, (tid, lp) in enumerate(zip(token_ids, logprobs, strict=False)):
+            this = self._token_logprob(tid, lp, as_ids)
+            alternatives = [
+                self._token_logprob(t, v, as_ids) for t, v in (top[i] if top and i < len(top) else ())
+            ]
+            content.append(
+                TokenLogprob(
+                    token=this.token, logprob=this.logprob, bytes=this.bytes, top_logprobs=alternatives
+                )
+            )
         return ChatLogprobs(content=content)
 
     def token_id_logprobs(
-        self, token_ids: Sequence[int], logprobs: Sequence[float] | None
+        self,
+        token_ids: Sequence[int],
+        logprobs: Sequence[float] | None,
+        top: Sequence[TopLogprobs] | None = None,
     ) -> ChatLogprobs | None:
         """vLLM's token endpoint spells tokens as `token_id:N` (no detokenization)."""
         if logprobs is None:
             return None
         content = [
-            TokenLogprob(token=f"token_id:{tid}", logprob=finite(lp))
-            for tid, lp in zip(token_ids, logprobs, strict=False)
+            TokenLogprob(
+                token=f"token_id:{tid}",
+                logprob=finite(lp),
+                top_logprobs=[
+                    TopLogprob(token=f"token_id:{t}", logprob=finite(v))
+                    for t, v in (top[i] if top and i < len(top) else ())
+                ],
+            )
+            for i, (tid, lp) in enumerate(zip(token_ids, logprobs, strict=False))
         ]
         return ChatLogprobs(content=content)
 
     def completion_logprobs(
-        self, token_ids: Sequence[int], logprobs: Sequence[float] | None, offset: int
+        self,
+        token_ids: Sequence[int],
+        logprobs: Sequence[float] | None,
+        top: Sequence[TopLogprobs] | None,
+        offset: int,
+        as_ids: bool = False,
     ) -> CompletionLogprobs | None:
+        """The legacy shape: per token its string, logprob, text offset, and a dict of the most
+        likely alternatives plus the sampled token (so up to `logprobs + 1` entries, as OpenAI)."""
         if logprobs is None:
             return None
         out = CompletionLogprobs()
-        for tid, lp in zip(token_ids, logprobs, strict=False):
-            text = self.token_str(tid)
+        for i, (tid, lp) in enumerate(zip(token_ids, logprobs, strict=False)):
+            text = self.token_str(tid, as_ids)
             out.tokens.append(text)
             out.token_logprobs.append(finite(lp))
-            out.top_logprobs.append({text: finite(lp)})
+            alternatives = {
+                self.token_str(t, as_ids): finite(v) for t, v in (top[i] if top and i < len(top) else ())
+            }
+            alternatives.setdefault(text, finite(lp))
+            out.top_logprobs.append(alternatives)
             out.text_offset.append(offset)
-            offset += len(text)
+            offset += len(self.tokenizer.decode([tid]))
         return out
 
     def sglang_finish(

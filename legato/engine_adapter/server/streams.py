@@ -33,24 +33,37 @@ from legato.engine_adapter.server.service import EngineService, finite, make_usa
 def completion_events(
     svc: EngineService, body: CompletionRequest, req: GenerateRequest, generation: Generation
 ) -> AsyncIterator[str]:
+    """OpenAI's completion stream; with n > 1 the samples' chunks interleave, each choice
+    carrying its `index` (the echoed prompt and prompt token ids open each sample)."""
+
     async def events() -> AsyncIterator[str]:
         include_usage = body.stream_options is not None and body.stream_options.include_usage
         continuous = body.stream_options is not None and body.stream_options.continuous_usage_stats
-        completion = prompt_tokens = cached = offset = 0
-        first = True
+        echo = svc.tokenizer.decode(req.prompt_token_ids) if body.echo else ""
+        completion = prompt_tokens = cached = 0
+        offsets: dict[int, int] = {}  # sample index -> text offset so far (absent: not started)
         async for chunk in generation.chunks():
             completion += len(chunk.token_ids)
             prompt_tokens = chunk.prompt_tokens or prompt_tokens or len(req.prompt_token_ids)
             cached = chunk.cached_tokens or cached
+            first = chunk.index not in offsets
+            prefix = echo if first else ""
+            offset = offsets.get(chunk.index, 0) + len(prefix)
             choice = CompletionChoice(
-                text=chunk.text,
-                finish_reason=chunk.finish_reason if chunk.finished else None,
-                logprobs=svc.completion_logprobs(chunk.token_ids, chunk.logprobs, offset),
+                index=chunk.index,
+                text=prefix + chunk.text,
+                finish_reason=chunk.finish_reason,
+                logprobs=svc.completion_logprobs(
+                    chunk.token_ids,
+                    chunk.logprobs,
+                    chunk.top_logprobs,
+                    offset,
+                    body.return_tokens_as_token_ids,
+                ),
                 token_ids=list(chunk.token_ids) if body.return_token_ids else None,
                 prompt_token_ids=list(req.prompt_token_ids) if body.return_token_ids and first else None,
             )
-            offset += len(chunk.text)
-            first = False
+            offsets[chunk.index] = offset + len(chunk.text)
             out = CompletionResponse(
                 id=req.request_id,
                 model=svc.model,
@@ -78,6 +91,10 @@ def chat_events(
     generation: Generation,
     plan: ChatPlan | None = None,
 ) -> AsyncIterator[str]:
+    """OpenAI's chat stream: each choice opens with the assistant role (content ""), then its
+    content deltas (tool calls as `tool_calls` deltas when `plan` parses them); with n > 1 the
+    choices interleave, told apart by `index`."""
+
     async def events() -> AsyncIterator[str]:
         include_usage = body.stream_options is not None and body.stream_options.include_usage
         continuous = body.stream_options is not None and body.stream_options.continuous_usage_stats
@@ -90,24 +107,33 @@ def chat_events(
             )
             return sse(out.model_dump(exclude_none=True))
 
-        # OpenAI opens every chat stream with the role, content "".
-        yield chunk_of(ChatChunkChoice(delta=ChatDelta(role="assistant", content="")), None)
-        tools = ToolStream(plan)
+        for index in range(req.sampling.n):
+            yield chunk_of(ChatChunkChoice(index=index, delta=ChatDelta(role="assistant", content="")), None)
+        # Each sample's tool calls are parsed out of its own text.
+        tools = [ToolStream(plan) for _ in range(req.sampling.n)]
+        ended: set[int] = set()
         async for chunk in generation.chunks():
             completion += len(chunk.token_ids)
             prompt_tokens = chunk.prompt_tokens or prompt_tokens
             cached = chunk.cached_tokens or cached
-            content = tools.push(chunk.text)
+            stream = tools[chunk.index]
+            content = stream.push(chunk.text)
             calls = None
-            finish = chunk.finish_reason if chunk.finished else None
-            if chunk.finished:
-                rest, deltas, finish = tools.finish(chunk.finish_reason)
+            finish = chunk.finish_reason
+            # A sample ends on the chunk that carries its finish reason (with n > 1, `finished`
+            # marks only the end of the last sample).
+            if (chunk.finish_reason is not None or chunk.finished) and chunk.index not in ended:
+                ended.add(chunk.index)
+                rest, deltas, finish = stream.finish(chunk.finish_reason)
                 content += rest
                 calls = deltas or None
             choice = ChatChunkChoice(
+                index=chunk.index,
                 delta=ChatDelta(content=content, tool_calls=calls),
                 finish_reason=finish,
-                logprobs=svc.chat_logprobs(chunk.token_ids, chunk.logprobs),
+                logprobs=svc.chat_logprobs(
+                    chunk.token_ids, chunk.logprobs, chunk.top_logprobs, body.return_tokens_as_token_ids
+                ),
             )
             yield chunk_of(choice, make_usage(prompt_tokens, completion, cached) if continuous else None)
         if include_usage:
@@ -165,7 +191,7 @@ def vllm_token_events(svc: EngineService, req: GenerateRequest, generation: Gene
             choice = VLLMGenerateChoice(
                 token_ids=list(chunk.token_ids),
                 finish_reason=chunk.finish_reason if chunk.finished else None,
-                logprobs=svc.token_id_logprobs(chunk.token_ids, chunk.logprobs),
+                logprobs=svc.token_id_logprobs(chunk.token_ids, chunk.logprobs, chunk.top_logprobs),
             )
             out = VLLMGenerateResponse(
                 request_id=req.request_id,

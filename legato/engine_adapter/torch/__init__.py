@@ -13,9 +13,10 @@ from legato.engine_adapter.torch.checkpoint import (
     save_checkpoint,
 )
 from legato.engine_adapter.torch.config import ConfigError, EngineConfig, ModelConfig
-from legato.engine_adapter.torch.core import EngineCore, EngineStats, RequestOutput
+from legato.engine_adapter.torch.core import EngineCore
 from legato.engine_adapter.torch.engine import TorchEngine, build_core, load_engine
 from legato.engine_adapter.torch.model import LlamaForCausalLM
+from legato.engine_adapter.torch.outputs import EngineStats, RequestOutput
 from legato.engine_adapter.torch.tokenizer import ByteTokenizer, HFTokenizer
 
 __all__ = [

@@ -12,6 +12,11 @@ next use first (from `set_next_use` hints; an unhinted block counts as "not expe
 Legato's hints decide what stays), then least recently used, then deepest first. A min-heap with
 lazy invalidation keeps allocation O(log n).
 
+Blocks are reference-counted, so sequences can share them: a prefix-cache hit, a pin, or a fork
+(the `n` samples of one request share its prompt's blocks). A block is written only by a sequence
+that holds it alone; `copy_on_write` gives a sequence its own copy of a shared, partly filled
+block before it appends to it (full blocks are never written again, so they stay shared).
+
 Pins take a reference, so a pinned block is simply "in use" until `unpin` or its TTL expires.
 An `on_evict` hook sees each cached block right before it is reused, so the engine can offload it.
 """
@@ -121,6 +126,29 @@ class BlockManager:
             block.ref_count += 1
             block.last_access = now
 
+    def fork(self, block_ids: Sequence[int]) -> None:
+        """Another sequence shares these (held) blocks: one more reference on each."""
+        for b in block_ids:
+            block = self.blocks[b]
+            if block.ref_count <= 0:
+                raise RuntimeError(f"block {b} is not held; only held blocks can be shared")
+            block.ref_count += 1
+
+    def is_shared(self, block_id: int) -> bool:
+        return self.blocks[block_id].ref_count > 1
+
+    def copy_on_write(self, block_id: int) -> int | None:
+        """A private block in place of the shared `block_id` for a sequence about to write into
+        it: a fresh block (the caller copies the KV over) while this sequence's reference on the
+        shared one is dropped. None when no block can be had; `block_id` if it is not shared."""
+        if not self.is_shared(block_id):
+            return block_id
+        new = self.allocate(1)
+        if new is None:
+            return None
+        self.release([block_id])
+        return new[0]
+
     def allocate(self, n: int) -> list[int] | None:
         """`n` fresh blocks (ref_count 1), evicting cached ones as needed; None if impossible."""
         if n > self.num_free:
@@ -201,14 +229,29 @@ class BlockManager:
                 block.next_use = math.inf
                 self._push(block)
                 continue
-            if self.on_evict is not None:
-                self.on_evict(block)
-            self._drop_from_cache(block)
-            self._num_evictable -= 1
-            self.stats.evictions += 1
-            self._reset(block)
-            return block_id
-        raise RuntimeError("block pool accounting error: no evictable block although num_free > 0")
+            return self._evict(block)
+        # Every unreferenced cached block still has a cached child. That happens when two
+        # sequences computed the same prefix at once: the child registered by one chains from the
+        # other's block, so the parent can be unreferenced while its child is held. Evict the best
+        # such parent anyway; its children become unreachable roots until they are evicted too.
+        blocked = [b for b in self.blocks if b.ref_count == 0 and b.block_hash is not None]
+        if not blocked:
+            raise RuntimeError("block pool accounting error: no evictable block although num_free > 0")
+        victim = min(blocked, key=self._key)
+        for child in self.blocks:
+            if child.parent_hash is not None and child.parent_hash == victim.block_hash:
+                child.parent_hash = None
+        victim.num_cached_children = 0
+        return self._evict(victim)
+
+    def _evict(self, block: Block) -> int:
+        if self.on_evict is not None:
+            self.on_evict(block)
+        self._drop_from_cache(block)
+        self._num_evictable -= 1
+        self.stats.evictions += 1
+        self._reset(block)
+        return block.block_id
 
     def _drop_from_cache(self, block: Block) -> None:
         assert block.block_hash is not None

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from legato.engine_adapter.base import EngineError
+from legato.spec.adaptive import check_draft_len
+from legato.spec.drafter import DRAFTER_NAMES
 
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2")
 
@@ -194,6 +196,9 @@ class EngineConfig:
     redis_ttl_s: int = 3600
     redis_op_timeout_s: float = 0.1  # a dead or stalled Redis costs at most this per call
     tier_fetch_timeout_s: float = 5.0  # longest wait for a tier load before prefill (then recompute)
+    # speculative decoding of greedy requests (speculator.py): a drafter name, None = off
+    speculative_drafter: str | None = None
+    num_speculative_tokens: int = 4  # largest draft per verify step (adapted per request below it)
 
     def __post_init__(self) -> None:
         ints = ("block_size", "max_num_batched_tokens", "max_num_seqs")
@@ -218,6 +223,7 @@ class EngineConfig:
                 raise ConfigError(
                     f"engine config field {name!r} must be an integer >= {least}, got {value!r}"
                 )
+        _check_speculation(self.speculative_drafter, self.num_speculative_tokens)
         for name in ("request_timeout_s", "command_timeout_s", "redis_op_timeout_s", "tier_fetch_timeout_s"):
             value = getattr(self, name)
             if not value > 0 or math.isnan(value):
@@ -243,3 +249,15 @@ class EngineConfig:
             if key not in names:
                 raise ConfigError(f"unknown engine config field {key!r}; known fields: {sorted(names)}")
         return dataclasses.replace(self, **overrides)
+
+
+def _check_speculation(drafter: str | None, max_draft: int) -> None:
+    if drafter is not None and drafter not in DRAFTER_NAMES:
+        raise ConfigError(
+            f"engine config field 'speculative_drafter' must be one of {', '.join(DRAFTER_NAMES)} or None, "
+            f"got {drafter!r}"
+        )
+    try:
+        check_draft_len(max_draft, "engine config field 'num_speculative_tokens'")
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None

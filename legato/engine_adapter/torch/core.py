@@ -1,9 +1,13 @@
 """`EngineCore`: the synchronous engine (scheduler + model runner + sampler + detokenizer).
 
 One `step()` schedules a batch, runs one forward pass, samples, and returns what each request
-produced. It is single-threaded and clock-free apart from pin TTLs and next-use hints, so the
-benchmark and the simulator's calibration drive it directly; `TorchEngine` (engine.py) runs it in
-a worker thread for asyncio callers.
+produced. A request with `n > 1` is prefilled once: when its prompt is done, its sequence forks
+into `n` samples sharing the prompt's KV blocks (`_fork`), each drawing its first token from the
+same logits and then decoding on its own in the batch.
+
+It is single-threaded and clock-free apart from pin TTLs and next-use hints, so the benchmark and
+the simulator's calibration drive it directly; `TorchEngine` (engine.py) runs it in a worker
+thread for asyncio callers.
 """
 
 from __future__ import annotations
@@ -13,7 +17,6 @@ import itertools
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import torch
 
@@ -21,65 +24,27 @@ from legato.cache.block_hash import ExtraKeys, cache_extra_keys, prefix_block_ha
 from legato.cache.kv_codec import KVFormat
 from legato.cache.prefill_model import PrefillCostModel
 from legato.cache.tier_manager import TierManager
-from legato.engine_adapter.base import EngineCapacity, EngineError, GenerateRequest, KVBlock, TokenChunk
+from legato.engine_adapter.base import (
+    EngineCapacity,
+    EngineError,
+    GenerateRequest,
+    KVBlock,
+    TopLogprobs,
+)
 from legato.engine_adapter.torch.block_manager import Block, BlockManager
 from legato.engine_adapter.torch.checkpoint import model_fingerprint, torch_dtype
 from legato.engine_adapter.torch.config import EngineConfig
 from legato.engine_adapter.torch.guided import GrammarCompiler, grammar_masks, vet_tokens
 from legato.engine_adapter.torch.model import LlamaForCausalLM
 from legato.engine_adapter.torch.model_runner import KV_LAYOUT, ModelRunner
-from legato.engine_adapter.torch.sampler import sample
+from legato.engine_adapter.torch.outputs import EngineStats, RequestOutput
+from legato.engine_adapter.torch.parallel_sampling import fork_samples
+from legato.engine_adapter.torch.sampler import needs_processing, sample
 from legato.engine_adapter.torch.scheduler import Scheduler
 from legato.engine_adapter.torch.sequence import SeqStatus
 from legato.engine_adapter.torch.sequence import Sequence as Seq
+from legato.engine_adapter.torch.speculator import Speculator
 from legato.engine_adapter.torch.tokenizer import ByteTokenizer, HFTokenizer
-
-
-@dataclass(frozen=True, slots=True)
-class RequestOutput:
-    """What one request produced in one step (a delta), or its final state."""
-
-    request_id: str
-    token_ids: tuple[int, ...]
-    text: str
-    logprobs: tuple[float, ...] | None
-    finished: bool
-    finish_reason: str | None
-    prompt_tokens: int
-    cached_tokens: int
-
-    def to_chunk(self) -> TokenChunk:
-        return TokenChunk(
-            token_ids=self.token_ids,
-            text=self.text,
-            logprobs=self.logprobs,
-            finished=self.finished,
-            finish_reason=self.finish_reason,
-            prompt_tokens=self.prompt_tokens,
-            cached_tokens=self.cached_tokens,
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class EngineStats:
-    """Counters for metrics and tests. Blocks: `free` = allocatable now (free + evictable)."""
-
-    total_blocks: int
-    free_blocks: int
-    used_blocks: int
-    cached_blocks: int
-    pins: int
-    running: int
-    waiting: int
-    steps: int
-    preemptions: int
-    evictions: int
-    prefix_hit_requests: int
-    prefix_hit_tokens: int
-    prompt_tokens: int
-    generated_tokens: int
-    tier_loaded_tokens: int = 0  # prompt tokens imported from the host tier / Redis before prefill
-    offloaded_blocks: int = 0  # evicted blocks handed to the host tier
 
 
 class EngineCore:
@@ -110,7 +75,9 @@ class EngineCore:
             self.blocks, config.max_num_batched_tokens, config.max_num_seqs, config.enable_prefix_caching
         )
         self.runner = ModelRunner(model, self.num_blocks, config.block_size, torch_dtype(self.dtype_name))
-        self._seqs: dict[str, Seq] = {}
+        self._seqs: dict[str, list[Seq]] = {}  # request id -> its live samples (sample 0 first)
+        self._unfinished: dict[str, int] = {}  # request id -> samples not finished yet
+        self.forked_samples = 0
         self._arrivals = itertools.count()
         self._default_gen = torch.Generator().manual_seed(config.seed)
         self._stop_ids = frozenset(tokenizer.stop_token_ids)
@@ -125,6 +92,9 @@ class EngineCore:
         self._held: dict[str, list[int]] = {}  # imported blocks held until their request is admitted
         self._tier_written: set[str] = set()  # requests whose prompt chunks went to Redis
         self._grammars: GrammarCompiler | None = None  # built on the first constrained request
+        self.speculator: Speculator | None = None  # opt-in speculative decoding (speculator.py)
+        if config.speculative_drafter is not None:
+            self.speculator = Speculator(config.speculative_drafter, config.num_speculative_tokens)
 
     # --- tiers ----------------------------------------------------------------------------
 
@@ -186,8 +156,8 @@ class EngineCore:
         """Drop the hold on imported blocks of requests the scheduler has admitted (it took its
         own references) or that are gone."""
         for rid in list(self._held):
-            seq = self._seqs.get(rid)
-            if seq is None or seq.status is not SeqStatus.WAITING:
+            seqs = self._seqs.get(rid)
+            if not seqs or seqs[0].status is not SeqStatus.WAITING:
                 self.blocks.release(self._held.pop(rid))
 
     def _forget(self, request_id: str) -> None:
@@ -215,6 +185,12 @@ class EngineCore:
                     f"request {request.request_id!r}: prompt_token_ids[{i}] = {t} is outside the vocabulary "
                     f"[0, {vocab})"
                 )
+        bad = [t for t, _ in request.sampling.logit_bias if not 0 <= t < vocab]
+        if bad:
+            raise EngineError(
+                f"request {request.request_id!r}: logit_bias token ids {bad[:5]} are outside the "
+                f"vocabulary [0, {vocab})"
+            )
         total = n + request.sampling.max_tokens
         if total > self.max_model_len:
             raise EngineError(
@@ -258,7 +234,8 @@ class EngineCore:
             generator=gen,
             grammar=grammar,
         )
-        self._seqs[request.request_id] = seq
+        self._seqs[request.request_id] = [seq]
+        self._unfinished[request.request_id] = sp.n
         if preload and self.config.enable_prefix_caching:
             self._preload(seq, preload)
         self.scheduler.add(seq)
@@ -282,20 +259,28 @@ class EngineCore:
 
     def abort_request(self, request_id: str) -> RequestOutput | None:
         """Stop a request and free its blocks; returns its final output (None if unknown)."""
-        seq = self._seqs.pop(request_id, None)
-        if seq is None:
+        seqs = self._seqs.pop(request_id, None)
+        self._unfinished.pop(request_id, None)
+        if not seqs:
             return None
         self._forget(request_id)
-        self.scheduler.remove(seq)
+        for seq in seqs:
+            self.scheduler.remove(seq)
+        seq = seqs[0]
         seq.finish_reason = "abort"
-        return self._output(seq, (), "", None, finished=True)
+        return self._output(seq, (), "", None, None, finished=True)
 
     def has_unfinished(self) -> bool:
         return self.scheduler.has_unfinished()
 
     def step(self) -> list[RequestOutput]:
         """Run one engine step; returns one output per request that produced something."""
+        spec = self.speculator
+        if spec is not None:
+            spec.propose(self.scheduler.running, self.config.max_num_batched_tokens, self.max_model_len)
         plan = self.scheduler.schedule()
+        if spec is not None:
+            spec.after_schedule(plan)
         if self._held:
             self._release_held()
         self.last_step_tokens = plan.num_tokens
@@ -303,11 +288,17 @@ class EngineCore:
             return []
         self.steps += 1
         spans = [(c.seq.num_computed_tokens, c.seq.num_computed_tokens + c.num_tokens) for c in plan.chunks]
+        for src, dst in plan.copies:  # copy-on-write of blocks shared by forked samples
+            self.runner.copy_block(src, dst)
         started = time.perf_counter()
         sampled, logits = self.runner.run(plan.chunks)
         self.prefill_cost.observe(spans, time.perf_counter() - started)
-        for chunk in plan.chunks:
-            self.scheduler.commit(chunk)
+        spec_step = spec is not None and logits is not None and any(c.seq.num_draft for c in sampled)
+        if spec is not None and spec_step and logits is not None:  # commits verified tokens only
+            sampled, logits = spec.verify_and_commit(self, plan.chunks, sampled, logits)
+        else:
+            for chunk in plan.chunks:
+                self.scheduler.commit(chunk)
         if self.tiers is not None and self.tiers.redis is not None and self.config.enable_prefix_caching:
             for chunk in plan.chunks:
                 seq = chunk.seq
@@ -317,21 +308,47 @@ class EngineCore:
                 ):
                     self._tier_written.add(seq.request_id)
                     self._write_through(seq)
+        spec_outputs = spec.emit(self) if spec is not None and spec_step else []
         if logits is None:
-            return []
+            return spec_outputs
         seqs = [c.seq for c in sampled]
+        rows = list(range(len(seqs)))
+        for row in range(len(sampled)):
+            seq = seqs[row]
+            if seq.sampling.n > 1 and seq.index == 0 and not seq.forked:
+                children = self._fork(seq)
+                seqs.extend(children)
+                rows.extend([row] * len(children))
+        if len(rows) > len(sampled):  # the forked samples draw from their parent's logits
+            logits = logits[torch.tensor(rows, device=logits.device)]
+        # After the fork: each forked sample masks with its own grammar clone.
         allowed = grammar_masks(seqs, logits.shape[-1])
-        tokens, logprobs = sample(
-            logits, [s.sampling for s in seqs], [s.generator for s in seqs], self._default_gen, allowed
+        drawn = sample(
+            logits,
+            [s.sampling for s in seqs],
+            [s.generator for s in seqs],
+            self._default_gen,
+            [s.output_ids if needs_processing(s.sampling) else () for s in seqs],
+            allowed,
         )
-        if allowed is not None:
-            vet_tokens(seqs, tokens, logprobs, logits)
-        outputs: list[RequestOutput] = []
+        if allowed is not None:  # last: nothing may change a sampled token after its vetting
+            vet_tokens(seqs, drawn.tokens, drawn.logprobs, logits)
+        outputs: list[RequestOutput] = spec_outputs
         for i, seq in enumerate(seqs):
-            lp = None if logprobs is None or not seq.sampling.logprobs else logprobs[i]
-            outputs.append(self._append_token(seq, tokens[i], lp))
+            want = seq.sampling.logprobs
+            lp = drawn.logprobs[i] if want and drawn.logprobs is not None else None
+            top = drawn.top_logprobs[i] if want and drawn.top_logprobs is not None else None
+            outputs.append(self._append_token(seq, drawn.tokens[i], lp, top))
         self.generated_tokens += len(seqs)
         return outputs
+
+    def _fork(self, seq: Seq) -> list[Seq]:
+        """Samples 1..n-1 of `seq`'s request (see `fork_samples`), running from now on."""
+        children = fork_samples(seq, self.blocks, self._arrivals)
+        self.scheduler.running.extend(children)
+        self._seqs[seq.request_id].extend(children)
+        self.forked_samples += len(children)
+        return children
 
     def run_to_completion(self, requests: Sequence[GenerateRequest]) -> dict[str, list[RequestOutput]]:
         """Convenience for benchmarks and tests: add requests, step until all finish."""
@@ -345,10 +362,14 @@ class EngineCore:
 
     # --- per-token postprocessing ---------------------------------------------------------
 
-    def _append_token(self, seq: Seq, token: int, logprob: float | None) -> RequestOutput:
+    def _append_token(
+        self, seq: Seq, token: int, logprob: float | None, top: TopLogprobs | None
+    ) -> RequestOutput:
         seq.token_ids.append(token)
         if logprob is not None:
             seq.logprobs.append(logprob)
+        if top is not None:
+            seq.top_logprobs.append(top)
         reason: str | None = None
         if token in seq.stop_token_ids:
             reason = "stop"
@@ -368,13 +389,19 @@ class EngineCore:
         upto = max(upto, seq.emitted_text_len)
         delta = seq.text[seq.emitted_text_len : upto]
         seq.emitted_text_len = upto
-        finished = reason is not None
-        if finished:
+        finished = False
+        if reason is not None:
             seq.finish_reason = reason
-            self._seqs.pop(seq.request_id, None)
-            self._forget(seq.request_id)
             self.scheduler.remove(seq)
-        return self._output(seq, (token,), delta, logprob, finished)
+            rid = seq.request_id
+            left = self._unfinished.get(rid, 1) - 1
+            self._unfinished[rid] = left
+            finished = left <= 0
+            if finished:
+                self._seqs.pop(rid, None)
+                self._unfinished.pop(rid, None)
+                self._forget(rid)
+        return self._output(seq, (token,), delta, logprob, top, finished)
 
     def _detokenize(self, seq: Seq, flush: bool) -> None:
         """Incremental decoding: decode a small window of recent tokens and append only what is
@@ -397,18 +424,27 @@ class EngineCore:
             seq.read_offset = len(ids) - base
 
     def _output(
-        self, seq: Seq, tokens: tuple[int, ...], text: str, logprob: float | None, finished: bool
+        self,
+        seq: Seq,
+        tokens: tuple[int, ...],
+        text: str,
+        logprob: float | None,
+        top: TopLogprobs | None,
+        finished: bool,
     ) -> RequestOutput:
         want_lp = seq.sampling.logprobs
+        want_top = want_lp and seq.sampling.top_logprobs > 0
         return RequestOutput(
             request_id=seq.request_id,
             token_ids=tokens,
             text=text,
             logprobs=((logprob,) if logprob is not None else ()) if want_lp else None,
             finished=finished,
-            finish_reason=seq.finish_reason if finished else None,
+            finish_reason=seq.finish_reason,
             prompt_tokens=seq.num_prompt_tokens,
             cached_tokens=seq.cached_tokens or 0,
+            index=seq.index,
+            top_logprobs=((top,) if top is not None else ()) if want_top else None,
         )
 
     # --- cache hooks ----------------------------------------------------------------------
@@ -536,14 +572,19 @@ class EngineCore:
             generated_tokens=self.generated_tokens,
             tier_loaded_tokens=self.tier_loaded_tokens,
             offloaded_blocks=self.offloaded_blocks,
+            prefill_tokens=s.prefill_tokens,
+            forked_samples=self.forked_samples,
+            spec_drafts=self.speculator.verify_steps if self.speculator else 0,
+            spec_draft_tokens=self.speculator.drafted if self.speculator else 0,
+            spec_accepted_tokens=self.speculator.accepted if self.speculator else 0,
         )
 
     def active_request_ids(self) -> list[str]:
         return list(self._seqs)
 
     def status_of(self, request_id: str) -> SeqStatus | None:
-        seq = self._seqs.get(request_id)
-        return None if seq is None else seq.status
+        seqs = self._seqs.get(request_id)
+        return None if not seqs else seqs[0].status
 
 
 def _held_back(text: str, stops: Sequence[str]) -> int:

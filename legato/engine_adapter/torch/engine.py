@@ -39,7 +39,8 @@ from legato.engine_adapter.base import (
 )
 from legato.engine_adapter.torch.checkpoint import build_default_model, load_checkpoint
 from legato.engine_adapter.torch.config import EngineConfig, ModelConfig
-from legato.engine_adapter.torch.core import EngineCore, EngineStats, RequestOutput
+from legato.engine_adapter.torch.core import EngineCore
+from legato.engine_adapter.torch.outputs import EngineStats, RequestOutput
 from legato.engine_adapter.torch.tokenizer import ByteTokenizer, HFTokenizer
 
 log = logging.getLogger(__name__)
@@ -93,6 +94,8 @@ class TorchEngine:
         return frozenset(
             {
                 Capability.LOGPROBS,
+                Capability.TOP_LOGPROBS,
+                Capability.PARALLEL_SAMPLING,
                 Capability.PRIORITY,
                 Capability.PREFIX_QUERY,
                 Capability.PIN,

@@ -125,8 +125,8 @@ class ModelRunner:
         offset = 0
         for c in [*decodes, *prefills]:
             offset += c.num_tokens
-            if c.samples:
-                rows.append(offset - 1)
+            if c.samples:  # a chunk ending in a draft (speculator.py) samples at every draft position
+                rows.extend(range(offset - 1 - c.seq.num_draft, offset))
                 sampled.append(c)
         if not rows:
             return sampled, None
@@ -139,6 +139,10 @@ class ModelRunner:
 
     def _block(self, block_id: int) -> Tensor:
         return self.kv_cache[:, block_id * self.block_size : (block_id + 1) * self.block_size]
+
+    def copy_block(self, src: int, dst: int) -> None:
+        """Copy one block's KV (copy-on-write of a block shared by forked samples)."""
+        self._block(dst).copy_(self._block(src))
 
     def read_block(self, block_id: int) -> bytes:
         data = self._block(block_id).contiguous().cpu()

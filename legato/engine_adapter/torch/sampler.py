@@ -1,20 +1,56 @@
 """Next-token sampling for a batch of sequences.
 
-Greedy rows are decided by one batched argmax. Sampled rows use the request's own
-`torch.Generator` (seeded from `SamplingParams.seed`), so a seeded request draws the same tokens
-whatever else shares its batch. Reported logprobs are log-softmax values of the *unmodified*
-model distribution at the sampled token (as vLLM reports by default), not of the distribution
-after temperature / top-k / top-p.
+The order per row is vLLM's: `logit_bias`, then the presence / frequency penalties (over the
+tokens the sequence generated so far, as OpenAI defines them), then the grammar mask of
+structured output, then greedy argmax or temperature, top-k and top-p before drawing. Sampled
+rows use the request's own `torch.Generator` (seeded from `SamplingParams.seed`), so a seeded
+request draws the same tokens whatever else shares its batch.
+
+Reported logprobs, and the `top_logprobs` alternatives, are log-softmax values of the *raw* model
+logits (vLLM's default `raw_logprobs` mode): not of the distribution after bias, penalties,
+temperature, top-k or top-p. So they are the model's own probabilities, comparable across
+requests and checkable against a plain forward pass, whatever the sampling settings.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence as Seq
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from legato.engine_adapter.base import SamplingParams
+from legato.engine_adapter.base import SamplingParams, TopLogprobs
+
+
+@dataclass(frozen=True, slots=True)
+class SampleOutput:
+    """One step's draw: a token per row, and the logprobs the rows asked for (else None)."""
+
+    tokens: list[int]
+    logprobs: list[float] | None
+    top_logprobs: list[TopLogprobs] | None
+
+
+def apply_penalties(logits: Tensor, params: SamplingParams, output_ids: Seq[int]) -> Tensor:
+    """One row of logits with `logit_bias` and OpenAI's penalties applied (a new tensor):
+    `logit[t] += bias[t] - frequency_penalty * count(t) - presence_penalty * (count(t) > 0)`,
+    `count(t)` being how often t appears among the generated tokens `output_ids`."""
+    out = logits.clone()
+    if params.logit_bias:
+        ids = torch.tensor([t for t, _ in params.logit_bias], dtype=torch.long, device=out.device)
+        bias = torch.tensor([b for _, b in params.logit_bias], dtype=out.dtype, device=out.device)
+        out.index_add_(0, ids, bias)
+    if (params.presence_penalty or params.frequency_penalty) and output_ids:
+        ids = torch.tensor(list(output_ids), dtype=torch.long, device=out.device)
+        counts = torch.bincount(ids, minlength=out.shape[-1])[: out.shape[-1]].to(out.dtype)
+        out -= params.frequency_penalty * counts + params.presence_penalty * (counts > 0).to(out.dtype)
+    return out
+
+
+def needs_processing(params: SamplingParams) -> bool:
+    """Whether `apply_penalties` changes anything for these params (else the raw logits serve)."""
+    return bool(params.logit_bias) or params.presence_penalty != 0.0 or params.frequency_penalty != 0.0
 
 
 def filter_logits(logits: Tensor, params: SamplingParams) -> Tensor:
@@ -35,30 +71,52 @@ def filter_logits(logits: Tensor, params: SamplingParams) -> Tensor:
     return out
 
 
+def top_logprobs(logprobs: Tensor, ks: Seq[int]) -> list[TopLogprobs]:
+    """The `ks[row]` most likely (token, logprob) pairs of each row of `logprobs` `[B, vocab]`."""
+    k_max = max(ks, default=0)
+    if k_max == 0:
+        return [() for _ in ks]
+    values, ids = torch.topk(logprobs, min(k_max, logprobs.shape[-1]), dim=-1)
+    vals, idx = values.tolist(), ids.tolist()
+    return [
+        tuple((int(t), float(v)) for t, v in zip(idx[row][:k], vals[row][:k], strict=True))
+        for row, k in enumerate(ks)
+    ]
+
+
 def sample(
     logits: Tensor,
     params: Seq[SamplingParams],
     generators: Seq[torch.Generator | None],
     default_generator: torch.Generator,
+    output_ids: Seq[Seq[int]] | None = None,
     allowed: Tensor | None = None,
-) -> tuple[list[int], list[float] | None]:
-    """Sample one token per row of `logits` `[B, vocab]` (float32), among the tokens `allowed`
-    marks (`[B, vocab]` bool from the rows' grammars; None: any token).
-
-    Returns the token ids and, when any row asked for them, the logprob of each sampled token.
-    """
-    choose = logits if allowed is None else logits.masked_fill(~allowed.to(logits.device), float("-inf"))
-    greedy = choose.argmax(dim=-1).tolist()
+) -> SampleOutput:
+    """Sample one token per row of `logits` `[B, vocab]` (float32). `output_ids[row]`: the tokens
+    that row's sequence generated so far (for the penalties; only read when one is set).
+    `allowed` (`[B, vocab]` bool from the rows' grammars; None: any token) masks the processed
+    logits last, so no bias or penalty can bring back a token the grammar forbids."""
+    processed = logits
+    for row, p in enumerate(params):
+        if needs_processing(p):
+            if processed is logits:
+                processed = logits.clone()
+            processed[row] = apply_penalties(logits[row], p, output_ids[row] if output_ids else ())
+    if allowed is not None:
+        processed = processed.masked_fill(~allowed.to(processed.device), float("-inf"))
+    greedy = processed.argmax(dim=-1).tolist()
     tokens: list[int] = [int(t) for t in greedy]
     for row, p in enumerate(params):
         if p.temperature == 0.0 or p.top_k == 1:
             continue
-        probs = torch.softmax(filter_logits(choose[row], p), dim=-1)
+        probs = torch.softmax(filter_logits(processed[row], p), dim=-1)
         gen = generators[row] or default_generator
         tokens[row] = int(torch.multinomial(probs.cpu(), 1, generator=gen).item())
     if not any(p.logprobs for p in params):
-        return tokens, None
+        return SampleOutput(tokens, None, None)
     logprobs = torch.log_softmax(logits, dim=-1)
     index = torch.tensor(tokens, device=logits.device).unsqueeze(1)
-    picked = logprobs.gather(1, index).squeeze(1).tolist()
-    return tokens, [float(x) for x in picked]
+    picked = [float(x) for x in logprobs.gather(1, index).squeeze(1).tolist()]
+    ks = [p.top_logprobs if p.logprobs else 0 for p in params]
+    top = top_logprobs(logprobs, ks) if any(ks) else None
+    return SampleOutput(tokens, picked, top)

@@ -7,6 +7,10 @@ priority order), each starting after its longest cached prefix. When a running s
 block and none can be had, the lowest-priority / newest running sequence is preempted: its blocks
 are released (they stay in the prefix cache, so recomputation is mostly a cache hit) and it goes
 back to the waiting queue.
+
+The samples of an `n > 1` request share their prompt's blocks (forked by the engine core after
+the prompt's prefill). Before a sequence appends to a shared, partly filled block it gets its own
+copy: the copy is listed in `SchedulerOutput.copies` and made before the step's forward pass.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ class ScheduledChunk:
 class SchedulerOutput:
     chunks: list[ScheduledChunk] = field(default_factory=list)
     preempted: list[Sequence] = field(default_factory=list)
+    copies: list[tuple[int, int]] = field(default_factory=list)  # (src, dst) block KV, in order
 
     @property
     def num_tokens(self) -> int:
@@ -51,6 +56,7 @@ class Scheduler:
     prefix_hit_tokens: int = 0
     prefix_hit_requests: int = 0
     prompt_tokens_admitted: int = 0
+    prefill_tokens: int = 0  # prompt tokens run through the model (not served by the prefix cache)
 
     @property
     def block_size(self) -> int:
@@ -82,6 +88,15 @@ class Scheduler:
         total = -(-(seq.num_computed_tokens + num_tokens) // self.block_size)
         return max(0, total - len(seq.block_table))
 
+    def _shared_block(self, seq: Sequence) -> int | None:
+        """Index in `seq.block_table` of the shared, partly filled block its next token would be
+        written to (so it needs a private copy first); None when its next write is private."""
+        p = seq.num_computed_tokens
+        i = p // self.block_size
+        if p % self.block_size == 0 or i >= len(seq.block_table):
+            return None
+        return i if self.blocks.is_shared(seq.block_table[i]) else None
+
     def _preempt(self, seq: Sequence, out: SchedulerOutput) -> None:
         self.running.remove(seq)
         self._free_blocks(seq)
@@ -103,7 +118,9 @@ class Scheduler:
             seq = self.running[i]
             n = min(seq.num_tokens - seq.num_computed_tokens, budget)
             need = self._blocks_needed(seq, n)
-            new_blocks = self.blocks.allocate(need) if need else []
+            cow = self._shared_block(seq)
+            extra = need + (cow is not None)
+            new_blocks = self.blocks.allocate(extra) if extra else []
             while new_blocks is None:
                 victim = self.running[-1]
                 if id(victim) in scheduled:  # never take blocks back from this step's batch
@@ -111,11 +128,17 @@ class Scheduler:
                 self._preempt(victim, out)
                 if victim is seq:
                     break
-                new_blocks = self.blocks.allocate(need)
+                cow = self._shared_block(seq)  # the victim may have been the other sharer
+                new_blocks = self.blocks.allocate(need + (cow is not None))
             if new_blocks is None:
                 if seq.status is SeqStatus.RUNNING:  # blocked on pinned blocks: wait a step
                     i += 1
                 continue
+            if cow is not None:
+                src, dst = seq.block_table[cow], new_blocks.pop()
+                seq.block_table[cow] = dst
+                self.blocks.release([src])  # still held by the sequences it is shared with
+                out.copies.append((src, dst))
             seq.block_table.extend(new_blocks)
             out.chunks.append(ScheduledChunk(seq, n))
             scheduled.add(id(seq))
@@ -129,6 +152,10 @@ class Scheduler:
         self.waiting.sort(key=lambda s: s.sort_key)
         while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
             seq = self.waiting[0]
+            # a request that forks into n samples once prefilled needs room for all of them
+            slots = seq.sampling.n if seq.index == 0 and not seq.forked else 1
+            if self.running and len(self.running) + slots > self.max_num_seqs:
+                break
             cached_ids: list[int] = []
             if self.enable_prefix_caching:
                 hashes = seq.full_block_hashes(seq.num_tokens, self.block_size)
@@ -163,6 +190,7 @@ class Scheduler:
     def commit(self, chunk: ScheduledChunk) -> None:
         """After the forward pass: advance progress and publish newly full blocks to the cache."""
         seq = chunk.seq
+        self.prefill_tokens += max(0, min(seq.num_prompt_tokens - seq.num_computed_tokens, chunk.num_tokens))
         seq.num_computed_tokens += chunk.num_tokens
         if not self.enable_prefix_caching:
             return

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import torch
 
 from legato.cache.block_hash import ExtraKeys, block_hash
-from legato.engine_adapter.base import SamplingParams
+from legato.engine_adapter.base import SamplingParams, TopLogprobs
 from legato.engine_adapter.torch.guided import SequenceGrammar
 
 
@@ -21,9 +21,11 @@ class SeqStatus(enum.Enum):
 
 @dataclass(eq=False, slots=True)
 class Sequence:
-    """A request being served. `token_ids` is prompt + generated tokens; KV exists for the first
-    `num_computed_tokens` of them. After a preemption everything is recomputed (mostly from the
-    prefix cache), so `num_computed_tokens` goes back to 0 but the generated tokens are kept."""
+    """One sample of a request being served. `token_ids` is prompt + generated tokens; KV exists
+    for the first `num_computed_tokens` of them. After a preemption everything is recomputed
+    (mostly from the prefix cache), so `num_computed_tokens` goes back to 0 but the generated
+    tokens are kept. A request with `n > 1` starts as one sequence (sample 0) and forks into `n`
+    when its prompt is prefilled (`index` tells them apart; they share the prompt's blocks)."""
 
     request_id: str
     token_ids: list[int]
@@ -35,6 +37,8 @@ class Sequence:
     stop_token_ids: frozenset[int]
     generator: torch.Generator | None = None
     grammar: SequenceGrammar | None = None  # structured output: the per-sequence matcher
+    index: int = 0  # sample index within its request (0 .. n-1)
+    forked: bool = False  # sample 0 of an n > 1 request, once its siblings exist
     status: SeqStatus = SeqStatus.WAITING
     num_computed_tokens: int = 0
     block_table: list[int] = field(default_factory=list)
@@ -42,7 +46,9 @@ class Sequence:
     num_registered_blocks: int = 0  # leading blocks of block_table already in the prefix cache
     cached_tokens: int | None = None  # prefix-cache hit at first admission
     num_preemptions: int = 0
+    num_draft: int = 0  # unverified draft tokens at the end of token_ids (speculator.py; 0 between steps)
     logprobs: list[float] = field(default_factory=list)
+    top_logprobs: list[TopLogprobs] = field(default_factory=list)
     finish_reason: str | None = None
     # incremental detokenization (see engine.py)
     text: str = ""
@@ -58,6 +64,10 @@ class Sequence:
     @property
     def num_output_tokens(self) -> int:
         return len(self.token_ids) - self.num_prompt_tokens
+
+    @property
+    def output_ids(self) -> list[int]:
+        return self.token_ids[self.num_prompt_tokens :]
 
     @property
     def sort_key(self) -> tuple[int, int]:

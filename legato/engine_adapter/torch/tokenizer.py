@@ -8,7 +8,9 @@ chat template from `tokenizer_config.json` rendered by a sandboxed Jinja environ
 
 from __future__ import annotations
 
+import functools
 import json
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -55,6 +57,14 @@ class ByteTokenizer:
     def encode(self, text: str) -> list[int]:
         return list(text.encode("utf-8"))
 
+    def token_bytes(self, token_id: int) -> bytes:
+        """The token's bytes: its byte for ids 0..255 (a lone UTF-8 continuation byte too), the
+        special token's name for the others (logprobs show it; decoding drops it)."""
+        if 0 <= token_id < 256:
+            return bytes((token_id,))
+        index = token_id - 256
+        return BYTE_SPECIAL_TOKENS[index].encode() if index < len(BYTE_SPECIAL_TOKENS) else b""
+
     def decode(self, token_ids: Sequence[int]) -> str:
         try:  # the common case, all byte tokens, converts in C
             raw = bytes(token_ids)
@@ -91,6 +101,40 @@ def _tojson(
     return json.dumps(value, indent=indent, ensure_ascii=ensure_ascii, sort_keys=sort_keys)
 
 
+@functools.cache
+def _byte_level_chars() -> dict[str, int]:
+    """Byte-level BPE's printable stand-in for each byte (GPT-2's table, used by Llama 3, Qwen
+    and most byte-level vocabularies): printable Latin-1 bytes stand for themselves, the others
+    are mapped in order onto code points from 256 up. Returns stand-in -> byte."""
+    printable = [
+        *range(ord("!"), ord("~") + 1),
+        *range(ord("¡"), ord("¬") + 1),
+        *range(ord("®"), ord("ÿ") + 1),
+    ]
+    out = {chr(b): b for b in printable}
+    extra = 0
+    for b in range(256):
+        if b not in out.values():
+            out[chr(256 + extra)] = b
+            extra += 1
+    return out
+
+
+_BYTE_PIECE = re.compile(r"<0x([0-9A-Fa-f]{2})>")  # SentencePiece byte fallback
+
+
+def _decoder_types(config: Any) -> set[str]:
+    """Every decoder type named in a tokenizer.json `decoder` entry (Sequence ones included)."""
+    if isinstance(config, dict):
+        found = {config["type"]} if isinstance(config.get("type"), str) else set()
+        for value in config.values():
+            found |= _decoder_types(value)
+        return found
+    if isinstance(config, list):
+        return set().union(*(_decoder_types(v) for v in config)) if config else set()
+    return set()
+
+
 def _token_text(value: Any) -> str | None:
     """tokenizer_config.json stores special tokens as strings or as {"content": ...} dicts."""
     if isinstance(value, str):
@@ -118,6 +162,8 @@ class HFTokenizer:
         self.bos_token = bos_token
         self.eos_token = eos_token
         self._stop_ids = tuple(dict.fromkeys((eos_token_id, *extra_stop_ids)))
+        self._added = set(tokenizer.get_added_tokens_decoder())
+        self._decoders = _decoder_types(json.loads(tokenizer.to_str()).get("decoder"))
 
     @classmethod
     def from_dir(cls, path: Path, config_eos: int | None = None) -> HFTokenizer:
@@ -172,6 +218,25 @@ class HFTokenizer:
 
     def decode(self, token_ids: Sequence[int]) -> str:
         return str(self._tok.decode(list(token_ids), skip_special_tokens=True))
+
+    def token_bytes(self, token_id: int) -> bytes:
+        """The token's own bytes, also when they are part of a UTF-8 character (decoding the token
+        alone would give U+FFFD): byte-level pieces are mapped back to bytes, SentencePiece byte
+        fallbacks `<0xNN>` are that byte, its `▁` is a space; added tokens are their text."""
+        piece = self._tok.id_to_token(token_id)
+        if piece is None:
+            return b""
+        if token_id in self._added:
+            return str(piece).encode()
+        if "ByteLevel" in self._decoders:
+            table = _byte_level_chars()
+            if all(c in table for c in piece):
+                return bytes(table[c] for c in piece)
+        if "ByteFallback" in self._decoders and (m := _BYTE_PIECE.fullmatch(piece)):
+            return bytes((int(m.group(1), 16),))
+        if {"Metaspace", "Replace"} & self._decoders:
+            return str(piece).replace("\u2581", " ").encode()
+        return self.decode([token_id]).encode()
 
     def apply_chat_template(
         self,

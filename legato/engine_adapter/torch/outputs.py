@@ -1,0 +1,64 @@
+"""What the engine core reports: per-step request outputs (streamed as `TokenChunk`s) and the
+counters behind metrics and tests."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from legato.engine_adapter.base import TokenChunk, TopLogprobs
+
+
+@dataclass(frozen=True, slots=True)
+class RequestOutput:
+    """What one request produced in one step (a delta), or its final state."""
+
+    request_id: str
+    token_ids: tuple[int, ...]
+    text: str
+    logprobs: tuple[float, ...] | None
+    finished: bool  # the request is over (all its samples)
+    finish_reason: str | None  # set when this sample ended
+    prompt_tokens: int
+    cached_tokens: int
+    index: int = 0
+    top_logprobs: tuple[TopLogprobs, ...] | None = None
+
+    def to_chunk(self) -> TokenChunk:
+        return TokenChunk(
+            token_ids=self.token_ids,
+            text=self.text,
+            logprobs=self.logprobs,
+            finished=self.finished,
+            finish_reason=self.finish_reason,
+            prompt_tokens=self.prompt_tokens,
+            cached_tokens=self.cached_tokens,
+            index=self.index,
+            top_logprobs=self.top_logprobs,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class EngineStats:
+    """Counters for metrics and tests. Blocks: `free` = allocatable now (free + evictable)."""
+
+    total_blocks: int
+    free_blocks: int
+    used_blocks: int
+    cached_blocks: int
+    pins: int
+    running: int
+    waiting: int
+    steps: int
+    preemptions: int
+    evictions: int
+    prefix_hit_requests: int
+    prefix_hit_tokens: int
+    prompt_tokens: int
+    generated_tokens: int
+    tier_loaded_tokens: int = 0  # prompt tokens imported from the host tier / Redis before prefill
+    offloaded_blocks: int = 0  # evicted blocks handed to the host tier
+    prefill_tokens: int = 0  # prompt tokens run through the model (cache hits and forks excluded)
+    forked_samples: int = 0  # samples of n > 1 requests that started from a forked prompt
+    spec_drafts: int = 0  # verify steps that checked a draft (speculator.py)
+    spec_draft_tokens: int = 0  # tokens drafted
+    spec_accepted_tokens: int = 0  # drafted tokens the target accepted

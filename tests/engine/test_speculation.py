@@ -1,0 +1,171 @@
+"""Speculative decoding in the torch engine is lossless: greedy output with speculation is
+token-identical to without, over random prompts, stop strings, max_tokens and preemption; the
+prefix cache never holds unverified tokens."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from legato.engine_adapter.base import GenerateRequest, SamplingParams
+from legato.engine_adapter.torch import EngineCore
+from legato.engine_adapter.torch.config import ConfigError, EngineConfig
+from legato.engine_adapter.torch.speculator import Speculator
+
+
+def _run(core: EngineCore, requests: list[GenerateRequest]) -> dict[str, tuple[list[int], str, str | None]]:
+    outs = core.run_to_completion(requests)
+    result = {}
+    for rid, chunks in outs.items():
+        tokens = [t for c in chunks for t in c.token_ids]
+        result[rid] = (tokens, "".join(c.text for c in chunks), chunks[-1].finish_reason)
+    return result
+
+
+def _requests(prompts: list[list[int]], max_tokens: int, stop: tuple[str, ...]) -> list[GenerateRequest]:
+    # a repeated prompt gives the drafters something to match
+    return [
+        GenerateRequest(f"r{i}", tuple(p), SamplingParams(max_tokens=max_tokens, stop=stop, ignore_eos=True))
+        for i, p in enumerate(prompts)
+    ]
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    st.lists(st.lists(st.integers(3, 255), min_size=2, max_size=12), min_size=1, max_size=4),
+    st.integers(1, 40),
+    st.sampled_from([(), ("\x07",), ("ab", "\xe4")]),
+    st.sampled_from(["suffix", "ngram"]),
+    st.integers(1, 6),
+    st.sampled_from([32, 64]),
+    st.sampled_from([5, 64]),
+)
+def test_greedy_output_is_identical_with_speculation(
+    make_core: Callable[..., EngineCore],
+    pieces: list[list[int]],
+    max_tokens: int,
+    stop: tuple[str, ...],
+    drafter: str,
+    k: int,
+    num_blocks: int,
+    budget: int,
+) -> None:
+    prompts = [p * 3 for p in pieces]  # repeats: drafts get accepted, not only rejected
+    # few blocks: preemption; a small step budget: drafts cut short by the budget
+    kw: dict[str, Any] = {"num_blocks": num_blocks, "block_size": 4, "max_num_batched_tokens": budget}
+    plain = make_core(**kw)
+    spec = make_core(**kw)
+    spec.speculator = Speculator(drafter, k)
+    want = _run(plain, _requests(prompts, max_tokens, stop))
+    got = _run(spec, _requests(prompts, max_tokens, stop))
+    assert got == want
+    assert spec.speculator.accepted <= spec.speculator.drafted
+
+
+def test_speculation_accepts_drafts_and_saves_steps(make_core: Callable[..., EngineCore]) -> None:
+    plain = make_core()
+    spec = make_core(speculative_drafter="ngram", num_speculative_tokens=4)
+    assert spec.speculator is not None and plain.speculator is None
+    req = [GenerateRequest("a", tuple(range(10, 30)) * 2, SamplingParams(max_tokens=48, ignore_eos=True))]
+    assert _run(spec, req) == _run(plain, req)
+    assert spec.speculator.accepted > 0  # the seeded model's greedy output loops: drafts match
+    assert spec.steps < plain.steps
+
+
+def test_prefix_cache_holds_only_verified_tokens(make_core: Callable[..., EngineCore]) -> None:
+    """After a speculating run, every cached block's hash chain is one of the real sequence's."""
+    spec = make_core(block_size=4)
+    spec.speculator = Speculator("ngram", 6)
+    prompt = tuple(range(40, 52)) * 2
+    out = _run(spec, [GenerateRequest("a", prompt, SamplingParams(max_tokens=40, ignore_eos=True))])
+    full = list(prompt) + out["a"][0]
+    real = set(spec._hashes(full, None))
+    assert spec.blocks.cached and set(spec.blocks.cached) <= real
+    # and the cached KV is right: continuing the full text from the cache matches a plain engine
+    plain = make_core(block_size=4)
+    cont = [GenerateRequest("b", tuple(full), SamplingParams(max_tokens=8, ignore_eos=True))]
+    assert _run(spec, cont) == _run(plain, cont)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"speculative_drafter": "eagle"}, "'speculative_drafter' must be one of suffix"),
+        ({"speculative_drafter": "ngram", "num_speculative_tokens": -1}, "must be between 0 and 64, got -1"),
+        ({"num_speculative_tokens": 1000}, "'num_speculative_tokens' must be between 0 and 64"),
+    ],
+)
+def test_bad_engine_speculation_config_is_refused(overrides: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        EngineConfig(**overrides)
+
+
+def test_bad_speculation_options_are_refused() -> None:
+    with pytest.raises(ValueError, match="max draft length must be between 0 and 64"):
+        Speculator("ngram", -1)
+    with pytest.raises(ValueError, match="max draft length"):
+        Speculator("ngram", 10**6)
+    with pytest.raises(ValueError, match="unknown drafter"):
+        Speculator("medusa", 4)
+
+
+def test_requests_that_cannot_speculate_share_the_batch_unchanged(
+    make_core: Callable[..., EngineCore],
+) -> None:
+    """Sampled, n > 1, penalised and logit-biased requests are not speculated; batched with a
+    speculating one they get exactly what they get without a speculator."""
+    prompt = tuple(range(60, 75)) * 2
+
+    def reqs() -> list[GenerateRequest]:
+        return [
+            GenerateRequest("greedy", prompt, SamplingParams(max_tokens=24, ignore_eos=True)),
+            GenerateRequest(
+                "n2", prompt, SamplingParams(max_tokens=12, n=2, temperature=0.9, seed=3, ignore_eos=True)
+            ),
+            GenerateRequest(
+                "pen", prompt, SamplingParams(max_tokens=12, presence_penalty=1.5, ignore_eos=True)
+            ),
+            GenerateRequest(
+                "bias", prompt, SamplingParams(max_tokens=12, logit_bias=((7, 5.0),), ignore_eos=True)
+            ),
+            GenerateRequest("lp", prompt, SamplingParams(max_tokens=12, logprobs=True, ignore_eos=True)),
+        ]
+
+    plain = make_core()
+    spec = make_core()
+    spec.speculator = Speculator("ngram", 4)
+    assert _run(spec, reqs()) == _run(plain, reqs())
+    assert spec.speculator.verify_steps > 0
+
+
+def test_finished_outputs_feed_later_requests(make_core: Callable[..., EngineCore]) -> None:
+    spec = make_core(speculative_drafter="suffix-agent", num_speculative_tokens=6)
+    plain = make_core()
+    req = [GenerateRequest("a", tuple(range(90, 110)), SamplingParams(max_tokens=30, ignore_eos=True))]
+    assert _run(spec, req) == _run(plain, req)
+    assert spec.speculator is not None and spec.speculator.accepted == 0  # no history yet
+    again = [GenerateRequest("b", tuple(range(90, 110)), SamplingParams(max_tokens=30, ignore_eos=True))]
+    assert _run(spec, again) == _run(plain, again)
+    assert spec.speculator.accepted > 10  # the same output again: drafted from the first one
+
+
+async def test_speculation_counters_reach_metrics(make_core: Callable[..., EngineCore]) -> None:
+    from legato.engine_adapter.server.app import engine_counters
+
+    core = make_core(speculative_drafter="ngram", num_speculative_tokens=4)
+    _run(
+        core, [GenerateRequest("a", tuple(range(10, 30)) * 2, SamplingParams(max_tokens=32, ignore_eos=True))]
+    )
+    stats = core.stats()
+    assert stats.spec_drafts > 0 and 0 < stats.spec_accepted_tokens <= stats.spec_draft_tokens
+
+    class _Stats:  # the one method engine_counters reads
+        async def stats(self) -> object:
+            return stats
+
+    lines = "\n".join(await engine_counters(_Stats(), 'model="m"'))  # type: ignore[arg-type]
+    assert f'vllm:spec_decode_num_accepted_tokens_total{{model="m"}} {stats.spec_accepted_tokens}' in lines
