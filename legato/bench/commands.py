@@ -196,6 +196,20 @@ def engine_bench(
     main(json_out, device=device, quick=quick)
 
 
+@bench_app.command("structured")
+def structured_bench(
+    json_out: Annotated[
+        Path | None, typer.Option("--json", callback=output_path, help="Write the results JSON here.")
+    ] = None,
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    quick: Annotated[bool, typer.Option("--quick", help="A short run (smoke test).")] = False,
+) -> None:
+    """Decode tokens/s of the torch engine with and without a json_schema constraint (batch 8)."""
+    from legato.bench.structured_bench import main
+
+    main(json_out, device=device, quick=quick)
+
+
 @bench_app.command("cache")
 def cache_bench(
     redis_url: Annotated[

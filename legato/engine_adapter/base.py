@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import enum
 import math
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from legato.cache.kv_block import KVBlock as KVBlock  # re-exported: KVTransferEngine moves them
 
@@ -45,6 +45,16 @@ class Capability(enum.StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
+class GrammarSpec:
+    """A constraint on the output: `kind` "json_schema" (`text` is a JSON Schema) or "lark" (`text`
+    is an llguidance Lark grammar, which may embed JSON Schemas with `%json`). Engines enforce it
+    with a token mask (torch engine) or pass it to theirs (vLLM, SGLang)."""
+
+    kind: str
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
 class SamplingParams:
     """How to sample. Defaults are greedy decoding of up to 256 tokens."""
 
@@ -64,6 +74,7 @@ class SamplingParams:
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias added to its logit)
+    grammar: GrammarSpec | None = None  # structured output: only tokens the grammar allows
 
     def __post_init__(self) -> None:
         if self.max_tokens < 1:
@@ -169,8 +180,14 @@ class Tokenizer(Protocol):
     def decode(self, token_ids: Sequence[int]) -> str: ...
 
     def apply_chat_template(
-        self, messages: Sequence[dict[str, str]], add_generation_prompt: bool = True
-    ) -> list[int]: ...
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        add_generation_prompt: bool = True,
+        tools: Sequence[Mapping[str, Any]] | None = None,
+    ) -> list[int]:
+        """Messages (OpenAI's shape: role, content, tool_calls with dict arguments, tool_call_id)
+        through the chat template; `tools` (OpenAI tool definitions) go to templates that take them."""
+        ...
 
 
 @runtime_checkable

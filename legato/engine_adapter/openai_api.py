@@ -21,6 +21,15 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from legato.engine_adapter.openai_tools import (
+    ResponseFormat,
+    StructuredOutputs,
+    ToolCall,
+    ToolCallDelta,
+    ToolChoice,
+    ToolDefinition,
+)
+
 
 def new_id(prefix: str) -> str:
     """A fresh response/request id in OpenAI's style (`cmpl-…`, `chatcmpl-…`)."""
@@ -171,6 +180,9 @@ class CompletionRequest(SamplingFields):
     )
     suffix: str | None = Field(default=None, description="Insertion is not supported: must be empty.")
     return_token_ids: bool = Field(default=False, description="vLLM extra: include `token_ids` per choice.")
+    structured_outputs: StructuredOutputs | None = Field(
+        default=None, description="vLLM extra: constrain the output to a JSON Schema or a Lark grammar."
+    )
 
 
 class CompletionLogprobs(_Response):
@@ -218,6 +230,8 @@ class ChatMessage(OpenAIRequest):
     name: str | None = Field(
         default=None, description="Passed to the model's chat template with the message."
     )
+    tool_calls: list[ToolCall] | None = Field(default=None, description="An assistant turn's tool calls.")
+    tool_call_id: str | None = Field(default=None, description="A tool message: the call it answers.")
 
     def text(self) -> str:
         """The message's text (its text parts joined)."""
@@ -226,13 +240,6 @@ class ChatMessage(OpenAIRequest):
         if isinstance(self.content, str):
             return self.content
         return "".join(part.text for part in self.content)
-
-    def template_dict(self) -> dict[str, str]:
-        """The message as chat templates take it (`name` only when given)."""
-        out = {"role": self.role, "content": self.text()}
-        if self.name is not None:
-            out["name"] = self.name
-        return out
 
 
 class ChatCompletionRequest(SamplingFields):
@@ -247,6 +254,18 @@ class ChatCompletionRequest(SamplingFields):
         "raw model logits, as vLLM reports them).",
     )
     add_generation_prompt: bool = Field(default=True, description="vLLM extra.")
+    tools: list[ToolDefinition] | None = Field(
+        default=None, description="Functions the model may call; rendered by the model's chat template."
+    )
+    tool_choice: ToolChoice | None = Field(
+        default=None,
+        description="`none`, `auto` (default with tools), `required` or a named function; `required` "
+        "and a named function constrain the output to a schema-valid call.",
+    )
+    parallel_tool_calls: bool = Field(default=True, description="False: at most one tool call.")
+    response_format: ResponseFormat | None = Field(
+        default=None, description="`text`, `json_object` or `json_schema` (enforced by a grammar)."
+    )
 
 
 class TopLogprob(_Response):
@@ -269,6 +288,7 @@ class ChatLogprobs(_Response):
 class ChatResponseMessage(_Response):
     role: Literal["assistant"] = "assistant"
     content: str | None = None
+    tool_calls: list[ToolCall] | None = None
 
 
 class ChatChoice(_Response):
@@ -291,6 +311,7 @@ class ChatCompletionResponse(_Response):
 class ChatDelta(_Response):
     role: Literal["assistant"] | None = None
     content: str | None = None
+    tool_calls: list[ToolCallDelta] | None = None
 
 
 class ChatChunkChoice(_Response):
@@ -334,6 +355,7 @@ class TokenizeRequest(_Request):
     prompt: str | None = None
     messages: list[ChatMessage] | None = None
     add_generation_prompt: bool = True
+    tools: list[ToolDefinition] | None = Field(default=None, description="With `messages`: tools to render.")
 
 
 class TokenizeResponse(_Response):
@@ -367,6 +389,8 @@ class SGLangSamplingParams(_Request):
     seed: int | None = Field(default=None, description="Alias of SGLang's `sampling_seed`.")
     n: int = Field(default=1, description="Only 1 here; `/v1/completions` takes n > 1.")
     sampling_seed: int | None = None
+    json_schema: str | None = Field(default=None, description="Constrain the output to this JSON Schema.")
+    ebnf: str | None = Field(default=None, description="Constrain the output to this (Lark) grammar.")
     presence_penalty: float = Field(default=0.0, ge=-2, le=2)
     frequency_penalty: float = Field(default=0.0, ge=-2, le=2)
     logit_bias: dict[str, float] | None = None
@@ -435,6 +459,7 @@ class VLLMTokenSamplingParams(_Request):
     logprobs: int | None = Field(
         default=None, ge=0, description="Return the sampled tokens' logprobs and this many alternatives."
     )
+    structured_outputs: StructuredOutputs | None = None
     presence_penalty: float = Field(default=0.0, ge=-2, le=2)
     frequency_penalty: float = Field(default=0.0, ge=-2, le=2)
     logit_bias: dict[str, float] | None = None

@@ -38,7 +38,14 @@ from fastapi import APIRouter, Depends, Path, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from legato.engine_adapter.base import Engine, EngineError, GenerateRequest, TokenChunk, assemble_samples
+from legato.engine_adapter.base import (
+    Engine,
+    EngineError,
+    GenerateRequest,
+    GrammarSpec,
+    TokenChunk,
+    assemble_samples,
+)
 from legato.engine_adapter.openai_api import (
     ChatCompletionRequest,
     ChatCompletionResponse,
@@ -289,6 +296,7 @@ class Proxy:
         max_tokens: int | None,
         field: str,
         id_prefix: str,
+        grammar: GrammarSpec | None = None,
     ) -> GenerateRequest:
         """Validated sampling as a `GenerateRequest` (its id names the response; the cache salt is
         left unset here: the scheduler derives it from the tenant)."""
@@ -301,6 +309,7 @@ class Proxy:
                 max_tokens_field=field,
                 id_prefix=id_prefix,
                 client_routing=False,
+                grammar=grammar,
             )
 
     async def start(
@@ -387,15 +396,24 @@ def _routes(proxy: Proxy) -> APIRouter:
     async def chat_completions(body: ProxyChatRequest, raw: Request, tenant: TenantDep) -> Response:
         with server_errors():
             svc.check_model(body.model)
-            prompt, field, requested = await svc.chat_prompt(body)
-        req = proxy.sampling_request(body, prompt, max_tokens=requested, field=field, id_prefix="chatcmpl")
+            chat = await svc.chat_prompt(body)
+        req = proxy.sampling_request(
+            body,
+            chat.prompt,
+            max_tokens=chat.max_tokens,
+            field=chat.max_tokens_field,
+            id_prefix="chatcmpl",
+            grammar=chat.plan.grammar,
+        )
         generation = await proxy.start(tenant, program_fields(body, raw), req, "chat")
         if body.stream:
-            return placed(EventStream(chat_events(svc, body, req, generation)), generation)
+            return placed(EventStream(chat_events(svc, body, req, generation, chat.plan)), generation)
         chunks = await proxy.collect(raw, generation)
         if chunks is None:
             return Response(status_code=499)
-        return placed(chat_response(svc, body, prompt, assemble_samples(req, chunks)), generation)
+        return placed(
+            chat_response(svc, body, chat.prompt, assemble_samples(req, chunks), chat.plan), generation
+        )
 
     @router.post(
         "/v1/completions",

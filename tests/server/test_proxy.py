@@ -172,6 +172,12 @@ def test_program_ids_are_namespaced_per_tenant_and_release_ends_them(served: Ser
         ({"logit_bias": {"99999": 1}}, 400, "logit_bias"),
         ({"logit_bias": {"5": 101}}, 400, "logit_bias"),
         ({"reasoning_effort": "high"}, 400, "reasoning_effort"),
+        (
+            {"response_format": {"type": "json_object", "strict_mode": True}},
+            400,
+            "response_format.strict_mode",
+        ),
+        ({"tools": [{"type": "function", "function": {"name": "f", "x_hint": 1}}]}, 400, "function.x_hint"),
         ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]}, 400, "type"),
     ],
 )

@@ -92,6 +92,9 @@ class SGLangEngine(HTTPEngineBase):
         out.update(shared_sampling_fields(sp))
         if sp.seed is not None:
             out["sampling_seed"] = sp.seed
+        if sp.grammar is not None:
+            # SGLang's constraint fields; a Lark grammar needs its llguidance grammar backend.
+            out["json_schema" if sp.grammar.kind == "json_schema" else "ebnf"] = sp.grammar.text
         return out
 
     def _payload(self, request: GenerateRequest) -> dict[str, Any]:

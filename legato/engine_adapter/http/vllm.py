@@ -119,6 +119,12 @@ class VLLMEngine(HTTPEngineBase):
             out["logprobs"] = sp.top_logprobs  # the sampled token's logprob, and alternatives
         if sp.n > 1:
             out["n"] = sp.n
+        if sp.grammar is not None:
+            # vLLM's structured outputs; a Lark grammar with %json needs its `guidance` backend.
+            if sp.grammar.kind == "json_schema":
+                out["structured_outputs"] = {"json": json.loads(sp.grammar.text)}
+            else:
+                out["structured_outputs"] = {"grammar": sp.grammar.text}
         return out
 
     def _extras(self, request: GenerateRequest) -> dict[str, Any]:

@@ -162,10 +162,11 @@ def create_engine_app(
         if (body.prompt is None) == (body.messages is None):
             raise ApiError(400, "send exactly one of `prompt` (text) or `messages` (chat)")
         if body.messages is not None:
-            messages = [m.template_dict() for m in body.messages]
-            tokens = svc.tokenizer.apply_chat_template(
-                messages, add_generation_prompt=body.add_generation_prompt
+            # Already validated field by field: no min-length rule on `messages` here.
+            chat = ChatCompletionRequest.model_construct(
+                model=svc.model, messages=body.messages, tools=body.tools
             )
+            tokens = list(svc.render(svc.chat_plan(chat), body.add_generation_prompt))
         else:
             tokens = svc.tokenizer.encode(body.prompt or "")
         return TokenizeResponse(count=len(tokens), max_model_len=svc.max_model_len, tokens=list(tokens))
@@ -242,17 +243,23 @@ def create_engine_app(
     )
     async def chat_completions(body: ChatCompletionRequest, raw: Request) -> Response:
         svc.check_model(body.model)
-        prompt, field, requested = await svc.chat_prompt(body)
+        chat = await svc.chat_prompt(body)
         req = openai_request(
-            svc, body, prompt, max_tokens=requested, max_tokens_field=field, id_prefix="chatcmpl"
+            svc,
+            body,
+            chat.prompt,
+            max_tokens=chat.max_tokens,
+            max_tokens_field=chat.max_tokens_field,
+            id_prefix="chatcmpl",
+            grammar=chat.plan.grammar,
         )
         generation = await svc.start(req)
         if body.stream:
-            return EventStream(chat_events(svc, body, req, generation))
+            return EventStream(chat_events(svc, body, req, generation, chat.plan))
         chunks = await collect_or_abort(raw, generation)
         if chunks is None:
             return Response(status_code=499)
-        return chat_response(svc, body, prompt, assemble_samples(req, chunks))
+        return chat_response(svc, body, chat.prompt, assemble_samples(req, chunks), chat.plan)
 
     # --- SGLang -----------------------------------------------------------------------------
 
@@ -287,6 +294,7 @@ def create_engine_app(
             presence_penalty=sp.presence_penalty,
             frequency_penalty=sp.frequency_penalty,
             logit_bias=logit_bias(sp.logit_bias, svc.tokenizer.vocab_size),
+            grammar=svc.grammar(sp.json_schema, sp.ebnf, "sampling_params"),
         )
         req = GenerateRequest(
             request_id=body.rid or uuid.uuid4().hex,
@@ -348,6 +356,13 @@ def create_engine_app(
             presence_penalty=sp.presence_penalty,
             frequency_penalty=sp.frequency_penalty,
             logit_bias=logit_bias(sp.logit_bias, svc.tokenizer.vocab_size),
+            grammar=None
+            if sp.structured_outputs is None
+            else svc.grammar(
+                sp.structured_outputs.json_,
+                sp.structured_outputs.grammar,
+                "sampling_params.structured_outputs",
+            ),
         )
         req = GenerateRequest(
             request_id=body.request_id or uuid.uuid4().hex,

@@ -1,6 +1,7 @@
 """OpenAI completions and chat completions: the engine request each body becomes (its fields
-checked by `openai_fields`), and the non-streamed answers, one choice per sample. Shared by the
-engine server and Legato's proxy."""
+checked by `openai_fields`, plus the output grammar of structured output), and the non-streamed
+answers, one choice per sample (a chat choice's tool calls parsed out of its own text). Shared by
+the engine server and Legato's proxy."""
 
 from __future__ import annotations
 
@@ -8,12 +9,13 @@ import dataclasses
 
 from fastapi.responses import JSONResponse
 
-from legato.engine_adapter.base import GenerateRequest, GenerateResult
+from legato.engine_adapter.base import GenerateRequest, GenerateResult, GrammarSpec
+from legato.engine_adapter.chat.output import chat_message
+from legato.engine_adapter.chat.plan import ChatPlan
 from legato.engine_adapter.openai_api import (
     ChatChoice,
     ChatCompletionRequest,
     ChatCompletionResponse,
-    ChatResponseMessage,
     CompletionChoice,
     CompletionRequest,
     CompletionResponse,
@@ -68,21 +70,27 @@ def completion_response(
 
 
 def chat_response(
-    svc: EngineService, body: ChatCompletionRequest, prompt: tuple[int, ...], results: list[GenerateResult]
+    svc: EngineService,
+    body: ChatCompletionRequest,
+    prompt: tuple[int, ...],
+    results: list[GenerateResult],
+    plan: ChatPlan | None = None,
 ) -> JSONResponse:
-    """The non-streaming OpenAI chat completion answer for a finished generation (one choice per
-    sample)."""
-    choices = [
-        ChatChoice(
-            index=r.index,
-            message=ChatResponseMessage(content=r.text),
-            finish_reason=r.finish_reason,
-            logprobs=svc.chat_logprobs(
-                r.token_ids, r.logprobs, r.top_logprobs, body.return_tokens_as_token_ids
-            ),
+    """The non-streaming OpenAI chat completion answer for a finished generation: one choice per
+    sample, each with the tool calls `plan` says to parse out of its own text."""
+    choices = []
+    for r in results:
+        message, finish_reason = chat_message(plan, r.text, r.finish_reason)
+        choices.append(
+            ChatChoice(
+                index=r.index,
+                message=message,
+                finish_reason=finish_reason,
+                logprobs=svc.chat_logprobs(
+                    r.token_ids, r.logprobs, r.top_logprobs, body.return_tokens_as_token_ids
+                ),
+            )
         )
-        for r in results
-    ]
     first = results[0]
     usage = make_usage(
         first.prompt_tokens or len(prompt), sum(len(r.token_ids) for r in results), first.cached_tokens
@@ -100,13 +108,17 @@ def openai_request(
     max_tokens_field: str,
     id_prefix: str,
     client_routing: bool = True,
+    grammar: GrammarSpec | None = None,
 ) -> GenerateRequest:
     """The engine request of an OpenAI completion or chat body: the sampling fields and vLLM
     extras the two share, checked the same way (`openai_fields`: every field honoured or a 400
     naming it). `client_routing=False` (Legato's proxy) refuses the client's `request_id`,
     `priority` and `cache_salt`: there the scheduler decides priority and derives the salt from
-    the authenticated tenant."""
+    the authenticated tenant. `grammar` constrains every sample's output (structured output)."""
     check_fields(body, svc.engine, client_routing=client_routing)
+    so = body.structured_outputs if isinstance(body, CompletionRequest) else None
+    if so is not None:  # vLLM's extra on completions (chat's grammar comes from its plan)
+        grammar = svc.grammar(so.json_, so.grammar, "structured_outputs")
     logprobs, top_logprobs = wants_logprobs(body)
     sampling = svc.sampling(
         max_tokens=max_tokens,
@@ -125,6 +137,7 @@ def openai_request(
         presence_penalty=body.presence_penalty,
         frequency_penalty=body.frequency_penalty,
         logit_bias=logit_bias(body.logit_bias, svc.tokenizer.vocab_size),
+        grammar=grammar,
     )
     if not client_routing:
         return GenerateRequest(request_id=new_id(id_prefix), prompt_token_ids=prompt, sampling=sampling)

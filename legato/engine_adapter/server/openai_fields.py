@@ -8,10 +8,16 @@ Honoured by the sampler or the server: `n`, `best_of`, `logprobs`, `top_logprobs
 (logged), `service_tier` (`auto`/`default`: the one tier served), and vLLM's extras (`top_k`,
 `stop_token_ids`, `ignore_eos`, `return_token_ids`, `return_tokens_as_token_ids`,
 `add_generation_prompt`; `priority`, `cache_salt`, `request_id` on the engine server).
+Honoured by the chat plan (`chat.plan`): `tools`, `tool_choice`, `parallel_tool_calls`,
+`response_format` (`text`, `json_object`, `json_schema`; grammar-enforced), and messages'
+`name`, `tool_calls` and `tool_call_id` (through the chat template); completions' vLLM extra
+`structured_outputs` (`json`, `grammar`). The tool models refuse undeclared fields too.
 
 Refused when they ask for something this server does not do: `store: true`, `metadata`,
 `suffix`, `echo` with `logprobs`, `best_of` with `stream`, `top_logprobs` without `logprobs`,
 `stream_options` without `stream`, `n > 1` or `top_logprobs` on an engine without the capability,
+an unknown `tool_choice` function, a schema that cannot be compiled, an unsupported
+`response_format` type,
 and on Legato's proxy the vLLM routing extras it decides itself (`priority`, `cache_salt`,
 `request_id`).
 """

@@ -5,16 +5,22 @@ conversion of engine output into each API's token, logprob and finish-reason sha
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import anyio
 
 from legato.engine_adapter.base import (
     Engine,
+    EngineError,
     GenerateRequest,
+    GrammarSpec,
     SamplingParams,
     TopLogprobs,
 )
+from legato.engine_adapter.chat.grammar import GrammarError, grammar_of
+from legato.engine_adapter.chat.plan import ChatPlan, PlanError, plan_chat
 from legato.engine_adapter.openai_api import (
     ChatCompletionRequest,
     ChatLogprobs,
@@ -47,6 +53,14 @@ def stop_strings(stop: str | list[str] | None) -> tuple[str, ...]:
 def finite(value: float) -> float:
     # JSON has no -inf; vLLM clamps the same way.
     return value if math.isfinite(value) else -9999.0
+
+
+@dataclass(frozen=True, slots=True)
+class ChatPrompt:
+    prompt: tuple[int, ...]
+    max_tokens_field: str
+    max_tokens: int
+    plan: ChatPlan
 
 
 class EngineService:
@@ -86,6 +100,7 @@ class EngineService:
         presence_penalty: float = 0.0,
         frequency_penalty: float = 0.0,
         logit_bias: tuple[tuple[int, float], ...] = (),
+        grammar: GrammarSpec | None = None,
     ) -> SamplingParams:
         if prompt_len < 1:
             raise ApiError(400, "the prompt is empty; send at least one token", "prompt")
@@ -124,6 +139,7 @@ class EngineService:
                 presence_penalty=presence_penalty,
                 frequency_penalty=frequency_penalty,
                 logit_bias=logit_bias,
+                grammar=grammar,
             )
         except ValueError as exc:
             raise ApiError(400, str(exc)) from exc
@@ -152,18 +168,48 @@ class EngineService:
             return self.prompt_ids(only) if isinstance(only, str) else self.check_tokens(only, "prompt")
         return self.check_tokens([int(t) for t in prompt if isinstance(t, int)], "prompt")
 
-    async def chat_prompt(self, body: ChatCompletionRequest) -> tuple[tuple[int, ...], str, int]:
-        """A chat request's prompt (messages through the chat template), the max-tokens field it
-        used (`max_completion_tokens` wins) and its value, defaulted as OpenAI does."""
-        messages = [m.template_dict() for m in body.messages]
-        prompt = tuple(
-            self.tokenizer.apply_chat_template(messages, add_generation_prompt=body.add_generation_prompt)
-        )
+    def grammar(
+        self, json_schema: Mapping[str, Any] | str | None, lark: str | None, field: str
+    ) -> GrammarSpec | None:
+        """The output grammar of an engine API's constraint fields (400 naming `field` if bad)."""
+        try:
+            return grammar_of(json_schema, lark)
+        except GrammarError as exc:
+            raise ApiError(400, f"{field}: {exc}", field) from exc
+
+    def chat_plan(self, body: ChatCompletionRequest) -> ChatPlan:
+        """Template inputs, output grammar and tool parsing of a chat request (400 on bad input)."""
+        try:
+            return plan_chat(body, self.tokenizer)
+        except PlanError as exc:
+            raise ApiError(400, str(exc), exc.param) from exc
+
+    def render(self, plan: ChatPlan, add_generation_prompt: bool) -> tuple[int, ...]:
+        """The plan's messages (and tools) through the chat template."""
+        try:
+            if plan.tools:
+                ids = self.tokenizer.apply_chat_template(
+                    plan.messages, add_generation_prompt=add_generation_prompt, tools=plan.tools
+                )
+            else:  # the two-argument form: tokenizers that predate tools still work
+                ids = self.tokenizer.apply_chat_template(
+                    plan.messages, add_generation_prompt=add_generation_prompt
+                )
+        except EngineError as exc:
+            raise ApiError(400, str(exc), "messages") from exc
+        return tuple(ids)
+
+    async def chat_prompt(self, body: ChatCompletionRequest) -> ChatPrompt:
+        """A chat request's prompt (messages and tools through the chat template), its plan, the
+        max-tokens field it used (`max_completion_tokens` wins) and its value, defaulted as
+        OpenAI does."""
+        plan = self.chat_plan(body)
+        prompt = self.render(plan, body.add_generation_prompt)
         if body.max_completion_tokens is not None:
-            return prompt, "max_completion_tokens", body.max_completion_tokens
+            return ChatPrompt(prompt, "max_completion_tokens", body.max_completion_tokens, plan)
         if body.max_tokens is not None:
-            return prompt, "max_tokens", body.max_tokens
-        return prompt, "max_tokens", await self.default_max_tokens(len(prompt))
+            return ChatPrompt(prompt, "max_tokens", body.max_tokens, plan)
+        return ChatPrompt(prompt, "max_tokens", await self.default_max_tokens(len(prompt)), plan)
 
     async def default_max_tokens(self, prompt_len: int) -> int:
         """OpenAI's chat default: as many tokens as fit, in the context *and* in the KV cache (an

@@ -10,6 +10,8 @@ from legato.engine_adapter.base import (
     TokenChunk,
     assemble_result,
 )
+from legato.engine_adapter.chat.output import ToolStream
+from legato.engine_adapter.chat.plan import ChatPlan
 from legato.engine_adapter.openai_api import (
     ChatChunkChoice,
     ChatCompletionChunk,
@@ -83,10 +85,15 @@ def completion_events(
 
 
 def chat_events(
-    svc: EngineService, body: ChatCompletionRequest, req: GenerateRequest, generation: Generation
+    svc: EngineService,
+    body: ChatCompletionRequest,
+    req: GenerateRequest,
+    generation: Generation,
+    plan: ChatPlan | None = None,
 ) -> AsyncIterator[str]:
     """OpenAI's chat stream: each choice opens with the assistant role (content ""), then its
-    content deltas; with n > 1 the choices interleave, told apart by `index`."""
+    content deltas (tool calls as `tool_calls` deltas when `plan` parses them); with n > 1 the
+    choices interleave, told apart by `index`."""
 
     async def events() -> AsyncIterator[str]:
         include_usage = body.stream_options is not None and body.stream_options.include_usage
@@ -102,14 +109,28 @@ def chat_events(
 
         for index in range(req.sampling.n):
             yield chunk_of(ChatChunkChoice(index=index, delta=ChatDelta(role="assistant", content="")), None)
+        # Each sample's tool calls are parsed out of its own text.
+        tools = [ToolStream(plan) for _ in range(req.sampling.n)]
+        ended: set[int] = set()
         async for chunk in generation.chunks():
             completion += len(chunk.token_ids)
             prompt_tokens = chunk.prompt_tokens or prompt_tokens
             cached = chunk.cached_tokens or cached
+            stream = tools[chunk.index]
+            content = stream.push(chunk.text)
+            calls = None
+            finish = chunk.finish_reason
+            # A sample ends on the chunk that carries its finish reason (with n > 1, `finished`
+            # marks only the end of the last sample).
+            if (chunk.finish_reason is not None or chunk.finished) and chunk.index not in ended:
+                ended.add(chunk.index)
+                rest, deltas, finish = stream.finish(chunk.finish_reason)
+                content += rest
+                calls = deltas or None
             choice = ChatChunkChoice(
                 index=chunk.index,
-                delta=ChatDelta(content=chunk.text),
-                finish_reason=chunk.finish_reason,
+                delta=ChatDelta(content=content, tool_calls=calls),
+                finish_reason=finish,
                 logprobs=svc.chat_logprobs(
                     chunk.token_ids, chunk.logprobs, chunk.top_logprobs, body.return_tokens_as_token_ids
                 ),

@@ -34,6 +34,7 @@ from legato.engine_adapter.base import (
 from legato.engine_adapter.torch.block_manager import Block, BlockManager
 from legato.engine_adapter.torch.checkpoint import model_fingerprint, torch_dtype
 from legato.engine_adapter.torch.config import EngineConfig
+from legato.engine_adapter.torch.guided import GrammarCompiler, grammar_masks, vet_tokens
 from legato.engine_adapter.torch.model import LlamaForCausalLM
 from legato.engine_adapter.torch.model_runner import KV_LAYOUT, ModelRunner
 from legato.engine_adapter.torch.outputs import EngineStats, RequestOutput
@@ -90,6 +91,7 @@ class EngineCore:
         self.offloaded_blocks = 0
         self._held: dict[str, list[int]] = {}  # imported blocks held until their request is admitted
         self._tier_written: set[str] = set()  # requests whose prompt chunks went to Redis
+        self._grammars: GrammarCompiler | None = None  # built on the first constrained request
         self.speculator: Speculator | None = None  # opt-in speculative decoding (speculator.py)
         if config.speculative_drafter is not None:
             self.speculator = Speculator(config.speculative_drafter, config.num_speculative_tokens)
@@ -215,6 +217,11 @@ class EngineCore:
         if not sp.ignore_eos:
             stop_ids |= self._stop_ids
         gen = torch.Generator().manual_seed(sp.seed) if sp.seed is not None else None
+        grammar = None
+        if sp.grammar is not None:
+            if self._grammars is None:
+                self._grammars = GrammarCompiler(self.tokenizer, self.model.config.vocab_size)
+            grammar = self._grammars.sequence(sp.grammar, sorted(stop_ids), sp.max_tokens)
         seq = Seq(
             request_id=request.request_id,
             token_ids=list(request.prompt_token_ids),
@@ -225,6 +232,7 @@ class EngineCore:
             extra_keys=self.extra_keys(request.cache_salt),
             stop_token_ids=frozenset(stop_ids),
             generator=gen,
+            grammar=grammar,
         )
         self._seqs[request.request_id] = [seq]
         self._unfinished[request.request_id] = sp.n
@@ -313,13 +321,18 @@ class EngineCore:
                 rows.extend([row] * len(children))
         if len(rows) > len(sampled):  # the forked samples draw from their parent's logits
             logits = logits[torch.tensor(rows, device=logits.device)]
+        # After the fork: each forked sample masks with its own grammar clone.
+        allowed = grammar_masks(seqs, logits.shape[-1])
         drawn = sample(
             logits,
             [s.sampling for s in seqs],
             [s.generator for s in seqs],
             self._default_gen,
             [s.output_ids if needs_processing(s.sampling) else () for s in seqs],
+            allowed,
         )
+        if allowed is not None:  # last: nothing may change a sampled token after its vetting
+            vet_tokens(seqs, drawn.tokens, drawn.logprobs, logits)
         outputs: list[RequestOutput] = spec_outputs
         for i, seq in enumerate(seqs):
             want = seq.sampling.logprobs

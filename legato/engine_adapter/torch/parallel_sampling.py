@@ -6,7 +6,7 @@ computing the prompt again (nano-vllm-style refcounted sharing). Full blocks sta
 partly filled last block is copied by the scheduler the first time a sample appends to it
 (copy-on-write). Every sample draws its first token from the parent's last logits row and then
 decodes on its own: preempted, recomputed (mostly from the prefix cache) and finished like any
-sequence.
+sequence. A structured-output request's samples each get a clone of sample 0's grammar matcher.
 """
 
 from __future__ import annotations
@@ -39,6 +39,9 @@ def fork_samples(seq: Sequence, blocks: BlockManager, arrivals: itertools.count[
                 extra_keys=seq.extra_keys,
                 stop_token_ids=seq.stop_token_ids,
                 generator=torch.Generator().manual_seed(sp.seed + i) if sp.seed is not None else None,
+                # Its own matcher: a shared one would move on every sibling's tokens (and a
+                # missing one would leave the sample unconstrained).
+                grammar=None if seq.grammar is None else seq.grammar.fork(),
                 index=i,
                 forked=True,
                 status=SeqStatus.RUNNING,

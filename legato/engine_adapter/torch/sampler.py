@@ -1,9 +1,10 @@
 """Next-token sampling for a batch of sequences.
 
 The order per row is vLLM's: `logit_bias`, then the presence / frequency penalties (over the
-tokens the sequence generated so far, as OpenAI defines them), then greedy argmax or temperature,
-top-k and top-p before drawing. Sampled rows use the request's own `torch.Generator` (seeded from
-`SamplingParams.seed`), so a seeded request draws the same tokens whatever else shares its batch.
+tokens the sequence generated so far, as OpenAI defines them), then the grammar mask of
+structured output, then greedy argmax or temperature, top-k and top-p before drawing. Sampled
+rows use the request's own `torch.Generator` (seeded from `SamplingParams.seed`), so a seeded
+request draws the same tokens whatever else shares its batch.
 
 Reported logprobs, and the `top_logprobs` alternatives, are log-softmax values of the *raw* model
 logits (vLLM's default `raw_logprobs` mode): not of the distribution after bias, penalties,
@@ -89,15 +90,20 @@ def sample(
     generators: Seq[torch.Generator | None],
     default_generator: torch.Generator,
     output_ids: Seq[Seq[int]] | None = None,
+    allowed: Tensor | None = None,
 ) -> SampleOutput:
     """Sample one token per row of `logits` `[B, vocab]` (float32). `output_ids[row]`: the tokens
-    that row's sequence generated so far (for the penalties; only read when one is set)."""
+    that row's sequence generated so far (for the penalties; only read when one is set).
+    `allowed` (`[B, vocab]` bool from the rows' grammars; None: any token) masks the processed
+    logits last, so no bias or penalty can bring back a token the grammar forbids."""
     processed = logits
     for row, p in enumerate(params):
         if needs_processing(p):
             if processed is logits:
                 processed = logits.clone()
             processed[row] = apply_penalties(logits[row], p, output_ids[row] if output_ids else ())
+    if allowed is not None:
+        processed = processed.masked_fill(~allowed.to(processed.device), float("-inf"))
     greedy = processed.argmax(dim=-1).tolist()
     tokens: list[int] = [int(t) for t in greedy]
     for row, p in enumerate(params):

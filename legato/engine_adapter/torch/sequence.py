@@ -10,6 +10,7 @@ import torch
 
 from legato.cache.block_hash import ExtraKeys, block_hash
 from legato.engine_adapter.base import SamplingParams, TopLogprobs
+from legato.engine_adapter.torch.guided import SequenceGrammar
 
 
 class SeqStatus(enum.Enum):
@@ -35,6 +36,7 @@ class Sequence:
     extra_keys: ExtraKeys
     stop_token_ids: frozenset[int]
     generator: torch.Generator | None = None
+    grammar: SequenceGrammar | None = None  # structured output: the per-sequence matcher
     index: int = 0  # sample index within its request (0 .. n-1)
     forked: bool = False  # sample 0 of an n > 1 request, once its siblings exist
     status: SeqStatus = SeqStatus.WAITING

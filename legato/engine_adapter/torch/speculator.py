@@ -19,7 +19,8 @@ A sequence that is preempted, or whose chunk the token budget cut short, drops i
 the forward pass. Drafts come from `legato.spec`: per request its prompt and output so far (an
 agent's prompt holds its program's history), and the finished outputs of earlier requests (one
 engine-wide history: requests carry no program name), with a per-request adaptive length. Only
-plain greedy requests speculate (not sampled, n > 1, penalised, biased or logprob requests).
+plain greedy requests speculate (not sampled, n > 1, penalised, biased, logprob or
+grammar-constrained requests).
 """
 
 from __future__ import annotations
@@ -86,8 +87,10 @@ class Speculator:
                 continue
             sp = seq.sampling
             greedy = sp.temperature == 0.0 or sp.top_k == 1
-            if not greedy or sp.logprobs or sp.n > 1 or needs_processing(sp):
-                continue  # the draft is checked against the raw argmax: plain greedy requests only
+            if not greedy or sp.logprobs or sp.n > 1 or needs_processing(sp) or sp.grammar is not None:
+                # The draft is checked against the raw argmax: plain greedy requests only (a
+                # grammar masks the argmax and moves its matcher one vetted token at a time).
+                continue
             ctx = self._context(seq)
             room = min(
                 ctx.draft_length.cap,

@@ -11,11 +11,12 @@ from __future__ import annotations
 import functools
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from legato.engine_adapter.base import EngineError
+from legato.engine_adapter.chat.formats import hermes_turns
 
 BYTE_SPECIAL_TOKENS = ("<|bos|>", "<|eos|>", "<|pad|>", "<|im_start|>", "<|im_end|>")
 BYTE_VOCAB_SIZE = 264  # 256 bytes + specials, padded to a multiple of 8
@@ -28,6 +29,9 @@ class ByteTokenizer:
     turn boundary); `apply_chat_template` inserts them. `decode` drops special tokens and replaces
     invalid UTF-8 (a partial multi-byte character shows as U+FFFD until its last byte arrives).
     """
+
+    # No Hugging Face template: the built-in ChatML rendering, tools in the hermes format.
+    chat_template: str | None = None
 
     def __init__(self) -> None:
         self.special_ids = {tok: 256 + i for i, tok in enumerate(BYTE_SPECIAL_TOKENS)}
@@ -69,20 +73,32 @@ class ByteTokenizer:
         return raw.decode("utf-8", errors="replace")
 
     def apply_chat_template(
-        self, messages: Sequence[dict[str, str]], add_generation_prompt: bool = True
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        add_generation_prompt: bool = True,
+        tools: Sequence[Mapping[str, Any]] | None = None,
     ) -> list[int]:
-        ids = [self.bos_token_id]
+        """ChatML, with tools and tool calls in the hermes format (see `chat.formats`)."""
         for i, message in enumerate(messages):
-            if "role" not in message or "content" not in message:
+            if "role" not in message or ("content" not in message and "tool_calls" not in message):
                 raise EngineError(f"chat message {i} needs 'role' and 'content' keys, got {sorted(message)}")
+        ids = [self.bos_token_id]
+        for role, content in hermes_turns(messages, tools):
             ids.append(self.im_start_id)
-            ids.extend(self.encode(f"{message['role']}\n{message['content']}"))
+            ids.extend(self.encode(f"{role}\n{content}"))
             ids.append(self.im_end_id)
             ids.extend(self.encode("\n"))
         if add_generation_prompt:
             ids.append(self.im_start_id)
             ids.extend(self.encode("assistant\n"))
         return ids
+
+
+def _tojson(
+    value: Any, indent: int | None = None, ensure_ascii: bool = False, sort_keys: bool = False
+) -> str:
+    """Hugging Face's `tojson` for chat templates: plain JSON, no HTML escaping."""
+    return json.dumps(value, indent=indent, ensure_ascii=ensure_ascii, sort_keys=sort_keys)
 
 
 @functools.cache
@@ -193,6 +209,10 @@ class HFTokenizer:
     def stop_token_ids(self) -> tuple[int, ...]:
         return self._stop_ids
 
+    def to_json(self) -> str:
+        """The `tokenizers` JSON of the vocabulary (what llguidance builds its token trie from)."""
+        return str(self._tok.to_str())
+
     def encode(self, text: str) -> list[int]:
         return list(self._tok.encode(text, add_special_tokens=False).ids)
 
@@ -219,11 +239,17 @@ class HFTokenizer:
         return self.decode([token_id]).encode()
 
     def apply_chat_template(
-        self, messages: Sequence[dict[str, str]], add_generation_prompt: bool = True
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        add_generation_prompt: bool = True,
+        tools: Sequence[Mapping[str, Any]] | None = None,
     ) -> list[int]:
         if self.chat_template is None:
-            # No template shipped: fall back to ChatML, the most common format.
-            text = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
+            # No template shipped: fall back to ChatML (tools in the hermes format).
+            text = "".join(
+                f"<|im_start|>{role}\n{content}<|im_end|>\n"
+                for role, content in hermes_turns(messages, tools)
+            )
             if add_generation_prompt:
                 text += "<|im_start|>assistant\n"
         else:
@@ -234,8 +260,10 @@ class HFTokenizer:
 
             env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
             env.globals["raise_exception"] = raise_exception
+            env.filters["tojson"] = _tojson
             text = env.from_string(self.chat_template).render(
-                messages=list(messages),
+                messages=[dict(m) for m in messages],
+                tools=[dict(t) for t in tools] if tools else None,
                 add_generation_prompt=add_generation_prompt,
                 bos_token=self.bos_token or "",
                 eos_token=self.eos_token or "",

@@ -1,0 +1,188 @@
+"""`legato bench structured`: what structured output costs the torch engine's decode.
+
+One run, same weights (the seeded default model), same batch of 8 prompts, same sampling: decode
+tokens/s without a constraint, and with a `json_schema` constraint (the per-sequence llguidance
+matcher, its mask in the sampler and the closing witness near the end of the budget). Decode
+time runs from the step that produced every request's first token to the last step; tokens are
+those actually generated after the first. Rounds alternate the two sides and the best of each is
+kept, so load from elsewhere on a shared machine hits both; the same ratio in process CPU time
+per token is reported too (wall time on an oversubscribed machine mostly measures the others).
+Target: constrained >= 0.9x.
+
+The constrained outputs are also checked: each must end with "stop" and parse as JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+BATCH = 8
+TARGET_RATIO = 0.9
+SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string"},
+        "age": {"type": "integer"},
+        "tags": {"type": "array", "items": {"type": "string"}},
+        "unit": {"enum": ["metric", "imperial"]},
+        "home": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    },
+    "required": ["name", "age", "tags", "unit", "home"],
+}
+
+
+@dataclass(frozen=True, slots=True)
+class StructuredResult:
+    device: str
+    batch: int
+    prompt_tokens: int
+    new_tokens: int
+    repeats: int
+    unconstrained_tok_s: float
+    constrained_tok_s: float
+    ratio: float
+    target_ratio: float
+    target_met: bool
+    constrained_valid: int  # outputs that ended with "stop" and parse as JSON
+    # The same ratio in process CPU time per token: steadier than wall time on a shared machine.
+    cpu_ratio: float
+
+
+def _decode(
+    core: Any, requests: list[Any]
+) -> tuple[float, float, int, dict[str, str], dict[str, str | None]]:
+    """Decode seconds (wall, process CPU) and tokens after every request's first token; texts
+    and finish reasons."""
+    for r in requests:
+        core.add_request(r)
+    started: set[str] = set()
+    texts: dict[str, str] = {r.request_id: "" for r in requests}
+    reasons: dict[str, str | None] = {}
+    t_first = cpu_first = 0.0
+    tokens = 0
+    while core.has_unfinished():
+        for out in core.step():
+            texts[out.request_id] += out.text
+            if out.finished:
+                reasons[out.request_id] = out.finish_reason
+            if len(started) == len(requests):
+                tokens += len(out.token_ids)
+            elif out.token_ids and out.request_id not in started:
+                started.add(out.request_id)
+                if len(started) == len(requests):
+                    t_first, cpu_first = time.perf_counter(), time.process_time()
+    return time.perf_counter() - t_first, time.process_time() - cpu_first, tokens, texts, reasons
+
+
+def run(device: str = "cpu", quick: bool = False) -> StructuredResult:
+    # The shortest valid output of SCHEMA is 79 byte tokens: quick runs still leave room for content.
+    prompt_tokens, new_tokens, repeats = (16, 96, 1) if quick else (64, 128, 3)
+    import torch
+
+    # One intra-op thread for both sides: process CPU time is then the work done, not OpenMP
+    # workers spinning while they wait (which dominates on a loaded 2-core machine).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _run(device, quick, prompt_tokens, new_tokens, repeats)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(device: str, quick: bool, prompt_tokens: int, new_tokens: int, repeats: int) -> StructuredResult:
+    from legato.engine_adapter.base import GenerateRequest, SamplingParams
+    from legato.engine_adapter.chat.grammar import json_schema_grammar
+    from legato.engine_adapter.torch import (
+        ByteTokenizer,
+        EngineConfig,
+        EngineCore,
+        ModelConfig,
+        build_default_model,
+    )
+
+    # --quick (a smoke test) runs a 2-layer model of the same vocabulary: the grammar side costs
+    # the same, the forward pass far less, so its ratio is a pessimistic one.
+    small = ModelConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                        num_key_value_heads=2)  # fmt: skip
+    model = build_default_model(0, config=small if quick else None, device=device)
+    tokenizer = ByteTokenizer()
+    config = EngineConfig(device=device, dtype="float32", num_blocks=512, max_num_batched_tokens=1024)
+    rng = random.Random(0)
+    prompts = [tuple(rng.randrange(32, 127) for _ in range(prompt_tokens)) for _ in range(BATCH)]
+    grammar = json_schema_grammar(SCHEMA)
+    best = {False: float("inf"), True: float("inf")}
+    best_cpu = {False: float("inf"), True: float("inf")}
+    valid = 0
+    for round_ in range(repeats):
+        for constrained in (False, True):
+            core = EngineCore(model, tokenizer, config, model_name="bench")
+            requests = [
+                GenerateRequest(
+                    f"r{round_}-{constrained}-{i}",
+                    p,
+                    SamplingParams(
+                        max_tokens=new_tokens,
+                        temperature=1.0,
+                        seed=i,
+                        ignore_eos=not constrained,
+                        grammar=grammar if constrained else None,
+                    ),
+                )
+                for i, p in enumerate(prompts)
+            ]
+            seconds, cpu, tokens, texts, reasons = _decode(core, requests)
+            best[constrained] = min(best[constrained], seconds / max(1, tokens))
+            best_cpu[constrained] = min(best_cpu[constrained], cpu / max(1, tokens))
+            if constrained:
+                valid = sum(1 for rid, text in texts.items() if reasons.get(rid) == "stop" and _is_json(text))
+    plain, guided = 1 / best[False], 1 / best[True]
+    ratio = guided / plain
+    return StructuredResult(
+        device,
+        BATCH,
+        prompt_tokens,
+        new_tokens,
+        repeats,
+        plain,
+        guided,
+        ratio,
+        TARGET_RATIO,
+        ratio >= TARGET_RATIO,
+        valid,
+        best_cpu[False] / best_cpu[True],
+    )
+
+
+def _is_json(text: str) -> bool:
+    try:
+        json.loads(text)
+    except ValueError:
+        return False
+    return True
+
+
+def report(result: StructuredResult) -> str:
+    return (
+        f"structured decoding, torch engine on {result.device}, batch {result.batch}, "
+        f"{result.new_tokens} new tokens, best of {result.repeats}\n"
+        f"  unconstrained   {result.unconstrained_tok_s:10.1f} tok/s\n"
+        f"  json_schema     {result.constrained_tok_s:10.1f} tok/s   "
+        f"({result.constrained_valid}/{result.batch} valid JSON)\n"
+        f"  ratio           {result.ratio:10.3f}   (target >= {result.target_ratio}: "
+        f"{'met' if result.target_met else 'NOT met'})\n"
+        f"  CPU-time ratio  {result.cpu_ratio:10.3f}   (process CPU per token: steadier on a shared machine)"
+    )
+
+
+def main(json_out: Path | None, device: str = "cpu", quick: bool = False) -> StructuredResult:
+    result = run(device, quick)
+    print(report(result))
+    if json_out is not None:
+        json_out.write_text(json.dumps(asdict(result), indent=2))
+        print(f"wrote {json_out}")
+    return result

@@ -1,0 +1,205 @@
+"""Guided decoding in the torch engine: one llguidance matcher per sequence, a token mask per step.
+
+`GrammarCompiler` (one per engine) wraps the engine's vocabulary as an llguidance tokenizer and
+makes a `SequenceGrammar` for each constrained request. The engine asks for the allowed tokens
+before sampling (one `[B, vocab]` mask, applied in the sampler) and hands each sampled token to
+`vet`, which moves the matcher; nothing else does, so preemption (KV recomputed, tokens kept) and
+prefix caching (KV only) leave it untouched.
+
+Finishing within `max_tokens`: a grammar can let a model write forever (a string that never
+closes: the seeded model is random and does exactly that). So each sequence keeps a *closing
+witness*: a token path from its state to acceptance plus end-of-sequence that fits the budget
+left, found by walking a copy of the matcher and preferring tokens that close structures (`"`,
+`}`, `]`, ...). Every sampled token is vetted against it: the witness's own next token keeps it
+(minus that token); a content token after which the same path still validates keeps it as is
+(one llguidance validation, the common case: a character inside a string or number); any other
+token gets a fresh search from the state after it, and if no path from there fits the budget,
+the witness's next token is appended instead. The invariant "a witness fits" holds from the
+first token to the last, so a constrained output ends complete and valid whenever its
+`max_tokens` allows at all, with no length cap or constant added to the user's schema.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import llguidance
+import torch
+from torch import Tensor
+
+from legato.engine_adapter.base import EngineError, GrammarSpec
+from legato.engine_adapter.chat.grammar import ll_grammar
+from legato.engine_adapter.torch.tokenizer import ByteTokenizer, HFTokenizer
+
+if TYPE_CHECKING:
+    from legato.engine_adapter.torch.sequence import Sequence as Seq
+
+_SHIFTS = torch.arange(32, dtype=torch.int32)  # bit positions in llguidance's int32 bitmask words
+# Characters that close or shortest-complete JSON and call syntax, most closing first.
+_CLOSERS = '"}],0\n>'
+
+
+class _ByteVocab:
+    """The byte tokenizer as llguidance's `TokenizerWrapper` expects it."""
+
+    def __init__(self, tokenizer: ByteTokenizer, vocab_size: int) -> None:
+        names = {i: t.encode() for t, i in tokenizer.special_ids.items()}
+        self.tokens = [
+            bytes([i]) if i < 256 else names.get(i, f"<|unused_{i}|>".encode()) for i in range(vocab_size)
+        ]
+        self.eos_token_id = tokenizer.eos_token_id
+        self.bos_token_id = tokenizer.bos_token_id
+        self.special_token_ids = list(range(256, vocab_size))
+
+    def __call__(self, s: bytes | str) -> list[int]:
+        return list(s if isinstance(s, bytes) else s.encode())
+
+
+class GrammarCompiler:
+    """The engine's vocabulary for llguidance; makes per-sequence grammars."""
+
+    def __init__(self, tokenizer: ByteTokenizer | HFTokenizer, vocab_size: int) -> None:
+        stops = list(tokenizer.stop_token_ids)
+        try:
+            if isinstance(tokenizer, ByteTokenizer):
+                wrapper = llguidance.TokenizerWrapper(_ByteVocab(tokenizer, vocab_size))
+                self.lltok = llguidance.LLTokenizer(wrapper, n_vocab=vocab_size, eos_token=stops)
+            else:
+                self.lltok = llguidance.LLTokenizer(tokenizer.to_json(), n_vocab=vocab_size, eos_token=stops)
+        except (ValueError, RuntimeError) as exc:
+            raise EngineError(
+                f"structured output is not available for this model's tokenizer (llguidance: {exc})"
+            ) from exc
+        self.vocab_size = vocab_size
+        single = {ch: ids[0] for ch in _CLOSERS if len(ids := tokenizer.encode(ch)) == 1}
+        self.prefer = tuple(single.values())
+        self.closers = frozenset(single[ch] for ch in '"}]' if ch in single)
+
+    def sequence(self, spec: GrammarSpec, stop_ids: Sequence[int], max_tokens: int) -> SequenceGrammar:
+        matcher = llguidance.LLMatcher(self.lltok, ll_grammar(spec), log_level=0)
+        if matcher.is_error():
+            raise EngineError(f"the output grammar cannot be compiled: {matcher.get_error()}")
+        return SequenceGrammar(matcher, self, tuple(stop_ids), max_tokens)
+
+
+class SequenceGrammar:
+    """One request's matcher and its closing witness. The matcher moves in `vet`, on the token
+    the engine is about to append."""
+
+    def __init__(
+        self,
+        matcher: llguidance.LLMatcher,
+        compiler: GrammarCompiler,
+        stops: tuple[int, ...],
+        max_tokens: int,
+    ) -> None:
+        self.matcher = matcher
+        self.compiler = compiler
+        self.stops = stops
+        # A path to the end that fits the budget left (None: none does; the output ends by length).
+        self.witness = self._witness(matcher, max_tokens)
+
+    def fork(self) -> SequenceGrammar:
+        """An independent copy for a sibling sequence (n > 1 samples forked from one prompt)."""
+        twin = SequenceGrammar.__new__(SequenceGrammar)
+        twin.matcher = self.matcher.deep_copy()
+        twin.compiler = self.compiler
+        twin.stops = self.stops
+        twin.witness = None if self.witness is None else list(self.witness)
+        return twin
+
+    def _witness(
+        self, matcher: llguidance.LLMatcher, limit: int, resume: list[int] | None = None
+    ) -> list[int] | None:
+        """A short path from `matcher`'s state to acceptance plus end-of-sequence, at most `limit`
+        tokens (None: none found). Preferred (closing) tokens are tried with a cheap validity
+        check, else the lowest allowed token id is taken. `resume`: the previous witness; each
+        time the walk closes something, it ends if that path, or its rest after the first such
+        closer, continues from there (a deviation inside a string, or a new array item, is
+        closed, then the old path goes on)."""
+        m = matcher.deep_copy()
+        path: list[int] = []
+        while len(path) < limit:
+            if m.is_accepting():
+                return [*path, self.stops[0]]
+            token = next((t for t in self.compiler.prefer if m.validate_tokens([t]) == 1), -1)
+            if token < 0:
+                token = m.compute_logit_bias().find(b"\xc8")  # llguidance marks allowed with 200
+            if token < 0 or token >= self.compiler.vocab_size or not m.consume_token(token):
+                return None
+            path.append(token)
+            if resume and token in self.compiler.closers:
+                # The old path, or its rest after the structure this token closed.
+                tails = [resume] + ([resume[resume.index(token) + 1 :]] if token in resume else [])
+                for tail in tails:
+                    if len(path) + len(tail) <= limit and m.validate_tokens(tail) == len(tail):
+                        return path + tail
+        return None
+
+    def vet(self, token: int, budget: int) -> int:
+        """Advance the matcher on the sampled `token`, or on the witness's next token instead when
+        taking `token` would leave no way to close within the `budget` tokens left (this one
+        included); returns the token to append."""
+        m, w = self.matcher, self.witness
+        if token in self.stops or m.is_error():
+            return token
+        if w is None:  # nothing fits any more
+            m.consume_token(token)
+            return token
+        if token == w[0]:
+            m.consume_token(token)
+            self.witness = w[1:]
+            return token
+        m.consume_token(token)
+        if len(w) <= budget - 1 and m.validate_tokens(w) == len(w):
+            return token  # a content token: the same path still closes the structure
+        after = self._witness(m, budget - 1, resume=w)
+        if after is not None:
+            self.witness = after
+            return token
+        m.rollback(1)
+        m.consume_token(w[0])
+        self.witness = w[1:]
+        return w[0]
+
+
+def grammar_masks(seqs: Sequence[Seq], vocab_size: int) -> Tensor | None:
+    """`[B, vocab]` bool: the tokens each sequence's grammar allows next (every token for
+    unconstrained rows); None when no row is constrained. llguidance writes each row's bitmask
+    straight into one int32 buffer; one shift-and-mask expands it."""
+    if all(s.grammar is None for s in seqs):
+        return None
+    words = (vocab_size + 31) // 32
+    bits = torch.full((len(seqs), words), -1, dtype=torch.int32)
+    base = bits.data_ptr()
+    accepting: list[tuple[int, tuple[int, ...]]] = []
+    for row, s in enumerate(seqs):
+        g = s.grammar
+        if g is None:
+            continue
+        m = g.matcher
+        if m.is_error():
+            bits[row] = 0
+        else:
+            m.unsafe_compute_mask_ptr(base + row * words * 4, words * 4)
+        if m.is_accepting() or m.is_error():
+            accepting.append((row, g.stops))
+    allowed = ((bits.unsqueeze(-1) >> _SHIFTS) & 1).view(len(seqs), words * 32)[:, :vocab_size] > 0
+    for row, stops in accepting:
+        allowed[row, list(stops)] = True
+    return allowed
+
+
+def vet_tokens(seqs: Sequence[Seq], tokens: list[int], logprobs: list[float] | None, logits: Tensor) -> None:
+    """Move each constrained sequence's matcher on its sampled token, replacing a token that
+    would leave it unable to close within its budget (a replaced token's logprob is read from
+    `logits`)."""
+    for i, seq in enumerate(seqs):
+        if seq.grammar is None:
+            continue
+        token = seq.grammar.vet(tokens[i], seq.sampling.max_tokens - seq.num_output_tokens)
+        if token != tokens[i]:
+            tokens[i] = token
+            if logprobs is not None:
+                logprobs[i] = float(torch.log_softmax(logits[i].float(), dim=-1)[token])
