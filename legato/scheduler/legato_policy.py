@@ -49,6 +49,7 @@ from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from legato.scheduler.admission import KVBudget
+from legato.scheduler.engine_rates import EngineRates
 from legato.scheduler.events import (
     CallArrived,
     CallFinished,
@@ -59,6 +60,7 @@ from legato.scheduler.events import (
     ToolStarted,
 )
 from legato.scheduler.fair_share import FairShare
+from legato.scheduler.pin_rule import hold_ttl, memory_price
 from legato.scheduler.policy import (
     BasePolicy,
     ClusterView,
@@ -75,15 +77,9 @@ from legato.scheduler.predictor import ReusePredictor
 from legato.scheduler.routing import Router
 
 TICK_S = 0.5
-PIN_QUANTILE = 0.9  # pin TTL: this quantile of the tool's latency distribution
-PREFILL_TOKENS_PER_S = 20_000.0  # recompute speed assumed by the pin rule (H100-class, 8B model)
 AGING_CALLS_PER_S = 1.0 / 30.0  # a waiting program gains one call of priority per 30 s waited
 DEFAULT_CALLS = 10.0  # predicted calls of a program never seen to finish
-HORIZONS = (0, 1, 2, 4, 8)  # calls ahead at which admission checks the projected KV total
-# Programs a replica runs before its KV budget holds anyone back: enough for the engine to
-# batch decode steps (a step reads all the weights whatever the batch, so below this each
-# program held back costs throughput nearly one for one).
-MIN_PROGRAMS = 8
+HORIZONS = (0, 1)  # calls ahead at which admission checks the projected KV total
 VICTIM_LOOKAHEAD = 8  # newest active programs examined for one without work on the engine
 GATE_TOKENS = 8_000.0  # lead in service per weight over a tenant on the engines: calls wait
 GATE_MAX_WAIT_S = 10.0  # ... but never longer than this (no cycle of waits can stall a run)
@@ -99,6 +95,7 @@ class _Branch:
     tool: str
     ctx: float
     started: bool = False
+    held: bool = True  # counted in the KV budget (False: released through its tool, see pin_rule)
     # Until its tool starts, the branch is only expected (from a hint or from what followed
     # this call site in past runs, which can be wrong: a map body's last round has no tool);
     # past this time without a `ToolStarted` it is dropped (see `_drop_unstarted`).
@@ -142,6 +139,14 @@ class _Run:
     deferred: list[str] = field(default_factory=list)  # admitted calls the fair-share gate holds
 
 
+def branch_of(r: _Run, tool: str) -> _Branch | None:
+    """The started branch of the run waiting for `tool` (the latest one)."""
+    for b in reversed(r.acting):
+        if b.tool == tool and b.started:
+            return b
+    return None
+
+
 class Legato(BasePolicy):
     name = "legato"
     traits = PolicyTraits(eviction="next-use", tick_s=TICK_S)
@@ -150,18 +155,16 @@ class Legato(BasePolicy):
         self,
         weights: Mapping[str, float] | None = None,
         *,
-        low: float = 0.9,
-        high: float = 0.95,
-        prefill_tokens_per_s: float = PREFILL_TOKENS_PER_S,
+        low: float = 1.0,
+        high: float = 1.0,
         gate_tokens: float = GATE_TOKENS,
-        min_programs: int = MIN_PROGRAMS,
     ) -> None:
         self.fair = FairShare(weights)
-        self.budget = KVBudget(horizons=len(HORIZONS), low=low, high=high)
-        self.router = Router(min_programs=min_programs)
-        self.min_programs = min_programs
+        self.budget = KVBudget(horizons=len(HORIZONS), low=low, high=high, safety=0.0)
+        self.router = Router()
         self.predictor = ReusePredictor()
-        self.prefill_tokens_per_s = prefill_tokens_per_s
+        self.rates = EngineRates()
+        self._holds: list[tuple[float, int, str, _Branch]] = []  # (TTL end, seq, run, branch)
         self.gate_tokens = gate_tokens
         self._on_engine: dict[str, int] = {}  # tenant -> its calls on an engine
         self._deferred: dict[str, list[str]] = {}  # tenant -> runs with deferred calls (FIFO)
@@ -193,7 +196,7 @@ class Legato(BasePolicy):
         """Private KV tokens the run needs resident now (shared parts excluded)."""
         reserve = self.predictor.history.mean_output(r.program)
         branches = [p + reserve for p in r.live.values()]
-        branches.extend(b.ctx for b in r.acting)
+        branches.extend(b.ctx for b in r.acting if b.held)
         if r.bridge and not r.live:
             branches.append(r.bridge)
         if not branches:
@@ -362,10 +365,11 @@ class Legato(BasePolicy):
                 self._deferred_since.setdefault(r.tenant, now)
             r.deferred.append(call_id)
             return
-        self._dispatch(r, call_id, out)
+        self._dispatch(r, call_id, now, out)
 
-    def _dispatch(self, r: _Run, call_id: str, out: list[Decision]) -> None:
+    def _dispatch(self, r: _Run, call_id: str, now: float, out: list[Decision]) -> None:
         assert r.replica is not None
+        self.rates.call_started(r.replica, now)
         prompt = r.live.get(call_id, 0)
         r.dispatched += 1
         self._on_engine[r.tenant] = self._on_engine.get(r.tenant, 0) + 1
@@ -393,7 +397,7 @@ class Legato(BasePolicy):
                     r.held.extend(calls)
                     continue
                 for call_id in calls:
-                    self._dispatch(r, call_id, out)
+                    self._dispatch(r, call_id, now, out)
 
     def _left_engine(self, tenant: str) -> None:
         n = self._on_engine.get(tenant, 0) - 1
@@ -424,10 +428,10 @@ class Legato(BasePolicy):
 
     def _relieve(self, replica: int, now: float, out: list[Decision]) -> None:
         """Pause programs on `replica` until its footprint is back under the high threshold."""
-        if self.budget.count[replica] <= self.min_programs:
-            return  # a replica this short of programs is never thinned (see MIN_PROGRAMS)
+        if self.budget.count[replica] <= 1:
+            return  # its last program: the engine serves any call that fits its whole pool
         heap = self._victims[replica]
-        while self.budget.overflow(replica) > 0 and heap and self.budget.count[replica] > self.min_programs:
+        while self.budget.overflow(replica) > 0 and heap and self.budget.count[replica] > 1:
             picked: list[tuple[int, str]] = []
             victim: _Run | None = None
             while heap and len(picked) < VICTIM_LOOKAHEAD:
@@ -510,6 +514,10 @@ class Legato(BasePolicy):
         if paid is not None:
             r.live_paid = max(0.0, r.live_paid - self.fair.cost(paid, 0))
         node, hints = r.hints.pop(event.call_id, ("", CallHints()))
+        if r.dispatched > 0 and r.replica is not None:
+            self.rates.call_finished(
+                r.replica, now, event.prompt_tokens - event.cached_tokens + event.output_tokens
+            )
         if r.dispatched > 0:
             r.dispatched -= 1
             if not r.engine_paused:
@@ -582,10 +590,11 @@ class Legato(BasePolicy):
             self._sync(r)
             assert r.replica is not None
             self._relieve(r.replica, now, out)
-        if self.budget.holds(r.run_id) and r.replica is not None and self._should_pin(r, event, at - now):
-            ttl = self.predictor.tool_quantile_s(event.tool, r.tenant, PIN_QUANTILE, event.expected_latency_s)
-            self.pins += 1
-            out.append(Pin(r.run_id, ttl))
+        if self.budget.holds(r.run_id) and r.replica is not None:
+            started = branch_of(r, event.tool)
+            self._hold_or_release(r, started, event, now, view, out)
+            if started is not None and not started.held:
+                self._admit(now, view, out)  # its memory went back to the pool
         return out
 
     @staticmethod
@@ -604,16 +613,59 @@ class Legato(BasePolicy):
         Pins and prefetches still come from the reuse predictor."""
         out.append(NextUse(r.run_id, math.inf))
 
-    def _should_pin(self, r: _Run, event: ToolStarted, predicted_s: float) -> bool:
-        """Pin when recomputing the context costs more GPU time than holding its memory for the
-        tool's predicted duration: ctx / prefill_rate > pressure * (ctx / capacity) * T, i.e.
-        T < capacity / (prefill_rate * pressure). Never when the replica is over budget."""
+    def _hold_or_release(
+        self,
+        r: _Run,
+        branch: _Branch | None,
+        event: ToolStarted,
+        now: float,
+        view: ClusterView,
+        out: list[Decision],
+    ) -> None:
+        """Pin the run's context through its tool for the cost-benefit TTL (`pin_rule`), or
+        release it: it stops counting in the budget and, if nothing else of the run is
+        resident, the run leaves the replica until its next call (a pause with nothing on the
+        engine: its KV ages out, or into a tier, and comes back by recompute or load)."""
         assert r.replica is not None
-        if self.budget.overflow(r.replica) > 0:
-            return False
-        cap = self.budget.capacity[r.replica]
-        pressure = max(self.budget.current[r.replica] / cap, 1e-3)
-        return predicted_s < cap / (self.prefill_tokens_per_s * pressure)
+        if branch is None:
+            return
+        ttl: float | None = None
+        if self.budget.overflow(r.replica) <= 0:
+            rv = view.replica(r.replica)
+            shared = min(r.shared_tokens, branch.ctx)
+            cost = self.rates.reload_s(rv, shared, branch.ctx)
+            if cost is None:  # nothing known about the engine yet: keep it (no policy's default)
+                return
+            cap = self.budget.capacity[r.replica]
+            price = memory_price(self.budget.current[r.replica], cap, bool(self._waiting))
+            fit = self.predictor.tool_fit(event.tool, r.tenant)
+            ttl = hold_ttl(cost, price * (branch.ctx - shared) / cap, fit)
+        if ttl is None:
+            self._release_branch(r, branch, now, out)
+            return
+        if math.isfinite(ttl):
+            self.pins += 1
+            out.append(Pin(r.run_id, ttl))
+            self._seq += 1
+            heapq.heappush(self._holds, (now + ttl, self._seq, r.run_id, branch))
+
+    def _release_branch(self, r: _Run, branch: _Branch, now: float, out: list[Decision]) -> None:
+        branch.held = False
+        if r.live or r.bridge or any(b.held for b in r.acting):
+            self._sync(r)
+            return
+        self._pause(r, now, out)
+
+    def _expire_holds(self, now: float, out: list[Decision]) -> None:
+        """A pin's TTL passed with its tool still running: holding further costs more than it
+        is expected to save, so the branch is released (see `pin_rule`)."""
+        heap = self._holds
+        while heap and heap[0][0] <= now:
+            _, _, run_id, branch = heapq.heappop(heap)
+            r = self._runs.get(run_id)
+            if r is None or r.state != ACTIVE or not branch.held or not any(b is branch for b in r.acting):
+                continue
+            self._release_branch(r, branch, now, out)
 
     def on_tool_finished(self, event: ToolFinished, now: float, view: ClusterView) -> Sequence[Decision]:
         r = self._runs.get(event.run_id)
@@ -655,6 +707,7 @@ class Legato(BasePolicy):
             if r is not None and r.tool_ver == ver and r.acting and r.replica is not None:
                 out.append(Prefetch(run_id, r.replica))
         self._drop_unstarted(now, out)
+        self._expire_holds(now, out)
         self._release(now, out)
         if self._waiting:
             self._ensure_capacity(view)

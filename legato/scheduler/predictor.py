@@ -126,6 +126,10 @@ class ReusePredictor:
             return math.exp(fit.mu)
         return hint_s if hint_s is not None else self.default_tool_s
 
+    def tool_fit(self, tool: str, tenant: str) -> LognormalFit | None:
+        """The tool's fitted latency distribution (the tenant's once it has samples)."""
+        return self._fit(tool, tenant)
+
     def tool_quantile_s(self, tool: str, tenant: str, q: float, hint_s: float | None = None) -> float:
         """The q-quantile of the tool's latency (a pin TTL); twice the hint before any sample."""
         if not 0.0 < q < 1.0:

@@ -55,6 +55,7 @@ from legato.scheduler.policy import (
     ReplicaView,
     Resume,
     SetPriority,
+    TierView,
     Unpin,
 )
 from legato.sim.cost_model import CostModel
@@ -162,6 +163,19 @@ class _View:
     def replica(self, index: int) -> ReplicaView:
         e = self._sim.engines[index]
         pool = e.pool
+        facts = self._sim.facts
+        tiers: tuple[TierView, ...] = ()
+        if pool.tiers is not None:
+            tiers = tuple(
+                TierView(
+                    lv.spec.name,
+                    lv.spec.bandwidth,
+                    lv.spec.round_trip_s,
+                    lv.capacity * pool.tiers.block_bytes,
+                    max(0, lv.capacity - lv.used) * pool.tiers.block_bytes,
+                )
+                for lv in pool.tiers.levels
+            )
         return ReplicaView(
             replica=index,
             block_size=pool.block_size,
@@ -169,6 +183,12 @@ class _View:
             free_blocks=pool.available,
             running=e.running,
             waiting=e.n_waiting + e.n_parked,
+            prefill_s_per_token=facts[0],
+            prefill_s_per_pair=facts[1],
+            decode_step_s=facts[2],
+            decode_s_per_ctx_token=facts[3],
+            kv_bytes_per_token=facts[4],
+            tiers=tiers,
         )
 
     def cached_prefix_tokens(self, replica: int, call_id: str) -> int:
@@ -261,6 +281,8 @@ class _Sim:
         self.prefetches = 0
         self.next_prog = 0
         self.done = 0
+        # Engine facts every ReplicaView carries (see `CostModel.engine_facts`).
+        self.facts = cost.engine_facts()
         self.view = _View(self)
         self._pin_home: dict[int, int] = {}  # run -> replica holding its pin
         self._progress_every = max(1, len(self.specs) // 100)

@@ -96,12 +96,10 @@ def test_incremental_sums_match_a_recount(ops: list[tuple[str, int, float]]) -> 
 
 class _Watched(Legato):
     """Legato, checking after every event that the footprint of its active programs stays
-    within each replica's capacity whenever it has more than one (a pause can fix that). The
-    budget binds from the first program here (`min_programs=1`): by default a replica runs
-    `MIN_PROGRAMS` programs whatever their footprint, and the engine handles the overflow."""
+    within each replica's capacity whenever it has more than one (a pause can fix that)."""
 
     def __init__(self) -> None:
-        super().__init__(min_programs=1)
+        super().__init__()
         self.checked = 0
 
     def on_event(self, event: Event, now: float, view: ClusterView) -> list[Decision]:
