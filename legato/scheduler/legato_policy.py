@@ -72,6 +72,7 @@ from legato.scheduler.policy import (
     PolicyTraits,
     Prefetch,
     Resume,
+    Unpin,
 )
 from legato.scheduler.predictor import ReusePredictor
 from legato.scheduler.routing import Router
@@ -290,10 +291,36 @@ class Legato(BasePolicy):
                 may_steal=r.dispatched == 0,  # calls parked on its home replica pin it there
             )
             if replica is None:
+                if self._unhold_idle(r, view, now, out):
+                    continue
                 self._blocked = (r.run_id, r.qver, self.budget.releases)
                 return
             heapq.heappop(self._waiting[r.tenant])
             self._activate(r, replica, now, out)
+
+    def _unhold_idle(self, r: _Run, view: ClusterView, now: float, out: list[Decision]) -> bool:
+        """A replica with nothing to run while `r` waits for memory: the KV it holds for
+        programs inside tools is worth nothing to an idle engine (a hold is priced by the work
+        it keeps out, see `pin_rule`), so those programs are released, newest first, until `r`
+        fits. Returns whether anything was released (then admission retries)."""
+        released = False
+        for replica in range(self.budget.replicas):
+            if not self._idle(view, replica):
+                continue
+            for _, run_id in sorted(self._victims[replica]):
+                v = self._runs.get(run_id)
+                if v is None or v.state != ACTIVE or v.replica != replica or v.live or v.dispatched:
+                    continue
+                if not any(b.held for b in v.acting):
+                    continue
+                for b in v.acting:
+                    b.held = False
+                out.append(Unpin(v.run_id))
+                self._pause(v, now, out)
+                released = True
+                if self.budget.fits(replica, *self._need_fn(r)(replica)):
+                    return True
+        return released
 
     def _predicted_cost(self, r: _Run) -> float:
         """Fair-share cost the run is expected to consume from here: what past runs of the
@@ -426,10 +453,16 @@ class Legato(BasePolicy):
         if r.held or r.dispatched:
             self._enqueue(r, now)
 
-    def _relieve(self, replica: int, now: float, out: list[Decision]) -> None:
-        """Pause programs on `replica` until its footprint is back under the high threshold."""
+    def _relieve(self, replica: int, now: float, view: ClusterView, out: list[Decision]) -> None:
+        """Pause programs on `replica` until its footprint is back under the high threshold.
+        Only when the engine is really short: the footprint is an estimate (output reserves,
+        shared parts), and while the engine still has free blocks for the excess a pause would
+        throw KV away for nothing."""
         if self.budget.count[replica] <= 1:
             return  # its last program: the engine serves any call that fits its whole pool
+        rv = view.replica(replica)
+        if self.budget.overflow(replica) <= rv.free_blocks * rv.block_size:
+            return
         heap = self._victims[replica]
         while self.budget.overflow(replica) > 0 and heap and self.budget.count[replica] > 1:
             picked: list[tuple[int, str]] = []
@@ -496,7 +529,7 @@ class Legato(BasePolicy):
         if r.state == ACTIVE:
             assert r.replica is not None
             self._sync(r)
-            self._relieve(r.replica, now, out)
+            self._relieve(r.replica, now, view, out)
         if r.state == ACTIVE:
             self._send(r, call.call_id, now, out)
         else:
@@ -561,11 +594,13 @@ class Legato(BasePolicy):
         if self.budget.holds(r.run_id):
             self._sync(r)
             assert r.replica is not None
-            self._relieve(r.replica, now, out)
+            self._relieve(r.replica, now, view, out)
         self._release(now, out)
-        if not reuse:
-            # KV was let go: room for a waiting program. (Otherwise the footprint barely moved,
-            # and the next tick retries admission: this keeps the hot path cheap.)
+        if not reuse or (r.replica is not None and self._idle(view, r.replica)):
+            # KV was let go, or the engine has nothing left to run: room (or a reason, see
+            # `_unhold_idle`) for a waiting program. Otherwise the footprint barely moved, and
+            # the next tick retries admission: this keeps the hot path cheap.
+            self._blocked = None
             self._admit(now, view, out)
         return out
 
@@ -589,7 +624,7 @@ class Legato(BasePolicy):
         if self.budget.holds(r.run_id):
             self._sync(r)
             assert r.replica is not None
-            self._relieve(r.replica, now, out)
+            self._relieve(r.replica, now, view, out)
         if self.budget.holds(r.run_id) and r.replica is not None:
             started = branch_of(r, event.tool)
             self._hold_or_release(r, started, event, now, view, out)
@@ -706,7 +741,7 @@ class Legato(BasePolicy):
             r = self._runs.get(run_id)
             if r is not None and r.tool_ver == ver and r.acting and r.replica is not None:
                 out.append(Prefetch(run_id, r.replica))
-        self._drop_unstarted(now, out)
+        self._drop_unstarted(now, view, out)
         self._expire_holds(now, out)
         self._release(now, out)
         if self._waiting:
@@ -715,7 +750,7 @@ class Legato(BasePolicy):
             self._admit(now, view, out)
         return out
 
-    def _drop_unstarted(self, now: float, out: list[Decision]) -> None:
+    def _drop_unstarted(self, now: float, view: ClusterView, out: list[Decision]) -> None:
         """Forget expected tool branches whose tool never started (`TOOL_GRACE_S` after their
         call): the prediction was wrong and their context is not held through a tool. Kept,
         they would count against the KV budget until the run ends; a map-reduce run whose
@@ -734,7 +769,7 @@ class Legato(BasePolicy):
             if self.budget.holds(r.run_id):
                 self._sync(r)
                 assert r.replica is not None
-                self._relieve(r.replica, now, out)
+                self._relieve(r.replica, now, view, out)
 
     # --- reporting -----------------------------------------------------------------------
 
