@@ -31,17 +31,22 @@ from tests.sim.test_invariants import _assert_program_order
 class _View:
     """A one-replica ClusterView with a fixed pool (the policy only reads sizes)."""
 
-    def __init__(self, tokens: int, replicas: int = 1, prefill_s_per_token: float | None = None) -> None:
+    def __init__(
+        self, tokens: int, replicas: int = 1, prefill_s_per_token: float | None = None, running: int = 1
+    ) -> None:
         self.blocks = tokens // 16
         self.n = replicas
         self.prefill = prefill_s_per_token
+        self.running = running  # calls the engine reports running (0: idle, see _unhold_idle)
 
     @property
     def num_replicas(self) -> int:
         return self.n
 
     def replica(self, index: int) -> ReplicaView:
-        return ReplicaView(index, 16, self.blocks, self.blocks, 0, 0, prefill_s_per_token=self.prefill)
+        return ReplicaView(
+            index, 16, self.blocks, self.blocks, self.running, 0, prefill_s_per_token=self.prefill
+        )
 
     def cached_prefix_tokens(self, replica: int, call_id: str) -> int:
         return 0
@@ -114,6 +119,9 @@ def test_a_tool_longer_than_the_break_even_releases_the_program() -> None:
     out, policy = run(_View(10_000, prefill_s_per_token=1e-2))
     assert [d for d in out if isinstance(d, Pin)]
     assert _dispatched(out) == []
+    # ... unless the engine has nothing else to run: a hold is worth nothing to an idle engine.
+    out = list(policy.on_event(Tick(), 1.5, _View(10_000, prefill_s_per_token=1e-2, running=0)))
+    assert _dispatched(out) == ["b#0"]
 
 
 def _learn_that_a_tool_follows_step_0(policy: Legato, view: _View) -> None:
