@@ -12,7 +12,7 @@ grows with its output tokens, then its run's tool runs for a lognormal time, and
 5-30 steps. Decisions are applied just enough for the stream to stay honest (dispatch, pause
 and resume change what happens next; priorities, pins and hints are only counted). The
 `ClusterView` is `FakeCluster`, a plain class of counters, so reading it costs about what a
-real view's cached numbers cost; `belady` gets a `FutureOracle` from the driver, which knows
+real view's cached numbers cost; `oracle-evict` gets a `FutureOracle` from the driver, which knows
 when every tool ends.
 
 Times are wall-clock (`time.perf_counter_ns` around each `on_event`), so they vary with the

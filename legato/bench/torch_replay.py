@@ -322,7 +322,7 @@ def replay_on_torch(
     """Replay `workload` under a policy (registry name or object) on one embedded torch engine
     (the small default model on CPU; `model_config` shrinks it). `seed` seeds the engine's
     weights and unseeded sampling (greedy here, so only the weights). Blocking: runs its own
-    event loop. Raises `UnsupportedPolicyError` for oracle policies (`belady`), `TimeoutError`
+    event loop. Raises `UnsupportedPolicyError` for oracle policies (`oracle-evict`), `TimeoutError`
     when the whole replay takes longer than `timeout_s`."""
     from legato.sim.driver import resolve_policy
 

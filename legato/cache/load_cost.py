@@ -19,6 +19,11 @@ the safe side given the field numbers above. Candidate break points are `device_
 tier boundaries, so the plans are few; a small dynamic program over (break point, tier of the
 previous span) visits all of them exactly. Ties go to the plan found first, which is the one
 that loads less, so an even trade never adds I/O.
+
+Exclusive tiers (the simulator's: a block lives in one tier at a time) hold a span, not a prefix:
+the host holds `[device, h)` and Redis `[h, r)` of the sequence. `tier_starts` says where each
+tier's span begins; a span of the plan is loaded only from a tier whose span covers it, so a
+block is never priced as a load from a tier that does not hold it.
 """
 
 from __future__ import annotations
@@ -80,14 +85,20 @@ def plan_load(
     tier_tokens: Sequence[tuple[TierCost, int]],
     bytes_per_token: float,
     prefill_s: Callable[[int, int], float],
+    tier_starts: Sequence[int] | None = None,
 ) -> LoadPlan:
     """device_tokens: leading tokens already on the device; tier_tokens: for each tier (fastest first) the
     longest contiguous prefix (from token 0) it holds; prefill_s(start, end): the engine's cost to compute
-    tokens [start, end) given [0, start) cached. Chooses which tiers to load from and where to start
-    recomputing, minimising estimated time."""
+    tokens [start, end) given [0, start) cached; tier_starts: for each tier, the first token it holds
+    (None: every tier holds its prefix from token 0). Chooses which tiers to load from and where to
+    start recomputing, minimising estimated time."""
     _validate(device_tokens, tier_tokens, bytes_per_token)
+    starts = [0] * len(tier_tokens) if tier_starts is None else list(tier_starts)
+    if len(starts) != len(tier_tokens):
+        raise ValueError(f"tier_starts has {len(starts)} entries for {len(tier_tokens)} tiers")
     horizon = max([device_tokens, *(n for _, n in tier_tokens)])
-    points = sorted({device_tokens, *(n for _, n in tier_tokens if n > device_tokens)})
+    bounds = {device_tokens, *(n for _, n in tier_tokens), *starts}
+    points = sorted(p for p in bounds if device_tokens <= p <= horizon)
     tiers = [t for t, _ in tier_tokens]
     held = [n for _, n in tier_tokens]
 
@@ -103,7 +114,7 @@ def plan_load(
         nbytes = (end - start) * bytes_per_token
         for prev, (cost, spans) in sorted(best[j - 1].items()):
             for t, tier in enumerate(tiers):
-                if held[t] < end or tier.bandwidth_bytes_per_s <= 0.0:
+                if held[t] < end or starts[t] > start or tier.bandwidth_bytes_per_s <= 0.0:
                     continue
                 if prev == t:  # same tier as the previous span: extend that load, no second round trip
                     extra = nbytes / tier.bandwidth_bytes_per_s

@@ -362,6 +362,8 @@ class Legato(BasePolicy):
             if r.dispatched:  # its parked calls run again
                 self._on_engine[r.tenant] = self._on_engine.get(r.tenant, 0) + r.dispatched
             out.append(Resume(r.run_id))
+        elif was_paused:
+            out.append(Resume(r.run_id))
         for call_id in r.held:
             self._send(r, call_id, now, out)
         r.held.clear()
@@ -448,8 +450,11 @@ class Legato(BasePolicy):
             for _ in range(r.dispatched):  # parked calls get no service: not "on the engines"
                 self._left_engine(r.tenant)
             out.append(Pause(r.run_id))
-        # Otherwise holding its next calls is the pause: its KV stays cached, ageing like any
-        # other, and the run resumes from what is left of it.
+        else:
+            # Holding its next calls is the pause: its KV stays cached, ageing like any other,
+            # and the run resumes from what is left of it (a router-level pause, counted by
+            # the driver like every other).
+            out.append(Pause(r.run_id, evict=False))
         if r.held or r.dispatched:
             self._enqueue(r, now)
 
@@ -777,6 +782,5 @@ class Legato(BasePolicy):
         """Numbers for the bench report: predictor accuracy, pins, pauses, steals."""
         out = self.predictor.accuracy()
         out["legato_pins"] = float(self.pins)
-        out["legato_pauses"] = float(self.pauses)
         out["legato_steals"] = float(self.router.steals)
         return out

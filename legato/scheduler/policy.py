@@ -16,9 +16,12 @@ Decision semantics (both drivers implement them):
   priority runs first (vLLM's convention); equal priorities run in dispatch order. A policy may
   hold a call and dispatch it on a later event.
 - `SetPriority(run_id, priority)`: re-rank the run's queued (not yet running) calls.
-- `Pause(run_id)` / `Resume(run_id)`: program-level admission control. A paused run's queued
-  calls are not admitted, its running calls are sent back to the queue, and its cached KV is
-  evicted before anything else's. Resume lets them in again.
+- `Pause(run_id, evict)` / `Resume(run_id)`: program-level admission control. A paused run's
+  queued calls are not admitted, its running calls are sent back to the queue, and (with
+  `evict`, the default) its cached KV is evicted before anything else's; `evict=False` is a
+  router-level pause (ThunderAgent's): the engine is not told, the run's KV ages like any other.
+  Resume lets them in again. Every pause of a program is a `Pause` decision, so drivers count
+  pauses in one place: the decisions they apply.
 - `Pin(run_id, ttl_s)` / `Unpin(run_id)`: keep the KV of the run's last call (prompt + output)
   resident on the replica that ran it, until the TTL passes, the run's next call is admitted,
   the run finishes, or it is unpinned.
@@ -65,6 +68,7 @@ class SetPriority:
 @dataclass(frozen=True, slots=True)
 class Pause:
     run_id: str
+    evict: bool = True  # False: hold the run's calls only; its cached KV keeps its LRU place
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,6 +183,11 @@ class PolicyTraits:
     unlimited_kv: bool = False  # bound: the engine never runs out of KV blocks
     oracle: bool = False  # bound: receives a FutureOracle (simulator only)
     tick_s: float | None = None  # deliver a `Tick` this often (None: never)
+    # Engine mechanics of the system a policy reproduces (the defaults are vLLM v1's):
+    pin_yield: bool = False  # pins give way, latest-submitted program first, when KV runs out
+    preemption: Literal["recompute", "swap"] = "recompute"  # swap: preempted KV to host swap space
+    victim: Literal["newest", "fewest-output"] = "newest"  # which running request is preempted
+    reserve_output: bool = False  # admit conservatively, reserving decode room (SGLang)
 
 
 @runtime_checkable

@@ -63,7 +63,7 @@ being evicted right now); for other engines they are estimated from the sequence
 scheduler remembers per replica (the longest common prefix, in whole blocks; optimistic: it
 ignores evictions).
 
-Policies declaring `traits.oracle` (the clairvoyant `belady` bound) are rejected: real time has no
+Policies declaring `traits.oracle` (the clairvoyant `oracle-evict`) are rejected: real time has no
 future knowledge. `traits.unlimited_kv` is a property of the engine, which the caller sizes.
 """
 

@@ -68,6 +68,7 @@ from legato.sim.outcome import ProgramOutcome, RunOutcome
 from legato.sim.tiers import SimTiers
 from legato.sim.workload import ProgramSpec, Segment, Workload
 
+SWAP_SPACE_GB = 4 * 2**30 / 1e9  # vLLM's default --swap-space: 4 GiB per GPU
 _BROADCAST = (Pause, Resume, SetPriority, NextUse, Unpin)  # decisions every replica applies
 _URGENT = (Pause, Resume)  # decisions that cut a decode jump short (besides new calls)
 W_IN, W_OUT = 1.0, 2.0  # VTC cost weights for service_by_tenant
@@ -126,7 +127,7 @@ class _Prog:
     output_tokens: int = 0
     calls_done: int = 0
     active_calls: int = 0  # arrived, not finished
-    tool_ends: dict[int, float] = field(default_factory=dict)  # call index -> tool end time
+    tool_ends: dict[int, float] = field(default_factory=dict)  # call index -> its step's end time
     prompt_lens: list[int] = field(default_factory=list)
     started: bool = False  # a call of it has finished (it got through any queue)
 
@@ -221,6 +222,11 @@ class _Sim:
         if config.replicas < 1:
             raise ValueError(f"replicas must be >= 1, got {config.replicas}")
         specs = tier_specs(config.tiers)
+        if not specs and policy.traits.preemption == "swap":
+            # Swap-based preemption (vLLM's --swap-space, 4 GiB per GPU by default): the
+            # engine's CPU swap space is a host tier, so preempted KV is reloaded, not recomputed.
+            specs = tier_specs((f"host:{SWAP_SPACE_GB}",))
+        self.tier_specs = specs
         self.policy = policy
         self.config = config
         self.concurrency = concurrency
@@ -241,6 +247,11 @@ class _Sim:
                 max_num_batched_tokens=config.max_num_batched_tokens,
                 max_num_seqs=config.max_num_seqs,
                 check=check,
+                pin_yield=policy.traits.pin_yield,
+                swap=policy.traits.preemption == "swap",
+                victim=policy.traits.victim,
+                reserve_output=policy.traits.reserve_output,
+                max_new_tokens=_SAMPLING.max_tokens,
             )
             for i in range(config.replicas)
         ]
@@ -248,6 +259,7 @@ class _Sim:
             kv_bytes = cost.model.kv_bytes_per_token
             for e in self.engines:
                 e.pool.tiers = SimTiers(specs, config.block_size, kv_bytes, e.pool._key)
+                e.pool.offload_evictions = bool(config.tiers)
         order = sorted(range(len(workload.programs)), key=lambda i: (workload.programs[i].arrival_s, i))
         self.specs = [workload.programs[i] for i in order]
         self.workload = workload
@@ -431,12 +443,15 @@ class _Sim:
                     replica,
                 )
             )
+        # When the step ends (its tool's end, or now: dependents follow at once) is known before
+        # the policy hears of the finish, so an oracle's next-use hint already counts it.
+        p.tool_ends[j] = self.now + (cs.tool_latency_s if cs.tool is not None else 0.0)
         self.emit(CallFinished(req.call_id, p.run_id, prompt, cs.output_tokens, req.hit_tokens, "length"))
         if cs.tool is not None:
-            p.tool_ends[j] = self.now + cs.tool_latency_s
             self.emit(ToolStarted(p.run_id, cs.tool, self._tool_mean(cs.tool)))
             self.push(self.now + cs.tool_latency_s, _TOOL_DONE, p.index, j)
         else:
+            del p.tool_ends[j]
             self._step_done(p, j)
 
     def _tool_mean(self, tool: str) -> float | None:
@@ -506,7 +521,9 @@ class _Sim:
             self._replica_op(d.replica, ("add", req, Segment(cs.output_seg_id, cs.output_tokens), cs.prompt))
         elif isinstance(d, _BROADCAST):
             if isinstance(d, Pause):
-                self.pauses += 1
+                self.pauses += 1  # the one count of program pauses (RunOutcome.pauses)
+                if not d.evict:
+                    return  # a router-level pause: the policy holds the calls, engines are not told
             for e in self.engines:
                 self._replica_op(e.index, d)
         elif isinstance(d, Pin):
@@ -516,7 +533,7 @@ class _Sim:
         elif isinstance(d, Prefetch):
             self.prefetches += 1
             run = self.run_index.get(d.run_id)
-            if run is not None and 0 <= d.replica < len(self.engines) and self.config.tiers:
+            if run is not None and 0 <= d.replica < len(self.engines) and self.tier_specs:
                 self._replica_op(d.replica, ("prefetch", run, 0))
         else:
             raise TypeError(f"unknown decision {d!r}")
@@ -626,7 +643,8 @@ class _Sim:
             extra={
                 "engine_steps": float(sum(s.steps for s in stats)),
                 "evicted_blocks": float(evicted),
-                "prefetches_ignored": float(0 if self.config.tiers else self.prefetches),
+                "pin_yields": float(sum(s.pin_yields for s in stats)),
+                "prefetches_ignored": float(0 if self.tier_specs else self.prefetches),
                 **self._tier_extra(),
                 **self._policy_extra(),
             },
@@ -640,11 +658,11 @@ class _Sim:
 
     def _tier_extra(self) -> dict[str, float]:
         """Per-tier traffic summed over replicas (only with tiers): `tier_<name>_<counter>`."""
-        if not self.config.tiers:
+        if not self.tier_specs:
             return {}
         out: dict[str, float] = {"prefetches": float(self.prefetches)}
         out["tier_load_stall_s"] = sum(e.stats.load_stall_s for e in self.engines)
-        for spec in tier_specs(self.config.tiers):
+        for spec in self.tier_specs:
             block_bytes = self.config.block_size * self.config.cost_model().model.kv_bytes_per_token
             totals = {"offloaded_bytes": 0.0, "loaded_bytes": 0.0, "hit_tokens": 0.0, "prefetched_bytes": 0.0}
             totals["capacity_blocks"] = totals["peak_blocks"] = 0.0

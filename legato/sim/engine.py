@@ -14,6 +14,17 @@ of decode-only steps is planned as one *jump* of k steps (until the first reques
 the pool would run out), priced in closed form. A jump is cut short at the next step boundary
 when an outside event (a new call, a pause, a pin) reaches the replica.
 
+Pins (`pin`) hold a run's KV between calls. On engines whose policy declares `pin_yield`
+(Continuum's), pins give way when KV runs out: before a running request is preempted, and
+before a queued call is refused for lack of blocks (then only pins of runs submitted after the
+call's own), the latest-submitted run's pin is released first.
+
+Engine mechanics a policy declares in its `PolicyTraits` (the defaults are vLLM v1's): the
+preemption victim (`victim`: vLLM's lowest priority / newest, or SGLang's fewest output tokens),
+preemption by swap instead of recompute (`preemption="swap"`: the victim's KV moves to the first
+tier and is loaded back), SGLang's conservative admission (`reserve_output`, see
+`sim/output_reserve.py`).
+
 Policy decisions arrive as ops (`add`, `pause`, `resume`, `pin`, `unpin`, `set_priority`,
 `set_hint`); the driver applies them only between steps, like a real engine's input queue.
 """
@@ -25,6 +36,7 @@ from dataclasses import dataclass
 
 from legato.sim.cost_model import CostModel
 from legato.sim.kv_pool import KVPool, Node
+from legato.sim.output_reserve import OutputReserve
 from legato.sim.workload import Segment
 
 WAITING, PREFILL, DECODE, DONE, PARKED = range(5)
@@ -92,6 +104,7 @@ class StepStats:
     busy_s: float = 0.0
     steps: int = 0
     load_stall_s: float = 0.0  # step time spent waiting for KV loads from tiers
+    pin_yields: int = 0  # pins released early because KV ran out (`pin_yield` engines)
 
 
 class SimEngine:
@@ -104,6 +117,11 @@ class SimEngine:
         max_num_batched_tokens: int,
         max_num_seqs: int,
         check: bool = False,
+        pin_yield: bool = False,
+        swap: bool = False,
+        victim: str = "newest",
+        reserve_output: bool = False,
+        max_new_tokens: int = 4096,
     ) -> None:
         self.index = index
         self.cost = cost
@@ -112,6 +130,13 @@ class SimEngine:
         self.max_tokens = max_num_batched_tokens
         self.max_seqs = max_num_seqs
         self.check_mode = check
+        self.pin_yield = pin_yield  # pins give way when KV runs out, latest-submitted run first
+        self.swap = swap  # preemption swaps the victim's KV to the first tier (vLLM v0 swap)
+        if victim not in ("newest", "fewest-output"):
+            raise ValueError(f"unknown preemption victim order {victim!r}; valid: newest, fewest-output")
+        self.fewest_output_first = victim == "fewest-output"  # SGLang's retract_decode order
+        self.reserve = OutputReserve(max_new_tokens) if reserve_output else None
+        self.sum_prompt_dec = 0  # summed prompt length of decoding requests
         self.stats = StepStats()
         self._waiting: list[tuple[int, int, int, SimRequest]] = []
         self.n_waiting = 0  # live queued requests (parked ones not included)
@@ -302,13 +327,17 @@ class SimEngine:
                 need += -(-(r.computed + c) // bs) - (-(-r.computed // bs))
             if need <= pool.available:
                 break
-            victim = self._pop_victim()
+            if self._yield_pin(None, now):
+                continue  # an idle pin gives way before a running request is preempted
+            victim = self._fewest_output() if self.fewest_output_first else self._pop_victim()
             if victim is None:
                 raise AssertionError("KV pool too small for a single request")
             self._evict_running(victim, now)
             self.stats.preemptions += 1
             preempted = True
         pool.allocate(need)  # this step's chunks and one decode step, before any admission
+        if preempted and self.reserve is not None:
+            self.reserve.retracted(self.running, self._generated_running())
         if not preempted:
             budget = self._admit(now, budget, chunks)
         if self.n_dec == 0 and not chunks:
@@ -361,6 +390,8 @@ class SimEngine:
         self.stats.busy_s += self.t_end - self.t0
         self.stats.steps += self.k
         self.d += self.k
+        if self.reserve is not None and self.n_flight:
+            self.reserve.decoded(self.k)
         done: list[SimRequest] = []
         fin = self._fin
         while fin and fin[0][0] <= self.d:
@@ -395,6 +426,10 @@ class SimEngine:
         pool = self.pool
         bs = self.bs
         waiting = self._waiting
+        room = 0.0  # tokens a reserve_output engine may still admit this round
+        if self.reserve is not None:
+            room = pool.available * bs - self.reserve.running_tokens(self.running, self._generated_running())
+        admitted = 0
         while waiting and budget > 0 and self.running < self.max_seqs:
             _, _, qver, r = waiting[0]
             if qver != r.qver or r.state != WAITING:
@@ -416,9 +451,19 @@ class SimEngine:
                 hit = plan.recompute_from  # loaded blocks count as a prefix hit
             c = min(target - hit, budget)
             need = -(-(hit + c) // bs) - dev_blocks  # loaded blocks need device blocks too
+            while need > pool.available and self._yield_pin(r.run, now):
+                pass
+            cost = 0.0
+            if self.reserve is not None:
+                cost = (target - hit) + self.reserve.new_tokens()
+                if cost > room and (self.running or admitted):
+                    pool.release(r.nodes, None)
+                    break  # SGLang: no room left for this request's output to come
             if need > pool.available:
                 pool.release(r.nodes, None)
                 break
+            room -= cost
+            admitted += 1
             heapq.heappop(waiting)
             self.n_waiting -= 1
             pool.allocate(need)
@@ -448,6 +493,40 @@ class SimEngine:
                 self.unpin(r.run, now=now)
         return budget
 
+    def _yield_pin(self, before: int | None, now: float) -> bool:
+        """With `pin_yield`: release the pin of the latest-submitted run (runs are numbered in
+        submission order), only of runs submitted after `before` when it is given (a queued call
+        takes memory from later programs' pins, never from earlier ones'). False: none left."""
+        if not self.pin_yield or not self.pins:
+            return False
+        latest = max(self.pins)
+        if before is not None and latest <= before:
+            return False
+        self.unpin(latest, now=now)
+        self.stats.pin_yields += 1
+        return True
+
+    def _running(self) -> list[SimRequest]:
+        live = [r for _, _, dver, r in self._fin if dver == r.dver and r.state == DECODE]
+        return [*self.prefilling, *live]
+
+    def _generated_running(self) -> int:
+        """Output tokens generated so far by the running requests."""
+        dec = self.sum_a + self.n_dec * (self.d + 1) - self.sum_prompt_dec
+        return dec + sum(r.generated for r in self.prefilling)
+
+    def _fewest_output(self) -> SimRequest | None:
+        """SGLang's `retract_decode` victim: the running request with the fewest output tokens
+        (ties: the longest prompt)."""
+        best: SimRequest | None = None
+        best_key = (0, 0)
+        for r in self._running():
+            gen = r.a + self.d - r.prompt_len + 1 if r.state == DECODE else r.generated
+            key = (gen, -r.prompt_len)
+            if best is None or key < best_key:
+                best, best_key = r, key
+        return best
+
     def _pop_victim(self) -> SimRequest | None:
         v = self._victims
         while v:
@@ -462,6 +541,7 @@ class SimEngine:
         r.a = r.computed - self.d
         self.n_dec += 1
         self.sum_a += r.a
+        self.sum_prompt_dec += r.prompt_len
         self.phase[r.a % self.bs] += 1
         r.dver += 1
         heapq.heappush(self._fin, (self.d + r.out_len - r.generated, r.seq, r.dver, r))
@@ -471,16 +551,20 @@ class SimEngine:
         r.generated = r.computed - r.prompt_len + 1
         self.n_dec -= 1
         self.sum_a -= r.a
+        self.sum_prompt_dec -= r.prompt_len
         self.phase[r.a % self.bs] -= 1
 
     def _evict_running(self, r: SimRequest, now: float, park: bool = False) -> None:
-        """Preemption by recompute: free the request's blocks (cached full blocks stay reusable)
-        and send it back to the queue (or park it, for a paused run)."""
+        """Preemption: free the request's blocks (cached full blocks stay reusable; with `swap`
+        they move to the first tier at once, to be loaded back on readmission) and send it back
+        to the queue (or park it, for a paused run)."""
         if r.state == DECODE:
             self._leave_decode(r)
         else:
             self.prefilling.remove(r)
         self._release_blocks(r, r.computed, now)
+        if self.swap and not park:
+            self.pool.swap_out(r.nodes)
         r.computed = 0
         r.cidx = 0
         r.tree_blocks = 0

@@ -18,7 +18,9 @@ vLLM's reversed free-list order and SGLang's radix tree both do), in one of two 
 Runs marked evict-first (paused programs) go before anything else in both orders.
 
 With KV tiers (`sim/tiers.py`), evicted blocks are offloaded to the host / Redis tier instead
-of vanishing, and blocks computed or loaded back leave their tier (`SimTiers.absorb`).
+of vanishing, and blocks computed or loaded back leave their tier (`SimTiers.absorb`). A pool
+whose only tier is a swap space (`offload_evictions=False`, vLLM's swap-based preemption) drops
+evicted blocks as usual and moves only a preempted request's blocks down (`swap_out`).
 
 Accounting invariant (checked by `check()`): used = sum(cached) + blocks held privately by
 running requests (partial blocks, duplicates, and blocks computed but not yet committed).
@@ -93,6 +95,7 @@ class KVPool:
         self._heap: list[HeapEntry] = []
         self._seq = 0
         self.tiers: SimTiers | None = None  # set by the engine when the replica has KV tiers
+        self.offload_evictions = True  # evicted blocks go to the tiers (False: a swap space only)
 
     # --- paths ---------------------------------------------------------------------------
 
@@ -288,7 +291,7 @@ class KVPool:
             self.evictable -= take
             self.used -= take
             self.evicted_blocks += take
-            if self.tiers is not None:
+            if self.tiers is not None and self.offload_evictions:
                 self.tiers.offload(n, take)
             if n.cached:  # done; a heap entry stays valid (the key does not depend on `cached`)
                 if not from_heap:
@@ -313,6 +316,37 @@ class KVPool:
                     heapq.heappush(heap, (key, self._seq, p.version, p))
         if n is not None and not from_heap:
             self._push(n)  # the next chain node was not needed after all: give it its entry
+
+    def swap_out(self, nodes: Sequence[Node]) -> int:
+        """Swap-based preemption: move the unreferenced tail of a path (a preempted request's
+        blocks) to the first tier now, leaf first, keeping the cache prefix-closed. Returns the
+        blocks moved."""
+        if self.tiers is None:
+            return 0
+        moved = 0
+        for n in reversed(nodes):
+            if n.refs or n.cached_children:
+                break
+            if not n.cached:
+                continue
+            take = n.cached
+            n.cached = 0
+            self.cached_total -= take
+            self.evictable -= take
+            self.used -= take
+            self.evicted_blocks += take
+            self.tiers.offload(n, take)
+            moved += take
+            p = n.parent
+            assert p is not None
+            p.cached_children -= 1
+            while not p.cached and not p.cached_children and p.parent is not None:
+                p = p.parent
+                p.cached_children -= 1
+        for n in nodes:  # the new tail may be evictable now: give it a heap entry
+            if n.refs == 0 and n.cached and not n.cached_children:
+                self._push(n)
+        return moved
 
     # --- checks --------------------------------------------------------------------------
 

@@ -195,10 +195,16 @@ class SimTiers:
 
     # --- tiers -> device -----------------------------------------------------------------
 
-    def reach(self, nodes: Sequence[Node], cap_blocks: int) -> list[tuple[TierCost, int]]:
-        """For each tier, fastest first: tokens of the path's longest prefix on the device or
-        in that tier or a faster one (at most `cap_blocks` blocks), priced at `now`."""
-        out: list[tuple[TierCost, int]] = []
+    def reach(
+        self, nodes: Sequence[Node], cap_blocks: int, device_tokens: int
+    ) -> tuple[list[tuple[TierCost, int]], list[int]]:
+        """For each tier, fastest first, priced at `now`: the end of the path's longest prefix on
+        the device or in that tier or a faster one (at most `cap_blocks` blocks), and where the
+        tier's own blocks begin (the previous level's end: tiers are exclusive, so a tier holds
+        only the span past the faster levels)."""
+        ends: list[tuple[TierCost, int]] = []
+        starts: list[int] = []
+        prev = device_tokens
         for lv in self.levels:
             blocks = 0
             for n in nodes:
@@ -206,8 +212,11 @@ class SimTiers:
                 blocks += c
                 if c < n.nblocks:
                     break
-            out.append((lv.cost(self.now), min(blocks, cap_blocks) * self.block_size))
-        return out
+            end = max(prev, min(blocks, cap_blocks) * self.block_size)
+            ends.append((lv.cost(self.now), end))
+            starts.append(prev)
+            prev = end
+        return ends, starts
 
     def plan(
         self,
@@ -216,7 +225,8 @@ class SimTiers:
         cap_blocks: int,
         prefill_s: Callable[[int, int], float],
     ) -> LoadPlan:
-        return plan_load(device_tokens, self.reach(nodes, cap_blocks), self.bytes_per_token, prefill_s)
+        ends, starts = self.reach(nodes, cap_blocks, device_tokens)
+        return plan_load(device_tokens, ends, self.bytes_per_token, prefill_s, starts)
 
     def charge(self, plan: LoadPlan, prefetch: bool = False) -> float:
         """Occupy the links for the plan's loads; returns when the last load lands."""

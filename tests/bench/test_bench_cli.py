@@ -43,7 +43,7 @@ SMALL = [
         (["--sweep", "replicas=1,2"], "--sweep must look like concurrency=32,64,128"),
         (["--param", "steps_max"], "--param must look like key=value"),
         (["--param", "bogus=1"], "unknown parameter(s) bogus"),
-        (["--engine", "torch", "--policies", "fcfs-lru,belady"], "needs future knowledge"),
+        (["--engine", "torch", "--policies", "fcfs-lru,oracle-evict"], "needs future knowledge"),
         (["--engine", "gpu"], "unknown engine 'gpu'; valid: sim, torch"),
         (["--gpu", "t4", "--model", "llama-3.1-70b"], "does not fit on T4"),
         (["--gpu", "a10", "-p", "steps_min=60"], "tokens of KV but one replica of llama-3.1-8b on a10 holds"),
@@ -87,7 +87,7 @@ def test_small_bench_end_to_end(tmp_path: Path) -> None:
 def _report(seed: int, jobs: int = 1, sweep: tuple[int, ...] = ()) -> str:
     doc = run_bench(
         "swe",
-        ["fcfs-lru", "belady"],
+        ["fcfs-lru", "oracle-evict"],
         programs=5,
         concurrency=2,
         seed=seed,
@@ -115,7 +115,7 @@ def test_calibrate_rejects_bad_request_count() -> None:
 def test_every_policy_replays_the_same_arrivals() -> None:
     run = execute_bench(
         "chat",
-        ["fcfs-lru", "belady", "infinite-kv"],
+        ["fcfs-lru", "oracle-evict", "infinite-kv"],
         programs=6,
         concurrency=6,
         workload_params={"arrival_rate": "0.5", "turns_max": "3"},

@@ -52,12 +52,12 @@ def test_replay_completes_every_program(policy: str) -> None:
         assert o.extra["kv_blocks"] == w_blocks
 
 
-def test_belady_is_rejected_on_torch() -> None:
+def test_oracle_evict_is_rejected_on_torch() -> None:
     w = build_workload("swe", 1, 0, SMALL)
     with pytest.raises(UnsupportedPolicyError, match="future knowledge"):
-        replay_on_torch(w, "belady", concurrency=1, model_config=TINY)
-    with pytest.raises(BenchInputError, match="belady needs future knowledge"):
-        execute_bench("swe", ["fcfs-lru", "belady"], engine="torch", programs=1, concurrency=1)
+        replay_on_torch(w, "oracle-evict", concurrency=1, model_config=TINY)
+    with pytest.raises(BenchInputError, match="oracle-evict needs future knowledge"):
+        execute_bench("swe", ["fcfs-lru", "oracle-evict"], engine="torch", programs=1, concurrency=1)
     with pytest.raises(BenchInputError, match="token_scale must be > 0"):
         execute_bench(
             "swe",

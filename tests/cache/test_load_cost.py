@@ -152,6 +152,18 @@ def test_host_then_redis_for_the_longer_tail() -> None:
     assert plan.recompute_from == 8192
 
 
+def test_exclusive_tier_spans_are_loaded_only_from_the_tier_holding_them() -> None:
+    """Exclusive tiers: the host holds [256, 1024) and Redis only [1024, 8192). Even with the
+    host link queued (a huge round trip), its span is never priced as a Redis load."""
+    busy_host = TierCost("host", bandwidth_bytes_per_s=25e9, round_trip_s=10.0)
+    tiers = [(busy_host, 1024), (REDIS, 8192)]
+    inclusive = plan_load(256, tiers, KV_BYTES, linear_prefill(1e-3))  # type: ignore[arg-type]
+    assert inclusive.loads == (("redis", 256, 8192),)  # Redis is taken to hold the whole prefix
+    plan = plan_load(256, tiers, KV_BYTES, linear_prefill(1e-3), [256, 1024])  # type: ignore[arg-type]
+    assert all(start >= 1024 for name, start, _ in plan.loads if name == "redis")
+    assert plan.recompute_from <= 1024 or ("host", 256, 1024) in plan.loads
+
+
 def test_same_tier_spans_are_one_load() -> None:
     plan = plan_load(0, [(REDIS, 1024), (REDIS, 2048)], KV_BYTES, linear_prefill(1.0))  # type: ignore[arg-type]
     assert plan.recompute_from == 2048

@@ -12,7 +12,7 @@ import torch
 from legato.engine_adapter.base import SamplingParams, TokenChunk
 from legato.engine_adapter.torch import TorchEngine, load_engine
 from legato.scheduler.base import CallScheduler
-from legato.scheduler.baselines import Belady, Continuum, FcfsLru
+from legato.scheduler.baselines import Continuum, FcfsLru, OracleEvict
 from legato.scheduler.events import (
     CallArrived,
     Event,
@@ -138,9 +138,9 @@ async def test_continuum_pin_keeps_prefix_through_tool_where_lru_loses_it() -> N
     assert await pinned_hit(FcfsLru()) == 0
 
 
-async def test_belady_is_rejected() -> None:
+async def test_oracle_evict_is_rejected() -> None:
     with pytest.raises(UnsupportedPolicyError, match="future knowledge"):
-        PolicyScheduler([engine()], Belady())
+        PolicyScheduler([engine()], OracleEvict())
 
 
 class _PauseFirst(BasePolicy):

@@ -14,7 +14,7 @@ _SCRIPT = """
 from legato.sim import SimConfig, simulate
 from tests.sim.helpers import agent_workload
 w = agent_workload(10, seed=9)
-for name in ("lpm", "thunderagent", "continuum", "belady"):
+for name in ("lpm", "thunderagent", "continuum", "oracle-evict"):
     o = simulate(w, name, SimConfig(kv_blocks=2400, replicas=2), concurrency=6)
     print(name, repr(o))
 """

@@ -29,7 +29,7 @@ def _run(cfg: SimConfig, policy: str = "fcfs-lru", check: bool = True) -> RunOut
     return simulate(WORKLOAD, policy, cfg, concurrency=CONC, check=check)
 
 
-@pytest.mark.parametrize("policy", ["fcfs-lru", "continuum", "thunderagent", "belady"])
+@pytest.mark.parametrize("policy", ["fcfs-lru", "continuum", "thunderagent", "oracle-evict"])
 def test_every_program_completes_within_tier_bounds(policy: str) -> None:
     out = _run(TIERED, policy)  # check=True: pool and tier invariants after every step
     assert len(out.programs) == len(WORKLOAD.programs)
@@ -45,6 +45,22 @@ def test_tiers_cut_recompute_under_pressure() -> None:
     assert tiered.extra["tier_redis_offloaded_bytes"] > 0  # the host tier overflowed into Redis
     assert tiered.prefill_tokens_computed < plain.prefill_tokens_computed
     assert tiered.cached_prompt_tokens > plain.cached_prompt_tokens
+
+
+@pytest.mark.parametrize("tiers", [("host:2", "redis:4"), ("host:64", "redis:4"), ("host:0.5", "redis:64")])
+@pytest.mark.parametrize("policy", ["fcfs-lru", "continuum"])
+def test_bytes_loaded_from_a_tier_never_exceed_bytes_written_to_it(
+    tiers: tuple[str, str], policy: str
+) -> None:
+    """A block is loaded from the tier that holds it: Redis serves only what was written to it
+    (issue 13: with a roomy host tier the report showed Redis loads and 0 bytes offloaded)."""
+    out = _run(dataclasses.replace(TIGHT, tiers=tiers), policy, check=False)
+    for name in ("host", "redis"):
+        loaded = out.extra[f"tier_{name}_loaded_bytes"]
+        assert loaded <= out.extra[f"tier_{name}_offloaded_bytes"], (name, out.extra)
+    if tiers[0] == "host:64":  # the host never overflows: nothing reaches Redis, nothing comes back
+        assert out.extra["tier_redis_offloaded_bytes"] == out.extra["tier_redis_loaded_bytes"] == 0
+        assert out.extra["tier_host_loaded_bytes"] > 0
 
 
 def test_tiers_are_deterministic() -> None:
@@ -147,8 +163,9 @@ def test_pool_offloads_suffix_first_and_stays_stratified() -> None:
     pool.allocate(4)  # someone else needs the whole device: all of `a` goes down
     pool.check(private_blocks=4)
     assert [(n.cached, n.h, n.rd) for n in a] == [(0, 2, 0), (0, 0, 2)]  # host keeps the prefix
-    reach = tiers.reach(a, cap_blocks=4)
+    reach, starts = tiers.reach(a, cap_blocks=4, device_tokens=0)
     assert [(cost.name, tokens) for cost, tokens in reach] == [("host", 2 * bs), ("redis", 4 * bs)]
+    assert starts == [0, 2 * bs]  # exclusive tiers: Redis holds only what is past the host's span
     plan = tiers.plan(a, 0, 4, lambda s, e: (e - s) * 1.0)  # recompute is very slow: load it all
     assert plan.loads == (("host", 0, 2 * bs), ("redis", 2 * bs, 4 * bs))
     pool.free(4)

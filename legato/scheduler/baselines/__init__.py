@@ -9,11 +9,11 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 
 from legato.scheduler.baselines.autellix import Autellix
-from legato.scheduler.baselines.belady import Belady
 from legato.scheduler.baselines.continuum import Continuum
 from legato.scheduler.baselines.fcfs_lru import FcfsLru
 from legato.scheduler.baselines.infinite_kv import InfiniteKV
 from legato.scheduler.baselines.lpm import Lpm
+from legato.scheduler.baselines.oracle_evict import OracleEvict
 from legato.scheduler.baselines.thunderagent import ThunderAgent
 from legato.scheduler.legato_policy import Legato
 from legato.scheduler.policy import Policy
@@ -25,7 +25,7 @@ POLICIES: dict[str, Callable[[], Policy]] = {
     "thunderagent": ThunderAgent,
     "autellix": Autellix,
     "infinite-kv": InfiniteKV,
-    "belady": Belady,
+    "oracle-evict": OracleEvict,
     "legato": Legato,
 }
 
@@ -47,12 +47,12 @@ __all__ = [
     "POLICIES",
     "WEIGHTED",
     "Autellix",
-    "Belady",
     "Continuum",
     "FcfsLru",
     "InfiniteKV",
     "Legato",
     "Lpm",
+    "OracleEvict",
     "ThunderAgent",
     "build_policy",
 ]
