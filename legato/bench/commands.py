@@ -35,7 +35,9 @@ def bench(
     workload: Annotated[
         str,
         typer.Option(
-            "--workload", "-w", help="swe, multiagent, text2sql, rl-grpo, chat, trace:PATH, sessions:PATH."
+            "--workload",
+            "-w",
+            help="swe, multiagent, text2sql, rl-grpo, chat, trace:PATH, sessions:PATH, chat:PATH.",
         ),
     ] = "swe",
     engine: Annotated[
@@ -250,6 +252,66 @@ def bound(
     if json_out is not None:
         record = {"workload": workload, "programs": programs, **result.as_dict()}
         json_out.write_text(json.dumps(record, indent=2))
+
+
+@bench_app.command("matrix")
+def matrix(
+    miniswe: Annotated[
+        str, typer.Option(help="The mini-swe-agent chat log (chat: workload, burst arrival).")
+    ] = "../shared/traces/miniswe_deepseek.jsonl.gz",
+    mooncake: Annotated[
+        str, typer.Option(help="The Mooncake conversation trace (trace: workload).")
+    ] = "../shared/traces/mooncake_conversation_trace.jsonl",
+    jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, help="Cells run in parallel processes.")] = 2,
+    quick: Annotated[bool, typer.Option("--quick", help="A few small cells (smoke test).")] = False,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", callback=output_path, help="Write the matrix JSON here.")
+    ] = None,
+    plot: Annotated[
+        Path | None, typer.Option(callback=output_path, help="Write a heat map PNG of the ratios here.")
+    ] = None,
+) -> None:
+    """Legato against every peer and the bounds over workloads x GPU x concurrency x tiers: per
+    cell, Legato's ratio to the best peer in steps/min and in mean TCT, and the worst cell."""
+    from rich.console import Console
+
+    from legato.bench import matrix as mx
+
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=160)
+    err = Console(stderr=True)
+    cells = mx.plan(quick)
+
+    def progress(done: int, total: int, cell: dict[str, Any]) -> None:
+        err.print(
+            f"[{done}/{total}] {cell['cell']}: steps {cell['steps_ratio']:.2f}x, "
+            f"TCT {cell['tct_ratio']:.2f}x ({cell['seconds']:.1f}s)"
+        )
+
+    try:
+        result = mx.run_matrix(cells, {"miniswe": miniswe, "mooncake": mooncake}, jobs, progress)
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
+    console.print(mx.render(result))
+    by_key = {c["cell"]: c for c in result["cells"]}
+    for label, key in (
+        ("worst cell", "worst"),
+        ("worst steps/min", "worst_steps"),
+        ("worst TCT", "worst_tct"),
+    ):
+        cell = by_key[result[key]]
+        console.print(
+            f"{label}: {cell['cell']}  steps {cell['steps_ratio']:.3f}x vs {cell['best_peer_steps']}, "
+            f"TCT {cell['tct_ratio']:.3f}x vs {cell['best_peer_tct']}"
+        )
+    console.print(f"{len(cells)} cells in {result['wall_s']:.0f} s")
+    if json_out is not None:
+        mx.write_json(result, json_out)
+        console.print(f"wrote {json_out}")
+    if plot is not None:
+        mx.plot(result, plot)
+        console.print(f"wrote {plot}")
 
 
 @bench_app.command("decide")

@@ -3,7 +3,9 @@
 Every driver (simulator or runtime) is measured by this one module, so two policies or two
 engines are always compared with the same definitions:
 
-- TCT (task completion time) = a program's finish minus its submission (queueing included);
+- TCT (task completion time) = a program's finish minus its arrival: the trace's arrival for
+  replayed traces (`ProgramSpec.open_loop`; waiting for a client slot included), its submission
+  for closed-loop generators (queueing in the engine included);
   percentiles interpolate linearly between order statistics (numpy's default method);
 - `steps_per_min` = LLM calls completed per minute of makespan (program throughput in steps);
 - `prefix_hit_rate` = cached prompt tokens / prompt tokens (0 when there were no prompt tokens);

@@ -201,11 +201,12 @@ class _Replay:
             ProgramOutcome(
                 spec.program_id,
                 spec.tenant,
-                submitted,
+                spec.arrival_s * self.time_scale if spec.open_loop else submitted,
                 time.monotonic() - self.t0,
                 totals[0],
                 totals[1],
                 totals[2],
+                submitted_s=submitted,
             )
         )
 

@@ -1,100 +1,78 @@
-"""Replay of recorded traces as workloads: Mooncake block traces and OpenAI-chat session logs.
+"""What every trace loader shares: reading logs, text prefixes as segments, timing and arrivals.
 
-**Mooncake traces** (`trace:PATH`, e.g. `../shared/traces/*.jsonl`): one request per line,
-`{"timestamp": ms, "input_length": tokens, "output_length": tokens, "hash_ids": [int]}`, where
-`hash_ids` names the prompt's 512-token blocks. Each hash id becomes one `Segment` (the last one
-holds the remainder, `input_length - 512 * (n - 1)` tokens); a hash id is mapped into the
-workload's own id space per (hash id, length), so a partial last block never aliases a full one.
+The loaders themselves are one module each in `legato.bench.workloads`: `mooncake` (`trace:PATH`,
+block-hash traces), `sessions` (`sessions:PATH`, one OpenAI-chat call per line) and `chat_log`
+(`chat:PATH`, one whole message list per session). This module holds what they have in common, so
+each rule exists once:
 
-The traces carry no session ids, so the default `mode="sessions"` reconstructs them from shared
-leading hash ids: a request continues session S when the longest earlier prompt P that is a
-prefix of its own (full 512-token blocks only) was sent by S alone and, anywhere in the trace, is
-followed by at most one distinct block. A prefix that many requests branch from (a shared system
-prompt) identifies nobody, so such a request starts a new session. On the shipped conversation
-trace this turns 12,031 requests into 8,103 sessions (6,096 of them single-request).
-`mode="requests"` instead makes each request its own single-call program arriving at its
-timestamp (pure open-loop replay; prefix reuse still shows through the shared segments).
-
-**Session logs** (`sessions:PATH`): one turn per line in the OpenAI-chat shape
-`{"timestamp": µs, "input": text, "output": text, "session_id": id}`. One session = one program
-whose turns are its calls, in timestamp order; session ids may be strings or integers and are
-compared as strings. Tokens are approximated as one per `bytes_per_token` (4) UTF-8 bytes, at
-least 1 — the usual rule of thumb for BPE tokenizers on English text. Turn k's prompt = every
-earlier turn's input and output segments + its new input, so a turn shares its session's prefix.
-
-**Think/tool time.** A reconstructed program runs its next turn after the previous call finishes
-plus a `user` tool step. The gap in the file is measured from the previous call's *arrival*, and
-its completion is not recorded, so completion is estimated as arrival + prompt_tokens /
-`prefill_tok_s` (10,000) + output_tokens / `decode_tok_s` (50, one sequence's decode rate in a
-busy batch); tool time = max(0, next arrival - estimated completion). The program's first call
-arrives at the file's timestamp (`ProgramSpec.arrival_s`, open loop); later turns are paced by
-the replay itself.
-
-`limit` bounds the lines read; `n_programs` keeps the first programs by arrival. Malformed lines
-raise `ValueError("PATH:LINE: what is wrong")`.
+* **Reading** (`read_rows`): JSON Lines, gzip-compressed when the name ends in `.gz`; blank lines
+  skipped; every malformed line raises `ValueError("PATH:LINE: what is wrong")`.
+* **Text as segments** (`TextSegments`): a prompt's new text becomes one or more `Segment`s. It is
+  cut where it stops sharing a prefix with any other text of the file (`PrefixCuts`: the longest
+  common prefix with each other text, found from neighbours in sorted order), and a piece's id is
+  keyed by its content and length, so two prompts that start with the same system prompt share
+  its KV exactly as far as their text agrees, and equal ids always mean equal content. Pieces
+  shorter than one KV block (`KV_BLOCK_TOKENS`, the simulator's block size) are not cut out: a
+  block-granular prefix cache cannot reuse a shorter shared run, and the cut would only add a
+  rounding error to token counts.
+* **Tool gaps from the log's pacing** (`fit_call_time`): a log that records only when each call
+  was *sent* does not say when it finished. Every dependent call was sent after its predecessor's
+  output was complete, so the loaders take the longest affine call duration (fixed latency + time
+  per output token) that every such pair allows, and tool time is the rest of the interval. This
+  is the least tool time the log allows, never a made-up one; where a log's fastest turn was
+  very fast, it is close to the whole interval. `decode_tok_s > 0` replaces the fit by that decode
+  rate. Logs that time calls or tools themselves (`chat:`, `sessions:` lines with
+  `end_timestamp`) use those times instead.
+* **Load** (`TraceTiming`, option `-p arrival=trace|burst|poisson:RATE`, `-p time_scale=X`):
+  `trace` keeps each session's logged start (relative to the first kept one), `burst` starts every
+  session at t=0, `poisson:RATE` draws starts from a Poisson process of RATE sessions/s (seeded);
+  `time_scale` multiplies every time taken from the log (session starts and tool gaps; 0.5 replays
+  the log twice as fast). Trace programs are marked `open_loop`, so their TCT counts from that
+  arrival, including time spent waiting for a client slot. (With `legato bench --engine torch`,
+  `-p time_scale` is the torch replay's own real-time scale and is not passed to the loader.)
 """
 
 from __future__ import annotations
 
+import bisect
+import dataclasses
+import gzip
+import hashlib
 import json
 import math
+import random
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from legato.sim.workload import CallSpec, ProgramSpec, Segment, Workload
 
-BLOCK_TOKENS = 512
-_AMBIGUOUS = -1
-TRACE_MODES = ("sessions", "requests")
+ARRIVAL_MODES = ("trace", "burst", "poisson:RATE")
+KV_BLOCK_TOKENS = 16  # the simulator's KV block (SimConfig.block_size): the smallest reusable prefix
+_LCP_CHUNK = 4096  # characters compared per slice when measuring a common prefix
 
 
-@dataclass(frozen=True, slots=True)
-class TraceRequest:
-    line: int
-    arrival_s: float
-    input_tokens: int
-    output_tokens: int
-    hash_ids: tuple[int, ...]
+# --- reading ------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class SessionTurn:
-    line: int
-    arrival_s: float
-    session: str
-    input_tokens: int
-    output_tokens: int
-
-
-@dataclass(slots=True)
-class _Ids:
-    """The workload's segment-id space: one counter, plus trace hash ids mapped into it."""
-
-    next_id: int = 0
-    by_hash: dict[tuple[int, int], int] = field(default_factory=dict)
-
-    def fresh(self) -> int:
-        self.next_id += 1
-        return self.next_id - 1
-
-    def for_hash(self, hash_id: int, tokens: int) -> int:
-        key = (hash_id, tokens)
-        if key not in self.by_hash:
-            self.by_hash[key] = self.fresh()
-        return self.by_hash[key]
-
-
-def _fail(path: Path, line: int, what: str) -> ValueError:
+def fail(path: Path, line: int, what: str) -> ValueError:
     return ValueError(f"{path}:{line}: {what}")
 
 
-def _read_objects(path: Path, limit: int | None) -> list[tuple[int, dict[str, object]]]:
+def read_rows(path: Path, limit: int | None) -> list[tuple[int, dict[str, object]]]:
+    """The JSON objects of a JSON Lines file (gzip when it ends in .gz), with their line numbers."""
     if limit is not None and limit <= 0:
         raise ValueError(f"limit must be > 0, got {limit}")
     try:
-        text = path.read_text(encoding="utf-8")
+        if path.suffix == ".gz":
+            with gzip.open(path, "rt", encoding="utf-8") as fh:
+                text = fh.read()
+        else:
+            text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ValueError(f"cannot read trace file {path}: {exc.strerror or exc}") from None
+    except (EOFError, UnicodeDecodeError) as exc:
+        raise ValueError(f"cannot read trace file {path}: {exc}") from None
     rows: list[tuple[int, dict[str, object]]] = []
     for number, raw in enumerate(text.splitlines(), start=1):
         if not raw.strip():
@@ -104,74 +82,30 @@ def _read_objects(path: Path, limit: int | None) -> list[tuple[int, dict[str, ob
         try:
             obj = json.loads(raw)
         except json.JSONDecodeError as exc:
-            raise _fail(path, number, f"not valid JSON ({exc.msg})") from None
+            raise fail(path, number, f"not valid JSON ({exc.msg})") from None
         if not isinstance(obj, dict):
-            raise _fail(path, number, f"expected a JSON object, got {type(obj).__name__}")
+            raise fail(path, number, f"expected a JSON object, got {type(obj).__name__}")
         rows.append((number, obj))
     if not rows:
         raise ValueError(f"{path}: no requests in the file")
     return rows
 
 
-def _int_field(path: Path, line: int, obj: dict[str, object], key: str, minimum: int) -> int:
+def int_field(path: Path, line: int, obj: dict[str, object], key: str, minimum: int) -> int:
     value = obj.get(key)
     if isinstance(value, bool) or not isinstance(value, int):
-        raise _fail(path, line, f"{key!r} must be an integer, got {value!r}")
+        raise fail(path, line, f"{key!r} must be an integer, got {value!r}")
     if value < minimum:
-        raise _fail(path, line, f"{key!r} must be >= {minimum}, got {value}")
+        raise fail(path, line, f"{key!r} must be >= {minimum}, got {value}")
     return value
 
 
-def _time_field(path: Path, line: int, obj: dict[str, object], scale: float) -> float:
-    value = obj.get("timestamp")
+def time_field(path: Path, line: int, obj: dict[str, object], key: str, scale: float) -> float:
+    """A non-negative timestamp in seconds (the file's unit divided by `scale`)."""
+    value = obj.get(key)
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
-        raise _fail(path, line, f"'timestamp' must be a non-negative number, got {value!r}")
+        raise fail(path, line, f"{key!r} must be a non-negative number, got {value!r}")
     return float(value) / scale
-
-
-def parse_trace(path: Path, limit: int | None = None) -> list[TraceRequest]:
-    """Parse a Mooncake trace file, validating every line (see the module docstring)."""
-    requests = []
-    for line, obj in _read_objects(path, limit):
-        arrival = _time_field(path, line, obj, 1000.0)
-        n_in = _int_field(path, line, obj, "input_length", 1)
-        n_out = _int_field(path, line, obj, "output_length", 1)
-        hashes = obj.get("hash_ids")
-        if not isinstance(hashes, list) or not all(
-            isinstance(h, int) and not isinstance(h, bool) for h in hashes
-        ):
-            raise _fail(path, line, f"'hash_ids' must be a list of integers, got {hashes!r}")
-        want = math.ceil(n_in / BLOCK_TOKENS)
-        if len(hashes) != want:
-            raise _fail(
-                path,
-                line,
-                f"'hash_ids' has {len(hashes)} entries but input_length {n_in} needs "
-                f"ceil({n_in}/{BLOCK_TOKENS}) = {want}",
-            )
-        requests.append(TraceRequest(line, arrival, n_in, n_out, tuple(hashes)))
-    return requests
-
-
-def parse_sessions(path: Path, limit: int | None = None, bytes_per_token: float = 4.0) -> list[SessionTurn]:
-    """Parse an OpenAI-chat session log (µs timestamps), approximating token counts."""
-    if bytes_per_token <= 0:
-        raise ValueError(f"bytes_per_token must be > 0, got {bytes_per_token}")
-    turns = []
-    for line, obj in _read_objects(path, limit):
-        arrival = _time_field(path, line, obj, 1_000_000.0)
-        texts = []
-        for key in ("input", "output"):
-            value = obj.get(key)
-            if not isinstance(value, str):
-                raise _fail(path, line, f"{key!r} must be a string, got {value!r}")
-            texts.append(value)
-        session = obj.get("session_id")
-        if isinstance(session, bool) or not isinstance(session, str | int) or session == "":
-            raise _fail(path, line, f"'session_id' must be a non-empty string or an integer, got {session!r}")
-        n_in, n_out = (approx_tokens(t, bytes_per_token) for t in texts)
-        turns.append(SessionTurn(line, arrival, str(session), n_in, n_out))
-    return turns
 
 
 def approx_tokens(text: str, bytes_per_token: float = 4.0) -> int:
@@ -179,203 +113,244 @@ def approx_tokens(text: str, bytes_per_token: float = 4.0) -> int:
     return max(1, math.ceil(len(text.encode("utf-8")) / bytes_per_token))
 
 
-def estimated_gap_s(
-    arrival_s: float,
-    next_arrival_s: float,
-    prompt_tokens: int,
-    output_tokens: int,
-    prefill_tok_s: float,
-    decode_tok_s: float,
-) -> float:
-    """Think/tool time between two turns: next arrival minus the estimated completion."""
-    finish = arrival_s + prompt_tokens / prefill_tok_s + output_tokens / decode_tok_s
-    return max(0.0, next_arrival_s - finish)
+# --- text prefixes as segments ------------------------------------------------------------------
 
 
-def group_sessions(requests: list[TraceRequest]) -> list[list[TraceRequest]]:
-    """Reconstruct sessions from shared leading hash ids (rule in the module docstring).
+def common_prefix(a: str, b: str) -> int:
+    """Length of the longest common prefix of `a` and `b` (compared a slice at a time)."""
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i : i + _LCP_CHUNK] == b[i : i + _LCP_CHUNK]:
+        i += _LCP_CHUNK
+    i = min(i, n)
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
 
-    Two passes over a trie of full-block prefixes (`(parent node, hash id) -> node`, so each
-    request costs time linear in its length): the first counts, for every prefix, how many
-    distinct blocks follow it anywhere in the trace; the second assigns requests in arrival
-    order. A request continues the session that sent the deepest earlier prompt P on its path
-    when P is followed by at most one distinct block in the whole trace (a conversation's
-    history, not a system prompt that thousands of requests branch from) and only one session
-    sent P.
+
+class PrefixCuts:
+    """Where each of a set of texts stops sharing a prefix with some other text of the set.
+
+    The texts are sorted once; the longest common prefix of two texts is the minimum of the
+    neighbour-to-neighbour common prefixes between them, so the cut points of a text inside a
+    window `(lo, hi)` are found by walking outwards while that running minimum stays above `lo`.
+    Cuts are consistent: if two texts agree up to `k`, they have the same cuts below `k`.
     """
-    ordered = sorted(requests, key=lambda r: (r.arrival_s, r.line))
-    trie: dict[tuple[int, int], int] = {}
-    paths: list[list[int]] = []
-    for req in ordered:
-        node, path = 0, []
-        for hash_id in req.hash_ids[: req.input_tokens // BLOCK_TOKENS]:
-            node = trie.setdefault((node, hash_id), len(trie) + 1)
-            path.append(node)
-        paths.append(path)
-    branches: dict[int, int] = {}  # node -> number of distinct blocks that follow it
-    for parent, _ in trie:
-        branches[parent] = branches.get(parent, 0) + 1
-    sender: dict[int, int] = {}  # prompt end node -> session index, or _AMBIGUOUS
-    sessions: list[list[TraceRequest]] = []
-    for req, path in zip(ordered, paths, strict=True):
-        match = next((sender[n] for n in reversed(path) if n in sender and branches.get(n, 0) <= 1), None)
-        if match is None or match == _AMBIGUOUS:
-            sessions.append([req])
-            session = len(sessions) - 1
+
+    def __init__(self, texts: Sequence[str]) -> None:
+        self._sorted = sorted(set(texts))
+        self._lcp = [common_prefix(a, b) for a, b in zip(self._sorted, self._sorted[1:], strict=False)]
+
+    def cuts(self, text: str, lo: int, hi: int, min_piece: int = 1) -> list[int]:
+        """Sorted cut points of `text` strictly inside `(lo, hi)` (`text` must be in the set),
+        leaving out cuts that would make a piece shorter than `min_piece` characters."""
+        i = bisect.bisect_left(self._sorted, text)
+        if i >= len(self._sorted) or self._sorted[i] != text:
+            raise KeyError("text not in the set")
+        found: set[int] = set()
+        for step in (-1, 1):
+            run = len(text)
+            j = i
+            while 0 <= j + min(step, 0) < len(self._lcp):
+                run = min(run, self._lcp[j + min(step, 0)])
+                if run <= lo:
+                    break
+                if run < hi:
+                    found.add(run)
+                j += step
+        kept, last = [], lo
+        for cut in sorted(found):
+            if cut - last >= min_piece:
+                kept.append(cut)
+                last = cut
+        return kept
+
+
+@dataclass(slots=True)
+class TextSegments:
+    """Segment ids for a workload built from text: pieces keyed by (content, tokens); fresh ids
+    for content seen once (outputs, tool results) and for trace-provided block hashes."""
+
+    next_id: int = 0
+    by_key: dict[tuple[bytes, int], int] = field(default_factory=dict)
+    by_hash: dict[tuple[int, int], int] = field(default_factory=dict)
+
+    def fresh(self, tokens: int) -> Segment:
+        self.next_id += 1
+        return Segment(self.next_id - 1, tokens)
+
+    def for_text(self, text: str, tokens: int) -> Segment:
+        key = (hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest(), tokens)
+        if key not in self.by_key:
+            self.by_key[key] = self.fresh(tokens).seg_id
+        return Segment(self.by_key[key], tokens)
+
+    def for_hash(self, hash_id: int, tokens: int) -> Segment:
+        key = (hash_id, tokens)
+        if key not in self.by_hash:
+            self.by_hash[key] = self.fresh(tokens).seg_id
+        return Segment(self.by_hash[key], tokens)
+
+
+# --- timing ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CallTime:
+    """A call's duration as the log allows it: `fixed_s + per_token_s * output tokens`."""
+
+    fixed_s: float = 0.0
+    per_token_s: float = 0.0
+
+    def duration_s(self, output_tokens: int) -> float:
+        return self.fixed_s + self.per_token_s * output_tokens
+
+    def tool_gap_s(self, send_gap_s: float, output_tokens: int) -> float:
+        """Tool/think time between a call and the next: the send interval minus the call."""
+        return max(0.0, send_gap_s - self.duration_s(output_tokens))
+
+    @classmethod
+    def from_rate(cls, decode_tok_s: float) -> CallTime:
+        return cls(0.0, 1.0 / decode_tok_s)
+
+
+def fit_call_time(pairs: Sequence[tuple[int, float]]) -> CallTime:
+    """The longest call durations consistent with a log of send times.
+
+    Each `(output tokens, send gap s)` pair of a call and its dependent says the call finished
+    within the gap: `fixed + per_token * tokens <= gap`. Of the affine models that satisfy every
+    pair, take the one with the largest total duration (a linear program in two variables; its
+    objective is concave in `per_token`, so a ternary search finds the optimum). This is the
+    smallest tool time the log allows, so no gap is made up; the tightest pairs get 0.
+    """
+    if not pairs:
+        return CallTime()
+    if min(gap for _, gap in pairs) <= 0:
+        return CallTime()
+    total = sum(tokens for tokens, _ in pairs)
+
+    def fixed(per_token: float) -> float:
+        return min(gap - per_token * tokens for tokens, gap in pairs)
+
+    lo, hi = 0.0, min((gap / tokens for tokens, gap in pairs if tokens > 0), default=0.0)
+    for _ in range(100):  # ternary search to float precision on a concave function
+        m1, m2 = lo + (hi - lo) / 3, hi - (hi - lo) / 3
+        if len(pairs) * fixed(m1) + m1 * total < len(pairs) * fixed(m2) + m2 * total:
+            lo = m1
         else:
-            sessions[match].append(req)
-            session = match
-        if path:
-            end = path[-1]
-            sender[end] = session if sender.get(end, session) == session else _AMBIGUOUS
-    return sessions
+            hi = m2
+    return CallTime(max(0.0, fixed(lo)), lo)
 
 
-def _trace_prompt(req: TraceRequest, ids: _Ids) -> tuple[Segment, ...]:
-    last = req.input_tokens - BLOCK_TOKENS * (len(req.hash_ids) - 1)
-    return tuple(
-        Segment(ids.for_hash(h, tokens), tokens)
-        for i, h in enumerate(req.hash_ids)
-        for tokens in (last if i == len(req.hash_ids) - 1 else BLOCK_TOKENS,)
-    )
+@dataclass(frozen=True, slots=True)
+class TraceTiming:
+    """The load options every trace workload takes (see the module docstring)."""
+
+    mode: str = "trace"  # trace | burst | poisson
+    rate: float = 0.0  # sessions per second (poisson)
+    time_scale: float = 1.0
+
+    @classmethod
+    def parse(cls, arrival: str, time_scale: float) -> TraceTiming:
+        if not (time_scale > 0 and math.isfinite(time_scale)):
+            raise ValueError(f"time_scale must be a positive number, got {time_scale}")
+        mode, _, rate_text = arrival.partition(":")
+        if mode in ("trace", "burst") and not rate_text:
+            return cls(mode, 0.0, time_scale)
+        if mode == "poisson":
+            try:
+                rate = float(rate_text)
+            except ValueError:
+                rate = math.nan
+            if rate > 0 and math.isfinite(rate):
+                return cls(mode, rate, time_scale)
+            raise ValueError(f"arrival=poisson:RATE needs a rate > 0 (sessions per second), got {arrival!r}")
+        raise ValueError(f"unknown arrival {arrival!r}; valid: {', '.join(ARRIVAL_MODES)}")
+
+    def arrivals(self, logged_s: Sequence[float], seed: int) -> list[float]:
+        """Each session's start, from its logged start (in the order given)."""
+        if self.mode == "burst":
+            return [0.0] * len(logged_s)
+        if self.mode == "poisson":
+            rng = random.Random(seed)
+            out, now = [], 0.0
+            for _ in logged_s:
+                out.append(now)
+                now += rng.expovariate(self.rate)
+            return out
+        first = min(logged_s, default=0.0)
+        return [(t - first) * self.time_scale for t in logged_s]
 
 
-def _sequential_calls(
-    prompts: list[tuple[Segment, ...]],
-    outputs: list[Segment],
-    arrivals: list[float],
-    prefill_tok_s: float,
-    decode_tok_s: float,
+@dataclass(frozen=True, slots=True)
+class TraceSession:
+    """One reconstructed session, before load options are applied."""
+
+    key: str  # program id
+    logged_start_s: float
+    calls: tuple[CallSpec, ...]
+    line: int  # first line of the session in the file (tie-break)
+
+
+def finish_workload(
+    name: str,
+    kind: str,
+    sessions: Sequence[TraceSession],
+    n_programs: int,
+    seed: int,
+    timing: TraceTiming,
+    params: dict[str, object],
+) -> Workload:
+    """The first `n_programs` sessions by logged start, with arrivals and time scale applied."""
+    if n_programs <= 0:
+        raise ValueError(f"programs must be > 0, got {n_programs}")
+    kept = sorted(sessions, key=lambda s: (s.logged_start_s, s.line))[:n_programs]
+    starts = timing.arrivals([s.logged_start_s for s in kept], seed)
+    programs = []
+    for session, start in zip(kept, starts, strict=True):
+        calls = session.calls
+        if timing.time_scale != 1.0:
+            calls = tuple(
+                dataclasses.replace(c, tool_latency_s=c.tool_latency_s * timing.time_scale) for c in calls
+            )
+        programs.append(
+            ProgramSpec(
+                program_id=session.key,
+                tenant="default",
+                arrival_s=start,
+                calls=calls,
+                kind=kind,
+                open_loop=True,
+            )
+        )
+    gaps = [c.tool_latency_s for p in programs for c in p.calls if c.tool is not None]
+    stats: dict[str, object] = {
+        "programs_available": len(sessions),
+        "max_prompt_tokens": max((c.prompt_tokens for p in programs for c in p.calls), default=0),
+        "tool_gaps": len(gaps),
+        "zero_tool_gaps": sum(1 for g in gaps if g <= 0.0),
+        "median_tool_gap_s": sorted(gaps)[len(gaps) // 2] if gaps else 0.0,
+    }
+    return Workload(name=name, programs=tuple(programs), params={**params, **stats})
+
+
+def sequential_calls(
+    prompts: Sequence[tuple[Segment, ...]], outputs: Sequence[Segment], gaps: Sequence[float], tool: str
 ) -> tuple[CallSpec, ...]:
+    """A chain of calls: call i depends on call i-1, with tool step `gaps[i]` after it (none after
+    the last)."""
     calls = []
     for i, (prompt, out) in enumerate(zip(prompts, outputs, strict=True)):
         last = i == len(prompts) - 1
-        gap = 0.0
-        if not last:
-            gap = estimated_gap_s(
-                arrivals[i],
-                arrivals[i + 1],
-                sum(s.tokens for s in prompt),
-                out.tokens,
-                prefill_tok_s,
-                decode_tok_s,
-            )
         calls.append(
             CallSpec(
                 node=f"turn-{i}",
                 prompt=prompt,
                 output_tokens=out.tokens,
                 output_seg_id=out.seg_id,
-                tool=None if last else "user",
-                tool_latency_s=gap,
+                tool=None if last else tool,
+                tool_latency_s=0.0 if last else gaps[i],
                 deps=() if i == 0 else (i - 1,),
             )
         )
     return tuple(calls)
-
-
-def _check_rates(prefill_tok_s: float, decode_tok_s: float) -> None:
-    if prefill_tok_s <= 0 or decode_tok_s <= 0:
-        raise ValueError(f"prefill_tok_s and decode_tok_s must be > 0, got {prefill_tok_s}, {decode_tok_s}")
-
-
-def _keep(n_programs: int) -> int:
-    if n_programs <= 0:
-        raise ValueError(f"programs must be > 0, got {n_programs}")
-    return n_programs
-
-
-def load_trace(
-    path: str | Path,
-    n_programs: int,
-    *,
-    mode: str = "sessions",
-    limit: int | None = None,
-    prefill_tok_s: float = 10_000.0,
-    decode_tok_s: float = 50.0,
-) -> Workload:
-    """A Mooncake trace as a workload: the first `n_programs` programs of its first `limit` lines."""
-    keep = _keep(n_programs)
-    if mode not in TRACE_MODES:
-        raise ValueError(f"unknown trace mode {mode!r}; valid: {', '.join(TRACE_MODES)}")
-    _check_rates(prefill_tok_s, decode_tok_s)
-    file = Path(path)
-    requests = parse_trace(file, limit)
-    ids = _Ids()
-    if mode == "requests":
-        groups = [[r] for r in sorted(requests, key=lambda r: (r.arrival_s, r.line))]
-    else:
-        groups = group_sessions(requests)
-    programs = []
-    for index, group in enumerate(groups[:keep]):
-        prompts = [_trace_prompt(r, ids) for r in group]
-        outputs = [Segment(ids.fresh(), r.output_tokens) for r in group]
-        calls = _sequential_calls(prompts, outputs, [r.arrival_s for r in group], prefill_tok_s, decode_tok_s)
-        programs.append(
-            ProgramSpec(
-                program_id=f"trace-{index}",
-                tenant="default",
-                arrival_s=group[0].arrival_s,
-                calls=calls,
-                kind="trace",
-            )
-        )
-    params: dict[str, object] = {
-        "path": str(path),
-        "mode": mode,
-        "limit": limit,
-        "prefill_tok_s": prefill_tok_s,
-        "decode_tok_s": decode_tok_s,
-        "requests_read": len(requests),
-        "programs_available": len(groups),
-    }
-    return Workload(name=f"trace:{path}", programs=tuple(programs), params=params)
-
-
-def load_sessions(
-    path: str | Path,
-    n_programs: int,
-    *,
-    limit: int | None = None,
-    bytes_per_token: float = 4.0,
-    prefill_tok_s: float = 10_000.0,
-    decode_tok_s: float = 50.0,
-) -> Workload:
-    """A session log as a workload: one program per session, the first `n_programs` by arrival."""
-    keep = _keep(n_programs)
-    _check_rates(prefill_tok_s, decode_tok_s)
-    turns = parse_sessions(Path(path), limit, bytes_per_token)
-    by_session: dict[str, list[SessionTurn]] = {}
-    for turn in sorted(turns, key=lambda t: (t.arrival_s, t.line)):
-        by_session.setdefault(turn.session, []).append(turn)
-    ids = _Ids()
-    programs = []
-    for session, group in list(by_session.items())[:keep]:
-        history: tuple[Segment, ...] = ()
-        prompts, outputs = [], []
-        for turn in group:
-            prompt = (*history, Segment(ids.fresh(), turn.input_tokens))
-            out = Segment(ids.fresh(), turn.output_tokens)
-            prompts.append(prompt)
-            outputs.append(out)
-            history = (*prompt, out)
-        calls = _sequential_calls(prompts, outputs, [t.arrival_s for t in group], prefill_tok_s, decode_tok_s)
-        programs.append(
-            ProgramSpec(
-                program_id=f"session-{session}",
-                tenant="default",
-                arrival_s=group[0].arrival_s,
-                calls=calls,
-                kind="sessions",
-            )
-        )
-    params: dict[str, object] = {
-        "path": str(path),
-        "limit": limit,
-        "bytes_per_token": bytes_per_token,
-        "prefill_tok_s": prefill_tok_s,
-        "decode_tok_s": decode_tok_s,
-        "turns_read": len(turns),
-        "programs_available": len(by_session),
-    }
-    return Workload(name=f"sessions:{path}", programs=tuple(programs), params=params)

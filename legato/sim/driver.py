@@ -483,11 +483,12 @@ class _Sim:
             ProgramOutcome(
                 spec.program_id,
                 spec.tenant,
-                p.submitted_s,
+                spec.arrival_s if spec.open_loop else p.submitted_s,
                 self.now,
                 p.calls_done,
                 p.prompt_tokens,
                 p.output_tokens,
+                submitted_s=p.submitted_s,
             )
         )
         self.emit(RunFinished(p.run_id, "succeeded"))

@@ -14,15 +14,16 @@ from dataclasses import dataclass, field
 class ProgramOutcome:
     program_id: str
     tenant: str
-    arrival_s: float
+    arrival_s: float  # trace arrival for open-loop programs, else submission (see ProgramSpec)
     finish_s: float
     calls: int  # LLM calls completed
     prompt_tokens: int  # summed over its calls
     output_tokens: int
+    submitted_s: float | None = None  # when the client submitted it (None: same as arrival_s)
 
     @property
     def tct_s(self) -> float:
-        """Task completion time: submission to last step finished (queueing included)."""
+        """Task completion time: arrival to last step finished (all queueing included)."""
         return self.finish_s - self.arrival_s
 
 

@@ -55,6 +55,10 @@ class ProgramSpec:
     kind: str = ""  # workload name, for reports
     group: str | None = None  # RL: siblings sharing one prompt (GRPO group id)
     tenant_weight: float = 1.0
+    # True when `arrival_s` is a real arrival (a replayed trace's): TCT then counts from it, so time
+    # spent waiting for a client slot counts too. False for closed-loop generators, whose arrival
+    # only orders submissions: TCT counts from submission.
+    open_loop: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,8 +2,10 @@
 
 Every generator is a function `(n_programs, seed, **params) -> Workload`, deterministic under
 `seed`, with keyword parameters that all have defaults (documented in each module). Besides the
-generators in `WORKLOADS`, `build_workload` accepts `trace:PATH` (a Mooncake trace) and
-`sessions:PATH` (an OpenAI-chat session log); see `legato.bench.traces`.
+generators in `WORKLOADS`, `build_workload` accepts trace replays: `trace:PATH` (a Mooncake block
+trace, `mooncake`), `sessions:PATH` (an OpenAI-chat call log, `sessions`) and `chat:PATH` (agent
+sessions as message lists, `chat_log`); they share `legato.bench.traces` and take the load options
+`arrival=trace|burst|poisson:RATE` and `time_scale=X`.
 
 Parameters may arrive as strings (from `legato bench --param key=value`); they are converted to
 the type of the parameter's default, and unknown names are rejected with the list of valid ones.
@@ -28,12 +30,23 @@ WORKLOADS: dict[str, Generator] = {
     "chat": chat.generate,
 }
 
-TRACE_PREFIXES = ("trace:", "sessions:")
+TRACE_PREFIXES = ("trace:", "sessions:", "chat:")
 
 
 def workload_names() -> list[str]:
     """Every accepted workload name (the trace forms take a path after the colon)."""
-    return [*WORKLOADS, "trace:PATH", "sessions:PATH"]
+    return [*WORKLOADS, *(f"{prefix}PATH" for prefix in TRACE_PREFIXES)]
+
+
+def _trace_loader(prefix: str) -> Generator:
+    from legato.bench.workloads import chat_log, mooncake, sessions
+
+    loaders: dict[str, Generator] = {
+        "trace:": mooncake.load_trace,
+        "sessions:": sessions.load_sessions,
+        "chat:": chat_log.load_chat,
+    }
+    return loaders[prefix]
 
 
 def _generator(name: str) -> tuple[Generator, dict[str, object]]:
@@ -45,10 +58,7 @@ def _generator(name: str) -> tuple[Generator, dict[str, object]]:
             path = name[len(prefix) :]
             if not path:
                 raise ValueError(f"workload {name!r} needs a file path after {prefix!r}")
-            from legato.bench import traces
-
-            loader = traces.load_trace if prefix == "trace:" else traces.load_sessions
-            return loader, {"path": path}
+            return _trace_loader(prefix), {"path": path}
     raise ValueError(f"unknown workload {name!r}; valid: {', '.join(workload_names())}")
 
 
@@ -97,5 +107,5 @@ def build_workload(
         raise ValueError(f"programs must be > 0, got {n_programs}")
     fn, fixed = _generator(name)
     resolved = resolve_params(name, params or {})
-    workload = fn(fixed["path"], n_programs, **resolved) if fixed else fn(n_programs, seed, **resolved)
+    workload = fn(fixed["path"], n_programs, seed, **resolved) if fixed else fn(n_programs, seed, **resolved)
     return dataclasses.replace(workload, params={**resolved, **workload.params})

@@ -1,4 +1,4 @@
-"""Trace replay: Mooncake block traces and OpenAI-chat session logs."""
+"""`trace:` Mooncake block traces: parsing, session reconstruction, load options."""
 
 from __future__ import annotations
 
@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from legato.bench.traces import approx_tokens, load_sessions, load_trace, parse_trace
 from legato.bench.workloads import build_workload
+from legato.bench.workloads.mooncake import BLOCK_TOKENS, load_trace, parse_trace
+from tests.bench.shared_traces import shared_trace
 
-SHARED_TRACE = Path("/work/shared/traces/mooncake_conversation_trace.jsonl")
+SHARED_TRACE = shared_trace("mooncake_conversation_trace.jsonl")
 
 
 def _write(path: Path, rows: list[object]) -> Path:
@@ -36,23 +37,44 @@ def trace(tmp_path: Path) -> Path:
 
 
 def test_trace_segments_and_sessions(trace: Path) -> None:
-    workload = load_trace(trace, 100)
+    workload = load_trace(trace, 100, decode_tok_s=50.0)
     assert [len(p.calls) for p in workload.programs] == [2, 1, 1]
     a = workload.programs[0]
-    assert a.arrival_s == 0.0 and workload.programs[2].arrival_s == 3.0
+    assert a.arrival_s == 0.0 and workload.programs[2].arrival_s == 3.0 and a.open_loop
     first, second = a.calls
     assert [s.tokens for s in first.prompt] == [512, 512, 476]
     assert [s.tokens for s in second.prompt] == [512, 512, 512, 512, 52]
     assert second.prompt[:2] == first.prompt[:2], "shared full blocks map to the same segments"
     assert second.prompt[2] != first.prompt[2]
     assert workload.programs[1].calls[0].prompt[0] == first.prompt[0], "block 0 shared across sessions"
-    # think time: next arrival (2 s) - (1500 / 10,000 + 10 / 50) s of estimated service
-    assert first.tool == "user" and first.tool_latency_s == pytest.approx(2.0 - 0.15 - 0.2)
+    # think time: next send (2 s) - 10 output tokens at 50 tok/s
+    assert first.tool == "user" and first.tool_latency_s == pytest.approx(2.0 - 0.2)
     assert second.deps == (0,)
+    # Fitted from the trace's own pacing: its only pair allows a call as long as the whole gap.
+    assert load_trace(trace, 100).programs[0].calls[0].tool_latency_s == pytest.approx(0.0)
+
+
+def test_load_options(trace: Path) -> None:
+    burst = build_workload(f"trace:{trace}", 10, seed=0, params={"arrival": "burst"})
+    assert {p.arrival_s for p in burst.programs} == {0.0}
+    scaled = build_workload(f"trace:{trace}", 10, seed=0, params={"time_scale": "0.5", "decode_tok_s": "50"})
+    assert [p.arrival_s for p in scaled.programs] == [0.0, 0.05, 1.5]
+    assert scaled.programs[0].calls[0].tool_latency_s == pytest.approx(0.9)
+    poisson = [
+        build_workload(f"trace:{trace}", 10, seed=s, params={"arrival": "poisson:2"}) for s in (1, 1, 2)
+    ]
+    starts = [[p.arrival_s for p in w.programs] for w in poisson]
+    assert starts[0] == starts[1] != starts[2] and starts[0][0] == 0.0
+    for bad, message in [
+        ({"arrival": "poisson:0"}, "needs a rate > 0"),
+        ({"arrival": "steady"}, "unknown arrival 'steady'; valid: trace, burst, poisson:RATE"),
+        ({"time_scale": "0"}, "time_scale must be a positive number"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            build_workload(f"trace:{trace}", 10, seed=0, params=bad)
 
 
 def test_a_prefix_many_requests_branch_from_starts_no_session(tmp_path: Path) -> None:
-    # The first request is only the shared system block (+ a partial block); two others extend it.
     path = _write(
         tmp_path / "t.jsonl",
         [
@@ -62,8 +84,7 @@ def test_a_prefix_many_requests_branch_from_starts_no_session(tmp_path: Path) ->
             _req(30, 1600, [0, 1, 3, 4]),
         ],
     )
-    workload = load_trace(path, 100)
-    assert [len(p.calls) for p in workload.programs] == [1, 2, 1]
+    assert [len(p.calls) for p in load_trace(path, 100).programs] == [1, 2, 1]
 
 
 def test_trace_request_mode_and_limits(trace: Path) -> None:
@@ -111,44 +132,20 @@ def test_missing_or_empty_trace(tmp_path: Path) -> None:
         load_trace(_write(tmp_path / "one.jsonl", [_req(0, 10, [1])]), 10, mode="x")
 
 
-@pytest.mark.skipif(not SHARED_TRACE.exists(), reason="shared traces not present")
-def test_shipped_trace_head_replays() -> None:
-    workload = load_trace(SHARED_TRACE, 10_000, limit=500)
-    assert sum(len(p.calls) for p in workload.programs) == 500
-    assert any(len(p.calls) > 1 for p in workload.programs)
-
-
-def _turn(ts_us: int, session: object, text_in: str, text_out: str) -> dict[str, object]:
-    return {"timestamp": ts_us, "input": text_in, "output": text_out, "session_id": session}
-
-
-def test_session_log_turns_share_their_session_prefix(tmp_path: Path) -> None:
-    path = _write(
-        tmp_path / "s.jsonl",
-        [
-            _turn(0, "a", "x" * 40, "y" * 400),
-            _turn(500_000, 7, "hello", "hi"),
-            _turn(30_000_000, "a", "z" * 8, "w"),
-        ],
-    )
-    workload = build_workload(f"sessions:{path}", 10, seed=0)
-    a, b = workload.programs
-    assert (a.program_id, b.program_id) == ("session-a", "session-7")
-    assert b.arrival_s == 0.5
-    t1, t2 = a.calls
-    assert [s.tokens for s in t1.prompt] == [10] and t1.output_tokens == 100
-    assert t2.prompt[0] == t1.prompt[0] and t2.prompt[1].seg_id == t1.output_seg_id
-    assert [s.tokens for s in t2.prompt] == [10, 100, 2] and t2.output_tokens == 1
-    assert t1.tool_latency_s == pytest.approx(30.0 - 10 / 10_000 - 100 / 50)
-    assert approx_tokens("é" * 4) == 2 and approx_tokens("") == 1
-
-
-def test_malformed_session_line(tmp_path: Path) -> None:
-    path = _write(
-        tmp_path / "s.jsonl", [_turn(0, "a", "q", "r"), {"timestamp": 1, "input": "q", "output": 5}]
-    )
-    with pytest.raises(ValueError, match=r"s\.jsonl:2: 'output' must be a string"):
-        load_sessions(path, 10)
-    bad_id = _write(tmp_path / "t.jsonl", [_turn(0, None, "q", "r")])
-    with pytest.raises(ValueError, match=r"t\.jsonl:1: 'session_id' must be"):
-        load_sessions(bad_id, 10)
+@pytest.mark.skipif(SHARED_TRACE is None, reason="shared traces not present")
+def test_shipped_trace_sessions_are_conversations() -> None:
+    """Each reconstructed turn starts with every full block of an earlier turn of its session."""
+    assert SHARED_TRACE is not None
+    workload = load_trace(SHARED_TRACE, 10_000, limit=2000)
+    assert workload.total_calls == 2000
+    multi = [p for p in workload.programs if len(p.calls) > 1]
+    assert multi
+    for program in multi:
+        for k, call in enumerate(program.calls[1:], start=1):
+            assert any(
+                call.prompt[: len(full)] == full
+                for c in program.calls[:k]
+                for full in (tuple(s for s in c.prompt if s.tokens == BLOCK_TOKENS),)
+                if full
+            )
+    assert workload.params["zero_tool_gaps"] < workload.params["tool_gaps"] / 10

@@ -1,0 +1,293 @@
+"""`legato bench matrix`: Legato against every peer and the bounds, over workloads x GPU x load x tiers.
+
+Why: a policy tuned on one workload can lose elsewhere; the matrix shows, in one deterministic run,
+Legato's ratio to the *best* peer in every cell (steps/min: higher is better; mean TCT: lower is
+better), and the worst cell.
+
+* **Policies** come from the registry (`legato.scheduler.baselines.POLICIES`), so renamed or new
+  baselines plug in: `legato` is measured; every other policy whose traits are neither `oracle`
+  (clairvoyant eviction) nor `unlimited_kv` is a peer; `unlimited_kv` policies (`infinite-kv`) are
+  reported as bounds, with `legato bench bound`'s KV bound (`kv_bound.compute`).
+* **Cells**: workloads {swe, multiagent, rl-grpo, text2sql, chat, the mini-swe-agent log replayed
+  with `arrival=burst`, the Mooncake conversation trace} x GPU {h100, a10} x concurrency {16, 64}
+  x tiers {none, host+redis}, on llama-3.1-8b. Program counts are fixed per workload (`MATRIX`)
+  so the whole matrix runs in minutes on two cores. A program with a call larger than one
+  replica's KV pool cannot run on that GPU at all; such programs are left out of that cell
+  (`dropped` in the JSON; the workload is built with spare programs so the cell keeps its count).
+* **Determinism**: the simulator is deterministic and each cell is computed independently, so the
+  result does not depend on `--jobs` or on the order cells finish in.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from legato.bench.metrics import mean_tct_s, steps_per_min
+from legato.sim.workload import ProgramSpec, Workload
+
+MINISWE_DEFAULT = "../shared/traces/miniswe_deepseek.jsonl.gz"
+MOONCAKE_DEFAULT = "../shared/traces/mooncake_conversation_trace.jsonl"
+GPUS = ("h100", "a10")
+CONCURRENCY = (16, 64)
+TIERS: tuple[tuple[str, ...], ...] = ((), ("host", "redis"))
+MODEL = "llama-3.1-8b"
+SPARE = 4  # build this many times the programs, so cells that drop too-large programs keep their count
+
+
+@dataclass(frozen=True, slots=True)
+class WorkloadSpec:
+    label: str
+    name: str  # as `legato bench --workload` takes it ({miniswe} / {mooncake}: the trace paths)
+    programs: int
+    params: tuple[tuple[str, str], ...] = ()
+
+
+MATRIX: tuple[WorkloadSpec, ...] = (
+    WorkloadSpec("swe", "swe", 64),
+    WorkloadSpec("multiagent", "multiagent", 32),
+    WorkloadSpec("rl-grpo", "rl-grpo", 64),
+    WorkloadSpec("text2sql", "text2sql", 64),
+    WorkloadSpec("chat", "chat", 64),
+    WorkloadSpec("miniswe", "chat:{miniswe}", 32, (("arrival", "burst"),)),
+    WorkloadSpec("mooncake", "trace:{mooncake}", 128, (("limit", "3000"),)),
+)
+QUICK: tuple[WorkloadSpec, ...] = (
+    WorkloadSpec("swe", "swe", 8),
+    WorkloadSpec("miniswe", "chat:{miniswe}", 4, (("arrival", "burst"),)),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Cell:
+    workload: WorkloadSpec
+    gpu: str
+    concurrency: int
+    tiers: tuple[str, ...]
+
+    @property
+    def key(self) -> str:
+        tiers = "+".join(self.tiers) or "none"
+        return f"{self.workload.label}/{self.gpu}/c{self.concurrency}/{tiers}"
+
+
+def roles() -> tuple[list[str], list[str]]:
+    """(peers, bounds) from the policy registry (see the module docstring)."""
+    from legato.scheduler.baselines import POLICIES
+
+    peers: list[str] = []
+    bounds: list[str] = []
+    for name, factory in POLICIES.items():
+        traits = factory().traits
+        if name == "legato" or traits.oracle:
+            continue
+        (bounds if traits.unlimited_kv else peers).append(name)
+    return peers, bounds
+
+
+def plan(quick: bool = False) -> list[Cell]:
+    if quick:
+        return [Cell(w, "h100", 16, ()) for w in QUICK]
+    return [Cell(w, g, c, t) for w in MATRIX for g in GPUS for c in CONCURRENCY for t in TIERS]
+
+
+def _fit(workload: Workload, capacity: int, keep: int) -> tuple[Workload, int]:
+    """The first `keep` programs whose every call fits in `capacity` tokens, and how many of the
+    programs before the last kept one did not."""
+    fits: list[ProgramSpec] = []
+    dropped = 0
+    for program in workload.programs:
+        if len(fits) == keep:
+            break
+        if all(c.prompt_tokens + c.output_tokens <= capacity for c in program.calls):
+            fits.append(program)
+        else:
+            dropped += 1
+    return dataclasses.replace(workload, programs=tuple(fits)), dropped
+
+
+_CACHE: dict[tuple[str, int], Workload] = {}  # per process: workloads built so far
+
+
+def _workload(spec: WorkloadSpec, paths: dict[str, str]) -> Workload:
+    from legato.bench.workloads import build_workload
+
+    name = spec.name.format(**paths)
+    key = (name, spec.programs)
+    if key not in _CACHE:
+        _CACHE[key] = build_workload(name, spec.programs * SPARE, 0, dict(spec.params))
+    return _CACHE[key]
+
+
+def run_cell(cell: Cell, paths: dict[str, str]) -> dict[str, Any]:
+    """Every policy on one cell: steps/min and mean TCT per policy, the ratios, the bounds."""
+    from legato.bench.kv_bound import compute
+    from legato.bench.runner import sim_config
+    from legato.sim.driver import simulate
+
+    started = time.perf_counter()
+    config = sim_config(cell.gpu, MODEL, 1, cell.tiers)
+    capacity = config.cost_model().kv_capacity_blocks(config.block_size) * config.block_size
+    workload, dropped = _fit(_workload(cell.workload, paths), capacity, cell.workload.programs)
+    peers, bounds = roles()
+    results: dict[str, dict[str, float]] = {}
+    for policy in ["legato", *peers, *bounds]:
+        outcome = simulate(workload, policy, config, concurrency=cell.concurrency)
+        results[policy] = {"steps_per_min": steps_per_min(outcome), "mean_tct_s": mean_tct_s(outcome)}
+    legato = results["legato"]
+    best_steps = max(peers, key=lambda p: (results[p]["steps_per_min"], p))
+    best_tct = min(peers, key=lambda p: (results[p]["mean_tct_s"], p))
+    bound = compute(workload, config)
+    return {
+        "cell": cell.key,
+        "workload": cell.workload.label,
+        "gpu": cell.gpu,
+        "concurrency": cell.concurrency,
+        "tiers": list(cell.tiers),
+        "programs": len(workload.programs),
+        "llm_calls": workload.total_calls,
+        "dropped": dropped,
+        "policies": results,
+        "best_peer_steps": best_steps,
+        "steps_ratio": _ratio(legato["steps_per_min"], results[best_steps]["steps_per_min"]),
+        "best_peer_tct": best_tct,
+        "tct_ratio": _ratio(legato["mean_tct_s"], results[best_tct]["mean_tct_s"]),
+        "kv_bound_steps_per_min": bound.steps_per_min,
+        "seconds": time.perf_counter() - started,
+    }
+
+
+def _ratio(a: float, b: float) -> float:
+    return a / b if b > 0 else 0.0
+
+
+def _worker(args: tuple[Cell, dict[str, str]]) -> dict[str, Any]:
+    return run_cell(*args)
+
+
+def run_matrix(
+    cells: Sequence[Cell],
+    paths: dict[str, str],
+    jobs: int = 2,
+    progress: Callable[[int, int, dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Run every cell (in `jobs` processes) and summarise; the result is independent of `jobs`."""
+    for label, path in paths.items():
+        if any(f"{{{label}}}" in c.workload.name for c in cells) and not Path(path).is_file():
+            raise ValueError(f"trace file for {label} not found: {path} (give its path with --{label})")
+    started = time.perf_counter()
+    results: dict[str, dict[str, Any]] = {}
+    work = [(cell, paths) for cell in cells]
+    if jobs <= 1:
+        for i, args in enumerate(work):
+            results[args[0].key] = _worker(args)
+            if progress is not None:
+                progress(i + 1, len(work), results[args[0].key])
+    else:
+        from multiprocessing import get_context
+
+        # Each worker builds a workload the first time one of its cells needs it (`_CACHE`).
+        with get_context("spawn").Pool(jobs) as pool:
+            for i, result in enumerate(pool.imap_unordered(_worker, work, chunksize=1)):
+                results[result["cell"]] = result
+                if progress is not None:
+                    progress(i + 1, len(work), result)
+    ordered = [results[c.key] for c in cells]
+    peers, bounds = roles()
+    return {
+        "model": MODEL,
+        "paths": paths,
+        "peers": peers,
+        "bounds": bounds,
+        "cells": ordered,
+        "worst_steps": min(ordered, key=lambda r: r["steps_ratio"])["cell"] if ordered else None,
+        "worst_tct": max(ordered, key=lambda r: r["tct_ratio"])["cell"] if ordered else None,
+        "worst": _worst(ordered),
+        "wall_s": time.perf_counter() - started,
+    }
+
+
+def _worst(cells: Sequence[dict[str, Any]]) -> str | None:
+    """The cell furthest from the target (steps >= best peer's, TCT <= best peer's): the lowest of
+    steps ratio and inverse TCT ratio."""
+    if not cells:
+        return None
+    return str(min(cells, key=lambda r: min(r["steps_ratio"], _ratio(1.0, r["tct_ratio"])))["cell"])
+
+
+def render(result: dict[str, Any]) -> Any:
+    from rich.table import Table
+
+    table = Table(title=f"legato bench matrix ({result['model']}): Legato / best peer")
+    for column in ("workload", "gpu", "c", "tiers", "progs", "steps/min", "best peer", "ratio"):
+        table.add_column(
+            column, justify="right" if column in ("c", "progs", "steps/min", "ratio") else "left"
+        )
+    for column in ("mean TCT s", "best peer ", "ratio ", "inf-kv", "KV bound"):
+        table.add_column(column, justify="left" if column == "best peer " else "right")
+    for r in result["cells"]:
+        legato = r["policies"]["legato"]
+        inf = [r["policies"][b]["steps_per_min"] for b in result["bounds"]]
+        table.add_row(
+            r["workload"],
+            r["gpu"],
+            str(r["concurrency"]),
+            "+".join(r["tiers"]) or "none",
+            str(r["programs"]),
+            f"{legato['steps_per_min']:.0f}",
+            r["best_peer_steps"],
+            _mark(r["steps_ratio"], r["steps_ratio"] >= 0.97),
+            f"{legato['mean_tct_s']:.1f}",
+            r["best_peer_tct"],
+            _mark(r["tct_ratio"], r["tct_ratio"] <= 1.0),
+            f"{inf[0]:.0f}" if inf else "-",
+            f"{r['kv_bound_steps_per_min']:.0f}",
+        )
+    return table
+
+
+def _mark(value: float, ok: bool) -> str:
+    return f"{value:.2f}x" if ok else f"[bold red]{value:.2f}x[/]"
+
+
+def write_json(result: dict[str, Any], path: Path) -> None:
+    path.write_text(json.dumps(result, indent=2, sort_keys=True))
+
+
+def plot(result: dict[str, Any], path: Path) -> None:
+    """Heat maps of the two ratios: rows are workloads, columns GPU x concurrency x tiers."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cells = result["cells"]
+    rows = list(dict.fromkeys(r["workload"] for r in cells))
+    cols = list(dict.fromkeys(r["cell"].split("/", 1)[1] for r in cells))
+    width = max(11.0, 2.4 + 1.1 * len(cols) * 2)
+    fig, axes = plt.subplots(1, 2, figsize=(width, 2.0 + 0.5 * len(rows)), squeeze=False)
+    panels = (
+        ("steps_ratio", "steps/min, Legato / best peer (>= 1 is better)", "RdYlGn"),
+        ("tct_ratio", "mean TCT, Legato / best peer (<= 1 is better)", "RdYlGn_r"),
+    )
+    for ax, (key, title, cmap) in zip(axes[0], panels, strict=True):
+        grid = [[float("nan")] * len(cols) for _ in rows]
+        for r in cells:
+            grid[rows.index(r["workload"])][cols.index(r["cell"].split("/", 1)[1])] = r[key]
+        image = ax.imshow(grid, cmap=cmap, vmin=0.5, vmax=1.5, aspect="auto")
+        for i, row in enumerate(grid):
+            for j, value in enumerate(row):
+                if value == value:
+                    ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7)
+        ax.set_xticks(range(len(cols)), cols, rotation=60, ha="right", fontsize=7)
+        ax.set_yticks(range(len(rows)), rows, fontsize=8)
+        ax.set_title(title, fontsize=9)
+        fig.colorbar(image, ax=ax, fraction=0.03)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
