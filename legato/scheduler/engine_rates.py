@@ -36,6 +36,16 @@ class EngineRates:
     """Per-replica costs: declared facts where the view has them, online measurements else."""
 
     _seen: dict[int, _Observed] = field(default_factory=dict)
+    _call_s: float = 0.0  # summed dispatch-to-finish time of finished calls
+    _calls: int = 0
+
+    def record_call(self, duration_s: float) -> None:
+        self._call_s += max(0.0, duration_s)
+        self._calls += 1
+
+    def mean_call_s(self) -> float | None:
+        """Mean time a call spends on an engine, dispatch to finish (None: none finished)."""
+        return self._call_s / self._calls if self._calls else None
 
     # --- online measurement (used only where the view declares nothing) -----------------
 
