@@ -29,11 +29,26 @@ from legato.scheduler.legato_run import (
     projected,
 )
 from legato.scheduler.pin_rule import hold_ttl, memory_price
-from legato.scheduler.policy import ClusterView, Decision, Dispatch, Pause, Resume, Unpin
+from legato.scheduler.policy import ClusterView, Decision, Dispatch, Pause, ReplicaView, Resume, Unpin
 from legato.scheduler.predictor import ReusePredictor
 from legato.scheduler.routing import Router
 from legato.scheduler.victims import idle_holders, pick_victim
 from legato.scheduler.wait_queue import WaitQueue
+
+
+def gates(view: ReplicaView) -> bool:
+    """Does holding programs back pay on this replica? Only where reading its whole KV pool in
+    a decode step costs more than reading the weights: there, past some batch, another
+    sequence adds KV reads and little throughput, while the recomputation that overcommitting
+    causes is pure loss, so admission packs programs under the pool's capacity. Where the whole
+    pool reads faster than the weights (a small pool next to a big model: every decode step is
+    weight-bound whatever fits), every sequence the budget held back would cost throughput
+    nearly one for one, so the engine packs its memory itself, in admission order, and the
+    policy only decides holds (pins that yield when memory runs out). Unknown facts: gate."""
+    if view.decode_step_s is None or view.decode_s_per_ctx_token is None:
+        return True
+    pool = view.total_blocks * view.block_size
+    return pool * view.decode_s_per_ctx_token > view.decode_step_s
 
 
 class AdmissionControl:
@@ -49,6 +64,7 @@ class AdmissionControl:
         self._runs: dict[str, Run] = {}
         self._waiting = WaitQueue()
         self._victims: list[list[tuple[int, str]]] = []  # per replica: (-prio, run), a heap
+        self.pool: list[float] = []  # per replica: KV capacity in tokens (the budget's, if gated)
         self._cycle = [0.0, 0]  # summed time between a run's consecutive calls, samples
         self._admitted = 0
         self._blocked: tuple[str, int, int] | None = None  # (head run, its qver, releases)
@@ -57,10 +73,14 @@ class AdmissionControl:
     def _ensure_capacity(self, view: ClusterView) -> None:
         if self.budget.replicas == view.num_replicas:
             return
+        self.pool = []
         caps = []
         for i in range(view.num_replicas):
             r = view.replica(i)
-            caps.append(float(r.total_blocks * r.block_size))
+            pool = float(r.total_blocks * r.block_size)
+            self.pool.append(pool)
+            # Weighted fair share needs a queue to reorder: with tenant weights, always gate.
+            caps.append(pool if self.fair.weights or gates(r) else math.inf)
         self.budget.set_capacity(caps)
         self._victims = [[] for _ in caps]
 
@@ -83,14 +103,20 @@ class AdmissionControl:
         return need
 
     def _enqueue(self, r: Run, now: float) -> None:
-        """Queue the run: least predicted remaining calls first, aged by its wait in call
-        cycles (see the module docstring); a paused run one call ahead."""
+        """Queue the run by its expected completion if served from now on: when it entered the
+        system plus its predicted remaining calls times the measured call cycle (the mean time
+        between a program's calls). Shortest remaining work first among programs that came
+        together, first come first served among equal ones, and a program paused half way
+        keeps its place (it entered long ago and has less left); nothing starves, since a
+        newer program's key only grows with its arrival."""
         if r.state not in (WAITING, PAUSED):
             raise AssertionError(f"enqueue of run {r.run_id} in state {r.state}")
+        if r.entered_s is None:
+            r.entered_s = now
         remaining = self.predictor.history.expected_remaining_calls(r.program, r.calls_done)
         total, n = self._cycle
-        aged = now / (total / n) if n and total > 0 else 0.0
-        key = (1.0 if remaining is None else remaining) - aged - (1.0 if r.state == PAUSED else 0.0)
+        cycle = total / n if n else 0.0
+        key = r.entered_s + (1.0 if remaining is None else remaining) * cycle
         self._waiting.push(r, key, now)
 
     def _idle(self, view: ClusterView, replica: int) -> bool:
@@ -280,8 +306,8 @@ class AdmissionControl:
         cost = self.rates.reload_s(view.replica(r.replica), shared, branch.ctx)
         if cost is None:
             return math.inf
-        cap = self.budget.capacity[r.replica]
-        price = memory_price(self.budget.current[r.replica], cap, bool(self._waiting))
+        cap = self.pool[r.replica]
+        price = memory_price(self.budget.current[r.replica], cap, False)
         fit = self.predictor.tool_fit(tool, r.tenant)
         return hold_ttl(cost, price * (branch.ctx - shared) / cap, fit)
 

@@ -91,7 +91,7 @@ TOOL_GRACE_S = 2 * TICK_S
 
 class Legato(AdmissionControl, BasePolicy):
     name = "legato"
-    traits = PolicyTraits(eviction="next-use", tick_s=TICK_S)
+    traits = PolicyTraits(eviction="next-use", tick_s=TICK_S, pin_yield=True)
 
     def __init__(
         self, weights: Mapping[str, float] | None = None, *, gate_tokens: float | None = None

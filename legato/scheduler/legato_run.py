@@ -68,6 +68,7 @@ class Run:
     shared_tokens: float = 0.0
     calls_done: int = 0
     queued_s: float = 0.0
+    entered_s: float | None = None  # first queued (its place in the admission order)
     qver: int = 0  # waiting-queue entry version (lazy deletion)
     queued: bool = False
     engine_paused: bool = False  # a Pause decision is in force (its calls are parked)

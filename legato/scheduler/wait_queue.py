@@ -1,9 +1,8 @@
 """Programs waiting for admission, one heap per tenant (lazy deletion by version).
 
-The key is the program's predicted remaining work in calls, aged by its wait measured in call
-cycles (`Legato._enqueue`): shortest remaining work first, and a program that has waited as
-long as a running program takes to make a call gains that call. Entries are invalidated by
-bumping the run's `qver` instead of being removed.
+The key is the program's expected completion time if served from now on (`_enqueue`: when it
+entered plus its predicted remaining calls times the measured call cycle). Entries are
+invalidated by bumping the run's `qver` instead of being removed.
 """
 
 from __future__ import annotations
