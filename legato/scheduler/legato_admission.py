@@ -307,7 +307,7 @@ class AdmissionControl:
         if cost is None:
             return math.inf
         cap = self.pool[r.replica]
-        price = memory_price(self.budget.current[r.replica], cap, False)
+        price = memory_price(self.budget.current[r.replica], cap)
         fit = self.predictor.tool_fit(tool, r.tenant)
         return hold_ttl(cost, price * (branch.ctx - shared) / cap, fit)
 

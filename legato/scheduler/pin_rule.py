@@ -7,8 +7,8 @@ by recompute or a tier load when the next call comes. For a context of `c` priva
 - letting go costs `R` engine seconds when the program returns (`EngineRates.reload_s`:
   recompute, or a tier load, whichever is cheaper);
 - holding costs `h = u * c / capacity` engine seconds per second: the share of the KV pool it
-  blocks, times `u`, the price of memory (1 when programs wait for memory, so every token held
-  by an idle program is a token no running one gets; the pool's fill fraction otherwise).
+  blocks (the share of the batch it withholds when memory binds), times `u`, the chance that
+  memory is wanted (`memory_price`: the pool's fill fraction; pins yield when it runs out).
 
 Holding for up to `tau` gains `G(tau) = R * F(tau) - h * E[min(T, tau)]` where `T` is the tool's
 latency (F its CDF): the recompute saved when the tool returns within the TTL, less the memory
@@ -65,9 +65,9 @@ def hold_ttl(recompute_s: float, hold_per_s: float, fit: LognormalFit | None) ->
     return best_tau if best_gain > 0.0 else None
 
 
-def memory_price(current: float, capacity: float, waiting: bool) -> float:
-    """`u`: engine seconds one second of the whole pool is worth to others — 1 when programs
-    wait for memory, else the pool's fill fraction (a near-empty pool makes holding free)."""
-    if waiting:
-        return 1.0
+def memory_price(current: float, capacity: float) -> float:
+    """`u`: the engine seconds one second of the whole pool is worth to others — its fill
+    fraction. Pins yield when memory runs out (`PolicyTraits.pin_yield`), so a hold only costs
+    anything when the memory is wanted, and the fuller the pool, the likelier that is; a
+    near-empty pool makes holding free."""
     return min(1.0, max(0.0, current / capacity)) if capacity > 0 else 1.0
