@@ -79,8 +79,8 @@ class AdmissionControl:
             r = view.replica(i)
             pool = float(r.total_blocks * r.block_size)
             self.pool.append(pool)
-            # Weighted fair share needs a queue to reorder: with tenant weights, always gate.
-            caps.append(pool if self.fair.weights or gates(r) else math.inf)
+            # Weighted fair share needs a queue to reorder: with several tenants, always gate.
+            caps.append(pool if len(self.fair.weights) > 1 or gates(r) else math.inf)
         self.budget.set_capacity(caps)
         self._victims = [[] for _ in caps]
 
