@@ -4,9 +4,15 @@ Every decision compares two costs measured on the engine it runs on (`EngineRate
 by the driver, the simulator's from its cost model for the GPU and model; measured online from
 call timings otherwise). Concerns, one module each:
 
-- **Admission** (`admission.KVBudget`, `legato_run`): a program's calls reach an engine only
-  while the summed KV footprint of the replica's admitted programs, projected to their next
-  call, fits its capacity; the rest wait in the policy, holding nothing. When the footprint
+- **Admission** (`admission.KVBudget`, `legato_run`, `legato_admission.gates`): on a replica
+  where a decode step reading its whole KV pool costs more than reading the weights (a large
+  pool: past some batch more sequences add KV reads, not throughput), a program's calls reach
+  the engine only while the summed KV footprint of the admitted programs, projected to their
+  next call, fits the pool; the rest wait in the policy, holding nothing. Where the whole pool
+  reads faster than the weights (a small pool next to the model: every step is weight-bound),
+  holding a program back would cost throughput one for one, so the engine packs its memory
+  itself in admission order and the policy only decides holds (with several tenants the
+  budget always gates: weighted fair share needs the queue). When the footprint
   grows past the capacity and the engine has no free blocks left for the excess, whole
   programs are paused (`victims.pick_victim`: newest first, preferring ones with no call on
   the engine), so the engine never thrashes. A replica with nothing to run while programs
@@ -19,8 +25,8 @@ call timings otherwise). Concerns, one module each:
   programs leave the budget (a thunderagent-style pause of the whole program when nothing
   else of it is resident) and their KV ages out of the device, into a host/Redis tier when
   there is one (reloading from a tier is what makes releasing cheap there). Which of the two
-  a replica does follows from its numbers: a small pool or long tools release (thunderagent),
-  a large pool or short tools hold (continuum).
+  a replica does follows from its numbers (recompute or tier load vs. tool latency vs. memory
+  held): long tools or a cheap reload release (thunderagent), short tools hold (continuum).
 - **Order** (`wait_queue`, `fair_share`): tenants by weighted virtual token counters; within a
   tenant, least predicted remaining work first, a waiting program gaining one call of
   priority per call cycle it waits (the mean time between a program's calls, measured), a
@@ -40,6 +46,7 @@ Constants (none is a value searched on our workloads):
 | `TOOL_GRACE_S` | 2 ticks | a tool start is seen within a tick of the call's end |
 | `HORIZONS` | now, next call | re-decided at every tool boundary (`legato_run`) |
 | budget `low`/`high` | 1.0 | the pool's capacity; `safety` 0: the expected total |
+| gating | engine | `gates`: KV pool read time vs. weight read time per decode step |
 | output reserve | learned | program's mean output, else all programs', else `max_tokens` |
 | remaining calls | learned | past runs' lengths, else all programs' mean, else 1 |
 | ageing | learned | one call per measured call cycle |
