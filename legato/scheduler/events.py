@@ -68,6 +68,9 @@ class CallFinished:
     output_tokens: int
     cached_tokens: int
     finish_reason: str
+    # Seconds from reaching the engine to its first admission (vLLM's queued -> scheduled
+    # interval); None where the engine does not report it.
+    queued_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

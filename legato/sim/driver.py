@@ -446,7 +446,11 @@ class _Sim:
         # When the step ends (its tool's end, or now: dependents follow at once) is known before
         # the policy hears of the finish, so an oracle's next-use hint already counts it.
         p.tool_ends[j] = self.now + (cs.tool_latency_s if cs.tool is not None else 0.0)
-        self.emit(CallFinished(req.call_id, p.run_id, prompt, cs.output_tokens, req.hit_tokens, "length"))
+        queued = req.first_admit_s - self.dispatched_s[req.call_id]
+        finished = CallFinished(
+            req.call_id, p.run_id, prompt, cs.output_tokens, req.hit_tokens, "length", queued
+        )
+        self.emit(finished)
         if cs.tool is not None:
             self.emit(ToolStarted(p.run_id, cs.tool, self._tool_mean(cs.tool)))
             self.push(self.now + cs.tool_latency_s, _TOOL_DONE, p.index, j)

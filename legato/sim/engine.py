@@ -15,9 +15,9 @@ the pool would run out), priced in closed form. A jump is cut short at the next 
 when an outside event (a new call, a pause, a pin) reaches the replica.
 
 Pins (`pin`) hold a run's KV between calls. On engines whose policy declares `pin_yield`
-(Continuum's), pins give way when KV runs out: before a running request is preempted, and
-before a queued call is refused for lack of blocks (then only pins of runs submitted after the
-call's own), the latest-submitted run's pin is released first.
+(Continuum's), pins give way when KV runs out: before a running request is preempted and before
+a queued call is refused for lack of blocks, whole pins are released, latest-submitted run
+first, until the blocks fit or no pin is left.
 
 Engine mechanics a policy declares in its `PolicyTraits` (the defaults are vLLM v1's): the
 preemption victim (`victim`: vLLM's lowest priority / newest, or SGLang's fewest output tokens),
@@ -327,8 +327,8 @@ class SimEngine:
                 need += -(-(r.computed + c) // bs) - (-(-r.computed // bs))
             if need <= pool.available:
                 break
-            if self._yield_pin(None, now):
-                continue  # an idle pin gives way before a running request is preempted
+            if self._yield_pins(need, now):
+                continue  # idle pins give way before a running request is preempted
             victim = self._fewest_output() if self.fewest_output_first else self._pop_victim()
             if victim is None:
                 raise AssertionError("KV pool too small for a single request")
@@ -451,8 +451,8 @@ class SimEngine:
                 hit = plan.recompute_from  # loaded blocks count as a prefix hit
             c = min(target - hit, budget)
             need = -(-(hit + c) // bs) - dev_blocks  # loaded blocks need device blocks too
-            while need > pool.available and self._yield_pin(r.run, now):
-                pass
+            if need > pool.available:
+                self._yield_pins(need, now)
             cost = 0.0
             if self.reserve is not None:
                 cost = (target - hit) + self.reserve.new_tokens()
@@ -493,17 +493,15 @@ class SimEngine:
                 self.unpin(r.run, now=now)
         return budget
 
-    def _yield_pin(self, before: int | None, now: float) -> bool:
-        """With `pin_yield`: release the pin of the latest-submitted run (runs are numbered in
-        submission order), only of runs submitted after `before` when it is given (a queued call
-        takes memory from later programs' pins, never from earlier ones'). False: none left."""
+    def _yield_pins(self, need: int, now: float) -> bool:
+        """With `pin_yield`: release whole pins, latest-submitted run first (runs are numbered
+        in submission order), one at a time until `need` blocks are available or no pin is left
+        (Continuum's unpinning under memory pressure). False when there was no pin to release."""
         if not self.pin_yield or not self.pins:
             return False
-        latest = max(self.pins)
-        if before is not None and latest <= before:
-            return False
-        self.unpin(latest, now=now)
-        self.stats.pin_yields += 1
+        while self.pins and need > self.pool.available:
+            self.unpin(max(self.pins), now=now)
+            self.stats.pin_yields += 1
         return True
 
     def _running(self) -> list[SimRequest]:

@@ -2,7 +2,8 @@
 `ThunderAgent/scheduler/router.py` `_scheduled_check`, `_pause_until_safe`, `_greedy_resume`,
 `_select_backend_for_new_program`; `ThunderAgent/backend/state.py` `remaining_capacity` (the
 full KV minus `BUFFER_PER_PROGRAM` = 100 tokens per program) and `remaining_capacity_with_decay`;
-`ThunderAgent/config.py` defaults (`use_acting_token_decay=False`, `scheduler_interval=5.0`)."""
+`ThunderAgent/config.py` defaults (`use_acting_token_decay=False`, `scheduler_interval=5.0`).
+Shared tokens stay 0 (upstream never calls `BackendState.update_shared_tokens`)."""
 
 from __future__ import annotations
 

@@ -30,6 +30,7 @@ from legato.scheduler.policy import (
     Decision,
     Dispatch,
     Pause,
+    Pin,
     Policy,
     PolicyTraits,
     Resume,
@@ -133,8 +134,18 @@ async def pinned_hit(policy: Policy) -> int:
         return cached
 
 
-async def test_continuum_pin_keeps_prefix_through_tool_where_lru_loses_it() -> None:
-    assert await pinned_hit(Continuum()) == 64
+class _PinAtTool(FcfsLru):
+    """Pins a run's KV for 30 s at each tool step (Continuum, with its TTL rule left out: on
+    this tiny engine a 64-token context is too cheap to reload for Continuum to pin it)."""
+
+    name = "pin-at-tool"
+
+    def on_tool_started(self, event: ToolStarted, now: float, view: ClusterView) -> Sequence[Decision]:
+        return (Pin(event.run_id, 30.0),)
+
+
+async def test_pin_keeps_prefix_through_tool_where_lru_loses_it() -> None:
+    assert await pinned_hit(_PinAtTool()) == 64
     assert await pinned_hit(FcfsLru()) == 0
 
 

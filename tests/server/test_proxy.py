@@ -105,9 +105,10 @@ def test_openai_client_drives_a_tool_using_agent_and_metrics_show_prefix_hits(se
     assert metric(after, "legato_program_tct_seconds_count", source="proxy", status="succeeded") >= 1
     assert ("acme", "agent-1") not in served.state.extras["proxy"].tracker.programs
     assert metric(after, "legato_http_requests_total", route="/v1/chat/completions", status="200") >= turns
-    # the policy saw the program: Continuum pinned its KV through each tool call
-    pins = metric(after, "legato_scheduler_decisions_total", kind="pins")
-    assert pins - metric(before, "legato_scheduler_decisions_total", kind="pins") == turns - 1
+    # the policy saw the program: Continuum dispatched each turn (whether it pins through a tool
+    # call depends on its TTL rule: on this tiny engine a reload is too cheap to be worth a pin)
+    sent = metric(after, "legato_scheduler_decisions_total", kind="dispatches")
+    assert sent - metric(before, "legato_scheduler_decisions_total", kind="dispatches") == turns
     assert metric(after, "process_resident_memory_bytes") > 0
 
 

@@ -114,15 +114,17 @@ class Autellix(BasePolicy):
 
     def on_tick(self, now: float, view: ClusterView) -> Sequence[Decision]:
         out: list[Decision] = []
+        rates: dict[int | None, float] = {}
         for run_id, r in self._runs.items():
-            if not r.waiting or r.promoted:
+            if not r.waiting or r.promoted or r.service <= 0:
                 continue
-            rate = self._rate(r.home, now)
+            rate = rates.get(r.home)
+            if rate is None:
+                rate = rates[r.home] = self._rate(r.home, now)
             if rate <= 0:
                 continue
-            service_s = r.service / rate
             oldest = min(r.waiting.values())
-            if now - oldest >= STARVE_RATIO * service_s and r.service > 0:
+            if (now - oldest) * rate >= STARVE_RATIO * r.service:  # wait >= ratio x service time
                 r.promoted = True
                 out.append(SetPriority(run_id, 0))
         return out

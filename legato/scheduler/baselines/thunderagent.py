@@ -51,9 +51,8 @@ class ThunderAgent(BasePolicy):
       or PAUSED in one global waiting queue shared by all backends.
     - Capacity (`BackendState.remaining_capacity`): the backend's full KV (`block_size x
       num_gpu_blocks`) minus (reasoning tokens + `acting_token_weight` x acting tokens
-      - shared tokens + 100 tokens per active program). Shared tokens (prefix sharing) are
-      re-measured at each periodic check as reasoning tokens minus the KV the engine reports in
-      use (`calculate_shared_tokens`, vLLM's `kv_cache_usage_perc`).
+      - shared tokens + 100 tokens per active program). Shared tokens stay 0: upstream defines
+      `BackendState.update_shared_tokens` but nothing calls it.
     - A new program is placed on the backend with the fewest active tokens that has room for it,
       but only when the waiting queue is empty; otherwise it waits in the queue
       (`_select_backend_for_new_program`).
@@ -86,7 +85,6 @@ class ThunderAgent(BasePolicy):
         self.decay = decay
         self._progs: dict[str, _Prog] = {}
         self._queue: dict[str, _Prog] = {}  # the global waiting queue, in pause order
-        self._shared: dict[int, int] = {}  # backend -> shared tokens at the last check
         self._future: dict[int, int] = {}  # backend -> `future_paused_tokens`
         self._seen = 0
 
@@ -110,7 +108,7 @@ class ThunderAgent(BasePolicy):
                 active += p.tokens * 2.0 ** (-(now - p.acting_since))
             else:
                 active += ACTING_TOKEN_WEIGHT * p.tokens
-        used = active - self._shared.get(replica, 0) + count * BUFFER_PER_PROGRAM
+        used = active + count * BUFFER_PER_PROGRAM  # shared tokens: 0 (see the class docstring)
         return self._capacity(view, replica) - used
 
     # --- events ------------------------------------------------------------------------------
@@ -178,12 +176,7 @@ class ThunderAgent(BasePolicy):
         return ()
 
     def on_tick(self, now: float, view: ClusterView) -> Sequence[Decision]:
-        """`_scheduled_check`: refresh shared tokens, resume, then pause where over capacity."""
-        for i in range(view.num_replicas):
-            r = view.replica(i)
-            in_use = (r.total_blocks - r.free_blocks) * r.block_size
-            reasoning = sum(p.tokens for _, p in self._registered(i) if p.reasoning)
-            self._shared[i] = max(0, reasoning - in_use)
+        """`_scheduled_check`: resume, then pause where over capacity."""
         out: list[Decision] = []
         self._force_resume(now, view, out)
         self._greedy_resume(now, view, out)
