@@ -170,6 +170,15 @@ def _worker(args: tuple[Cell, dict[str, str]]) -> dict[str, Any]:
     return run_cell(*args)
 
 
+def resolve_trace(path: str) -> str:
+    """A relative trace path as given (from the working directory) or, when that is absent, from
+    the repository root (so the `../shared/traces/...` defaults work from any directory in it)."""
+    if Path(path).is_absolute() or Path(path).is_file():
+        return path
+    beside_repo = Path(__file__).resolve().parents[2] / path
+    return str(beside_repo) if beside_repo.is_file() else path
+
+
 def run_matrix(
     cells: Sequence[Cell],
     paths: dict[str, str],
@@ -177,6 +186,7 @@ def run_matrix(
     progress: Callable[[int, int, dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Run every cell (in `jobs` processes) and summarise; the result is independent of `jobs`."""
+    paths = {label: resolve_trace(path) for label, path in paths.items()}
     for label, path in paths.items():
         if any(f"{{{label}}}" in c.workload.name for c in cells) and not Path(path).is_file():
             raise ValueError(f"trace file for {label} not found: {path} (give its path with --{label})")
