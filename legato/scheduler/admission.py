@@ -90,7 +90,8 @@ class KVBudget:
         k = self.safety
         used, var = self.used[replica], self.var[replica]
         peak = max(u + k * math.sqrt(max(0.0, v)) for u, v in zip(used, var, strict=True))
-        return self.low * self.capacity[replica] - peak
+        cap = self.capacity[replica]
+        return (self.low * cap if math.isfinite(cap) else 0.0) - peak  # unbounded: least used
 
     def fits(self, replica: int, need: Sequence[float], need_var: Sequence[float] | None = None) -> bool:
         """Would a program projecting `need` (one value per horizon, with variances

@@ -1,54 +1,69 @@
-"""`legato`: Legato's own program-level policy.
+"""`legato`: Legato's own program-level policy (DESIGN.md, "Scheduler").
 
-What it does with its knowledge of whole programs (DESIGN.md, "Scheduler"):
+Every decision compares two costs measured on the engine it runs on (`EngineRates`: declared
+by the driver, the simulator's from its cost model for the GPU and model; measured online from
+call timings otherwise). Concerns, one module each:
 
-- **Admission** (`KVBudget`): a program's calls reach an engine only while the summed KV
-  of the replica's active programs — projected a few calls ahead from what past runs of the
-  program did (growth per call, fan-outs, chance of finishing first), with a safety margin of
-  its standard deviation — fits under its capacity; programs whose KV would not fit wait in the
-  policy, holding nothing. When a running program's context grows past the
-  high threshold, whole programs are paused — the most recently admitted first, preferring ones
-  with no call on the engine (pausing those costs no work in flight) — so the engine never
-  thrashes. A paused program re-enters its tenant's queue one call ahead of a new program
-  with the same predicted remaining work (part of its KV is usually still resident: eviction
-  is tail-first and only takes what is needed); its ageing restarts at the pause, so a long
-  program can wait behind shorter new ones (strict resume-first was measured to cost swe
-  throughput). Below `MIN_PROGRAMS`
-  programs on a replica none of this applies: there the budget only ever held the engine to
-  one or two programs at a time (a pool of a few contexts), and the decode batch it lost cost
-  more than the recomputation it saved (1.05-1.72x FCFS's makespan on 12-64 programs with a
-  pool of two of the largest calls); the engine's own preemption handles overflow instead.
-- **Order**: tenants by weighted virtual token counters (`FairShare`, a program's predicted
-  cost charged when it is admitted and settled as its calls run); within a tenant, least
-  predicted remaining work first (mean residual calls learned from past runs of the program:
-  programs that are further along finish first instead of interleaving), aged so nothing
-  starves; the engine runs admitted programs' calls in admission order, so a preemption, if
-  one ever happens, hits the newest program. Admission is program-granular, so between
-  admissions one tenant's programs can run ahead of its weight (a few programs' worth: the
-  share drifted 1.79-2.06 for weights 2:1); a call-level gate holds an admitted program's
-  next call while its tenant leads a backlogged tenant with calls on the engines by more than
-  `gate_tokens` of delivered service per weight (work-conserving, at most `GATE_MAX_WAIT_S`).
-- **Cache**: a `NextUse` of never for KV no call will read again (evicted before anything
-  else; the rest is evicted least recently used first, see `_forget`), a
-  `Pin` through a tool call when recomputing the context would cost more GPU time than holding
-  it for the tool's predicted duration at the current memory pressure (TTL: a high quantile of
-  the tool's latency), `Prefetch` when a tool is about to finish. A branch expected to run a
-  tool counts in the budget from its call's end; if the tool has not started `TOOL_GRACE_S`
-  later, the expectation was wrong and the branch stops counting.
-- **Routing** (`Router`): program affinity, RL-group affinity, work stealing for idle replicas.
+- **Admission** (`admission.KVBudget`, `legato_run`, `legato_admission.gates`): on a replica
+  where a decode step reading its whole KV pool costs more than reading the weights (a large
+  pool: past some batch more sequences add KV reads, not throughput), a program's calls reach
+  the engine only while the summed KV footprint of the admitted programs, projected to their
+  next call, fits the pool; the rest wait in the policy, holding nothing. Where the whole pool
+  reads faster than the weights (a small pool next to the model: every step is weight-bound),
+  holding a program back would cost throughput one for one, so the engine packs its memory
+  itself in admission order and the policy only decides holds (with several tenants the
+  budget always gates: weighted fair share needs the queue). When the footprint
+  grows past the capacity and the engine has no free blocks left for the excess, whole
+  programs are paused (`victims.pick_victim`: newest first, preferring ones with no call on
+  the engine), so the engine never thrashes. A replica with nothing to run while programs
+  wait releases the KV held for programs inside tools (`_unhold_idle`): memory held for an
+  idle engine is worth nothing.
+- **Hold or release through a tool** (`pin_rule`): when a program starts a tool its context
+  is pinned for the cost-benefit TTL over the tool's measured latency distribution (recompute
+  or tier load vs. the memory held, priced by what waits for it), or released at once when
+  no TTL gains anything; a TTL that passes with the tool still running releases it. Released
+  programs leave the budget (a thunderagent-style pause of the whole program when nothing
+  else of it is resident) and their KV ages out of the device, into a host/Redis tier when
+  there is one (reloading from a tier is what makes releasing cheap there). Which of the two
+  a replica does follows from its numbers (recompute or tier load vs. tool latency vs. memory
+  held): long tools or a cheap reload release (thunderagent), short tools hold (continuum).
+- **Order** (`wait_queue`, `fair_share`): tenants by weighted virtual token counters; within a
+  tenant, least predicted remaining work first, a waiting program gaining one call of
+  priority per call cycle it waits (the mean time between a program's calls, measured), a
+  paused program one call ahead of an equal new one. The engine runs admitted programs' calls
+  in admission order. A call-level gate (`fair_gate`) evens out service between admissions.
+- **Cache**: `NextUse` of never for KV no call reads again (`_forget`), `Prefetch` when a tool
+  is about to finish (a tick ahead); a branch expected to run a tool counts in the budget from
+  its call's end until `TOOL_GRACE_S` passes without the tool starting.
+- **Routing** (`routing.Router`): program and RL-group affinity; a program moves to another
+  replica when that one is idle or it has waited longer than recomputing its context there.
 
-Every per-event step is O(live calls of the program + tenants + log programs): no scan over
-programs, so the decision cost stays flat at 10,000 active programs.
+Constants (none is a value searched on our workloads):
+
+| constant | value | where it comes from |
+| --- | --- | --- |
+| `TICK_S` | 0.5 s | cadence of timers (TTLs, prefetch, retries); not a threshold |
+| `TOOL_GRACE_S` | 2 ticks | a tool start is seen within a tick of the call's end |
+| `HORIZONS` | now, next call | re-decided at every tool boundary (`legato_run`) |
+| budget `low`/`high` | 1.0 | the pool's capacity; `safety` 0: the expected total |
+| gating | engine | `gates`: KV pool read time vs. weight read time per decode step |
+| output reserve | learned | program's mean output, else all programs', else `max_tokens` |
+| remaining calls | learned | past runs' lengths, else all programs' mean, else 1 |
+| ageing | learned | one call per measured call cycle |
+| gate lead, wait | learned | mean call cost; mean call time (`fair_gate`) |
+| steal wait | engine | recompute time of the program's context on the target |
+| pin TTL | engine | `pin_rule.hold_ttl` from `EngineRates` and tool latencies |
+
+Every per-event step is O(live calls of the program + tenants + log programs), except the
+victim scans on overflow and on an idle engine (O(programs on the replica)).
 """
 
 from __future__ import annotations
 
-import heapq
 import math
-from collections.abc import Callable, Hashable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
 
-from legato.scheduler.admission import KVBudget
+from legato.scheduler.due_queue import DueQueue
 from legato.scheduler.events import (
     CallArrived,
     CallFinished,
@@ -59,410 +74,47 @@ from legato.scheduler.events import (
     ToolFinished,
     ToolStarted,
 )
-from legato.scheduler.fair_share import FairShare
+from legato.scheduler.legato_admission import AdmissionControl
+from legato.scheduler.legato_run import (
+    ACTIVE,
+    NEW,
+    WAITING,
+    Branch,
+    Run,
+    branch_of,
+)
 from legato.scheduler.policy import (
     BasePolicy,
     ClusterView,
     Decision,
-    Dispatch,
     NextUse,
-    Pause,
     Pin,
     PolicyTraits,
     Prefetch,
-    Resume,
 )
-from legato.scheduler.predictor import ReusePredictor
-from legato.scheduler.routing import Router
 
 TICK_S = 0.5
-PIN_QUANTILE = 0.9  # pin TTL: this quantile of the tool's latency distribution
-PREFILL_TOKENS_PER_S = 20_000.0  # recompute speed assumed by the pin rule (H100-class, 8B model)
-AGING_CALLS_PER_S = 1.0 / 30.0  # a waiting program gains one call of priority per 30 s waited
-DEFAULT_CALLS = 10.0  # predicted calls of a program never seen to finish
-HORIZONS = (0, 1, 2, 4, 8)  # calls ahead at which admission checks the projected KV total
-# Programs a replica runs before its KV budget holds anyone back: enough for the engine to
-# batch decode steps (a step reads all the weights whatever the batch, so below this each
-# program held back costs throughput nearly one for one).
-MIN_PROGRAMS = 8
-VICTIM_LOOKAHEAD = 8  # newest active programs examined for one without work on the engine
-GATE_TOKENS = 8_000.0  # lead in service per weight over a tenant on the engines: calls wait
-GATE_MAX_WAIT_S = 10.0  # ... but never longer than this (no cycle of waits can stall a run)
-TOOL_GRACE_S = 2 * TICK_S  # a branch whose expected tool has not started by then has none
-
-NEW, WAITING, ACTIVE, PAUSED = range(4)
+TOOL_GRACE_S = 2 * TICK_S
 
 
-@dataclass(slots=True)
-class _Branch:
-    """A finished call whose context waits for a tool before the next call reads it."""
-
-    tool: str
-    ctx: float
-    started: bool = False
-    # Until its tool starts, the branch is only expected (from a hint or from what followed
-    # this call site in past runs, which can be wrong: a map body's last round has no tool);
-    # past this time without a `ToolStarted` it is dropped (see `_drop_unstarted`).
-    expires_s: float = math.inf
-
-
-@dataclass(slots=True)
-class _Run:
-    run_id: str
-    program: str
-    tenant: str
-    group: str | None
-    state: int = NEW
-    replica: int | None = None  # where its KV lives (kept while paused)
-    prio: int = 0  # engine priority: admission order
-    held: list[str] = field(default_factory=list)  # arrived calls not yet dispatched
-    live: dict[str, int] = field(default_factory=dict)  # arrived, unfinished call -> prompt tokens
-    dispatched: int = 0  # calls on an engine, unfinished
-    # (tool, context, started) per branch whose KV waits for a tool: entered when the call
-    # finishes with a tool expected, so the footprint never dips between call and tool.
-    acting: list[_Branch] = field(default_factory=list)
-    bridge: float = 0.0  # context a finished call hands to dependents that have not arrived yet
-    last_ctx: float = 0.0
-    last_node: str = ""
-    root_ctx: float | None = None  # context after the first call (what parallel branches share)
-    shared: list[tuple[Hashable, float]] = field(default_factory=list)
-    shared_tokens: float = 0.0
-    calls_done: int = 0
-    queued_s: float = 0.0
-    qver: int = 0  # waiting-queue entry version (lazy deletion)
-    queued: bool = False
-    engine_paused: bool = False  # a Pause decision is in force (its calls are parked)
-    prev_prompt: int = 0  # prompt of the previous sequential call (growth samples)
-    last_call_final: bool = False  # the latest call is the run's last step
-    peak: float = 0.0  # largest footprint since the last call finished (history)
-    prepaid: float = 0.0  # fair-share cost charged at admission, not yet used by calls
-    live_paid: float = 0.0  # cost already charged for live calls (their prompts)
-    costs: list[float] = field(default_factory=list)  # fair-share cost of each finished call
-    tool_ver: int = 0
-    hints: dict[str, tuple[str, CallHints]] = field(default_factory=dict)  # call -> (node, hints)
-    deferred: list[str] = field(default_factory=list)  # admitted calls the fair-share gate holds
-
-
-class Legato(BasePolicy):
+class Legato(AdmissionControl, BasePolicy):
     name = "legato"
-    traits = PolicyTraits(eviction="next-use", tick_s=TICK_S)
+    traits = PolicyTraits(eviction="next-use", tick_s=TICK_S, pin_yield=True)
 
     def __init__(
-        self,
-        weights: Mapping[str, float] | None = None,
-        *,
-        low: float = 0.9,
-        high: float = 0.95,
-        prefill_tokens_per_s: float = PREFILL_TOKENS_PER_S,
-        gate_tokens: float = GATE_TOKENS,
-        min_programs: int = MIN_PROGRAMS,
+        self, weights: Mapping[str, float] | None = None, *, gate_tokens: float | None = None
     ) -> None:
-        self.fair = FairShare(weights)
-        self.budget = KVBudget(horizons=len(HORIZONS), low=low, high=high)
-        self.router = Router(min_programs=min_programs)
-        self.min_programs = min_programs
-        self.predictor = ReusePredictor()
-        self.prefill_tokens_per_s = prefill_tokens_per_s
-        self.gate_tokens = gate_tokens
-        self._on_engine: dict[str, int] = {}  # tenant -> its calls on an engine
-        self._deferred: dict[str, list[str]] = {}  # tenant -> runs with deferred calls (FIFO)
-        self._deferred_since: dict[str, float] = {}  # tenant -> when its oldest call was held
-        self._runs: dict[str, _Run] = {}
-        self._waiting: dict[str, list[tuple[float, int, int, str]]] = {}  # tenant -> heap
-        self._victims: list[list[tuple[int, str]]] = []  # per replica: (-prio, run)
-        self._prefetch: list[tuple[float, int, int, str]] = []  # (tool end, seq, tool_ver, run)
-        self._expected: list[tuple[float, int, str]] = []  # (branch expiry, seq, run): see _Branch
-        self._seq = 0
-        self._admitted = 0
-        self._blocked: tuple[str, int, int] | None = None  # (head run, its qver, releases)
+        super().__init__(weights, gate_tokens, TICK_S)
+        self._prefetch: DueQueue[tuple[int, str]] = DueQueue()  # at tool end: (tool_ver, run)
+        self._expected: DueQueue[str] = DueQueue()  # at a branch's grace end: run
+        self._holds: DueQueue[tuple[str, Branch]] = DueQueue()  # at a pin's TTL end
         self.pins = 0
-        self.pauses = 0
-
-    # --- bookkeeping ---------------------------------------------------------------------
-
-    def _ensure_capacity(self, view: ClusterView) -> None:
-        if self.budget.replicas == view.num_replicas:
-            return
-        caps = []
-        for i in range(view.num_replicas):
-            r = view.replica(i)
-            caps.append(float(r.total_blocks * r.block_size))
-        self.budget.set_capacity(caps)
-        self._victims = [[] for _ in caps]
-
-    def _footprint(self, r: _Run) -> float:
-        """Private KV tokens the run needs resident now (shared parts excluded)."""
-        reserve = self.predictor.history.mean_output(r.program)
-        branches = [p + reserve for p in r.live.values()]
-        branches.extend(b.ctx for b in r.acting)
-        if r.bridge and not r.live:
-            branches.append(r.bridge)
-        if not branches:
-            return 0.0
-        total = sum(branches)
-        if len(branches) > 1:
-            head = min(r.root_ctx or 0.0, min(branches))
-            total -= (len(branches) - 1) * head
-        return max(0.0, total - r.shared_tokens)
-
-    def _projected(self, r: _Run, footprint: float) -> tuple[list[float], list[float]]:
-        """Expected footprint `h` calls ahead, for each horizon h, and its variance: the run
-        holds footprint + h x (mean growth per call) with probability s (it still runs then,
-        from the length distribution of past runs of the program), nothing otherwise."""
-        n = len(HORIZONS)
-        if r.last_call_final:
-            return [footprint] + [0.0] * (n - 1), [0.0] * n
-        hist = self.predictor.history
-        growth = hist.mean_growth(r.program)
-        done = r.calls_done
-        mean: list[float] = []
-        var: list[float] = []
-        for h in HORIZONS:
-            learned = hist.footprint_growth(r.program, done, h) if h else 0.0
-            size = footprint + (h * growth if learned is None else max(0.0, learned))
-            s = hist.survival(r.program, done, h)
-            mean.append(s * size)
-            var.append(s * (1.0 - s) * size * size)
-        return mean, var
-
-    def _sync(self, r: _Run) -> None:
-        fp = self._footprint(r)
-        r.peak = max(r.peak, fp)
-        self.budget.update(r.run_id, fp, *self._projected(r, fp))
-
-    def _need_fn(self, r: _Run) -> Callable[[int], tuple[list[float], list[float]]]:
-        """The run's projected need on each replica (its projection is computed once; only
-        the shared parts it would add differ between replicas)."""
-        mean, var = self._projected(r, self._footprint(r))
-
-        def need(replica: int) -> tuple[list[float], list[float]]:
-            shared = self.budget.shared_cost(replica, r.shared)
-            return ([p + shared for p in mean] if shared else mean), var
-
-        return need
-
-    def _enqueue(self, r: _Run, now: float) -> None:
-        """Put the run in its tenant's waiting queue (least predicted remaining work, aged)."""
-        if r.state not in (WAITING, PAUSED):
-            raise AssertionError(f"enqueue of run {r.run_id} in state {r.state}")
-        remaining = self.predictor.history.expected_remaining_calls(r.program, r.calls_done)
-        if remaining is None:
-            remaining = DEFAULT_CALLS
-        r.queued_s = now
-        r.queued = True
-        r.qver += 1
-        self._seq += 1
-        key = remaining + AGING_CALLS_PER_S * now - (1.0 if r.state == PAUSED else 0.0)
-        heapq.heappush(self._waiting.setdefault(r.tenant, []), (key, self._seq, r.qver, r.run_id))
-
-    def _head(self, tenant: str) -> _Run | None:
-        heap = self._waiting.get(tenant)
-        while heap:
-            _, _, qver, run_id = heap[0]
-            r = self._runs.get(run_id)
-            if r is not None and r.qver == qver and r.queued:
-                return r
-            heapq.heappop(heap)
-        if heap is not None:
-            del self._waiting[tenant]
-        return None
-
-    # --- admission -----------------------------------------------------------------------
-
-    def _admit(self, now: float, view: ClusterView, out: list[Decision]) -> None:
-        """Admit waiting programs, fair-share order, while they fit somewhere."""
-        while self._waiting:
-            heads = {t: h for t in list(self._waiting) if (h := self._head(t)) is not None}
-            if not heads:
-                return
-            r = heads[self.fair.pick(sorted(heads))]
-            if self._blocked == (r.run_id, r.qver, self.budget.releases):
-                return  # the same program failed to fit and nobody has left since: skip the math
-            replica = self.router.choose(
-                self.budget,
-                self._need_fn(r),
-                home=r.replica,
-                group=r.group,
-                waited_s=now - r.queued_s,
-                idle=lambda i: self._idle(view, i),
-                may_steal=r.dispatched == 0,  # calls parked on its home replica pin it there
-            )
-            if replica is None:
-                self._blocked = (r.run_id, r.qver, self.budget.releases)
-                return
-            heapq.heappop(self._waiting[r.tenant])
-            self._activate(r, replica, now, out)
-
-    def _predicted_cost(self, r: _Run) -> float:
-        """Fair-share cost the run is expected to consume from here: what past runs of the
-        program still cost after as many calls (less what its live calls already paid);
-        without such runs, its expected remaining calls x the program's mean cost per call
-        (one call's cost without any history)."""
-        hist = self.predictor.history
-        rest = hist.expected_remaining_cost(r.program, r.calls_done)
-        if rest is not None:
-            return max(0.0, rest - r.live_paid)
-        per_call = hist.mean_call_cost(r.program)
-        if per_call is None:
-            prompt = max(r.live.values(), default=0)
-            per_call = self.fair.cost(prompt, hist.mean_output(r.program))
-        remaining = hist.expected_remaining_calls(r.program, r.calls_done)
-        return per_call * (1.0 if remaining is None else remaining)
-
-    def _idle(self, view: ClusterView, replica: int) -> bool:
-        rv = view.replica(replica)
-        return rv.running + rv.waiting == 0
-
-    def _activate(self, r: _Run, replica: int, now: float, out: list[Decision]) -> None:
-        was_paused = r.state == PAUSED
-        if r.state == WAITING or r.replica is None:
-            self._admitted += 1
-            r.prio = self._admitted
-        r.prepaid = self.fair.prepay(r.tenant, self._predicted_cost(r))
-        r.state = ACTIVE
-        r.replica = replica
-        r.queued = False
-        r.qver += 1
-        fp = self._footprint(r)
-        r.peak = max(r.peak, fp)
-        self.budget.admit(r.run_id, replica, fp, r.shared, *self._projected(r, fp))
-        self.router.joined(r.group, replica)
-        heapq.heappush(self._victims[replica], (-r.prio, r.run_id))
-        if was_paused and r.engine_paused:
-            r.engine_paused = False
-            if r.dispatched:  # its parked calls run again
-                self._on_engine[r.tenant] = self._on_engine.get(r.tenant, 0) + r.dispatched
-            out.append(Resume(r.run_id))
-        elif was_paused:
-            out.append(Resume(r.run_id))
-        for call_id in r.held:
-            self._send(r, call_id, now, out)
-        r.held.clear()
-
-    # --- call-level fair share -----------------------------------------------------------
-
-    def _gated(self, tenant: str) -> bool:
-        """Is the tenant ahead, in delivered service per weight, of another tenant whose calls
-        are on the engines by more than `gate_tokens`? Admission balances committed work at
-        program granularity, so between admissions one tenant's programs can run ahead (their
-        contexts are longer, the other's wait on tools); its calls then wait, which gives the
-        engines' time to the tenant behind. Work-conserving: nobody waits for a tenant that has
-        nothing on the engines."""
-        if not self._on_engine or not self._waiting:
-            return False
-        served = self.fair.served
-        behind = min(
-            (served.get(t, 0.0) for t in self._on_engine if t != tenant and t in self._waiting),
-            default=None,
-        )
-        return behind is not None and served.get(tenant, 0.0) - behind > self.gate_tokens
-
-    def _send(self, r: _Run, call_id: str, now: float, out: list[Decision]) -> None:
-        """Dispatch an admitted run's call, or defer it while its tenant is ahead."""
-        if self._gated(r.tenant):
-            if not r.deferred:
-                self._deferred.setdefault(r.tenant, []).append(r.run_id)
-                self._deferred_since.setdefault(r.tenant, now)
-            r.deferred.append(call_id)
-            return
-        self._dispatch(r, call_id, out)
-
-    def _dispatch(self, r: _Run, call_id: str, out: list[Decision]) -> None:
-        assert r.replica is not None
-        prompt = r.live.get(call_id, 0)
-        r.dispatched += 1
-        self._on_engine[r.tenant] = self._on_engine.get(r.tenant, 0) + 1
-        r.prepaid = self.fair.charge(r.tenant, prompt, 0, r.prepaid)
-        r.live_paid += self.fair.cost(prompt, 0)
-        self.fair.serve(r.tenant, prompt, 0)
-        out.append(Dispatch(call_id, r.replica, priority=r.prio))
-
-    def _release(self, now: float, out: list[Decision]) -> None:
-        """Dispatch the deferred calls of tenants no longer ahead (all of them when no call is
-        on the engines: the gate never idles an engine; and any held `GATE_MAX_WAIT_S`)."""
-        if not self._deferred:
-            return
-        for tenant in sorted(self._deferred):
-            waited = now - self._deferred_since.get(tenant, now)
-            if self._on_engine and waited < GATE_MAX_WAIT_S and self._gated(tenant):
-                continue
-            self._deferred_since.pop(tenant, None)
-            for run_id in self._deferred.pop(tenant):
-                r = self._runs.get(run_id)
-                if r is None or not r.deferred:
-                    continue
-                calls, r.deferred = r.deferred, []
-                if r.state != ACTIVE:
-                    r.held.extend(calls)
-                    continue
-                for call_id in calls:
-                    self._dispatch(r, call_id, out)
-
-    def _left_engine(self, tenant: str) -> None:
-        n = self._on_engine.get(tenant, 0) - 1
-        if n <= 0:
-            self._on_engine.pop(tenant, None)
-        else:
-            self._on_engine[tenant] = n
-
-    def _pause(self, r: _Run, now: float, out: list[Decision]) -> None:
-        self.fair.refund(r.tenant, r.prepaid)
-        r.prepaid = 0.0
-        self.budget.release(r.run_id)
-        self.router.left(r.group)
-        r.state = PAUSED
-        self.pauses += 1
-        r.held.extend(r.deferred)  # deferred calls wait with the run (dropped from the gate)
-        r.deferred.clear()
-        if r.dispatched:
-            # Calls on the engine must be parked; that also marks its KV evict-first.
-            r.engine_paused = True
-            for _ in range(r.dispatched):  # parked calls get no service: not "on the engines"
-                self._left_engine(r.tenant)
-            out.append(Pause(r.run_id))
-        else:
-            # Holding its next calls is the pause: its KV stays cached, ageing like any other,
-            # and the run resumes from what is left of it (a router-level pause, counted by
-            # the driver like every other).
-            out.append(Pause(r.run_id, evict=False))
-        if r.held or r.dispatched:
-            self._enqueue(r, now)
-
-    def _relieve(self, replica: int, now: float, out: list[Decision]) -> None:
-        """Pause programs on `replica` until its footprint is back under the high threshold."""
-        if self.budget.count[replica] <= self.min_programs:
-            return  # a replica this short of programs is never thinned (see MIN_PROGRAMS)
-        heap = self._victims[replica]
-        while self.budget.overflow(replica) > 0 and heap and self.budget.count[replica] > self.min_programs:
-            picked: list[tuple[int, str]] = []
-            victim: _Run | None = None
-            while heap and len(picked) < VICTIM_LOOKAHEAD:
-                neg, run_id = heapq.heappop(heap)
-                r = self._runs.get(run_id)
-                if r is None or r.state != ACTIVE or r.replica != replica or r.prio != -neg:
-                    continue
-                picked.append((neg, run_id))
-                if r.dispatched == 0:
-                    victim = r
-                    break
-            if victim is None and picked and self.budget.current[replica] > self.budget.capacity[replica]:
-                # Past the whole capacity: the newest program is parked even with work on the
-                # engine (its in-flight call is recomputed later) rather than letting the
-                # engine thrash. Between `high` and capacity, parking would throw work away
-                # for nothing: admission stays closed until the footprint shrinks.
-                victim = self._runs[picked[0][1]]
-            for entry in picked:
-                if victim is None or entry[1] != victim.run_id:
-                    heapq.heappush(heap, entry)
-            if victim is None:
-                return
-            self._pause(victim, now, out)
 
     # --- events --------------------------------------------------------------------------
 
     def on_run_started(self, event: RunStarted, now: float, view: ClusterView) -> Sequence[Decision]:
         self._ensure_capacity(view)
-        self._runs[event.run_id] = _Run(event.run_id, event.program, event.tenant, event.group)
+        self._runs[event.run_id] = Run(event.run_id, event.program, event.tenant, event.group)
         self.fair.program_started(event.tenant)
         self.predictor.run_started(event.program, event.spec)
         return ()
@@ -472,33 +124,26 @@ class Legato(BasePolicy):
         call = event.call
         r = self._runs.get(call.run_id)
         if r is None:  # a call of a run we were not told about: treat it as a fresh run
-            r = self._runs[call.run_id] = _Run(call.run_id, call.program, call.tenant, None)
+            r = self._runs[call.run_id] = Run(call.run_id, call.program, call.tenant, None)
             self.fair.program_started(call.tenant)
         self.predictor.call_arrived(r.run_id, now)
         if r.state == NEW:
-            r.shared_tokens = float(call.shared_prefix_tokens)
-            if call.shared_prefix_tokens:
-                r.shared.append(
-                    (("prefix", call.tenant, call.program, call.shared_prefix_tokens), r.shared_tokens)
-                )
-            if r.group is not None:
-                head = float(max(0, call.prompt_len - call.shared_prefix_tokens))
-                r.shared.append((("group", r.group), head))
-                r.shared_tokens += head
-            r.state = WAITING
+            self._first_call(r, event)
         if not r.live and not r.acting and r.prev_prompt:
             self.predictor.history.record_growth(r.program, call.prompt_len - r.prev_prompt)
         if not r.live:
             r.prev_prompt = call.prompt_len
+            if r.last_call_s is not None:
+                self._cycle[0] += now - r.last_call_s
+                self._cycle[1] += 1
+            r.last_call_s = now
         r.bridge = 0.0
         r.last_call_final = call.hints.is_last_step
+        r.max_output = call.sampling.max_tokens
         r.live[call.call_id] = call.prompt_len
         r.hints[call.call_id] = (call.node, call.hints)
         out: list[Decision] = []
-        if r.state == ACTIVE:
-            assert r.replica is not None
-            self._sync(r)
-            self._relieve(r.replica, now, out)
+        self._after_change(r, now, view, out)
         if r.state == ACTIVE:
             self._send(r, call.call_id, now, out)
         else:
@@ -508,118 +153,119 @@ class Legato(BasePolicy):
             self._admit(now, view, out)
         return out
 
+    @staticmethod
+    def _first_call(r: Run, event: CallArrived) -> None:
+        call = event.call
+        r.shared_tokens = float(call.shared_prefix_tokens)
+        if call.shared_prefix_tokens:
+            key = ("prefix", call.tenant, call.program, call.shared_prefix_tokens)
+            r.shared.append((key, r.shared_tokens))
+        if r.group is not None:
+            head = float(max(0, call.prompt_len - call.shared_prefix_tokens))
+            r.shared.append((("group", r.group), head))
+            r.shared_tokens += head
+        r.state = WAITING
+
     def on_call_finished(self, event: CallFinished, now: float, view: ClusterView) -> Sequence[Decision]:
         r = self._runs.get(event.run_id)
         if r is None:
             return ()
-        paid = r.live.pop(event.call_id, None)
-        if paid is not None:
-            r.live_paid = max(0.0, r.live_paid - self.fair.cost(paid, 0))
-        node, hints = r.hints.pop(event.call_id, ("", CallHints()))
-        if r.dispatched > 0:
-            r.dispatched -= 1
-            if not r.engine_paused:
-                self._left_engine(r.tenant)
-        self.fair.serve(r.tenant, 0, event.output_tokens)
-        if r.peak > 0:
-            self.predictor.history.record_footprint(r.program, r.calls_done, r.peak)
-        r.peak = 0.0
-        r.calls_done += 1
-        ctx = float(event.prompt_tokens + event.output_tokens)
-        r.last_ctx = ctx
-        r.last_node = node
-        if r.root_ctx is None:
-            r.root_ctx = ctx
-        # The prompt was charged at dispatch (so a burst of admissions at one instant already
-        # tips the counters); the output is charged as it is known.
-        r.prepaid = self.fair.charge(r.tenant, 0, event.output_tokens, r.prepaid)
-        r.costs.append(self.fair.cost(event.prompt_tokens, event.output_tokens))
-        if r.state == ACTIVE:
-            # Settle: the commitment becomes what a run this far along still costs, so the
-            # counters track each tenant's committed work as its programs progress, not the
-            # guess made when they were admitted.
-            self.fair.refund(r.tenant, r.prepaid)
-            r.prepaid = self.fair.prepay(r.tenant, self._predicted_cost(r))
-        self.predictor.history.record_output(r.program, event.output_tokens)
-        self.predictor.history.record_call_cost(
-            r.program, self.fair.cost(event.prompt_tokens, event.output_tokens)
-        )
+        node, hints = self._settle_call(r, event, now)
         out: list[Decision] = []
+        ctx = r.last_ctx
         reuse = self.predictor.reuses_prefix(r.program, node, hints)
         tool = self.predictor.next_tool(r.program, node, hints) if reuse else None
         if tool is not None:
-            expires = now + TOOL_GRACE_S
-            r.acting.append(_Branch(tool, ctx, expires_s=expires))
-            self._seq += 1
-            heapq.heappush(self._expected, (expires, self._seq, r.run_id))
+            r.acting.append(Branch(tool, ctx, expires_s=now + TOOL_GRACE_S))
+            self._expected.push(now + TOOL_GRACE_S, r.run_id)
         elif reuse:
             r.bridge = max(r.bridge, ctx)
         elif not r.live:
             self._forget(r, out)
-        if self.budget.holds(r.run_id):
-            self._sync(r)
-            assert r.replica is not None
-            self._relieve(r.replica, now, out)
-        self._release(now, out)
-        if not reuse:
-            # KV was let go: room for a waiting program. (Otherwise the footprint barely moved,
-            # and the next tick retries admission: this keeps the hot path cheap.)
+        self._after_change(r, now, view, out)
+        self._release_deferred(now, out)
+        if not reuse or (r.replica is not None and self._idle(view, r.replica)):
+            # KV was let go, or the engine has nothing left to run (see `_unhold_idle`).
+            # Otherwise the footprint barely moved and the next tick retries admission.
+            self._blocked = None
             self._admit(now, view, out)
         return out
+
+    def _settle_call(self, r: Run, event: CallFinished, now: float) -> tuple[str, CallHints]:
+        """Account a finished call: service, rates, what the program's history learns."""
+        hist = self.predictor.history
+        paid = r.live.pop(event.call_id, None)
+        if paid is not None:
+            r.live_paid = max(0.0, r.live_paid - self.fair.cost(paid, 0))
+        node, hints = r.hints.pop(event.call_id, ("", CallHints()))
+        sent = r.sent_s.pop(event.call_id, None)
+        if sent is not None:
+            self.rates.record_call(now - sent)
+        if r.dispatched > 0:
+            if r.replica is not None:
+                computed = event.prompt_tokens - event.cached_tokens + event.output_tokens
+                self.rates.call_finished(r.replica, now, computed)
+            r.dispatched -= 1
+            if not r.engine_paused:
+                self.gate.left(r.tenant)
+        self.fair.serve(r.tenant, 0, event.output_tokens)
+        if r.peak > 0:
+            hist.record_footprint(r.program, r.calls_done, r.peak)
+        r.peak = 0.0
+        r.calls_done += 1
+        r.last_ctx = float(event.prompt_tokens + event.output_tokens)
+        r.last_node = node
+        if r.root_ctx is None:
+            r.root_ctx = r.last_ctx
+        # The prompt was charged at dispatch; the output is charged as it is known.
+        r.prepaid = self.fair.charge(r.tenant, 0, event.output_tokens, r.prepaid)
+        cost = self.fair.cost(event.prompt_tokens, event.output_tokens)
+        r.costs.append(cost)
+        if r.state == ACTIVE:
+            # Settle: the commitment becomes what a run this far along still costs.
+            self.fair.refund(r.tenant, r.prepaid)
+            r.prepaid = self.fair.prepay(r.tenant, self._predicted_cost(r))
+        hist.record_output(r.program, event.output_tokens)
+        hist.record_call_cost(r.program, cost)
+        return node, hints
 
     def on_tool_started(self, event: ToolStarted, now: float, view: ClusterView) -> Sequence[Decision]:
         r = self._runs.get(event.run_id)
         if r is None:
             return ()
-        for branch in r.acting:
-            if branch.tool == event.tool and not branch.started:
-                branch.started = True
+        for b in r.acting:
+            if b.tool == event.tool and not b.started:
+                b.started = True
                 break
         else:
-            r.acting.append(_Branch(event.tool, r.last_ctx, True))
+            r.acting.append(Branch(event.tool, r.last_ctx, True))
         r.tool_ver += 1
         if r.last_node:
             self.predictor.history.record_tool(r.program, r.last_node, event.tool)
         at = self.predictor.tool_started(r.run_id, event.tool, r.tenant, now, event.expected_latency_s)
+        self._prefetch.push(at - TICK_S, (r.tool_ver, r.run_id))
         out: list[Decision] = []
-        self._seq += 1
-        heapq.heappush(self._prefetch, (at, self._seq, r.tool_ver, r.run_id))
-        if self.budget.holds(r.run_id):
-            self._sync(r)
-            assert r.replica is not None
-            self._relieve(r.replica, now, out)
-        if self.budget.holds(r.run_id) and r.replica is not None and self._should_pin(r, event, at - now):
-            ttl = self.predictor.tool_quantile_s(event.tool, r.tenant, PIN_QUANTILE, event.expected_latency_s)
+        self._after_change(r, now, view, out)
+        started = branch_of(r, event.tool)
+        if started is None or not self.budget.holds(r.run_id) or r.replica is None:
+            return out
+        ttl = self._hold_or_release(r, started, event.tool, now, view)
+        if ttl is None:
+            self._release_branch(r, started, now, out)
+            self._admit(now, view, out)  # its memory went back to the pool
+        elif math.isfinite(ttl):
             self.pins += 1
             out.append(Pin(r.run_id, ttl))
+            self._holds.push(now + ttl, (r.run_id, started))
         return out
 
     @staticmethod
-    def _forget(r: _Run, out: list[Decision]) -> None:
+    def _forget(r: Run, out: list[Decision]) -> None:
         """The run's KV will not be read again: evict it before anything else (the one case of
-        Bélády's rule that needs no prediction).
-
-        Why no other next-use hints: a hint is per run, and an engine keys each cached block by
-        the hint in force when the block was released, re-keying only the run's latest path.
-        For a run with parallel branches (a map's workers) that key belongs to whichever branch
-        last changed the hint, and hints of "needed now" rank the most recently used KV as the
-        furthest among overdue ones: most-recently-used eviction. Measured: multiagent 512
-        programs at concurrency 128 went from 1.13x to 1.25x FCFS's steps/min and 32 at 16 from
-        1.12x to 1.07x its makespan without them; swe and rl-grpo did not move (their one branch
-        is referenced while it runs, and tool gaps are short next to the pool's turnover).
-        Pins and prefetches still come from the reuse predictor."""
+        Bélády's rule that needs no prediction). No other next-use hints: a hint is per run,
+        and for a run with parallel branches (a map's workers) the engine's key belongs to
+        whichever branch last changed it, which ranked the most recently used KV furthest."""
         out.append(NextUse(r.run_id, math.inf))
-
-    def _should_pin(self, r: _Run, event: ToolStarted, predicted_s: float) -> bool:
-        """Pin when recomputing the context costs more GPU time than holding its memory for the
-        tool's predicted duration: ctx / prefill_rate > pressure * (ctx / capacity) * T, i.e.
-        T < capacity / (prefill_rate * pressure). Never when the replica is over budget."""
-        assert r.replica is not None
-        if self.budget.overflow(r.replica) > 0:
-            return False
-        cap = self.budget.capacity[r.replica]
-        pressure = max(self.budget.current[r.replica] / cap, 1e-3)
-        return predicted_s < cap / (self.prefill_tokens_per_s * pressure)
 
     def on_tool_finished(self, event: ToolFinished, now: float, view: ClusterView) -> Sequence[Decision]:
         r = self._runs.get(event.run_id)
@@ -639,8 +285,8 @@ class Legato(BasePolicy):
         r = self._runs.pop(event.run_id, None)
         if r is None:
             return ()
-        if self.budget.holds(r.run_id):
-            self.budget.release(r.run_id)
+        self.budget.release(r.run_id)
+        if r.prio:
             self.router.left(r.group)
         self.fair.refund(r.tenant, r.prepaid)
         self.fair.program_finished(r.tenant)
@@ -657,46 +303,42 @@ class Legato(BasePolicy):
 
     def on_tick(self, now: float, view: ClusterView) -> Sequence[Decision]:
         out: list[Decision] = []
-        horizon = now + TICK_S
-        heap = self._prefetch
-        while heap and heap[0][0] <= horizon:
-            _, _, ver, run_id = heapq.heappop(heap)
+        for ver, run_id in self._prefetch.pop_due(now):
             r = self._runs.get(run_id)
             if r is not None and r.tool_ver == ver and r.acting and r.replica is not None:
                 out.append(Prefetch(run_id, r.replica))
-        self._drop_unstarted(now, out)
-        self._release(now, out)
+        for run_id in self._expected.pop_due(now):
+            self._drop_unstarted(run_id, now, view, out)
+        for run_id, branch in self._holds.pop_due(now):
+            # The TTL passed with the tool still running: holding further costs more than it
+            # is expected to save.
+            r = self._runs.get(run_id)
+            if r is not None and r.state == ACTIVE and branch.held and any(b is branch for b in r.acting):
+                self._release_branch(r, branch, now, out)
+        self._release_deferred(now, out)
         if self._waiting:
             self._ensure_capacity(view)
             self._blocked = None  # footprints drift as calls finish: retry on every tick
             self._admit(now, view, out)
         return out
 
-    def _drop_unstarted(self, now: float, out: list[Decision]) -> None:
+    def _drop_unstarted(self, run_id: str, now: float, view: ClusterView, out: list[Decision]) -> None:
         """Forget expected tool branches whose tool never started (`TOOL_GRACE_S` after their
-        call): the prediction was wrong and their context is not held through a tool. Kept,
-        they would count against the KV budget until the run ends; a map-reduce run whose
-        workers' last rounds were predicted to call a tool would look several contexts larger
-        than it is, and admission would leave most of the memory unused."""
-        heap = self._expected
-        while heap and heap[0][0] <= now:
-            _, _, run_id = heapq.heappop(heap)
-            r = self._runs.get(run_id)
-            if r is None:
-                continue
-            kept = [b for b in r.acting if b.started or b.expires_s > now]
-            if len(kept) == len(r.acting):
-                continue
-            r.acting = kept
-            if self.budget.holds(r.run_id):
-                self._sync(r)
-                assert r.replica is not None
-                self._relieve(r.replica, now, out)
+        call): the prediction was wrong (a map body's last round has no tool) and their
+        context is not held through a tool; kept, it would hold budget until the run ends."""
+        r = self._runs.get(run_id)
+        if r is None:
+            return
+        kept = [b for b in r.acting if b.started or b.expires_s > now]
+        if len(kept) == len(r.acting):
+            return
+        r.acting = kept
+        self._after_change(r, now, view, out)
 
     # --- reporting -----------------------------------------------------------------------
 
     def stats(self) -> dict[str, float]:
-        """Numbers for the bench report: predictor accuracy, pins, pauses, steals."""
+        """Numbers for the bench report: predictor accuracy, pins, steals."""
         out = self.predictor.accuracy()
         out["legato_pins"] = float(self.pins)
         out["legato_steals"] = float(self.router.steals)

@@ -106,8 +106,27 @@ Decision = Dispatch | SetPriority | Pause | Resume | Pin | Unpin | NextUse | Pre
 
 
 @dataclass(frozen=True, slots=True)
+class TierView:
+    """A KV tier below a replica's device memory (host RAM, Redis): what loading from it costs."""
+
+    name: str
+    bandwidth: float  # bytes/s back to the device, sustained
+    round_trip_s: float  # fixed latency of one (pipelined) fetch
+    capacity_bytes: float
+    free_bytes: float
+
+    def load_s(self, nbytes: float) -> float:
+        return self.round_trip_s + nbytes / self.bandwidth
+
+
+@dataclass(frozen=True, slots=True)
 class ReplicaView:
-    """One engine replica's state at the time of the event."""
+    """One engine replica's state at the time of the event.
+
+    The engine facts after `waiting` are declared by the driver when it knows them (the
+    simulator from its cost model and tier specs); None where it does not (a real engine:
+    policies then measure them online from call timings, see `legato.scheduler.engine_rates`).
+    """
 
     replica: int
     block_size: int
@@ -115,6 +134,17 @@ class ReplicaView:
     free_blocks: int  # free or evictable (cached but unreferenced) blocks
     running: int  # calls in the running batch
     waiting: int  # calls queued (paused ones included)
+    # Compute-bound prefill: seconds per prompt token (the dense layers) and per attended
+    # (query, key) pair (attention), so recomputing a context of c tokens takes
+    # c * prefill_s_per_token + c * c / 2 * prefill_s_per_pair.
+    prefill_s_per_token: float | None = None
+    prefill_s_per_pair: float | None = None
+    # A decode step costs decode_step_s (weights read once, plus launch overhead) plus
+    # decode_s_per_ctx_token for every context token the batch attends (its KV read).
+    decode_step_s: float | None = None
+    decode_s_per_ctx_token: float | None = None
+    kv_bytes_per_token: float | None = None
+    tiers: tuple[TierView, ...] = ()  # fastest first
 
 
 @runtime_checkable

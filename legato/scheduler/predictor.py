@@ -26,7 +26,6 @@ from legato.scheduler.events import CallHints, ProgramShape
 from legato.scheduler.program_history import ProgramHistory
 from legato.tools.stats import LognormalFit, ToolLatencyStats
 
-DEFAULT_TOOL_S = 1.0  # before anything is known about a tool
 MIN_PREDICTION_S = 1e-3  # ratios of near-zero predictions are meaningless
 
 
@@ -40,13 +39,17 @@ class ReusePredictor:
     def __init__(
         self,
         *,
-        default_tool_s: float = DEFAULT_TOOL_S,
+        default_tool_s: float | None = None,
         max_samples: int = 100_000,
         min_tenant_samples: int = 5,
     ) -> None:
         self.tools = ToolLatencyStats(min_tenant_samples=min_tenant_samples)
         self.history = ProgramHistory()
+        # Before a tool has samples or a hint: this, else the mean latency of every tool run
+        # so far (0 before any: a prefetch for it goes out at once, which costs nothing).
         self.default_tool_s = default_tool_s
+        self._all_tools_s = 0.0
+        self._all_tools_n = 0
         self._specs: dict[str, ProgramShape] = {}  # program name -> declarative program
         self._reuse_cache: dict[tuple[str, str], bool | None] = {}
         self._pending: dict[str, _Pending] = {}
@@ -64,6 +67,8 @@ class ReusePredictor:
 
     def tool_finished(self, tool: str, tenant: str, duration_s: float) -> None:
         self.tools.record(tool, max(0.0, duration_s), tenant)
+        self._all_tools_s += max(0.0, duration_s)
+        self._all_tools_n += 1
         self._fits.pop(tool, None)
 
     def _fit(self, tool: str, tenant: str) -> LognormalFit | None:
@@ -94,7 +99,11 @@ class ReusePredictor:
         fit = self._fit(tool, tenant)
         if fit is not None:
             return math.exp(fit.mu)
-        return hint_s if hint_s is not None else self.default_tool_s
+        return hint_s if hint_s is not None else self._unknown_tool_s()
+
+    def tool_fit(self, tool: str, tenant: str) -> LognormalFit | None:
+        """The tool's fitted latency distribution (the tenant's once it has samples)."""
+        return self._fit(tool, tenant)
 
     def tool_quantile_s(self, tool: str, tenant: str, q: float, hint_s: float | None = None) -> float:
         """The q-quantile of the tool's latency (a pin TTL); twice the hint before any sample."""
@@ -103,7 +112,13 @@ class ReusePredictor:
         fit = self._fit(tool, tenant)
         if fit is not None:
             return fit.quantile(q)
-        return 2.0 * (hint_s if hint_s is not None else self.default_tool_s)
+        return 2.0 * (hint_s if hint_s is not None else self._unknown_tool_s())
+
+    def _unknown_tool_s(self) -> float:
+        if self.default_tool_s is not None:
+            return self.default_tool_s
+        n = self._all_tools_n
+        return self._all_tools_s / n if n else 0.0
 
     def reuses_prefix(self, program: str, node: str, hints: CallHints) -> bool:
         """Will a later call of this run read the prefix this call leaves behind?"""

@@ -10,6 +10,10 @@ sites, the same tools after them, similar numbers of steps. Per program name thi
 - which tool followed each call site, for calls that arrive without a `next_tool` hint
   (`legato.scheduler.followers`, shared with dynamic agents' `AgentHistory`).
 
+Before a program has samples of its own, the means fall back to those over every program seen
+(the best prior there is), and to None before anything at all is known: callers say what they
+do then (no constant stands in for an unseen workload).
+
 Bounded memory: per program a histogram of run lengths (at most `max_lengths` distinct values)
 and one counter per call site.
 """
@@ -20,8 +24,6 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from legato.scheduler.followers import Followers
-
-DEFAULT_OUTPUT_TOKENS = 256.0
 
 
 @dataclass(slots=True)
@@ -41,10 +43,28 @@ class _Program:
     survival: dict[tuple[int, int], float] = field(default_factory=dict)  # cache
 
 
+@dataclass(slots=True)
+class _Mean:
+    total: float = 0.0
+    n: int = 0
+
+    def add(self, x: float) -> None:
+        self.total += x
+        self.n += 1
+
+    def get(self) -> float | None:
+        return self.total / self.n if self.n else None
+
+
 class ProgramHistory:
     def __init__(self, max_lengths: int = 512) -> None:
         self._programs: dict[str, _Program] = {}
         self.max_lengths = max_lengths
+        # Over every program: the priors of a program without samples of its own.
+        self._output = _Mean()
+        self._cost = _Mean()
+        self._growth = _Mean()
+        self._calls = _Mean()
 
     def _get(self, program: str) -> _Program:
         p = self._programs.get(program)
@@ -56,22 +76,26 @@ class ProgramHistory:
         p = self._get(program)
         p.output_sum += output_tokens
         p.output_n += 1
+        self._output.add(output_tokens)
 
-    def mean_output(self, program: str) -> float:
+    def mean_output(self, program: str) -> float | None:
+        """Mean output tokens per call of the program (else of every program; None: none seen)."""
         p = self._programs.get(program)
         if p is None or p.output_n == 0:
-            return DEFAULT_OUTPUT_TOKENS
+            return self._output.get()
         return p.output_sum / p.output_n
 
     def record_call_cost(self, program: str, cost: float) -> None:
         p = self._get(program)
         p.cost_sum += cost
         p.cost_n += 1
+        self._cost.add(cost)
 
-    def mean_call_cost(self, program: str) -> float | None:
-        p = self._programs.get(program)
+    def mean_call_cost(self, program: str | None = None) -> float | None:
+        """Mean fair-share cost of one call of the program (None: of every program)."""
+        p = self._programs.get(program) if program is not None else None
         if p is None or p.cost_n == 0:
-            return None
+            return self._cost.get()
         return p.cost_sum / p.cost_n
 
     def record_costs(self, program: str, costs: list[float]) -> None:
@@ -105,12 +129,13 @@ class ProgramHistory:
         p = self._get(program)
         p.growth_sum += tokens
         p.growth_n += 1
+        self._growth.add(tokens)
 
-    def mean_growth(self, program: str) -> float:
-        """Mean prompt growth per call (before any sample: twice the mean output)."""
+    def mean_growth(self, program: str) -> float | None:
+        """Mean prompt growth per call (else of every program; None: none seen)."""
         p = self._programs.get(program)
         if p is None or p.growth_n == 0:
-            return 2.0 * self.mean_output(program)
+            return self._growth.get()
         return p.growth_sum / p.growth_n
 
     def record_footprint(self, program: str, done: int, tokens: float) -> None:
@@ -152,6 +177,7 @@ class ProgramHistory:
             return  # a new distinct length beyond the bound: keep the histogram as it is
         p.lengths[calls] += 1
         p.runs += 1
+        self._calls.add(calls)
         p.residual.clear()
         p.survival.clear()
 
@@ -184,7 +210,8 @@ class ProgramHistory:
         Runs that outlived every past run get 1 (at least one more call, since one is pending)."""
         p = self._programs.get(program)
         if p is None or p.runs == 0:
-            return None
+            mean = self._calls.get()  # every program's mean length, less what it has done
+            return None if mean is None else max(1.0, mean - done)
         cached = p.residual.get(done)
         if cached is not None:
             return cached

@@ -74,6 +74,19 @@ class CostModel:
         """Seconds for one step; see the module docstring for the terms."""
         return max(self.compute_s(tokens, attn_ctx), self.memory_s(kv_tokens)) + self.overhead_s
 
+    def engine_facts(self) -> tuple[float, float, float, float, float]:
+        """What a policy is told about this engine (`ReplicaView`'s engine facts): seconds
+        per prefill token and per attended pair (compute-bound), a decode step's fixed cost
+        (weights read + overhead) and its cost per context token read, KV bytes per token."""
+        m = self.model
+        return (
+            2.0 * m.params / self.flops_per_s,
+            m.attn_flops_per_ctx_token / self.flops_per_s,
+            m.weight_bytes / self.bytes_per_s + self.overhead_s,
+            m.kv_bytes_per_token / self.bytes_per_s,
+            float(m.kv_bytes_per_token),
+        )
+
     def decode_run_time(self, n: int, ctx_sum: float, k: int) -> float:
         """Seconds for k decode steps of a fixed batch of n sequences whose summed context
         (keys attended, p + 1 per sequence) is `ctx_sum` at the first step and grows by n per step

@@ -189,7 +189,8 @@ class _Sim:
         self.shared_first = shared_first_segments(workload)
         self.next_prog = 0
         self.done = 0
-        self.view = SimClusterView(self.engines, self._prompt_of, self.run_index)
+        # Engine facts every ReplicaView carries (see `CostModel.engine_facts`).
+        self.view = SimClusterView(self.engines, self._prompt_of, self.run_index, cost.engine_facts())
         hooks = SimHooks(
             now=lambda: self.now,
             awaits_dispatch=self.pending.__contains__,

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 
-from legato.scheduler.policy import Policy, ReplicaView
+from legato.scheduler.policy import Policy, ReplicaView, TierView
 from legato.sim.client import TenantLedger
 from legato.sim.config import SimConfig
 from legato.sim.control import SimControl
@@ -14,6 +14,10 @@ from legato.sim.engine import SimEngine
 from legato.sim.hardware import TierSpec
 from legato.sim.outcome import ProgramOutcome, RunOutcome
 from legato.sim.workload import Segment
+
+# `CostModel.engine_facts()`: prefill s/token, prefill s/attended pair, decode step s, decode s per
+# context token, KV bytes per token.
+EngineFacts = tuple[float, float, float, float, float]
 
 
 class SimClusterView:
@@ -24,8 +28,10 @@ class SimClusterView:
         engines: Sequence[SimEngine],
         prompt_of: Callable[[str], tuple[Segment, ...] | None],
         run_index: Mapping[str, int],
+        facts: EngineFacts,
     ) -> None:
         self._engines = engines
+        self._facts = facts  # the cost model's rates for this GPU and model
         self._prompt_of = prompt_of  # an arrived, undispatched call's prompt
         self._runs = run_index
 
@@ -36,6 +42,19 @@ class SimClusterView:
     def replica(self, index: int) -> ReplicaView:
         e = self._engines[index]
         pool = e.pool
+        facts = self._facts
+        tiers: tuple[TierView, ...] = ()
+        if pool.tiers is not None:
+            tiers = tuple(
+                TierView(
+                    lv.spec.name,
+                    lv.spec.bandwidth,
+                    lv.spec.round_trip_s,
+                    lv.capacity * pool.tiers.block_bytes,
+                    max(0, lv.capacity - lv.used) * pool.tiers.block_bytes,
+                )
+                for lv in pool.tiers.levels
+            )
         return ReplicaView(
             replica=index,
             block_size=pool.block_size,
@@ -43,6 +62,12 @@ class SimClusterView:
             free_blocks=pool.available,
             running=e.running,
             waiting=e.n_waiting + e.n_parked,
+            prefill_s_per_token=facts[0],
+            prefill_s_per_pair=facts[1],
+            decode_step_s=facts[2],
+            decode_s_per_ctx_token=facts[3],
+            kv_bytes_per_token=facts[4],
+            tiers=tiers,
         )
 
     def cached_prefix_tokens(self, replica: int, call_id: str) -> int:

@@ -9,12 +9,16 @@ import pytest
 from legato import END, START, Program, llm, tool_node
 from legato.scheduler.events import CallHints
 from legato.scheduler.predictor import ReusePredictor
-from legato.scheduler.program_history import DEFAULT_OUTPUT_TOKENS, ProgramHistory
+from legato.scheduler.program_history import ProgramHistory
 
 
 def test_tool_latency_falls_back_to_hint_then_default() -> None:
     p = ReusePredictor(default_tool_s=1.5)
     assert p.tool_latency_s("bash", "t0") == 1.5
+    learned = ReusePredictor()  # no default: every tool's mean latency so far, 0 before any
+    assert learned.tool_latency_s("bash", "t0") == 0.0
+    learned.tool_finished("edit", "t0", 3.0)
+    assert learned.tool_latency_s("bash", "t0") == 3.0
     assert p.tool_latency_s("bash", "t0", hint_s=4.0) == 4.0
     assert p.tool_quantile_s("bash", "t0", 0.9, hint_s=4.0) == 8.0
 
@@ -91,7 +95,7 @@ def test_history_residual_survival_growth_and_footprints() -> None:
     h = ProgramHistory()
     assert h.expected_remaining_calls("swe", 0) is None
     assert h.survival("swe", 3, 2) == 1.0
-    assert h.mean_output("swe") == DEFAULT_OUTPUT_TOKENS
+    assert h.mean_output("swe") is None  # nothing seen: the caller decides (no made-up prior)
     for n in (10, 20, 30):
         h.record_run("swe", n)
     assert h.runs("swe") == 3
@@ -103,7 +107,8 @@ def test_history_residual_survival_growth_and_footprints() -> None:
     h.record_output("swe", 100)
     h.record_output("swe", 300)
     assert h.mean_output("swe") == 200.0
-    assert h.mean_growth("swe") == 400.0  # no sample yet: twice the mean output
+    assert h.mean_growth("swe") is None  # no sample yet
+    assert h.mean_output("other") == 200.0  # a program without samples: every program's mean
     h.record_growth("swe", 1000)
     assert h.mean_growth("swe") == 1000.0
     assert h.footprint_growth("swe", 1, 2) is None

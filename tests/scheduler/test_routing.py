@@ -50,8 +50,10 @@ def test_group_siblings_follow_the_first_one() -> None:
     router.joined("g1", 0)
     assert router.group_home("g1") == 0
     assert router.choose(b, _need(200.0), home=None, group="g1", waited_s=0.0, idle=_never_idle) == 0
-    # when the group's replica is full, a sibling goes where there is room
-    assert router.choose(b, _need(600.0), home=None, group="g1", waited_s=0.0, idle=_never_idle) == 1
+    # when the group's replica is full, a sibling waits for it (its prompt is computed once
+    # there), and goes where there is room only when that replica is idle
+    assert router.choose(b, _need(600.0), home=None, group="g1", waited_s=60.0, idle=_never_idle) is None
+    assert router.choose(b, _need(600.0), home=None, group="g1", waited_s=0.0, idle=lambda r: True) == 1
     router.joined("g1", 0)
     router.left("g1")
     assert router.group_home("g1") == 0

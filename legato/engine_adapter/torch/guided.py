@@ -22,18 +22,15 @@ first token to the last, so a constrained output ends complete and valid wheneve
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import llguidance
 import torch
 from torch import Tensor
 
-from legato.engine_adapter.base import EngineError, GrammarSpec
+from legato.engine_adapter.base import EngineError, GrammarSpec, SamplingParams
 from legato.engine_adapter.chat.grammar import ll_grammar
 from legato.engine_adapter.torch.tokenizer import ByteTokenizer, HFTokenizer
-
-if TYPE_CHECKING:
-    from legato.engine_adapter.torch.sequence import Sequence as Seq
 
 _SHIFTS = torch.arange(32, dtype=torch.int32)  # bit positions in llguidance's int32 bitmask words
 # Characters that close or shortest-complete JSON and call syntax, most closing first.
@@ -162,6 +159,18 @@ class SequenceGrammar:
         m.consume_token(w[0])
         self.witness = w[1:]
         return w[0]
+
+
+class Seq(Protocol):
+    """What the mask and vetting steps read of an engine sequence (`torch.sequence.Sequence`,
+    which imports this module)."""
+
+    @property
+    def grammar(self) -> SequenceGrammar | None: ...
+    @property
+    def sampling(self) -> SamplingParams: ...
+    @property
+    def num_output_tokens(self) -> int: ...
 
 
 def grammar_masks(seqs: Sequence[Seq], vocab_size: int) -> Tensor | None:

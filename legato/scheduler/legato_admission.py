@@ -1,0 +1,319 @@
+"""Legato's admission control: which programs hold memory on which replica, and when.
+
+The state machine of a program run (`legato_run`: NEW -> WAITING -> ACTIVE <-> PAUSED) and
+everything that moves it: admission in fair-share order while the KV budget fits (`KVBudget`,
+`Router`), pauses when a replica is really short (`victims`), release of held tool contexts on
+an idle engine, the hold-or-release decision through a tool (`pin_rule`), and the dispatch of
+an admitted run's calls through the call-level fair-share gate (`FairGate`). The event
+handlers that drive it are `legato_policy.Legato`'s; constants are listed there.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections.abc import Callable, Mapping
+
+from legato.scheduler.admission import KVBudget
+from legato.scheduler.engine_rates import EngineRates
+from legato.scheduler.fair_gate import FairGate
+from legato.scheduler.fair_share import FairShare
+from legato.scheduler.legato_run import (
+    ACTIVE,
+    HORIZONS,
+    PAUSED,
+    WAITING,
+    Branch,
+    Run,
+    footprint,
+    projected,
+)
+from legato.scheduler.pin_rule import hold_ttl, memory_price
+from legato.scheduler.policy import ClusterView, Decision, Dispatch, Pause, ReplicaView, Resume, Unpin
+from legato.scheduler.predictor import ReusePredictor
+from legato.scheduler.routing import Router
+from legato.scheduler.victims import idle_holders, pick_victim
+from legato.scheduler.wait_queue import WaitQueue
+
+
+def gates(view: ReplicaView) -> bool:
+    """Does holding programs back pay on this replica? Only where reading its whole KV pool in
+    a decode step costs more than reading the weights: there, past some batch, another
+    sequence adds KV reads and little throughput, while the recomputation that overcommitting
+    causes is pure loss, so admission packs programs under the pool's capacity. Where the whole
+    pool reads faster than the weights (a small pool next to a big model: every decode step is
+    weight-bound whatever fits), every sequence the budget held back would cost throughput
+    nearly one for one, so the engine packs its memory itself, in admission order, and the
+    policy only decides holds (pins that yield when memory runs out). Unknown facts: gate."""
+    if view.decode_step_s is None or view.decode_s_per_ctx_token is None:
+        return True
+    pool = view.total_blocks * view.block_size
+    return pool * view.decode_s_per_ctx_token > view.decode_step_s
+
+
+class AdmissionControl:
+    def __init__(self, weights: Mapping[str, float] | None, gate_tokens: float | None, tick_s: float) -> None:
+        self.fair = FairShare(weights)
+        self.budget = KVBudget(horizons=len(HORIZONS), low=1.0, high=1.0, safety=0.0)
+        self.router = Router()
+        self.predictor = ReusePredictor()
+        self.rates = EngineRates()
+        hist = self.predictor.history
+        lead = (lambda: gate_tokens) if gate_tokens is not None else (lambda: hist.mean_call_cost())
+        self.gate = FairGate(self.fair, lead, lambda: self.rates.mean_call_s() or tick_s)
+        self._runs: dict[str, Run] = {}
+        self._waiting = WaitQueue()
+        self._victims: list[list[tuple[int, str]]] = []  # per replica: (-prio, run), a heap
+        self.pool: list[float] = []  # per replica: KV capacity in tokens (the budget's, if gated)
+        self._cycle = [0.0, 0]  # summed time between a run's consecutive calls, samples
+        self._admitted = 0
+        self._blocked: tuple[str, int, int] | None = None  # (head run, its qver, releases)
+        self.pauses = 0  # the driver counts the same `Pause` decisions (one count, tested)
+
+    def _ensure_capacity(self, view: ClusterView) -> None:
+        if self.budget.replicas == view.num_replicas:
+            return
+        self.pool = []
+        caps = []
+        for i in range(view.num_replicas):
+            r = view.replica(i)
+            pool = float(r.total_blocks * r.block_size)
+            self.pool.append(pool)
+            # Weighted fair share needs a queue to reorder: with several tenants, always gate.
+            caps.append(pool if len(self.fair.weights) > 1 or gates(r) else math.inf)
+        self.budget.set_capacity(caps)
+        self._victims = [[] for _ in caps]
+
+    def _sync(self, r: Run) -> None:
+        hist = self.predictor.history
+        fp = footprint(r, hist)
+        r.peak = max(r.peak, fp)
+        self.budget.update(r.run_id, fp, *projected(r, fp, hist))
+
+    def _need_fn(self, r: Run) -> Callable[[int], tuple[list[float], list[float]]]:
+        """The run's projected need on each replica (only the shared parts it would add
+        differ between replicas)."""
+        hist = self.predictor.history
+        mean, var = projected(r, footprint(r, hist), hist)
+
+        def need(replica: int) -> tuple[list[float], list[float]]:
+            shared = self.budget.shared_cost(replica, r.shared)
+            return ([p + shared for p in mean] if shared else mean), var
+
+        return need
+
+    def _enqueue(self, r: Run, now: float) -> None:
+        """Queue the run by its expected completion if served from now on: when it entered the
+        system plus its predicted remaining calls times the measured call cycle (the mean time
+        between a program's calls). Shortest remaining work first among programs that came
+        together, first come first served among equal ones, and a program paused half way
+        keeps its place (it entered long ago and has less left); nothing starves, since a
+        newer program's key only grows with its arrival."""
+        if r.state not in (WAITING, PAUSED):
+            raise AssertionError(f"enqueue of run {r.run_id} in state {r.state}")
+        if r.entered_s is None:
+            r.entered_s = now
+        remaining = self.predictor.history.expected_remaining_calls(r.program, r.calls_done)
+        total, n = self._cycle
+        cycle = total / n if n else 0.0
+        key = r.entered_s + (1.0 if remaining is None else remaining) * cycle
+        self._waiting.push(r, key, now)
+
+    def _idle(self, view: ClusterView, replica: int) -> bool:
+        rv = view.replica(replica)
+        return rv.running + rv.waiting == 0
+
+    # --- admission -----------------------------------------------------------------------
+
+    def _admit(self, now: float, view: ClusterView, out: list[Decision]) -> None:
+        """Admit waiting programs, fair-share order, while they fit somewhere."""
+        while self._waiting:
+            heads = {t: h for t in self._waiting.tenants() if (h := self._waiting.head(t, self._runs))}
+            if not heads:
+                return
+            r = heads[self.fair.pick(sorted(heads))]
+            if self._blocked == (r.run_id, r.qver, self.budget.releases):
+                return  # the same program failed to fit and nobody has left since: skip the math
+            replica = self.router.choose(
+                self.budget,
+                self._need_fn(r),
+                home=r.replica,
+                group=r.group,
+                waited_s=now - r.queued_s,
+                idle=lambda i: self._idle(view, i),
+                may_steal=r.dispatched == 0,  # calls parked on its home replica pin it there
+                steal_after_s=self._move_cost_s(r, view),
+            )
+            if replica is None:
+                if self._unhold_idle(r, view, now, out):
+                    continue
+                self._blocked = (r.run_id, r.qver, self.budget.releases)
+                return
+            self._waiting.pop(r.tenant)
+            self._activate(r, replica, now, out)
+
+    def _move_cost_s(self, r: Run, view: ClusterView) -> float:
+        """Recomputing the run's context on another replica: waiting longer than that for
+        its home costs more than moving (ski rental); unknown: never moved for waiting."""
+        if r.replica is None:
+            return math.inf
+        cost = self.rates.recompute_s(view.replica(r.replica), 0.0, r.last_ctx)
+        return math.inf if cost is None else cost
+
+    def _unhold_idle(self, r: Run, view: ClusterView, now: float, out: list[Decision]) -> bool:
+        """A replica with nothing to run while `r` waits for memory: the KV it holds for
+        programs inside tools is worth nothing to an idle engine, so those programs are
+        released, newest first, until `r` fits. Returns whether anything was released."""
+        released = False
+        for replica in range(self.budget.replicas):
+            if not self._idle(view, replica):
+                continue
+            for v in idle_holders(self._victims[replica], self._runs, replica):
+                for b in v.acting:
+                    b.held = False
+                out.append(Unpin(v.run_id))
+                self._pause(v, now, out)
+                released = True
+                if self.budget.fits(replica, *self._need_fn(r)(replica)):
+                    return True
+        return released
+
+    def _predicted_cost(self, r: Run) -> float:
+        """Fair-share cost the run is expected to consume from here: what past runs of the
+        program still cost after as many calls (less what its live calls already paid); else
+        its expected remaining calls x the mean cost per call (one call without history)."""
+        hist = self.predictor.history
+        rest = hist.expected_remaining_cost(r.program, r.calls_done)
+        if rest is not None:
+            return max(0.0, rest - r.live_paid)
+        per_call = hist.mean_call_cost(r.program)
+        if per_call is None:
+            per_call = self.fair.cost(max(r.live.values(), default=0), r.max_output)
+        remaining = hist.expected_remaining_calls(r.program, r.calls_done)
+        return per_call * (1.0 if remaining is None else remaining)
+
+    def _activate(self, r: Run, replica: int, now: float, out: list[Decision]) -> None:
+        was_paused = r.state == PAUSED
+        if r.state == WAITING or r.replica is None:
+            self._admitted += 1
+            r.prio = self._admitted
+            self.router.joined(r.group, replica)  # a group member until it finishes
+        r.prepaid = self.fair.prepay(r.tenant, self._predicted_cost(r))
+        r.state = ACTIVE
+        r.replica = replica
+        r.queued = False
+        r.qver += 1
+        hist = self.predictor.history
+        fp = footprint(r, hist)
+        r.peak = max(r.peak, fp)
+        self.budget.admit(r.run_id, replica, fp, r.shared, *projected(r, fp, hist))
+        heapq.heappush(self._victims[replica], (-r.prio, r.run_id))
+        if was_paused:
+            if r.engine_paused:
+                r.engine_paused = False
+                self.gate.entered(r.tenant, r.dispatched)  # its parked calls run again
+            out.append(Resume(r.run_id))
+        for call_id in r.held:
+            self._send(r, call_id, now, out)
+        r.held.clear()
+
+    def _send(self, r: Run, call_id: str, now: float, out: list[Decision]) -> None:
+        """Dispatch an admitted run's call, or defer it while its tenant is ahead."""
+        if self._waiting and self.gate.gated(r.tenant, self._waiting):
+            self.gate.defer(r, call_id, now)
+            return
+        self._dispatch(r, call_id, now, out)
+
+    def _dispatch(self, r: Run, call_id: str, now: float, out: list[Decision]) -> None:
+        assert r.replica is not None
+        self.rates.call_started(r.replica, now)
+        r.sent_s[call_id] = now
+        prompt = r.live.get(call_id, 0)
+        r.dispatched += 1
+        self.gate.entered(r.tenant)
+        r.prepaid = self.fair.charge(r.tenant, prompt, 0, r.prepaid)
+        r.live_paid += self.fair.cost(prompt, 0)
+        self.fair.serve(r.tenant, prompt, 0)
+        out.append(Dispatch(call_id, r.replica, priority=r.prio))
+
+    def _release_deferred(self, now: float, out: list[Decision]) -> None:
+        for run_id in self.gate.due(now, self._waiting):
+            r = self._runs.get(run_id)
+            if r is None or not r.deferred:
+                continue
+            calls, r.deferred = r.deferred, []
+            if r.state != ACTIVE:
+                r.held.extend(calls)
+                continue
+            for call_id in calls:
+                self._dispatch(r, call_id, now, out)
+
+    def _pause(self, r: Run, now: float, out: list[Decision]) -> None:
+        self.fair.refund(r.tenant, r.prepaid)
+        r.prepaid = 0.0
+        self.budget.release(r.run_id)
+        r.state = PAUSED
+        self.pauses += 1
+        r.held.extend(r.deferred)  # deferred calls wait with the run (dropped from the gate)
+        r.deferred.clear()
+        if r.dispatched:
+            # Calls on the engine must be parked; that also marks its KV evict-first.
+            r.engine_paused = True
+            for _ in range(r.dispatched):  # parked calls get no service: not "on the engines"
+                self.gate.left(r.tenant)
+            out.append(Pause(r.run_id))
+        else:
+            # Holding its next calls is the pause: its KV stays cached, ageing like any other
+            # (into a tier where there is one), and the run resumes from what is left of it.
+            out.append(Pause(r.run_id, evict=False))
+        if r.held or r.dispatched:
+            self._enqueue(r, now)
+
+    def _relieve(self, replica: int, now: float, view: ClusterView, out: list[Decision]) -> None:
+        """Pause programs on `replica` until its footprint is back within capacity — only when
+        the engine is really short: the footprint is an estimate (output reserves), and while
+        the engine has free blocks for the excess a pause would throw KV away for nothing."""
+        if self.budget.count[replica] <= 1:
+            return  # its last program: the engine serves any call that fits its whole pool
+        rv = view.replica(replica)
+        if self.budget.overflow(replica) <= rv.free_blocks * rv.block_size:
+            return
+        while self.budget.overflow(replica) > 0 and self.budget.count[replica] > 1:
+            over = self.budget.current[replica] > self.budget.capacity[replica]
+            victim = pick_victim(self._victims[replica], self._runs, replica, over)
+            if victim is None:
+                return
+            self._pause(victim, now, out)
+
+    def _after_change(self, r: Run, now: float, view: ClusterView, out: list[Decision]) -> None:
+        """The run's footprint changed: update the budget, relieve its replica if needed."""
+        if self.budget.holds(r.run_id):
+            self._sync(r)
+            assert r.replica is not None
+            self._relieve(r.replica, now, view, out)
+
+    # --- hold or release through tools (pin_rule) ----------------------------------------
+
+    def _hold_or_release(
+        self, r: Run, branch: Branch, tool: str, now: float, view: ClusterView
+    ) -> float | None:
+        """The TTL to pin the branch for, or None to release it (see `pin_rule`); inf when
+        nothing is known about the engine yet (keep it, as an engine with no policy does)."""
+        assert r.replica is not None
+        if self.budget.overflow(r.replica) > 0:
+            return None
+        shared = min(r.shared_tokens, branch.ctx)
+        cost = self.rates.reload_s(view.replica(r.replica), shared, branch.ctx)
+        if cost is None:
+            return math.inf
+        cap = self.pool[r.replica]
+        price = memory_price(self.budget.current[r.replica], cap)
+        fit = self.predictor.tool_fit(tool, r.tenant)
+        return hold_ttl(cost, price * (branch.ctx - shared) / cap, fit)
+
+    def _release_branch(self, r: Run, branch: Branch, now: float, out: list[Decision]) -> None:
+        branch.held = False
+        if r.live or r.bridge or any(b.held for b in r.acting):
+            self._sync(r)
+            return
+        self._pause(r, now, out)

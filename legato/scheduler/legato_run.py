@@ -1,0 +1,142 @@
+"""What the Legato policy tracks per program run, and the KV footprint it derives from it.
+
+A run's *footprint* is the private KV it needs resident now: the prompt of each live call plus
+its output reserve, the context of each branch held through a tool, the context a finished
+call hands to dependents that have not arrived yet, less the parts it shares (a tenant's system
+prompt, an RL group's task prompt: held once per replica by the budget) and less the common
+head of parallel branches (stored once in the prefix cache).
+
+Its *projection* is the footprint one call ahead (`HORIZONS`): the policy re-decides at every
+tool boundary (hold or release, `pin_rule`), so an admission commits the run's memory only
+until its next call, grown by what past runs of the program grew per call, times the chance it
+is still running then (its variance: it either still holds that or has freed everything).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Hashable
+from dataclasses import dataclass, field
+
+from legato.scheduler.events import CallHints
+from legato.scheduler.program_history import ProgramHistory
+
+# Calls ahead at which admission checks the projected KV total: now, and the next call (the
+# next point at which the run can be released without losing work, see the module docstring).
+HORIZONS = (0, 1)
+
+NEW, WAITING, ACTIVE, PAUSED = range(4)
+
+
+@dataclass(slots=True)
+class Branch:
+    """A finished call whose context waits for a tool before the next call reads it."""
+
+    tool: str
+    ctx: float
+    started: bool = False
+    held: bool = True  # counted in the KV budget (False: released through its tool, see pin_rule)
+    # Until its tool starts, the branch is only expected (from a hint or from what followed
+    # this call site in past runs, which can be wrong: a map body's last round has no tool);
+    # past this time without a `ToolStarted` it is dropped (`Legato._drop_unstarted`).
+    expires_s: float = math.inf
+
+
+@dataclass(slots=True)
+class Run:
+    run_id: str
+    program: str
+    tenant: str
+    group: str | None
+    state: int = NEW
+    replica: int | None = None  # where its KV lives (kept while paused)
+    prio: int = 0  # engine priority: admission order
+    held: list[str] = field(default_factory=list)  # arrived calls not yet dispatched
+    live: dict[str, int] = field(default_factory=dict)  # arrived, unfinished call -> prompt tokens
+    max_output: int = 0  # the latest call's max_tokens (the output reserve before any sample)
+    dispatched: int = 0  # calls on an engine, unfinished
+    sent_s: dict[str, float] = field(default_factory=dict)  # call on an engine -> dispatch time
+    # Branches whose KV waits for a tool: entered when the call finishes with a tool expected,
+    # so the footprint never dips between call and tool.
+    acting: list[Branch] = field(default_factory=list)
+    bridge: float = 0.0  # context a finished call hands to dependents that have not arrived yet
+    last_ctx: float = 0.0
+    last_node: str = ""
+    last_call_s: float | None = None  # when its latest call arrived (call-cycle samples)
+    root_ctx: float | None = None  # context after the first call (what parallel branches share)
+    shared: list[tuple[Hashable, float]] = field(default_factory=list)
+    shared_tokens: float = 0.0
+    calls_done: int = 0
+    queued_s: float = 0.0
+    entered_s: float | None = None  # first queued (its place in the admission order)
+    qver: int = 0  # waiting-queue entry version (lazy deletion)
+    queued: bool = False
+    engine_paused: bool = False  # a Pause decision is in force (its calls are parked)
+    prev_prompt: int = 0  # prompt of the previous sequential call (growth samples)
+    last_call_final: bool = False  # the latest call is the run's last step
+    peak: float = 0.0  # largest footprint since the last call finished (history)
+    prepaid: float = 0.0  # fair-share cost charged at admission, not yet used by calls
+    live_paid: float = 0.0  # cost already charged for live calls (their prompts)
+    costs: list[float] = field(default_factory=list)  # fair-share cost of each finished call
+    tool_ver: int = 0
+    hints: dict[str, tuple[str, CallHints]] = field(default_factory=dict)  # call -> (node, hints)
+    deferred: list[str] = field(default_factory=list)  # admitted calls the fair-share gate holds
+
+
+def branch_of(r: Run, tool: str) -> Branch | None:
+    """The started branch of the run waiting for `tool` (the latest one)."""
+    for b in reversed(r.acting):
+        if b.tool == tool and b.started:
+            return b
+    return None
+
+
+def output_reserve(r: Run, hist: ProgramHistory) -> float:
+    """KV to reserve for a live call's output: the program's mean output, else the mean over
+    every program seen, else the call's own `max_tokens` (the only bound known)."""
+    mean = hist.mean_output(r.program)
+    return float(r.max_output) if mean is None else mean
+
+
+def footprint(r: Run, hist: ProgramHistory) -> float:
+    """Private KV tokens the run needs resident now (see the module docstring)."""
+    reserve = output_reserve(r, hist)
+    branches = [p + reserve for p in r.live.values()]
+    branches.extend(b.ctx for b in r.acting if b.held)
+    if r.bridge and not r.live:
+        branches.append(r.bridge)
+    if not branches:
+        return 0.0
+    total = sum(branches)
+    if len(branches) > 1:
+        head = min(r.root_ctx or 0.0, min(branches))
+        total -= (len(branches) - 1) * head
+    return max(0.0, total - r.shared_tokens)
+
+
+def projected(r: Run, fp: float, hist: ProgramHistory) -> tuple[list[float], list[float]]:
+    """Expected footprint `h` calls ahead, for each horizon h, and its variance: the run
+    holds footprint + h x (growth per call) with probability s (it still runs then, from the
+    length distribution of past runs of the program), nothing otherwise."""
+    n = len(HORIZONS)
+    if r.last_call_final:
+        return [fp] + [0.0] * (n - 1), [0.0] * n
+    done = r.calls_done
+    mean: list[float] = []
+    var: list[float] = []
+    for h in HORIZONS:
+        if h:
+            learned = hist.footprint_growth(r.program, done, h)
+            growth = hist.mean_growth(r.program)
+            if learned is not None:
+                size = fp + max(0.0, learned)
+            elif growth is not None:
+                size = fp + h * growth
+            else:  # nothing learned yet: the next prompt holds at least this call's output
+                size = fp + h * output_reserve(r, hist)
+        else:
+            size = fp
+        s = hist.survival(r.program, done, h)
+        mean.append(s * size)
+        var.append(s * (1.0 - s) * size * size)
+    return mean, var
