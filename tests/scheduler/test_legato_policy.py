@@ -309,14 +309,7 @@ def test_reports_predictor_accuracy_in_the_outcome() -> None:
     assert out.extra["predictor_median_abs_err_s"] >= 0.0
 
 
-_FLOOR_GONE = pytest.mark.xfail(
-    reason="issue 13: the searched MIN_PROGRAMS = 8 floor that won this case is gone; with the "
-    "engine-derived gating rl-grpo still takes 1.04x FCFS's makespan and 1.03x its mean TCT here",
-    strict=False,
-)
-
-
-@pytest.mark.parametrize("workload", ["multiagent", "swe", pytest.param("rl-grpo", marks=_FLOOR_GONE)])
+@pytest.mark.parametrize("workload", ["multiagent", "swe", "rl-grpo"])
 def test_a_small_job_on_a_pool_of_two_calls_is_not_slower_than_fcfs(workload: str) -> None:
     # 12 programs, 6 at a time, a pool that holds two of the largest calls: the KV budget used
     # to admit one or two programs at a time here, and the engine's batch shrank with them
