@@ -15,10 +15,10 @@ from legato.sim.sim_request import PREFILL, WAITING, SimRequest
 def admit(e: ReplicaState, now: float, budget: int, chunks: list[tuple[SimRequest, int]]) -> int:
     pool = e.pool
     bs = e.bs
-    waiting = e._waiting
+    waiting = e.waiting
     room = 0.0  # tokens a reserve_output engine may still admit this round
     if e.reserve is not None:
-        room = pool.available * bs - e.reserve.running_tokens(e.running, e._generated_running())
+        room = pool.available * bs - e.reserve.running_tokens(e.running, e.generated_running())
     admitted = 0
     while waiting and budget > 0 and e.running < e.max_seqs:
         _, _, qver, r = waiting[0]
@@ -28,7 +28,7 @@ def admit(e: ReplicaState, now: float, budget: int, chunks: list[tuple[SimReques
         if r.run in e.paused:
             heapq.heappop(waiting)
             e.n_waiting -= 1
-            e._park(r)
+            e.park(r)
             continue
         hit_blocks, stop = pool.acquire(r.nodes, r.run)
         target = r.prefill_target
@@ -37,12 +37,12 @@ def admit(e: ReplicaState, now: float, budget: int, chunks: list[tuple[SimReques
         dev_blocks = hit // bs
         plan = None
         if pool.tiers is not None and hit_blocks < cap:
-            plan = pool.tiers.plan(r.nodes, hit, cap, e._prefill_s)
+            plan = pool.tiers.plan(r.nodes, hit, cap, e.prefill_s)
             hit = plan.recompute_from  # loaded blocks count as a prefix hit
         c = min(target - hit, budget)
         need = -(-(hit + c) // bs) - dev_blocks  # loaded blocks need device blocks too
         if need > pool.available:
-            e._yield_pins(need, now)
+            e.yield_pins(need, now)
         cost = 0.0
         if e.reserve is not None:
             cost = (target - hit) + e.reserve.new_tokens()
@@ -59,11 +59,11 @@ def admit(e: ReplicaState, now: float, budget: int, chunks: list[tuple[SimReques
         pool.allocate(need)
         if plan is not None and plan.loads:
             assert pool.tiers is not None
-            e._stall_until = max(e._stall_until, pool.tiers.charge(plan))
+            e.stall_until = max(e.stall_until, pool.tiers.charge(plan))
             _, stop = pool.commit(r.nodes, stop, hit)
         landed = e.prefetched.pop(r.run, None)
         if landed is not None:
-            e._stall_until = max(e._stall_until, landed)
+            e.stall_until = max(e.stall_until, landed)
         r.state = PREFILL
         r.computed = hit
         r.tree_blocks = hit // bs
@@ -72,10 +72,10 @@ def admit(e: ReplicaState, now: float, budget: int, chunks: list[tuple[SimReques
             r.hit_tokens = min(hit, r.prompt_len)
             r.first_admit_s = now
             e.stats.cached_prompt_tokens += r.hit_tokens
-        e._admit_seq += 1
-        r.admit_seq = e._admit_seq
+        e.admit_count += 1
+        r.admit_seq = e.admit_count
         r.vver += 1
-        heapq.heappush(e._victims, (-r.priority, -r.admit_seq, r.vver, r))
+        heapq.heappush(e.victims, (-r.priority, -r.admit_seq, r.vver, r))
         e.prefilling.append(r)
         chunks.append((r, c))
         budget -= c

@@ -67,14 +67,14 @@ class SimEngine(ReplicaState):
         self._seq += 1
         req.seq = self._seq
         self.run_reqs.setdefault(req.run, []).append(req)
-        self._enqueue(req)
+        self.enqueue(req)
 
     def set_priority(self, run: int, priority: int) -> None:
         for r in self.run_reqs.get(run, ()):
             r.priority = priority
             if r.state == WAITING:
                 r.qver += 1
-                heapq.heappush(self._waiting, (priority, r.seq, r.qver, r))
+                heapq.heappush(self.waiting, (priority, r.seq, r.qver, r))
 
     def pause(self, run: int, now: float) -> None:
         if run in self.paused:
@@ -91,7 +91,7 @@ class SimEngine(ReplicaState):
         self.paused.discard(run)
         for r in self._parked.pop(run, []):
             self.n_parked -= 1
-            self._enqueue(r)
+            self.enqueue(r)
         self.pool.set_evict_first(run, False, self._tail(run))
 
     def pin(self, run: int) -> int | None:
@@ -115,7 +115,7 @@ class SimEngine(ReplicaState):
         pool, nodes = self.pool, path[1]
         tiers.now = now
         hit_blocks, stop = pool.acquire(nodes, run)
-        plan = tiers.plan(nodes, hit_blocks * self.bs, nodes[-1].end // self.bs, self._prefill_s)
+        plan = tiers.plan(nodes, hit_blocks * self.bs, nodes[-1].end // self.bs, self.prefill_s)
         blocks = (plan.recompute_from - hit_blocks * self.bs) // self.bs
         if plan.loads and 0 < blocks <= pool.available:
             pool.allocate(blocks)
@@ -141,7 +141,7 @@ class SimEngine(ReplicaState):
         preempted = False
         if pool.tiers is not None:
             pool.tiers.now = now
-        self._stall_until = now
+        self.stall_until = now
         while True:
             budget = self.max_tokens - self.n_dec
             need = self.phase[(-self.d) % bs]  # decode blocks for one step
@@ -155,7 +155,7 @@ class SimEngine(ReplicaState):
                 need += -(-(r.computed + c) // bs) - (-(-r.computed // bs))
             if need <= pool.available:
                 break
-            if self._yield_pins(need, now):
+            if self.yield_pins(need, now):
                 continue  # idle pins give way before a running request is preempted
             victim = fewest_output(self) if self.fewest_output_first else pop_victim(self)
             if victim is None:
@@ -165,7 +165,7 @@ class SimEngine(ReplicaState):
             preempted = True
         pool.allocate(need)  # this step's chunks and one decode step, before any admission
         if preempted and self.reserve is not None:
-            self.reserve.retracted(self.running, self._generated_running())
+            self.reserve.retracted(self.running, self.generated_running())
         if not preempted:
             budget = admit(self, now, budget, chunks)
         if self.n_dec == 0 and not chunks:
@@ -186,9 +186,9 @@ class SimEngine(ReplicaState):
             dt = self.cost.step_time(toks, attn, kv)
         else:
             dt = self.cost.decode_run_time(self.n_dec, ctx, k)
-        if self._stall_until > now:
-            self.stats.load_stall_s += self._stall_until - now
-            dt += self._stall_until - now
+        if self.stall_until > now:
+            self.stats.load_stall_s += self.stall_until - now
+            dt += self.stall_until - now
         self.in_flight = True
         self.t0, self.t_end, self.k = now, now + dt, k
         self.chunks = chunks
@@ -225,7 +225,7 @@ class SimEngine(ReplicaState):
         while fin and fin[0][0] <= self.d:
             _, _, dver, r = heapq.heappop(fin)
             if dver == r.dver and r.state == DECODE:
-                self._leave_decode(r)
+                self.leave_decode(r)
                 self._finish(r, r.prompt_len + r.out_len - 1, now)
                 done.append(r)
         for r, c in self.chunks:
@@ -249,7 +249,7 @@ class SimEngine(ReplicaState):
         return done
 
     def _finish(self, r: SimRequest, computed: int, now: float) -> None:
-        self._release_blocks(r, computed, now)
+        self.release_blocks(r, computed, now)
         r.state = DONE
         r.vver += 1
         reqs = self.run_reqs[r.run]

@@ -16,7 +16,7 @@ def fewest_output(e: ReplicaState) -> SimRequest | None:
     (ties: the longest prompt)."""
     best: SimRequest | None = None
     best_key = (0, 0)
-    for r in e._running():
+    for r in e.running_requests():
         gen = r.a + e.d - r.prompt_len + 1 if r.state == DECODE else r.generated
         key = (gen, -r.prompt_len)
         if best is None or key < best_key:
@@ -25,7 +25,7 @@ def fewest_output(e: ReplicaState) -> SimRequest | None:
 
 
 def pop_victim(e: ReplicaState) -> SimRequest | None:
-    v = e._victims
+    v = e.victims
     while v:
         _, _, ver, r = heapq.heappop(v)
         if ver == r.vver and r.state in (PREFILL, DECODE):
@@ -38,10 +38,10 @@ def evict_running(e: ReplicaState, r: SimRequest, now: float, park: bool = False
     they move to the first tier at once, to be loaded back on readmission) and send it back
     to the queue (or park it, for a paused run)."""
     if r.state == DECODE:
-        e._leave_decode(r)
+        e.leave_decode(r)
     else:
         e.prefilling.remove(r)
-    e._release_blocks(r, r.computed, now)
+    e.release_blocks(r, r.computed, now)
     if e.swap and not park:
         e.pool.swap_out(r.nodes)
     r.computed = 0
@@ -49,6 +49,6 @@ def evict_running(e: ReplicaState, r: SimRequest, now: float, park: bool = False
     r.tree_blocks = 0
     r.vver += 1
     if park:
-        e._park(r)
+        e.park(r)
     else:
-        e._enqueue(r)
+        e.enqueue(r)

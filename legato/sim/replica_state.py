@@ -49,7 +49,7 @@ class ReplicaState:
         self.reserve = OutputReserve(max_new_tokens) if reserve_output else None
         self.sum_prompt_dec = 0  # summed prompt length of decoding requests
         self.stats = StepStats()
-        self._waiting: list[tuple[int, int, int, SimRequest]] = []
+        self.waiting: list[tuple[int, int, int, SimRequest]] = []
         self.n_waiting = 0  # live queued requests (parked ones not included)
         self.n_parked = 0
         self.paused: set[int] = set()
@@ -61,9 +61,9 @@ class ReplicaState:
         self.sum_a = 0
         self.phase = [0] * self.bs
         self._fin: list[tuple[int, int, int, SimRequest]] = []
-        self._victims: list[tuple[int, int, int, SimRequest]] = []
+        self.victims: list[tuple[int, int, int, SimRequest]] = []
         self._seq = 0
-        self._admit_seq = 0
+        self.admit_count = 0
         # per-run state on this replica
         self.run_reqs: dict[int, list[SimRequest]] = {}
         self.run_path: dict[int, tuple[tuple[Segment, ...], list[Node]]] = {}
@@ -79,7 +79,7 @@ class ReplicaState:
         self.n_flight = 0
         self.version = 0  # bumped when the flight's end moves
         # KV tiers (pool.tiers): loads planned this step stall it until `_stall_until`
-        self._stall_until = 0.0
+        self.stall_until = 0.0
         self.prefetched: dict[int, float] = {}  # run -> when its prefetched KV lands
 
     @property
@@ -102,13 +102,13 @@ class ReplicaState:
         path = self.run_path.get(run)
         return path[1] if path is not None else []
 
-    def _enqueue(self, r: SimRequest) -> None:
+    def enqueue(self, r: SimRequest) -> None:
         r.state = WAITING
         r.qver += 1
         self.n_waiting += 1
-        heapq.heappush(self._waiting, (r.priority, r.seq, r.qver, r))
+        heapq.heappush(self.waiting, (r.priority, r.seq, r.qver, r))
 
-    def _park(self, r: SimRequest) -> None:
+    def park(self, r: SimRequest) -> None:
         r.state = PARKED
         r.qver += 1
         self.n_parked += 1
@@ -121,7 +121,7 @@ class ReplicaState:
         del self.pins[run]
         self.pool.release(pin[1], now)
 
-    def _yield_pins(self, need: int, now: float) -> bool:
+    def yield_pins(self, need: int, now: float) -> bool:
         """With `pin_yield`: release whole pins, latest-submitted run first (runs are numbered
         in submission order), one at a time until `need` blocks are available or no pin is left
         (Continuum's unpinning under memory pressure). False when there was no pin to release."""
@@ -132,17 +132,17 @@ class ReplicaState:
             self.stats.pin_yields += 1
         return True
 
-    def _prefill_s(self, start: int, end: int) -> float:
+    def prefill_s(self, start: int, end: int) -> float:
         """Marginal compute of prefilling tokens [start, end) with [0, start) cached: what a
         load from a tier saves (the step's weight reads and overhead are paid anyway)."""
         c = end - start
         return self.cost.compute_s(c, c * start + c * (c + 1) / 2)
 
-    def _running(self) -> list[SimRequest]:
+    def running_requests(self) -> list[SimRequest]:
         live = [r for _, _, dver, r in self._fin if dver == r.dver and r.state == DECODE]
         return [*self.prefilling, *live]
 
-    def _generated_running(self) -> int:
+    def generated_running(self) -> int:
         """Output tokens generated so far by the running requests."""
         dec = self.sum_a + self.n_dec * (self.d + 1) - self.sum_prompt_dec
         return dec + sum(r.generated for r in self.prefilling)
@@ -158,7 +158,7 @@ class ReplicaState:
         r.dver += 1
         heapq.heappush(self._fin, (self.d + r.out_len - r.generated, r.seq, r.dver, r))
 
-    def _leave_decode(self, r: SimRequest) -> None:
+    def leave_decode(self, r: SimRequest) -> None:
         r.computed = r.a + self.d
         r.generated = r.computed - r.prompt_len + 1
         self.n_dec -= 1
@@ -166,7 +166,7 @@ class ReplicaState:
         self.sum_prompt_dec -= r.prompt_len
         self.phase[r.a % self.bs] -= 1
 
-    def _release_blocks(self, r: SimRequest, computed: int, now: float) -> None:
+    def release_blocks(self, r: SimRequest, computed: int, now: float) -> None:
         new, r.cidx = self.pool.commit(r.nodes, r.cidx, computed)
         r.tree_blocks += new
         self.pool.free(-(-computed // self.bs) - r.tree_blocks)
