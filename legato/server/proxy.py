@@ -26,42 +26,33 @@ admits, routes and pins it as one call; the program continues from `choices[0]`.
 
 from __future__ import annotations
 
-import contextlib
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from collections.abc import Callable
+from typing import Annotated, Any
 
 import anyio
 from fastapi import APIRouter, Depends, Path, Request
 from fastapi.responses import Response
-from pydantic import BaseModel, ConfigDict, Field
 
 from legato.engine_adapter.base import (
     Engine,
-    EngineError,
     GenerateRequest,
     GrammarSpec,
     TokenChunk,
     assemble_samples,
 )
 from legato.engine_adapter.openai_api import (
-    ChatCompletionRequest,
     ChatCompletionResponse,
-    CompletionRequest,
     CompletionResponse,
     ModelCard,
     ModelList,
     SamplingFields,
 )
-from legato.engine_adapter.server.errors import ApiError as EngineApiError
 from legato.engine_adapter.server.errors import stream_responses
 from legato.engine_adapter.server.lifecycle import (
-    ABORT_TIMEOUT_S,
     DEFAULT_CHUNK_TIMEOUT_S,
     EventStream,
-    Generation,
     collect_or_abort,
 )
 from legato.engine_adapter.server.openai_calls import chat_response, completion_response, openai_request
@@ -69,7 +60,6 @@ from legato.engine_adapter.server.service import EngineService
 from legato.engine_adapter.server.streams import chat_events, completion_events
 from legato.scheduler.base import CallScheduler
 from legato.scheduler.events import CallHints, LLMCall
-from legato.scheduler.runtime import SchedulerError
 from legato.server.auth import QuotaTracker, Tenant, current_tenant
 from legato.server.errors import ApiError, responses
 from legato.server.metrics import ServiceMetrics
@@ -79,186 +69,17 @@ from legato.server.programs_tracker import (
     ProgramTracker,
     TooManyPrograms,
 )
-
-MAX_ID_LEN = 256
-
-# --- request models: OpenAI's, plus the program fields ----------------------------------------
-
-
-class ProgramFields(BaseModel):
-    """What ties a request to an agent program, and what the agent knows comes next."""
-
-    model_config = ConfigDict(extra="forbid")  # as the OpenAI fields: unknown ones are a 400
-
-    program_id: str | None = Field(
-        default=None,
-        min_length=1,
-        max_length=MAX_ID_LEN,
-        description="Agent program this call belongs to (namespaced by your tenant). Calls with the "
-        "same id are scheduled as one program. Omitted: the call is a program of its own.",
-    )
-    is_last_step: bool | None = Field(
-        default=None, description="No later call of this program reuses this call's prefix: end it."
-    )
-    next_tool: str | None = Field(
-        default=None, min_length=1, max_length=128, description="The tool the agent runs with this output."
-    )
-    expected_tool_latency_s: float | None = Field(
-        default=None, ge=0, le=86_400, description="How long that tool is expected to take, in seconds."
-    )
-
-
-class ProxyChatRequest(ChatCompletionRequest, ProgramFields):
-    model_config = ConfigDict(extra="forbid")
-    extra_body: ProgramFields | None = Field(
-        default=None, description="Program fields nested, as raw clients may send them."
-    )
-
-
-class ProxyCompletionRequest(CompletionRequest, ProgramFields):
-    model_config = ConfigDict(extra="forbid")
-    extra_body: ProgramFields | None = Field(
-        default=None, description="Program fields nested, as raw clients may send them."
-    )
-
-
-class ProgramReleased(BaseModel):
-    program_id: str
-    released: Literal[True] = True
-    calls: int = Field(description="LLM calls the program made.")
-    duration_s: float = Field(description="Seconds from its first call to the release.")
-
-
-SESSION_HEADER = "x-session-id"  # SkyRL's HTTP inference client sends its trajectory id here
-REPLICA_HEADER = "x-legato-replica"
-
-
-class LiveProgram(BaseModel):
-    program_id: str
-    calls: int = Field(description="LLM calls the program made so far.")
-    in_flight: int = Field(description="Calls running now.")
-    step: str | None = Field(description="What runs between calls (the hinted tool, or `client`).")
-    age_s: float = Field(description="Seconds since its first call.")
-    idle_s: float = Field(description="Seconds since its last call started or ended.")
-
-
-class LivePrograms(BaseModel):
-    object: Literal["list"] = "list"
-    data: list[LiveProgram]
-    idle_timeout_s: float = Field(description="A program with no call for this long ends by itself.")
-
-
-def program_fields(
-    body: ProxyChatRequest | ProxyCompletionRequest, raw: Request | None = None
-) -> ProgramFields:
-    """Top-level fields, overridden by those set inside `extra_body`; without a `program_id`,
-    the `X-Session-ID` header (SkyRL's) names the program."""
-    merged = ProgramFields(
-        program_id=body.program_id,
-        is_last_step=body.is_last_step,
-        next_tool=body.next_tool,
-        expected_tool_latency_s=body.expected_tool_latency_s,
-    )
-    if body.extra_body is not None:
-        for name in body.extra_body.model_fields_set:
-            setattr(merged, name, getattr(body.extra_body, name))
-    session = raw.headers.get(SESSION_HEADER) if raw is not None else None
-    if merged.program_id is None and session is not None:
-        if not 1 <= len(session) <= MAX_ID_LEN:
-            raise ApiError(
-                400,
-                f"X-Session-ID must be 1 to {MAX_ID_LEN} characters (it is the program_id)",
-                param=SESSION_HEADER,
-            )
-        merged.program_id = session
-    return merged
-
-
-def placed(response: Response, generation: ScheduledGeneration) -> Response:
-    """Name the replica that ran the call (`X-Legato-Replica`), so placement is observable."""
-    if generation.replica is not None:
-        response.headers[REPLICA_HEADER] = str(generation.replica)
-    return response
-
-
-# --- one scheduled call, as the engine server's streaming helpers expect it -------------------
-
-
-@dataclass(slots=True)
-class CallOutcome:
-    """How a call ended ("abort" until a finished chunk says otherwise). Its tokens are metered
-    by the `MeteredScheduler` the call goes through."""
-
-    finish_reason: str = "abort"
-
-
-class ScheduledGeneration(Generation):
-    """A `Generation` whose chunks come from the scheduler (`CallScheduler.generate(call)`),
-    not straight from an engine, so the engine server's SSE and disconnect handling apply
-    unchanged. It reports how the call ended exactly once, when closed."""
-
-    def __init__(
-        self,
-        scheduler: CallScheduler,
-        call: LLMCall,
-        request: GenerateRequest,
-        chunk_timeout_s: float,
-        on_close: Callable[[CallOutcome], None],
-    ) -> None:
-        # Not Generation.__init__: that would submit to an engine. These are the fields it uses.
-        self.request = request
-        self._timeout = chunk_timeout_s
-        self._iter = scheduler.generate(call).__aiter__()
-        self._first: TokenChunk | None = None
-        self.finished = False
-        self.outcome = CallOutcome()
-        self.replica: int | None = None  # set once the call is placed
-        self._on_close: Callable[[CallOutcome], None] | None = on_close
-
-    async def start(self) -> TokenChunk:
-        try:
-            return await super().start()
-        except BaseException:
-            await self.close()  # idempotent: the call is reported (and its program updated) once
-            raise
-
-    async def _next(self) -> TokenChunk | None:
-        try:
-            chunk = await super()._next()
-        except SchedulerError as exc:
-            raise EngineApiError(503, f"the scheduler could not run the call: {exc}") from exc
-        if chunk is not None and chunk.finished:
-            self.outcome.finish_reason = chunk.finish_reason or "stop"
-        return chunk
-
-    async def close(self) -> None:
-        # Closing the scheduler's stream aborts the engine request and emits CallFinished.
-        with (
-            anyio.CancelScope(shield=True),
-            anyio.move_on_after(ABORT_TIMEOUT_S),
-            contextlib.suppress(EngineError, SchedulerError),
-        ):
-            closer = getattr(self._iter, "aclose", None)
-            if closer is not None:
-                await closer()
-        report, self._on_close = self._on_close, None
-        if report is not None:
-            report(self.outcome)
-
-
-@contextlib.contextmanager
-def server_errors() -> Iterator[None]:
-    """The engine server's refusals (400 bad sampling, 404 unknown model, 504 silent engine)
-    raised as the REST service's `ApiError`, so its handlers answer them."""
-    try:
-        yield
-    except EngineApiError as exc:
-        raise ApiError(exc.status, exc.message, param=exc.param) from exc
-    except EngineError as exc:
-        raise ApiError(400, str(exc)) from exc
-
-
-# --- the proxy ---------------------------------------------------------------------------------
+from legato.server.proxy_generation import CallOutcome, ScheduledGeneration, placed, server_errors
+from legato.server.proxy_models import (
+    MAX_ID_LEN,
+    LiveProgram,
+    LivePrograms,
+    ProgramFields,
+    ProgramReleased,
+    ProxyChatRequest,
+    ProxyCompletionRequest,
+    program_fields,
+)
 
 
 class Proxy:

@@ -27,169 +27,28 @@ tier and is loaded back), SGLang's conservative admission (`reserve_output`, see
 
 Policy decisions arrive as ops (`add`, `pause`, `resume`, `pin`, `unpin`, `set_priority`,
 `set_hint`); the driver applies them only between steps, like a real engine's input queue.
+
+Where the parts live: `sim_request.py` (requests, states, counters), `replica_state.py` (queues,
+decode aggregates and jump arithmetic, pins, block release, invariants), `admission.py`,
+`preemption.py`; this module holds the ops and the step loop (`plan`, `truncate`, `complete`).
 """
 
 from __future__ import annotations
 
 import heapq
-from dataclasses import dataclass
 
-from legato.sim.cost_model import CostModel
-from legato.sim.kv_pool import KVPool, Node
-from legato.sim.output_reserve import OutputReserve
+from legato.sim.admission import admit
+from legato.sim.preemption import evict_running, fewest_output, pop_victim
+from legato.sim.replica_state import ReplicaState
+from legato.sim.sim_request import DECODE, DONE, PARKED, PREFILL, WAITING, SimRequest, StepStats
 from legato.sim.workload import Segment
 
-WAITING, PREFILL, DECODE, DONE, PARKED = range(5)
+__all__ = ["DECODE", "DONE", "PARKED", "PREFILL", "WAITING", "SimEngine", "SimRequest", "StepStats"]
 
 
-class SimRequest:
-    """One LLM call inside the simulated engine."""
-
-    __slots__ = (
-        "a",
-        "admit_seq",
-        "call_id",
-        "cidx",
-        "computed",
-        "dver",
-        "first_admit_s",
-        "generated",
-        "hit_tokens",
-        "nodes",
-        "out_len",
-        "priority",
-        "prompt_len",
-        "qver",
-        "run",
-        "seq",
-        "state",
-        "tree_blocks",
-        "vver",
-    )
-
-    def __init__(self, call_id: str, run: int, prompt_len: int, out_len: int, priority: int) -> None:
-        self.call_id = call_id
-        self.run = run
-        self.prompt_len = prompt_len
-        self.out_len = out_len
-        self.priority = priority
-        self.nodes: list[Node] = []
-        self.seq = 0  # queue order (kept through preemption: a preempted request goes first)
-        self.admit_seq = 0
-        self.qver = 0
-        self.vver = 0
-        self.dver = 0
-        self.state = WAITING
-        self.generated = 0
-        self.computed = 0  # prefill phase only; decode phase derives it from the engine counter
-        self.a = 0  # decode phase: computed = a + engine.d
-        self.cidx = 0
-        self.tree_blocks = 0  # blocks of its table owned by the prefix cache
-        self.hit_tokens = -1  # prefix-cache hit at first admission (-1: not admitted yet)
-        self.first_admit_s = -1.0
-
-    @property
-    def prefill_target(self) -> int:
-        """Tokens to prefill: the prompt plus anything generated before a preemption."""
-        return self.prompt_len + self.generated
-
-
-@dataclass(slots=True)
-class StepStats:
-    """Counters the driver turns into a RunOutcome."""
-
-    prefill_tokens: int = 0
-    cached_prompt_tokens: int = 0
-    preemptions: int = 0
-    busy_s: float = 0.0
-    steps: int = 0
-    load_stall_s: float = 0.0  # step time spent waiting for KV loads from tiers
-    pin_yields: int = 0  # pins released early because KV ran out (`pin_yield` engines)
-
-
-class SimEngine:
-    def __init__(
-        self,
-        index: int,
-        cost: CostModel,
-        pool: KVPool,
-        *,
-        max_num_batched_tokens: int,
-        max_num_seqs: int,
-        check: bool = False,
-        pin_yield: bool = False,
-        swap: bool = False,
-        victim: str = "newest",
-        reserve_output: bool = False,
-        max_new_tokens: int = 4096,
-    ) -> None:
-        self.index = index
-        self.cost = cost
-        self.pool = pool
-        self.bs = pool.block_size
-        self.max_tokens = max_num_batched_tokens
-        self.max_seqs = max_num_seqs
-        self.check_mode = check
-        self.pin_yield = pin_yield  # pins give way when KV runs out, latest-submitted run first
-        self.swap = swap  # preemption swaps the victim's KV to the first tier (vLLM v0 swap)
-        if victim not in ("newest", "fewest-output"):
-            raise ValueError(f"unknown preemption victim order {victim!r}; valid: newest, fewest-output")
-        self.fewest_output_first = victim == "fewest-output"  # SGLang's retract_decode order
-        self.reserve = OutputReserve(max_new_tokens) if reserve_output else None
-        self.sum_prompt_dec = 0  # summed prompt length of decoding requests
-        self.stats = StepStats()
-        self._waiting: list[tuple[int, int, int, SimRequest]] = []
-        self.n_waiting = 0  # live queued requests (parked ones not included)
-        self.n_parked = 0
-        self.paused: set[int] = set()
-        self._parked: dict[int, list[SimRequest]] = {}
-        self.prefilling: list[SimRequest] = []
-        # decode aggregates
-        self.d = 0
-        self.n_dec = 0
-        self.sum_a = 0
-        self.phase = [0] * self.bs
-        self._fin: list[tuple[int, int, int, SimRequest]] = []
-        self._victims: list[tuple[int, int, int, SimRequest]] = []
-        self._seq = 0
-        self._admit_seq = 0
-        # per-run state on this replica
-        self.run_reqs: dict[int, list[SimRequest]] = {}
-        self.run_path: dict[int, tuple[tuple[Segment, ...], list[Node]]] = {}
-        self.pins: dict[int, tuple[int, list[Node]]] = {}  # run -> (pin version, nodes)
-        self._pin_version = 0
-        # the step in flight
-        self.in_flight = False
-        self.t0 = 0.0
-        self.t_end = 0.0
-        self.k = 0
-        self.chunks: list[tuple[SimRequest, int]] = []
-        self.ctx0 = 0  # summed decode context at the first step of the flight
-        self.n_flight = 0
-        self.version = 0  # bumped when the flight's end moves
-        # KV tiers (pool.tiers): loads planned this step stall it until `_stall_until`
-        self._stall_until = 0.0
-        self.prefetched: dict[int, float] = {}  # run -> when its prefetched KV lands
-
-    # --- views ---------------------------------------------------------------------------
-
-    @property
-    def running(self) -> int:
-        return self.n_dec + len(self.prefilling)
-
-    def free_blocks(self) -> int:
-        return self.pool.available
-
-    def resident_tokens(self, run: int) -> int:
-        """Leading tokens of the run's last sequence still cached on this replica."""
-        blocks = 0
-        for n in self._tail(run):
-            blocks += n.cached
-            if n.cached < n.nblocks:
-                break
-        return blocks * self.bs
-
-    # --- ops (applied between steps) -----------------------------------------------------
+class SimEngine(ReplicaState):
+    """One simulated replica: policy ops applied between steps, and the step loop (`plan`,
+    `truncate`, `complete`) over the state and helpers of `sim/replica_state.py`."""
 
     def add(self, req: SimRequest, segments: tuple[Segment, ...], out_seg: Segment) -> None:
         full = (*segments, out_seg)
@@ -208,14 +67,14 @@ class SimEngine:
         self._seq += 1
         req.seq = self._seq
         self.run_reqs.setdefault(req.run, []).append(req)
-        self._enqueue(req)
+        self.enqueue(req)
 
     def set_priority(self, run: int, priority: int) -> None:
         for r in self.run_reqs.get(run, ()):
             r.priority = priority
             if r.state == WAITING:
                 r.qver += 1
-                heapq.heappush(self._waiting, (priority, r.seq, r.qver, r))
+                heapq.heappush(self.waiting, (priority, r.seq, r.qver, r))
 
     def pause(self, run: int, now: float) -> None:
         if run in self.paused:
@@ -223,7 +82,7 @@ class SimEngine:
         self.paused.add(run)
         for r in list(self.run_reqs.get(run, ())):
             if r.state in (PREFILL, DECODE):
-                self._evict_running(r, now, park=True)
+                evict_running(self, r, now, park=True)
         self.pool.set_evict_first(run, True, self._tail(run))
 
     def resume(self, run: int) -> None:
@@ -232,7 +91,7 @@ class SimEngine:
         self.paused.discard(run)
         for r in self._parked.pop(run, []):
             self.n_parked -= 1
-            self._enqueue(r)
+            self.enqueue(r)
         self.pool.set_evict_first(run, False, self._tail(run))
 
     def pin(self, run: int) -> int | None:
@@ -246,13 +105,6 @@ class SimEngine:
         self.pins[run] = (self._pin_version, path[1])
         return self._pin_version
 
-    def unpin(self, run: int, version: int | None = None, now: float | None = None) -> None:
-        pin = self.pins.get(run)
-        if pin is None or (version is not None and pin[0] != version):
-            return
-        del self.pins[run]
-        self.pool.release(pin[1], now)
-
     def prefetch(self, run: int, now: float) -> None:
         """Bring the run's tiered KV back to the device ahead of its next call, when the cost
         model prefers loading to recomputing and the blocks fit without preempting anyone."""
@@ -263,19 +115,13 @@ class SimEngine:
         pool, nodes = self.pool, path[1]
         tiers.now = now
         hit_blocks, stop = pool.acquire(nodes, run)
-        plan = tiers.plan(nodes, hit_blocks * self.bs, nodes[-1].end // self.bs, self._prefill_s)
+        plan = tiers.plan(nodes, hit_blocks * self.bs, nodes[-1].end // self.bs, self.prefill_s)
         blocks = (plan.recompute_from - hit_blocks * self.bs) // self.bs
         if plan.loads and 0 < blocks <= pool.available:
             pool.allocate(blocks)
             self.prefetched[run] = tiers.charge(plan, prefetch=True)
             pool.commit(nodes, stop, plan.recompute_from)
         pool.release(nodes, now)
-
-    def _prefill_s(self, start: int, end: int) -> float:
-        """Marginal compute of prefilling tokens [start, end) with [0, start) cached: what a
-        load from a tier saves (the step's weight reads and overhead are paid anyway)."""
-        c = end - start
-        return self.cost.compute_s(c, c * start + c * (c + 1) / 2)
 
     def set_hint(self, run: int, at_s: float) -> None:
         self.pool.set_hint(run, at_s, self._tail(run))
@@ -287,24 +133,6 @@ class SimEngine:
         self.run_path.pop(run, None)
         self.prefetched.pop(run, None)
 
-    def _tail(self, run: int) -> list[Node]:
-        path = self.run_path.get(run)
-        return path[1] if path is not None else []
-
-    def _enqueue(self, r: SimRequest) -> None:
-        r.state = WAITING
-        r.qver += 1
-        self.n_waiting += 1
-        heapq.heappush(self._waiting, (r.priority, r.seq, r.qver, r))
-
-    def _park(self, r: SimRequest) -> None:
-        r.state = PARKED
-        r.qver += 1
-        self.n_parked += 1
-        self._parked.setdefault(r.run, []).append(r)
-
-    # --- scheduling ----------------------------------------------------------------------
-
     def plan(self, now: float) -> float | None:
         """Schedule the next step (or decode jump) starting at `now`; returns its end time, or
         None when there is nothing runnable."""
@@ -313,7 +141,7 @@ class SimEngine:
         preempted = False
         if pool.tiers is not None:
             pool.tiers.now = now
-        self._stall_until = now
+        self.stall_until = now
         while True:
             budget = self.max_tokens - self.n_dec
             need = self.phase[(-self.d) % bs]  # decode blocks for one step
@@ -327,19 +155,19 @@ class SimEngine:
                 need += -(-(r.computed + c) // bs) - (-(-r.computed // bs))
             if need <= pool.available:
                 break
-            if self._yield_pins(need, now):
+            if self.yield_pins(need, now):
                 continue  # idle pins give way before a running request is preempted
-            victim = self._fewest_output() if self.fewest_output_first else self._pop_victim()
+            victim = fewest_output(self) if self.fewest_output_first else pop_victim(self)
             if victim is None:
                 raise AssertionError("KV pool too small for a single request")
-            self._evict_running(victim, now)
+            evict_running(self, victim, now)
             self.stats.preemptions += 1
             preempted = True
         pool.allocate(need)  # this step's chunks and one decode step, before any admission
         if preempted and self.reserve is not None:
-            self.reserve.retracted(self.running, self._generated_running())
+            self.reserve.retracted(self.running, self.generated_running())
         if not preempted:
-            budget = self._admit(now, budget, chunks)
+            budget = admit(self, now, budget, chunks)
         if self.n_dec == 0 and not chunks:
             return None
         k = 1 if chunks else self._jump_len()
@@ -358,9 +186,9 @@ class SimEngine:
             dt = self.cost.step_time(toks, attn, kv)
         else:
             dt = self.cost.decode_run_time(self.n_dec, ctx, k)
-        if self._stall_until > now:
-            self.stats.load_stall_s += self._stall_until - now
-            dt += self._stall_until - now
+        if self.stall_until > now:
+            self.stats.load_stall_s += self.stall_until - now
+            dt += self.stall_until - now
         self.in_flight = True
         self.t0, self.t_end, self.k = now, now + dt, k
         self.chunks = chunks
@@ -397,7 +225,7 @@ class SimEngine:
         while fin and fin[0][0] <= self.d:
             _, _, dver, r = heapq.heappop(fin)
             if dver == r.dver and r.state == DECODE:
-                self._leave_decode(r)
+                self.leave_decode(r)
                 self._finish(r, r.prompt_len + r.out_len - 1, now)
                 done.append(r)
         for r, c in self.chunks:
@@ -420,224 +248,11 @@ class SimEngine:
             self.check()
         return done
 
-    # --- internals -----------------------------------------------------------------------
-
-    def _admit(self, now: float, budget: int, chunks: list[tuple[SimRequest, int]]) -> int:
-        pool = self.pool
-        bs = self.bs
-        waiting = self._waiting
-        room = 0.0  # tokens a reserve_output engine may still admit this round
-        if self.reserve is not None:
-            room = pool.available * bs - self.reserve.running_tokens(self.running, self._generated_running())
-        admitted = 0
-        while waiting and budget > 0 and self.running < self.max_seqs:
-            _, _, qver, r = waiting[0]
-            if qver != r.qver or r.state != WAITING:
-                heapq.heappop(waiting)
-                continue
-            if r.run in self.paused:
-                heapq.heappop(waiting)
-                self.n_waiting -= 1
-                self._park(r)
-                continue
-            hit_blocks, stop = pool.acquire(r.nodes, r.run)
-            target = r.prefill_target
-            cap = (target - 1) // bs
-            hit = min(hit_blocks, cap) * bs
-            dev_blocks = hit // bs
-            plan = None
-            if pool.tiers is not None and hit_blocks < cap:
-                plan = pool.tiers.plan(r.nodes, hit, cap, self._prefill_s)
-                hit = plan.recompute_from  # loaded blocks count as a prefix hit
-            c = min(target - hit, budget)
-            need = -(-(hit + c) // bs) - dev_blocks  # loaded blocks need device blocks too
-            if need > pool.available:
-                self._yield_pins(need, now)
-            cost = 0.0
-            if self.reserve is not None:
-                cost = (target - hit) + self.reserve.new_tokens()
-                if cost > room and (self.running or admitted):
-                    pool.release(r.nodes, None)
-                    break  # SGLang: no room left for this request's output to come
-            if need > pool.available:
-                pool.release(r.nodes, None)
-                break
-            room -= cost
-            admitted += 1
-            heapq.heappop(waiting)
-            self.n_waiting -= 1
-            pool.allocate(need)
-            if plan is not None and plan.loads:
-                assert pool.tiers is not None
-                self._stall_until = max(self._stall_until, pool.tiers.charge(plan))
-                _, stop = pool.commit(r.nodes, stop, hit)
-            landed = self.prefetched.pop(r.run, None)
-            if landed is not None:
-                self._stall_until = max(self._stall_until, landed)
-            r.state = PREFILL
-            r.computed = hit
-            r.tree_blocks = hit // bs
-            r.cidx = stop
-            if r.hit_tokens < 0:
-                r.hit_tokens = min(hit, r.prompt_len)
-                r.first_admit_s = now
-                self.stats.cached_prompt_tokens += r.hit_tokens
-            self._admit_seq += 1
-            r.admit_seq = self._admit_seq
-            r.vver += 1
-            heapq.heappush(self._victims, (-r.priority, -r.admit_seq, r.vver, r))
-            self.prefilling.append(r)
-            chunks.append((r, c))
-            budget -= c
-            if r.run in self.pins:
-                self.unpin(r.run, now=now)
-        return budget
-
-    def _yield_pins(self, need: int, now: float) -> bool:
-        """With `pin_yield`: release whole pins, latest-submitted run first (runs are numbered
-        in submission order), one at a time until `need` blocks are available or no pin is left
-        (Continuum's unpinning under memory pressure). False when there was no pin to release."""
-        if not self.pin_yield or not self.pins:
-            return False
-        while self.pins and need > self.pool.available:
-            self.unpin(max(self.pins), now=now)
-            self.stats.pin_yields += 1
-        return True
-
-    def _running(self) -> list[SimRequest]:
-        live = [r for _, _, dver, r in self._fin if dver == r.dver and r.state == DECODE]
-        return [*self.prefilling, *live]
-
-    def _generated_running(self) -> int:
-        """Output tokens generated so far by the running requests."""
-        dec = self.sum_a + self.n_dec * (self.d + 1) - self.sum_prompt_dec
-        return dec + sum(r.generated for r in self.prefilling)
-
-    def _fewest_output(self) -> SimRequest | None:
-        """SGLang's `retract_decode` victim: the running request with the fewest output tokens
-        (ties: the longest prompt)."""
-        best: SimRequest | None = None
-        best_key = (0, 0)
-        for r in self._running():
-            gen = r.a + self.d - r.prompt_len + 1 if r.state == DECODE else r.generated
-            key = (gen, -r.prompt_len)
-            if best is None or key < best_key:
-                best, best_key = r, key
-        return best
-
-    def _pop_victim(self) -> SimRequest | None:
-        v = self._victims
-        while v:
-            _, _, ver, r = heapq.heappop(v)
-            if ver == r.vver and r.state in (PREFILL, DECODE):
-                return r
-        return None
-
-    def _enter_decode(self, r: SimRequest) -> None:
-        # computed = prompt + generated - 1 at every decode step boundary
-        r.state = DECODE
-        r.a = r.computed - self.d
-        self.n_dec += 1
-        self.sum_a += r.a
-        self.sum_prompt_dec += r.prompt_len
-        self.phase[r.a % self.bs] += 1
-        r.dver += 1
-        heapq.heappush(self._fin, (self.d + r.out_len - r.generated, r.seq, r.dver, r))
-
-    def _leave_decode(self, r: SimRequest) -> None:
-        r.computed = r.a + self.d
-        r.generated = r.computed - r.prompt_len + 1
-        self.n_dec -= 1
-        self.sum_a -= r.a
-        self.sum_prompt_dec -= r.prompt_len
-        self.phase[r.a % self.bs] -= 1
-
-    def _evict_running(self, r: SimRequest, now: float, park: bool = False) -> None:
-        """Preemption: free the request's blocks (cached full blocks stay reusable; with `swap`
-        they move to the first tier at once, to be loaded back on readmission) and send it back
-        to the queue (or park it, for a paused run)."""
-        if r.state == DECODE:
-            self._leave_decode(r)
-        else:
-            self.prefilling.remove(r)
-        self._release_blocks(r, r.computed, now)
-        if self.swap and not park:
-            self.pool.swap_out(r.nodes)
-        r.computed = 0
-        r.cidx = 0
-        r.tree_blocks = 0
-        r.vver += 1
-        if park:
-            self._park(r)
-        else:
-            self._enqueue(r)
-
     def _finish(self, r: SimRequest, computed: int, now: float) -> None:
-        self._release_blocks(r, computed, now)
+        self.release_blocks(r, computed, now)
         r.state = DONE
         r.vver += 1
         reqs = self.run_reqs[r.run]
         reqs.remove(r)
         if not reqs:
             del self.run_reqs[r.run]
-
-    def _release_blocks(self, r: SimRequest, computed: int, now: float) -> None:
-        new, r.cidx = self.pool.commit(r.nodes, r.cidx, computed)
-        r.tree_blocks += new
-        self.pool.free(-(-computed // self.bs) - r.tree_blocks)
-        self.pool.release(r.nodes, now)
-
-    def _decode_demand(self, d: int, k: int) -> int:
-        """Blocks the decode batch allocates over k steps starting at counter d: a sequence needs
-        a new block when the position it computes is a multiple of the block size."""
-        if k <= 0 or self.n_dec == 0:
-            return 0
-        bs = self.bs
-        q, rem = divmod(k, bs)
-        total = q * self.n_dec
-        phase = self.phase
-        for j in range(rem):
-            total += phase[(-(d + q * bs + j)) % bs]
-        return total
-
-    def _jump_len(self) -> int:
-        """Decode steps until the first finish or until the pool would run out (the first
-        step's blocks are already allocated)."""
-        fin = self._fin
-        while fin[0][2] != fin[0][3].dver or fin[0][3].state != DECODE:
-            heapq.heappop(fin)
-        k_fin = max(1, fin[0][0] - self.d)
-        n = self.n_dec
-        bs = self.bs
-        avail = self.pool.available + self._decode_demand(self.d, 1)
-        cycles = avail // n
-        if cycles * bs >= k_fin:
-            return k_fin
-        k = cycles * bs
-        left = avail - cycles * n
-        for _ in range(bs):
-            c = self.phase[(-(self.d + k)) % bs]
-            if c > left:
-                break
-            left -= c
-            k += 1
-        return max(1, min(k, k_fin))
-
-    def check(self) -> None:
-        """Assert the pool's invariants, counting every block this replica holds (tests)."""
-        bs = self.bs
-        private = 0
-        if self.in_flight:
-            private += self._decode_demand(self.d, self.k)
-            for r, c in self.chunks:
-                private += -(-(r.computed + c) // bs) - (-(-r.computed // bs))
-        for r in self.prefilling:
-            private += -(-r.computed // bs) - r.tree_blocks
-        n = 0
-        for _, _, dver, r in self._fin:
-            if dver == r.dver and r.state == DECODE:
-                n += 1
-                private += -(-(r.a + self.d) // bs) - r.tree_blocks
-        assert n == self.n_dec, f"decode count {self.n_dec} != {n}"
-        assert self.running <= self.max_seqs, "more running requests than max_num_seqs"
-        self.pool.check(private)

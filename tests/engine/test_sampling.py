@@ -128,14 +128,14 @@ def test_logprobs_absent_unless_asked(make_core: Callable[..., EngineCore]) -> N
 
 def _force_tokens(monkeypatch: pytest.MonkeyPatch, tokens: list[int]) -> None:
     """Make the engine's sampler emit `tokens` in order (one request), to test detokenization."""
-    from legato.engine_adapter.torch import core as core_module
+    from legato.engine_adapter.torch import step_sampling
 
     queue = list(tokens)
 
     def forced(logits: torch.Tensor, *_: object) -> SampleOutput:
         return SampleOutput([queue.pop(0) for _ in range(logits.shape[0])], None, None)
 
-    monkeypatch.setattr(core_module, "sample", forced)
+    monkeypatch.setattr(step_sampling, "sample", forced)
 
 
 @pytest.mark.parametrize("stop", [(), ("wör",)])

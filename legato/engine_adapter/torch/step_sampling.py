@@ -1,0 +1,32 @@
+"""Sampling one step's tokens in the torch engine: grammar masks for constrained sequences, the
+sampler over the batch's logits (each sequence's own generator and penalties), and vetting of
+the drawn tokens against their grammars. `EngineCore.step` (core.py) calls `draw` once per step,
+after forked samples have taken their rows of their parent's logits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from legato.engine_adapter.torch.guided import grammar_masks, vet_tokens
+from legato.engine_adapter.torch.sampler import SampleOutput, needs_processing, sample
+from legato.engine_adapter.torch.sequence import Sequence as Seq
+
+
+def draw(seqs: Sequence[Seq], logits: torch.Tensor, default_gen: torch.Generator) -> SampleOutput:
+    """One token per sequence (row i of `logits` is `seqs[i]`'s)."""
+    # After the fork: each forked sample masks with its own grammar clone.
+    allowed = grammar_masks(seqs, logits.shape[-1])
+    drawn = sample(
+        logits,
+        [s.sampling for s in seqs],
+        [s.generator for s in seqs],
+        default_gen,
+        [s.output_ids if needs_processing(s.sampling) else () for s in seqs],
+        allowed,
+    )
+    if allowed is not None:  # last: nothing may change a sampled token after its vetting
+        vet_tokens(seqs, drawn.tokens, drawn.logprobs, logits)
+    return drawn
