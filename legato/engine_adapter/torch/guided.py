@@ -32,7 +32,8 @@ from legato.engine_adapter.base import EngineError, GrammarSpec, SamplingParams
 from legato.engine_adapter.chat.grammar import ll_grammar
 from legato.engine_adapter.torch.tokenizer import ByteTokenizer, HFTokenizer
 
-_SHIFTS = torch.arange(32, dtype=torch.int32)  # bit positions in llguidance's int32 bitmask words
+# The value of each bit of llguidance's int32 bitmask words (bit 31 wraps to the sign bit).
+_BITS = (torch.ones(32, dtype=torch.int64) << torch.arange(32)).to(torch.int32)
 # Characters that close or shortest-complete JSON and call syntax, most closing first.
 _CLOSERS = '"}],0\n>'
 
@@ -110,8 +111,9 @@ class SequenceGrammar:
         self, matcher: llguidance.LLMatcher, limit: int, resume: list[int] | None = None
     ) -> list[int] | None:
         """A short path from `matcher`'s state to acceptance plus end-of-sequence, at most `limit`
-        tokens (None: none found). Preferred (closing) tokens are tried with a cheap validity
-        check, else the lowest allowed token id is taken. `resume`: the previous witness; each
+        tokens (None: none found). Each step reads the state's mask once (one llguidance call)
+        and takes the first preferred (closing) token it allows, else the lowest allowed token
+        id. `resume`: the previous witness; each
         time the walk closes something, it ends if that path, or its rest after the first such
         closer, continues from there (a deviation inside a string, or a new array item, is
         closed, then the old path goes on)."""
@@ -120,9 +122,10 @@ class SequenceGrammar:
         while len(path) < limit:
             if m.is_accepting():
                 return [*path, self.stops[0]]
-            token = next((t for t in self.compiler.prefer if m.validate_tokens([t]) == 1), -1)
+            allowed = m.compute_logit_bias()  # one byte per token; llguidance marks allowed with 200
+            token = next((t for t in self.compiler.prefer if allowed[t] == 200), -1)
             if token < 0:
-                token = m.compute_logit_bias().find(b"\xc8")  # llguidance marks allowed with 200
+                token = allowed.find(b"\xc8")
             if token < 0 or token >= self.compiler.vocab_size or not m.consume_token(token):
                 return None
             path.append(token)
@@ -176,7 +179,7 @@ class Seq(Protocol):
 def grammar_masks(seqs: Sequence[Seq], vocab_size: int) -> Tensor | None:
     """`[B, vocab]` bool: the tokens each sequence's grammar allows next (every token for
     unconstrained rows); None when no row is constrained. llguidance writes each row's bitmask
-    straight into one int32 buffer; one shift-and-mask expands it."""
+    straight into one int32 buffer; one and-with-bit-values expands it."""
     if all(s.grammar is None for s in seqs):
         return None
     words = (vocab_size + 31) // 32
@@ -194,7 +197,7 @@ def grammar_masks(seqs: Sequence[Seq], vocab_size: int) -> Tensor | None:
             m.unsafe_compute_mask_ptr(base + row * words * 4, words * 4)
         if m.is_accepting() or m.is_error():
             accepting.append((row, g.stops))
-    allowed = ((bits.unsqueeze(-1) >> _SHIFTS) & 1).view(len(seqs), words * 32)[:, :vocab_size] > 0
+    allowed = (bits.unsqueeze(-1) & _BITS).ne(0).view(len(seqs), words * 32)[:, :vocab_size]
     for row, stops in accepting:
         allowed[row, list(stops)] = True
     return allowed
