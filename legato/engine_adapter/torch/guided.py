@@ -21,6 +21,7 @@ first token to the last, so a constrained output ends complete and valid wheneve
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -55,9 +56,16 @@ class _ByteVocab:
 
 
 class GrammarCompiler:
-    """The engine's vocabulary for llguidance; makes per-sequence grammars."""
+    """The engine's vocabulary for llguidance; makes per-sequence grammars.
 
-    def __init__(self, tokenizer: ByteTokenizer | HFTokenizer, vocab_size: int) -> None:
+    Each distinct grammar is compiled once: its matcher, never advanced, is kept as a template
+    and every sequence gets a `deep_copy` of it. Copies share llguidance's lazily built lexer
+    (its DFA states and token-trie walks), so a batch of requests with one schema builds those
+    once instead of once per sequence, and mask computation touches one lexer's memory, not
+    one per row. `capacity`: how many templates are kept (least recently used dropped); the
+    engine passes its `max_num_seqs`, the most grammars that can be decoding at once."""
+
+    def __init__(self, tokenizer: ByteTokenizer | HFTokenizer, vocab_size: int, capacity: int = 64) -> None:
         stops = list(tokenizer.stop_token_ids)
         try:
             if isinstance(tokenizer, ByteTokenizer):
@@ -70,15 +78,25 @@ class GrammarCompiler:
                 f"structured output is not available for this model's tokenizer (llguidance: {exc})"
             ) from exc
         self.vocab_size = vocab_size
+        self.capacity = max(1, capacity)
+        self._templates: OrderedDict[str, llguidance.LLMatcher] = OrderedDict()
         single = {ch: ids[0] for ch in _CLOSERS if len(ids := tokenizer.encode(ch)) == 1}
         self.prefer = tuple(single.values())
         self.closers = frozenset(single[ch] for ch in '"}]' if ch in single)
 
     def sequence(self, spec: GrammarSpec, stop_ids: Sequence[int], max_tokens: int) -> SequenceGrammar:
-        matcher = llguidance.LLMatcher(self.lltok, ll_grammar(spec), log_level=0)
-        if matcher.is_error():
-            raise EngineError(f"the output grammar cannot be compiled: {matcher.get_error()}")
-        return SequenceGrammar(matcher, self, tuple(stop_ids), max_tokens)
+        text = ll_grammar(spec)
+        template = self._templates.get(text)
+        if template is None:
+            template = llguidance.LLMatcher(self.lltok, text, log_level=0)
+            if template.is_error():
+                raise EngineError(f"the output grammar cannot be compiled: {template.get_error()}")
+            self._templates[text] = template
+            if len(self._templates) > self.capacity:
+                self._templates.popitem(last=False)
+        else:
+            self._templates.move_to_end(text)
+        return SequenceGrammar(template.deep_copy(), self, tuple(stop_ids), max_tokens)
 
 
 class SequenceGrammar:
@@ -111,9 +129,8 @@ class SequenceGrammar:
         self, matcher: llguidance.LLMatcher, limit: int, resume: list[int] | None = None
     ) -> list[int] | None:
         """A short path from `matcher`'s state to acceptance plus end-of-sequence, at most `limit`
-        tokens (None: none found). Each step reads the state's mask once (one llguidance call)
-        and takes the first preferred (closing) token it allows, else the lowest allowed token
-        id. `resume`: the previous witness; each
+        tokens (None: none found). Preferred (closing) tokens are tried with a cheap validity
+        check, else the lowest allowed token id is taken. `resume`: the previous witness; each
         time the walk closes something, it ends if that path, or its rest after the first such
         closer, continues from there (a deviation inside a string, or a new array item, is
         closed, then the old path goes on)."""
@@ -122,10 +139,9 @@ class SequenceGrammar:
         while len(path) < limit:
             if m.is_accepting():
                 return [*path, self.stops[0]]
-            allowed = m.compute_logit_bias()  # one byte per token; llguidance marks allowed with 200
-            token = next((t for t in self.compiler.prefer if allowed[t] == 200), -1)
+            token = next((t for t in self.compiler.prefer if m.validate_tokens([t]) == 1), -1)
             if token < 0:
-                token = allowed.find(b"\xc8")
+                token = m.compute_logit_bias().find(b"\xc8")  # llguidance marks allowed with 200
             if token < 0 or token >= self.compiler.vocab_size or not m.consume_token(token):
                 return None
             path.append(token)
