@@ -138,6 +138,26 @@ def test_a_forked_grammar_moves_independently() -> None:
     assert one.matcher.validate_tokens(list(b'"}')) == 2
 
 
+def test_one_schema_compiles_once_and_its_sequences_move_independently() -> None:
+    """Sequences of one grammar are copies of one compiled template (shared lexer): each still
+    moves on its own, the template never moves, and the least recently used template goes."""
+    core = _core()
+    from legato.engine_adapter.torch.guided import GrammarCompiler
+
+    compiler = GrammarCompiler(core.tokenizer, core.model.config.vocab_size, capacity=1)
+    spec = json_schema_grammar({"type": "object", "properties": {"a": {"type": "string"}}, "required": ["a"]})
+    one = compiler.sequence(spec, [257, 260], 32)
+    for t in b'{"a": "x':
+        assert one.vet(t, 32) == t
+    two = compiler.sequence(spec, [257, 260], 32)  # the template is still at the start
+    assert len(compiler._templates) == 1
+    assert two.matcher.validate_tokens(list(b'{"a": ""}')) == 9
+    assert one.matcher.validate_tokens(list(b'"}')) == 2
+    other = json_schema_grammar({"type": "array", "items": {"type": "integer"}})
+    three = compiler.sequence(other, [257, 260], 32)
+    assert len(compiler._templates) == 1 and three.matcher.validate_tokens(list(b"[1]")) == 3
+
+
 def test_n_samples_each_follow_the_grammar() -> None:
     """n > 1 forks the prompt's sequence after prefill: every sample gets its own matcher clone,
     so all n outputs are valid (a sample left without one would be unconstrained)."""

@@ -154,7 +154,9 @@ class EngineCore:
         grammar = None
         if sp.grammar is not None:
             if self._grammars is None:
-                self._grammars = GrammarCompiler(self.tokenizer, self.model.config.vocab_size)
+                self._grammars = GrammarCompiler(
+                    self.tokenizer, self.model.config.vocab_size, self.config.max_num_seqs
+                )
             grammar = self._grammars.sequence(sp.grammar, sorted(stop_ids), sp.max_tokens)
         seq = Seq(
             request_id=request.request_id,

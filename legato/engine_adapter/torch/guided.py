@@ -21,6 +21,7 @@ first token to the last, so a constrained output ends complete and valid wheneve
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -32,7 +33,8 @@ from legato.engine_adapter.base import EngineError, GrammarSpec, SamplingParams
 from legato.engine_adapter.chat.grammar import ll_grammar
 from legato.engine_adapter.torch.tokenizer import ByteTokenizer, HFTokenizer
 
-_SHIFTS = torch.arange(32, dtype=torch.int32)  # bit positions in llguidance's int32 bitmask words
+# The value of each bit of llguidance's int32 bitmask words (bit 31 wraps to the sign bit).
+_BITS = (torch.ones(32, dtype=torch.int64) << torch.arange(32)).to(torch.int32)
 # Characters that close or shortest-complete JSON and call syntax, most closing first.
 _CLOSERS = '"}],0\n>'
 
@@ -54,9 +56,16 @@ class _ByteVocab:
 
 
 class GrammarCompiler:
-    """The engine's vocabulary for llguidance; makes per-sequence grammars."""
+    """The engine's vocabulary for llguidance; makes per-sequence grammars.
 
-    def __init__(self, tokenizer: ByteTokenizer | HFTokenizer, vocab_size: int) -> None:
+    Each distinct grammar is compiled once: its matcher, never advanced, is kept as a template
+    and every sequence gets a `deep_copy` of it. Copies share llguidance's lazily built lexer
+    (its DFA states and token-trie walks), so a batch of requests with one schema builds those
+    once instead of once per sequence, and mask computation touches one lexer's memory, not
+    one per row. `capacity`: how many templates are kept (least recently used dropped); the
+    engine passes its `max_num_seqs`, the most grammars that can be decoding at once."""
+
+    def __init__(self, tokenizer: ByteTokenizer | HFTokenizer, vocab_size: int, capacity: int = 64) -> None:
         stops = list(tokenizer.stop_token_ids)
         try:
             if isinstance(tokenizer, ByteTokenizer):
@@ -69,15 +78,25 @@ class GrammarCompiler:
                 f"structured output is not available for this model's tokenizer (llguidance: {exc})"
             ) from exc
         self.vocab_size = vocab_size
+        self.capacity = max(1, capacity)
+        self._templates: OrderedDict[str, llguidance.LLMatcher] = OrderedDict()
         single = {ch: ids[0] for ch in _CLOSERS if len(ids := tokenizer.encode(ch)) == 1}
         self.prefer = tuple(single.values())
         self.closers = frozenset(single[ch] for ch in '"}]' if ch in single)
 
     def sequence(self, spec: GrammarSpec, stop_ids: Sequence[int], max_tokens: int) -> SequenceGrammar:
-        matcher = llguidance.LLMatcher(self.lltok, ll_grammar(spec), log_level=0)
-        if matcher.is_error():
-            raise EngineError(f"the output grammar cannot be compiled: {matcher.get_error()}")
-        return SequenceGrammar(matcher, self, tuple(stop_ids), max_tokens)
+        text = ll_grammar(spec)
+        template = self._templates.get(text)
+        if template is None:
+            template = llguidance.LLMatcher(self.lltok, text, log_level=0)
+            if template.is_error():
+                raise EngineError(f"the output grammar cannot be compiled: {template.get_error()}")
+            self._templates[text] = template
+            if len(self._templates) > self.capacity:
+                self._templates.popitem(last=False)
+        else:
+            self._templates.move_to_end(text)
+        return SequenceGrammar(template.deep_copy(), self, tuple(stop_ids), max_tokens)
 
 
 class SequenceGrammar:
@@ -176,7 +195,7 @@ class Seq(Protocol):
 def grammar_masks(seqs: Sequence[Seq], vocab_size: int) -> Tensor | None:
     """`[B, vocab]` bool: the tokens each sequence's grammar allows next (every token for
     unconstrained rows); None when no row is constrained. llguidance writes each row's bitmask
-    straight into one int32 buffer; one shift-and-mask expands it."""
+    straight into one int32 buffer; one and-with-bit-values expands it."""
     if all(s.grammar is None for s in seqs):
         return None
     words = (vocab_size + 31) // 32
@@ -194,7 +213,7 @@ def grammar_masks(seqs: Sequence[Seq], vocab_size: int) -> Tensor | None:
             m.unsafe_compute_mask_ptr(base + row * words * 4, words * 4)
         if m.is_accepting() or m.is_error():
             accepting.append((row, g.stops))
-    allowed = ((bits.unsqueeze(-1) >> _SHIFTS) & 1).view(len(seqs), words * 32)[:, :vocab_size] > 0
+    allowed = (bits.unsqueeze(-1) & _BITS).ne(0).view(len(seqs), words * 32)[:, :vocab_size]
     for row, stops in accepting:
         allowed[row, list(stops)] = True
     return allowed

@@ -103,7 +103,7 @@ def sample(
                 processed = logits.clone()
             processed[row] = apply_penalties(logits[row], p, output_ids[row] if output_ids else ())
     if allowed is not None:
-        processed = processed.masked_fill(~allowed.to(processed.device), float("-inf"))
+        processed = torch.where(allowed.to(processed.device), processed, float("-inf"))
     greedy = processed.argmax(dim=-1).tolist()
     tokens: list[int] = [int(t) for t in greedy]
     for row, p in enumerate(params):
