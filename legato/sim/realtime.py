@@ -246,9 +246,10 @@ class RealtimeSimEngine(WorkerThread):
 
     def _run(self) -> None:
         e = self.replica
+        idle = True
         while True:
             with self._cv:
-                if not self._incoming and not self._aborts and not self._stopping and not self._live:
+                if not self._incoming and not self._aborts and not self._stopping and idle:
                     self._cv.wait(_IDLE_WAIT_S)
                 incoming, self._incoming = self._incoming, []
                 aborts, self._aborts = self._aborts, []
@@ -261,7 +262,8 @@ class RealtimeSimEngine(WorkerThread):
             for rid in aborts:
                 self._cancel(rid, abort=True)
             end = e.plan(self._clock()) if self._live else None
-            if end is None:
+            idle = end is None  # nothing runnable: wait for an event instead of spinning
+            if idle:
                 self._update_stats()
                 continue
             self._fly()
