@@ -25,7 +25,7 @@ preemption by swap instead of recompute (`preemption="swap"`: the victim's KV mo
 tier and is loaded back), SGLang's conservative admission (`reserve_output`, see
 `sim/output_reserve.py`).
 
-Policy decisions arrive as ops (`add`, `pause`, `resume`, `pin`, `unpin`, `set_priority`,
+Policy decisions arrive as ops (`add`, `cancel`, `pause`, `resume`, `pin`, `unpin`, `set_priority`,
 `set_hint`); the driver applies them only between steps, like a real engine's input queue.
 
 Where the parts live: `sim_request.py` (requests, states, counters), `replica_state.py` (queues,
@@ -122,6 +122,28 @@ class SimEngine(ReplicaState):
             self.prefetched[run] = tiers.charge(plan, prefetch=True)
             pool.commit(nodes, stop, plan.recompute_from)
         pool.release(nodes, now)
+
+    def cancel(self, req: SimRequest, now: float) -> None:
+        """Drop one request before its planned end (an abort, a stop string), between steps:
+        its computed full blocks stay cached, like a finished request's."""
+        if req.state in (PREFILL, DECODE):
+            evict_running(self, req, now, park=True)
+        if req.state == PARKED:
+            self._parked[req.run].remove(req)
+            if not self._parked[req.run]:
+                del self._parked[req.run]
+            self.n_parked -= 1
+        elif req.state == WAITING:
+            self.n_waiting -= 1
+        if req.state == DONE:
+            return
+        req.state = DONE
+        req.qver += 1
+        req.vver += 1
+        reqs = self.run_reqs[req.run]
+        reqs.remove(req)
+        if not reqs:
+            del self.run_reqs[req.run]
 
     def set_hint(self, run: int, at_s: float) -> None:
         self.pool.set_hint(run, at_s, self._tail(run))

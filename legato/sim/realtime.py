@@ -25,12 +25,11 @@ Outputs of one step are delivered to the event loop in one `call_soon_threadsafe
 from __future__ import annotations
 
 import asyncio
-import heapq
+import dataclasses
 import itertools
 import logging
 import math
 import time
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
@@ -47,9 +46,12 @@ from legato.engine_adapter.base import (
 from legato.engine_adapter.torch.tokenizer import ByteTokenizer
 from legato.engine_adapter.worker import WorkerThread
 from legato.sim.cost_model import CostModel
+from legato.sim.engine import DECODE, SimEngine, SimRequest
 from legato.sim.hardware import gpu as gpu_preset
+from legato.sim.kv_pool import KVPool
 from legato.sim.models import model as model_preset
-from legato.sim.realtime_stream import Item, SimStream, deliver, putter, sample, seed_of
+from legato.sim.realtime_stream import Item, SimStream, deliver, planned_output, putter, sample, seed_of
+from legato.sim.workload import Segment
 
 log = logging.getLogger(__name__)
 
@@ -113,13 +115,22 @@ class RealtimeSimEngine(WorkerThread):
         self._incoming: list[SimStream] = []
         self._aborts: list[str] = []
         self._seq = itertools.count()
-        # --- worker-owned state (read racily by stats(): counters only) ---
-        self._waiting: list[tuple[int, int, SimStream]] = []
-        self._running: dict[str, SimStream] = {}
         self._ids: set[str] = set()  # every unfinished request id (guarded by _cv)
-        self._refs: dict[bytes, int] = {}  # cached blocks referenced by running requests
-        self._lru: OrderedDict[bytes, None] = OrderedDict()  # cached, unreferenced: evictable
-        self._private = 0  # reserved, not (yet) cached blocks
+        # --- worker-owned state (read racily by stats() and cached_prefix_tokens()) ---
+        self.replica = SimEngine(
+            0,
+            self.cost,
+            KVPool(self.num_blocks, cfg.block_size),
+            max_num_batched_tokens=cfg.max_num_batched_tokens,
+            max_num_seqs=cfg.max_num_seqs,
+        )
+        self._live: dict[str, SimStream] = {}  # added to the replica, not finished
+        self._by_sim: dict[int, SimStream] = {}  # id(SimRequest) -> its stream
+        self._seg_ids: dict[bytes, int] = {}  # block hash -> segment id
+        self._seg_counter = itertools.count()
+        self._runs = itertools.count()
+        self._origin = time.monotonic()
+        self._vnow = 0.0
         self._stats = RealtimeSimStats(self.num_blocks, self.num_blocks, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0.0)
 
     # --- Engine protocol: properties -------------------------------------------------------
@@ -196,14 +207,9 @@ class RealtimeSimEngine(WorkerThread):
         return EngineCapacity(self.config.block_size, self.num_blocks, s.free_blocks)
 
     async def cached_prefix_tokens(self, token_ids: Sequence[int], cache_salt: str | None = None) -> int:
-        hashes = self._hashes(token_ids, cache_salt)
-        refs, lru = dict(self._refs), set(self._lru)  # copies: the worker mutates the originals
-        n = 0
-        for h in hashes:
-            if h not in refs and h not in lru:
-                break
-            n += 1
-        return n * self.config.block_size
+        bs = self.config.block_size
+        segs = [Segment(self._seg_ids.get(h, -1), bs) for h in self._hashes(token_ids, cache_salt)]
+        return self.replica.pool.match_tokens(segs)  # a racy read of the worker's tree: a hint
 
     async def stats(self) -> RealtimeSimStats:
         return self._stats
@@ -213,6 +219,18 @@ class RealtimeSimEngine(WorkerThread):
     def _hashes(self, token_ids: Sequence[int], salt: str | None) -> list[bytes]:
         return prefix_block_hashes(token_ids, self.config.block_size, (*self._extra, salt or ""))
 
+    def _segments(self, token_ids: Sequence[int], salt: str | None) -> list[Segment]:
+        """The prompt's full blocks as segments named by their chained hashes (shared ids for
+        shared prefixes); the partial last block is not cacheable and is left out."""
+        bs = self.config.block_size
+        segs = []
+        for h in self._hashes(token_ids, salt):
+            seg_id = self._seg_ids.get(h)
+            if seg_id is None:
+                seg_id = self._seg_ids[h] = next(self._seg_counter)
+            segs.append(Segment(seg_id, bs))
+        return segs
+
     def _loop(self) -> None:
         try:
             self._run()
@@ -220,10 +238,18 @@ class RealtimeSimEngine(WorkerThread):
             log.exception("simulated engine worker failed")
             self._fail_all(EngineError(f"simulated engine failed: {exc!r}"))
 
+    def _clock(self) -> float:
+        """Virtual time: the wall clock divided by the time scale, never going back."""
+        if self.config.time_scale > 0:
+            self._vnow = max(self._vnow, (time.monotonic() - self._origin) / self.config.time_scale)
+        return self._vnow
+
     def _run(self) -> None:
+        e = self.replica
+        idle = True
         while True:
             with self._cv:
-                if not self._incoming and not self._aborts and not self._stopping and not self._busy():
+                if not self._incoming and not self._aborts and not self._stopping and idle:
                     self._cv.wait(_IDLE_WAIT_S)
                 incoming, self._incoming = self._incoming, []
                 aborts, self._aborts = self._aborts, []
@@ -232,157 +258,110 @@ class RealtimeSimEngine(WorkerThread):
                 self._fail_all(EngineError("simulated engine closed while the request was running"))
                 return
             for req in incoming:
-                heapq.heappush(self._waiting, (req.request.priority, req.arrival, req))
+                self._add(req)
             for rid in aborts:
-                self._abort(rid)
-            if not self._busy():
+                self._cancel(rid, abort=True)
+            end = e.plan(self._clock()) if self._live else None
+            idle = end is None  # nothing runnable: wait for an event instead of spinning
+            if idle:
+                self._update_stats()
                 continue
-            started = time.monotonic()
-            step_s, out = self._step()
-            self._stats.busy_s += step_s
-            # Sleep what the simulated GPU would take, minus our own bookkeeping time.
-            remaining = step_s * self.config.time_scale - (time.monotonic() - started)
+            self._fly()
+
+    def _add(self, req: SimStream) -> None:
+        """The request joins the replica. Its output is known in advance (a function of the
+        request), so the whole sequence, prompt and output, is named by block hashes: a later
+        turn that extends this conversation hits its output blocks too."""
+        request = req.request
+        n, bs = len(request.prompt_token_ids), self.config.block_size
+        sequence = (*request.prompt_token_ids, *planned_output(request))
+        segs = self._segments(sequence, request.cache_salt)
+        tail = len(sequence) - len(segs) * bs
+        if tail:
+            segs.append(Segment(next(self._seg_counter), tail))
+        max_tokens = request.sampling.max_tokens
+        sim = SimRequest(request.request_id, next(self._runs), n, max_tokens, request.priority)
+        self.replica.add(sim, tuple(segs[:-1]), segs[-1])
+        req.sim = sim
+        req.rng_state = seed_of(request)
+        self._by_sim[id(sim)] = req
+        self._live[request.request_id] = req
+        self._stats.prompt_tokens += n
+
+    def _fly(self) -> None:
+        """Sleep through the step (or decode jump) in flight, streaming each step's tokens; an
+        outside event cuts a jump short at the next step boundary."""
+        e = self.replica
+        scale = self.config.time_scale
+        wall0, t0, n0, ctx0 = time.monotonic(), e.t0, e.n_flight, e.ctx0
+        decoding = [s for s in self._live.values() if s.sim is not None and s.sim.state == DECODE]
+        prefilled = [self._by_sim[id(r)] for r, c in e.chunks if r.computed + c >= r.prefill_target]
+        stopped: list[SimStream] = []
+        i = 0
+        while i < e.k:
+            i += 1
+            t_i = e.t_end if e.k == 1 else t0 + self.cost.decode_run_time(n0, ctx0, i)
+            remaining = wall0 + (t_i - t0) * scale - time.monotonic()
             if remaining > 0:
                 time.sleep(remaining)
+            out: list[tuple[SimStream, list[Item]]] = []
+            for req in (*decoding, *prefilled) if i == e.k else decoding:
+                chunk = sample(req)
+                if not req.cached and len(req.output) == 1 and req.sim is not None and req.sim.hit_tokens > 0:
+                    req.cached = req.sim.hit_tokens
+                    chunk = dataclasses.replace(chunk, cached_tokens=req.cached)
+                    self._stats.prefix_hit_requests += 1
+                    self._stats.prefix_hit_tokens += req.cached
+                self._stats.generated_tokens += 1
+                out.append((req, [chunk]))
+                if chunk.finished:
+                    stopped.append(req)
             deliver(out)
-
-    def _busy(self) -> bool:
-        return bool(self._running or self._waiting)
-
-    def _free(self) -> int:
-        return self.num_blocks - self._private - len(self._refs) - len(self._lru)
-
-    def _update_stats(self) -> None:
-        s = self._stats
-        s.used_blocks = self._private + len(self._refs)
-        s.cached_blocks = len(self._refs) + len(self._lru)
-        s.free_blocks = self.num_blocks - s.used_blocks
-        s.running = len(self._running)
-        s.waiting = len(self._waiting)
-
-    def _admit(self, budget: int) -> None:
-        cfg = self.config
-        while self._waiting and len(self._running) < cfg.max_num_seqs and budget > 0:
-            _, _, req = self._waiting[0]
-            request = req.request
-            prompt_len = len(request.prompt_token_ids)
-            if not req.hashes:
-                req.hashes = self._hashes(request.prompt_token_ids, request.cache_salt)
-            hit: list[bytes] = []
-            for h in req.hashes[: (prompt_len - 1) // cfg.block_size]:  # the last token is recomputed
-                if h not in self._refs and h not in self._lru:
-                    break
-                hit.append(h)
-            need = math.ceil((prompt_len + request.sampling.max_tokens) / cfg.block_size) - len(hit)
-            evictable = len(self._lru) - sum(1 for h in hit if h in self._lru)
-            if self._free() + evictable < need:
-                return  # head of line waits for blocks (priority order is kept)
-            heapq.heappop(self._waiting)
-            for h in hit:
-                self._lru.pop(h, None)
-                self._refs[h] = self._refs.get(h, 0) + 1
-            while self._free() < need:
-                self._lru.popitem(last=False)
-                self._stats.evictions += 1
-            self._private += need
-            req.reserved, req.hit_blocks = need, hit
-            req.cached = req.computed = len(hit) * cfg.block_size
-            req.rng_state = seed_of(request)
-            self._running[request.request_id] = req
-            self._stats.prompt_tokens += prompt_len
-            if hit:
-                self._stats.prefix_hit_requests += 1
-                self._stats.prefix_hit_tokens += req.cached
-            budget -= prompt_len - req.computed
-
-    def _step(self) -> tuple[float, list[tuple[SimStream, list[Item]]]]:
-        cfg = self.config
-        budget = cfg.max_num_batched_tokens
-        decodes = [r for r in self._running.values() if r.computed >= len(r.request.prompt_token_ids)]
-        budget -= len(decodes)
-        self._admit(budget)
-        tokens = attn_ctx = kv_tokens = 0.0
-        out: list[tuple[SimStream, list[Item]]] = []
-        finished: list[SimStream] = []
-        for req in list(self._running.values()):
-            prompt_len = len(req.request.prompt_token_ids)
-            if req.computed < prompt_len:  # prefill chunk
-                chunk = min(prompt_len - req.computed, max(budget, 0))
-                if chunk <= 0:
-                    continue
-                budget -= chunk
-                o = req.computed
-                tokens += chunk
-                attn_ctx += chunk * o + chunk * (chunk + 1) / 2
-                kv_tokens += o + chunk
-                req.computed += chunk
-                if req.computed < prompt_len:
-                    continue
-            else:  # decode one token
-                p = prompt_len + len(req.output)
-                tokens += 1
-                attn_ctx += p
-                kv_tokens += p
-            chunk_out = sample(req)
-            self._stats.generated_tokens += 1
-            out.append((req, [chunk_out]))
-            if chunk_out.finished:
-                finished.append(req)
-        for req in finished:
-            self._finish(req, cache=True)
-        self._stats.steps += 1
+            if stopped:
+                gone = {id(s) for s in stopped}
+                decoding = [s for s in decoding if id(s) not in gone]
+            if i < e.k and (stopped or self._incoming or self._aborts or self._stopping):
+                e.truncate(t_i)
+        e.complete(e.t_end)
+        self._vnow = max(self._vnow, e.t_end)
+        for req in stopped:
+            self._cancel(req.request.request_id, abort=False)
+        self._stats.steps = e.stats.steps
+        self._stats.busy_s = e.stats.busy_s
         self._update_stats()
-        step_s = self.cost.step_time(tokens, attn_ctx, kv_tokens) if tokens else 0.0
-        return step_s, out
 
-    def _finish(self, req: SimStream, *, cache: bool) -> None:
-        rid = req.request.request_id
-        self._running.pop(rid, None)
+    def _cancel(self, rid: str, *, abort: bool) -> None:
+        """Drop a request from the replica (finished, stopped early or aborted)."""
+        req = self._live.pop(rid, None)
+        if req is None:
+            return
         with self._cv:
             self._ids.discard(rid)
-        for h in req.hit_blocks:
-            left = self._refs[h] - 1
-            if left:
-                self._refs[h] = left
-            else:
-                del self._refs[h]
-                self._lru[h] = None
-        self._private -= req.reserved
-        if not cache:
-            return
-        sequence = (*req.request.prompt_token_ids, *req.output)
-        for h in self._hashes(sequence, req.request.cache_salt):
-            if h in self._refs:
-                continue
-            if h in self._lru:
-                self._lru.move_to_end(h)
-            elif self._free() > 0:
-                self._lru[h] = None
-            else:
-                break  # its own reserved blocks went back above, so only a shared hit fills up
-
-    def _abort(self, rid: str) -> None:
-        req = self._running.get(rid)
-        if req is not None:
-            self._finish(req, cache=False)
+        sim = req.sim
+        if sim is not None:
+            self._by_sim.pop(id(sim), None)
+            self.replica.cancel(sim, self._vnow)  # a no-op for a request the replica finished
+            self.replica.forget_run(sim.run, self._vnow)
+        if abort:
             deliver([(req, [TokenChunk((), finished=True, finish_reason="abort")])])
-        else:
-            kept = [entry for entry in self._waiting if entry[2].request.request_id != rid]
-            if len(kept) != len(self._waiting):
-                self._waiting = kept
-                heapq.heapify(kept)
-            with self._cv:
-                self._ids.discard(rid)
         self._update_stats()
 
+    def _update_stats(self) -> None:
+        s, e, pool = self._stats, self.replica, self.replica.pool
+        s.free_blocks = pool.available
+        s.used_blocks = pool.used - pool.evictable
+        s.cached_blocks = pool.cached_total
+        s.running = e.running
+        s.waiting = e.n_waiting + e.n_parked
+        s.evictions = pool.evicted_blocks
+
     def _fail_all(self, error: EngineError) -> None:
-        reqs = [*self._running.values(), *(entry[2] for entry in self._waiting)]
+        reqs = list(self._live.values())
         with self._cv:
             reqs.extend(self._incoming)
             self._incoming = []
             self._ids.clear()
-        self._running.clear()
-        self._waiting.clear()
+        self._live.clear()
         deliver([(req, [error]) for req in reqs])
 
 

@@ -19,6 +19,7 @@ import anyio
 from anyio.streams.memory import MemoryObjectSendStream
 
 from legato.engine_adapter.base import GenerateRequest, TokenChunk
+from legato.sim.sim_request import SimRequest
 
 _ALPHABET = b"abcdefghijklmnopqrstuvwxyz     "  # spaces weighted so the text has words
 _LOGPROB = -math.log(len(_ALPHABET))  # exact: tokens are drawn uniformly from the alphabet
@@ -28,16 +29,13 @@ Put = Callable[[list[Item]], None]
 
 @dataclass(slots=True)
 class SimStream:
-    """One request inside the engine: its admission state, its output so far, its stream."""
+    """One request inside the engine: its simulated-replica request, its output so far, its stream."""
 
     request: GenerateRequest
     arrival: int
     loop: asyncio.AbstractEventLoop
     put: Put  # runs on `loop`: hands items to the request's stream
-    hashes: list[bytes] = field(default_factory=list)
-    reserved: int = 0  # private blocks reserved at admission
-    hit_blocks: list[bytes] = field(default_factory=list)  # referenced cached blocks
-    computed: int = 0  # prompt tokens prefilled so far (cache hits included)
+    sim: SimRequest | None = None  # its request on the simulated replica, once added
     cached: int = 0
     output: list[int] = field(default_factory=list)
     text: str = ""  # all generated text (one character per token)
@@ -47,8 +45,7 @@ class SimStream:
 
 def sample(req: SimStream) -> TokenChunk:
     sampling = req.request.sampling
-    req.rng_state = (req.rng_state * 6364136223846793005 + 1442695040888963407) % (1 << 64)
-    token = _ALPHABET[(req.rng_state >> 33) % len(_ALPHABET)]
+    req.rng_state, token = _next(req.rng_state)
     first = not req.output
     req.output.append(token)
     req.text += chr(token)
@@ -74,6 +71,20 @@ def sample(req: SimStream) -> TokenChunk:
         prompt_tokens=len(req.request.prompt_token_ids) if first else 0,
         cached_tokens=req.cached if first else 0,
     )
+
+
+def _next(state: int) -> tuple[int, int]:
+    state = (state * 6364136223846793005 + 1442695040888963407) % (1 << 64)
+    return state, _ALPHABET[(state >> 33) % len(_ALPHABET)]
+
+
+def planned_output(request: GenerateRequest) -> list[int]:
+    """The `max_tokens` tokens `sample` will draw for this request (a stop may end it sooner)."""
+    state, out = seed_of(request), []
+    for _ in range(request.sampling.max_tokens):
+        state, token = _next(state)
+        out.append(token)
+    return out
 
 
 def seed_of(request: GenerateRequest) -> int:
@@ -107,4 +118,4 @@ def _put_all(batch: list[tuple[Put, list[Item]]]) -> None:
         put(items)
 
 
-__all__ = ["Item", "Put", "SimStream", "deliver", "putter", "sample", "seed_of"]
+__all__ = ["Item", "Put", "SimStream", "deliver", "planned_output", "putter", "sample", "seed_of"]

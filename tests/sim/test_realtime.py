@@ -52,7 +52,8 @@ async def test_next_turn_hits_the_previous_turns_blocks_for_its_tenant_only() ->
         assert await engine.cached_prefix_tokens(turn2, "tenant-a") >= len(PROMPT) // 16 * 16
         stats = await engine.stats()
     assert first.cached_tokens == 0
-    assert same.cached_tokens == (len(PROMPT) + 16) // 16 * 16  # every full block of turn 1
+    # every full block of turn 1 whose KV was computed (the last sampled token's never is, as in vLLM)
+    assert same.cached_tokens == (len(PROMPT) + 16 - 1) // 16 * 16
     assert other.cached_tokens == 0
     assert stats.prefix_hit_tokens == same.cached_tokens and stats.prompt_tokens == 2 * len(turn2) + len(
         PROMPT
@@ -108,3 +109,35 @@ async def test_abandoned_stream_frees_its_blocks_and_stop_strings_cut() -> None:
         )
     assert cut.finish_reason == "stop"
     assert cut.text == full.text[: full.text.index(stop)]
+
+
+async def _token_times(engine: RealtimeSimEngine, request: GenerateRequest) -> tuple[list[float], int]:
+    """Seconds from submission to each token, and the cached tokens the first chunk reported."""
+    start, times, cached = time.monotonic(), [], 0
+    async for chunk in engine.generate(request):
+        if chunk.token_ids:
+            times.append(time.monotonic() - start)
+            cached = cached or chunk.cached_tokens
+    return times, cached
+
+
+async def test_each_token_arrives_at_the_cost_models_step_end_and_a_repeat_hits_the_cache() -> None:
+    scale = 10.0  # a decode step of an 8B model on an H100 becomes ~75 ms: above scheduling noise
+    async with RealtimeSimEngine(RealtimeSimConfig(time_scale=scale)) as engine:
+        cost, n = engine.cost, len(PROMPT)
+        first, cached_first = await _token_times(engine, _req("a", PROMPT, 3))
+        again, cached_again = await _token_times(engine, _req("b", PROMPT, 3))
+        stats = await engine.stats()
+    hit = (n - 1) // 16 * 16  # the last prompt token is always recomputed
+    c = n - hit
+    steps_first = [cost.step_time(n, n * (n + 1) / 2, n)]
+    steps_again = [cost.step_time(c, c * hit + c * (c + 1) / 2, n)]
+    for steps in (steps_first, steps_again):
+        steps += [cost.step_time(1, n + j, n + j) for j in (1, 2)]
+    for times, steps in ((first, steps_first), (again, steps_again)):
+        ends = [sum(steps[: i + 1]) * scale for i in range(3)]
+        for got, want in zip(times, ends, strict=True):
+            assert want * 0.97 <= got < want + 0.25  # late only by scheduling (the CPU is shared)
+    assert cached_first == 0 and cached_again == hit
+    assert steps_again[0] < steps_first[0] / 2  # the hit skipped the prefill compute
+    assert stats.prefix_hit_requests == 1 and stats.prefix_hit_tokens == hit
