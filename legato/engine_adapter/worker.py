@@ -10,9 +10,11 @@ for it off the event loop (bounded), and refuses new work afterwards. The worker
 from __future__ import annotations
 
 import threading
-from typing import Self
+from collections.abc import AsyncGenerator, Callable
+from typing import Protocol, Self, TypeVar
 
 import anyio
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from legato.engine_adapter.base import EngineError
 
@@ -81,4 +83,48 @@ class WorkerThread:
         return self._thread is not None and self._thread.is_alive()
 
 
-__all__ = ["WorkerThread"]
+class _Output(Protocol):
+    @property
+    def finished(self) -> bool: ...
+
+
+_O = TypeVar("_O", bound=_Output)
+
+
+async def receive_outputs(
+    send: MemoryObjectSendStream[_O | BaseException],
+    recv: MemoryObjectReceiveStream[_O | BaseException],
+    request_id: str,
+    timeout_s: float,
+    abandon: Callable[[str], None],
+) -> AsyncGenerator[_O, None]:
+    """One request's outputs from the worker thread, up to the one that finishes it. Outputs
+    already buffered are taken without a timeout scope each (a step delivers a whole batch's
+    tokens at once); a wait longer than `timeout_s` is an `EngineError`; an exception the worker
+    sent is raised here; a consumer that stops early gets the request aborted (`abandon`). Use it
+    under `contextlib.aclosing`, so the abort happens when the consumer stops, not at collection."""
+    finished = False
+    try:
+        async with recv, send:
+            while True:
+                try:
+                    item = recv.receive_nowait()
+                except anyio.WouldBlock:
+                    try:
+                        with anyio.fail_after(timeout_s):
+                            item = await recv.receive()
+                    except TimeoutError as exc:
+                        raise EngineError(f"request {request_id!r}: no output for {timeout_s}s") from exc
+                if isinstance(item, BaseException):
+                    finished = True
+                    raise item
+                finished = item.finished
+                yield item
+                if finished:
+                    return
+    finally:
+        if not finished:
+            abandon(request_id)
+
+
+__all__ = ["WorkerThread", "receive_outputs"]

@@ -41,7 +41,7 @@ from legato.engine_adapter.torch.config import EngineConfig, ModelConfig
 from legato.engine_adapter.torch.core import EngineCore
 from legato.engine_adapter.torch.outputs import EngineStats, RequestOutput
 from legato.engine_adapter.torch.tokenizer import ByteTokenizer, HFTokenizer
-from legato.engine_adapter.worker import WorkerThread
+from legato.engine_adapter.worker import WorkerThread, receive_outputs
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -235,27 +235,11 @@ class TorchEngine(WorkerThread):
                     stream.put(exc)
 
         self._submit(add)
-        finished = False
-        try:
-            async with recv, send:
-                while True:
-                    try:
-                        with anyio.fail_after(self.config.request_timeout_s):
-                            item = await recv.receive()
-                    except TimeoutError as exc:
-                        raise EngineError(
-                            f"request {rid!r}: no output for {self.config.request_timeout_s}s"
-                        ) from exc
-                    if isinstance(item, BaseException):
-                        finished = True
-                        raise item
-                    finished = item.finished
-                    yield item.to_chunk()
-                    if finished:
-                        return
-        finally:
-            if not finished:
-                self._abort_quietly(rid)
+        timeout_s = self.config.request_timeout_s
+        outputs = receive_outputs(send, recv, rid, timeout_s, self._abort_quietly)
+        async with contextlib.aclosing(outputs):
+            async for item in outputs:
+                yield item.to_chunk()
 
     async def _fetch_from_tiers(self, request: GenerateRequest) -> list[KVBlock]:
         """Blocks of the prompt that the tiers hold beyond the device's cached prefix and that
