@@ -29,13 +29,10 @@ from __future__ import annotations
 import heapq
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from legato.cache.load_cost import LoadPlan, TierCost, plan_load
 from legato.sim.hardware import TierSpec
-
-if TYPE_CHECKING:
-    from legato.sim.kv_pool import Node
+from legato.sim.kv_node import Node
 
 HOST, REDIS = 0, 1  # a level's slot: host blocks live in Node.h, Redis blocks in Node.rd
 

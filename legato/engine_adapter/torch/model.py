@@ -351,6 +351,12 @@ class LlamaForCausalLM(nn.Module):
         self._packed_decoder: PackedDecoder | None = None
         self._packed_decode_unavailable = False
 
+    def decoder_layers(self) -> list[DecoderLayer]:
+        """The decoder layers, typed (`packed_decode` reads their weights)."""
+        layers = list(self.model.layers)
+        assert all(isinstance(layer, DecoderLayer) for layer in layers)
+        return layers  # type: ignore[return-value]
+
     def _kernels(self, x: Tensor) -> CpuKernels | None:
         return self.kernels_for(x.device, x.dtype)
 

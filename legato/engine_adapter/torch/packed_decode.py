@@ -19,14 +19,97 @@ from __future__ import annotations
 import ctypes
 import math
 import threading
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 if TYPE_CHECKING:
+    from legato.engine_adapter.torch.config import ModelConfig
     from legato.engine_adapter.torch.cpu_kernels import CpuKernels, PackedGemm
-    from legato.engine_adapter.torch.model import AttentionContext, DecoderLayer, LlamaForCausalLM
+    from legato.engine_adapter.torch.decode_workspace import WorkspacePlan
+    from legato.engine_adapter.torch.rope import RotaryEmbedding
+
+
+# What the step reads of `model.py`'s classes, described here so this module does not import the
+# model that owns it (the model builds a `PackedDecoder` of itself).
+class _Norm(Protocol):
+    @property
+    def _parameters(self) -> dict[str, nn.Parameter | None]: ...
+    @property
+    def weight(self) -> Tensor: ...
+
+
+class _Attention(Protocol):
+    @property
+    def qkv_weight(self) -> Tensor: ...
+    @property
+    def qkv_bias(self) -> Tensor | None: ...
+    @property
+    def q_proj(self) -> nn.Linear: ...
+    @property
+    def k_proj(self) -> nn.Linear: ...
+    @property
+    def v_proj(self) -> nn.Linear: ...
+    @property
+    def o_proj(self) -> nn.Linear: ...
+    def _check_fused(self) -> None: ...
+
+
+class _MLP(Protocol):
+    @property
+    def gate_up_weight(self) -> Tensor: ...
+    @property
+    def gate_proj(self) -> nn.Linear: ...
+    @property
+    def up_proj(self) -> nn.Linear: ...
+    @property
+    def down_proj(self) -> nn.Linear: ...
+    def _check_fused(self) -> None: ...
+
+
+class PackedLayer(Protocol):
+    """A decoder layer (`model.DecoderLayer`)."""
+
+    @property
+    def input_layernorm(self) -> _Norm: ...
+    @property
+    def post_attention_layernorm(self) -> _Norm: ...
+    @property
+    def self_attn(self) -> _Attention: ...
+    @property
+    def mlp(self) -> _MLP: ...
+
+
+class _Trunk(Protocol):
+    @property
+    def layers(self) -> nn.ModuleList: ...
+    @property
+    def norm(self) -> _Norm: ...
+
+
+class PackedModel(Protocol):
+    """The model whose decode steps run here (`model.LlamaForCausalLM`)."""
+
+    @property
+    def config(self) -> ModelConfig: ...
+    @property
+    def model(self) -> _Trunk: ...
+    @property
+    def rotary(self) -> RotaryEmbedding: ...
+    def decoder_layers(self) -> Sequence[PackedLayer]: ...
+
+
+class DecodeContext(Protocol):
+    """The step's attention context (`model.AttentionContext`)."""
+
+    @property
+    def slot_mapping(self) -> Tensor: ...
+    @property
+    def prefills(self) -> Sequence[object]: ...
+    @property
+    def decode_workspace(self) -> WorkspacePlan | None: ...
 
 
 MAX_PACKED_BYTES = 2 * 2**30  # larger models keep the per-op path rather than a second copy
@@ -41,7 +124,7 @@ class _Layer(ctypes.Structure):
     ]
 
 
-def _weight_slots(layer: DecoderLayer) -> list[tuple[dict[str, Any], str]]:
+def _weight_slots(layer: PackedLayer) -> list[tuple[dict[str, Any], str]]:
     """Where each weight the step reads lives: (the owning dict, the name). Reading them through
     these dicts each step costs a fraction of nn.Module attribute lookups."""
     attn, mlp = layer.self_attn, layer.mlp
@@ -64,7 +147,7 @@ def _weight_slots(layer: DecoderLayer) -> list[tuple[dict[str, Any], str]]:
 class PackedDecoder:
     """Packed weights of one model and the call into `lg_decode_step`."""
 
-    def __init__(self, model: LlamaForCausalLM, kern: CpuKernels, gemm: PackedGemm) -> None:
+    def __init__(self, model: PackedModel, kern: CpuKernels, gemm: PackedGemm) -> None:
         self.model = model
         self.kern = kern
         self.gemm = gemm
@@ -80,24 +163,17 @@ class PackedDecoder:
         self._lock = threading.Lock()
 
     @staticmethod
-    def fits(model: LlamaForCausalLM) -> bool:
+    def fits(model: PackedModel) -> bool:
         """Whether packing the model's projections stays within `MAX_PACKED_BYTES`."""
         total = sum(p.numel() * p.element_size() for p in model.model.layers.parameters())
         return total <= MAX_PACKED_BYTES
-
-    def _decoder_layers(self) -> list[DecoderLayer]:
-        from legato.engine_adapter.torch.model import DecoderLayer
-
-        layers = list(self.model.model.layers)
-        assert all(isinstance(layer, DecoderLayer) for layer in layers)
-        return layers  # type: ignore[return-value]
 
     def _current_key(self) -> tuple[tuple[int, int], ...]:
         """Storage and version of every weight: any replacement or in-place write changes it."""
         layers = tuple(self.model.model.layers)
         if layers != self._layer_objects:
             self._layer_objects = layers
-            self._slots = [slot for layer in self._decoder_layers() for slot in _weight_slots(layer)]
+            self._slots = [slot for layer in self.model.decoder_layers() for slot in _weight_slots(layer)]
         key = []
         for owner, name in self._slots:
             t = owner[name]
@@ -117,7 +193,7 @@ class PackedDecoder:
             keep.append(p)
             return p.data_ptr()
 
-        layers = self._decoder_layers()
+        layers = self.model.decoder_layers()
         structs = (_Layer * len(layers))()
         for s, layer in zip(structs, layers, strict=True):
             attn, mlp = layer.self_attn, layer.mlp
@@ -133,13 +209,13 @@ class PackedDecoder:
         self._keep, self._layers = keep, structs
         self.repacks += 1
 
-    def run(self, x: Tensor, positions: Tensor, ctx: AttentionContext, kv_cache: Tensor) -> Tensor:
+    def run(self, x: Tensor, positions: Tensor, ctx: DecodeContext, kv_cache: Tensor) -> Tensor:
         """Final-normed hidden states `[n, hidden]` for the decode tokens embedded in `x` (which is
         overwritten with the residual stream)."""
         with self._lock:
             return self._run(x, positions, ctx, kv_cache)
 
-    def _run(self, x: Tensor, positions: Tensor, ctx: AttentionContext, kv_cache: Tensor) -> Tensor:
+    def _run(self, x: Tensor, positions: Tensor, ctx: DecodeContext, kv_cache: Tensor) -> Tensor:
         plan = ctx.decode_workspace
         assert plan is not None and not ctx.prefills
         key = self._current_key()

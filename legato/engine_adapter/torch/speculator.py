@@ -25,13 +25,13 @@ grammar-constrained requests).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 
 from legato.engine_adapter.torch.outputs import RequestOutput
 from legato.engine_adapter.torch.sampler import needs_processing
-from legato.engine_adapter.torch.scheduler import ScheduledChunk, SchedulerOutput
+from legato.engine_adapter.torch.scheduler import ScheduledChunk, Scheduler, SchedulerOutput
 from legato.engine_adapter.torch.sequence import SeqStatus, Sequence
 from legato.engine_adapter.torch.spec_verify import verify_greedy
 from legato.spec.adaptive import check_draft_len
@@ -39,7 +39,21 @@ from legato.spec.context import AgentHistory, ProgramContext
 from legato.spec.drafter import make_drafter
 
 if TYPE_CHECKING:
-    from legato.engine_adapter.torch.core import EngineCore
+    from legato.engine_adapter.base import TopLogprobs
+
+
+class SpecCore(Protocol):
+    """What the speculator uses of the engine core it drafts for (`core.EngineCore`, which owns
+    the speculator, so this module does not import it)."""
+
+    generated_tokens: int
+
+    @property
+    def scheduler(self) -> Scheduler: ...
+
+    def _append_token(
+        self, seq: Sequence, token: int, logprob: float | None, top: TopLogprobs | None
+    ) -> RequestOutput: ...
 
 
 AGENT = "engine"  # the engine sees no program names: its history is engine-wide, like SuffixDecoding's
@@ -128,7 +142,7 @@ class Speculator:
 
     def verify_and_commit(
         self,
-        core: EngineCore,
+        core: SpecCore,
         chunks: list[ScheduledChunk],
         sampled: list[ScheduledChunk],
         logits: torch.Tensor,
@@ -168,7 +182,7 @@ class Speculator:
             return plain, None
         return plain, logits[torch.tensor(plain_rows, dtype=torch.long, device=logits.device)]
 
-    def emit(self, core: EngineCore) -> list[RequestOutput]:
+    def emit(self, core: SpecCore) -> list[RequestOutput]:
         """Outputs of the verified sequences: their tokens one by one, so stop tokens, stop
         strings and max_tokens apply to each."""
         outputs: list[RequestOutput] = []
