@@ -20,6 +20,7 @@ from legato.engine_adapter.openai_api import (
     CompletionRequest,
     CompletionResponse,
     SamplingFields,
+    Usage,
     new_id,
 )
 from legato.engine_adapter.server.openai_fields import (
@@ -62,11 +63,17 @@ def completion_response(
         for r in best_samples(body, results)
     ]
     first = results[0]
-    usage = make_usage(
-        first.prompt_tokens or len(prompt), sum(len(r.token_ids) for r in results), first.cached_tokens
-    )
+    usage = _usage(prompt, results)
     out = CompletionResponse(id=first.request_id, model=svc.model, choices=choices, usage=usage)
     return JSONResponse(out.model_dump(exclude_none=True))
+
+
+def _usage(prompt: tuple[int, ...], results: list[GenerateResult]) -> Usage:
+    """One prompt (prefilled once for all samples) and every sample's output tokens."""
+    first = results[0]
+    return make_usage(
+        first.prompt_tokens or len(prompt), sum(len(r.token_ids) for r in results), first.cached_tokens
+    )
 
 
 def chat_response(
@@ -92,9 +99,7 @@ def chat_response(
             )
         )
     first = results[0]
-    usage = make_usage(
-        first.prompt_tokens or len(prompt), sum(len(r.token_ids) for r in results), first.cached_tokens
-    )
+    usage = _usage(prompt, results)
     out = ChatCompletionResponse(id=first.request_id, model=svc.model, choices=choices, usage=usage)
     return JSONResponse(out.model_dump(exclude_none=True))
 
