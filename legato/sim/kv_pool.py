@@ -52,6 +52,7 @@ class KVPool:
         self.block_size = block_size
         self.next_use_mode = eviction == "next-use"
         self.root = Node(None, 0, 0, block_size)
+        self.n_nodes = 0  # nodes below the root (what `prune` keeps bounded)
         self.used = 0  # allocated blocks: cached ones plus private ones of running requests
         self.cached_total = 0
         self.evictable = 0  # cached blocks in unreferenced nodes
@@ -75,6 +76,7 @@ class KVPool:
             if child is None:
                 child = Node(node, node.end, node.end + seg.tokens, bs)
                 node.children[seg.seg_id] = child
+                self.n_nodes += 1
             out.append(child)
             node = child
         return out
@@ -311,6 +313,46 @@ class KVPool:
             if n.refs == 0 and n.cached and not n.cached_children:
                 self._push(n)
         return moved
+
+    # --- bounding a long-lived pool ------------------------------------------------------
+
+    def prune(self, keep: set[int]) -> list[int]:
+        """Remove the nodes that hold nothing: no cached block, no tier copy, no reference, no
+        child left, and not in `keep` (ids of nodes on paths a queued request will acquire).
+        Such a node is exactly what `extend` would create afresh, so a long-lived pool (the
+        real-time engine) stops growing with every prefix it ever saw. Returns the seg ids (child
+        keys) removed. Iterative: a walk in pre-order, undone in reverse, so children go first."""
+        order: list[tuple[Node, int, Node]] = []
+        stack = [self.root]
+        while stack:
+            n = stack.pop()
+            for seg_id, c in n.children.items():
+                order.append((n, seg_id, c))
+                stack.append(c)
+        removed: list[int] = []
+        for parent, seg_id, c in reversed(order):
+            if c.children or c.refs or c.cached or c.h or c.rd or id(c) in keep:
+                continue
+            del parent.children[seg_id]
+            removed.append(seg_id)
+        self.n_nodes -= len(removed)
+        return removed
+
+    def compact_heap(self) -> None:
+        """Drop the eviction heap's void entries (an older version of a node, or a node that is
+        referenced, empty or no longer a cached leaf). `_evict` skips them lazily, but while the
+        pool never fills they pile up, one per release. At most one entry per cached node is
+        valid, so after this the heap holds at most `capacity` entries."""
+        self._heap = [
+            e
+            for e in self._heap
+            if e[2] == e[3].version and not e[3].refs and e[3].cached and not e[3].cached_children
+        ]
+        heapq.heapify(self._heap)
+
+    @property
+    def heap_len(self) -> int:
+        return len(self._heap)
 
     # --- checks --------------------------------------------------------------------------
 

@@ -128,6 +128,8 @@ class RealtimeSimEngine(WorkerThread):
         self._live: dict[str, SimStream] = {}  # added to the replica, not finished
         self._by_sim: dict[int, SimStream] = {}  # id(SimRequest) -> its stream
         self._seg_ids: dict[bytes, int] = {}  # block hash -> segment id
+        self._seg_hash: dict[int, bytes] = {}  # its inverse, to forget the ids of pruned nodes
+        self._prune_at = 2 * self.num_blocks  # see `_bound_memory`
         self._seg_counter = itertools.count()
         self._runs = itertools.count()
         self._origin = time.monotonic()
@@ -206,6 +208,7 @@ class RealtimeSimEngine(WorkerThread):
             seg_id = self._seg_ids.get(h)
             if seg_id is None:
                 seg_id = self._seg_ids[h] = next(self._seg_counter)
+                self._seg_hash[seg_id] = h
             segs.append(Segment(seg_id, bs))
         return segs
 
@@ -265,6 +268,26 @@ class RealtimeSimEngine(WorkerThread):
         self._by_sim[id(sim)] = req
         self._live[request.request_id] = req
         self._stats.prompt_tokens += n
+        self._bound_memory()
+
+    def _bound_memory(self) -> None:
+        """Keep the radix tree, the seg-id map and the eviction heap proportional to the pool,
+        not to every block ever served. What must stay is at most `num_blocks` nodes holding a
+        cached block (every full-block segment is one block) plus the paths of the requests in
+        the replica; the rest is pruned once the tree is twice the larger of the pool and what
+        survived the last prune. The factor 2 is the geometric-growth argument, not a tuned
+        value: any factor above 1 makes the walk amortised O(1) per node created (at least half
+        the nodes walked are new since the last prune); 2 caps the waste at what is needed. The
+        heap holds at most one valid entry per cached node, so it is compacted past 2 x pool."""
+        pool = self.replica.pool
+        if pool.n_nodes > self._prune_at:
+            for seg_id in self.replica.prune_pool():
+                h = self._seg_hash.pop(seg_id, None)
+                if h is not None:
+                    del self._seg_ids[h]
+            self._prune_at = 2 * max(self.num_blocks, pool.n_nodes)
+        elif pool.heap_len > 2 * self.num_blocks:
+            pool.compact_heap()
 
     def _fly(self) -> None:
         """Sleep through the step (or decode jump) in flight, streaming each step's tokens; an

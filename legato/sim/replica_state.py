@@ -208,6 +208,17 @@ class ReplicaState:
             k += 1
         return max(1, min(k, k_fin))
 
+    def prune_pool(self) -> list[int]:
+        """`KVPool.prune`, keeping every node a request of this replica or a run's last path
+        still points at (a queued request holds no reference yet but will acquire its path).
+        Returns the seg ids removed."""
+        keep = {id(n) for _, nodes in self.run_path.values() for n in nodes}
+        keep.update(id(n) for reqs in self.run_reqs.values() for r in reqs for n in r.nodes)
+        keep.update(id(n) for _, nodes in self.pins.values() for n in nodes)
+        removed = self.pool.prune(keep)
+        self.pool.compact_heap()
+        return removed
+
     def check(self) -> None:
         """Assert the pool's invariants, counting every block this replica holds (tests)."""
         bs = self.bs

@@ -77,8 +77,17 @@ def _content(n: Node, slot: int) -> int:
 
 
 def _below(n: Node, slot: int) -> bool:
-    """Does any descendant hold blocks at level `slot` or above? (then `n` is not a tier leaf)"""
-    return any(_content(c, slot) or (c.nblocks == 0 and _below(c, slot)) for c in n.children.values())
+    """Does any descendant hold blocks at level `slot` or above? (then `n` is not a tier leaf)
+    Only block-less children are looked through; iterative, so a long chain of them cannot hit
+    Python's recursion limit."""
+    stack = list(n.children.values())
+    while stack:
+        c = stack.pop()
+        if _content(c, slot):
+            return True
+        if c.nblocks == 0:
+            stack.extend(c.children.values())
+    return False
 
 
 class SimTiers:

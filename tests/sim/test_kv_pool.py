@@ -100,3 +100,31 @@ def test_referenced_blocks_are_never_evicted() -> None:
     pool.commit(nodes, 0, 64)
     with pytest.raises(AssertionError, match="nothing left to evict"):
         pool.allocate(1)
+
+
+def test_prune_drops_only_empty_unreferenced_leaves_and_walks_deep_trees_iteratively() -> None:
+    pool = KVPool(10, 16)
+    kept = _fill(pool, [Segment(1, 32)], run=0, now=1.0)  # 2 cached blocks
+    deep = pool.extend([], [Segment(100 + i, 16) for i in range(5000)])  # deeper than the recursion limit
+    queued = pool.extend([], [Segment(7, 16), Segment(8, 16)])  # a queued request's path
+    held = pool.extend([], [Segment(9, 16)])
+    pool.acquire(held, run=3)
+    assert pool.n_nodes == 1 + 5000 + 2 + 1
+    removed = pool.prune({id(n) for n in queued})
+    assert sorted(removed) == [100 + i for i in range(5000)]
+    assert pool.n_nodes == 4 and deep[0].parent is pool.root
+    assert pool.match_tokens([Segment(1, 32)]) == 32 and kept[0] is pool.root.children[1]
+    assert pool.prune(set()) == [8, 7]  # the queued path goes once nobody keeps it
+    pool.check(0)
+
+
+def test_compact_heap_keeps_only_valid_entries_and_the_eviction_order() -> None:
+    pool = KVPool(8, 16)
+    for run in range(6):  # the same prompt six times: one valid entry, five void ones
+        _fill(pool, [Segment(1, 32)], run=run, now=float(run))
+    _fill(pool, [Segment(2, 32)], run=9, now=10.0)
+    assert pool.heap_len == 7
+    pool.compact_heap()
+    assert pool.heap_len == 2
+    pool.allocate(6)  # 4 free: the least recently used prompt (segment 1) goes first
+    assert pool.match_tokens([Segment(1, 32)]) == 0 and pool.match_tokens([Segment(2, 32)]) == 32

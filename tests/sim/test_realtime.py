@@ -141,3 +141,34 @@ async def test_each_token_arrives_at_the_cost_models_step_end_and_a_repeat_hits_
     assert cached_first == 0 and cached_again == hit
     assert steps_again[0] < steps_first[0] / 2  # the hit skipped the prefill compute
     assert stats.prefix_hit_requests == 1 and stats.prefix_hit_tokens == hit
+
+
+async def test_a_long_running_engine_stays_bounded_by_its_pool() -> None:
+    """Distinct prompts forever must not grow the seg-id map, the radix tree or the eviction heap
+    past a multiple of the pool (plus the paths of requests in flight)."""
+    cfg = RealtimeSimConfig(num_blocks=32, max_model_len=128, time_scale=0.0)
+    concurrency, per_request = 4, 4  # 3 full prompt blocks + 1 output tail node per request
+    bound = 2 * (cfg.num_blocks or 0) + 2 * concurrency * per_request + per_request
+    async with RealtimeSimEngine(cfg) as engine:
+        pool = engine.replica.pool
+        peak = [0, 0, 0]
+
+        async def one(i: int) -> None:
+            prompt = (i % 256, i // 256, *range(46))  # every block distinct
+            result = await collect(engine, _req(f"r{i}", prompt, 8))
+            assert len(result.token_ids) == 8
+            sizes = (len(engine._seg_ids), pool.n_nodes, pool.heap_len)
+            peak[:] = [max(a, b) for a, b in zip(peak, sizes, strict=True)]
+
+        for start in range(0, 600, concurrency):
+            async with anyio.create_task_group() as tg:
+                for i in range(start, start + concurrency):
+                    tg.start_soon(one, i)
+        again = (599 % 256, 599 // 256, *range(46))
+        repeat = await collect(engine, _req("again", again, 8))
+        engine.replica.check()
+    assert peak[0] <= bound and peak[1] <= bound, (peak, bound)  # unpruned: 1,800 ids, 2,400 nodes
+    assert peak[2] <= 2 * 32 + per_request
+    assert len(engine._seg_hash) == len(engine._seg_ids) <= pool.n_nodes
+    assert repeat.cached_tokens == 32  # recent blocks survive pruning and still hit (the last
+    # prompt token is always recomputed, so 2 of its 3 blocks)
