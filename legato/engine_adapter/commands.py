@@ -37,6 +37,24 @@ KvRedisOpt = Annotated[
     ),
 ]
 REDIS_PING_TIMEOUT_S = 3.0
+# HTTP hardening flags, shared by `legato serve` (see `engine_adapter/server/http_server.py`).
+TrustedProxiesOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--trusted-proxies",
+        help="Believe X-Forwarded-For/-Proto only from these comma-separated addresses or networks "
+        "(your reverse proxy; '*' for any). Default: forwarded headers are ignored.",
+    ),
+]
+ReadTimeoutOpt = Annotated[
+    float,
+    typer.Option(
+        "--read-timeout",
+        min=0.1,
+        max=3600,
+        help="Seconds a client has to send a whole request (headers and body); then 408.",
+    ),
+]
 
 
 def tier_overrides(kv_host_gb: float, kv_redis_url: str | None) -> dict[str, Any]:
@@ -117,6 +135,8 @@ def serve(
     kv_host_gb: KvHostGbOpt = 0.0,
     kv_redis_url: KvRedisOpt = None,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "warning",
+    trusted_proxies: TrustedProxiesOpt = None,
+    read_timeout: ReadTimeoutOpt = 60.0,
 ) -> None:
     """Serve the torch engine over HTTP: /v1/completions, /v1/chat/completions, /v1/models,
     /generate (SGLang), /inference/v1/generate (vLLM tokens), /tokenize, /detokenize, /health."""
@@ -127,6 +147,7 @@ def serve(
 
     from legato.engine_adapter.base import EngineError
     from legato.engine_adapter.server import create_engine_app
+    from legato.engine_adapter.server.http_server import http_config
     from legato.engine_adapter.torch import load_engine
 
     overrides: dict[str, Any] = {}
@@ -151,7 +172,13 @@ def serve(
     bound_host, bound_port = sock.getsockname()[:2]
     shown = f"[{bound_host}]" if ":" in bound_host else bound_host
     app = create_engine_app(engine, max_model_len=engine.core.max_model_len, on_shutdown=engine.close)
-    config = uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=5)
+    config = http_config(
+        app,
+        read_timeout_s=read_timeout,
+        trusted_proxies=trusted_proxies,
+        log_level=log_level,
+        timeout_graceful_shutdown=5,
+    )
     server = uvicorn.Server(config)
     typer.echo(
         f"Legato engine serving {engine.model_name!r} at http://{shown}:{bound_port} "

@@ -21,6 +21,24 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from legato.engine_adapter.fields import (
+    MAX_N,
+    MAX_TOP_LOGPROBS,
+    STRICT_REQUEST,
+    LogitBias,
+    Penalty,
+    Priority,
+    SampleCount,
+    Seed,
+    StopList,
+    StopTokenIds,
+    Temperature,
+    TokenCount,
+    TokenId,
+    TopK,
+    TopLogprobs,
+    TopP,
+)
 from legato.engine_adapter.openai_tools import (
     ResponseFormat,
     StructuredOutputs,
@@ -39,22 +57,18 @@ def new_id(prefix: str) -> str:
 class _Request(BaseModel):
     """Requests ignore unknown fields: clients send provider extras we do not need."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
 
 
 class OpenAIRequest(BaseModel):
     """OpenAI request bodies refuse undeclared fields: a field a client sends is either honoured
-    or answered with a 400 that names it (the server turns `extra_forbidden` into that message)."""
+    or answered with a 400 that names it (the server turns `extra_forbidden` into that message).
+    Types are strict: `"stream": "yes"` is a 400, not `true`."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT_REQUEST
 
 
-# Most samples one request may ask for (`n`, `best_of`): each holds its own KV, and the batch
-# holds them all at once. vLLM has no fixed cap; 128 is OpenAI's own limit for `n`.
-MAX_N = 128
-# Most alternatives per token (`top_logprobs`, completions' `logprobs`): OpenAI's chat limit 20,
-# also vLLM's default `max_logprobs`.
-MAX_TOP_LOGPROBS = 20
+__all__ = ["MAX_N", "MAX_TOP_LOGPROBS"]  # defined in `fields`, where every bound lives
 
 
 class _Response(BaseModel):
@@ -104,26 +118,26 @@ class SamplingFields(OpenAIRequest):
     vLLM's extras). Defaults are OpenAI's: temperature 1, top_p 1."""
 
     model: str
-    max_tokens: int | None = Field(default=None, description="Tokens to generate at most (>= 1).")
-    temperature: float = Field(default=1.0, ge=0, description="0 = greedy.")
-    top_p: float = Field(default=1.0, gt=0, le=1)
-    top_k: int = Field(default=0, description="vLLM extra; 0 or -1 disables top-k.")
-    seed: int | None = None
-    stop: str | list[str] | None = None
-    stop_token_ids: list[int] | None = Field(default=None, description="vLLM extra.")
+    max_tokens: TokenCount | None = Field(default=None, description="Tokens to generate at most (>= 1).")
+    temperature: Temperature = 1.0
+    top_p: TopP = 1.0
+    top_k: TopK = Field(default=0, description="vLLM extra; 0 or -1 disables top-k.")
+    seed: Seed | None = None
+    stop: StopList | None = None
+    stop_token_ids: StopTokenIds | None = Field(default=None, description="vLLM extra.")
     ignore_eos: bool = Field(default=False, description="vLLM extra.")
-    n: int = Field(
+    n: SampleCount = Field(
         default=1,
         description=f"Samples of the prompt (1..{MAX_N}): prefilled once, their KV forked, returned as "
         "`choices[i]` with `index` i. Engines without parallel sampling take only 1.",
     )
-    presence_penalty: float = Field(
-        default=0.0, ge=-2, le=2, description="Subtracted from the logit of every token generated so far."
+    presence_penalty: Penalty = Field(
+        default=0.0, description="Subtracted from the logit of every token generated so far."
     )
-    frequency_penalty: float = Field(
-        default=0.0, ge=-2, le=2, description="Subtracted once per occurrence among the generated tokens."
+    frequency_penalty: Penalty = Field(
+        default=0.0, description="Subtracted once per occurrence among the generated tokens."
     )
-    logit_bias: dict[str, float] | None = Field(
+    logit_bias: LogitBias | None = Field(
         default=None, description="Token id (as a string) -> bias in [-100, 100] added to its logit."
     )
     service_tier: Literal["auto", "default"] | None = Field(
@@ -137,7 +151,7 @@ class SamplingFields(OpenAIRequest):
     )
     stream: bool = False
     stream_options: StreamOptions | None = None
-    priority: int = Field(default=0, description="vLLM extra: lower runs first.")
+    priority: Priority = Field(default=0, description="vLLM extra: lower runs first.")
     cache_salt: str | None = Field(
         default=None,
         description=(
@@ -164,16 +178,14 @@ class CompletionRequest(SamplingFields):
     prompt: str | list[int] | list[str] | list[list[int]] = Field(
         description="Text, or token ids. A batch (list of prompts) must hold exactly one prompt."
     )
-    max_tokens: int | None = 16
-    logprobs: int | None = Field(
+    max_tokens: TokenCount | None = 16
+    logprobs: TopLogprobs | None = Field(
         default=None,
-        ge=0,
-        le=MAX_TOP_LOGPROBS,
         description="Return each token's logprob and the `logprobs` most likely alternatives "
         "(log-softmax of the raw model logits).",
     )
     echo: bool = Field(default=False, description="Prepend the prompt's text (not with `logprobs`).")
-    best_of: int | None = Field(
+    best_of: SampleCount | None = Field(
         default=None,
         description=f"Draw this many samples (n..{MAX_N}) and return the `n` with the highest total "
         "logprob; not with `stream`.",
@@ -244,12 +256,12 @@ class ChatMessage(OpenAIRequest):
 
 class ChatCompletionRequest(SamplingFields):
     messages: list[ChatMessage] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(default=None, description="OpenAI's newer name for max_tokens.")
+    max_completion_tokens: TokenCount | None = Field(
+        default=None, description="OpenAI's newer name for max_tokens."
+    )
     logprobs: bool = False
-    top_logprobs: int | None = Field(
+    top_logprobs: TopLogprobs | None = Field(
         default=None,
-        ge=0,
-        le=MAX_TOP_LOGPROBS,
         description="With `logprobs`: the most likely alternatives at each token (log-softmax of the "
         "raw model logits, as vLLM reports them).",
     )
@@ -366,7 +378,7 @@ class TokenizeResponse(_Response):
 
 class DetokenizeRequest(_Request):
     model: str | None = None
-    tokens: list[int]
+    tokens: list[TokenId]
 
 
 class DetokenizeResponse(_Response):
@@ -379,31 +391,31 @@ class DetokenizeResponse(_Response):
 class SGLangSamplingParams(_Request):
     """SGLang's `sampling_params` (the subset an engine of ours can honour)."""
 
-    max_new_tokens: int = Field(default=128, description="Tokens to generate at most (>= 1).")
-    temperature: float = Field(default=1.0, ge=0)
-    top_p: float = Field(default=1.0, gt=0, le=1)
-    top_k: int = Field(default=-1, description="-1 (or 0) disables top-k.")
-    stop: str | list[str] | None = None
-    stop_token_ids: list[int] | None = None
+    max_new_tokens: TokenCount = Field(default=128, description="Tokens to generate at most (>= 1).")
+    temperature: Temperature = 1.0
+    top_p: TopP = 1.0
+    top_k: TopK = -1
+    stop: StopList | None = None
+    stop_token_ids: StopTokenIds | None = None
     ignore_eos: bool = False
-    seed: int | None = Field(default=None, description="Alias of SGLang's `sampling_seed`.")
-    n: int = Field(default=1, description="Only 1 here; `/v1/completions` takes n > 1.")
-    sampling_seed: int | None = None
+    seed: Seed | None = Field(default=None, description="Alias of SGLang's `sampling_seed`.")
+    n: SampleCount = Field(default=1, description="Only 1 here; `/v1/completions` takes n > 1.")
+    sampling_seed: Seed | None = None
     json_schema: str | None = Field(default=None, description="Constrain the output to this JSON Schema.")
     ebnf: str | None = Field(default=None, description="Constrain the output to this (Lark) grammar.")
-    presence_penalty: float = Field(default=0.0, ge=-2, le=2)
-    frequency_penalty: float = Field(default=0.0, ge=-2, le=2)
-    logit_bias: dict[str, float] | None = None
+    presence_penalty: Penalty = 0.0
+    frequency_penalty: Penalty = 0.0
+    logit_bias: LogitBias | None = None
 
 
 class SGLangGenerateRequest(_Request):
     text: str | None = None
-    input_ids: list[int] | None = None
+    input_ids: list[TokenId] | None = None
     sampling_params: SGLangSamplingParams = Field(default_factory=SGLangSamplingParams)
     return_logprob: bool = False
     rid: str | None = None
     stream: bool = False
-    priority: int | None = Field(default=None, description="SGLang's convention: higher runs first.")
+    priority: Priority | None = Field(default=None, description="SGLang's convention: higher runs first.")
     session_id: str | None = Field(default=None, description="Session identity (routing/affinity only).")
     routing_key: str | None = None
     cache_salt: str | None = None
@@ -447,32 +459,32 @@ class SGLangAbortRequest(_Request):
 class VLLMTokenSamplingParams(_Request):
     """vLLM's `SamplingParams` as JSON (the subset an engine of ours can honour)."""
 
-    max_tokens: int = Field(default=16, description="Tokens to generate at most (>= 1).")
-    temperature: float = Field(default=1.0, ge=0)
-    top_p: float = Field(default=1.0, gt=0, le=1)
-    top_k: int = Field(default=0, description="0 or -1 disables top-k.")
-    seed: int | None = None
-    n: int = Field(default=1, description="Only 1 here; `/v1/completions` takes n > 1.")
-    stop: str | list[str] | None = None
-    stop_token_ids: list[int] | None = None
+    max_tokens: TokenCount = Field(default=16, description="Tokens to generate at most (>= 1).")
+    temperature: Temperature = 1.0
+    top_p: TopP = 1.0
+    top_k: TopK = 0
+    seed: Seed | None = None
+    n: SampleCount = Field(default=1, description="Only 1 here; `/v1/completions` takes n > 1.")
+    stop: StopList | None = None
+    stop_token_ids: StopTokenIds | None = None
     ignore_eos: bool = False
-    logprobs: int | None = Field(
-        default=None, ge=0, description="Return the sampled tokens' logprobs and this many alternatives."
+    logprobs: TopLogprobs | None = Field(
+        default=None, description="Return the sampled tokens' logprobs and this many alternatives."
     )
     structured_outputs: StructuredOutputs | None = None
-    presence_penalty: float = Field(default=0.0, ge=-2, le=2)
-    frequency_penalty: float = Field(default=0.0, ge=-2, le=2)
-    logit_bias: dict[str, float] | None = None
+    presence_penalty: Penalty = 0.0
+    frequency_penalty: Penalty = 0.0
+    logit_bias: LogitBias | None = None
 
 
 class VLLMGenerateRequest(_Request):
     request_id: str | None = None
-    token_ids: list[int]
+    token_ids: list[TokenId]
     sampling_params: VLLMTokenSamplingParams = Field(default_factory=VLLMTokenSamplingParams)
     model: str | None = None
     stream: bool = False
     cache_salt: str | None = None
-    priority: int = 0
+    priority: Priority = 0
 
 
 class VLLMGenerateChoice(_Response):

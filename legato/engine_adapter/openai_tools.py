@@ -16,7 +16,7 @@ class _Wire(BaseModel):
     """Request-side shapes (also echoed in responses): undeclared fields are refused, as in every
     OpenAI request model (`openai_api.OpenAIRequest`; the server answers a 400 naming the field)."""
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, strict=True)
 
 
 class _Delta(BaseModel):
@@ -79,7 +79,7 @@ class StructuredOutputs(BaseModel):
     """vLLM's `structured_outputs` extra (its `json` and `grammar` forms; a Lark grammar is read
     by llguidance, as vLLM's `guidance` backend reads it). Other forms are refused."""
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, strict=True)
 
     json_: dict[str, Any] | str | None = Field(default=None, alias="json")
     grammar: str | None = None

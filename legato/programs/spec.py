@@ -17,6 +17,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
+from legato.engine_adapter.fields import STRICT_REQUEST, Seconds, Seed, StopString, Temperature, TopP
+
 END = "__end__"
 """Pseudo node name: routing here ends the run."""
 
@@ -24,6 +26,21 @@ START = "__start__"
 """Pseudo node name accepted by the builder's `add_edge(START, node)` to set the entry node."""
 
 ReducerName = Literal["replace", "append", "extend", "add", "merge"]
+
+# --- numeric bounds, stated in the JSON schema (explicit so clients can read them) -------------
+MAX_FAN_OUT = 4096  # MapNodeSpec.max_items
+MAX_LOOP_BOUND = 1000  # max_visits
+MAX_RETRIES = 10
+MAX_TIMEOUT_S = 3600.0  # a step's attempt; also the longest retry backoff
+MAX_MAX_TOKENS = 32_768
+MAX_STOP = 64
+
+Retries = Annotated[int, Field(ge=0, le=MAX_RETRIES)]
+StepTimeout = Annotated[float, Field(gt=0, le=MAX_TIMEOUT_S, allow_inf_nan=False)]
+Backoff = Annotated[Seconds, Field(le=MAX_TIMEOUT_S)]
+LoopBound = Annotated[int, Field(ge=1, le=MAX_LOOP_BOUND)]
+FanOut = Annotated[int, Field(ge=1, le=MAX_FAN_OUT)]
+NodeMaxTokens = Annotated[int, Field(ge=1, le=MAX_MAX_TOKENS)]
 
 ConditionOp = Literal[
     "eq", "ne", "lt", "le", "gt", "ge",
@@ -34,7 +51,7 @@ ConditionOp = Literal[
 
 
 class _Spec(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = STRICT_REQUEST | ConfigDict(frozen=True)
 
 
 class VarSpec(_Spec):
@@ -115,12 +132,12 @@ ArgSpec = VarArg | ValueArg
 
 class _NodeCommon(_Spec):
     name: str
-    timeout_s: float | None = None  # per attempt
-    retries: int = 0  # extra attempts after a failure, with exponential backoff
-    backoff_s: float = 0.05  # first retry delay; doubles each attempt
+    timeout_s: StepTimeout | None = None  # per attempt
+    retries: Retries = 0  # extra attempts after a failure, with exponential backoff
+    backoff_s: Backoff = 0.05  # first retry delay; doubles each attempt
     on_error: str | None = None  # node to go to when the step fails (None: the run fails)
     error_output: str | None = None  # state variable that receives the error text
-    max_visits: int | None = None  # loop bound: visits beyond this go to `on_exhausted`
+    max_visits: LoopBound | None = None  # loop bound: visits beyond this go to `on_exhausted`
     on_exhausted: str | None = None  # None means END
 
 
@@ -129,11 +146,11 @@ class LLMNodeSpec(_NodeCommon):
     prompt: PromptSpec
     output: str | None = None
     model: str | None = None
-    max_tokens: int = 256
-    temperature: float = 0.0
-    top_p: float = 1.0
-    seed: int | None = None
-    stop: list[str] = Field(default_factory=list)
+    max_tokens: NodeMaxTokens = 256
+    temperature: Temperature = 0.0
+    top_p: TopP = 1.0
+    seed: Seed | None = None
+    stop: list[StopString] = Field(default_factory=list, max_length=MAX_STOP)
     # When set, the output is parsed as JSON (the first {...} / [...] in the text) and checked
     # against the schema's top-level "type" / "required".
     output_schema: dict[str, JsonValue] | None = None
@@ -164,8 +181,8 @@ class MapNodeSpec(_NodeCommon):
     item_var: str = "item"
     body: BodySpec
     output: str | None = None
-    max_items: int = 64
-    concurrency: int | None = None
+    max_items: FanOut = 64
+    concurrency: FanOut | None = None
 
 
 NodeSpec = Annotated[LLMNodeSpec | ToolNodeSpec | MapNodeSpec, Field(discriminator="kind")]

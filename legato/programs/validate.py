@@ -14,9 +14,15 @@ from dataclasses import dataclass
 
 import networkx as nx
 
+from legato.programs.call_bound import MAX_PLANNED_CALLS, planned_calls
 from legato.programs.model import ProgramGraph
 from legato.programs.spec import (
     END,
+    MAX_FAN_OUT,
+    MAX_LOOP_BOUND,
+    MAX_MAX_TOKENS,
+    MAX_RETRIES,
+    MAX_TIMEOUT_S,
     START,
     ConditionSpec,
     LLMNodeSpec,
@@ -27,21 +33,27 @@ from legato.programs.spec import (
     VarArg,
 )
 
-# --- size limits (explicit so clients can read them) ------------------------------------------
+# --- size limits (explicit so clients can read them; numeric field ranges are in `spec`) -------
+__all__ = [
+    "MAX_FAN_OUT",
+    "MAX_LOOP_BOUND",
+    "MAX_MAX_TOKENS",
+    "MAX_PLANNED_CALLS",
+    "MAX_RETRIES",
+    "MAX_TIMEOUT_S",
+    "ProgramValidationError",
+    "ValidationIssue",
+    "validate",
+]
 MAX_NODES = 512
 MAX_STATE_VARS = 512
 MAX_EDGES = 4096
 MAX_ROUTES_PER_ROUTER = 64
 MAX_CONDITIONS_PER_ROUTE = 16
-MAX_FAN_OUT = 4096  # MapNodeSpec.max_items
-MAX_LOOP_BOUND = 1000  # max_visits
-MAX_RETRIES = 10
-MAX_TIMEOUT_S = 3600.0
 MAX_PREFIX_PARTS = 256
 MAX_PREFIX_PART_CHARS = 200_000
 MAX_PROMPT_SLOTS = 64
 MAX_TEMPLATE_TEXT_CHARS = 10_000  # slot labels / suffixes / prompt suffix
-MAX_MAX_TOKENS = 32_768
 MAX_TOOL_ARGS = 64
 NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,127}$")
 VAR_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
@@ -142,19 +154,8 @@ class _Checker:
             self.add("unknown_node", self.spec.entry, f"entry node {self.spec.entry!r} is not a node")
 
     def check_common(self, node: NodeSpec) -> None:
-        n = node.name
-        if node.retries < 0:
-            self.add("bad_value", n, f"node {n!r}: retries must be >= 0")
-        self.limit(n, "retries", node.retries, MAX_RETRIES)
-        if node.timeout_s is not None and not 0 < node.timeout_s <= MAX_TIMEOUT_S:
-            self.add("bad_value", n, f"node {n!r}: timeout_s must be in (0, {MAX_TIMEOUT_S}]")
-        if node.backoff_s < 0:
-            self.add("bad_value", n, f"node {n!r}: backoff_s must be >= 0")
-        if node.max_visits is not None:
-            if node.max_visits < 1:
-                self.add("bad_value", n, f"node {n!r}: max_visits must be >= 1")
-            self.limit(n, "max_visits", node.max_visits, MAX_LOOP_BOUND)
-        elif node.on_exhausted is not None:
+        n = node.name  # numeric ranges (retries, timeouts, loop bounds...) are the spec's types
+        if node.max_visits is None and node.on_exhausted is not None:
             self.add("bad_value", n, f"node {n!r}: on_exhausted needs max_visits")
         self.node_ref(n, node.on_error, "on_error target")
         self.node_ref(n, node.on_exhausted, "on_exhausted target")
@@ -179,10 +180,6 @@ class _Checker:
                     n, "slot label length", len(slot.label) + len(slot.suffix), MAX_TEMPLATE_TEXT_CHARS
                 )
             self.limit(n, "prompt suffix length", len(prompt.suffix), MAX_TEMPLATE_TEXT_CHARS)
-            if not 1 <= node.max_tokens <= MAX_MAX_TOKENS:
-                self.add("bad_value", n, f"node {n!r}: max_tokens must be in [1, {MAX_MAX_TOKENS}]")
-            if node.temperature < 0 or not 0 < node.top_p <= 1:
-                self.add("bad_value", n, f"node {n!r}: temperature must be >= 0 and top_p in (0, 1]")
         elif isinstance(node, ToolNodeSpec):
             if self.tools is not None and node.tool not in self.tools:
                 self.add("unknown_tool", n, f"node {n!r}: unknown tool {node.tool!r}")
@@ -214,10 +211,6 @@ class _Checker:
             )
         if node.item_var in self.vars:
             self.add("shadowing", n, f"node {n!r}: item_var {node.item_var!r} shadows a state variable")
-        if not 1 <= node.max_items <= MAX_FAN_OUT:
-            self.add("limit", n, f"node {n!r}: max_items must be in [1, {MAX_FAN_OUT}]")
-        if node.concurrency is not None and node.concurrency < 1:
-            self.add("bad_value", n, f"node {n!r}: concurrency must be >= 1")
         body = node.body
         if body.on_error or body.on_exhausted or body.max_visits is not None:
             self.add("bad_value", n, f"node {n!r}: a map body cannot route (on_error / max_visits)")
@@ -281,6 +274,15 @@ class _Checker:
             if name not in reachable:
                 self.add("unreachable", name, f"node {name!r} is unreachable from entry {self.spec.entry!r}")
         self.check_cycles(g)
+        if not self.issues:  # the bound assumes every cycle is bounded
+            calls = planned_calls(graph)
+            if calls > MAX_PLANNED_CALLS:
+                self.add(
+                    "limit",
+                    "program",
+                    f"a run may make up to {calls:,} LLM calls (loop bounds x map fan-out x attempts); "
+                    f"the limit is {MAX_PLANNED_CALLS:,}: lower max_visits, max_items or retries",
+                )
 
     def check_cycles(self, g: nx.MultiDiGraph) -> None:
         """Every cycle must *visit* a node with `max_visits`. Passing a bounded node through its

@@ -18,6 +18,7 @@ import anyio
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
+from legato.engine_adapter.server.strict_json import StrictJSONRoute
 from legato.server.errors import install_error_handlers
 from legato.server.limits import BodyLimitMiddleware
 from legato.server.metrics import install_metrics
@@ -87,6 +88,7 @@ def create_app(state: ServerState) -> FastAPI:
         version="1",
         lifespan=lifespan,
     )
+    app.router.route_class = StrictJSONRoute  # routers included below bring their own (the same)
     app.state.legato = state
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=state.config.limits.max_body_bytes)

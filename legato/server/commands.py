@@ -13,7 +13,14 @@ from typing import Annotated, Any
 
 import typer
 
-from legato.engine_adapter.commands import KvHostGbOpt, KvRedisOpt, bind_socket, tier_overrides
+from legato.engine_adapter.commands import (
+    KvHostGbOpt,
+    KvRedisOpt,
+    ReadTimeoutOpt,
+    TrustedProxiesOpt,
+    bind_socket,
+    tier_overrides,
+)
 from legato.scheduler.by_name import DEFAULT_POLICY
 
 tenants_app = typer.Typer(
@@ -88,6 +95,8 @@ def serve(
         int, typer.Option(min=1, help="Concurrent runs of the keyless default tenant.")
     ] = 64,
     log_level: Annotated[str, typer.Option(help="Log level (JSON lines on stderr).")] = "info",
+    trusted_proxies: TrustedProxiesOpt = None,
+    read_timeout: ReadTimeoutOpt = 60.0,
 ) -> None:
     """Serve the REST workflow API (/v1/programs, /v1/runs with SSE events), /healthz, /readyz.
 
@@ -99,6 +108,7 @@ def serve(
     import uvicorn
 
     from legato.engine_adapter.base import EngineError
+    from legato.engine_adapter.server.http_server import http_config
     from legato.launch import LaunchError, TorchOptions, build_engines, parse_engine_spec
     from legato.server.logs import setup_logging
     from legato.server.tools import ToolsLoadError, load_registry
@@ -138,7 +148,14 @@ def serve(
     bound_host, bound_port = sock.getsockname()[:2]
     shown = f"[{bound_host}]" if ":" in bound_host else bound_host
     app = create_app(state)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=5))
+    http = http_config(
+        app,
+        read_timeout_s=read_timeout,
+        trusted_proxies=trusted_proxies,
+        log_level="warning",
+        timeout_graceful_shutdown=5,
+    )
+    server = uvicorn.Server(http)
     where = f"redis {redis_url}" if redis_url else f"sqlite {db}"
     replicas = ", ".join(getattr(e, "model_name", "?") for e in engines)
     typer.echo(

@@ -40,6 +40,7 @@ from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from legato.engine_adapter.base import Engine
+from legato.engine_adapter.server.strict_json import StrictJSONRoute
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +172,7 @@ class ServiceMetrics:
         return generate_latest(self.registry)
 
     def router(self) -> APIRouter:
-        router = APIRouter()
+        router = APIRouter(route_class=StrictJSONRoute)
 
         @router.get(
             "/metrics",

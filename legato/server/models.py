@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, model_validator
+from pydantic import BaseModel, Field, JsonValue, model_validator
 
+from legato.engine_adapter.fields import STRICT_REQUEST
 from legato.programs.spec import ProgramSpec
 from legato.server.store.base import RunStatusName
 
 
 class _Request(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT_REQUEST
 
 
 class ProgramCreate(_Request):
@@ -129,3 +130,6 @@ class LimitsView(BaseModel):
     max_model_len: int | None
     max_n: int = Field(description="OpenAI `n` / `best_of`: most samples of one prompt.")
     max_top_logprobs: int = Field(description="OpenAI `top_logprobs` / completions `logprobs`.")
+    max_planned_calls: int = Field(
+        description="Most LLM calls one run may plan (loop bounds x map fan-out x attempts)."
+    )

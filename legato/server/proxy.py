@@ -58,6 +58,7 @@ from legato.engine_adapter.server.lifecycle import (
 from legato.engine_adapter.server.openai_calls import chat_response, completion_response, openai_request
 from legato.engine_adapter.server.service import EngineService
 from legato.engine_adapter.server.streams import chat_events, completion_events
+from legato.engine_adapter.server.strict_json import StrictJSONRoute
 from legato.scheduler.base import CallScheduler
 from legato.scheduler.events import CallHints, LLMCall
 from legato.server.auth import QuotaTracker, Tenant, current_tenant
@@ -199,7 +200,7 @@ TenantDep = Annotated[Tenant, Depends(current_tenant)]
 
 
 def _routes(proxy: Proxy) -> APIRouter:
-    router = APIRouter(tags=["openai-proxy"])
+    router = APIRouter(tags=["openai-proxy"], route_class=StrictJSONRoute)
     svc = proxy.svc
 
     @router.get(

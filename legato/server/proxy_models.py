@@ -7,8 +7,9 @@ from __future__ import annotations
 from typing import Literal
 
 from fastapi import Request
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
+from legato.engine_adapter.fields import STRICT_REQUEST, Seconds
 from legato.engine_adapter.openai_api import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -23,7 +24,7 @@ MAX_ID_LEN = 256
 class ProgramFields(BaseModel):
     """What ties a request to an agent program, and what the agent knows comes next."""
 
-    model_config = ConfigDict(extra="forbid")  # as the OpenAI fields: unknown ones are a 400
+    model_config = STRICT_REQUEST  # as the OpenAI fields: unknown ones are a 400, types strict
 
     program_id: str | None = Field(
         default=None,
@@ -38,20 +39,20 @@ class ProgramFields(BaseModel):
     next_tool: str | None = Field(
         default=None, min_length=1, max_length=128, description="The tool the agent runs with this output."
     )
-    expected_tool_latency_s: float | None = Field(
-        default=None, ge=0, le=86_400, description="How long that tool is expected to take, in seconds."
+    expected_tool_latency_s: Seconds | None = Field(
+        default=None, description="How long that tool is expected to take, in seconds."
     )
 
 
 class ProxyChatRequest(ChatCompletionRequest, ProgramFields):
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT_REQUEST
     extra_body: ProgramFields | None = Field(
         default=None, description="Program fields nested, as raw clients may send them."
     )
 
 
 class ProxyCompletionRequest(CompletionRequest, ProgramFields):
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT_REQUEST
     extra_body: ProgramFields | None = Field(
         default=None, description="Program fields nested, as raw clients may send them."
     )

@@ -11,6 +11,7 @@ still holds them in memory). The stream ends after `run_finished`; a comment lin
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import AsyncIterator
 from typing import Annotated
 
@@ -18,13 +19,15 @@ import anyio
 from fastapi import APIRouter, Header, Query
 from fastapi.responses import StreamingResponse
 
+from legato.engine_adapter.fields import I64_MAX
+from legato.engine_adapter.server.strict_json import StrictJSONRoute
 from legato.server.deps import StateDep, TenantDep
 from legato.server.errors import ApiError, responses
 from legato.server.routes_runs import RunId, tenant_run
 from legato.server.state import ServerState
 from legato.server.store.base import EventRecord
 
-router = APIRouter(prefix="/v1/runs", tags=["runs"])
+router = APIRouter(prefix="/v1/runs", tags=["runs"], route_class=StrictJSONRoute)
 
 
 def sse(event: EventRecord) -> bytes:
@@ -37,12 +40,15 @@ def parse_last_id(header: str | None, query: int | None) -> int:
         return query
     if header is None or not header.strip():
         return -1
-    try:
-        value = int(header.strip())
-    except ValueError:
+    text = header.strip()
+    value = int(text) if re.fullmatch(r"-?[0-9]{1,19}", text) else None
+    if value is None or not -1 <= value <= I64_MAX:
         raise ApiError(
-            422, f"Last-Event-ID {header!r} is not an event id: send the `id:` of the last event you got"
-        ) from None
+            422,
+            f"Last-Event-ID {header!r} is not an event id (-1 .. 2^63-1): send the `id:` of the last "
+            "event you got",
+            param="Last-Event-ID",
+        )
     return value
 
 
@@ -94,7 +100,8 @@ async def run_events(
     state: StateDep,
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", max_length=32)] = None,
     after: Annotated[
-        int | None, Query(alias="last_event_id", ge=-1, description="same as the Last-Event-ID header")
+        int | None,
+        Query(alias="last_event_id", ge=-1, le=I64_MAX, description="same as the Last-Event-ID header"),
     ] = None,
 ) -> StreamingResponse:
     await tenant_run(state, tenant, run_id)

@@ -6,11 +6,12 @@ import anyio
 from fastapi import APIRouter, Response
 
 from legato.engine_adapter.openai_api import MAX_N, MAX_TOP_LOGPROBS
-from legato.programs.validate import MAX_FAN_OUT, MAX_LOOP_BOUND, MAX_NODES
+from legato.engine_adapter.server.strict_json import StrictJSONRoute
+from legato.programs.validate import MAX_FAN_OUT, MAX_LOOP_BOUND, MAX_NODES, MAX_PLANNED_CALLS
 from legato.server.deps import StateDep
 from legato.server.models import Health, LimitsView, Readiness
 
-router = APIRouter(tags=["health"])
+router = APIRouter(tags=["health"], route_class=StrictJSONRoute)
 
 READY_TIMEOUT_S = 2.0
 
@@ -65,4 +66,5 @@ async def limits(state: StateDep) -> LimitsView:
         max_model_len=state.runs.max_model_len,
         max_n=MAX_N,
         max_top_logprobs=MAX_TOP_LOGPROBS,
+        max_planned_calls=MAX_PLANNED_CALLS,
     )

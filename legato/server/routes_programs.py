@@ -8,6 +8,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query
 
+from legato.engine_adapter.server.strict_json import StrictJSONRoute
 from legato.server.deps import StateDep, TenantDep, not_found
 from legato.server.errors import ApiError, responses
 from legato.server.models import ProgramCreate, ProgramInfo, ProgramList
@@ -16,7 +17,9 @@ from legato.server.state import ServerState
 from legato.server.store.base import ProgramRecord
 from legato.server.views import program_spec
 
-router = APIRouter(prefix="/v1/programs", tags=["programs"], responses=responses())
+router = APIRouter(
+    prefix="/v1/programs", tags=["programs"], responses=responses(), route_class=StrictJSONRoute
+)
 
 
 def check_program_size(state: ServerState, body_json: str) -> None:

@@ -7,6 +7,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query
 
+from legato.engine_adapter.fields import StoreSeq
+from legato.engine_adapter.server.strict_json import StrictJSONRoute
 from legato.server.auth import Tenant
 from legato.server.deps import StateDep, TenantDep, not_found
 from legato.server.errors import ApiError, responses
@@ -17,7 +19,7 @@ from legato.server.store.base import RunRecord, RunStatusName
 from legato.server.views import program_spec, run_view
 from legato.tools.client import DuplicateSubmissionError, UnknownClientCallError
 
-router = APIRouter(prefix="/v1/runs", tags=["runs"], responses=responses())
+router = APIRouter(prefix="/v1/runs", tags=["runs"], responses=responses(), route_class=StrictJSONRoute)
 
 RunId = Annotated[str, Path(max_length=128, description="the run's id")]
 
@@ -74,20 +76,10 @@ async def list_runs(
     status: Annotated[RunStatusName | None, Query(description="only runs with this status")] = None,
     program_id: Annotated[str | None, Query(max_length=128, description="only runs of this program")] = None,
     limit: Annotated[int, Query(ge=1, le=200, description="page size")] = 50,
-    cursor: Annotated[
-        str | None, Query(max_length=32, description="`next_cursor` of the previous page")
-    ] = None,
+    cursor: Annotated[StoreSeq | None, Query(description="`next_cursor` of the previous page")] = None,
 ) -> RunList:
     """This tenant's runs, newest first, `limit` per page."""
-    before: int | None = None
-    if cursor is not None:
-        if not cursor.isdigit():
-            raise ApiError(
-                422,
-                f"cursor {cursor!r} is not one this API returned: pass `next_cursor` unchanged",
-                param="cursor",
-            )
-        before = int(cursor)
+    before = cursor
     limit = min(limit, state.config.limits.max_runs_per_page)
     records = await state.store.list_runs(
         tenant.id, status=status, program_id=program_id, before_seq=before, limit=limit

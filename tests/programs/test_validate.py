@@ -19,6 +19,9 @@ from legato.programs.spec import (
     VarArg,
     VarSpec,
 )
+from pydantic import ValidationError
+
+from legato.programs.call_bound import MAX_PLANNED_CALLS, planned_calls
 from legato.programs.validate import MAX_LOOP_BOUND, ProgramValidationError, validate
 
 
@@ -89,8 +92,8 @@ def test_route_to_undeclared_destination() -> None:
 
 
 def test_limits_and_map_rules() -> None:
-    node = _llm("a", "q", max_visits=MAX_LOOP_BOUND + 1)
-    assert ("limit", "a") in [(c, w) for c, w, _ in _issues(_spec([node]))]
+    with pytest.raises(ValidationError, match="max_visits"):  # numeric ranges are the spec's types
+        _llm("a", "q", max_visits=MAX_LOOP_BOUND + 1)
     bad_map = MapNodeSpec(name="m", over="items", item_var="q", body=_llm("m.body", "q", output=None))
     assert ("shadowing", "m") in [(c, w) for c, w, _ in _issues(_spec([bad_map]))]
     ok_map = MapNodeSpec(
@@ -115,3 +118,32 @@ def test_cycle_through_an_exhausted_exit_is_unbounded() -> None:
     assert code == "unbounded_cycle" and where in ("a", "b") and "on_exhausted" in msg
     leaving = _spec([_llm("a", "q", max_visits=2, on_exhausted="c"), _llm("b", "q"), _llm("c", "q")], edges)
     validate(leaving)
+
+
+def _loop(body: LLMNodeSpec | MapNodeSpec, max_visits: int) -> ProgramSpec:
+    """`agent` (bounded) -> `body` -> back to `agent`, leaving when the bound is reached."""
+    agent = _llm("agent", "q", max_visits=max_visits)
+    return _spec(
+        [agent, body],
+        [EdgeSpec(source="agent", target=body.name), EdgeSpec(source=body.name, target="agent")],
+    )
+
+
+def test_planned_calls_bound_counts_loops_fan_out_and_attempts() -> None:
+    one = validate(_spec([_llm("a", "q", retries=2), _llm("b", "q")], [EdgeSpec(source="a", target="b")]))
+    assert planned_calls(one) == 3 + 1
+    loop = validate(_loop(_llm("think", "q"), max_visits=10))
+    assert planned_calls(loop) == 10 + (1 + 10)  # agent at most 10 visits, think once more per visit
+    fan = MapNodeSpec(
+        name="fan", over="items", body=_llm("fan.body", "item", output=None, retries=1), max_items=8
+    )
+    assert planned_calls(validate(_loop(fan, max_visits=5))) == 5 + (1 + 5) * 8 * 2
+
+
+def test_a_program_planning_too_many_llm_calls_is_refused() -> None:
+    # the issue's case: a loop bound of 1,000 around a full-width fan-out plans ~4 million calls
+    fan = MapNodeSpec(name="fan", over="items", body=_llm("fan.body", "item", output=None), max_items=4096)
+    with pytest.raises(ProgramValidationError, match=f"the limit is {MAX_PLANNED_CALLS:,}") as info:
+        validate(_loop(fan, max_visits=1000))
+    assert info.value.issues[0].code == "limit" and "4,10" in info.value.issues[0].message
+    validate(_loop(_llm("think", "q", retries=3), max_visits=1000))  # an ordinary agent loop passes

@@ -61,6 +61,7 @@ from legato.engine_adapter.server.streams import (
     sglang_response,
     vllm_token_events,
 )
+from legato.engine_adapter.server.strict_json import StrictJSONRoute
 
 # Engine counters for /metrics, from an engine with a `stats()` coroutine (the torch engine):
 # (metric, stats attribute, help). vLLM's names where vLLM has the same counter.
@@ -132,6 +133,7 @@ def create_engine_app(
         version="1",
         lifespan=lifespan,
     )
+    app.router.route_class = StrictJSONRoute  # bodies parsed as strict JSON on every route
 
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:

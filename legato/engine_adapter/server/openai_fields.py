@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 
 from legato.engine_adapter.base import Capability, Engine
+from legato.engine_adapter.fields import LOGIT_BIAS_LIMIT
 from legato.engine_adapter.openai_api import (
     MAX_N,
     MAX_TOP_LOGPROBS,
@@ -37,8 +38,6 @@ from legato.engine_adapter.openai_api import (
 from legato.engine_adapter.server.errors import ApiError
 
 log = logging.getLogger(__name__)
-
-LOGIT_BIAS_LIMIT = 100.0  # OpenAI's range for a bias: [-100, 100]
 
 
 def samples_to_draw(body: SamplingFields) -> int:
@@ -61,8 +60,6 @@ def wants_logprobs(body: SamplingFields) -> tuple[bool, int]:
 def check_fields(body: SamplingFields, engine: Engine, *, client_routing: bool) -> None:
     """Raise a 400 naming the first field of `body` that cannot be honoured here."""
     caps = engine.capabilities
-    if not 1 <= body.n <= MAX_N:
-        raise ApiError(400, f"n must be between 1 and {MAX_N} (got {body.n})", "n")
     draw = samples_to_draw(body)
     if isinstance(body, CompletionRequest):
         _check_completion(body, draw)

@@ -1,0 +1,61 @@
+"""Constrained field types shared by every request model of the HTTP APIs (engine server, REST
+service, OpenAI proxy, program specs): each range is written once, here, with where it comes
+from, so a field means the same thing on every route and the OpenAPI schema states the bound.
+
+Why these bounds: a value outside them either cannot be honoured (a seed the sampler cannot hold,
+a cursor the store's 64-bit integer column cannot hold) or costs without bound (a retry delay of
+1e308 s, 10,000 stop strings scanned at every token). Non-finite floats are refused everywhere:
+JSON has no NaN or Infinity, and a NaN compares false with every bound. Request models also set
+`strict=True` (see `STRICT_REQUEST`), so `"yes"` is not a boolean and `"5"` not an integer.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import ConfigDict, Field
+
+U64_MAX = 2**64 - 1  # seeds: the torch and numpy generators take 64-bit unsigned seeds
+I64_MAX = 2**63 - 1  # store sequence numbers: SQLite's INTEGER and Redis' counters are signed 64-bit
+I32_MAX = 2**31 - 1  # token ids, token counts, priorities: int32 tensors and vLLM's own int32 fields
+
+# Most samples one request may ask for (`n`, `best_of`): each holds its own KV, and the batch
+# holds them all at once. vLLM has no fixed cap; 128 is OpenAI's own limit for `n`.
+MAX_N = 128
+# Most alternatives per token (`top_logprobs`, completions' `logprobs`): OpenAI's chat limit 20,
+# also vLLM's default `max_logprobs`.
+MAX_TOP_LOGPROBS = 20
+# Stop strings: OpenAI takes 4; vLLM no fixed number. Every string is matched against the tail
+# of the text at every generated token, so the count and length are bounded: 64 strings of at
+# most 1,024 characters keep that scan under a microsecond-scale cost per token per string.
+MAX_STOP_STRINGS = 64
+MAX_STOP_CHARS = 1024
+MAX_STOP_TOKEN_IDS = 1024
+MAX_LOGIT_BIAS = 1024  # entries; OpenAI documents no count, vLLM checks only the ids
+LOGIT_BIAS_LIMIT = 100.0  # OpenAI's range for a bias: [-100, 100]
+MAX_DAY_S = 86_400.0  # any duration a client may state (timeouts, backoffs, tool latency)
+
+STRICT_REQUEST = ConfigDict(extra="forbid", strict=True)
+"""Request models: unknown fields are refused (named in the 4xx) and types are not coerced."""
+
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+Seed = Annotated[int, Field(ge=0, le=U64_MAX, description="0 .. 2^64-1")]
+StoreSeq = Annotated[int, Field(ge=0, le=I64_MAX)]
+TokenId = Annotated[int, Field(ge=0, le=I32_MAX)]
+TokenCount = Annotated[int, Field(ge=1, le=I32_MAX)]
+Priority = Annotated[int, Field(ge=-I32_MAX - 1, le=I32_MAX)]
+TopK = Annotated[int, Field(ge=-1, le=I32_MAX, description="-1 or 0 disables top-k.")]
+SampleCount = Annotated[int, Field(ge=1, le=MAX_N)]
+TopLogprobs = Annotated[int, Field(ge=0, le=MAX_TOP_LOGPROBS)]
+Temperature = Annotated[
+    float, Field(ge=0, le=2, allow_inf_nan=False, description="0 = greedy; OpenAI's range.")
+]
+TopP = Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)]
+Penalty = Annotated[float, Field(ge=-2, le=2, allow_inf_nan=False)]
+Bias = Annotated[float, Field(ge=-LOGIT_BIAS_LIMIT, le=LOGIT_BIAS_LIMIT, allow_inf_nan=False)]
+Seconds = Annotated[float, Field(ge=0, le=MAX_DAY_S, allow_inf_nan=False)]
+PositiveSeconds = Annotated[float, Field(gt=0, le=MAX_DAY_S, allow_inf_nan=False)]
+StopString = Annotated[str, Field(max_length=MAX_STOP_CHARS)]
+StopList = StopString | Annotated[list[StopString], Field(max_length=MAX_STOP_STRINGS)]
+StopTokenIds = Annotated[list[TokenId], Field(max_length=MAX_STOP_TOKEN_IDS)]
+LogitBias = Annotated[dict[str, Bias], Field(max_length=MAX_LOGIT_BIAS)]
