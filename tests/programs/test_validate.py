@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from pydantic import ValidationError
 
+from legato.programs.call_bound import MAX_PLANNED_CALLS, planned_calls
 from legato.programs.spec import (
     END,
     ConditionSpec,
@@ -19,9 +21,6 @@ from legato.programs.spec import (
     VarArg,
     VarSpec,
 )
-from pydantic import ValidationError
-
-from legato.programs.call_bound import MAX_PLANNED_CALLS, planned_calls
 from legato.programs.validate import MAX_LOOP_BOUND, ProgramValidationError, validate
 
 
