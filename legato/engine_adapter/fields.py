@@ -11,9 +11,9 @@ JSON has no NaN or Infinity, and a NaN compares false with every bound. Request 
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
-from pydantic import ConfigDict, Field
+from pydantic import BeforeValidator, ConfigDict, Field
 
 U64_MAX = 2**64 - 1  # seeds: the torch and numpy generators take 64-bit unsigned seeds
 I64_MAX = 2**63 - 1  # store sequence numbers: SQLite's INTEGER and Redis' counters are signed 64-bit
@@ -38,15 +38,27 @@ MAX_DAY_S = 86_400.0  # any duration a client may state (timeouts, backoffs, too
 STRICT_REQUEST = ConfigDict(extra="forbid", strict=True)
 """Request models: unknown fields are refused (named in the 4xx) and types are not coerced."""
 
+
+def _integral(value: Any) -> Any:
+    """JSON has one number type: `5.0` is the integer 5 (JSON Schema agrees), `5.5` is not."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**63:
+        return int(value)
+    return value
+
+
+INTEGRAL = BeforeValidator(_integral)
+"""On every integer field of a request: strict (no `"5"`, no `true`), but `5.0` is 5. It comes
+last in `Annotated[int, Field(...), INTEGRAL]`, so the bounds stay in the JSON schema."""
+
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
-Seed = Annotated[int, Field(ge=0, le=U64_MAX, description="0 .. 2^64-1")]
-StoreSeq = Annotated[int, Field(ge=0, le=I64_MAX)]
-TokenId = Annotated[int, Field(ge=0, le=I32_MAX)]
-TokenCount = Annotated[int, Field(ge=1, le=I32_MAX)]
-Priority = Annotated[int, Field(ge=-I32_MAX - 1, le=I32_MAX)]
-TopK = Annotated[int, Field(ge=-1, le=I32_MAX, description="-1 or 0 disables top-k.")]
-SampleCount = Annotated[int, Field(ge=1, le=MAX_N)]
-TopLogprobs = Annotated[int, Field(ge=0, le=MAX_TOP_LOGPROBS)]
+Seed = Annotated[int, Field(ge=0, le=U64_MAX, description="0 .. 2^64-1"), INTEGRAL]
+StoreSeq = Annotated[int, Field(ge=0, le=I64_MAX), INTEGRAL]
+TokenId = Annotated[int, Field(ge=0, le=I32_MAX), INTEGRAL]
+TokenCount = Annotated[int, Field(ge=1, le=I32_MAX), INTEGRAL]
+Priority = Annotated[int, Field(ge=-I32_MAX - 1, le=I32_MAX), INTEGRAL]
+TopK = Annotated[int, Field(ge=-1, le=I32_MAX, description="-1 or 0 disables top-k."), INTEGRAL]
+SampleCount = Annotated[int, Field(ge=1, le=MAX_N), INTEGRAL]
+TopLogprobs = Annotated[int, Field(ge=0, le=MAX_TOP_LOGPROBS), INTEGRAL]
 Temperature = Annotated[
     float, Field(ge=0, le=2, allow_inf_nan=False, description="0 = greedy; OpenAI's range.")
 ]

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -143,11 +143,11 @@ class SamplingFields(OpenAIRequest):
     service_tier: Literal["auto", "default"] | None = Field(
         default=None, description="One tier is served here: `auto` and `default` (the same) only."
     )
-    store: bool | None = Field(
-        default=None, description="Completions are never stored here: `true` is refused."
+    store: Literal[False] | None = Field(
+        default=None, description="Completions are never stored here: only `false` is taken."
     )
     metadata: dict[str, str] | None = Field(
-        default=None, description="Only kept with `store: true` (refused here): must be empty."
+        default=None, max_length=0, description="Only kept with `store: true` (refused here): must be empty."
     )
     stream: bool = False
     stream_options: StreamOptions | None = None
@@ -175,9 +175,12 @@ class SamplingFields(OpenAIRequest):
 
 
 class CompletionRequest(SamplingFields):
-    prompt: str | list[int] | list[str] | list[list[int]] = Field(
-        description="Text, or token ids. A batch (list of prompts) must hold exactly one prompt."
-    )
+    prompt: (
+        Annotated[str, Field(min_length=1)]
+        | Annotated[list[TokenId], Field(min_length=1)]
+        | Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1, max_length=1)]
+        | Annotated[list[Annotated[list[TokenId], Field(min_length=1)]], Field(min_length=1, max_length=1)]
+    ) = Field(description="Text, or token ids. A batch (list of prompts) must hold exactly one prompt.")
     max_tokens: TokenCount | None = 16
     logprobs: TopLogprobs | None = Field(
         default=None,
@@ -190,7 +193,9 @@ class CompletionRequest(SamplingFields):
         description=f"Draw this many samples (n..{MAX_N}) and return the `n` with the highest total "
         "logprob; not with `stream`.",
     )
-    suffix: str | None = Field(default=None, description="Insertion is not supported: must be empty.")
+    suffix: str | None = Field(
+        default=None, max_length=0, description="Insertion is not supported: must be empty."
+    )
     return_token_ids: bool = Field(default=False, description="vLLM extra: include `token_ids` per choice.")
     structured_outputs: StructuredOutputs | None = Field(
         default=None, description="vLLM extra: constrain the output to a JSON Schema or a Lark grammar."

@@ -17,7 +17,15 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
-from legato.engine_adapter.fields import STRICT_REQUEST, Seconds, Seed, StopString, Temperature, TopP
+from legato.engine_adapter.fields import (
+    INTEGRAL,
+    STRICT_REQUEST,
+    Seconds,
+    Seed,
+    StopString,
+    Temperature,
+    TopP,
+)
 
 END = "__end__"
 """Pseudo node name: routing here ends the run."""
@@ -35,12 +43,12 @@ MAX_TIMEOUT_S = 3600.0  # a step's attempt; also the longest retry backoff
 MAX_MAX_TOKENS = 32_768
 MAX_STOP = 64
 
-Retries = Annotated[int, Field(ge=0, le=MAX_RETRIES)]
+Retries = Annotated[int, Field(ge=0, le=MAX_RETRIES), INTEGRAL]
 StepTimeout = Annotated[float, Field(gt=0, le=MAX_TIMEOUT_S, allow_inf_nan=False)]
 Backoff = Annotated[Seconds, Field(le=MAX_TIMEOUT_S)]
-LoopBound = Annotated[int, Field(ge=1, le=MAX_LOOP_BOUND)]
-FanOut = Annotated[int, Field(ge=1, le=MAX_FAN_OUT)]
-NodeMaxTokens = Annotated[int, Field(ge=1, le=MAX_MAX_TOKENS)]
+LoopBound = Annotated[int, Field(ge=1, le=MAX_LOOP_BOUND), INTEGRAL]
+FanOut = Annotated[int, Field(ge=1, le=MAX_FAN_OUT), INTEGRAL]
+NodeMaxTokens = Annotated[int, Field(ge=1, le=MAX_MAX_TOKENS), INTEGRAL]
 
 ConditionOp = Literal[
     "eq", "ne", "lt", "le", "gt", "ge",

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, JsonValue, model_validator
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, model_validator
+from pydantic.json_schema import SkipJsonSchema
 
 from legato.engine_adapter.fields import STRICT_REQUEST
 from legato.programs.spec import ProgramSpec
@@ -36,10 +37,28 @@ class ProgramList(BaseModel):
 class RunCreate(_Request):
     """Start a run of a registered program (`program_id`) or of an inline `program`."""
 
-    program_id: str | None = Field(None, description="id from POST /v1/programs")
-    program: ProgramSpec | None = Field(None, description="an inline program (instead of program_id)")
+    # exactly one of the two, as the schema's `oneOf` says (null is not "absent": it is refused)
+    model_config = STRICT_REQUEST | ConfigDict(
+        json_schema_extra={"oneOf": [{"required": ["program_id"]}, {"required": ["program"]}]}
+    )
+
+    program_id: str | SkipJsonSchema[None] = Field(
+        None, min_length=1, max_length=128, description="id from POST /v1/programs"
+    )
+    program: ProgramSpec | SkipJsonSchema[None] = Field(
+        None, description="an inline program (instead of program_id)"
+    )
     inputs: dict[str, JsonValue] = Field(default_factory=dict, description="initial state variables")
     metadata: dict[str, str] = Field(default_factory=dict, description="free-form labels, returned as given")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_nulls(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for name in ("program_id", "program"):
+                if name in data and data[name] is None:
+                    raise ValueError(f"{name} is null: leave it out instead")
+        return data
 
     @model_validator(mode="after")
     def _one_program(self) -> RunCreate:

@@ -185,15 +185,25 @@ def test_passes_priority_cache_salt_and_session(fake_url: str, fake_engine: Fake
     ("path", "body", "status", "needle"),
     [
         ("/v1/completions", {"model": "nope", "prompt": "x"}, 404, "'fake-model'"),
-        ("/v1/completions", {"model": MODEL, "prompt": "x", "max_tokens": 0}, 400, "max_tokens must be >= 1"),
+        (
+            "/v1/completions",
+            {"model": MODEL, "prompt": "x", "max_tokens": 0},
+            400,
+            "max_tokens: Input should be greater than or equal to 1",
+        ),
         ("/v1/completions", {"model": MODEL, "prompt": "x" * 500, "max_tokens": 20}, 400, "context of 512"),
         ("/v1/completions", {"model": MODEL, "prompt": "x" * 450, "max_tokens": 10}, 400, "exceeds the 400"),
         ("/v1/completions", {"model": MODEL, "prompt": "x", "n": 2}, 400, "draws one sample per request"),
-        ("/v1/completions", {"model": MODEL, "prompt": "x", "n": 0}, 400, "n must be between 1 and 128"),
+        (
+            "/v1/completions",
+            {"model": MODEL, "prompt": "x", "n": 0},
+            400,
+            "n: Input should be greater than or equal to 1",
+        ),
         ("/v1/completions", {"model": MODEL, "prompt": "x", "logit_bias": {"a": 1}}, 400, "logit_bias"),
         ("/v1/completions", {"model": MODEL, "prompt": "x", "frobnicate": 1}, 400, "frobnicate"),
         ("/v1/completions", {"model": MODEL, "prompt": [1, 9999]}, 400, "outside the vocabulary"),
-        ("/v1/completions", {"model": MODEL, "prompt": ""}, 400, "prompt is empty"),
+        ("/v1/completions", {"model": MODEL, "prompt": ""}, 400, "prompt: String should have at least 1"),
         ("/v1/completions", {"model": MODEL, "prompt": "x", "temperature": -1}, 400, "temperature"),
         ("/v1/chat/completions", {"model": MODEL}, 400, "messages"),
         (

@@ -151,9 +151,9 @@ def test_program_ids_are_namespaced_per_tenant_and_release_ends_them(served: Ser
     ("patch", "status", "says"),
     [
         ({"model": "gpt-4"}, 404, "not served here"),
-        ({"n": 0}, 400, "n must be between 1 and 128"),
-        ({"n": 1000}, 400, "n must be between 1 and 128"),
-        ({"max_tokens": 0}, 400, "max_tokens must be >= 1"),
+        ({"n": 0}, 400, "n: Input should be greater than or equal to 1"),
+        ({"n": 1000}, 400, "n: Input should be less than or equal to 128"),
+        ({"max_tokens": 0}, 400, "max_tokens: Input should be greater than or equal to 1"),
         ({"max_tokens": 10_000_000}, 400, "exceed"),
         ({"messages": []}, 400, "messages"),
         ({"program_id": "x" * 300}, 400, "program_id"),

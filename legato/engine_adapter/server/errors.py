@@ -4,6 +4,7 @@ FastAPI's 422) naming the field to fix for every invalid request.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from fastapi.exceptions import RequestValidationError
@@ -51,14 +52,20 @@ def error_body(status: int, message: str, param: str | None = None) -> dict[str,
     return ErrorResponse(error=info).model_dump()
 
 
+# pydantic names the member of a union that failed in `loc` ("constrained-str", "list[int]",
+# "function-before[...]"): noise to a client, who knows the field only
+_UNION_TAG = re.compile(r"^(?:str|int|float|bool|constrained-\w+|[\w-]+\[.*\])$")
+
+
 def validation_message(exc: RequestValidationError) -> str:
-    parts = []
+    parts: list[str] = []
     for err in exc.errors():
         if err.get("type") == "json_invalid":
             return f"request body is not valid JSON ({err.get('ctx', {}).get('error', 'parse error')})"
-        loc = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
+        path = [p for p in err.get("loc", ()) if p != "body"]
+        loc = ".".join(str(p) for p in path if not (isinstance(p, str) and _UNION_TAG.match(p)))
         if err.get("type") == "extra_forbidden":
             parts.append(f"{loc}: this server does not support this field; remove it (see /docs)")
             continue
         parts.append(f"{loc or 'body'}: {err.get('msg', 'invalid')}")
-    return "invalid request: " + "; ".join(parts)
+    return "invalid request: " + "; ".join(dict.fromkeys(parts))

@@ -48,8 +48,8 @@ def _lone_surrogate(value: Any) -> str | None:
             if not item.isascii():
                 try:
                     item.encode("utf-8")
-                except UnicodeEncodeError:
-                    return path or "(the body)"
+                except UnicodeEncodeError:  # the path may hold it too: escape it for the message
+                    return (path or "(the body)").encode("utf-8", "backslashreplace").decode("utf-8")
         elif isinstance(item, dict):
             for key, child in item.items():
                 where = f"{path}.{key}" if path else str(key)
