@@ -45,7 +45,10 @@ MAX_STOP = 64
 
 Retries = Annotated[int, Field(ge=0, le=MAX_RETRIES), INTEGRAL]
 StepTimeout = Annotated[float, Field(gt=0, le=MAX_TIMEOUT_S, allow_inf_nan=False)]
-Backoff = Annotated[Seconds, Field(le=MAX_TIMEOUT_S)]
+# The first retry delay doubles at each retry: bounded so the longest schedule (MAX_RETRIES
+# doublings) sleeps at most MAX_TIMEOUT_S in all, 3600 / (2^10 - 1) = 3.52 s.
+MAX_BACKOFF_S = MAX_TIMEOUT_S / (2**MAX_RETRIES - 1)
+Backoff = Annotated[Seconds, Field(le=MAX_BACKOFF_S)]
 LoopBound = Annotated[int, Field(ge=1, le=MAX_LOOP_BOUND), INTEGRAL]
 FanOut = Annotated[int, Field(ge=1, le=MAX_FAN_OUT), INTEGRAL]
 NodeMaxTokens = Annotated[int, Field(ge=1, le=MAX_MAX_TOKENS), INTEGRAL]

@@ -61,6 +61,15 @@ def test_seeded_samples_differ_and_reproduce(make_core: Callable[..., EngineCore
     assert [t for o in alone for t in o.token_ids] == a[1]
 
 
+def test_the_largest_seed_with_several_samples_wraps_instead_of_failing(
+    make_core: Callable[..., EngineCore],
+) -> None:
+    core = make_core()
+    sp = SamplingParams(max_tokens=4, temperature=1.0, seed=2**64 - 1, ignore_eos=True, n=3)
+    samples = _by_sample(core.run_to_completion([GenerateRequest("r", (1, 2, 3), sp)])["r"], 3)
+    assert [len(s) for s in samples] == [4, 4, 4]
+
+
 def test_forked_samples_survive_preemption(make_core: Callable[..., EngineCore]) -> None:
     # 12 blocks of 4 tokens: 3 samples of 10 + 16 tokens cannot all stay resident.
     core = make_core(num_blocks=12, block_size=4, max_num_batched_tokens=32)

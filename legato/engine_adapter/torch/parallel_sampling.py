@@ -38,7 +38,10 @@ def fork_samples(seq: Sequence, blocks: BlockManager, arrivals: itertools.count[
                 arrival=next(arrivals),  # its own decode-workspace row
                 extra_keys=seq.extra_keys,
                 stop_token_ids=seq.stop_token_ids,
-                generator=torch.Generator().manual_seed(sp.seed + i) if sp.seed is not None else None,
+                # wraps at 2^64 (torch's seed range; a seed of 2^64 - 1 with n > 1 overflowed)
+                generator=torch.Generator().manual_seed((sp.seed + i) % 2**64)
+                if sp.seed is not None
+                else None,
                 # Its own matcher: a shared one would move on every sibling's tokens (and a
                 # missing one would leave the sample unconstrained).
                 grammar=None if seq.grammar is None else seq.grammar.fork(),
