@@ -21,24 +21,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from legato.engine_adapter.fields import (
-    MAX_N,
-    MAX_TOP_LOGPROBS,
-    STRICT_REQUEST,
-    LogitBias,
-    Penalty,
-    Priority,
-    SampleCount,
-    Seed,
-    StopList,
-    StopTokenIds,
-    Temperature,
-    TokenCount,
-    TokenId,
-    TopK,
-    TopLogprobs,
-    TopP,
-)
+from legato.engine_adapter import fields as f
 from legato.engine_adapter.openai_tools import (
     ResponseFormat,
     StructuredOutputs,
@@ -65,10 +48,10 @@ class OpenAIRequest(BaseModel):
     or answered with a 400 that names it (the server turns `extra_forbidden` into that message).
     Types are strict: `"stream": "yes"` is a 400, not `true`."""
 
-    model_config = STRICT_REQUEST
+    model_config = f.STRICT_REQUEST
 
 
-__all__ = ["MAX_N", "MAX_TOP_LOGPROBS"]  # defined in `fields`, where every bound lives
+MAX_N, MAX_TOP_LOGPROBS = f.MAX_N, f.MAX_TOP_LOGPROBS  # every bound lives in `fields`
 
 
 class _Response(BaseModel):
@@ -118,26 +101,26 @@ class SamplingFields(OpenAIRequest):
     vLLM's extras). Defaults are OpenAI's: temperature 1, top_p 1."""
 
     model: str
-    max_tokens: TokenCount | None = Field(default=None, description="Tokens to generate at most (>= 1).")
-    temperature: Temperature = 1.0
-    top_p: TopP = 1.0
-    top_k: TopK = Field(default=0, description="vLLM extra; 0 or -1 disables top-k.")
-    seed: Seed | None = None
-    stop: StopList | None = None
-    stop_token_ids: StopTokenIds | None = Field(default=None, description="vLLM extra.")
+    max_tokens: f.TokenCount | None = Field(default=None, description="Tokens to generate at most (>= 1).")
+    temperature: f.Temperature = 1.0
+    top_p: f.TopP = 1.0
+    top_k: f.TopK = Field(default=0, description="vLLM extra; 0 or -1 disables top-k.")
+    seed: f.Seed | None = None
+    stop: f.StopList | None = None
+    stop_token_ids: f.StopTokenIds | None = Field(default=None, description="vLLM extra.")
     ignore_eos: bool = Field(default=False, description="vLLM extra.")
-    n: SampleCount = Field(
+    n: f.SampleCount = Field(
         default=1,
         description=f"Samples of the prompt (1..{MAX_N}): prefilled once, their KV forked, returned as "
         "`choices[i]` with `index` i. Engines without parallel sampling take only 1.",
     )
-    presence_penalty: Penalty = Field(
+    presence_penalty: f.Penalty = Field(
         default=0.0, description="Subtracted from the logit of every token generated so far."
     )
-    frequency_penalty: Penalty = Field(
+    frequency_penalty: f.Penalty = Field(
         default=0.0, description="Subtracted once per occurrence among the generated tokens."
     )
-    logit_bias: LogitBias | None = Field(
+    logit_bias: f.LogitBias | None = Field(
         default=None, description="Token id (as a string) -> bias in [-100, 100] added to its logit."
     )
     service_tier: Literal["auto", "default"] | None = Field(
@@ -151,7 +134,7 @@ class SamplingFields(OpenAIRequest):
     )
     stream: bool = False
     stream_options: StreamOptions | None = None
-    priority: Priority = Field(default=0, description="vLLM extra: lower runs first.")
+    priority: f.Priority = Field(default=0, description="vLLM extra: lower runs first.")
     cache_salt: str | None = Field(
         default=None,
         description=(
@@ -177,18 +160,18 @@ class SamplingFields(OpenAIRequest):
 class CompletionRequest(SamplingFields):
     prompt: (
         Annotated[str, Field(min_length=1)]
-        | Annotated[list[TokenId], Field(min_length=1)]
+        | Annotated[list[f.TokenId], Field(min_length=1)]
         | Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1, max_length=1)]
-        | Annotated[list[Annotated[list[TokenId], Field(min_length=1)]], Field(min_length=1, max_length=1)]
+        | Annotated[list[Annotated[list[f.TokenId], Field(min_length=1)]], Field(min_length=1, max_length=1)]
     ) = Field(description="Text, or token ids. A batch (list of prompts) must hold exactly one prompt.")
-    max_tokens: TokenCount | None = 16
-    logprobs: TopLogprobs | None = Field(
+    max_tokens: f.TokenCount | None = 16
+    logprobs: f.TopLogprobs | None = Field(
         default=None,
         description="Return each token's logprob and the `logprobs` most likely alternatives "
         "(log-softmax of the raw model logits).",
     )
     echo: bool = Field(default=False, description="Prepend the prompt's text (not with `logprobs`).")
-    best_of: SampleCount | None = Field(
+    best_of: f.SampleCount | None = Field(
         default=None,
         description=f"Draw this many samples (n..{MAX_N}) and return the `n` with the highest total "
         "logprob; not with `stream`.",
@@ -261,11 +244,11 @@ class ChatMessage(OpenAIRequest):
 
 class ChatCompletionRequest(SamplingFields):
     messages: list[ChatMessage] = Field(min_length=1)
-    max_completion_tokens: TokenCount | None = Field(
+    max_completion_tokens: f.TokenCount | None = Field(
         default=None, description="OpenAI's newer name for max_tokens."
     )
     logprobs: bool = False
-    top_logprobs: TopLogprobs | None = Field(
+    top_logprobs: f.TopLogprobs | None = Field(
         default=None,
         description="With `logprobs`: the most likely alternatives at each token (log-softmax of the "
         "raw model logits, as vLLM reports them).",
@@ -383,7 +366,7 @@ class TokenizeResponse(_Response):
 
 class DetokenizeRequest(_Request):
     model: str | None = None
-    tokens: list[TokenId]
+    tokens: list[f.TokenId]
 
 
 class DetokenizeResponse(_Response):
@@ -396,31 +379,31 @@ class DetokenizeResponse(_Response):
 class SGLangSamplingParams(_Request):
     """SGLang's `sampling_params` (the subset an engine of ours can honour)."""
 
-    max_new_tokens: TokenCount = Field(default=128, description="Tokens to generate at most (>= 1).")
-    temperature: Temperature = 1.0
-    top_p: TopP = 1.0
-    top_k: TopK = -1
-    stop: StopList | None = None
-    stop_token_ids: StopTokenIds | None = None
+    max_new_tokens: f.TokenCount = Field(default=128, description="Tokens to generate at most (>= 1).")
+    temperature: f.Temperature = 1.0
+    top_p: f.TopP = 1.0
+    top_k: f.TopK = -1
+    stop: f.StopList | None = None
+    stop_token_ids: f.StopTokenIds | None = None
     ignore_eos: bool = False
-    seed: Seed | None = Field(default=None, description="Alias of SGLang's `sampling_seed`.")
-    n: SampleCount = Field(default=1, description="Only 1 here; `/v1/completions` takes n > 1.")
-    sampling_seed: Seed | None = None
+    seed: f.Seed | None = Field(default=None, description="Alias of SGLang's `sampling_seed`.")
+    n: f.SampleCount = Field(default=1, description="Only 1 here; `/v1/completions` takes n > 1.")
+    sampling_seed: f.Seed | None = None
     json_schema: str | None = Field(default=None, description="Constrain the output to this JSON Schema.")
     ebnf: str | None = Field(default=None, description="Constrain the output to this (Lark) grammar.")
-    presence_penalty: Penalty = 0.0
-    frequency_penalty: Penalty = 0.0
-    logit_bias: LogitBias | None = None
+    presence_penalty: f.Penalty = 0.0
+    frequency_penalty: f.Penalty = 0.0
+    logit_bias: f.LogitBias | None = None
 
 
 class SGLangGenerateRequest(_Request):
     text: str | None = None
-    input_ids: list[TokenId] | None = None
+    input_ids: list[f.TokenId] | None = None
     sampling_params: SGLangSamplingParams = Field(default_factory=SGLangSamplingParams)
     return_logprob: bool = False
     rid: str | None = None
     stream: bool = False
-    priority: Priority | None = Field(default=None, description="SGLang's convention: higher runs first.")
+    priority: f.Priority | None = Field(default=None, description="SGLang's convention: higher runs first.")
     session_id: str | None = Field(default=None, description="Session identity (routing/affinity only).")
     routing_key: str | None = None
     cache_salt: str | None = None
@@ -464,32 +447,32 @@ class SGLangAbortRequest(_Request):
 class VLLMTokenSamplingParams(_Request):
     """vLLM's `SamplingParams` as JSON (the subset an engine of ours can honour)."""
 
-    max_tokens: TokenCount = Field(default=16, description="Tokens to generate at most (>= 1).")
-    temperature: Temperature = 1.0
-    top_p: TopP = 1.0
-    top_k: TopK = 0
-    seed: Seed | None = None
-    n: SampleCount = Field(default=1, description="Only 1 here; `/v1/completions` takes n > 1.")
-    stop: StopList | None = None
-    stop_token_ids: StopTokenIds | None = None
+    max_tokens: f.TokenCount = Field(default=16, description="Tokens to generate at most (>= 1).")
+    temperature: f.Temperature = 1.0
+    top_p: f.TopP = 1.0
+    top_k: f.TopK = 0
+    seed: f.Seed | None = None
+    n: f.SampleCount = Field(default=1, description="Only 1 here; `/v1/completions` takes n > 1.")
+    stop: f.StopList | None = None
+    stop_token_ids: f.StopTokenIds | None = None
     ignore_eos: bool = False
-    logprobs: TopLogprobs | None = Field(
+    logprobs: f.TopLogprobs | None = Field(
         default=None, description="Return the sampled tokens' logprobs and this many alternatives."
     )
     structured_outputs: StructuredOutputs | None = None
-    presence_penalty: Penalty = 0.0
-    frequency_penalty: Penalty = 0.0
-    logit_bias: LogitBias | None = None
+    presence_penalty: f.Penalty = 0.0
+    frequency_penalty: f.Penalty = 0.0
+    logit_bias: f.LogitBias | None = None
 
 
 class VLLMGenerateRequest(_Request):
     request_id: str | None = None
-    token_ids: list[TokenId]
+    token_ids: list[f.TokenId]
     sampling_params: VLLMTokenSamplingParams = Field(default_factory=VLLMTokenSamplingParams)
     model: str | None = None
     stream: bool = False
     cache_salt: str | None = None
-    priority: Priority = 0
+    priority: f.Priority = 0
 
 
 class VLLMGenerateChoice(_Response):
