@@ -68,7 +68,7 @@ async def test_a_tool_stopped_mid_flight_reruns_only_if_pure(pure: bool) -> None
         assert [s.node for s in resumed.steps] == ["one", "two", "three"]
     else:
         assert resumed.status == RunStatus.INTERRUPTED and len(calls) == 1
-        assert "not declared pure" in (resumed.error or "")
+        assert "neither pure nor idempotent" in (resumed.error or "")
 
 
 def test_graceful_restart_suspends_and_resumes(make_server: MakeServerFactory, tmp_path: Path) -> None:
