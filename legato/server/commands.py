@@ -88,6 +88,14 @@ def serve(
         int, typer.Option(min=1, help="Concurrent runs of the keyless default tenant.")
     ] = 64,
     log_level: Annotated[str, typer.Option(help="Log level (JSON lines on stderr).")] = "info",
+    drain_timeout: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            help="On SIGTERM: /readyz goes 503, no new runs, and steps in flight get this many "
+            "seconds to finish before the server stops (runs left resume on the next start).",
+        ),
+    ] = 30.0,
 ) -> None:
     """Serve the REST workflow API (/v1/programs, /v1/runs with SSE events), /healthz, /readyz.
 
@@ -138,7 +146,10 @@ def serve(
     bound_host, bound_port = sock.getsockname()[:2]
     shown = f"[{bound_host}]" if ":" in bound_host else bound_host
     app = create_app(state)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=5))
+    from legato.server.draining import DrainingServer
+
+    config_uv = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=5)
+    server = DrainingServer(config_uv, state, drain_timeout)
     where = f"redis {redis_url}" if redis_url else f"sqlite {db}"
     replicas = ", ".join(getattr(e, "model_name", "?") for e in engines)
     typer.echo(

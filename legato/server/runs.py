@@ -96,6 +96,7 @@ class RunManager:
         self.renderer = PromptRenderer(executor.scheduler.tokenizer)
         self.live: dict[str, LiveRun] = {}
         self.shutting_down = False
+        self.draining = False  # a graceful drain: admit no new run (see `drain`)
         self._user_cancelled: set[str] = set()
         self._tg: TaskGroup | None = None
 
@@ -163,7 +164,7 @@ class RunManager:
         compiled = compile_spec(spec, self.registry)
         self.check_inputs(compiled, inputs)
         self.quotas.check_run_start(tenant)
-        if self._tg is None or self.shutting_down:
+        if self._tg is None or self.shutting_down or self.draining:
             raise ApiError(503, "the server is not accepting runs right now (starting or stopping)")
         record = RunRecord(
             id="run_" + uuid.uuid4().hex,
@@ -336,6 +337,12 @@ class RunManager:
         record.finished_at = record.updated_at = time.time()
         await self.store.save_run(record)
         return record
+
+    async def drain(self, timeout_s: float) -> int:
+        """Admit no new run; hold every run at its next step; wait up to `timeout_s` for the
+        steps that cannot stop safely (`legato.programs.drain`). Returns how many still run."""
+        self.draining = True
+        return await self.executor.gate.drain(timeout_s)
 
     def active_count(self) -> int:
         return len(self.live)
