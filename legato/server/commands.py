@@ -96,6 +96,14 @@ def serve(
             "seconds to finish before the server stops (runs left resume on the next start).",
         ),
     ] = 30.0,
+    lease_s: Annotated[
+        float,
+        typer.Option(
+            min=0.2,
+            help="With --redis-url (several instances may share it): a run's owner renews its "
+            "lease every lease/3 s; if it dies, another instance takes the run over after this.",
+        ),
+    ] = 10.0,
 ) -> None:
     """Serve the REST workflow API (/v1/programs, /v1/runs with SSE events), /healthz, /readyz.
 
@@ -131,6 +139,7 @@ def serve(
         db_path=db,
         redis_url=redis_url,
         redis_prefix=redis_prefix,
+        lease_s=lease_s,
         single_tenant=single_tenant,  # type: ignore[arg-type]
         default_max_concurrent_runs=max_concurrent_runs,
         policy=policy,

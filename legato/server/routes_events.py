@@ -6,6 +6,10 @@ after it: lifecycle events (node, tool, status, run events) are stored, so they 
 the store even after a restart; `token` events are live only (replayed only while the same server
 still holds them in memory). The stream ends after `run_finished`; a comment line is sent every
 `sse_keepalive_s` while the run is quiet so proxies keep the connection open.
+
+Several instances on one Redis: a run driven by another instance is followed through the store
+(its stored events, polled every `STORE_POLL_S`; no `token` events), so any instance serves any
+run's stream.
 """
 
 from __future__ import annotations
@@ -25,6 +29,11 @@ from legato.server.state import ServerState
 from legato.server.store.base import EventRecord
 
 router = APIRouter(prefix="/v1/runs", tags=["runs"])
+
+# How often a stream of a run driven by another instance reads the shared store. Events of one
+# step arrive together (a step takes at least one store round trip); a fraction of a second
+# keeps the stream live without loading the store: ~5 reads per second per stream.
+STORE_POLL_S = 0.2
 
 
 def sse(event: EventRecord) -> bytes:
@@ -60,6 +69,9 @@ async def event_stream(state: ServerState, run_id: str, after: int) -> AsyncIter
                 if event.kind == "run_finished":
                     return
         if live is None:
+            if state.store.lease_s is not None:  # shared store: another instance may drive it
+                async for chunk in _follow_store(state, run_id, last, keepalive):
+                    yield chunk
             return
         while True:
             with anyio.move_on_after(keepalive):
@@ -77,6 +89,28 @@ async def event_stream(state: ServerState, run_id: str, after: int) -> AsyncIter
     finally:
         if live is not None:
             live.close()
+
+
+async def _follow_store(state: ServerState, run_id: str, last: int, keepalive: float) -> AsyncIterator[bytes]:
+    quiet = 0.0
+    while True:
+        events = await state.store.events(run_id, last)
+        for event in events:
+            last = event.seq
+            yield sse(event)
+            if event.kind == "run_finished":
+                return
+        if not events:
+            record = await state.store.get_run(run_id)
+            if record is None or (record.finished and not await state.store.events(run_id, last)):
+                return
+            quiet += STORE_POLL_S
+            if quiet >= keepalive:
+                quiet = 0.0
+                yield b": keepalive\n\n"
+        else:
+            quiet = 0.0
+        await anyio.sleep(STORE_POLL_S)
 
 
 @router.get(

@@ -10,6 +10,11 @@ published, so a client that saw `run_finished` reads a finished run.
 On startup `resume_unfinished` resubmits every run the store still shows in flight, under the
 same run id: the executor replays its journal and continues after the last finished step.
 On shutdown runs are cancelled *without* marking them cancelled, so the next server resumes them.
+
+A shared store (Redis, several instances): a run is driven by the instance holding its lease
+(`RunStore.claim_run`). `keep_leases` renews them and takes over runs whose owner's lease expired
+(it died) or was released (it stopped); a run whose lease this instance lost is stopped here
+without another write (its writes are fenced in the store anyway).
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from legato.server.auth import QuotaTracker, Tenant
 from legato.server.config import Limits
 from legato.server.errors import ApiError
 from legato.server.store.base import EventRecord, RunRecord, RunStore
+from legato.server.store.redis_leases import StaleOwnerError
 
 log = logging.getLogger(__name__)
 
@@ -99,10 +105,14 @@ class RunManager:
         self.draining = False  # a graceful drain: admit no new run (see `drain`)
         self._user_cancelled: set[str] = set()
         self._tg: TaskGroup | None = None
+        self._lease_scope: anyio.CancelScope | None = None  # the lease loop's (shared stores)
 
     async def __aenter__(self) -> RunManager:
         self._tg = anyio.create_task_group()
         await self._tg.__aenter__()
+        if self.store.lease_s is not None:
+            self._lease_scope = anyio.CancelScope()
+            self._tg.start_soon(self.keep_leases, self.store.lease_s, name="run leases")
         return self
 
     async def __aexit__(
@@ -114,6 +124,8 @@ class RunManager:
             self.executor.cancel(run_id)
         assert self._tg is not None
         tg, self._tg = self._tg, None
+        if self._lease_scope is not None:
+            self._lease_scope.cancel()
         # runs were cancelled above; a recorder stuck on a dead store must not hold shutdown forever
         tg.cancel_scope.deadline = anyio.current_time() + SHUTDOWN_TIMEOUT_S
         return await tg.__aexit__(exc_type, exc, tb)
@@ -178,6 +190,7 @@ class RunManager:
         self.set_weight(tenant.id, tenant.weight)
         self.quotas.active[tenant.id] += 1  # counted before the first await: no quota race
         try:
+            await self.store.claim_run(record.id)  # a new id: always ours, leased before it is listed
             record = await self.store.create_run(record)
         except BaseException:
             self.quotas.active[tenant.id] -= 1
@@ -195,8 +208,14 @@ class RunManager:
     async def resume_unfinished(self) -> int:
         """Resubmit every run the store shows in flight (after a restart); returns how many."""
         count = 0
-        for record in await self.store.unfinished_runs():
-            if record.id in self.live:
+        for listed in await self.store.claimable_runs():
+            if listed.id in self.live or self._tg is None or self.shutting_down or self.draining:
+                continue
+            if not await self.store.claim_run(listed.id):
+                continue  # another instance was first
+            record = await self.store.get_run(listed.id)  # as it is now that we own it
+            if record is None or record.finished:
+                await self.store.release_run(listed.id)
                 continue
             try:
                 compiled = compile_spec(ProgramSpec.model_validate(record.spec), self.registry)
@@ -213,6 +232,26 @@ class RunManager:
             log.info("run resumed", extra={"run_id": record.id, "program_id": record.program_id})
             count += 1
         return count
+
+    async def keep_leases(self, lease_s: float) -> None:
+        """Heartbeat (renew every lease of this instance's live runs) and take over runs no one
+        holds, every `lease_s / 3` (so a lease is renewed twice before it can expire)."""
+        assert self._lease_scope is not None
+        with self._lease_scope:
+            while True:
+                await anyio.sleep(lease_s / 3)
+                await self._beat()
+
+    async def _beat(self) -> None:
+        try:
+            for run_id in await self.store.renew_runs(list(self.live)):
+                log.warning("lost the lease of run %s: stopping it here", run_id, extra={"run_id": run_id})
+                self.executor.cancel(run_id)
+            taken = await self.resume_unfinished()
+            if taken:
+                log.info("took over %d run(s) whose owner stopped or died", taken)
+        except Exception:  # e.g. the store is briefly unreachable: try again next beat
+            log.exception("renewing run leases failed")
 
     # -- one run -----------------------------------------------------------------------------
     async def _drive(self, live: LiveRun, compiled: CompiledProgram) -> None:
@@ -233,15 +272,23 @@ class RunManager:
                     await self._record(live, event)
             if not record.finished:  # the subscription ended without run_finished (dropped)
                 await self._finish(record, handle)
+        except StaleOwnerError as exc:  # another instance owns the run now: it writes, not us
+            log.warning("%s", exc, extra={"run_id": run_id})
+            self.executor.cancel(run_id)
         except Exception as exc:
             log.exception("run %s: recording failed", run_id, extra={"run_id": run_id})
             self.executor.cancel(run_id)  # no run goes on unrecorded
-            if not record.finished and not self.shutting_down:
+            if not record.finished and not self.shutting_down and self.store.owns(run_id):
                 record.status, record.error = "failed", f"internal error while recording the run: {exc}"
                 record.finished_at = record.updated_at = time.time()
                 with anyio.CancelScope(shield=True), anyio.move_on_after(RESULT_TIMEOUT_S):
                     await self.store.save_run(record)
         finally:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(RESULT_TIMEOUT_S):
+                try:  # finished, or suspended: another instance may take it over at once
+                    await self.store.release_run(run_id)
+                except Exception:  # the lease then expires on its own
+                    log.warning("run %s: releasing its lease failed", run_id, exc_info=True)
             self.live.pop(run_id, None)
             self.quotas.active[record.tenant_id] -= 1
             self._user_cancelled.discard(run_id)
@@ -279,7 +326,9 @@ class RunManager:
                 return last + 1
 
     def _suspended(self, run_id: str) -> bool:
-        return self.shutting_down and run_id not in self._user_cancelled
+        """Leave the record in flight: the server stops (not a user's cancel), or another
+        instance owns the run now."""
+        return (self.shutting_down and run_id not in self._user_cancelled) or not self.store.owns(run_id)
 
     async def _record(self, live: LiveRun, event: RunEvent) -> None:
         record = live.record

@@ -102,6 +102,24 @@ class SqliteRunStore:
             ) from None
         self._lock_fd = fd
 
+    # -- leases: one server per file (`claim`), so it owns every run --------------------------
+    lease_s: float | None = None
+
+    async def claim_run(self, run_id: str) -> bool:
+        return True
+
+    async def renew_runs(self, run_ids: list[str]) -> list[str]:
+        return []
+
+    async def release_run(self, run_id: str) -> None:
+        return None
+
+    def owns(self, run_id: str) -> bool:
+        return True
+
+    async def claimable_runs(self) -> list[RunRecord]:
+        return await self.unfinished_runs()
+
     async def close(self) -> None:
         if self._lock_fd is not None:
             os.close(self._lock_fd)  # closing releases the lock
