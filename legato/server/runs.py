@@ -189,11 +189,18 @@ class RunManager:
         )
         self.set_weight(tenant.id, tenant.weight)
         self.quotas.active[tenant.id] += 1  # counted before the first await: no quota race
+        reserved = False
         try:
+            reserved = await self.store.reserve_run(tenant.id, record.id, tenant.max_concurrent_runs)
+            if not reserved:  # at the limit counting every instance's runs
+                self.quotas.check_run_start(tenant, running=tenant.max_concurrent_runs)
             await self.store.claim_run(record.id)  # a new id: always ours, leased before it is listed
             record = await self.store.create_run(record)
         except BaseException:
             self.quotas.active[tenant.id] -= 1
+            if reserved:
+                with anyio.CancelScope(shield=True), anyio.move_on_after(RESULT_TIMEOUT_S):
+                    await self.store.unreserve_run(tenant.id, record.id)
             raise
         self._launch(record, compiled, next_seq=0)
         log.info("run started", extra={"run_id": record.id, "program_id": program_id, "tenant": tenant.id})

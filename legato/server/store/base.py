@@ -123,6 +123,15 @@ class RunStore(Protocol):
         """Unfinished runs no server holds a lease on (to resume or take over)."""
         ...
 
+    async def reserve_run(self, tenant_id: str, run_id: str, limit: int) -> bool:
+        """Count a new run against the tenant's concurrent runs across every server sharing
+        the store; False when it already has `limit` in flight (the finished record frees it)."""
+        ...
+
+    async def unreserve_run(self, tenant_id: str, run_id: str) -> None:
+        """Undo `reserve_run` for a run that was not created."""
+        ...
+
     # -- meta --------------------------------------------------------------------------------
     async def meta_setdefault(self, key: str, value: str) -> str:
         """Store `value` under `key` unless one exists; return the stored value."""

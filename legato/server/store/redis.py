@@ -93,6 +93,16 @@ class RedisRunStore:
     def owns(self, run_id: str) -> bool:
         return self.leases.owns(run_id)
 
+    async def reserve_run(self, tenant_id: str, run_id: str, limit: int) -> bool:
+        """Count a new run against the tenant's concurrent runs on every instance (a set of its
+        unfinished runs, left by `save_run` of the finished record); False at the limit."""
+        with anyio.fail_after(OP_TIMEOUT_S):
+            return bool(await self.leases.reserve(keys=[self.k("active", tenant_id)], args=[run_id, limit]))
+
+    async def unreserve_run(self, tenant_id: str, run_id: str) -> None:
+        with anyio.fail_after(OP_TIMEOUT_S):
+            await self.r.srem(self.k("active", tenant_id), run_id)
+
     async def claimable_runs(self) -> list[RunRecord]:
         """Unfinished runs nobody holds a lease on (their owner finished, stopped or died)."""
         with anyio.fail_after(OP_TIMEOUT_S):
@@ -197,6 +207,7 @@ class RedisRunStore:
     async def save_run(self, run: RunRecord) -> None:
         """Fenced for an owned run; a finished record is never overwritten (StaleOwnerError)."""
         keys = [self.k("fence", run.id), self.k("run", run.id), self.k("runs", "unfinished")]
+        keys.append(self.k("active", run.tenant_id))
         args: list[str | int] = [self.leases.token(run.id), run.model_dump_json(), run.id, int(run.finished)]
         with anyio.fail_after(OP_TIMEOUT_S):
             done = await self.leases.save_run(keys=keys, args=args)

@@ -49,7 +49,8 @@ return 0
 
 _FENCE = "if ARGV[1] ~= '' and redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end\n"
 
-# KEYS: fence, run, unfinished set; ARGV: token, record JSON, run id, finished (1/0)
+# KEYS: fence, run, unfinished set, the tenant's active set; ARGV: token, record JSON, run id,
+# finished (1/0)
 _SAVE_RUN = (
     _FENCE
     + """
@@ -61,7 +62,12 @@ if current then
   end
 end
 redis.call('SET', KEYS[2], ARGV[2])
-if ARGV[4] == '1' then redis.call('SREM', KEYS[3], ARGV[3]) else redis.call('SADD', KEYS[3], ARGV[3]) end
+if ARGV[4] == '1' then
+  redis.call('SREM', KEYS[3], ARGV[3])
+  redis.call('SREM', KEYS[4], ARGV[3])
+else
+  redis.call('SADD', KEYS[3], ARGV[3])
+end
 return 1
 """
 )
@@ -74,6 +80,15 @@ _APPEND_EVENT = _FENCE + "redis.call('ZADD', KEYS[2], ARGV[3], ARGV[2])\nreturn 
 
 
 LOST = "lost"
+
+
+# The tenant's concurrent-runs quota across every instance. KEYS: the tenant's active set;
+# ARGV: run id, limit
+_RESERVE = """
+if redis.call('SCARD', KEYS[1]) >= tonumber(ARGV[2]) then return 0 end
+redis.call('SADD', KEYS[1], ARGV[1])
+return 1
+"""
 
 
 class StaleOwnerError(RuntimeError):
@@ -93,6 +108,7 @@ class RedisLeases:
         self._claim: AsyncScript = redis.register_script(_CLAIM)  # type: ignore[assignment]
         self._renew: AsyncScript = redis.register_script(_RENEW)  # type: ignore[assignment]
         self._release: AsyncScript = redis.register_script(_RELEASE)  # type: ignore[assignment]
+        self.reserve: AsyncScript = redis.register_script(_RESERVE)  # type: ignore[assignment]
         self.save_run: AsyncScript = redis.register_script(_SAVE_RUN)  # type: ignore[assignment]
         self.append_step: AsyncScript = redis.register_script(_APPEND_STEP)  # type: ignore[assignment]
         self.append_event: AsyncScript = redis.register_script(_APPEND_EVENT)  # type: ignore[assignment]

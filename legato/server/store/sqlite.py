@@ -120,6 +120,12 @@ class SqliteRunStore:
     async def claimable_runs(self) -> list[RunRecord]:
         return await self.unfinished_runs()
 
+    async def reserve_run(self, tenant_id: str, run_id: str, limit: int) -> bool:
+        return True  # one server: its own `QuotaTracker` counts every run
+
+    async def unreserve_run(self, tenant_id: str, run_id: str) -> None:
+        return None
+
     async def close(self) -> None:
         if self._lock_fd is not None:
             os.close(self._lock_fd)  # closing releases the lock
