@@ -18,7 +18,7 @@ import uuid
 from typing import Any
 
 import anyio
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 
 from legato.programs.journal import Step
 from legato.server.store.base import (
@@ -31,6 +31,10 @@ from legato.server.store.base import (
 from legato.server.store.redis_leases import RedisLeases
 
 OP_TIMEOUT_S = 10.0
+# Connections to Redis per server. Redis runs one command at a time, so connections beyond the
+# commands it can have in flight only queue there instead of here; a request waits for a free one
+# (the default pool fails at once with "Too many connections" under a few hundred agents).
+MAX_CONNECTIONS = 64
 
 
 class RedisRunStore:
@@ -59,12 +63,15 @@ class RedisRunStore:
 
     async def open(self) -> None:
         if self._redis is None:
-            self._redis = Redis.from_url(
+            pool = BlockingConnectionPool.from_url(
                 self.url,
+                max_connections=MAX_CONNECTIONS,
+                timeout=OP_TIMEOUT_S,  # waiting for a free connection, then the op's own timeout
                 socket_timeout=OP_TIMEOUT_S,
                 socket_connect_timeout=OP_TIMEOUT_S,
                 decode_responses=True,
             )
+            self._redis = Redis.from_pool(pool)
             self._leases = RedisLeases(self._redis, self.k, self.instance, self.lease_s or 10.0)
             await self.ping()
 
