@@ -9,7 +9,7 @@ still holds them in memory). The stream ends after `run_finished`; a comment lin
 
 Several instances on one Redis: a run driven by another instance is followed through the store
 (its stored events, polled every `STORE_POLL_S`; no `token` events), so any instance serves any
-run's stream.
+run's stream, and a stream whose run moved to another instance (its lease was lost) goes on.
 """
 
 from __future__ import annotations
@@ -77,8 +77,11 @@ async def event_stream(state: ServerState, run_id: str, after: int) -> AsyncIter
             with anyio.move_on_after(keepalive):
                 try:
                     event = await live.receive()
-                except anyio.EndOfStream:
-                    return  # run over (or this client fell behind: it resumes with Last-Event-ID)
+                except anyio.EndOfStream:  # run over (or this client fell behind: it resumes
+                    if state.store.lease_s is not None:  # with Last-Event-ID), or driven elsewhere now
+                        async for chunk in _follow_store(state, run_id, last, keepalive):
+                            yield chunk
+                    return
                 if event.seq > last:
                     last = event.seq
                     yield sse(event)

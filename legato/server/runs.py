@@ -13,8 +13,8 @@ On shutdown runs are cancelled *without* marking them cancelled, so the next ser
 
 A shared store (Redis, several instances): a run is driven by the instance holding its lease
 (`RunStore.claim_run`). `keep_leases` renews them and takes over runs whose owner's lease expired
-(it died) or was released (it stopped); a run whose lease this instance lost is stopped here
-without another write (its writes are fenced in the store anyway).
+(it died) or was released (it stopped), see `legato.server.leases`; a run whose lease this
+instance lost is stopped here without another write (its writes are fenced in the store anyway).
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ from legato.programs.validate import ProgramValidationError, validate
 from legato.server.auth import QuotaTracker, Tenant
 from legato.server.config import Limits
 from legato.server.errors import ApiError
+from legato.server.leases import keep_leases
 from legato.server.store.base import EventRecord, RunRecord, RunStore
 from legato.server.store.redis_leases import StaleOwnerError
 
@@ -112,7 +113,7 @@ class RunManager:
         await self._tg.__aenter__()
         if self.store.lease_s is not None:
             self._lease_scope = anyio.CancelScope()
-            self._tg.start_soon(self.keep_leases, self.store.lease_s, name="run leases")
+            self._tg.start_soon(keep_leases, self, self._lease_scope, self.store.lease_s, name="run leases")
         return self
 
     async def __aexit__(
@@ -239,26 +240,6 @@ class RunManager:
             log.info("run resumed", extra={"run_id": record.id, "program_id": record.program_id})
             count += 1
         return count
-
-    async def keep_leases(self, lease_s: float) -> None:
-        """Heartbeat (renew every lease of this instance's live runs) and take over runs no one
-        holds, every `lease_s / 3` (so a lease is renewed twice before it can expire)."""
-        assert self._lease_scope is not None
-        with self._lease_scope:
-            while True:
-                await anyio.sleep(lease_s / 3)
-                await self._beat()
-
-    async def _beat(self) -> None:
-        try:
-            for run_id in await self.store.renew_runs(list(self.live)):
-                log.warning("lost the lease of run %s: stopping it here", run_id, extra={"run_id": run_id})
-                self.executor.cancel(run_id)
-            taken = await self.resume_unfinished()
-            if taken:
-                log.info("took over %d run(s) whose owner stopped or died", taken)
-        except Exception:  # e.g. the store is briefly unreachable: try again next beat
-            log.exception("renewing run leases failed")
 
     # -- one run -----------------------------------------------------------------------------
     async def _drive(self, live: LiveRun, compiled: CompiledProgram) -> None:
