@@ -31,9 +31,11 @@ from legato.server.store.base import EventRecord
 router = APIRouter(prefix="/v1/runs", tags=["runs"])
 
 # How often a stream of a run driven by another instance reads the shared store. Events of one
-# step arrive together (a step takes at least one store round trip); a fraction of a second
-# keeps the stream live without loading the store: ~5 reads per second per stream.
-STORE_POLL_S = 0.2
+# step arrive together (a step takes at least one store round trip); half a second keeps the
+# stream live without loading the store: 2 reads per second per stream, plus a status read when
+# a stream has been quiet for `STATUS_EVERY` polls.
+STORE_POLL_S = 0.5
+STATUS_EVERY = 4
 
 
 def sse(event: EventRecord) -> bytes:
@@ -95,8 +97,9 @@ async def event_stream(state: ServerState, run_id: str, after: int) -> AsyncIter
 
 
 async def _follow_store(state: ServerState, run_id: str, last: int, keepalive: float) -> AsyncIterator[bytes]:
-    quiet = 0.0
+    quiet, polls = 0.0, 0
     while True:
+        polls += 1
         events = await state.store.events(run_id, last)
         for event in events:
             last = event.seq
@@ -104,9 +107,10 @@ async def _follow_store(state: ServerState, run_id: str, last: int, keepalive: f
             if event.kind == "run_finished":
                 return
         if not events:
-            record = await state.store.get_run(run_id)
-            if record is None or (record.finished and not await state.store.events(run_id, last)):
-                return
+            if polls % STATUS_EVERY == 0:
+                record = await state.store.get_run(run_id)
+                if record is None or (record.finished and not await state.store.events(run_id, last)):
+                    return
             quiet += STORE_POLL_S
             if quiet >= keepalive:
                 quiet = 0.0

@@ -34,7 +34,7 @@ OP_TIMEOUT_S = 10.0
 # Connections to Redis per server. Redis runs one command at a time, so connections beyond the
 # commands it can have in flight only queue there instead of here; a request waits for a free one
 # (the default pool fails at once with "Too many connections" under a few hundred agents).
-MAX_CONNECTIONS = 64
+MAX_CONNECTIONS = 128
 
 
 class RedisRunStore:
