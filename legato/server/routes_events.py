@@ -70,20 +70,12 @@ async def event_stream(state: ServerState, run_id: str, after: int) -> AsyncIter
                 yield sse(event)
                 if event.kind == "run_finished":
                     return
-        if live is None:
-            if state.store.lease_s is not None:  # shared store: another instance may drive it
-                async for chunk in _follow_store(state, run_id, last, keepalive):
-                    yield chunk
-            return
-        while True:
+        while live is not None:
             with anyio.move_on_after(keepalive):
                 try:
                     event = await live.receive()
                 except anyio.EndOfStream:  # run over (or this client fell behind: it resumes
-                    if state.store.lease_s is not None:  # with Last-Event-ID), or driven elsewhere now
-                        async for chunk in _follow_store(state, run_id, last, keepalive):
-                            yield chunk
-                    return
+                    break  # with Last-Event-ID), or, on a shared store, driven elsewhere now
                 if event.seq > last:
                     last = event.seq
                     yield sse(event)
@@ -91,6 +83,9 @@ async def event_stream(state: ServerState, run_id: str, after: int) -> AsyncIter
                         return
                 continue
             yield b": keepalive\n\n"
+        if state.store.lease_s is not None:  # shared store: another instance may drive the run
+            async for chunk in _follow_store(state, run_id, last, keepalive):
+                yield chunk
     finally:
         if live is not None:
             live.close()
