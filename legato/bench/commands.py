@@ -357,7 +357,13 @@ def decide(
 
 @bench_app.command("load")
 def load(
-    url: Annotated[str, typer.Option(help="Base URL of a running `legato serve`.")],
+    url: Annotated[
+        list[str],
+        typer.Option(
+            help="Base URL of a running `legato serve`; repeat for several instances sharing one "
+            "Redis store (agents are spread over them; each one's memory is reported)."
+        ),
+    ],
     mode: Annotated[
         str, typer.Option(help="proxy: agents via /v1/chat/completions; workflow: /v1/runs + SSE events.")
     ] = "proxy",
@@ -378,10 +384,14 @@ def load(
     import anyio
     import httpx
 
-    from legato.bench.load_bench import LoadConfig, run_load, write_report
+    from legato.bench.load_bench import LoadConfig, run_load
+    from legato.bench.load_report import write_report
 
     try:
-        cfg = LoadConfig(url, runs, mode, duration, turns, max_tokens, tool_s, api_key=api_key, pid=pid)
+        cfg = LoadConfig(
+            url[0], runs, mode, duration, turns, max_tokens, tool_s, api_key=api_key, pid=pid,
+            more_urls=tuple(url[1:]),
+        )  # fmt: skip
         report = anyio.run(run_load, cfg)
     except (ValueError, RuntimeError, OSError) as exc:
         raise _fail(str(exc)) from exc

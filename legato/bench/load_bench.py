@@ -8,6 +8,9 @@ closing `[DONE]`), so "ok" means the client got a whole answer. Meanwhile the se
 memory is sampled (`process_resident_memory_bytes` from /metrics, or psutil with `--pid`), so the
 report says whether memory stayed flat after warm-up.
 
+Several `--url`s (instances of one deployment sharing a Redis store): agents are spread over
+them round-robin, and each instance's memory is sampled and judged on its own.
+
 It is a client only: point it at `legato serve --engine sim-realtime` (a simulated GPU in real
 time, no GPU needed) or at a server on a real engine. Structured concurrency throughout: one
 anyio task group holds the workers and the sampler; every request has a timeout.
@@ -18,17 +21,16 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
-import math
 import random
 import re
 import time
-from collections import Counter
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import anyio
 import httpx
+
+from legato.bench.load_report import LoadReport, LoadTally, build_report
 
 _RESUMES = 3  # a run's event stream is resumed at most this many times
 _RSS = re.compile(r"^process_resident_memory_bytes (\S+)$", re.MULTILINE)
@@ -56,6 +58,11 @@ class LoadConfig:
     request_timeout_s: float = 120.0
     flat_tolerance: float = 0.10  # memory is "flat" if it grows less than this after warm-up
     seed: int = 0
+    more_urls: tuple[str, ...] = ()  # further instances of the same deployment
+
+    @property
+    def urls(self) -> tuple[str, ...]:
+        return (self.url, *self.more_urls)
 
     def __post_init__(self) -> None:
         if self.runs < 1 or self.turns < 1 or self.max_tokens < 1:
@@ -64,85 +71,6 @@ class LoadConfig:
             raise ValueError("duration and sample period must be > 0, tool time >= 0")
         if self.mode not in ("proxy", "workflow"):
             raise ValueError(f"mode must be proxy or workflow, got {self.mode!r}")
-
-
-@dataclass(slots=True)
-class _Tally:
-    ok: int = 0
-    errors: Counter[str] = field(default_factory=Counter)
-    error_examples: list[str] = field(default_factory=list)
-    latency_s: list[float] = field(default_factory=list)
-    ttft_s: list[float] = field(default_factory=list)
-    completion_tokens: int = 0
-    prompt_tokens: int = 0
-    cached_tokens: int = 0
-    programs: int = 0
-    retries: int = 0
-    rss: list[tuple[float, int]] = field(default_factory=list)
-
-    def error(self, kind: str, detail: str) -> None:
-        self.errors[kind] += 1
-        if len(self.error_examples) < 10:
-            self.error_examples.append(f"{kind}: {detail[:200]}")
-
-
-@dataclass(frozen=True, slots=True)
-class LoadReport:
-    config: dict[str, Any]
-    elapsed_s: float
-    requests_ok: int
-    requests_failed: int
-    errors: dict[str, int]
-    error_examples: list[str]
-    programs_completed: int
-    retries: int  # requests resent after a closing keep-alive connection, event streams resumed
-    requests_per_s: float
-    completion_tokens_per_s: float
-    cached_prompt_fraction: float | None  # None when answers carry no usage (workflow runs)
-    latency_s: dict[str, float]
-    ttft_s: dict[str, float]
-    rss_mb: list[tuple[float, float]]
-    rss_after_warmup_mb: float | None
-    rss_end_mb: float | None
-    rss_growth_after_warmup: float | None
-    memory_flat: bool | None
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2)
-
-    def table(self) -> str:
-        lat, ttft = self.latency_s, self.ttft_s
-        lines = [
-            f"duration            {self.elapsed_s:.1f} s, {self.config['runs']} concurrent "
-            f"{'agents' if self.config['mode'] == 'proxy' else 'workflow runs'}, "
-            f"{self.config['turns']} LLM calls/program",
-            f"requests            ok {self.requests_ok}, failed {self.requests_failed} {self.errors or ''}",
-            f"programs completed  {self.programs_completed}"
-            + (f" (connection retries / stream resumes: {self.retries})" if self.retries else ""),
-            f"throughput          {self.requests_per_s:.1f} req/s, "
-            f"{self.completion_tokens_per_s:.0f} tokens/s",
-            "cached prompt       "
-            + (
-                f"{self.cached_prompt_fraction:.1%} of prompt tokens"
-                if self.cached_prompt_fraction is not None
-                else "n/a (not reported to this client; see the server's /metrics)"
-            ),
-            f"latency (s)         p50 {lat['p50']:.3f}  p90 {lat['p90']:.3f}  p99 {lat['p99']:.3f}  "
-            f"max {lat['max']:.3f}",
-            f"time to 1st token   p50 {ttft['p50']:.3f}  p90 {ttft['p90']:.3f}  p99 {ttft['p99']:.3f}",
-        ]
-        if self.rss_mb:
-            series = ", ".join(f"{t:.0f}s:{mb:.0f}" for t, mb in self.rss_mb)
-            lines.append(f"server RSS (MB)     {series}")
-            if self.rss_growth_after_warmup is not None:
-                verdict = "flat" if self.memory_flat else "GROWING"
-                lines.append(
-                    f"memory after warm-up {self.rss_after_warmup_mb:.0f} -> {self.rss_end_mb:.0f} MB "
-                    f"({self.rss_growth_after_warmup:+.1%}): {verdict}"
-                )
-        for example in self.error_examples:
-            lines.append(f"  error: {example}")
-        return "\n".join(lines)
 
 
 def workflow_spec(turns: int, max_tokens: int, system: str) -> dict[str, Any]:
@@ -173,22 +101,11 @@ def workflow_spec(turns: int, max_tokens: int, system: str) -> dict[str, Any]:
     }
 
 
-def percentiles(values: list[float]) -> dict[str, float]:
-    if not values:
-        return {"p50": math.nan, "p90": math.nan, "p99": math.nan, "max": math.nan, "mean": math.nan}
-    xs = sorted(values)
-
-    def pick(q: float) -> float:
-        return xs[min(len(xs) - 1, max(0, math.ceil(q * len(xs)) - 1))]
-
-    return {"p50": pick(0.5), "p90": pick(0.9), "p99": pick(0.99), "max": xs[-1], "mean": sum(xs) / len(xs)}
-
-
 class _Agent:
     """One simulated agent: programs of `turns` streamed calls with tool time between them."""
 
     def __init__(
-        self, cfg: LoadConfig, index: int, model: str, client: httpx.AsyncClient, tally: _Tally
+        self, cfg: LoadConfig, index: int, model: str, client: httpx.AsyncClient, tally: LoadTally
     ) -> None:
         self.cfg = cfg
         self.index = index
@@ -238,6 +155,7 @@ class _Agent:
             with anyio.fail_after(cfg.request_timeout_s):
                 created = await self._open("POST", "/v1/runs", json=body)
                 await created.aread()
+                tally.post_s.append(time.monotonic() - start)
                 if created.status_code != 201:
                     tally.error(f"http_{created.status_code}", created.text)
                     if created.status_code == 429:  # quota: back off as told
@@ -380,7 +298,8 @@ class _Agent:
 
 
 async def _rss(cfg: LoadConfig, client: httpx.AsyncClient) -> int | None:
-    if cfg.pid is not None:
+    """The instance's resident memory (psutil on `--pid` for a single instance, else /metrics)."""
+    if cfg.pid is not None and not cfg.more_urls:
         import psutil
 
         return int(psutil.Process(cfg.pid).memory_info().rss)
@@ -394,12 +313,13 @@ async def _rss(cfg: LoadConfig, client: httpx.AsyncClient) -> int | None:
 
 
 async def _sample(
-    cfg: LoadConfig, client: httpx.AsyncClient, tally: _Tally, t0: float, stop: anyio.Event
+    cfg: LoadConfig, clients: list[httpx.AsyncClient], tally: LoadTally, t0: float, stop: anyio.Event
 ) -> None:
     while not stop.is_set():
-        rss = await _rss(cfg, client)
-        if rss is not None:
-            tally.rss.append((time.monotonic() - t0, rss))
+        for url, client in zip(cfg.urls, clients, strict=True):
+            rss = await _rss(cfg, client)
+            if rss is not None:
+                tally.rss.setdefault(url, []).append((time.monotonic() - t0, rss))
         with anyio.move_on_after(cfg.sample_s):
             await stop.wait()
 
@@ -412,12 +332,18 @@ async def run_load(cfg: LoadConfig) -> LoadReport:
         max_connections=cfg.runs + 8, max_keepalive_connections=cfg.runs + 8, keepalive_expiry=2.0
     )
     timeout = httpx.Timeout(cfg.request_timeout_s, connect=30)
-    tally = _Tally()
-    async with httpx.AsyncClient(base_url=cfg.url, headers=headers, limits=limits, timeout=timeout) as client:
+    tally = LoadTally()
+    async with contextlib.AsyncExitStack() as stack:
+        clients = [
+            await stack.enter_async_context(
+                httpx.AsyncClient(base_url=url, headers=headers, limits=limits, timeout=timeout)
+            )
+            for url in cfg.urls
+        ]
         model = cfg.model
         if model is None and cfg.mode == "proxy":
             with anyio.fail_after(30):
-                response = await client.get("/v1/models")
+                response = await clients[0].get("/v1/models")
             if response.status_code != 200:
                 raise RuntimeError(f"GET /v1/models answered {response.status_code}: {response.text[:200]}")
             model = str(response.json()["data"][0]["id"])
@@ -425,46 +351,17 @@ async def run_load(cfg: LoadConfig) -> LoadReport:
         deadline = t0 + cfg.duration_s
         stop = anyio.Event()
         async with anyio.create_task_group() as tg:
-            tg.start_soon(_sample, cfg, client, tally, t0, stop)
+            tg.start_soon(_sample, cfg, clients, tally, t0, stop)
             async with anyio.create_task_group() as agents:
                 for i in range(cfg.runs):
-                    agents.start_soon(_Agent(cfg, i, model or "", client, tally).run, deadline)
+                    agent = _Agent(cfg, i, model or "", clients[i % len(clients)], tally)
+                    agents.start_soon(agent.run, deadline)
             stop.set()
         elapsed = time.monotonic() - t0
-        final = await _rss(cfg, client)
-        if final is not None:
-            tally.rss.append((elapsed, final))
-    return _report(cfg, tally, elapsed)
-
-
-def _report(cfg: LoadConfig, tally: _Tally, elapsed: float) -> LoadReport:
+        for url, client in zip(cfg.urls, clients, strict=True):
+            final = await _rss(cfg, client)
+            if final is not None:
+                tally.rss.setdefault(url, []).append((elapsed, final))
     warmup = cfg.warmup_s if cfg.warmup_s is not None else cfg.duration_s / 4
-    after = [rss for t, rss in tally.rss if t >= warmup]
-    warm = after[0] if after else None
-    end = tally.rss[-1][1] if tally.rss else None
-    growth = (end - warm) / warm if warm and end is not None else None
-    failed = sum(tally.errors.values())
-    return LoadReport(
-        config={k: v for k, v in asdict(cfg).items() if k != "api_key"},
-        elapsed_s=elapsed,
-        requests_ok=tally.ok,
-        requests_failed=failed,
-        errors=dict(tally.errors),
-        error_examples=tally.error_examples,
-        programs_completed=tally.programs,
-        retries=tally.retries,
-        requests_per_s=tally.ok / elapsed if elapsed > 0 else 0.0,
-        completion_tokens_per_s=tally.completion_tokens / elapsed if elapsed > 0 else 0.0,
-        cached_prompt_fraction=tally.cached_tokens / tally.prompt_tokens if tally.prompt_tokens else None,
-        latency_s=percentiles(tally.latency_s),
-        ttft_s=percentiles(tally.ttft_s),
-        rss_mb=[(round(t, 1), round(rss / 2**20, 1)) for t, rss in tally.rss],
-        rss_after_warmup_mb=warm / 2**20 if warm else None,
-        rss_end_mb=end / 2**20 if end is not None else None,
-        rss_growth_after_warmup=growth,
-        memory_flat=None if growth is None else growth < cfg.flat_tolerance,
-    )
-
-
-def write_report(report: LoadReport, path: Path) -> None:
-    path.write_text(report.to_json())
+    config = {k: v for k, v in asdict(cfg).items() if k != "api_key"}
+    return build_report(config, cfg.urls, warmup, cfg.flat_tolerance, tally, elapsed)

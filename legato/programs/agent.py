@@ -329,8 +329,12 @@ class AgentContext:
             run.trace.events.append(TraceEvent("tool", site, key, started, started, tool=name, replayed=True))
             return run.replay[key].result
 
+        tries = 0
+
         async def attempt() -> Any:
-            result = await call_tool(env, site, name, call_args)
+            nonlocal tries
+            tries += 1  # the call path is stable across resumes: so is `run:path:attempt`
+            result = await call_tool(env, site, name, call_args, f"{env.run_id}:{key}:{tries}")
             if not result.ok:
                 raise StepError(
                     f"tool {name!r} failed [{result.error_kind}]: {result.error}", result.error_kind or ""

@@ -19,6 +19,7 @@ from typing import Any, Protocol, TypeVar
 import anyio
 
 from legato.engine_adapter.base import EngineError, SamplingParams
+from legato.programs.drain import DrainGate
 from legato.programs.events import EventHub
 from legato.programs.journal import JournalStore
 from legato.programs.prompt import PromptRenderer, RenderedPrompt
@@ -49,7 +50,14 @@ class ToolCaller(Protocol):
     """What the executor needs of `legato.tools.runtime.ToolRuntime`."""
 
     async def call(
-        self, name: str, args: dict[str, Any], *, run_id: str, call_id: str, tenant: str
+        self,
+        name: str,
+        args: dict[str, Any],
+        *,
+        run_id: str,
+        call_id: str,
+        tenant: str,
+        idempotency_key: str | None = None,
     ) -> ToolResult: ...
 
     async def prepare_run(self, run_id: str) -> None: ...
@@ -89,17 +97,28 @@ class RunEnv:
     tools: ToolCaller | None
     set_status: Callable[[RunStatus], None]
     _calls: itertools.count[int] = field(default_factory=itertools.count)
+    gate: DrainGate = field(default_factory=DrainGate)  # the executor's: holds steps while draining
 
     def call_id(self, node: str) -> str:
         return f"{self.run_id}:{node}:{next(self._calls)}"
 
     # -- tool metadata (optional features of the tool runtime) ------------------------------
-    def tool_kind(self, name: str) -> str | None:
+    def tool_spec(self, name: str) -> Any:
+        """The tool's `ToolSpec`, None if the runtime has no registry or does not know it."""
         registry = getattr(self.tools, "registry", None)
         try:
-            return str(registry.spec(name).kind) if registry is not None else None
+            return registry.spec(name) if registry is not None else None
         except (KeyError, AttributeError):
             return None
+
+    def tool_kind(self, name: str) -> str | None:
+        spec = self.tool_spec(name)
+        return str(spec.kind) if spec is not None else None
+
+    def tool_rerunnable(self, name: str) -> bool:
+        """Pure or idempotent: safe to run again after a stop mid-flight (unknown tools: not)."""
+        spec = self.tool_spec(name)
+        return spec is not None and bool(spec.pure or getattr(spec, "idempotent", False))
 
     def expected_tool_latency(self, name: str) -> float | None:
         stats = getattr(self.tools, "stats", None)
@@ -141,7 +160,7 @@ async def call_llm(
     finish = "abort"
     publish = env.hub.has_subscribers(env.run_id)
     try:
-        async with closing(env.scheduler.generate(call)) as stream:
+        async with env.gate.step(waits=True), closing(env.scheduler.generate(call)) as stream:
             async for chunk in stream:
                 texts.append(chunk.text)
                 n_out += len(chunk.token_ids)
@@ -160,9 +179,18 @@ async def call_llm(
     return LLMOutput("".join(texts), n_out, prompt_tokens, cached, finish)
 
 
-async def call_tool(env: RunEnv, node: str, tool: str, args: dict[str, Any]) -> ToolResult:
+async def call_tool(
+    env: RunEnv, node: str, tool: str, args: dict[str, Any], key: str | None = None
+) -> ToolResult:
+    """Run one tool call; `key` is its idempotency key (stable across restarts, see `ToolContext`)."""
     if env.tools is None:
         raise StepError(f"node {node!r} calls tool {tool!r} but the executor has no tool runtime", "config")
+    async with env.gate.step(waits=not env.tool_rerunnable(tool)):
+        return await _call_tool(env, node, tool, args, key)
+
+
+async def _call_tool(env: RunEnv, node: str, tool: str, args: dict[str, Any], key: str | None) -> ToolResult:
+    assert env.tools is not None
     expected = env.expected_tool_latency(tool)
     waits_for_client = env.tool_kind(tool) == "client"
     env.scheduler.notify(ToolStarted(env.run_id, tool, expected))
@@ -173,7 +201,7 @@ async def call_tool(env: RunEnv, node: str, tool: str, args: dict[str, Any]) -> 
     result: ToolResult | None = None
     try:
         result = await env.tools.call(
-            tool, args, run_id=env.run_id, call_id=env.call_id(node), tenant=env.tenant
+            tool, args, run_id=env.run_id, call_id=env.call_id(node), tenant=env.tenant, idempotency_key=key
         )
     except UnknownToolError as exc:
         raise StepError(f"node {node!r}: {exc}", "unknown_tool") from exc

@@ -33,6 +33,7 @@ from anyio.abc import TaskGroup
 from legato.programs.agent import AgentProgram, AgentTrace
 from legato.programs.builder import CompiledProgram
 from legato.programs.calls import RunEnv, RunStatus, ToolCaller
+from legato.programs.drain import DrainGate
 from legato.programs.events import EventHub, Subscription
 from legato.programs.graph_run import GraphRun, RunFailed, RunInterrupted
 from legato.programs.journal import InMemoryJournalStore, JournalStore, Step, read_steps
@@ -122,6 +123,7 @@ class Executor:
         self.tools = tools
         self.journal: JournalStore = journal if journal is not None else InMemoryJournalStore()
         self.events = events if events is not None else EventHub()
+        self.gate = DrainGate()  # `drain()` before stopping: see `legato.programs.drain`
         self.tenant = tenant
         self.release_timeout_s = release_timeout_s
         self.renderer = PromptRenderer(scheduler.tokenizer)
@@ -242,6 +244,7 @@ class Executor:
             journal=self.journal,
             tools=self.tools,
             set_status=lambda s: self._set_status(handle, s),
+            gate=self.gate,
         )
         started = time.monotonic()
         status, output = RunStatus.CANCELLED, None

@@ -10,7 +10,9 @@ run interrupted inside a map redoes that map.
 Tools with side effects: before a tool node (or a map over a tool) whose tool is not declared
 `pure` runs, a `started` marker is journaled. A resumed run whose journal ends in such a marker
 was stopped while the tool ran: re-running it could apply its effect twice, so the run ends
-`interrupted` (`RunInterrupted`) unless the tool is (now) pure, in which case it simply runs again.
+`interrupted` (`RunInterrupted`) unless the tool is (now) pure or idempotent, in which case it runs
+again. Every tool call gets an idempotency key `run:step:item:attempt` (`ToolContext`): the step is
+the marker's index, reused by the re-run, so an idempotent tool sees the same key again.
 """
 
 from __future__ import annotations
@@ -68,6 +70,9 @@ class GraphRun:
         self.python_routers = python_routers
         self.state = State(self.spec.state)
         self.visits: Counter[str] = Counter()
+        self._resume_marker: Step | None = None  # a re-runnable tool's marker the journal ends in
+        self._step_index = 0  # the index keying the current step's tool calls
+        self._attempts: Counter[tuple[int, int | None]] = Counter()
 
     # -- one node ---------------------------------------------------------------------------
     def _sampling(self, node: LLMNodeSpec) -> SamplingParams:
@@ -92,7 +97,16 @@ class GraphRun:
         out = await call_llm(self.env, label, prompt, self._sampling(node), hints)
         return parse_output(node, out.text)
 
-    async def _tool(self, node: ToolNodeSpec, label: str, scope: Mapping[str, Any]) -> Any:
+    def _key(self, item: int | None) -> str:
+        """The idempotency key of the next attempt of this step (and map item): the n-th attempt
+        of a step gets the same key in every process that runs it."""
+        self._attempts[self._step_index, item] += 1
+        where = f"{self._step_index}" if item is None else f"{self._step_index}.{item}"
+        return f"{self.env.run_id}:{where}:{self._attempts[self._step_index, item]}"
+
+    async def _tool(
+        self, node: ToolNodeSpec, label: str, scope: Mapping[str, Any], item: int | None = None
+    ) -> Any:
         args: dict[str, Any] = {}
         if node.args_var is not None:
             extra = lookup_path(scope, node.args_var)
@@ -105,15 +119,17 @@ class GraphRun:
                 )
         for name, arg in node.args.items():
             args[name] = lookup_path(scope, arg.var) if isinstance(arg, VarArg) else arg.value
-        result = await call_tool(self.env, label, node.tool, args)
+        result = await call_tool(self.env, label, node.tool, args, self._key(item))
         if not result.ok:
             raise tool_error(label, node.tool, result)
         return result.output
 
-    async def _body(self, node: LLMNodeSpec | ToolNodeSpec, label: str, scope: Mapping[str, Any]) -> Any:
+    async def _body(
+        self, node: LLMNodeSpec | ToolNodeSpec, label: str, scope: Mapping[str, Any], item: int | None = None
+    ) -> Any:
         if isinstance(node, LLMNodeSpec):
             return await self._llm(node, label, scope)
-        return await self._tool(node, label, scope)
+        return await self._tool(node, label, scope, item)
 
     async def _map(self, node: MapNodeSpec) -> list[Any]:
         items = self.state.get(node.over)
@@ -133,7 +149,7 @@ class GraphRun:
                 scope = scope_view(base, {node.item_var: item, f"{node.item_var}_index": i})
                 try:
                     results[i], _ = await with_retries(
-                        lambda: self._body(body, node.name, scope),
+                        lambda: self._body(body, node.name, scope, i),
                         what=f"node {node.name!r} item {i}",
                         retries=body.retries,
                         backoff_s=body.backoff_s,
@@ -181,11 +197,11 @@ class GraphRun:
 
     def _tool_is_pure(self, tool: str) -> bool:
         """Pure per the tool runtime's registry; unknown tools count as impure (the safe side)."""
-        registry = getattr(self.env.tools, "registry", None)
-        try:
-            return bool(registry.spec(tool).pure) if registry is not None else False
-        except (KeyError, AttributeError):
-            return False
+        spec = self.env.tool_spec(tool)
+        return bool(spec.pure) if spec is not None else False
+
+    def _tool_rerunnable(self, tool: str) -> bool:
+        return self.env.tool_rerunnable(tool)
 
     def _needs_marker(self, node: NodeSpec) -> bool:
         tool = node_tool(node)
@@ -200,7 +216,8 @@ class GraphRun:
             if step.status == "started":
                 if i == len(steps) - 1:
                     self._check_interrupted(step)
-                    current = step.node  # a pure tool: run it again
+                    current = step.node  # a pure or idempotent tool: run it again, same key
+                    self._resume_marker = step
                 continue
             if step.status == "failed":
                 current = step.node  # the run failed here: redo the node (its writes are redone too)
@@ -213,14 +230,73 @@ class GraphRun:
     def _check_interrupted(self, marker: Step) -> None:
         node = self.graph.nodes.get(marker.node)
         tool = node_tool(node) if node is not None else None
-        if tool is not None and self._tool_is_pure(tool):
+        if tool is not None and self._tool_rerunnable(tool):
             return
         raise RunInterrupted(
             f"node {marker.node!r}: tool {tool or '?'!r} was running when the run stopped (e.g. a "
-            "server crash) and is not declared pure, so it is not run again (its effect may or may "
-            "not have happened); start a new run to retry, or declare the tool pure if re-running "
-            "it is safe"
+            "server crash) and is declared neither pure nor idempotent, so it is not run again (its "
+            "effect may or may not have happened); start a new run to retry, or declare the tool "
+            "idempotent (it applies its effect once per ToolContext.idempotency_key) or pure"
         )
+
+    async def _step(self, node: NodeSpec, current: str, index: int) -> tuple[Step, int]:
+        """Run one node and journal it (after its `started` marker, if it needs one); returns the
+        journaled step and the next journal index."""
+        env = self.env
+        self.visits[current] += 1
+        env.hub.publish(env.run_id, "node_started", current, visit=self.visits[current])
+        started = time.time()
+        resumed, self._resume_marker = self._resume_marker, None
+        self._step_index = index
+        if resumed is not None and resumed.node == current:
+            self._step_index = resumed.index  # the crashed attempt's step: same keys again
+        elif self._needs_marker(node):
+            marker = Step(index, f"{index}:{current}:started", current, "started", started_at=started)
+            await append_step(env.journal, env.run_id, marker)
+            index += 1
+        writes: dict[str, Any] = {}  # what this step applied to state (replayed on resume)
+        error: StepError | None = None
+        attempts = node.retries + 1
+        try:
+            produced, attempts = await with_retries(
+                functools.partial(self._run_node, node),
+                what=f"node {current!r}",
+                retries=node.retries,
+                backoff_s=node.backoff_s,
+                timeout_s=node.timeout_s,
+            )
+            self.state.apply(produced)
+            writes = produced
+            nxt: str | None = self._next(node)  # a Python router may fail after the writes
+            status: StepStatus = "ok"
+        except (StepError, StateError) as exc:
+            error = exc if isinstance(exc, StepError) else StepError(str(exc), "state")
+            if node.error_output is not None and node.error_output not in writes:
+                try:
+                    self.state.apply({node.error_output: error.message})
+                    writes = {**writes, node.error_output: error.message}
+                except StateError as write_exc:  # e.g. error_output declared with a 'merge' reducer
+                    error = StepError(f"{error.message}; error_output not written: {write_exc}", error.kind)
+            nxt = node.on_error
+            status = "error" if nxt is not None else "failed"
+        step = Step(
+            index=index,
+            key=f"{index}:{current}",
+            node=current,
+            status=status,
+            writes=writes,
+            next=nxt,
+            error=error.message if error else None,
+            error_kind=error.kind if error else None,
+            attempts=attempts,
+            started_at=started,
+            finished_at=time.time(),
+        )
+        await append_step(env.journal, env.run_id, step)
+        env.hub.publish(
+            env.run_id, "node_finished", current, status=status, error=step.error, next=nxt, writes=writes
+        )
+        return step, index + 1
 
     async def run(self, inputs: Mapping[str, Any], journaled: list[Step]) -> dict[str, Any]:
         env = self.env
@@ -238,59 +314,10 @@ class GraphRun:
                 env.hub.publish(env.run_id, "node_finished", current, status="exhausted")
                 current = node.on_exhausted or END
                 continue
-            self.visits[current] += 1
-            env.hub.publish(env.run_id, "node_started", current, visit=self.visits[current])
-            started = time.time()
-            if self._needs_marker(node):
-                marker = Step(index, f"{index}:{current}:started", current, "started", started_at=started)
-                await append_step(env.journal, env.run_id, marker)
-                index += 1
-            writes: dict[str, Any] = {}  # what this step applied to state (replayed on resume)
-            error: StepError | None = None
-            attempts = node.retries + 1
-            try:
-                produced, attempts = await with_retries(
-                    functools.partial(self._run_node, node),
-                    what=f"node {current!r}",
-                    retries=node.retries,
-                    backoff_s=node.backoff_s,
-                    timeout_s=node.timeout_s,
-                )
-                self.state.apply(produced)
-                writes = produced
-                nxt: str | None = self._next(node)  # a Python router may fail after the writes
-                status: StepStatus = "ok"
-            except (StepError, StateError) as exc:
-                error = exc if isinstance(exc, StepError) else StepError(str(exc), "state")
-                if node.error_output is not None and node.error_output not in writes:
-                    try:
-                        self.state.apply({node.error_output: error.message})
-                        writes = {**writes, node.error_output: error.message}
-                    except StateError as write_exc:  # e.g. error_output declared with a 'merge' reducer
-                        error = StepError(
-                            f"{error.message}; error_output not written: {write_exc}", error.kind
-                        )
-                nxt = node.on_error
-                status = "error" if nxt is not None else "failed"
-            step = Step(
-                index=index,
-                key=f"{index}:{current}",
-                node=current,
-                status=status,
-                writes=writes,
-                next=nxt,
-                error=error.message if error else None,
-                error_kind=error.kind if error else None,
-                attempts=attempts,
-                started_at=started,
-                finished_at=time.time(),
-            )
-            await append_step(env.journal, env.run_id, step)
-            index += 1
-            env.hub.publish(
-                env.run_id, "node_finished", current, status=status, error=step.error, next=nxt, writes=writes
-            )
-            if status == "failed":
+            tool = node_tool(node)
+            async with env.gate.step(waits=tool is None or not self._tool_rerunnable(tool)):
+                step, index = await self._step(node, current, index)
+            if step.status == "failed":
                 raise RunFailed(step.error or "step failed", step)
-            current = nxt or END
+            current = step.next or END
         raise RunFailed(f"run exceeded {MAX_STEPS_PER_RUN} steps")

@@ -241,9 +241,10 @@ class QuotaTracker:
             retry_after_s=max(1.0, retry),
         )
 
-    def check_run_start(self, tenant: Tenant) -> None:
-        """429 when the tenant already has `max_concurrent_runs` runs in flight, or no tokens left."""
-        running = self.active[tenant.id]
+    def check_run_start(self, tenant: Tenant, running: int | None = None) -> None:
+        """429 when the tenant already has `max_concurrent_runs` runs in flight (`running`: as
+        counted across instances), or no tokens left."""
+        running = self.active[tenant.id] if running is None else running
         if running >= tenant.max_concurrent_runs:
             raise ApiError(
                 429,

@@ -97,6 +97,22 @@ def serve(
     log_level: Annotated[str, typer.Option(help="Log level (JSON lines on stderr).")] = "info",
     trusted_proxies: TrustedProxiesOpt = None,
     read_timeout: ReadTimeoutOpt = 60.0,
+    drain_timeout: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            help="On SIGTERM: /readyz goes 503, no new runs, and steps in flight get this many "
+            "seconds to finish before the server stops (runs left resume on the next start).",
+        ),
+    ] = 30.0,
+    lease_s: Annotated[
+        float,
+        typer.Option(
+            min=0.2,
+            help="With --redis-url (several instances may share it): a run's owner renews its "
+            "lease every lease/3 s; if it dies, another instance takes the run over after this.",
+        ),
+    ] = 10.0,
 ) -> None:
     """Serve the REST workflow API (/v1/programs, /v1/runs with SSE events), /healthz, /readyz.
 
@@ -133,6 +149,7 @@ def serve(
         db_path=db,
         redis_url=redis_url,
         redis_prefix=redis_prefix,
+        lease_s=lease_s,
         single_tenant=single_tenant,  # type: ignore[arg-type]
         default_max_concurrent_runs=max_concurrent_runs,
         policy=policy,
@@ -148,6 +165,8 @@ def serve(
     bound_host, bound_port = sock.getsockname()[:2]
     shown = f"[{bound_host}]" if ":" in bound_host else bound_host
     app = create_app(state)
+    from legato.server.draining import DrainingServer
+
     http = http_config(
         app,
         read_timeout_s=read_timeout,
@@ -155,7 +174,7 @@ def serve(
         log_level="warning",
         timeout_graceful_shutdown=5,
     )
-    server = uvicorn.Server(http)
+    server = DrainingServer(http, state, drain_timeout)
     where = f"redis {redis_url}" if redis_url else f"sqlite {db}"
     replicas = ", ".join(getattr(e, "model_name", "?") for e in engines)
     typer.echo(

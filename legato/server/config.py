@@ -32,6 +32,7 @@ class ServerConfig:
     db_path: Path | None = Path("legato.db")  # SQLite file (used when redis_url is None)
     redis_url: str | None = None
     redis_prefix: str = "legato:"  # key prefix, so several deployments (or tests) share one Redis
+    lease_s: float = 10.0  # Redis: a run's owner renews its lease every lease_s/3; others take over after
     single_tenant: SingleTenantMode = "auto"  # auto: keyless loopback requests allowed while no tenants exist
     default_max_concurrent_runs: int = 64
     policy: str | None = None  # a `legato bench` policy name; None = passthrough (engine batches)

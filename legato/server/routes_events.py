@@ -6,6 +6,10 @@ after it: lifecycle events (node, tool, status, run events) are stored, so they 
 the store even after a restart; `token` events are live only (replayed only while the same server
 still holds them in memory). The stream ends after `run_finished`; a comment line is sent every
 `sse_keepalive_s` while the run is quiet so proxies keep the connection open.
+
+Several instances on one Redis: a run driven by another instance is followed through the store
+(its stored events, polled every `STORE_POLL_S`; no `token` events), so any instance serves any
+run's stream, and a stream whose run moved to another instance (its lease was lost) goes on.
 """
 
 from __future__ import annotations
@@ -28,6 +32,13 @@ from legato.server.state import ServerState
 from legato.server.store.base import EventRecord
 
 router = APIRouter(prefix="/v1/runs", tags=["runs"], route_class=StrictJSONRoute)
+
+# How often a stream of a run driven by another instance reads the shared store. Events of one
+# step arrive together (a step takes at least one store round trip); half a second keeps the
+# stream live without loading the store: 2 reads per second per stream, plus a status read when
+# a stream has been quiet for `STATUS_EVERY` polls.
+STORE_POLL_S = 0.5
+STATUS_EVERY = 4
 
 
 def sse(event: EventRecord) -> bytes:
@@ -65,14 +76,12 @@ async def event_stream(state: ServerState, run_id: str, after: int) -> AsyncIter
                 yield sse(event)
                 if event.kind == "run_finished":
                     return
-        if live is None:
-            return
-        while True:
+        while live is not None:
             with anyio.move_on_after(keepalive):
                 try:
                     event = await live.receive()
-                except anyio.EndOfStream:
-                    return  # run over (or this client fell behind: it resumes with Last-Event-ID)
+                except anyio.EndOfStream:  # run over (or this client fell behind: it resumes
+                    break  # with Last-Event-ID), or, on a shared store, driven elsewhere now
                 if event.seq > last:
                     last = event.seq
                     yield sse(event)
@@ -80,9 +89,36 @@ async def event_stream(state: ServerState, run_id: str, after: int) -> AsyncIter
                         return
                 continue
             yield b": keepalive\n\n"
+        if state.store.lease_s is not None:  # shared store: another instance may drive the run
+            async for chunk in _follow_store(state, run_id, last, keepalive):
+                yield chunk
     finally:
         if live is not None:
             live.close()
+
+
+async def _follow_store(state: ServerState, run_id: str, last: int, keepalive: float) -> AsyncIterator[bytes]:
+    quiet, polls = 0.0, 0
+    while True:
+        polls += 1
+        events = await state.store.events(run_id, last)
+        for event in events:
+            last = event.seq
+            yield sse(event)
+            if event.kind == "run_finished":
+                return
+        if not events:
+            if polls % STATUS_EVERY == 0:
+                record = await state.store.get_run(run_id)
+                if record is None or (record.finished and not await state.store.events(run_id, last)):
+                    return
+            quiet += STORE_POLL_S
+            if quiet >= keepalive:
+                quiet = 0.0
+                yield b": keepalive\n\n"
+        else:
+            quiet = 0.0
+        await anyio.sleep(STORE_POLL_S)
 
 
 @router.get(

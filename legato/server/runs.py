@@ -10,6 +10,11 @@ published, so a client that saw `run_finished` reads a finished run.
 On startup `resume_unfinished` resubmits every run the store still shows in flight, under the
 same run id: the executor replays its journal and continues after the last finished step.
 On shutdown runs are cancelled *without* marking them cancelled, so the next server resumes them.
+
+A shared store (Redis, several instances): a run is driven by the instance holding its lease
+(`RunStore.claim_run`). `keep_leases` renews them and takes over runs whose owner's lease expired
+(it died) or was released (it stopped), see `legato.server.leases`; a run whose lease this
+instance lost is stopped here without another write (its writes are fenced in the store anyway).
 """
 
 from __future__ import annotations
@@ -38,7 +43,9 @@ from legato.programs.validate import ProgramValidationError, validate
 from legato.server.auth import QuotaTracker, Tenant
 from legato.server.config import Limits
 from legato.server.errors import ApiError
+from legato.server.leases import keep_leases
 from legato.server.store.base import EventRecord, RunRecord, RunStore
+from legato.server.store.redis_leases import StaleOwnerError
 
 log = logging.getLogger(__name__)
 
@@ -96,12 +103,17 @@ class RunManager:
         self.renderer = PromptRenderer(executor.scheduler.tokenizer)
         self.live: dict[str, LiveRun] = {}
         self.shutting_down = False
+        self.draining = False  # a graceful drain: admit no new run (see `drain`)
         self._user_cancelled: set[str] = set()
         self._tg: TaskGroup | None = None
+        self._lease_scope: anyio.CancelScope | None = None  # the lease loop's (shared stores)
 
     async def __aenter__(self) -> RunManager:
         self._tg = anyio.create_task_group()
         await self._tg.__aenter__()
+        if self.store.lease_s is not None:
+            self._lease_scope = anyio.CancelScope()
+            self._tg.start_soon(keep_leases, self, self._lease_scope, self.store.lease_s, name="run leases")
         return self
 
     async def __aexit__(
@@ -113,6 +125,8 @@ class RunManager:
             self.executor.cancel(run_id)
         assert self._tg is not None
         tg, self._tg = self._tg, None
+        if self._lease_scope is not None:
+            self._lease_scope.cancel()
         # runs were cancelled above; a recorder stuck on a dead store must not hold shutdown forever
         tg.cancel_scope.deadline = anyio.current_time() + SHUTDOWN_TIMEOUT_S
         return await tg.__aexit__(exc_type, exc, tb)
@@ -163,7 +177,7 @@ class RunManager:
         compiled = compile_spec(spec, self.registry)
         self.check_inputs(compiled, inputs)
         self.quotas.check_run_start(tenant)
-        if self._tg is None or self.shutting_down:
+        if self._tg is None or self.shutting_down or self.draining:
             raise ApiError(503, "the server is not accepting runs right now (starting or stopping)")
         record = RunRecord(
             id="run_" + uuid.uuid4().hex,
@@ -176,10 +190,18 @@ class RunManager:
         )
         self.set_weight(tenant.id, tenant.weight)
         self.quotas.active[tenant.id] += 1  # counted before the first await: no quota race
+        reserved = False
         try:
+            reserved = await self.store.reserve_run(tenant.id, record.id, tenant.max_concurrent_runs)
+            if not reserved:  # at the limit counting every instance's runs
+                self.quotas.check_run_start(tenant, running=tenant.max_concurrent_runs)
+            await self.store.claim_run(record.id)  # a new id: always ours, leased before it is listed
             record = await self.store.create_run(record)
         except BaseException:
             self.quotas.active[tenant.id] -= 1
+            if reserved:
+                with anyio.CancelScope(shield=True), anyio.move_on_after(RESULT_TIMEOUT_S):
+                    await self.store.unreserve_run(tenant.id, record.id)
             raise
         self._launch(record, compiled, next_seq=0)
         log.info("run started", extra={"run_id": record.id, "program_id": program_id, "tenant": tenant.id})
@@ -194,8 +216,14 @@ class RunManager:
     async def resume_unfinished(self) -> int:
         """Resubmit every run the store shows in flight (after a restart); returns how many."""
         count = 0
-        for record in await self.store.unfinished_runs():
-            if record.id in self.live:
+        for listed in await self.store.claimable_runs():
+            if listed.id in self.live or self._tg is None or self.shutting_down or self.draining:
+                continue
+            if not await self.store.claim_run(listed.id):
+                continue  # another instance was first
+            record = await self.store.get_run(listed.id)  # as it is now that we own it
+            if record is None or record.finished:
+                await self.store.release_run(listed.id)
                 continue
             try:
                 compiled = compile_spec(ProgramSpec.model_validate(record.spec), self.registry)
@@ -232,15 +260,23 @@ class RunManager:
                     await self._record(live, event)
             if not record.finished:  # the subscription ended without run_finished (dropped)
                 await self._finish(record, handle)
+        except StaleOwnerError as exc:  # another instance owns the run now: it writes, not us
+            log.warning("%s", exc, extra={"run_id": run_id})
+            self.executor.cancel(run_id)
         except Exception as exc:
             log.exception("run %s: recording failed", run_id, extra={"run_id": run_id})
             self.executor.cancel(run_id)  # no run goes on unrecorded
-            if not record.finished and not self.shutting_down:
+            if not record.finished and not self.shutting_down and self.store.owns(run_id):
                 record.status, record.error = "failed", f"internal error while recording the run: {exc}"
                 record.finished_at = record.updated_at = time.time()
                 with anyio.CancelScope(shield=True), anyio.move_on_after(RESULT_TIMEOUT_S):
                     await self.store.save_run(record)
         finally:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(RESULT_TIMEOUT_S):
+                try:  # finished, or suspended: another instance may take it over at once
+                    await self.store.release_run(run_id)
+                except Exception:  # the lease then expires on its own
+                    log.warning("run %s: releasing its lease failed", run_id, exc_info=True)
             self.live.pop(run_id, None)
             self.quotas.active[record.tenant_id] -= 1
             self._user_cancelled.discard(run_id)
@@ -278,7 +314,9 @@ class RunManager:
                 return last + 1
 
     def _suspended(self, run_id: str) -> bool:
-        return self.shutting_down and run_id not in self._user_cancelled
+        """Leave the record in flight: the server stops (not a user's cancel), or another
+        instance owns the run now."""
+        return (self.shutting_down and run_id not in self._user_cancelled) or not self.store.owns(run_id)
 
     async def _record(self, live: LiveRun, event: RunEvent) -> None:
         record = live.record
@@ -336,6 +374,12 @@ class RunManager:
         record.finished_at = record.updated_at = time.time()
         await self.store.save_run(record)
         return record
+
+    async def drain(self, timeout_s: float) -> int:
+        """Admit no new run; hold every run at its next step; wait up to `timeout_s` for the
+        steps that cannot stop safely (`legato.programs.drain`). Returns how many still run."""
+        self.draining = True
+        return await self.executor.gate.drain(timeout_s)
 
     def active_count(self) -> int:
         return len(self.live)

@@ -83,7 +83,10 @@ def build_state(
         store
         if store is not None
         else open_store(
-            str(config.db_path) if config.db_path else None, config.redis_url, config.redis_prefix
+            str(config.db_path) if config.db_path else None,
+            config.redis_url,
+            config.redis_prefix,
+            config.lease_s,
         )
     )
     engines = as_replicas(engine)

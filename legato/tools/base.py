@@ -40,8 +40,10 @@ class ToolSpec:
     """What the executor and the scheduler know about a tool before running it.
 
     `pure` tools have no side effects (same args, same output), which makes them safe to run
-    speculatively or to retry. `expected_latency_s` is the author's prior; measured latencies
-    (`ToolLatencyStats`) replace it once the tool has run.
+    speculatively or to retry. `idempotent` tools have side effects but apply them at most once
+    per `ToolContext.idempotency_key`: a run stopped while one ran (a crash) runs it again with
+    the same key instead of ending `interrupted`. `expected_latency_s` is the author's prior;
+    measured latencies (`ToolLatencyStats`) replace it once the tool has run.
     """
 
     name: str
@@ -51,6 +53,12 @@ class ToolSpec:
     description: str = ""
     expected_latency_s: float | None = None
     params_schema: dict[str, Any] | None = None
+    idempotent: bool = False
+
+    @property
+    def rerunnable(self) -> bool:
+        """Safe to run again after a crash stopped it mid-flight (pure, or idempotent by key)."""
+        return self.pure or self.idempotent
 
     def __post_init__(self) -> None:
         check_tool_name(self.name)
@@ -99,13 +107,17 @@ class ToolContext:
 
     A Python tool receives it when its first parameter is annotated `ToolContext`. `processes`
     tracks the process groups the run has alive so that releasing the run kills them; `client`
-    is the broker that client-side tools wait on.
+    is the broker that client-side tools wait on. `idempotency_key` is the same for every
+    execution of one attempt of one step of a run, across crashes and restarts (run id, step,
+    map item, attempt): an `idempotent` tool passes it on to whatever applies its effect (an API's
+    Idempotency-Key header, a unique database key) so a re-run after a crash is applied once.
     """
 
     run_id: str
     call_id: str
     tenant: str
     workdir: Path
+    idempotency_key: str = ""
     processes: ProcessGroups | None = field(default=None, compare=False)
     client: ToolBroker | None = field(default=None, compare=False)
 

@@ -166,6 +166,9 @@ class ClientTool:
             name=name,
             kind="client",
             pure=False,
+            # the wait has no effect here; the client acts once per call id, which is the stable
+            # idempotency key: a run resumed after a restart waits again for the same call
+            idempotent=True,
             timeout_s=timeout,
             description=description,
             expected_latency_s=expected_latency,
@@ -199,4 +202,5 @@ class ClientTool:
             return ToolResult.failure(
                 "exception", f"client tool {self._spec.name!r}: no ClientToolBroker is configured"
             )
-        return await ctx.client.wait(ctx.run_id, ctx.call_id, self._spec.name, args, self._spec.timeout_s)
+        call_id = ctx.idempotency_key or ctx.call_id
+        return await ctx.client.wait(ctx.run_id, call_id, self._spec.name, args, self._spec.timeout_s)

@@ -3,7 +3,9 @@
 Why a launcher: anyio's `open_process` has no `preexec_fn` (and `preexec_fn` is unsafe in a threaded
 process anyway), so limits are applied by a tiny `python -I -S -c` stub that calls `setrlimit` and
 then `execvp`s the real command. The pid stays the same across the exec, so the process we wait on,
-the process group we kill and the process the limits apply to are one and the same.
+the process group we kill and the process the limits apply to are one and the same. The stub also
+sets `PR_SET_PDEATHSIG` (SIGKILL when the server dies), and every group is recorded
+(`reaper.record`) so that the next server start kills what the leader had spawned.
 
 Why process groups: a tool that spawns children (a shell pipeline, a test runner) must die as a
 whole. The child starts a new session (so its pid is its process-group id); on timeout, cancel or
@@ -27,6 +29,8 @@ from typing import Literal
 import anyio
 import anyio.abc
 
+from legato.tools import reaper
+
 log = logging.getLogger("legato.tools")
 
 # Grace period for reaping a process we have SIGKILLed. Only a process stuck in the kernel exceeds it.
@@ -37,7 +41,11 @@ _REAP_TIMEOUT_S = 5.0
 _PIPE_GRACE_S = 1.0
 
 _LAUNCHER = r"""
-import os, resource, sys
+import ctypes, os, resource, signal, sys
+# Die with the server (PR_SET_PDEATHSIG = 1), even on kill -9; if it already died, stop here.
+ctypes.CDLL(None).prctl(1, signal.SIGKILL, 0, 0, 0)
+if os.getppid() != int(sys.argv[2]):
+    os._exit(137)
 limits = sys.argv[1]
 for item in limits.split(",") if limits else ():
     name, soft, hard = item.split(":")
@@ -48,7 +56,7 @@ for item in limits.split(",") if limits else ():
         hard = min(hard, cur_hard)
         soft = min(soft, hard)
     resource.setrlimit(res, (soft, hard))
-argv = sys.argv[2:]
+argv = sys.argv[3:]
 try:
     os.execvp(argv[0], argv)
 except OSError as exc:
@@ -201,17 +209,18 @@ async def run_process(
     Cancellation of the caller kills the process group and reaps the child before re-raising.
     Raises OSError only if the launcher itself cannot start (e.g. `cwd` does not exist).
     """
-    command = [sys.executable, "-I", "-S", "-c", _LAUNCHER, limits.encode(), *argv]
+    command = [sys.executable, "-I", "-S", "-c", _LAUNCHER, limits.encode(), str(os.getpid()), *argv]
     process = await anyio.open_process(
         command,
         stdin=subprocess.PIPE if stdin_data is not None else subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         cwd=cwd,
-        env=dict(env),
+        env={**env, reaper.OWNER_ENV: reaper.owner_id()},
         start_new_session=True,
     )
     pgid = process.pid  # start_new_session: the child is its own session and group leader
+    reaper.record(pgid)
     if processes is not None:
         processes.add(pgid)
     out, err = _Capped(max_output_bytes), _Capped(max_output_bytes)
@@ -248,6 +257,7 @@ async def run_process(
             released = processes is not None and processes.closed and (process.returncode or 0) < 0
             if processes is not None:
                 processes.discard(pgid)
+            reaper.forget(pgid)
     ending: Ending
     if timed_out:
         ending = "timeout"

@@ -4,6 +4,8 @@ The function's keyword parameters *are* the tool's parameters: a pydantic model 
 signature validates model-produced arguments (so a tool never runs with arguments it did not ask
 for) and yields the JSON Schema shown to models and REST clients. The wrapped object stays an
 ordinary awaitable callable, so user code can call the function directly in tests or elsewhere.
+As a tool it runs on a worker thread with its own event loop (`legato.tools.worker`), so a tool
+that blocks cannot stall the server and its timeout holds.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pydantic.errors import PydanticUserError
 from pydantic_core import PydanticSerializationError, to_jsonable_python
 
 from legato.tools.base import BadToolArgsError, ToolContext, ToolResult, ToolSpec
+from legato.tools.worker import WorkerCall, run_on_worker
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -58,6 +61,7 @@ class PythonTool(Generic[P, R]):
         *,
         name: str | None = None,
         pure: bool = False,
+        idempotent: bool = False,
         timeout: float = 30.0,
         description: str = "",
         expected_latency: float | None = None,
@@ -80,6 +84,7 @@ class PythonTool(Generic[P, R]):
             name=tool_name,
             kind="python",
             pure=pure,
+            idempotent=idempotent,
             timeout_s=timeout,
             description=description or doc.strip(),
             expected_latency_s=expected_latency,
@@ -161,9 +166,10 @@ class PythonTool(Generic[P, R]):
         name = self._spec.name
         fn: Callable[..., Coroutine[Any, Any, R]] = self._fn
         value: Any = None
+        call = WorkerCall()
         with anyio.move_on_after(self._spec.timeout_s) as scope:
             try:
-                value = await (fn(ctx, **args) if self._ctx_param else fn(**args))
+                value = await run_on_worker(lambda: fn(ctx, **args) if self._ctx_param else fn(**args), call)
             except Exception as exc:
                 # The traceback goes to the log, never to the model or the client.
                 log.warning("tool %r (run %s, call %s) raised", name, ctx.run_id, ctx.call_id, exc_info=True)

@@ -84,6 +84,7 @@ def tool(
     name: str | None = None,
     *,
     pure: bool = False,
+    idempotent: bool = False,
     timeout: float = 30.0,
     description: str = "",
     expected_latency: float | None = None,
@@ -96,13 +97,15 @@ def tool(
     name: str | _AsyncFn[P, R] | None = None,
     *,
     pure: bool = False,
+    idempotent: bool = False,
     timeout: float = 30.0,
     description: str = "",
     expected_latency: float | None = None,
     registry: ToolRegistry | None = None,
     replace: bool = False,
 ) -> PythonTool[P, R] | Callable[[_AsyncFn[P, R]], PythonTool[P, R]]:
-    """Register an `async def` function as a tool: ``@tool`` or ``@tool("name", pure=True, timeout=5)``.
+    """Register an `async def` function as a tool: ``@tool`` or ``@tool("name", pure=True, timeout=5)``
+    (``idempotent=True``: see `ToolSpec`).
 
     The function's parameters are the tool's arguments (validated from its type hints); a first
     parameter annotated `ToolContext` receives the call's context. The docstring is the default
@@ -115,6 +118,7 @@ def tool(
             fn,
             name=name if isinstance(name, str) else None,
             pure=pure,
+            idempotent=idempotent,
             timeout=timeout,
             description=description,
             expected_latency=expected_latency,

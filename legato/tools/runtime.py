@@ -17,6 +17,7 @@ from typing import Any, Self
 
 import anyio
 
+from legato.tools import reaper
 from legato.tools.base import BadToolArgsError, ToolContext, ToolResult
 from legato.tools.client import ClientToolBroker
 from legato.tools.env import EnvironmentManager, EnvironmentReleasedError, ToolEnvironmentError
@@ -78,6 +79,8 @@ class ToolRuntime:
         return self._envs
 
     async def __aenter__(self) -> Self:
+        # tool processes a crashed server left behind (see `reaper`): gone before any run resumes
+        await anyio.to_thread.run_sync(reaper.reap_orphans)
         if self._owns_envs:
             await self._envs.__aenter__()
         return self
@@ -121,9 +124,17 @@ class ToolRuntime:
                 await self.release_run(run_id)
 
     async def call(
-        self, name: str, args: Mapping[str, Any], *, run_id: str, call_id: str, tenant: str
+        self,
+        name: str,
+        args: Mapping[str, Any],
+        *,
+        run_id: str,
+        call_id: str,
+        tenant: str,
+        idempotency_key: str | None = None,
     ) -> ToolResult:
-        """Run tool `name` for one step of run `run_id`. See the module docstring for what raises."""
+        """Run tool `name` for one step of run `run_id`. See the module docstring for what raises.
+        `idempotency_key` (stable across restarts; default: the call id) reaches the tool's context."""
         tool = self._registry.get(name)  # UnknownToolError propagates on purpose
         try:
             valid = tool.validate_args(args)
@@ -148,6 +159,7 @@ class ToolRuntime:
             workdir=env.workdir,
             processes=env.processes,
             client=self._client,
+            idempotency_key=idempotency_key or call_id,
         )
         started = anyio.current_time()
         try:

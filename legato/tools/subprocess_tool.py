@@ -66,7 +66,8 @@ class SubprocessTool:
     Limits and their edges: `memory_bytes` caps the address space (RLIMIT_AS), not resident memory,
     so runtimes that reserve large virtual ranges (JVM, Go, Node) need a generous value. The
     environment is minimal (PATH, locale, HOME/TMPDIR in the workdir, plus `env`) unless
-    `inherit_env=True`. A descendant that calls setsid() leaves the process group and escapes the
+    `inherit_env=True`; `LEGATO_RUN_ID` and `LEGATO_IDEMPOTENCY_KEY` (see `ToolContext`) are
+    always set. A descendant that calls setsid() leaves the process group and escapes the
     group kill; containing those needs a container or cgroup around the server.
     """
 
@@ -76,6 +77,7 @@ class SubprocessTool:
         argv: Sequence[str],
         *,
         pure: bool = False,
+        idempotent: bool = False,
         timeout: float = 30.0,
         cpu_seconds: int | None = None,
         memory_bytes: int | None = None,
@@ -126,6 +128,7 @@ class SubprocessTool:
             name=name,
             kind="subprocess",
             pure=pure,
+            idempotent=idempotent,
             timeout_s=timeout,
             description=description,
             expected_latency_s=expected_latency,
@@ -166,7 +169,11 @@ class SubprocessTool:
             outcome = await run_process(
                 argv,
                 cwd=ctx.workdir,
-                env=base_environment(ctx.workdir, self.env, inherit=self.inherit_env),
+                env={
+                    **base_environment(ctx.workdir, self.env, inherit=self.inherit_env),
+                    "LEGATO_RUN_ID": ctx.run_id,
+                    "LEGATO_IDEMPOTENCY_KEY": ctx.idempotency_key,
+                },
                 timeout_s=self.spec.timeout_s,
                 limits=self.limits,
                 max_output_bytes=self.max_output_bytes,

@@ -44,8 +44,13 @@ def test_workflow_mode_submits_runs_and_follows_their_events(tmp_path: Path) -> 
     engine = RealtimeSimEngine(RealtimeSimConfig())
     with legato_server(tmp_path, engine, policy="continuum", tenants=("acme",)) as served:
         key = served.keys["acme"]
-        cfg = LoadConfig(served.url, 3, "workflow", 2.0, 3, 6, api_key=key, sample_s=0.5)
+        # the same server named twice stands in for two instances: agents alternate between them
+        cfg = LoadConfig(
+            served.url, 3, "workflow", 2.0, 3, 6, api_key=key, sample_s=0.5, more_urls=(served.url,)
+        )
         report = anyio.run(run_load, cfg)
     assert report.requests_failed == 0, report.error_examples
     assert report.requests_ok == report.programs_completed >= 3
+    assert len(report.instances) == 2 and all(i["rss_mb"] for i in report.instances)
+    assert report.post_runs_s["p50"] > 0
     assert report.completion_tokens_per_s > 0 and report.ttft_s["p50"] <= report.latency_s["p50"]

@@ -3,14 +3,20 @@
 `record` has a side effect (appends a line per execution), so tests can count executions;
 `gate` is pure and waits for a file to exist (a controllable "tool is running" window);
 `effect_gate` is the impure version of `gate` (a tool interrupted mid-flight must not re-run).
+`slow_effect`, `keyed_effect` (idempotent), `blocking`, `ask_client` and `spawn_sleepers` serve
+the drain, scale-out and tool-process tests.
 """
 
 from __future__ import annotations
 
+import time
+
 import anyio
 
 from legato.tools.base import ToolContext
+from legato.tools.client import ClientTool
 from legato.tools.registry import ToolRegistry, tool
+from legato.tools.subprocess_tool import SubprocessTool
 
 registry = ToolRegistry()
 
@@ -52,3 +58,37 @@ async def effect_gate(ctx: ToolContext, path: str, log: str) -> str:
 async def word_count(text: str) -> int:
     """Count the words of a text."""
     return len(text.split())
+
+
+@tool(registry=registry, timeout=60)
+async def slow_effect(ctx: ToolContext, path: str, seconds: float) -> str:
+    """Not pure: log 'start <run>', sleep, log 'end <run>' (a drain must let it finish)."""
+    await _append(path, f"start {ctx.run_id}\n")
+    await anyio.sleep(seconds)
+    await _append(path, f"end {ctx.run_id}\n")
+    return "done"
+
+
+@tool(registry=registry, idempotent=True, timeout=60)
+async def keyed_effect(ctx: ToolContext, path: str, seconds: float) -> str:
+    """Idempotent: log '<key> <run>' per real execution, sleep, return the key."""
+    await _append(path, f"{ctx.idempotency_key} {ctx.run_id}\n")
+    await anyio.sleep(seconds)
+    return ctx.idempotency_key
+
+
+@tool(registry=registry, timeout=0.5)
+async def blocking(seconds: float) -> str:
+    """Blocks its thread (a synchronous sleep inside `async def`): its timeout must still hold."""
+    time.sleep(seconds)  # noqa: ASYNC251 - blocking on purpose
+    return "woke"
+
+
+registry.register(ClientTool("ask_client", timeout=300, description="answered by the client"))
+registry.register(
+    SubprocessTool(
+        "spawn_sleepers",
+        ["bash", "-c", 'sleep 300 & sleep 300 & echo $$ > "$1"; wait', "bash", "{pidfile}"],
+        timeout=300,
+    )
+)

@@ -121,7 +121,7 @@ def test_kill_9_mid_flight_then_restart_resumes_every_run(
                 assert run["resumed"] == 1
             stopped = run_of(c, impure_id)
             assert stopped["status"] == "interrupted"
-            assert "not declared pure" in stopped["error"] and "effect_gate" in stopped["error"]
+            assert "neither pure nor idempotent" in stopped["error"] and "effect_gate" in stopped["error"]
             assert lines(effects) == [impure_id]  # never re-run
 
             # every side effect happened once per run, none twice

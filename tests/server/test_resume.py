@@ -3,6 +3,7 @@ restart over HTTP: runs are suspended, not cancelled, and the next server finish
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 from typing import TypedDict
@@ -15,6 +16,7 @@ from legato.programs.builder import Program, llm, ref, tool
 from legato.programs.calls import RunStatus
 from legato.programs.executor import Executor
 from legato.programs.journal import InMemoryJournalStore
+from legato.tools.base import ToolContext
 from legato.tools.registry import ToolRegistry
 from legato.tools.registry import tool as register_tool
 from legato.tools.runtime import ToolRuntime
@@ -31,16 +33,20 @@ class S(TypedDict):
     c: str
 
 
-@pytest.mark.parametrize("pure", [True, False])
-async def test_a_tool_stopped_mid_flight_reruns_only_if_pure(pure: bool) -> None:
+@pytest.mark.parametrize("kind", ["pure", "idempotent", "other"])
+async def test_a_tool_stopped_mid_flight_reruns_only_if_pure_or_idempotent(kind: str) -> None:
     calls: list[str] = []
-    release = anyio.Event()
+    keys: list[str] = []
+    release = threading.Event()  # the tool runs on a worker thread: a thread-safe signal
     registry = ToolRegistry()
+    pure = kind == "pure"
 
-    @register_tool(name="effect", pure=pure, registry=registry)
-    async def effect(text: str) -> str:
+    @register_tool(name="effect", pure=pure, idempotent=kind == "idempotent", registry=registry)
+    async def effect(ctx: ToolContext, text: str) -> str:
         calls.append(text)
-        await release.wait()
+        keys.append(ctx.idempotency_key)
+        while not release.is_set():  # noqa: ASYNC110 - set from another thread
+            await anyio.sleep(0.01)
         return text.upper()
 
     p = Program(S, name="stops")
@@ -62,13 +68,14 @@ async def test_a_tool_stopped_mid_flight_reruns_only_if_pure(pure: bool) -> None
         release.set()
         async with Executor(RecordingScheduler(engine), tools, journal=journal) as ex:  # "restarted"
             resumed = await ex.run(program, {"q": "hi"}, run_id="r")
-    assert len(engine.requests) == (2 if pure else 1)  # the first LLM step is never redone
-    if pure:
+    assert len(engine.requests) == (1 if kind == "other" else 2)  # the first LLM step is never redone
+    if kind != "other":
         assert resumed.status == RunStatus.SUCCEEDED and len(calls) == 2
         assert [s.node for s in resumed.steps] == ["one", "two", "three"]
+        assert keys == ["r:1:1", "r:1:1"]  # step 1 (its marker), attempt 1: the same key again
     else:
         assert resumed.status == RunStatus.INTERRUPTED and len(calls) == 1
-        assert "not declared pure" in (resumed.error or "")
+        assert "neither pure nor idempotent" in (resumed.error or "")
 
 
 def test_graceful_restart_suspends_and_resumes(make_server: MakeServerFactory, tmp_path: Path) -> None:

@@ -5,9 +5,11 @@ file) and `RedisRunStore` (`--redis-url`). A store is also the executor's `Journ
 (`append` / `steps`), so a run's finished steps are written where its record lives and a
 restarted server resumes it from them. Everything is stored as JSON, never pickle.
 
-One server per store at a time (two would both resume its unfinished runs): the SQLite store
-refuses a second server on the same file (`claim`, an OS file lock); the Redis store has no such
-lease yet. (`legato tenants` may use the store while a server runs.)
+Servers per store: the SQLite store takes one (`claim`, an OS file lock, refuses a second) and
+owns every run. The Redis store is shared by any number of instances: each run in flight is
+leased by one (`claim_run`, renewed by `renew_runs`, see `redis_leases`), an owner's writes are
+fenced, and a run whose owner died is claimed by another after `lease_s`. (`legato tenants` may
+use the store while servers run.)
 """
 
 from __future__ import annotations
@@ -98,6 +100,36 @@ class RunStore(Protocol):
 
     def claim(self) -> None:
         """Claim the store for one server (raise RuntimeError, saying why, if another has it)."""
+        ...
+
+    # -- run leases (shared stores; the SQLite store owns every run) -------------------------
+    lease_s: float | None  # None: not shared, no heartbeat or takeover needed
+
+    async def claim_run(self, run_id: str) -> bool:
+        """Take the lease of a run (new, or whose owner is gone); False if another holds it."""
+        ...
+
+    async def renew_runs(self, run_ids: list[str]) -> list[str]:
+        """Heartbeat: extend these leases; returns the runs this server no longer owns."""
+        ...
+
+    async def release_run(self, run_id: str) -> None: ...
+
+    def owns(self, run_id: str) -> bool:
+        """Whether this server (still) owns the run's lease (False once a write was refused)."""
+        ...
+
+    async def claimable_runs(self) -> list[RunRecord]:
+        """Unfinished runs no server holds a lease on (to resume or take over)."""
+        ...
+
+    async def reserve_run(self, tenant_id: str, run_id: str, limit: int) -> bool:
+        """Count a new run against the tenant's concurrent runs across every server sharing
+        the store; False when it already has `limit` in flight (the finished record frees it)."""
+        ...
+
+    async def unreserve_run(self, tenant_id: str, run_id: str) -> None:
+        """Undo `reserve_run` for a run that was not created."""
         ...
 
     # -- meta --------------------------------------------------------------------------------

@@ -4,7 +4,9 @@ Keys (all under `prefix`, default `legato:`): `run:{id}` JSON string; `runs:{ten
 of run ids by creation seq; `runs:unfinished` set; `program:{id}` JSON; `programs:{tenant}` sorted
 set; `tenant:{id}` JSON; `tenant_names` hash name -> id; `tenant_keys` hash key hash -> id;
 `journal:{run}` list of step JSON; `events:{run}` sorted set of event JSON by seq; `meta` hash;
-`seq` counter. Writes that touch several keys go in one MULTI/EXEC transaction. Durability across
+`seq` counter; `lease:{run}` and `fence:{run}` (see `redis_leases`). Writes that touch several
+keys go in one MULTI/EXEC transaction; an owned run's writes are fenced Lua scripts. Several
+`legato serve` instances may share one Redis (each owns the runs it leased). Durability across
 a crash of *Legato* is immediate (Redis holds the data); across a crash of Redis it is whatever
 the Redis server's persistence (AOF / RDB) gives.
 """
@@ -12,10 +14,11 @@ the Redis server's persistence (AOF / RDB) gives.
 from __future__ import annotations
 
 import json
+import uuid
 from typing import Any
 
 import anyio
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 
 from legato.programs.journal import Step
 from legato.server.store.base import (
@@ -25,15 +28,29 @@ from legato.server.store.base import (
     RunRecord,
     TenantRecord,
 )
+from legato.server.store.redis_leases import RedisLeases
 
 OP_TIMEOUT_S = 10.0
+# Connections to Redis per server. Redis runs one command at a time, so connections beyond the
+# commands it can have in flight only queue there instead of here; a request waits for a free one
+# (the default pool fails at once with "Too many connections" under a few hundred agents).
+MAX_CONNECTIONS = 128
 
 
 class RedisRunStore:
-    def __init__(self, url: str, *, prefix: str = "legato:") -> None:
+    def __init__(self, url: str, *, prefix: str = "legato:", lease_s: float = 10.0) -> None:
         self.url = url
         self.prefix = prefix
+        self.lease_s: float | None = lease_s  # run leases: set, this store is shared by instances
+        self.instance = uuid.uuid4().hex[:12]
         self._redis: Redis | None = None
+        self._leases: RedisLeases | None = None
+
+    @property
+    def leases(self) -> RedisLeases:
+        if self._leases is None:
+            raise RuntimeError("the Redis store is not open")
+        return self._leases
 
     @property
     def r(self) -> Redis:
@@ -46,12 +63,16 @@ class RedisRunStore:
 
     async def open(self) -> None:
         if self._redis is None:
-            self._redis = Redis.from_url(
+            pool = BlockingConnectionPool.from_url(
                 self.url,
+                max_connections=MAX_CONNECTIONS,
+                timeout=OP_TIMEOUT_S,  # waiting for a free connection, then the op's own timeout
                 socket_timeout=OP_TIMEOUT_S,
                 socket_connect_timeout=OP_TIMEOUT_S,
                 decode_responses=True,
             )
+            self._redis = Redis.from_pool(pool)
+            self._leases = RedisLeases(self._redis, self.k, self.instance, self.lease_s or 10.0)
             await self.ping()
 
     async def close(self) -> None:
@@ -61,7 +82,48 @@ class RedisRunStore:
                 await redis.aclose()
 
     def claim(self) -> None:
-        """No server lock on Redis yet: run one server per store (see `store.base`)."""
+        """No server lock: instances share the store, each run is leased (`claim_run`)."""
+
+    # -- leases (see `redis_leases`) ------------------------------------------------------------
+    async def claim_run(self, run_id: str) -> bool:
+        with anyio.fail_after(OP_TIMEOUT_S):
+            return await self.leases.claim(run_id)
+
+    async def renew_runs(self, run_ids: list[str]) -> list[str]:
+        with anyio.fail_after(OP_TIMEOUT_S):
+            return await self.leases.renew(run_ids)
+
+    async def release_run(self, run_id: str) -> None:
+        with anyio.fail_after(OP_TIMEOUT_S):
+            await self.leases.release(run_id)
+
+    def owns(self, run_id: str) -> bool:
+        return self.leases.owns(run_id)
+
+    async def reserve_run(self, tenant_id: str, run_id: str, limit: int) -> bool:
+        """Count a new run against the tenant's concurrent runs on every instance (a set of its
+        unfinished runs, left by `save_run` of the finished record); False at the limit."""
+        with anyio.fail_after(OP_TIMEOUT_S):
+            return bool(await self.leases.reserve(keys=[self.k("active", tenant_id)], args=[run_id, limit]))
+
+    async def unreserve_run(self, tenant_id: str, run_id: str) -> None:
+        with anyio.fail_after(OP_TIMEOUT_S):
+            await self.r.srem(self.k("active", tenant_id), run_id)
+
+    async def claimable_runs(self) -> list[RunRecord]:
+        """Unfinished runs nobody holds a lease on (their owner finished, stopped or died)."""
+        with anyio.fail_after(OP_TIMEOUT_S):
+            ids = sorted(str(i) for i in await self.r.smembers(self.k("runs", "unfinished")))
+            if not ids:
+                return []
+            async with self.r.pipeline(transaction=False) as pipe:
+                for run_id in ids:
+                    pipe.exists(self.k("lease", run_id))
+                leased = await pipe.execute()
+            free = [i for i, held in zip(ids, leased, strict=True) if not held]
+            raws = await self.r.mget([self.k("run", i) for i in free]) if free else []
+        runs = [RunRecord.model_validate_json(r) for r in raws if r]
+        return sorted((r for r in runs if not r.finished), key=lambda r: r.seq)
 
     async def ping(self) -> None:
         with anyio.fail_after(OP_TIMEOUT_S):
@@ -150,14 +212,16 @@ class RedisRunStore:
         return stored
 
     async def save_run(self, run: RunRecord) -> None:
+        """Fenced for an owned run; a finished record is never overwritten (StaleOwnerError)."""
+        keys = [self.k("fence", run.id), self.k("run", run.id), self.k("runs", "unfinished")]
+        keys.append(self.k("active", run.tenant_id))
+        args: list[str | int] = [self.leases.token(run.id), run.model_dump_json(), run.id, int(run.finished)]
         with anyio.fail_after(OP_TIMEOUT_S):
-            async with self.r.pipeline(transaction=True) as pipe:
-                pipe.set(self.k("run", run.id), run.model_dump_json())
-                if run.finished:
-                    pipe.srem(self.k("runs", "unfinished"), run.id)
-                else:
-                    pipe.sadd(self.k("runs", "unfinished"), run.id)
-                await pipe.execute()
+            done = await self.leases.save_run(keys=keys, args=args)
+        if done == 0:
+            raise self.leases.refused(run.id, "saving the run")
+        if done == -1:
+            raise self.leases.refused(run.id, "overwriting the finished run")
 
     async def get_run(self, run_id: str) -> RunRecord | None:
         with anyio.fail_after(OP_TIMEOUT_S):
@@ -207,8 +271,11 @@ class RedisRunStore:
 
     # -- journal -----------------------------------------------------------------------------
     async def append(self, run_id: str, step: Step) -> None:
+        keys = [self.k("fence", run_id), self.k("journal", run_id)]
+        args = [self.leases.token(run_id), json.dumps(step.to_dict(), default=str)]
         with anyio.fail_after(OP_TIMEOUT_S):
-            await self.r.rpush(self.k("journal", run_id), json.dumps(step.to_dict(), default=str))
+            if not await self.leases.append_step(keys=keys, args=args):
+                raise self.leases.refused(run_id, "journaling a step")
 
     async def steps(self, run_id: str) -> list[Step]:
         with anyio.fail_after(OP_TIMEOUT_S):
@@ -217,8 +284,11 @@ class RedisRunStore:
 
     # -- events ------------------------------------------------------------------------------
     async def append_event(self, run_id: str, event: EventRecord) -> None:
+        keys = [self.k("fence", run_id), self.k("events", run_id)]
+        args: list[str | int] = [self.leases.token(run_id), event.model_dump_json(), event.seq]
         with anyio.fail_after(OP_TIMEOUT_S):
-            await self.r.zadd(self.k("events", run_id), {event.model_dump_json(): event.seq})
+            if not await self.leases.append_event(keys=keys, args=args):
+                raise self.leases.refused(run_id, "recording an event")
 
     async def events(self, run_id: str, after_seq: int = -1, limit: int = 10_000) -> list[EventRecord]:
         with anyio.fail_after(OP_TIMEOUT_S):

@@ -102,6 +102,30 @@ class SqliteRunStore:
             ) from None
         self._lock_fd = fd
 
+    # -- leases: one server per file (`claim`), so it owns every run --------------------------
+    lease_s: float | None = None
+
+    async def claim_run(self, run_id: str) -> bool:
+        return True
+
+    async def renew_runs(self, run_ids: list[str]) -> list[str]:
+        return []
+
+    async def release_run(self, run_id: str) -> None:
+        return None
+
+    def owns(self, run_id: str) -> bool:
+        return True
+
+    async def claimable_runs(self) -> list[RunRecord]:
+        return await self.unfinished_runs()
+
+    async def reserve_run(self, tenant_id: str, run_id: str, limit: int) -> bool:
+        return True  # one server: its own `QuotaTracker` counts every run
+
+    async def unreserve_run(self, tenant_id: str, run_id: str) -> None:
+        return None
+
     async def close(self) -> None:
         if self._lock_fd is not None:
             os.close(self._lock_fd)  # closing releases the lock

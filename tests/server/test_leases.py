@@ -1,0 +1,93 @@
+"""Run leases, fencing and the shared concurrent-runs quota of the Redis store: two store
+objects (two instances) on one real redis-server."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+
+import anyio
+import pytest
+
+from legato.programs.journal import Step
+from legato.server.store import EventRecord, RedisRunStore, RunRecord
+from legato.server.store.redis_leases import StaleOwnerError
+
+
+@pytest.fixture
+async def pair(redis_url: str) -> AsyncIterator[tuple[RedisRunStore, RedisRunStore]]:
+    prefix = f"t{uuid.uuid4().hex[:8]}:"
+    a, b = (RedisRunStore(redis_url, prefix=prefix, lease_s=0.3) for _ in range(2))
+    await a.open()
+    await b.open()
+    try:
+        yield a, b
+    finally:
+        await a.close()
+        await b.close()
+
+
+def record(run_id: str) -> RunRecord:
+    return RunRecord(id=run_id, tenant_id="t", program_id=None, program_name="p", spec={})
+
+
+async def test_a_lease_is_exclusive_until_it_expires_then_the_old_owner_is_fenced(
+    pair: tuple[RedisRunStore, RedisRunStore],
+) -> None:
+    a, b = pair
+    assert await a.claim_run("r1")
+    await a.create_run(record("r1"))
+    assert not await b.claim_run("r1")
+    assert [r.id for r in await b.claimable_runs()] == []
+    assert await a.renew_runs(["r1"]) == []  # the heartbeat keeps it
+    await anyio.sleep(0.45)  # no heartbeat: the lease expires
+    assert [r.id for r in await b.claimable_runs()] == ["r1"]
+    assert await b.claim_run("r1")
+    running = record("r1").model_copy(update={"status": "running"})
+    with pytest.raises(StaleOwnerError):
+        await a.save_run(running)
+    with pytest.raises(StaleOwnerError):
+        await a.append("r1", Step(0, "0:n", "n", "ok"))
+    with pytest.raises(StaleOwnerError):
+        await a.append_event("r1", EventRecord(seq=0, kind="status"))
+    assert not a.owns("r1") and b.owns("r1")
+    assert await a.renew_runs(["r1"]) == ["r1"]
+    await b.save_run(running)
+    await b.append("r1", Step(0, "0:n", "n", "ok"))
+    assert [s.node for s in await b.steps("r1")] == ["n"]
+
+
+async def test_a_finished_record_is_never_overwritten(pair: tuple[RedisRunStore, RedisRunStore]) -> None:
+    a, b = pair
+    assert await a.claim_run("r2")
+    await a.create_run(record("r2"))
+    await b.save_run(record("r2").model_copy(update={"status": "cancelled"}))  # a cancel via B
+    with pytest.raises(StaleOwnerError):
+        await a.save_run(record("r2").model_copy(update={"status": "succeeded"}))
+    stored = await b.get_run("r2")
+    assert stored is not None and stored.status == "cancelled"
+
+
+async def test_released_runs_are_claimable_at_once(pair: tuple[RedisRunStore, RedisRunStore]) -> None:
+    a, b = pair
+    assert await a.claim_run("r3")
+    await a.create_run(record("r3"))
+    await a.release_run("r3")
+    assert await b.claim_run("r3")
+
+
+async def test_the_concurrent_runs_quota_counts_every_instance(
+    pair: tuple[RedisRunStore, RedisRunStore],
+) -> None:
+    a, b = pair
+    assert await a.reserve_run("t", "x1", 3)
+    assert await b.reserve_run("t", "x2", 3)
+    assert await a.reserve_run("t", "x3", 3)
+    assert not await b.reserve_run("t", "x4", 3)
+    assert await b.reserve_run("other", "y1", 3)  # per tenant
+    assert await a.claim_run("x1")
+    await a.create_run(record("x1"))
+    await a.save_run(record("x1").model_copy(update={"status": "succeeded"}))  # frees a slot
+    assert await b.reserve_run("t", "x4", 3)
+    await b.unreserve_run("t", "x4")
+    assert await b.reserve_run("t", "x5", 3)
