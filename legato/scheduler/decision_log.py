@@ -90,7 +90,7 @@ def cause_text(event: object) -> str:
     """The event a decision answered, in words (the decision's reason)."""
     if isinstance(event, CallArrived):
         c = event.call
-        return f"call {c.call_id} of {c.node!r} arrived ({len(c.prompt_token_ids)} prompt tokens)"
+        return f"a call of {c.node!r} arrived ({len(c.prompt_token_ids)} prompt tokens)"
     if isinstance(event, CallFinished):
         return f"call {event.call_id} finished ({event.output_tokens} tokens, {event.finish_reason})"
     if isinstance(event, ToolStarted):
