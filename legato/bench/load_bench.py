@@ -6,7 +6,8 @@ Each of `runs` workers plays a tool-using agent through the OpenAI-compatible pr
 program. Every answer is streamed to the end and checked (HTTP status, SSE error events, the
 closing `[DONE]`), so "ok" means the client got a whole answer. Meanwhile the server's resident
 memory is sampled (`process_resident_memory_bytes` from /metrics, or psutil with `--pid`), so the
-report says whether memory stayed flat after warm-up.
+report says whether memory stayed flat after warm-up, and the operator page's data endpoint is
+polled as the page polls it (`ui_probe`), so the report says how fast it answers at this load.
 
 It is a client only: point it at `legato serve --engine sim-realtime` (a simulated GPU in real
 time, no GPU needed) or at a server on a real engine. Structured concurrency throughout: one
@@ -29,6 +30,8 @@ from typing import Any
 
 import anyio
 import httpx
+
+from legato.bench.ui_probe import UiProbe, ui_line
 
 _RESUMES = 3  # a run's event stream is resumed at most this many times
 _RSS = re.compile(r"^process_resident_memory_bytes (\S+)$", re.MULTILINE)
@@ -79,6 +82,7 @@ class _Tally:
     programs: int = 0
     retries: int = 0
     rss: list[tuple[float, int]] = field(default_factory=list)
+    ui: UiProbe = field(default_factory=UiProbe)
 
     def error(self, kind: str, detail: str) -> None:
         self.errors[kind] += 1
@@ -106,6 +110,7 @@ class LoadReport:
     rss_end_mb: float | None
     rss_growth_after_warmup: float | None
     memory_flat: bool | None
+    ui_snapshot: dict[str, Any] | None = None  # GET /ui/api/snapshot times (ui_probe)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
@@ -140,6 +145,9 @@ class LoadReport:
                     f"memory after warm-up {self.rss_after_warmup_mb:.0f} -> {self.rss_end_mb:.0f} MB "
                     f"({self.rss_growth_after_warmup:+.1%}): {verdict}"
                 )
+        ui = ui_line(self.ui_snapshot)
+        if ui is not None:
+            lines.append(ui)
         for example in self.error_examples:
             lines.append(f"  error: {example}")
         return "\n".join(lines)
@@ -426,6 +434,7 @@ async def run_load(cfg: LoadConfig) -> LoadReport:
         stop = anyio.Event()
         async with anyio.create_task_group() as tg:
             tg.start_soon(_sample, cfg, client, tally, t0, stop)
+            tg.start_soon(tally.ui.poll, client, stop)
             async with anyio.create_task_group() as agents:
                 for i in range(cfg.runs):
                     agents.start_soon(_Agent(cfg, i, model or "", client, tally).run, deadline)
@@ -463,6 +472,7 @@ def _report(cfg: LoadConfig, tally: _Tally, elapsed: float) -> LoadReport:
         rss_end_mb=end / 2**20 if end is not None else None,
         rss_growth_after_warmup=growth,
         memory_flat=None if growth is None else growth < cfg.flat_tolerance,
+        ui_snapshot=tally.ui.summary(percentiles),
     )
 
 
