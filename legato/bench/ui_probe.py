@@ -3,8 +3,11 @@ page does (once a second) while its agents run, and reports how long the answers
 
 Two times per poll: the server's own (`took_s` in the answer: gathering every panel, the
 programs table included) and the one this client saw (plus the network and this process, which
-also drives every agent, so it is the pessimistic one). The live-program count the page showed
-is recorded with them, so the report says at how many live programs the times were measured.
+also drives every agent, so it is the pessimistic one), next to the client-seen time of
+`GET /healthz` right after it: the same path through this client and the server's event loop
+for an endpoint that does no work, the baseline the snapshot's time is compared with. The
+live-program count the page showed is recorded with them, so the report says at how many live
+programs the times were measured.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ POLL_S = 1.0  # the page's own poll period (legato/server/ui/static/app.js POLL_
 class UiProbe:
     server_s: list[float] = field(default_factory=list)
     client_s: list[float] = field(default_factory=list)
+    healthz_s: list[float] = field(default_factory=list)
     live_programs: list[int] = field(default_factory=list)
     failures: int = 0
 
@@ -40,6 +44,13 @@ class UiProbe:
                 self.client_s.append(elapsed)
                 self.server_s.append(float(body["took_s"]))
                 self.live_programs.append(int(body["programs"]["total"]))
+                start = time.perf_counter()
+                try:
+                    with anyio.fail_after(30):
+                        await client.get("/healthz")
+                    self.healthz_s.append(time.perf_counter() - start)
+                except (httpx.HTTPError, TimeoutError):
+                    pass
             else:
                 self.failures += 1  # an older server without /ui, or an error
             with anyio.move_on_after(POLL_S):
@@ -60,6 +71,7 @@ class UiProbe:
             "server_ms": {k: v * ms for k, v in percentiles(self.server_s).items()},
             "server_ms_at_peak": {k: v * ms for k, v in percentiles(at_peak).items()},
             "client_ms": {k: v * ms for k, v in percentiles(self.client_s).items()},
+            "client_healthz_ms": {k: v * ms for k, v in percentiles(self.healthz_s).items()},
         }
 
 
@@ -67,10 +79,12 @@ def ui_line(summary: dict[str, Any] | None) -> str | None:
     if summary is None:
         return None
     s, peak, c = summary["server_ms"], summary["server_ms_at_peak"], summary["client_ms"]
+    h = summary["client_healthz_ms"]
     return (
         f"/ui data endpoint  server p50 {s['p50']:.1f} ms, p99 {s['p99']:.1f} ms "
         f"(at >= 90% of {summary['live_programs_max']} live programs: p50 {peak['p50']:.1f}, "
-        f"max {peak['max']:.1f} ms); client-seen p50 {c['p50']:.1f} ms; {summary['polls']} polls"
+        f"max {peak['max']:.1f} ms); client-seen p50 {c['p50']:.1f} ms vs GET /healthz "
+        f"{h['p50']:.1f} ms; {summary['polls']} polls"
     )
 
 

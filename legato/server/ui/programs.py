@@ -18,6 +18,7 @@ thousands of programs.
 from __future__ import annotations
 
 import collections
+import math
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -39,7 +40,8 @@ class ProgramRow:
     state: str
     replica: int | None
     resident_tokens: int | None
-    next_use_in_s: float | None
+    next_use_in_s: float | None  # seconds until the policy's predicted next use (None: no hint)
+    never_reused: bool  # the policy's hint: this KV is not needed again
     attained_tokens: int
     age_s: float
     calls: int | None
@@ -123,13 +125,13 @@ def program_rows(
     def add(run_id: str, kind: str, name: str, tenant: str, idle: str, age: float, calls: int | None) -> None:
         known, replica, pinned = _sched_state(sched, run_id, held)
         mark = marks.get(run_id)
-        next_use = None
-        if mark is not None and mark.next_use_s is not None:
-            next_use = mark.next_use_s - now_mono if mark.next_use_s != float("inf") else float("inf")
+        at = mark.next_use_s if mark is not None else None
+        never = at == math.inf
+        next_use = None if at is None or never else at - now_mono
         rows.append(
             ProgramRow(
                 run_id, kind, name, names.get(tenant, tenant), known or idle, replica, None,
-                next_use, served.get(run_id, 0), age, calls, pinned,
+                next_use, never, served.get(run_id, 0), age, calls, pinned,
             )
         )  # fmt: skip
 

@@ -13,6 +13,7 @@ in the tab's session storage) and answer what the viewer may see (`viewer.py`):
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import asdict, dataclass, field
 from importlib import resources
@@ -41,6 +42,13 @@ Limit = Annotated[int, Query(ge=1, le=1000, description="rows to return")]
 class UiState:
     busy: BusyWindow = field(default_factory=BusyWindow)
     tenants: TenantCache = field(default_factory=TenantCache)
+
+
+def _json(value: Any) -> Response:
+    """Plain `json.dumps`: the panels are plain data already, and skipping FastAPI's per-field
+    encoding pass keeps the snapshot of thousands of programs cheap."""
+    body = json.dumps(value, allow_nan=False, separators=(",", ":"))
+    return Response(body, media_type="application/json", headers={"Cache-Control": "no-store"})
 
 
 def _asset(name: str) -> bytes:
@@ -100,7 +108,7 @@ def router() -> APIRouter:
         return Response(_asset(name), media_type=STATIC[name], headers={"Cache-Control": "no-cache"})
 
     @r.get("/ui/api/snapshot", summary="Everything the operator page shows", responses=responses())
-    async def snapshot(viewer: ViewerDep, state: StateDep, limit: Limit = 100) -> dict[str, Any]:
+    async def snapshot(viewer: ViewerDep, state: StateDep, limit: Limit = 100) -> Response:
         start = time.perf_counter()
         names = await _names(state)
         tenants = await _ui(state).tenants.get(state)
@@ -114,29 +122,29 @@ def router() -> APIRouter:
             "decisions": decisions_panel(state, viewer, names, 50),
         }
         answer["took_s"] = time.perf_counter() - start  # `legato bench load` reports it
-        return answer
+        return _json(answer)
 
     @r.get("/ui/api/replicas", summary="Replicas: calls, KV per tier, hit rate, busy", responses=responses())
-    async def replicas(viewer: ViewerDep, state: StateDep) -> list[dict[str, Any]]:
-        return await replicas_panel(state, _ui(state).busy)
+    async def replicas(viewer: ViewerDep, state: StateDep) -> Response:
+        return _json(await replicas_panel(state, _ui(state).busy))
 
     @r.get("/ui/api/programs", summary="Live programs visible to this key", responses=responses())
-    async def programs(viewer: ViewerDep, state: StateDep, limit: Limit = 100) -> dict[str, Any]:
-        return await programs_panel(state, viewer, await _names(state), limit)
+    async def programs(viewer: ViewerDep, state: StateDep, limit: Limit = 100) -> Response:
+        return _json(await programs_panel(state, viewer, await _names(state), limit))
 
     @r.get("/ui/api/tenants", summary="Tenants: weight, share, fairness, quotas", responses=responses())
-    async def tenants(viewer: ViewerDep, state: StateDep) -> dict[str, Any]:
-        return tenants_panel(state, viewer, await _ui(state).tenants.get(state))
+    async def tenants(viewer: ViewerDep, state: StateDep) -> Response:
+        return _json(tenants_panel(state, viewer, await _ui(state).tenants.get(state)))
 
     @r.get("/ui/api/decisions", summary="The scheduler's recent decisions", responses=responses())
-    async def decisions(viewer: ViewerDep, state: StateDep, limit: Limit = 100) -> dict[str, Any]:
-        return decisions_panel(state, viewer, await _names(state), limit)
+    async def decisions(viewer: ViewerDep, state: StateDep, limit: Limit = 100) -> Response:
+        return _json(decisions_panel(state, viewer, await _names(state), limit))
 
     @r.get("/ui/api/runs/{run_id}", summary="One program's page", responses=responses())
     async def run(
         run_id: Annotated[str, Path(max_length=128)], viewer: ViewerDep, state: StateDep
-    ) -> dict[str, Any]:
-        return await run_page(state, viewer, run_id)
+    ) -> Response:
+        return _json(await run_page(state, viewer, run_id))
 
     return r
 

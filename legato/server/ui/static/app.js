@@ -143,7 +143,7 @@ function renderPrograms(p) {
       el("td", {}, el("span", { class: "state " + stateClass(r.state) }, r.state + (r.pinned ? " · pinned" : ""))),
       el("td", {}, r.replica === null ? "–" : r.replica),
       el("td", {}, r.resident_tokens === null ? "–" : fmtNum(r.resident_tokens) + " tok"),
-      el("td", {}, secs(r.next_use_in_s)),
+      el("td", {}, r.never_reused ? "never" : secs(r.next_use_in_s)),
       el("td", {}, fmtNum(r.attained_tokens) + " tok"),
       el("td", {}, secs(r.age_s)));
     row.addEventListener("click", () => { location.hash = "#/runs/" + encodeURIComponent(r.id); });
