@@ -43,6 +43,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from legato.engine_adapter.base import Engine
 from legato.server.engine_stats import fetch_engine_stats
+from legato.server.metrics_spec import spec_families
 from legato.server.metrics_tiers import tier_families
 
 log = logging.getLogger(__name__)
@@ -338,6 +339,7 @@ class _StateCollector(Collector):
                     rate.add_metric([rep, tier], value / looked if looked else 0.0)
         yield from (blocks, engine_q, hit, prompt, rate)
         yield from tier_families(self.m.sources.engines, stats_list)
+        yield from spec_families(stats_list)
 
 
 def install_metrics(app: FastAPI, state: Any) -> ServiceMetrics:
@@ -350,6 +352,9 @@ def install_metrics(app: FastAPI, state: Any) -> ServiceMetrics:
         Sources(engines=state.replicas, scheduler=sched, tracker=getattr(proxy, "tracker", None))
     )
     extras["metrics"] = metrics
+    quotas = getattr(state, "quotas", None)
+    if quotas is not None:  # 429s per tenant, whichever quota refused (counted by the error handler)
+        metrics.sources.extra.append(lambda: _rejections(quotas.rejected))
     if hasattr(state.scheduler, "meter"):  # the MeteredScheduler every call goes through
         state.scheduler.meter = metrics.count_tokens
         state.scheduler.on_placed = lambda replica: metrics.replica_calls.labels(str(replica)).inc()
@@ -361,6 +366,15 @@ def install_metrics(app: FastAPI, state: Any) -> ServiceMetrics:
     app.add_middleware(_Counting, metrics=metrics)
     app.include_router(metrics.router())
     return metrics
+
+
+def _rejections(rejected: dict[str, int]) -> Iterable[Metric]:
+    family = CounterMetricFamily(
+        "legato_tenant_rejections", "Requests refused with 429 (a quota), per tenant.", labels=["tenant"]
+    )
+    for tenant, n in sorted(rejected.items()):
+        family.add_metric([tenant], n)
+    yield family
 
 
 def _tier_loads(engine: Engine) -> dict[str, int]:

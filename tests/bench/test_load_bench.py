@@ -1,6 +1,7 @@
 """`legato bench load` at tiny size against the whole REST app (real socket, the real-time
 simulated engine): every streamed request completes, memory is sampled from /metrics, and the
-report (table and JSON) says so, with the operator page's data endpoint times; a server that refuses the key is a clear CLI error."""
+report (table and JSON) says so, with the operator page's data endpoint times; a server that
+refuses the key is a clear CLI error."""
 
 from __future__ import annotations
 

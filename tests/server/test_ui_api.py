@@ -12,7 +12,7 @@ import pytest
 
 from tests.server.conftest import load_test_registry
 from tests.server.programs import gated_program
-from tests.server.proxy_harness import Served, legato_server
+from tests.server.proxy_harness import Served, legato_server, metric, scrape
 from tests.server.serving import tiny_engine
 
 ADMIN = "lg_admin-test-key"
@@ -121,3 +121,15 @@ def _chat_keyless(url: str) -> None:
         "next_tool": "pytest",
     }
     assert httpx.post(f"{url}/v1/chat/completions", json=body, timeout=60).status_code == 200
+
+
+def test_429s_are_counted_per_tenant(served: Served) -> None:
+    served.state.extras["proxy"].tracker.max_programs_per_tenant = 1  # a limit a tenant can hit
+    _chat(served, "acme", "first")
+    body = {"model": "legato-default", "messages": [{"role": "user", "content": "x"}], "program_id": "2nd"}
+    r = httpx.post(f"{served.url}/v1/chat/completions", json=body, headers=served.headers("acme"), timeout=60)
+    assert r.status_code == 429
+    rows = {row["name"]: row for row in _get(served, "/ui/api/tenants", ADMIN).json()["rows"]}
+    assert rows["acme"]["rejected_429"] == 1 and rows["globex"]["rejected_429"] == 0
+    text = scrape(served.url)
+    assert metric(text, "legato_tenant_rejections_total", tenant=served.tenant_ids["acme"]) == 1
