@@ -80,6 +80,7 @@ def create_app(state: ServerState) -> FastAPI:
             proxy = state.extras.get("proxy")
             if proxy is not None:  # end proxy programs that went idle, even with nobody scraping
                 background.start_soon(proxy.reap_idle)
+            background.start_soon(ui.run, state)  # what /ui shows, gathered off its requests
             yield
             background.cancel_scope.cancel()
 
@@ -98,5 +99,5 @@ def create_app(state: ServerState) -> FastAPI:
     app.include_router(events_router)
     app.include_router(proxy_router(state))  # OpenAI-compatible agent proxy
     install_metrics(app, state)  # /metrics + request counters
-    install_ui(app, state)  # /ui: the operator page and its data endpoints
+    ui = install_ui(app, state)  # /ui: the operator page and its data endpoints
     return app

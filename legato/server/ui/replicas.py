@@ -16,7 +16,6 @@ from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
-from legato.server.engine_stats import fetch_engine_stats
 from legato.server.state import ServerState
 from legato.server.tier_stats import replica_tiers
 
@@ -51,10 +50,12 @@ def _ratio(num: Any, den: Any) -> float | None:
     return None
 
 
-async def replicas_panel(state: ServerState, window: BusyWindow) -> list[dict[str, Any]]:
+def replicas_panel(
+    state: ServerState, window: BusyWindow, stats_list: list[object | None]
+) -> list[dict[str, Any]]:
+    """`stats_list`: each replica's latest `EngineStats` (`live_state` refreshes them)."""
     sched = state.inner_scheduler
     engines = state.replicas
-    stats_list = await fetch_engine_stats(engines)
     busy = getattr(sched, "busy", None)
     busy_now = [busy.busy_now(i) for i in range(len(engines))] if busy is not None else []
     fractions = window.fraction(busy_now) if busy_now else [None] * len(engines)
@@ -64,7 +65,7 @@ async def replicas_panel(state: ServerState, window: BusyWindow) -> list[dict[st
     held = sum(1 for p in pending.values() if p.replica is None) if isinstance(pending, dict) else 0
     out: list[dict[str, Any]] = []
     for i, engine in enumerate(engines):
-        stats = stats_list[i]
+        stats = stats_list[i] if i < len(stats_list) else None
         tiers = replica_tiers(engine, stats)
         drafted = getattr(stats, "spec_draft_tokens", 0)
         out.append(

@@ -9,13 +9,16 @@ in the tab's session storage) and answer what the viewer may see (`viewer.py`):
   the page polls every second);
 - `GET /ui/api/replicas`, `/ui/api/programs`, `/ui/api/tenants`, `/ui/api/decisions`: one panel;
 - `GET /ui/api/runs/{run_id}`: one program's page (graph, journal, events, tokens).
+
+The panels read in-memory state only (`live_state` refreshes what needs an await in the
+background), so an answer never waits behind the store or a busy engine.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from importlib import resources
 from typing import Annotated, Any
 
@@ -25,10 +28,11 @@ from fastapi.responses import HTMLResponse, Response
 from legato.server.deps import StateDep
 from legato.server.errors import responses
 from legato.server.state import ServerState
+from legato.server.ui.live_state import UiState
 from legato.server.ui.programs import program_rows
-from legato.server.ui.replicas import BusyWindow, replicas_panel
+from legato.server.ui.replicas import replicas_panel
 from legato.server.ui.run_page import run_page
-from legato.server.ui.tenants import TenantCache, tenants_panel
+from legato.server.ui.tenants import tenants_panel
 from legato.server.ui.viewer import Viewer, ViewerDep
 
 STATIC = {  # file -> media type; the only files served (no path from the client reaches the disk)
@@ -36,12 +40,6 @@ STATIC = {  # file -> media type; the only files served (no path from the client
     "style.css": "text/css; charset=utf-8",
 }
 Limit = Annotated[int, Query(ge=1, le=1000, description="rows to return")]
-
-
-@dataclass
-class UiState:
-    busy: BusyWindow = field(default_factory=BusyWindow)
-    tenants: TenantCache = field(default_factory=TenantCache)
 
 
 def _json(value: Any) -> Response:
@@ -67,8 +65,10 @@ def _policy(state: ServerState) -> str:
     return str(getattr(policy, "name", "passthrough"))
 
 
-async def _names(state: ServerState) -> dict[str, str]:
-    return {t.id: t.name for t in await _ui(state).tenants.get(state)}
+async def _ready(state: ServerState) -> UiState:
+    ui = _ui(state)
+    await ui.ensure(state)
+    return ui
 
 
 def decisions_panel(state: ServerState, viewer: Viewer, names: dict[str, str], limit: int) -> dict[str, Any]:
@@ -84,9 +84,7 @@ def decisions_panel(state: ServerState, viewer: Viewer, names: dict[str, str], l
     return {"available": True, "counts": dict(log.counts) if viewer.admin else {}, "entries": entries}
 
 
-async def programs_panel(
-    state: ServerState, viewer: Viewer, names: dict[str, str], limit: int
-) -> dict[str, Any]:
+def programs_panel(state: ServerState, viewer: Viewer, names: dict[str, str], limit: int) -> dict[str, Any]:
     tracker = getattr(state.extras.get("proxy"), "tracker", None)
     if tracker is not None:
         tracker.sweep()
@@ -109,16 +107,16 @@ def router() -> APIRouter:
 
     @r.get("/ui/api/snapshot", summary="Everything the operator page shows", responses=responses())
     async def snapshot(viewer: ViewerDep, state: StateDep, limit: Limit = 100) -> Response:
-        start = time.perf_counter()
-        names = await _names(state)
-        tenants = await _ui(state).tenants.get(state)
+        ui = await _ready(state)
+        start = time.perf_counter()  # from here on nothing awaits: in-memory state only
+        names = ui.names()
         answer = {
             "at": time.time(),
             "viewer": {"label": viewer.label, "admin": viewer.admin},
             "policy": _policy(state),
-            "replicas": await replicas_panel(state, _ui(state).busy),
-            "programs": await programs_panel(state, viewer, names, limit),
-            "tenants": tenants_panel(state, viewer, tenants),
+            "replicas": replicas_panel(state, ui.busy, ui.engine_stats or []),
+            "programs": programs_panel(state, viewer, names, limit),
+            "tenants": tenants_panel(state, viewer, ui.tenants or []),
             "decisions": decisions_panel(state, viewer, names, 50),
         }
         answer["took_s"] = time.perf_counter() - start  # `legato bench load` reports it
@@ -126,19 +124,23 @@ def router() -> APIRouter:
 
     @r.get("/ui/api/replicas", summary="Replicas: calls, KV per tier, hit rate, busy", responses=responses())
     async def replicas(viewer: ViewerDep, state: StateDep) -> Response:
-        return _json(await replicas_panel(state, _ui(state).busy))
+        ui = await _ready(state)
+        return _json(replicas_panel(state, ui.busy, ui.engine_stats or []))
 
     @r.get("/ui/api/programs", summary="Live programs visible to this key", responses=responses())
     async def programs(viewer: ViewerDep, state: StateDep, limit: Limit = 100) -> Response:
-        return _json(await programs_panel(state, viewer, await _names(state), limit))
+        ui = await _ready(state)
+        return _json(programs_panel(state, viewer, ui.names(), limit))
 
     @r.get("/ui/api/tenants", summary="Tenants: weight, share, fairness, quotas", responses=responses())
     async def tenants(viewer: ViewerDep, state: StateDep) -> Response:
-        return _json(tenants_panel(state, viewer, await _ui(state).tenants.get(state)))
+        ui = await _ready(state)
+        return _json(tenants_panel(state, viewer, ui.tenants or []))
 
     @r.get("/ui/api/decisions", summary="The scheduler's recent decisions", responses=responses())
     async def decisions(viewer: ViewerDep, state: StateDep, limit: Limit = 100) -> Response:
-        return _json(decisions_panel(state, viewer, await _names(state), limit))
+        ui = await _ready(state)
+        return _json(decisions_panel(state, viewer, ui.names(), limit))
 
     @r.get("/ui/api/runs/{run_id}", summary="One program's page", responses=responses())
     async def run(
@@ -149,9 +151,10 @@ def router() -> APIRouter:
     return r
 
 
-def install_ui(app: FastAPI, state: ServerState) -> None:
-    _ui(state)
+def install_ui(app: FastAPI, state: ServerState) -> UiState:
+    """The routes; the returned `UiState.run` is the refresh loop the app's lifespan runs."""
     app.include_router(router())
+    return _ui(state)
 
 
 __all__ = ["UiState", "install_ui", "router"]

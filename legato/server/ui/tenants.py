@@ -11,31 +11,11 @@ is runs in flight over `max_concurrent_runs` and tokens in the window over `toke
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass, field
 from typing import Any
 
 from legato.server.auth import Tenant
 from legato.server.state import ServerState
-from legato.server.store.base import TenantRecord
 from legato.server.ui.viewer import Viewer
-
-
-@dataclass
-class TenantCache:
-    """The store's tenant list, re-read at most every `ttl_s` (every page poll would query it)."""
-
-    ttl_s: float = 2.0
-    at: float = -1e9
-    tenants: list[Tenant] = field(default_factory=list)
-
-    async def get(self, state: ServerState) -> list[Tenant]:
-        now = time.monotonic()
-        if now - self.at > self.ttl_s:
-            records: list[TenantRecord] = await state.store.list_tenants()
-            self.tenants = [Tenant.from_record(r) for r in records]
-            self.at = now
-        return self.tenants
 
 
 def jain_index(values: list[float]) -> float | None:
@@ -80,4 +60,4 @@ def tenants_panel(state: ServerState, viewer: Viewer, tenants: list[Tenant]) -> 
     return {"window_s": quotas.WINDOW_S, "jain_index": jain, "active_tenants": len(active), "rows": rows}
 
 
-__all__ = ["TenantCache", "jain_index", "tenants_panel"]
+__all__ = ["jain_index", "tenants_panel"]
