@@ -1,10 +1,12 @@
 """/metrics under `passthrough` and under `legato`, with host RAM and Redis KV tiers on (tiny torch
 engine, real Redis, real socket): both carry the queue and running-call gauges, busy seconds, and
 per-tier series for device, host and Redis (blocks, bytes, loads, offloads, load-vs-recompute
-choices); the text parses with `prometheus_client.parser`."""
+choices); the text parses with `prometheus_client.parser`, and every series the Grafana board in
+deploy/ queries is there."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import httpx
@@ -15,10 +17,14 @@ from legato.engine_adapter.torch import load_engine
 from tests.server.proxy_harness import legato_server, scrape
 from tests.server.serving import TINY
 
+DASHBOARD = Path(__file__).resolve().parents[2] / "deploy" / "grafana" / "legato-dashboard.json"
+
 
 def _samples(text: str) -> dict[str, set[tuple[tuple[str, str], ...]]]:
+    """Sample name -> its label sets; every family name is a key too (histograms, empty ones)."""
     out: dict[str, set[tuple[tuple[str, str], ...]]] = {}
     for family in text_string_to_metric_families(text):
+        out.setdefault(family.name, set())
         for sample in family.samples:
             out.setdefault(sample.name, set()).add(tuple(sorted(sample.labels.items())))
     return out
@@ -71,3 +77,10 @@ def test_every_policy_reports_queue_running_and_every_tier(
     assert _has(samples, "legato_tier_written_bytes_total", tier="redis")
     for choice in ("load", "recompute"):
         assert _has(samples, "legato_tier_load_choices_total", choice=choice)
+    # the Grafana board's panels read series this server exports (speculation: only engines
+    # that draft; decisions: only a policy that decides)
+    queried = set(re.findall(r"legato_[a-z_]+", DASHBOARD.read_text()))
+    optional = {"legato_spec_", "legato_scheduler_decisions"} if policy == "passthrough" else {"legato_spec_"}
+    for name in queried:
+        if not any(name.startswith(o) for o in optional):
+            assert name in samples or re.sub(r"_(bucket|total)$", "", name) in samples, name
