@@ -63,6 +63,14 @@ def bench(
             callback=output_path, help="Write a PNG: TCT CDF, plus throughput vs concurrency with --sweep."
         ),
     ] = None,
+    html: Annotated[
+        Path | None,
+        typer.Option(
+            "--html",
+            callback=output_path,
+            help="Write one self-contained HTML page: the tables and the plots (no network needed to view).",
+        ),
+    ] = None,
     sweep: Annotated[str | None, typer.Option(help="Also run these, e.g. concurrency=32,64,128.")] = None,
     gpu: Annotated[str, typer.Option(help="GPU preset: h100, a10, t4.")] = "h100",
     model: Annotated[
@@ -114,7 +122,7 @@ def bench(
         )
     except runner.BenchInputError as exc:
         raise _fail(str(exc)) from None
-    _emit(run, json_out, plot)
+    _emit(run, json_out, plot, html)
 
 
 def _all_policies() -> list[str]:
@@ -147,7 +155,7 @@ def _run_with_progress(workload: str, policies: list[str], **kwargs: Any) -> Ben
         return execute_bench(workload, policies, progress=progress, **kwargs)
 
 
-def _emit(run: BenchRun, json_out: Path | None, plot: Path | None) -> None:
+def _emit(run: BenchRun, json_out: Path | None, plot: Path | None, html: Path | None = None) -> None:
     from rich.console import Console
 
     from legato.bench.metrics import tcts
@@ -180,6 +188,11 @@ def _emit(run: BenchRun, json_out: Path | None, plot: Path | None) -> None:
 
         plot_bench(plot, {name: tcts(outcome) for name, outcome in run.outcomes.items()}, run.report)
         console.print(f"wrote {plot}")
+    if html is not None:
+        from legato.bench.html_report import write_html
+
+        write_html(run, html)
+        console.print(f"wrote {html}")
 
 
 @bench_app.command("engine")

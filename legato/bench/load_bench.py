@@ -6,7 +6,8 @@ Each of `runs` workers plays a tool-using agent through the OpenAI-compatible pr
 program. Every answer is streamed to the end and checked (HTTP status, SSE error events, the
 closing `[DONE]`), so "ok" means the client got a whole answer. Meanwhile the server's resident
 memory is sampled (`process_resident_memory_bytes` from /metrics, or psutil with `--pid`), so the
-report says whether memory stayed flat after warm-up.
+report says whether memory stayed flat after warm-up, and the operator page's data endpoint is
+polled as the page polls it (`ui_probe`), so the report says how fast it answers at this load.
 
 Several `--url`s (instances of one deployment sharing a Redis store): agents are spread over
 them round-robin, and each instance's memory is sampled and judged on its own.
@@ -352,6 +353,7 @@ async def run_load(cfg: LoadConfig) -> LoadReport:
         stop = anyio.Event()
         async with anyio.create_task_group() as tg:
             tg.start_soon(_sample, cfg, clients, tally, t0, stop)
+            tg.start_soon(tally.ui.poll, clients[0], stop)
             async with anyio.create_task_group() as agents:
                 for i in range(cfg.runs):
                     agent = _Agent(cfg, i, model or "", clients[i % len(clients)], tally)

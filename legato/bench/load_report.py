@@ -10,6 +10,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from legato.bench.ui_probe import UiProbe, ui_line
+
 
 @dataclass(slots=True)
 class LoadTally:
@@ -27,6 +29,7 @@ class LoadTally:
     retries: int = 0
     post_s: list[float] = field(default_factory=list)  # POST /v1/runs latency (workflow mode)
     rss: dict[str, list[tuple[float, int]]] = field(default_factory=dict)  # per instance URL
+    ui: UiProbe = field(default_factory=UiProbe)  # the operator page's data endpoint, polled
 
     def error(self, kind: str, detail: str) -> None:
         self.errors[kind] += 1
@@ -56,6 +59,7 @@ class LoadReport:
     memory_flat: bool | None
     post_runs_s: dict[str, float] = field(default_factory=dict)  # POST /v1/runs (workflow mode)
     instances: list[dict[str, Any]] = field(default_factory=list)  # per URL: its memory figures
+    ui_snapshot: dict[str, Any] | None = None  # GET /ui/api/snapshot times (ui_probe)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
@@ -99,6 +103,9 @@ class LoadReport:
                     f"memory after warm-up {self.rss_after_warmup_mb:.0f} -> {self.rss_end_mb:.0f} MB "
                     f"({self.rss_growth_after_warmup:+.1%}): {verdict}"
                 )
+        ui = ui_line(self.ui_snapshot)
+        if ui is not None:
+            lines.append(ui)
         for example in self.error_examples:
             lines.append(f"  error: {example}")
         return "\n".join(lines)
@@ -162,6 +169,7 @@ def build_report(
         memory_flat=all(i["memory_flat"] for i in instances) if first["growth"] is not None else None,
         post_runs_s=percentiles(tally.post_s) if tally.post_s else {},
         instances=instances,
+        ui_snapshot=tally.ui.summary(percentiles),
     )
 
 

@@ -8,15 +8,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 
 def plot_bench(
-    path: str | Path,
+    path: str | Path | IO[bytes],
     tcts_by_policy: Mapping[str, Sequence[float]],
     report: Mapping[str, Any],
 ) -> None:
-    """Write the TCT CDF (left) and, when `report` has a sweep, steps/min vs concurrency (right)."""
+    """Write the TCT CDF (left) and, when `report` has a sweep, steps/min vs concurrency (right),
+    as PNG to a file or a binary stream (`--html` embeds it)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -52,5 +53,5 @@ def plot_bench(
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, format="png")
     plt.close(fig)

@@ -62,6 +62,7 @@ class TierStats:
     planned_load_tokens: int = 0
     host_loaded_tokens: int = 0
     redis_loaded_tokens: int = 0
+    load_decisions: int = 0  # fetches where the plan chose to load blocks from a tier
     recompute_decisions: int = 0  # fetches where a tier held more but the plan chose recompute
     queued_writes: int = 0
     dropped_writes: int = 0  # queue full: backpressure, the write is skipped
@@ -273,6 +274,8 @@ class TierManager:
         with self._lock:
             self.stats.last_plan = plan
             self.stats.planned_load_tokens += plan.loaded_tokens
+            if plan.loaded_tokens > 0:
+                self.stats.load_decisions += 1
             if plan.recompute_from < reach:  # a tier held more, but recomputing it is cheaper
                 self.stats.recompute_decisions += 1
         out: list[KVBlock] = []

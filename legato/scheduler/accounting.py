@@ -27,5 +27,10 @@ class BusyClock:
             self.busy_s[replica] += self.clock() - since
             self._since[replica] = None
 
+    def busy_now(self, replica: int) -> float:
+        """`busy_s` including the interval still open (what a live dashboard samples)."""
+        since = self._since[replica]
+        return self.busy_s[replica] + (self.clock() - since if since is not None else 0.0)
+
 
 __all__ = ["BusyClock"]

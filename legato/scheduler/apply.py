@@ -14,7 +14,8 @@ returned to `DecisionApplier.apply`. The applier owns what must be the same ever
   (`stats["bad_decisions"]`) and logs it, like any other policy failure, because a policy bug
   must not take a server down.
 - an optional record of the decisions in the order they were handed to the replicas (tests
-  compare the record of two drivers).
+  compare the record of two drivers), and an optional `journal` (`DecisionLog`: what `/ui`
+  shows), told each applied decision with the event it answered.
 
 What a replica can or cannot do is declared, not coded around: `ReplicaTraits`.
 """
@@ -25,6 +26,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
+from legato.scheduler.decision_log import DecisionLog
 from legato.scheduler.policy import (
     Decision,
     Dispatch,
@@ -104,16 +106,26 @@ class ReplicaControl(Protocol):
 class DecisionApplier:
     """Applies decisions to one `ReplicaControl`; see the module docstring."""
 
-    def __init__(self, control: ReplicaControl, *, record: list[Decision] | None = None) -> None:
+    def __init__(
+        self,
+        control: ReplicaControl,
+        *,
+        record: list[Decision] | None = None,
+        journal: DecisionLog | None = None,
+    ) -> None:
         self.control = control
         self.record = record
+        self.journal = journal
 
-    def apply(self, decisions: Iterable[Decision]) -> None:
+    def apply(self, decisions: Iterable[Decision], cause: object = None) -> None:
+        """`cause`: the event the policy answered (the journal's reason; nothing else reads it)."""
         bad: list[str] = []
         for d in decisions:
             problem = self._apply_one(d)
             if problem is not None:
                 bad.append(problem)
+            elif self.journal is not None:
+                self.journal.note(d, cause)
         if bad:
             raise BadDecision(bad)
 

@@ -45,6 +45,7 @@ from legato.engine_adapter.base import (
 from legato.scheduler.accounting import BusyClock
 from legato.scheduler.apply import BadDecision, DecisionApplier
 from legato.scheduler.cluster_view import EngineClusterView
+from legato.scheduler.decision_log import DecisionLog
 from legato.scheduler.engine_control import EngineControl
 from legato.scheduler.engine_ops import EngineOps
 from legato.scheduler.events import (
@@ -106,7 +107,8 @@ class PolicyScheduler:
         self.ops = EngineOps(self.state, control_timeout_s)
         self.pins = PinKeeper(self.state, self.ops, bridge_ttl_s)
         self.control = EngineControl(self.state, self.pins)
-        self.applier = DecisionApplier(self.control, record=decisions)
+        self.decision_log = DecisionLog(self._owner, self._tenant_of)  # what /ui shows
+        self.applier = DecisionApplier(self.control, record=decisions, journal=self.decision_log)
         self.view = EngineClusterView(self.state)
         self.busy = BusyClock(len(self.state.engines), clock)
         self._tg: TaskGroup | None = None
@@ -150,6 +152,14 @@ class PolicyScheduler:
     @property
     def busy_s(self) -> list[float]:
         return self.busy.busy_s
+
+    def _owner(self, call_id: str) -> tuple[str | None, str | None]:
+        pending = self.pending.get(call_id)
+        return (None, None) if pending is None else (pending.call.run_id, pending.call.tenant)
+
+    def _tenant_of(self, run_id: str) -> str | None:
+        run = self.runs.get(run_id)
+        return None if run is None else run.tenant
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -340,6 +350,7 @@ class PolicyScheduler:
         self._emit_quietly(event)
         if isinstance(event, RunFinished):
             run = self.runs.pop(event.run_id, None)
+            self.decision_log.forget(event.run_id)
             if run is not None:
                 self.pins.drop(run)
 
@@ -348,7 +359,7 @@ class PolicyScheduler:
     def _emit(self, event: Event) -> None:
         decisions = self.policy.on_event(event, self.clock(), self.view)
         try:
-            self.applier.apply(decisions)
+            self.applier.apply(decisions, event)
         except BadDecision as bad:
             self.stats["bad_decisions"] += len(bad.problems)
             log.warning("policy %s: %s", self.policy.name, bad)

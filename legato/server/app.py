@@ -2,9 +2,10 @@
 
 Routers: workflows (`/v1/programs`, `/v1/runs`, SSE events), health (`/healthz`, `/readyz`,
 `/v1/limits`). Other components add theirs with `app.include_router(...)` (the OpenAI-compatible
-proxy, metrics). The lifespan starts, in order: store, engines, scheduler, tool runtime, executor,
-run manager; then resumes the runs a previous server left in flight; and stops them in reverse
-(runs are suspended, not cancelled, so the next server resumes them).
+proxy, metrics, the operator page `/ui`). The lifespan starts, in order: store, engines,
+scheduler, tool runtime, executor, run manager; then resumes the runs a previous server left in
+flight; and stops them in reverse (runs are suspended, not cancelled, so the next server resumes
+them).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from legato.server.routes_health import router as health_router
 from legato.server.routes_programs import router as programs_router
 from legato.server.routes_runs import router as runs_router
 from legato.server.state import ServerState
+from legato.server.ui.routes import install_ui
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +81,7 @@ def create_app(state: ServerState) -> FastAPI:
             proxy = state.extras.get("proxy")
             if proxy is not None:  # end proxy programs that went idle, even with nobody scraping
                 background.start_soon(proxy.reap_idle)
+            background.start_soon(ui.run, state)  # what /ui shows, gathered off its requests
             yield
             background.cancel_scope.cancel()
 
@@ -98,4 +101,5 @@ def create_app(state: ServerState) -> FastAPI:
     app.include_router(events_router)
     app.include_router(proxy_router(state))  # OpenAI-compatible agent proxy
     install_metrics(app, state)  # /metrics + request counters
+    ui = install_ui(app, state)  # /ui: the operator page and its data endpoints
     return app

@@ -202,6 +202,7 @@ class QuotaTracker:
         self.active: collections.Counter[str] = collections.Counter()
         self._tokens: dict[str, collections.deque[tuple[float, int]]] = {}
         self._totals: collections.Counter[str] = collections.Counter()
+        self.rejected: collections.Counter[str] = collections.Counter()  # 429s answered per tenant
 
     def record_tokens(self, tenant_id: str, n: int) -> None:
         if n <= 0:

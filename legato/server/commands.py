@@ -8,6 +8,7 @@ Heavy imports (torch, fastapi, uvicorn) stay inside the command bodies.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -116,8 +117,9 @@ def serve(
 ) -> None:
     """Serve the REST workflow API (/v1/programs, /v1/runs with SSE events), /healthz, /readyz.
 
-    OpenAPI docs at /docs. Runs, programs and tenants persist in --db (SQLite) or --redis-url;
-    a restarted server resumes the runs that were in flight."""
+    OpenAPI docs at /docs, the operator page at /ui (LEGATO_ADMIN_KEY in the environment sets
+    a key that sees every tenant there). Runs, programs and tenants persist in --db (SQLite) or
+    --redis-url; a restarted server resumes the runs that were in flight."""
     if single_tenant not in ("auto", "on", "off"):
         raise typer.BadParameter("use auto, on or off", param_hint="--single-tenant")
     import anyio
@@ -154,6 +156,7 @@ def serve(
         default_max_concurrent_runs=max_concurrent_runs,
         policy=policy,
         limits=Limits(max_body_bytes=max_body_bytes, max_prompt_chars=max_prompt_chars),
+        admin_key=os.environ.get("LEGATO_ADMIN_KEY") or None,  # sees every tenant on /ui
     )
     try:
         state = build_state(config, engines, registry)
@@ -179,7 +182,7 @@ def serve(
     replicas = ", ".join(getattr(e, "model_name", "?") for e in engines)
     typer.echo(
         f"Legato serving at http://{shown}:{bound_port} (policy {policy}; replicas: {replicas}; "
-        f"store: {where}; docs at /docs)"
+        f"store: {where}; docs at /docs, operator page at /ui)"
     )
     import sys
 

@@ -37,5 +37,6 @@ class ServerConfig:
     default_max_concurrent_runs: int = 64
     policy: str | None = None  # a `legato bench` policy name; None = passthrough (engine batches)
     limits: Limits = field(default_factory=Limits)
+    admin_key: str | None = field(default=None, repr=False)  # sees every tenant on /ui
     sse_keepalive_s: float = 15.0
     shutdown_timeout_s: float = 10.0

@@ -115,7 +115,12 @@ def install_error_handlers(app: FastAPI) -> None:
     """JSON error bodies for `ApiError`, validation errors, Starlette HTTP errors and the rest."""
 
     @app.exception_handler(ApiError)
-    async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
+    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+        if exc.status == 429:  # per-tenant refusals, whichever quota said no (/ui tenants panel)
+            tenant = getattr(request.state, "tenant", None)
+            quotas = getattr(getattr(request.app.state, "legato", None), "quotas", None)
+            if tenant is not None and quotas is not None:
+                quotas.rejected[tenant.id] += 1
         return error_response(exc)
 
     @app.exception_handler(RequestValidationError)

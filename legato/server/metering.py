@@ -3,7 +3,9 @@
 It wraps the executor's `CallScheduler` (passthrough or policy scheduler) and forwards
 everything; as a call's chunks stream back it records prompt tokens (once) and output tokens
 against the call's tenant, which the executor set from the authenticated tenant, and the
-replica that ran the call (`/metrics`: `legato_replica_calls`).
+replica that ran the call (`/metrics`: `legato_replica_calls`), and each live run's attained
+service in tokens, prompt and output (`served`: what `/ui` shows per program; dropped when the
+run finishes).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from collections.abc import AsyncIterator, Callable
 
 from legato.engine_adapter.base import TokenChunk, Tokenizer
 from legato.scheduler.base import CallScheduler
-from legato.scheduler.events import LLMCall, ProgramEvent
+from legato.scheduler.events import LLMCall, ProgramEvent, RunFinished
 from legato.server.auth import QuotaTracker
 
 
@@ -23,6 +25,7 @@ class MeteredScheduler:
         # (tenant, kind, tokens) for /metrics' per-tenant service; kind: prompt, cached, completion
         self.meter: Callable[[str, str, int], None] | None = None
         self.on_placed: Callable[[int], None] | None = None  # a call reached this replica (/metrics)
+        self.served: dict[str, int] = {}  # live run id -> tokens served (prompt + output)
 
     @property
     def tokenizer(self) -> Tokenizer:
@@ -34,6 +37,8 @@ class MeteredScheduler:
 
     def notify(self, event: ProgramEvent) -> None:
         self.inner.notify(event)
+        if isinstance(event, RunFinished):
+            self.served.pop(event.run_id, None)
 
     def replica_of(self, call_id: str) -> int | None:
         """The replica a streaming call runs on (`PolicyScheduler.placed`); a scheduler without
@@ -43,6 +48,8 @@ class MeteredScheduler:
 
     async def generate(self, call: LLMCall) -> AsyncIterator[TokenChunk]:
         self.quotas.record_tokens(call.tenant, len(call.prompt_token_ids))
+        served = self.served
+        served[call.run_id] = served.get(call.run_id, 0) + len(call.prompt_token_ids)
         meter = self.meter
         if meter is not None:
             meter(call.tenant, "prompt", len(call.prompt_token_ids))
@@ -56,6 +63,8 @@ class MeteredScheduler:
                     if self.on_placed is not None and replica is not None:
                         self.on_placed(replica)
                 self.quotas.record_tokens(call.tenant, len(chunk.token_ids))
+                if call.run_id in served:  # not when the run finished meanwhile
+                    served[call.run_id] += len(chunk.token_ids)
                 if meter is not None:
                     if chunk.cached_tokens and not cached_seen:  # engines repeat it on later chunks
                         cached_seen = True

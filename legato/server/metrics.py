@@ -7,9 +7,11 @@ Two kinds of numbers:
   LLM call goes through, so workflow runs and proxied calls alike), proxied calls and their
   latency, and program task-completion time (TCT) as a histogram (`observe_call`, `observe_run`).
 * **State**, read at scrape time: queue depth, running calls, active / between-calls / paused
-  programs (from the scheduler and the proxy's program tracker), KV blocks and the prefix-cache
-  hit rate per tier (from the engine's own stats for the device tier; host RAM and Redis from the
-  torch engine's tier manager, when tiers are attached: prompt tokens loaded from each).
+  programs and busy seconds per replica (from the scheduler, whatever the policy, passthrough
+  included, and the proxy's program tracker), KV blocks and the prefix-cache hit rate per tier
+  (from the engine's own stats for the device tier; host RAM and Redis from the torch engine's
+  tier manager, when tiers are attached: prompt tokens loaded from each), and the per-tier
+  families of `metrics_tiers` (blocks, bytes, loads, offloads, load-vs-recompute choices).
 
 The registry is per app, not prometheus-client's global one, so several apps (tests) live in one
 process; the process collector gives `process_resident_memory_bytes`, which `legato bench load`
@@ -41,6 +43,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from legato.engine_adapter.base import Engine
 from legato.engine_adapter.server.strict_json import StrictJSONRoute
+from legato.server.engine_stats import fetch_engine_stats
+from legato.server.metrics_spec import spec_families
+from legato.server.metrics_tiers import tier_families
 
 log = logging.getLogger(__name__)
 
@@ -150,17 +155,7 @@ class ServiceMetrics:
 
     async def refresh(self) -> None:
         """Fetch engine stats (async on the torch engine) for the synchronous collector."""
-        snapshot: list[object | None] = []
-        for engine in self.sources.engines:
-            stats_fn = getattr(engine, "stats", None)
-            value: object | None = None
-            if stats_fn is not None:
-                try:
-                    with anyio.fail_after(STATS_TIMEOUT_S):
-                        value = await stats_fn()
-                except Exception:  # a scrape must not fail because one engine is slow
-                    log.warning("engine stats unavailable for /metrics", exc_info=True)
-            snapshot.append(value)
+        snapshot = await fetch_engine_stats(self.sources.engines, STATS_TIMEOUT_S)
         self._engine_stats = snapshot
         self._tier_stats = [_tier_loads(engine) for engine in self.sources.engines]
 
@@ -274,6 +269,16 @@ class _StateCollector(Collector):
             state.add_metric(["paused"], paused)
             state.add_metric(["live"], len(runs) - paused)
             yield state
+        busy = getattr(sched, "busy", None)
+        if busy is not None and hasattr(busy, "busy_now"):  # every policy, passthrough included
+            seconds = CounterMetricFamily(
+                "legato_replica_busy_seconds",
+                "Seconds a replica had at least one call inside it.",
+                labels=["replica"],
+            )
+            for i in range(len(busy.busy_s)):
+                seconds.add_metric([str(i)], busy.busy_now(i))
+            yield seconds
         stats = getattr(sched, "stats", None)
         if isinstance(stats, dict):
             events = CounterMetricFamily(
@@ -334,6 +339,8 @@ class _StateCollector(Collector):
                     hit.add_metric([rep, tier], value)
                     rate.add_metric([rep, tier], value / looked if looked else 0.0)
         yield from (blocks, engine_q, hit, prompt, rate)
+        yield from tier_families(self.m.sources.engines, stats_list)
+        yield from spec_families(stats_list)
 
 
 def install_metrics(app: FastAPI, state: Any) -> ServiceMetrics:
@@ -346,6 +353,9 @@ def install_metrics(app: FastAPI, state: Any) -> ServiceMetrics:
         Sources(engines=state.replicas, scheduler=sched, tracker=getattr(proxy, "tracker", None))
     )
     extras["metrics"] = metrics
+    quotas = getattr(state, "quotas", None)
+    if quotas is not None:  # 429s per tenant, whichever quota refused (counted by the error handler)
+        metrics.sources.extra.append(lambda: _rejections(quotas.rejected))
     if hasattr(state.scheduler, "meter"):  # the MeteredScheduler every call goes through
         state.scheduler.meter = metrics.count_tokens
         state.scheduler.on_placed = lambda replica: metrics.replica_calls.labels(str(replica)).inc()
@@ -357,6 +367,15 @@ def install_metrics(app: FastAPI, state: Any) -> ServiceMetrics:
     app.add_middleware(_Counting, metrics=metrics)
     app.include_router(metrics.router())
     return metrics
+
+
+def _rejections(rejected: dict[str, int]) -> Iterable[Metric]:
+    family = CounterMetricFamily(
+        "legato_tenant_rejections", "Requests refused with 429 (a quota), per tenant.", labels=["tenant"]
+    )
+    for tenant, n in sorted(rejected.items()):
+        family.add_metric([tenant], n)
+    yield family
 
 
 def _tier_loads(engine: Engine) -> dict[str, int]:

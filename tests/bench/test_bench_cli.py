@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -64,9 +65,9 @@ def test_help_lists_subcommands() -> None:
 
 
 def test_small_bench_end_to_end(tmp_path: Path) -> None:
-    out, plot = tmp_path / "r.json", tmp_path / "r.png"
+    out, plot, page = tmp_path / "r.json", tmp_path / "r.png", tmp_path / "r.html"
     args = ["bench", *SMALL, "--policies", "fcfs-lru,infinite-kv", "--json", str(out), "--plot", str(plot)]
-    args += ["--sweep", "concurrency=1,3"]
+    args += ["--sweep", "concurrency=1,3", "--html", str(page)]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     doc = json.loads(out.read_text())
@@ -82,6 +83,11 @@ def test_small_bench_end_to_end(tmp_path: Path) -> None:
     assert doc["policies"]["infinite-kv"]["prefix_hit_rate"] >= doc["policies"]["fcfs-lru"]["prefix_hit_rate"]
     assert plot.read_bytes()[:4] == b"\x89PNG"
     assert "steps/min ×" in result.output
+    text = page.read_text()  # one self-contained page: tables, the plot inline, the JSON
+    assert text.count('src="data:image/png;base64,iVBORw0KGgo') == 1
+    assert "fcfs-lru" in text and "infinite-kv" in text and "steps/min ×" in text
+    assert "&quot;policy_order&quot;" in text
+    assert not re.search(r'(src|href)="(https?:)?//', text)  # nothing to fetch when opened
 
 
 def _report(seed: int, jobs: int = 1, sweep: tuple[int, ...] = ()) -> str:

@@ -1,6 +1,7 @@
 """`legato bench load` at tiny size against the whole REST app (real socket, the real-time
 simulated engine): every streamed request completes, memory is sampled from /metrics, and the
-report (table and JSON) says so; a server that refuses the key is a clear CLI error."""
+report (table and JSON) says so, with the operator page's data endpoint times; a server that
+refuses the key is a clear CLI error."""
 
 from __future__ import annotations
 
@@ -33,6 +34,9 @@ def test_load_bench_drives_agents_and_reports(tmp_path: Path) -> None:
     assert len(report["rss_mb"]) >= 2 and all(mb > 0 for _, mb in report["rss_mb"])
     assert "api_key" not in report["config"]
     assert "requests            ok" in result.output and "server RSS (MB)" in result.output
+    ui = report["ui_snapshot"]  # the operator page's data endpoint, polled during the run
+    assert ui["polls"] >= 2 and ui["live_programs_max"] >= 1 and ui["server_ms"]["p50"] > 0
+    assert "/ui data endpoint" in result.output
     assert bad.exit_code == 2 and "401" in bad.output
 
 

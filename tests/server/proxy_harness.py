@@ -8,6 +8,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import anyio
 import httpx
@@ -33,7 +34,7 @@ class Served:
         return {"Authorization": f"Bearer {self.keys[tenant]}"}
 
 
-async def _add_tenants(db: Path, names: Sequence[str]) -> dict[str, tuple[str, str]]:
+async def add_tenants(db: Path, names: Sequence[str]) -> dict[str, tuple[str, str]]:
     store = open_store(str(db), None)
     await store.open()
     try:
@@ -54,10 +55,13 @@ def legato_server(
     *,
     policy: str | None = "continuum",
     tenants: Sequence[str] = ("acme", "globex"),
+    registry: ToolRegistry | None = None,
+    **config: Any,
 ) -> Iterator[Served]:
+    """`config`: further `ServerConfig` fields (e.g. `admin_key`)."""
     db = tmp / "legato.db"
-    made = anyio.run(_add_tenants, db, tenants)
-    state = build_state(ServerConfig(db_path=db, policy=policy), engine, ToolRegistry())
+    made = anyio.run(add_tenants, db, tenants)
+    state = build_state(ServerConfig(db_path=db, policy=policy, **config), engine, registry or ToolRegistry())
     with serve_in_thread(create_app(state)) as url:
         yield Served(
             url,

@@ -35,6 +35,20 @@ def tiny_engine() -> Any:
     return load_engine(model_config=TINY, num_blocks=256, max_num_batched_tokens=256)
 
 
+def tiny_tiered_engine() -> Any:
+    """`tiny_engine` with a small device cache over a host-RAM tier and, when the environment
+    names one in `LEGATO_TEST_KV_REDIS`, a Redis tier (what the operator page test shows)."""
+    return load_engine(
+        model_config=TINY,
+        num_blocks=48,
+        max_num_batched_tokens=256,
+        host_tier_bytes=32 << 20,
+        redis_url=os.environ.get("LEGATO_TEST_KV_REDIS") or None,
+        redis_chunk_blocks=2,
+        redis_op_timeout_s=1.0,
+    )
+
+
 @contextmanager
 def serve_in_thread(app: FastAPI) -> Iterator[str]:
     """Serve `app` (lifespan included) on a free 127.0.0.1 port; yield its base URL."""

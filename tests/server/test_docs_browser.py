@@ -6,17 +6,12 @@ Authorize button (its bearer security scheme)."""
 
 from __future__ import annotations
 
-import json
-import shutil
-import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 from selenium import webdriver
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 
 from legato.engine_adapter.server import create_engine_app
@@ -24,63 +19,16 @@ from legato.server.app import create_app
 from legato.server.config import ServerConfig
 from legato.server.state import build_state
 from legato.tools.registry import ToolRegistry
+from tests.server.browser import chromium, needs_chromium, requests_made, wait_for
 from tests.server.serving import serve_in_thread, tiny_engine
 
-CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
-pytestmark = pytest.mark.skipif(
-    CHROMIUM is None or CHROMEDRIVER is None,
-    reason="needs Debian's chromium and chromium-driver (make test installs them as root)",
-)
-OFFLINE = [
-    "--proxy-server=http://127.0.0.1:9",  # anything not on loopback goes to a closed port
-    "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1",  # and no name resolves
-]
+pytestmark = needs_chromium
 
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[webdriver.Chrome]:
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    profile = tmp_path_factory.mktemp("chromium-profile")
-    for arg in [
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
-        f"--user-data-dir={profile}",
-        *OFFLINE,
-    ]:
-        options.add_argument(arg)
-    options.set_capability("goog:loggingPrefs", {"performance": "ALL"})
-    driver = webdriver.Chrome(options=options, service=Service(str(CHROMEDRIVER)))
-    try:
+    with chromium(tmp_path_factory.mktemp("chromium-profile")) as driver:
         yield driver
-    finally:
-        driver.quit()
-
-
-def _wait_for(driver: webdriver.Chrome, css: str, timeout_s: float = 60.0) -> list[Any]:
-    deadline = time.monotonic() + timeout_s
-    while not driver.find_elements(By.CSS_SELECTOR, css):
-        assert time.monotonic() < deadline, f"{driver.current_url} never showed {css!r}"
-        time.sleep(0.1)
-    time.sleep(0.3)  # the first element is there: let the rest of the list render
-    return driver.find_elements(By.CSS_SELECTOR, css)
-
-
-def _requests(driver: webdriver.Chrome) -> list[tuple[str, str]]:
-    """(resource type, URL) of every http(s) request the pages made since the last call."""
-    out = []
-    for entry in driver.get_log("performance"):
-        message = json.loads(entry["message"])["message"]
-        if message["method"] == "Network.requestWillBeSent":
-            url = message["params"]["request"]["url"]
-            if url.startswith(("http://", "https://")):
-                out.append((message["params"].get("type", "Other"), url))
-    return out
 
 
 def _check_docs(driver: webdriver.Chrome, url: str, *, authorize: bool) -> None:
@@ -88,13 +36,13 @@ def _check_docs(driver: webdriver.Chrome, url: str, *, authorize: bool) -> None:
     operations = sum(1 for item in spec["paths"].values() for method in item if method != "parameters")
     driver.get_log("performance")  # drop what came before
     driver.get(f"{url}/docs")
-    shown = {e.get_attribute("data-path") for e in _wait_for(driver, ".opblock-summary [data-path]")}
+    shown = {e.get_attribute("data-path") for e in wait_for(driver, ".opblock-summary [data-path]")}
     assert shown == set(spec["paths"])
     assert bool(driver.find_elements(By.CSS_SELECTOR, ".btn.authorize")) is authorize
     driver.get(f"{url}/redoc")
-    sections = _wait_for(driver, "[data-section-id^='operation/']")
+    sections = wait_for(driver, "[data-section-id^='operation/']")
     assert len({e.get_attribute("data-section-id") for e in sections}) == operations
-    outside = [(kind, u) for kind, u in _requests(driver) if not u.startswith(url)]
+    outside = [(kind, u) for kind, u in requests_made(driver) if not u.startswith(url)]
     # ReDoc's "API docs by Redocly" footer logo is the one outside image; it fails, nothing else needs it
     assert all(kind == "Image" for kind, _ in outside), outside
 
