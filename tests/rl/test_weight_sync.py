@@ -88,16 +88,17 @@ async def test_bad_tensor_keeps_old_weights(name: str, tensor: torch.Tensor, mat
 async def test_pause_abort_ends_running_requests_cleanly() -> None:
     async with make_engine() as engine:
         chunks: list[TokenChunk] = []
+        first = anyio.Event()
 
         async def run() -> None:
             req = GenerateRequest("long", PROMPT, SamplingParams(max_tokens=400, ignore_eos=True))
             async for c in engine.generate(req):
                 chunks.append(c)
+                first.set()
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(run)
-            while not chunks:
-                await anyio.sleep(0.005)
+            await first.wait()
             aborted = await engine.pause("abort")
         assert aborted == 1 and chunks[-1].finish_reason == "abort"
         await engine.update_weights(shifted(engine))
@@ -111,16 +112,17 @@ async def test_pause_abort_ends_running_requests_cleanly() -> None:
 async def test_keep_mode_freezes_then_continues_with_new_version() -> None:
     async with make_engine() as engine:
         chunks: list[TokenChunk] = []
+        first = anyio.Event()
 
         async def run() -> None:
             req = GenerateRequest("kept", PROMPT, SamplingParams(max_tokens=60, ignore_eos=True))
             async for c in engine.generate(req):
                 chunks.append(c)
+                first.set()
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(run)
-            while not chunks:
-                await anyio.sleep(0.005)
+            await first.wait()
             await engine.pause("keep")
             frozen = len(chunks)
             await anyio.sleep(0.05)
@@ -137,16 +139,17 @@ async def test_keep_mode_freezes_then_continues_with_new_version() -> None:
 async def test_update_without_pause_waits_for_running_requests() -> None:
     async with make_engine() as engine:
         chunks: list[TokenChunk] = []
+        first = anyio.Event()
 
         async def run() -> None:
             req = GenerateRequest("w", PROMPT, SamplingParams(max_tokens=30, ignore_eos=True))
             async for c in engine.generate(req):
                 chunks.append(c)
+                first.set()
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(run)
-            while not chunks:
-                await anyio.sleep(0.005)
+            await first.wait()
             await engine.update_weights(shifted(engine))
         assert {c.weight_version for c in chunks} == {"0"}  # never mixed
         assert engine.paused is None

@@ -107,14 +107,8 @@ class WeightControl:
 
         aborted = await self._call(start)
         if self._pause is PauseMode.WAIT:
-            while await self._call(self.core.has_unfinished):
-                await anyio.sleep(_DRAIN_POLL_S)
-            await self._call(lambda: setattr(self, "_pause", PauseMode.KEEP))
-        return aborted
-
-        aborted = await self._call(start)
-        if how is PauseMode.WAIT:
-            while await self._call(self.core.has_unfinished):
+            # the worker thread owns the request state: ask it, between steps, until drained
+            while await self._call(self.core.has_unfinished):  # noqa: ASYNC110
                 await anyio.sleep(_DRAIN_POLL_S)
             await self._call(lambda: setattr(self, "_pause", PauseMode.KEEP))
         return aborted
@@ -154,7 +148,9 @@ class WeightControl:
         load_in_place(self.core.model, update)
         self.weight_updates += 1
         self.weight_version = update.version or str(self.weight_updates)
-        self.core.fingerprint = next_fingerprint(self.core.fingerprint, self.weight_version, self._cache_epoch)
+        self.core.fingerprint = next_fingerprint(
+            self.core.fingerprint, self.weight_version, self._cache_epoch
+        )
         return self.weight_version
 
     async def reset_prefix_cache(self) -> None:
