@@ -27,8 +27,8 @@ class CreateRollouts(_Strict):
         default=None,
         min_length=1,
         max_length=MAX_ID_LEN - 8,
-        pattern=r"^[^/]+$",
-        description="Your id (the program id); with n > 1 the samples are `{rollout_id}/{i}`.",
+        pattern=r"^[^:/]+$",
+        description="Your id (the program id); with n > 1 the samples are `{rollout_id}:{i}`.",
     )
     prompt_ids: list[int] = Field(min_length=1)
     n: int = Field(default=1, ge=1, le=64, description="GRPO group size: one prefill, forked KV.")

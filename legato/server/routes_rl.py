@@ -24,6 +24,7 @@ from fastapi.responses import Response
 from legato.rl.rollout import Rollout
 from legato.server.auth import Tenant, current_tenant
 from legato.server.errors import ApiError, responses
+from legato.server.proxy_generation import server_errors
 from legato.server.proxy_models import MAX_ID_LEN
 from legato.server.rl_models import CreatedRollouts, CreateRollouts, RolloutOut, TurnOut, TurnRequest
 from legato.server.rl_service import RolloutService, turn_out
@@ -62,11 +63,12 @@ def rollout_router(rl: RolloutService) -> APIRouter:
     async def create(body: CreateRollouts, raw: Request, tenant: TenantDep) -> CreatedRollouts | Response:
         gid = body.rollout_id or f"rollout-{uuid.uuid4().hex}"
         with_index = body.n > 1
-        ids = [f"{gid}/{i}" if with_index else gid for i in range(body.n)]
+        ids = [f"{gid}:{i}" if with_index else gid for i in range(body.n)]
         for rid in ids:
             if (tenant.id, rid) in rl.rollouts:
                 raise ApiError(409, f"rollout {rid!r} exists", param="rollout_id")
-        prompt = svc.check_tokens(body.prompt_ids, "prompt_ids")
+        with server_errors():
+            prompt = svc.check_tokens(body.prompt_ids, "prompt_ids")
         sampling = rl.sampling(body.sampling_params, len(prompt), body.n)
         rollouts = [
             Rollout(rid, tenant.id, list(prompt), group_id=gid if with_index else None) for rid in ids
@@ -102,7 +104,8 @@ def rollout_router(rl: RolloutService) -> APIRouter:
         r = rl.get(tenant, rollout_id)
         if r.running is not None:
             raise ApiError(409, f"rollout {rollout_id!r} has a turn running", param="rollout_id")
-        env = svc.check_tokens(body.env_ids, "env_ids")
+        with server_errors():
+            env = svc.check_tokens(body.env_ids, "env_ids")
         context = (*r.context, *env)
         sampling = rl.sampling(body.sampling_params, len(context))
         r.running = "turn"
