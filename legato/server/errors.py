@@ -118,6 +118,8 @@ OPENAI_PATHS = frozenset(
         "/update_weights_from_disk",
         "/pause_generation",
         "/abort_request",
+        "/tokenize",
+        "/detokenize",
     }
 )
 

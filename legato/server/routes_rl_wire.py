@@ -22,7 +22,15 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, Response
 
 from legato.engine_adapter.base import GenerateRequest, SamplingParams, TokenChunk, assemble_result
-from legato.engine_adapter.openai_api import SGLangAbortRequest, SGLangGenerateRequest, VLLMGenerateRequest
+from legato.engine_adapter.openai_api import (
+    DetokenizeRequest,
+    DetokenizeResponse,
+    SGLangAbortRequest,
+    SGLangGenerateRequest,
+    TokenizeRequest,
+    TokenizeResponse,
+    VLLMGenerateRequest,
+)
 from legato.engine_adapter.server.openai_fields import logit_bias, top_logprobs_of
 from legato.engine_adapter.server.service import make_usage
 from legato.engine_adapter.server.streams import sglang_response
@@ -118,6 +126,32 @@ def wire_router(rl: RolloutService) -> APIRouter:
                 "weight_version": outs[0].weight_version,
             }
         )
+
+    @router.post(
+        "/tokenize",
+        response_model=TokenizeResponse,
+        responses=responses(),
+        summary="Text to token ids (vLLM's shape; SkyRL's client calls it). Text prompts only.",
+    )
+    async def tokenize(body: TokenizeRequest, tenant: TenantDep) -> TokenizeResponse:
+        with server_errors():
+            svc.check_model(body.model)
+        if body.messages is not None or body.prompt is None:
+            _refuse("messages", "send `prompt` text (chat templates: /v1/chat/completions)")
+        tokens = svc.tokenizer.encode(body.prompt or "")
+        return TokenizeResponse(count=len(tokens), max_model_len=svc.max_model_len, tokens=list(tokens))
+
+    @router.post(
+        "/detokenize",
+        response_model=DetokenizeResponse,
+        responses=responses(),
+        summary="Token ids to text (vLLM's shape; SkyRL's client calls it after generate).",
+    )
+    async def detokenize(body: DetokenizeRequest, tenant: TenantDep) -> DetokenizeResponse:
+        with server_errors():
+            svc.check_model(body.model)
+            ids = svc.check_tokens(body.tokens, "tokens")
+        return DetokenizeResponse(prompt=svc.tokenizer.decode(ids))
 
     @router.post(
         "/finish_session",

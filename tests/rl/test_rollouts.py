@@ -26,7 +26,9 @@ def test_multi_turn_logprobs_match_dense_recompute_and_mask_marks_tool_tokens(
         first = r.json()["turns"][0]
         assert len(first["token_ids"]) == 12 and first["weight_version"] == "0"
         tool = [116, 111, 111, 108]  # an observation the environment appends
-        r = c.post("/v1/rollouts/r1/turns", json={"env_ids": tool, "sampling_params": {**SAMPLE, "top_logprobs": 3}})
+        r = c.post(
+            "/v1/rollouts/r1/turns", json={"env_ids": tool, "sampling_params": {**SAMPLE, "top_logprobs": 3}}
+        )
         assert r.status_code == 200, r.text
         second = r.json()
         assert second["num_turns"] == 2 and len(second["top_logprobs"]) == 12
