@@ -39,6 +39,7 @@ class RolloutService:
         self.proxy = proxy
         self.control = RLControl(engines)
         self.rollouts: dict[tuple[str, str], Rollout] = {}
+        self._per_tenant: dict[str, int] = {}
         self.running: dict[tuple[str, str], _Running] = {}  # (tenant, program id) -> its call
 
     # --- generation through the program scheduler ------------------------------------------
@@ -118,19 +119,25 @@ class RolloutService:
         return rollout
 
     def add(self, rollout: Rollout) -> None:
-        mine = sum(1 for t, _ in self.rollouts if t == rollout.tenant)
-        if mine >= MAX_ROLLOUTS_PER_TENANT:
+        if self._per_tenant.get(rollout.tenant, 0) >= MAX_ROLLOUTS_PER_TENANT:
             raise ApiError(429, "too many unfinished rollouts: finish some first", retry_after_s=1.0)
         key = (rollout.tenant, rollout.rollout_id)
         if key in self.rollouts:
             raise ApiError(409, f"rollout {rollout.rollout_id!r} exists", param="rollout_id")
         self.rollouts[key] = rollout
+        self._per_tenant[rollout.tenant] = self._per_tenant.get(rollout.tenant, 0) + 1
+
+    def drop(self, tenant: str, rollout_id: str) -> Rollout | None:
+        rollout = self.rollouts.pop((tenant, rollout_id), None)
+        if rollout is not None:
+            self._per_tenant[tenant] -= 1
+        return rollout
 
     def finish(self, tenant: Tenant, program_id: str) -> Rollout | None:
         """End a rollout / session: its record and its program (KV no longer kept). Raises 404
         when neither exists."""
         self.abort(tenant, program_id)
-        rollout = self.rollouts.pop((tenant.id, program_id), None)
+        rollout = self.drop(tenant.id, program_id)
         program = self.proxy.tracker.release(tenant.id, program_id)
         if rollout is None and program is None:
             raise ApiError(404, f"no live session {program_id!r} for this tenant", param="session_id")

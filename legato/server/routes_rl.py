@@ -76,15 +76,16 @@ def rollout_router(rl: RolloutService) -> APIRouter:
         for r in rollouts:
             rl.add(r)
             r.running = "first-turn"
+        outs = None
         try:
             # the group's one call belongs to sample 0's program (the scheduler continues it)
             outs = await rl.generate(tenant, ids[0], prompt, sampling, raw)
         finally:
             for r in rollouts:
                 r.running = None
+                if outs is None:  # refused, failed or the client left: no rollout was started
+                    rl.drop(tenant.id, r.rollout_id)
         if outs is None:
-            for r in rollouts:
-                rl.rollouts.pop((tenant.id, r.rollout_id), None)
             return Response(status_code=499)
         turns = []
         for r, out in zip(rollouts, outs, strict=True):

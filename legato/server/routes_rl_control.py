@@ -62,7 +62,8 @@ class DiskUpdateBody(_Body):
     flush_cache: bool = True  # always true here: KV of old weights is never reused
 
 
-async def _run(coro: Any) -> dict[str, Any]:
+async def run_control(coro: Any) -> dict[str, Any]:
+    """Await a control call; its refusal (`ControlError`) becomes the REST service's `ApiError`."""
     try:
         replicas = await coro
     except ControlError as exc:
@@ -93,21 +94,21 @@ def control_router(control: RLControl) -> APIRouter:
         mode: Annotated[str, Query()] = "keep",
         clear_cache: Annotated[bool, Query()] = False,
     ) -> dict[str, Any]:
-        return state(await _run(control.pause(mode, clear_cache)))
+        return state(await run_control(control.pause(mode, clear_cache)))
 
     @router.post("/resume", responses=responses(), summary="Resume generation; held requests start.")
     async def resume(tenant: TenantDep) -> dict[str, Any]:
-        return state(await _run(control.resume()))
+        return state(await run_control(control.resume()))
 
     @router.post("/sleep", responses=responses(), summary="Sleep (the torch engine pauses, keep mode).")
     async def sleep(raw: Request, tenant: TenantDep) -> dict[str, Any]:
         body = await _json(raw, SleepBody)
-        return state(await _run(control.sleep(body.model_dump(exclude_none=True))))
+        return state(await run_control(control.sleep(body.model_dump(exclude_none=True))))
 
     @router.post("/wake_up", responses=responses(), summary="Wake up (resume).")
     async def wake_up(raw: Request, tenant: TenantDep) -> dict[str, Any]:
         body = await _json(raw, WakeBody)
-        return state(await _run(control.wake_up(body.model_dump(exclude_none=True))))
+        return state(await run_control(control.wake_up(body.model_dump(exclude_none=True))))
 
     @router.post(
         "/reset_prefix_cache", responses=responses(), summary="Make every cached prefix unreachable."
@@ -117,11 +118,11 @@ def control_router(control: RLControl) -> APIRouter:
         if body.reset_running_requests:
             why = "reset_running_requests: pause with mode=abort instead"
             raise ApiError(400, why, param="reset_running_requests")
-        return state(await _run(control.reset_prefix_cache()))
+        return state(await run_control(control.reset_prefix_cache()))
 
     @router.post("/flush_cache", responses=responses(), summary="SGLang's name for reset_prefix_cache.")
     async def flush_cache(tenant: TenantDep) -> dict[str, Any]:
-        return state(await _run(control.reset_prefix_cache()))
+        return state(await run_control(control.reset_prefix_cache()))
 
     @router.get("/get_world_size", summary="Workers per server (1: one process per replica).")
     async def world_size(tenant: TenantDep) -> dict[str, int]:
@@ -137,8 +138,12 @@ def control_router(control: RLControl) -> APIRouter:
         summary="vLLM's NCCL weight-transfer setup: forwarded to vLLM engines, refused by torch.",
     )
     async def init_weight_transfer(raw: Request, tenant: TenantDep) -> dict[str, Any]:
-        body = await raw.json()
-        return state(await _run(control.forward_only("init_weight_transfer_engine", body, NCCL_REFUSAL)))
+        try:
+            body = await raw.json()
+        except ValueError as exc:
+            raise ApiError(400, f"the body is not JSON: {exc}", param="body") from exc
+        call = control.forward_only("init_weight_transfer_engine", body, NCCL_REFUSAL)
+        return state(await run_control(call))
 
     @router.post(
         "/update_weights",
@@ -148,7 +153,7 @@ def control_router(control: RLControl) -> APIRouter:
     async def update_weights(raw: Request, tenant: TenantDep) -> dict[str, Any]:
         ctype = raw.headers.get("content-type", "").split(";")[0].strip().lower()
         if ctype == MSGPACK_CONTENT_TYPE:
-            return state(await _run(control.update_from_tensors(await raw.body())))
+            return state(await run_control(control.update_from_tensors(await raw.body())))
         try:
             body = await raw.json()
         except ValueError as exc:
@@ -159,17 +164,17 @@ def control_router(control: RLControl) -> APIRouter:
         path = info.get("model_path")
         if isinstance(path, str):
             version = info.get("weight_version")
-            return state(await _run(control.update_from_disk(path, version, body)))
-        return state(await _run(control.forward_only("update_weights", body, NCCL_REFUSAL)))
+            return state(await run_control(control.update_from_disk(path, version, body)))
+        return state(await run_control(control.forward_only("update_weights", body, NCCL_REFUSAL)))
 
     @router.post("/pause_generation", responses=responses(), summary="SGLang's pause (abort / in_place).")
     async def pause_generation(raw: Request, tenant: TenantDep) -> dict[str, Any]:
         body = await _json(raw, PauseGenerationBody)
-        return state(await _run(control.pause(SGLANG_TO_MODE[body.mode])))
+        return state(await run_control(control.pause(SGLANG_TO_MODE[body.mode])))
 
     @router.post("/continue_generation", responses=responses(), summary="SGLang's resume.")
     async def continue_generation(tenant: TenantDep) -> dict[str, Any]:
-        return state(await _run(control.resume()))
+        return state(await run_control(control.resume()))
 
     @router.post(
         "/update_weights_from_disk",
@@ -179,13 +184,13 @@ def control_router(control: RLControl) -> APIRouter:
     async def update_from_disk(body: DiskUpdateBody, tenant: TenantDep) -> dict[str, Any]:
         load = control.update_from_disk(body.model_path, body.weight_version, body.model_dump())
         if body.abort_all_requests:
-            await _run(control.pause("abort"))
+            await run_control(control.pause("abort"))
             try:
-                out = await _run(load)
+                out = await run_control(load)
             finally:
-                await _run(control.resume())
+                await run_control(control.resume())
         else:
-            out = await _run(load)
+            out = await run_control(load)
         return state({**out, "message": "weights updated"})
 
     return router

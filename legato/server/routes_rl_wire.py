@@ -40,6 +40,7 @@ from legato.server.errors import ApiError, responses
 from legato.server.proxy_generation import server_errors
 from legato.server.proxy_models import MAX_ID_LEN, SESSION_HEADER
 from legato.server.rl_service import RolloutService
+from legato.server.routes_rl_control import run_control
 
 TenantDep = Annotated[Tenant, Depends(current_tenant)]
 ROUTING_KEY_HEADER = "x-smg-routing-key"  # slime's consistent-hashing key (SGLang Model Gateway)
@@ -217,8 +218,8 @@ def wire_router(rl: RolloutService) -> APIRouter:
     )
     async def abort_request(body: SGLangAbortRequest, tenant: TenantDep) -> dict[str, Any]:
         if body.abort_all:
-            await rl.control.pause("abort")
-            await rl.control.resume()
+            await run_control(rl.control.pause("abort"))
+            await run_control(rl.control.resume())
             return {"success": True}
         if not body.rid:
             raise ApiError(400, "rid (or abort_all) is required", param="rid")

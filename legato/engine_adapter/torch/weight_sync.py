@@ -113,7 +113,11 @@ def decode_tensors(body: bytes) -> tuple[dict[str, torch.Tensor], str | None]:
 def read_safetensors_dir(path: str | Path) -> dict[str, torch.Tensor]:
     """Every tensor of a checkpoint directory's safetensors files (sharded or not)."""
     path = Path(path)
-    if not path.is_dir():
+    try:
+        is_dir = path.is_dir()
+    except (OSError, ValueError):  # e.g. a NUL byte in the path
+        is_dir = False
+    if not is_dir:
         raise WeightUpdateError(f"model_path {str(path)!r} is not a directory", "model_path")
     out: dict[str, torch.Tensor] = {}
     try:
