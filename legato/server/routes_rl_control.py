@@ -182,15 +182,17 @@ def control_router(control: RLControl) -> APIRouter:
         summary="SGLang's weight update from a safetensors directory.",
     )
     async def update_from_disk(body: DiskUpdateBody, tenant: TenantDep) -> dict[str, Any]:
-        load = control.update_from_disk(body.model_path, body.weight_version, body.model_dump())
+        def load() -> Any:  # a fresh coroutine, created only when it is awaited
+            return control.update_from_disk(body.model_path, body.weight_version, body.model_dump())
+
         if body.abort_all_requests:
             await run_control(control.pause("abort"))
             try:
-                out = await run_control(load)
+                out = await run_control(load())
             finally:
                 await run_control(control.resume())
         else:
-            out = await run_control(load)
+            out = await run_control(load())
         return state({**out, "message": "weights updated"})
 
     return router
