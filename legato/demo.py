@@ -28,6 +28,7 @@ from rich.console import Console
 from rich.table import Table
 
 DEFAULT_EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+SCRIPTS = frozenset({"rl_grpo.py"})  # examples that are scripts (`python FILE`), not programs
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,7 +99,9 @@ def examples_main(examples_dir: Path = DEFAULT_EXAMPLES, device: str = "cpu") ->
     import anyio
 
     console = Console()
-    files = sorted(p for p in examples_dir.glob("*.py") if not p.name.startswith("_"))
+    files = sorted(
+        p for p in examples_dir.glob("*.py") if not p.name.startswith("_") and p.name not in SCRIPTS
+    )
     if not files:
         console.print(f"[red]no example programs in {examples_dir}[/red]")
         return False

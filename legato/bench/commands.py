@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from legato.bench.rl_command import rl as rl_command
 from legato.output_path import output_path
 
 if TYPE_CHECKING:
@@ -498,6 +499,9 @@ def calibrate(
     from legato.sim.calibrate import main
 
     main(requests, seed)
+
+
+bench_app.command("rl")(rl_command)  # legato/bench/rl_command.py
 
 
 def register(app: typer.Typer) -> None:

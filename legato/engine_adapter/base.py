@@ -134,6 +134,8 @@ class TokenChunk:
     cached_tokens: int = 0  # prompt tokens served from the prefix cache (known from chunk 1)
     index: int = 0  # which sample (0 .. n-1) these tokens belong to
     top_logprobs: tuple[TopLogprobs, ...] | None = None  # one per token when requested
+    # The policy weights that produced these tokens (engines with Capability.WEIGHT_UPDATE)
+    weight_version: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

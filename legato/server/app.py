@@ -27,6 +27,8 @@ from legato.server.proxy import proxy_router
 from legato.server.routes_events import router as events_router
 from legato.server.routes_health import router as health_router
 from legato.server.routes_programs import router as programs_router
+from legato.server.routes_rl import rl_router
+from legato.server.routes_rl_control import WEIGHT_UPLOAD_PATHS
 from legato.server.routes_runs import router as runs_router
 from legato.server.state import ServerState
 from legato.server.ui.routes import install_ui
@@ -94,12 +96,15 @@ def create_app(state: ServerState) -> FastAPI:
     app.router.route_class = StrictJSONRoute  # routers included below bring their own (the same)
     app.state.legato = state
     install_error_handlers(app)
-    app.add_middleware(BodyLimitMiddleware, max_body_bytes=state.config.limits.max_body_bytes)
+    limits = state.config.limits
+    uploads = dict.fromkeys(WEIGHT_UPLOAD_PATHS, limits.max_weights_bytes)
+    app.add_middleware(BodyLimitMiddleware, max_body_bytes=limits.max_body_bytes, path_limits=uploads)
     app.include_router(health_router)
     app.include_router(programs_router)
     app.include_router(runs_router)
     app.include_router(events_router)
     app.include_router(proxy_router(state))  # OpenAI-compatible agent proxy
+    app.include_router(rl_router(state))  # RL rollouts, weight sync, SkyRL / slime routes
     install_metrics(app, state)  # /metrics + request counters
     ui = install_ui(app, state)  # /ui: the operator page and its data endpoints
     return app

@@ -16,6 +16,7 @@ SingleTenantMode = Literal["auto", "on", "off"]
 @dataclass(frozen=True)
 class Limits:
     max_body_bytes: int = 1_000_000  # any request body
+    max_weights_bytes: int = 4 * 2**30  # an RL weight upload (POST /update_weights, msgpack tensors)
     max_program_bytes: int = 512_000  # a program spec's JSON
     max_inputs_bytes: int = 256_000  # a run's inputs + metadata JSON
     max_prompt_chars: int = 100_000  # any single string input (it ends up in a prompt)

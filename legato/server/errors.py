@@ -108,7 +108,20 @@ def responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     return {**RESPONSES, **{c: extra[c] for c in codes if c in extra}}
 
 
-OPENAI_PATHS = frozenset({"/v1/chat/completions", "/v1/completions"})
+OPENAI_PATHS = frozenset(
+    {
+        "/v1/chat/completions",
+        "/v1/completions",
+        # the RL frameworks' routes: vLLM and SGLang answer invalid bodies with 400 too
+        "/inference/v1/generate",
+        "/generate",
+        "/update_weights_from_disk",
+        "/pause_generation",
+        "/abort_request",
+        "/tokenize",
+        "/detokenize",
+    }
+)
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -7,20 +7,25 @@ encoding) is read here and refused as soon as it crosses the limit, else replaye
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from legato.server.errors import ApiError, error_response
 
 
 class BodyLimitMiddleware:
-    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+    def __init__(
+        self, app: ASGIApp, max_body_bytes: int, path_limits: Mapping[str, int] | None = None
+    ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.path_limits = dict(path_limits or {})  # e.g. RL weight uploads, far larger than requests
 
-    def _refusal(self, size: str) -> ApiError:
+    def _refusal(self, size: str, limit: int) -> ApiError:
         return ApiError(
             413,
-            f"request body is {size} bytes; the limit is {self.max_body_bytes} (max_body_bytes): "
+            f"request body is {size} bytes; the limit is {limit} (max_body_bytes): "
             "send a smaller program or inputs",
         )
 
@@ -28,7 +33,7 @@ class BodyLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        limit = self.max_body_bytes
+        limit = self.path_limits.get(scope.get("path", ""), self.max_body_bytes)
         declared_length: int | None = None
         for name, value in scope.get("headers", []):
             if name == b"content-length":
@@ -38,7 +43,7 @@ class BodyLimitMiddleware:
                     declared = -1
                 declared_length = declared
                 if declared > limit:
-                    await error_response(self._refusal(str(declared)))(scope, receive, send)
+                    await error_response(self._refusal(str(declared), limit))(scope, receive, send)
                     return
         if declared_length is not None:
             await self.app(scope, receive, send)  # the HTTP server enforces the declared length
@@ -53,7 +58,7 @@ class BodyLimitMiddleware:
             body = message.get("body", b"")
             received += len(body)
             if received > limit:
-                await error_response(self._refusal(f"more than {limit}"))(scope, receive, send)
+                await error_response(self._refusal(f"more than {limit}", limit))(scope, receive, send)
                 return
             chunks.append(body)
             if not message.get("more_body", False):

@@ -254,6 +254,22 @@ class HTTPEngineBase:
         self._priority_scheduling = priority_scheduling
         self._inflight = InFlight()
 
+    async def control(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: dict[str, str] | None = None,
+        json: Any = None,
+        content: bytes | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> httpx.Response:
+        """Send an RL control-plane call (pause, resume, weight update) to the server as it is:
+        `legato serve` forwards the frameworks' calls to the engines that have the route."""
+        return await self._client.request(
+            method, path, params=params, json=json, content=content, headers=headers
+        )
+
     @property
     def model_name(self) -> str:
         return self._model

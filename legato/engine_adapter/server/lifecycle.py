@@ -137,9 +137,12 @@ async def _until_disconnect(request: Request) -> None:
             return
 
 
-async def collect_or_abort(request: Request, generation: Generation) -> list[TokenChunk] | None:
+async def collect_or_abort(
+    request: Request, generation: Generation, stop: anyio.Event | None = None
+) -> list[TokenChunk] | None:
     """All chunks of a non-streaming request; None (and the engine request aborted) if the
-    client disconnected first."""
+    client disconnected first. When `stop` is set first (an RL rollout aborted by its owner),
+    the request is aborted and the chunks so far are returned."""
     chunks: list[TokenChunk] = []
     disconnected = False
     # Raised after the task group, not inside it, where anyio would wrap it in an ExceptionGroup.
@@ -154,6 +157,13 @@ async def collect_or_abort(request: Request, generation: Generation) -> list[Tok
                 tg.cancel_scope.cancel()
 
             tg.start_soon(watch)
+            if stop is not None:
+
+                async def halt() -> None:
+                    await stop.wait()
+                    tg.cancel_scope.cancel()
+
+                tg.start_soon(halt)
             try:
                 async for chunk in generation.chunks():
                     chunks.append(chunk)

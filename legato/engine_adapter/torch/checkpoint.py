@@ -73,7 +73,7 @@ def read_config(path: Path) -> ModelConfig:
         raise ConfigError(f"{cfg_file}: {exc}") from exc
 
 
-def _weight_files(path: Path) -> list[Path]:
+def weight_files(path: Path) -> list[Path]:
     index = path / "model.safetensors.index.json"
     if index.is_file():
         weight_map = json.loads(index.read_text()).get("weight_map")
@@ -104,7 +104,7 @@ def load_model(path: Path, device: str = "cpu", dtype: str = "float32") -> Llama
         expected.pop("lm_head.weight", None)
     tensors: dict[str, torch.Tensor] = {}
     target = torch_dtype(dtype)
-    for f in _weight_files(path):
+    for f in weight_files(path):
         with safe_open(str(f), framework="pt", device="cpu") as handle:
             for name in handle.keys():  # noqa: SIM118 - safe_open is not a dict
                 if name.endswith(_IGNORED_SUFFIXES):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import dataclasses
 import itertools
 import logging
 import math
@@ -41,6 +42,7 @@ from legato.engine_adapter.torch.config import EngineConfig, ModelConfig
 from legato.engine_adapter.torch.core import EngineCore
 from legato.engine_adapter.torch.outputs import EngineStats, RequestOutput
 from legato.engine_adapter.torch.tokenizer import ByteTokenizer, HFTokenizer
+from legato.engine_adapter.torch.weight_control import WeightControl
 from legato.engine_adapter.worker import WorkerThread, receive_outputs
 
 log = logging.getLogger(__name__)
@@ -69,9 +71,9 @@ class _Stream:
             self.send.send_nowait(item)
 
 
-class TorchEngine(WorkerThread):
+class TorchEngine(WorkerThread, WeightControl):
     """The embedded torch engine (implements Engine, PinnableEngine, EvictionHintEngine,
-    KVTransferEngine)."""
+    KVTransferEngine; RL pause / weight update / resume from `WeightControl`)."""
 
     def __init__(self, core: EngineCore) -> None:
         self.core = core
@@ -79,6 +81,7 @@ class TorchEngine(WorkerThread):
         self._commands: list[Callable[[], None]] = []
         self._streams: dict[str, _Stream] = {}
         self._ids = itertools.count()
+        self._init_weight_control()
 
     # --- Engine protocol: properties -----------------------------------------------------
 
@@ -100,6 +103,7 @@ class TorchEngine(WorkerThread):
                 Capability.EVICTION_HINTS,
                 Capability.KV_EXPORT,
                 Capability.KV_IMPORT,
+                Capability.WEIGHT_UPDATE,
                 *((Capability.PREFETCH,) if self.core.tiers is not None else ()),
             }
         )
@@ -132,8 +136,9 @@ class TorchEngine(WorkerThread):
         wait_s = 0.0
         while True:
             with self._cv:
+                idle = self._frozen() or not core.has_unfinished()
                 if not self._commands and not self._stopping:
-                    timeout = _IDLE_WAIT_S if not core.has_unfinished() else wait_s
+                    timeout = _IDLE_WAIT_S if idle else wait_s
                     if timeout > 0:
                         self._cv.wait(timeout)
                 commands, self._commands = self._commands, []
@@ -147,7 +152,7 @@ class TorchEngine(WorkerThread):
                 self._shutdown()
                 return
             wait_s = 0.0
-            if not core.has_unfinished():
+            if self._frozen() or not core.has_unfinished():
                 continue
             try:
                 outputs = core.step()
@@ -161,6 +166,7 @@ class TorchEngine(WorkerThread):
                 wait_s = _BLOCKED_WAIT_S  # e.g. blocks held by pins: wait for a TTL or unpin
 
     def _deliver(self, out: RequestOutput) -> None:
+        out = dataclasses.replace(out, weight_version=self.weight_version)  # the step's weights
         stream = self._streams.get(out.request_id)
         if stream is None or not stream.put(out):
             if not out.finished:
@@ -227,6 +233,8 @@ class TorchEngine(WorkerThread):
         preload = await self._fetch_from_tiers(request)
 
         def add() -> None:
+            if self._hold_if_paused(add):
+                return
             try:
                 self.core.add_request(request, preload)
             except EngineError as exc:

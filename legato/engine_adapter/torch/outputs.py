@@ -22,6 +22,7 @@ class RequestOutput:
     cached_tokens: int
     index: int = 0
     top_logprobs: tuple[TopLogprobs, ...] | None = None
+    weight_version: str | None = None  # the weights of the step that made these tokens
 
     def to_chunk(self) -> TokenChunk:
         return TokenChunk(
@@ -34,6 +35,7 @@ class RequestOutput:
             cached_tokens=self.cached_tokens,
             index=self.index,
             top_logprobs=self.top_logprobs,
+            weight_version=self.weight_version,
         )
 
 

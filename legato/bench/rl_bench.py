@@ -1,0 +1,185 @@
+"""`legato bench rl`: multi-turn GRPO rollouts through `legato serve` on the torch engine, one
+server per policy (Legato's program-level scheduling vs passthrough), in interleaved repetitions.
+
+Each repetition starts `legato serve --policy P` as a subprocess on the seeded default model with
+a KV cache smaller than every rollout's context together, then runs the same rollouts: groups of
+`n` samples of one prompt (one prefill, forked KV), `turns` model turns each, with a tool call of
+`tool_s` seconds and `env_tokens` tool tokens between turns (loss mask 0). Between turns the
+rollouts compete for KV: passthrough evicts by LRU and recomputes what a rollout lost, Legato's
+policy keeps (pins) a rollout's KV across its tool call and routes by program. The figure of
+merit is rollout tokens per second: model tokens generated / wall seconds.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+
+READY_TIMEOUT_S = 120.0
+
+
+@dataclass(frozen=True, slots=True)
+class RLBenchConfig:
+    groups: int = 6
+    n: int = 4
+    turns: int = 4
+    prompt_tokens: int = 384  # shared system prompt + a per-group task
+    max_tokens: int = 16  # model tokens per turn
+    env_tokens: int = 32  # tool output per turn
+    tool_s: float = 0.5  # simulated environment latency per tool call
+    num_blocks: int = 400  # KV blocks of the engine (16 tokens each)
+    repetitions: int = 2
+    seed: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class RLRun:
+    policy: str
+    repetition: int
+    tokens: int
+    seconds: float
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.seconds
+
+
+def _prompts(cfg: RLBenchConfig) -> list[list[int]]:
+    rng = random.Random(cfg.seed)
+    shared = [rng.randrange(32, 127) for _ in range(cfg.prompt_tokens // 2)]
+    rest = cfg.prompt_tokens - len(shared)
+    return [shared + [rng.randrange(32, 127) for _ in range(rest)] for _ in range(cfg.groups)]
+
+
+async def _rollouts(url: str, cfg: RLBenchConfig) -> int:
+    """Run every group's rollouts at once; returns the model tokens generated."""
+    sampling = {"max_tokens": cfg.max_tokens, "temperature": 1.0, "ignore_eos": True}
+    rng = random.Random(cfg.seed + 1)
+    env = [[rng.randrange(32, 127) for _ in range(cfg.env_tokens)] for _ in range(cfg.turns)]
+    total = 0
+    async with httpx.AsyncClient(base_url=url, timeout=600) as c:
+
+        async def one(rid: str) -> None:
+            nonlocal total
+            for turn in range(1, cfg.turns):
+                await anyio.sleep(cfg.tool_s)  # the tool runs; the rollout's KV waits
+                body = {"env_ids": env[turn], "sampling_params": sampling}
+                r = await c.post(f"/v1/rollouts/{rid}/turns", json=body)
+                r.raise_for_status()
+                total += len(r.json()["token_ids"])
+            (await c.post(f"/v1/rollouts/{rid}/finish")).raise_for_status()
+
+        async def group(g: int, prompt: list[int]) -> None:
+            nonlocal total
+            body = {"rollout_id": f"g{g}", "prompt_ids": prompt, "n": cfg.n, "sampling_params": sampling}
+            r = await c.post("/v1/rollouts", json=body)
+            r.raise_for_status()
+            turns = r.json()["turns"]
+            total += sum(len(t["token_ids"]) for t in turns)
+            async with anyio.create_task_group() as tg:
+                for t in turns:
+                    tg.start_soon(one, t["rollout_id"])
+
+        async with anyio.create_task_group() as tg:
+            for g, prompt in enumerate(_prompts(cfg)):
+                tg.start_soon(group, g, prompt)
+    return total
+
+
+class _Server:
+    """`legato serve --port 0 --policy P` in a subprocess (its log in a temp dir)."""
+
+    def __init__(self, policy: str, cfg: RLBenchConfig, workdir: Path) -> None:
+        self.log = workdir / f"serve-{policy}.log"
+        args = [
+            sys.executable,
+            "-m",
+            "legato.cli",
+            "serve",
+            "--port",
+            "0",
+            "--policy",
+            policy,
+            "--db",
+            str(workdir / f"{policy}.db"),
+            "--engine",
+            f"torch:num_blocks={cfg.num_blocks}",
+            "--log-level",
+            "warning",
+        ]
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        with self.log.open("wb") as out:
+            self.proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env)
+        self.url = self._wait()
+
+    def _wait(self) -> str:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"legato serve exited: {self.log.read_text()[-2000:]}")
+            for line in self.log.read_text(errors="replace").splitlines():
+                if line.startswith("Legato serving at "):
+                    url = line.split(" at ", 1)[1].split()[0]
+                    try:
+                        if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
+                            return url
+                    except httpx.HTTPError:
+                        pass  # printed before it listens: try again
+            time.sleep(0.2)
+        raise RuntimeError("legato serve did not become ready")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def run_rl_bench(cfg: RLBenchConfig, policies: tuple[str, ...] = ("legato", "passthrough")) -> list[RLRun]:
+    """Interleaved repetitions (the order alternates each time), one fresh server per run."""
+    runs: list[RLRun] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for rep in range(cfg.repetitions):
+            order = policies if rep % 2 == 0 else tuple(reversed(policies))
+            for policy in order:
+                server = _Server(policy, cfg, Path(tmp))
+                try:
+                    started = time.perf_counter()
+                    tokens = anyio.run(_rollouts, server.url, cfg)
+                    runs.append(RLRun(policy, rep, tokens, time.perf_counter() - started))
+                finally:
+                    server.stop()
+    return runs
+
+
+def summary(runs: list[RLRun], cfg: RLBenchConfig) -> dict[str, Any]:
+    """Median tokens/s per policy, their spread, and the ratio of the first policy to the last."""
+    by: dict[str, list[float]] = {}
+    for r in runs:
+        by.setdefault(r.policy, []).append(r.tokens_per_s)
+    out: dict[str, Any] = {"config": asdict(cfg), "policies": {}}
+    for policy, rates in by.items():
+        out["policies"][policy] = {
+            "median_tokens_per_s": round(statistics.median(rates), 2),
+            "min": round(min(rates), 2),
+            "max": round(max(rates), 2),
+            "runs": [round(x, 2) for x in rates],
+        }
+    names = list(by)
+    if len(names) >= 2:
+        first, last = (statistics.median(by[n]) for n in (names[0], names[-1]))
+        out["ratio"] = {f"{names[0]}/{names[-1]}": round(first / last, 3)}
+    return out

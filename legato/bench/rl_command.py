@@ -1,0 +1,34 @@
+"""`legato bench rl` (registered by `legato/bench/commands.py`): the command line of
+`legato/bench/rl_bench.py`, whose imports stay inside the body so `legato --help` stays fast."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from legato.output_path import output_path
+
+
+def rl(
+    groups: Annotated[int, typer.Option(min=1, help="GRPO groups (prompts) at once.")] = 6,
+    n: Annotated[int, typer.Option(min=1, help="Samples per group.")] = 4,
+    turns: Annotated[int, typer.Option(min=1, help="Model turns per rollout.")] = 4,
+    tool_s: Annotated[float, typer.Option(min=0.0, help="Tool latency between turns (s).")] = 0.5,
+    num_blocks: Annotated[int, typer.Option(min=16, help="KV blocks of the torch engine.")] = 400,
+    repetitions: Annotated[int, typer.Option(min=1, help="Interleaved runs per policy.")] = 2,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", callback=output_path, help="Write the summary JSON here.")
+    ] = None,
+) -> None:
+    """Multi-turn GRPO rollouts through `legato serve` (torch engine): Legato vs passthrough."""
+    import json
+
+    from legato.bench.rl_bench import RLBenchConfig, run_rl_bench, summary
+
+    cfg = RLBenchConfig(groups, n, turns, tool_s=tool_s, num_blocks=num_blocks, repetitions=repetitions)
+    result = summary(run_rl_bench(cfg), cfg)
+    typer.echo(json.dumps(result, indent=2))
+    if json_out is not None:
+        json_out.write_text(json.dumps(result, indent=2))
