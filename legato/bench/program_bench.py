@@ -55,6 +55,7 @@ class ModeResult:
     tcts_s: list[float] = field(default_factory=list)
     round_means_s: list[float] = field(default_factory=list)
     failed: int = 0
+    errors: list[str] = field(default_factory=list)  # the first few failed runs' errors
     counters: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -101,7 +102,7 @@ def parse_config(
 
 async def _one_mode(
     cfg: ProgramBenchConfig, loaded: Any, scheduler: Any, mode: str, count: int, tag: str
-) -> tuple[list[float], int, dict[str, int]]:
+) -> tuple[list[float], list[str], dict[str, int]]:
     from legato.programs.executor import Executor
     from legato.programs.loader import resolve_inputs
     from legato.programs.speculation import parse_program_spec
@@ -113,27 +114,27 @@ async def _one_mode(
         raise ValueError(f"vary={cfg.vary}: that input is not a string")
     limit = anyio.Semaphore(cfg.concurrency)
     tcts: list[float] = []
-    failed = 0
+    errors: list[str] = []
     async with (
         ToolRuntime(loaded.registry or default_registry) as tools,
         Executor(scheduler, tools, speculation=parse_program_spec(mode)) as ex,
     ):
 
         async def one(i: int) -> None:
-            nonlocal failed
             inputs = dict(base)
             if cfg.vary is not None:
                 inputs[cfg.vary] = f"[{tag}-{i}] {inputs.get(cfg.vary, '')}"
             async with limit:
                 result = await ex.run(loaded.program, inputs, tenant=loaded.tenant)
             tcts.append(result.duration_s)
-            failed += not result.ok
+            if not result.ok:
+                errors.append(result.error or result.status.value)
 
         async with anyio.create_task_group() as tg:
             for i in range(count):
                 tg.start_soon(one, i)
         counters = asdict(ex.speculation_counters)
-    return tcts, failed, counters
+    return tcts, errors, counters
 
 
 async def run_program_bench_async(
@@ -154,13 +155,14 @@ async def run_program_bench_async(
             for r in range(cfg.rounds):
                 order = cfg.modes if r % 2 == 0 else tuple(reversed(cfg.modes))
                 for mode in order:
-                    tcts, failed, counters = await _one_mode(
+                    tcts, errors, counters = await _one_mode(
                         cfg, loaded, scheduler, mode, cfg.programs, f"r{r}{mode}"
                     )
                     res = results[mode]
                     res.tcts_s.extend(tcts)
                     res.round_means_s.append(statistics.fmean(tcts))
-                    res.failed += failed
+                    res.failed += len(errors)
+                    res.errors.extend(errors[: max(0, 3 - len(res.errors))])
                     for key, value in counters.items():
                         res.counters[key] = res.counters.get(key, 0) + value
                     if progress is not None:
@@ -175,6 +177,7 @@ def report(cfg: ProgramBenchConfig, results: Mapping[str, ModeResult]) -> dict[s
         rows[mode] = {
             "runs": len(res.tcts_s),
             "failed": res.failed,
+            "errors": res.errors,
             "mean_tct_s": res.mean_tct_s,
             "median_tct_s": statistics.median(res.tcts_s) if res.tcts_s else 0.0,
             "round_means_s": res.round_means_s,
