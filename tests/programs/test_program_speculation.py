@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import anyio
 
 from legato.bench.program_bench import ProgramBenchConfig, run_program_bench_async
 from legato.engine_adapter.torch import load_engine
 from legato.programs.agent import AgentContext, agent
+from legato.programs.builder import Program, llm, ref, slot
+from legato.programs.builder import tool as tool_node
 from legato.programs.calls import RunStatus
 from legato.programs.executor import Executor
 from legato.programs.prompt import PrefixPart, PromptRenderer
@@ -104,6 +106,49 @@ async def test_a_speculative_prefill_warms_the_next_prompt_while_the_tool_runs()
     assert result.status == RunStatus.SUCCEEDED, result.error
     assert result.output == (True, len(tokens) // block * block)
     assert prefills == 1
+
+
+class G(TypedDict):
+    question: str
+    found: int
+    answer: str
+
+
+async def test_a_tool_node_warms_its_successors_prompt_up_to_the_slot_that_waits_on_it() -> None:
+    system = "You answer from the search results only. " * 5
+    question = "Which block size does the engine use? " * 2
+    async with load_engine(None, "cpu", model_config=TINY, num_blocks=256, seed=4) as engine:
+        known = PromptRenderer(engine.tokenizer).render(
+            [PrefixPart("graph_sys", system)], f"Q: {question}\nResults: "
+        )
+        block = (await engine.capacity()).block_size
+        target = len(known.token_ids) // block * block
+        registry = ToolRegistry()
+
+        @tool("search", pure=True, registry=registry)
+        async def search(q: str) -> int:
+            """Return once the next node's known prompt is cached: how much of it is."""
+            for _ in range(1000):
+                cached = await engine.cached_prefix_tokens(known.token_ids)
+                if cached >= target:
+                    break
+                await anyio.sleep(0.01)
+            return cached
+
+        p = Program(G, name="spec_graph")
+        p.prefix("graph_sys", system)
+        p.add_node("search", tool_node("search", args={"q": ref("question")}, output="found"))
+        slots = [slot("question", "Q: "), slot("found", "Results: ")]
+        p.add_node("answer", llm(prefix=["graph_sys"], slots=slots, max_tokens=4, output="answer"))
+        p.add_edge("search", "answer")
+        spec = ProgramSpecConfig()
+        async with (
+            ToolRuntime(registry) as tools,
+            Executor(PassthroughScheduler(engine), tools, speculation=spec) as ex,
+        ):
+            result = await ex.run(p.compile(), {"question": question})
+    assert result.status == RunStatus.SUCCEEDED, result.error
+    assert target > 0 and result.output["found"] == target
 
 
 async def test_react_coder_bench_runs_with_and_without_program_speculation() -> None:
