@@ -10,8 +10,13 @@ With the built-in seeded model the replies are noise, so the parser falls back t
 (look, read, test, write a fix, test again): the run still makes 10+ real tool calls and ends.
 With a real checkpoint the model's own actions drive it.
 
+Program-level speculation (`--program-spec on`): the reply's action is parsed as it streams
+(`tool_call=`), so a pure tool (`list_files`, `read_file`) starts before the reply ends, and
+`ctx.warm(...)` prefills the next prompt's known start while each tool runs.
+
     legato run examples/react_coder.py                       # seeded model
     legato run examples/react_coder.py --checkpoint DIR      # a Hugging Face Llama/Qwen2 checkpoint
+    legato run examples/react_coder.py --program-spec on     # with program-level speculation
 """
 
 from __future__ import annotations

@@ -89,7 +89,9 @@ def bench(
     ] = "none",
     program_spec: Annotated[
         str,
-        typer.Option(help="-w program:FILE: program-level speculation, comma list of off, on (see README)."),
+        typer.Option(
+            help="-w program:FILE: program-level speculation modes, e.g. off,prefill+early,on (README)."
+        ),
     ] = "",
 ) -> None:
     """Compare policies on one workload: a table, and optionally JSON and PNG plots."""

@@ -37,11 +37,12 @@ class ProgramBenchConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        bad = [m for m in self.modes if m not in MODES]
-        if bad or not self.modes or len(set(self.modes)) != len(self.modes):
-            raise ValueError(
-                f"--program-spec takes a comma list of distinct 'off' / 'on', got {self.modes!r}"
-            )
+        from legato.programs.speculation import parse_program_spec
+
+        if not self.modes or len(set(self.modes)) != len(self.modes):
+            raise ValueError(f"--program-spec takes a comma list of distinct modes, got {self.modes!r}")
+        for mode in self.modes:
+            parse_program_spec(mode)  # a ValueError naming the valid values
         for name in ("programs", "concurrency", "rounds"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

@@ -109,7 +109,7 @@ def register(app: typer.Typer) -> None:
         program_spec: Annotated[
             str,
             typer.Option(
-                help="Program-level speculation (prefill, early and predicted pure tools): on or off."
+                help="Program-level speculation: on, off, or a '+' list of prefill, early, predicted."
             ),
         ] = "off",
     ) -> None:

@@ -66,13 +66,25 @@ class ProgramSpecConfig:
                 raise ValueError(f"{name} must be in (0, 86400] seconds, got {value!r}")
 
 
+SPEC_PARTS = ("prefill", "early", "predicted")
+
+
 def parse_program_spec(value: str) -> ProgramSpecConfig | None:
-    """`on` / `off` (the CLI's values) -> a config or None; anything else is a ValueError."""
-    if value == "on":
-        return ProgramSpecConfig()
+    """The CLI's values -> a config or None: `off`, `on` (everything), or a `+`-joined subset of
+    `prefill`, `early`, `predicted` (e.g. `prefill+early`). Anything else is a ValueError."""
     if value == "off":
         return None
-    raise ValueError(f"program-spec must be 'on' or 'off', got {value!r}")
+    if value == "on":
+        return ProgramSpecConfig()
+    parts = value.split("+")
+    if any(p not in SPEC_PARTS for p in parts) or len(set(parts)) != len(parts):
+        raise ValueError(
+            f"program-spec must be 'on', 'off' or a '+'-joined subset of {', '.join(SPEC_PARTS)}, "
+            f"got {value!r}"
+        )
+    return ProgramSpecConfig(
+        prefill="prefill" in parts, early_tools="early" in parts, predicted_tools="predicted" in parts
+    )
 
 
 class TenantToolBudget:
@@ -301,6 +313,7 @@ class RunSpeculation:
 
 
 __all__ = [
+    "SPEC_PARTS",
     "ProgramSpecConfig",
     "RunSpeculation",
     "SpecCounters",

@@ -110,14 +110,17 @@ def test_bad_speculation_options_are_rejected(kwargs: dict[str, Any]) -> None:
 def test_program_spec_values() -> None:
     assert parse_program_spec("off") is None
     assert parse_program_spec("on") == ProgramSpecConfig()
-    with pytest.raises(ValueError, match="'on' or 'off'"):
-        parse_program_spec("maybe")
+    assert parse_program_spec("prefill+early") == ProgramSpecConfig(predicted_tools=False)
+    assert parse_program_spec("predicted") == ProgramSpecConfig(prefill=False, early_tools=False)
+    for bad in ("maybe", "", "prefill+prefill", "prefill+on", "ON"):
+        with pytest.raises(ValueError, match="'on', 'off' or"):
+            parse_program_spec(bad)
 
 
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["-w", f"program:{REACT}", "--engine", "torch", "--program-spec", "maybe"], "distinct 'off' / 'on'"),
+        (["-w", f"program:{REACT}", "--engine", "torch", "--program-spec", "maybe"], "'on', 'off' or"),
         (["-w", f"program:{REACT}", "--engine", "torch", "--program-spec", "on,on"], "distinct"),
         (["-w", f"program:{REACT}", "--program-spec", "on"], "--engine torch"),
         (["-w", "swe", "--engine", "torch", "--program-spec", "on"], "needs a program workload"),
@@ -135,4 +138,4 @@ def test_bad_bench_options_are_usage_errors(args: list[str], message: str) -> No
 
 def test_bad_run_option_is_a_usage_error() -> None:
     result = CliRunner().invoke(app, ["run", REACT, "--program-spec", "sometimes"])
-    assert result.exit_code == 2 and "'on' or 'off'" in result.output
+    assert result.exit_code == 2 and "'on', 'off' or" in result.output
