@@ -139,3 +139,8 @@ def test_bad_bench_options_are_usage_errors(args: list[str], message: str) -> No
 def test_bad_run_option_is_a_usage_error() -> None:
     result = CliRunner().invoke(app, ["run", REACT, "--program-spec", "sometimes"])
     assert result.exit_code == 2 and "'on', 'off' or" in result.output
+
+
+def test_bad_serve_option_is_a_usage_error() -> None:
+    result = CliRunner().invoke(app, ["serve", "--program-spec", "always"])
+    assert result.exit_code == 2 and "--program-spec" in result.output
