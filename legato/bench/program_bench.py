@@ -172,9 +172,12 @@ async def run_program_bench_async(
 
 
 def report(cfg: ProgramBenchConfig, results: Mapping[str, ModeResult]) -> dict[str, Any]:
-    first = results[cfg.modes[0]].mean_tct_s
+    base = results[cfg.modes[0]]
+    first = base.mean_tct_s
     rows = {}
     for mode, res in results.items():
+        # Paired by round (the modes of a round ran back to back), so slow rounds cancel out.
+        paired = [m / b for m, b in zip(res.round_means_s, base.round_means_s, strict=True) if b > 0]
         rows[mode] = {
             "runs": len(res.tcts_s),
             "failed": res.failed,
@@ -183,6 +186,8 @@ def report(cfg: ProgramBenchConfig, results: Mapping[str, ModeResult]) -> dict[s
             "median_tct_s": statistics.median(res.tcts_s) if res.tcts_s else 0.0,
             "round_means_s": res.round_means_s,
             "tct_ratio": res.mean_tct_s / first if first else 0.0,
+            "round_ratios": paired,
+            "round_ratio_median": statistics.median(paired) if paired else 0.0,
             **res.counters,
         }
     return {
@@ -202,17 +207,18 @@ def render(rep: Mapping[str, Any]) -> str:
     lines = [
         f"program {rep['program']} on torch, policy {rep['policy']}: {rep['programs']} runs x "
         f"{rep['rounds']} rounds per mode, concurrency {rep['concurrency']}",
-        "| program-spec | runs | failed | mean TCT s | median TCT s | round means s | TCT x "
-        "| prefills | tools started | used | discarded |",
-        "| --- | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: |",
+        "| program-spec | runs | failed | mean TCT s | median TCT s | TCT x | TCT x per round: median "
+        "(min-max) | prefills | tools started | used | discarded |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: |",
     ]
     for mode, row in rep["modes"].items():
-        rounds = ", ".join(f"{m:.2f}" for m in row["round_means_s"])
+        ratios = row["round_ratios"] or [0.0]
+        spread = f"{row['round_ratio_median']:.3f} ({min(ratios):.2f}-{max(ratios):.2f})"
         lines.append(
             f"| {mode} | {row['runs']} | {row['failed']} | {row['mean_tct_s']:.3f} "
-            f"| {row['median_tct_s']:.3f} "
-            f"| {rounds} | {row['tct_ratio']:.3f} | {row.get('prefills', 0)} | {row.get('tools_started', 0)} "
-            f"| {row.get('tools_used', 0)} | {row.get('tools_discarded', 0)} |"
+            f"| {row['median_tct_s']:.3f} | {row['tct_ratio']:.3f} | {spread} "
+            f"| {row.get('prefills', 0)} | {row.get('tools_started', 0)} | {row.get('tools_used', 0)} "
+            f"| {row.get('tools_discarded', 0)} |"
         )
     return "\n".join(lines)
 
