@@ -11,7 +11,7 @@ With the built-in seeded model the replies are noise, so the parser falls back t
 With a real checkpoint the model's own actions drive it.
 
 Program-level speculation (`--program-spec on`): the reply's action is parsed as it streams
-(`tool_call=`), so a pure tool (`list_files`, `read_file`) starts before the reply ends, and
+(`tool_call=`), so a pure tool (all but `write_file`) starts before the reply ends, and
 `ctx.warm(...)` prefills the next prompt's known start while each tool runs.
 
     legato run examples/react_coder.py                       # seeded model
@@ -67,7 +67,8 @@ registry.register(
         stdin_arg="content",
     )
 )
-registry.register(limited("run_tests", [sys.executable, "test_calc.py"]))
+# -B: no bytecode cache, so running the tests writes nothing and the tool is pure
+registry.register(limited("run_tests", [sys.executable, "-B", "test_calc.py"], pure=True))
 
 SYSTEM = legato.PrefixPart(
     "react_coder_system",

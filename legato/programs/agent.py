@@ -208,9 +208,9 @@ class AgentContext:
         return out.text
 
     def warm(self, *prompt: str | PrefixPart, label: str | None = None) -> bool:
-        """Speculative prefill: the next `llm(...)` call's prompt will start with `prompt`; with
-        speculation on, prefill it now in the background (e.g. just before a tool call, so the
-        KV is warm when the tool returns). Returns at once; False when speculation is off."""
+        """Speculative prefill: the next `llm(...)` call's prompt will start with `prompt`. Call it
+        just before a tool call: with speculation on, it is prefilled while the tool runs, so the
+        KV is warm when the tool returns. Returns at once; False when speculation is off."""
         return warm_prompt(self._run.env, self._site(label, "llm"), self._render(prompt))
 
     async def llm_json(self, *prompt: str | PrefixPart, default: Any = None, **kwargs: Any) -> Any:

@@ -144,7 +144,7 @@ async def call_llm(
     """Run one LLM call; `watch` sees the text streamed so far after every chunk (early tool
     start). With speculation on, the run's predicted next tool starts as the call does."""
     if env.speculation is not None:
-        env.speculation.predict_and_start()
+        env.speculation.call_started()
     call = LLMCall(
         call_id=env.call_id(node),
         run_id=env.run_id,
@@ -185,8 +185,8 @@ async def call_llm(
 
 
 def warm_prompt(env: RunEnv, node: str, prompt: RenderedPrompt) -> bool:
-    """Speculative prefill: send the known prefix of a later call of `node` as a prefill-only
-    call through the scheduler, in the background; False when speculation is off."""
+    """Speculative prefill: the known prefix of a later call of `node` goes to the scheduler as a
+    prefill-only call while the run waits on its next tool; False when speculation is off."""
     spec = env.speculation
     if spec is None or not prompt.token_ids:
         return False

@@ -192,6 +192,7 @@ class RunSpeculation:
         self.epoch = 0  # bumped when an impure tool starts and when it ends
         self._previous: ToolKey | None = None
         self._pending: dict[ToolKey, _Pending] = {}
+        self._warm: Callable[[], Awaitable[object]] | None = None  # the prefill waiting for a tool
         self._tg: TaskGroup | None = None
         self._n = 0
 
@@ -258,20 +259,28 @@ class RunSpeculation:
 
     async def take(self, name: str, args: Mapping[str, Any]) -> ToolResult | None:
         """The program now calls `name(args)`: a speculative result of exactly that call from the
-        current epoch, or None (run it for real). Every other speculative call is discarded."""
+        current epoch, or None (run it for real). Every other speculative call is discarded. A
+        prefill the program asked for (`start_prefill`) starts now if there is a wait to hide it
+        in (the tool runs for real, or its speculative run is still going), else it is dropped."""
         key = tool_key(name, args)
         if key is not None and self.predictor is not None:
             self.predictor.record(self._previous, key)
         self._previous = key
         if not self.is_pure(name):
             self.impure()  # the caller calls `impure()` again when the tool ends
+            self._launch_prefill()
             return None
         hit = self._pending.pop(key, None) if key is not None else None
         self._discard_all()
         if hit is None or hit.epoch != self.epoch:
             if hit is not None:
                 self._discard(hit)
+            self._launch_prefill()
             return None
+        if hit.done.is_set():
+            self._warm = None  # the result is here: no wait left to hide a prefill in
+        else:
+            self._launch_prefill()
         await hit.done.wait()
         result = hit.result
         if result is None or not result.ok:  # cancelled or failed: run it for real (pure)
@@ -279,6 +288,12 @@ class RunSpeculation:
             return None
         self.counters.tools_used += 1
         return result
+
+    def call_started(self) -> None:
+        """An LLM call starts: a prefill asked for before it is moot (the call prefills itself);
+        speculative tool execution starts the call predicted to follow."""
+        self._warm = None
+        self.predict_and_start()
 
     def impure(self) -> None:
         """An impure tool starts or ends in the run's workspace: speculative reads are stale."""
@@ -296,10 +311,18 @@ class RunSpeculation:
 
     # -- prefill ---------------------------------------------------------------------------
     def start_prefill(self, warm: Callable[[], Awaitable[object]]) -> bool:
-        """Run `warm()` (a prefill-only call) in the background; its failure is only logged, as
-        the real call will simply prefill what is missing."""
+        """Speculative prefill: `warm()` (a prefill-only call) runs in the background once the
+        run waits on a tool (see `take`); False when prefill speculation is off. Its failure is
+        only logged, as the real call simply prefills what is missing."""
         if not self.config.prefill or self._tg is None:
             return False
+        self._warm = warm
+        return True
+
+    def _launch_prefill(self) -> None:
+        warm, self._warm = self._warm, None
+        if warm is None or self._tg is None:
+            return
         self.counters.prefills += 1
 
         async def guarded() -> None:
@@ -309,7 +332,6 @@ class RunSpeculation:
                 log.debug("speculative prefill of run %s failed", self.run_id, exc_info=True)
 
         self._tg.start_soon(guarded)
-        return True
 
 
 __all__ = [
