@@ -10,14 +10,20 @@ With the built-in seeded model the replies are noise, so the parser falls back t
 (look, read, test, write a fix, test again): the run still makes 10+ real tool calls and ends.
 With a real checkpoint the model's own actions drive it.
 
+Program-level speculation (`--program-spec on`): the reply's action is parsed as it streams
+(`tool_call=`), so a pure tool (all but `write_file`) starts before the reply ends, and
+`ctx.warm(...)` prefills the next prompt's known start while each tool runs.
+
     legato run examples/react_coder.py                       # seeded model
     legato run examples/react_coder.py --checkpoint DIR      # a Hugging Face Llama/Qwen2 checkpoint
+    legato run examples/react_coder.py --program-spec on     # with program-level speculation
 """
 
 from __future__ import annotations
 
 import re
 import sys
+from collections.abc import Callable
 
 import legato
 from legato.programs.agent import AgentContext, ToolCallError
@@ -61,7 +67,8 @@ registry.register(
         stdin_arg="content",
     )
 )
-registry.register(limited("run_tests", [sys.executable, "test_calc.py"]))
+# -B: no bytecode cache, so running the tests writes nothing and the tool is pure
+registry.register(limited("run_tests", [sys.executable, "-B", "test_calc.py"], pure=True))
 
 SYSTEM = legato.PrefixPart(
     "react_coder_system",
@@ -103,6 +110,31 @@ def safe_path(arg: str) -> str | None:
     return arg if re.fullmatch(r"[A-Za-z0-9_.-]+", arg) and arg not in (".", "..") else None
 
 
+def decide(reply: str, turn: int) -> tuple[str, dict[str, str]]:
+    """The tool call a reply asks for (fallback plan included), with its exact arguments."""
+    tool, arg, content = parse_action(reply, turn)
+    if tool == "finish":
+        return "finish", {}
+    if tool == "read_file":
+        return tool, {"path": safe_path(arg) or "calc.py"}
+    if tool == "write_file":
+        return tool, {"path": safe_path(arg) or "calc.py", "content": content or FIXED_MODULE}
+    return tool, {}
+
+
+def streamed_call(turn: int) -> Callable[[str], tuple[str, dict[str, str]] | None]:
+    """For early tool start: the call the reply streamed so far decides. A complete
+    `Action: NAME[ARG]` cannot change once streamed (the first match wins); before one has
+    streamed, the fallback step is the provisional call. Legato keeps an early result only if
+    the call made after the whole reply is exactly this one."""
+
+    def parse(reply_so_far: str) -> tuple[str, dict[str, str]] | None:
+        tool, args = decide(reply_so_far, turn)
+        return None if tool == "finish" else (tool, args)
+
+    return parse
+
+
 @legato.agent(name="react-coder")
 async def program(
     ctx: AgentContext, task: str = "The tests in test_calc.py fail. Fix calc.py."
@@ -113,19 +145,19 @@ async def program(
     tool_calls, passed = 0, False  # agent turns only; the two setup writes are not counted
     for turn in range(MAX_TURNS):
         reply = await ctx.llm(
-            SYSTEM, f"Task: {task}\n{transcript}\nTurn {turn}. ", max_tokens=24, label="think"
+            SYSTEM,
+            f"Task: {task}\n{transcript}\nTurn {turn}. ",
+            max_tokens=24,
+            label="think",
+            tool_call=streamed_call(turn),
         )
-        tool, arg, content = parse_action(reply, turn)
+        tool, args = decide(reply, turn)
         if tool == "finish":
             if passed and tool_calls >= MIN_TOOL_CALLS:
                 break
-            tool, arg, content = "run_tests", "", None
-        args: dict[str, str] = {}
-        if tool in ("read_file", "write_file"):
-            path = safe_path(arg) or "calc.py"
-            args = (
-                {"path": path} if tool == "read_file" else {"path": path, "content": content or FIXED_MODULE}
-            )
+            tool, args = "run_tests", {}
+        step = f"Action: {tool}[{args.get('path', '')}]\nObservation: "
+        ctx.warm(SYSTEM, f"Task: {task}\n{transcript}{step}", label="think")  # the next prompt's start
         try:
             result = await ctx.tool(tool, args, label=tool)
             observation = (str(result.get("stdout", "")) + str(result.get("stderr", "")))[-400:]
@@ -134,7 +166,7 @@ async def program(
         except ToolCallError as exc:  # a tool that timed out or hit a limit is an observation too
             observation = f"error ({exc.kind}): {exc}"
         tool_calls += 1
-        transcript += f"Action: {tool}[{args.get('path', '')}]\nObservation: {observation}\n"
+        transcript += f"{step}{observation}\n"
         if passed and tool_calls >= MIN_TOOL_CALLS:
             break
     return {"tests_passed": passed, "tool_calls": tool_calls, "turns": turn + 1}

@@ -38,7 +38,8 @@ def bench(
         typer.Option(
             "--workload",
             "-w",
-            help="swe, multiagent, text2sql, rl-grpo, chat, trace:PATH, sessions:PATH, chat:PATH.",
+            help="swe, multiagent, text2sql, rl-grpo, chat, trace:PATH, sessions:PATH, chat:PATH, or "
+            "program:FILE (a program file run for real on --engine torch, see --program-spec).",
         ),
     ] = "swe",
     engine: Annotated[
@@ -95,11 +96,28 @@ def bench(
             "(rows policy+suffix ...), with acceptance measured on real text by `legato bench spec`."
         ),
     ] = "none",
+    program_spec: Annotated[
+        str,
+        typer.Option(
+            help="-w program:FILE: program-level speculation modes, e.g. off,prefill+early,on (README)."
+        ),
+    ] = "",
 ) -> None:
     """Compare policies on one workload: a table, and optionally JSON and PNG plots."""
     if ctx.invoked_subcommand is not None:
         return
+    from legato.bench import program_bench as pb
     from legato.bench import runner
+
+    if workload.startswith("program:") or program_spec:
+        try:
+            cfg = pb.from_cli(
+                workload, engine, program_spec, programs, concurrency, seed, policies, param or []
+            )
+        except ValueError as exc:
+            raise _fail(str(exc)) from None
+        pb.main(cfg, json_out)
+        return
 
     try:
         swept = runner.parse_sweep(sweep) if sweep else []

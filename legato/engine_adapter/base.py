@@ -97,6 +97,13 @@ class SamplingParams:
             raise ValueError("logit_bias values must be finite numbers")
 
 
+# A prefill-only (cache-warm) request: `generate` with these sampling parameters. Its prompt's
+# KV lands in the engine's prefix cache as for any request, so every engine (torch, simulated,
+# vLLM / SGLang over HTTP) serves it on its normal request path; the one token it decodes
+# (engines refuse max_tokens=0) costs one decode step and is thrown away.
+PREFILL_ONLY = SamplingParams(max_tokens=1)
+
+
 @dataclass(frozen=True, slots=True)
 class GenerateRequest:
     """One LLM call as an engine sees it."""

@@ -18,24 +18,37 @@ from __future__ import annotations
 import inspect
 import sys
 import time
-from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, Generic, TypeVar
 
 import anyio
 from anyio.abc import TaskGroup
 
 from legato.engine_adapter.base import SamplingParams
-from legato.programs.calls import RunEnv, StepError, call_llm, call_tool, with_retries
+from legato.programs.agent_history import AgentHistory, AgentTrace, NextCallPrediction, TraceEvent
+from legato.programs.calls import RunEnv, StepError, call_llm, call_tool, warm_prompt, with_retries
 from legato.programs.journal import Step, append_step
 from legato.programs.output import extract_json
-from legato.programs.prompt import PrefixPart
+from legato.programs.prompt import PrefixPart, RenderedPrompt
 from legato.scheduler.events import CallHints
-from legato.scheduler.followers import Followers
 
 T = TypeVar("T")
+
+
+__all__ = [
+    "AgentContext",
+    "AgentHistory",
+    "AgentProgram",
+    "AgentTrace",
+    "Branch",
+    "Fork",
+    "LLMCallError",
+    "NextCallPrediction",
+    "ToolCallError",
+    "TraceEvent",
+    "agent",
+]
 
 
 class ToolCallError(Exception):
@@ -53,119 +66,6 @@ class LLMCallError(Exception):
     def __init__(self, message: str, kind: str) -> None:
         super().__init__(message)
         self.kind = kind
-
-
-# --- traces and history ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class TraceEvent:
-    kind: Literal["llm", "tool", "fork"]
-    site: str  # label, or "function:line" of the call
-    path: str  # position in the fork tree (also the journal key)
-    started_s: float  # seconds since the run started
-    finished_s: float
-    prompt_tokens: int = 0
-    shared_prefix_tokens: int = 0
-    prefix_parts: tuple[str, ...] = ()
-    output_tokens: int = 0
-    tool: str | None = None
-    ok: bool = True
-    branches: int = 0  # forks: how many branches ran
-    replayed: bool = False  # result came from the journal
-
-    @property
-    def branch(self) -> str:
-        return self.path.rsplit(".", 1)[0] if "." in self.path else ""
-
-    @property
-    def seq(self) -> int:
-        return int(self.path.rsplit(".", 1)[-1])
-
-
-@dataclass
-class AgentTrace:
-    run_id: str
-    agent: str
-    started_at: float  # wall clock
-    events: list[TraceEvent] = field(default_factory=list)
-    status: str = "running"
-    duration_s: float = 0.0
-
-
-NextKind = Literal["llm", "tool", "fork", "end"]
-_KINDS: dict[str, NextKind] = {"llm": "llm", "tool": "tool", "fork": "fork", "end": "end"}
-
-
-@dataclass(frozen=True, slots=True)
-class NextCallPrediction:
-    kind: NextKind
-    tool: str | None
-    probability: float
-    expected_latency_s: float | None  # mean duration of that tool after this site
-
-
-class AgentHistory:
-    """Recent traces of one agent and what they predict. Bounded: the last `max_runs` runs."""
-
-    def __init__(self, max_runs: int = 256) -> None:
-        self._traces: deque[AgentTrace] = deque(maxlen=max_runs)
-        self._followers = Followers()  # site -> next step in the same branch (kind or "tool:NAME")
-
-    def record(self, trace: AgentTrace) -> None:
-        if len(self._traces) == self._traces.maxlen:
-            self._count(self._traces[0], self._followers.forget)
-        self._traces.append(trace)
-        self._count(trace, self._followers.record)
-
-    @staticmethod
-    def _count(trace: AgentTrace, count: Callable[[str, str, float | None], None]) -> None:
-        for event, nxt in _successors(trace.events):
-            if nxt is None:
-                count(event.site, "end", None)
-            elif nxt.tool:
-                count(event.site, f"{nxt.kind}:{nxt.tool}", nxt.finished_s - nxt.started_s)
-            else:
-                count(event.site, nxt.kind, None)
-
-    def traces(self) -> list[AgentTrace]:
-        return list(self._traces)
-
-    def __len__(self) -> int:
-        return len(self._traces)
-
-    def sites(self) -> Counter[str]:
-        return Counter(e.site for t in self._traces for e in t.events)
-
-    def transitions(self) -> Counter[tuple[str, str]]:
-        """(site, next site in the same branch) counts; next is "<end>" when the branch ends."""
-        counts: Counter[tuple[str, str]] = Counter()
-        for trace in self._traces:
-            for event, nxt in _successors(trace.events):
-                counts[(event.site, nxt.site if nxt else "<end>")] += 1
-        return counts
-
-    def predict_next(self, site: str) -> NextCallPrediction | None:
-        """What most often followed `site` in the same branch (None: never seen; ties: the
-        smallest follower name)."""
-        likely = self._followers.most_likely(site)
-        if likely is None:
-            return None
-        follower, probability = likely
-        kind, _, tool = follower.partition(":")
-        latency = self._followers.mean_duration(site, follower) if tool else None
-        return NextCallPrediction(_KINDS[kind], tool or None, probability, latency)
-
-
-def _successors(events: Sequence[TraceEvent]) -> list[tuple[TraceEvent, TraceEvent | None]]:
-    by_branch: dict[str, list[TraceEvent]] = {}
-    for e in events:
-        by_branch.setdefault(e.branch, []).append(e)
-    pairs: list[tuple[TraceEvent, TraceEvent | None]] = []
-    for branch_events in by_branch.values():
-        ordered = sorted(branch_events, key=lambda e: e.seq)
-        pairs.extend(zip(ordered, [*ordered[1:], None], strict=True))
-    return pairs
 
 
 # --- the agent context -------------------------------------------------------------------------------
@@ -236,6 +136,13 @@ class AgentContext:
         self._counter += 1
         return key
 
+    def _render(self, prompt: Sequence[str | PrefixPart]) -> RenderedPrompt:
+        """Leading `PrefixPart`s are the shared prefix; the rest is this call's own text."""
+        split = next((i for i, p in enumerate(prompt) if not isinstance(p, PrefixPart)), len(prompt))
+        parts = [p for p in prompt[:split] if isinstance(p, PrefixPart)]
+        dynamic = [p.text if isinstance(p, PrefixPart) else p for p in prompt[split:]]
+        return self._run.env.renderer.render(parts, dynamic)
+
     async def llm(
         self,
         *prompt: str | PrefixPart,
@@ -248,16 +155,17 @@ class AgentContext:
         next_tool: str | None = None,
         timeout_s: float | None = None,
         retries: int = 0,
+        tool_call: Callable[[str], tuple[str, Mapping[str, Any]] | None] | None = None,
     ) -> str:
         """Generate text. Leading `PrefixPart`s are the shared prefix (tokenized once, reused
-        across calls and runs); plain strings are this call's own text."""
+        across calls and runs); plain strings are this call's own text. `tool_call` parses the
+        reply streamed so far into the tool call it decides (or None yet): with speculation on,
+        a pure tool starts as soon as it parses (early tool start), kept only if the tool the
+        agent then calls is exactly the same."""
         site = self._site(label, "llm")
         run, env = self._run, self._run.env
         key = self._next_key()
-        split = next((i for i, p in enumerate(prompt) if not isinstance(p, PrefixPart)), len(prompt))
-        parts = [p for p in prompt[:split] if isinstance(p, PrefixPart)]
-        dynamic = [p.text if isinstance(p, PrefixPart) else p for p in prompt[split:]]
-        rendered = env.renderer.render(parts, dynamic)
+        rendered = self._render(prompt)
         started, wall = run.now(), time.time()
         if key in run.replay:
             result = run.replay[key].result
@@ -280,9 +188,10 @@ class AgentContext:
             max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed, stop=tuple(stop)
         )
         env.hub.publish(env.run_id, "node_started", site, path=key)
+        watch = _early_start(env, tool_call)
         try:
             out, _ = await with_retries(
-                lambda: call_llm(env, site, rendered, sampling, hints),
+                lambda: call_llm(env, site, rendered, sampling, hints, watch),
                 what=f"LLM call {site!r}",
                 retries=retries,
                 timeout_s=timeout_s,
@@ -297,6 +206,12 @@ class AgentContext:
         await run.journal(key, site, out.text, wall)
         env.hub.publish(env.run_id, "node_finished", site, path=key, status="ok")
         return out.text
+
+    def warm(self, *prompt: str | PrefixPart, label: str | None = None) -> bool:
+        """Speculative prefill: the next `llm(...)` call's prompt will start with `prompt`. Call it
+        just before a tool call: with speculation on, it is prefilled while the tool runs, so the
+        KV is warm when the tool returns. Returns at once; False when speculation is off."""
+        return warm_prompt(self._run.env, self._site(label, "llm"), self._render(prompt))
 
     async def llm_json(self, *prompt: str | PrefixPart, default: Any = None, **kwargs: Any) -> Any:
         """`llm(...)` then the first JSON object/array in the text, or `default` when none parses."""
@@ -367,6 +282,21 @@ class AgentContext:
         except BaseExceptionGroup as group:
             raise _first_leaf(group) from None
         return [h.result for h in handles]
+
+
+def _early_start(
+    env: RunEnv, parse: Callable[[str], tuple[str, Mapping[str, Any]] | None] | None
+) -> Callable[[str], None] | None:
+    spec = env.speculation
+    if parse is None or spec is None or not spec.config.early_tools:
+        return None
+
+    def watch(text: str) -> None:
+        call = parse(text)
+        if call is not None:
+            spec.start_tool(call[0], call[1])
+
+    return watch
 
 
 def _first_leaf(group: BaseExceptionGroup[Any]) -> BaseException:

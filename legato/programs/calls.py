@@ -18,11 +18,12 @@ from typing import Any, Protocol, TypeVar
 
 import anyio
 
-from legato.engine_adapter.base import EngineError, SamplingParams
+from legato.engine_adapter.base import PREFILL_ONLY, EngineError, SamplingParams
 from legato.programs.drain import DrainGate
 from legato.programs.events import EventHub
 from legato.programs.journal import JournalStore
 from legato.programs.prompt import PromptRenderer, RenderedPrompt
+from legato.programs.speculation import RunSpeculation
 from legato.scheduler.base import CallScheduler
 from legato.scheduler.events import CallHints, LLMCall, ToolFinished, ToolStarted
 from legato.tools.base import ToolResult, UnknownToolError
@@ -96,6 +97,7 @@ class RunEnv:
     journal: JournalStore
     tools: ToolCaller | None
     set_status: Callable[[RunStatus], None]
+    speculation: RunSpeculation | None = None  # program-level speculation, when the executor has it on
     _calls: itertools.count[int] = field(default_factory=itertools.count)
     gate: DrainGate = field(default_factory=DrainGate)  # the executor's: holds steps while draining
 
@@ -120,6 +122,11 @@ class RunEnv:
         spec = self.tool_spec(name)
         return spec is not None and bool(spec.pure or getattr(spec, "idempotent", False))
 
+    def tool_is_pure(self, name: str) -> bool:
+        """Only a registered, server-side `pure` tool may run speculatively."""
+        spec = self.tool_spec(name)
+        return spec is not None and bool(spec.pure) and spec.kind != "client"
+
     def expected_tool_latency(self, name: str) -> float | None:
         stats = getattr(self.tools, "stats", None)
         try:
@@ -142,8 +149,17 @@ async def closing(stream: AsyncIterator[T]) -> AsyncIterator[AsyncIterator[T]]:
 
 
 async def call_llm(
-    env: RunEnv, node: str, prompt: RenderedPrompt, sampling: SamplingParams, hints: CallHints
+    env: RunEnv,
+    node: str,
+    prompt: RenderedPrompt,
+    sampling: SamplingParams,
+    hints: CallHints,
+    watch: Callable[[str], None] | None = None,
 ) -> LLMOutput:
+    """Run one LLM call; `watch` sees the text streamed so far after every chunk (early tool
+    start). With speculation on, the run's predicted next tool starts as the call does."""
+    if env.speculation is not None:
+        env.speculation.call_started()
     call = LLMCall(
         call_id=env.call_id(node),
         run_id=env.run_id,
@@ -156,6 +172,7 @@ async def call_llm(
         hints=hints,
     )
     texts: list[str] = []
+    so_far = ""
     n_out = prompt_tokens = cached = 0
     finish = "abort"
     publish = env.hub.has_subscribers(env.run_id)
@@ -168,6 +185,9 @@ async def call_llm(
                 cached = chunk.cached_tokens or cached
                 if publish and chunk.text:
                     env.hub.publish(env.run_id, "token", node, text=chunk.text)
+                if watch is not None and chunk.text:
+                    so_far += chunk.text
+                    watch(so_far)
                 if chunk.finished:
                     finish = chunk.finish_reason or "stop"
     except EngineError as exc:
@@ -177,6 +197,53 @@ async def call_llm(
     if finish == "abort":
         raise StepError(f"LLM call of node {node!r} was aborted by the engine", "engine")
     return LLMOutput("".join(texts), n_out, prompt_tokens, cached, finish)
+
+
+def warm_prompt(env: RunEnv, node: str, prompt: RenderedPrompt) -> bool:
+    """Speculative prefill: the known prefix of a later call of `node` goes to the scheduler as a
+    prefill-only call while the run waits on its next tool; False when speculation is off."""
+    spec = env.speculation
+    if spec is None or not prompt.token_ids:
+        return False
+    call = LLMCall(
+        call_id=env.call_id(f"{node}:prefill"),
+        run_id=env.run_id,
+        program=env.program,
+        node=node,
+        tenant=env.tenant,
+        prompt_token_ids=prompt.token_ids,
+        sampling=PREFILL_ONLY,
+        shared_prefix_tokens=prompt.shared_prefix_tokens,
+        hints=CallHints(prefill_only=True),
+    )
+
+    async def warm() -> None:
+        async with closing(env.scheduler.generate(call)) as stream:
+            async for _ in stream:
+                pass
+
+    return spec.start_prefill(warm)
+
+
+async def _run_tool(env: RunEnv, node: str, tool: str, args: dict[str, Any], key: str | None) -> ToolResult:
+    """The tool runtime's answer, or the run's speculative result of exactly this call."""
+    assert env.tools is not None
+    spec = env.speculation
+    if spec is None:
+        return await env.tools.call(
+            tool, args, run_id=env.run_id, call_id=env.call_id(node), tenant=env.tenant, idempotency_key=key
+        )
+    result = await spec.take(tool, args)
+    if result is not None:
+        return result
+    pure = env.tool_is_pure(tool)
+    try:
+        return await env.tools.call(
+            tool, args, run_id=env.run_id, call_id=env.call_id(node), tenant=env.tenant, idempotency_key=key
+        )
+    finally:
+        if not pure:
+            spec.impure()
 
 
 async def call_tool(
@@ -200,9 +267,7 @@ async def _call_tool(env: RunEnv, node: str, tool: str, args: dict[str, Any], ke
         env.set_status(RunStatus.WAITING_FOR_TOOL)
     result: ToolResult | None = None
     try:
-        result = await env.tools.call(
-            tool, args, run_id=env.run_id, call_id=env.call_id(node), tenant=env.tenant, idempotency_key=key
-        )
+        result = await _run_tool(env, node, tool, args, key)
     except UnknownToolError as exc:
         raise StepError(f"node {node!r}: {exc}", "unknown_tool") from exc
     finally:

@@ -26,6 +26,7 @@ async def _run_file(
     overrides: dict[str, Any],
     show_events: bool,
     timeout_s: float | None,
+    speculation: Any = None,
 ) -> dict[str, Any]:
     from contextlib import AsyncExitStack
 
@@ -52,7 +53,7 @@ async def _run_file(
         if hasattr(scheduler, "__aenter__"):
             await stack.enter_async_context(scheduler)
         tools = await stack.enter_async_context(ToolRuntime(registry))
-        executor = await stack.enter_async_context(Executor(scheduler, tools))
+        executor = await stack.enter_async_context(Executor(scheduler, tools, speculation=speculation))
         handle = executor.submit(
             loaded.program, inputs, tenant=loaded.tenant, timeout_s=timeout_s or loaded.timeout_s
         )
@@ -105,6 +106,12 @@ def register(app: typer.Typer) -> None:
         inputs_json: Annotated[str | None, typer.Option(help="Inputs as one JSON object.")] = None,
         events: Annotated[bool, typer.Option(help="Print the run's events to stderr.")] = False,
         timeout: Annotated[float | None, typer.Option(help="Fail the run after this many seconds.")] = None,
+        program_spec: Annotated[
+            str,
+            typer.Option(
+                help="Program-level speculation: on, off, or a '+' list of prefill, early, predicted."
+            ),
+        ] = "off",
     ) -> None:
         """Run a program file to completion and print its result as JSON."""
         import anyio
@@ -112,13 +119,15 @@ def register(app: typer.Typer) -> None:
         from legato.engine_adapter.base import EngineError
         from legato.launch import LaunchError, TorchOptions, build_engines
         from legato.programs.loader import LoadError, parse_inputs
+        from legato.programs.speculation import parse_program_spec
         from legato.programs.validate import ProgramValidationError
 
         try:
             overrides = parse_inputs(list(input or []), inputs_json)
+            speculation = parse_program_spec(program_spec)
             tiers = tier_overrides(kv_host_gb, kv_redis_url)
             engines = build_engines(engine or [], TorchOptions(checkpoint, device, tiers))
-            summary = anyio.run(_run_file, file, engines, policy, overrides, events, timeout)
+            summary = anyio.run(_run_file, file, engines, policy, overrides, events, timeout, speculation)
         except (LoadError, LaunchError, EngineError, ProgramValidationError, TypeError, ValueError) as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from None

@@ -23,6 +23,7 @@ import math
 import time
 import uuid
 from collections.abc import Mapping
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
@@ -39,6 +40,13 @@ from legato.programs.graph_run import GraphRun, RunFailed, RunInterrupted
 from legato.programs.journal import InMemoryJournalStore, JournalStore, Step, read_steps
 from legato.programs.prompt import PromptRenderer
 from legato.programs.spec import MapNodeSpec, ProgramSpec, ToolNodeSpec
+from legato.programs.speculation import (
+    ProgramSpecConfig,
+    RunSpeculation,
+    SpecCounters,
+    TenantToolBudget,
+    ToolCallPredictor,
+)
 from legato.programs.validate import validate
 from legato.scheduler.base import CallScheduler
 from legato.scheduler.events import RunFinished, RunStarted
@@ -118,7 +126,10 @@ class Executor:
         events: EventHub | None = None,
         tenant: str = "default",
         release_timeout_s: float = 10.0,
+        speculation: ProgramSpecConfig | None = None,
     ) -> None:
+        """`speculation`: program-level speculation (speculative prefill, early and predicted
+        pure tools, see `legato.programs.speculation`); None turns it off."""
         self.scheduler = scheduler
         self.tools = tools
         self.journal: JournalStore = journal if journal is not None else InMemoryJournalStore()
@@ -129,6 +140,10 @@ class Executor:
         self.renderer = PromptRenderer(scheduler.tokenizer)
         self._runs: dict[str, RunHandle] = {}
         self._tg: TaskGroup | None = None
+        self.speculation = speculation
+        self.speculation_counters = SpecCounters()  # summed over finished runs
+        self._spec_budget = TenantToolBudget(speculation) if speculation is not None else None
+        self._predictors: dict[str, ToolCallPredictor] = {}  # per program (agent) name
 
     # -- lifecycle --------------------------------------------------------------------------
     async def __aenter__(self) -> Executor:
@@ -226,6 +241,26 @@ class Executor:
             handle.status = status
             self.events.publish(handle.run_id, "status", status=status.value)
 
+    def _run_speculation(self, env: RunEnv) -> RunSpeculation | None:
+        if self.speculation is None or self._spec_budget is None:
+            return None
+        return RunSpeculation(
+            self.speculation,
+            self._spec_budget,
+            self.tools,
+            env.tool_is_pure,
+            run_id=env.run_id,
+            tenant=env.tenant,
+            predictor=self._predictors.setdefault(env.program, ToolCallPredictor()),
+        )
+
+    def _add_counters(self, spec: RunSpeculation) -> None:
+        total, run = self.speculation_counters, spec.counters
+        total.prefills += run.prefills
+        total.tools_started += run.tools_started
+        total.tools_used += run.tools_used
+        total.tools_discarded += run.tools_discarded
+
     async def _execute(
         self,
         handle: RunHandle,
@@ -246,6 +281,7 @@ class Executor:
             set_status=lambda s: self._set_status(handle, s),
             gate=self.gate,
         )
+        env.speculation = self._run_speculation(env)
         started = time.monotonic()
         status, output = RunStatus.CANCELLED, None
         error: str | None = "cancelled"
@@ -260,12 +296,13 @@ class Executor:
                 with anyio.move_on_after(timeout_s if timeout_s is not None else math.inf) as deadline:
                     if self.tools is not None and _may_use_tools(program):
                         await self.tools.prepare_run(run_id)  # prepared in the background
-                    if isinstance(program, CompiledProgram):
-                        graph_run = GraphRun(env, program.graph, program.python_routers)
-                        output = await graph_run.run(inputs, journaled)
-                    else:
-                        agent_run = program.new_run(env, journaled)
-                        output = await program.execute(agent_run, inputs)
+                    async with env.speculation or nullcontext():
+                        if isinstance(program, CompiledProgram):
+                            graph_run = GraphRun(env, program.graph, program.python_routers)
+                            output = await graph_run.run(inputs, journaled)
+                        else:
+                            agent_run = program.new_run(env, journaled)
+                            output = await program.execute(agent_run, inputs)
                     status, error = RunStatus.SUCCEEDED, None
                 if deadline.cancelled_caught:
                     status, error = RunStatus.FAILED, f"run timed out after {timeout_s:g} s"
@@ -297,6 +334,8 @@ class Executor:
                     duration_s=time.monotonic() - started,
                 )
                 self._set_status(handle, status)
+                if env.speculation is not None:
+                    self._add_counters(env.speculation)
                 self.scheduler.notify(RunFinished(run_id, status.value))
                 self.events.publish(run_id, "run_finished", status=status.value, error=error)
                 self._runs.pop(run_id, None)

@@ -26,7 +26,17 @@ from typing import Any
 import anyio
 
 from legato.engine_adapter.base import SamplingParams
-from legato.programs.calls import RunEnv, StepError, call_llm, call_tool, scope_view, tool_error, with_retries
+from legato.programs.calls import (
+    RunEnv,
+    StepError,
+    call_llm,
+    call_tool,
+    scope_view,
+    tool_error,
+    warm_prompt,
+    with_retries,
+)
+from legato.programs.graph_prefill import known_prompt
 from legato.programs.journal import Step, StepStatus, append_step
 from legato.programs.model import ProgramGraph
 from legato.programs.output import parse_output
@@ -119,10 +129,20 @@ class GraphRun:
                 )
         for name, arg in node.args.items():
             args[name] = lookup_path(scope, arg.var) if isinstance(arg, VarArg) else arg.value
+        if label == node.name:  # a tool node (not a map item): warm its successor's prompt
+            self._warm_successor(node)
         result = await call_tool(self.env, label, node.tool, args, self._key(item))
         if not result.ok:
             raise tool_error(label, node.tool, result)
         return result.output
+
+    def _warm_successor(self, node: ToolNodeSpec) -> None:
+        """Speculative prefill of the LLM node the tool node's edge leads to (routers: unknown)."""
+        successor = self.graph.nodes.get(self.graph.edges_from.get(node.name, END))
+        if self.env.speculation is None or not isinstance(successor, LLMNodeSpec):
+            return
+        prompt = known_prompt(self.env.renderer, node, successor, self.spec.prefix_parts, self.state.values())
+        warm_prompt(self.env, successor.name, prompt)
 
     async def _body(
         self, node: LLMNodeSpec | ToolNodeSpec, label: str, scope: Mapping[str, Any], item: int | None = None

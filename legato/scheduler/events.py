@@ -20,6 +20,8 @@ class CallHints:
     next_tool: str | None = None  # the tool the program will run with this call's output
     expected_tool_latency_s: float | None = None
     is_last_step: bool = False  # no further LLM call of this run reuses this prefix
+    # A speculative prefill (`PREFILL_ONLY`): it warms the KV of a later call; nobody reads its output
+    prefill_only: bool = False
 
 
 @dataclass(frozen=True, slots=True)

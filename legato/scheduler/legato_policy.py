@@ -129,17 +129,19 @@ class Legato(AdmissionControl, BasePolicy):
         self.predictor.call_arrived(r.run_id, now)
         if r.state == NEW:
             self._first_call(r, event)
-        if not r.live and not r.acting and r.prev_prompt:
+        warm = call.hints.prefill_only  # a speculative prefill says nothing about the program's shape
+        if not warm and not r.live and not r.acting and r.prev_prompt:
             self.predictor.history.record_growth(r.program, call.prompt_len - r.prev_prompt)
-        if not r.live:
+        if not warm and not r.live:
             r.prev_prompt = call.prompt_len
             if r.last_call_s is not None:
                 self._cycle[0] += now - r.last_call_s
                 self._cycle[1] += 1
             r.last_call_s = now
         r.bridge = 0.0
-        r.last_call_final = call.hints.is_last_step
-        r.max_output = call.sampling.max_tokens
+        if not warm:
+            r.last_call_final = call.hints.is_last_step
+            r.max_output = call.sampling.max_tokens
         r.live[call.call_id] = call.prompt_len
         r.hints[call.call_id] = (call.node, call.hints)
         out: list[Decision] = []
@@ -173,8 +175,11 @@ class Legato(AdmissionControl, BasePolicy):
         node, hints = self._settle_call(r, event, now)
         out: list[Decision] = []
         ctx = r.last_ctx
-        reuse = self.predictor.reuses_prefix(r.program, node, hints)
-        tool = self.predictor.next_tool(r.program, node, hints) if reuse else None
+        if hints.prefill_only:  # the warmed prefix is what the run's next call starts with
+            reuse, tool, ctx = True, None, float(event.prompt_tokens + event.output_tokens)
+        else:
+            reuse = self.predictor.reuses_prefix(r.program, node, hints)
+            tool = self.predictor.next_tool(r.program, node, hints) if reuse else None
         if tool is not None:
             r.acting.append(Branch(tool, ctx, expires_s=now + TOOL_GRACE_S))
             self._expected.push(now + TOOL_GRACE_S, r.run_id)
@@ -209,6 +214,8 @@ class Legato(AdmissionControl, BasePolicy):
             if not r.engine_paused:
                 self.gate.left(r.tenant)
         self.fair.serve(r.tenant, 0, event.output_tokens)
+        if hints.prefill_only:  # served and charged above; it teaches the history nothing
+            return node, hints
         if r.peak > 0:
             hist.record_footprint(r.program, r.calls_done, r.peak)
         r.peak = 0.0

@@ -114,6 +114,12 @@ def serve(
             "lease every lease/3 s; if it dies, another instance takes the run over after this.",
         ),
     ] = 10.0,
+    program_spec: Annotated[
+        str,
+        typer.Option(
+            help="Program-level speculation of runs: on, off, or a '+' list of prefill, early, predicted."
+        ),
+    ] = "off",
 ) -> None:
     """Serve the REST workflow API (/v1/programs, /v1/runs with SSE events), /healthz, /readyz.
 
@@ -122,6 +128,12 @@ def serve(
     --redis-url; a restarted server resumes the runs that were in flight."""
     if single_tenant not in ("auto", "on", "off"):
         raise typer.BadParameter("use auto, on or off", param_hint="--single-tenant")
+    from legato.programs.speculation import parse_program_spec
+
+    try:
+        parse_program_spec(program_spec)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--program-spec") from None
     import anyio
     import uvicorn
 
@@ -155,6 +167,7 @@ def serve(
         single_tenant=single_tenant,  # type: ignore[arg-type]
         default_max_concurrent_runs=max_concurrent_runs,
         policy=policy,
+        program_spec=program_spec,
         limits=Limits(max_body_bytes=max_body_bytes, max_prompt_chars=max_prompt_chars),
         admin_key=os.environ.get("LEGATO_ADMIN_KEY") or None,  # sees every tenant on /ui
     )

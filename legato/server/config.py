@@ -37,6 +37,8 @@ class ServerConfig:
     single_tenant: SingleTenantMode = "auto"  # auto: keyless loopback requests allowed while no tenants exist
     default_max_concurrent_runs: int = 64
     policy: str | None = None  # a `legato bench` policy name; None = passthrough (engine batches)
+    # program-level speculation of runs: off, on, or a '+' list of prefill, early, predicted
+    program_spec: str = "off"
     limits: Limits = field(default_factory=Limits)
     admin_key: str | None = field(default=None, repr=False)  # sees every tenant on /ui
     sse_keepalive_s: float = 15.0

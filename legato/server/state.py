@@ -13,6 +13,7 @@ from typing import Any
 
 from legato.engine_adapter.base import Engine
 from legato.programs.executor import Executor
+from legato.programs.speculation import parse_program_spec
 from legato.scheduler import by_name
 from legato.scheduler.base import CallScheduler
 from legato.scheduler.events import TenantWeight
@@ -96,7 +97,8 @@ def build_state(
     inner = make_scheduler(engines, config.policy)
     scheduler = MeteredScheduler(inner, quotas)
     tools = ToolRuntime(registry)
-    executor = Executor(scheduler, tools, journal=store)
+    speculation = parse_program_spec(config.program_spec)
+    executor = Executor(scheduler, tools, journal=store, speculation=speculation)
     limit = getattr(engines[0], "max_model_len", None)
     if limit is None:  # the torch engine keeps it on its core
         limit = getattr(getattr(engines[0], "core", None), "max_model_len", None)
