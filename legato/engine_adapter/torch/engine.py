@@ -100,6 +100,7 @@ class TorchEngine(WorkerThread):
                 Capability.EVICTION_HINTS,
                 Capability.KV_EXPORT,
                 Capability.KV_IMPORT,
+                Capability.SPECULATIVE,
                 *((Capability.PREFETCH,) if self.core.tiers is not None else ()),
             }
         )

@@ -25,6 +25,7 @@ grammar-constrained requests).
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 import torch
@@ -35,8 +36,10 @@ from legato.engine_adapter.torch.scheduler import ScheduledChunk, Scheduler, Sch
 from legato.engine_adapter.torch.sequence import SeqStatus, Sequence
 from legato.engine_adapter.torch.spec_verify import verify_greedy
 from legato.spec.adaptive import check_draft_len
+from legato.spec.backoff import AcceptanceCalibration, StepCostModel, plan_drafts
 from legato.spec.context import AgentHistory, ProgramContext
-from legato.spec.drafter import make_drafter
+from legato.spec.drafter import Drafter, make_drafter
+from legato.spec.suffix_index import Draft
 
 if TYPE_CHECKING:
     from legato.engine_adapter.base import TopLogprobs
@@ -59,67 +62,134 @@ class SpecCore(Protocol):
 AGENT = "engine"  # the engine sees no program names: its history is engine-wide, like SuffixDecoding's
 
 
+@dataclass(slots=True)
+class _Request:
+    """A speculating request's drafting state and counters."""
+
+    seq: Sequence
+    ctx: ProgramContext
+    indexed: int = 0  # tokens of seq.token_ids already in ctx.index
+    calibration: AcceptanceCalibration = field(default_factory=AcceptanceCalibration)
+    probs: tuple[float, ...] = ()  # the drafter's estimates for the draft being verified
+
+
 class Speculator:
-    def __init__(self, drafter: str = "suffix", max_draft: int = 4) -> None:
+    """`drafter`: the engine's default (None: only requests asking for speculation speculate);
+    `max_draft`: the default longest draft. A request's `SamplingParams.speculative` overrides
+    both for that request."""
+
+    def __init__(self, drafter: str | None = "suffix", max_draft: int = 4) -> None:
         check_draft_len(max_draft, "max draft length")
-        self.drafter = make_drafter(drafter)
+        self.default = drafter
+        self._drafters: dict[str, Drafter] = {}
+        if drafter is not None:
+            self._drafters[drafter] = make_drafter(drafter)
         self.max_draft = max_draft
         self.history = AgentHistory()
-        # request -> (its sequence, context, tokens indexed)
-        self._ctx: dict[str, tuple[Sequence, ProgramContext, int]] = {}
+        # the back-off's cost models, fed by the core's step times (backoff.py): steps that
+        # verify drafts (the model's multi-token path) and plain decode steps
+        self.verify_cost = StepCostModel()
+        self.decode_cost = StepCostModel()
+        self._step_kind: StepCostModel | None = None  # which model this step's time belongs to
+        self._since_verify = 0  # decode steps since a step verified a draft
+        self._reqs: dict[str, _Request] = {}
         self.drafted = 0
         self.accepted = 0
         self.verify_steps = 0
+        self.drafted_by_position: list[int] = []  # verify steps whose draft reached position i
+        self.accepted_by_position: list[int] = []  # ... and whose token at position i was accepted
         self._pending: list[tuple[Sequence, list[int]]] = []  # verified, not yet emitted (one step)
         self._drafted: list[Sequence] = []  # sequences given a draft this step
 
-    def _context(self, seq: Sequence) -> ProgramContext:
-        entry = self._ctx.get(seq.request_id)
-        ctx, indexed = (entry[1], entry[2]) if entry is not None else (None, 0)
-        if ctx is None:
-            ctx = ProgramContext(AGENT, self.history, max_draft=self.max_draft)
-        ctx.index.extend(seq.token_ids[indexed:])
-        self._ctx[seq.request_id] = (seq, ctx, len(seq.token_ids))
-        return ctx
+    def _request(self, seq: Sequence) -> _Request:
+        req = self._reqs.get(seq.request_id)
+        if req is None:
+            opts = seq.sampling.speculative
+            max_draft = opts.num_tokens if opts is not None else self.max_draft
+            req = _Request(seq, ProgramContext(AGENT, self.history, max_draft=max_draft))
+            self._reqs[seq.request_id] = req
+        req.ctx.index.extend(seq.token_ids[req.indexed :])
+        req.indexed = len(seq.token_ids)
+        return req
 
     def _forget_finished(self) -> None:
-        """Drop the contexts of finished requests; a completed output joins the history."""
-        for rid, (seq, _, _) in list(self._ctx.items()):
+        """Drop the state of finished requests; a completed output joins the history."""
+        for rid, req in list(self._reqs.items()):
+            seq = req.seq
             if seq.status is not SeqStatus.FINISHED:
                 continue
-            del self._ctx[rid]
+            del self._reqs[rid]
             if seq.finish_reason in ("stop", "length"):
                 self.history.add_output(AGENT, seq.token_ids[seq.num_prompt_tokens :])
 
+    def observe_step(self, spans: list[tuple[int, int]], seconds: float) -> None:
+        """The core's wall time of one step computing `spans`: what the back-off prices (steps
+        that also prefill are neither kind and are not recorded)."""
+        if self._step_kind is not None:
+            self._step_kind.observe(sum(e - s for s, e in spans), seconds)
+            self._since_verify = 0 if self._step_kind is self.verify_cost else self._since_verify + 1
+        self._step_kind = None
+
     def propose(self, running: list[Sequence], budget: int, max_model_len: int) -> None:
-        """Append drafts to the greedy decoding sequences the step's token budget can verify."""
+        """Append drafts to the greedy decoding sequences the step's token budget can verify,
+        each cut to the length the back-off (`plan_drafts`) finds worth its price."""
         self._forget_finished()
+        base = 0  # decode tokens the step computes anyway
+        proposed: list[tuple[_Request, Draft]] = []
         for seq in sorted(running, key=lambda s: s.sort_key):
             left = seq.num_tokens - seq.num_computed_tokens
             budget -= left
+            base += left == 1
             if left != 1 or budget < 1 or seq.status is not SeqStatus.RUNNING:
                 continue
             sp = seq.sampling
             greedy = sp.temperature == 0.0 or sp.top_k == 1
+            if self._drafter_name(seq) is None:
+                continue
             if not greedy or sp.logprobs or sp.n > 1 or needs_processing(sp) or sp.grammar is not None:
                 # The draft is checked against the raw argmax: plain greedy requests only (a
                 # grammar masks the argmax and moves its matcher one vetted token at a time).
                 continue
-            ctx = self._context(seq)
+            req = self._request(seq)
             room = min(
-                ctx.draft_length.cap,
+                req.ctx.draft_length.cap,
                 budget,
                 sp.max_tokens - seq.num_output_tokens - 1,
                 max_model_len - seq.num_tokens - 1,
             )
             if room <= 0:
                 continue
-            draft = self.drafter.propose(ctx, room).tokens
-            seq.token_ids.extend(draft)
-            seq.num_draft = len(draft)
-            budget -= len(draft)
-            if draft:
+            draft = self._drafter(seq).propose(req.ctx, room)
+            if draft.tokens:
+                proposed.append((req, draft))
+                budget -= len(draft.tokens)
+        candidates = [req.calibration.adjust(d.probs) for req, d in proposed]
+        if self._since_verify >= self.verify_cost.memory:
+            # backed off for as long as the verify model remembers: its price is stale, so
+            # verify whole drafts once to measure it again (the machine or the text changed)
+            plan = [len(c) for c in candidates]
+        else:
+            plan = plan_drafts(candidates, base, self.verify_cost, self.decode_cost)
+        for (req, draft), keep in zip(proposed, plan, strict=True):
+            if keep:
+                seq = req.seq
+                seq.token_ids.extend(draft.tokens[:keep])
+                seq.num_draft = keep
+                req.probs = draft.probs[:keep]
                 self._drafted.append(seq)
+
+    def _drafter_name(self, seq: Sequence) -> str | None:
+        opts = seq.sampling.speculative
+        name = opts.drafter if opts is not None else self.default
+        return None if name == "none" else name
+
+    def _drafter(self, seq: Sequence) -> Drafter:
+        name = self._drafter_name(seq)
+        assert name is not None
+        drafter = self._drafters.get(name)
+        if drafter is None:
+            drafter = self._drafters[name] = make_drafter(name)
+        return drafter
 
     @staticmethod
     def drop(seq: Sequence) -> None:
@@ -130,6 +200,10 @@ class Speculator:
     def after_schedule(self, plan: SchedulerOutput) -> None:
         """Drop drafts of preempted or unscheduled sequences and of chunks the budget cut short."""
         scheduled = {id(c.seq) for c in plan.chunks}
+        decode_only = all(
+            c.num_tokens == 1 + c.seq.num_draft and c.seq.num_computed_tokens >= c.seq.num_prompt_tokens
+            for c in plan.chunks
+        )
         for seq in self._drafted:
             if id(seq) not in scheduled:
                 self.drop(seq)
@@ -139,6 +213,8 @@ class Speculator:
             if seq.num_draft and chunk.num_tokens != 1 + seq.num_draft:
                 self.drop(seq)
                 chunk.num_tokens = 1
+        drafted = any(c.seq.num_draft for c in plan.chunks)
+        self._step_kind = (self.verify_cost if drafted else self.decode_cost) if decode_only else None
 
     def verify_and_commit(
         self,
@@ -170,17 +246,29 @@ class Speculator:
             seq.num_draft = 0
             chunk.num_tokens = 1 + a  # verified positions only count as computed
             self._pending.append((seq, emitted))
-            entry = self._ctx.get(seq.request_id)
-            if entry is not None:
-                entry[1].draft_length.record(g, a)
-            self.verify_steps += 1
-            self.drafted += g
-            self.accepted += a
+            seq.spec_drafted += g
+            seq.spec_accepted += a
+            self._record(seq.request_id, g, a)
         for chunk in chunks:
             core.scheduler.commit(chunk)
         if not plain:
             return plain, None
         return plain, logits[torch.tensor(plain_rows, dtype=torch.long, device=logits.device)]
+
+    def _record(self, request_id: str, drafted: int, accepted: int) -> None:
+        req = self._reqs.get(request_id)
+        if req is not None:
+            req.ctx.draft_length.record(drafted, accepted)
+            req.calibration.record(req.probs, accepted)
+        self.verify_steps += 1
+        self.drafted += drafted
+        self.accepted += accepted
+        while len(self.drafted_by_position) < drafted:
+            self.drafted_by_position.append(0)
+            self.accepted_by_position.append(0)
+        for i in range(drafted):
+            self.drafted_by_position[i] += 1
+            self.accepted_by_position[i] += int(i < accepted)
 
     def emit(self, core: SpecCore) -> list[RequestOutput]:
         """Outputs of the verified sequences: their tokens one by one, so stop tokens, stop
