@@ -35,7 +35,8 @@ class StepCostModel:
 
     The first step of a kind is not used (it pays one-time costs: allocations, lazy kernel
     set-up). `fitted` needs more steps than parameters (so a single outlier cannot define the
-    line), a determined split (steps of different sizes) and a physical one (`c` >= 0, `a` > 0).
+    line), a determined split (steps of different sizes) and a physical one (`a` > 0; a negative `c`,
+    noise, is refitted as 0).
     Unfitted, a model with data prices every step at its recent mean time."""
 
     decay: float = 0.97  # weight of older steps (about the last 30 steps count)
@@ -66,7 +67,9 @@ class StepCostModel:
             return  # too few steps, or every step the same size: the split is not determined
         a = (s[0] * s[4] - s[1] * s[3]) / det
         c = (s[3] - a * s[1]) / s[0]
-        if a > 0 and c >= 0:
+        if c < 0:  # no fixed cost shows (noise put the line below the origin): fit a alone
+            c, a = 0.0, s[4] / s[2]
+        if a > 0:
             self.per_step_s, self.per_token_s, self.fitted = c, a, True
 
     @property

@@ -1,13 +1,14 @@
-"""Speculative decoding in the torch engine (opt-in: `EngineCore.speculator`), greedy requests.
+"""Speculative decoding in the torch engine (opt-in: `EngineCore.speculator`).
 
 Between steps no sequence holds unverified tokens. At the start of a step the speculator
-appends a draft to each greedy decoding sequence (`Sequence.num_draft` of them), so the
+appends a draft to each decoding sequence (`Sequence.num_draft` of them), so the
 scheduler schedules the last token plus the draft as one chunk and the model runner returns a
 row of logits per position. After the forward pass `finish_step`:
 
-- verifies each draft (`spec_verify.verify_greedy`: the longest prefix equal to the target's
-  argmax, plus the target's own next token), so the output is token-identical to decoding
-  without speculation;
+- verifies each draft: greedy requests with `spec_verify.verify_greedy` (the longest prefix
+  equal to the target's argmax, plus the target's own next token: token-identical to decoding
+  without speculation), sampled ones with `verify_sampled` (rejection sampling against the
+  distribution the sampler would draw from: the same output distribution);
 - publishes to the prefix cache only blocks made of verified tokens (the commit runs with the
   draft cut back to its accepted prefix), and counts as computed only the verified positions:
   the KV written for rejected positions is overwritten by the next tokens (their blocks stay in
@@ -18,9 +19,9 @@ row of logits per position. After the forward pass `finish_step`:
 A sequence that is preempted, or whose chunk the token budget cut short, drops its draft before
 the forward pass. Drafts come from `legato.spec`: per request its prompt and output so far (an
 agent's prompt holds its program's history), and the finished outputs of earlier requests (one
-engine-wide history: requests carry no program name), with a per-request adaptive length. Only
-plain greedy requests speculate (not sampled, n > 1, penalised, biased, logprob or
-grammar-constrained requests).
+engine-wide history: requests carry no program name), with a per-request adaptive length cut by the back-off
+(`legato.spec.backoff`: only draft tokens that raise the step's expected tokens per second).
+Requests with n > 1, penalties, logit bias, logprobs or a grammar do not speculate.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from legato.engine_adapter.torch.outputs import RequestOutput
 from legato.engine_adapter.torch.sampler import needs_processing
 from legato.engine_adapter.torch.scheduler import ScheduledChunk, Scheduler, SchedulerOutput
 from legato.engine_adapter.torch.sequence import SeqStatus, Sequence
-from legato.engine_adapter.torch.spec_verify import verify_greedy
+from legato.engine_adapter.torch.spec_verify import verify_greedy, verify_sampled
 from legato.spec.adaptive import check_draft_len
 from legato.spec.backoff import AcceptanceCalibration, StepCostModel, plan_drafts
 from legato.spec.context import AgentHistory, ProgramContext
@@ -50,6 +51,7 @@ class SpecCore(Protocol):
     the speculator, so this module does not import it)."""
 
     generated_tokens: int
+    _default_gen: torch.Generator  # draws of requests without a seed of their own
 
     @property
     def scheduler(self) -> Scheduler: ...
@@ -131,7 +133,7 @@ class Speculator:
         self._step_kind = None
 
     def propose(self, running: list[Sequence], budget: int, max_model_len: int) -> None:
-        """Append drafts to the greedy decoding sequences the step's token budget can verify,
+        """Append drafts to the decoding sequences the step's token budget can verify,
         each cut to the length the back-off (`plan_drafts`) finds worth its price."""
         self._forget_finished()
         base = 0  # decode tokens the step computes anyway
@@ -143,12 +145,12 @@ class Speculator:
             if left != 1 or budget < 1 or seq.status is not SeqStatus.RUNNING:
                 continue
             sp = seq.sampling
-            greedy = sp.temperature == 0.0 or sp.top_k == 1
             if self._drafter_name(seq) is None:
                 continue
-            if not greedy or sp.logprobs or sp.n > 1 or needs_processing(sp) or sp.grammar is not None:
-                # The draft is checked against the raw argmax: plain greedy requests only (a
-                # grammar masks the argmax and moves its matcher one vetted token at a time).
+            if sp.logprobs or sp.n > 1 or needs_processing(sp) or sp.grammar is not None:
+                # Drafts are verified against the distribution temperature, top-k and top-p make
+                # of the raw logits: not for biased or penalised requests, nor grammars (which
+                # mask the logits and move their matcher one vetted token at a time).
                 continue
             req = self._request(seq)
             room = min(
@@ -239,7 +241,12 @@ class Speculator:
                 plain_rows.append(row)
                 row += 1
                 continue
-            emitted = verify_greedy(seq.token_ids[len(seq.token_ids) - g :], logits[row : row + g + 1])
+            draft, rows = seq.token_ids[len(seq.token_ids) - g :], logits[row : row + g + 1]
+            sp = seq.sampling
+            if sp.temperature == 0.0 or sp.top_k == 1:
+                emitted = verify_greedy(draft, rows)
+            else:  # rejection sampling, with the request's own generator as the sampler would
+                emitted = verify_sampled(draft, rows, sp, seq.generator or core._default_gen)
             row += g + 1
             a = len(emitted) - 1
             del seq.token_ids[len(seq.token_ids) - (g - a) :]  # keep the accepted prefix only
