@@ -470,6 +470,12 @@ def spec(
             "(legato/sim/data/spec_acceptance.json).",
         ),
     ] = None,
+    decode_batches: Annotated[
+        str, typer.Option(help="Batch sizes of the torch-engine decode replay with/without speculation.")
+    ] = "1,8,32",
+    decode_output: Annotated[int, typer.Option(help="Output tokens per replayed request (max).")] = 64,
+    decode_repeats: Annotated[int, typer.Option(help="Runs of each mode per batch size.")] = 2,
+    decode_max_draft: Annotated[int, typer.Option(help="Longest draft in the replay (1..64).")] = 16,
 ) -> None:
     """Acceptance of drafted tokens on real agent text: tokens per verify step by drafter and
     draft length (BPE tokens; greedy verification semantics)."""
@@ -477,13 +483,16 @@ def spec(
 
     from legato.bench import runner
     from legato.bench.spec_bench import SpecBenchConfig, render, run_spec_bench, write_sim_table
+    from legato.bench.spec_decode import decode_config
 
     try:
         lens = tuple(int(v) for v in runner.parse_list(draft_lens))
     except ValueError:
         raise _fail(f"--draft-lens must be a comma list of integers, got {draft_lens!r}") from None
     try:
+        decode = decode_config(decode_batches, decode_max_draft, decode_output, decode_repeats)
         cfg = SpecBenchConfig(
+            decode=decode,
             trace=trace,
             drafters=tuple(runner.parse_list(drafters)),
             ablations=tuple(runner.parse_list(ablations)),

@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from legato.bench.spec_decode import DecodeConfig, run_decode_bench
 from legato.spec.adaptive import check_draft_len
 from legato.spec.context import AgentHistory, ProgramContext
 from legato.spec.drafter import DRAFTER_NAMES, Drafter, make_drafter
@@ -221,6 +222,7 @@ class SpecBenchConfig:
     adaptive: bool = True
     sessions: int = 16  # test sessions measured (0: all); the first by hashed id
     cache_dir: Path = Path(".legato") / "spec"
+    decode: DecodeConfig | None = None  # also the torch-engine decode speed (spec_decode.py)
 
     def __post_init__(self) -> None:
         unknown = [d for d in (*self.drafters, *self.ablations) if d not in DRAFTER_NAMES]
@@ -262,7 +264,19 @@ def run_spec_bench(cfg: SpecBenchConfig, log: Callable[[str], None]) -> dict[str
     for r in results:
         k = f"<={r['draft_len']} adaptive" if r["adaptive"] else str(r["draft_len"])
         log(f"{r['drafter']:13s} k={k:13s} {r['tokens_per_step']:.3f} tokens/step")
+    decode = None
+    if cfg.decode is not None:
+        log("torch-engine decode speed (oracle target on the held-out sessions)")
+        by_id = sorted(test, key=lambda s: hashlib.sha256(s.session_id.encode()).hexdigest())
+        decode = run_decode_bench(
+            tok,
+            [encode_session(tok, s) for s in by_id],
+            [encode_session(tok, s) for s in train],
+            cfg.decode,
+            log,
+        )
     return {
+        "decode": decode,
         "trace": str(cfg.trace),
         "tokenizer": {
             "kind": "byte-level BPE (tokenizers)",
@@ -326,7 +340,27 @@ def render(report: dict[str, Any]) -> str:
             f"{r['drafted_per_step']:.2f}",
             f"{r['acceptance_rate']:.3f}",
         )
+    tables = [table]
+    if report.get("decode"):
+        d = report["decode"]
+        dt = Table(
+            title=f"Torch-engine decode tok/s, oracle target, drafter {d['drafter']} (<= {d['max_draft']})"
+        )
+        for col in ("batch", "requests", "off tok/s", "on tok/s", "speed-up", "spread", "accepted/drafted"):
+            dt.add_column(col, justify="right")
+        for r in d["results"]:
+            dt.add_row(
+                str(r["batch"]),
+                str(r["requests"]),
+                f"{r['tok_s_off']:.1f}",
+                f"{r['tok_s_on']:.1f}",
+                f"x{r['speedup']:.2f}",
+                f"x{r['speedup_min']:.2f}..x{r['speedup_max']:.2f}",
+                f"{r['accepted']}/{r['drafted']}",
+            )
+        tables.append(dt)
     console = Console(width=120, record=True)
     with console.capture() as cap:
-        console.print(table)
+        for t in tables:
+            console.print(t)
     return cap.get()

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from legato.cache.kv_block import KVBlock as KVBlock  # re-exported: KVTransferEngine moves them
+from legato.spec.adaptive import check_draft_len
+from legato.spec.drafter import DRAFTER_NAMES
 
 
 class EngineError(RuntimeError):
@@ -55,6 +57,21 @@ class GrammarSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class SpeculativeParams:
+    """One request's speculative decoding (engines with `Capability.SPECULATIVE`): the drafter
+    (`"none"`: this request does not speculate) and the longest draft one verify step checks."""
+
+    drafter: str = "suffix"
+    num_tokens: int = 4
+
+    def __post_init__(self) -> None:
+        if self.drafter not in (*DRAFTER_NAMES, "none"):
+            valid = ", ".join((*DRAFTER_NAMES, "none"))
+            raise ValueError(f"drafter must be one of {valid}, got {self.drafter!r}")
+        check_draft_len(self.num_tokens, "num_speculative_tokens")
+
+
+@dataclass(frozen=True, slots=True)
 class SamplingParams:
     """How to sample. Defaults are greedy decoding of up to 256 tokens."""
 
@@ -75,6 +92,7 @@ class SamplingParams:
     frequency_penalty: float = 0.0
     logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias added to its logit)
     grammar: GrammarSpec | None = None  # structured output: only tokens the grammar allows
+    speculative: SpeculativeParams | None = None  # None: the engine's default
 
     def __post_init__(self) -> None:
         if self.max_tokens < 1:
@@ -143,6 +161,8 @@ class TokenChunk:
     top_logprobs: tuple[TopLogprobs, ...] | None = None  # one per token when requested
     # The policy weights that produced these tokens (engines with Capability.WEIGHT_UPDATE)
     weight_version: str | None = None
+    spec_drafted: int = 0  # speculative tokens drafted for the request so far
+    spec_accepted: int = 0  # ... and accepted by verification
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +178,8 @@ class GenerateResult:
     cached_tokens: int
     index: int = 0
     top_logprobs: tuple[TopLogprobs, ...] | None = None
+    spec_drafted: int = 0  # speculative tokens drafted for the request
+    spec_accepted: int = 0  # ... and accepted by verification
 
 
 @dataclass(frozen=True, slots=True)
@@ -297,7 +319,7 @@ def assemble_samples(request: GenerateRequest, chunks: Iterable[TokenChunk]) -> 
     logprobs: list[list[float]] = [[] for _ in range(n)]
     tops: list[list[TopLogprobs]] = [[] for _ in range(n)]
     reasons: list[str] = ["abort"] * n
-    prompt_tokens = cached_tokens = 0
+    prompt_tokens = cached_tokens = drafted = accepted = 0
     for chunk in chunks:
         i = chunk.index
         if not 0 <= i < n:
@@ -310,6 +332,7 @@ def assemble_samples(request: GenerateRequest, chunks: Iterable[TokenChunk]) -> 
             tops[i].extend(chunk.top_logprobs)
         prompt_tokens = chunk.prompt_tokens or prompt_tokens
         cached_tokens = chunk.cached_tokens or cached_tokens
+        drafted, accepted = max(drafted, chunk.spec_drafted), max(accepted, chunk.spec_accepted)
         if chunk.finish_reason is not None:
             reasons[i] = chunk.finish_reason
         elif chunk.finished and n == 1:
@@ -325,6 +348,8 @@ def assemble_samples(request: GenerateRequest, chunks: Iterable[TokenChunk]) -> 
             finish_reason=reasons[i],
             prompt_tokens=prompt_tokens,
             cached_tokens=cached_tokens,
+            spec_drafted=drafted,
+            spec_accepted=accepted,
             index=i,
             top_logprobs=tuple(tops[i]) if want_top else None,
         )

@@ -22,6 +22,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from legato.engine_adapter import fields as f
+from legato.engine_adapter.openai_spec import SpeculativeOptions, SpeculativeUsage
 from legato.engine_adapter.openai_tools import (
     ResponseFormat,
     StructuredOutputs,
@@ -94,6 +95,7 @@ class Usage(_Response):
     completion_tokens: int = 0
     total_tokens: int = 0
     prompt_tokens_details: PromptTokensDetails | None = None
+    speculative: SpeculativeUsage | None = None  # Legato extension: drafted / accepted tokens
 
 
 class SamplingFields(OpenAIRequest):
@@ -146,6 +148,7 @@ class SamplingFields(OpenAIRequest):
     return_tokens_as_token_ids: bool = Field(
         default=False, description="vLLM extra: logprobs name tokens `token_id:N` instead of their text."
     )
+    speculative: SpeculativeOptions | None = Field(default=None, description="Legato extension.")
     user: str | None = Field(
         default=None,
         max_length=256,

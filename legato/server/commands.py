@@ -135,7 +135,6 @@ def serve(
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--program-spec") from None
     import anyio
-    import uvicorn
 
     from legato.engine_adapter.base import EngineError
     from legato.engine_adapter.server.http_server import http_config

@@ -20,6 +20,7 @@ from legato.bench.spec_bench import (
     split,
     write_sim_table,
 )
+from legato.bench.spec_decode import DecodeConfig
 from legato.cli import app
 from legato.spec.context import AgentHistory
 
@@ -87,6 +88,26 @@ def _cfg(tmp_path: Path, **kw: object) -> SpecBenchConfig:
     return SpecBenchConfig(**args)  # type: ignore[arg-type]
 
 
+def test_decode_replay_on_the_torch_engine_is_lossless_and_counted(tmp_path: Path) -> None:
+    """The oracle-target replay (tiny model): both modes emit the trace's real output tokens."""
+    tiny = {
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 1,
+        "max_position_embeddings": 4096,
+    }
+    decode = DecodeConfig(batches=(1, 2), max_output=16, repeats=1, min_requests=2, model=tiny)
+    cfg = _cfg(tmp_path, adaptive=False, ablations=(), draft_lens=(4,), decode=decode)
+    report = run_spec_bench(cfg, lambda _: None)["decode"]
+    assert [r["batch"] for r in report["results"]] == [1, 2]
+    for r in report["results"]:
+        assert r["tok_s_off"] > 0 and r["tok_s_on"] > 0
+        assert r["accepted"] <= r["drafted"]
+    assert sum(r["accepted"] for r in report["results"]) > 0  # copy-heavy text: drafts land
+
+
 def test_report_counts_every_output_token_under_every_configuration(tmp_path: Path) -> None:
     report = run_spec_bench(_cfg(tmp_path), lambda _: None)
     results = report["results"]
@@ -145,6 +166,9 @@ def test_sim_table_keeps_its_provenance(tmp_path: Path) -> None:
         (["--ablations", "suffix,medusa"], "unknown drafter medusa"),
         (["--sessions", "-2"], "--sessions must be >= 0"),
         (["--trace", "/nonexistent/trace.jsonl.gz"], "not found"),
+        (["--decode-batches", "1,x"], "--decode-batches must be a comma list"),
+        (["--decode-batches", "0"], "batch sizes must be >= 1"),
+        (["--decode-max-draft", "100"], "--decode-max-draft must be between 0 and 64"),
     ],
 )
 def test_bad_input_is_a_usage_error(tmp_path: Path, args: list[str], message: str) -> None:

@@ -89,6 +89,15 @@ async def engine_counters(engine: Engine, label: str) -> list[str]:
         value = getattr(stats, attr, None)
         if isinstance(value, int):
             lines += [f"# HELP {name} {text}", f"# TYPE {name} counter", f"{name}{{{label}}} {value}"]
+    # acceptance by draft position, under vLLM's name (its `position` label counts from 0)
+    for name, attr, text in (
+        ("vllm:spec_decode_num_accepted_tokens_per_pos", "spec_accepted_by_position", "Accepted there."),
+        ("legato:spec_decode_num_draft_tokens_per_pos", "spec_drafted_by_position", "Drafted there."),
+    ):
+        counts = getattr(stats, attr, ())
+        if counts:
+            lines += [f"# HELP {name} {text}", f"# TYPE {name} counter"]
+            lines += [f'{name}{{{label},position="{i}"}} {v}' for i, v in enumerate(counts)]
     return lines
 
 

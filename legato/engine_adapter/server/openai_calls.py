@@ -9,7 +9,7 @@ import dataclasses
 
 from fastapi.responses import JSONResponse
 
-from legato.engine_adapter.base import GenerateRequest, GenerateResult, GrammarSpec
+from legato.engine_adapter.base import GenerateRequest, GenerateResult, GrammarSpec, SpeculativeParams
 from legato.engine_adapter.chat.output import chat_message
 from legato.engine_adapter.chat.plan import ChatPlan
 from legato.engine_adapter.openai_api import (
@@ -72,7 +72,10 @@ def _usage(prompt: tuple[int, ...], results: list[GenerateResult]) -> Usage:
     """One prompt (prefilled once for all samples) and every sample's output tokens."""
     first = results[0]
     return make_usage(
-        first.prompt_tokens or len(prompt), sum(len(r.token_ids) for r in results), first.cached_tokens
+        first.prompt_tokens or len(prompt),
+        sum(len(r.token_ids) for r in results),
+        first.cached_tokens,
+        (sum(r.spec_drafted for r in results), sum(r.spec_accepted for r in results)),
     )
 
 
@@ -144,6 +147,10 @@ def openai_request(
         logit_bias=logit_bias(body.logit_bias, svc.tokenizer.vocab_size),
         grammar=grammar,
     )
+    if body.speculative is not None:
+        opts = body.speculative
+        spec = SpeculativeParams(opts.drafter, opts.num_speculative_tokens)
+        sampling = dataclasses.replace(sampling, speculative=spec)
     if not client_routing:
         return GenerateRequest(request_id=new_id(id_prefix), prompt_token_ids=prompt, sampling=sampling)
     return GenerateRequest(

@@ -79,6 +79,13 @@ def check_fields(body: SamplingFields, engine: Engine, *, client_routing: bool) 
             "this engine returns the sampled tokens' logprobs only: set top_logprobs to 0",
             "top_logprobs",
         )
+    if body.speculative is not None and Capability.SPECULATIVE not in caps:
+        raise ApiError(
+            400,
+            f"speculative: the engine behind this server ({engine.model_name}) does not take "
+            "per-request speculative decoding; omit it",
+            "speculative",
+        )
     if body.stream_options is not None and not body.stream:
         raise ApiError(400, "stream_options only applies with stream: true", "stream_options")
     if body.store:

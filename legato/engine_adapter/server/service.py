@@ -31,16 +31,22 @@ from legato.engine_adapter.openai_api import (
     TopLogprob,
     Usage,
 )
+from legato.engine_adapter.openai_spec import SpeculativeUsage
 from legato.engine_adapter.server.errors import ApiError
 from legato.engine_adapter.server.lifecycle import Generation
 
 
-def make_usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int) -> Usage:
+def make_usage(
+    prompt_tokens: int, completion_tokens: int, cached_tokens: int, spec: tuple[int, int] = (0, 0)
+) -> Usage:
+    """OpenAI's usage; `spec` (drafted, accepted speculative tokens) shows as `usage.speculative`
+    when the request speculated."""
     return Usage(
         prompt_tokens=prompt_tokens,
         completion_tokens=completion_tokens,
         total_tokens=prompt_tokens + completion_tokens,
         prompt_tokens_details=PromptTokensDetails(cached_tokens=cached_tokens),
+        speculative=SpeculativeUsage(drafted_tokens=spec[0], accepted_tokens=spec[1]) if spec[0] else None,
     )
 
 

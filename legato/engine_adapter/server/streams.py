@@ -41,11 +41,13 @@ def completion_events(
         continuous = body.stream_options is not None and body.stream_options.continuous_usage_stats
         echo = svc.tokenizer.decode(req.prompt_token_ids) if body.echo else ""
         completion = prompt_tokens = cached = 0
+        spec = (0, 0)  # speculative tokens drafted / accepted so far (usage.speculative)
         offsets: dict[int, int] = {}  # sample index -> text offset so far (absent: not started)
         async for chunk in generation.chunks():
             completion += len(chunk.token_ids)
             prompt_tokens = chunk.prompt_tokens or prompt_tokens or len(req.prompt_token_ids)
             cached = chunk.cached_tokens or cached
+            spec = (max(spec[0], chunk.spec_drafted), max(spec[1], chunk.spec_accepted))
             first = chunk.index not in offsets
             prefix = echo if first else ""
             offset = offsets.get(chunk.index, 0) + len(prefix)
@@ -68,7 +70,7 @@ def completion_events(
                 id=req.request_id,
                 model=svc.model,
                 choices=[choice],
-                usage=make_usage(prompt_tokens, completion, cached) if continuous else None,
+                usage=make_usage(prompt_tokens, completion, cached, spec) if continuous else None,
             )
             yield sse(out.model_dump(exclude_none=True))
         if include_usage:
@@ -76,7 +78,7 @@ def completion_events(
                 id=req.request_id,
                 model=svc.model,
                 choices=[],
-                usage=make_usage(prompt_tokens, completion, cached),
+                usage=make_usage(prompt_tokens, completion, cached, spec),
             )
             yield sse(tail.model_dump(exclude_none=True))
         yield sse("[DONE]")
@@ -99,6 +101,7 @@ def chat_events(
         include_usage = body.stream_options is not None and body.stream_options.include_usage
         continuous = body.stream_options is not None and body.stream_options.continuous_usage_stats
         completion = cached = 0
+        spec = (0, 0)  # speculative tokens drafted / accepted so far (usage.speculative)
         prompt_tokens = len(req.prompt_token_ids)
 
         def chunk_of(choice: ChatChunkChoice | None, usage: Usage | None) -> str:
@@ -116,6 +119,7 @@ def chat_events(
             completion += len(chunk.token_ids)
             prompt_tokens = chunk.prompt_tokens or prompt_tokens
             cached = chunk.cached_tokens or cached
+            spec = (max(spec[0], chunk.spec_drafted), max(spec[1], chunk.spec_accepted))
             stream = tools[chunk.index]
             content = stream.push(chunk.text)
             calls = None
@@ -135,9 +139,10 @@ def chat_events(
                     chunk.token_ids, chunk.logprobs, chunk.top_logprobs, body.return_tokens_as_token_ids
                 ),
             )
-            yield chunk_of(choice, make_usage(prompt_tokens, completion, cached) if continuous else None)
+            usage = make_usage(prompt_tokens, completion, cached, spec) if continuous else None
+            yield chunk_of(choice, usage)
         if include_usage:
-            yield chunk_of(None, make_usage(prompt_tokens, completion, cached))
+            yield chunk_of(None, make_usage(prompt_tokens, completion, cached, spec))
         yield sse("[DONE]")
 
     return guarded(generation, events())
@@ -196,7 +201,9 @@ def vllm_token_events(svc: EngineService, req: GenerateRequest, generation: Gene
             out = VLLMGenerateResponse(
                 request_id=req.request_id,
                 choices=[choice],
-                usage=make_usage(prompt_tokens, completion, cached),
+                usage=make_usage(
+                    prompt_tokens, completion, cached, (chunk.spec_drafted, chunk.spec_accepted)
+                ),
             )
             yield sse(out.model_dump(exclude_none=True))
         yield sse("[DONE]")

@@ -90,6 +90,7 @@ class EngineCore:
         self.steps = 0
         self.generated_tokens = 0
         self.last_step_tokens = 0
+        self.last_spans: list[tuple[int, int]] = []  # token spans the last step computed
         # Tiers below the device (host RAM, Redis): see attach_tiers.
         self.kv = KVTierLink(
             self.blocks,
@@ -171,6 +172,8 @@ class EngineCore:
             grammar=grammar,
         )
         self._seqs[request.request_id] = [seq]
+        if sp.speculative is not None and self.speculator is None:  # asked for: off by default
+            self.speculator = Speculator(None, self.config.num_speculative_tokens)
         self._unfinished[request.request_id] = sp.n
         if preload and self.config.enable_prefix_caching:
             self.kv.preload(seq, preload)
@@ -194,6 +197,15 @@ class EngineCore:
 
     def step(self) -> list[RequestOutput]:
         """Run one engine step; returns one output per request that produced something."""
+        if self.speculator is None:
+            return self._step()
+        started = time.perf_counter()
+        outputs = self._step()
+        if self.last_spans:  # the whole step's time: the cost a verify step adds to is all of it
+            self.speculator.observe_step(self.last_spans, time.perf_counter() - started)
+        return outputs
+
+    def _step(self) -> list[RequestOutput]:
         spec = self.speculator
         if spec is not None:
             spec.propose(self.scheduler.running, self.config.max_num_batched_tokens, self.max_model_len)
@@ -203,10 +215,12 @@ class EngineCore:
         if self.kv.held:
             self.kv.release_held(self._seqs)
         self.last_step_tokens = plan.num_tokens
+        self.last_spans = spans = [
+            (c.seq.num_computed_tokens, c.seq.num_computed_tokens + c.num_tokens) for c in plan.chunks
+        ]
         if not plan.chunks:
             return []
         self.steps += 1
-        spans = [(c.seq.num_computed_tokens, c.seq.num_computed_tokens + c.num_tokens) for c in plan.chunks]
         for src, dst in plan.copies:  # copy-on-write of blocks shared by forked samples
             self.runner.copy_block(src, dst)
         started = time.perf_counter()
@@ -346,6 +360,8 @@ class EngineCore:
             spec_drafts=self.speculator.verify_steps if self.speculator else 0,
             spec_draft_tokens=self.speculator.drafted if self.speculator else 0,
             spec_accepted_tokens=self.speculator.accepted if self.speculator else 0,
+            spec_drafted_by_position=tuple(self.speculator.drafted_by_position) if self.speculator else (),
+            spec_accepted_by_position=tuple(self.speculator.accepted_by_position) if self.speculator else (),
         )
 
     def active_request_ids(self) -> list[str]:

@@ -125,28 +125,33 @@ class DecodeWorkspace:
             heapq.heappush(self._free, r)
         return True
 
-    def _fill(self, row: int, chunk: ScheduledChunk, past: int) -> None:
-        """Copy a sequence's first `past` positions from the paged cache into its row."""
+    def _fill(self, row: int, chunk: ScheduledChunk, past: int, held: int = 0) -> None:
+        """Copy a sequence's positions `[held, past)` from the paged cache into its row (the row
+        already holds `[0, held)`: a sequence back from steps on the multi-token path, such as
+        verifying a speculative draft, only needs what those steps added)."""
         assert self.tensor is not None
         self.row_fills += 1
         bs = self.block_size
+        tile = self.key_tile
+        start = (held // tile) * tile if tile else held  # the key layout is written whole tiles
         table = torch.tensor(
             chunk.seq.block_table[: -(-past // bs)], dtype=torch.long, device=self.kv_cache.device
         )
         offsets = torch.arange(bs, device=self.kv_cache.device)
-        slots = (table.unsqueeze(1) * bs + offsets).view(-1)[:past]
+        slots = (table.unsqueeze(1) * bs + offsets).view(-1)[start:past]
+        n = past - start
         layers, _, kvh, width = self.kv_cache.shape
-        got = self.kv_cache.index_select(1, slots).view(layers, past, kvh, 2, width // 2)
-        keys = got[:, :, :, 0]  # [layers, past, kvh, dim]
-        tile = self.key_tile
+        got = self.kv_cache.index_select(1, slots).view(layers, n, kvh, 2, width // 2)
+        keys = got[:, :, :, 0]  # [layers, n, kvh, dim]
         if tile:
-            tiles = -(-past // tile)  # the last tile is padded; positions past `past` are never read
-            padded = F.pad(keys, (0, 0, 0, 0, 0, tiles * tile - past))
+            tiles = -(-n // tile)  # the last tile is padded; positions past `past` are never read
+            padded = F.pad(keys, (0, 0, 0, 0, 0, tiles * tile - n))
             tiled = padded.view(layers, tiles, tile, kvh, width // 2).permute(0, 3, 1, 4, 2)
-            _keys(self.tensor, tile)[:, row, :, :tiles] = tiled
+            first = start // tile
+            _keys(self.tensor, tile)[:, row, :, first : first + tiles] = tiled
         else:
-            _keys(self.tensor, 0)[:, row, :, :, :past] = keys.permute(0, 2, 3, 1)
-        self.tensor[:, 1, row, :, :past] = got[:, :, :, 1].permute(0, 2, 1, 3)
+            _keys(self.tensor, 0)[:, row, :, :, start:past] = keys.permute(0, 2, 3, 1)
+        self.tensor[:, 1, row, :, start:past] = got[:, :, :, 1].permute(0, 2, 1, 3)
 
     def prepare(
         self, decodes: list[ScheduledChunk], positions: list[int], key_tile: int = 0
@@ -171,9 +176,10 @@ class DecodeWorkspace:
             else:
                 row = heapq.heappop(self._free)
                 self._row_of[key] = row
-            if self._row_len[row] != p:
+            held = self._row_len[row]
+            if held != p:
                 if p:
-                    self._fill(row, chunk, p)
+                    self._fill(row, chunk, p, held if held < p else 0)
                 self._row_len[row] = p
             rows.append(row)
         num_rows = max(rows) + 1

@@ -104,6 +104,7 @@ class TorchEngine(WorkerThread, WeightControl):
                 Capability.KV_EXPORT,
                 Capability.KV_IMPORT,
                 Capability.WEIGHT_UPDATE,
+                Capability.SPECULATIVE,
                 *((Capability.PREFETCH,) if self.core.tiers is not None else ()),
             }
         )

@@ -23,6 +23,8 @@ class RequestOutput:
     index: int = 0
     top_logprobs: tuple[TopLogprobs, ...] | None = None
     weight_version: str | None = None  # the weights of the step that made these tokens
+    spec_drafted: int = 0  # speculative tokens drafted for the request so far
+    spec_accepted: int = 0
 
     def to_chunk(self) -> TokenChunk:
         return TokenChunk(
@@ -36,6 +38,8 @@ class RequestOutput:
             index=self.index,
             top_logprobs=self.top_logprobs,
             weight_version=self.weight_version,
+            spec_drafted=self.spec_drafted,
+            spec_accepted=self.spec_accepted,
         )
 
 
@@ -64,3 +68,6 @@ class EngineStats:
     spec_drafts: int = 0  # verify steps that checked a draft (speculator.py)
     spec_draft_tokens: int = 0  # tokens drafted
     spec_accepted_tokens: int = 0  # drafted tokens the target accepted
+    # per draft position i: verify steps whose draft reached i, and those that accepted its token
+    spec_drafted_by_position: tuple[int, ...] = ()
+    spec_accepted_by_position: tuple[int, ...] = ()

@@ -47,6 +47,8 @@ class Sequence:
     cached_tokens: int | None = None  # prefix-cache hit at first admission
     num_preemptions: int = 0
     num_draft: int = 0  # unverified draft tokens at the end of token_ids (speculator.py; 0 between steps)
+    spec_drafted: int = 0  # draft tokens verified for this sequence so far
+    spec_accepted: int = 0  # ... of which accepted
     logprobs: list[float] = field(default_factory=list)
     top_logprobs: list[TopLogprobs] = field(default_factory=list)
     finish_reason: str | None = None

@@ -1,13 +1,14 @@
-"""Speculative decoding in the torch engine (opt-in: `EngineCore.speculator`), greedy requests.
+"""Speculative decoding in the torch engine (opt-in: `EngineCore.speculator`).
 
 Between steps no sequence holds unverified tokens. At the start of a step the speculator
-appends a draft to each greedy decoding sequence (`Sequence.num_draft` of them), so the
+appends a draft to each decoding sequence (`Sequence.num_draft` of them), so the
 scheduler schedules the last token plus the draft as one chunk and the model runner returns a
 row of logits per position. After the forward pass `finish_step`:
 
-- verifies each draft (`spec_verify.verify_greedy`: the longest prefix equal to the target's
-  argmax, plus the target's own next token), so the output is token-identical to decoding
-  without speculation;
+- verifies each draft: greedy requests with `spec_verify.verify_greedy` (the longest prefix
+  equal to the target's argmax, plus the target's own next token: token-identical to decoding
+  without speculation), sampled ones with `verify_sampled` (rejection sampling against the
+  distribution the sampler would draw from: the same output distribution);
 - publishes to the prefix cache only blocks made of verified tokens (the commit runs with the
   draft cut back to its accepted prefix), and counts as computed only the verified positions:
   the KV written for rejected positions is overwritten by the next tokens (their blocks stay in
@@ -18,13 +19,14 @@ row of logits per position. After the forward pass `finish_step`:
 A sequence that is preempted, or whose chunk the token budget cut short, drops its draft before
 the forward pass. Drafts come from `legato.spec`: per request its prompt and output so far (an
 agent's prompt holds its program's history), and the finished outputs of earlier requests (one
-engine-wide history: requests carry no program name), with a per-request adaptive length. Only
-plain greedy requests speculate (not sampled, n > 1, penalised, biased, logprob or
-grammar-constrained requests).
+engine-wide history: requests carry no program name), with a per-request adaptive length cut by the back-off
+(`legato.spec.backoff`: only draft tokens that raise the step's expected tokens per second).
+Requests with n > 1, penalties, logit bias, logprobs or a grammar do not speculate.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 import torch
@@ -33,10 +35,12 @@ from legato.engine_adapter.torch.outputs import RequestOutput
 from legato.engine_adapter.torch.sampler import needs_processing
 from legato.engine_adapter.torch.scheduler import ScheduledChunk, Scheduler, SchedulerOutput
 from legato.engine_adapter.torch.sequence import SeqStatus, Sequence
-from legato.engine_adapter.torch.spec_verify import verify_greedy
+from legato.engine_adapter.torch.spec_verify import verify_greedy, verify_sampled
 from legato.spec.adaptive import check_draft_len
+from legato.spec.backoff import AcceptanceCalibration, StepCostModel, plan_drafts
 from legato.spec.context import AgentHistory, ProgramContext
-from legato.spec.drafter import make_drafter
+from legato.spec.drafter import Drafter, make_drafter
+from legato.spec.suffix_index import Draft
 
 if TYPE_CHECKING:
     from legato.engine_adapter.base import TopLogprobs
@@ -47,6 +51,7 @@ class SpecCore(Protocol):
     the speculator, so this module does not import it)."""
 
     generated_tokens: int
+    _default_gen: torch.Generator  # draws of requests without a seed of their own
 
     @property
     def scheduler(self) -> Scheduler: ...
@@ -59,67 +64,134 @@ class SpecCore(Protocol):
 AGENT = "engine"  # the engine sees no program names: its history is engine-wide, like SuffixDecoding's
 
 
+@dataclass(slots=True)
+class _Request:
+    """A speculating request's drafting state and counters."""
+
+    seq: Sequence
+    ctx: ProgramContext
+    indexed: int = 0  # tokens of seq.token_ids already in ctx.index
+    calibration: AcceptanceCalibration = field(default_factory=AcceptanceCalibration)
+    probs: tuple[float, ...] = ()  # the drafter's estimates for the draft being verified
+
+
 class Speculator:
-    def __init__(self, drafter: str = "suffix", max_draft: int = 4) -> None:
+    """`drafter`: the engine's default (None: only requests asking for speculation speculate);
+    `max_draft`: the default longest draft. A request's `SamplingParams.speculative` overrides
+    both for that request."""
+
+    def __init__(self, drafter: str | None = "suffix", max_draft: int = 4) -> None:
         check_draft_len(max_draft, "max draft length")
-        self.drafter = make_drafter(drafter)
+        self.default = drafter
+        self._drafters: dict[str, Drafter] = {}
+        if drafter is not None:
+            self._drafters[drafter] = make_drafter(drafter)
         self.max_draft = max_draft
         self.history = AgentHistory()
-        # request -> (its sequence, context, tokens indexed)
-        self._ctx: dict[str, tuple[Sequence, ProgramContext, int]] = {}
+        # the back-off's cost models, fed by the core's step times (backoff.py): steps that
+        # verify drafts (the model's multi-token path) and plain decode steps
+        self.verify_cost = StepCostModel()
+        self.decode_cost = StepCostModel()
+        self._step_kind: StepCostModel | None = None  # which model this step's time belongs to
+        self._since_verify = 0  # decode steps since a step verified a draft
+        self._reqs: dict[str, _Request] = {}
         self.drafted = 0
         self.accepted = 0
         self.verify_steps = 0
+        self.drafted_by_position: list[int] = []  # verify steps whose draft reached position i
+        self.accepted_by_position: list[int] = []  # ... and whose token at position i was accepted
         self._pending: list[tuple[Sequence, list[int]]] = []  # verified, not yet emitted (one step)
         self._drafted: list[Sequence] = []  # sequences given a draft this step
 
-    def _context(self, seq: Sequence) -> ProgramContext:
-        entry = self._ctx.get(seq.request_id)
-        ctx, indexed = (entry[1], entry[2]) if entry is not None else (None, 0)
-        if ctx is None:
-            ctx = ProgramContext(AGENT, self.history, max_draft=self.max_draft)
-        ctx.index.extend(seq.token_ids[indexed:])
-        self._ctx[seq.request_id] = (seq, ctx, len(seq.token_ids))
-        return ctx
+    def _request(self, seq: Sequence) -> _Request:
+        req = self._reqs.get(seq.request_id)
+        if req is None:
+            opts = seq.sampling.speculative
+            max_draft = opts.num_tokens if opts is not None else self.max_draft
+            req = _Request(seq, ProgramContext(AGENT, self.history, max_draft=max_draft))
+            self._reqs[seq.request_id] = req
+        req.ctx.index.extend(seq.token_ids[req.indexed :])
+        req.indexed = len(seq.token_ids)
+        return req
 
     def _forget_finished(self) -> None:
-        """Drop the contexts of finished requests; a completed output joins the history."""
-        for rid, (seq, _, _) in list(self._ctx.items()):
+        """Drop the state of finished requests; a completed output joins the history."""
+        for rid, req in list(self._reqs.items()):
+            seq = req.seq
             if seq.status is not SeqStatus.FINISHED:
                 continue
-            del self._ctx[rid]
+            del self._reqs[rid]
             if seq.finish_reason in ("stop", "length"):
                 self.history.add_output(AGENT, seq.token_ids[seq.num_prompt_tokens :])
 
+    def observe_step(self, spans: list[tuple[int, int]], seconds: float) -> None:
+        """The core's wall time of one step computing `spans`: what the back-off prices (steps
+        that also prefill are neither kind and are not recorded)."""
+        if self._step_kind is not None:
+            self._step_kind.observe(sum(e - s for s, e in spans), seconds)
+            self._since_verify = 0 if self._step_kind is self.verify_cost else self._since_verify + 1
+        self._step_kind = None
+
     def propose(self, running: list[Sequence], budget: int, max_model_len: int) -> None:
-        """Append drafts to the greedy decoding sequences the step's token budget can verify."""
+        """Append drafts to the decoding sequences the step's token budget can verify,
+        each cut to the length the back-off (`plan_drafts`) finds worth its price."""
         self._forget_finished()
+        base = 0  # decode tokens the step computes anyway
+        proposed: list[tuple[_Request, Draft]] = []
         for seq in sorted(running, key=lambda s: s.sort_key):
             left = seq.num_tokens - seq.num_computed_tokens
             budget -= left
+            base += left == 1
             if left != 1 or budget < 1 or seq.status is not SeqStatus.RUNNING:
                 continue
             sp = seq.sampling
-            greedy = sp.temperature == 0.0 or sp.top_k == 1
-            if not greedy or sp.logprobs or sp.n > 1 or needs_processing(sp) or sp.grammar is not None:
-                # The draft is checked against the raw argmax: plain greedy requests only (a
-                # grammar masks the argmax and moves its matcher one vetted token at a time).
+            if self._drafter_name(seq) is None:
                 continue
-            ctx = self._context(seq)
+            if sp.logprobs or sp.n > 1 or needs_processing(sp) or sp.grammar is not None:
+                # Drafts are verified against the distribution temperature, top-k and top-p make
+                # of the raw logits: not for biased or penalised requests, nor grammars (which
+                # mask the logits and move their matcher one vetted token at a time).
+                continue
+            req = self._request(seq)
             room = min(
-                ctx.draft_length.cap,
+                req.ctx.draft_length.cap,
                 budget,
                 sp.max_tokens - seq.num_output_tokens - 1,
                 max_model_len - seq.num_tokens - 1,
             )
             if room <= 0:
                 continue
-            draft = self.drafter.propose(ctx, room).tokens
-            seq.token_ids.extend(draft)
-            seq.num_draft = len(draft)
-            budget -= len(draft)
-            if draft:
+            draft = self._drafter(seq).propose(req.ctx, room)
+            if draft.tokens:
+                proposed.append((req, draft))
+                budget -= len(draft.tokens)
+        candidates = [req.calibration.adjust(d.probs) for req, d in proposed]
+        if self._since_verify >= self.verify_cost.memory:
+            # backed off for as long as the verify model remembers: its price is stale, so
+            # verify whole drafts once to measure it again (the machine or the text changed)
+            plan = [len(c) for c in candidates]
+        else:
+            plan = plan_drafts(candidates, base, self.verify_cost, self.decode_cost)
+        for (req, draft), keep in zip(proposed, plan, strict=True):
+            if keep:
+                seq = req.seq
+                seq.token_ids.extend(draft.tokens[:keep])
+                seq.num_draft = keep
+                req.probs = draft.probs[:keep]
                 self._drafted.append(seq)
+
+    def _drafter_name(self, seq: Sequence) -> str | None:
+        opts = seq.sampling.speculative
+        name = opts.drafter if opts is not None else self.default
+        return None if name == "none" else name
+
+    def _drafter(self, seq: Sequence) -> Drafter:
+        name = self._drafter_name(seq)
+        assert name is not None
+        drafter = self._drafters.get(name)
+        if drafter is None:
+            drafter = self._drafters[name] = make_drafter(name)
+        return drafter
 
     @staticmethod
     def drop(seq: Sequence) -> None:
@@ -130,6 +202,10 @@ class Speculator:
     def after_schedule(self, plan: SchedulerOutput) -> None:
         """Drop drafts of preempted or unscheduled sequences and of chunks the budget cut short."""
         scheduled = {id(c.seq) for c in plan.chunks}
+        decode_only = all(
+            c.num_tokens == 1 + c.seq.num_draft and c.seq.num_computed_tokens >= c.seq.num_prompt_tokens
+            for c in plan.chunks
+        )
         for seq in self._drafted:
             if id(seq) not in scheduled:
                 self.drop(seq)
@@ -139,6 +215,8 @@ class Speculator:
             if seq.num_draft and chunk.num_tokens != 1 + seq.num_draft:
                 self.drop(seq)
                 chunk.num_tokens = 1
+        drafted = any(c.seq.num_draft for c in plan.chunks)
+        self._step_kind = (self.verify_cost if drafted else self.decode_cost) if decode_only else None
 
     def verify_and_commit(
         self,
@@ -163,24 +241,41 @@ class Speculator:
                 plain_rows.append(row)
                 row += 1
                 continue
-            emitted = verify_greedy(seq.token_ids[len(seq.token_ids) - g :], logits[row : row + g + 1])
+            draft, rows = seq.token_ids[len(seq.token_ids) - g :], logits[row : row + g + 1]
+            sp = seq.sampling
+            if sp.temperature == 0.0 or sp.top_k == 1:
+                emitted = verify_greedy(draft, rows)
+            else:  # rejection sampling, with the request's own generator as the sampler would
+                emitted = verify_sampled(draft, rows, sp, seq.generator or core._default_gen)
             row += g + 1
             a = len(emitted) - 1
             del seq.token_ids[len(seq.token_ids) - (g - a) :]  # keep the accepted prefix only
             seq.num_draft = 0
             chunk.num_tokens = 1 + a  # verified positions only count as computed
             self._pending.append((seq, emitted))
-            entry = self._ctx.get(seq.request_id)
-            if entry is not None:
-                entry[1].draft_length.record(g, a)
-            self.verify_steps += 1
-            self.drafted += g
-            self.accepted += a
+            seq.spec_drafted += g
+            seq.spec_accepted += a
+            self._record(seq.request_id, g, a)
         for chunk in chunks:
             core.scheduler.commit(chunk)
         if not plain:
             return plain, None
         return plain, logits[torch.tensor(plain_rows, dtype=torch.long, device=logits.device)]
+
+    def _record(self, request_id: str, drafted: int, accepted: int) -> None:
+        req = self._reqs.get(request_id)
+        if req is not None:
+            req.ctx.draft_length.record(drafted, accepted)
+            req.calibration.record(req.probs, accepted)
+        self.verify_steps += 1
+        self.drafted += drafted
+        self.accepted += accepted
+        while len(self.drafted_by_position) < drafted:
+            self.drafted_by_position.append(0)
+            self.accepted_by_position.append(0)
+        for i in range(drafted):
+            self.drafted_by_position[i] += 1
+            self.accepted_by_position[i] += int(i < accepted)
 
     def emit(self, core: SpecCore) -> list[RequestOutput]:
         """Outputs of the verified sequences: their tokens one by one, so stop tokens, stop

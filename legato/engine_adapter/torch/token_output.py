@@ -93,6 +93,8 @@ def request_output(
         cached_tokens=seq.cached_tokens or 0,
         index=seq.index,
         top_logprobs=((top,) if top is not None else ()) if want_top else None,
+        spec_drafted=seq.spec_drafted,
+        spec_accepted=seq.spec_accepted,
     )
 
 
