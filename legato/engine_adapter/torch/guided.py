@@ -15,9 +15,9 @@ left, found by walking a copy of the matcher and preferring tokens that close st
 (one llguidance validation, the common case: a character inside a string or number); a token
 that took the place of the witness's next one (another digit, another continuation byte) keeps
 the rest of it; any other token gets a fresh search from the state after it, and if no path
-from there fits the budget, the witness's next token is appended instead. The invariant "a witness fits" holds from the
-first token to the last, so a constrained output ends complete and valid whenever its
-`max_tokens` allows at all, with no length cap or constant added to the user's schema.
+from there fits the budget, the witness's next token is appended instead. The invariant "a
+witness fits" holds from the first token to the last, so a constrained output ends complete and
+valid whenever its `max_tokens` allows at all, with no length cap or constant added to the user's schema.
 
 Repairs repeat: with byte tokens a random UTF-8 lead byte inside a string needs the same one to
 three continuation bytes before the old path fits again, an escape backslash the same escaped
