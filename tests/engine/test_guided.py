@@ -217,3 +217,31 @@ def test_grammar_requests_do_not_speculate() -> None:
         assert reason == "stop", text
         jsonschema.validate(json.loads(text), schema)
     assert speculator.accepted > 0  # the plain request did speculate
+
+
+def test_a_remembered_bridge_repairs_a_repeated_deviation() -> None:
+    """A UTF-8 lead byte inside a string breaks the witness; the first repair is searched, the
+    same kind of repair later reuses the remembered bridge (no search), and the witness still
+    validates from the matcher's state every time."""
+    core = _core()
+    from legato.engine_adapter.torch.guided import GrammarCompiler
+
+    compiler = GrammarCompiler(core.tokenizer, core.model.config.vocab_size)
+    spec = json_schema_grammar({"type": "object", "properties": {"a": {"type": "string"}}, "required": ["a"]})
+    g = compiler.sequence(spec, [257, 260], 64)
+    searches: list[int] = []
+    search = g._witness
+
+    def counted(*args: Any, **kwargs: Any) -> list[int] | None:
+        searches.append(1)
+        return search(*args, **kwargs)
+
+    g._witness = counted  # type: ignore[method-assign]
+    budget = 64
+    for t in [*b'{"a": "x', 0xC3, 0xA9, ord("y"), 0xC5, 0x80, ord("z")]:
+        if t == 0xC3:
+            searches.clear()
+        assert g.vet(t, budget) == t
+        budget -= 1
+        assert g.witness is not None and g.matcher.validate_tokens(g.witness) == len(g.witness)
+    assert len(searches) == 1 and g.bridges[0][0] == 0x80  # a continuation byte, then on

@@ -2,9 +2,9 @@
 
 `GrammarCompiler` (one per engine) wraps the engine's vocabulary as an llguidance tokenizer and
 makes a `SequenceGrammar` for each constrained request. The engine asks for the allowed tokens
-before sampling (one `[B, vocab]` mask, applied in the sampler) and hands each sampled token to
-`vet`, which moves the matcher; nothing else does, so preemption (KV recomputed, tokens kept) and
-prefix caching (KV only) leave it untouched.
+before sampling (one `[B, vocab]` mask, applied in the sampler; `guided_masks.py`) and hands
+each sampled token to `vet`, which moves the matcher; nothing else does, so preemption (KV
+recomputed, tokens kept) and prefix caching (KV only) leave it untouched.
 
 Finishing within `max_tokens`: a grammar can let a model write forever (a string that never
 closes: the seeded model is random and does exactly that). So each sequence keeps a *closing
@@ -12,31 +12,36 @@ witness*: a token path from its state to acceptance plus end-of-sequence that fi
 left, found by walking a copy of the matcher and preferring tokens that close structures (`"`,
 `}`, `]`, ...). Every sampled token is vetted against it: the witness's own next token keeps it
 (minus that token); a content token after which the same path still validates keeps it as is
-(one llguidance validation, the common case: a character inside a string or number); any other
-token gets a fresh search from the state after it, and if no path from there fits the budget,
-the witness's next token is appended instead. The invariant "a witness fits" holds from the
-first token to the last, so a constrained output ends complete and valid whenever its
-`max_tokens` allows at all, with no length cap or constant added to the user's schema.
+(one llguidance validation, the common case: a character inside a string or number); a token
+that took the place of the witness's next one (another digit, another continuation byte) keeps
+the rest of it; any other token gets a fresh search from the state after it, and if no path
+from there fits the budget, the witness's next token is appended instead. The invariant "a
+witness fits" holds from the first token to the last, so a constrained output ends complete and
+valid whenever its `max_tokens` allows at all, with no length cap or constant added to the user's schema.
+
+Repairs repeat: with byte tokens a random UTF-8 lead byte inside a string needs the same one to
+three continuation bytes before the old path fits again, an escape backslash the same escaped
+character. Each sequence remembers the few bridges its searches found (the tokens between a
+deviation and the point where the old path resumes) and tries them, one validation each, before
+searching. Per sequence, not per engine: what a request outputs never depends on other requests.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Sequence
-from typing import Protocol
 
 import llguidance
-import torch
-from torch import Tensor
 
-from legato.engine_adapter.base import EngineError, GrammarSpec, SamplingParams
+from legato.engine_adapter.base import EngineError, GrammarSpec
 from legato.engine_adapter.chat.grammar import ll_grammar
 from legato.engine_adapter.torch.tokenizer import ByteTokenizer, HFTokenizer
 
-# The value of each bit of llguidance's int32 bitmask words (bit 31 wraps to the sign bit).
-_BITS = (torch.ones(32, dtype=torch.int64) << torch.arange(32)).to(torch.int32)
 # Characters that close or shortest-complete JSON and call syntax, most closing first.
 _CLOSERS = '"}],0\n>'
+# Bridges a sequence remembers (most recently useful first). The repairs that recur are the three
+# UTF-8 continuation lengths and an escape; a longer list costs a validation per miss.
+_BRIDGES = 4
 
 
 class _ByteVocab:
@@ -113,6 +118,7 @@ class SequenceGrammar:
         self.matcher = matcher
         self.compiler = compiler
         self.stops = stops
+        self.bridges: list[list[int]] = []  # repairs that let the old witness resume (see module doc)
         # A path to the end that fits the budget left (None: none does; the output ends by length).
         self.witness = self._witness(matcher, max_tokens)
 
@@ -122,6 +128,7 @@ class SequenceGrammar:
         twin.matcher = self.matcher.deep_copy()
         twin.compiler = self.compiler
         twin.stops = self.stops
+        twin.bridges = [list(b) for b in self.bridges]
         twin.witness = None if self.witness is None else list(self.witness)
         return twin
 
@@ -146,11 +153,30 @@ class SequenceGrammar:
                 return None
             path.append(token)
             if resume and token in self.compiler.closers:
-                # The old path, or its rest after the structure this token closed.
-                tails = [resume] + ([resume[resume.index(token) + 1 :]] if token in resume else [])
-                for tail in tails:
-                    if len(path) + len(tail) <= limit and m.validate_tokens(tail) == len(tail):
-                        return path + tail
+                found = _rejoin(m, path, resume, limit, consumed=True)
+                if found is not None:
+                    self._remember(path)
+                    return found
+        return None
+
+    def _remember(self, bridge: list[int]) -> None:
+        if bridge in self.bridges:
+            self.bridges.remove(bridge)
+        self.bridges.insert(0, list(bridge))
+        del self.bridges[_BRIDGES:]
+
+    def _bridged(self, limit: int) -> list[int] | None:
+        """A remembered bridge after which the old witness (or its rest) fits from the matcher's
+        state, within `limit` tokens; None when none does."""
+        w = self.witness
+        assert w is not None
+        for bridge in self.bridges:
+            if self.matcher.validate_tokens(bridge) < len(bridge):
+                continue  # a short check first: most misses fail inside the bridge
+            found = _rejoin(self.matcher, bridge, w, limit, consumed=False)
+            if found is not None:
+                self._remember(bridge)
+                return found
         return None
 
     def vet(self, token: int, budget: int) -> int:
@@ -170,7 +196,10 @@ class SequenceGrammar:
         m.consume_token(token)
         if len(w) <= budget - 1 and m.validate_tokens(w) == len(w):
             return token  # a content token: the same path still closes the structure
-        after = self._witness(m, budget - 1, resume=w)
+        if len(w) > 1 and m.validate_tokens(w[1:]) == len(w) - 1:  # stood in for its next token
+            self.witness = w[1:]  # (another continuation byte or digit: len(w) - 1 < budget)
+            return token
+        after = self._bridged(budget - 1) or self._witness(m, budget - 1, resume=w)
         if after is not None:
             self.witness = after
             return token
@@ -180,54 +209,19 @@ class SequenceGrammar:
         return w[0]
 
 
-class Seq(Protocol):
-    """What the mask and vetting steps read of an engine sequence (`torch.sequence.Sequence`,
-    which imports this module)."""
-
-    @property
-    def grammar(self) -> SequenceGrammar | None: ...
-    @property
-    def sampling(self) -> SamplingParams: ...
-    @property
-    def num_output_tokens(self) -> int: ...
-
-
-def grammar_masks(seqs: Sequence[Seq], vocab_size: int) -> Tensor | None:
-    """`[B, vocab]` bool: the tokens each sequence's grammar allows next (every token for
-    unconstrained rows); None when no row is constrained. llguidance writes each row's bitmask
-    straight into one int32 buffer; one and-with-bit-values expands it."""
-    if all(s.grammar is None for s in seqs):
-        return None
-    words = (vocab_size + 31) // 32
-    bits = torch.full((len(seqs), words), -1, dtype=torch.int32)
-    base = bits.data_ptr()
-    accepting: list[tuple[int, tuple[int, ...]]] = []
-    for row, s in enumerate(seqs):
-        g = s.grammar
-        if g is None:
+def _rejoin(
+    m: llguidance.LLMatcher, bridge: list[int], old: list[int], limit: int, consumed: bool
+) -> list[int] | None:
+    """`bridge` + `old`, or `bridge` + the rest of `old` after the structure the bridge's last
+    token closed, whichever fits `limit` and validates first (None: neither). `consumed`: `m`
+    already stands after the bridge (else it stands before it)."""
+    last = bridge[-1]
+    tails = [old] + ([old[old.index(last) + 1 :]] if last in old else [])
+    for tail in tails:
+        path = bridge + tail
+        if len(path) > limit:
             continue
-        m = g.matcher
-        if m.is_error():
-            bits[row] = 0
-        else:
-            m.unsafe_compute_mask_ptr(base + row * words * 4, words * 4)
-        if m.is_accepting() or m.is_error():
-            accepting.append((row, g.stops))
-    allowed = (bits.unsqueeze(-1) & _BITS).ne(0).view(len(seqs), words * 32)[:, :vocab_size]
-    for row, stops in accepting:
-        allowed[row, list(stops)] = True
-    return allowed
-
-
-def vet_tokens(seqs: Sequence[Seq], tokens: list[int], logprobs: list[float] | None, logits: Tensor) -> None:
-    """Move each constrained sequence's matcher on its sampled token, replacing a token that
-    would leave it unable to close within its budget (a replaced token's logprob is read from
-    `logits`)."""
-    for i, seq in enumerate(seqs):
-        if seq.grammar is None:
-            continue
-        token = seq.grammar.vet(tokens[i], seq.sampling.max_tokens - seq.num_output_tokens)
-        if token != tokens[i]:
-            tokens[i] = token
-            if logprobs is not None:
-                logprobs[i] = float(torch.log_softmax(logits[i].float(), dim=-1)[token])
+        check = tail if consumed else path
+        if m.validate_tokens(check) == len(check):
+            return path
+    return None

@@ -96,19 +96,19 @@ def sample(
     that row's sequence generated so far (for the penalties; only read when one is set).
     `allowed` (`[B, vocab]` bool from the rows' grammars; None: any token) masks the processed
     logits last, so no bias or penalty can bring back a token the grammar forbids."""
+    # Each hook runs only when some row of the batch uses it: plain greedy rows pay for none.
+    penalised = [row for row, p in enumerate(params) if needs_processing(p)]
+    drawn = [row for row, p in enumerate(params) if p.temperature != 0.0 and p.top_k != 1]
     processed = logits
-    for row, p in enumerate(params):
-        if needs_processing(p):
-            if processed is logits:
-                processed = logits.clone()
-            processed[row] = apply_penalties(logits[row], p, output_ids[row] if output_ids else ())
+    if penalised:
+        processed = logits.clone()
+        for row in penalised:
+            processed[row] = apply_penalties(logits[row], params[row], output_ids[row] if output_ids else ())
     if allowed is not None:
         processed = torch.where(allowed.to(processed.device), processed, float("-inf"))
-    greedy = processed.argmax(dim=-1).tolist()
-    tokens: list[int] = [int(t) for t in greedy]
-    for row, p in enumerate(params):
-        if p.temperature == 0.0 or p.top_k == 1:
-            continue
+    tokens: list[int] = processed.argmax(dim=-1).tolist()
+    for row in drawn:
+        p = params[row]
         probs = torch.softmax(filter_logits(processed[row], p), dim=-1)
         gen = generators[row] or default_generator
         tokens[row] = int(torch.multinomial(probs.cpu(), 1, generator=gen).item())

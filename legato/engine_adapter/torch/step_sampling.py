@@ -2,6 +2,10 @@
 sampler over the batch's logits (each sequence's own generator and penalties), and vetting of
 the drawn tokens against their grammars. `EngineCore.step` (core.py) calls `draw` once per step,
 after forked samples have taken their rows of their parent's logits.
+
+A batch that uses no grammar skips the mask and vetting steps, and the sampler skips whatever
+hook (penalties, random draws, logprobs) no row of the batch uses: plain greedy decoding pays
+for none of them.
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ from collections.abc import Sequence
 
 import torch
 
-from legato.engine_adapter.torch.guided import grammar_masks, vet_tokens
+from legato.engine_adapter.torch.guided_masks import grammar_masks, vet_tokens
 from legato.engine_adapter.torch.sampler import SampleOutput, needs_processing, sample
 from legato.engine_adapter.torch.sequence import Sequence as Seq
 
@@ -19,12 +23,13 @@ def draw(seqs: Sequence[Seq], logits: torch.Tensor, default_gen: torch.Generator
     """One token per sequence (row i of `logits` is `seqs[i]`'s)."""
     # After the fork: each forked sample masks with its own grammar clone.
     allowed = grammar_masks(seqs, logits.shape[-1])
+    params = [s.sampling for s in seqs]
     drawn = sample(
         logits,
-        [s.sampling for s in seqs],
+        params,
         [s.generator for s in seqs],
         default_gen,
-        [s.output_ids if needs_processing(s.sampling) else () for s in seqs],
+        [s.output_ids if needs_processing(p) else () for s, p in zip(seqs, params, strict=True)],
         allowed,
     )
     if allowed is not None:  # last: nothing may change a sampled token after its vetting
