@@ -47,7 +47,7 @@ Constants (none is a value searched on our workloads):
 | `HORIZONS` | now, next call | re-decided at every tool boundary (`legato_run`) |
 | budget `low`/`high` | 1.0 | the pool's capacity; `safety` 0: the expected total |
 | gating | engine | `gates`: KV pool read time vs. weight read time per decode step |
-| output reserve | learned | program's mean output, else all programs', else `max_tokens` |
+| output reserve | learned | program's mean output, else all programs', else 0 (none seen) |
 | remaining calls | learned | past runs' lengths, else all programs' mean, else 1 |
 | ageing | learned | one call per measured call cycle |
 | gate lead, wait | learned | mean call cost; mean call time (`fair_gate`) |
