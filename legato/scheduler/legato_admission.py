@@ -65,6 +65,7 @@ class AdmissionControl:
         self._waiting = WaitQueue()
         self._victims: list[list[tuple[int, str]]] = []  # per replica: (-prio, run), a heap
         self.pool: list[float] = []  # per replica: KV capacity in tokens (the budget's, if gated)
+        self._queued_fp = [0.0, 0]  # summed footprint of programs at enqueue, samples
         self._cycle = [0.0, 0]  # summed time between a run's consecutive calls, samples
         self._admitted = 0
         self._blocked: tuple[str, int, int] | None = None  # (head run, its qver, releases)
@@ -103,12 +104,12 @@ class AdmissionControl:
         return need
 
     def _enqueue(self, r: Run, now: float) -> None:
-        """Queue the run by its expected completion if served from now on: when it entered the
-        system plus its predicted remaining calls times the measured call cycle (the mean time
-        between a program's calls). Shortest remaining work first among programs that came
-        together, first come first served among equal ones, and a program paused half way
-        keeps its place (it entered long ago and has less left); nothing starves, since a
-        newer program's key only grows with its arrival."""
+        """Queue the run by its expected completion if served from now on: when it entered the system
+        plus its predicted remaining calls times the measured call cycle (the mean time between a
+        program's calls), scaled by its footprint over the mean one. Shortest remaining work first
+        among programs that came together, first come first served among equal ones, and a program
+        paused half way keeps its place (it entered long ago and has less left); nothing starves,
+        since a newer program's key only grows with its arrival."""
         if r.state not in (WAITING, PAUSED):
             raise AssertionError(f"enqueue of run {r.run_id} in state {r.state}")
         if r.entered_s is None:
@@ -116,6 +117,15 @@ class AdmissionControl:
         remaining = self.predictor.history.expected_remaining_calls(r.program, r.calls_done)
         total, n = self._cycle
         cycle = total / n if n else 0.0
+        # Memory-time, not only time: a program needing k times the mean footprint holds k
+        # times the memory per call cycle, so it counts as k cycles per call (shortest
+        # remaining memory-time first; the mean is over footprints queued so far).
+        fp = footprint(r, self.predictor.history)
+        self._queued_fp[0] += fp
+        self._queued_fp[1] += 1
+        mean_fp = self._queued_fp[0] / self._queued_fp[1]
+        if mean_fp > 0.0:
+            cycle *= fp / mean_fp
         key = r.entered_s + (1.0 if remaining is None else remaining) * cycle
         self._waiting.push(r, key, now)
 

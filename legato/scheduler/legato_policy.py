@@ -28,10 +28,10 @@ call timings otherwise). Concerns, one module each:
   a replica does follows from its numbers (recompute or tier load vs. tool latency vs. memory
   held): long tools or a cheap reload release (thunderagent), short tools hold (continuum).
 - **Order** (`wait_queue`, `fair_share`): tenants by weighted virtual token counters; within a
-  tenant, least predicted remaining work first, a waiting program gaining one call of
-  priority per call cycle it waits (the mean time between a program's calls, measured), a
-  paused program one call ahead of an equal new one. The engine runs admitted programs' calls
-  in admission order. A call-level gate (`fair_gate`) evens out service between admissions.
+  tenant, least predicted remaining memory-time first (calls x cycle x footprint), a waiting program
+  gaining one call of priority per call cycle it waits (the mean time between a program's calls,
+  measured), a paused program one call ahead of an equal new one. The engine runs admitted programs'
+  calls in admission order. A call-level gate (`fair_gate`) evens out service between admissions.
 - **Cache**: `NextUse` of never for KV no call reads again (`_forget`), `Prefetch` when a tool
   is about to finish (a tick ahead); a branch expected to run a tool counts in the budget from
   its call's end until `TOOL_GRACE_S` passes without the tool starting.
@@ -47,9 +47,10 @@ Constants (none is a value searched on our workloads):
 | `HORIZONS` | now, next call | re-decided at every tool boundary (`legato_run`) |
 | budget `low`/`high` | 1.0 | the pool's capacity; `safety` 0: the expected total |
 | gating | engine | `gates`: KV pool read time vs. weight read time per decode step |
-| output reserve | learned | program's mean output, else all programs', else `max_tokens` |
+| output reserve | learned | program's mean output, else all programs', else 0 (none seen) |
 | remaining calls | learned | past runs' lengths, else all programs' mean, else 1 |
 | ageing | learned | one call per measured call cycle |
+| queue key | learned | remaining calls x cycle x footprint / mean queued footprint |
 | gate lead, wait | learned | mean call cost; mean call time (`fair_gate`) |
 | steal wait | engine | recompute time of the program's context on the target |
 | pin TTL | engine | `pin_rule.hold_ttl` from `EngineRates` and tool latencies |

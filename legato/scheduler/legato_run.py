@@ -53,7 +53,7 @@ class Run:
     prio: int = 0  # engine priority: admission order
     held: list[str] = field(default_factory=list)  # arrived calls not yet dispatched
     live: dict[str, int] = field(default_factory=dict)  # arrived, unfinished call -> prompt tokens
-    max_output: int = 0  # the latest call's max_tokens (the output reserve before any sample)
+    max_output: int = 0  # the latest call's max_tokens (the cost bound before any sample)
     dispatched: int = 0  # calls on an engine, unfinished
     sent_s: dict[str, float] = field(default_factory=dict)  # call on an engine -> dispatch time
     # Branches whose KV waits for a tool: entered when the call finishes with a tool expected,
@@ -93,9 +93,12 @@ def branch_of(r: Run, tool: str) -> Branch | None:
 
 def output_reserve(r: Run, hist: ProgramHistory) -> float:
     """KV to reserve for a live call's output: the program's mean output, else the mean over
-    every program seen, else the call's own `max_tokens` (the only bound known)."""
+    every program seen, else nothing. Before any call has finished there is no estimate of
+    the output, only its bound (`max_tokens`); reserving the bound held programs back that the
+    engine (which reserves nothing) runs at once, and the first finished call replaces it with
+    a measured mean. An overflow meanwhile is met by pauses (`AdmissionControl._relieve`)."""
     mean = hist.mean_output(r.program)
-    return float(r.max_output) if mean is None else mean
+    return 0.0 if mean is None else mean
 
 
 def footprint(r: Run, hist: ProgramHistory) -> float:

@@ -73,7 +73,7 @@ def test_holds_programs_that_do_not_fit_and_admits_them_when_one_finishes() -> N
     for run in ("a", "b", "c"):
         out += policy.on_event(RunStarted(run, "agent", "t0"), 0.0, view)
         out += policy.on_event(_call(run, 0, 4000, tool=None, last=True), 0.0, view)
-    # 4000 prompt + 256 output reserve each: two fit in 10,000, the third waits
+    # 4000 prompt each (no output reserve before any output is seen): two fit in 10,000
     assert _dispatched(out) == ["a#0", "b#0"]
     out = list(policy.on_event(CallFinished("a#0", "a", 4000, 100, 0, "stop"), 5.0, view))
     out += policy.on_event(RunFinished("a", "succeeded"), 5.0, view)
@@ -99,16 +99,16 @@ def test_tool_call_gets_a_pin_for_the_break_even_time_and_no_next_use_hint() -> 
 
 
 def test_a_tool_longer_than_the_break_even_releases_the_program() -> None:
-    # The tool takes ~20 s; memory is contended (c waits). Recomputing 5,100 tokens costs
-    # 0.51 s, holding half the pool 0.51 s per second: release at once, c goes in.
+    # The tool takes ~20 s; memory is contended (b waits). Recomputing 5,300 tokens costs
+    # 0.53 s, holding half the pool about 0.28 s per second: release at once, b goes in.
     def run(view: _View) -> tuple[list[Decision], Legato]:
         policy = Legato()
         for k in range(3):  # two samples of `test` (a fitted distribution, median 20 s)
             policy.on_event(ToolFinished("x", "test", 20.0 * (1.2 if k else 0.8)), 0.0, view)
         for run in ("a", "b"):
             policy.on_event(RunStarted(run, "agent", "t0"), 0.0, view)
-            policy.on_event(_call(run, 0, 4800, tool="test"), 0.0, view)
-        policy.on_event(CallFinished("a#0", "a", 4800, 100, 0, "stop"), 1.0, view)
+            policy.on_event(_call(run, 0, 5200, tool="test"), 0.0, view)
+        policy.on_event(CallFinished("a#0", "a", 5200, 100, 0, "stop"), 1.0, view)
         return list(policy.on_event(ToolStarted("a", "test", 20.0), 1.0, view)), policy
 
     out, policy = run(_View(10_000, prefill_s_per_token=1e-4))
@@ -203,7 +203,7 @@ def test_a_tenant_ahead_of_a_backlogged_one_waits_until_the_other_catches_up() -
         out += policy.on_event(RunStarted(run, "agent", tenant), 0.0, view)
     out += policy.on_event(_tenant_call("a1", 0, "a", 8000), 0.0, view)
     out += policy.on_event(_tenant_call("b1", 0, "b", 2000), 0.0, view)
-    out += policy.on_event(_tenant_call("b2", 0, "b", 30_000), 0.0, view)  # does not fit: b waits
+    out += policy.on_event(_tenant_call("b2", 0, "b", 31_000), 0.0, view)  # does not fit: b waits
     assert _dispatched(out) == ["a1#0", "b1#0"]
     # a1's next call: a has 8000 served, b 2000 and a program waiting: a1's call is held
     out = list(policy.on_event(CallFinished("a1#0", "a1", 8000, 10, 0, "stop"), 1.0, view))
