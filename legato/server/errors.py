@@ -102,6 +102,9 @@ RESPONSES: dict[int | str, dict[str, Any]] = {
 def responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     """`RESPONSES` plus extra documented codes (409, 503, ...)."""
     extra = {
+        400: _doc(
+            "Invalid request in the frameworks' own convention (vLLM, SGLang): the message names the field."
+        ),
         409: _doc("The request conflicts with the resource's current state."),
         503: _doc("The service is starting or shutting down."),
     }

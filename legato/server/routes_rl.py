@@ -57,7 +57,7 @@ def rollout_router(rl: RolloutService) -> APIRouter:
     @router.post(
         "/v1/rollouts",
         response_model=CreatedRollouts,
-        responses=responses(409, 503),
+        responses=responses(400, 409, 503),
         summary="Start a rollout (n > 1: a GRPO group sharing one prefill) and run its first turn.",
     )
     async def create(body: CreateRollouts, raw: Request, tenant: TenantDep) -> CreatedRollouts | Response:
@@ -96,7 +96,7 @@ def rollout_router(rl: RolloutService) -> APIRouter:
     @router.post(
         "/v1/rollouts/{rollout_id}/turns",
         response_model=TurnOut,
-        responses=responses(404, 409, 503),
+        responses=responses(400, 404, 409, 503),
         summary="Append tool / env tokens (mask 0), then run the model's next turn (mask 1).",
     )
     async def turn(
@@ -123,7 +123,7 @@ def rollout_router(rl: RolloutService) -> APIRouter:
     @router.post(
         "/v1/rollouts/{rollout_id}/abort",
         response_model=RolloutOut,
-        responses=responses(404),
+        responses=responses(400, 404),
         summary="Abort the turn in flight (its partial tokens are kept; a later turn resumes).",
     )
     async def abort(rollout_id: RolloutId, tenant: TenantDep) -> RolloutOut:
@@ -134,7 +134,7 @@ def rollout_router(rl: RolloutService) -> APIRouter:
     @router.get(
         "/v1/rollouts/{rollout_id}",
         response_model=RolloutOut,
-        responses=responses(404),
+        responses=responses(400, 404),
         summary="The trajectory: token ids, loss mask, logprobs and weight version per token.",
     )
     async def get(rollout_id: RolloutId, tenant: TenantDep) -> RolloutOut:
@@ -143,7 +143,7 @@ def rollout_router(rl: RolloutService) -> APIRouter:
     @router.post(
         "/v1/rollouts/{rollout_id}/finish",
         response_model=RolloutOut,
-        responses=responses(404),
+        responses=responses(400, 404),
         summary="End the rollout: its record is returned and dropped, its KV no longer kept.",
     )
     async def finish(rollout_id: RolloutId, tenant: TenantDep) -> RolloutOut:

@@ -88,7 +88,7 @@ def control_router(control: RLControl) -> APIRouter:
     def state(extra: dict[str, Any]) -> dict[str, Any]:
         return {**extra, "weight_version": control.weight_version}
 
-    @router.post("/pause", responses=responses(), summary="Pause generation (keep, abort or wait).")
+    @router.post("/pause", responses=responses(400), summary="Pause generation (keep, abort or wait).")
     async def pause(
         tenant: TenantDep,
         mode: Annotated[str, Query()] = "keep",
@@ -96,22 +96,22 @@ def control_router(control: RLControl) -> APIRouter:
     ) -> dict[str, Any]:
         return state(await run_control(control.pause(mode, clear_cache)))
 
-    @router.post("/resume", responses=responses(), summary="Resume generation; held requests start.")
+    @router.post("/resume", responses=responses(400), summary="Resume generation; held requests start.")
     async def resume(tenant: TenantDep) -> dict[str, Any]:
         return state(await run_control(control.resume()))
 
-    @router.post("/sleep", responses=responses(), summary="Sleep (the torch engine pauses, keep mode).")
+    @router.post("/sleep", responses=responses(400), summary="Sleep (the torch engine pauses, keep mode).")
     async def sleep(raw: Request, tenant: TenantDep) -> dict[str, Any]:
         body = await _json(raw, SleepBody)
         return state(await run_control(control.sleep(body.model_dump(exclude_none=True))))
 
-    @router.post("/wake_up", responses=responses(), summary="Wake up (resume).")
+    @router.post("/wake_up", responses=responses(400), summary="Wake up (resume).")
     async def wake_up(raw: Request, tenant: TenantDep) -> dict[str, Any]:
         body = await _json(raw, WakeBody)
         return state(await run_control(control.wake_up(body.model_dump(exclude_none=True))))
 
     @router.post(
-        "/reset_prefix_cache", responses=responses(), summary="Make every cached prefix unreachable."
+        "/reset_prefix_cache", responses=responses(400), summary="Make every cached prefix unreachable."
     )
     async def reset_prefix_cache(raw: Request, tenant: TenantDep) -> dict[str, Any]:
         body = await _json(raw, ResetBody)
@@ -120,7 +120,7 @@ def control_router(control: RLControl) -> APIRouter:
             raise ApiError(400, why, param="reset_running_requests")
         return state(await run_control(control.reset_prefix_cache()))
 
-    @router.post("/flush_cache", responses=responses(), summary="SGLang's name for reset_prefix_cache.")
+    @router.post("/flush_cache", responses=responses(400), summary="SGLang's name for reset_prefix_cache.")
     async def flush_cache(tenant: TenantDep) -> dict[str, Any]:
         return state(await run_control(control.reset_prefix_cache()))
 
@@ -134,7 +134,7 @@ def control_router(control: RLControl) -> APIRouter:
 
     @router.post(
         "/init_weight_transfer_engine",
-        responses=responses(),
+        responses=responses(400),
         summary="vLLM's NCCL weight-transfer setup: forwarded to vLLM engines, refused by torch.",
     )
     async def init_weight_transfer(raw: Request, tenant: TenantDep) -> dict[str, Any]:
@@ -147,7 +147,7 @@ def control_router(control: RLControl) -> APIRouter:
 
     @router.post(
         "/update_weights",
-        responses=responses(),
+        responses=responses(400),
         summary="New weights: msgpack tensors, or JSON update_info with model_path.",
     )
     async def update_weights(raw: Request, tenant: TenantDep) -> dict[str, Any]:
@@ -167,18 +167,18 @@ def control_router(control: RLControl) -> APIRouter:
             return state(await run_control(control.update_from_disk(path, version, body)))
         return state(await run_control(control.forward_only("update_weights", body, NCCL_REFUSAL)))
 
-    @router.post("/pause_generation", responses=responses(), summary="SGLang's pause (abort / in_place).")
+    @router.post("/pause_generation", responses=responses(400), summary="SGLang's pause (abort / in_place).")
     async def pause_generation(raw: Request, tenant: TenantDep) -> dict[str, Any]:
         body = await _json(raw, PauseGenerationBody)
         return state(await run_control(control.pause(SGLANG_TO_MODE[body.mode])))
 
-    @router.post("/continue_generation", responses=responses(), summary="SGLang's resume.")
+    @router.post("/continue_generation", responses=responses(400), summary="SGLang's resume.")
     async def continue_generation(tenant: TenantDep) -> dict[str, Any]:
         return state(await run_control(control.resume()))
 
     @router.post(
         "/update_weights_from_disk",
-        responses=responses(),
+        responses=responses(400),
         summary="SGLang's weight update from a safetensors directory.",
     )
     async def update_from_disk(body: DiskUpdateBody, tenant: TenantDep) -> dict[str, Any]:

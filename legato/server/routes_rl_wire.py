@@ -80,7 +80,7 @@ def wire_router(rl: RolloutService) -> APIRouter:
 
     @router.post(
         "/inference/v1/generate",
-        responses=responses(409, 503),
+        responses=responses(400, 409, 503),
         summary="vLLM's token-in/token-out generate (SkyRL's data plane); X-Session-ID = program id.",
     )
     async def vllm_generate(body: VLLMGenerateRequest, raw: Request, tenant: TenantDep) -> Response:
@@ -131,7 +131,7 @@ def wire_router(rl: RolloutService) -> APIRouter:
     @router.post(
         "/tokenize",
         response_model=TokenizeResponse,
-        responses=responses(),
+        responses=responses(400),
         summary="Text to token ids (vLLM's shape; SkyRL's client calls it). Text prompts only.",
     )
     async def tokenize(body: TokenizeRequest, tenant: TenantDep) -> TokenizeResponse:
@@ -145,7 +145,7 @@ def wire_router(rl: RolloutService) -> APIRouter:
     @router.post(
         "/detokenize",
         response_model=DetokenizeResponse,
-        responses=responses(),
+        responses=responses(400),
         summary="Token ids to text (vLLM's shape; SkyRL's client calls it after generate).",
     )
     async def detokenize(body: DetokenizeRequest, tenant: TenantDep) -> DetokenizeResponse:
@@ -156,7 +156,7 @@ def wire_router(rl: RolloutService) -> APIRouter:
 
     @router.post(
         "/finish_session",
-        responses=responses(404),
+        responses=responses(400, 404),
         summary="End a session (program): its KV is no longer kept. 404 for an unknown id.",
     )
     async def finish_session(
@@ -167,7 +167,7 @@ def wire_router(rl: RolloutService) -> APIRouter:
 
     @router.post(
         "/generate",
-        responses=responses(409, 503),
+        responses=responses(400, 409, 503),
         summary="SGLang's native generate (slime's data plane); the routing key is the program id.",
     )
     async def sglang_generate(body: SGLangGenerateRequest, raw: Request, tenant: TenantDep) -> Response:
@@ -213,7 +213,7 @@ def wire_router(rl: RolloutService) -> APIRouter:
 
     @router.post(
         "/abort_request",
-        responses=responses(),
+        responses=responses(400),
         summary="SGLang's abort: by `rid` (or the session / routing key), or `abort_all`.",
     )
     async def abort_request(body: SGLangAbortRequest, tenant: TenantDep) -> dict[str, Any]:
