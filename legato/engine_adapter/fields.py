@@ -11,7 +11,7 @@ JSON has no NaN or Infinity, and a NaN compares false with every bound. Request 
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, ConfigDict, Field
 
@@ -71,3 +71,14 @@ StopString = Annotated[str, Field(max_length=MAX_STOP_CHARS)]
 StopList = StopString | Annotated[list[StopString], Field(max_length=MAX_STOP_STRINGS)]
 StopTokenIds = Annotated[list[TokenId], Field(max_length=MAX_STOP_TOKEN_IDS)]
 LogitBias = Annotated[dict[str, Bias], Field(max_length=MAX_LOGIT_BIAS)]
+
+
+def _a_real_bool(value: Any) -> Any:
+    """Pydantic matches `Literal[False]` by equality, so `0` and `0.0` would pass as false."""
+    if value is not None and not isinstance(value, bool):
+        raise ValueError("must be a boolean")
+    return value
+
+
+# OpenAI's `store`: completions are never stored here, so only `false` (or absent) is taken
+NotStored = Annotated[Literal[False] | None, BeforeValidator(_a_real_bool)]

@@ -128,7 +128,7 @@ class SamplingFields(OpenAIRequest):
     service_tier: Literal["auto", "default"] | None = Field(
         default=None, description="One tier is served here: `auto` and `default` (the same) only."
     )
-    store: Literal[False] | None = Field(
+    store: f.NotStored = Field(
         default=None, description="Completions are never stored here: only `false` is taken."
     )
     metadata: dict[str, str] | None = Field(

@@ -21,6 +21,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Path, Request
 from fastapi.responses import Response
 
+from legato.engine_adapter.server.strict_json import StrictJSONRoute
 from legato.rl.rollout import Rollout
 from legato.server.auth import Tenant, current_tenant
 from legato.server.errors import ApiError, responses
@@ -51,7 +52,7 @@ def rollout_out(r: Rollout) -> RolloutOut:
 
 
 def rollout_router(rl: RolloutService) -> APIRouter:
-    router = APIRouter(tags=["rl-rollouts"])
+    router = APIRouter(tags=["rl-rollouts"], route_class=StrictJSONRoute)
     svc = rl.proxy.svc
 
     @router.post(
@@ -159,7 +160,7 @@ def rl_router(state: Any) -> APIRouter:
     proxy's router must be built first (`state.extras["proxy"]`)."""
     rl = RolloutService(state.extras["proxy"], state.replicas)
     state.extras["rl"] = rl
-    router = APIRouter()
+    router = APIRouter(route_class=StrictJSONRoute)
     router.include_router(rollout_router(rl))
     router.include_router(wire_router(rl))
     router.include_router(control_router(rl.control))

@@ -20,6 +20,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
+from legato.engine_adapter.server.strict_json import StrictJSONRoute
 from legato.engine_adapter.torch.weight_sync import MSGPACK_CONTENT_TYPE
 from legato.rl.control import SGLANG_TO_MODE, ControlError, RLControl
 from legato.server.auth import Tenant, current_tenant
@@ -83,7 +84,7 @@ async def _json(raw: Request, model: type[BaseModel]) -> Any:
 
 
 def control_router(control: RLControl) -> APIRouter:
-    router = APIRouter(tags=["rl-control"])
+    router = APIRouter(tags=["rl-control"], route_class=StrictJSONRoute)
 
     def state(extra: dict[str, Any]) -> dict[str, Any]:
         return {**extra, "weight_version": control.weight_version}

@@ -34,6 +34,7 @@ from legato.engine_adapter.openai_api import (
 from legato.engine_adapter.server.openai_fields import logit_bias, top_logprobs_of
 from legato.engine_adapter.server.service import make_usage
 from legato.engine_adapter.server.streams import sglang_response
+from legato.engine_adapter.server.strict_json import StrictJSONRoute
 from legato.rl.rollout import SampleOutput
 from legato.server.auth import Tenant, current_tenant
 from legato.server.errors import ApiError, responses
@@ -75,7 +76,7 @@ def _vllm_choice(rl: RolloutService, out: SampleOutput) -> dict[str, Any]:
 
 
 def wire_router(rl: RolloutService) -> APIRouter:
-    router = APIRouter(tags=["rl-frameworks"])
+    router = APIRouter(tags=["rl-frameworks"], route_class=StrictJSONRoute)
     svc = rl.proxy.svc
 
     @router.post(

@@ -117,7 +117,7 @@ async def test_subprocess_tools_carry_the_owner_marker_and_die_with_their_parent
 import anyio
 from legato.tools import SubprocessTool, ToolRegistry, ToolRuntime
 reg = ToolRegistry()
-reg.register(SubprocessTool("s", ["sh", "-c", "echo $$ > {pidfile}; env > {pidfile}.env; exec sleep 60"]))
+reg.register(SubprocessTool("s", ["sh", "-c", "env > {pidfile}.env; echo $$ > {pidfile}; exec sleep 60"]))
 async def main():
     async with ToolRuntime(reg) as rt:
         await rt.call("s", {{}}, run_id="r", call_id="c", tenant="t")
