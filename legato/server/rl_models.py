@@ -46,7 +46,9 @@ class TurnOut(BaseModel):
     rollout_id: str
     token_ids: list[int]
     logprobs: list[float]
-    top_logprobs: list[list[tuple[int, float]]] | None = None
+    # per token, its top candidates as [token id, logprob] pairs (a list, not a tuple: OpenAPI
+    # 3.1 tools reject the tuple schema FastAPI writes for response models)
+    top_logprobs: list[list[list[int | float]]] | None = None
     weight_versions: list[str | None] = Field(description="The weight version of each token.")
     weight_version: str | None = Field(description="The version of the turn's last token.")
     finish_reason: str

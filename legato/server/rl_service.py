@@ -149,7 +149,9 @@ def turn_out(rollout: Rollout, out: SampleOutput) -> TurnOut:
         rollout_id=rollout.rollout_id,
         token_ids=out.token_ids,
         logprobs=out.logprobs,
-        top_logprobs=[list(t) for t in out.top_logprobs] if out.top_logprobs else None,
+        top_logprobs=[[[token, lp] for token, lp in t] for t in out.top_logprobs]
+        if out.top_logprobs
+        else None,
         weight_versions=out.weight_versions,
         weight_version=out.weight_version,
         finish_reason=out.finish_reason,
