@@ -31,7 +31,7 @@ from legato.engine_adapter.openai_api import (
     TokenizeResponse,
     VLLMGenerateRequest,
 )
-from legato.engine_adapter.server.openai_fields import logit_bias, top_logprobs_of
+from legato.engine_adapter.server.openai_fields import logit_bias
 from legato.engine_adapter.server.service import make_usage
 from legato.engine_adapter.server.streams import sglang_response
 from legato.engine_adapter.server.strict_json import StrictJSONRoute
@@ -98,24 +98,7 @@ def wire_router(rl: RolloutService) -> APIRouter:
         if sp.structured_outputs is not None:
             _refuse("sampling_params.structured_outputs", "use /v1/chat/completions for structured output")
         with server_errors():
-            sampling = svc.sampling(
-                max_tokens=sp.max_tokens,
-                max_tokens_field="sampling_params.max_tokens",
-                prompt_len=len(prompt),
-                temperature=sp.temperature,
-                top_p=sp.top_p,
-                top_k=max(sp.top_k, 0),
-                seed=sp.seed,
-                stop=sp.stop,
-                stop_token_ids=sp.stop_token_ids,
-                ignore_eos=sp.ignore_eos,
-                logprobs=sp.logprobs is not None,
-                top_logprobs=top_logprobs_of(svc.engine, sp.logprobs or 0, "sampling_params.logprobs"),
-                n=sp.n,
-                presence_penalty=sp.presence_penalty,
-                frequency_penalty=sp.frequency_penalty,
-                logit_bias=logit_bias(sp.logit_bias, svc.tokenizer.vocab_size),
-            )
+            sampling = svc.vllm_sampling(sp, len(prompt))
         outs = await rl.generate(tenant, _session(raw, SESSION_HEADER), prompt, sampling, raw, node="skyrl")
         if outs is None:
             return Response(status_code=499)

@@ -52,7 +52,7 @@ from legato.engine_adapter.server.lifecycle import (
     collect_or_abort,
 )
 from legato.engine_adapter.server.openai_calls import chat_response, completion_response, openai_request
-from legato.engine_adapter.server.openai_fields import logit_bias, top_logprobs_of
+from legato.engine_adapter.server.openai_fields import logit_bias
 from legato.engine_adapter.server.service import EngineService, make_usage
 from legato.engine_adapter.server.streams import (
     chat_events,
@@ -351,30 +351,16 @@ def create_engine_app(
         prompt = svc.check_tokens(body.token_ids, "token_ids")
         sp = body.sampling_params
         single_sample(sp.n)
-        sampling = svc.sampling(
-            max_tokens=sp.max_tokens,
-            max_tokens_field="sampling_params.max_tokens",
-            prompt_len=len(prompt),
-            temperature=sp.temperature,
-            top_p=sp.top_p,
-            top_k=sp.top_k,
-            seed=sp.seed,
-            stop=sp.stop,
-            stop_token_ids=sp.stop_token_ids,
-            ignore_eos=sp.ignore_eos,
-            logprobs=sp.logprobs is not None,
-            top_logprobs=top_logprobs_of(svc.engine, sp.logprobs or 0, "sampling_params.logprobs"),
-            presence_penalty=sp.presence_penalty,
-            frequency_penalty=sp.frequency_penalty,
-            logit_bias=logit_bias(sp.logit_bias, svc.tokenizer.vocab_size),
-            grammar=None
+        grammar = (
+            None
             if sp.structured_outputs is None
             else svc.grammar(
                 sp.structured_outputs.json_,
                 sp.structured_outputs.grammar,
                 "sampling_params.structured_outputs",
-            ),
+            )
         )
+        sampling = svc.vllm_sampling(sp, len(prompt), grammar)
         req = GenerateRequest(
             request_id=body.request_id or uuid.uuid4().hex,
             prompt_token_ids=prompt,

@@ -30,10 +30,12 @@ from legato.engine_adapter.openai_api import (
     TokenLogprob,
     TopLogprob,
     Usage,
+    VLLMTokenSamplingParams,
 )
 from legato.engine_adapter.openai_spec import SpeculativeUsage
 from legato.engine_adapter.server.errors import ApiError
 from legato.engine_adapter.server.lifecycle import Generation
+from legato.engine_adapter.server.openai_fields import logit_bias, top_logprobs_of
 
 
 def make_usage(
@@ -86,6 +88,30 @@ class EngineService:
                 f"model {model!r} is not served here; use {self.model!r} (see GET /v1/models)",
                 "model",
             )
+
+    def vllm_sampling(
+        self, sp: VLLMTokenSamplingParams, prompt_len: int, grammar: GrammarSpec | None = None
+    ) -> SamplingParams:
+        """vLLM's JSON `sampling_params` (engine server and `legato serve`'s RL route alike)."""
+        return self.sampling(
+            max_tokens=sp.max_tokens,
+            max_tokens_field="sampling_params.max_tokens",
+            prompt_len=prompt_len,
+            temperature=sp.temperature,
+            top_p=sp.top_p,
+            top_k=sp.top_k,
+            seed=sp.seed,
+            stop=sp.stop,
+            stop_token_ids=sp.stop_token_ids,
+            ignore_eos=sp.ignore_eos,
+            logprobs=sp.logprobs is not None,
+            top_logprobs=top_logprobs_of(self.engine, sp.logprobs or 0, "sampling_params.logprobs"),
+            n=sp.n,
+            presence_penalty=sp.presence_penalty,
+            frequency_penalty=sp.frequency_penalty,
+            logit_bias=logit_bias(sp.logit_bias, self.tokenizer.vocab_size),
+            grammar=grammar,
+        )
 
     def sampling(
         self,
