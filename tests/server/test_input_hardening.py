@@ -191,3 +191,8 @@ def test_every_route_of_both_apps_parses_strict_json(served: Served) -> None:
         assert len(routes) >= 6 and all(isinstance(r, StrictJSONRoute) for r in routes), [
             r.path for r in routes if not isinstance(r, StrictJSONRoute)
         ]
+
+
+def test_a_repeated_query_parameter_is_refused_not_last_wins(client: httpx.Client) -> None:
+    _refused(client.get("/v1/programs", params=[("limit", "{x}"), ("limit", "5")]), 422, "limit")
+    assert client.get("/v1/programs", params={"limit": "5"}).status_code == 200

@@ -18,6 +18,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from fastapi import Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 
 # A \\u escape of a surrogate (D800-DFFF). Paired ones are valid, so a hit only triggers the walk.
@@ -108,6 +109,21 @@ class StrictJSONRoute(APIRoute):
         handler = super().get_route_handler()
 
         async def strict_handler(request: Request) -> Response:
+            # every query parameter here is a scalar: a repeated one is refused, not last-wins
+            query = request.query_params
+            repeated = sorted({key for key in query if len(query.getlist(key)) > 1})
+            if repeated:
+                raise RequestValidationError(
+                    [
+                        {
+                            "type": "value_error",
+                            "loc": ("query", key),
+                            "msg": "given more than once; send it once",
+                            "input": query.getlist(key),
+                        }
+                        for key in repeated
+                    ]
+                )
             return await handler(StrictJSONRequest(request.scope, request.receive))
 
         return strict_handler
