@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import pytest
 from typer.testing import CliRunner
 
 from legato.cli import app
@@ -24,16 +25,18 @@ def legato_run(name: str, *args: str) -> dict[str, Any]:
     return summary
 
 
-def env_dirs() -> set[Path]:
-    return set(Path(tempfile.gettempdir()).glob("legato-envs-*"))
-
-
-def test_react_coder_fixes_the_bug_through_ten_tool_calls_and_cleans_up() -> None:
-    before = env_dirs()
+def test_react_coder_fixes_the_bug_through_ten_tool_calls_and_cleans_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The run's environment root is a `tempfile.mkdtemp` directory: made in a temp dir of this
+    # test's own, so other runs sharing /tmp cannot change what is compared.
+    own_tmp = tmp_path / "tmp"
+    own_tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(own_tmp))
     output = legato_run("react_coder.py")["output"]
     assert output["tests_passed"] is True
     assert output["tool_calls"] >= 10
-    assert env_dirs() == before  # the run's workspace (and its root) are gone
+    assert list(own_tmp.glob("legato-envs-*")) == []  # the run's workspace (and its root) are gone
 
 
 def test_map_reduce_workers_share_the_prefix() -> None:

@@ -11,11 +11,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from legato.engine_adapter.torch import load_engine
 from legato.server.app import create_app
 from legato.server.config import ServerConfig
 from legato.server.state import ServerState, build_state
 from legato.tools.registry import ToolRegistry
+from tests.rl.helpers import LONG_CONTEXT
 from tests.server.serving import TOOLS_FILE, serve_in_thread, tiny_engine
+from tests.tiny_model import tiny_model_config
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -47,5 +50,19 @@ def rl_server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[
 def one_server(tmp_path: Path) -> Iterator[tuple[str, ServerState]]:
     config = replace(ServerConfig(db_path=tmp_path / "rl1.db"), policy="legato")
     state = build_state(config, tiny_engine(), _registry())
+    with serve_in_thread(create_app(state)) as url:
+        yield url, state
+
+
+@pytest.fixture
+def long_server(tmp_path: Path) -> Iterator[tuple[str, ServerState]]:
+    """`one_server` with a `LONG_CONTEXT`-position tiny model and the blocks to fill it."""
+    config = replace(ServerConfig(db_path=tmp_path / "rl-long.db"), policy="legato")
+    engine = load_engine(
+        model_config=tiny_model_config(max_position_embeddings=LONG_CONTEXT),
+        num_blocks=LONG_CONTEXT // 16 + 8,
+        max_num_batched_tokens=256,
+    )
+    state = build_state(config, engine, _registry())
     with serve_in_thread(create_app(state)) as url:
         yield url, state

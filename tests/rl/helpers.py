@@ -12,6 +12,10 @@ from legato.engine_adapter.torch.weight_sync import MSGPACK_CONTENT_TYPE, encode
 from legato.rl.train import token_logprobs
 from legato.server.state import ServerState
 
+# A context long enough that a call cut by an abort is, by a wide margin, cut mid-generation:
+# an abort posted once decoding is seen lands within tens of steps, thousands remain.
+LONG_CONTEXT = 8192
+
 
 def engine_of(state: ServerState) -> TorchEngine:
     engine = state.engine

@@ -33,14 +33,17 @@ def qa_program(max_tokens: int = 8) -> dict[str, Any]:
 
 
 def gated_program(gate_tool: str = "gate", max_tokens: int = 6) -> dict[str, Any]:
-    """draft (LLM) -> record (side effect, not pure) -> wait (`gate_tool` on a file) -> final (LLM).
+    """draft (LLM) -> record (side effect, not pure) -> wait (`gate_tool`) -> final (LLM).
 
-    `gate` is pure (re-run after a crash); `effect_gate` is not (the run ends `interrupted`)."""
-    wait_args: dict[str, Any] = {"path": {"var": "gate_file"}}
-    if gate_tool == "gate":
-        wait_args["value"] = {"var": "draft"}
+    `gate` waits on a file and is pure (re-run after a crash); `effect_gate` is not (the run ends
+    `interrupted`); `ask_client` is a client tool: the run waits until the test posts a result."""
+    wait_args: dict[str, Any]
+    if gate_tool == "ask_client":
+        wait_args = {"question": {"var": "draft"}}
+    elif gate_tool == "gate":
+        wait_args = {"path": {"var": "gate_file"}, "value": {"var": "draft"}}
     else:
-        wait_args["log"] = {"var": "effect_log"}
+        wait_args = {"path": {"var": "gate_file"}, "log": {"var": "effect_log"}}
     return {
         "name": f"gated_{gate_tool}",
         "state": [
