@@ -3,8 +3,8 @@
 `record` has a side effect (appends a line per execution), so tests can count executions;
 `gate` is pure and waits for a file to exist (a controllable "tool is running" window);
 `effect_gate` is the impure version of `gate` (a tool interrupted mid-flight must not re-run).
-`slow_effect`, `keyed_effect` (idempotent), `blocking`, `ask_client` and `spawn_sleepers` serve
-the drain, scale-out and tool-process tests.
+`slow_effect`, `gated_effect` (`slow_effect` until a file exists), `keyed_effect` (idempotent),
+`blocking`, `ask_client` and `spawn_sleepers` serve the drain, scale-out and tool-process tests.
 """
 
 from __future__ import annotations
@@ -65,6 +65,15 @@ async def slow_effect(ctx: ToolContext, path: str, seconds: float) -> str:
     """Not pure: log 'start <run>', sleep, log 'end <run>' (a drain must let it finish)."""
     await _append(path, f"start {ctx.run_id}\n")
     await anyio.sleep(seconds)
+    await _append(path, f"end {ctx.run_id}\n")
+    return "done"
+
+
+@tool(registry=registry, timeout=300)
+async def gated_effect(ctx: ToolContext, path: str, gate: str) -> str:
+    """Not pure: log 'start <run>', wait until `gate` exists, log 'end <run>' (a drain must wait)."""
+    await _append(path, f"start {ctx.run_id}\n")
+    await _wait_for(gate)
     await _append(path, f"end {ctx.run_id}\n")
     return "done"
 

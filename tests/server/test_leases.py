@@ -13,11 +13,15 @@ from legato.programs.journal import Step
 from legato.server.store import EventRecord, RedisRunStore, RunRecord
 from legato.server.store.redis_leases import StaleOwnerError
 
+# Long enough that no stall of a loaded machine between two store calls outlives a lease (which
+# would let B claim a run A still holds); the expiry test waits for it to run out.
+LEASE_S = 2.0
+
 
 @pytest.fixture
 async def pair(redis_url: str) -> AsyncIterator[tuple[RedisRunStore, RedisRunStore]]:
     prefix = f"t{uuid.uuid4().hex[:8]}:"
-    a, b = (RedisRunStore(redis_url, prefix=prefix, lease_s=0.3) for _ in range(2))
+    a, b = (RedisRunStore(redis_url, prefix=prefix, lease_s=LEASE_S) for _ in range(2))
     await a.open()
     await b.open()
     try:
@@ -40,7 +44,9 @@ async def test_a_lease_is_exclusive_until_it_expires_then_the_old_owner_is_fence
     assert not await b.claim_run("r1")
     assert [r.id for r in await b.claimable_runs()] == []
     assert await a.renew_runs(["r1"]) == []  # the heartbeat keeps it
-    await anyio.sleep(0.45)  # no heartbeat: the lease expires
+    with anyio.fail_after(LEASE_S + 30):  # no heartbeat: the lease expires
+        while not await b.claimable_runs():  # noqa: ASYNC110 - Redis expires it, nothing signals
+            await anyio.sleep(0.05)
     assert [r.id for r in await b.claimable_runs()] == ["r1"]
     assert await b.claim_run("r1")
     running = record("r1").model_copy(update={"status": "running"})
