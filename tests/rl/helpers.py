@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import anyio
 import httpx
 import torch
 
@@ -21,6 +22,17 @@ def engine_of(state: ServerState) -> TorchEngine:
     engine = state.engine
     assert isinstance(engine, TorchEngine)
     return engine
+
+
+async def until_decoding(engine: TorchEngine, generated_before: int, timeout_s: float = 60.0) -> None:
+    """Wait until the engine runs one request and has decoded tokens since its counter read
+    `generated_before`: an abort sent now lands mid-generation, not before the call arrived."""
+    with anyio.fail_after(timeout_s):
+        while True:
+            stats = await engine.stats()
+            if stats.running == 1 and stats.generated_tokens >= generated_before + 2:
+                return
+            await anyio.sleep(0.005)
 
 
 def dense_logprobs(state: ServerState, ids: list[int], start: int) -> list[float]:

@@ -22,7 +22,14 @@ import torch
 from legato.engine_adapter.torch.checkpoint import save_checkpoint
 from legato.rl import VerlServerManager
 from legato.server.state import ServerState
-from tests.rl.helpers import LONG_CONTEXT, dense_logprobs, engine_of, shifted_weights, upload
+from tests.rl.helpers import (
+    LONG_CONTEXT,
+    dense_logprobs,
+    engine_of,
+    shifted_weights,
+    until_decoding,
+    upload,
+)
 
 PROMPT = list(range(70, 110))
 
@@ -137,15 +144,6 @@ def test_pause_abort_during_generation_aborts_cleanly(long_server: tuple[str, Se
     max_tokens = LONG_CONTEXT - len(PROMPT) - 16
     results: list[dict[str, Any]] = []
 
-    async def decoding(generated_before: int) -> None:
-        deadline = anyio.current_time() + 60
-        while True:
-            stats = await engine.stats()
-            if stats.running == 1 and stats.generated_tokens >= generated_before + 2:
-                return
-            assert anyio.current_time() < deadline, f"the call never started decoding: {stats}"
-            await anyio.sleep(0.005)
-
     async def scenario() -> None:
         generated_before = (await engine.stats()).generated_tokens
         async with httpx.AsyncClient(base_url=url, timeout=60) as c:
@@ -161,7 +159,7 @@ def test_pause_abort_during_generation_aborts_cleanly(long_server: tuple[str, Se
 
             async with anyio.create_task_group() as tg:
                 tg.start_soon(long_call)
-                await decoding(generated_before)
+                await until_decoding(engine, generated_before)
                 r = await c.post("/pause", params={"mode": "abort"})
                 assert r.status_code == 200
             r = await upload_async(c, shifted_weights(state))

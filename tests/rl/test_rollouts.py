@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import threading
 
+import anyio
 import httpx
 import pytest
 
 from legato.server.state import ServerState
-from tests.rl.helpers import dense_logprobs, engine_of, shifted_weights, upload
+from tests.rl.helpers import LONG_CONTEXT, dense_logprobs, engine_of, shifted_weights, until_decoding, upload
 
 PROMPT = list(range(60, 100))
 SAMPLE = {"max_tokens": 12, "temperature": 1.0, "seed": 3, "ignore_eos": True}
@@ -86,25 +87,24 @@ def test_weight_version_across_an_update_kept_rollout(one_server: tuple[str, Ser
         assert abs(got - want) <= 1e-4
 
 
-def test_abort_keeps_partial_tokens_and_resume_continues(one_server: tuple[str, ServerState]) -> None:
-    url, _ = one_server
-    long = {**SAMPLE, "max_tokens": 400}
+def test_abort_keeps_partial_tokens_and_resume_continues(long_server: tuple[str, ServerState]) -> None:
+    url, state = long_server
+    engine = engine_of(state)
+    max_tokens = LONG_CONTEXT - len(PROMPT) - 4 * SAMPLE["max_tokens"]  # room for the other turns
+    long = {**SAMPLE, "max_tokens": max_tokens}
     with httpx.Client(base_url=url, timeout=60) as c:
         c.post("/v1/rollouts", json={"rollout_id": "a", "prompt_ids": PROMPT, "sampling_params": SAMPLE})
+        generated_before = anyio.run(engine.stats).generated_tokens
         answers: list[httpx.Response] = []
         worker = threading.Thread(
             target=lambda: answers.append(c.post("/v1/rollouts/a/turns", json={"sampling_params": long}))
         )
         worker.start()
-        for _ in range(400):
-            if c.get("/v1/rollouts/a").json()["status"] == "running":
-                break
-            threading.Event().wait(0.01)
-        threading.Event().wait(0.1)
+        anyio.run(until_decoding, engine, generated_before)  # the abort lands mid-turn
         assert c.post("/v1/rollouts/a/abort").status_code == 200
-        worker.join(30)
+        worker.join(60)
         turn = answers[0].json()
-        assert turn["finish_reason"] == "abort" and 0 < len(turn["token_ids"]) < 400
+        assert turn["finish_reason"] == "abort" and 0 < len(turn["token_ids"]) < max_tokens
         resumed = c.post("/v1/rollouts/a/turns", json={"sampling_params": SAMPLE}).json()
         assert resumed["finish_reason"] == "length"
         rec = c.get("/v1/rollouts/a").json()

@@ -17,6 +17,10 @@ from legato.engine_adapter.torch.weight_sync import (
 from tests.tiny_model import TINY
 
 PROMPT = tuple(range(40, 72))
+# A generation long enough that a pause sent at its first chunk lands well before its end (on a
+# loaded machine the engine thread was seen 38 tokens ahead of the event loop), and within the
+# tiny model's positions and `make_engine`'s blocks.
+LONG = 900
 
 
 def make_engine() -> TorchEngine:
@@ -91,7 +95,7 @@ async def test_pause_abort_ends_running_requests_cleanly() -> None:
         first = anyio.Event()
 
         async def run() -> None:
-            req = GenerateRequest("long", PROMPT, SamplingParams(max_tokens=400, ignore_eos=True))
+            req = GenerateRequest("long", PROMPT, SamplingParams(max_tokens=LONG, ignore_eos=True))
             async for c in engine.generate(req):
                 chunks.append(c)
                 first.set()
@@ -115,7 +119,7 @@ async def test_keep_mode_freezes_then_continues_with_new_version() -> None:
         first = anyio.Event()
 
         async def run() -> None:
-            req = GenerateRequest("kept", PROMPT, SamplingParams(max_tokens=60, ignore_eos=True))
+            req = GenerateRequest("kept", PROMPT, SamplingParams(max_tokens=LONG, ignore_eos=True))
             async for c in engine.generate(req):
                 chunks.append(c)
                 first.set()
