@@ -53,13 +53,14 @@ def chromium(profile: Path, window: str = "1400,1000") -> Iterator[webdriver.Chr
         driver.quit()
 
 
-def wait_for(driver: webdriver.Chrome, css: str, timeout_s: float = 60.0) -> list[Any]:
+def wait_for(driver: webdriver.Chrome, css: str, timeout_s: float = 60.0, count: int = 1) -> list[Any]:
+    """The elements matching `css` once there are at least `count` of them (a page that renders
+    a list in pieces is waited for until the whole list is there, not for a fixed time)."""
     deadline = time.monotonic() + timeout_s
-    while not driver.find_elements(By.CSS_SELECTOR, css):
-        assert time.monotonic() < deadline, f"{driver.current_url} never showed {css!r}"
+    while len(found := driver.find_elements(By.CSS_SELECTOR, css)) < count:
+        assert time.monotonic() < deadline, f"{driver.current_url} showed {len(found)} of {count} {css!r}"
         time.sleep(0.1)
-    time.sleep(0.3)  # the first element is there: let the rest of the list render
-    return driver.find_elements(By.CSS_SELECTOR, css)
+    return found
 
 
 def requests_made(driver: webdriver.Chrome) -> list[tuple[str, str]]:

@@ -36,11 +36,12 @@ def _check_docs(driver: webdriver.Chrome, url: str, *, authorize: bool) -> None:
     operations = sum(1 for item in spec["paths"].values() for method in item if method != "parameters")
     driver.get_log("performance")  # drop what came before
     driver.get(f"{url}/docs")
-    shown = {e.get_attribute("data-path") for e in wait_for(driver, ".opblock-summary [data-path]")}
+    summaries = wait_for(driver, ".opblock-summary [data-path]", count=operations)
+    shown = {e.get_attribute("data-path") for e in summaries}
     assert shown == set(spec["paths"])
     assert bool(driver.find_elements(By.CSS_SELECTOR, ".btn.authorize")) is authorize
     driver.get(f"{url}/redoc")
-    sections = wait_for(driver, "[data-section-id^='operation/']")
+    sections = wait_for(driver, "[data-section-id^='operation/']", count=operations)
     assert len({e.get_attribute("data-section-id") for e in sections}) == operations
     outside = [(kind, u) for kind, u in requests_made(driver) if not u.startswith(url)]
     # ReDoc's "API docs by Redocly" footer logo is the one outside image; it fails, nothing else needs it

@@ -137,11 +137,12 @@ async def test_host_tier_hits_are_exposed_per_tier() -> None:
         b = tuple(bytes(range(65, 91)) * 16)[:400]
         for rid, prompt in (("a1", a), ("b1", b)):
             await collect(engine, GenerateRequest(rid, prompt, SamplingParams(max_tokens=4)))
-        for _ in range(100):  # tier writes are queued to a writer thread
-            if engine.core.tiers is not None and engine.core.tiers.stats.queued_writes:
-                break
-            await anyio.sleep(0.05)
-        await anyio.sleep(0.5)
+        tiers = engine.core.tiers
+        assert tiers is not None
+        with anyio.fail_after(30):  # evicted blocks are queued to the tier's writer thread ...
+            while not tiers.stats.queued_writes:  # noqa: ASYNC110 - a counter of another thread
+                await anyio.sleep(0.05)
+        assert await anyio.to_thread.run_sync(tiers.flush, 30.0)  # ... and written to host RAM
         again = await collect(engine, GenerateRequest("a2", a, SamplingParams(max_tokens=4)))
         text = (await metrics.render()).decode()
     host = metric(text, "legato_cache_hit_tokens_total", tier="host")

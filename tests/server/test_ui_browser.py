@@ -102,10 +102,12 @@ def _click(driver: webdriver.Chrome, css: str) -> None:
     assert driver.execute_script(script, css)
 
 
-def _until(check: object, what: str, timeout_s: float = 60.0) -> None:
+def _until(check: object, what: str, timeout_s: float = 60.0, shown: object = None) -> None:
+    """Poll `check` (the page redraws every second); on timeout say what `shown` returns."""
     deadline = time.monotonic() + timeout_s
     while not check():  # type: ignore[operator]
-        assert time.monotonic() < deadline, f"the page never showed {what}"
+        if time.monotonic() > deadline:
+            pytest.fail(f"the page never showed {what}" + (f"; it shows {shown()!r}" if shown else ""))  # type: ignore[operator]
         time.sleep(0.2)
 
 
@@ -140,7 +142,14 @@ def test_the_operator_page_shows_live_replicas_programs_and_tenants(
             _until(lambda: "globex-coder" in _text(driver, "#programs tbody"), "the proxy agent")
             row = f"#programs tr[data-run='{run_id}']"
             # the run stays in this state until the test posts the tool's result (below)
-            _until(lambda: "waiting for client tool" in _text(driver, row), "the run waiting in its tool")
+            _until(
+                lambda: "waiting for client tool" in _text(driver, row),
+                "the run waiting in its tool",
+                shown=lambda: (
+                    _text(driver, row),
+                    httpx.get(f"{url}/v1/runs/{run_id}", headers=acme, timeout=60).text,
+                ),
+            )
             shares = "#tenants tr[data-tenant] .share-value"
             _until(lambda: len(driver.find_elements(By.CSS_SELECTOR, shares)) == 2, "both tenants' shares")
             globex_tokens = "#tenants tr[data-tenant='globex'] td:nth-child(4)"
