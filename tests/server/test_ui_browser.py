@@ -116,15 +116,6 @@ def test_the_operator_page_shows_live_replicas_programs_and_tenants(
 ) -> None:
     url, keys = server
     acme = {"Authorization": f"Bearer {keys['acme']}"}
-    inputs = {"topic": "tiers", "record_file": str(tmp_path / "rec.log")}
-    created = httpx.post(
-        f"{url}/v1/runs",
-        json={"program": gated_program("ask_client"), "inputs": inputs},
-        headers=acme,
-        timeout=60,
-    )
-    assert created.status_code == 201, created.text
-    run_id = created.json()["id"]
     agent = Agent(url, keys["globex"], "globex-coder")
     agent.start()
     try:
@@ -138,17 +129,25 @@ def test_the_operator_page_shows_live_replicas_programs_and_tenants(
             assert "admin" in _text(driver, "#viewer") and "legato" in _text(driver, "#policy")
             for tier in ("device", "host", "redis"):  # the KV tiers of the replica
                 assert tier in _text(driver, "#replicas .kv")
-            wait_for(driver, f"#programs tr[data-run='{run_id}']")
             _until(lambda: "globex-coder" in _text(driver, "#programs tbody"), "the proxy agent")
+            # the declarative run starts once the page is up: it reaches its tool within a poll
+            inputs = {"topic": "tiers", "record_file": str(tmp_path / "rec.log")}
+            program = gated_program("ask_client")
+            created = httpx.post(
+                f"{url}/v1/runs", json={"program": program, "inputs": inputs}, headers=acme, timeout=60
+            )
+            assert created.status_code == 201, created.text
+            run_id = created.json()["id"]
             row = f"#programs tr[data-run='{run_id}']"
-            # the run stays in this state until the test posts the tool's result (below)
+            wait_for(driver, row)
+            # It stays in its tool until the test posts the result (below). The `legato` policy
+            # holds its KV through the tool for a cost-derived TTL (about 20 s here) and then
+            # releases it, a whole-program pause: the row reads one of the two, never anything
+            # else, however long a loaded machine takes to get here.
             _until(
-                lambda: "waiting for client tool" in _text(driver, row),
+                lambda: any(s in _text(driver, row) for s in ("waiting for client tool", "paused")),
                 "the run waiting in its tool",
-                shown=lambda: (
-                    _text(driver, row),
-                    httpx.get(f"{url}/v1/runs/{run_id}", headers=acme, timeout=60).text,
-                ),
+                shown=lambda: (_text(driver, row), httpx.get(f"{url}/v1/runs/{run_id}", headers=acme).text),
             )
             shares = "#tenants tr[data-tenant] .share-value"
             _until(lambda: len(driver.find_elements(By.CSS_SELECTOR, shares)) == 2, "both tenants' shares")
@@ -167,11 +166,17 @@ def test_the_operator_page_shows_live_replicas_programs_and_tenants(
             _click(driver, row)
             wait_for(driver, "#graph g.node[data-node='wait'][data-state='running']")
             assert _attr(driver, "#graph g.node[data-node='draft']", "data-state") == "ok"
-            assert "draft" in _text(driver, "#journal") and "tool_started" in _text(driver, "#events")
+            assert "draft" in _text(driver, "#journal")
+            _until(lambda: "tool_started" in _text(driver, "#events"), "the tool's start in the events")
             driver.save_screenshot(str(artifacts / "ui-run.png"))
+
             # the tool returns; the run goes on to its last node and ends
-            pending = httpx.get(f"{url}/v1/runs/{run_id}", headers=acme, timeout=60).json()
-            call = {"call_id": pending["pending_tool_calls"][0]["call_id"], "output": "go on"}
+            def pending() -> list[dict[str, str]]:
+                run = httpx.get(f"{url}/v1/runs/{run_id}", headers=acme, timeout=60).json()
+                return list(run["pending_tool_calls"])
+
+            _until(pending, "the run's pending client call (API)")
+            call = {"call_id": pending()[0]["call_id"], "output": "go on"}
             posted = httpx.post(f"{url}/v1/runs/{run_id}/tool_results", json=call, headers=acme, timeout=60)
             assert posted.status_code == 200, posted.text
             wait_for(driver, "#graph g.node[data-node='final'][data-state='ok']")
