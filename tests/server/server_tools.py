@@ -4,7 +4,8 @@
 `gate` is pure and waits for a file to exist (a controllable "tool is running" window);
 `effect_gate` is the impure version of `gate` (a tool interrupted mid-flight must not re-run).
 `slow_effect`, `gated_effect` (`slow_effect` until a file exists), `keyed_effect` (idempotent),
-`blocking`, `ask_client` and `spawn_sleepers` serve the drain, scale-out and tool-process tests.
+`gated_keyed_effect`, `blocking`, `ask_client` and `spawn_sleepers` serve the drain, scale-out
+and tool-process tests.
 """
 
 from __future__ import annotations
@@ -76,6 +77,14 @@ async def gated_effect(ctx: ToolContext, path: str, gate: str) -> str:
     await _wait_for(gate)
     await _append(path, f"end {ctx.run_id}\n")
     return "done"
+
+
+@tool(registry=registry, idempotent=True, timeout=300)
+async def gated_keyed_effect(ctx: ToolContext, path: str, gate: str) -> str:
+    """`keyed_effect` that waits until `gate` exists instead of sleeping."""
+    await _append(path, f"{ctx.idempotency_key} {ctx.run_id}\n")
+    await _wait_for(gate)
+    return ctx.idempotency_key
 
 
 @tool(registry=registry, idempotent=True, timeout=60)

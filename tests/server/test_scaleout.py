@@ -59,14 +59,16 @@ class StatusWatch:
         return out
 
 
-@pytest.mark.parametrize("tool", ["slow_effect", "keyed_effect"])
+@pytest.mark.parametrize("tool", ["gated_effect", "gated_keyed_effect"])
 def test_kill_9_one_of_two_instances_the_other_takes_over(tool: str, tmp_path: Path, redis_url: str) -> None:
     args = [*BASE_ARGS, "--redis-url", redis_url, "--redis-prefix", f"t{uuid.uuid4().hex[:8]}:"]
     args += ["--lease-s", str(LEASE_S)]
     a = ServeProcess(args, tmp_path / "a.log")
     b = ServeProcess(args, tmp_path / "b.log")
-    effects, record_file = tmp_path / "effects.txt", tmp_path / "record.txt"
-    program = tool_program("work", tool, {"path": {"value": str(effects)}, "seconds": {"value": 3.0}})
+    effects, record_file, gate = tmp_path / "effects.txt", tmp_path / "record.txt", tmp_path / "gate"
+    # the tool ends when the test opens the gate: at the kill every run is inside it (a run that
+    # had just finished its tool could be on either side of its journal write)
+    program = tool_program("work", tool, {"path": {"value": str(effects)}, "gate": {"value": str(gate)}})
     inputs = {"record_file": str(record_file)}
     try:
         url_a, url_b = a.start(), b.start()
@@ -80,15 +82,15 @@ def test_kill_9_one_of_two_instances_the_other_takes_over(tool: str, tmp_path: P
         watch = StatusWatch(url_b, ids)
         watch.thread.start()
 
-        def inside() -> int:  # executions started (slow_effect also logs `end` lines)
+        def inside() -> int:  # executions started (gated_effect also logs `end` lines)
             return sum(1 for ln in lines(effects) if not ln.startswith("end "))
 
         poll(lambda: inside() >= N_RUNS, "every run inside its tool", 60)
-        a.kill9()  # A's runs are inside the tool (those that have not logged `end`)
-        ended = {ln.split()[1] for ln in lines(effects) if ln.startswith("end ")}
-        ended |= {ln.split()[0] for ln in lines(record_file)}  # past the tool already
-        in_flight = {rid for rid, url in owner.items() if url == url_a and rid not in ended}
-        assert in_flight  # the ones the kill caught mid-tool
+        a.kill9()  # A's runs are inside the tool: the kill catches every one of them mid-tool
+        assert not [ln for ln in lines(effects) if ln.startswith("end ")] and not lines(record_file)
+        in_flight = {rid for rid, url in owner.items() if url == url_a}
+        assert in_flight
+        gate.touch()
         poll(watch.all_finished, "every run to finish on B", 60)
         watch.stop.set()
         watch.thread.join(5)
@@ -103,7 +105,7 @@ def test_kill_9_one_of_two_instances_the_other_takes_over(tool: str, tmp_path: P
         statuses = Counter(run["status"] for run in runs.values())
         executions = [ln.split() for ln in lines(effects)]
         recorded = Counter(ln.split()[0] for ln in lines(record_file))
-        if tool == "slow_effect":  # `start <run>` / `end <run>` per real execution
+        if tool == "gated_effect":  # `start <run>` / `end <run>` per real execution
             started = Counter(run for what, run in executions if what == "start")
             assert started == Counter(dict.fromkeys(ids, 1))  # no step ran twice
             assert statuses == {"succeeded": N_RUNS - len(in_flight), "interrupted": len(in_flight)}
