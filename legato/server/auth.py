@@ -87,6 +87,7 @@ class TenantRegistry:
         self.single_tenant = single_tenant
         self.default = default_tenant(default_max_concurrent_runs)
         self._key_cache: dict[str, tuple[float, Tenant]] = {}  # key hash -> (expiry, tenant)
+        self._keyless: tuple[float, bool] = (0.0, False)  # `auto` mode: (valid until, answer)
 
     async def add(
         self,
@@ -107,6 +108,7 @@ class TenantRegistry:
             tokens_per_minute=tokens_per_minute,
         )
         await self.store.add_tenant(record)
+        self._keyless = (0.0, False)  # keys are required from now on (in this process at once)
         return Tenant.from_record(record), key
 
     async def list(self) -> list[TenantRecord]:
@@ -139,11 +141,21 @@ class TenantRegistry:
         return tenant
 
     async def keyless_allowed(self) -> bool:
+        """`auto` mode asks the store whether any tenant exists at most once per
+        `KEY_CACHE_TTL_S` (a tenant added by another process requires keys within that time, as
+        a removed key stops working then; one added here, at once): a store round trip on every
+        request was a large share of a request's cost under load."""
         if self.single_tenant == "on":
             return True
         if self.single_tenant == "off":
             return False
-        return await self.store.count_tenants() == 0
+        now = time.monotonic()
+        until, allowed = self._keyless
+        if now < until:
+            return allowed
+        allowed = await self.store.count_tenants() == 0
+        self._keyless = (now + self.KEY_CACHE_TTL_S, allowed)
+        return allowed
 
     async def authenticate(self, authorization: str | None, client_host: str | None) -> Tenant:
         """The tenant of a request. In single-tenant mode a loopback client is the default tenant

@@ -25,7 +25,9 @@ RunId = Annotated[str, Path(max_length=128, description="the run's id")]
 
 
 async def tenant_run(state: ServerState, tenant: Tenant, run_id: str) -> RunRecord:
-    record = await state.store.get_run(run_id)
+    """The tenant's run (404 otherwise): a run this instance drives is read from memory."""
+    live = state.runs.live.get(run_id)
+    record = live.record if live is not None else await state.store.get_run(run_id)
     if record is None or record.tenant_id != tenant.id:
         raise not_found("run", run_id, "list yours with GET /v1/runs")
     return record
