@@ -16,12 +16,13 @@ schema-valid request may get exactly that status."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 import pytest
 import schemathesis
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, given, seed, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 from schemathesis.specs.openapi.checks import positive_data_acceptance
@@ -30,6 +31,9 @@ from legato.sim.realtime import RealtimeSimConfig, RealtimeSimEngine
 from tests.server.proxy_harness import legato_server
 
 EXAMPLES = 20  # per operation and mode: bounded so the suite stays fast
+# CI draws the same examples every run (hypothesis's derandomize: a failure is a change, not a new
+# draw); LEGATO_FUZZ_SEED=N draws another set, to look for defects locally.
+SEED = os.environ.get("LEGATO_FUZZ_SEED")
 SEMANTIC = {  # operation -> the status of rules JSON Schema cannot state (see the docstring)
     "POST /v1/programs": 422,
     "POST /v1/runs": 422,
@@ -80,7 +84,7 @@ def _check(operation: Any, mode: GenerationMode, semantic: int | None) -> None:
         deadline=None,
         suppress_health_check=list(HealthCheck),
         database=None,
-        derandomize=True,  # the same examples on every run: a CI failure is a change, not a new draw
+        derandomize=SEED is None,
     )
     def call(case: Any) -> None:
         # streams (SSE of runs) are bounded by the read timeout; a timeout is not a finding
@@ -90,6 +94,8 @@ def _check(operation: Any, mode: GenerationMode, semantic: int | None) -> None:
             if response.status_code == semantic:
                 assert response.json()["error"]["message"], response.text
 
+    if SEED is not None:
+        call = seed(int(SEED))(call)
     try:
         call()
     except Unsatisfiable:  # no parameters and no body: nothing invalid to send
