@@ -24,6 +24,7 @@ from legato.server.runs import RunManager
 from legato.server.store import RunStore, open_store
 from legato.server.store.redis import RedisRunStore
 from legato.server.store.redis_client_calls import RedisCallBoard
+from legato.server.store.redis_usage import RedisUsage
 from legato.tools.client import ClientToolBroker
 from legato.tools.registry import ToolRegistry
 from legato.tools.runtime import ToolRuntime
@@ -45,6 +46,7 @@ class ServerState:
     extras: dict[str, Any] = field(default_factory=dict)  # for other routers (proxy, metrics)
     engines: list[Engine] = field(default_factory=list)  # every replica (the scheduler routes)
     calls: RedisCallBoard | None = None  # client tool calls shared by instances (Redis store)
+    usage: RedisUsage | None = None  # tokens per minute counted across instances (Redis store)
 
     @property
     def registry(self) -> ToolRegistry:
@@ -131,4 +133,5 @@ def build_state(
         inner_scheduler=inner,
         engines=engines,
         calls=calls,
+        usage=RedisUsage(store, quotas) if isinstance(store, RedisRunStore) else None,
     )
