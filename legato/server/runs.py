@@ -19,19 +19,17 @@ instance lost is stopped here without another write (its writes are fenced in th
 
 from __future__ import annotations
 
-import collections
 import json
 import logging
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
 import anyio
 from anyio.abc import TaskGroup
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from anyio.streams.memory import MemoryObjectReceiveStream
 
 from legato.programs.builder import CompiledProgram
 from legato.programs.events import RunEvent
@@ -44,17 +42,16 @@ from legato.server.auth import QuotaTracker, Tenant
 from legato.server.config import Limits
 from legato.server.errors import ApiError
 from legato.server.leases import keep_leases
+from legato.server.live_runs import LiveRun, event_batch, publish
 from legato.server.store.base import EventRecord, RunRecord, RunStore
 from legato.server.store.redis_leases import StaleOwnerError
 
 log = logging.getLogger(__name__)
 
 RECORDER_BUFFER = 100_000  # events buffered between the executor and the recorder of one run
-RECENT_EVENTS = 2048  # per live run, replayed (tokens included) to clients reconnecting in-process
 RESULT_TIMEOUT_S = 30.0
 SHUTDOWN_TIMEOUT_S = 30.0
 EVENT_PAGE = 5000
-EVENT_BATCH = 256  # events recorded in one store write at most
 
 
 def jsonable(value: Any) -> Any:
@@ -72,17 +69,6 @@ def plain(data: dict[str, Any]) -> dict[str, Any]:
         return dict(data)
     result: dict[str, Any] = jsonable(data)
     return result
-
-
-@dataclass
-class LiveRun:
-    record: RunRecord
-    next_seq: int = 0
-    listeners: list[MemoryObjectSendStream[EventRecord]] = field(default_factory=list)
-    recent: collections.deque[EventRecord] = field(
-        default_factory=lambda: collections.deque(maxlen=RECENT_EVENTS)
-    )
-    done: anyio.Event = field(default_factory=anyio.Event)
 
 
 def compile_spec(spec: ProgramSpec, registry: Any) -> CompiledProgram:
@@ -264,7 +250,7 @@ class RunManager:
             )  # fmt: skip
             async with sub:
                 async for event in sub:
-                    if not await self._record(live, handle, self._batch(event, sub.receive)):
+                    if not await self._record(live, handle, event_batch(event, sub.receive)):
                         break  # suspended: leave the record in flight, the next server resumes it
             if not record.finished:  # the subscription ended without run_finished (dropped)
                 await self._finish(record, handle)
@@ -326,18 +312,6 @@ class RunManager:
         instance owns the run now."""
         return (self.shutting_down and run_id not in self._user_cancelled) or not self.store.owns(run_id)
 
-    @staticmethod
-    def _batch(first: RunEvent, more: MemoryObjectReceiveStream[RunEvent]) -> list[RunEvent]:
-        """`first` and whatever else the run has already published (up to `EVENT_BATCH`): the
-        events a run emits while its recorder waits on the store are written in one round trip."""
-        batch = [first]
-        while len(batch) < EVENT_BATCH:
-            try:
-                batch.append(more.receive_nowait())
-            except (anyio.WouldBlock, anyio.EndOfStream):
-                break
-        return batch
-
     async def _record(self, live: LiveRun, handle: RunHandle, events: list[RunEvent]) -> bool:
         """Store (all but `token`s) and then fan out a batch of the run's events, in order.
         The record is written before `run_finished` goes out; False when the run is suspended
@@ -347,7 +321,7 @@ class RunManager:
         ready: list[EventRecord] = []  # not yet sent to listeners (after `stored` is written)
         for event in events:
             if event.kind == "run_finished":
-                await self._publish(live, stored, ready)
+                await publish(self.store, live, stored, ready)
                 if not await self._finish(record, handle):
                     return False
             if self._suspended(record.id):
@@ -366,28 +340,11 @@ class RunManager:
                 and status in ("running", "waiting_for_tool")
                 and record.status != status
             ):
-                await self._publish(live, stored, ready)
+                await publish(self.store, live, stored, ready)
                 record.status, record.updated_at = status, time.time()
                 await self.store.save_run(record)
-        await self._publish(live, stored, ready)
+        await publish(self.store, live, stored, ready)
         return True
-
-    async def _publish(self, live: LiveRun, stored: list[EventRecord], ready: list[EventRecord]) -> None:
-        """Write `stored`, then send `ready` to the run's listeners; empties both."""
-        if stored:
-            await self.store.append_events(live.record.id, stored)
-            stored.clear()
-        for rec in ready:
-            live.recent.append(rec)
-            for listener in list(live.listeners):
-                try:
-                    listener.send_nowait(rec)
-                except anyio.WouldBlock:  # a slow client: end its stream, it resumes with Last-Event-ID
-                    listener.close()
-                    live.listeners.remove(listener)
-                except (anyio.ClosedResourceError, anyio.BrokenResourceError):
-                    live.listeners.remove(listener)
-        ready.clear()
 
     # -- control -----------------------------------------------------------------------------
     def listen(
