@@ -87,6 +87,7 @@ class TenantRegistry:
         self.single_tenant = single_tenant
         self.default = default_tenant(default_max_concurrent_runs)
         self._key_cache: dict[str, tuple[float, Tenant]] = {}  # key hash -> (expiry, tenant)
+        self._keyless: tuple[float, bool] = (0.0, False)  # `auto` mode: (valid until, answer)
 
     async def add(
         self,
@@ -107,6 +108,7 @@ class TenantRegistry:
             tokens_per_minute=tokens_per_minute,
         )
         await self.store.add_tenant(record)
+        self._keyless = (0.0, False)  # keys are required from now on (in this process at once)
         return Tenant.from_record(record), key
 
     async def list(self) -> list[TenantRecord]:
@@ -139,11 +141,21 @@ class TenantRegistry:
         return tenant
 
     async def keyless_allowed(self) -> bool:
+        """`auto` mode asks the store whether any tenant exists at most once per
+        `KEY_CACHE_TTL_S` (a tenant added by another process requires keys within that time, as
+        a removed key stops working then; one added here, at once): a store round trip on every
+        request was a large share of a request's cost under load."""
         if self.single_tenant == "on":
             return True
         if self.single_tenant == "off":
             return False
-        return await self.store.count_tenants() == 0
+        now = time.monotonic()
+        until, allowed = self._keyless
+        if now < until:
+            return allowed
+        allowed = await self.store.count_tenants() == 0
+        self._keyless = (now + self.KEY_CACHE_TTL_S, allowed)
+        return allowed
 
     async def authenticate(self, authorization: str | None, client_host: str | None) -> Tenant:
         """The tenant of a request. In single-tenant mode a loopback client is the default tenant
@@ -203,12 +215,40 @@ class QuotaTracker:
         self._tokens: dict[str, collections.deque[tuple[float, int]]] = {}
         self._totals: collections.Counter[str] = collections.Counter()
         self.rejected: collections.Counter[str] = collections.Counter()  # 429s answered per tenant
+        # Set on a store shared by instances: token windows are exchanged through it every
+        # second, so a tenant's tokens per minute count every instance (at most ~1 s late).
+        self.shared = False
+        self._unpushed: collections.Counter[str] = collections.Counter()
 
     def record_tokens(self, tenant_id: str, n: int) -> None:
         if n <= 0:
             return
         self._tokens.setdefault(tenant_id, collections.deque()).append((self.clock(), n))
         self._totals[tenant_id] += n
+        if self.shared:
+            self._unpushed[tenant_id] += n
+
+    # -- several instances (see `legato.server.store.redis_usage`) -------------------------------
+    def take_unpushed(self) -> tuple[dict[str, int], list[str]]:
+        """Tokens recorded here since the last exchange (now counted as pushed), and every
+        tenant whose shared window this instance wants to see."""
+        pushed = dict(self._unpushed)
+        self._unpushed.clear()
+        return pushed, sorted(set(self._tokens) | set(pushed))
+
+    def push_failed(self, pushed: dict[str, int]) -> None:
+        """`take_unpushed`'s tokens did not reach the store: push them next time."""
+        self._unpushed.update(pushed)
+
+    def adopt(self, tenant_id: str, buckets: list[tuple[float, int]]) -> None:
+        """Replace the tenant's window with every instance's tokens (`(age_s, n)` buckets, this
+        instance's pushed tokens included) plus what was recorded here since the push."""
+        now = self.clock()
+        window = collections.deque((now - age, n) for age, n in sorted(buckets, reverse=True))
+        if self._unpushed[tenant_id]:
+            window.append((now, self._unpushed[tenant_id]))
+        self._tokens[tenant_id] = window
+        self._totals[tenant_id] = sum(n for _, n in window)
 
     def tokens_last_minute(self, tenant_id: str) -> int:
         window = self._tokens.get(tenant_id)
@@ -224,10 +264,12 @@ class QuotaTracker:
         limit = tenant.tokens_per_minute
         if limit is None:
             return
+        if self.shared:  # from now on the exchange reads this tenant's tokens on every instance
+            self._tokens.setdefault(tenant.id, collections.deque())
         used = self.tokens_last_minute(tenant.id)
         if used < limit:
             return
-        window = self._tokens[tenant.id]
+        window = self._tokens.get(tenant.id, collections.deque())
         # wait until enough of the oldest tokens leave the window to get under the limit
         excess, retry = used - limit + 1, self.WINDOW_S
         for at, n in window:

@@ -25,7 +25,9 @@ RunId = Annotated[str, Path(max_length=128, description="the run's id")]
 
 
 async def tenant_run(state: ServerState, tenant: Tenant, run_id: str) -> RunRecord:
-    record = await state.store.get_run(run_id)
+    """The tenant's run (404 otherwise): a run this instance drives is read from memory."""
+    live = state.runs.live.get(run_id)
+    record = live.record if live is not None else await state.store.get_run(run_id)
     if record is None or record.tenant_id != tenant.id:
         raise not_found("run", run_id, "list yours with GET /v1/runs")
     return record
@@ -97,6 +99,8 @@ async def get_run(run_id: RunId, tenant: TenantDep, state: StateDep) -> RunView:
     if live is not None:
         record = live.record
     steps = await state.store.steps(run_id)
+    if state.calls is not None:  # the run may wait on another instance
+        return run_view(record, steps, await state.calls.pending(run_id))
     return run_view(record, steps, state.tools.client.pending(run_id))
 
 
@@ -116,14 +120,20 @@ async def submit_tool_result(
     """Deliver the result of a client tool call (see `pending_tool_calls` of the run). 409 when
     the call already has a result or the run waits for no client tool; 404 for an unknown call
     id while the run waits for others."""
-    await tenant_run(state, tenant, run_id)
+    record = await tenant_run(state, tenant, run_id)
     try:
-        state.tools.client.submit(run_id, body.call_id, body.output, body.error)
+        if state.calls is None:
+            state.tools.client.submit(run_id, body.call_id, body.output, body.error)
+        elif record.finished:
+            raise UnknownClientCallError(f"run {run_id!r} is {record.status}: it waits for no client tool")
+        else:  # any instance accepts it; the one driving the run hears of it through Redis
+            await state.calls.submit(run_id, body.call_id, body.output, body.error)
     except DuplicateSubmissionError as exc:
         raise ApiError(409, str(exc), param="call_id") from None
     except UnknownClientCallError as exc:
         # a run waiting for other calls: this call id is unknown (404); else the run is not
         # (or no longer) waiting for any client tool: a conflict with its state (409)
-        status = 404 if state.tools.client.pending(run_id) else 409
+        waiting = await state.calls.pending(run_id) if state.calls else state.tools.client.pending(run_id)
+        status = 404 if waiting and not record.finished else 409
         raise ApiError(status, str(exc), param="call_id") from None
     return ToolResultAccepted(run_id=run_id, call_id=body.call_id)

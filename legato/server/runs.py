@@ -19,19 +19,17 @@ instance lost is stopped here without another write (its writes are fenced in th
 
 from __future__ import annotations
 
-import collections
 import json
 import logging
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
 import anyio
 from anyio.abc import TaskGroup
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from anyio.streams.memory import MemoryObjectReceiveStream
 
 from legato.programs.builder import CompiledProgram
 from legato.programs.events import RunEvent
@@ -44,13 +42,13 @@ from legato.server.auth import QuotaTracker, Tenant
 from legato.server.config import Limits
 from legato.server.errors import ApiError
 from legato.server.leases import keep_leases
+from legato.server.live_runs import LiveRun, event_batch, publish
 from legato.server.store.base import EventRecord, RunRecord, RunStore
 from legato.server.store.redis_leases import StaleOwnerError
 
 log = logging.getLogger(__name__)
 
 RECORDER_BUFFER = 100_000  # events buffered between the executor and the recorder of one run
-RECENT_EVENTS = 2048  # per live run, replayed (tokens included) to clients reconnecting in-process
 RESULT_TIMEOUT_S = 30.0
 SHUTDOWN_TIMEOUT_S = 30.0
 EVENT_PAGE = 5000
@@ -61,15 +59,16 @@ def jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
 
-@dataclass
-class LiveRun:
-    record: RunRecord
-    next_seq: int = 0
-    listeners: list[MemoryObjectSendStream[EventRecord]] = field(default_factory=list)
-    recent: collections.deque[EventRecord] = field(
-        default_factory=lambda: collections.deque(maxlen=RECENT_EVENTS)
-    )
-    done: anyio.Event = field(default_factory=anyio.Event)
+_SCALARS = frozenset((str, int, float, bool, type(None)))
+
+
+def plain(data: dict[str, Any]) -> dict[str, Any]:
+    """`jsonable` of an event's data, skipping the JSON round trip for the common flat case
+    (a `token` event's `{"text": ...}`: one per generated token)."""
+    if all(type(k) is str and type(v) in _SCALARS for k, v in data.items()):
+        return dict(data)
+    result: dict[str, Any] = jsonable(data)
+    return result
 
 
 def compile_spec(spec: ProgramSpec, registry: Any) -> CompiledProgram:
@@ -190,19 +189,15 @@ class RunManager:
         )
         self.set_weight(tenant.id, tenant.weight)
         self.quotas.active[tenant.id] += 1  # counted before the first await: no quota race
-        reserved = False
         try:
-            reserved = await self.store.reserve_run(tenant.id, record.id, tenant.max_concurrent_runs)
-            if not reserved:  # at the limit counting every instance's runs
+            created = await self.store.start_run(record, tenant.max_concurrent_runs)
+            if created is None:  # at the limit counting every instance's runs
                 self.quotas.check_run_start(tenant, running=tenant.max_concurrent_runs)
-            await self.store.claim_run(record.id)  # a new id: always ours, leased before it is listed
-            record = await self.store.create_run(record)
         except BaseException:
             self.quotas.active[tenant.id] -= 1
-            if reserved:
-                with anyio.CancelScope(shield=True), anyio.move_on_after(RESULT_TIMEOUT_S):
-                    await self.store.unreserve_run(tenant.id, record.id)
             raise
+        assert created is not None  # check_run_start raised otherwise
+        record = created
         self._launch(record, compiled, next_seq=0)
         log.info("run started", extra={"run_id": record.id, "program_id": program_id, "tenant": tenant.id})
         return record
@@ -255,9 +250,8 @@ class RunManager:
             )  # fmt: skip
             async with sub:
                 async for event in sub:
-                    if event.kind == "run_finished" and not await self._finish(record, handle):
+                    if not await self._record(live, handle, event_batch(event, sub.receive)):
                         break  # suspended: leave the record in flight, the next server resumes it
-                    await self._record(live, event)
             if not record.finished:  # the subscription ended without run_finished (dropped)
                 await self._finish(record, handle)
         except StaleOwnerError as exc:  # another instance owns the run now: it writes, not us
@@ -318,28 +312,39 @@ class RunManager:
         instance owns the run now."""
         return (self.shutting_down and run_id not in self._user_cancelled) or not self.store.owns(run_id)
 
-    async def _record(self, live: LiveRun, event: RunEvent) -> None:
+    async def _record(self, live: LiveRun, handle: RunHandle, events: list[RunEvent]) -> bool:
+        """Store (all but `token`s) and then fan out a batch of the run's events, in order.
+        The record is written before `run_finished` goes out; False when the run is suspended
+        at its end (the record stays in flight)."""
         record = live.record
-        if self._suspended(record.id):
-            return
-        data = jsonable(event.data)
-        rec = EventRecord(seq=live.next_seq, kind=event.kind, node=event.node, data=data, at=event.at)
-        live.next_seq += 1
-        if event.kind != "token":
-            await self.store.append_event(record.id, rec)
-        status = data.get("status")
-        if event.kind == "status" and status in ("running", "waiting_for_tool") and record.status != status:
-            record.status, record.updated_at = status, time.time()
-            await self.store.save_run(record)
-        live.recent.append(rec)
-        for listener in list(live.listeners):
-            try:
-                listener.send_nowait(rec)
-            except anyio.WouldBlock:  # a slow client: end its stream, it resumes with Last-Event-ID
-                listener.close()
-                live.listeners.remove(listener)
-            except (anyio.ClosedResourceError, anyio.BrokenResourceError):
-                live.listeners.remove(listener)
+        stored: list[EventRecord] = []  # not yet written
+        ready: list[EventRecord] = []  # not yet sent to listeners (after `stored` is written)
+        for event in events:
+            if event.kind == "run_finished":
+                await publish(self.store, live, stored, ready)
+                if not await self._finish(record, handle):
+                    return False
+            if self._suspended(record.id):
+                continue
+            rec = EventRecord.model_construct(
+                seq=live.next_seq, kind=event.kind, node=event.node, data=plain(event.data), at=event.at
+            )
+            live.next_seq += 1
+            ready.append(rec)
+            if event.kind == "token":
+                continue
+            stored.append(rec)
+            status = rec.data.get("status")
+            if (
+                event.kind == "status"
+                and status in ("running", "waiting_for_tool")
+                and record.status != status
+            ):
+                await publish(self.store, live, stored, ready)
+                record.status, record.updated_at = status, time.time()
+                await self.store.save_run(record)
+        await publish(self.store, live, stored, ready)
+        return True
 
     # -- control -----------------------------------------------------------------------------
     def listen(

@@ -22,6 +22,10 @@ from legato.server.config import ServerConfig
 from legato.server.metering import MeteredScheduler
 from legato.server.runs import RunManager
 from legato.server.store import RunStore, open_store
+from legato.server.store.redis import RedisRunStore
+from legato.server.store.redis_client_calls import RedisCallBoard
+from legato.server.store.redis_usage import RedisUsage
+from legato.tools.client import ClientToolBroker
 from legato.tools.registry import ToolRegistry
 from legato.tools.runtime import ToolRuntime
 
@@ -41,6 +45,8 @@ class ServerState:
     ready: bool = False
     extras: dict[str, Any] = field(default_factory=dict)  # for other routers (proxy, metrics)
     engines: list[Engine] = field(default_factory=list)  # every replica (the scheduler routes)
+    calls: RedisCallBoard | None = None  # client tool calls shared by instances (Redis store)
+    usage: RedisUsage | None = None  # tokens per minute counted across instances (Redis store)
 
     @property
     def registry(self) -> ToolRegistry:
@@ -96,7 +102,10 @@ def build_state(
     quotas = QuotaTracker()
     inner = make_scheduler(engines, config.policy)
     scheduler = MeteredScheduler(inner, quotas)
-    tools = ToolRuntime(registry)
+    calls = RedisCallBoard(store) if isinstance(store, RedisRunStore) else None
+    tools = ToolRuntime(registry, client=ClientToolBroker(calls))
+    if calls is not None:
+        calls.broker = tools.client
     speculation = parse_program_spec(config.program_spec)
     executor = Executor(scheduler, tools, journal=store, speculation=speculation)
     limit = getattr(engines[0], "max_model_len", None)
@@ -123,4 +132,6 @@ def build_state(
         runs=runs,
         inner_scheduler=inner,
         engines=engines,
+        calls=calls,
+        usage=RedisUsage(store, quotas) if isinstance(store, RedisRunStore) else None,
     )

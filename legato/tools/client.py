@@ -4,13 +4,18 @@ This is the OpenAI function-calling shape: the model asks for a tool, the server
 `waiting_for_tool` (its KV prefix can stay pinned meanwhile), the client executes the tool and
 submits the output, the run resumes. The broker is the rendezvous: `wait` parks the executor's
 task on an event, `submit` (from the REST handler, same event loop) resolves it.
+
+Several servers on one store: a `CallBoard` (`legato.server.store.redis_client_calls`) shares the
+waiting calls and their results, so a result posted to any instance reaches the run's driver
+(`deliver`), and a result posted while the run moves between instances waits for its next wait
+of the same call id.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import anyio
 from pydantic_core import PydanticSerializationError, to_jsonable_python
@@ -42,6 +47,29 @@ class PendingToolCall:
     timeout_s: float
 
 
+def submitted_result(call_id: str, output: Any, error: str | None) -> ToolResult:
+    """A client's submission as the waiting tool's result (ValueError: not JSON data)."""
+    try:
+        value: JSONValue = to_jsonable_python(output)
+    except PydanticSerializationError as exc:
+        raise ValueError(f"client tool output for call {call_id!r} is not JSON-serialisable: {exc}") from exc
+    if error is not None:
+        return ToolResult.failure("exception", str(error), value)
+    return ToolResult(ok=True, output=value)
+
+
+class CallBoard(Protocol):
+    """Client calls waiting and their results, shared by the servers of one store."""
+
+    async def posted(self, call: PendingToolCall) -> ToolResult | None:
+        """Announce a waiting call; a result already submitted for it is returned."""
+        ...
+
+    async def settle(self, run_id: str, call_id: str, resolution: Resolution) -> ToolResult | None:
+        """The wait ended (`submitted` or `timed out`); a result that beat the timeout is returned."""
+        ...
+
+
 @dataclass(slots=True)
 class _Waiter:
     pending: PendingToolCall
@@ -52,7 +80,8 @@ class _Waiter:
 class ClientToolBroker:
     """Rendezvous between runs waiting on client tools and the clients that submit results."""
 
-    def __init__(self) -> None:
+    def __init__(self, board: CallBoard | None = None) -> None:
+        self.board = board
         self._waiting: dict[str, dict[str, _Waiter]] = {}
         self._resolved: dict[str, dict[str, Resolution]] = {}
 
@@ -69,8 +98,15 @@ class ClientToolBroker:
         resolution: Resolution = "cancelled"  # stays so if the waiting task itself is cancelled
         try:
             with anyio.move_on_after(timeout_s):
-                await waiter.done.wait()
+                if self.board is not None:
+                    waiter.result = waiter.result or await self.board.posted(waiter.pending)
+                if waiter.result is None:
+                    await waiter.done.wait()
+            if waiter.result is None and self.board is not None:
+                waiter.result = await self.board.settle(run_id, call_id, "timed out")
             if waiter.result is not None:
+                if self.board is not None and waiter.result.error_kind != "cancelled":
+                    await self.board.settle(run_id, call_id, "submitted")
                 return waiter.result
             resolution = "timed out"
             return ToolResult.failure(
@@ -121,17 +157,17 @@ class ClientToolBroker:
             raise UnknownClientCallError(
                 f"run {run_id!r} has no pending call {call_id!r}; pending: {', '.join(pending)}"
             )
-        try:
-            value: JSONValue = to_jsonable_python(output)
-        except PydanticSerializationError as exc:
-            raise ValueError(
-                f"client tool output for call {call_id!r} is not JSON-serialisable: {exc}"
-            ) from exc
-        if error is not None:
-            waiter.result = ToolResult.failure("exception", str(error), value)
-        else:
-            waiter.result = ToolResult(ok=True, output=value)
+        self.deliver(run_id, call_id, submitted_result(call_id, output, error))
+
+    def deliver(self, run_id: str, call_id: str, result: ToolResult) -> bool:
+        """Wake the call's waiter here with `result` (a submission checked by `submit`, or by
+        the shared board on any instance); False if it does not wait here or already has one."""
+        waiter = self._waiting.get(run_id, {}).get(call_id)
+        if waiter is None or waiter.result is not None:
+            return False
+        waiter.result = result
         waiter.done.set()
+        return True
 
     def cancel_run(self, run_id: str) -> None:
         """Release every waiter of the run with a `cancelled` result and forget the run."""

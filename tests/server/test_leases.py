@@ -55,7 +55,7 @@ async def test_a_lease_is_exclusive_until_it_expires_then_the_old_owner_is_fence
     with pytest.raises(StaleOwnerError):
         await a.append("r1", Step(0, "0:n", "n", "ok"))
     with pytest.raises(StaleOwnerError):
-        await a.append_event("r1", EventRecord(seq=0, kind="status"))
+        await a.append_events("r1", [EventRecord(seq=0, kind="status")])
     assert not a.owns("r1") and b.owns("r1")
     assert await a.renew_runs(["r1"]) == ["r1"]
     await b.save_run(running)
@@ -86,14 +86,14 @@ async def test_the_concurrent_runs_quota_counts_every_instance(
     pair: tuple[RedisRunStore, RedisRunStore],
 ) -> None:
     a, b = pair
-    assert await a.reserve_run("t", "x1", 3)
-    assert await b.reserve_run("t", "x2", 3)
-    assert await a.reserve_run("t", "x3", 3)
-    assert not await b.reserve_run("t", "x4", 3)
-    assert await b.reserve_run("other", "y1", 3)  # per tenant
-    assert await a.claim_run("x1")
-    await a.create_run(record("x1"))
+    assert await a.start_run(record("x1"), 3)
+    assert await b.start_run(record("x2"), 3)
+    assert await a.start_run(record("x3"), 3)
+    assert await b.start_run(record("x4"), 3) is None
+    assert await b.get_run("x4") is None and not await b.claim_run("x1")  # created and leased
+    assert await b.start_run(record("y1").model_copy(update={"tenant_id": "other"}), 3)  # per tenant
     await a.save_run(record("x1").model_copy(update={"status": "succeeded"}))  # frees a slot
-    assert await b.reserve_run("t", "x4", 3)
-    await b.unreserve_run("t", "x4")
-    assert await b.reserve_run("t", "x5", 3)
+    started = await b.start_run(record("x4"), 3)
+    assert started is not None and started.seq > 0 and b.owns("x4")
+    assert await b.get_run("x4") == started
+    assert [r.id for r in await a.list_runs("t")] == ["x4", "x3", "x2", "x1"]

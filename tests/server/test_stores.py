@@ -99,7 +99,7 @@ async def test_journal_and_events(store: RunStore) -> None:
     assert await store.steps("run1") == steps
     assert await store.steps("nothing") == []
     for seq in range(5):
-        await store.append_event("run1", EventRecord(seq=seq, kind="status", data={"n": seq}))
+        await store.append_events("run1", [EventRecord(seq=seq, kind="status", data={"n": seq})])
     assert [e.seq for e in await store.events("run1", after_seq=2)] == [3, 4]
     assert [e.data["n"] for e in await store.events("run1")] == [0, 1, 2, 3, 4]
 

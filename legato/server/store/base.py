@@ -123,13 +123,11 @@ class RunStore(Protocol):
         """Unfinished runs no server holds a lease on (to resume or take over)."""
         ...
 
-    async def reserve_run(self, tenant_id: str, run_id: str, limit: int) -> bool:
-        """Count a new run against the tenant's concurrent runs across every server sharing
-        the store; False when it already has `limit` in flight (the finished record frees it)."""
-        ...
-
-    async def unreserve_run(self, tenant_id: str, run_id: str) -> None:
-        """Undo `reserve_run` for a run that was not created."""
+    async def start_run(self, run: RunRecord, limit: int) -> RunRecord | None:
+        """A new run in one step: count it against its tenant's concurrent runs across every
+        server sharing the store (None when it already has `limit` in flight; the finished
+        record frees the slot), lease it to this server and create its record (as
+        `create_run`). One store round trip: it is most of `POST /v1/runs`'s time under load."""
         ...
 
     # -- meta --------------------------------------------------------------------------------
@@ -188,6 +186,6 @@ class RunStore(Protocol):
     async def steps(self, run_id: str) -> list[Step]: ...
 
     # -- events ------------------------------------------------------------------------------
-    async def append_event(self, run_id: str, event: EventRecord) -> None: ...
+    async def append_events(self, run_id: str, events: list[EventRecord]) -> None: ...
 
     async def events(self, run_id: str, after_seq: int = -1, limit: int = 10_000) -> list[EventRecord]: ...

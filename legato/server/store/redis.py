@@ -100,15 +100,23 @@ class RedisRunStore:
     def owns(self, run_id: str) -> bool:
         return self.leases.owns(run_id)
 
-    async def reserve_run(self, tenant_id: str, run_id: str, limit: int) -> bool:
-        """Count a new run against the tenant's concurrent runs on every instance (a set of its
-        unfinished runs, left by `save_run` of the finished record); False at the limit."""
+    async def start_run(self, run: RunRecord, limit: int) -> RunRecord | None:
+        """Reserve, lease and create in one script (`redis_leases._START`): the tenant's
+        concurrent runs are a set of its unfinished runs, left by `save_run` of the finished
+        record. The record's `seq` (its last field) is appended by the script."""
+        head, tail = run.model_dump_json().rsplit('"seq":', 1)
+        if tail != f"{run.seq}}}":
+            raise RuntimeError("RunRecord must end with its seq field")
+        keys = [self.k("active", run.tenant_id), self.k("lease", run.id), self.k("fence", run.id)]
+        keys += [
+            self.k("seq"),
+            self.k("run", run.id),
+            self.k("runs", run.tenant_id),
+            self.k("runs", "unfinished"),
+        ]
         with anyio.fail_after(OP_TIMEOUT_S):
-            return bool(await self.leases.reserve(keys=[self.k("active", tenant_id)], args=[run_id, limit]))
-
-    async def unreserve_run(self, tenant_id: str, run_id: str) -> None:
-        with anyio.fail_after(OP_TIMEOUT_S):
-            await self.r.srem(self.k("active", tenant_id), run_id)
+            seq = await self.leases.start(run.id, keys, [limit, head + '"seq":'])
+        return None if seq is None else run.model_copy(update={"seq": seq})
 
     async def claimable_runs(self) -> list[RunRecord]:
         """Unfinished runs nobody holds a lease on (their owner finished, stopped or died)."""
@@ -283,11 +291,14 @@ class RedisRunStore:
         return [Step.from_dict(json.loads(r)) for r in raws]
 
     # -- events ------------------------------------------------------------------------------
-    async def append_event(self, run_id: str, event: EventRecord) -> None:
+    async def append_events(self, run_id: str, events: list[EventRecord]) -> None:
+        """One fenced script call for a batch of events."""
         keys = [self.k("fence", run_id), self.k("events", run_id)]
-        args: list[str | int] = [self.leases.token(run_id), event.model_dump_json(), event.seq]
+        args: list[str | int] = [self.leases.token(run_id)]
+        for event in events:
+            args += [event.seq, event.model_dump_json()]
         with anyio.fail_after(OP_TIMEOUT_S):
-            if not await self.leases.append_event(keys=keys, args=args):
+            if not await self.leases.append_events(keys=keys, args=args):
                 raise self.leases.refused(run_id, "recording an event")
 
     async def events(self, run_id: str, after_seq: int = -1, limit: int = 10_000) -> list[EventRecord]:

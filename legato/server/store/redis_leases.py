@@ -75,19 +75,28 @@ return 1
 # KEYS: fence, journal list; ARGV: token, step JSON
 _APPEND_STEP = _FENCE + "redis.call('RPUSH', KEYS[2], ARGV[2])\nreturn 1\n"
 
-# KEYS: fence, events zset; ARGV: token, event JSON, seq
-_APPEND_EVENT = _FENCE + "redis.call('ZADD', KEYS[2], ARGV[3], ARGV[2])\nreturn 1\n"
+# KEYS: fence, events zset; ARGV: token, then seq, event JSON for each event
+_APPEND_EVENTS = _FENCE + "redis.call('ZADD', KEYS[2], unpack(ARGV, 2))\nreturn 1\n"
 
 
 LOST = "lost"
 
 
-# The tenant's concurrent-runs quota across every instance. KEYS: the tenant's active set;
-# ARGV: run id, limit
-_RESERVE = """
-if redis.call('SCARD', KEYS[1]) >= tonumber(ARGV[2]) then return 0 end
+# A new run: the tenant's concurrent-runs quota across every instance (a set of its unfinished
+# runs), the run's lease and its record, atomically. KEYS: the tenant's active set, lease, fence,
+# seq counter, run, the tenant's runs, unfinished set; ARGV: run id, limit, instance, lease ms,
+# the record's JSON up to its seq value. Returns {fencing token, seq}, or {0, 0} at the limit.
+_START = """
+if redis.call('SCARD', KEYS[1]) >= tonumber(ARGV[2]) then return {0, 0} end
+if redis.call('EXISTS', KEYS[2]) == 1 then return {-1, 0} end
 redis.call('SADD', KEYS[1], ARGV[1])
-return 1
+local token = redis.call('INCR', KEYS[3])
+redis.call('SET', KEYS[2], ARGV[3] .. ':' .. token, 'PX', ARGV[4])
+local seq = redis.call('INCR', KEYS[4])
+redis.call('SET', KEYS[5], ARGV[5] .. seq .. '}')
+redis.call('ZADD', KEYS[6], seq, ARGV[1])
+redis.call('SADD', KEYS[7], ARGV[1])
+return {token, seq}
 """
 
 
@@ -108,10 +117,10 @@ class RedisLeases:
         self._claim: AsyncScript = redis.register_script(_CLAIM)  # type: ignore[assignment]
         self._renew: AsyncScript = redis.register_script(_RENEW)  # type: ignore[assignment]
         self._release: AsyncScript = redis.register_script(_RELEASE)  # type: ignore[assignment]
-        self.reserve: AsyncScript = redis.register_script(_RESERVE)  # type: ignore[assignment]
+        self._start: AsyncScript = redis.register_script(_START)  # type: ignore[assignment]
         self.save_run: AsyncScript = redis.register_script(_SAVE_RUN)  # type: ignore[assignment]
         self.append_step: AsyncScript = redis.register_script(_APPEND_STEP)  # type: ignore[assignment]
-        self.append_event: AsyncScript = redis.register_script(_APPEND_EVENT)  # type: ignore[assignment]
+        self.append_events: AsyncScript = redis.register_script(_APPEND_EVENTS)  # type: ignore[assignment]
 
     @property
     def ttl_ms(self) -> int:
@@ -128,6 +137,17 @@ class RedisLeases:
             return False
         self.tokens[run_id] = str(token)
         return True
+
+    async def start(self, run_id: str, keys: list[str], args: list[str | int]) -> int | None:
+        """Run `_START` for a new run (args: limit, record JSON head); its seq, None at the limit."""
+        limit, head = args
+        token, seq = await self._start(keys=keys, args=[run_id, limit, self.instance, self.ttl_ms, head])
+        if int(token) == -1:
+            raise RuntimeError(f"run {run_id}: a new run's id is already leased")
+        if not token:
+            return None
+        self.tokens[run_id] = str(token)
+        return int(seq)
 
     async def renew(self, run_ids: list[str]) -> list[str]:
         """Extend the leases of `run_ids`; returns those this instance no longer holds."""

@@ -120,11 +120,8 @@ class SqliteRunStore:
     async def claimable_runs(self) -> list[RunRecord]:
         return await self.unfinished_runs()
 
-    async def reserve_run(self, tenant_id: str, run_id: str, limit: int) -> bool:
-        return True  # one server: its own `QuotaTracker` counts every run
-
-    async def unreserve_run(self, tenant_id: str, run_id: str) -> None:
-        return None
+    async def start_run(self, run: RunRecord, limit: int) -> RunRecord | None:
+        return await self.create_run(run)  # one server: its own `QuotaTracker` counts every run
 
     async def close(self) -> None:
         if self._lock_fd is not None:
@@ -276,11 +273,11 @@ class SqliteRunStore:
         return [Step.from_dict(json.loads(r[0])) for r in rows]
 
     # -- events ------------------------------------------------------------------------------
-    async def append_event(self, run_id: str, event: EventRecord) -> None:
+    async def append_events(self, run_id: str, events: list[EventRecord]) -> None:
+        rows = [(run_id, e.seq, e.model_dump_json()) for e in events]
         await self._do(
-            lambda c: c.execute(
-                "INSERT OR REPLACE INTO events (run_id, seq, data) VALUES (?, ?, ?)",
-                (run_id, event.seq, event.model_dump_json()),
+            lambda c: c.executemany(
+                "INSERT OR REPLACE INTO events (run_id, seq, data) VALUES (?, ?, ?)", rows
             )
         )
 
