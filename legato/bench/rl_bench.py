@@ -19,7 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,15 @@ import anyio
 import httpx
 
 READY_TIMEOUT_S = 120.0
+# What the engines computed during a run, from `/metrics` (summed over replicas): why one policy
+# is faster shows here (prompt tokens recomputed, preemptions), not only in the rate.
+WORK = {
+    "prefill_tokens": "legato_engine_prefill_tokens_total",
+    "cache_hit_tokens": "legato_cache_hit_tokens_total",
+    "lookup_tokens": "legato_cache_lookup_tokens_total",
+    "preemptions": "legato_engine_preemptions_total",
+    "evicted_blocks": "legato_engine_evicted_blocks_total",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +58,8 @@ class RLRun:
     repetition: int
     tokens: int
     seconds: float
+    work: dict[str, float] = field(default_factory=dict)  # the engines' counters (`WORK`)
+    cpu_s: float | None = None  # CPU seconds the server used during the run (Linux; else None)
 
     @property
     def tokens_per_s(self) -> float:
@@ -148,6 +159,29 @@ class _Server:
             self.proc.wait()
 
 
+def process_cpu_s(pid: int) -> float | None:
+    """User + system CPU seconds of a process so far, from /proc (None where there is none).
+    On a shared machine wall time follows whatever else runs; CPU time follows the work done."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def engine_work(url: str) -> dict[str, float]:
+    """The `WORK` counters of a server's `/metrics` (device tier only for hits)."""
+    out = dict.fromkeys(WORK, 0.0)
+    names = {metric: key for key, metric in WORK.items()}
+    for line in httpx.get(f"{url}/metrics", timeout=30).text.splitlines():
+        name, _, rest = line.partition("{")
+        key = names.get(name)
+        if key is None or (key == "cache_hit_tokens" and 'tier="device"' not in rest):
+            continue
+        out[key] += float(line.rsplit(" ", 1)[1])
+    return out
+
+
 def run_rl_bench(cfg: RLBenchConfig, policies: tuple[str, ...] = ("legato", "passthrough")) -> list[RLRun]:
     """Interleaved repetitions (the order alternates each time), one fresh server per run."""
     runs: list[RLRun] = []
@@ -157,9 +191,13 @@ def run_rl_bench(cfg: RLBenchConfig, policies: tuple[str, ...] = ("legato", "pas
             for policy in order:
                 server = _Server(policy, cfg, Path(tmp))
                 try:
+                    cpu0 = process_cpu_s(server.proc.pid)
                     started = time.perf_counter()
                     tokens = anyio.run(_rollouts, server.url, cfg)
-                    runs.append(RLRun(policy, rep, tokens, time.perf_counter() - started))
+                    seconds = time.perf_counter() - started
+                    cpu1 = process_cpu_s(server.proc.pid)
+                    cpu = None if cpu0 is None or cpu1 is None else cpu1 - cpu0
+                    runs.append(RLRun(policy, rep, tokens, seconds, engine_work(server.url), cpu))
                 finally:
                     server.stop()
     return runs
@@ -168,8 +206,10 @@ def run_rl_bench(cfg: RLBenchConfig, policies: tuple[str, ...] = ("legato", "pas
 def summary(runs: list[RLRun], cfg: RLBenchConfig) -> dict[str, Any]:
     """Median tokens/s per policy, their spread, and the ratio of the first policy to the last."""
     by: dict[str, list[float]] = {}
+    work: dict[str, list[dict[str, float]]] = {}
     for r in runs:
         by.setdefault(r.policy, []).append(r.tokens_per_s)
+        work.setdefault(r.policy, []).append(r.work)
     out: dict[str, Any] = {"config": asdict(cfg), "policies": {}}
     for policy, rates in by.items():
         out["policies"][policy] = {
@@ -177,6 +217,9 @@ def summary(runs: list[RLRun], cfg: RLBenchConfig) -> dict[str, Any]:
             "min": round(min(rates), 2),
             "max": round(max(rates), 2),
             "runs": [round(x, 2) for x in rates],
+            "engine_work_median": {
+                key: statistics.median(w.get(key, 0.0) for w in work[policy]) for key in WORK
+            },
         }
     names = list(by)
     if len(names) >= 2:

@@ -46,6 +46,7 @@ from legato.engine_adapter.server.strict_json import StrictJSONRoute
 from legato.server.engine_stats import fetch_engine_stats
 from legato.server.metrics_spec import spec_families
 from legato.server.metrics_tiers import tier_families
+from legato.server.metrics_work import work_families
 
 log = logging.getLogger(__name__)
 
@@ -341,6 +342,7 @@ class _StateCollector(Collector):
         yield from (blocks, engine_q, hit, prompt, rate)
         yield from tier_families(self.m.sources.engines, stats_list)
         yield from spec_families(stats_list)
+        yield from work_families(stats_list)
 
 
 def install_metrics(app: FastAPI, state: Any) -> ServiceMetrics:

@@ -75,9 +75,11 @@ class RolloutService:
         *,
         node: str = "rl",
         request_id: str | None = None,
+        group: tuple[str, int] | None = None,
     ) -> list[SampleOutput] | None:
         """One call of the program `program_id` (None: a call of its own); None if the client
-        went away. `abort` on the program returns the partial tokens with reason "abort"."""
+        went away. `abort` on the program returns the partial tokens with reason "abort".
+        `group`: (group id, its shared prompt's length) for a GRPO group's rollout."""
         rid = request_id or f"rl-{uuid.uuid4().hex}"
         name = program_id if program_id is not None else request_id  # what `abort` finds it by
         key = (tenant.id, name) if name is not None else None
@@ -88,7 +90,8 @@ class RolloutService:
         if key is not None:
             self.running[key] = running
         try:
-            generation = await self.proxy.start(tenant, ProgramFields(program_id=program_id), req, node)
+            fields = ProgramFields(program_id=program_id)
+            generation = await self.proxy.start(tenant, fields, req, node, group)
             with server_errors():
                 chunks = await collect_or_abort(raw, generation, running.stop)
         finally:

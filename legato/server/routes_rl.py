@@ -80,7 +80,8 @@ def rollout_router(rl: RolloutService) -> APIRouter:
         outs = None
         try:
             # the group's one call belongs to sample 0's program (the scheduler continues it)
-            outs = await rl.generate(tenant, ids[0], prompt, sampling, raw)
+            group = (gid, len(prompt)) if with_index else None
+            outs = await rl.generate(tenant, ids[0], prompt, sampling, raw, group=group)
         finally:
             for r in rollouts:
                 r.running = None
@@ -111,8 +112,9 @@ def rollout_router(rl: RolloutService) -> APIRouter:
         context = (*r.context, *env)
         sampling = rl.sampling(body.sampling_params, len(context))
         r.running = "turn"
+        group = None if r.group_id is None else (r.group_id, len(r.prompt_ids))
         try:
-            outs = await rl.generate(tenant, rollout_id, context, sampling, raw)
+            outs = await rl.generate(tenant, rollout_id, context, sampling, raw, group=group)
         finally:
             r.running = None
         if outs is None:
