@@ -6,8 +6,15 @@ a KV cache smaller than every rollout's context together, then runs the same rol
 `n` samples of one prompt (one prefill, forked KV), `turns` model turns each, with a tool call of
 `tool_s` seconds and `env_tokens` tool tokens between turns (loss mask 0). Between turns the
 rollouts compete for KV: passthrough evicts by LRU and recomputes what a rollout lost, Legato's
-policy keeps (pins) a rollout's KV across its tool call and routes by program. The figure of
-merit is rollout tokens per second: model tokens generated / wall seconds.
+policy admits rollouts while their KV fits (a group's prompt counted once), keeps (pins) a
+rollout's KV across its tool call and routes by program and group. The figure of merit is
+rollout tokens per second: model tokens generated / wall seconds. Each run also reports what the
+engine computed (`WORK`, from `/metrics`) and the server's CPU seconds: on a shared machine the
+rate moves with other load, the work done does not.
+
+The pool must be the constraint for a policy to matter: with the defaults of an earlier version
+(24 rollouts, 400 blocks) every rollout's KV fit, both policies computed exactly the same prompt
+tokens and evicted nothing, and the ratio was noise around 1.0.
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,19 +34,31 @@ import anyio
 import httpx
 
 READY_TIMEOUT_S = 120.0
+# What the engines computed during a run, from `/metrics` (summed over replicas): why one policy
+# is faster shows here (prompt tokens recomputed, preemptions), not only in the rate.
+WORK = {
+    "prefill_tokens": "legato_engine_prefill_tokens_total",
+    "cache_hit_tokens": "legato_cache_hit_tokens_total",
+    "lookup_tokens": "legato_cache_lookup_tokens_total",
+    "preemptions": "legato_engine_preemptions_total",
+    "evicted_blocks": "legato_engine_evicted_blocks_total",
+}
 
 
 @dataclass(frozen=True, slots=True)
 class RLBenchConfig:
-    groups: int = 6
-    n: int = 4
+    # KV-bound by construction, as RL rollouts are: 64 rollouts at once (8 prompts x GRPO n=8,
+    # the engine's batch limit) whose contexts at their last turn (~700 tokens, 44 blocks) sum
+    # to ~1,400 blocks with each group's prompt counted once, on a pool of 512 blocks.
+    groups: int = 8
+    n: int = 8
     turns: int = 4
     prompt_tokens: int = 384  # shared system prompt + a per-group task
-    max_tokens: int = 16  # model tokens per turn
-    env_tokens: int = 32  # tool output per turn
+    max_tokens: int = 32  # model tokens per turn
+    env_tokens: int = 64  # tool output per turn
     tool_s: float = 0.5  # simulated environment latency per tool call
-    num_blocks: int = 400  # KV blocks of the engine (16 tokens each)
-    repetitions: int = 2
+    num_blocks: int = 512  # KV blocks of the engine (16 tokens each)
+    repetitions: int = 3
     seed: int = 0
 
 
@@ -49,6 +68,8 @@ class RLRun:
     repetition: int
     tokens: int
     seconds: float
+    work: dict[str, float] = field(default_factory=dict)  # the engines' counters (`WORK`)
+    cpu_s: float | None = None  # CPU seconds the server used during the run (Linux; else None)
 
     @property
     def tokens_per_s(self) -> float:
@@ -148,6 +169,29 @@ class _Server:
             self.proc.wait()
 
 
+def process_cpu_s(pid: int) -> float | None:
+    """User + system CPU seconds of a process so far, from /proc (None where there is none).
+    On a shared machine wall time follows whatever else runs; CPU time follows the work done."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def engine_work(url: str) -> dict[str, float]:
+    """The `WORK` counters of a server's `/metrics` (device tier only for hits)."""
+    out = dict.fromkeys(WORK, 0.0)
+    names = {metric: key for key, metric in WORK.items()}
+    for line in httpx.get(f"{url}/metrics", timeout=30).text.splitlines():
+        name, _, rest = line.partition("{")
+        key = names.get(name)
+        if key is None or (key == "cache_hit_tokens" and 'tier="device"' not in rest):
+            continue
+        out[key] += float(line.rsplit(" ", 1)[1])
+    return out
+
+
 def run_rl_bench(cfg: RLBenchConfig, policies: tuple[str, ...] = ("legato", "passthrough")) -> list[RLRun]:
     """Interleaved repetitions (the order alternates each time), one fresh server per run."""
     runs: list[RLRun] = []
@@ -157,9 +201,13 @@ def run_rl_bench(cfg: RLBenchConfig, policies: tuple[str, ...] = ("legato", "pas
             for policy in order:
                 server = _Server(policy, cfg, Path(tmp))
                 try:
+                    cpu0 = process_cpu_s(server.proc.pid)
                     started = time.perf_counter()
                     tokens = anyio.run(_rollouts, server.url, cfg)
-                    runs.append(RLRun(policy, rep, tokens, time.perf_counter() - started))
+                    seconds = time.perf_counter() - started
+                    cpu1 = process_cpu_s(server.proc.pid)
+                    cpu = None if cpu0 is None or cpu1 is None else cpu1 - cpu0
+                    runs.append(RLRun(policy, rep, tokens, seconds, engine_work(server.url), cpu))
                 finally:
                     server.stop()
     return runs
@@ -168,8 +216,10 @@ def run_rl_bench(cfg: RLBenchConfig, policies: tuple[str, ...] = ("legato", "pas
 def summary(runs: list[RLRun], cfg: RLBenchConfig) -> dict[str, Any]:
     """Median tokens/s per policy, their spread, and the ratio of the first policy to the last."""
     by: dict[str, list[float]] = {}
+    work: dict[str, list[dict[str, float]]] = {}
     for r in runs:
         by.setdefault(r.policy, []).append(r.tokens_per_s)
+        work.setdefault(r.policy, []).append(r.work)
     out: dict[str, Any] = {"config": asdict(cfg), "policies": {}}
     for policy, rates in by.items():
         out["policies"][policy] = {
@@ -177,6 +227,9 @@ def summary(runs: list[RLRun], cfg: RLBenchConfig) -> dict[str, Any]:
             "min": round(min(rates), 2),
             "max": round(max(rates), 2),
             "runs": [round(x, 2) for x in rates],
+            "engine_work_median": {
+                key: statistics.median(w.get(key, 0.0) for w in work[policy]) for key in WORK
+            },
         }
     names = list(by)
     if len(names) >= 2:

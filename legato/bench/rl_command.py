@@ -12,12 +12,15 @@ from legato.output_path import output_path
 
 
 def rl(
-    groups: Annotated[int, typer.Option(min=1, help="GRPO groups (prompts) at once.")] = 6,
-    n: Annotated[int, typer.Option(min=1, help="Samples per group.")] = 4,
+    groups: Annotated[int, typer.Option(min=1, help="GRPO groups (prompts) at once.")] = 8,
+    n: Annotated[int, typer.Option(min=1, help="Samples per group.")] = 8,
     turns: Annotated[int, typer.Option(min=1, help="Model turns per rollout.")] = 4,
+    prompt_tokens: Annotated[int, typer.Option(min=1, help="Tokens of each group's prompt.")] = 384,
+    max_tokens: Annotated[int, typer.Option(min=1, help="Model tokens per turn.")] = 32,
+    env_tokens: Annotated[int, typer.Option(min=0, help="Tool tokens between turns.")] = 64,
     tool_s: Annotated[float, typer.Option(min=0.0, help="Tool latency between turns (s).")] = 0.5,
-    num_blocks: Annotated[int, typer.Option(min=16, help="KV blocks of the torch engine.")] = 400,
-    repetitions: Annotated[int, typer.Option(min=1, help="Interleaved runs per policy.")] = 2,
+    num_blocks: Annotated[int, typer.Option(min=16, help="KV blocks of the torch engine.")] = 512,
+    repetitions: Annotated[int, typer.Option(min=1, help="Interleaved runs per policy.")] = 3,
     json_out: Annotated[
         Path | None, typer.Option("--json", callback=output_path, help="Write the summary JSON here.")
     ] = None,
@@ -27,7 +30,17 @@ def rl(
 
     from legato.bench.rl_bench import RLBenchConfig, run_rl_bench, summary
 
-    cfg = RLBenchConfig(groups, n, turns, tool_s=tool_s, num_blocks=num_blocks, repetitions=repetitions)
+    cfg = RLBenchConfig(
+        groups,
+        n,
+        turns,
+        prompt_tokens=prompt_tokens,
+        max_tokens=max_tokens,
+        env_tokens=env_tokens,
+        tool_s=tool_s,
+        num_blocks=num_blocks,
+        repetitions=repetitions,
+    )
     result = summary(run_rl_bench(cfg), cfg)
     typer.echo(json.dumps(result, indent=2))
     if json_out is not None:

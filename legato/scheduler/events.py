@@ -41,6 +41,10 @@ class LLMCall:
     # Prompt length when `prompt_token_ids` is not materialised (the simulator replays prompts
     # as identified segments, not token ids). None: use len(prompt_token_ids).
     num_prompt_tokens: int | None = None
+    # Leading tokens shared with the other runs of the run's group (an RL group's prompt, which
+    # its samples forked from). None: all of the group's first call's prompt after the named
+    # prefix parts (a sibling whose first call is the group prompt itself).
+    group_prefix_tokens: int | None = None
 
     @property
     def prompt_len(self) -> int:

@@ -164,7 +164,8 @@ class Legato(AdmissionControl, BasePolicy):
             key = ("prefix", call.tenant, call.program, call.shared_prefix_tokens)
             r.shared.append((key, r.shared_tokens))
         if r.group is not None:
-            head = float(max(0, call.prompt_len - call.shared_prefix_tokens))
+            group_len = call.prompt_len if call.group_prefix_tokens is None else call.group_prefix_tokens
+            head = float(max(0, group_len - call.shared_prefix_tokens))
             r.shared.append((("group", r.group), head))
             r.shared_tokens += head
         r.state = WAITING

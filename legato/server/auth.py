@@ -46,6 +46,7 @@ class Tenant:
     weight: float
     max_concurrent_runs: int
     tokens_per_minute: int | None
+    admin: bool = False  # may call the control plane (`legato tenants add NAME --admin`)
 
     @property
     def cache_salt(self) -> str:
@@ -54,11 +55,13 @@ class Tenant:
 
     @classmethod
     def from_record(cls, rec: TenantRecord) -> Tenant:
-        return cls(rec.id, rec.name, rec.weight, rec.max_concurrent_runs, rec.tokens_per_minute)
+        return cls(rec.id, rec.name, rec.weight, rec.max_concurrent_runs, rec.tokens_per_minute, rec.admin)
 
 
 def default_tenant(max_concurrent_runs: int) -> Tenant:
-    return Tenant("default", "default", 1.0, max_concurrent_runs, None)
+    """The keyless localhost caller of single-tenant mode: whoever reaches the server from its own
+    host without a key operates it, control plane included."""
+    return Tenant("default", "default", 1.0, max_concurrent_runs, None, admin=True)
 
 
 def new_api_key() -> str:
@@ -96,8 +99,10 @@ class TenantRegistry:
         weight: float = 1.0,
         max_concurrent_runs: int = 64,
         tokens_per_minute: int | None = None,
+        admin: bool = False,
     ) -> tuple[Tenant, str]:
-        """Create a tenant; returns it and its API key (shown once, never stored)."""
+        """Create a tenant; returns it and its API key (shown once, never stored). `admin`: its
+        key may also call the control plane (an RL trainer's weight sync)."""
         key = new_api_key()
         record = TenantRecord(
             id="t_" + secrets.token_hex(8),
@@ -106,6 +111,7 @@ class TenantRegistry:
             weight=weight,
             max_concurrent_runs=max_concurrent_runs,
             tokens_per_minute=tokens_per_minute,
+            admin=admin,
         )
         await self.store.add_tenant(record)
         self._keyless = (0.0, False)  # keys are required from now on (in this process at once)

@@ -212,6 +212,14 @@ def tenants_add(
     tokens_per_minute: Annotated[
         int | None, typer.Option(min=1, help="Prompt + output tokens per minute (default: unlimited).")
     ] = None,
+    admin: Annotated[
+        bool,
+        typer.Option(
+            "--admin",
+            help="The key may also call the control plane (weight updates, pause / resume, "
+            "abort all): an RL trainer's key. Other keys get 403 there.",
+        ),
+    ] = False,
     db: DbOpt = Path("legato.db"),
     redis_url: RedisOpt = None,
     redis_prefix: PrefixOpt = "legato:",
@@ -236,6 +244,7 @@ def tenants_add(
                 weight=weight,
                 max_concurrent_runs=max_concurrent_runs,
                 tokens_per_minute=tokens_per_minute,
+                admin=admin,
             )
         finally:
             await store.close()

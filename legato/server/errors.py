@@ -105,6 +105,7 @@ def responses(*codes: int) -> dict[int | str, dict[str, Any]]:
         400: _doc(
             "Invalid request in the frameworks' own convention (vLLM, SGLang): the message names the field."
         ),
+        403: _doc("The key is valid but may not do this (control-plane endpoints need an admin key)."),
         409: _doc("The request conflicts with the resource's current state."),
         503: _doc("The service is starting or shutting down."),
     }

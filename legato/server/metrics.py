@@ -10,8 +10,9 @@ Two kinds of numbers:
   programs and busy seconds per replica (from the scheduler, whatever the policy, passthrough
   included, and the proxy's program tracker), KV blocks and the prefix-cache hit rate per tier
   (from the engine's own stats for the device tier; host RAM and Redis from the torch engine's
-  tier manager, when tiers are attached: prompt tokens loaded from each), and the per-tier
-  families of `metrics_tiers` (blocks, bytes, loads, offloads, load-vs-recompute choices).
+  tier manager, when tiers are attached: prompt tokens loaded from each), the per-tier
+  families of `metrics_tiers` (blocks, bytes, loads, offloads, load-vs-recompute choices) and
+  the engine work counters of `metrics_work` (prompt tokens computed, forks, preemptions).
 
 The registry is per app, not prometheus-client's global one, so several apps (tests) live in one
 process; the process collector gives `process_resident_memory_bytes`, which `legato bench load`
@@ -46,6 +47,7 @@ from legato.engine_adapter.server.strict_json import StrictJSONRoute
 from legato.server.engine_stats import fetch_engine_stats
 from legato.server.metrics_spec import spec_families
 from legato.server.metrics_tiers import tier_families
+from legato.server.metrics_work import work_families
 
 log = logging.getLogger(__name__)
 
@@ -341,6 +343,7 @@ class _StateCollector(Collector):
         yield from (blocks, engine_q, hit, prompt, rate)
         yield from tier_families(self.m.sources.engines, stats_list)
         yield from spec_families(stats_list)
+        yield from work_families(stats_list)
 
 
 def install_metrics(app: FastAPI, state: Any) -> ServiceMetrics:

@@ -79,8 +79,15 @@ class ProgramTracker:
         digest = hashlib.sha256(f"{len(tenant)}:{tenant}|{program_id}".encode()).hexdigest()[:20]
         return f"prog-{digest}-{generation}"
 
-    def begin_call(self, tenant: str, program_id: str) -> Program:
-        """A call of the program arrives: start the run or close the step that ran since."""
+    @staticmethod
+    def group_key(tenant: str, group: str) -> str:
+        """The scheduler's name of a tenant's group of runs (tenants never share KV)."""
+        digest = hashlib.sha256(f"{len(tenant)}:{tenant}|{group}".encode()).hexdigest()[:20]
+        return f"group-{digest}"
+
+    def begin_call(self, tenant: str, program_id: str, group: str | None = None) -> Program:
+        """A call of the program arrives: start the run or close the step that ran since.
+        `group`: runs that share a prompt (an RL group's samples), told when the run starts."""
         now = self.clock()
         self.sweep(now)
         key = (tenant, program_id)
@@ -95,7 +102,8 @@ class ProgramTracker:
             program = Program(tenant, program_id, run_id, started_at=now, last_seen=now)
             self.programs[key] = program
             self._per_tenant[tenant] = self._per_tenant.get(tenant, 0) + 1
-            self.scheduler.notify(RunStarted(run_id, program_id, tenant))
+            named = None if group is None else self.group_key(tenant, group)
+            self.scheduler.notify(RunStarted(run_id, program_id, tenant, group=named))
         elif program.tool is not None:
             self.scheduler.notify(
                 ToolFinished(program.run_id, program.tool, max(0.0, now - program.tool_since))

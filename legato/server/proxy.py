@@ -135,9 +135,16 @@ class Proxy:
             )
 
     async def start(
-        self, tenant: Tenant, fields: ProgramFields, request: GenerateRequest, node: str
+        self,
+        tenant: Tenant,
+        fields: ProgramFields,
+        request: GenerateRequest,
+        node: str,
+        group: tuple[str, int] | None = None,
     ) -> ScheduledGeneration:
-        """Register the call with its program and wait for its first chunk."""
+        """Register the call with its program and wait for its first chunk. `group`: the group
+        the program belongs to and the prompt tokens its members share (an RL group: the
+        scheduler holds that prompt once per replica and keeps the members together)."""
         if self.quotas is not None:
             self.quotas.check_tokens(tenant)
         one_off = fields.program_id is None
@@ -148,7 +155,7 @@ class Proxy:
             is_last_step=True if one_off else bool(fields.is_last_step),
         )
         try:
-            program = self.tracker.begin_call(tenant.id, program_id)
+            program = self.tracker.begin_call(tenant.id, program_id, None if group is None else group[0])
         except TooManyPrograms as exc:
             raise ApiError(429, str(exc), param="program_id", retry_after_s=1.0) from exc
         call = LLMCall(
@@ -159,6 +166,7 @@ class Proxy:
             tenant=tenant.id,
             prompt_token_ids=request.prompt_token_ids,
             sampling=request.sampling,
+            group_prefix_tokens=None if group is None else group[1],
             hints=hints,
         )
         started = time.monotonic()

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import anyio
-from fastapi import Request
+from fastapi import Request, Response
 
 from legato.engine_adapter.base import Engine, GenerateRequest, SamplingParams
 from legato.engine_adapter.server.lifecycle import collect_or_abort
@@ -21,7 +21,7 @@ from legato.rl.rollout import Rollout, SampleOutput, assemble_outputs
 from legato.server.auth import Tenant
 from legato.server.errors import ApiError
 from legato.server.proxy import Proxy
-from legato.server.proxy_generation import server_errors
+from legato.server.proxy_generation import placed, server_errors
 from legato.server.proxy_models import ProgramFields
 from legato.server.rl_models import RLSampling, TurnOut
 
@@ -75,9 +75,13 @@ class RolloutService:
         *,
         node: str = "rl",
         request_id: str | None = None,
+        group: tuple[str, int] | None = None,
+        reply: Response | None = None,
     ) -> list[SampleOutput] | None:
         """One call of the program `program_id` (None: a call of its own); None if the client
-        went away. `abort` on the program returns the partial tokens with reason "abort"."""
+        went away. `abort` on the program returns the partial tokens with reason "abort".
+        `group`: (group id, its shared prompt's length) for a GRPO group's rollout. `reply`:
+        the response that names the replica which ran the call (`X-Legato-Replica`)."""
         rid = request_id or f"rl-{uuid.uuid4().hex}"
         name = program_id if program_id is not None else request_id  # what `abort` finds it by
         key = (tenant.id, name) if name is not None else None
@@ -88,7 +92,10 @@ class RolloutService:
         if key is not None:
             self.running[key] = running
         try:
-            generation = await self.proxy.start(tenant, ProgramFields(program_id=program_id), req, node)
+            fields = ProgramFields(program_id=program_id)
+            generation = await self.proxy.start(tenant, fields, req, node, group)
+            if reply is not None:
+                placed(reply, generation)
             with server_errors():
                 chunks = await collect_or_abort(raw, generation, running.stop)
         finally:

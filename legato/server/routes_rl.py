@@ -10,7 +10,9 @@
 * `POST /v1/rollouts/{id}/finish` — drop the record and end the program (404 if unknown).
 
 Each model token comes with the logprob it was sampled with (and `top_logprobs` on request) and
-the weight version of the step that produced it.
+the weight version of the step that produced it; each answer names the replica that ran the turn
+(`X-Legato-Replica`). The samples of a group are one group for the scheduler: its prompt is held
+once per replica and its rollouts go to the replica the group started on.
 """
 
 from __future__ import annotations
@@ -61,7 +63,9 @@ def rollout_router(rl: RolloutService) -> APIRouter:
         responses=responses(400, 409, 503),
         summary="Start a rollout (n > 1: a GRPO group sharing one prefill) and run its first turn.",
     )
-    async def create(body: CreateRollouts, raw: Request, tenant: TenantDep) -> CreatedRollouts | Response:
+    async def create(
+        body: CreateRollouts, raw: Request, reply: Response, tenant: TenantDep
+    ) -> CreatedRollouts | Response:
         gid = body.rollout_id or f"rollout-{uuid.uuid4().hex}"
         with_index = body.n > 1
         ids = [f"{gid}:{i}" if with_index else gid for i in range(body.n)]
@@ -80,7 +84,8 @@ def rollout_router(rl: RolloutService) -> APIRouter:
         outs = None
         try:
             # the group's one call belongs to sample 0's program (the scheduler continues it)
-            outs = await rl.generate(tenant, ids[0], prompt, sampling, raw)
+            group = (gid, len(prompt)) if with_index else None
+            outs = await rl.generate(tenant, ids[0], prompt, sampling, raw, group=group, reply=reply)
         finally:
             for r in rollouts:
                 r.running = None
@@ -101,7 +106,7 @@ def rollout_router(rl: RolloutService) -> APIRouter:
         summary="Append tool / env tokens (mask 0), then run the model's next turn (mask 1).",
     )
     async def turn(
-        rollout_id: RolloutId, body: TurnRequest, raw: Request, tenant: TenantDep
+        rollout_id: RolloutId, body: TurnRequest, raw: Request, reply: Response, tenant: TenantDep
     ) -> TurnOut | Response:
         r = rl.get(tenant, rollout_id)
         if r.running is not None:
@@ -111,8 +116,9 @@ def rollout_router(rl: RolloutService) -> APIRouter:
         context = (*r.context, *env)
         sampling = rl.sampling(body.sampling_params, len(context))
         r.running = "turn"
+        group = None if r.group_id is None else (r.group_id, len(r.prompt_ids))
         try:
-            outs = await rl.generate(tenant, rollout_id, context, sampling, raw)
+            outs = await rl.generate(tenant, rollout_id, context, sampling, raw, group=group, reply=reply)
         finally:
             r.running = None
         if outs is None:

@@ -10,23 +10,25 @@
   `GET /get_weight_version`.
 
 Each acts on every replica (`legato.rl.control.RLControl`). Weight updates are checked before
-any weight changes: a bad tensor is a 400 and the old weights keep serving.
+any weight changes: a bad tensor is a 400 and the old weights keep serving. Everything that
+changes state answers only an admin (`legato.server.admin`: a `--admin` tenant's key, the
+operator's `LEGATO_ADMIN_KEY`, or keyless localhost in single-tenant mode); other tenants get
+403. The two reads (`/get_world_size`, `/get_weight_version`) answer any tenant.
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from legato.engine_adapter.server.strict_json import StrictJSONRoute
 from legato.engine_adapter.torch.weight_sync import MSGPACK_CONTENT_TYPE
 from legato.rl.control import SGLANG_TO_MODE, ControlError, RLControl
-from legato.server.auth import Tenant, current_tenant
+from legato.server.admin import AdminDep, ReaderDep
 from legato.server.errors import ApiError, responses
 
-TenantDep = Annotated[Tenant, Depends(current_tenant)]
 WEIGHT_UPLOAD_PATHS = ("/update_weights",)  # bodies up to Limits.max_weights_bytes
 NCCL_REFUSAL = (
     "the torch engine takes weights as msgpack tensors (Content-Type: application/msgpack) or "
@@ -89,56 +91,60 @@ def control_router(control: RLControl) -> APIRouter:
     def state(extra: dict[str, Any]) -> dict[str, Any]:
         return {**extra, "weight_version": control.weight_version}
 
-    @router.post("/pause", responses=responses(400), summary="Pause generation (keep, abort or wait).")
+    @router.post("/pause", responses=responses(400, 403), summary="Pause generation (keep, abort or wait).")
     async def pause(
-        tenant: TenantDep,
+        caller: AdminDep,
         mode: Annotated[str, Query()] = "keep",
         clear_cache: Annotated[bool, Query()] = False,
     ) -> dict[str, Any]:
         return state(await run_control(control.pause(mode, clear_cache)))
 
-    @router.post("/resume", responses=responses(400), summary="Resume generation; held requests start.")
-    async def resume(tenant: TenantDep) -> dict[str, Any]:
+    @router.post("/resume", responses=responses(400, 403), summary="Resume generation; held requests start.")
+    async def resume(caller: AdminDep) -> dict[str, Any]:
         return state(await run_control(control.resume()))
 
-    @router.post("/sleep", responses=responses(400), summary="Sleep (the torch engine pauses, keep mode).")
-    async def sleep(raw: Request, tenant: TenantDep) -> dict[str, Any]:
+    @router.post(
+        "/sleep", responses=responses(400, 403), summary="Sleep (the torch engine pauses, keep mode)."
+    )
+    async def sleep(raw: Request, caller: AdminDep) -> dict[str, Any]:
         body = await _json(raw, SleepBody)
         return state(await run_control(control.sleep(body.model_dump(exclude_none=True))))
 
-    @router.post("/wake_up", responses=responses(400), summary="Wake up (resume).")
-    async def wake_up(raw: Request, tenant: TenantDep) -> dict[str, Any]:
+    @router.post("/wake_up", responses=responses(400, 403), summary="Wake up (resume).")
+    async def wake_up(raw: Request, caller: AdminDep) -> dict[str, Any]:
         body = await _json(raw, WakeBody)
         return state(await run_control(control.wake_up(body.model_dump(exclude_none=True))))
 
     @router.post(
-        "/reset_prefix_cache", responses=responses(400), summary="Make every cached prefix unreachable."
+        "/reset_prefix_cache", responses=responses(400, 403), summary="Make every cached prefix unreachable."
     )
-    async def reset_prefix_cache(raw: Request, tenant: TenantDep) -> dict[str, Any]:
+    async def reset_prefix_cache(raw: Request, caller: AdminDep) -> dict[str, Any]:
         body = await _json(raw, ResetBody)
         if body.reset_running_requests:
             why = "reset_running_requests: pause with mode=abort instead"
             raise ApiError(400, why, param="reset_running_requests")
         return state(await run_control(control.reset_prefix_cache()))
 
-    @router.post("/flush_cache", responses=responses(400), summary="SGLang's name for reset_prefix_cache.")
-    async def flush_cache(tenant: TenantDep) -> dict[str, Any]:
+    @router.post(
+        "/flush_cache", responses=responses(400, 403), summary="SGLang's name for reset_prefix_cache."
+    )
+    async def flush_cache(caller: AdminDep) -> dict[str, Any]:
         return state(await run_control(control.reset_prefix_cache()))
 
     @router.get("/get_world_size", summary="Workers per server (1: one process per replica).")
-    async def world_size(tenant: TenantDep) -> dict[str, int]:
+    async def world_size(caller: ReaderDep) -> dict[str, int]:
         return {"world_size": 1}
 
     @router.get("/get_weight_version", summary="The weight version every torch replica serves.")
-    async def weight_version(tenant: TenantDep) -> dict[str, Any]:
+    async def weight_version(caller: ReaderDep) -> dict[str, Any]:
         return {"weight_version": control.weight_version}
 
     @router.post(
         "/init_weight_transfer_engine",
-        responses=responses(400),
+        responses=responses(400, 403),
         summary="vLLM's NCCL weight-transfer setup: forwarded to vLLM engines, refused by torch.",
     )
-    async def init_weight_transfer(raw: Request, tenant: TenantDep) -> dict[str, Any]:
+    async def init_weight_transfer(raw: Request, caller: AdminDep) -> dict[str, Any]:
         try:
             body = await raw.json()
         except ValueError as exc:
@@ -148,10 +154,10 @@ def control_router(control: RLControl) -> APIRouter:
 
     @router.post(
         "/update_weights",
-        responses=responses(400),
+        responses=responses(400, 403),
         summary="New weights: msgpack tensors, or JSON update_info with model_path.",
     )
-    async def update_weights(raw: Request, tenant: TenantDep) -> dict[str, Any]:
+    async def update_weights(raw: Request, caller: AdminDep) -> dict[str, Any]:
         ctype = raw.headers.get("content-type", "").split(";")[0].strip().lower()
         if ctype == MSGPACK_CONTENT_TYPE:
             return state(await run_control(control.update_from_tensors(await raw.body())))
@@ -168,21 +174,23 @@ def control_router(control: RLControl) -> APIRouter:
             return state(await run_control(control.update_from_disk(path, version, body)))
         return state(await run_control(control.forward_only("update_weights", body, NCCL_REFUSAL)))
 
-    @router.post("/pause_generation", responses=responses(400), summary="SGLang's pause (abort / in_place).")
-    async def pause_generation(raw: Request, tenant: TenantDep) -> dict[str, Any]:
+    @router.post(
+        "/pause_generation", responses=responses(400, 403), summary="SGLang's pause (abort / in_place)."
+    )
+    async def pause_generation(raw: Request, caller: AdminDep) -> dict[str, Any]:
         body = await _json(raw, PauseGenerationBody)
         return state(await run_control(control.pause(SGLANG_TO_MODE[body.mode])))
 
-    @router.post("/continue_generation", responses=responses(400), summary="SGLang's resume.")
-    async def continue_generation(tenant: TenantDep) -> dict[str, Any]:
+    @router.post("/continue_generation", responses=responses(400, 403), summary="SGLang's resume.")
+    async def continue_generation(caller: AdminDep) -> dict[str, Any]:
         return state(await run_control(control.resume()))
 
     @router.post(
         "/update_weights_from_disk",
-        responses=responses(400),
+        responses=responses(400, 403),
         summary="SGLang's weight update from a safetensors directory.",
     )
-    async def update_from_disk(body: DiskUpdateBody, tenant: TenantDep) -> dict[str, Any]:
+    async def update_from_disk(body: DiskUpdateBody, caller: AdminDep) -> dict[str, Any]:
         def load() -> Any:  # a fresh coroutine, created only when it is awaited
             return control.update_from_disk(body.model_path, body.weight_version, body.model_dump())
 

@@ -36,6 +36,7 @@ from legato.engine_adapter.server.service import make_usage
 from legato.engine_adapter.server.streams import sglang_response
 from legato.engine_adapter.server.strict_json import StrictJSONRoute
 from legato.rl.rollout import SampleOutput
+from legato.server.admin import require_admin
 from legato.server.auth import Tenant, current_tenant
 from legato.server.errors import ApiError, responses
 from legato.server.proxy_generation import server_errors
@@ -197,11 +198,12 @@ def wire_router(rl: RolloutService) -> APIRouter:
 
     @router.post(
         "/abort_request",
-        responses=responses(400),
-        summary="SGLang's abort: by `rid` (or the session / routing key), or `abort_all`.",
+        responses=responses(400, 403),
+        summary="SGLang's abort: by `rid` (or the session / routing key), or `abort_all` (admin).",
     )
     async def abort_request(body: SGLangAbortRequest, tenant: TenantDep) -> dict[str, Any]:
-        if body.abort_all:
+        if body.abort_all:  # every tenant's requests: the control plane's (admin only)
+            require_admin(tenant)
             await run_control(rl.control.pause("abort"))
             await run_control(rl.control.resume())
             return {"success": True}

@@ -38,6 +38,7 @@ class TenantRecord(_Record):
     weight: float = 1.0
     max_concurrent_runs: int = 64
     tokens_per_minute: int | None = None
+    admin: bool = False  # may call the control plane (weights, pause / resume, abort all)
     created_at: float = Field(default_factory=time.time)
 
 

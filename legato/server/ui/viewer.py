@@ -10,13 +10,13 @@ replicas panel carries no program ids.
 
 from __future__ import annotations
 
-import hmac
 from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request
 
-from legato.server.auth import BEARER, hash_key
+from legato.server.admin import is_admin_key
+from legato.server.auth import BEARER
 from legato.server.state import ServerState
 
 
@@ -31,16 +31,6 @@ class Viewer:
 
     def sees(self, tenant_id: str | None) -> bool:
         return self.tenant_id is None or tenant_id == self.tenant_id
-
-
-def is_admin_key(state: ServerState, authorization: str | None) -> bool:
-    admin = state.config.admin_key
-    if not admin or not authorization:
-        return False
-    scheme, _, key = authorization.partition(" ")
-    if scheme.lower() != "bearer":
-        return False
-    return hmac.compare_digest(hash_key(key.strip()), hash_key(admin))
 
 
 async def current_viewer(request: Request, _: Annotated[object, Depends(BEARER)] = None) -> Viewer:
