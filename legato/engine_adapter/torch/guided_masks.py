@@ -1,14 +1,22 @@
 """One step's grammar masks and the vetting of its sampled tokens (see `guided.py`).
 
-llguidance writes each constrained row's next-token bitmask (bit i of word j allows token
-32 j + i) straight into one int32 buffer for the batch; one numpy `unpackbits` of its
-little-endian bytes expands every row at once into the `[B, vocab]` bool mask the sampler
-applies, instead of several torch ops per step on a tensor of a few hundred bytes.
+Each constrained sequence keeps the tokens its grammar allows next as one Python integer (bit t:
+token t; `SequenceGrammar.mask`), computed right after its previous token was vetted. A step
+then needs, per row, only integer operations, and for the batch one join of the rows' bytes and
+one numpy `unpackbits` into the `[B, vocab]` bool mask the sampler applies: on a loaded machine
+each numpy or torch call that runs once per step after a forward pass costs tens of
+microseconds (its code and data evicted), so the step pays for as few as possible.
+
+A row whose grammar allows exactly one token (a key's next byte, a literal, `:` after a key) is
+*forced*: the masked distribution puts all its mass on that token whatever the logits,
+temperature, top-k or top-p, so the sampler takes it without a draw (no softmax, no random
+number). When every constrained row of a step is forced, no mask tensor is built at all.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
@@ -31,41 +39,55 @@ class Seq(Protocol):
     def num_output_tokens(self) -> int: ...
 
 
-def grammar_masks(seqs: Sequence[Seq], vocab_size: int) -> Tensor | None:
-    """`[B, vocab]` bool: the tokens each sequence's grammar allows next (every token for
-    unconstrained rows); None when no row is constrained. An accepting (or failed) matcher
-    also allows its sequence's stop tokens."""
+@dataclass(frozen=True, slots=True)
+class StepMasks:
+    """One step's grammar masks: `allowed` `[B, vocab]` bool (every token for unconstrained
+    rows; None when every constrained row is forced), and `forced` the rows whose grammar allows
+    exactly one token, with that token."""
+
+    allowed: Tensor | None
+    forced: dict[int, int]
+
+
+def grammar_masks(seqs: Sequence[Seq], vocab_size: int) -> StepMasks | None:
+    """The tokens each sequence's grammar allows next; None when no row is constrained."""
     if all(s.grammar is None for s in seqs):
         return None
-    words = (vocab_size + 31) // 32
-    bits = np.full((len(seqs), words), -1, dtype="<i4")
-    base = bits.ctypes.data
-    stops: list[int] = []
+    nbytes = (vocab_size + 31) // 32 * 4
+    rows: list[bytes] = []
+    forced: dict[int, int] = {}
+    drawn = 0  # constrained rows that are not forced
     for row, s in enumerate(seqs):
         g = s.grammar
         if g is None:
+            rows.append(b"\xff" * nbytes)
             continue
-        m = g.matcher
-        if m.is_error():
-            bits[row] = 0
+        bits = g.mask()
+        if bits.bit_count() == 1:
+            forced[row] = bits.bit_length() - 1
         else:
-            m.unsafe_compute_mask_ptr(base + row * words * 4, words * 4)
-        if m.is_accepting() or m.is_error():
-            stops.extend(row * words * 32 + t for t in g.stops)
-    allowed = np.unpackbits(bits.view(np.uint8), axis=1, bitorder="little")
-    allowed.reshape(-1)[stops] = 1
-    return torch.from_numpy(allowed).view(torch.bool)[:, :vocab_size]
+            drawn += 1
+        rows.append(bits.to_bytes(nbytes, "little"))
+    if not drawn:
+        return StepMasks(None, forced)
+    unpacked = np.unpackbits(np.frombuffer(b"".join(rows), dtype=np.uint8), bitorder="little")
+    allowed = torch.from_numpy(unpacked).view(torch.bool).view(len(seqs), -1)[:, :vocab_size]
+    return StepMasks(allowed, forced)
 
 
 def vet_tokens(seqs: Sequence[Seq], tokens: list[int], logprobs: list[float] | None, logits: Tensor) -> None:
     """Move each constrained sequence's matcher on its sampled token, replacing a token that
     would leave it unable to close within its budget (a replaced token's logprob is read from
-    `logits`)."""
+    `logits`), and compute its next mask while llguidance's tables are still in cache."""
     for i, seq in enumerate(seqs):
-        if seq.grammar is None:
+        g = seq.grammar
+        if g is None:
             continue
-        token = seq.grammar.vet(tokens[i], seq.sampling.max_tokens - seq.num_output_tokens)
+        budget = seq.sampling.max_tokens - seq.num_output_tokens
+        token = g.vet(tokens[i], budget)
         if token != tokens[i]:
             tokens[i] = token
             if logprobs is not None:
                 logprobs[i] = float(torch.log_softmax(logits[i].float(), dim=-1)[token])
+        if budget > 1 and token not in g.stops:  # the sequence goes on: its next step's mask
+            g.mask()

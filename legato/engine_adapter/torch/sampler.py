@@ -14,6 +14,7 @@ requests and checkable against a plain forward pass, whatever the sampling setti
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from collections.abc import Sequence as Seq
 from dataclasses import dataclass
 
@@ -91,14 +92,21 @@ def sample(
     default_generator: torch.Generator,
     output_ids: Seq[Seq[int]] | None = None,
     allowed: Tensor | None = None,
+    forced: Mapping[int, int] | None = None,
 ) -> SampleOutput:
     """Sample one token per row of `logits` `[B, vocab]` (float32). `output_ids[row]`: the tokens
     that row's sequence generated so far (for the penalties; only read when one is set).
     `allowed` (`[B, vocab]` bool from the rows' grammars; None: any token) masks the processed
-    logits last, so no bias or penalty can bring back a token the grammar forbids."""
+    logits last, so no bias or penalty can bring back a token the grammar forbids. `forced`:
+    rows whose mask allows one token, and that token: it has all the masked probability
+    whatever the sampling settings, so it is taken without a draw (the row's generator does
+    not move: its later draws are still independent uniforms, the distribution unchanged)."""
+    forced = forced or {}
     # Each hook runs only when some row of the batch uses it: plain greedy rows pay for none.
-    penalised = [row for row, p in enumerate(params) if needs_processing(p)]
-    drawn = [row for row, p in enumerate(params) if p.temperature != 0.0 and p.top_k != 1]
+    penalised = [row for row, p in enumerate(params) if needs_processing(p) and row not in forced]
+    drawn = [
+        row for row, p in enumerate(params) if p.temperature != 0.0 and p.top_k != 1 and row not in forced
+    ]
     processed = logits
     if penalised:
         processed = logits.clone()
@@ -107,6 +115,8 @@ def sample(
     if allowed is not None:
         processed = torch.where(allowed.to(processed.device), processed, float("-inf"))
     tokens: list[int] = processed.argmax(dim=-1).tolist()
+    for row, token in forced.items():
+        tokens[row] = token
     for row in drawn:
         p = params[row]
         probs = torch.softmax(filter_logits(processed[row], p), dim=-1)

@@ -22,7 +22,7 @@ from legato.engine_adapter.torch.sequence import Sequence as Seq
 def draw(seqs: Sequence[Seq], logits: torch.Tensor, default_gen: torch.Generator) -> SampleOutput:
     """One token per sequence (row i of `logits` is `seqs[i]`'s)."""
     # After the fork: each forked sample masks with its own grammar clone.
-    allowed = grammar_masks(seqs, logits.shape[-1])
+    masks = grammar_masks(seqs, logits.shape[-1])
     params = [s.sampling for s in seqs]
     drawn = sample(
         logits,
@@ -30,8 +30,9 @@ def draw(seqs: Sequence[Seq], logits: torch.Tensor, default_gen: torch.Generator
         [s.generator for s in seqs],
         default_gen,
         [s.output_ids if needs_processing(p) else () for s, p in zip(seqs, params, strict=True)],
-        allowed,
+        None if masks is None else masks.allowed,
+        None if masks is None else masks.forced,
     )
-    if allowed is not None:  # last: nothing may change a sampled token after its vetting
+    if masks is not None:  # last: nothing may change a sampled token after its vetting
         vet_tokens(seqs, drawn.tokens, drawn.logprobs, logits)
     return drawn
