@@ -10,9 +10,11 @@ row of logits per position. After the forward pass `finish_step`:
   without speculation), sampled ones with `verify_sampled` (rejection sampling against the
   distribution the sampler would draw from: the same output distribution);
 - publishes to the prefix cache only blocks made of verified tokens (the commit runs with the
-  draft cut back to its accepted prefix), and counts as computed only the verified positions:
-  the KV written for rejected positions is overwritten by the next tokens (their blocks stay in
-  the sequence's table, never in the cache, and are freed with it);
+  draft cut back to its accepted prefix), and counts as computed only the verified positions;
+  the KV written for rejected positions is rolled back: blocks that hold nothing but rejected
+  positions go back to the pool (never into the prefix cache), and the rest is overwritten by
+  the next tokens (the model runner's decode workspace row likewise restarts at the first
+  rejected position);
 - emits accepted tokens one by one through the engine's normal path, so stop tokens, stop
   strings and max_tokens apply to each.
 
@@ -258,6 +260,8 @@ class Speculator:
             self._record(seq.request_id, g, a)
         for chunk in chunks:
             core.scheduler.commit(chunk)
+        for seq, _ in self._pending:
+            _release_rejected_blocks(core.scheduler, seq)
         if not plain:
             return plain, None
         return plain, logits[torch.tensor(plain_rows, dtype=torch.long, device=logits.device)]
@@ -293,3 +297,13 @@ class Speculator:
                     break
         self._pending = []
         return outputs
+
+
+def _release_rejected_blocks(scheduler: Scheduler, seq: Sequence) -> None:
+    """Give back the blocks past a verified sequence's computed tokens: they were allocated for
+    its draft and hold only rejected positions (private, never registered in the prefix cache)."""
+    keep = -(-seq.num_computed_tokens // scheduler.block_size)
+    extra = seq.block_table[keep:]
+    if extra:
+        del seq.block_table[keep:]
+        scheduler.blocks.release(list(reversed(extra)))
