@@ -164,3 +164,15 @@ def test_preempted_speculating_sequence_gets_a_fresh_row(make_core: Callable[...
     assert got == want
     assert core.scheduler.num_preemptions > 0 and spec.verify_steps > 0
     assert core.blocks.num_used == 0
+
+
+def test_an_unmeasured_step_verifies_at_most_a_bounded_draft_total() -> None:
+    """Before the verify price is known, drafts are verified whole but the step's draft tokens
+    are capped (most promising first, whole prefixes), so a first step at a large batch stays
+    at most about twice a decode step."""
+    from legato.engine_adapter.torch.speculator import _cap_total
+
+    candidates = [[0.9, 0.5, 0.2], [1.0, 1.0, 0.95, 0.3], [0.6]]
+    assert _cap_total(candidates, 4) == [[0.9], [1.0, 1.0, 0.95], []]
+    assert _cap_total(candidates, 100) == candidates
+    assert _cap_total(candidates, 0) == [[], [], []]

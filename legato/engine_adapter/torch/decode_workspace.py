@@ -105,8 +105,9 @@ class DecodeWorkspace:
             final = -(-final // unit) * unit
             if final > new_cap and self._nbytes(new_rows, final) <= self.max_bytes:
                 new_cap = final
-            if self._nbytes(new_rows, new_cap) > self.max_bytes:  # no room for headroom: exact
-                new_cap = max(old_cap, -(-capacity // unit) * unit)
+            if self._nbytes(new_rows, new_cap) > self.max_bytes:  # as much headroom as fits
+                fits = self.max_bytes // self._nbytes(new_rows, unit) * unit
+                new_cap = max(old_cap, -(-capacity // unit) * unit, fits)
         if self._nbytes(new_rows, new_cap) > self.max_bytes:
             self._reset(self.key_tile)
             return False
