@@ -324,7 +324,7 @@ def speedup_bound(batch: int, cost: StepCostModel, acceptance: Mapping[int, floa
         return out
     for g, e in sorted(acceptance.items()):
         rel = cost(batch * (g + 1)) / cost(batch)
-        best = e * cost(batch) / cost(batch * e)
+        best = e * cost(batch) / (cost.per_step_s + cost.per_token_s * batch * e)  # T(B E)
         out["by_draft_len"][str(g)] = {
             "tokens_per_step": e,
             "relative_cost": round(rel, 3),

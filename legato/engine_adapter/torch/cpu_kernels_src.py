@@ -313,7 +313,8 @@ typedef struct {
     const float *input_norm, *post_norm, *qkv, *qkv_bias, *o, *gate_up, *down;
 } lg_layer;
 
-/* Every layer of a decode-only step (n tokens, one per sequence, each with a workspace row),
+/* Every layer of a decode-only step (n tokens, each with a workspace row: one per sequence, or a
+   verify chunk's consecutive tokens sharing one, as in lg_decode_attention),
    the same arithmetic as the per-op path: x += o(attention(rope(qkv(norm(x))))); x += down(
    silu(gate) * up(norm(x))). `x` [n, hidden] holds the embeddings on entry and the residual
    stream on return; `out` [n, hidden] gets the final norm. Workspace and KV-cache layouts as in
