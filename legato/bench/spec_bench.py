@@ -274,6 +274,11 @@ def run_spec_bench(cfg: SpecBenchConfig, log: Callable[[str], None]) -> dict[str
             [encode_session(tok, s) for s in train],
             cfg.decode,
             log,
+            {
+                r["draft_len"]: r["tokens_per_step"]
+                for r in results
+                if r["drafter"] == cfg.decode.drafter and not r["adaptive"]
+            },
         )
     return {
         "decode": decode,
@@ -346,7 +351,15 @@ def render(report: dict[str, Any]) -> str:
         dt = Table(
             title=f"Torch-engine decode tok/s, oracle target, drafter {d['drafter']} (<= {d['max_draft']})"
         )
-        for col in ("batch", "requests", "off tok/s", "on tok/s", "speed-up", "spread", "accepted/drafted"):
+        cols = (
+            "batch",
+            "requests",
+            "off tok/s",
+            "on tok/s",
+            "speed-up (spread)",
+            "CPU-time speed-up (spread)",
+        )
+        for col in (*cols, "accepted/drafted", "bound"):
             dt.add_column(col, justify="right")
         for r in d["results"]:
             dt.add_row(
@@ -354,9 +367,10 @@ def render(report: dict[str, Any]) -> str:
                 str(r["requests"]),
                 f"{r['tok_s_off']:.1f}",
                 f"{r['tok_s_on']:.1f}",
-                f"x{r['speedup']:.2f}",
-                f"x{r['speedup_min']:.2f}..x{r['speedup_max']:.2f}",
+                f"x{r['speedup']:.2f} (x{r['speedup_min']:.2f}..x{r['speedup_max']:.2f})",
+                f"x{r['cpu_speedup']:.2f} (x{r['cpu_speedup_min']:.2f}..x{r['cpu_speedup_max']:.2f})",
                 f"{r['accepted']}/{r['drafted']}",
+                f"x{r['bound']['speedup']:.2f}",
             )
         tables.append(dt)
     console = Console(width=120, record=True)

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,6 +38,7 @@ from legato.engine_adapter.torch.scheduler import ScheduledChunk
 from legato.engine_adapter.torch.speculator import AGENT, Speculator
 from legato.engine_adapter.torch.tokenizer import HFTokenizer
 from legato.spec.adaptive import check_draft_len
+from legato.spec.backoff import StepCostModel
 
 # The target: a Llama of ~20M parameters with the BPE vocabulary. Its size only sets what a
 # step costs on this machine (what a verify step adds over a decode step), not what is accepted.
@@ -126,6 +127,7 @@ class OracleEngine:
         self.truth: dict[str, tuple[int, ...]] = {}
         self.eos = eos
         self.prefill_step = False
+        self.step_cost = StepCostModel(decay=1.0)  # decode steps: tokens computed -> CPU seconds
         run = self.core.runner.run
 
         def oracle_run(chunks: list[ScheduledChunk]) -> tuple[list[ScheduledChunk], torch.Tensor | None]:
@@ -147,15 +149,16 @@ class OracleEngine:
 
     def decode(
         self, requests: Sequence[ReplayRequest], batch: int, tag: str
-    ) -> tuple[int, float, list[list[int]]]:
+    ) -> tuple[int, float, float, list[list[int]]]:
         """Run the requests with at most `batch` in flight (the next one is admitted as one
-        finishes); returns (decode tokens, decode seconds, every request's output)."""
+        finishes); returns (decode tokens, decode wall seconds, decode CPU seconds of this
+        thread, every request's output)."""
         core = self.core
         outs: list[list[int]] = [[] for _ in requests]
         index = {f"{tag}-{i}": i for i in range(len(requests))}
         queued = list(index)
         in_flight = 0
-        tokens, seconds = 0, 0.0
+        tokens, seconds, cpu = 0, 0.0, 0.0
         while queued or in_flight:
             while queued and in_flight < batch:
                 rid = queued.pop(0)
@@ -164,9 +167,9 @@ class OracleEngine:
                 sp = SamplingParams(max_tokens=len(r.output), ignore_eos=True)
                 core.add_request(GenerateRequest(rid, r.prompt, sp))
                 in_flight += 1
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.thread_time()
             step = core.step()
-            dt = time.perf_counter() - t0
+            dt, dc = time.perf_counter() - t0, time.thread_time() - c0
             for o in step:
                 outs[index[o.request_id]].extend(o.token_ids)
                 if o.finished:
@@ -175,7 +178,9 @@ class OracleEngine:
             if not self.prefill_step:
                 tokens += sum(len(o.token_ids) for o in step)
                 seconds += dt
-        return tokens, seconds, outs
+                cpu += dc
+                self.step_cost.observe(sum(e - s for s, e in core.last_spans), dc)
+        return tokens, seconds, cpu, outs
 
 
 def _history_outputs(train: Sequence[Sequence[tuple[bool, list[int]]]]) -> list[list[int]]:
@@ -188,12 +193,15 @@ def run_decode_bench(
     train: Sequence[Sequence[tuple[bool, list[int]]]],
     cfg: DecodeConfig,
     log: Callable[[str], None],
+    acceptance: Mapping[int, float] | None = None,
 ) -> dict[str, Any]:
-    """Decode tok/s with and without speculation per batch size (see the module docstring)."""
+    """Decode tok/s with and without speculation per batch size (see the module docstring).
+    `acceptance`: tokens per verify step by draft length (the drafter's, measured on the trace),
+    for the bound."""
     threads = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)
     try:
-        return _run(tokenizer, test, train, cfg, log)
+        return _run(tokenizer, test, train, cfg, log, acceptance or {})
     finally:
         torch.set_num_threads(threads)
 
@@ -204,6 +212,7 @@ def _run(
     train: Sequence[Sequence[tuple[bool, list[int]]]],
     cfg: DecodeConfig,
     log: Callable[[str], None],
+    acceptance: Mapping[int, float],
 ) -> dict[str, Any]:
     pool = pick_requests(test, cfg.max_prompt, cfg.max_output)
     most = max(cfg.min_requests, *cfg.batches)
@@ -217,9 +226,10 @@ def _run(
         reqs = pool[: max(batch, cfg.min_requests)]
         engine.core.speculator = None
         engine.decode(reqs, batch, f"warm{batch}")  # prefill once: later runs hit the prefix cache
-        runs: dict[str, list[tuple[int, float]]] = {"off": [], "on": []}
+        runs: dict[str, list[tuple[int, float, float]]] = {"off": [], "on": []}
         reference: list[list[int]] | None = None
         spec_counts = [0, 0, 0]  # verify steps, drafted, accepted
+        engine.step_cost = StepCostModel(decay=1.0)  # plain least squares over every decode step
         for rep in range(cfg.repeats):
             for mode in ("off", "on") if rep % 2 == 0 else ("on", "off"):
                 spec = None
@@ -228,37 +238,23 @@ def _run(
                     for ids in history:
                         spec.history.add_output(AGENT, ids)
                 engine.core.speculator = spec
-                tokens, seconds, outs = engine.decode(reqs, batch, f"{mode}{batch}.{rep}")
+                tokens, seconds, cpu, outs = engine.decode(reqs, batch, f"{mode}{batch}.{rep}")
                 reference = reference or outs
                 if outs != reference:
                     raise RuntimeError("speculative decoding changed the output: verification is broken")
-                runs[mode].append((tokens, seconds))
+                runs[mode].append((tokens, seconds, cpu))
                 if spec is not None:
                     spec_counts[0] += spec.verify_steps
                     spec_counts[1] += spec.drafted
                     spec_counts[2] += spec.accepted
-        off = [t / s for t, s in runs["off"]]
-        on = [t / s for t, s in runs["on"]]
-        ratios = [b / a for a, b in zip(off, on, strict=True)]
-        row = {
-            "batch": batch,
-            "tok_s_off": round(statistics.median(off), 1),
-            "tok_s_on": round(statistics.median(on), 1),
-            "speedup": round(statistics.median(ratios), 3),
-            "speedup_min": round(min(ratios), 3),
-            "speedup_max": round(max(ratios), 3),
-            "requests": len(reqs),
-            "output_tokens": sum(len(r.output) for r in reqs),
-            "verify_steps": spec_counts[0],
-            "drafted": spec_counts[1],
-            "accepted": spec_counts[2],
-            "accepted_per_verify": round(spec_counts[2] / spec_counts[0], 3) if spec_counts[0] else 0.0,
-        }
+        row = _row(batch, reqs, runs, spec_counts, engine.step_cost, acceptance)
         results.append(row)
         log(
             f"batch {batch:3d}: {row['tok_s_off']:8.1f} -> {row['tok_s_on']:8.1f} tok/s "
-            f"x{row['speedup']:.2f} (x{row['speedup_min']:.2f}..x{row['speedup_max']:.2f}), "
-            f"{row['accepted']}/{row['drafted']} drafted accepted"
+            f"x{row['speedup']:.2f} (x{row['speedup_min']:.2f}..x{row['speedup_max']:.2f}); "
+            f"CPU time x{row['cpu_speedup']:.2f} "
+            f"(x{row['cpu_speedup_min']:.2f}..x{row['cpu_speedup_max']:.2f}); "
+            f"{row['accepted']}/{row['drafted']} drafted accepted; bound x{row['bound']['speedup']:.2f}"
         )
     return {
         "model": {"vocab_size": engine.core.model.config.vocab_size, **cfg.model},
@@ -269,6 +265,73 @@ def _run(
         "repeats": cfg.repeats,
         "torch_threads": cfg.threads,
         "semantics": "oracle target (full forward, logits = one-hot on the trace's next token); "
-        "decode-only steps timed; greedy, identical outputs in both modes",
+        "decode-only steps timed (wall clock, and CPU time of the engine's thread); greedy, "
+        "identical outputs in both modes; bound = max over draft length g of tokens per verify "
+        "step E(g) (the acceptance table) x T(B) / T(B (g + 1)), T the fitted step cost",
         "results": results,
     }
+
+
+def _row(
+    batch: int,
+    reqs: Sequence[ReplayRequest],
+    runs: dict[str, list[tuple[int, float, float]]],
+    spec_counts: list[int],
+    cost: StepCostModel,
+    acceptance: Mapping[int, float],
+) -> dict[str, Any]:
+    """One batch size's numbers: medians and spreads of the on/off ratios (runs paired in
+    order), by wall clock and by CPU time, and the bound the step cost allows."""
+    row: dict[str, Any] = {"batch": batch}
+    for prefix, col in (("", 1), ("cpu_", 2)):
+        off = [r[0] / r[col] for r in runs["off"]]
+        on = [r[0] / r[col] for r in runs["on"]]
+        ratios = [b / a for a, b in zip(off, on, strict=True)]
+        row[f"{prefix}tok_s_off"] = round(statistics.median(off), 1)
+        row[f"{prefix}tok_s_on"] = round(statistics.median(on), 1)
+        row[f"{prefix}speedup"] = round(statistics.median(ratios), 3)
+        row[f"{prefix}speedup_min"] = round(min(ratios), 3)
+        row[f"{prefix}speedup_max"] = round(max(ratios), 3)
+    row |= {
+        "requests": len(reqs),
+        "output_tokens": sum(len(r.output) for r in reqs),
+        "verify_steps": spec_counts[0],
+        "drafted": spec_counts[1],
+        "accepted": spec_counts[2],
+        "accepted_per_verify": round(spec_counts[2] / spec_counts[0], 3) if spec_counts[0] else 0.0,
+        "bound": speedup_bound(batch, cost, acceptance),
+    }
+    return row
+
+
+def speedup_bound(batch: int, cost: StepCostModel, acceptance: Mapping[int, float]) -> dict[str, Any]:
+    """What speculation can gain at this batch size under the fitted step cost `T(n) = c + a n`
+    (CPU time per decode step of this run, both modes) and the drafter's acceptance E(g)
+    (tokens per verify step at draft length g, measured on the trace):
+
+    - `uniform`: every sequence verifies a draft of g tokens each step: E(g) T(B) / T(B (g + 1));
+    - `speedup`, the bound: a perfect choice of what to verify (only the tokens that will be
+      accepted, which no back-off can beat): E(g) T(B) / T(B E(g)), maximised over g."""
+    out: dict[str, Any] = {
+        "step_s": round(cost.per_step_s, 6),
+        "per_token_s": round(cost.per_token_s, 6),
+        "fitted": cost.fitted,
+        "speedup": 0.0,
+        "uniform": 0.0,
+        "by_draft_len": {},
+    }
+    if not cost.fitted:
+        return out
+    for g, e in sorted(acceptance.items()):
+        rel = cost(batch * (g + 1)) / cost(batch)
+        best = e * cost(batch) / (cost.per_step_s + cost.per_token_s * batch * e)  # T(B E)
+        out["by_draft_len"][str(g)] = {
+            "tokens_per_step": e,
+            "relative_cost": round(rel, 3),
+            "uniform": round(e / rel, 3),
+            "bound": round(best, 3),
+        }
+    rows = out["by_draft_len"].values()
+    out["uniform"] = max(1.0, max((v["uniform"] for v in rows), default=0.0))  # drafting nothing: 1
+    out["speedup"] = max(1.0, max((v["bound"] for v in rows), default=0.0))
+    return out

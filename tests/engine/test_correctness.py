@@ -155,3 +155,22 @@ def test_decode_workspace_sized_for_max_tokens_is_not_regrown(make_core: Callabl
     for i, (prompt, max_tokens) in enumerate(mix):
         assert len(outs[f"r{i}"]) == max_tokens
         assert_matches_reference(core, prompt, outs[f"r{i}"])
+
+
+def test_decode_workspace_near_its_byte_limit_takes_the_headroom_that_fits(
+    make_core: Callable[..., EngineCore],
+) -> None:
+    """When the usual headroom would pass the byte limit, the workspace takes as many positions
+    as fit rather than exactly what the step needs (which would reallocate it every few steps, or
+    fall back to gathering from the paged cache as a large batch once did)."""
+    core = make_core(max_num_batched_tokens=256, max_num_seqs=8)
+    ws = core.runner.workspace
+    layers, _, kvh, width = core.runner.kv_cache.shape
+    per_position = layers * kvh * width * 4 * 8  # keys and values of 8 rows, float32
+    ws.max_bytes = per_position * 64  # room for 64 positions; the prompts need ~40
+    mix = [([(i * 13 + j) % 256 for j in range(36 + i)], 20) for i in range(4)]
+    got = _run(core, mix)
+    assert ws.tensor is not None and ws.grows == 1
+    assert ws.tensor.shape[4] == 64
+    for i, (prompt, _) in enumerate(mix):
+        assert_matches_reference(core, prompt, got[f"r{i}"])

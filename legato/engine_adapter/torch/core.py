@@ -103,6 +103,10 @@ class EngineCore:
         self.prefill_cost = PrefillCostModel()
         self._grammars: GrammarCompiler | None = None  # built on the first constrained request
         self.speculator: Speculator | None = None  # opt-in speculative decoding (speculator.py)
+        # What a step costs the back-off: on the CPU the engine thread's CPU time (on a shared
+        # machine the wall time of identical steps varies several-fold with other processes'
+        # load, which says nothing about what a bigger step costs); elsewhere the wall time.
+        self._step_clock = time.thread_time if config.device == "cpu" else time.perf_counter
         if config.speculative_drafter is not None:
             self.speculator = Speculator(config.speculative_drafter, config.num_speculative_tokens)
 
@@ -199,10 +203,10 @@ class EngineCore:
         """Run one engine step; returns one output per request that produced something."""
         if self.speculator is None:
             return self._step()
-        started = time.perf_counter()
+        started = self._step_clock()
         outputs = self._step()
         if self.last_spans:  # the whole step's time: the cost a verify step adds to is all of it
-            self.speculator.observe_step(self.last_spans, time.perf_counter() - started)
+            self.speculator.observe_step(self.last_spans, self._step_clock() - started)
         return outputs
 
     def _step(self) -> list[RequestOutput]:

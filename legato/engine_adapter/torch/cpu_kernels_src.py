@@ -236,7 +236,7 @@ INLINE void attend(const float *restrict q, int nq, const float *restrict kt, co
     }
 }
 
-/* Single-token attention of n sequences over their workspace rows. Token i's row of qkv
+/* Single-token attention of n decode tokens over their workspace rows. Token i's row of qkv
    (qkv + i * qkv_stride: [heads + 2 * kv_heads, dim], already rotated) holds its query heads, then
    its new key and value heads: those are first written at position lens[i] - 1 of workspace row
    rows[i] (here rather than in a separate pass, so the cache lines are fetched once for the write
@@ -245,7 +245,12 @@ INLINE void attend(const float *restrict q, int nq, const float *restrict kt, co
    [cap / tile][dim][tile] (key_at): tile = cap is the plain transposed layout; tile = 16 keeps
    every 16 positions' keys in one contiguous 64 * dim bytes, which the hardware prefetcher
    streams (plain rows of dim strided reads defeat it, and decode attention is bound by fetching
-   keys). dim must be a multiple of 16, at most 256 (the caller checks). */
+   keys). dim must be a multiple of 16, at most 256 (the caller checks).
+   Consecutive tokens of one row at consecutive positions (a speculative verify chunk: the last
+   token and its draft) form a run, done one KV head at a time: the run's new keys and values of
+   that head are written first (token i reads only positions below lens[i], so a later token's
+   write never reaches an earlier token's keys), then each token attends while the head's keys
+   and values are still in cache. Every token's arithmetic is the single-token one. */
 void lg_decode_attention(const float *restrict qkv, int64_t qkv_stride, float *restrict ws_kt,
                          float *restrict ws_v, const int64_t *restrict rows,
                          const int64_t *restrict lens, int64_t n, int64_t heads, int64_t kv_heads,
@@ -256,23 +261,30 @@ void lg_decode_attention(const float *restrict qkv, int64_t qkv_stride, float *r
     int64_t stride = maxlen + 2 * LANES;
     float *sc = (float *)malloc((size_t)(2 * stride) * sizeof(float));
     if (!sc) return;
-    for (int64_t i = 0; i < n; i++) {
-        int64_t len = lens[i], row = rows[i];
-        const float *q = qkv + i * qkv_stride;
+    for (int64_t i0 = 0, i1; i0 < n; i0 = i1) {
+        int64_t row = rows[i0];
+        for (i1 = i0 + 1; i1 < n && rows[i1] == row && lens[i1] == lens[i1 - 1] + 1; i1++) {
+        }
         for (int64_t h = 0; h < kv_heads; h++) {
             float *kt = ws_kt + (row * kv_heads + h) * dim * cap;
             float *vv = ws_v + (row * kv_heads + h) * cap * dim;
-            const float *k_new = q + (heads + h) * dim, *v_new = q + (heads + kv_heads + h) * dim;
-            for (int64_t d = 0; d < dim; d++) kt[key_at(d, len - 1, dim, tile)] = k_new[d];
-            memcpy(vv + (len - 1) * dim, v_new, dim * sizeof(float));
-            for (int64_t g = 0; g < group; g += 2) {
-                int64_t head = h * group + g;
-                const float *qh = q + head * dim;
-                float *o = out + (i * heads + head) * dim;
-                if (g + 1 < group)
-                    attend(qh, 2, kt, vv, len, dim, cap, tile, scale, sc, stride, o);
-                else
-                    attend(qh, 1, kt, vv, len, dim, cap, tile, scale, sc, stride, o);
+            for (int64_t i = i0; i < i1; i++) {
+                const float *q = qkv + i * qkv_stride;
+                const float *k_new = q + (heads + h) * dim, *v_new = q + (heads + kv_heads + h) * dim;
+                for (int64_t d = 0; d < dim; d++) kt[key_at(d, lens[i] - 1, dim, tile)] = k_new[d];
+                memcpy(vv + (lens[i] - 1) * dim, v_new, dim * sizeof(float));
+            }
+            for (int64_t i = i0; i < i1; i++) {
+                const float *q = qkv + i * qkv_stride;
+                for (int64_t g = 0; g < group; g += 2) {
+                    int64_t head = h * group + g;
+                    const float *qh = q + head * dim;
+                    float *o = out + (i * heads + head) * dim;
+                    if (g + 1 < group)
+                        attend(qh, 2, kt, vv, lens[i], dim, cap, tile, scale, sc, stride, o);
+                    else
+                        attend(qh, 1, kt, vv, lens[i], dim, cap, tile, scale, sc, stride, o);
+                }
             }
         }
     }
@@ -301,7 +313,8 @@ typedef struct {
     const float *input_norm, *post_norm, *qkv, *qkv_bias, *o, *gate_up, *down;
 } lg_layer;
 
-/* Every layer of a decode-only step (n tokens, one per sequence, each with a workspace row),
+/* Every layer of a decode-only step (n tokens, each with a workspace row: one per sequence, or a
+   verify chunk's consecutive tokens sharing one, as in lg_decode_attention),
    the same arithmetic as the per-op path: x += o(attention(rope(qkv(norm(x))))); x += down(
    silu(gate) * up(norm(x))). `x` [n, hidden] holds the embeddings on entry and the residual
    stream on return; `out` [n, hidden] gets the final norm. Workspace and KV-cache layouts as in

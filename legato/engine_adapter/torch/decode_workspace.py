@@ -14,6 +14,14 @@ Rows are recycled lowest-first as sequences come and go, so membership changes c
 fill, not a rebuild. The paged cache stays the source of
 truth (prefix caching, export); the workspace is a cache of it for the current decode batch.
 
+A speculative verify chunk (the last token plus `g` drafted ones, `speculator.py`) rides here
+too, with the C kernels: its `g + 1` tokens share the sequence's row at consecutive positions,
+each attending to the positions up to its own (the kernel writes a token's key and value before
+it attends, in order, so that is exactly the causal mask). Rejected drafts roll back for free: a
+row is valid up to the sequence's computed tokens, which count verified positions only, so the
+next step starts writing at the first rejected position. A row belongs to one admission of a
+sequence (its arrival and preemption count): after a preemption the sequence gets a fresh row.
+
 Past `max_bytes` (very long contexts or batches) the runner falls back to per-step gathering.
 """
 
@@ -40,7 +48,7 @@ class WorkspacePlan:
     keys: Tensor
     key_tile: int
     values: Tensor  # [layers, rows, kv_heads, capacity, head_dim] view
-    rows: Tensor  # [num_decode] long: row of each decode token
+    rows: Tensor  # [num_decode] long: row of each decode token (a verify chunk's tokens share one)
     positions: Tensor  # [num_decode] long: position of each decode token (its new KV goes there)
     lens: Tensor  # [num_decode] long: positions + 1, the keys each decode token attends to
     num_rows: int  # attention runs over rows [0, num_rows); rows not in `rows` are idle
@@ -58,7 +66,7 @@ class DecodeWorkspace:
         self.max_bytes = max_bytes
         self.tensor: Tensor | None = None
         self.key_tile = 0
-        self._row_of: dict[int, int] = {}  # Sequence.arrival -> row
+        self._row_of: dict[tuple[int, int], int] = {}  # (arrival, preemptions) -> row
         self._row_len: list[int] = []  # valid positions per row
         self._free: list[int] = []  # heap of free rows
         self.row_fills = 0
@@ -97,6 +105,9 @@ class DecodeWorkspace:
             final = -(-final // unit) * unit
             if final > new_cap and self._nbytes(new_rows, final) <= self.max_bytes:
                 new_cap = final
+            if self._nbytes(new_rows, new_cap) > self.max_bytes:  # as much headroom as fits
+                fits = self.max_bytes // self._nbytes(new_rows, unit) * unit
+                new_cap = max(old_cap, -(-capacity // unit) * unit, fits)
         if self._nbytes(new_rows, new_cap) > self.max_bytes:
             self._reset(self.key_tile)
             return False
@@ -154,48 +165,57 @@ class DecodeWorkspace:
         self.tensor[:, 1, row, :, start:past] = got[:, :, :, 1].permute(0, 2, 1, 3)
 
     def prepare(
-        self, decodes: list[ScheduledChunk], positions: list[int], key_tile: int = 0
+        self, decodes: list[ScheduledChunk], starts: list[int], key_tile: int = 0
     ) -> WorkspacePlan | None:
-        """Rows for this step's decodes (position p = tokens already cached for that sequence),
-        keys laid out for `key_tile` (0: the torch ops' layout; see the module docstring)."""
+        """Rows for this step's decode chunks (`starts`: each chunk's first position, the tokens
+        already cached for that sequence; a chunk has `num_tokens` consecutive positions from
+        there), keys laid out for `key_tile` (0: the torch ops' layout, single-token chunks only;
+        see the module docstring). The plan has one entry per token."""
         if key_tile != self.key_tile:  # the other attention path ran last: rebuild its rows
             self._reset(key_tile)
-        keys = [c.seq.arrival for c in decodes]
+        counts = [c.num_tokens for c in decodes]
+        assert key_tile or all(n == 1 for n in counts), "multi-token rows need the C kernel"
+        keys = [(c.seq.arrival, c.seq.num_preemptions) for c in decodes]
         live = set(keys)
         for key in [k for k in self._row_of if k not in live]:
             row = self._row_of.pop(key)
             self._row_len[row] = 0
             heapq.heappush(self._free, row)
         needed_rows = len(self._row_of) + sum(1 for k in keys if k not in self._row_of)
-        if not self._ensure(needed_rows, max(positions) + 1, _final_capacity(decodes)):
+        ends = [p + n for p, n in zip(starts, counts, strict=True)]
+        if not self._ensure(needed_rows, max(ends), _final_capacity(decodes)):
             return None
-        rows: list[int] = []
-        for key, chunk, p in zip(keys, decodes, positions, strict=True):
+        rows: list[int] = []  # per token
+        positions: list[int] = []
+        chunk_rows: list[int] = []
+        for key, chunk, p, end in zip(keys, decodes, starts, ends, strict=True):
             if key in self._row_of:
                 row = self._row_of[key]
             else:
                 row = heapq.heappop(self._free)
                 self._row_of[key] = row
-            held = self._row_len[row]
-            if held != p:
-                if p:
-                    self._fill(row, chunk, p, held if held < p else 0)
-                self._row_len[row] = p
-            rows.append(row)
+            # past p the row holds a rejected draft's keys (if anything): overwritten from p on
+            held = min(self._row_len[row], p)
+            if held < p:
+                self._fill(row, chunk, p, held)
+            self._row_len[row] = end  # after this step the chunk's KV is in the row
+            rows.extend([row] * (end - p))
+            positions.extend(range(p, end))
+            chunk_rows.append(row)
         num_rows = max(rows) + 1
-        lens = [1] * num_rows  # idle rows attend to one (finite, ignored) position
-        for row, p in zip(rows, positions, strict=True):
-            lens[row] = p + 1
-            self._row_len[row] = p + 1  # after this step the new token's KV is in the row
-        length = max(lens)
         device = self.kv_cache.device
         identity = num_rows == len(rows) and rows == list(range(num_rows))
+        length = max(ends)
         mask = None  # the C kernel (key_tile) takes `lens` and needs no mask
-        if not self.key_tile and (not identity or min(lens) != length):
-            ar = torch.arange(length, device=device)
-            mask = (ar.unsqueeze(0) < torch.tensor(lens, device=device).unsqueeze(1)).view(
-                num_rows, 1, 1, length
-            )
+        if not self.key_tile:
+            lens = [1] * num_rows  # idle rows attend to one (finite, ignored) position
+            for row, end in zip(chunk_rows, ends, strict=True):
+                lens[row] = end
+            if not identity or min(lens) != length:
+                ar = torch.arange(length, device=device)
+                mask = (ar.unsqueeze(0) < torch.tensor(lens, device=device).unsqueeze(1)).view(
+                    num_rows, 1, 1, length
+                )
         assert self.tensor is not None
         pos_t = torch.tensor(positions, dtype=torch.long, device=device)
         return WorkspacePlan(

@@ -9,6 +9,12 @@ prefix.
 Decode attention reads a dense per-sequence copy of the KV (`decode_workspace.py`) instead of
 gathering every context out of the paged cache at every step; on the CPU in float32 the model runs
 it, and the other small per-layer ops, as fused C kernels (`cpu_kernels.py`).
+
+With those kernels a speculative verify chunk (the last token plus its draft, `speculator.py`)
+counts as a decode: its tokens are decode tokens that share their sequence's workspace row, so a
+step verifying every sequence's draft is one packed forward (`packed_decode.py`) like a plain
+decode step, not a prefill-style attention call per sequence over a context gathered from the
+paged cache. Without the kernels it is a prefill chunk.
 """
 
 from __future__ import annotations
@@ -53,28 +59,32 @@ class ModelRunner:
         """Forward the step. Returns the chunks that sample a token and their logits `[n, vocab]`
         in the same order (None when no chunk samples, e.g. mid-prompt prefill chunks only)."""
         bs = self.block_size
-        decodes = [c for c in chunks if c.num_tokens == 1]
-        prefills = [c for c in chunks if c.num_tokens > 1]
+        # the C decode-attention kernel reads keys in tiles of 16 positions (decode_workspace.py)
+        key_tile = 16 if self.model.kernels_for(self.device, self.dtype) is not None else 0
+        decodes = [c for c in chunks if _rides_decode(c, key_tile)]
+        prefills = [c for c in chunks if not _rides_decode(c, key_tile)]
         ids: list[int] = []
         positions: list[int] = []
         slots: list[int] = []
+        starts: list[int] = []
         for c in decodes:
             seq = c.seq
-            p = seq.num_computed_tokens
-            ids.append(seq.token_ids[p])
-            positions.append(p)
-            slots.append(seq.block_table[p // bs] * bs + p % bs)
+            p0 = seq.num_computed_tokens
+            starts.append(p0)
+            for p in range(p0, p0 + c.num_tokens):
+                ids.append(seq.token_ids[p])
+                positions.append(p)
+                slots.append(seq.block_table[p // bs] * bs + p % bs)
         decode_slots: Tensor | None = None
         decode_mask: Tensor | None = None
         plan: WorkspacePlan | None = None
-        nd = len(decodes)
+        nd = len(positions)
         decode_len = 0
         if nd:
-            # the C decode-attention kernel reads keys in tiles of 16 positions (decode_workspace.py)
-            key_tile = 16 if self.model.kernels_for(self.device, self.dtype) is not None else 0
-            plan = self.workspace.prepare(decodes, positions, key_tile)
+            plan = self.workspace.prepare(decodes, starts, key_tile)
             if plan is None:  # too big for the workspace: gather from the paged cache
-                # Keys run up to the longest context; the mask hides shorter ones' padding.
+                # Keys run up to the longest context; the mask hides shorter ones' padding (and a
+                # verify token's later drafts: each token sees the positions up to its own).
                 lens = [p + 1 for p in positions]
                 decode_len = max(lens)
                 if min(lens) != decode_len:
@@ -85,6 +95,7 @@ class ModelRunner:
                 table = [
                     c.seq.block_table[:max_blocks] + [0] * (max_blocks - len(c.seq.block_table))
                     for c in decodes
+                    for _ in range(c.num_tokens)
                 ]
                 table_t = torch.tensor(table, dtype=torch.long, device=self.device)
                 decode_slots = (
@@ -152,6 +163,13 @@ class ModelRunner:
         raw = torch.frombuffer(bytearray(data), dtype=torch.uint8)
         block = raw.view(self.dtype).view(self.block_shape)
         self._block(block_id).copy_(block.to(self.device))
+
+
+def _rides_decode(chunk: ScheduledChunk, key_tile: int) -> bool:
+    """Whether a chunk runs as decode tokens: a single token, or (with the C kernels, `key_tile`
+    set) a speculative verify chunk, the last token plus the whole draft."""
+    n = chunk.num_tokens
+    return n == 1 or (key_tile > 0 and chunk.seq.num_draft > 0 and n == 1 + chunk.seq.num_draft)
 
 
 def _cat(parts: list[Tensor]) -> Tensor:

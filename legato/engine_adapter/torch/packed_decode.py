@@ -8,7 +8,8 @@ Python, and every `F.linear` repacks its weight for MKL. Here the weights are pa
 attention over the decode workspace and the MLP of every layer, calling MKL directly. The
 arithmetic is the per-op path's, so tests compare the two.
 
-It applies when the step is all single-token decodes with workspace rows, on the CPU in float32,
+It applies when the step is all decodes with workspace rows (single tokens, or speculative verify
+chunks whose tokens share their sequence's row: `decode_workspace.py`), on the CPU in float32,
 with the C kernels built, torch's MKL reachable, and the projection weights at most
 `MAX_PACKED_BYTES` (the packed copy doubles their memory). Packed weights are rebuilt when any
 weight changes (a new tensor, or an in-place load, seen through the tensor's version counter).

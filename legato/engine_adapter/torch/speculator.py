@@ -10,9 +10,11 @@ row of logits per position. After the forward pass `finish_step`:
   without speculation), sampled ones with `verify_sampled` (rejection sampling against the
   distribution the sampler would draw from: the same output distribution);
 - publishes to the prefix cache only blocks made of verified tokens (the commit runs with the
-  draft cut back to its accepted prefix), and counts as computed only the verified positions:
-  the KV written for rejected positions is overwritten by the next tokens (their blocks stay in
-  the sequence's table, never in the cache, and are freed with it);
+  draft cut back to its accepted prefix), and counts as computed only the verified positions;
+  the KV written for rejected positions is rolled back: blocks that hold nothing but rejected
+  positions go back to the pool (never into the prefix cache), and the rest is overwritten by
+  the next tokens (the model runner's decode workspace row likewise restarts at the first
+  rejected position);
 - emits accepted tokens one by one through the engine's normal path, so stop tokens, stop
   strings and max_tokens apply to each.
 
@@ -92,6 +94,7 @@ class Speculator:
         # verify drafts (the model's multi-token path) and plain decode steps
         self.verify_cost = StepCostModel()
         self.decode_cost = StepCostModel()
+        self.calibration = AcceptanceCalibration()  # every request's drafts: new requests' prior
         self._step_kind: StepCostModel | None = None  # which model this step's time belongs to
         self._since_verify = 0  # decode steps since a step verified a draft
         self._reqs: dict[str, _Request] = {}
@@ -108,7 +111,14 @@ class Speculator:
         if req is None:
             opts = seq.sampling.speculative
             max_draft = opts.num_tokens if opts is not None else self.max_draft
-            req = _Request(seq, ProgramContext(AGENT, self.history, max_draft=max_draft))
+            # a new request's calibration starts from the engine's (one pseudo-step, as
+            # AcceptanceCalibration's own prior): drafters overrate their drafts alike across
+            # requests, and a short request verifies too few drafts to learn that on its own
+            ratio = self.calibration.accepted / self.calibration.promised
+            calibration = AcceptanceCalibration(promised=1.0, accepted=ratio)
+            req = _Request(
+                seq, ProgramContext(AGENT, self.history, max_draft=max_draft), calibration=calibration
+            )
             self._reqs[seq.request_id] = req
         req.ctx.index.extend(seq.token_ids[req.indexed :])
         req.indexed = len(seq.token_ids)
@@ -166,10 +176,12 @@ class Speculator:
                 proposed.append((req, draft))
                 budget -= len(draft.tokens)
         candidates = [req.calibration.adjust(d.probs) for req, d in proposed]
-        if self._since_verify >= self.verify_cost.memory:
-            # backed off for as long as the verify model remembers: its price is stale, so
-            # verify whole drafts once to measure it again (the machine or the text changed)
-            plan = [len(c) for c in candidates]
+        if not self.verify_cost.fitted or self._since_verify >= self.verify_cost.memory:
+            # Unmeasured, or backed off for as long as the verify model remembers (its price is
+            # stale: the machine or the text changed): verify whole drafts to measure the price,
+            # but at most doubling the step's decode tokens plus one draft, so a probe at a
+            # large batch does not verify every sequence's longest draft at once.
+            plan = [len(c) for c in _cap_total(candidates, max(base, self.max_draft))]
         else:
             plan = plan_drafts(candidates, base, self.verify_cost, self.decode_cost)
         for (req, draft), keep in zip(proposed, plan, strict=True):
@@ -258,6 +270,8 @@ class Speculator:
             self._record(seq.request_id, g, a)
         for chunk in chunks:
             core.scheduler.commit(chunk)
+        for seq, _ in self._pending:
+            _release_rejected_blocks(core.scheduler, seq)
         if not plain:
             return plain, None
         return plain, logits[torch.tensor(plain_rows, dtype=torch.long, device=logits.device)]
@@ -267,6 +281,7 @@ class Speculator:
         if req is not None:
             req.ctx.draft_length.record(drafted, accepted)
             req.calibration.record(req.probs, accepted)
+            self.calibration.record(req.probs, accepted)
         self.verify_steps += 1
         self.drafted += drafted
         self.accepted += accepted
@@ -293,3 +308,25 @@ class Speculator:
                     break
         self._pending = []
         return outputs
+
+
+def _cap_total(candidates: list[list[float]], total: int) -> list[list[float]]:
+    """The candidate drafts cut, most promising tokens first, to `total` tokens in all."""
+    order = sorted(
+        ((p, i, j) for i, c in enumerate(candidates) for j, p in enumerate(c)),
+        key=lambda t: (-t[0], t[2], t[1]),
+    )
+    keep = [0] * len(candidates)
+    for _, i, j in order[:total]:
+        keep[i] = max(keep[i], j + 1)  # probabilities are non-increasing: prefixes are taken
+    return [c[:k] for c, k in zip(candidates, keep, strict=True)]
+
+
+def _release_rejected_blocks(scheduler: Scheduler, seq: Sequence) -> None:
+    """Give back the blocks past a verified sequence's computed tokens: they were allocated for
+    its draft and hold only rejected positions (private, never registered in the prefix cache)."""
+    keep = -(-seq.num_computed_tokens // scheduler.block_size)
+    extra = seq.block_table[keep:]
+    if extra:
+        del seq.block_table[keep:]
+        scheduler.blocks.release(list(reversed(extra)))
