@@ -12,12 +12,16 @@ call timings otherwise). Concerns, one module each:
   reads faster than the weights (a small pool next to the model: every step is weight-bound),
   holding a program back would cost throughput one for one, so the engine packs its memory
   itself in admission order and the policy only decides holds (with several tenants the
-  budget always gates: weighted fair share needs the queue). When the footprint
+  budget always gates: weighted fair share needs the queue) — until the engine is measured to
+  thrash (`regime.ThrashMeter`: where memory fits only a few contexts the engine drops whole
+  contexts and recomputes them; once that recompute costs more of its time than the memory a
+  gate would leave unused, the replica gates, thunderagent's working set). When the footprint
   grows past the capacity and the engine has no free blocks left for the excess, whole
   programs are paused (`victims.pick_victim`: newest first, preferring ones with no call on
   the engine), so the engine never thrashes. A replica with nothing to run while programs
-  wait releases the KV held for programs inside tools (`_unhold_idle`): memory held for an
-  idle engine is worth nothing.
+  wait releases the KV held for programs inside tools (`_unhold_idle`), unless a tool is
+  expected back before recomputing its context would pay for the idle engine (`_worth_idling`:
+  the pin TTL with holding priced at the whole engine).
 - **Hold or release through a tool** (`pin_rule`): when a program starts a tool its context
   is pinned for the cost-benefit TTL over the tool's measured latency distribution (recompute
   or tier load vs. the memory held, priced by what waits for it), or released at once when
@@ -47,6 +51,8 @@ Constants (none is a value searched on our workloads):
 | `HORIZONS` | now, next call | re-decided at every tool boundary (`legato_run`) |
 | budget `low`/`high` | 1.0 | the pool's capacity; `safety` 0: the expected total |
 | gating | engine | `gates`: KV pool read time vs. weight read time per decode step |
+| gating, weight-bound | measured | `regime`: recompute time of dropped KV vs. budget slack |
+| idle release | engine | `_worth_idling`: pin TTL with holding priced at 1 (idle engine) |
 | output reserve | learned | program's mean output, else all programs', else 0 (none seen) |
 | remaining calls | learned | past runs' lengths, else all programs' mean, else 1 |
 | ageing | learned | one call per measured call cycle |
@@ -173,6 +179,7 @@ class Legato(AdmissionControl, BasePolicy):
         r = self._runs.get(event.run_id)
         if r is None:
             return ()
+        self._measure(r, event, now, view)
         node, hints = self._settle_call(r, event, now)
         out: list[Decision] = []
         ctx = r.last_ctx
@@ -182,7 +189,7 @@ class Legato(AdmissionControl, BasePolicy):
             reuse = self.predictor.reuses_prefix(r.program, node, hints)
             tool = self.predictor.next_tool(r.program, node, hints) if reuse else None
         if tool is not None:
-            r.acting.append(Branch(tool, ctx, expires_s=now + TOOL_GRACE_S))
+            r.acting.append(Branch(tool, ctx, expires_s=now + TOOL_GRACE_S, since_s=now))
             self._expected.push(now + TOOL_GRACE_S, r.run_id)
         elif reuse:
             r.bridge = max(r.bridge, ctx)
@@ -246,7 +253,7 @@ class Legato(AdmissionControl, BasePolicy):
                 b.started = True
                 break
         else:
-            r.acting.append(Branch(event.tool, r.last_ctx, True))
+            r.acting.append(Branch(event.tool, r.last_ctx, True, since_s=now))
         r.tool_ver += 1
         if r.last_node:
             self.predictor.history.record_tool(r.program, r.last_node, event.tool)
@@ -294,6 +301,7 @@ class Legato(AdmissionControl, BasePolicy):
         if r is None:
             return ()
         self.budget.release(r.run_id)
+        self.thrash.forget(r.run_id)
         if r.prio:
             self.router.left(r.group)
         self.fair.refund(r.tenant, r.prepaid)

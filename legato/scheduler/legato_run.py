@@ -40,6 +40,7 @@ class Branch:
     # this call site in past runs, which can be wrong: a map body's last round has no tool);
     # past this time without a `ToolStarted` it is dropped (`Legato._drop_unstarted`).
     expires_s: float = math.inf
+    since_s: float = 0.0  # when its context started waiting (the call's end, or the tool start)
 
 
 @dataclass(slots=True)
