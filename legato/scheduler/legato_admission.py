@@ -339,9 +339,13 @@ class AdmissionControl:
         self._pause(r, now, out)
 
     def _recomputed_on_return(self, r: Run, ctx: float, view: ClusterView) -> bool:
-        """Does a context released now come back by recomputation (no tier is the cheaper
-        way back)? Unknown costs: no."""
+        """Does a context released now come back, on a replica that does not gate, by
+        recomputation (no tier is the cheaper way back)? Unknown costs: no. Only there does
+        its place in the engine order cost anything (module docstring of `legato_policy`,
+        "Order"): a gating replica's engine is kept within its pool and preempts nothing."""
         assert r.replica is not None
+        if math.isfinite(self.budget.capacity[r.replica]):
+            return False
         rv = view.replica(r.replica)
         shared = min(r.shared_tokens, ctx)
         recompute = self.rates.recompute_s(rv, shared, ctx)

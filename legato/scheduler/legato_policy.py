@@ -31,12 +31,14 @@ call timings otherwise). Concerns, one module each:
   tenant, least predicted remaining memory-time first (calls x cycle x footprint), a waiting program
   gaining one call of priority per call cycle it waits (the mean time between a program's calls,
   measured), a paused program one call ahead of an equal new one. The engine runs admitted programs'
-  calls in admission order; a program released through a tool whose way back is a recompute (no
-  tier is the cheaper way back, `EngineRates.reload_s`) is, to the engine, a new request when it
-  returns and takes a new place at the end of that order (its old place protected KV that is
-  gone, and ranking it above calls already running would make them the engine's preemption
-  victims, their computed KV thrown away); one parked in a tier keeps its place. A call-level
-  gate (`fair_gate`) evens out service between admissions.
+  calls in admission order. On a replica that does not gate (the engine packs and overcommits
+  its memory itself, preempting the lowest priority), a program released through a tool whose
+  way back is a recompute (no tier is the cheaper way back, `EngineRates.reload_s`) is, to the
+  engine, a new request when it returns and takes a new place at the end of that order: its old
+  place protected KV that is gone, and ranking it above calls already running would make them
+  the engine's preemption victims, their computed KV thrown away. One parked in a tier, or on a
+  gating replica (nothing is preempted there; the order only finishes programs in turn), keeps
+  its place. A call-level gate (`fair_gate`) evens out service between admissions.
 - **Cache**: `NextUse` of never for KV no call reads again (`_forget`), `Prefetch` when a tool
   is about to finish (a tick ahead); a branch expected to run a tool counts in the budget from
   its call's end until `TOOL_GRACE_S` passes without the tool starting.

@@ -20,11 +20,14 @@ from legato.sim.models import model
 
 
 class _View:
-    """One A10 replica with the cost model's engine facts (a pool that never gates) and
-    optionally a host tier."""
+    """One A10 replica with the cost model's engine facts (a pool that never gates), optionally
+    a host tier; `gating`: a KV read per context token as dear as the weights (it gates)."""
 
-    def __init__(self, tiers: tuple[TierView, ...] = ()) -> None:
-        self.facts = CostModel(model("llama-3.1-8b"), gpu("a10")).engine_facts()
+    def __init__(self, tiers: tuple[TierView, ...] = (), gating: bool = False) -> None:
+        facts = list(CostModel(model("llama-3.1-8b"), gpu("a10")).engine_facts())
+        if gating:
+            facts[3] = facts[2]
+        self.facts = tuple(facts)
         self.tiers = tiers
 
     @property
@@ -81,5 +84,13 @@ def test_a_program_parked_in_a_tier_keeps_its_place() -> None:
     # A host tier with room: its KV comes back by a load, and it keeps its admission order.
     host = TierView("host", 25e9, 20e-6, 1e12, 1e12)
     a, b, at_tool = _return_after_a_long_tool(_View((host,)))
+    assert [d for d in at_tool if isinstance(d, Pause)]
+    assert a < b
+
+
+def test_on_a_gating_replica_a_released_program_keeps_its_place() -> None:
+    # The budget keeps the engine within its pool: nothing is preempted for the returning call,
+    # and the order finishes programs in turn.
+    a, b, at_tool = _return_after_a_long_tool(_View(gating=True))
     assert [d for d in at_tool if isinstance(d, Pause)]
     assert a < b
