@@ -215,6 +215,7 @@ class AdmissionControl:
                 for b in v.acting:
                     b.held = False
                 out.append(Unpin(v.run_id))
+                v.released = self._recomputed_on_return(v, v.last_ctx, view)
                 self._pause(v, now, out)
                 released = True
                 if self.budget.fits(replica, *self._need_fn(r)(replica)):
@@ -260,6 +261,12 @@ class AdmissionControl:
             self._admitted += 1
             r.prio = self._admitted
             self.router.joined(r.group, replica)  # a group member until it finishes
+        elif r.released:
+            # Its KV was let go through a tool: its place in the engine order kept nothing
+            # resident, so it queues behind what is (module docstring, "Order").
+            self._admitted += 1
+            r.prio = self._admitted
+        r.released = False
         r.prepaid = self.fair.prepay(r.tenant, self._predicted_cost(r))
         r.state = ACTIVE
         r.replica = replica
@@ -374,10 +381,27 @@ class AdmissionControl:
         fit = self.predictor.tool_fit(tool, r.tenant)
         return hold_ttl(cost, price * (branch.ctx - shared) / cap, fit)
 
-    def _release_branch(self, r: Run, branch: Branch, now: float, out: list[Decision]) -> None:
+    def _release_branch(
+        self, r: Run, branch: Branch, now: float, view: ClusterView, out: list[Decision]
+    ) -> None:
         branch.held = False
         self.thrash.released(r.run_id)
         if r.live or r.bridge or any(b.held for b in r.acting):
             self._sync(r)
             return
+        r.released = self._recomputed_on_return(r, branch.ctx, view)
         self._pause(r, now, out)
+
+    def _recomputed_on_return(self, r: Run, ctx: float, view: ClusterView) -> bool:
+        """Does a context released now come back, on a replica that does not gate, by
+        recomputation (no tier is the cheaper way back)? Unknown costs: no. Only there does
+        its place in the engine order cost anything (module docstring of `legato_policy`,
+        "Order"): a gating replica's engine is kept within its pool and preempts nothing."""
+        assert r.replica is not None
+        if math.isfinite(self.budget.capacity[r.replica]):
+            return False
+        rv = view.replica(r.replica)
+        shared = min(r.shared_tokens, ctx)
+        recompute = self.rates.recompute_s(rv, shared, ctx)
+        reload = self.rates.reload_s(rv, shared, ctx)
+        return recompute is not None and reload is not None and reload >= recompute

@@ -35,7 +35,14 @@ call timings otherwise). Concerns, one module each:
   tenant, least predicted remaining memory-time first (calls x cycle x footprint), a waiting program
   gaining one call of priority per call cycle it waits (the mean time between a program's calls,
   measured), a paused program one call ahead of an equal new one. The engine runs admitted programs'
-  calls in admission order. A call-level gate (`fair_gate`) evens out service between admissions.
+  calls in admission order. On a replica that does not gate (the engine packs and overcommits
+  its memory itself, preempting the lowest priority), a program released through a tool whose
+  way back is a recompute (no tier is the cheaper way back, `EngineRates.reload_s`) is, to the
+  engine, a new request when it returns and takes a new place at the end of that order: its old
+  place protected KV that is gone, and ranking it above calls already running would make them
+  the engine's preemption victims, their computed KV thrown away. One parked in a tier, or on a
+  gating replica (nothing is preempted there; the order only finishes programs in turn), keeps
+  its place. A call-level gate (`fair_gate`) evens out service between admissions.
 - **Cache**: `NextUse` of never for KV no call reads again (`_forget`), `Prefetch` when a tool
   is about to finish (a tick ahead); a branch expected to run a tool counts in the budget from
   its call's end until `TOOL_GRACE_S` passes without the tool starting.
@@ -266,7 +273,7 @@ class Legato(AdmissionControl, BasePolicy):
             return out
         ttl = self._hold_or_release(r, started, event.tool, now, view)
         if ttl is None:
-            self._release_branch(r, started, now, out)
+            self._release_branch(r, started, now, view, out)
             self._admit(now, view, out)  # its memory went back to the pool
         elif math.isfinite(ttl):
             self.pins += 1
@@ -330,7 +337,7 @@ class Legato(AdmissionControl, BasePolicy):
             # is expected to save.
             r = self._runs.get(run_id)
             if r is not None and r.state == ACTIVE and branch.held and any(b is branch for b in r.acting):
-                self._release_branch(r, branch, now, out)
+                self._release_branch(r, branch, now, view, out)
         self._release_deferred(now, out)
         if self._waiting:
             self._ensure_capacity(view)
