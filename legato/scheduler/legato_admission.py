@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping
 
 from legato.scheduler.admission import KVBudget
 from legato.scheduler.engine_rates import EngineRates
+from legato.scheduler.events import CallFinished, CallHints
 from legato.scheduler.fair_gate import FairGate
 from legato.scheduler.fair_share import FairShare
 from legato.scheduler.legato_run import (
@@ -31,6 +32,7 @@ from legato.scheduler.legato_run import (
 from legato.scheduler.pin_rule import hold_ttl, memory_price
 from legato.scheduler.policy import ClusterView, Decision, Dispatch, Pause, ReplicaView, Resume, Unpin
 from legato.scheduler.predictor import ReusePredictor
+from legato.scheduler.regime import ThrashMeter
 from legato.scheduler.routing import Router
 from legato.scheduler.victims import idle_holders, pick_victim
 from legato.scheduler.wait_queue import WaitQueue
@@ -44,7 +46,9 @@ def gates(view: ReplicaView) -> bool:
     pool reads faster than the weights (a small pool next to a big model: every decode step is
     weight-bound whatever fits), every sequence the budget held back would cost throughput
     nearly one for one, so the engine packs its memory itself, in admission order, and the
-    policy only decides holds (pins that yield when memory runs out). Unknown facts: gate."""
+    policy only decides holds (pins that yield when memory runs out) — until the engine is
+    measured to thrash (`regime.ThrashMeter`: recomputing KV it dropped costs more than the
+    memory a gate leaves unused), where admission gates after all. Unknown facts: gate."""
     if view.decode_step_s is None or view.decode_s_per_ctx_token is None:
         return True
     pool = view.total_blocks * view.block_size
@@ -65,6 +69,8 @@ class AdmissionControl:
         self._waiting = WaitQueue()
         self._victims: list[list[tuple[int, str]]] = []  # per replica: (-prio, run), a heap
         self.pool: list[float] = []  # per replica: KV capacity in tokens (the budget's, if gated)
+        self.thrash = ThrashMeter()
+        self._packs: list[bool] = []  # per replica: may let the engine pack memory (`regime`)
         self._queued_fp = [0.0, 0]  # summed footprint of programs at enqueue, samples
         self._cycle = [0.0, 0]  # summed time between a run's consecutive calls, samples
         self._admitted = 0
@@ -75,15 +81,39 @@ class AdmissionControl:
         if self.budget.replicas == view.num_replicas:
             return
         self.pool = []
+        self._packs = []
         caps = []
         for i in range(view.num_replicas):
             r = view.replica(i)
             pool = float(r.total_blocks * r.block_size)
             self.pool.append(pool)
             # Weighted fair share needs a queue to reorder: with several tenants, always gate.
-            caps.append(pool if len(self.fair.weights) > 1 or gates(r) else math.inf)
+            packs = len(self.fair.weights) <= 1 and not gates(r)
+            self._packs.append(packs)
+            caps.append(math.inf if packs else pool)
         self.budget.set_capacity(caps)
         self._victims = [[] for _ in caps]
+
+    def _measure(self, r: Run, event: CallFinished, now: float, view: ClusterView) -> None:
+        """A call finished: count the KV its program had computed and the engine dropped
+        (`regime.ThrashMeter`); on a replica that may let the engine pack its memory, gate
+        admission at the pool's capacity while that recompute costs more than gating would."""
+        replica = r.replica
+        if replica is None or replica >= len(self._packs):
+            return
+        _, hints = r.hints.get(event.call_id, ("", CallHints()))
+        if r.calls_done and not hints.prefill_only and event.prompt_tokens >= r.last_ctx:
+            # The prompt extends the program's previous context: all of it was computed before.
+            rv = view.replica(replica)
+            self.thrash.call_finished(r.run_id, rv, self.rates, r.last_ctx, float(event.cached_tokens))
+        if not self._packs[replica]:
+            return
+        cap = self.pool[replica] if self.thrash.thrashing(replica, now, self.budget) else math.inf
+        if cap != self.budget.capacity[replica]:
+            caps = list(self.budget.capacity)
+            caps[replica] = cap
+            self.budget.set_capacity(caps)
+            self._blocked = None  # the budget changed: retry admission
 
     def _sync(self, r: Run) -> None:
         hist = self.predictor.history
@@ -171,22 +201,45 @@ class AdmissionControl:
         return math.inf if cost is None else cost
 
     def _unhold_idle(self, r: Run, view: ClusterView, now: float, out: list[Decision]) -> bool:
-        """A replica with nothing to run while `r` waits for memory: the KV it holds for
-        programs inside tools is worth nothing to an idle engine, so those programs are
-        released, newest first, until `r` fits. Returns whether anything was released."""
+        """A replica with nothing to run while `r` waits for memory: programs holding KV
+        through a tool are released, newest first, until `r` fits, unless their tool is
+        expected back before recomputing their context would pay for the idle engine
+        (`_worth_idling`). Returns whether anything was released."""
         released = False
         for replica in range(self.budget.replicas):
             if not self._idle(view, replica):
                 continue
             for v in idle_holders(self._victims[replica], self._runs, replica):
+                if self._worth_idling(v, view, now):
+                    continue
                 for b in v.acting:
                     b.held = False
                 out.append(Unpin(v.run_id))
+                v.released = self._recomputed_on_return(v, v.last_ctx, view)
                 self._pause(v, now, out)
                 released = True
                 if self.budget.fits(replica, *self._need_fn(r)(replica)):
                     return True
         return released
+
+    def _worth_idling(self, v: Run, view: ClusterView, now: float) -> bool:
+        """Should `v` keep its tool context although its engine is idle? `pin_rule`'s TTL with
+        holding priced at the whole engine (1 engine-second per second: everything the engine
+        could run waits for that memory): an engine idle through a short tool loses less than
+        recomputing the context when the tool returns (and, where memory fits only a few
+        contexts, than the swap of working sets that releasing starts)."""
+        assert v.replica is not None
+        rv = view.replica(v.replica)
+        for b in v.acting:
+            if not b.held:
+                continue
+            cost = self.rates.reload_s(rv, min(v.shared_tokens, b.ctx), b.ctx)
+            if cost is None:
+                return True  # nothing known about the engine yet: keep it (see _hold_or_release)
+            ttl = hold_ttl(cost, 1.0, self.predictor.tool_fit(b.tool, v.tenant))
+            if ttl is not None and now - b.since_s < ttl:
+                return True
+        return False
 
     def _predicted_cost(self, r: Run) -> float:
         """Fair-share cost the run is expected to consume from here: what past runs of the
@@ -208,6 +261,12 @@ class AdmissionControl:
             self._admitted += 1
             r.prio = self._admitted
             self.router.joined(r.group, replica)  # a group member until it finishes
+        elif r.released:
+            # Its KV was let go through a tool: its place in the engine order kept nothing
+            # resident, so it queues behind what is (module docstring, "Order").
+            self._admitted += 1
+            r.prio = self._admitted
+        r.released = False
         r.prepaid = self.fair.prepay(r.tenant, self._predicted_cost(r))
         r.state = ACTIVE
         r.replica = replica
@@ -237,6 +296,7 @@ class AdmissionControl:
     def _dispatch(self, r: Run, call_id: str, now: float, out: list[Decision]) -> None:
         assert r.replica is not None
         self.rates.call_started(r.replica, now)
+        self.thrash.dispatched(r.replica, now)
         r.sent_s[call_id] = now
         prompt = r.live.get(call_id, 0)
         r.dispatched += 1
@@ -321,9 +381,27 @@ class AdmissionControl:
         fit = self.predictor.tool_fit(tool, r.tenant)
         return hold_ttl(cost, price * (branch.ctx - shared) / cap, fit)
 
-    def _release_branch(self, r: Run, branch: Branch, now: float, out: list[Decision]) -> None:
+    def _release_branch(
+        self, r: Run, branch: Branch, now: float, view: ClusterView, out: list[Decision]
+    ) -> None:
         branch.held = False
+        self.thrash.released(r.run_id)
         if r.live or r.bridge or any(b.held for b in r.acting):
             self._sync(r)
             return
+        r.released = self._recomputed_on_return(r, branch.ctx, view)
         self._pause(r, now, out)
+
+    def _recomputed_on_return(self, r: Run, ctx: float, view: ClusterView) -> bool:
+        """Does a context released now come back, on a replica that does not gate, by
+        recomputation (no tier is the cheaper way back)? Unknown costs: no. Only there does
+        its place in the engine order cost anything (module docstring of `legato_policy`,
+        "Order"): a gating replica's engine is kept within its pool and preempts nothing."""
+        assert r.replica is not None
+        if math.isfinite(self.budget.capacity[r.replica]):
+            return False
+        rv = view.replica(r.replica)
+        shared = min(r.shared_tokens, ctx)
+        recompute = self.rates.recompute_s(rv, shared, ctx)
+        reload = self.rates.reload_s(rv, shared, ctx)
+        return recompute is not None and reload is not None and reload >= recompute

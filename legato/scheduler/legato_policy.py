@@ -12,12 +12,16 @@ call timings otherwise). Concerns, one module each:
   reads faster than the weights (a small pool next to the model: every step is weight-bound),
   holding a program back would cost throughput one for one, so the engine packs its memory
   itself in admission order and the policy only decides holds (with several tenants the
-  budget always gates: weighted fair share needs the queue). When the footprint
+  budget always gates: weighted fair share needs the queue) — until the engine is measured to
+  thrash (`regime.ThrashMeter`: where memory fits only a few contexts the engine drops whole
+  contexts and recomputes them; once that recompute costs more of its time than the memory a
+  gate would leave unused, the replica gates, thunderagent's working set). When the footprint
   grows past the capacity and the engine has no free blocks left for the excess, whole
   programs are paused (`victims.pick_victim`: newest first, preferring ones with no call on
   the engine), so the engine never thrashes. A replica with nothing to run while programs
-  wait releases the KV held for programs inside tools (`_unhold_idle`): memory held for an
-  idle engine is worth nothing.
+  wait releases the KV held for programs inside tools (`_unhold_idle`), unless a tool is
+  expected back before recomputing its context would pay for the idle engine (`_worth_idling`:
+  the pin TTL with holding priced at the whole engine).
 - **Hold or release through a tool** (`pin_rule`): when a program starts a tool its context
   is pinned for the cost-benefit TTL over the tool's measured latency distribution (recompute
   or tier load vs. the memory held, priced by what waits for it), or released at once when
@@ -31,7 +35,14 @@ call timings otherwise). Concerns, one module each:
   tenant, least predicted remaining memory-time first (calls x cycle x footprint), a waiting program
   gaining one call of priority per call cycle it waits (the mean time between a program's calls,
   measured), a paused program one call ahead of an equal new one. The engine runs admitted programs'
-  calls in admission order. A call-level gate (`fair_gate`) evens out service between admissions.
+  calls in admission order. On a replica that does not gate (the engine packs and overcommits
+  its memory itself, preempting the lowest priority), a program released through a tool whose
+  way back is a recompute (no tier is the cheaper way back, `EngineRates.reload_s`) is, to the
+  engine, a new request when it returns and takes a new place at the end of that order: its old
+  place protected KV that is gone, and ranking it above calls already running would make them
+  the engine's preemption victims, their computed KV thrown away. One parked in a tier, or on a
+  gating replica (nothing is preempted there; the order only finishes programs in turn), keeps
+  its place. A call-level gate (`fair_gate`) evens out service between admissions.
 - **Cache**: `NextUse` of never for KV no call reads again (`_forget`), `Prefetch` when a tool
   is about to finish (a tick ahead); a branch expected to run a tool counts in the budget from
   its call's end until `TOOL_GRACE_S` passes without the tool starting.
@@ -47,6 +58,8 @@ Constants (none is a value searched on our workloads):
 | `HORIZONS` | now, next call | re-decided at every tool boundary (`legato_run`) |
 | budget `low`/`high` | 1.0 | the pool's capacity; `safety` 0: the expected total |
 | gating | engine | `gates`: KV pool read time vs. weight read time per decode step |
+| gating, weight-bound | measured | `regime`: recompute time of dropped KV vs. budget slack |
+| idle release | engine | `_worth_idling`: pin TTL with holding priced at 1 (idle engine) |
 | output reserve | learned | program's mean output, else all programs', else 0 (none seen) |
 | remaining calls | learned | past runs' lengths, else all programs' mean, else 1 |
 | ageing | learned | one call per measured call cycle |
@@ -174,6 +187,7 @@ class Legato(AdmissionControl, BasePolicy):
         r = self._runs.get(event.run_id)
         if r is None:
             return ()
+        self._measure(r, event, now, view)
         node, hints = self._settle_call(r, event, now)
         out: list[Decision] = []
         ctx = r.last_ctx
@@ -183,7 +197,7 @@ class Legato(AdmissionControl, BasePolicy):
             reuse = self.predictor.reuses_prefix(r.program, node, hints)
             tool = self.predictor.next_tool(r.program, node, hints) if reuse else None
         if tool is not None:
-            r.acting.append(Branch(tool, ctx, expires_s=now + TOOL_GRACE_S))
+            r.acting.append(Branch(tool, ctx, expires_s=now + TOOL_GRACE_S, since_s=now))
             self._expected.push(now + TOOL_GRACE_S, r.run_id)
         elif reuse:
             r.bridge = max(r.bridge, ctx)
@@ -247,7 +261,7 @@ class Legato(AdmissionControl, BasePolicy):
                 b.started = True
                 break
         else:
-            r.acting.append(Branch(event.tool, r.last_ctx, True))
+            r.acting.append(Branch(event.tool, r.last_ctx, True, since_s=now))
         r.tool_ver += 1
         if r.last_node:
             self.predictor.history.record_tool(r.program, r.last_node, event.tool)
@@ -260,7 +274,7 @@ class Legato(AdmissionControl, BasePolicy):
             return out
         ttl = self._hold_or_release(r, started, event.tool, now, view)
         if ttl is None:
-            self._release_branch(r, started, now, out)
+            self._release_branch(r, started, now, view, out)
             self._admit(now, view, out)  # its memory went back to the pool
         elif math.isfinite(ttl):
             self.pins += 1
@@ -295,6 +309,7 @@ class Legato(AdmissionControl, BasePolicy):
         if r is None:
             return ()
         self.budget.release(r.run_id)
+        self.thrash.forget(r.run_id)
         if r.prio:
             self.router.left(r.group)
         self.fair.refund(r.tenant, r.prepaid)
@@ -323,7 +338,7 @@ class Legato(AdmissionControl, BasePolicy):
             # is expected to save.
             r = self._runs.get(run_id)
             if r is not None and r.state == ACTIVE and branch.held and any(b is branch for b in r.acting):
-                self._release_branch(r, branch, now, out)
+                self._release_branch(r, branch, now, view, out)
         self._release_deferred(now, out)
         if self._waiting:
             self._ensure_capacity(view)

@@ -40,6 +40,7 @@ class Branch:
     # this call site in past runs, which can be wrong: a map body's last round has no tool);
     # past this time without a `ToolStarted` it is dropped (`Legato._drop_unstarted`).
     expires_s: float = math.inf
+    since_s: float = 0.0  # when its context started waiting (the call's end, or the tool start)
 
 
 @dataclass(slots=True)
@@ -72,6 +73,9 @@ class Run:
     qver: int = 0  # waiting-queue entry version (lazy deletion)
     queued: bool = False
     engine_paused: bool = False  # a Pause decision is in force (its calls are parked)
+    # Its KV was let go through a tool (`pin_rule`): on return it takes a new place in the
+    # engine order (`AdmissionControl._activate`).
+    released: bool = False
     prev_prompt: int = 0  # prompt of the previous sequential call (growth samples)
     last_call_final: bool = False  # the latest call is the run's last step
     peak: float = 0.0  # largest footprint since the last call finished (history)

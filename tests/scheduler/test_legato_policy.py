@@ -115,12 +115,20 @@ def test_a_tool_longer_than_the_break_even_releases_the_program() -> None:
     assert not [d for d in out if isinstance(d, Pin)]
     assert _dispatched(out) == ["b#0"]
     assert [d for d in out if isinstance(d, Pause) and d.run_id == "a"]
-    # The same tool with a recompute 100x dearer (a slower GPU): worth holding, b waits.
+    # The same tool with a recompute 100x dearer (a slower GPU): worth holding, b waits...
     out, policy = run(_View(10_000, prefill_s_per_token=1e-2))
     assert [d for d in out if isinstance(d, Pin)]
     assert _dispatched(out) == []
-    # ... unless the engine has nothing else to run: a hold is worth nothing to an idle engine.
+    # ... even with the engine idle: the tool (~20 s) is back long before recomputing the
+    # context (~53 s) would have paid for the idle time (`_worth_idling`).
     out = list(policy.on_event(Tick(), 1.5, _View(10_000, prefill_s_per_token=1e-2, running=0)))
+    assert _dispatched(out) == []
+    # A recompute (~10.6 s) worth a pin at the pool's price (a's share of a half-full pool)
+    # but not at an idle engine's (all of it): released once the engine has nothing to run.
+    out, policy = run(_View(10_000, prefill_s_per_token=2e-3))
+    assert [d for d in out if isinstance(d, Pin)]
+    assert _dispatched(out) == []
+    out = list(policy.on_event(Tick(), 1.5, _View(10_000, prefill_s_per_token=2e-3, running=0)))
     assert _dispatched(out) == ["b#0"]
 
 

@@ -1,0 +1,109 @@
+"""Per replica: keep a working set within the KV pool, or let the engine pack its memory itself.
+
+Why: on a replica whose decode steps are weight-bound (`legato_admission.gates` is False: the
+whole pool reads faster than the weights), every sequence in the batch is nearly free
+throughput, so the policy lets the engine fill its memory in admission order rather than hold
+programs back on a projection. That pays only while the engine keeps what it computed. Where
+memory fits only a few contexts, an overcommitted engine drops whole contexts (LRU eviction of
+programs between calls, preemption by recompute of running calls) and computes them again:
+a long context dropped once costs seconds of compute-bound prefill that serves nobody. There
+the policy must do what thunderagent does: admit a working set that fits and pause the rest
+whole.
+
+The choice is measured, not configured. For each replica the meter adds up the engine seconds
+spent recomputing KV the engine had already computed for a program and dropped (a call whose
+prompt extends its program's previous context but found less of it cached; priced with
+`EngineRates.recompute_s`, the engine's own prefill cost). A context the policy itself let go
+through a tool (`pin_rule` released it: the recompute was priced and chosen, and gating would
+not avoid it) is not counted. Letting the engine pack can win at most the memory the budget
+would leave unused: what the admitted programs' projections reserve beyond what they hold now
+(output reserves, next-call growth), a fraction `slack` of the projected total, averaged over
+time; in a weight-bound step, memory is batch share one for one. So the replica is gated while
+the recompute time exceeds that fraction of the time it has been serving:
+
+    lost_s > slack x elapsed_s
+
+Both sides are measured on the replica; no constant. A gated replica stops dropping contexts,
+so its measured fraction decays as it keeps serving and the comparison can turn back: the
+choice follows the workload's phase (it is re-made at every finished call).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from legato.scheduler.admission import KVBudget
+from legato.scheduler.engine_rates import EngineRates
+from legato.scheduler.policy import ReplicaView
+
+
+@dataclass(slots=True)
+class _Meter:
+    since_s: float | None = None  # first call dispatched to the replica
+    lost_s: float = 0.0  # engine seconds spent recomputing KV dropped after it was computed
+    seen_s: float | None = None  # when the budget was last sampled
+    reserved: float = 0.0  # time integral of the admitted programs' projected KV
+    unused: float = 0.0  # time integral of the part of it not held
+    last: tuple[float, float] = (0.0, 0.0)  # (projected, not held) at the last sample
+
+
+@dataclass(slots=True)
+class ThrashMeter:
+    """Recompute of dropped KV per replica, and the gate-or-pack choice it implies."""
+
+    _meters: dict[int, _Meter] = field(default_factory=dict)
+    _released: set[str] = field(default_factory=set)  # runs the policy let go since their last call
+
+    def released(self, run: str) -> None:
+        """The policy let the run's KV go (a pause, a release through a tool): its next call's
+        recompute was chosen (`pin_rule` priced it), not thrash."""
+        self._released.add(run)
+
+    def forget(self, run: str) -> None:
+        self._released.discard(run)
+
+    def dispatched(self, replica: int, now: float) -> None:
+        m = self._meters.setdefault(replica, _Meter())
+        if m.since_s is None:
+            m.since_s = now
+
+    def call_finished(
+        self, run: str, view: ReplicaView, rates: EngineRates, reused: float, cached: float
+    ) -> None:
+        """A call of `run` whose prompt starts with `reused` tokens its program computed before
+        found `cached` of them resident (block granularity: up to a block short is not a loss)."""
+        if run in self._released:
+            self._released.discard(run)
+            return
+        if reused - cached <= view.block_size:
+            return
+        cost = rates.recompute_s(view, cached, reused)
+        if cost:
+            self._meters.setdefault(view.replica, _Meter()).lost_s += cost
+
+    def lost_fraction(self, replica: int, now: float) -> float:
+        """Share of the replica's serving time spent recomputing dropped KV."""
+        m = self._meters.get(replica)
+        if m is None or m.since_s is None or now <= m.since_s:
+            return 0.0
+        return m.lost_s / (now - m.since_s)
+
+    def slack(self, replica: int, now: float, budget: KVBudget) -> float:
+        """Time-averaged fraction of the admitted programs' projected KV that they do not hold:
+        the memory a gate at the pool's capacity reserves and leaves unused. Averaged over the
+        replica's serving time, so that it is a property of the workload rather than of the
+        moment (it is sampled at every finished call)."""
+        m = self._meters.setdefault(replica, _Meter())
+        if m.seen_s is not None and now > m.seen_s:
+            dt = now - m.seen_s
+            m.reserved += m.last[0] * dt
+            m.unused += m.last[1] * dt
+        m.seen_s = now
+        peak = max(budget.used[replica], default=0.0)
+        m.last = (peak, max(0.0, peak - budget.current[replica]))
+        return m.unused / m.reserved if m.reserved > 0.0 else 0.0
+
+    def thrashing(self, replica: int, now: float, budget: KVBudget) -> bool:
+        """Does recomputing dropped KV cost the replica more than gating would (see the module
+        docstring)?"""
+        return self.lost_fraction(replica, now) > self.slack(replica, now, budget)

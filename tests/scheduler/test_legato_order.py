@@ -1,0 +1,96 @@
+"""The engine order of Legato's programs: admission order, and what a release through a tool
+does to a program's place in it (`AdmissionControl._activate`)."""
+
+from __future__ import annotations
+
+from legato.scheduler.events import (
+    CallArrived,
+    CallFinished,
+    CallHints,
+    LLMCall,
+    RunStarted,
+    ToolFinished,
+    ToolStarted,
+)
+from legato.scheduler.legato_policy import Legato
+from legato.scheduler.policy import Decision, Dispatch, Pause, Pin, ReplicaView, TierView
+from legato.sim.cost_model import CostModel
+from legato.sim.hardware import gpu
+from legato.sim.models import model
+
+
+class _View:
+    """One A10 replica with the cost model's engine facts (a pool that never gates), optionally
+    a host tier; `gating`: a KV read per context token as dear as the weights (it gates)."""
+
+    def __init__(self, tiers: tuple[TierView, ...] = (), gating: bool = False) -> None:
+        facts = list(CostModel(model("llama-3.1-8b"), gpu("a10")).engine_facts())
+        if gating:
+            facts[3] = facts[2]
+        self.facts = tuple(facts)
+        self.tiers = tiers
+
+    @property
+    def num_replicas(self) -> int:
+        return 1
+
+    def replica(self, index: int) -> ReplicaView:
+        return ReplicaView(index, 16, 2000, 2000, 1, 0, *self.facts, tiers=self.tiers)
+
+    def cached_prefix_tokens(self, replica: int, call_id: str) -> int:
+        return 0
+
+    def resident_tokens(self, replica: int, run_id: str) -> int:
+        return 0
+
+
+def _call(run: str, j: int, prompt: int) -> CallArrived:
+    hints = CallHints(next_tool="user", expected_tool_latency_s=60.0)
+    return CallArrived(
+        LLMCall(f"{run}#{j}", run, "agent", f"step-{j}", "t0", (), hints=hints, num_prompt_tokens=prompt)
+    )
+
+
+def _priority(out: list[Decision], call_id: str) -> int:
+    return next(d.priority for d in out if isinstance(d, Dispatch) and d.call_id == call_id)
+
+
+def _return_after_a_long_tool(view: _View) -> tuple[int, int, list[Decision]]:
+    """`a` runs a call, then a tool far longer than holding its KV is worth (fitted from three
+    samples); `b` arrives meanwhile; then `a` returns. Returns (a's, b's priority, decisions
+    at the tool start)."""
+    policy = Legato()
+    for k in range(3):
+        policy.on_event(ToolFinished("x", "user", 60.0 * (1.2 if k else 0.8)), 0.0, view)
+    policy.on_event(RunStarted("a", "agent", "t0"), 0.0, view)
+    policy.on_event(_call("a", 0, 6000), 0.0, view)
+    policy.on_event(CallFinished("a#0", "a", 6000, 200, 0, "stop"), 5.0, view)
+    at_tool = list(policy.on_event(ToolStarted("a", "user", 60.0), 5.0, view))
+    policy.on_event(RunStarted("b", "agent", "t0"), 6.0, view)
+    b = _priority(list(policy.on_event(_call("b", 0, 6000), 6.0, view)), "b#0")
+    policy.on_event(ToolFinished("a", "user", 60.0), 65.0, view)
+    a = _priority(list(policy.on_event(_call("a", 1, 6400), 65.0, view)), "a#1")
+    return a, b, at_tool
+
+
+def test_a_program_released_to_be_recomputed_queues_behind_programs_admitted_since() -> None:
+    # No tier: the way back is recomputing its context, so to the engine it is a new request.
+    a, b, at_tool = _return_after_a_long_tool(_View())
+    assert [d for d in at_tool if isinstance(d, Pause)] and not [d for d in at_tool if isinstance(d, Pin)]
+    assert a > b
+
+
+def test_a_program_parked_in_a_tier_keeps_its_place() -> None:
+    # A host tier with room: its KV comes back by a load, and it keeps its admission order.
+    host = TierView("host", 25e9, 20e-6, 1e12, 1e12)
+    a, b, at_tool = _return_after_a_long_tool(_View((host,)))
+    assert [d for d in at_tool if isinstance(d, Pause)]
+    assert a < b
+
+
+def test_on_a_gating_replica_a_released_program_keeps_its_place() -> None:
+    # The budget keeps the engine within its pool: nothing is preempted for the returning call,
+    # and the order finishes programs in turn.
+    a, b, at_tool = _return_after_a_long_tool(_View(gating=True))
+    assert [d for d in at_tool if isinstance(d, Pause)]
+    assert a < b
