@@ -53,7 +53,9 @@ def test_plain_request_same_on_fast_and_full_path(
     alone = _run(make_core(), [GenerateRequest("p", PROMPT, plain)])["p"]
     mixed = _run(make_core(), [GenerateRequest("p", PROMPT, plain), *_hooked_neighbours()])["p"]
     assert mixed[0] == alone[0] and len(alone[0]) == 20
-    assert mixed[1] == pytest.approx(alone[1], abs=1e-6)
+    # A batch of other rows changes the float reduction order of the forward pass (a few 1e-6 on
+    # some CPUs); 1e-4 is the logprob tolerance the API promises against a dense recompute.
+    assert mixed[1] == pytest.approx(alone[1], abs=1e-4)
     assert len(alone[1]) == (20 if logprobs else 0)
 
 
