@@ -16,13 +16,12 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import asdict
-from types import TracebackType
 from typing import Any
 
 import anyio
-from anyio.abc import TaskGroup
 from redis.commands.core import AsyncScript
 
+from legato.server.store.background import BackgroundLoop
 from legato.tools.base import ToolResult
 from legato.tools.client import (
     ClientToolBroker,
@@ -76,14 +75,15 @@ return false
 """
 
 
-class RedisCallBoard:
+class RedisCallBoard(BackgroundLoop):
     """The `CallBoard` on the Redis store; `async with` runs the listener that delivers
     results posted to other instances to this instance's waiting runs."""
+
+    task_name = "client tool results"
 
     def __init__(self, store: Any, broker: ClientToolBroker | None = None) -> None:
         self.store = store  # a RedisRunStore (opened before this board is entered)
         self.broker = broker
-        self._tg: TaskGroup | None = None
         self._scripts: dict[str, AsyncScript] = {}
 
     @property
@@ -148,21 +148,8 @@ class RedisCallBoard:
         return sorted((c for c in found if c.call_id not in set(answered)), key=lambda c: c.call_id)
 
     # -- the listener --------------------------------------------------------------------------
-    async def __aenter__(self) -> RedisCallBoard:
-        self._tg = anyio.create_task_group()
-        await self._tg.__aenter__()
-        self._tg.start_soon(self._listen, name="client tool results")
-        return self
 
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> bool | None:
-        assert self._tg is not None
-        tg, self._tg = self._tg, None
-        tg.cancel_scope.cancel()
-        return await tg.__aexit__(exc_type, exc, tb)
-
-    async def _listen(self) -> None:
+    async def _background(self) -> None:
         while True:
             try:
                 async with self.store.r.pubsub(ignore_subscribe_messages=True) as pubsub:

@@ -11,11 +11,11 @@ at most ~`SYNC_S` late (a tenant can overshoot by what the instances serve in th
 from __future__ import annotations
 
 import logging
-from types import TracebackType
 from typing import Any, Protocol
 
 import anyio
-from anyio.abc import TaskGroup
+
+from legato.server.store.background import BackgroundLoop
 
 log = logging.getLogger(__name__)
 
@@ -60,14 +60,15 @@ class Usage(Protocol):
     def adopt(self, tenant_id: str, buckets: list[tuple[float, int]]) -> None: ...
 
 
-class RedisUsage:
+class RedisUsage(BackgroundLoop):
     """`async with`: exchanges this instance's token counts with the others every `SYNC_S`."""
+
+    task_name = "token usage"
 
     def __init__(self, store: Any, quotas: Usage) -> None:
         self.store = store  # a RedisRunStore (opened before this is entered)
         self.quotas = quotas
         quotas.shared = True
-        self._tg: TaskGroup | None = None
         self._script: Any = None
 
     async def exchange(self) -> None:
@@ -89,24 +90,10 @@ class RedisUsage:
             pairs = zip(flat[::2], flat[1::2], strict=True)
             self.quotas.adopt(tenant, [(now - float(sec), int(n)) for sec, n in pairs])
 
-    async def _loop(self) -> None:
+    async def _background(self) -> None:
         while True:
             await anyio.sleep(SYNC_S)
             try:
                 await self.exchange()
             except Exception:  # Redis briefly away: local counts go on, pushed next time
                 log.warning("sharing token usage failed; retrying", exc_info=True)
-
-    async def __aenter__(self) -> RedisUsage:
-        self._tg = anyio.create_task_group()
-        await self._tg.__aenter__()
-        self._tg.start_soon(self._loop, name="token usage")
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> bool | None:
-        assert self._tg is not None
-        tg, self._tg = self._tg, None
-        tg.cancel_scope.cancel()
-        return await tg.__aexit__(exc_type, exc, tb)
