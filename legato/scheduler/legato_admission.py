@@ -136,17 +136,18 @@ class AdmissionControl:
     def _enqueue(self, r: Run, now: float) -> None:
         """Queue the run by its expected completion if served from now on: when it entered the system
         plus its predicted remaining calls times the measured call cycle (the mean time between a
-        program's calls), scaled by its footprint over the mean one. Shortest remaining work first
-        among programs that came together, first come first served among equal ones, and a program
-        paused half way keeps its place (it entered long ago and has less left); nothing starves,
-        since a newer program's key only grows with its arrival."""
+        program's calls; until one is measured, the mean time a call takes, the cycle's lower bound
+        and the whole of it for single-call programs), scaled by its footprint over the mean one.
+        Shortest remaining work first among programs that came together, first come first served
+        among equal ones, and a program paused half way keeps its place (it entered long ago and
+        has less left); nothing starves, since a newer program's key only grows with its arrival."""
         if r.state not in (WAITING, PAUSED):
             raise AssertionError(f"enqueue of run {r.run_id} in state {r.state}")
         if r.entered_s is None:
             r.entered_s = now
         remaining = self.predictor.history.expected_remaining_calls(r.program, r.calls_done)
         total, n = self._cycle
-        cycle = total / n if n else 0.0
+        cycle = total / n if n else (self.rates.mean_call_s() or 0.0)
         # Memory-time, not only time: a program needing k times the mean footprint holds k
         # times the memory per call cycle, so it counts as k cycles per call (shortest
         # remaining memory-time first; the mean is over footprints queued so far).

@@ -64,6 +64,7 @@ Constants (none is a value searched on our workloads):
 | remaining calls | learned | past runs' lengths, else all programs' mean, else 1 |
 | ageing | learned | one call per measured call cycle |
 | queue key | learned | remaining calls x cycle x footprint / mean queued footprint |
+| cycle, unmeasured | learned | the mean call time (a cycle's lower bound) |
 | gate lead, wait | learned | mean call cost; mean call time (`fair_gate`) |
 | steal wait | engine | recompute time of the program's context on the target |
 | pin TTL | engine | `pin_rule.hold_ttl` from `EngineRates` and tool latencies |

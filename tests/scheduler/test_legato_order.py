@@ -94,3 +94,18 @@ def test_on_a_gating_replica_a_released_program_keeps_its_place() -> None:
     a, b, at_tool = _return_after_a_long_tool(_View(gating=True))
     assert [d for d in at_tool if isinstance(d, Pause)]
     assert a < b
+
+
+def test_before_any_call_cycle_is_measured_the_mean_call_time_orders_the_queue() -> None:
+    # Single-call programs never measure a cycle between calls: the time a call takes stands
+    # in, so a much larger program that entered a moment earlier still queues behind.
+    from legato.scheduler.legato_run import WAITING, Run
+
+    policy = Legato()
+    policy.rates.record_call(10.0)
+    for name, at, prompt in (("big", 0.0, 8000), ("small", 1.0, 1000)):
+        r = policy._runs[name] = Run(name, "agent", "t0", None, state=WAITING)
+        r.live[f"{name}#0"] = prompt
+        policy._enqueue(r, at)
+    head = policy._waiting.head("t0", policy._runs)
+    assert head is not None and head.run_id == "small"
