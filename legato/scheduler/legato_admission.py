@@ -215,7 +215,7 @@ class AdmissionControl:
                 for b in v.acting:
                     b.held = False
                 out.append(Unpin(v.run_id))
-                v.released = self._recomputed_on_return(v, v.last_ctx, view)
+                v.released = self._loses_place(v, v.last_ctx, view)
                 self._pause(v, now, out)
                 released = True
                 if self.budget.fits(replica, *self._need_fn(r)(replica)):
@@ -389,14 +389,17 @@ class AdmissionControl:
         if r.live or r.bridge or any(b.held for b in r.acting):
             self._sync(r)
             return
-        r.released = self._recomputed_on_return(r, branch.ctx, view)
+        r.released = self._loses_place(r, branch.ctx, view)
         self._pause(r, now, out)
 
-    def _recomputed_on_return(self, r: Run, ctx: float, view: ClusterView) -> bool:
-        """Does a context released now come back, on a replica that does not gate, by
-        recomputation (no tier is the cheaper way back)? Unknown costs: no. Only there does
-        its place in the engine order cost anything (module docstring of `legato_policy`,
-        "Order"): a gating replica's engine is kept within its pool and preempts nothing."""
+    def _loses_place(self, r: Run, ctx: float, view: ClusterView) -> bool:
+        """Does a run releasing its context now take a new place in the engine order when it
+        returns (module docstring of `legato_policy`, "Order")? Only on a replica that does
+        not gate (a gating replica's engine is kept within its pool and preempts nothing):
+        when the way back is recomputation (no tier is cheaper), or, parked in a tier, when
+        the run expects more calls still than a program just started
+        (`ProgramHistory.outlasts_fresh`): least expected remaining work first, so programs
+        that came since go ahead of it. Unknown costs: no."""
         assert r.replica is not None
         if math.isfinite(self.budget.capacity[r.replica]):
             return False
@@ -404,4 +407,6 @@ class AdmissionControl:
         shared = min(r.shared_tokens, ctx)
         recompute = self.rates.recompute_s(rv, shared, ctx)
         reload = self.rates.reload_s(rv, shared, ctx)
-        return recompute is not None and reload is not None and reload >= recompute
+        if recompute is None or reload is None:
+            return False
+        return reload >= recompute or self.predictor.history.outlasts_fresh(r.program, r.calls_done)

@@ -55,11 +55,11 @@ def _priority(out: list[Decision], call_id: str) -> int:
     return next(d.priority for d in out if isinstance(d, Dispatch) and d.call_id == call_id)
 
 
-def _return_after_a_long_tool(view: _View) -> tuple[int, int, list[Decision]]:
+def _return_after_a_long_tool(view: _View, policy: Legato | None = None) -> tuple[int, int, list[Decision]]:
     """`a` runs a call, then a tool far longer than holding its KV is worth (fitted from three
     samples); `b` arrives meanwhile; then `a` returns. Returns (a's, b's priority, decisions
     at the tool start)."""
-    policy = Legato()
+    policy = Legato() if policy is None else policy
     for k in range(3):
         policy.on_event(ToolFinished("x", "user", 60.0 * (1.2 if k else 0.8)), 0.0, view)
     policy.on_event(RunStarted("a", "agent", "t0"), 0.0, view)
@@ -94,3 +94,15 @@ def test_on_a_gating_replica_a_released_program_keeps_its_place() -> None:
     a, b, at_tool = _return_after_a_long_tool(_View(gating=True))
     assert [d for d in at_tool if isinstance(d, Pause)]
     assert a < b
+
+
+def test_a_program_parked_in_a_tier_that_expects_more_calls_than_a_new_one_queues_behind() -> None:
+    # Past runs: most made one call, a few many. `a` has made one call, so it is likely a long
+    # one: least expected remaining work first puts `b`, which came since, ahead of it.
+    host = TierView("host", 25e9, 20e-6, 1e12, 1e12)
+    policy = Legato()
+    for length in (1, 1, 1, 1, 1, 1, 5, 7):
+        policy.predictor.history.record_run("agent", length)
+    a, b, at_tool = _return_after_a_long_tool(_View((host,)), policy)
+    assert [d for d in at_tool if isinstance(d, Pause)]
+    assert a > b
