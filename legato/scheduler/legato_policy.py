@@ -44,8 +44,9 @@ call timings otherwise). Concerns, one module each:
   gating replica (nothing is preempted there; the order only finishes programs in turn), keeps
   its place — except, parked in a tier, a program that expects more calls still than one just
   started (run lengths with a decreasing hazard: most programs make one call, a few many): least
-  expected remaining work first puts the programs that came since ahead of it. A call-level gate
-  (`fair_gate`) evens out service between admissions.
+  expected remaining work first ranks it behind every program admitted until it finishes, those
+  that came since and those still to come. A call-level gate (`fair_gate`) evens out service
+  between admissions.
 - **Cache**: `NextUse` of never for KV no call reads again (`_forget`), `Prefetch` when a tool
   is about to finish (a tick ahead); a branch expected to run a tool counts in the budget from
   its call's end until `TOOL_GRACE_S` passes without the tool starting.

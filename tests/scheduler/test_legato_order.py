@@ -98,11 +98,15 @@ def test_on_a_gating_replica_a_released_program_keeps_its_place() -> None:
 
 def test_a_program_parked_in_a_tier_that_expects_more_calls_than_a_new_one_queues_behind() -> None:
     # Past runs: most made one call, a few many. `a` has made one call, so it is likely a long
-    # one: least expected remaining work first puts `b`, which came since, ahead of it.
+    # one: least expected remaining work first puts `b`, which came since, ahead of it, and `c`,
+    # which comes after it returned, too.
     host = TierView("host", 25e9, 20e-6, 1e12, 1e12)
+    view = _View((host,))
     policy = Legato()
     for length in (1, 1, 1, 1, 1, 1, 5, 7):
         policy.predictor.history.record_run("agent", length)
-    a, b, at_tool = _return_after_a_long_tool(_View((host,)), policy)
+    a, b, at_tool = _return_after_a_long_tool(view, policy)
     assert [d for d in at_tool if isinstance(d, Pause)]
     assert a > b
+    policy.on_event(RunStarted("c", "agent", "t0"), 66.0, view)
+    assert _priority(list(policy.on_event(_call("c", 0, 6000), 66.0, view)), "c#0") < a
