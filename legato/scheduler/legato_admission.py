@@ -37,6 +37,12 @@ from legato.scheduler.routing import Router
 from legato.scheduler.victims import idle_holders, pick_victim
 from legato.scheduler.wait_queue import WaitQueue
 
+# Engine priorities are lexicographic (band, admission order): a run ranked behind new programs
+# (`Run.behind_new`) gets its admission number plus this, more than any admission count a
+# server reaches, with the sum within a 32-bit int (an engine's priority field). An encoding of
+# a two-level order, not a tuned value.
+BEHIND_NEW = 1 << 30
+
 
 def gates(view: ReplicaView) -> bool:
     """Does holding programs back pay on this replica? Only where reading its whole KV pool in
@@ -216,7 +222,7 @@ class AdmissionControl:
                 for b in v.acting:
                     b.held = False
                 out.append(Unpin(v.run_id))
-                v.released = self._recomputed_on_return(v, v.last_ctx, view)
+                self._mark_return_place(v, v.last_ctx, view)
                 self._pause(v, now, out)
                 released = True
                 if self.budget.fits(replica, *self._need_fn(r)(replica)):
@@ -266,8 +272,8 @@ class AdmissionControl:
             # Its KV was let go through a tool: its place in the engine order kept nothing
             # resident, so it queues behind what is (module docstring, "Order").
             self._admitted += 1
-            r.prio = self._admitted
-        r.released = False
+            r.prio = self._admitted + (BEHIND_NEW if r.behind_new else 0)
+        r.released = r.behind_new = False
         r.prepaid = self.fair.prepay(r.tenant, self._predicted_cost(r))
         r.state = ACTIVE
         r.replica = replica
@@ -390,19 +396,28 @@ class AdmissionControl:
         if r.live or r.bridge or any(b.held for b in r.acting):
             self._sync(r)
             return
-        r.released = self._recomputed_on_return(r, branch.ctx, view)
+        self._mark_return_place(r, branch.ctx, view)
         self._pause(r, now, out)
 
-    def _recomputed_on_return(self, r: Run, ctx: float, view: ClusterView) -> bool:
-        """Does a context released now come back, on a replica that does not gate, by
-        recomputation (no tier is the cheaper way back)? Unknown costs: no. Only there does
-        its place in the engine order cost anything (module docstring of `legato_policy`,
-        "Order"): a gating replica's engine is kept within its pool and preempts nothing."""
+    def _mark_return_place(self, r: Run, ctx: float, view: ClusterView) -> None:
+        """Where a run releasing its context now goes in the engine order when it returns
+        (module docstring of `legato_policy`, "Order"). It keeps its place on a gating replica
+        (its engine is kept within its pool and preempts nothing) and while costs are unknown.
+        Else it takes a new place at the end (`released`) when the way back is recomputation
+        (no tier is cheaper); parked in a tier, when it expects more calls still than a
+        program just started (`ProgramHistory.outlasts_fresh`), behind every program admitted
+        until it finishes too (`behind_new`: least expected remaining work first)."""
+        r.released = r.behind_new = False
         assert r.replica is not None
         if math.isfinite(self.budget.capacity[r.replica]):
-            return False
+            return
         rv = view.replica(r.replica)
         shared = min(r.shared_tokens, ctx)
         recompute = self.rates.recompute_s(rv, shared, ctx)
         reload = self.rates.reload_s(rv, shared, ctx)
-        return recompute is not None and reload is not None and reload >= recompute
+        if recompute is None or reload is None:
+            return
+        if reload >= recompute:
+            r.released = True
+        elif self.predictor.history.outlasts_fresh(r.program, r.calls_done):
+            r.released = r.behind_new = True

@@ -42,7 +42,11 @@ call timings otherwise). Concerns, one module each:
   place protected KV that is gone, and ranking it above calls already running would make them
   the engine's preemption victims, their computed KV thrown away. One parked in a tier, or on a
   gating replica (nothing is preempted there; the order only finishes programs in turn), keeps
-  its place. A call-level gate (`fair_gate`) evens out service between admissions.
+  its place — except, parked in a tier, a program that expects more calls still than one just
+  started (run lengths with a decreasing hazard: most programs make one call, a few many): least
+  expected remaining work first ranks it behind every program admitted until it finishes, those
+  that came since and those still to come. A call-level gate (`fair_gate`) evens out service
+  between admissions.
 - **Cache**: `NextUse` of never for KV no call reads again (`_forget`), `Prefetch` when a tool
   is about to finish (a tick ahead); a branch expected to run a tool counts in the budget from
   its call's end until `TOOL_GRACE_S` passes without the tool starting.
@@ -68,6 +72,7 @@ Constants (none is a value searched on our workloads):
 | gate lead, wait | learned | mean call cost; mean call time (`fair_gate`) |
 | steal wait | engine | recompute time of the program's context on the target |
 | pin TTL | engine | `pin_rule.hold_ttl` from `EngineRates` and tool latencies |
+| place after a tier park | learned | expected remaining calls vs a new program's (run lengths) |
 
 Every per-event step is O(live calls of the program + tenants + log programs), except the
 victim scans on overflow and on an idle engine (O(programs on the replica)).

@@ -76,6 +76,9 @@ class Run:
     # Its KV was let go through a tool (`pin_rule`): on return it takes a new place in the
     # engine order (`AdmissionControl._activate`).
     released: bool = False
+    # Parked in a tier while it expects more calls than a new program: on return it also
+    # ranks behind programs admitted after it (`legato_admission.BEHIND_NEW`).
+    behind_new: bool = False
     prev_prompt: int = 0  # prompt of the previous sequential call (growth samples)
     last_call_final: bool = False  # the latest call is the run's last step
     peak: float = 0.0  # largest footprint since the last call finished (history)

@@ -205,6 +205,15 @@ class ProgramHistory:
         p.survival[key] = value
         return value
 
+    def outlasts_fresh(self, program: str, done: int) -> bool:
+        """Does a run of `program` that has made `done` calls expect more calls still than one
+        just started? Where most runs are short and a few long (a decreasing hazard, as in
+        conversations where most users ask once), having made calls marks a run as likely
+        long. False without history."""
+        ahead = self.expected_remaining_calls(program, done)
+        fresh = self.expected_remaining_calls(program, 0)
+        return ahead is not None and fresh is not None and ahead > fresh
+
     def expected_remaining_calls(self, program: str, done: int) -> float | None:
         """Mean of (length - done) over past runs longer than `done`; None without history.
         Runs that outlived every past run get 1 (at least one more call, since one is pending)."""

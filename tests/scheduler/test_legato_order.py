@@ -55,11 +55,11 @@ def _priority(out: list[Decision], call_id: str) -> int:
     return next(d.priority for d in out if isinstance(d, Dispatch) and d.call_id == call_id)
 
 
-def _return_after_a_long_tool(view: _View) -> tuple[int, int, list[Decision]]:
+def _return_after_a_long_tool(view: _View, policy: Legato | None = None) -> tuple[int, int, list[Decision]]:
     """`a` runs a call, then a tool far longer than holding its KV is worth (fitted from three
     samples); `b` arrives meanwhile; then `a` returns. Returns (a's, b's priority, decisions
     at the tool start)."""
-    policy = Legato()
+    policy = Legato() if policy is None else policy
     for k in range(3):
         policy.on_event(ToolFinished("x", "user", 60.0 * (1.2 if k else 0.8)), 0.0, view)
     policy.on_event(RunStarted("a", "agent", "t0"), 0.0, view)
@@ -109,3 +109,19 @@ def test_before_any_call_cycle_is_measured_the_mean_call_time_orders_the_queue()
         policy._enqueue(r, at)
     head = policy._waiting.head("t0", policy._runs)
     assert head is not None and head.run_id == "small"
+
+
+def test_a_program_parked_in_a_tier_that_expects_more_calls_than_a_new_one_queues_behind() -> None:
+    # Past runs: most made one call, a few many. `a` has made one call, so it is likely a long
+    # one: least expected remaining work first puts `b`, which came since, ahead of it, and `c`,
+    # which comes after it returned, too.
+    host = TierView("host", 25e9, 20e-6, 1e12, 1e12)
+    view = _View((host,))
+    policy = Legato()
+    for length in (1, 1, 1, 1, 1, 1, 5, 7):
+        policy.predictor.history.record_run("agent", length)
+    a, b, at_tool = _return_after_a_long_tool(view, policy)
+    assert [d for d in at_tool if isinstance(d, Pause)]
+    assert a > b
+    policy.on_event(RunStarted("c", "agent", "t0"), 66.0, view)
+    assert _priority(list(policy.on_event(_call("c", 0, 6000), 66.0, view)), "c#0") < a

@@ -127,3 +127,15 @@ def test_history_learns_the_remaining_cost_after_each_step() -> None:
     assert h.expected_remaining_cost("p", 1) == pytest.approx((600.0 + 300.0) / 2)
     assert h.expected_remaining_cost("p", 2) == pytest.approx(400.0)
     assert h.expected_remaining_cost("p", 3) is None
+
+
+def test_a_run_outlasts_a_fresh_one_only_where_the_hazard_decreases() -> None:
+    h = ProgramHistory()
+    assert not h.outlasts_fresh("chat", 1)  # no history: keep what it has
+    for length in (1, 1, 1, 1, 1, 1, 4, 6):  # most ask once, a few go on
+        h.record_run("chat", length)
+    assert h.outlasts_fresh("chat", 1)  # 4 more expected vs 2 for a new one
+    assert not h.outlasts_fresh("chat", 5)  # past every run but one: 1 more
+    for length in (8, 9, 10, 10, 11):  # lengths clustered: every call brings the end nearer
+        h.record_run("agent", length)
+    assert not any(h.outlasts_fresh("agent", done) for done in range(12))
