@@ -18,7 +18,12 @@ whose KV was never computed. A preempted sequence recomputes at most `max_tokens
 tokens besides its prompt (which the engine already counts as prefill).
 
 The prompt token's cost is measured where recomputation happens, riding in the steps of a
-decoding batch: the CPU time those steps take over plain decode steps, per prompt token. The
+decoding batch, and as dear as it gets there: tokens at the end of a rollout's last-turn
+context (attention grows with position), priced as the CPU time those steps take over plain
+decode steps per prompt token (which includes the fused decode-only path a step that prefills
+loses). Both lean towards over-pricing avoidable work, so `max_ratio` is meant as an upper
+bound; what it cannot see is a step that prefills only a few tokens, which loses the fused path
+for fewer tokens than the measured full chunks (dearer per token). The
 decoded token's cost is taken at the full batch of prompt-length contexts, where decode is
 cheapest per token; with it `engine_only_max_ratio` is the bound if the server did nothing but
 the engine's arithmetic (no HTTP, no scheduling, no per-step overhead): looser, for scale.
@@ -140,34 +145,47 @@ def measure_step_costs(cfg: RLBenchConfig, rounds: int = 3) -> StepCosts:
     )
 
 
+def last_context(cfg: RLBenchConfig) -> int:
+    """Tokens of a rollout's context at its last turn: the deepest a recomputed token sits."""
+    return cfg.prompt_tokens + cfg.turns * cfg.max_tokens + (cfg.turns - 1) * cfg.env_tokens
+
+
 def measure_once(cfg: RLBenchConfig, decode_steps: int = 12, injected: int = 6) -> StepCosts:
     """Both costs on a fresh engine core like the servers' (`torch:num_blocks=...` over the seeded
     default model), in the step mix the servers run: a batch of prompt-length contexts decodes;
-    its pure decode steps give the decoded token's cost, then `injected` fresh prompts ride in
-    the same steps (as a recomputed context does) and the extra CPU time over that many decode
-    steps, per prompt token, is the prompt token's cost. On the CPU the extra includes what a
-    step that prefills loses besides its prompt's arithmetic (the fused decode-only path), which
-    recomputation really costs."""
+    its pure decode steps give the decoded token's cost, then `injected` prompts ride in the
+    same steps (as a recomputed context does) and the extra CPU time over that many decode
+    steps, per prompt token, is the prompt token's cost. The injected prompts compute their last
+    `prompt_tokens` tokens on top of a cached prefix, ending at a rollout's last-turn context
+    (`last_context`): the deepest, dearest positions (attention grows with them) at which a
+    recomputed token sits. On the CPU the extra also includes what a step that prefills loses
+    besides its prompt's arithmetic (the fused decode-only path), which recomputation costs."""
     from legato.engine_adapter.base import GenerateRequest, SamplingParams
     from legato.engine_adapter.torch.engine import build_core
 
     rng = random.Random(cfg.seed + 2)
+    bs = 16  # the engine's block size (EngineConfig.block_size)
     batch = max(1, min(cfg.groups * cfg.n, MAX_NUM_SEQS) - injected)
-    longest = cfg.prompt_tokens + 4 * decode_steps + injected * cfg.prompt_tokens + 64
-    blocks = (batch + injected + 1) * -(-longest // 16)
-    core = build_core(num_blocks=blocks, max_num_seqs=MAX_NUM_SEQS)
+    deep = max(0, last_context(cfg) - cfg.prompt_tokens) // bs * bs  # the injected prompts' cached part
+    budget = 4 * decode_steps + injected * cfg.prompt_tokens + 64  # tokens each batch member decodes
+    blocks = batch * -(-(cfg.prompt_tokens + budget) // bs) + (injected + 1) * -(
+        -(deep + cfg.prompt_tokens) // bs
+    )
+    core = build_core(num_blocks=blocks + 1, max_num_seqs=MAX_NUM_SEQS)
     ids = iter(range(1 << 30))
+    prefix = [rng.randrange(32, 127) for _ in range(deep)]
 
-    def add(length: int, max_tokens: int) -> str:
-        prompt = tuple(rng.randrange(32, 127) for _ in range(length))
+    def add(head: list[int], length: int, max_tokens: int) -> str:
+        prompt = (*head, *(rng.randrange(32, 127) for _ in range(length)))
         sampling = SamplingParams(max_tokens=max_tokens, ignore_eos=True)
         request = GenerateRequest(request_id=f"cost-{next(ids)}", prompt_token_ids=prompt, sampling=sampling)
         core.add_request(request)
         return request.request_id
 
-    budget = longest - cfg.prompt_tokens
     started: set[str] = set()
-    pending = {add(cfg.prompt_tokens, budget) for _ in range(batch)}
+    pending = {add([], cfg.prompt_tokens, budget) for _ in range(batch)}
+    if deep:
+        pending.add(add(prefix, 1, 1))  # caches the deep prefix
 
     def all_started(outputs: list[Any]) -> bool:
         started.update(o.request_id for o in outputs if o.token_ids)
@@ -178,7 +196,7 @@ def measure_once(cfg: RLBenchConfig, decode_steps: int = 12, injected: int = 6) 
     decode_s, _ = _cpu_steps(core, lambda _: next(left) + 1 >= decode_steps)
     step_s = decode_s / decode_steps
     finished: set[str] = set()
-    extra = {add(cfg.prompt_tokens, 1) for _ in range(injected)}
+    extra = {add(prefix, cfg.prompt_tokens, 1) for _ in range(injected)}
 
     def injected_done(outputs: list[Any]) -> bool:
         finished.update(o.request_id for o in outputs if o.finished)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from legato.bench.rl_bench import RLBenchConfig, RLRun, summary
-from legato.bench.rl_costs import StepCosts, cpu_bound, measure_step_costs, prefill_floor
+from legato.bench.rl_costs import StepCosts, cpu_bound, last_context, measure_step_costs, prefill_floor
 
 CFG = RLBenchConfig(groups=2, n=4, turns=3, prompt_tokens=100, max_tokens=8, env_tokens=20)
 
@@ -15,6 +15,7 @@ CFG = RLBenchConfig(groups=2, n=4, turns=3, prompt_tokens=100, max_tokens=8, env
 def test_prefill_floor_counts_each_prompt_once_and_every_tool_output() -> None:
     # shared half once, each group's own half once, then per rollout and later turn 20 + 1 tokens
     assert prefill_floor(CFG) == 50 + 2 * 50 + 8 * 2 * 21
+    assert last_context(CFG) == 100 + 3 * 8 + 2 * 20  # where the dearest recomputed token sits
 
 
 def _run(policy: str, prefill: float, preemptions: float, cpu_s: float) -> RLRun:
