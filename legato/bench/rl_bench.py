@@ -10,7 +10,10 @@ policy admits rollouts while their KV fits (a group's prompt counted once), keep
 rollout's KV across its tool call and routes by program and group. The figure of merit is
 rollout tokens per second: model tokens generated / wall seconds. Each run also reports what the
 engine computed (`WORK`, from `/metrics`) and the server's CPU seconds: on a shared machine the
-rate moves with other load, the work done does not.
+rate moves with other load, the work done does not. Each repetition also measures what a prompt
+token and a decoded token cost on this machine, and the summary turns passthrough's work into
+the best ratio any policy could reach here (`cpu_bound`, see `rl_costs.py`): on a CPU, where a
+decoded token costs tens of prompt tokens, that bound is what says whether a target is reachable.
 
 The pool must be the constraint for a policy to matter: with the defaults of an earlier version
 (24 rollouts, 400 blocks) every rollout's KV fit, both policies computed exactly the same prompt
@@ -26,12 +29,15 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import anyio
 import httpx
+
+from legato.bench.rl_costs import StepCosts, cpu_bound, measure_step_costs
 
 READY_TIMEOUT_S = 120.0
 # What the engines computed during a run, from `/metrics` (summed over replicas): why one policy
@@ -60,6 +66,7 @@ class RLBenchConfig:
     num_blocks: int = 512  # KV blocks of the engine (16 tokens each)
     repetitions: int = 3
     seed: int = 0
+    threads: int = 1  # torch threads of each server (and of the cost measurement)
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,7 +146,10 @@ class _Server:
             "--log-level",
             "warning",
         ]
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        # One torch thread by default: on a small shared machine the client needs a core too, and
+        # the CPU seconds then count work, not worker threads spinning while they wait for one.
+        threads = str(cfg.threads)
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
         with self.log.open("wb") as out:
             self.proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env)
         self.url = self._wait()
@@ -192,11 +202,16 @@ def engine_work(url: str) -> dict[str, float]:
     return out
 
 
-def run_rl_bench(cfg: RLBenchConfig, policies: tuple[str, ...] = ("legato", "passthrough")) -> list[RLRun]:
-    """Interleaved repetitions (the order alternates each time), one fresh server per run."""
+def run_rl_bench(
+    cfg: RLBenchConfig, policies: tuple[str, ...] = ("legato", "passthrough")
+) -> tuple[list[RLRun], list[StepCosts]]:
+    """Interleaved repetitions (the order alternates each time), one fresh server per run; each
+    repetition first measures what a prompt and a decoded token cost (`rl_costs.py`)."""
     runs: list[RLRun] = []
+    costs: list[StepCosts] = []
     with tempfile.TemporaryDirectory() as tmp:
         for rep in range(cfg.repetitions):
+            costs.append(measure_step_costs(cfg))
             order = policies if rep % 2 == 0 else tuple(reversed(policies))
             for policy in order:
                 server = _Server(policy, cfg, Path(tmp))
@@ -210,16 +225,20 @@ def run_rl_bench(cfg: RLBenchConfig, policies: tuple[str, ...] = ("legato", "pas
                     runs.append(RLRun(policy, rep, tokens, seconds, engine_work(server.url), cpu))
                 finally:
                     server.stop()
-    return runs
+    return runs, costs
 
 
-def summary(runs: list[RLRun], cfg: RLBenchConfig) -> dict[str, Any]:
-    """Median tokens/s per policy, their spread, and the ratio of the first policy to the last."""
+def summary(runs: list[RLRun], cfg: RLBenchConfig, costs: Sequence[StepCosts] = ()) -> dict[str, Any]:
+    """Median tokens/s (and tokens per server CPU second) per policy, their spread, the ratio of
+    the first policy to the last, and with `costs` the CPU bound on that ratio (`rl_costs.py`)."""
     by: dict[str, list[float]] = {}
+    per_cpu: dict[str, list[float]] = {}
     work: dict[str, list[dict[str, float]]] = {}
     for r in runs:
         by.setdefault(r.policy, []).append(r.tokens_per_s)
         work.setdefault(r.policy, []).append(r.work)
+        if r.cpu_s:
+            per_cpu.setdefault(r.policy, []).append(r.tokens / r.cpu_s)
     out: dict[str, Any] = {"config": asdict(cfg), "policies": {}}
     for policy, rates in by.items():
         out["policies"][policy] = {
@@ -231,8 +250,27 @@ def summary(runs: list[RLRun], cfg: RLBenchConfig) -> dict[str, Any]:
                 key: statistics.median(w.get(key, 0.0) for w in work[policy]) for key in WORK
             },
         }
+        if policy in per_cpu:
+            out["policies"][policy]["median_tokens_per_cpu_s"] = round(statistics.median(per_cpu[policy]), 2)
     names = list(by)
     if len(names) >= 2:
+        pair = f"{names[0]}/{names[-1]}"
         first, last = (statistics.median(by[n]) for n in (names[0], names[-1]))
-        out["ratio"] = {f"{names[0]}/{names[-1]}": round(first / last, 3)}
+        out["ratio"] = {pair: round(first / last, 3)}
+        if names[0] in per_cpu and names[-1] in per_cpu:
+            first, last = (statistics.median(per_cpu[n]) for n in (names[0], names[-1]))
+            out["ratio_per_cpu_s"] = {pair: round(first / last, 3)}
+        if costs:
+            best = StepCosts(
+                statistics.median(c.prefill_s_per_token for c in costs),
+                statistics.median(c.decode_s_per_token for c in costs),
+            )
+            out["step_costs"] = {
+                "prefill_cpu_us_per_token": round(best.prefill_s_per_token * 1e6, 2),
+                "decode_cpu_us_per_token": round(best.decode_s_per_token * 1e6, 2),
+                "decode_over_prefill": round(best.decode_over_prefill, 1),
+            }
+            bound = cpu_bound(cfg, best, runs, names[-1])
+            if bound is not None:
+                out["cpu_bound"] = {"baseline": names[-1], **bound.as_dict()}
     return out

@@ -21,6 +21,7 @@ def rl(
     tool_s: Annotated[float, typer.Option(min=0.0, help="Tool latency between turns (s).")] = 0.5,
     num_blocks: Annotated[int, typer.Option(min=16, help="KV blocks of the torch engine.")] = 512,
     repetitions: Annotated[int, typer.Option(min=1, help="Interleaved runs per policy.")] = 3,
+    threads: Annotated[int, typer.Option(min=1, help="Torch threads of each server.")] = 1,
     json_out: Annotated[
         Path | None, typer.Option("--json", callback=output_path, help="Write the summary JSON here.")
     ] = None,
@@ -40,8 +41,10 @@ def rl(
         tool_s=tool_s,
         num_blocks=num_blocks,
         repetitions=repetitions,
+        threads=threads,
     )
-    result = summary(run_rl_bench(cfg), cfg)
+    runs, costs = run_rl_bench(cfg)
+    result = summary(runs, cfg, costs)
     typer.echo(json.dumps(result, indent=2))
     if json_out is not None:
         json_out.write_text(json.dumps(result, indent=2))
