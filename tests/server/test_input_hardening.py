@@ -97,6 +97,11 @@ def test_non_finite_and_overflowing_numbers_are_refused(client: httpx.Client) ->
         _refused(_raw(client, "/v1/completions", body), 400, "finite number")
         run = fill('{"program": %s, "inputs": {"q": %s}}', json.dumps(_program()), literal)
         _refused(_raw(client, "/v1/runs", run), 422, "finite number")
+        # the case: a program's own `temperature: NaN` was 201, then an engine error
+        node = json.dumps(_program(temperature=0.5)).replace("0.5", literal)
+        _refused(_raw(client, "/v1/runs", fill('{"program": %s}', node)), 422, "finite number")
+    huge = client.post("/v1/runs", json={"program": _program(temperature=1e308)})
+    _refused(huge, 422, "temperature")
     # finite but absurd: a retry backoff of 1e308 s used to sleep for an hour
     response = client.post("/v1/programs", json={"program": _program(retries=1, backoff_s=1e308)})
     _refused(response, 422, "backoff_s")
