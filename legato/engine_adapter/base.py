@@ -311,6 +311,16 @@ class KVTransferEngine(Engine, Protocol):
         ...
 
 
+def max_model_len_of(engine: object) -> int | None:
+    """The engine's context limit (prompt + output tokens), where it states one: an attribute
+    of the engine, or of its core (the torch engine's), else None."""
+    for holder in (engine, getattr(engine, "core", None)):
+        limit = getattr(holder, "max_model_len", None)
+        if isinstance(limit, int):
+            return limit
+    return None
+
+
 def assemble_samples(request: GenerateRequest, chunks: Iterable[TokenChunk]) -> list[GenerateResult]:
     """Fold a request's streamed chunks into one result per sample (`n` of them, by index)."""
     n = request.sampling.n

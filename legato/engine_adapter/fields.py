@@ -51,8 +51,10 @@ INTEGRAL = BeforeValidator(_integral)
 last in `Annotated[int, Field(...), INTEGRAL]`, so the bounds stay in the JSON schema."""
 
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
-Seed = Annotated[int, Field(ge=0, le=U64_MAX, description="0 .. 2^64-1"), INTEGRAL]
-StoreSeq = Annotated[int, Field(ge=0, le=I64_MAX), INTEGRAL]
+# The two 64-bit bounds are stated as exclusive powers of two: the OpenAPI document writes bounds
+# as doubles, where 2^64 - 1 becomes 2^64 (a bound off by one); 2^64 and 2^63 are exact.
+Seed = Annotated[int, Field(ge=0, lt=U64_MAX + 1, description="0 .. 2^64-1"), INTEGRAL]
+StoreSeq = Annotated[int, Field(ge=0, lt=I64_MAX + 1), INTEGRAL]
 TokenId = Annotated[int, Field(ge=0, le=I32_MAX), INTEGRAL]
 TokenCount = Annotated[int, Field(ge=1, le=I32_MAX), INTEGRAL]
 Priority = Annotated[int, Field(ge=-I32_MAX - 1, le=I32_MAX), INTEGRAL]

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -42,6 +42,16 @@ class _Request(BaseModel):
     """Requests ignore unknown fields: clients send provider extras we do not need."""
 
     model_config = ConfigDict(extra="ignore", strict=True)
+
+
+def exactly_one(**alternatives: str) -> ConfigDict:
+    """The JSON Schema of "send exactly one of these fields" (name -> its JSON type; null counts
+    as not sent), which the handlers check: the OpenAPI document states the rule."""
+    one_of = [
+        {"required": [name], "properties": {name: {"type": kind}}} for name, kind in alternatives.items()
+    ]
+    extra: dict[str, Any] = {"oneOf": one_of}
+    return ConfigDict(json_schema_extra=extra)
 
 
 class OpenAIRequest(BaseModel):
@@ -354,6 +364,8 @@ class ModelList(_Response):
 
 
 class TokenizeRequest(_Request):
+    model_config = exactly_one(prompt="string", messages="array")
+
     model: str | None = None
     prompt: str | None = None
     messages: list[ChatMessage] | None = None
@@ -400,8 +412,10 @@ class SGLangSamplingParams(_Request):
 
 
 class SGLangGenerateRequest(_Request):
-    text: str | None = None
-    input_ids: list[f.TokenId] | None = None
+    model_config = exactly_one(text="string", input_ids="array")
+
+    text: Annotated[str, Field(min_length=1)] | None = None
+    input_ids: Annotated[list[f.TokenId], Field(min_length=1)] | None = None
     sampling_params: SGLangSamplingParams = Field(default_factory=SGLangSamplingParams)
     return_logprob: bool = False
     rid: str | None = None
@@ -440,8 +454,26 @@ class SGLangGenerateResponse(_Response):
 
 
 class SGLangAbortRequest(_Request):
+    """Abort by `rid`, or everything (`abort_all: true`; `legato serve` only, for admins)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "anyOf": [
+                {"required": ["rid"], "properties": {"rid": {"minLength": 1}}},
+                {"required": ["abort_all"], "properties": {"abort_all": {"const": True}}},
+            ]
+        }
+    )
+
     rid: str = ""
     abort_all: bool = False
+
+
+class EngineAbortRequest(_Request):
+    """The engine server's abort: by `rid` only (it has no control plane to abort everything)."""
+
+    rid: str = Field(min_length=1, description="The `rid` of the `/generate` request to abort.")
+    abort_all: Literal[False] = Field(default=False, description="SGLang's abort-everything: not here.")
 
 
 # --- vLLM /inference/v1/generate (tokens in, tokens out) -------------------------------------
@@ -470,7 +502,7 @@ class VLLMTokenSamplingParams(_Request):
 
 class VLLMGenerateRequest(_Request):
     request_id: str | None = None
-    token_ids: list[f.TokenId]
+    token_ids: Annotated[list[f.TokenId], Field(min_length=1)]
     sampling_params: VLLMTokenSamplingParams = Field(default_factory=VLLMTokenSamplingParams)
     model: str | None = None
     stream: bool = False

@@ -93,5 +93,5 @@ class JsonSchemaFormat(_Wire):
 
 
 class ResponseFormat(_Wire):
-    type: str = Field(description="`text`, `json_object` or `json_schema`.")
+    type: Literal["text", "json_object", "json_schema"]
     json_schema: JsonSchemaFormat | None = None

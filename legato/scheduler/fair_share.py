@@ -9,11 +9,15 @@ the active tenants. Legato applies it when choosing which *program* to admit nex
 Agent Fair Share idea: agents are scheduled as wholes, so the lever is program admission).
 
 Tenants are few (tens), programs many: the per-event cost is O(active tenants) at most.
+Both counters are `Tally`s, so instances on one store can share them (`Tally.shared`): a
+tenant's service on one instance then counts on every other.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+
+from legato.scheduler.tally import Tally
 
 W_IN, W_OUT = 1.0, 2.0  # the same cost the bench metrics charge
 
@@ -28,10 +32,10 @@ class FairShare:
         self.weights = dict(weights or {})
         self.w_in = w_in
         self.w_out = w_out
-        self.counters: dict[str, float] = {}
+        self.counters = Tally()
         # Service actually delivered per unit weight (no prepay): what the call-level gate
         # equalizes between tenants whose calls share an engine.
-        self.served: dict[str, float] = {}
+        self.served = Tally()
         self._active: dict[str, int] = {}  # tenant -> programs it has in the system
 
     def set_weight(self, tenant: str, weight: float) -> None:
@@ -55,11 +59,9 @@ class FairShare:
         n = self._active.get(tenant, 0)
         if n == 0:
             floor = self.active_min()
-            own = self.counters.get(tenant, 0.0)
-            self.counters[tenant] = own if floor is None else max(own, floor)
-            if self._active:
-                low = min(self.served.get(t, 0.0) for t in self._active)
-                self.served[tenant] = max(self.served.get(tenant, 0.0), low)
+            if floor is not None:
+                self.counters.lift(tenant, floor)
+                self.served.lift(tenant, min(self.served.get(t, 0.0) for t in self._active))
         self._active[tenant] = n + 1
 
     def program_finished(self, tenant: str) -> None:
@@ -77,26 +79,27 @@ class FairShare:
         program was admitted); returns what is left of `prepaid`."""
         cost = self.cost(input_tokens, output_tokens)
         used = min(prepaid, cost)
-        self.counters[tenant] = self.counters.get(tenant, 0.0) + (cost - used) / self.weight(tenant)
+        if cost > used:
+            self.counters.add(tenant, (cost - used) / self.weight(tenant))
         return prepaid - used
 
     def serve(self, tenant: str, input_tokens: float, output_tokens: float) -> None:
         """Record delivered service (prompt at dispatch, output when known)."""
         cost = self.cost(input_tokens, output_tokens)
-        self.served[tenant] = self.served.get(tenant, 0.0) + cost / self.weight(tenant)
+        self.served.add(tenant, cost / self.weight(tenant))
 
     def prepay(self, tenant: str, cost: float) -> float:
         """Charge a program's predicted cost when it is admitted, so the next admission already
         sees the service this one commits to (counters that only grow as calls finish lag behind
         admissions, and a burst of admissions overshoots one tenant's share)."""
         cost = max(0.0, cost)
-        self.counters[tenant] = self.counters.get(tenant, 0.0) + cost / self.weight(tenant)
+        self.counters.add(tenant, cost / self.weight(tenant))
         return cost
 
     def refund(self, tenant: str, prepaid: float) -> None:
         """Give back prepaid cost a program did not use (it finished early or was paused)."""
         if prepaid > 0:
-            self.counters[tenant] = self.counters.get(tenant, 0.0) - prepaid / self.weight(tenant)
+            self.counters.add(tenant, -prepaid / self.weight(tenant))
 
     def pick(self, tenants: list[str]) -> str:
         """The tenant to serve next among `tenants`: smallest counter, then name."""

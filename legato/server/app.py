@@ -51,9 +51,8 @@ async def running(state: ServerState) -> AsyncIterator[ServerState]:
         state.store.claim()
         stack.push_async_callback(state.store.close)
         await state.store.open()
-        for shared in (state.calls, state.usage):  # client tool results, tokens per minute
-            if shared is not None:
-                await stack.enter_async_context(shared)
+        for shared in state.shared:  # client tool results, tokens per minute, fair share
+            await stack.enter_async_context(shared)
         for engine in state.replicas:
             await _enter(stack, engine)
         if state.inner_scheduler is not None:

@@ -2,24 +2,31 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Annotated
 
+from pydantic import BaseModel, Field
+
+from legato.engine_adapter import fields as f
 from legato.server.proxy_models import MAX_ID_LEN
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")  # an unknown field is a 400 naming it
+    # an unknown field is a 400 naming it; no coercion (`true` is no token id); the ranges are
+    # the shared fields' (`legato.engine_adapter.fields`)
+    model_config = f.STRICT_REQUEST
 
 
 class RLSampling(_Strict):
-    max_tokens: int = Field(default=64, ge=1, description="Model tokens this turn may add at most.")
-    temperature: float = Field(default=1.0, ge=0)
-    top_p: float = Field(default=1.0, gt=0, le=1)
-    top_k: int = Field(default=0, ge=0, description="0 disables top-k.")
-    seed: int | None = None
-    stop_token_ids: list[int] | None = None
+    max_tokens: f.TokenCount = Field(default=64, description="Model tokens this turn may add at most.")
+    temperature: f.Temperature = 1.0
+    top_p: f.TopP = 1.0
+    top_k: Annotated[int, Field(ge=0, le=f.I32_MAX), f.INTEGRAL] = Field(
+        default=0, description="0 disables top-k."
+    )
+    seed: f.Seed | None = None
+    stop_token_ids: f.StopTokenIds | None = None
     ignore_eos: bool = False
-    top_logprobs: int = Field(default=0, ge=0, description="Alternatives per token, besides its logprob.")
+    top_logprobs: f.TopLogprobs = Field(default=0, description="Alternatives per token, besides its logprob.")
 
 
 class CreateRollouts(_Strict):
@@ -30,13 +37,15 @@ class CreateRollouts(_Strict):
         pattern=r"^[^:/]+$",
         description="Your id (the program id); with n > 1 the samples are `{rollout_id}:{i}`.",
     )
-    prompt_ids: list[int] = Field(min_length=1)
-    n: int = Field(default=1, ge=1, le=64, description="GRPO group size: one prefill, forked KV.")
+    prompt_ids: list[f.TokenId] = Field(min_length=1)
+    n: Annotated[int, Field(ge=1, le=64), f.INTEGRAL] = Field(
+        default=1, description="GRPO group size: one prefill, forked KV."
+    )
     sampling_params: RLSampling = Field(default_factory=RLSampling)
 
 
 class TurnRequest(_Strict):
-    env_ids: list[int] = Field(
+    env_ids: list[f.TokenId] = Field(
         default_factory=list, description="Tool / environment tokens appended first (loss mask 0)."
     )
     sampling_params: RLSampling = Field(default_factory=RLSampling)

@@ -150,7 +150,7 @@ async def run_events(
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", max_length=32)] = None,
     after: Annotated[
         int | None,
-        Query(alias="last_event_id", ge=-1, le=I64_MAX, description="same as the Last-Event-ID header"),
+        Query(alias="last_event_id", ge=-1, lt=I64_MAX + 1, description="same as the Last-Event-ID header"),
     ] = None,
 ) -> StreamingResponse:
     await tenant_run(state, tenant, run_id)

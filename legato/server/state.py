@@ -11,12 +11,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from legato.engine_adapter.base import Engine
+from legato.engine_adapter.base import Engine, max_model_len_of
 from legato.programs.executor import Executor
 from legato.programs.speculation import parse_program_spec
 from legato.scheduler import by_name
 from legato.scheduler.base import CallScheduler
 from legato.scheduler.events import TenantWeight
+from legato.scheduler.fair_share import FairShare
 from legato.server.auth import CACHE_SALT_KEY, QuotaTracker, TenantRegistry
 from legato.server.config import ServerConfig
 from legato.server.metering import MeteredScheduler
@@ -24,6 +25,7 @@ from legato.server.runs import RunManager
 from legato.server.store import RunStore, open_store
 from legato.server.store.redis import RedisRunStore
 from legato.server.store.redis_client_calls import RedisCallBoard
+from legato.server.store.redis_fair_share import RedisFairShare
 from legato.server.store.redis_usage import RedisUsage
 from legato.tools.client import ClientToolBroker
 from legato.tools.registry import ToolRegistry
@@ -47,6 +49,12 @@ class ServerState:
     engines: list[Engine] = field(default_factory=list)  # every replica (the scheduler routes)
     calls: RedisCallBoard | None = None  # client tool calls shared by instances (Redis store)
     usage: RedisUsage | None = None  # tokens per minute counted across instances (Redis store)
+    fair: RedisFairShare | None = None  # fair-share counters shared by instances (Redis store)
+
+    @property
+    def shared(self) -> list[Any]:
+        """What instances on one store exchange while the server runs (entered by `running`)."""
+        return [s for s in (self.calls, self.usage, self.fair) if s is not None]
 
     @property
     def registry(self) -> ToolRegistry:
@@ -79,6 +87,12 @@ def weight_setter(inner: Any) -> Callable[[str, float], None]:
     return apply
 
 
+def fair_share_of(inner: Any) -> FairShare | None:
+    """The fair-share counters of a weighted policy (`--policy legato`), if it keeps any."""
+    fair = getattr(getattr(inner, "policy", None), "fair", None)
+    return fair if isinstance(fair, FairShare) else None
+
+
 def build_state(
     config: ServerConfig,
     engine: Engine | Sequence[Engine],
@@ -108,18 +122,18 @@ def build_state(
         calls.broker = tools.client
     speculation = parse_program_spec(config.program_spec)
     executor = Executor(scheduler, tools, journal=store, speculation=speculation)
-    limit = getattr(engines[0], "max_model_len", None)
-    if limit is None:  # the torch engine keeps it on its core
-        limit = getattr(getattr(engines[0], "core", None), "max_model_len", None)
+    limit = max_model_len_of(engines[0])
     runs = RunManager(
         store,
         executor,
         quotas,
         config.limits,
         registry,
-        limit if isinstance(limit, int) else None,
+        limit,
         set_weight=weight_setter(inner),
     )
+    shared = isinstance(store, RedisRunStore)
+    fair = fair_share_of(inner)
     return ServerState(
         config=config,
         engine=engines[0],
@@ -133,5 +147,6 @@ def build_state(
         inner_scheduler=inner,
         engines=engines,
         calls=calls,
-        usage=RedisUsage(store, quotas) if isinstance(store, RedisRunStore) else None,
+        usage=RedisUsage(store, quotas) if shared else None,
+        fair=RedisFairShare(store, fair) if shared and fair is not None else None,
     )

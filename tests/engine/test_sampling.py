@@ -61,6 +61,24 @@ def test_filter_logits_top_k_and_top_p() -> None:
     assert kept.tolist() == [True, False, False, False, False]
 
 
+@pytest.mark.parametrize(
+    "extreme", [{"temperature": 2e-103}, {"top_p": 5e-324}], ids=["temperature", "top_p"]
+)
+def test_the_smallest_temperature_or_top_p_the_api_takes_draws_the_top_token(
+    make_core: Callable[..., EngineCore], extreme: dict[str, float]
+) -> None:
+    """Found by the engine server's schemathesis run: logits / 2e-103 overflowed to inf, and a
+    top_p of 5e-324 rounds to 0 in float32 and dropped every token, so the softmax was NaN and
+    the engine step failed (every request of the batch with it)."""
+    logits = torch.tensor([4.0, 3.0, float("-inf"), 1.0])
+    probs = filter_logits(logits, SamplingParams(**{"temperature": 1.0, **extreme})).softmax(-1)
+    assert probs.tolist() == [1.0, 0.0, 0.0, 0.0]
+    core = make_core()
+    greedy = _tokens(core, SamplingParams(max_tokens=8, ignore_eos=True), "g")
+    drawn = _tokens(core, SamplingParams(max_tokens=8, ignore_eos=True, seed=5, **extreme), "x")
+    assert drawn == greedy
+
+
 def test_max_tokens_and_length_reason(make_core: Callable[..., EngineCore]) -> None:
     core = make_core()
     out = core.run_to_completion(

@@ -146,17 +146,22 @@ def test_a_blocking_python_tool_times_out_and_healthz_stays_fast(tmp_path: Path)
         with httpx.Client(base_url=server.start(), timeout=2 * BLOCK_S) as c:
             c.get("/healthz")
             run_id = c.post("/v1/runs", json={"program": program}).json()["id"]
-            slowest = 0.0
+            answers: list[float] = []
             t0 = time.monotonic()
             while not finished(c, [run_id]):
                 # stopped at its timeout, not after its sleep
                 assert time.monotonic() - t0 < BLOCK_S / 2, "the run outlived its tool's timeout"
                 t = time.monotonic()
                 assert c.get("/healthz").status_code == 200
-                slowest = max(slowest, time.monotonic() - t)
+                answers.append(time.monotonic() - t)
                 time.sleep(0.02)
             run = run_of(c, run_id)
             assert run["status"] == "failed" and "timed out after 0.5s" in run["error"]
-            assert slowest < BLOCK_S / 10, slowest  # the blocked thread never held the event loop
+            # the blocked thread never held the event loop: /healthz within 100 ms (the issue's
+            # bound) while the tool blocked; one answer in 20 may take a loaded machine's
+            # scheduling hiccup, none a stall
+            answers.sort()
+            assert len(answers) >= 5 and answers[int(0.95 * (len(answers) - 1))] < 0.1, answers
+            assert answers[-1] < 1.0, answers
     finally:
         server.stop()

@@ -97,6 +97,11 @@ def test_non_finite_and_overflowing_numbers_are_refused(client: httpx.Client) ->
         _refused(_raw(client, "/v1/completions", body), 400, "finite number")
         run = fill('{"program": %s, "inputs": {"q": %s}}', json.dumps(_program()), literal)
         _refused(_raw(client, "/v1/runs", run), 422, "finite number")
+        # the issue's case: a program's own `temperature: NaN` was 201, then an engine error
+        node = json.dumps(_program(temperature=0.5)).replace("0.5", literal)
+        _refused(_raw(client, "/v1/runs", fill('{"program": %s}', node)), 422, "finite number")
+    huge = client.post("/v1/runs", json={"program": _program(temperature=1e308)})
+    _refused(huge, 422, "temperature")
     # finite but absurd: a retry backoff of 1e308 s used to sleep for an hour
     response = client.post("/v1/programs", json={"program": _program(retries=1, backoff_s=1e308)})
     _refused(response, 422, "backoff_s")
@@ -196,3 +201,20 @@ def test_every_route_of_both_apps_parses_strict_json(served: Served) -> None:
 def test_a_repeated_query_parameter_is_refused_not_last_wins(client: httpx.Client) -> None:
     _refused(client.get("/v1/programs", params=[("limit", "{x}"), ("limit", "5")]), 422, "limit")
     assert client.get("/v1/programs", params={"limit": "5"}).status_code == 200
+
+
+def test_the_rollout_api_takes_the_same_ranges_and_strict_types(client: httpx.Client) -> None:
+    """Found by the schemathesis run: `/v1/rollouts` took `true` as a token id and any seed."""
+    ok = {"prompt_ids": [1, 2, 3], "sampling_params": {"max_tokens": 2}}
+    bad = {
+        "prompt_ids": {"prompt_ids": [True, False]},
+        "seed": {**ok, "sampling_params": {"max_tokens": 2, "seed": 2**64}},
+        "temperature": {**ok, "sampling_params": {"temperature": 1e308}},
+        "max_tokens": {**ok, "sampling_params": {"max_tokens": "5"}},
+    }
+    for field, body in bad.items():
+        response = client.post("/v1/rollouts", json=body)
+        assert 400 <= response.status_code < 500 and field in response.text, (field, response.text)
+    nan = '{"prompt_ids": [1], "sampling_params": {"temperature": NaN}}'
+    assert _raw(client, "/v1/rollouts", nan).status_code in (400, 422)
+    assert client.post("/v1/rollouts", json=ok).status_code in (200, 201)

@@ -150,7 +150,7 @@ def test_tool_choice_none_and_parallel_false(served: Served) -> None:
             "Invalid type: foo",
         ),
         ({"tools": TOOLS, "tool_choice": {"type": "function", "function": {"name": "nope"}}}, "'nope'"),
-        ({"response_format": {"type": "xml"}}, "response_format type 'xml' is not supported"),
+        ({"response_format": {"type": "xml"}}, "response_format.type: Input should be 'text'"),
         (
             {"response_format": {"type": "json_schema", "json_schema": {"name": "x"}}},
             "needs json_schema.schema",

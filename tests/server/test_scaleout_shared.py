@@ -6,6 +6,8 @@
   answers 429 (within the ~1 s the instances take to exchange their counts).
 - A result posted while no instance waits on the call (its driver was killed, the run not yet
   taken over) is kept; the instance that takes the run over finishes it with that result.
+- Fair-share counters count every instance: while two tenants are both backlogged on Y, the
+  one served on X meanwhile goes after the other on Y (per-instance counters would pick it).
 """
 
 from __future__ import annotations
@@ -14,11 +16,15 @@ import subprocess
 import sys
 import uuid
 from pathlib import Path
+from typing import Any
 
+import anyio
 import httpx
 
+from legato.server.auth import hash_key, new_api_key
+from legato.server.store import RedisRunStore, TenantRecord
 from tests.server.programs import qa_program
-from tests.server.serving import ServeProcess
+from tests.server.serving import TOOLS_FILE, ServeProcess
 from tests.server.test_drain import BASE_ARGS, tool_program
 from tests.server.test_durability import finished, poll, run_of
 
@@ -27,6 +33,25 @@ LEASE_S = 3.0
 
 def _store_args(redis_url: str) -> list[str]:
     return ["--redis-url", redis_url, "--redis-prefix", f"t{uuid.uuid4().hex[:8]}:"]
+
+
+def _add_tenant(store: list[str], name: str, *extra: str) -> str:
+    add = [sys.executable, "-m", "legato.cli", "tenants", "add", name, *extra, *store]
+    return subprocess.run(add, capture_output=True, text=True, check=True, timeout=60).stdout.strip()
+
+
+async def _add_tenants_with_ids(redis_url: str, prefix: str, weights: dict[str, float]) -> dict[str, str]:
+    """Tenants named and identified by the keys of `weights` (ids fix how ties are broken)."""
+    store = RedisRunStore(redis_url, prefix=prefix)
+    await store.open()
+    try:
+        keys = {}
+        for name, weight in weights.items():
+            keys[name] = key = new_api_key()
+            await store.add_tenant(TenantRecord(id=name, name=name, key_hash=hash_key(key), weight=weight))
+        return keys
+    finally:
+        await store.close()
 
 
 def _pair(tmp_path: Path, store: list[str]) -> tuple[ServeProcess, ServeProcess]:
@@ -86,8 +111,7 @@ def test_a_result_posted_between_owners_finishes_the_run_on_takeover(tmp_path: P
 
 def test_tokens_per_minute_count_every_instance(tmp_path: Path, redis_url: str) -> None:
     store = _store_args(redis_url)
-    add = [sys.executable, "-m", "legato.cli", "tenants", "add", "tpm", "--tokens-per-minute", "10", *store]
-    key = subprocess.run(add, capture_output=True, text=True, check=True, timeout=60).stdout.strip()
+    key = _add_tenant(store, "tpm", "--tokens-per-minute", "10")
     a, b = _pair(tmp_path, store)
     body = {"program": qa_program(4), "inputs": {"question": "q"}}
     auth = {"Authorization": f"Bearer {key}"}
@@ -105,3 +129,86 @@ def test_tokens_per_minute_count_every_instance(tmp_path: Path, redis_url: str) 
     finally:
         a.stop()
         b.stop()
+
+
+ADMIN_KEY = "lg_admin_fair_share_test"
+PROMPT = "x" * 300  # byte tokens: one program alone fits Y's 512-token pool, two do not
+
+
+def _one_call(max_tokens: int = 8) -> dict[str, Any]:
+    return {
+        "name": "one_call",
+        "state": [{"name": "question"}, {"name": "answer"}],
+        "nodes": [
+            {
+                "kind": "llm",
+                "name": "answer",
+                "prompt": {"slots": [{"var": "question"}], "suffix": "A:"},
+                "output": "answer",
+                "max_tokens": max_tokens,
+            }
+        ],
+        "entry": "answer",
+    }
+
+
+def test_a_tenant_served_on_one_instance_goes_after_the_other_on_the_second(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """Y (a simulated GPU slowed 5000x, KV for one program at a time) runs heavy's blocker while
+    light's program and heavy's second wait; both tenants are then active on Y at equal
+    counters (light was lifted to heavy's on arrival, as VTC does). Heavy is then served on X.
+    When the blocker is cancelled, Y admits light's program: heavy's service on X counts on Y.
+    With per-instance counters the two would tie on Y, and a tie goes to the smaller tenant id,
+    heavy's (ids chosen so), so Y would admit heavy's program."""
+    store = _store_args(redis_url)
+    weights = {"t_0heavy": 2.0, "t_1light": 1.0}
+    keys = anyio.run(_add_tenants_with_ids, redis_url, store[-1], weights)
+    keys["heavy"], keys["light"] = keys.pop("t_0heavy"), keys.pop("t_1light")
+    common = ["--tools", str(TOOLS_FILE), "--log-level", "warning", "--policy", "legato", *store]
+    env = {"LEGATO_ADMIN_KEY": ADMIN_KEY}
+    x = ServeProcess([*common, "--engine", "sim-realtime:time_scale=0"], tmp_path / "x.log", env)
+    slow = "sim-realtime:time_scale=5000,num_blocks=32,block_size=16"
+    y = ServeProcess([*common, "--engine", slow], tmp_path / "y.log", env)
+    body = {"program": _one_call(), "inputs": {"question": PROMPT}}
+
+    def client(url: str, name: str) -> httpx.Client:
+        return httpx.Client(base_url=url, timeout=30, headers={"Authorization": f"Bearer {keys[name]}"})
+
+    try:
+        url_x, url_y = x.start(), y.start()
+        with (
+            client(url_y, "heavy") as heavy_y,
+            client(url_y, "light") as light_y,
+            client(url_x, "heavy") as heavy_x,
+            httpx.Client(base_url=url_y, timeout=30, headers={"Authorization": f"Bearer {ADMIN_KEY}"}) as ops,
+        ):
+
+            def states() -> dict[str, str]:
+                return {r["id"]: r["state"] for r in ops.get("/ui/api/programs").json()["rows"]}
+
+            def admitted() -> set[str]:
+                entries = ops.get("/ui/api/decisions", params={"limit": 200}).json()["entries"]
+                return {e["run_id"] for e in entries if e["kind"] == "admit"}
+
+            def counters() -> dict[str, float]:
+                rows = ops.get("/ui/api/tenants").json()["rows"]
+                return {r["name"][3:]: r["fair_counter"] for r in rows if r["name"].startswith("t_")}
+
+            blocker = heavy_y.post("/v1/runs", json=body).json()["id"]
+            poll(lambda: blocker in admitted(), "Y to admit the blocker", 30)
+            light = light_y.post("/v1/runs", json=body).json()["id"]
+            heavy = heavy_y.post("/v1/runs", json=body).json()["id"]
+            poll(lambda: states().get(light) == states().get(heavy) == "queued", "both to queue on Y", 30)
+            assert counters()["heavy"] == counters()["light"]  # light was lifted to heavy's counter
+
+            served = heavy_x.post("/v1/runs", json=body).json()["id"]
+            poll(lambda: finished(heavy_x, [served]), "heavy's run on X", 30)
+            poll(lambda: counters()["heavy"] > counters()["light"], "Y to count heavy's service on X", 30)
+
+            assert heavy_y.post(f"/v1/runs/{blocker}/cancel").status_code == 200
+            poll(lambda: bool(admitted() & {light, heavy}), "Y to admit a queued program", 30)
+            assert admitted() & {light, heavy} == {light}, counters()
+    finally:
+        x.stop()
+        y.kill9()

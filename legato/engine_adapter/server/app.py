@@ -18,6 +18,7 @@ from legato.engine_adapter.base import (
     GenerateRequest,
     assemble_result,
     assemble_samples,
+    max_model_len_of,
 )
 from legato.engine_adapter.openai_api import (
     ChatCompletionRequest,
@@ -26,10 +27,10 @@ from legato.engine_adapter.openai_api import (
     CompletionResponse,
     DetokenizeRequest,
     DetokenizeResponse,
+    EngineAbortRequest,
     HealthResponse,
     ModelCard,
     ModelList,
-    SGLangAbortRequest,
     SGLangGenerateRequest,
     SGLangGenerateResponse,
     TokenizeRequest,
@@ -121,11 +122,11 @@ def create_engine_app(
     """An ASGI app serving `engine` over OpenAI's, SGLang's and vLLM's HTTP APIs.
 
     `max_model_len` (prompt + output tokens) lets the server reject over-long requests with a 400
-    before they reach the engine; it defaults to the engine's `max_model_len` attribute if it has
-    one. `on_shutdown` runs when the server stops (e.g. to close the engine).
+    before they reach the engine; it defaults to the engine's own (`max_model_len_of`).
+    `on_shutdown` runs when the server stops (e.g. to close the engine).
     """
-    limit = max_model_len if max_model_len is not None else getattr(engine, "max_model_len", None)
-    svc = EngineService(engine, limit if isinstance(limit, int) else None, chunk_timeout_s)
+    limit = max_model_len if max_model_len is not None else max_model_len_of(engine)
+    svc = EngineService(engine, limit, chunk_timeout_s)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -329,11 +330,7 @@ def create_engine_app(
         responses=ERROR_RESPONSES,
         summary="Abort a request by `rid` (SGLang's shape); unknown ids are ignored.",
     )
-    async def abort_request(body: SGLangAbortRequest) -> dict[str, bool]:
-        if body.abort_all:
-            raise ApiError(400, "abort_all is not supported; abort requests by rid", "abort_all")
-        if not body.rid:
-            raise ApiError(400, "rid is required", "rid")
+    async def abort_request(body: EngineAbortRequest) -> dict[str, bool]:
         await engine.abort(body.rid)
         return {"success": True}
 

@@ -55,8 +55,16 @@ def needs_processing(params: SamplingParams) -> bool:
 
 
 def filter_logits(logits: Tensor, params: SamplingParams) -> Tensor:
-    """Apply temperature, top-k and top-p to one row of logits (returns a new tensor)."""
-    out = logits / params.temperature
+    """Apply temperature, top-k and top-p to one row of logits (returns a new tensor). The row is
+    shifted by its maximum before the division (softmax does not change): a temperature as
+    small as the API allows (any float above 0) would otherwise overflow the logits to inf, and
+    one below the dtype's smallest normal number is its limit, the top tokens only (else it
+    rounds to 0 and the division gives NaN)."""
+    out = logits - logits.max()
+    if params.temperature < torch.finfo(out.dtype).tiny:
+        out = out.masked_fill(out < 0, float("-inf"))
+    else:
+        out = out / params.temperature
     if params.top_k > 0 and params.top_k < out.shape[-1]:
         kth = torch.topk(out, params.top_k).values[-1]
         out = out.masked_fill(out < kth, float("-inf"))
@@ -67,6 +75,7 @@ def filter_logits(logits: Tensor, params: SamplingParams) -> Tensor:
         # already reaches top_p (the top token is always kept).
         before = torch.cumsum(probs, dim=-1) - probs
         drop_sorted = before >= params.top_p
+        drop_sorted[0] = False  # even where top_p rounds to 0 in float32 (5e-324 does)
         drop = torch.zeros_like(drop_sorted).scatter(0, order, drop_sorted)
         out = out.masked_fill(drop, float("-inf"))
     return out

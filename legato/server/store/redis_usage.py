@@ -1,7 +1,7 @@
 """Tenants' tokens per minute counted across every instance on one Redis (`RedisUsage`).
 
 Every instance records its tokens locally (`QuotaTracker.record_tokens`, once per streamed chunk)
-and, every `SYNC_S`, pushes what it recorded into per-tenant per-second buckets
+and, every `SYNC_S` (`ExchangeLoop`), pushes what it recorded into per-tenant per-second buckets
 (`usage:{tenant}` hash second -> tokens, Redis's own clock, so instances' clocks may differ)
 and reads back each tenant's last minute, which replaces its local window (`adopt`). One script
 call per second per instance, whatever the load; a quota is enforced on every instance's tokens
@@ -10,16 +10,12 @@ at most ~`SYNC_S` late (a tenant can overshoot by what the instances serve in th
 
 from __future__ import annotations
 
-import logging
 from typing import Any, Protocol
 
 import anyio
 
-from legato.server.store.background import BackgroundLoop
+from legato.server.store.background import ExchangeLoop
 
-log = logging.getLogger(__name__)
-
-SYNC_S = 1.0
 WINDOW_S = 60  # QuotaTracker.WINDOW_S, in whole seconds of buckets
 
 # KEYS: usage hash per pushed tenant, then per read tenant; ARGV: number pushed, the tokens of
@@ -60,7 +56,7 @@ class Usage(Protocol):
     def adopt(self, tenant_id: str, buckets: list[tuple[float, int]]) -> None: ...
 
 
-class RedisUsage(BackgroundLoop):
+class RedisUsage(ExchangeLoop):
     """`async with`: exchanges this instance's token counts with the others every `SYNC_S`."""
 
     task_name = "token usage"
@@ -89,11 +85,3 @@ class RedisUsage(BackgroundLoop):
         for tenant, flat in zip(tenants, out[1:], strict=True):
             pairs = zip(flat[::2], flat[1::2], strict=True)
             self.quotas.adopt(tenant, [(now - float(sec), int(n)) for sec, n in pairs])
-
-    async def _background(self) -> None:
-        while True:
-            await anyio.sleep(SYNC_S)
-            try:
-                await self.exchange()
-            except Exception:  # Redis briefly away: local counts go on, pushed next time
-                log.warning("sharing token usage failed; retrying", exc_info=True)

@@ -6,7 +6,10 @@ A tenant's entitled share is its weight over the weights of the tenants served i
 Jain's index of the weight-normalised service (tokens / weight) is 1 when every active tenant
 got exactly its weighted share and falls towards 1/n as one tenant takes everything. Quota use
 is runs in flight over `max_concurrent_runs` and tokens in the window over `tokens_per_minute`;
-429s are the refusals answered to that tenant since the server started.
+429s are the refusals answered to that tenant since the server started. `fair_counter` is the
+weighted fair-share policy's counter of the tenant's service per weight (`FairShare`: the
+tenant with the smallest goes next; shared by instances on one Redis), None under a policy
+without one.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 from legato.server.auth import Tenant
-from legato.server.state import ServerState
+from legato.server.state import ServerState, fair_share_of
 from legato.server.ui.viewer import Viewer
 
 
@@ -38,6 +41,7 @@ def tenants_panel(state: ServerState, viewer: Viewer, tenants: list[Tenant]) -> 
     active = [t for t in known if used[t.id] > 0]
     total = sum(used[t.id] for t in active)
     weights = sum(t.weight for t in active)
+    fair = fair_share_of(state.inner_scheduler)
     rows = []
     for t in known:
         if not viewer.sees(t.id):
@@ -54,6 +58,7 @@ def tenants_panel(state: ServerState, viewer: Viewer, tenants: list[Tenant]) -> 
                 "max_concurrent_runs": t.max_concurrent_runs,
                 "tokens_per_minute": t.tokens_per_minute,
                 "rejected_429": quotas.rejected[t.id],
+                "fair_counter": None if fair is None else fair.counter(t.id),
             }
         )
     jain = jain_index([used[t.id] / t.weight for t in active if t.weight > 0])
