@@ -199,6 +199,9 @@ def serve(
     import sys
 
     sys.stdout.flush()  # tests and supervisors wait for this line
+    from legato.engine_adapter.server.gc_tuning import settle_heap
+
+    settle_heap()  # start-up objects are permanent: no collection walks them again
     anyio.run(server.serve, [sock])
 
 

@@ -75,7 +75,7 @@ def admit(e: ReplicaState, now: float, budget: int, chunks: list[tuple[SimReques
         e.admit_count += 1
         r.admit_seq = e.admit_count
         r.vver += 1
-        heapq.heappush(e.victims, (-r.priority, -r.admit_seq, r.vver, r))
+        e.push_victim(r)
         e.prefilling.append(r)
         chunks.append((r, c))
         budget -= c

@@ -12,7 +12,7 @@ import heapq
 from legato.sim.cost_model import CostModel
 from legato.sim.kv_pool import KVPool, Node
 from legato.sim.output_reserve import OutputReserve
-from legato.sim.sim_request import DECODE, PARKED, WAITING, SimRequest, StepStats
+from legato.sim.sim_request import DECODE, PARKED, PREFILL, WAITING, SimRequest, StepStats
 from legato.sim.workload import Segment
 
 
@@ -101,6 +101,19 @@ class ReplicaState:
     def _tail(self, run: int) -> list[Node]:
         path = self.run_path.get(run)
         return path[1] if path is not None else []
+
+    def push_victim(self, r: SimRequest) -> None:
+        """An admitted request becomes a preemption candidate. Entries of requests that finished,
+        were cancelled or were preempted stay in the heap (lazy deletion) until a preemption pops
+        them, and without KV pressure none does: the heap then held every request ever admitted
+        (and, through them, their radix-tree paths). So it is rebuilt from its live entries once
+        it is twice the larger of the running requests and `max_seqs`: the geometric-growth
+        argument (amortised O(1) per push), any factor above 1 works, 2 caps the waste at what is
+        needed. Pop order is unchanged (keys are unique: `admit_seq` counts admissions)."""
+        heapq.heappush(self.victims, (-r.priority, -r.admit_seq, r.vver, r))
+        if len(self.victims) > 2 * max(self.running, self.max_seqs):
+            self.victims = [v for v in self.victims if v[2] == v[3].vver and v[3].state in (PREFILL, DECODE)]
+            heapq.heapify(self.victims)
 
     def enqueue(self, r: SimRequest) -> None:
         r.state = WAITING

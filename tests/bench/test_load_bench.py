@@ -6,10 +6,13 @@ refuses the key is a clear CLI error."""
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
 from pathlib import Path
 
+import httpx
 from typer.testing import CliRunner
 
+from legato.bench.load_bench import sse_events
 from legato.cli import app
 from legato.sim.realtime import RealtimeSimConfig, RealtimeSimEngine
 from tests.server.proxy_harness import legato_server
@@ -58,3 +61,27 @@ def test_workflow_mode_submits_runs_and_follows_their_events(tmp_path: Path) -> 
     assert len(report.instances) == 2 and all(i["rss_mb"] for i in report.instances)
     assert report.post_runs_s["p50"] > 0
     assert report.completion_tokens_per_s > 0 and report.ttft_s["p50"] <= report.latency_s["p50"]
+
+
+async def test_sse_parser_splits_events_across_chunk_boundaries() -> None:
+    """The client's byte-level SSE parser: events split anywhere between network reads, comment
+    lines and events without data are skipped, ids and kinds come through."""
+    wire = (
+        b'id: 0\nevent: status\ndata: {"seq": 0}\n\n: keepalive\n\n'
+        b'id: 1\nevent: token\ndata: {"seq": 1, "data": {"text": "a"}}\n\n'
+        b'id: 2\nevent: run_finished\ndata: {"seq": 2, "data": {"status": "succeeded"}}\n\n'
+    )
+    for cut in range(1, len(wire)):  # every place a read may end
+
+        async def chunks(cut: int = cut) -> AsyncIterator[bytes]:
+            yield wire[:cut]
+            yield wire[cut:]
+
+        response = httpx.Response(200, content=chunks())
+        events = [event async for event in sse_events(response)]
+        assert [(seq, kind) for seq, kind, _ in events] == [
+            (0, b"status"),
+            (1, b"token"),
+            (2, b"run_finished"),
+        ]
+        assert json.loads(events[2][2])["data"]["status"] == "succeeded"

@@ -145,19 +145,20 @@ async def test_each_token_arrives_at_the_cost_models_step_end_and_a_repeat_hits_
 
 async def test_a_long_running_engine_stays_bounded_by_its_pool() -> None:
     """Distinct prompts forever must not grow the seg-id map, the radix tree or the eviction heap
-    past a multiple of the pool (plus the paths of requests in flight)."""
-    cfg = RealtimeSimConfig(num_blocks=32, max_model_len=128, time_scale=0.0)
+    past a multiple of the pool (plus the paths of requests in flight), nor the preemption
+    candidates past twice the seats (without KV pressure nothing pops them)."""
+    cfg = RealtimeSimConfig(num_blocks=32, max_model_len=128, max_num_seqs=8, time_scale=0.0)
     concurrency, per_request = 4, 4  # 3 full prompt blocks + 1 output tail node per request
     bound = 2 * (cfg.num_blocks or 0) + 2 * concurrency * per_request + per_request
     async with RealtimeSimEngine(cfg) as engine:
         pool = engine.replica.pool
-        peak = [0, 0, 0]
+        peak = [0, 0, 0, 0]
 
         async def one(i: int) -> None:
             prompt = (i % 256, i // 256, *range(46))  # every block distinct
             result = await collect(engine, _req(f"r{i}", prompt, 8))
             assert len(result.token_ids) == 8
-            sizes = (len(engine._seg_ids), pool.n_nodes, pool.heap_len)
+            sizes = (len(engine._seg_ids), pool.n_nodes, pool.heap_len, len(engine.replica.victims))
             peak[:] = [max(a, b) for a, b in zip(peak, sizes, strict=True)]
 
         for start in range(0, 600, concurrency):
@@ -169,6 +170,7 @@ async def test_a_long_running_engine_stays_bounded_by_its_pool() -> None:
         engine.replica.check()
     assert peak[0] <= bound and peak[1] <= bound, (peak, bound)  # unpruned: 1,800 ids, 2,400 nodes
     assert peak[2] <= 2 * 32 + per_request
+    assert peak[3] <= 2 * cfg.max_num_seqs + 1, peak  # unbounded: one entry per request, 600
     assert len(engine._seg_hash) == len(engine._seg_ids) <= pool.n_nodes
     assert repeat.cached_tokens == 32  # recent blocks survive pruning and still hit (the last
     # prompt token is always recomputed, so 2 of its 3 blocks)
