@@ -169,3 +169,19 @@ async def test_speculation_counters_reach_metrics(make_core: Callable[..., Engin
 
     lines = "\n".join(await engine_counters(_Stats(), 'model="m"'))  # type: ignore[arg-type]
     assert f'vllm:spec_decode_num_accepted_tokens_total{{model="m"}} {stats.spec_accepted_tokens}' in lines
+
+
+def test_drafting_that_costs_more_than_it_saves_is_skipped() -> None:
+    """A compute-bound batch (no draft worth verifying) pays for drafting once per memory of
+    the verify model, not every step; drafting that saves more than it costs runs every step."""
+    spec = Speculator("suffix", 4)
+    spec._weigh_drafting(0.001, None)  # unpriced steps: keep drafting to measure them
+    assert spec._skip == 0
+    spec._weigh_drafting(0.001, 0.0)
+    assert spec._skip == int(spec.verify_cost.memory) - 1
+    spec = Speculator("suffix", 4)
+    spec._weigh_drafting(0.001, 0.0005)
+    assert spec._skip == 1  # saves half its cost: every other step drafts
+    spec = Speculator("suffix", 4)
+    spec._weigh_drafting(0.001, 0.002)
+    assert spec._skip == 0

@@ -28,6 +28,8 @@ Requests with n > 1, penalties, logit bias, logprobs or a grammar do not specula
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
@@ -39,7 +41,7 @@ from legato.engine_adapter.torch.scheduler import ScheduledChunk, Scheduler, Sch
 from legato.engine_adapter.torch.sequence import SeqStatus, Sequence
 from legato.engine_adapter.torch.spec_verify import verify_greedy, verify_sampled
 from legato.spec.adaptive import check_draft_len
-from legato.spec.backoff import AcceptanceCalibration, StepCostModel, plan_drafts
+from legato.spec.backoff import AcceptanceCalibration, StepCostModel, expected_saving, plan_drafts
 from legato.spec.context import AgentHistory, ProgramContext
 from legato.spec.drafter import Drafter, make_drafter
 from legato.spec.suffix_index import Draft
@@ -97,6 +99,13 @@ class Speculator:
         self.calibration = AcceptanceCalibration()  # every request's drafts: new requests' prior
         self._step_kind: StepCostModel | None = None  # which model this step's time belongs to
         self._since_verify = 0  # decode steps since a step verified a draft
+        # What drafting costs (the drafters' own time per drafting step) against what its plans
+        # are expected to save, averaged like a step-cost bucket; while it costs more than it
+        # saves, only one step in ceil(cost / saving) drafts (at most one per verify-model memory)
+        self._drafting_s = 0.0
+        self._saving_s = 0.0
+        self._drafting_steps = 0
+        self._skip = 0  # steps left that do not draft
         self._reqs: dict[str, _Request] = {}
         self.drafted = 0
         self.accepted = 0
@@ -142,10 +151,17 @@ class Speculator:
             self._since_verify = 0 if self._step_kind is self.verify_cost else self._since_verify + 1
         self._step_kind = None
 
-    def propose(self, running: list[Sequence], budget: int, max_model_len: int) -> None:
+    def propose(
+        self, running: list[Sequence], budget: int, max_model_len: int, clock: Callable[[], float]
+    ) -> None:
         """Append drafts to the decoding sequences the step's token budget can verify,
-        each cut to the length the back-off (`plan_drafts`) finds worth its price."""
+        each cut to the length the back-off (`plan_drafts`) finds worth its price. `clock`:
+        what the engine prices its steps in (the drafting's own cost is weighed in it)."""
         self._forget_finished()
+        if self._skip > 0:  # drafting has cost more than its plans saved: not this step
+            self._skip -= 1
+            return
+        started = clock()
         base = 0  # decode tokens the step computes anyway
         proposed: list[tuple[_Request, Draft]] = []
         for seq in sorted(running, key=lambda s: s.sort_key):
@@ -184,6 +200,9 @@ class Speculator:
             plan = [len(c) for c in _cap_total(candidates, max(base, self.max_draft))]
         else:
             plan = plan_drafts(candidates, base, self.verify_cost, self.decode_cost)
+        self._weigh_drafting(
+            clock() - started, expected_saving(candidates, plan, base, self.verify_cost, self.decode_cost)
+        )
         for (req, draft), keep in zip(proposed, plan, strict=True):
             if keep:
                 seq = req.seq
@@ -191,6 +210,23 @@ class Speculator:
                 seq.num_draft = keep
                 req.probs = draft.probs[:keep]
                 self._drafted.append(seq)
+
+    def _weigh_drafting(self, drafting_s: float, saving_s: float | None) -> None:
+        """Average the drafting's cost and its plans' expected saving; while the saving is
+        smaller, skip drafting on the next steps so that it costs no more than it saves (a
+        compute-bound batch, where no draft is worth verifying, then pays for drafting once per
+        `verify_cost.memory` steps instead of every step)."""
+        if saving_s is None:
+            return  # the step costs are not measured yet: keep drafting to measure them
+        self._drafting_steps += 1
+        w = 1.0 / min(self._drafting_steps, self.verify_cost.memory)
+        self._drafting_s += w * (drafting_s - self._drafting_s)
+        self._saving_s += w * (saving_s - self._saving_s)
+        if self._saving_s >= self._drafting_s:
+            return
+        most = self.verify_cost.memory
+        period = min(self._drafting_s / self._saving_s, most) if self._saving_s > 0 else most
+        self._skip = math.ceil(period) - 1
 
     def _drafter_name(self, seq: Sequence) -> str | None:
         opts = seq.sampling.speculative
