@@ -55,7 +55,8 @@ class StepCostModel:
     that is concave with a fixed part, as an engine step's is, no step costs less per token
     than that: unmeasured large steps are never underpriced); below the smallest it is `T` of
     the smallest. Context length is not a term: over the steps the model remembers, a batch's
-    contexts barely move.
+    contexts barely move. (`legato.cache.prefill_model` prices prompt tokens for the tier
+    decision instead, per token with a context term; its docstring says why they differ.)
 
     The first step of a kind is not used (it pays one-time costs: allocations, lazy kernel
     set-up). `memory`: about 1 / (1 - 0.97), the window the step cost has always been averaged
