@@ -162,23 +162,3 @@ def plan_drafts(
     for _, i, j in order[:best_k]:
         keep[i] = max(keep[i], j + 1)
     return keep
-
-
-def expected_saving(
-    candidates: Sequence[Sequence[float]],
-    keep: Sequence[int],
-    base: int,
-    verify: StepCostModel,
-    decode: StepCostModel,
-) -> float | None:
-    """Seconds a planned step is expected to save: the time plain decode steps would take to
-    emit the tokens it is expected to emit, less its own price (0 for a step verifying nothing;
-    None while either kind of step is unpriced). What drafting earns, to weigh against what the
-    drafting itself costs."""
-    if not (verify.has_data and decode.has_data) or base <= 0:
-        return None
-    k = sum(keep)
-    if not k:
-        return 0.0
-    expected = base + sum(sum(c[:n]) for c, n in zip(candidates, keep, strict=True))
-    return expected * decode(base) / base - verify(base + k)

@@ -41,7 +41,7 @@ from legato.engine_adapter.torch.scheduler import ScheduledChunk, Scheduler, Sch
 from legato.engine_adapter.torch.sequence import SeqStatus, Sequence
 from legato.engine_adapter.torch.spec_verify import verify_greedy, verify_sampled
 from legato.spec.adaptive import check_draft_len
-from legato.spec.backoff import AcceptanceCalibration, StepCostModel, expected_saving, plan_drafts
+from legato.spec.backoff import AcceptanceCalibration, StepCostModel, plan_drafts
 from legato.spec.context import AgentHistory, ProgramContext
 from legato.spec.drafter import Drafter, make_drafter
 from legato.spec.suffix_index import Draft
@@ -99,13 +99,15 @@ class Speculator:
         self.calibration = AcceptanceCalibration()  # every request's drafts: new requests' prior
         self._step_kind: StepCostModel | None = None  # which model this step's time belongs to
         self._since_verify = 0  # decode steps since a step verified a draft
-        # What drafting costs (the drafters' own time per drafting step) against what its plans
-        # are expected to save, averaged like a step-cost bucket; while it costs more than it
-        # saves, only one step in ceil(cost / saving) drafts (at most one per verify-model memory)
+        # What drafting costs (the drafters' own time per drafting step) against what its steps
+        # saved, averaged like a step-cost bucket; while it costs more than it saves, only one
+        # step in ceil(cost / saving) drafts (at most one per verify-model memory)
         self._drafting_s = 0.0
         self._saving_s = 0.0
         self._drafting_steps = 0
         self._skip = 0  # steps left that do not draft
+        self._drafted_step: tuple[float, int, int] | None = None  # this step's drafting time, base,
+        # and the draft tokens it accepted
         self._reqs: dict[str, _Request] = {}
         self.drafted = 0
         self.accepted = 0
@@ -146,10 +148,26 @@ class Speculator:
     def observe_step(self, spans: list[tuple[int, int]], seconds: float) -> None:
         """The core's wall time of one step computing `spans`: what the back-off prices (steps
         that also prefill are neither kind and are not recorded)."""
-        if self._step_kind is not None:
-            self._step_kind.observe(sum(e - s for s, e in spans), seconds)
-            self._since_verify = 0 if self._step_kind is self.verify_cost else self._since_verify + 1
+        kind, drafted = self._step_kind, self._drafted_step
+        if kind is not None:
+            kind.observe(sum(e - s for s, e in spans), seconds)
+            self._since_verify = 0 if kind is self.verify_cost else self._since_verify + 1
+        if drafted is not None and kind is not None:
+            drafting_s, base, accepted = drafted
+            self._weigh_drafting(drafting_s, self._saving(kind, base, accepted, seconds - drafting_s))
         self._step_kind = None
+        self._drafted_step = None
+
+    def _saving(self, kind: StepCostModel, base: int, accepted: int, seconds: float) -> float | None:
+        """Seconds a decode-only step that drafted saved, drafting aside: for a verify step, what
+        plain decode steps would have taken for the tokens it emitted less what it took (its
+        measured time, not the plan's forecast: a miscalibrated plan shows here); nothing for a
+        step that drafted but verified nothing; None while decode steps are unpriced."""
+        if kind is self.decode_cost:
+            return 0.0
+        if not self.decode_cost.has_data or base <= 0:
+            return None
+        return (base + accepted) * self.decode_cost(base) / base - seconds
 
     def propose(
         self, running: list[Sequence], budget: int, max_model_len: int, clock: Callable[[], float]
@@ -200,9 +218,7 @@ class Speculator:
             plan = [len(c) for c in _cap_total(candidates, max(base, self.max_draft))]
         else:
             plan = plan_drafts(candidates, base, self.verify_cost, self.decode_cost)
-        self._weigh_drafting(
-            clock() - started, expected_saving(candidates, plan, base, self.verify_cost, self.decode_cost)
-        )
+        self._drafted_step = (clock() - started, base, 0)  # accepted: added by verify_and_commit
         for (req, draft), keep in zip(proposed, plan, strict=True):
             if keep:
                 seq = req.seq
@@ -212,12 +228,12 @@ class Speculator:
                 self._drafted.append(seq)
 
     def _weigh_drafting(self, drafting_s: float, saving_s: float | None) -> None:
-        """Average the drafting's cost and its plans' expected saving; while the saving is
+        """Average the drafting's cost and what its steps saved; while the saving is
         smaller, skip drafting on the next steps so that it costs no more than it saves (a
         compute-bound batch, where no draft is worth verifying, then pays for drafting once per
         `verify_cost.memory` steps instead of every step)."""
-        if saving_s is None:
-            return  # the step costs are not measured yet: keep drafting to measure them
+        if saving_s is None or not self.verify_cost.fitted:
+            return  # verifying is not priced yet: keep drafting to measure it
         self._drafting_steps += 1
         w = 1.0 / min(self._drafting_steps, self.verify_cost.memory)
         self._drafting_s += w * (drafting_s - self._drafting_s)
@@ -304,6 +320,9 @@ class Speculator:
             seq.spec_drafted += g
             seq.spec_accepted += a
             self._record(seq.request_id, g, a)
+            if self._drafted_step is not None:
+                d, b, acc = self._drafted_step
+                self._drafted_step = (d, b, acc + a)
         for chunk in chunks:
             core.scheduler.commit(chunk)
         for seq, _ in self._pending:
