@@ -146,14 +146,17 @@ class Speculator:
                 self.history.add_output(AGENT, seq.token_ids[seq.num_prompt_tokens :])
 
     def observe_step(self, spans: list[tuple[int, int]], seconds: float) -> None:
-        """The core's wall time of one step computing `spans`: what the back-off prices (steps
-        that also prefill are neither kind and are not recorded)."""
+        """The core's time of one step computing `spans`: what the back-off prices (steps that
+        also prefill are neither kind and are not recorded). The step is priced without its
+        drafting (weighed on its own, `_weigh_drafting`), so a decode step that drafted and
+        verified nothing does not make plain decoding look dearer than it is."""
         kind, drafted = self._step_kind, self._drafted_step
+        drafting_s = drafted[0] if drafted is not None else 0.0
         if kind is not None:
-            kind.observe(sum(e - s for s, e in spans), seconds)
+            kind.observe(sum(e - s for s, e in spans), seconds - drafting_s)
             self._since_verify = 0 if kind is self.verify_cost else self._since_verify + 1
         if drafted is not None and kind is not None:
-            drafting_s, base, accepted = drafted
+            _, base, accepted = drafted
             self._weigh_drafting(drafting_s, self._saving(kind, base, accepted, seconds - drafting_s))
         self._step_kind = None
         self._drafted_step = None
