@@ -22,6 +22,7 @@ alternate which mode goes first, and each mode runs `repeats` times; medians and
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -127,7 +128,7 @@ class OracleEngine:
         self.truth: dict[str, tuple[int, ...]] = {}
         self.eos = eos
         self.prefill_step = False
-        self.step_cost = StepCostModel(decay=1.0)  # decode steps: tokens computed -> CPU seconds
+        self.step_cost = StepCostModel(memory=math.inf)  # decode steps: tokens -> CPU seconds
         run = self.core.runner.run
 
         def oracle_run(chunks: list[ScheduledChunk]) -> tuple[list[ScheduledChunk], torch.Tensor | None]:
@@ -229,7 +230,7 @@ def _run(
         runs: dict[str, list[tuple[int, float, float]]] = {"off": [], "on": []}
         reference: list[list[int]] | None = None
         spec_counts = [0, 0, 0]  # verify steps, drafted, accepted
-        engine.step_cost = StepCostModel(decay=1.0)  # plain least squares over every decode step
+        engine.step_cost = StepCostModel(memory=math.inf)  # plain means over every decode step
         for rep in range(cfg.repeats):
             for mode in ("off", "on") if rep % 2 == 0 else ("on", "off"):
                 spec = None
@@ -267,7 +268,7 @@ def _run(
         "semantics": "oracle target (full forward, logits = one-hot on the trace's next token); "
         "decode-only steps timed (wall clock, and CPU time of the engine's thread); greedy, "
         "identical outputs in both modes; bound = max over draft length g of tokens per verify "
-        "step E(g) (the acceptance table) x T(B) / T(B (g + 1)), T the fitted step cost",
+        "step E(g) (the acceptance table) x T(B) / T(B E(g)), T the step cost measured by step size",
         "results": results,
     }
 
@@ -305,16 +306,16 @@ def _row(
 
 
 def speedup_bound(batch: int, cost: StepCostModel, acceptance: Mapping[int, float]) -> dict[str, Any]:
-    """What speculation can gain at this batch size under the fitted step cost `T(n) = c + a n`
-    (CPU time per decode step of this run, both modes) and the drafter's acceptance E(g)
-    (tokens per verify step at draft length g, measured on the trace):
+    """What speculation can gain at this batch size under the measured step cost `T(n)` (CPU
+    time per decode step of this run by its token count, both modes: `StepCostModel`) and the
+    drafter's acceptance E(g) (tokens per verify step at draft length g, measured on the trace):
 
     - `uniform`: every sequence verifies a draft of g tokens each step: E(g) T(B) / T(B (g + 1));
     - `speedup`, the bound: a perfect choice of what to verify (only the tokens that will be
-      accepted, which no back-off can beat): E(g) T(B) / T(B E(g)), maximised over g."""
+      accepted, which no back-off can beat): E(g) T(B) / T(B E(g)), maximised over g, where
+      T(B E(g)) is the cheapest measured step of at least B E(g) tokens."""
     out: dict[str, Any] = {
-        "step_s": round(cost.per_step_s, 6),
-        "per_token_s": round(cost.per_token_s, 6),
+        "step_s_by_tokens": {f"{n:.1f}": round(t, 6) for n, t in cost.sizes()},
         "fitted": cost.fitted,
         "speedup": 0.0,
         "uniform": 0.0,
@@ -324,7 +325,10 @@ def speedup_bound(batch: int, cost: StepCostModel, acceptance: Mapping[int, floa
         return out
     for g, e in sorted(acceptance.items()):
         rel = cost(batch * (g + 1)) / cost(batch)
-        best = e * cost(batch) / (cost.per_step_s + cost.per_token_s * batch * e)  # T(B E)
+        # verifying the B E accepted tokens, or more where a larger step is cheaper (the CPU's
+        # small matrix kernels: 4 rows can cost less than 3)
+        floor = min([cost(batch * e)] + [t for n, t in cost.sizes() if n >= batch * e])
+        best = e * cost(batch) / floor
         out["by_draft_len"][str(g)] = {
             "tokens_per_step": e,
             "relative_cost": round(rel, 3),

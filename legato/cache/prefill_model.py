@@ -7,6 +7,13 @@ projections and MLP) plus a part growing with context (attention reads every ear
 (its tokens and their summed context against its wall time); `a` and `b` are an exponentially
 weighted least-squares fit, so the model follows the machine it runs on (and its load) instead of
 trusting a constant. Before any observation the priors are used.
+
+Not the speculation back-off's `legato.spec.backoff.StepCostModel`, though both learn step times:
+this prices the *tokens of a prompt* (a sum over spans, with the context term that dominates long
+prefills, no per-step part: loading from a tier does not save a step, only its tokens' compute),
+in wall time because a tier load is wall time; that one prices *whole decode/verify steps by
+their size* (the per-step part included, any shape: at a few tokens per step a CPU's small
+matrix kernels make cost non-linear), in the clock the engine prices its steps in.
 """
 
 from __future__ import annotations

@@ -1,55 +1,71 @@
 """How many drafted tokens a step should verify: speculation backs off when the step is
 compute-bound.
 
-A verify step costs more than a decode step by the price of its extra positions. With an engine
-step costing `T = c + a * tokens` seconds (`c`: per-step work that does not grow with the batch
--- reading the weights, launching kernels, the Python around a step; `a`: the per-token work), a
-step that emits `E` tokens in expectation delivers `E / T` tokens per second.
-Adding one drafted token that is accepted with probability `p` (the probability that it *and
-every draft token before it* are accepted: only then does it add a token) is worth it exactly
-when it raises that ratio:
+A step that emits `E` tokens in expectation at a cost of `T(n)` seconds for its `n` tokens
+delivers `E / T(n)` tokens per second. Candidate draft tokens are ranked by `p`, the probability
+that the token *and every draft token before it* are accepted (only then does it add a token);
+verifying the best `k` of them emits `base + P(k)` tokens (each decoding sequence's own token plus
+the expected accepted drafts, `P(k)` the sum of the top `k` probabilities) for `T(base + k)`.
+`plan_drafts` takes the `k` that maximises `(base + P(k)) / T_verify(base + k)`, and drafts at
+all only when that beats plain decoding, `base / T_decode(base)`.
 
-    (E + p) / (T + a) >= E / T   <=>   p * T >= E * a.
-
-`plan_drafts` adds candidate draft tokens in order of decreasing `p` while this holds. At batch
-1 on a memory-bound engine `c` dominates `T`, `a / T` is small and long drafts pass; at a large
-batch `T` is mostly `a * tokens`, `E * a / T` is close to 1 and only near-certain tokens pass --
-speculation backs off by itself. Nothing here is tuned: `c` and `a` are fitted online from the
-engine's own step times (`StepCostModel`, one for steps that verify drafts and one for plain
-decode steps, which an engine may run on another code path), and `p` is the drafter's estimate
-calibrated by the program's acceptance history (`AcceptanceCalibration`).
+`T` is whatever the engine's steps measure (`StepCostModel`: per token count, learned online), not
+a line: on the CPU a 2- or 3-row matrix product can cost more than a 4-row one, and at batch 1
+a few extra tokens cost far less than a line through large steps says. Taking the best `k` over
+the whole curve (not stopping at the first token whose marginal price looks too high) uses that
+shape. At a large, compute-bound batch `T` grows about in proportion to the tokens and only
+near-certain tokens pass: speculation backs off by itself. Nothing here is tuned: `T` is measured,
+and `p` is the drafter's estimate calibrated by the program's acceptance history
+(`AcceptanceCalibration`).
 """
 
 from __future__ import annotations
 
+import bisect
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+
+EXACT_SIZES = 16  # step sizes up to this are priced each on its own (where small-matrix kernels
+# change the shape step by step); above, a bucket spans a quarter octave (sizes within 19%),
+# a resolution, not a fitted value: the cost of a large step changes little within it
+BUCKETS_PER_OCTAVE = 4
+
+
+def _bucket(tokens: int) -> int:
+    if tokens <= EXACT_SIZES:
+        return tokens
+    return EXACT_SIZES + 1 + int(BUCKETS_PER_OCTAVE * math.log2(tokens / EXACT_SIZES))
+
+
+@dataclass(slots=True)
+class _Bucket:
+    tokens: float  # mean step size of the steps in the bucket
+    seconds: float  # their mean time
+    count: int = 1
 
 
 @dataclass(slots=True)
 class StepCostModel:
-    """Engine step time `c + a * tokens`, an exponentially weighted least-squares fit over recent
-    steps of one kind (so it follows the machine and its load). Context length is not a term:
-    over the few dozen steps the fit remembers, a batch's contexts barely move, and a third term
-    nearly collinear with the token count would make the fit unstable.
+    """Engine step time by the number of tokens the step computes, learned online: per size
+    bucket, the mean step size and time of its recent steps (a running mean over the first
+    `memory` steps of a bucket, then an exponential average of that memory, so it follows the
+    machine and its load). Between measured sizes the cost is interpolated linearly; above the
+    largest measured size `m` it grows at the average cost per token `T(m) / m` (for a cost
+    that is concave with a fixed part, as an engine step's is, no step costs less per token
+    than that: unmeasured large steps are never underpriced); below the smallest it is `T` of
+    the smallest. Context length is not a term: over the steps the model remembers, a batch's
+    contexts barely move. (`legato.cache.prefill_model` prices prompt tokens for the tier
+    decision instead, per token with a context term; its docstring says why they differ.)
 
     The first step of a kind is not used (it pays one-time costs: allocations, lazy kernel
-    set-up). `fitted` needs more steps than parameters (so a single outlier cannot define the
-    line), a determined split (steps of different sizes) and a physical one (`a` > 0; a negative `c`,
-    noise, is refitted as 0).
-    Unfitted, a model with data prices every step at its recent mean time."""
+    set-up). `memory`: about 1 / (1 - 0.97), the window the step cost has always been averaged
+    over, not a value searched on our workloads."""
 
-    decay: float = 0.97  # weight of older steps (about the last 30 steps count)
-    per_step_s: float = 0.0
-    per_token_s: float = 0.0
-    fitted: bool = False
+    memory: float = 32.0  # steps a bucket's average remembers (math.inf: a plain mean)
     observations: int = 0
-    _s: list[float] = field(default_factory=lambda: [0.0] * 5)  # sum w, w*n, w*n^2, w*t, w*n*t
-
-    @property
-    def memory(self) -> float:
-        """How many recent steps the fit effectively remembers (1 / (1 - decay))."""
-        return 1.0 / (1.0 - self.decay)
+    _buckets: dict[int, _Bucket] = field(default_factory=dict)
+    _points: list[tuple[float, float]] = field(default_factory=list)  # (tokens, seconds), sorted
 
     def observe(self, tokens: int, seconds: float) -> None:
         """One step computed `tokens` tokens in `seconds`."""
@@ -58,29 +74,43 @@ class StepCostModel:
         self.observations += 1
         if self.observations == 1:
             return
-        s, d, n = self._s, self.decay, float(tokens)
-        for i, v in enumerate((1.0, n, n * n, seconds, n * seconds)):
-            s[i] = d * s[i] + v
-        det = s[0] * s[2] - s[1] * s[1]
-        self.fitted = False
-        if self.observations <= 3 or det <= 1e-9 * s[0] * s[2]:
-            return  # too few steps, or every step the same size: the split is not determined
-        a = (s[0] * s[4] - s[1] * s[3]) / det
-        c = (s[3] - a * s[1]) / s[0]
-        if c < 0:  # no fixed cost shows (noise put the line below the origin): fit a alone
-            c, a = 0.0, s[4] / s[2]
-        if a > 0:
-            self.per_step_s, self.per_token_s, self.fitted = c, a, True
+        key = _bucket(tokens)
+        b = self._buckets.get(key)
+        if b is None:
+            self._buckets[key] = _Bucket(float(tokens), seconds)
+        else:
+            b.count += 1
+            w = 1.0 / min(b.count, self.memory)
+            b.tokens += w * (tokens - b.tokens)
+            b.seconds += w * (seconds - b.seconds)
+        self._points = sorted((b.tokens, b.seconds) for b in self._buckets.values())
 
     @property
     def has_data(self) -> bool:
-        return self._s[0] > 0
+        return bool(self._points)
 
-    def __call__(self, tokens: int) -> float:
-        """Seconds of a step computing `tokens` tokens (unfitted: the recent mean step)."""
-        if not self.fitted:
-            return self._s[3] / self._s[0] if self._s[0] > 0 else 0.0
-        return self.per_step_s + self.per_token_s * tokens
+    @property
+    def fitted(self) -> bool:
+        """Whether steps of more than one size were measured (the curve has a shape)."""
+        return len(self._points) >= 2
+
+    def sizes(self) -> list[tuple[float, float]]:
+        """The measured curve: (mean step size, mean seconds) per bucket, by size."""
+        return list(self._points)
+
+    def __call__(self, tokens: float) -> float:
+        """Seconds of a step computing `tokens` tokens (0 with no data)."""
+        pts = self._points
+        if not pts:
+            return 0.0
+        n_hi, t_hi = pts[-1]
+        if tokens >= n_hi:
+            return t_hi * tokens / n_hi
+        i = bisect.bisect_left(pts, (tokens, -math.inf))
+        if i == 0:
+            return pts[0][1]
+        (n0, t0), (n1, t1) = pts[i - 1], pts[i]
+        return t0 + (t1 - t0) * (tokens - n0) / (n1 - n0)
 
 
 @dataclass(slots=True)
@@ -109,23 +139,26 @@ def plan_drafts(
     (cumulative, non-increasing); `base`: tokens the step computes anyway (its decodes).
     `verify` prices steps that verify drafts, `decode` steps that do not (an engine may run them
     on different code paths); when drafting cannot beat plain decoding, nothing is drafted.
-    Without a fitted verify model every draft is kept whole (it is being measured)."""
-    if not verify.fitted:
+    Without a measured verify model every draft is kept whole (it is being measured)."""
+    if not verify.has_data:
         return [len(c) for c in candidates]
-    keep = [0] * len(candidates)
-    expected, tokens = float(base), base
     order = sorted(
         ((p, i, j) for i, c in enumerate(candidates) for j, p in enumerate(c)),
         key=lambda t: (-t[0], t[2], t[1]),
     )
-    for p, i, j in order:
-        if j != keep[i]:  # an earlier token of this draft was not taken: neither is this one
-            continue
-        if p * verify(tokens) < expected * verify.per_token_s:
-            break  # later candidates promise no more: the ratio only falls from here
-        keep[i] += 1
+    # The best k drafted tokens are the first k of `order` (probabilities are non-increasing
+    # along a draft, so its tokens come in order: every prefix of `order` is a set of prefixes).
+    best_k, best_rate, expected = 0, 0.0, float(base)
+    for k, (p, _, _) in enumerate(order, 1):
         expected += p
-        tokens += 1
-    if decode.has_data and base and expected / verify(tokens) <= base / decode(base):
-        return [0] * len(candidates)
+        rate = expected / verify(base + k)
+        if rate > best_rate:
+            best_k, best_rate = k, rate
+    keep = [0] * len(candidates)
+    if not best_k:
+        return keep
+    if decode.has_data and base and best_rate <= base / decode(base):
+        return keep
+    for _, i, j in order[:best_k]:
+        keep[i] = max(keep[i], j + 1)
     return keep

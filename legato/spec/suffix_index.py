@@ -17,7 +17,6 @@ stream built with `extend` is one document (a program's context is one running t
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -182,33 +181,45 @@ class SuffixIndex:
                 while j < nq and lo - j - 1 >= 0 and toks[lo - j - 1] == q[nq - j - 1]:
                     j += 1
                 matched[end] = j
-            lengths = sorted({m for m in matched.values() if k <= m <= top}, reverse=True)
-            for length in lengths:
+            by_end = sorted(matched.items(), reverse=True)  # most recent first, as _walk wants
+            for length in sorted({m for m in matched.values() if k <= m <= top}, reverse=True):
                 cap = min(max_len, int(spec_factor * length))
-                if cap <= 0:
-                    continue
-                starts = sorted((e for e, m in matched.items() if m >= length), reverse=True)
-                cand = self._walk(starts, cap, min_prob, length)
+                # a draft of at most `cap` tokens scores at most `cap`, and shorter matches
+                # only lower the cap: none of them can beat `best` any more
+                if cap <= 0 or best.score >= cap:
+                    break
+                cand = self._walk([e for e, m in by_end if m >= length], cap, min_prob, length)
                 if cand.score > best.score:
                     best = cand
         return best
 
     def _walk(self, starts: list[int], cap: int, min_prob: float, length: int) -> Draft:
         """Follow the most frequent continuation of the occurrences (most recent first, so ties
-        go to the most recent)."""
+        go to the most recent: the first token to reach the top count wins)."""
         toks, base, n = self._toks, self._base, len(self._toks)
         cur = [s - base for s in starts]
         out: list[int] = []
         probs: list[float] = []
         p = 1.0
         for depth in range(cap):
-            counts: Counter[int] = Counter()
+            if len(cur) == 1:  # one occurrence left: its text is the rest of the draft, at p
+                s = cur[0] + depth
+                rest = toks[s : min(n, s + cap - depth)]
+                if _SEP in rest:
+                    rest = rest[: rest.index(_SEP)]
+                out.extend(rest)
+                probs.extend([p] * len(rest))
+                break
+            counts: dict[int, int] = {}
             for s in cur:
-                if s + depth < n and toks[s + depth] != _SEP:
-                    counts[toks[s + depth]] += 1
+                if s + depth < n:
+                    t = toks[s + depth]
+                    if t != _SEP:
+                        counts[t] = counts.get(t, 0) + 1
             if not counts:
                 break
-            tok, c = counts.most_common(1)[0]
+            c = max(counts.values())
+            tok = next(t for t, v in counts.items() if v == c)
             p *= c / len(cur)
             if p < min_prob:
                 break

@@ -169,3 +169,29 @@ async def test_speculation_counters_reach_metrics(make_core: Callable[..., Engin
 
     lines = "\n".join(await engine_counters(_Stats(), 'model="m"'))  # type: ignore[arg-type]
     assert f'vllm:spec_decode_num_accepted_tokens_total{{model="m"}} {stats.spec_accepted_tokens}' in lines
+
+
+def test_drafting_that_costs_more_than_it_saves_is_skipped() -> None:
+    """A compute-bound batch (no draft worth verifying) pays for drafting once per memory of
+    the verify model, not every step; drafting that saves more than it costs runs every step."""
+
+    def speculator() -> Speculator:
+        spec = Speculator("suffix", 4)
+        for n in (2, 2, 4):  # verifying is priced (the first step is warm-up)
+            spec.verify_cost.observe(n, 0.01)
+        return spec
+
+    spec = Speculator("suffix", 4)
+    spec._weigh_drafting(0.001, 0.0)  # verify steps unpriced: keep drafting to measure them
+    assert spec._skip == 0
+    spec = speculator()
+    spec._weigh_drafting(0.001, None)
+    assert spec._skip == 0
+    spec._weigh_drafting(0.001, 0.0)
+    assert spec._skip == int(spec.verify_cost.memory) - 1
+    spec = speculator()
+    spec._weigh_drafting(0.001, 0.0005)
+    assert spec._skip == 1  # saves half its cost: every other step drafts
+    spec = speculator()
+    spec._weigh_drafting(0.001, 0.002)
+    assert spec._skip == 0

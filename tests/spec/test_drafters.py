@@ -142,3 +142,67 @@ def test_index_refuses_negative_tokens_and_bad_bounds() -> None:
         SuffixIndex().extend([1, -2])
     with pytest.raises(ValueError):
         SuffixIndex(max_occurrences=0)
+
+
+def _reference_draft(
+    toks: list[int], query: list[int], max_len: int, max_depth: int, spec_factor: float, min_prob: float
+) -> tuple[tuple[int, ...], tuple[float, ...], int]:
+    """The suffix draft by its definition, by brute force over every position (no occurrence
+    caps): for each match length L (>= 2, longest first), walk the most frequent continuation of
+    the occurrences matching the query's last L tokens; the best score wins, ties to the longer."""
+    q = query[-max_depth:]
+    nq = len(q)
+    match: dict[int, int] = {}  # continuation start -> match length
+    for end in range(1, len(toks)):
+        j = 0
+        while j < min(nq, end) and toks[end - j - 1] == q[nq - j - 1]:
+            j += 1
+        if j >= 2:
+            match[end] = j
+    best: tuple[tuple[int, ...], tuple[float, ...], int] = ((), (), 0)
+    for length in sorted(set(match.values()), reverse=True):
+        cap = min(max_len, int(spec_factor * length))
+        cur = sorted((e for e, m in match.items() if m >= length), reverse=True)
+        out: list[int] = []
+        probs: list[float] = []
+        p = 1.0
+        for depth in range(cap):
+            counts: dict[int, int] = {}
+            for s in cur:
+                if s + depth < len(toks):
+                    counts[toks[s + depth]] = counts.get(toks[s + depth], 0) + 1
+            if not counts:
+                break
+            c = max(counts.values())
+            tok = next(t for t, v in counts.items() if v == c)
+            p *= c / len(cur)
+            if p < min_prob:
+                break
+            out.append(tok)
+            probs.append(p)
+            cur = [s for s in cur if s + depth < len(toks) and toks[s + depth] == tok]
+        if sum(probs) > sum(best[1]):
+            best = (tuple(out), tuple(probs), length)
+    return best
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.integers(0, 3), max_size=150),
+    st.lists(st.integers(0, 3), min_size=1, max_size=30),
+    st.integers(1, 20),
+    st.sampled_from([0.5, 1.0, 2.0]),
+    st.sampled_from([0.0, 0.1, 0.4]),
+)
+def test_suffix_draft_equals_its_definition(
+    toks: list[int], query: list[int], max_len: int, spec_factor: float, min_prob: float
+) -> None:
+    """The index's pruned search (keys, early exits, one-occurrence copies) drafts exactly
+    what the definition does, wherever no occurrence list is capped."""
+    idx = SuffixIndex(max_occurrences=1000)
+    idx.extend(toks)
+    d = idx.draft(query, max_len, max_depth=24, spec_factor=spec_factor, min_prob=min_prob)
+    ref = _reference_draft(toks, query, max_len, 24, spec_factor, min_prob)
+    assert (d.tokens, d.probs) == ref[:2]
+    if d.tokens:
+        assert d.match_len == ref[2]

@@ -212,7 +212,12 @@ class EngineCore:
     def _step(self) -> list[RequestOutput]:
         spec = self.speculator
         if spec is not None:
-            spec.propose(self.scheduler.running, self.config.max_num_batched_tokens, self.max_model_len)
+            spec.propose(
+                self.scheduler.running,
+                self.config.max_num_batched_tokens,
+                self.max_model_len,
+                self._step_clock,
+            )
         plan = self.scheduler.schedule()
         if spec is not None:
             spec.after_schedule(plan)

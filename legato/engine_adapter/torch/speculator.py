@@ -28,6 +28,8 @@ Requests with n > 1, penalties, logit bias, logprobs or a grammar do not specula
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
@@ -97,6 +99,15 @@ class Speculator:
         self.calibration = AcceptanceCalibration()  # every request's drafts: new requests' prior
         self._step_kind: StepCostModel | None = None  # which model this step's time belongs to
         self._since_verify = 0  # decode steps since a step verified a draft
+        # What drafting costs (the drafters' own time per drafting step) against what its steps
+        # saved, averaged like a step-cost bucket; while it costs more than it saves, only one
+        # step in ceil(cost / saving) drafts (at most one per verify-model memory)
+        self._drafting_s = 0.0
+        self._saving_s = 0.0
+        self._drafting_steps = 0
+        self._skip = 0  # steps left that do not draft
+        self._drafted_step: tuple[float, int, int] | None = None  # this step's drafting time, base,
+        # and the draft tokens it accepted
         self._reqs: dict[str, _Request] = {}
         self.drafted = 0
         self.accepted = 0
@@ -135,17 +146,43 @@ class Speculator:
                 self.history.add_output(AGENT, seq.token_ids[seq.num_prompt_tokens :])
 
     def observe_step(self, spans: list[tuple[int, int]], seconds: float) -> None:
-        """The core's wall time of one step computing `spans`: what the back-off prices (steps
-        that also prefill are neither kind and are not recorded)."""
-        if self._step_kind is not None:
-            self._step_kind.observe(sum(e - s for s, e in spans), seconds)
-            self._since_verify = 0 if self._step_kind is self.verify_cost else self._since_verify + 1
+        """The core's time of one step computing `spans`: what the back-off prices (steps that
+        also prefill are neither kind and are not recorded). The step is priced without its
+        drafting (weighed on its own, `_weigh_drafting`), so a decode step that drafted and
+        verified nothing does not make plain decoding look dearer than it is."""
+        kind, drafted = self._step_kind, self._drafted_step
+        drafting_s = drafted[0] if drafted is not None else 0.0
+        if kind is not None:
+            kind.observe(sum(e - s for s, e in spans), seconds - drafting_s)
+            self._since_verify = 0 if kind is self.verify_cost else self._since_verify + 1
+        if drafted is not None and kind is not None:
+            _, base, accepted = drafted
+            self._weigh_drafting(drafting_s, self._saving(kind, base, accepted, seconds - drafting_s))
         self._step_kind = None
+        self._drafted_step = None
 
-    def propose(self, running: list[Sequence], budget: int, max_model_len: int) -> None:
+    def _saving(self, kind: StepCostModel, base: int, accepted: int, seconds: float) -> float | None:
+        """Seconds a decode-only step that drafted saved, drafting aside: for a verify step, what
+        plain decode steps would have taken for the tokens it emitted less what it took (its
+        measured time, not the plan's forecast: a miscalibrated plan shows here); nothing for a
+        step that drafted but verified nothing; None while decode steps are unpriced."""
+        if kind is self.decode_cost:
+            return 0.0
+        if not self.decode_cost.has_data or base <= 0:
+            return None
+        return (base + accepted) * self.decode_cost(base) / base - seconds
+
+    def propose(
+        self, running: list[Sequence], budget: int, max_model_len: int, clock: Callable[[], float]
+    ) -> None:
         """Append drafts to the decoding sequences the step's token budget can verify,
-        each cut to the length the back-off (`plan_drafts`) finds worth its price."""
+        each cut to the length the back-off (`plan_drafts`) finds worth its price. `clock`:
+        what the engine prices its steps in (the drafting's own cost is weighed in it)."""
         self._forget_finished()
+        if self._skip > 0:  # drafting has cost more than its plans saved: not this step
+            self._skip -= 1
+            return
+        started = clock()
         base = 0  # decode tokens the step computes anyway
         proposed: list[tuple[_Request, Draft]] = []
         for seq in sorted(running, key=lambda s: s.sort_key):
@@ -184,6 +221,7 @@ class Speculator:
             plan = [len(c) for c in _cap_total(candidates, max(base, self.max_draft))]
         else:
             plan = plan_drafts(candidates, base, self.verify_cost, self.decode_cost)
+        self._drafted_step = (clock() - started, base, 0)  # accepted: added by verify_and_commit
         for (req, draft), keep in zip(proposed, plan, strict=True):
             if keep:
                 seq = req.seq
@@ -191,6 +229,23 @@ class Speculator:
                 seq.num_draft = keep
                 req.probs = draft.probs[:keep]
                 self._drafted.append(seq)
+
+    def _weigh_drafting(self, drafting_s: float, saving_s: float | None) -> None:
+        """Average the drafting's cost and what its steps saved; while the saving is
+        smaller, skip drafting on the next steps so that it costs no more than it saves (a
+        compute-bound batch, where no draft is worth verifying, then pays for drafting once per
+        `verify_cost.memory` steps instead of every step)."""
+        if saving_s is None or not self.verify_cost.fitted:
+            return  # verifying is not priced yet: keep drafting to measure it
+        self._drafting_steps += 1
+        w = 1.0 / min(self._drafting_steps, self.verify_cost.memory)
+        self._drafting_s += w * (drafting_s - self._drafting_s)
+        self._saving_s += w * (saving_s - self._saving_s)
+        if self._saving_s >= self._drafting_s:
+            return
+        most = self.verify_cost.memory
+        period = min(self._drafting_s / self._saving_s, most) if self._saving_s > 0 else most
+        self._skip = math.ceil(period) - 1
 
     def _drafter_name(self, seq: Sequence) -> str | None:
         opts = seq.sampling.speculative
@@ -268,6 +323,9 @@ class Speculator:
             seq.spec_drafted += g
             seq.spec_accepted += a
             self._record(seq.request_id, g, a)
+            if self._drafted_step is not None:
+                d, b, acc = self._drafted_step
+                self._drafted_step = (d, b, acc + a)
         for chunk in chunks:
             core.scheduler.commit(chunk)
         for seq, _ in self._pending:
