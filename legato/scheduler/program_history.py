@@ -3,7 +3,9 @@
 A dynamic `async def` agent declares nothing ahead of time, but its runs repeat: the same call
 sites, the same tools after them, similar numbers of steps. Per program name this keeps
 - the distribution of calls per finished run, to predict how much work a run still has (the mean
-  residual number of calls given how many it has made: SJF without a declared length);
+  residual number of calls given how many it has made: SJF without a declared length), and
+  the calls made so far by runs still going (right-censored lengths: whether a run that
+  outlived every finished one is long is a Kaplan-Meier question, `remaining_calls_km`);
 - the mean output tokens per call, to reserve KV for a call's output before it is generated,
   the mean growth of the context per call and the mean KV footprint after k calls (fan-outs
   show up there), to project how much KV a run will need soon;
@@ -14,8 +16,8 @@ Before a program has samples of its own, the means fall back to those over every
 (the best prior there is), and to None before anything at all is known: callers say what they
 do then (no constant stands in for an unseen workload).
 
-Bounded memory: per program a histogram of run lengths (at most `max_lengths` distinct values)
-and one counter per call site.
+Bounded memory: per program histograms of run lengths, finished and going (at most
+`max_lengths` distinct values each), and one counter per call site.
 """
 
 from __future__ import annotations
