@@ -242,6 +242,7 @@ class Legato(AdmissionControl, BasePolicy):
             hist.record_footprint(r.program, r.calls_done, r.peak)
         r.peak = 0.0
         r.calls_done += 1
+        hist.record_progress(r.program, r.calls_done)
         r.last_ctx = float(event.prompt_tokens + event.output_tokens)
         r.last_node = node
         if r.root_ctx is None:
