@@ -14,9 +14,9 @@ from collections.abc import AsyncGenerator, Callable
 from typing import Protocol, Self, TypeVar
 
 import anyio
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from legato.engine_adapter.base import EngineError
+from legato.engine_adapter.mailbox import Mailbox, MailboxStalled
 
 
 class WorkerThread:
@@ -92,37 +92,33 @@ _O = TypeVar("_O", bound=_Output)
 
 
 async def receive_outputs(
-    send: MemoryObjectSendStream[_O | BaseException],
-    recv: MemoryObjectReceiveStream[_O | BaseException],
+    box: Mailbox[_O | BaseException],
     request_id: str,
-    timeout_s: float,
     abandon: Callable[[str], None],
 ) -> AsyncGenerator[_O, None]:
-    """One request's outputs from the worker thread, up to the one that finishes it. Outputs
-    already buffered are taken without a timeout scope each (a step delivers a whole batch's
-    tokens at once); a wait longer than `timeout_s` is an `EngineError`; an exception the worker
-    sent is raised here; a consumer that stops early gets the request aborted (`abandon`). Use it
-    under `contextlib.aclosing`, so the abort happens when the consumer stops, not at collection."""
+    """One request's outputs from the worker thread (through `box`, whose watchdog bounds a
+    wait), up to the one that finishes it. A stall is an `EngineError`; an exception the worker
+    sent is raised here; a consumer that stops early gets the request aborted (`abandon`). Use
+    it under `contextlib.aclosing`, so the abort happens when the consumer stops, not at
+    collection."""
     finished = False
     try:
-        async with recv, send:
-            while True:
+        while True:
+            item = box.get_nowait()
+            if item is None:
                 try:
-                    item = recv.receive_nowait()
-                except anyio.WouldBlock:
-                    try:
-                        with anyio.fail_after(timeout_s):
-                            item = await recv.receive()
-                    except TimeoutError as exc:
-                        raise EngineError(f"request {request_id!r}: no output for {timeout_s}s") from exc
-                if isinstance(item, BaseException):
-                    finished = True
-                    raise item
-                finished = item.finished
-                yield item
-                if finished:
-                    return
+                    item = await box.get()
+                except MailboxStalled as exc:
+                    raise EngineError(f"request {request_id!r}: no output for {box.stall_s}s") from exc
+            if isinstance(item, BaseException):
+                finished = True
+                raise item
+            finished = item.finished
+            yield item
+            if finished:
+                return
     finally:
+        box.close()
         if not finished:
             abandon(request_id)
 

@@ -34,8 +34,6 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
-import anyio
-
 from legato.cache.block_hash import prefix_block_hashes
 from legato.engine_adapter.base import (
     Capability,
@@ -44,6 +42,7 @@ from legato.engine_adapter.base import (
     GenerateRequest,
     TokenChunk,
 )
+from legato.engine_adapter.mailbox import Mailbox
 from legato.engine_adapter.torch.tokenizer import ByteTokenizer
 from legato.engine_adapter.worker import WorkerThread, receive_outputs
 from legato.sim.cost_model import CostModel
@@ -159,16 +158,15 @@ class RealtimeSimEngine(WorkerThread):
         self.start()
         rid = request.request_id
         loop = asyncio.get_running_loop()
-        send, recv = anyio.create_memory_object_stream[Item](max_buffer_size=math.inf)
-        req = SimStream(request, next(self._seq), loop, putter(send))
+        box = Mailbox[Item](stall_s=self.config.request_timeout_s)
+        req = SimStream(request, next(self._seq), loop, putter(box))
         with self._cv:
             if rid in self._ids:
                 raise EngineError(f"request id {rid!r} is already running")
             self._ids.add(rid)
             self._incoming.append(req)
             self._cv.notify()
-        timeout_s = self.config.request_timeout_s
-        outputs = receive_outputs(send, recv, rid, timeout_s, self._abort_nowait)
+        outputs = receive_outputs(box, rid, self._abort_nowait)
         async with contextlib.aclosing(outputs):
             async for item in outputs:
                 yield item

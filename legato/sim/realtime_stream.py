@@ -15,10 +15,8 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import anyio
-from anyio.streams.memory import MemoryObjectSendStream
-
 from legato.engine_adapter.base import GenerateRequest, TokenChunk
+from legato.engine_adapter.mailbox import Mailbox
 from legato.sim.sim_request import SimRequest
 
 _ALPHABET = b"abcdefghijklmnopqrstuvwxyz     "  # spaces weighted so the text has words
@@ -93,11 +91,10 @@ def seed_of(request: GenerateRequest) -> int:
     return int.from_bytes(digest[:8], "little")
 
 
-def putter(send: MemoryObjectSendStream[Item]) -> Put:
+def putter(box: Mailbox[Item]) -> Put:
     def put(items: list[Item]) -> None:
         for item in items:
-            with contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
-                send.send_nowait(item)
+            box.put(item)  # refused once the consumer has stopped (closed the box)
 
     return put
 

@@ -82,6 +82,22 @@ async def test_released_runs_are_claimable_at_once(pair: tuple[RedisRunStore, Re
     assert await b.claim_run("r3")
 
 
+async def test_a_run_released_during_a_heartbeat_is_not_reported_lost(
+    pair: tuple[RedisRunStore, RedisRunStore],
+) -> None:
+    """A run that finishes while the heartbeat renews the live runs gave its lease up: the
+    heartbeat must not log it as lost (under load that was a warning per finished run)."""
+    a, _ = pair
+    for run_id in ("f1", "f2"):
+        assert await a.claim_run(run_id)
+        await a.create_run(record(run_id))
+    async with anyio.create_task_group() as tg:  # release f1 while the renewal is in flight
+        tg.start_soon(a.release_run, "f1")
+        lost = await a.renew_runs(["f1", "f2"])
+    assert lost == [] and a.owns("f2") and not a.owns("f1")
+    assert await a.renew_runs(["f1", "f2"]) == []  # released and forgotten: still not lost
+
+
 async def test_the_concurrent_runs_quota_counts_every_instance(
     pair: tuple[RedisRunStore, RedisRunStore],
 ) -> None:

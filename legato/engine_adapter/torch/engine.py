@@ -3,7 +3,7 @@
 The worker thread owns the core: every call that touches engine state (adding and aborting
 requests, pins, hints, KV export/import, stats) is queued as a command and executed by the worker
 between steps, so the core needs no locks and a forward pass never blocks the event loop. Results
-flow back per request through an anyio memory stream fed with `loop.call_soon_threadsafe`.
+flow back per request through a `Mailbox` fed with `loop.call_soon_threadsafe`.
 
 Lifecycle: the thread starts on first use (or `async with engine`); `await engine.close()` stops
 it, fails whatever is still pending with `EngineError`, and joins it.
@@ -17,13 +17,11 @@ import contextlib
 import dataclasses
 import itertools
 import logging
-import math
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 import anyio
-from anyio.streams.memory import MemoryObjectSendStream
 
 from legato.cache.block_hash import prefix_block_hashes
 from legato.cache.host_tier import HostTier
@@ -37,6 +35,7 @@ from legato.engine_adapter.base import (
     KVBlock,
     TokenChunk,
 )
+from legato.engine_adapter.mailbox import Mailbox
 from legato.engine_adapter.torch.checkpoint import build_default_model, load_checkpoint
 from legato.engine_adapter.torch.config import EngineConfig, ModelConfig
 from legato.engine_adapter.torch.core import EngineCore
@@ -55,20 +54,16 @@ _BLOCKED_WAIT_S = 0.005  # back-off when requests wait but nothing could be sche
 class _Stream:
     """Delivery of one request's outputs from the worker thread to its event loop."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, send: MemoryObjectSendStream[_Item]) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, box: Mailbox[_Item]) -> None:
         self.loop = loop
-        self.send = send
+        self.box = box
 
     def put(self, item: _Item) -> bool:
         try:
-            self.loop.call_soon_threadsafe(self._put, item)
+            self.loop.call_soon_threadsafe(self.box.put, item)
         except RuntimeError:  # the loop is closed: nobody is listening any more
             return False
         return True
-
-    def _put(self, item: _Item) -> None:
-        with contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
-            self.send.send_nowait(item)
 
 
 class TorchEngine(WorkerThread, WeightControl):
@@ -225,11 +220,11 @@ class TorchEngine(WorkerThread, WeightControl):
         self.start()
         rid = request.request_id
         loop = asyncio.get_running_loop()
-        send, recv = anyio.create_memory_object_stream[_Item](max_buffer_size=math.inf)
+        box = Mailbox[_Item](stall_s=self.config.request_timeout_s)
         with self._cv:
             if rid in self._streams:
                 raise EngineError(f"request id {rid!r} is already running")
-            self._streams[rid] = _Stream(loop, send)
+            self._streams[rid] = _Stream(loop, box)
 
         preload = await self._fetch_from_tiers(request)
 
@@ -244,8 +239,7 @@ class TorchEngine(WorkerThread, WeightControl):
                     stream.put(exc)
 
         self._submit(add)
-        timeout_s = self.config.request_timeout_s
-        outputs = receive_outputs(send, recv, rid, timeout_s, self._abort_quietly)
+        outputs = receive_outputs(box, rid, self._abort_quietly)
         async with contextlib.aclosing(outputs):
             async for item in outputs:
                 yield item.to_chunk()

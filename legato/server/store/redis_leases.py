@@ -80,6 +80,7 @@ _APPEND_EVENTS = _FENCE + "redis.call('ZADD', KEYS[2], unpack(ARGV, 2))\nreturn 
 
 
 LOST = "lost"
+RELEASED = "released"  # given up by this instance (the run finished or stopped here)
 
 
 # A new run: the tenant's concurrent-runs quota across every instance (a set of its unfinished
@@ -150,14 +151,16 @@ class RedisLeases:
         return int(seq)
 
     async def renew(self, run_ids: list[str]) -> list[str]:
-        """Extend the leases of `run_ids`; returns those this instance no longer holds."""
+        """Extend the leases of `run_ids`; returns those this instance lost (not those it
+        released meanwhile: a run that just finished is not a lost one)."""
         owned = [r for r in run_ids if self.owns(r)]
-        lost = [r for r in run_ids if not self.owns(r)]
+        lost = [r for r in run_ids if self.tokens.get(r) == LOST]
         if owned:
+            sent = {r: self.tokens[r] for r in owned}
             keys = [self.key("lease", r) for r in owned]
             held = await self._renew(keys=keys, args=[self.ttl_ms, *(self._value(r) for r in owned)])
             for run_id, ok in zip(owned, held, strict=True):
-                if not ok:
+                if not ok and self.tokens.get(run_id) == sent[run_id]:  # not released meanwhile
                     self.tokens[run_id] = LOST
                     lost.append(run_id)
         return lost
@@ -165,12 +168,12 @@ class RedisLeases:
     async def release(self, run_id: str) -> None:
         if self.owns(run_id):
             value = self._value(run_id)
-            self.tokens[run_id] = LOST  # its task may still be unwinding: no more writes
+            self.tokens[run_id] = RELEASED  # its task may still be unwinding: no more writes
             await self._release(keys=[self.key("lease", run_id)], args=[value])
         self.tokens.pop(run_id, None)
 
     def owns(self, run_id: str) -> bool:
-        return self.tokens.get(run_id, LOST) != LOST
+        return self.tokens.get(run_id, LOST) not in (LOST, RELEASED)
 
     def token(self, run_id: str) -> str:
         """The fencing token of a claimed run (LOST once lost); '' (unfenced) for runs this
