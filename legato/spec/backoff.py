@@ -32,7 +32,9 @@ EXACT_SIZES = 16  # step sizes up to this are priced each on its own (where smal
 BUCKETS_PER_OCTAVE = 4
 
 
-def _bucket(tokens: int) -> int:
+def size_bucket(tokens: int) -> int:
+    """The bucket a step of `tokens` tokens is priced in (and, in the speculator, the batch
+    size its back-off state is kept for)."""
     if tokens <= EXACT_SIZES:
         return tokens
     return EXACT_SIZES + 1 + int(BUCKETS_PER_OCTAVE * math.log2(tokens / EXACT_SIZES))
@@ -74,7 +76,7 @@ class StepCostModel:
         self.observations += 1
         if self.observations == 1:
             return
-        key = _bucket(tokens)
+        key = size_bucket(tokens)
         b = self._buckets.get(key)
         if b is None:
             self._buckets[key] = _Bucket(float(tokens), seconds)
@@ -88,6 +90,13 @@ class StepCostModel:
     @property
     def has_data(self) -> bool:
         return bool(self._points)
+
+    def covers(self, tokens: int) -> bool:
+        """Whether a step of `tokens` tokens is priced from measurements at least that large
+        (not extrapolated: above the largest measured size `__call__` prices per token, which
+        overprices a concave cost; where a high price favours the other choice, as a high
+        plain-decode price favours verifying, measure the size instead)."""
+        return bool(self._buckets) and size_bucket(tokens) <= max(self._buckets)
 
     @property
     def fitted(self) -> bool:

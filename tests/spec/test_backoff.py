@@ -121,3 +121,13 @@ def test_calibration_scales_the_drafter_to_what_it_delivers() -> None:
     adjusted = cal.adjust([1.0, 0.5])
     assert adjusted[0] == pytest.approx(0.27, abs=0.02)
     assert adjusted[1] == pytest.approx(adjusted[0] / 2)
+
+
+def test_the_cost_model_says_which_sizes_are_measured_not_extrapolated() -> None:
+    m = StepCostModel()
+    assert not m.covers(1)
+    m = _model(0.010, 0.001, [4, 8])
+    assert m.covers(1) and m.covers(8)  # below the largest measured size: interpolated or floored
+    assert not m.covers(9) and not m.covers(32)  # above: extrapolated
+    m = _model(0.010, 0.001, [32])
+    assert m.covers(31) and not m.covers(40)  # 32..38 share a bucket; 31 is below it
