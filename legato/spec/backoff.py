@@ -60,13 +60,17 @@ class StepCostModel:
     contexts barely move. (`legato.cache.prefill_model` prices prompt tokens for the tier
     decision instead, per token with a context term; its docstring says why they differ.)
 
-    The first step of a kind is not used (it pays one-time costs: allocations, lazy kernel
-    set-up). `memory`: about 1 / (1 - 0.97), the window the step cost has always been averaged
-    over, not a value searched on our workloads."""
+    The first step of each size bucket is not used (it pays one-time costs: allocations of
+    that size, lazy kernel set-up, the run's first steps): kept, one slow first step would
+    price its size out of every plan, and a size no plan picks is never measured again to
+    correct it. Until its second step a bucket is priced from its neighbours. `memory`: about
+    1 / (1 - 0.97), the window the step cost has always been averaged over, not a value
+    searched on our workloads."""
 
     memory: float = 32.0  # steps a bucket's average remembers (math.inf: a plain mean)
     observations: int = 0
     _buckets: dict[int, _Bucket] = field(default_factory=dict)
+    _warmed: set[int] = field(default_factory=set)  # buckets whose first (unused) step was seen
     _points: list[tuple[float, float]] = field(default_factory=list)  # (tokens, seconds), sorted
 
     def observe(self, tokens: int, seconds: float) -> None:
@@ -74,9 +78,10 @@ class StepCostModel:
         if tokens <= 0 or not seconds > 0:
             return
         self.observations += 1
-        if self.observations == 1:
-            return
         key = size_bucket(tokens)
+        if key not in self._warmed:
+            self._warmed.add(key)
+            return
         b = self._buckets.get(key)
         if b is None:
             self._buckets[key] = _Bucket(float(tokens), seconds)

@@ -177,7 +177,7 @@ def test_drafting_that_costs_more_than_it_saves_is_skipped() -> None:
 
     def speculator() -> Speculator:
         spec = Speculator("suffix", 4)
-        for n in (2, 2, 4):  # verifying is priced (the first step is warm-up)
+        for n in (2, 2, 4, 4):  # verifying is priced (a size's first step is warm-up)
             spec.verify_cost.observe(n, 0.01)
         return spec
 
