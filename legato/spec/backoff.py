@@ -32,7 +32,9 @@ EXACT_SIZES = 16  # step sizes up to this are priced each on its own (where smal
 BUCKETS_PER_OCTAVE = 4
 
 
-def _bucket(tokens: int) -> int:
+def size_bucket(tokens: int) -> int:
+    """The bucket a step of `tokens` tokens is priced in (and, in the speculator, the batch
+    size its back-off state is kept for)."""
     if tokens <= EXACT_SIZES:
         return tokens
     return EXACT_SIZES + 1 + int(BUCKETS_PER_OCTAVE * math.log2(tokens / EXACT_SIZES))
@@ -58,13 +60,17 @@ class StepCostModel:
     contexts barely move. (`legato.cache.prefill_model` prices prompt tokens for the tier
     decision instead, per token with a context term; its docstring says why they differ.)
 
-    The first step of a kind is not used (it pays one-time costs: allocations, lazy kernel
-    set-up). `memory`: about 1 / (1 - 0.97), the window the step cost has always been averaged
-    over, not a value searched on our workloads."""
+    The first step of each size bucket is not used (it pays one-time costs: allocations of
+    that size, lazy kernel set-up, the run's first steps): kept, one slow first step would
+    price its size out of every plan, and a size no plan picks is never measured again to
+    correct it. Until its second step a bucket is priced from its neighbours. `memory`: about
+    1 / (1 - 0.97), the window the step cost has always been averaged over, not a value
+    searched on our workloads."""
 
     memory: float = 32.0  # steps a bucket's average remembers (math.inf: a plain mean)
     observations: int = 0
     _buckets: dict[int, _Bucket] = field(default_factory=dict)
+    _warmed: set[int] = field(default_factory=set)  # buckets whose first (unused) step was seen
     _points: list[tuple[float, float]] = field(default_factory=list)  # (tokens, seconds), sorted
 
     def observe(self, tokens: int, seconds: float) -> None:
@@ -72,9 +78,10 @@ class StepCostModel:
         if tokens <= 0 or not seconds > 0:
             return
         self.observations += 1
-        if self.observations == 1:
+        key = size_bucket(tokens)
+        if key not in self._warmed:
+            self._warmed.add(key)
             return
-        key = _bucket(tokens)
         b = self._buckets.get(key)
         if b is None:
             self._buckets[key] = _Bucket(float(tokens), seconds)
@@ -88,6 +95,13 @@ class StepCostModel:
     @property
     def has_data(self) -> bool:
         return bool(self._points)
+
+    def covers(self, tokens: int) -> bool:
+        """Whether a step of `tokens` tokens is priced from measurements at least that large
+        (not extrapolated: above the largest measured size `__call__` prices per token, which
+        overprices a concave cost; where a high price favours the other choice, as a high
+        plain-decode price favours verifying, measure the size instead)."""
+        return bool(self._buckets) and size_bucket(tokens) <= max(self._buckets)
 
     @property
     def fitted(self) -> bool:

@@ -13,9 +13,19 @@ from legato.engine_adapter.base import GenerateRequest, SamplingParams
 from legato.engine_adapter.torch import EngineCore
 from legato.engine_adapter.torch.engine import build_core
 from legato.engine_adapter.torch.speculator import Speculator
+from legato.spec.backoff import StepCostModel
 from tests.tiny_model import TINY
 
 N = 300
+
+
+class _PlainPriced(StepCostModel):
+    """Plain decoding taken as priced at every batch size, so drafting starts at the first decode
+    step (the speculator otherwise measures a plain step of the batch first, and these requests
+    decode only three tokens): this test is about the distribution, not the back-off."""
+
+    def covers(self, tokens: int) -> bool:
+        return True
 
 
 def _core(speculate: bool) -> EngineCore:
@@ -24,6 +34,7 @@ def _core(speculate: bool) -> EngineCore:
         core.model.lm_head.weight.mul_(4.0)
     if speculate:
         core.speculator = Speculator("suffix", 4)
+        core.speculator.decode_cost = _PlainPriced()
     return core
 
 

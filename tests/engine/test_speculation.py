@@ -177,21 +177,56 @@ def test_drafting_that_costs_more_than_it_saves_is_skipped() -> None:
 
     def speculator() -> Speculator:
         spec = Speculator("suffix", 4)
-        for n in (2, 2, 4):  # verifying is priced (the first step is warm-up)
+        for n in (2, 2, 4, 4):  # verifying is priced (a size's first step is warm-up)
             spec.verify_cost.observe(n, 0.01)
         return spec
 
     spec = Speculator("suffix", 4)
-    spec._weigh_drafting(0.001, 0.0)  # verify steps unpriced: keep drafting to measure them
-    assert spec._skip == 0
+    spec._weigh_drafting(8, 0.001, 0.0)  # verify steps unpriced: keep drafting to measure them
+    assert spec.skipping(8) == 0
     spec = speculator()
-    spec._weigh_drafting(0.001, None)
-    assert spec._skip == 0
-    spec._weigh_drafting(0.001, 0.0)
-    assert spec._skip == int(spec.verify_cost.memory) - 1
+    spec._weigh_drafting(8, 0.001, None)
+    assert spec.skipping(8) == 0
+    spec._weigh_drafting(8, 0.001, 0.0)
+    assert spec.skipping(8) == int(spec.verify_cost.memory) - 1
+    assert spec.skipping(1) == 0  # ... at that batch size only
     spec = speculator()
-    spec._weigh_drafting(0.001, 0.0005)
-    assert spec._skip == 1  # saves half its cost: every other step drafts
+    spec._weigh_drafting(8, 0.001, 0.0005)
+    assert spec.skipping(8) == 1  # saves half its cost: every other step drafts
     spec = speculator()
-    spec._weigh_drafting(0.001, 0.002)
-    assert spec._skip == 0
+    spec._weigh_drafting(8, 0.001, 0.002)
+    assert spec.skipping(8) == 0
+
+
+def test_plain_decoding_is_measured_at_a_batch_size_before_drafting_there(
+    make_core: Callable[..., EngineCore],
+) -> None:
+    """Plain decoding is priced from a real step at the batch size (not extrapolated from smaller
+    ones, which overprices it and favours verifying): until then the speculator drafts nothing."""
+    core = make_core(speculative_drafter="ngram", num_speculative_tokens=4)
+    spec = core.speculator
+    assert spec is not None
+    prompt = tuple(range(10, 30)) * 2
+    core.add_request(GenerateRequest("a", prompt, SamplingParams(max_tokens=48, ignore_eos=True)))
+    core.step()  # prefill
+    core.step()  # plain decode steps: the first is warm-up (not priced), the second priced
+    core.step()
+    assert spec.drafted == 0 and spec.decode_cost.covers(1) and not spec.decode_cost.covers(2)
+    while core.has_unfinished():
+        core.step()
+    assert spec.drafted > 0
+
+
+def test_prompts_are_indexed_when_prefilled_not_when_first_drafted(
+    make_core: Callable[..., EngineCore],
+) -> None:
+    """Indexing a prompt for the drafters is a cost of the prompt: it happens in the step that
+    prefills it, so the first decode step's drafting time (what the back-off weighs) is lookup
+    only."""
+    core = make_core(speculative_drafter="suffix", num_speculative_tokens=4)
+    spec = core.speculator
+    assert spec is not None
+    prompt = tuple(range(10, 30)) * 2
+    core.add_request(GenerateRequest("a", prompt, SamplingParams(max_tokens=8, ignore_eos=True)))
+    core.step()  # the prefill step
+    assert spec._reqs["a"].indexed == len(prompt)

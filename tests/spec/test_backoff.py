@@ -10,16 +10,15 @@ from legato.spec.backoff import AcceptanceCalibration, StepCostModel, plan_draft
 
 def _model(per_step: float, per_token: float, sizes: list[int]) -> StepCostModel:
     m = StepCostModel()
-    for n in [sizes[0], *sizes]:  # the first step is warm-up (not used)
+    for n in [*sizes, *sizes]:  # a size's first step is warm-up (not used)
         m.observe(n, per_step + per_token * n)
     return m
 
 
 def _curve(costs: dict[int, float]) -> StepCostModel:
     m = StepCostModel()
-    first = next(iter(costs))
-    m.observe(first, costs[first])
     for n, t in costs.items():
+        m.observe(n, t)  # warm-up (not used)
         m.observe(n, t)
     return m
 
@@ -65,8 +64,10 @@ def test_the_cost_model_skips_warm_up_and_needs_varied_steps() -> None:
         m.observe(4, 0.02)
     assert not m.fitted  # every step the same size: no shape yet
     assert m(4) == pytest.approx(0.02)  # ... but the step is known
+    m.observe(8, 0.09)  # a new size's first step: not used either
+    assert not m.fitted and m(8) == pytest.approx(0.04)  # priced from the measured size
     m.observe(8, 0.03)
-    assert m.fitted
+    assert m.fitted and m(8) == pytest.approx(0.03)
 
 
 def test_memory_bound_steps_keep_long_drafts() -> None:
@@ -121,3 +122,13 @@ def test_calibration_scales_the_drafter_to_what_it_delivers() -> None:
     adjusted = cal.adjust([1.0, 0.5])
     assert adjusted[0] == pytest.approx(0.27, abs=0.02)
     assert adjusted[1] == pytest.approx(adjusted[0] / 2)
+
+
+def test_the_cost_model_says_which_sizes_are_measured_not_extrapolated() -> None:
+    m = StepCostModel()
+    assert not m.covers(1)
+    m = _model(0.010, 0.001, [4, 8])
+    assert m.covers(1) and m.covers(8)  # below the largest measured size: interpolated or floored
+    assert not m.covers(9) and not m.covers(32)  # above: extrapolated
+    m = _model(0.010, 0.001, [32])
+    assert m.covers(31) and not m.covers(40)  # 32..38 share a bucket; 31 is below it

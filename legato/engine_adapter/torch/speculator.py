@@ -41,7 +41,7 @@ from legato.engine_adapter.torch.scheduler import ScheduledChunk, Scheduler, Sch
 from legato.engine_adapter.torch.sequence import SeqStatus, Sequence
 from legato.engine_adapter.torch.spec_verify import verify_greedy, verify_sampled
 from legato.spec.adaptive import check_draft_len
-from legato.spec.backoff import AcceptanceCalibration, StepCostModel, plan_drafts
+from legato.spec.backoff import AcceptanceCalibration, StepCostModel, plan_drafts, size_bucket
 from legato.spec.context import AgentHistory, ProgramContext
 from legato.spec.drafter import Drafter, make_drafter
 from legato.spec.suffix_index import Draft
@@ -79,6 +79,20 @@ class _Request:
     probs: tuple[float, ...] = ()  # the drafter's estimates for the draft being verified
 
 
+@dataclass(slots=True)
+class _BackOff:
+    """Drafting's cost (the drafters' own time per drafting step) against what its steps saved,
+    at one size of batch (a `StepCostModel` bucket of the step's decode tokens), averaged like a
+    step-cost bucket; while it costs more than it saves, only one step in ceil(cost / saving)
+    drafts (at most one per verify-model memory). Per size, because the saving is: a draft that
+    pays at batch 1 may not at batch 32, and a global average would let one drive the other."""
+
+    drafting_s: float = 0.0
+    saving_s: float = 0.0
+    steps: int = 0
+    skip: int = 0  # steps of this size left that do not draft
+
+
 class Speculator:
     """`drafter`: the engine's default (None: only requests asking for speculation speculate);
     `max_draft`: the default longest draft. A request's `SamplingParams.speculative` overrides
@@ -99,13 +113,9 @@ class Speculator:
         self.calibration = AcceptanceCalibration()  # every request's drafts: new requests' prior
         self._step_kind: StepCostModel | None = None  # which model this step's time belongs to
         self._since_verify = 0  # decode steps since a step verified a draft
-        # What drafting costs (the drafters' own time per drafting step) against what its steps
-        # saved, averaged like a step-cost bucket; while it costs more than it saves, only one
-        # step in ceil(cost / saving) drafts (at most one per verify-model memory)
-        self._drafting_s = 0.0
-        self._saving_s = 0.0
-        self._drafting_steps = 0
-        self._skip = 0  # steps left that do not draft
+        # What drafting costs against what its steps saved, per step-size bucket of the decodes
+        # (`_BackOff`): what holds for one sequence says nothing about 32
+        self._backoff: dict[int, _BackOff] = {}
         self._drafted_step: tuple[float, int, int] | None = None  # this step's drafting time, base,
         # and the draft tokens it accepted
         self._reqs: dict[str, _Request] = {}
@@ -157,7 +167,8 @@ class Speculator:
             self._since_verify = 0 if kind is self.verify_cost else self._since_verify + 1
         if drafted is not None and kind is not None:
             _, base, accepted = drafted
-            self._weigh_drafting(drafting_s, self._saving(kind, base, accepted, seconds - drafting_s))
+            saving = self._saving(kind, base, accepted, seconds - drafting_s)
+            self._weigh_drafting(base, drafting_s, saving)
         self._step_kind = None
         self._drafted_step = None
 
@@ -179,27 +190,27 @@ class Speculator:
         each cut to the length the back-off (`plan_drafts`) finds worth its price. `clock`:
         what the engine prices its steps in (the drafting's own cost is weighed in it)."""
         self._forget_finished()
-        if self._skip > 0:  # drafting has cost more than its plans saved: not this step
-            self._skip -= 1
+        base = sum(s.num_tokens - s.num_computed_tokens == 1 for s in running)  # decodes anyway
+        if base and not self.decode_cost.covers(base):
+            # Plain decoding at this batch size is unmeasured: its price would be extrapolated
+            # from smaller steps at their cost per token, too high for a concave cost, and make
+            # verifying look cheap. One plain step measures it.
+            return
+        backoff = self._backoff.get(size_bucket(base))
+        if backoff is not None and backoff.skip > 0:  # drafting has cost more than it saved
+            backoff.skip -= 1
             return
         started = clock()
-        base = 0  # decode tokens the step computes anyway
         proposed: list[tuple[_Request, Draft]] = []
         for seq in sorted(running, key=lambda s: s.sort_key):
             left = seq.num_tokens - seq.num_computed_tokens
             budget -= left
-            base += left == 1
             if left != 1 or budget < 1 or seq.status is not SeqStatus.RUNNING:
                 continue
-            sp = seq.sampling
-            if self._drafter_name(seq) is None:
-                continue
-            if sp.logprobs or sp.n > 1 or needs_processing(sp) or sp.grammar is not None:
-                # Drafts are verified against the distribution temperature, top-k and top-p make
-                # of the raw logits: not for biased or penalised requests, nor grammars (which
-                # mask the logits and move their matcher one vetted token at a time).
+            if not self._speculates(seq):
                 continue
             req = self._request(seq)
+            sp = seq.sampling
             room = min(
                 req.ctx.draft_length.cap,
                 budget,
@@ -230,22 +241,39 @@ class Speculator:
                 req.probs = draft.probs[:keep]
                 self._drafted.append(seq)
 
-    def _weigh_drafting(self, drafting_s: float, saving_s: float | None) -> None:
-        """Average the drafting's cost and what its steps saved; while the saving is
-        smaller, skip drafting on the next steps so that it costs no more than it saves (a
-        compute-bound batch, where no draft is worth verifying, then pays for drafting once per
-        `verify_cost.memory` steps instead of every step)."""
+    def _speculates(self, seq: Sequence) -> bool:
+        """Whether the sequence's request drafts at all."""
+        sp = seq.sampling
+        if self._drafter_name(seq) is None:
+            return False
+        # Drafts are verified against the distribution temperature, top-k and top-p make of the
+        # raw logits: not for biased or penalised requests, nor grammars (which mask the logits
+        # and move their matcher one vetted token at a time).
+        return not (sp.logprobs or sp.n > 1 or needs_processing(sp) or sp.grammar is not None)
+
+    def _weigh_drafting(self, base: int, drafting_s: float, saving_s: float | None) -> None:
+        """Average the drafting's cost and what its steps saved at this batch size (`base`
+        decodes); while the saving is smaller, skip drafting on the next steps of that size so
+        that it costs no more than it saves (a compute-bound batch, where no draft is worth
+        verifying, then pays for drafting once per `verify_cost.memory` steps instead of every
+        step)."""
         if saving_s is None or not self.verify_cost.fitted:
             return  # verifying is not priced yet: keep drafting to measure it
-        self._drafting_steps += 1
-        w = 1.0 / min(self._drafting_steps, self.verify_cost.memory)
-        self._drafting_s += w * (drafting_s - self._drafting_s)
-        self._saving_s += w * (saving_s - self._saving_s)
-        if self._saving_s >= self._drafting_s:
+        b = self._backoff.setdefault(size_bucket(base), _BackOff())
+        b.steps += 1
+        w = 1.0 / min(b.steps, self.verify_cost.memory)
+        b.drafting_s += w * (drafting_s - b.drafting_s)
+        b.saving_s += w * (saving_s - b.saving_s)
+        if b.saving_s >= b.drafting_s:
             return
         most = self.verify_cost.memory
-        period = min(self._drafting_s / self._saving_s, most) if self._saving_s > 0 else most
-        self._skip = math.ceil(period) - 1
+        period = min(b.drafting_s / b.saving_s, most) if b.saving_s > 0 else most
+        b.skip = math.ceil(period) - 1
+
+    def skipping(self, base: int) -> int:
+        """Steps with `base` decodes left that will not draft (the back-off's)."""
+        b = self._backoff.get(size_bucket(base))
+        return b.skip if b is not None else 0
 
     def _drafter_name(self, seq: Sequence) -> str | None:
         opts = seq.sampling.speculative
@@ -283,6 +311,14 @@ class Speculator:
                 self.drop(seq)
                 chunk.num_tokens = 1
         drafted = any(c.seq.num_draft for c in plan.chunks)
+        if not decode_only:
+            # Index the prompts being prefilled now, a cost of the prompt (linear in its length,
+            # like its forward pass) rather than of the first decode step that drafts for it:
+            # charged there, it would make drafting look dear to the back-off.
+            for chunk in plan.chunks:
+                seq = chunk.seq
+                if seq.num_computed_tokens < seq.num_prompt_tokens and self._speculates(seq):
+                    self._request(seq)
         self._step_kind = (self.verify_cost if drafted else self.decode_cost) if decode_only else None
 
     def verify_and_commit(
