@@ -1,11 +1,11 @@
 """`Mailbox`: one consumer's queue on an event loop, with a stall watchdog, for per-token traffic.
 
-An engine request receives one item per generated token, and a run's live SSE listener one
-event per token. An anyio memory stream costs a checkpoint and, under a timeout, a cancel scope
-and a timer per item; at a few thousand tokens a second those were a sizeable part of a
-server's CPU. A mailbox is a deque plus one future while its consumer waits: `put` (on the
-loop's thread; engine threads hop with `call_soon_threadsafe`) appends and wakes it. The stall
-timeout is one timer per mailbox that re-arms itself from the time of the last item (a
+An engine request receives one item per generated token. An anyio memory stream costs a
+checkpoint and, under a timeout, a cancel scope and a timer per item; at a few thousand tokens a
+second those were a sizeable part of a server's CPU. A mailbox is a deque plus one future while
+its consumer waits: `put` (on the loop's thread; engine threads hop with
+`call_soon_threadsafe`) appends and wakes it. The stall timeout is one timer per mailbox that
+re-arms itself from the start of the consumer's current wait (a
 watchdog), not one per item. Cancelling the waiting task works as for any await.
 """
 
@@ -24,13 +24,11 @@ class MailboxStalled(Exception):
 
 
 class Mailbox(Generic[T]):
-    """A single-consumer FIFO on one event loop. `maxlen`: `put` refuses (returns False) when
-    this many items wait (a consumer that fell behind); `stall_s`: `get` raises
-    `MailboxStalled` once nothing arrived for that long while it waits."""
+    """A single-consumer FIFO on one event loop. `stall_s`: `get` raises `MailboxStalled`
+    once nothing arrived for that long while it waits."""
 
-    def __init__(self, maxlen: int | None = None, stall_s: float | None = None) -> None:
+    def __init__(self, stall_s: float | None = None) -> None:
         self._items: collections.deque[T] = collections.deque()
-        self._maxlen = maxlen
         self._waiter: asyncio.Future[None] | None = None
         self._closed = False
         self._stall_s = stall_s
@@ -47,8 +45,8 @@ class Mailbox(Generic[T]):
         return self._stall_s
 
     def put(self, item: T) -> bool:
-        """Queue `item` and wake the consumer; False if closed or full (nothing queued)."""
-        if self._closed or (self._maxlen is not None and len(self._items) >= self._maxlen):
+        """Queue `item` and wake the consumer; False (nothing queued) once closed."""
+        if self._closed:
             return False
         self._items.append(item)
         self._wake()

@@ -1,5 +1,5 @@
-"""The mailbox that carries engine outputs and SSE events: order, wake-ups, the stall watchdog,
-a bounded box refusing, and `receive_outputs` aborting a request its consumer left."""
+"""The mailbox that carries engine outputs: order, wake-ups, the stall watchdog, and
+`receive_outputs` aborting a request its consumer left."""
 
 from __future__ import annotations
 
@@ -53,13 +53,6 @@ async def test_closed_box_drains_then_ends_and_refuses_puts() -> None:
     assert await box.get() == 1
     with pytest.raises(EOFError):
         await box.get()
-
-
-async def test_bounded_box_refuses_when_full() -> None:
-    box = Mailbox[int](maxlen=2)
-    assert box.put(1) and box.put(2)
-    assert not box.put(3)
-    assert box.get_nowait() == 1
 
 
 async def test_watchdog_fails_a_wait_with_no_item_for_stall_s() -> None:

@@ -113,9 +113,7 @@ class Speculator:
         self.calibration = AcceptanceCalibration()  # every request's drafts: new requests' prior
         self._step_kind: StepCostModel | None = None  # which model this step's time belongs to
         self._since_verify = 0  # decode steps since a step verified a draft
-        # What drafting costs against what its steps saved, per step-size bucket of the decodes
-        # (`_BackOff`): what holds for one sequence says nothing about 32
-        self._backoff: dict[int, _BackOff] = {}
+        self._backoff: dict[int, _BackOff] = {}  # by `size_bucket` of the step's decodes
         self._drafted_step: tuple[float, int, int] | None = None  # this step's drafting time, base,
         # and the draft tokens it accepted
         self._reqs: dict[str, _Request] = {}
