@@ -17,6 +17,7 @@ from legato.bench.ui_probe import UiProbe, ui_line
 class LoadTally:
     """What the load clients measured (shared by every agent task of one run)."""
 
+    started: float = 0.0  # time.monotonic() when the agents started
     ok: int = 0
     errors: Counter[str] = field(default_factory=Counter)
     error_examples: list[str] = field(default_factory=list)
@@ -27,7 +28,8 @@ class LoadTally:
     cached_tokens: int = 0
     programs: int = 0
     retries: int = 0
-    post_s: list[float] = field(default_factory=list)  # POST /v1/runs latency (workflow mode)
+    post_s: list[tuple[float, float]] = field(default_factory=list)  # POST /v1/runs (workflow
+    # mode): (seconds since the load started, latency) of each
     rss: dict[str, list[tuple[float, int]]] = field(default_factory=dict)  # per instance URL
     ui: UiProbe = field(default_factory=UiProbe)  # the operator page's data endpoint, polled
 
@@ -58,6 +60,7 @@ class LoadReport:
     rss_growth_after_warmup: float | None
     memory_flat: bool | None
     post_runs_s: dict[str, float] = field(default_factory=dict)  # POST /v1/runs (workflow mode)
+    post_runs_warm_s: dict[str, float] = field(default_factory=dict)  # those sent after warm-up
     instances: list[dict[str, Any]] = field(default_factory=list)  # per URL: its memory figures
     ui_snapshot: dict[str, Any] | None = None  # GET /ui/api/snapshot times (ui_probe)
 
@@ -86,10 +89,11 @@ class LoadReport:
             f"time to 1st token   p50 {ttft['p50']:.3f}  p90 {ttft['p90']:.3f}  p99 {ttft['p99']:.3f}",
         ]
         if self.post_runs_s:
-            post = self.post_runs_s
-            lines.append(
-                f"POST /v1/runs (s)   p50 {post['p50']:.3f}  p90 {post['p90']:.3f}  p99 {post['p99']:.3f}"
-            )
+            for label, post in (("", self.post_runs_s), (" after warm-up", self.post_runs_warm_s)):
+                lines.append(
+                    f"POST /v1/runs (s){label:14} p50 {post['p50']:.3f}  p90 {post['p90']:.3f}  "
+                    f"p99 {post['p99']:.3f}  max {post['max']:.3f}  ({post['count']:.0f} runs)"
+                )
         for inst in self.instances if len(self.instances) > 1 else []:  # each instance's memory
             flat = {None: "n/a", True: "flat", False: "GROWING"}[inst["memory_flat"]]
             series = ", ".join(f"{t:.0f}s:{mb:.0f}" for t, mb in inst["rss_mb"])
@@ -137,6 +141,15 @@ def _memory(series: list[tuple[float, int]], warmup: float, tolerance: float) ->
     }
 
 
+def _posts(posts: list[tuple[float, float]], since: float) -> dict[str, float]:
+    """Percentiles (and the count) of the POSTs sent at or after `since` s into the load; the
+    first ones race every agent's first connection and submission at once."""
+    if not posts:
+        return {}
+    latencies = [seconds for at, seconds in posts if at >= since]
+    return {**percentiles(latencies), "count": len(latencies)}
+
+
 def build_report(
     config: dict[str, Any],
     urls: tuple[str, ...],
@@ -167,7 +180,8 @@ def build_report(
         rss_end_mb=first["end_mb"],
         rss_growth_after_warmup=first["growth"],
         memory_flat=all(i["memory_flat"] for i in instances) if first["growth"] is not None else None,
-        post_runs_s=percentiles(tally.post_s) if tally.post_s else {},
+        post_runs_s=_posts(tally.post_s, 0.0),
+        post_runs_warm_s=_posts(tally.post_s, warmup),
         instances=instances,
         ui_snapshot=tally.ui.summary(percentiles),
     )

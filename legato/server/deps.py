@@ -11,7 +11,9 @@ from legato.server.errors import ApiError
 from legato.server.state import ServerState
 
 
-def server_state(request: Request) -> ServerState:
+async def server_state(request: Request) -> ServerState:
+    """`async` although it never waits: FastAPI runs a plain `def` dependency in its thread pool,
+    a thread hop (two event-loop turns) on every request."""
     state: ServerState = request.app.state.legato
     return state
 
