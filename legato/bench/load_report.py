@@ -61,6 +61,7 @@ class LoadReport:
     memory_flat: bool | None
     post_runs_s: dict[str, float] = field(default_factory=dict)  # POST /v1/runs (workflow mode)
     post_runs_warm_s: dict[str, float] = field(default_factory=dict)  # those sent after warm-up
+    post_runs_by_window: list[dict[str, float]] = field(default_factory=list)  # per POST_WINDOW_S
     instances: list[dict[str, Any]] = field(default_factory=list)  # per URL: its memory figures
     ui_snapshot: dict[str, Any] | None = None  # GET /ui/api/snapshot times (ui_probe)
 
@@ -150,6 +151,17 @@ def _posts(posts: list[tuple[float, float]], since: float) -> dict[str, float]:
     return {**percentiles(latencies), "count": len(latencies)}
 
 
+POST_WINDOW_S = 10.0  # the width of the report's windows of POST latencies (the shape over time)
+
+
+def _posts_by_window(posts: list[tuple[float, float]]) -> list[dict[str, float]]:
+    """The POSTs' percentiles per window of `POST_WINDOW_S` by send time: where the tail lives."""
+    windows: dict[int, list[tuple[float, float]]] = {}
+    for at, seconds in posts:
+        windows.setdefault(int(at // POST_WINDOW_S), []).append((at, seconds))
+    return [{"from_s": k * POST_WINDOW_S, **_posts(windows[k], 0.0)} for k in sorted(windows)]
+
+
 def build_report(
     config: dict[str, Any],
     urls: tuple[str, ...],
@@ -182,6 +194,7 @@ def build_report(
         memory_flat=all(i["memory_flat"] for i in instances) if first["growth"] is not None else None,
         post_runs_s=_posts(tally.post_s, 0.0),
         post_runs_warm_s=_posts(tally.post_s, warmup),
+        post_runs_by_window=_posts_by_window(tally.post_s),
         instances=instances,
         ui_snapshot=tally.ui.summary(percentiles),
     )

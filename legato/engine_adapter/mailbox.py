@@ -6,7 +6,8 @@ second those were a sizeable part of a server's CPU. A mailbox is a deque plus o
 its consumer waits: `put` (on the loop's thread; engine threads hop with
 `call_soon_threadsafe`) appends and wakes it. The stall timeout is one timer per mailbox that
 re-arms itself from the start of the consumer's current wait (a
-watchdog), not one per item. Cancelling the waiting task works as for any await.
+watchdog), not one per item. A stall is reported once: the next `get` waits anew (an SSE
+stream sends a keep-alive and goes on). Cancelling the waiting task works as for any await.
 """
 
 from __future__ import annotations
@@ -40,6 +41,10 @@ class Mailbox(Generic[T]):
     def closed(self) -> bool:
         return self._closed
 
+    def __len__(self) -> int:
+        """Items queued and not yet taken."""
+        return len(self._items)
+
     @property
     def stall_s(self) -> float | None:
         return self._stall_s
@@ -71,6 +76,7 @@ class Mailbox(Generic[T]):
             if self._closed:
                 raise EOFError
             if self._stalled:
+                self._stalled = False  # reported once; a next `get` waits anew
                 raise MailboxStalled
             loop = asyncio.get_running_loop()
             if self._stall_s is not None:

@@ -37,7 +37,7 @@ from legato.programs.calls import RunEnv, RunStatus, ToolCaller
 from legato.programs.drain import DrainGate
 from legato.programs.events import EventHub, Subscription
 from legato.programs.graph_run import GraphRun, RunFailed, RunInterrupted
-from legato.programs.journal import InMemoryJournalStore, JournalStore, Step, read_steps
+from legato.programs.journal import InMemoryJournalStore, JournalStore, RunJournal, Step, read_steps
 from legato.programs.prompt import PromptRenderer
 from legato.programs.spec import MapNodeSpec, ProgramSpec, ToolNodeSpec
 from legato.programs.speculation import (
@@ -210,13 +210,15 @@ class Executor:
         run_id: str | None = None,
         tenant: str | None = None,
         timeout_s: float | None = None,
+        fresh: bool = False,
     ) -> RunHandle:
-        """Start a run in the background (inside `async with executor:`); returns at once."""
+        """Start a run in the background (inside `async with executor:`); returns at once.
+        `fresh`: the caller knows `run_id` has no journaled steps (a new id): none are read."""
         if self._tg is None:
             raise RuntimeError("submit() needs a running executor: use `async with Executor(...) as ex:`")
         handle, prog = self._prepare(program, inputs, run_id, tenant)
         self._tg.start_soon(
-            self._execute, handle, prog, dict(inputs or {}), timeout_s, name=f"run:{handle.run_id}"
+            self._execute, handle, prog, dict(inputs or {}), timeout_s, fresh, name=f"run:{handle.run_id}"
         )
         return handle
 
@@ -231,7 +233,7 @@ class Executor:
     ) -> RunResult:
         """Run one program to the end in the calling task."""
         handle, prog = self._prepare(program, inputs, run_id, tenant)
-        await self._execute(handle, prog, dict(inputs or {}), timeout_s)
+        await self._execute(handle, prog, dict(inputs or {}), timeout_s, fresh=False)
         assert handle.result is not None
         return handle.result
 
@@ -267,8 +269,10 @@ class Executor:
         program: CompiledProgram | AgentProgram,
         inputs: dict[str, Any],
         timeout_s: float | None,
+        fresh: bool,
     ) -> None:
         run_id = handle.run_id
+        journal = RunJournal(self.journal, run_id, fresh=fresh)
         env = RunEnv(
             run_id=run_id,
             tenant=handle.tenant,
@@ -276,7 +280,7 @@ class Executor:
             scheduler=self.scheduler,
             renderer=self.renderer,
             hub=self.events,
-            journal=self.journal,
+            journal=journal,
             tools=self.tools,
             set_status=lambda s: self._set_status(handle, s),
             gate=self.gate,
@@ -292,7 +296,7 @@ class Executor:
         try:
             with handle._scope:
                 self._set_status(handle, RunStatus.RUNNING)
-                journaled = await read_steps(self.journal, run_id)
+                journaled = await read_steps(journal, run_id)
                 with anyio.move_on_after(timeout_s if timeout_s is not None else math.inf) as deadline:
                     if self.tools is not None and _may_use_tools(program):
                         await self.tools.prepare_run(run_id)  # prepared in the background
@@ -320,7 +324,7 @@ class Executor:
                     with anyio.move_on_after(self.release_timeout_s):
                         await self.tools.release_run(run_id)
                 try:  # finished steps (not the markers journaled before impure tools)
-                    steps = [s for s in await read_steps(self.journal, run_id) if s.status != "started"]
+                    steps = [s for s in await read_steps(journal, run_id) if s.status != "started"]
                 except Exception:  # the result must still be delivered
                     steps = []
                 handle.result = RunResult(

@@ -74,6 +74,30 @@ async def read_steps(store: JournalStore, run_id: str) -> list[Step]:
         return await store.steps(run_id)
 
 
+class RunJournal:
+    """One run's view of a journal store that remembers the run's steps: those read once at
+    the start (none for a fresh run) plus those appended since. Only the run's owner writes its
+    journal, so this is what the store holds, and the run's end needs no store read."""
+
+    def __init__(self, store: JournalStore, run_id: str, *, fresh: bool) -> None:
+        self.store = store
+        self.run_id = run_id
+        self.bounded = getattr(store, "bounded", False)
+        self._known: list[Step] | None = [] if fresh else None
+
+    async def append(self, run_id: str, step: Step) -> None:
+        await self.store.append(run_id, step)
+        if self._known is not None and run_id == self.run_id:
+            self._known.append(step)
+
+    async def steps(self, run_id: str) -> list[Step]:
+        if run_id != self.run_id:
+            return await self.store.steps(run_id)
+        if self._known is None:
+            self._known = await self.store.steps(run_id)
+        return list(self._known)
+
+
 class InMemoryJournalStore:
     """The default store: lives as long as the process (resume within one process, tests).
     Keeps the journals of the `max_runs` most recently written runs (oldest forgotten first), so

@@ -8,8 +8,9 @@ import collections
 from dataclasses import dataclass, field
 
 import anyio
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from anyio.streams.memory import MemoryObjectReceiveStream
 
+from legato.engine_adapter.mailbox import Mailbox
 from legato.programs.events import RunEvent
 from legato.server.store.base import EventRecord, RunRecord, RunStore
 
@@ -21,7 +22,8 @@ EVENT_BATCH = 256  # events recorded in one store write at most
 class LiveRun:
     record: RunRecord
     next_seq: int = 0
-    listeners: list[MemoryObjectSendStream[EventRecord]] = field(default_factory=list)
+    listeners: list[Mailbox[EventRecord]] = field(default_factory=list)  # one per live stream
+    listener_limit: int = 1024  # events queued for one stream; a stream this far behind is ended
     recent: collections.deque[EventRecord] = field(
         default_factory=lambda: collections.deque(maxlen=RECENT_EVENTS)
     )
@@ -47,14 +49,17 @@ async def publish(
     if stored:
         await store.append_events(live.record.id, stored)
         stored.clear()
+    send_ready(live, ready)
+
+
+def send_ready(live: LiveRun, ready: list[EventRecord]) -> None:
+    """Send `ready` (already stored, or never stored: tokens) to the run's listeners; empties
+    it. A listener `listener_limit` events behind is ended: its client resumes with
+    Last-Event-ID."""
     for rec in ready:
         live.recent.append(rec)
-        for listener in list(live.listeners):
-            try:
-                listener.send_nowait(rec)
-            except anyio.WouldBlock:  # a slow client: end its stream, it resumes with Last-Event-ID
+        for listener in live.listeners:
+            if len(listener) >= live.listener_limit or not listener.put(rec):
                 listener.close()
-                live.listeners.remove(listener)
-            except (anyio.ClosedResourceError, anyio.BrokenResourceError):
-                live.listeners.remove(listener)
+                live.listeners = [other for other in live.listeners if other is not listener]
     ready.clear()

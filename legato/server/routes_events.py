@@ -24,6 +24,7 @@ from fastapi import APIRouter, Header, Query
 from fastapi.responses import StreamingResponse
 
 from legato.engine_adapter.fields import I64_MAX
+from legato.engine_adapter.mailbox import MailboxStalled
 from legato.engine_adapter.server.strict_json import StrictJSONRoute
 from legato.server.deps import StateDep, TenantDep
 from legato.server.errors import ApiError, responses
@@ -69,7 +70,7 @@ def parse_last_id(header: str | None, query: int | None) -> int:
 async def event_stream(state: ServerState, run_id: str, after: int) -> AsyncIterator[bytes]:
     """History (memory or store), then live events, each once, in seq order."""
     keepalive = state.config.sse_keepalive_s
-    recent, live = state.runs.listen(run_id, after, state.config.limits.max_event_buffer)
+    recent, live = state.runs.listen(run_id, after, state.config.limits.max_event_buffer, keepalive)
     last = after
     try:
         history = recent if recent is not None else await state.store.events(run_id, after)
@@ -80,28 +81,25 @@ async def event_stream(state: ServerState, run_id: str, after: int) -> AsyncIter
                 if event.kind == "run_finished":
                     return
         while live is not None:
-            with anyio.move_on_after(keepalive):
-                try:
-                    events = [await live.receive()]
-                except anyio.EndOfStream:  # run over (or this client fell behind: it resumes
-                    break  # with Last-Event-ID), or, on a shared store, driven elsewhere now
-                while len(events) < WRITE_BATCH:  # what is already queued goes out in one write
-                    try:
-                        events.append(live.receive_nowait())
-                    except (anyio.WouldBlock, anyio.EndOfStream):
-                        break
-                chunks = []
-                for event in events:
-                    if event.seq > last:
-                        last = event.seq
-                        chunks.append(sse(event))
-                        if event.kind == "run_finished":
-                            yield b"".join(chunks)
-                            return
-                if chunks:
-                    yield b"".join(chunks)
+            try:
+                events = [await live.get()]
+            except MailboxStalled:  # quiet for `keepalive`
+                yield b": keepalive\n\n"
                 continue
-            yield b": keepalive\n\n"
+            except EOFError:  # run over (or this client fell behind: it resumes with
+                break  # Last-Event-ID), or, on a shared store, driven elsewhere now
+            while len(events) < WRITE_BATCH and (queued := live.get_nowait()) is not None:
+                events.append(queued)  # what is already queued goes out in one write
+            chunks = []
+            for event in events:
+                if event.seq > last:
+                    last = event.seq
+                    chunks.append(sse(event))
+                    if event.kind == "run_finished":
+                        yield b"".join(chunks)
+                        return
+            if chunks:
+                yield b"".join(chunks)
         if state.store.lease_s is not None:  # shared store: another instance may drive the run
             async for chunk in _follow_store(state, run_id, last, keepalive):
                 yield chunk

@@ -29,8 +29,8 @@ from typing import Any
 
 import anyio
 from anyio.abc import TaskGroup
-from anyio.streams.memory import MemoryObjectReceiveStream
 
+from legato.engine_adapter.mailbox import Mailbox
 from legato.programs.builder import CompiledProgram
 from legato.programs.events import RunEvent
 from legato.programs.executor import Executor, RunHandle
@@ -42,7 +42,7 @@ from legato.server.auth import QuotaTracker, Tenant
 from legato.server.config import Limits
 from legato.server.errors import ApiError
 from legato.server.leases import keep_leases
-from legato.server.live_runs import LiveRun, event_batch, publish
+from legato.server.live_runs import LiveRun, event_batch, publish, send_ready
 from legato.server.store.base import EventRecord, RunRecord, RunStore
 from legato.server.store.redis_leases import StaleOwnerError
 
@@ -244,9 +244,10 @@ class RunManager:
             record.status, record.updated_at = "running", time.time()
             await self.store.save_run(record)
             sub = self.executor.subscribe(run_id, max_buffer=RECORDER_BUFFER)
+            sub.direct = lambda event: self._record_token(live, event)
             handle = self.executor.submit(
                 compiled, record.inputs, run_id=run_id, tenant=record.tenant_id,
-                timeout_s=self.limits.run_timeout_s,
+                timeout_s=self.limits.run_timeout_s, fresh=record.resumed == 0,
             )  # fmt: skip
             async with sub:
                 async for event in sub:
@@ -326,10 +327,7 @@ class RunManager:
                     return False
             if self._suspended(record.id):
                 continue
-            rec = EventRecord.model_construct(
-                seq=live.next_seq, kind=event.kind, node=event.node, data=plain(event.data), at=event.at
-            )
-            live.next_seq += 1
+            rec = self._numbered(live, event)
             ready.append(rec)
             if event.kind == "token":
                 continue
@@ -346,23 +344,43 @@ class RunManager:
         await publish(self.store, live, stored, ready)
         return True
 
+    def _record_token(self, live: LiveRun, event: RunEvent) -> bool:
+        """A token published while the recorder waits with nothing queued: numbered and sent to
+        the listeners in the publishing task (tokens are not stored), one task switch less per
+        token than through `_record`. Always taken."""
+        if not self._suspended(live.record.id):
+            send_ready(live, [self._numbered(live, event)])
+        return True
+
+    @staticmethod
+    def _numbered(live: LiveRun, event: RunEvent) -> EventRecord:
+        """The event with the run's next seq (its SSE `id:`)."""
+        rec = EventRecord.model_construct(
+            seq=live.next_seq, kind=event.kind, node=event.node, data=plain(event.data), at=event.at
+        )
+        live.next_seq += 1
+        return rec
+
     # -- control -----------------------------------------------------------------------------
     def listen(
-        self, run_id: str, after_seq: int, max_buffer: int
-    ) -> tuple[list[EventRecord] | None, MemoryObjectReceiveStream[EventRecord] | None]:
+        self, run_id: str, after_seq: int, max_buffer: int, keepalive_s: float
+    ) -> tuple[list[EventRecord] | None, Mailbox[EventRecord] | None]:
         """For a live run: the recent events after `after_seq` if the in-memory window covers
-        them (else None: read the store), and a stream of the events to come."""
+        them (else None: read the store), and a mailbox of the events to come (it reports a
+        stall after `keepalive_s` quiet: send a keep-alive). A stream `max_buffer` events behind
+        is ended."""
         live = self.live.get(run_id)
         if live is None:
             return None, None
-        send, receive = anyio.create_memory_object_stream[EventRecord](max_buffer)
-        live.listeners.append(send)
+        mailbox = Mailbox[EventRecord](stall_s=keepalive_s)
+        live.listener_limit = max_buffer
+        live.listeners.append(mailbox)
         recent: list[EventRecord] | None = None
         if live.recent and live.recent[0].seq <= after_seq + 1:
             recent = [e for e in live.recent if e.seq > after_seq]
         elif not live.recent and live.next_seq <= after_seq + 1:
             recent = []
-        return recent, receive
+        return recent, mailbox
 
     async def cancel(self, record: RunRecord) -> RunRecord:
         """Cancel a run in flight (idempotent; a finished run is returned as it is)."""

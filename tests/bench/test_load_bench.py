@@ -61,6 +61,7 @@ def test_workflow_mode_submits_runs_and_follows_their_events(tmp_path: Path) -> 
     assert len(report.instances) == 2 and all(i["rss_mb"] for i in report.instances)
     assert report.post_runs_s["p50"] > 0
     assert report.post_runs_warm_s["count"] <= report.post_runs_s["count"] == report.requests_ok
+    assert sum(w["count"] for w in report.post_runs_by_window) == report.requests_ok
     assert report.completion_tokens_per_s > 0 and report.ttft_s["p50"] <= report.latency_s["p50"]
 
 

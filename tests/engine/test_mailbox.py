@@ -127,3 +127,18 @@ async def test_receive_outputs_aborts_when_the_consumer_stops_early() -> None:
         async for _ in outputs:
             break
     assert aborted == ["r4"] and not box.put(Out(2))
+
+
+async def test_a_stall_is_reported_once_and_the_next_get_waits_anew() -> None:
+    """An SSE stream's keep-alive: stalled, send a comment, wait again for the next item."""
+    box = Mailbox[int](stall_s=0.1)
+    with pytest.raises(MailboxStalled):
+        await box.get()
+    with pytest.raises(MailboxStalled):  # a second quiet stretch is a second stall
+        await box.get()
+    asyncio.get_running_loop().call_later(0.05, box.put, 3)
+    assert await box.get() == 3
+    assert len(box) == 0
+    box.put(4)
+    assert len(box) == 1
+    box.close()

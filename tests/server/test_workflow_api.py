@@ -169,3 +169,26 @@ def test_quiet_streams_get_keepalives(make_server: MakeServerFactory, tmp_path: 
                     gate.touch()  # the run was quiet (waiting in the tool): now let it finish
         assert ": keepalive" in seen
         assert any(line == "event: run_finished" for line in seen)
+
+
+def test_a_live_stream_has_every_event_once_in_order(client: httpx.Client, tmp_path: Path) -> None:
+    """Followed while it runs, a stream has every event (tokens too) exactly once, in seq order:
+    tokens sent straight from the run's task (while its recorder is idle) never overtake the
+    node events recorded before them."""
+    gate = tmp_path / "gate"
+    inputs = {"topic": "x", "record_file": str(tmp_path / "rec"), "gate_file": str(gate)}
+    run_id = client.post("/v1/runs", json={"program": gated_program(), "inputs": inputs}).json()["id"]
+    events: list[dict[str, Any]] = []
+    with client.stream("GET", f"/v1/runs/{run_id}/events", timeout=60) as response:
+        for line in response.iter_lines():
+            if line.startswith("data: "):
+                events.append(json.loads(line[6:]))
+                if events[-1]["kind"] == "tool_started" and not gate.exists():
+                    gate.touch()  # the run waits in `gate`: the `final` node then streams live
+    assert [e["seq"] for e in events] == list(range(len(events)))
+    for node in ("draft", "final"):
+        at = [i for i, e in enumerate(events) if e["node"] == node]
+        kinds = [events[i]["kind"] for i in at]
+        assert kinds[0] == "node_started" and kinds[-1] == "node_finished" and "token" in kinds
+        assert at == list(range(at[0], at[-1] + 1)), kinds  # nothing else interleaved
+    assert events[-1]["kind"] == "run_finished" and events[-1]["data"]["status"] == "succeeded"
