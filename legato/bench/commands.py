@@ -404,6 +404,10 @@ def load(
     turns: Annotated[int, typer.Option(min=1, help="Streamed LLM calls per program.")] = 4,
     max_tokens: Annotated[int, typer.Option(min=1, help="Tokens per call.")] = 32,
     tool_s: Annotated[float, typer.Option(min=0.0, help="Mean simulated tool time between calls.")] = 2.0,
+    ramp_up: Annotated[
+        float,
+        typer.Option(min=0.0, help="Seconds over which the agents start, evenly spread (0: all at once)."),
+    ] = 0.0,
     api_key: Annotated[str | None, typer.Option(envvar="LEGATO_API_KEY", help="Tenant API key.")] = None,
     pid: Annotated[int | None, typer.Option(help="Sample this server PID's RSS (default: /metrics).")] = None,
     json_out: Annotated[
@@ -422,7 +426,7 @@ def load(
     try:
         cfg = LoadConfig(
             url[0], runs, mode, duration, turns, max_tokens, tool_s, api_key=api_key, pid=pid,
-            more_urls=tuple(url[1:]),
+            more_urls=tuple(url[1:]), ramp_up_s=ramp_up,
         )  # fmt: skip
         report = anyio.run(run_load, cfg)
     except (ValueError, RuntimeError, OSError) as exc:

@@ -12,6 +12,10 @@ polled as the page polls it (`ui_probe`), so the report says how fast it answers
 Several `--url`s (instances of one deployment sharing a Redis store): agents are spread over
 them round-robin, and each instance's memory is sampled and judged on its own.
 
+`ramp_up_s`: agent i starts at `ramp_up_s * i / runs` instead of all at once (as k6's ramping
+VUs or locust's spawn rate do), so the measurement is not of one synchronised burst; the default
+0 starts every agent at once, the harshest start.
+
 It is a client only: point it at `legato serve --engine sim-realtime` (a simulated GPU in real
 time, no GPU needed) or at a server on a real engine. Structured concurrency throughout: one
 anyio task group holds the workers and the sampler; every request has a timeout.
@@ -58,6 +62,7 @@ class LoadConfig:
     pid: int | None = None  # sample this process's RSS with psutil instead of /metrics
     sample_s: float = 5.0
     warmup_s: float | None = None  # default: a quarter of the duration
+    ramp_up_s: float = 0.0  # agents start evenly spread over this (0: all at once)
     request_timeout_s: float = 120.0
     flat_tolerance: float = 0.10  # memory is "flat" if it grows less than this after warm-up
     seed: int = 0
@@ -72,6 +77,8 @@ class LoadConfig:
             raise ValueError("runs, turns and max_tokens must be >= 1")
         if not self.duration_s > 0 or self.tool_s < 0 or not self.sample_s > 0:
             raise ValueError("duration and sample period must be > 0, tool time >= 0")
+        if not 0 <= self.ramp_up_s < self.duration_s:
+            raise ValueError(f"ramp-up must be >= 0 and shorter than the duration, got {self.ramp_up_s}")
         if self.mode not in ("proxy", "workflow"):
             raise ValueError(f"mode must be proxy or workflow, got {self.mode!r}")
 
@@ -154,6 +161,7 @@ class _Agent:
             return await self.client.send(request, stream=True)
 
     async def run(self, deadline: float) -> None:
+        await anyio.sleep(self.cfg.ramp_up_s * self.index / self.cfg.runs)
         program = 0
         while time.monotonic() < deadline:
             if self.cfg.mode == "workflow":

@@ -73,7 +73,8 @@ class LoadReport:
         lines = [
             f"duration            {self.elapsed_s:.1f} s, {self.config['runs']} concurrent "
             f"{'agents' if self.config['mode'] == 'proxy' else 'workflow runs'}, "
-            f"{self.config['turns']} LLM calls/program",
+            f"{self.config['turns']} LLM calls/program"
+            + (f", started over {self.config['ramp_up_s']:g} s" if self.config.get("ramp_up_s") else ""),
             f"requests            ok {self.requests_ok}, failed {self.requests_failed} {self.errors or ''}",
             f"programs completed  {self.programs_completed}"
             + (f" (connection retries / stream resumes: {self.retries})" if self.retries else ""),

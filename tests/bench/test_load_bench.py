@@ -29,6 +29,9 @@ def test_load_bench_drives_agents_and_reports(tmp_path: Path) -> None:
         bad = CliRunner().invoke(
             app, ["bench", "load", "--url", served.url, "--runs", "1", "--duration", "1"]
         )
+        ramp = CliRunner().invoke(  # refused before any request
+            app, ["bench", "load", "--url", served.url, "--duration", "1", "--ramp-up", "1"]
+        )
     report = json.loads(out.read_text())
     assert report["requests_failed"] == 0 and report["requests_ok"] >= 4
     assert report["programs_completed"] >= 2
@@ -41,6 +44,7 @@ def test_load_bench_drives_agents_and_reports(tmp_path: Path) -> None:
     assert ui["polls"] >= 2 and ui["live_programs_max"] >= 1 and ui["server_ms"]["p50"] > 0
     assert "/ui data endpoint" in result.output
     assert bad.exit_code == 2 and "401" in bad.output
+    assert ramp.exit_code == 2 and "ramp-up must be" in ramp.output
 
 
 def test_workflow_mode_submits_runs_and_follows_their_events(tmp_path: Path) -> None:
@@ -53,8 +57,9 @@ def test_workflow_mode_submits_runs_and_follows_their_events(tmp_path: Path) -> 
         key = served.keys["acme"]
         # the same server named twice stands in for two instances: agents alternate between them
         cfg = LoadConfig(
-            served.url, 3, "workflow", 2.0, 3, 6, api_key=key, sample_s=0.5, more_urls=(served.url,)
-        )
+            served.url, 3, "workflow", 2.0, 3, 6, api_key=key, sample_s=0.5, more_urls=(served.url,),
+            ramp_up_s=0.3,
+        )  # fmt: skip
         report = anyio.run(run_load, cfg)
     assert report.requests_failed == 0, report.error_examples
     assert report.requests_ok == report.programs_completed >= 3
@@ -62,6 +67,7 @@ def test_workflow_mode_submits_runs_and_follows_their_events(tmp_path: Path) -> 
     assert report.post_runs_s["p50"] > 0
     assert report.post_runs_warm_s["count"] <= report.post_runs_s["count"] == report.requests_ok
     assert sum(w["count"] for w in report.post_runs_by_window) == report.requests_ok
+    assert "started over 0.3 s" in report.table()
     assert report.completion_tokens_per_s > 0 and report.ttft_s["p50"] <= report.latency_s["p50"]
 
 
