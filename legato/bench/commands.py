@@ -318,6 +318,9 @@ def matrix(
     ] = "../shared/traces/mooncake_conversation_trace.jsonl",
     jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, help="Cells run in parallel processes.")] = 2,
     quick: Annotated[bool, typer.Option("--quick", help="A few small cells (smoke test).")] = False,
+    seed: Annotated[
+        int, typer.Option(min=0, max=2**32 - 1, help="Seed of the workloads (judge a change over several).")
+    ] = 0,
     json_out: Annotated[
         Path | None, typer.Option("--json", callback=output_path, help="Write the matrix JSON here.")
     ] = None,
@@ -344,7 +347,7 @@ def matrix(
         )
 
     try:
-        result = mx.run_matrix(cells, {"miniswe": miniswe, "mooncake": mooncake}, jobs, progress)
+        result = mx.run_matrix(cells, {"miniswe": miniswe, "mooncake": mooncake}, jobs, progress, seed)
     except ValueError as exc:
         raise _fail(str(exc)) from None
     console.print(mx.render(result))
@@ -359,7 +362,10 @@ def matrix(
             f"{label}: {cell['cell']}  steps {cell['steps_ratio']:.3f}x vs {cell['best_peer_steps']}, "
             f"TCT {cell['tct_ratio']:.3f}x vs {cell['best_peer_tct']}"
         )
-    console.print(f"{len(cells)} cells in {result['wall_s']:.0f} s")
+    console.print(
+        f"{result['passed']}/{len(cells)} cells pass (steps/min >= {mx.STEPS_BAR}x and mean TCT <= "
+        f"{mx.TCT_BAR}x the best peer's); {len(cells)} cells in {result['wall_s']:.0f} s"
+    )
     if json_out is not None:
         mx.write_json(result, json_out)
         console.print(f"wrote {json_out}")

@@ -42,6 +42,10 @@ def test_quick_matrix_end_to_end(tmp_path: Path) -> None:
         assert cell["steps_ratio"] == pytest.approx(cell["policies"]["legato"]["steps_per_min"] / best)
     again = matrix.run_cell(matrix.plan(quick=True)[0], doc["paths"])
     assert again["policies"] == doc["cells"][0]["policies"], "deterministic"
+    assert doc["seed"] == 0 and doc["passed"] == sum(matrix.passes(c) for c in doc["cells"])
+    assert f"{doc['passed']}/{len(doc['cells'])} cells pass" in result.output
+    other = matrix.run_cell(matrix.plan(quick=True)[0], doc["paths"], seed=1)  # other programs
+    assert other["policies"] != doc["cells"][0]["policies"]
 
 
 def test_missing_trace_is_a_usage_error(tmp_path: Path) -> None:
