@@ -154,14 +154,14 @@ def test_a_blocking_python_tool_times_out_and_healthz_stays_fast(tmp_path: Path)
                 t = time.monotonic()
                 assert c.get("/healthz").status_code == 200
                 answers.append(time.monotonic() - t)
-                time.sleep(0.02)
+                time.sleep(0.005)
             run = run_of(c, run_id)
             assert run["status"] == "failed" and "timed out after 0.5s" in run["error"]
             # the blocked thread never held the event loop: /healthz within 100 ms (the issue's
             # bound) while the tool blocked; one answer in 20 may take a loaded machine's
-            # scheduling hiccup, none a stall
+            # scheduling hiccup, none a stall (a loaded one fits only a few polls in)
             answers.sort()
-            assert len(answers) >= 5 and answers[int(0.95 * (len(answers) - 1))] < 0.1, answers
+            assert len(answers) >= 3 and answers[int(0.95 * (len(answers) - 1))] < 0.1, answers
             assert answers[-1] < 1.0, answers
     finally:
         server.stop()
