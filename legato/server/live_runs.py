@@ -23,7 +23,7 @@ class LiveRun:
     record: RunRecord
     next_seq: int = 0
     listeners: list[Mailbox[EventRecord]] = field(default_factory=list)  # one per live stream
-    listener_limit: int = 1024  # events queued for one stream; a stream this far behind is ended
+    listener_limit: int = 4096  # events queued for one stream; one this far behind is ended
     recent: collections.deque[EventRecord] = field(
         default_factory=lambda: collections.deque(maxlen=RECENT_EVENTS)
     )

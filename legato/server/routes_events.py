@@ -70,7 +70,7 @@ def parse_last_id(header: str | None, query: int | None) -> int:
 async def event_stream(state: ServerState, run_id: str, after: int) -> AsyncIterator[bytes]:
     """History (memory or store), then live events, each once, in seq order."""
     keepalive = state.config.sse_keepalive_s
-    recent, live = state.runs.listen(run_id, after, state.config.limits.max_event_buffer, keepalive)
+    recent, live = state.runs.listen(run_id, after, keepalive)
     last = after
     try:
         history = recent if recent is not None else await state.store.events(run_id, after)

@@ -204,7 +204,7 @@ class RunManager:
 
     def _launch(self, record: RunRecord, compiled: CompiledProgram, next_seq: int) -> None:
         assert self._tg is not None
-        live = LiveRun(record, next_seq)
+        live = LiveRun(record, next_seq, listener_limit=self.limits.max_event_buffer)
         self.live[record.id] = live
         self._tg.start_soon(self._drive, live, compiled, name=f"drive:{record.id}")
 
@@ -363,17 +363,16 @@ class RunManager:
 
     # -- control -----------------------------------------------------------------------------
     def listen(
-        self, run_id: str, after_seq: int, max_buffer: int, keepalive_s: float
+        self, run_id: str, after_seq: int, keepalive_s: float
     ) -> tuple[list[EventRecord] | None, Mailbox[EventRecord] | None]:
         """For a live run: the recent events after `after_seq` if the in-memory window covers
         them (else None: read the store), and a mailbox of the events to come (it reports a
-        stall after `keepalive_s` quiet: send a keep-alive). A stream `max_buffer` events behind
-        is ended."""
+        stall after `keepalive_s` quiet: send a keep-alive). A stream `max_event_buffer` events
+        behind is ended (`send_ready`)."""
         live = self.live.get(run_id)
         if live is None:
             return None, None
         mailbox = Mailbox[EventRecord](stall_s=keepalive_s)
-        live.listener_limit = max_buffer
         live.listeners.append(mailbox)
         recent: list[EventRecord] | None = None
         if live.recent and live.recent[0].seq <= after_seq + 1:
