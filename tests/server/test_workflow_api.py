@@ -4,6 +4,7 @@ filters and pagination, client-side tool results."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -99,16 +100,28 @@ def test_inline_program_and_listing(client: httpx.Client) -> None:
     assert client.get("/v1/runs", params={"cursor": "abc"}).status_code == 422
 
 
-def test_cancel_a_waiting_run(client: httpx.Client, tmp_path: Path) -> None:
-    inputs = {"topic": "x", "record_file": str(tmp_path / "rec"), "gate_file": str(tmp_path / "never")}
-    run_id = client.post("/v1/runs", json={"program": gated_program(), "inputs": inputs}).json()["id"]
-    events: list[dict[str, Any]] = []
+def start_gated_run(client: httpx.Client, tmp_path: Path, gate: Path) -> str:
+    """A `gated_program` run that waits in its `wait` tool until `gate` exists."""
+    inputs = {"topic": "x", "record_file": str(tmp_path / "rec"), "gate_file": str(gate)}
+    run_id: str = client.post("/v1/runs", json={"program": gated_program(), "inputs": inputs}).json()["id"]
+    return run_id
+
+
+def data_events(client: httpx.Client, run_id: str) -> Iterator[dict[str, Any]]:
+    """The run's SSE events (their `data:` payloads) as they come."""
     with client.stream("GET", f"/v1/runs/{run_id}/events", timeout=60) as response:
         for line in response.iter_lines():
             if line.startswith("data: "):
-                events.append(json.loads(line[6:]))
-                if events[-1]["kind"] == "tool_started" and events[-1]["node"] == "wait":
-                    break
+                yield json.loads(line[6:])
+
+
+def test_cancel_a_waiting_run(client: httpx.Client, tmp_path: Path) -> None:
+    run_id = start_gated_run(client, tmp_path, tmp_path / "never")
+    events: list[dict[str, Any]] = []
+    for event in data_events(client, run_id):
+        events.append(event)
+        if event["kind"] == "tool_started" and event["node"] == "wait":
+            break
     cancelled = client.post(f"/v1/runs/{run_id}/cancel")
     assert cancelled.status_code == 200
     assert cancelled.json()["status"] == "cancelled"
@@ -176,15 +189,12 @@ def test_a_live_stream_has_every_event_once_in_order(client: httpx.Client, tmp_p
     tokens sent straight from the run's task (while its recorder is idle) never overtake the
     node events recorded before them."""
     gate = tmp_path / "gate"
-    inputs = {"topic": "x", "record_file": str(tmp_path / "rec"), "gate_file": str(gate)}
-    run_id = client.post("/v1/runs", json={"program": gated_program(), "inputs": inputs}).json()["id"]
+    run_id = start_gated_run(client, tmp_path, gate)
     events: list[dict[str, Any]] = []
-    with client.stream("GET", f"/v1/runs/{run_id}/events", timeout=60) as response:
-        for line in response.iter_lines():
-            if line.startswith("data: "):
-                events.append(json.loads(line[6:]))
-                if events[-1]["kind"] == "tool_started" and not gate.exists():
-                    gate.touch()  # the run waits in `gate`: the `final` node then streams live
+    for event in data_events(client, run_id):
+        events.append(event)
+        if event["kind"] == "tool_started" and not gate.exists():
+            gate.touch()  # the run waits in `gate`: the `final` node then streams live
     assert [e["seq"] for e in events] == list(range(len(events)))
     for node in ("draft", "final"):
         at = [i for i, e in enumerate(events) if e["node"] == node]
