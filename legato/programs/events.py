@@ -48,14 +48,15 @@ class Subscription:
         self.run_id = run_id
         self.dropped = 0
         # Optional: takes a `token` event in the publishing task while this subscriber waits
-        # with nothing queued (order kept), saving a task switch per token; True when taken.
-        self.direct: Callable[[RunEvent], bool] | None = None
+        # with nothing queued (order kept), saving a task switch per token.
+        self.direct: Callable[[RunEvent], None] | None = None
         self._hub = hub
         self._send: MemoryObjectSendStream[RunEvent]
         self._send, self.receive = anyio.create_memory_object_stream[RunEvent](max_buffer)
 
     def _offer(self, event: RunEvent) -> None:
-        if self.direct is not None and event.kind == "token" and self._idle() and self.direct(event):
+        if self.direct is not None and event.kind == "token" and self._idle():
+            self.direct(event)
             return
         try:
             self._send.send_nowait(event)

@@ -23,7 +23,8 @@ class LiveRun:
     record: RunRecord
     next_seq: int = 0
     listeners: list[Mailbox[EventRecord]] = field(default_factory=list)  # one per live stream
-    listener_limit: int = 4096  # events queued for one stream; one this far behind is ended
+    # events queued for one stream; one this far behind is ended (`Limits.max_event_buffer`)
+    listener_limit: int = field(kw_only=True)
     recent: collections.deque[EventRecord] = field(
         default_factory=lambda: collections.deque(maxlen=RECENT_EVENTS)
     )

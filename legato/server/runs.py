@@ -344,13 +344,12 @@ class RunManager:
         await publish(self.store, live, stored, ready)
         return True
 
-    def _record_token(self, live: LiveRun, event: RunEvent) -> bool:
+    def _record_token(self, live: LiveRun, event: RunEvent) -> None:
         """A token published while the recorder waits with nothing queued: numbered and sent to
         the listeners in the publishing task (tokens are not stored), one task switch less per
-        token than through `_record`. Always taken."""
+        token than through `_record`."""
         if not self._suspended(live.record.id):
             send_ready(live, [self._numbered(live, event)])
-        return True
 
     @staticmethod
     def _numbered(live: LiveRun, event: RunEvent) -> EventRecord:
