@@ -318,6 +318,14 @@ def matrix(
     ] = "../shared/traces/mooncake_conversation_trace.jsonl",
     jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, help="Cells run in parallel processes.")] = 2,
     quick: Annotated[bool, typer.Option("--quick", help="A few small cells (smoke test).")] = False,
+    cells_only: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--cells",
+            help="Only the cells whose key (workload/gpu/cN/tiers) matches this shell glob, e.g. "
+            "'chat/a10/*' (repeatable).",
+        ),
+    ] = None,
     seed: Annotated[
         int, typer.Option(min=0, max=2**32 - 1, help="Seed of the workloads (judge a change over several).")
     ] = 0,
@@ -338,7 +346,10 @@ def matrix(
     if not console.is_terminal:
         console = Console(width=160)
     err = Console(stderr=True)
-    cells = mx.plan(quick)
+    try:
+        cells = mx.plan(quick, cells_only or ())
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
 
     def progress(done: int, total: int, cell: dict[str, Any]) -> None:
         err.print(

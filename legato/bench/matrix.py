@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+from fnmatch import fnmatchcase
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,10 +97,20 @@ def roles() -> tuple[list[str], list[str]]:
     return peers, bounds
 
 
-def plan(quick: bool = False) -> list[Cell]:
+def plan(quick: bool = False, patterns: Sequence[str] = ()) -> list[Cell]:
+    """The cells to run, in table order; with `patterns` (shell globs such as `chat/a10/*`),
+    only the cells whose key matches one of them (a pattern that matches none is an error: a
+    typo must not pass as an empty matrix)."""
     if quick:
-        return [Cell(w, "h100", 16, ()) for w in QUICK]
-    return [Cell(w, g, c, t) for w in MATRIX for g in GPUS for c in CONCURRENCY for t in TIERS]
+        cells = [Cell(w, "h100", 16, ()) for w in QUICK]
+    else:
+        cells = [Cell(w, g, c, t) for w in MATRIX for g in GPUS for c in CONCURRENCY for t in TIERS]
+    if not patterns:
+        return cells
+    for pattern in patterns:
+        if not any(fnmatchcase(c.key, pattern) for c in cells):
+            raise ValueError(f"--cells {pattern!r} matches no cell (keys look like {cells[0].key})")
+    return [c for c in cells if any(fnmatchcase(c.key, p) for p in patterns)]
 
 
 def _fit(workload: Workload, capacity: int, keep: int) -> tuple[Workload, int]:
@@ -148,7 +159,15 @@ def run_cell(cell: Cell, paths: dict[str, str], seed: int = 0) -> dict[str, Any]
     results: dict[str, dict[str, float]] = {}
     for policy in ["legato", *peers, *bounds]:
         outcome = simulate(workload, policy, config, concurrency=cell.concurrency)
-        results[policy] = {"steps_per_min": steps_per_min(outcome), "mean_tct_s": mean_tct_s(outcome)}
+        results[policy] = {
+            "steps_per_min": steps_per_min(outcome),
+            "mean_tct_s": mean_tct_s(outcome),
+            # What explains a ratio: steps/min is calls over the makespan (a straggler sets it),
+            # recomputation shows in prefill tokens computed and preemptions.
+            "makespan_s": outcome.makespan_s,
+            "prefill_tokens_computed": outcome.prefill_tokens_computed,
+            "preemptions": outcome.preemptions,
+        }
     legato = results["legato"]
     best_steps = max(peers, key=lambda p: (results[p]["steps_per_min"], p))
     best_tct = min(peers, key=lambda p: (results[p]["mean_tct_s"], p))

@@ -51,3 +51,27 @@ def test_quick_matrix_end_to_end(tmp_path: Path) -> None:
 def test_missing_trace_is_a_usage_error(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["bench", "matrix", "--quick", "--miniswe", str(tmp_path / "no.gz")])
     assert result.exit_code == 2 and "trace file for miniswe not found" in result.output
+
+
+def test_cells_picks_cells_by_glob_and_a_glob_matching_none_is_a_usage_error() -> None:
+    chat_a10 = matrix.plan(patterns=["chat/a10/*"])
+    assert [c.key for c in chat_a10] == [
+        "chat/a10/c16/none",
+        "chat/a10/c16/host+redis",
+        "chat/a10/c64/none",
+        "chat/a10/c64/host+redis",
+    ]
+    both = matrix.plan(patterns=["chat/a10/c16/none", "swe/*/c64/host+redis"])
+    assert [c.key for c in both] == ["swe/h100/c64/host+redis", "swe/a10/c64/host+redis", "chat/a10/c16/none"]
+    result = CliRunner().invoke(app, ["bench", "matrix", "--cells", "chat/a10/*", "--cells", "chat/a11/*"])
+    assert result.exit_code == 2 and "'chat/a11/*' matches no cell" in result.output
+
+
+@pytest.mark.skipif(MINISWE is None, reason="shared traces not present")
+def test_a_cell_reports_what_explains_its_ratios() -> None:
+    cell = matrix.run_cell(matrix.plan(quick=True)[0], {"miniswe": str(MINISWE)})
+    for numbers in cell["policies"].values():
+        assert numbers["makespan_s"] > 0 and numbers["prefill_tokens_computed"] > 0
+        assert numbers["preemptions"] >= 0
+        calls_per_min = numbers["steps_per_min"] * numbers["makespan_s"] / 60.0
+        assert calls_per_min == pytest.approx(cell["llm_calls"])
