@@ -27,9 +27,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from fnmatch import fnmatchcase
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
 
