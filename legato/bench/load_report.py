@@ -28,8 +28,8 @@ class LoadTally:
     cached_tokens: int = 0
     programs: int = 0
     retries: int = 0
-    post_s: list[tuple[float, float]] = field(default_factory=list)  # POST /v1/runs (workflow
-    # mode): (seconds since the load started, latency) of each
+    # POST /v1/runs (workflow mode): (seconds since the load started, latency) of each
+    post_s: list[tuple[float, float]] = field(default_factory=list)
     rss: dict[str, list[tuple[float, int]]] = field(default_factory=dict)  # per instance URL
     ui: UiProbe = field(default_factory=UiProbe)  # the operator page's data endpoint, polled
 

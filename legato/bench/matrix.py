@@ -18,6 +18,9 @@ better), and the worst cell.
   result does not depend on `--jobs` or on the order cells finish in. `--seed` draws other
   synthetic programs (and trace samples where a loader samples): cells within a few percent of
   the bar move with it, so judge a policy change over several seeds.
+* **A subset**: `--cells GLOB` (repeatable) runs only the cells whose key matches, e.g.
+  `chat/a10/*`; each policy's makespan, prefill tokens computed and preemptions are in the JSON,
+  beside the two ratios they explain.
 * **The bar** (issue 13): a cell passes when Legato's steps/min is >= `STEPS_BAR` x the best
   peer's and its mean TCT <= `TCT_BAR` x the best peer's; `passed` counts them.
 """
