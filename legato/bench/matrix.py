@@ -19,7 +19,8 @@ better), and the worst cell.
   synthetic programs (and trace samples where a loader samples): cells within a few percent of
   the bar move with it, so judge a policy change over several seeds.
 * **A subset**: `--cells GLOB` (repeatable) runs only the cells whose key matches, e.g.
-  `chat/a10/*`; each policy's makespan, prefill tokens computed and preemptions are in the JSON,
+  `chat/a10/*`; each policy's makespan, prefill tokens computed, preemptions and where a call's
+  time went (`call_phases`: held by the policy, queued in the engine, running) are in the JSON,
   beside the two ratios they explain.
 * **The bar** (issue 13): a cell passes when Legato's steps/min is >= `STEPS_BAR` x the best
   peer's and its mean TCT <= `TCT_BAR` x the best peer's; `passed` counts them.
@@ -34,10 +35,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from legato.bench.metrics import mean_tct_s, steps_per_min
 from legato.sim.workload import ProgramSpec, Workload
+
+if TYPE_CHECKING:
+    from legato.sim.driver import CallTrace
 
 MINISWE_DEFAULT = "../shared/traces/miniswe_deepseek.jsonl.gz"
 MOONCAKE_DEFAULT = "../shared/traces/mooncake_conversation_trace.jsonl"
@@ -161,7 +165,8 @@ def run_cell(cell: Cell, paths: dict[str, str], seed: int = 0) -> dict[str, Any]
     peers, bounds = roles()
     results: dict[str, dict[str, float]] = {}
     for policy in ["legato", *peers, *bounds]:
-        outcome = simulate(workload, policy, config, concurrency=cell.concurrency)
+        trace: list[CallTrace] = []
+        outcome = simulate(workload, policy, config, concurrency=cell.concurrency, trace=trace)
         results[policy] = {
             "steps_per_min": steps_per_min(outcome),
             "mean_tct_s": mean_tct_s(outcome),
@@ -170,6 +175,8 @@ def run_cell(cell: Cell, paths: dict[str, str], seed: int = 0) -> dict[str, Any]
             "makespan_s": outcome.makespan_s,
             "prefill_tokens_computed": outcome.prefill_tokens_computed,
             "preemptions": outcome.preemptions,
+            # Where a call's time went: held by the policy, queued in the engine, running.
+            **call_phases(trace),
         }
     legato = results["legato"]
     best_steps = max(peers, key=lambda p: (results[p]["steps_per_min"], p))
@@ -191,6 +198,18 @@ def run_cell(cell: Cell, paths: dict[str, str], seed: int = 0) -> dict[str, Any]
         "tct_ratio": _ratio(legato["mean_tct_s"], results[best_tct]["mean_tct_s"]),
         "kv_bound_steps_per_min": bound.steps_per_min,
         "seconds": time.perf_counter() - started,
+    }
+
+
+def call_phases(trace: Sequence[CallTrace]) -> dict[str, float]:
+    """Mean seconds per call from ready to dispatched (held by the policy), dispatched to first
+    admitted (queued in the engine) and admitted to finished (running, preemptions included).
+    A ratio's cause shows here: a policy that admits more runs each call longer."""
+    n = len(trace) or 1
+    return {
+        "mean_policy_wait_s": sum(t.dispatched_s - t.ready_s for t in trace) / n,
+        "mean_engine_queue_s": sum(t.admitted_s - t.dispatched_s for t in trace) / n,
+        "mean_run_s": sum(t.finished_s - t.admitted_s for t in trace) / n,
     }
 
 

@@ -75,3 +75,17 @@ def test_a_cell_reports_what_explains_its_ratios() -> None:
         assert numbers["preemptions"] >= 0
         calls_per_min = numbers["steps_per_min"] * numbers["makespan_s"] / 60.0
         assert calls_per_min == pytest.approx(cell["llm_calls"])
+        phases = [numbers[k] for k in ("mean_policy_wait_s", "mean_engine_queue_s", "mean_run_s")]
+        assert min(phases) >= 0.0 and numbers["mean_run_s"] > 0.0
+
+
+def test_call_phases_are_means_of_each_interval() -> None:
+    from legato.sim.driver import CallTrace
+
+    trace = [CallTrace("a", 0.0, 1.0, 3.0, 7.0, 0), CallTrace("b", 2.0, 2.0, 2.0, 4.0, 0)]
+    assert matrix.call_phases(trace) == {
+        "mean_policy_wait_s": 0.5,
+        "mean_engine_queue_s": 1.0,
+        "mean_run_s": 3.0,
+    }
+    assert matrix.call_phases([])["mean_run_s"] == 0.0
