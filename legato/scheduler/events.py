@@ -45,6 +45,12 @@ class LLMCall:
     # its samples forked from). None: all of the group's first call's prompt after the named
     # prefix parts (a sibling whose first call is the group prompt itself).
     group_prefix_tokens: int | None = None
+    # Leading prompt tokens that repeat the context (prompt, then output) of the run's call this
+    # one follows: KV the run computed before. None: not known; the scheduler then takes a
+    # prompt at least as long as the run's last context to extend it (a conversation's turns)
+    # and a shorter one to reuse none of it. A node may open with other prefix parts than the
+    # call before it, so length alone can be wrong; the simulator knows from its segments.
+    reused_context_tokens: int | None = None
 
     @property
     def prompt_len(self) -> int:

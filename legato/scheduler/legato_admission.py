@@ -104,14 +104,14 @@ class AdmissionControl:
         """A call finished: count the KV its program had computed and the engine dropped
         (`regime.ThrashMeter`); on a replica that may let the engine pack its memory, gate
         admission at the pool's capacity while that recompute costs more than gating would."""
+        reused = r.reused.pop(event.call_id, 0.0)
         replica = r.replica
         if replica is None or replica >= len(self._packs):
             return
         _, hints = r.hints.get(event.call_id, ("", CallHints()))
-        if r.calls_done and not hints.prefill_only and event.prompt_tokens >= r.last_ctx:
-            # The prompt extends the program's previous context: all of it was computed before.
+        if r.calls_done and not hints.prefill_only and reused > 0.0:
             rv = view.replica(replica)
-            self.thrash.call_finished(r.run_id, rv, self.rates, r.last_ctx, float(event.cached_tokens))
+            self.thrash.call_finished(r.run_id, rv, self.rates, reused, float(event.cached_tokens))
         if not self._packs[replica]:
             return
         cap = self.pool[replica] if self.thrash.thrashing(replica, now, self.budget) else math.inf

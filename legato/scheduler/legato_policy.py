@@ -102,6 +102,7 @@ from legato.scheduler.legato_run import (
     Branch,
     Run,
     branch_of,
+    reused_context,
 )
 from legato.scheduler.policy import (
     BasePolicy,
@@ -164,6 +165,7 @@ class Legato(AdmissionControl, BasePolicy):
             r.max_output = call.sampling.max_tokens
         r.live[call.call_id] = call.prompt_len
         r.hints[call.call_id] = (call.node, call.hints)
+        r.reused[call.call_id] = reused_context(call, r.last_ctx)
         out: list[Decision] = []
         self._after_change(r, now, view, out)
         if r.state == ACTIVE:

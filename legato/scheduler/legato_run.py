@@ -18,7 +18,7 @@ import math
 from collections.abc import Hashable
 from dataclasses import dataclass, field
 
-from legato.scheduler.events import CallHints
+from legato.scheduler.events import CallHints, LLMCall
 from legato.scheduler.program_history import ProgramHistory
 
 # Calls ahead at which admission checks the projected KV total: now, and the next call (the
@@ -87,6 +87,8 @@ class Run:
     costs: list[float] = field(default_factory=list)  # fair-share cost of each finished call
     tool_ver: int = 0
     hints: dict[str, tuple[str, CallHints]] = field(default_factory=dict)  # call -> (node, hints)
+    # Live call -> leading prompt tokens the run computed before (`LLMCall.reused_context_tokens`).
+    reused: dict[str, float] = field(default_factory=dict)
     deferred: list[str] = field(default_factory=list)  # admitted calls the fair-share gate holds
 
 
@@ -96,6 +98,15 @@ def branch_of(r: Run, tool: str) -> Branch | None:
         if b.tool == tool and b.started:
             return b
     return None
+
+
+def reused_context(call: LLMCall, last_ctx: float) -> float:
+    """Leading prompt tokens of `call` that its run computed before (`ThrashMeter`: KV found
+    missing from them was dropped): what the driver says, else the run's last context when the
+    prompt is at least as long (the next turn of a conversation), else none."""
+    if call.reused_context_tokens is not None:
+        return float(call.reused_context_tokens)
+    return last_ctx if call.prompt_len >= last_ctx else 0.0
 
 
 def output_reserve(r: Run, hist: ProgramHistory) -> float:

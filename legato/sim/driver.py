@@ -60,7 +60,7 @@ from legato.sim.kv_pool import UNLIMITED_BLOCKS, KVPool
 from legato.sim.outcome import ProgramOutcome, RunOutcome
 from legato.sim.tiers import SimTiers
 from legato.sim.views import SimClusterView, build_outcome
-from legato.sim.workload import ProgramSpec, Segment, Workload
+from legato.sim.workload import ProgramSpec, Segment, Workload, reused_context_tokens
 
 SWAP_SPACE_GB = 4 * 2**30 / 1e9  # vLLM's default --swap-space: 4 GiB per GPU
 _SAMPLING = SamplingParams(max_tokens=4096)  # the simulator never samples; outputs come from the spec
@@ -296,6 +296,7 @@ class _Sim:
             shared,
             hints,
             num_prompt_tokens=p.prompt_lens[j],
+            reused_context_tokens=reused_context_tokens(p.spec.calls, j),
         )
         p.active_calls += 1
         self.pending[call_id] = (p, j)

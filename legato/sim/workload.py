@@ -44,6 +44,22 @@ class CallSpec:
         return sum(s.tokens for s in self.prompt)
 
 
+def reused_context_tokens(calls: tuple[CallSpec, ...], j: int) -> int:
+    """Leading prompt tokens of call `j` that repeat the context (prompt, then output segment)
+    of the call it follows (its last dependency); 0 for a first call."""
+    call = calls[j]
+    if not call.deps:
+        return 0
+    before = calls[call.deps[-1]]
+    context = (*before.prompt, Segment(before.output_seg_id, before.output_tokens))
+    reused = 0
+    for mine, theirs in zip(call.prompt, context, strict=False):  # the shorter decides
+        if mine != theirs:
+            break
+        reused += mine.tokens
+    return reused
+
+
 @dataclass(frozen=True, slots=True)
 class ProgramSpec:
     """One program run of a workload."""

@@ -70,10 +70,18 @@ def test_gates_when_recompute_costs_more_than_the_memory_a_gate_leaves_unused() 
     assert meter.thrashing(0, 10.0, budget)  # 30% > 20%
 
 
-def _call(run: str, j: int, prompt: int) -> CallArrived:
+def _call(run: str, j: int, prompt: int, reused: int | None = None) -> CallArrived:
     return CallArrived(
         LLMCall(
-            f"{run}#{j}", run, "agent", f"step-{j}", "t0", (), hints=CallHints(), num_prompt_tokens=prompt
+            f"{run}#{j}",
+            run,
+            "agent",
+            f"step-{j}",
+            "t0",
+            (),
+            hints=CallHints(),
+            num_prompt_tokens=prompt,
+            reused_context_tokens=reused,
         )
     )
 
@@ -105,6 +113,25 @@ def test_a_weight_bound_replica_packs_until_it_is_seen_to_drop_contexts() -> Non
     # a's next call found none of its 4100-token context cached: ~4 s of 6 s recomputing
     policy.on_event(CallFinished("a#1", "a", 4200, 100, 0, "stop"), 6.0, view)
     assert policy.budget.capacity == [10_000.0]
+
+
+def test_a_prompt_that_opens_with_other_prefix_parts_lost_nothing() -> None:
+    # text2sql: the SQL-writing call opens with its own system prompt, not with the linking
+    # call's context, although its prompt is longer; none of that context was ever reusable.
+    policy = Legato()
+    view = _View()
+    for run in ("a", "b", "c"):
+        policy.on_event(RunStarted(run, "agent", "t0"), 0.0, view)
+        policy.on_event(_call(run, 0, 4000), 0.0, view)
+    policy.on_event(CallFinished("a#0", "a", 4000, 100, 0, "stop"), 1.0, view)
+    policy.on_event(_call("a", 1, 4200, reused=0), 1.0, view)
+    policy.on_event(CallFinished("a#1", "a", 4200, 100, 0, "stop"), 6.0, view)
+    assert policy.thrash.lost_fraction(0, 6.0) == 0.0
+    assert policy.budget.capacity == [math.inf]
+    # Only the part the driver says repeats the run's context counts: 1000 of it dropped.
+    policy.on_event(_call("a", 2, 4400, reused=2000), 6.0, view)
+    policy.on_event(CallFinished("a#2", "a", 4400, 100, 1000, "stop"), 7.0, view)
+    assert policy.thrash.lost_fraction(0, 7.0) == pytest.approx(1000 * PREFILL_S / 7.0)
 
 
 def test_on_a_pool_that_fits_few_contexts_legato_keeps_up_with_thunderagent() -> None:
