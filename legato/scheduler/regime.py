@@ -15,8 +15,9 @@ spent recomputing KV the engine had already computed for a program and dropped (
 prompt repeats context its program computed before, `LLMCall.reused_context_tokens`, but found
 less of it cached; priced with `EngineRates.recompute_s`, the engine's own prefill cost). A
 context the policy itself let go through a tool (`pin_rule` released it: the recompute was
-priced and chosen, and gating would not avoid it) is not counted. Letting the engine pack can win at most the memory the budget
-would leave unused: what the admitted programs' projections reserve beyond what they hold now
+priced and chosen, and gating would not avoid it) is not counted. Letting the engine pack can
+win at most the memory the budget would leave unused: what the admitted programs' projections
+reserve beyond what they hold now
 (output reserves, next-call growth), a fraction `slack` of the projected total, averaged over
 time; in a weight-bound step, memory is batch share one for one. So the replica is gated while
 the recompute time exceeds that fraction of the time it has been serving:
