@@ -17,10 +17,10 @@ less of it cached; priced with `EngineRates.recompute_s`, the engine's own prefi
 context the policy itself let go through a tool (`pin_rule` released it: the recompute was
 priced and chosen, and gating would not avoid it) is not counted. Letting the engine pack can
 win at most the memory the budget would leave unused: what the admitted programs' projections
-reserve beyond what they hold now
-(output reserves, next-call growth), a fraction `slack` of the projected total, averaged over
-time; in a weight-bound step, memory is batch share one for one. So the replica is gated while
-the recompute time exceeds that fraction of the time it has been serving:
+reserve beyond what they hold now (output reserves, next-call growth), a fraction `slack` of
+the projected total, averaged over time; in a weight-bound step, memory is batch share one for
+one. So the replica is gated while the recompute time exceeds that fraction of the time it has
+been serving:
 
     lost_s > slack x elapsed_s
 
