@@ -45,11 +45,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from legato.cache.common_prefix import common_prefix
 from legato.sim.workload import CallSpec, ProgramSpec, Segment, Workload
 
 ARRIVAL_MODES = ("trace", "burst", "poisson:RATE")
 KV_BLOCK_TOKENS = 16  # the simulator's KV block (SimConfig.block_size): the smallest reusable prefix
-_LCP_CHUNK = 4096  # characters compared per slice when measuring a common prefix
 
 
 # --- reading ------------------------------------------------------------------------------------
@@ -114,18 +114,6 @@ def approx_tokens(text: str, bytes_per_token: float = 4.0) -> int:
 
 
 # --- text prefixes as segments ------------------------------------------------------------------
-
-
-def common_prefix(a: str, b: str) -> int:
-    """Length of the longest common prefix of `a` and `b` (compared a slice at a time)."""
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i : i + _LCP_CHUNK] == b[i : i + _LCP_CHUNK]:
-        i += _LCP_CHUNK
-    i = min(i, n)
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
 
 
 class PrefixCuts:

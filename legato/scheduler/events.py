@@ -46,10 +46,11 @@ class LLMCall:
     # prefix parts (a sibling whose first call is the group prompt itself).
     group_prefix_tokens: int | None = None
     # Leading prompt tokens that repeat the context (prompt, then output) of the run's call this
-    # one follows: KV the run computed before. None: not known; the scheduler then takes a
-    # prompt at least as long as the run's last context to extend it (a conversation's turns)
-    # and a shorter one to reuse none of it. A node may open with other prefix parts than the
-    # call before it, so length alone can be wrong; the simulator knows from its segments.
+    # one follows: KV the run computed before. A node may open with other prefix parts than the
+    # call before it, so a prompt's length alone can mislead. The simulator fills it from its
+    # segments, the real-time `PolicyScheduler` from token ids. None: not known; a policy then
+    # takes a prompt at least as long as the run's last context to extend it (a conversation's
+    # next turn) and a shorter one to reuse none of it.
     reused_context_tokens: int | None = None
 
     @property

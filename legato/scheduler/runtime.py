@@ -27,6 +27,7 @@ property of the engine, which the caller sizes.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
@@ -34,6 +35,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 import anyio
 from anyio.abc import TaskGroup
 
+from legato.cache.common_prefix import common_prefix
 from legato.engine_adapter.base import (
     Capability,
     Engine,
@@ -216,6 +218,11 @@ class PolicyScheduler:
             raise SchedulerError(f"call {call.call_id!r} is already queued")
         self.state.stats["calls"] += 1
         run = self.state.run(call.run_id, call.tenant)
+        if call.reused_context_tokens is None and call.prompt_token_ids:
+            # How much of the prompt repeats the run's latest context (what its KV could hold):
+            # a node may open with other prefix parts than the call before it.
+            reused = common_prefix(tuple(call.prompt_token_ids), run.last_seq)
+            call = dataclasses.replace(call, reused_context_tokens=reused)
         pending = Pending(call)
         self.pending[call.call_id] = pending
         try:

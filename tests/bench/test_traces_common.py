@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from legato.bench.traces import CallTime, PrefixCuts, TraceTiming, common_prefix, fit_call_time
+from legato.bench.traces import CallTime, PrefixCuts, TraceTiming, fit_call_time
+from legato.cache.common_prefix import common_prefix
 
 
 def test_prefix_cuts_are_where_texts_part() -> None:

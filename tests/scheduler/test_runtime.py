@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections.abc import AsyncIterator, Sequence
 
@@ -213,6 +214,28 @@ async def test_view_reports_capacity_and_cached_prefix() -> None:
         assert (r.total_blocks, r.block_size, r.running, r.waiting) == (32, 16, 0, 0)
         assert sched.view.resident_tokens(0, "V") == 48  # 48 prompt + 8 output: 3 full blocks
         assert sched.busy_s[0] > 0
+
+
+async def test_the_policy_learns_how_much_of_a_prompt_repeats_the_runs_context() -> None:
+    seen: dict[str, int | None] = {}
+
+    class Recording(FcfsLru):
+        def on_call(self, event, now, view):  # type: ignore[no-untyped-def]
+            seen[event.call.call_id] = event.call.reused_context_tokens
+            return super().on_call(event, now, view)
+
+    async with engine() as e, PolicyScheduler([e], Recording()) as sched:
+        first = tokens(5, 40)
+        out, _ = await run_call(sched, call("R", 0, first))
+        # the next turn of a conversation: the whole context, then more
+        await run_call(sched, call("R", 1, first + out + tokens(6, 8)))
+        # a node that opens with its own instructions, then the same material: longer, reused 0
+        other = tokens(9, 4) + first + out + tokens(6, 8)
+        await run_call(sched, call("R", 2, other))
+        # what the caller already knows is kept
+        known = dataclasses.replace(call("R", 3, other + tokens(7, 4)), reused_context_tokens=3)
+        await run_call(sched, known)
+    assert seen == {"R#0": 0, "R#1": 48, "R#2": 0, "R#3": 3}
 
 
 async def test_consumer_closing_early_aborts_the_request_and_finishes_the_call() -> None:
