@@ -104,8 +104,8 @@ def reused_context(call: LLMCall, last_ctx: float) -> float:
     """Leading prompt tokens of `call` that its run computed before (`ThrashMeter`: KV found
     missing from them was dropped): what the driver says, else the run's last context when the
     prompt is at least as long (the next turn of a conversation), else none."""
-    if call.reused_context_tokens is not None:
-        return float(call.reused_context_tokens)
+    if call.reused_context_tokens is not None:  # within the prompt, whatever a driver says
+        return float(min(max(call.reused_context_tokens, 0), call.prompt_len))
     return last_ctx if call.prompt_len >= last_ctx else 0.0
 
 
