@@ -77,6 +77,7 @@ class AdmissionControl:
         self.pool: list[float] = []  # per replica: KV capacity in tokens (the budget's, if gated)
         self.thrash = ThrashMeter()
         self._packs: list[bool] = []  # per replica: may let the engine pack memory (`regime`)
+        self._tiered: list[bool] = []  # per replica: a tier parks a paused run's KV
         self._queued_fp = [0.0, 0]  # summed footprint of programs at enqueue, samples
         self._cycle = [0.0, 0]  # summed time between a run's consecutive calls, samples
         self._admitted = 0
@@ -88,6 +89,7 @@ class AdmissionControl:
             return
         self.pool = []
         self._packs = []
+        self._tiered = []
         caps = []
         for i in range(view.num_replicas):
             r = view.replica(i)
@@ -96,6 +98,7 @@ class AdmissionControl:
             # Weighted fair share needs a queue to reorder: with several tenants, always gate.
             packs = len(self.fair.weights) <= 1 and not gates(r)
             self._packs.append(packs)
+            self._tiered.append(bool(r.tiers))
             caps.append(math.inf if packs else pool)
         self.budget.set_capacity(caps)
         self._victims = [[] for _ in caps]
@@ -121,19 +124,28 @@ class AdmissionControl:
             self.budget.set_capacity(caps)
             self._blocked = None  # the budget changed: retry admission
 
+    def _ahead(self, r: Run, replica: int | None) -> float:
+        """Calls from now to the run's next pause point on `replica` (`legato_run.projected`):
+        the next call where a tier parks a paused run's KV, else until the run is next left
+        with no call on the engine (learned per program)."""
+        if replica is None or self._tiered[replica]:
+            return 1.0
+        return self.predictor.history.calls_until_pausable(r.program)
+
     def _sync(self, r: Run) -> None:
         hist = self.predictor.history
         fp = footprint(r, hist)
         r.peak = max(r.peak, fp)
-        self.budget.update(r.run_id, fp, *projected(r, fp, hist))
+        self.budget.update(r.run_id, fp, *projected(r, fp, hist, self._ahead(r, r.replica)))
 
     def _need_fn(self, r: Run) -> Callable[[int], tuple[list[float], list[float]]]:
-        """The run's projected need on each replica (only the shared parts it would add
-        differ between replicas)."""
+        """The run's projected need on each replica (the shared parts it would add and the
+        distance to its next pause point differ between replicas)."""
         hist = self.predictor.history
-        mean, var = projected(r, footprint(r, hist), hist)
+        fp = footprint(r, hist)
 
         def need(replica: int) -> tuple[list[float], list[float]]:
+            mean, var = projected(r, fp, hist, self._ahead(r, replica))
             shared = self.budget.shared_cost(replica, r.shared)
             return ([p + shared for p in mean] if shared else mean), var
 
@@ -282,7 +294,7 @@ class AdmissionControl:
         hist = self.predictor.history
         fp = footprint(r, hist)
         r.peak = max(r.peak, fp)
-        self.budget.admit(r.run_id, replica, fp, r.shared, *projected(r, fp, hist))
+        self.budget.admit(r.run_id, replica, fp, r.shared, *projected(r, fp, hist, self._ahead(r, replica)))
         heapq.heappush(self._victims[replica], (-r.prio, r.run_id))
         if was_paused:
             if r.engine_paused:

@@ -8,7 +8,9 @@ call timings otherwise). Concerns, one module each:
   where a decode step reading its whole KV pool costs more than reading the weights (a large
   pool: past some batch more sequences add KV reads, not throughput), a program's calls reach
   the engine only while the summed KV footprint of the admitted programs, projected to their
-  next call, fits the pool; the rest wait in the policy, holding nothing. Where the whole pool
+  next pause point (`legato_run.projected`: the next call, or for a map's workers the end of
+  the fan-out, where a pause would drop KV in use), fits the pool; the rest wait in the
+  policy, holding nothing. Where the whole pool
   reads faster than the weights (a small pool next to the model: every step is weight-bound),
   holding a program back would cost throughput one for one, so the engine packs its memory
   itself in admission order and the policy only decides holds (with several tenants the
@@ -59,7 +61,8 @@ Constants (none is a value searched on our workloads):
 | --- | --- | --- |
 | `TICK_S` | 0.5 s | cadence of timers (TTLs, prefetch, retries); not a threshold |
 | `TOOL_GRACE_S` | 2 ticks | a tool start is seen within a tick of the call's end |
-| `HORIZONS` | now, next call | re-decided at every tool boundary (`legato_run`) |
+| `HORIZONS` | now, next pause point | re-decided at every tool boundary (`legato_run`) |
+| pause point | learned | next call with a tier; else calls until the run has no call on the engine |
 | budget `low`/`high` | 1.0 | the pool's capacity; `safety` 0: the expected total |
 | gating | engine | `gates`: KV pool read time vs. weight read time per decode step |
 | gating, weight-bound | measured | `regime`: recompute time of dropped KV vs. budget slack |
@@ -259,6 +262,7 @@ class Legato(AdmissionControl, BasePolicy):
             r.prepaid = self.fair.prepay(r.tenant, self._predicted_cost(r))
         hist.record_output(r.program, event.output_tokens)
         hist.record_call_cost(r.program, cost)
+        hist.record_call_end(r.program, not r.live)
         return node, hints
 
     def on_tool_started(self, event: ToolStarted, now: float, view: ClusterView) -> Sequence[Decision]:

@@ -6,10 +6,15 @@ call hands to dependents that have not arrived yet, less the parts it shares (a 
 prompt, an RL group's task prompt: held once per replica by the budget) and less the common
 head of parallel branches (stored once in the prefix cache).
 
-Its *projection* is the footprint one call ahead (`HORIZONS`): the policy re-decides at every
-tool boundary (hold or release, `pin_rule`), so an admission commits the run's memory only
-until its next call, grown by what past runs of the program grew per call, times the chance it
-is still running then (its variance: it either still holds that or has freed everything).
+Its *projection* is the footprint at the run's next pause point (`HORIZONS`): the policy
+re-decides at every tool boundary (hold or release, `pin_rule`) and pauses whole programs when
+memory runs short, so an admission commits the run's memory until the next point at which a
+pause costs no more than the pause itself would save — the next call when a pause parks the
+run's KV in a tier or when its calls run one at a time (between calls nothing of it is on the
+engine), else until it is next left with no call on the engine (a map's workers: a pause
+there drops KV that running calls are using, all of it recomputed). The growth to that point
+is the largest past runs of the program reached, times the chance it is still running then
+(its variance: it either still holds that or has freed everything).
 """
 
 from __future__ import annotations
@@ -21,8 +26,8 @@ from dataclasses import dataclass, field
 from legato.scheduler.events import CallHints, LLMCall
 from legato.scheduler.program_history import ProgramHistory
 
-# Calls ahead at which admission checks the projected KV total: now, and the next call (the
-# next point at which the run can be released without losing work, see the module docstring).
+# Pause points ahead at which admission checks the projected KV total: now, and the next one
+# (see the module docstring).
 HORIZONS = (0, 1)
 
 NEW, WAITING, ACTIVE, PAUSED = range(4)
@@ -135,10 +140,12 @@ def footprint(r: Run, hist: ProgramHistory) -> float:
     return max(0.0, total - r.shared_tokens)
 
 
-def projected(r: Run, fp: float, hist: ProgramHistory) -> tuple[list[float], list[float]]:
-    """Expected footprint `h` calls ahead, for each horizon h, and its variance: the run
-    holds footprint + h x (growth per call) with probability s (it still runs then, from the
-    length distribution of past runs of the program), nothing otherwise."""
+def projected(r: Run, fp: float, hist: ProgramHistory, ahead: float = 1.0) -> tuple[list[float], list[float]]:
+    """Expected footprint at each horizon h, and its variance: the run holds footprint plus its
+    growth with probability s (it still runs then, from the length distribution of past runs
+    of the program), nothing otherwise. Horizon h counts pause points, `ahead` calls apart
+    (`AdmissionControl._ahead`): the growth is the largest the program's past runs reached
+    within h x `ahead` calls."""
     n = len(HORIZONS)
     if r.last_call_final:
         return [fp] + [0.0] * (n - 1), [0.0] * n
@@ -147,7 +154,7 @@ def projected(r: Run, fp: float, hist: ProgramHistory) -> tuple[list[float], lis
     var: list[float] = []
     for h in HORIZONS:
         if h:
-            learned = hist.footprint_growth(r.program, done, h)
+            learned = hist.footprint_growth(r.program, done, h * ahead)
             growth = hist.mean_growth(r.program)
             if learned is not None:
                 size = fp + max(0.0, learned)

@@ -22,6 +22,7 @@ Bounded memory: per program histograms of run lengths, finished and going (at mo
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -42,7 +43,10 @@ class _Program:
     footprint: dict[int, list[float]] = field(default_factory=dict)  # calls done -> [sum, n]
     rest_cost: dict[int, list[float]] = field(default_factory=dict)  # calls done -> [sum, n]
     next_tool: Followers = field(default_factory=Followers)  # call site -> tools run after it
+    call_ends: int = 0  # finished calls
+    call_ends_alone: int = 0  # ... that left the run with no call on an engine
     residual: dict[int, float] = field(default_factory=dict)  # cache: calls done -> residual
+    growth_ahead: dict[tuple[int, float], float] = field(default_factory=dict)  # cache
     survival: dict[tuple[int, int], float] = field(default_factory=dict)  # cache
 
 
@@ -152,18 +156,45 @@ class ProgramHistory:
         else:
             entry[0] += tokens
             entry[1] += 1.0
+        p.growth_ahead.clear()
 
-    def footprint_growth(self, program: str, done: int, more: int) -> float | None:
-        """Mean footprint after `done + more` calls minus mean after `done` calls (how a run's KV
-        grows, fan-outs included); None until both points have been seen."""
+    def footprint_growth(self, program: str, done: int, within: float) -> float | None:
+        """Largest mean footprint after `done + 1` to `done + within` calls, minus the mean after
+        `done` calls (how far a run's KV grows over that stretch, fan-outs included); None until
+        both ends have been seen."""
         p = self._programs.get(program)
         if p is None:
             return None
         a = p.footprint.get(done)
-        b = p.footprint.get(done + more)
-        if a is None or b is None:
+        if a is None:
             return None
-        return b[0] / b[1] - a[0] / a[1]
+        key = (done, within)
+        cached = p.growth_ahead.get(key)
+        if cached is None:
+            later = [b[0] / b[1] for k, b in p.footprint.items() if done < k <= done + within]
+            if not later:
+                return None
+            cached = p.growth_ahead[key] = max(later) - a[0] / a[1]
+        return cached
+
+    def record_call_end(self, program: str, alone: bool) -> None:
+        """A call of a run finished; `alone`: the run has no other call on an engine now."""
+        p = self._get(program)
+        p.call_ends += 1
+        if alone:
+            p.call_ends_alone += 1
+
+    def calls_until_pausable(self, program: str) -> float:
+        """Expected calls from now until the run next has no call on an engine (the point at
+        which it can be paused without dropping KV a call is using): each call end is such a
+        point with the measured frequency, so the count is geometric with mean 1 / P(alone).
+        1 without samples; inf when no call has ended alone."""
+        p = self._programs.get(program)
+        if p is None or p.call_ends == 0:
+            return 1.0
+        if p.call_ends_alone == 0:
+            return math.inf
+        return p.call_ends / p.call_ends_alone
 
     def record_tool(self, program: str, node: str, tool: str) -> None:
         self._get(program).next_tool.record(node, tool)

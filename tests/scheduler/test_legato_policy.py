@@ -329,3 +329,24 @@ def test_a_small_job_on_a_pool_of_two_calls_is_not_slower_than_fcfs(workload: st
     legato = simulate(w, "legato", config, concurrency=6)
     assert legato.makespan_s <= fcfs.makespan_s * 1.001
     assert mean_tct_s(legato) <= mean_tct_s(fcfs) * 1.001
+
+
+@pytest.mark.parametrize(("alone", "admitted"), [(True, 6), (False, 2)])
+def test_admission_commits_memory_until_the_run_can_next_be_paused(alone: bool, admitted: int) -> None:
+    # Past runs grew from 1,000 tokens to 3,000 after one call and 9,000 after three. A program
+    # whose calls run one at a time can be paused at its next call: admission counts 3,000
+    # each (6 fit in 20,000). One whose calls end while others of it still run (a map's
+    # workers) cannot be paused without dropping KV in use until the fan-out ends: admission
+    # counts its peak, 9,000 (2 fit), rather than pausing programs half way later.
+    policy = Legato()
+    hist = policy.predictor.history
+    for done, tokens in ((0, 1000), (1, 3000), (3, 9000)):
+        hist.record_footprint("agent", done, tokens)
+    for _ in range(3):
+        hist.record_call_end("agent", alone)
+    view = _View(20_000)
+    out: list[Decision] = []
+    for i in range(8):
+        out += policy.on_event(RunStarted(f"r{i}", "agent", "t0"), 0.0, view)
+        out += policy.on_event(_call(f"r{i}", 0, 1000), 0.0, view)
+    assert len(_dispatched(out)) == admitted

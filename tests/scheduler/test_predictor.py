@@ -175,3 +175,21 @@ def test_running_runs_make_an_outliving_run_long() -> None:
     h.record_run("chat", 6)  # one finished: it no longer counts as going
     h.record_run("chat", 6)
     assert not h.outlasts_fresh("chat", 6)
+
+
+def test_history_learns_how_far_a_run_grows_before_it_can_next_be_paused() -> None:
+    h = ProgramHistory()
+    assert h.calls_until_pausable("map") == 1.0  # no sample: every call end may be one
+    for alone in (False, False, False, True):  # three workers end while others still run
+        h.record_call_end("map", alone)
+    assert h.calls_until_pausable("map") == pytest.approx(4.0)
+    h.record_call_end("chain", True)
+    assert h.calls_until_pausable("chain") == 1.0
+    h.record_call_end("fan", False)
+    assert h.calls_until_pausable("fan") == math.inf
+    for done, tokens in ((0, 1000), (1, 3000), (3, 9000), (5, 4000)):
+        h.record_footprint("map", done, tokens)
+    assert h.footprint_growth("map", 0, 1) == pytest.approx(2000.0)
+    assert h.footprint_growth("map", 0, 4) == pytest.approx(8000.0)  # the peak within reach
+    assert h.footprint_growth("map", 0, math.inf) == pytest.approx(8000.0)
+    assert h.footprint_growth("map", 5, math.inf) is None  # nothing seen after it
