@@ -61,7 +61,7 @@ Constants (none is a value searched on our workloads):
 | --- | --- | --- |
 | `TICK_S` | 0.5 s | cadence of timers (TTLs, prefetch, retries); not a threshold |
 | `TOOL_GRACE_S` | 2 ticks | a tool start is seen within a tick of the call's end |
-| `HORIZONS` | now, next pause point | re-decided at every tool boundary (`legato_run`) |
+| `HORIZONS` | 0, 1, 2, 4 … 512 cycles | numerical resolution of the projection (`legato_run`) |
 | pause point | learned | next call with a tier; else calls until the run has no call on the engine |
 | budget `low`/`high` | 1.0 | the pool's capacity; `safety` 0: the expected total |
 | gating | engine | `gates`: KV pool read time vs. weight read time per decode step |

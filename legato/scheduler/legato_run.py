@@ -6,15 +6,15 @@ call hands to dependents that have not arrived yet, less the parts it shares (a 
 prompt, an RL group's task prompt: held once per replica by the budget) and less the common
 head of parallel branches (stored once in the prefix cache).
 
-Its *projection* is the footprint at the run's next pause point (`HORIZONS`): the policy
-re-decides at every tool boundary (hold or release, `pin_rule`) and pauses whole programs when
-memory runs short, so an admission commits the run's memory until the next point at which a
-pause costs no more than the pause itself would save — the next call when a pause parks the
-run's KV in a tier or when its calls run one at a time (between calls nothing of it is on the
-engine), else until it is next left with no call on the engine (a map's workers: a pause
-there drops KV that running calls are using, all of it recomputed). The growth to that point
-is the largest past runs of the program reached, times the chance it is still running then
-(its variance: it either still holds that or has freed everything).
+Its *projection* is the footprint over the calls ahead, up to the run's next pause point: the
+policy re-decides at every tool boundary (hold or release, `pin_rule`) and pauses whole programs
+when memory runs short, so an admission commits the run's memory until the next point at which
+a pause drops no KV that a call is using — the next call when a pause parks the run's KV in a
+tier or when its calls run one at a time (between calls nothing of it is on the engine), else
+until it is next left with no call on the engine (a map's workers: a pause before then drops
+KV that running calls are using, all of it recomputed). The growth is what past runs of the
+program reached, at common future points (`HORIZONS`, in call cycles), times the chance it is
+still running then (its variance: it either still holds that or has freed everything).
 """
 
 from __future__ import annotations
@@ -26,9 +26,10 @@ from dataclasses import dataclass, field
 from legato.scheduler.events import CallHints, LLMCall
 from legato.scheduler.program_history import ProgramHistory
 
-# Pause points ahead at which admission checks the projected KV total: now, and the next one
-# (see the module docstring).
-HORIZONS = (0, 1)
+# Call cycles ahead at which admission checks the projected KV total (see `projected`): now,
+# then a doubling grid (the resolution at which programs' growth is summed) up to the longest
+# run a program history keeps (`ProgramHistory.max_lengths`).
+HORIZONS = (0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 
 NEW, WAITING, ACTIVE, PAUSED = range(4)
 
@@ -141,30 +142,35 @@ def footprint(r: Run, hist: ProgramHistory) -> float:
 
 
 def projected(r: Run, fp: float, hist: ProgramHistory, ahead: float = 1.0) -> tuple[list[float], list[float]]:
-    """Expected footprint at each horizon h, and its variance: the run holds footprint plus its
-    growth with probability s (it still runs then, from the length distribution of past runs
-    of the program), nothing otherwise. Horizon h counts pause points, `ahead` calls apart
-    (`AdmissionControl._ahead`): the growth is the largest the program's past runs reached
-    within h x `ahead` calls."""
+    """Expected footprint at each horizon h (call cycles ahead, `HORIZONS`) and its variance.
+
+    In a cycle the run makes one call per branch (its live calls and held tool branches), so h
+    cycles are h x that many calls. The growth at h is the largest its program's past runs
+    reached since the previous horizon, up to the run's next pause point `ahead` calls away
+    (`AdmissionControl._ahead`), and it stays there past that point (the policy can pause the
+    run then without dropping KV in use). Summed over runs at common future points rather than
+    each at its own peak, programs whose peaks fall at different times share the room. The run
+    holds that with probability s (it makes its next call, from the lengths of past runs of the
+    program), nothing otherwise."""
     n = len(HORIZONS)
     if r.last_call_final:
         return [fp] + [0.0] * (n - 1), [0.0] * n
     done = r.calls_done
-    mean: list[float] = []
-    var: list[float] = []
-    for h in HORIZONS:
-        if h:
-            learned = hist.footprint_growth(r.program, done, h * ahead)
-            growth = hist.mean_growth(r.program)
+    width = max(1, len(r.live) + sum(1 for b in r.acting if b.held))
+    s = hist.survival(r.program, done, 1)
+    mean: list[float] = [fp]
+    var: list[float] = [0.0]
+    size, prev = fp, 0.0
+    for h in HORIZONS[1:]:
+        calls = h * width
+        if prev < ahead:
+            learned = hist.footprint_growth(r.program, done, min(calls, ahead), prev)
             if learned is not None:
                 size = fp + max(0.0, learned)
-            elif growth is not None:
-                size = fp + h * growth
-            else:  # nothing learned yet: the next prompt holds at least this call's output
-                size = fp + h * output_reserve(r, hist)
-        else:
-            size = fp
-        s = hist.survival(r.program, done, h)
+            elif h == 1:  # nothing learned: at least its mean growth, else this call's output
+                growth = hist.mean_growth(r.program)
+                size = fp + (growth if growth is not None else output_reserve(r, hist))
+        prev = calls
         mean.append(s * size)
         var.append(s * (1.0 - s) * size * size)
     return mean, var

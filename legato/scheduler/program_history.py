@@ -46,7 +46,7 @@ class _Program:
     call_ends: int = 0  # finished calls
     call_ends_alone: int = 0  # ... that left the run with no call on an engine
     residual: dict[int, float] = field(default_factory=dict)  # cache: calls done -> residual
-    growth_ahead: dict[tuple[int, float], float] = field(default_factory=dict)  # cache
+    growth_ahead: dict[tuple[int, float, float], float] = field(default_factory=dict)  # cache
     survival: dict[tuple[int, int], float] = field(default_factory=dict)  # cache
 
 
@@ -158,20 +158,21 @@ class ProgramHistory:
             entry[1] += 1.0
         p.growth_ahead.clear()
 
-    def footprint_growth(self, program: str, done: int, within: float) -> float | None:
-        """Largest mean footprint after `done + 1` to `done + within` calls, minus the mean after
-        `done` calls (how far a run's KV grows over that stretch, fan-outs included); None until
-        both ends have been seen."""
+    def footprint_growth(self, program: str, done: int, within: float, after: float = 0.0) -> float | None:
+        """Largest mean footprint after `done + after` (exclusive) to `done + within` calls,
+        minus the mean after `done` calls (how far a run's KV grows over that stretch, fan-outs
+        included); None until both ends have been seen."""
         p = self._programs.get(program)
         if p is None:
             return None
         a = p.footprint.get(done)
         if a is None:
             return None
-        key = (done, within)
+        key = (done, after, within)
         cached = p.growth_ahead.get(key)
         if cached is None:
-            later = [b[0] / b[1] for k, b in p.footprint.items() if done < k <= done + within]
+            lo, hi = done + after, done + within
+            later = [b[0] / b[1] for k, b in p.footprint.items() if lo < k <= hi]
             if not later:
                 return None
             cached = p.growth_ahead[key] = max(later) - a[0] / a[1]

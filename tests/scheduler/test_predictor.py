@@ -9,6 +9,7 @@ import pytest
 
 from legato import END, START, Program, llm, tool_node
 from legato.scheduler.events import CallHints
+from legato.scheduler.legato_run import HORIZONS, Run, projected
 from legato.scheduler.predictor import ReusePredictor
 from legato.scheduler.program_history import ProgramHistory, remaining_calls_km
 
@@ -193,3 +194,21 @@ def test_history_learns_how_far_a_run_grows_before_it_can_next_be_paused() -> No
     assert h.footprint_growth("map", 0, 4) == pytest.approx(8000.0)  # the peak within reach
     assert h.footprint_growth("map", 0, math.inf) == pytest.approx(8000.0)
     assert h.footprint_growth("map", 5, math.inf) is None  # nothing seen after it
+    assert h.footprint_growth("map", 0, math.inf, after=3) == pytest.approx(3000.0)  # the decline
+
+
+def test_runs_are_projected_at_common_future_points_so_staggered_peaks_share_the_room() -> None:
+    h = ProgramHistory()
+    for done, tokens in ((0, 1000), (1, 2000), (2, 4000), (3, 9000), (4, 3000)):
+        h.record_footprint("map", done, tokens)
+    young = Run("a", "map", "t0", None, calls_done=0, live={"a#0": 1000})
+    older = Run("b", "map", "t0", None, calls_done=2, live={"b#2": 4000})
+    a, _ = projected(young, 1000.0, h, ahead=math.inf)
+    b, _ = projected(older, 4000.0, h, ahead=math.inf)
+    assert HORIZONS[:4] == (0, 1, 2, 4)
+    assert a[:4] == [1000.0, 2000.0, 4000.0, 9000.0]  # its peak three to four calls ahead
+    assert b[:4] == [4000.0, 9000.0, 4000.0, 4000.0]  # its peak next call, never below now
+    assert max(x + y for x, y in zip(a, b, strict=True)) == 13000.0  # not 9,000 + 9,000
+    # A run whose calls run one at a time is paused at its next call: nothing past it counts.
+    seq, _ = projected(young, 1000.0, h, ahead=1.0)
+    assert seq == [1000.0] + [2000.0] * (len(HORIZONS) - 1)
