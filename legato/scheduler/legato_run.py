@@ -162,14 +162,17 @@ def projected(r: Run, fp: float, hist: ProgramHistory, ahead: float = 1.0) -> tu
     var: list[float] = [0.0]
     size, prev = fp, 0.0
     for h in HORIZONS[1:]:
+        if prev >= ahead:  # past the pause point: the rest hold where it was
+            mean.extend([s * size] * (n - len(mean)))
+            var.extend([s * (1.0 - s) * size * size] * (n - len(var)))
+            break
         calls = h * width
-        if prev < ahead:
-            learned = hist.footprint_growth(r.program, done, min(calls, ahead), prev)
-            if learned is not None:
-                size = fp + max(0.0, learned)
-            elif h == 1:  # nothing learned: at least its mean growth, else this call's output
-                growth = hist.mean_growth(r.program)
-                size = fp + (growth if growth is not None else output_reserve(r, hist))
+        learned = hist.footprint_growth(r.program, done, min(calls, ahead), prev)
+        if learned is not None:
+            size = fp + max(0.0, learned)
+        elif h == 1:  # nothing learned: at least its mean growth, else this call's output
+            growth = hist.mean_growth(r.program)
+            size = fp + (growth if growth is not None else output_reserve(r, hist))
         prev = calls
         mean.append(s * size)
         var.append(s * (1.0 - s) * size * size)
