@@ -10,9 +10,9 @@ call timings otherwise). Concerns, one module each:
   the engine only while the summed KV footprint of the admitted programs, projected to their
   next pause point (`legato_run.projected`: the next call, or for a map's workers the end of
   the fan-out, where a pause would drop KV in use), fits the pool; the rest wait in the
-  policy, holding nothing. Where the whole pool
-  reads faster than the weights (a small pool next to the model: every step is weight-bound),
-  holding a program back would cost throughput one for one, so the engine packs its memory
+  policy, holding nothing. Where the whole pool reads faster than the weights (a small pool
+  next to the model: every step is weight-bound), holding a program back would cost
+  throughput one for one, so the engine packs its memory
   itself in admission order and the policy only decides holds (with several tenants the
   budget always gates: weighted fair share needs the queue) — until the engine is measured to
   thrash (`regime.ThrashMeter`: where memory fits only a few contexts the engine drops whole
