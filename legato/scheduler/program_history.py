@@ -44,7 +44,7 @@ class _Program:
     rest_cost: dict[int, list[float]] = field(default_factory=dict)  # calls done -> [sum, n]
     next_tool: Followers = field(default_factory=Followers)  # call site -> tools run after it
     call_ends: int = 0  # finished calls
-    call_ends_alone: int = 0  # ... that left the run with no call on an engine
+    call_ends_alone: int = 0  # ... that left the run with no other call live (arrived, unfinished)
     residual: dict[int, float] = field(default_factory=dict)  # cache: calls done -> residual
     growth_ahead: dict[tuple[int, float, float], float] = field(default_factory=dict)  # cache
     survival: dict[tuple[int, int], float] = field(default_factory=dict)  # cache
@@ -179,7 +179,8 @@ class ProgramHistory:
         return cached
 
     def record_call_end(self, program: str, alone: bool) -> None:
-        """A call of a run finished; `alone`: the run has no other call on an engine now."""
+        """A call of a run finished; `alone`: the run has no other call live now (none arrived
+        and unfinished, so none on an engine)."""
         p = self._get(program)
         p.call_ends += 1
         if alone:
