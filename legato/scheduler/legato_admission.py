@@ -124,11 +124,11 @@ class AdmissionControl:
             self.budget.set_capacity(caps)
             self._blocked = None  # the budget changed: retry admission
 
-    def _ahead(self, r: Run, replica: int | None) -> float:
+    def _ahead(self, r: Run, replica: int) -> float:
         """Calls from now to the run's next pause point on `replica` (`legato_run.projected`):
         the next call where a tier parks a paused run's KV, else until the run is next left
         with no call on the engine (learned per program)."""
-        if replica is None or self._tiered[replica]:
+        if self._tiered[replica]:
             return 1.0
         return self.predictor.history.calls_until_pausable(r.program)
 
@@ -136,6 +136,7 @@ class AdmissionControl:
         hist = self.predictor.history
         fp = footprint(r, hist)
         r.peak = max(r.peak, fp)
+        assert r.replica is not None  # only admitted runs are synced
         self.budget.update(r.run_id, fp, *projected(r, fp, hist, self._ahead(r, r.replica)))
 
     def _need_fn(self, r: Run) -> Callable[[int], tuple[list[float], list[float]]]:

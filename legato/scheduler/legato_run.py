@@ -141,7 +141,7 @@ def footprint(r: Run, hist: ProgramHistory) -> float:
     return max(0.0, total - r.shared_tokens)
 
 
-def projected(r: Run, fp: float, hist: ProgramHistory, ahead: float = 1.0) -> tuple[list[float], list[float]]:
+def projected(r: Run, fp: float, hist: ProgramHistory, ahead: float) -> tuple[list[float], list[float]]:
     """Expected footprint at each horizon h (call cycles ahead, `HORIZONS`) and its variance.
 
     In a cycle the run makes one call per branch (its live calls and held tool branches), so h
