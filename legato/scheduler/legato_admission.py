@@ -117,7 +117,8 @@ class AdmissionControl:
             self.thrash.call_finished(r.run_id, rv, self.rates, reused, float(event.cached_tokens))
         if not self._packs[replica]:
             return
-        cap = self.pool[replica] if self.thrash.thrashing(replica, now, self.budget) else math.inf
+        thrashing = self.thrash.thrashing(replica, now, self.budget, view.replica(replica))
+        cap = self.pool[replica] if thrashing else math.inf
         if cap != self.budget.capacity[replica]:
             caps = list(self.budget.capacity)
             caps[replica] = cap

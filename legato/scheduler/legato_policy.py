@@ -65,7 +65,7 @@ Constants (none is a value searched on our workloads):
 | pause point | learned | next call with a tier; else calls until the run has no call on the engine |
 | budget `low`/`high` | 1.0 | the pool's capacity; `safety` 0: the expected total |
 | gating | engine | `gates`: KV pool read time vs. weight read time per decode step |
-| gating, weight-bound | measured | `regime`: recompute time of dropped KV vs. budget slack |
+| gating, weight-bound | measured | `regime`: recompute while packing vs. what the slack is worth |
 | idle release | engine | `_worth_idling`: pin TTL with holding priced at 1 (idle engine) |
 | output reserve | learned | program's mean output, else all programs', else 0 (none seen) |
 | remaining calls | learned | past runs' lengths, else all programs' mean, else 1 |

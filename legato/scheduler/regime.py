@@ -13,20 +13,24 @@ whole.
 The choice is measured, not configured. For each replica the meter adds up the engine seconds
 spent recomputing KV the engine had already computed for a program and dropped (a call whose
 prompt repeats context its program computed before, `LLMCall.reused_context_tokens`, but found
-less of it cached; priced with `EngineRates.recompute_s`, the engine's own prefill cost). A
-context the policy itself let go through a tool (`pin_rule` released it: the recompute was
-priced and chosen, and gating would not avoid it) is not counted. Letting the engine pack can
-win at most the memory the budget would leave unused: what the admitted programs' projections
-reserve beyond what they hold now (output reserves, next-call growth), a fraction `slack` of
-the projected total, averaged over time; in a weight-bound step, memory is batch share one for
-one. So the replica is gated while the recompute time exceeds that fraction of the time it has
-been serving:
+less of it cached; priced with `EngineRates.recompute_s`, the engine's own prefill cost), over
+the time the replica packed: gating stops the drops, so time spent gated says nothing about
+what packing costs, and averaging over it would settle the choice where the two mixed regimes
+cost the same rather than on the cheaper regime. A context the policy itself let go through a
+tool (`pin_rule` released it: the recompute was priced and chosen, and gating would not avoid
+it) is not counted. Letting the engine pack can win at most the memory the budget would leave
+unused: what the admitted programs' projections reserve beyond what they hold now (output
+reserves, next-call growth), a fraction `slack` of the projected total, averaged over time. In
+a weight-bound decode step that memory is batch share, and the throughput it is worth follows
+from the step's cost (`gate_cost`: a step reads the weights, `w`, and the batch's KV, up to `p`
+for the whole pool, so a batch with a fraction `s` less KV runs steps that much cheaper and
+loses less than `s` of its tokens per second). So the replica is gated while the recompute
+time exceeds that share of the time it has been packing:
 
-    lost_s > slack x elapsed_s
+    lost_s > gate_cost(slack) x packing_s
 
-Both sides are measured on the replica; no constant. A gated replica stops dropping contexts,
-so its measured fraction decays as it keeps serving and the comparison can turn back: the
-choice follows the workload's phase (it is re-made at every finished call).
+Both sides are measured on the replica or read from its cost model; no constant. The choice
+follows the workload's phase (it is re-made at every finished call).
 """
 
 from __future__ import annotations
@@ -41,7 +45,10 @@ from legato.scheduler.policy import ReplicaView
 @dataclass(slots=True)
 class _Meter:
     since_s: float | None = None  # first call dispatched to the replica
-    lost_s: float = 0.0  # engine seconds spent recomputing KV dropped after it was computed
+    packing: bool = True  # the replica's current choice (`thrashing` records it)
+    packing_s: float = 0.0  # serving time spent packing, up to `clock_s`
+    clock_s: float | None = None  # when `packing_s` was last brought up to date
+    lost_s: float = 0.0  # engine seconds spent, while packing, recomputing KV dropped after it was computed
     seen_s: float | None = None  # when the budget was last sampled
     reserved: float = 0.0  # time integral of the admitted programs' projected KV
     unused: float = 0.0  # time integral of the part of it not held
@@ -78,16 +85,20 @@ class ThrashMeter:
             return
         if reused - cached <= view.block_size:
             return
+        m = self._meters.setdefault(view.replica, _Meter())
         cost = rates.recompute_s(view, cached, reused)
-        if cost:
-            self._meters.setdefault(view.replica, _Meter()).lost_s += cost
+        if cost and m.packing:
+            m.lost_s += cost
 
     def lost_fraction(self, replica: int, now: float) -> float:
-        """Share of the replica's serving time spent recomputing dropped KV."""
+        """Share of the replica's time spent packing that went to recomputing dropped KV."""
         m = self._meters.get(replica)
-        if m is None or m.since_s is None or now <= m.since_s:
+        if m is None or m.since_s is None:
             return 0.0
-        return m.lost_s / (now - m.since_s)
+        if m.packing:
+            m.packing_s += now - (m.since_s if m.clock_s is None else m.clock_s)
+        m.clock_s = now
+        return m.lost_s / m.packing_s if m.packing_s > 0.0 else 0.0
 
     def slack(self, replica: int, now: float, budget: KVBudget) -> float:
         """Time-averaged fraction of the admitted programs' projected KV that they do not hold:
@@ -104,7 +115,23 @@ class ThrashMeter:
         m.last = (peak, max(0.0, peak - budget.current[replica]))
         return m.unused / m.reserved if m.reserved > 0.0 else 0.0
 
-    def thrashing(self, replica: int, now: float, budget: KVBudget) -> bool:
+    def thrashing(self, replica: int, now: float, budget: KVBudget, view: ReplicaView) -> bool:
         """Does recomputing dropped KV cost the replica more than gating would (see the module
-        docstring)?"""
-        return self.lost_fraction(replica, now) > self.slack(replica, now, budget)
+        docstring)? The answer is the replica's choice from now on."""
+        lost = self.lost_fraction(replica, now)
+        gate = lost > gate_cost(self.slack(replica, now, budget), view)
+        self._meters.setdefault(replica, _Meter()).packing = not gate
+        return gate
+
+
+def gate_cost(slack: float, view: ReplicaView) -> float:
+    """Share of decode throughput lost when the batch holds a fraction `slack` less KV: tokens
+    per step shrink with the batch, the step's time only by its KV read. With `w` the step's
+    fixed cost and `p` its KV read for the whole pool, throughput at pool share `x` is
+    x / (w + p x). Without the cost model's facts, memory counts as batch share one for one."""
+    if view.decode_step_s is None or not view.decode_s_per_ctx_token:
+        return slack
+    w = view.decode_step_s
+    p = view.total_blocks * view.block_size * view.decode_s_per_ctx_token
+    kept = 1.0 - slack
+    return 1.0 - kept * (w + p) / (w + p * kept)

@@ -12,7 +12,7 @@ from legato.scheduler.engine_rates import EngineRates
 from legato.scheduler.events import CallArrived, CallFinished, CallHints, LLMCall, RunStarted
 from legato.scheduler.legato_policy import Legato
 from legato.scheduler.policy import Dispatch, ReplicaView
-from legato.scheduler.regime import ThrashMeter
+from legato.scheduler.regime import ThrashMeter, gate_cost
 
 PREFILL_S = 1e-3  # seconds per recomputed token on the test replica
 
@@ -63,11 +63,34 @@ def test_gates_when_recompute_costs_more_than_the_memory_a_gate_leaves_unused() 
     # one admitted program holding 8000 tokens, projected to 10,000 next call: 20% unused
     budget.admit("a", 0, 8000.0, (), [8000.0, 10_000.0])
     meter.dispatched(0, 0.0)
-    assert not meter.thrashing(0, 0.0, budget)
-    meter.call_finished("b", _replica(), EngineRates(), reused=1000.0, cached=0.0)  # 1 s lost
-    assert not meter.thrashing(0, 10.0, budget)  # 10% of the time < 20% slack
-    meter.call_finished("b", _replica(), EngineRates(), reused=2000.0, cached=0.0)  # 3 s in all
-    assert meter.thrashing(0, 10.0, budget)  # 30% > 20%
+    view = _replica()
+    assert not meter.thrashing(0, 0.0, budget, view)
+    # 20% less KV in a step that reads 30 ms of weights and up to 10 ms of KV: 15.8% fewer tokens/s
+    assert gate_cost(0.2, view) == pytest.approx(1 - 0.8 * 0.04 / 0.038)
+    meter.call_finished("b", view, EngineRates(), reused=1000.0, cached=0.0)  # 1 s lost
+    assert not meter.thrashing(0, 10.0, budget, view)  # 10% of the time < 15.8%
+    meter.call_finished("b", view, EngineRates(), reused=2000.0, cached=0.0)  # 3 s in all
+    assert meter.thrashing(0, 10.0, budget, view)  # 30% > 15.8%
+
+
+def test_without_the_cost_model_memory_counts_as_batch_share_one_for_one() -> None:
+    assert gate_cost(0.2, dataclasses.replace(_replica(), decode_step_s=None)) == 0.2
+
+
+def test_only_time_spent_packing_dilutes_the_recompute() -> None:
+    # Gating stops the drops: time spent gated must not wear the measured loss of packing down
+    # until the two regimes' mix looks even.
+    meter = ThrashMeter()
+    budget = KVBudget(horizons=2, low=1.0, high=1.0, safety=0.0)
+    budget.set_capacity([math.inf])
+    budget.admit("a", 0, 8000.0, (), [8000.0, 10_000.0])
+    view = _replica()
+    meter.dispatched(0, 0.0)
+    meter.call_finished("b", view, EngineRates(), reused=3000.0, cached=0.0)  # 3 s lost in 10 s
+    assert meter.thrashing(0, 10.0, budget, view)
+    meter.call_finished("b", view, EngineRates(), reused=3000.0, cached=0.0)  # while gated
+    assert meter.thrashing(0, 100.0, budget, view)  # still 3 s of 10 s packing
+    assert meter.lost_fraction(0, 100.0) == pytest.approx(0.3)
 
 
 def _call(run: str, j: int, prompt: int, reused: int | None = None) -> CallArrived:
