@@ -223,7 +223,8 @@ class AdmissionControl:
 
     def _unhold_idle(self, r: Run, view: ClusterView, now: float, out: list[Decision]) -> bool:
         """A replica with nothing to run while `r` waits for memory: programs holding KV
-        through a tool are released, newest first, until `r` fits, unless their tool is
+        through a tool, or for a next call that has not come, are released, newest first,
+        until `r` fits, unless their tool is
         expected back before recomputing their context would pay for the idle engine
         (`_worth_idling`). Returns whether anything was released."""
         released = False
@@ -235,6 +236,7 @@ class AdmissionControl:
                     continue
                 for b in v.acting:
                     b.held = False
+                v.bridge = 0.0
                 out.append(Unpin(v.run_id))
                 self._mark_return_place(v, v.last_ctx, view)
                 self._pause(v, now, out)
@@ -244,21 +246,24 @@ class AdmissionControl:
         return released
 
     def _worth_idling(self, v: Run, view: ClusterView, now: float) -> bool:
-        """Should `v` keep its tool context although its engine is idle? `pin_rule`'s TTL with
+        """Should `v` keep its context although its engine is idle? `pin_rule`'s TTL with
         holding priced at the whole engine (1 engine-second per second: everything the engine
         could run waits for that memory): an engine idle through a short tool loses less than
         recomputing the context when the tool returns (and, where memory fits only a few
-        contexts, than the swap of working sets that releasing starts)."""
+        contexts, than the swap of working sets that releasing starts). A context bridged to a
+        next call that has no tool to wait for has no latency distribution: ski rental, kept
+        for as long as recomputing it takes (a client that went away must not hold it forever)."""
         assert v.replica is not None
         rv = view.replica(v.replica)
-        for b in v.acting:
-            if not b.held:
-                continue
-            cost = self.rates.reload_s(rv, min(v.shared_tokens, b.ctx), b.ctx)
+        held = [(b.ctx, b.since_s, self.predictor.tool_fit(b.tool, v.tenant)) for b in v.acting if b.held]
+        if v.bridge:
+            held.append((v.bridge, v.bridge_s, None))
+        for ctx, since_s, fit in held:
+            cost = self.rates.reload_s(rv, min(v.shared_tokens, ctx), ctx)
             if cost is None:
                 return True  # nothing known about the engine yet: keep it (see _hold_or_release)
-            ttl = hold_ttl(cost, 1.0, self.predictor.tool_fit(b.tool, v.tenant))
-            if ttl is not None and now - b.since_s < ttl:
+            ttl = hold_ttl(cost, 1.0, fit)
+            if ttl is not None and now - since_s < ttl:
                 return True
         return False
 

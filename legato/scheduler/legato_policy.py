@@ -212,6 +212,7 @@ class Legato(AdmissionControl, BasePolicy):
             self._expected.push(now + TOOL_GRACE_S, r.run_id)
         elif reuse:
             r.bridge = max(r.bridge, ctx)
+            r.bridge_s = now
         elif not r.live:
             self._forget(r, out)
         self._after_change(r, now, view, out)
@@ -274,7 +275,11 @@ class Legato(AdmissionControl, BasePolicy):
                 b.started = True
                 break
         else:
+            # A tool nobody predicted: the context its call bridged to a next call now waits on
+            # the tool. The branch counts it, and releasing the branch must release it (a
+            # bridge left behind would hold the budget until a next call that may never come).
             r.acting.append(Branch(event.tool, r.last_ctx, True, since_s=now))
+            r.bridge = 0.0
         r.tool_ver += 1
         if r.last_node:
             self.predictor.history.record_tool(r.program, r.last_node, event.tool)

@@ -67,6 +67,7 @@ class Run:
     # so the footprint never dips between call and tool.
     acting: list[Branch] = field(default_factory=list)
     bridge: float = 0.0  # context a finished call hands to dependents that have not arrived yet
+    bridge_s: float = 0.0  # when the bridge was last extended
     last_ctx: float = 0.0
     last_node: str = ""
     last_call_s: float | None = None  # when its latest call arrived (call-cycle samples)

@@ -7,8 +7,8 @@ done and the least waiting behind them.
 - `pick_victim`: on overflow, the newest program with no call on the engine (pausing it costs
   no work in flight); past the whole capacity, the newest one even with work on the engine
   (its call is recomputed later) rather than letting the engine thrash.
-- `idle_holders`: programs holding KV through a tool, for an engine that has nothing to run
-  while others wait (`Legato._unhold_idle`).
+- `idle_holders`: programs holding KV through a tool or for a next call that has not come, for
+  an engine that has nothing to run while others wait (`Legato._unhold_idle`).
 
 The per-replica list of (-admission number, run) entries is a heap with lazy deletion; both
 functions scan it in order, which happens only on overflow or on an idle engine.
@@ -48,9 +48,10 @@ def pick_victim(
 
 
 def idle_holders(entries: list[tuple[int, str]], runs: Mapping[str, Run], replica: int) -> list[Run]:
-    """Programs inside a tool (no live call) that hold a branch in the budget, newest first."""
+    """Programs with no live call that hold memory in the budget, newest first: a branch held
+    through a tool, or the context bridged to a next call that has not come."""
     return [
         r
         for r in _newest_first(entries, runs, replica)
-        if not r.live and not r.dispatched and any(b.held for b in r.acting)
+        if not r.live and not r.dispatched and (r.bridge or any(b.held for b in r.acting))
     ]

@@ -132,6 +132,39 @@ def test_a_tool_longer_than_the_break_even_releases_the_program() -> None:
     assert _dispatched(out) == ["b#0"]
 
 
+def test_a_tool_that_starts_after_an_untold_call_releases_its_context_with_the_branch() -> None:
+    # The proxy's case: a call with no tool hint finishes (its context is bridged to the next
+    # call), then the client's turn starts as a tool. Released through that tool, the program
+    # must give its memory back; a bridge left behind held the budget until a next call that
+    # never came, and the waiting program hung.
+    policy = Legato()
+    view = _View(10_000, prefill_s_per_token=1e-4)
+    for k in range(3):  # a fitted `client` latency (median 20 s): releasing at once pays
+        policy.on_event(ToolFinished("x", "client", 20.0 * (1.2 if k else 0.8)), 0.0, view)
+    for run in ("a", "b"):
+        policy.on_event(RunStarted(run, "agent", "t0"), 0.0, view)
+        policy.on_event(_call(run, 0, 5200, tool=None), 0.0, view)
+    policy.on_event(CallFinished("a#0", "a", 5200, 100, 0, "stop"), 1.0, view)
+    assert policy.budget.current[0] > 0.0  # a's context waits for its next call
+    out = list(policy.on_event(ToolStarted("a", "client", 20.0), 1.0, view))
+    assert [d for d in out if isinstance(d, Pause) and d.run_id == "a"]
+    assert _dispatched(out) == ["b#0"]
+
+
+def test_a_next_call_that_never_comes_stops_holding_memory_on_an_idle_engine() -> None:
+    # A bridged context with no tool to wait for is kept, on an idle engine with others
+    # waiting, for as long as recomputing it takes (ski rental), then released.
+    policy = Legato()
+    view = _View(10_000, prefill_s_per_token=1e-4)
+    for run in ("a", "b"):
+        policy.on_event(RunStarted(run, "agent", "t0"), 0.0, view)
+        policy.on_event(_call(run, 0, 5200, tool=None), 0.0, view)
+    policy.on_event(CallFinished("a#0", "a", 5200, 100, 0, "stop"), 1.0, view)
+    idle = _View(10_000, prefill_s_per_token=1e-4, running=0)
+    assert _dispatched(list(policy.on_event(Tick(), 1.2, idle))) == []  # within 0.53 s of recompute
+    assert _dispatched(list(policy.on_event(Tick(), 2.0, idle))) == ["b#0"]
+
+
 def _learn_that_a_tool_follows_step_0(policy: Legato, view: _View) -> None:
     """A past run of "agent" ran `bash` after its call site step-0 (and then ended)."""
     policy.on_event(RunStarted("past", "agent", "t0"), 0.0, view)
