@@ -224,9 +224,8 @@ class AdmissionControl:
     def _unhold_idle(self, r: Run, view: ClusterView, now: float, out: list[Decision]) -> bool:
         """A replica with nothing to run while `r` waits for memory: programs holding KV
         through a tool, or for a next call that has not come, are released, newest first,
-        until `r` fits, unless their tool is
-        expected back before recomputing their context would pay for the idle engine
-        (`_worth_idling`). Returns whether anything was released."""
+        until `r` fits, unless they are expected back before recomputing their context would
+        pay for the idle engine (`_worth_idling`). Returns whether anything was released."""
         released = False
         for replica in range(self.budget.replicas):
             if not self._idle(view, replica):
