@@ -123,3 +123,35 @@ async def test_one_server_per_sqlite_file(tmp_path: Path) -> None:
     await first.close()  # releases it
     second.claim()
     await second.close()
+
+
+def test_sqlite_store_serves_two_event_loops_at_once(tmp_path: Path) -> None:
+    """A CLI or test thread may call the store while the server's loop is using it; the waiting
+    loop must be woken when the other loop's operation ends (an anyio limiter is per loop)."""
+    import threading
+
+    import anyio
+
+    store = SqliteRunStore(tmp_path / "store.db")
+    anyio.run(store.open)
+    holding, release = threading.Event(), threading.Event()
+
+    def hold(_: object) -> None:
+        holding.set()
+        release.wait(10)
+
+    server_loop = threading.Thread(target=anyio.run, args=(store._do, hold))
+    server_loop.start()
+    assert holding.wait(10)
+
+    async def add_while_held() -> int:
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(store.add_tenant, TenantRecord(id="t1", name="acme", key_hash="h1"))
+                await anyio.sleep(0.1)  # queued behind the other loop's operation
+                release.set()
+            return await store.count_tenants()
+
+    assert anyio.run(add_while_held) == 1
+    server_loop.join(10)
+    anyio.run(store.close)

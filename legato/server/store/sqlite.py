@@ -1,18 +1,25 @@
 """`SqliteRunStore`: the embedded default run store, one SQLite file.
 
-All access goes through one connection on worker threads, one operation at a time (a capacity
-limiter of 1), so the event loop never blocks on disk. WAL mode with `synchronous=NORMAL`: a
-committed write survives a crash of the server process (`kill -9`); `durable=True` switches to
-`synchronous=FULL` to also survive power loss. Other processes (`legato tenants add`) may write
-the same file while a server runs.
+All access goes through one connection on worker threads, one operation at a time, so the event
+loop never blocks on disk. Each event loop queues its operations in order (a capacity limiter of 1
+per loop: a run's status writes land in the order it made them), and a thread lock around the
+connection serialises loops against each other (a test or CLI thread may call the store while the
+server's loop runs; an anyio limiter only wakes waiters of its own loop).
+
+WAL mode with `synchronous=NORMAL`: a committed write survives a crash of the server process
+(`kill -9`); `durable=True` switches to `synchronous=FULL` to also survive power loss. Other
+processes (`legato tenants add`) may write the same file while a server runs.
 """
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import json
 import os
 import sqlite3
+import threading
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -57,7 +64,10 @@ class SqliteRunStore:
         self.path = Path(path)
         self.durable = durable
         self._conn: sqlite3.Connection | None = None
-        self._limiter = anyio.CapacityLimiter(1)
+        self._limiters: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, anyio.CapacityLimiter] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._conn_lock = threading.Lock()
         self._lock_fd: int | None = None
 
     # -- plumbing ----------------------------------------------------------------------------
@@ -70,6 +80,20 @@ class SqliteRunStore:
         conn.executescript(_SCHEMA)
         return conn
 
+    async def _in_thread(self, fn: Callable[[], T]) -> T:
+        """Run `fn` on a worker thread, after this loop's earlier operations and alone on the
+        connection. sqlite's own busy timeout bounds the thread; it cannot be cancelled."""
+        loop = asyncio.get_running_loop()
+        limiter = self._limiters.get(loop)
+        if limiter is None:
+            limiter = self._limiters[loop] = anyio.CapacityLimiter(1)
+
+        def locked() -> T:
+            with self._conn_lock:
+                return fn()
+
+        return await anyio.to_thread.run_sync(locked, limiter=limiter)
+
     async def _do(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         conn = self._conn
         if conn is None:
@@ -79,12 +103,11 @@ class SqliteRunStore:
             with conn:  # one transaction per operation
                 return fn(conn)
 
-        # sqlite's own busy timeout bounds the thread; the worker thread cannot be cancelled
-        return await anyio.to_thread.run_sync(call, limiter=self._limiter)
+        return await self._in_thread(call)
 
     async def open(self) -> None:
         if self._conn is None:
-            self._conn = await anyio.to_thread.run_sync(self._connect, limiter=self._limiter)
+            self._conn = await self._in_thread(self._connect)
 
     def claim(self) -> None:
         """Take the server lock (`<db>.lock`, an OS file lock the kernel drops even on kill -9):
@@ -129,7 +152,7 @@ class SqliteRunStore:
             self._lock_fd = None
         conn, self._conn = self._conn, None
         if conn is not None:
-            await anyio.to_thread.run_sync(conn.close, limiter=self._limiter)
+            await self._in_thread(conn.close)
 
     async def ping(self) -> None:
         await self._do(lambda c: c.execute("SELECT 1").fetchone())
