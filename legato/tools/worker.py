@@ -26,19 +26,14 @@ from typing import Any
 
 import anyio
 
+from legato.loop_local import PerLoop
 from legato.tools.process import kill_group
 
-# Python tool calls running at once on worker threads. A cap only so a burst cannot create
-# unbounded threads; a blocked call beyond its timeout no longer holds a slot (it is abandoned).
+# Python tool calls running at once on worker threads, per event loop. A cap only so a burst
+# cannot create unbounded threads; a blocked call beyond its timeout no longer holds a slot (it
+# is abandoned).
 TOOL_THREADS = 256
-_limiter: anyio.CapacityLimiter | None = None
-
-
-def _tool_limiter() -> anyio.CapacityLimiter:
-    global _limiter
-    if _limiter is None:
-        _limiter = anyio.CapacityLimiter(TOOL_THREADS)
-    return _limiter
+_tool_limiter = PerLoop(lambda: anyio.CapacityLimiter(TOOL_THREADS))
 
 
 def _children(pid: int, tid: int) -> list[int]:
@@ -123,7 +118,7 @@ async def run_on_worker(make: Callable[[], Coroutine[Any, Any, Any]], call: Work
             call.reap()
 
     try:
-        return await anyio.to_thread.run_sync(main, abandon_on_cancel=True, limiter=_tool_limiter())
+        return await anyio.to_thread.run_sync(main, abandon_on_cancel=True, limiter=_tool_limiter.get())
     finally:
         if not call.started.is_set() or (call.task is not None and not call.task.done()):
             call.stop()

@@ -4,7 +4,7 @@ All access goes through one connection on worker threads, one operation at a tim
 loop never blocks on disk. Each event loop queues its operations in order (a capacity limiter of 1
 per loop: a run's status writes land in the order it made them), and a thread lock around the
 connection serialises loops against each other (a test or CLI thread may call the store while the
-server's loop runs; an anyio limiter only wakes waiters of its own loop).
+server's loop runs; an anyio limiter only wakes waiters of its own loop, `legato.loop_local`).
 
 WAL mode with `synchronous=NORMAL`: a committed write survives a crash of the server process
 (`kill -9`); `durable=True` switches to `synchronous=FULL` to also survive power loss. Other
@@ -13,19 +13,18 @@ processes (`legato tenants add`) may write the same file while a server runs.
 
 from __future__ import annotations
 
-import asyncio
 import fcntl
 import json
 import os
 import sqlite3
 import threading
-import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import anyio
 
+from legato.loop_local import PerLoop
 from legato.programs.journal import Step
 from legato.server.store.base import (
     DuplicateError,
@@ -64,9 +63,7 @@ class SqliteRunStore:
         self.path = Path(path)
         self.durable = durable
         self._conn: sqlite3.Connection | None = None
-        self._limiters: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, anyio.CapacityLimiter] = (
-            weakref.WeakKeyDictionary()
-        )
+        self._limiter = PerLoop(lambda: anyio.CapacityLimiter(1))
         self._conn_lock = threading.Lock()
         self._lock_fd: int | None = None
 
@@ -83,16 +80,12 @@ class SqliteRunStore:
     async def _in_thread(self, fn: Callable[[], T]) -> T:
         """Run `fn` on a worker thread, after this loop's earlier operations and alone on the
         connection. sqlite's own busy timeout bounds the thread; it cannot be cancelled."""
-        loop = asyncio.get_running_loop()
-        limiter = self._limiters.get(loop)
-        if limiter is None:
-            limiter = self._limiters[loop] = anyio.CapacityLimiter(1)
 
         def locked() -> T:
             with self._conn_lock:
                 return fn()
 
-        return await anyio.to_thread.run_sync(locked, limiter=limiter)
+        return await anyio.to_thread.run_sync(locked, limiter=self._limiter.get())
 
     async def _do(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         conn = self._conn
