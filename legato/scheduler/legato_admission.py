@@ -157,28 +157,34 @@ class AdmissionControl:
         """Queue the run by its expected completion if served from now on: when it entered the system
         plus its predicted remaining calls times the measured call cycle (the mean time between a
         program's calls; until one is measured, the mean time a call takes, the cycle's lower bound
-        and the whole of it for single-call programs), scaled by its footprint over the mean one.
-        Shortest remaining work first among programs that came together, first come first served
-        among equal ones, and a program paused half way keeps its place (it entered long ago and
-        has less left); nothing starves, since a newer program's key only grows with its arrival."""
+        and the whole of it for single-call programs), each call weighted by the memory it holds
+        over the mean footprint. Shortest remaining work first among programs that came together,
+        first come first served among equal ones, and a program paused half way keeps its place
+        (it entered long ago and has less left); nothing starves, since a newer program's key only
+        grows with its arrival."""
         if r.state not in (WAITING, PAUSED):
             raise AssertionError(f"enqueue of run {r.run_id} in state {r.state}")
         if r.entered_s is None:
             r.entered_s = now
-        remaining = self.predictor.history.expected_remaining_calls(r.program, r.calls_done)
+        hist = self.predictor.history
+        remaining = hist.expected_remaining_calls(r.program, r.calls_done)
+        calls = 1.0 if remaining is None else remaining
         total, n = self._cycle
         cycle = total / n if n else (self.rates.mean_call_s() or 0.0)
-        # Memory-time, not only time: a program needing k times the mean footprint holds k
-        # times the memory per call cycle, so it counts as k cycles per call (shortest
-        # remaining memory-time first; the mean is over footprints queued so far).
-        fp = footprint(r, self.predictor.history)
+        # Memory-time, not only time: a call holding k times the mean footprint counts as k
+        # cycles (the mean is over footprints queued so far). A context grows by its program's
+        # mean growth per call: counted at today's size, a program early in a long run looks as
+        # cheap as one about to finish. The footprint already holds a call that has arrived, so
+        # the j-th call after it holds fp + j x growth (the first one, when none has).
+        fp = footprint(r, hist)
         self._queued_fp[0] += fp
         self._queued_fp[1] += 1
         mean_fp = self._queued_fp[0] / self._queued_fp[1]
         if mean_fp > 0.0:
-            cycle *= fp / mean_fp
-        key = r.entered_s + (1.0 if remaining is None else remaining) * cycle
-        self._waiting.push(r, key, now)
+            growth = max(0.0, hist.mean_growth(r.program) or 0.0)
+            first = 0.0 if r.live else 1.0
+            cycle *= (fp + growth * ((calls - 1) / 2 + first)) / mean_fp
+        self._waiting.push(r, r.entered_s + calls * cycle, now)
 
     def _idle(self, view: ClusterView, replica: int) -> bool:
         rv = view.replica(replica)

@@ -34,9 +34,10 @@ call timings otherwise). Concerns, one module each:
   a replica does follows from its numbers (recompute or tier load vs. tool latency vs. memory
   held): long tools or a cheap reload release (thunderagent), short tools hold (continuum).
 - **Order** (`wait_queue`, `fair_share`): tenants by weighted virtual token counters; within a
-  tenant, least predicted remaining memory-time first (calls x cycle x footprint), a waiting program
-  gaining one call of priority per call cycle it waits (the mean time between a program's calls,
-  measured), a paused program one call ahead of an equal new one. The engine runs admitted programs'
+  tenant, least predicted remaining memory-time first (calls x cycle x footprint, the footprint
+  growing by the program's mean growth per call), a waiting program gaining one call of priority
+  per call cycle it waits (the mean time between a program's calls, measured), a paused program
+  one call ahead of an equal new one. The engine runs admitted programs'
   calls in admission order. On a replica that does not gate (the engine packs and overcommits
   its memory itself, preempting the lowest priority), a program released through a tool whose
   way back is a recompute (no tier is the cheaper way back, `EngineRates.reload_s`) is, to the
@@ -70,7 +71,8 @@ Constants (none is a value searched on our workloads):
 | output reserve | learned | program's mean output, else all programs', else 0 (none seen) |
 | remaining calls | learned | past runs' lengths, else all programs' mean, else 1 |
 | ageing | learned | one call per measured call cycle |
-| queue key | learned | remaining calls x cycle x footprint / mean queued footprint |
+| queue key | learned | remaining calls x cycle x mean footprint to come / mean queued footprint |
+| context growth | learned | mean prompt growth per sequential call (the program's, else all) |
 | cycle, unmeasured | learned | the mean call time (a cycle's lower bound) |
 | gate lead, wait | learned | mean call cost; mean call time (`fair_gate`) |
 | steal wait | engine | recompute time of the program's context on the target |

@@ -125,3 +125,26 @@ def test_a_program_parked_in_a_tier_that_expects_more_calls_than_a_new_one_queue
     assert a > b
     policy.on_event(RunStarted("c", "agent", "t0"), 66.0, view)
     assert _priority(list(policy.on_event(_call("c", 0, 6000), 66.0, view)), "c#0") < a
+
+
+def test_a_growing_context_counts_at_the_size_it_will_reach() -> None:
+    # Past runs of `agent` made 4 calls and grew 2,000 tokens a call. `fresh` has made none and
+    # holds 2,000 tokens now; `late` has made 3 and holds 9,000. At today's sizes `fresh` looks
+    # cheaper (4 x 2,000 against 1 x 9,000), but its four calls will hold 4,000 ... 10,000
+    # tokens (28,000 in all) against `late`'s one at 11,000: `late` goes first.
+    from legato.scheduler.legato_run import PAUSED, WAITING, Run
+
+    policy = Legato()
+    policy.rates.record_call(10.0)
+    policy._queued_fp = [5000.0 * 1000, 1000]  # footprints queued so far: 5,000 tokens on average
+    for _ in range(3):
+        policy.predictor.history.record_run("agent", 4)
+        policy.predictor.history.record_growth("agent", 2000.0)
+    runs = (("fresh", WAITING, 0, 2000), ("late", PAUSED, 3, 9000))
+    for name, state, done, prompt in runs:
+        r = policy._runs[name] = Run(name, "agent", "t0", None, state=state)
+        r.calls_done = done
+        r.live[f"{name}#{done}"] = prompt
+        policy._enqueue(r, 0.0)
+    head = policy._waiting.head("t0", policy._runs)
+    assert head is not None and head.run_id == "late"
