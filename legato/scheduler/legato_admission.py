@@ -174,16 +174,15 @@ class AdmissionControl:
         # Memory-time, not only time: a call holding k times the mean footprint counts as k
         # cycles (the mean is over footprints queued so far). A context grows by its program's
         # mean growth per call: counted at today's size, a program early in a long run looks as
-        # cheap as one about to finish. The footprint already holds a call that has arrived, so
-        # the j-th call after it holds fp + j x growth (the first one, when none has).
+        # cheap as one about to finish. A run is queued for a call that has arrived, which its
+        # footprint holds; the j-th call after that one holds fp + j x growth.
         fp = footprint(r, hist)
         self._queued_fp[0] += fp
         self._queued_fp[1] += 1
         mean_fp = self._queued_fp[0] / self._queued_fp[1]
         if mean_fp > 0.0:
             growth = max(0.0, hist.mean_growth(r.program) or 0.0)
-            first = 0.0 if r.live else 1.0
-            cycle *= (fp + growth * ((calls - 1) / 2 + first)) / mean_fp
+            cycle *= (fp + growth * (calls - 1) / 2) / mean_fp
         self._waiting.push(r, r.entered_s + calls * cycle, now)
 
     def _idle(self, view: ClusterView, replica: int) -> bool:
