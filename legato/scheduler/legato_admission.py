@@ -242,7 +242,7 @@ class AdmissionControl:
                     b.held = False
                 v.bridge = 0.0
                 out.append(Unpin(v.run_id))
-                self._mark_return_place(v, v.last_ctx, view)
+                self._mark_return_place(v, v.last_ctx, v.last_shared, view)
                 self._pause(v, now, out)
                 released = True
                 if self.budget.fits(replica, *self._need_fn(r)(replica)):
@@ -259,11 +259,15 @@ class AdmissionControl:
         for as long as recomputing it takes (a client that went away must not hold it forever)."""
         assert v.replica is not None
         rv = view.replica(v.replica)
-        held = [(b.ctx, b.since_s, self.predictor.tool_fit(b.tool, v.tenant)) for b in v.acting if b.held]
+        held = [
+            (b.ctx, b.shared, b.since_s, self.predictor.tool_fit(b.tool, v.tenant))
+            for b in v.acting
+            if b.held
+        ]
         if v.bridge:
-            held.append((v.bridge, v.bridge_s, None))
-        for ctx, since_s, fit in held:
-            cost = self.rates.reload_s(rv, min(v.shared_tokens, ctx), ctx)
+            held.append((v.bridge, v.last_shared, v.bridge_s, None))
+        for ctx, shared, since_s, fit in held:
+            cost = self.rates.reload_s(rv, min(shared, ctx), ctx)
             if cost is None:
                 return True  # nothing known about the engine yet: keep it (see _hold_or_release)
             ttl = hold_ttl(cost, 1.0, fit)
@@ -402,7 +406,7 @@ class AdmissionControl:
         assert r.replica is not None
         if self.budget.overflow(r.replica) > 0:
             return None
-        shared = min(r.shared_tokens, branch.ctx)
+        shared = min(branch.shared, branch.ctx)
         cost = self.rates.reload_s(view.replica(r.replica), shared, branch.ctx)
         if cost is None:
             return math.inf
@@ -419,10 +423,10 @@ class AdmissionControl:
         if r.live or r.bridge or any(b.held for b in r.acting):
             self._sync(r)
             return
-        self._mark_return_place(r, branch.ctx, view)
+        self._mark_return_place(r, branch.ctx, branch.shared, view)
         self._pause(r, now, out)
 
-    def _mark_return_place(self, r: Run, ctx: float, view: ClusterView) -> None:
+    def _mark_return_place(self, r: Run, ctx: float, shared: float, view: ClusterView) -> None:
         """Where a run releasing its context now goes in the engine order when it returns
         (module docstring of `legato_policy`, "Order"). It keeps its place on a gating replica
         (its engine is kept within its pool and preempts nothing) and while costs are unknown.
@@ -435,7 +439,7 @@ class AdmissionControl:
         if math.isfinite(self.budget.capacity[r.replica]):
             return
         rv = view.replica(r.replica)
-        shared = min(r.shared_tokens, ctx)
+        shared = min(shared, ctx)
         recompute = self.rates.recompute_s(rv, shared, ctx)
         reload = self.rates.reload_s(rv, shared, ctx)
         if recompute is None or reload is None:

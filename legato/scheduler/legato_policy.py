@@ -171,6 +171,8 @@ class Legato(AdmissionControl, BasePolicy):
         r.live[call.call_id] = call.prompt_len
         r.hints[call.call_id] = (call.node, call.hints)
         r.reused[call.call_id] = reused_context(call, r.last_ctx)
+        continues = r.root_ctx is None or r.reused[call.call_id] > 0
+        r.call_shared[call.call_id] = r.shared_tokens if continues else float(call.shared_prefix_tokens)
         out: list[Decision] = []
         self._after_change(r, now, view, out)
         if r.state == ACTIVE:
@@ -210,13 +212,13 @@ class Legato(AdmissionControl, BasePolicy):
             reuse = self.predictor.reuses_prefix(r.program, node, hints)
             tool = self.predictor.next_tool(r.program, node, hints) if reuse else None
         if tool is not None:
-            r.acting.append(Branch(tool, ctx, expires_s=now + TOOL_GRACE_S, since_s=now))
+            r.acting.append(Branch(tool, ctx, r.last_shared, expires_s=now + TOOL_GRACE_S, since_s=now))
             self._expected.push(now + TOOL_GRACE_S, r.run_id)
         elif reuse:
             r.bridge = max(r.bridge, ctx)
             r.bridge_s = now
-        elif not r.live:
-            self._forget(r, out)
+        elif not r.live and not r.bridge and not any(b.started or now < b.expires_s for b in r.acting):
+            self._forget(r, out)  # nothing of the run waits to read its KV (a branch in a tool would)
         self._after_change(r, now, view, out)
         self._release_deferred(now, out)
         if not reuse or (r.replica is not None and self._idle(view, r.replica)):
@@ -233,6 +235,7 @@ class Legato(AdmissionControl, BasePolicy):
         if paid is not None:
             r.live_paid = max(0.0, r.live_paid - self.fair.cost(paid, 0))
         node, hints = r.hints.pop(event.call_id, ("", CallHints()))
+        r.last_shared = r.call_shared.pop(event.call_id, r.shared_tokens)
         sent = r.sent_s.pop(event.call_id, None)
         if sent is not None:
             self.rates.record_call(now - sent)
@@ -280,7 +283,7 @@ class Legato(AdmissionControl, BasePolicy):
             # A tool nobody predicted: the context its call bridged to a next call now waits on
             # the tool. The branch counts it, and releasing the branch must release it (a
             # bridge left behind would hold the budget until a next call that may never come).
-            r.acting.append(Branch(event.tool, r.last_ctx, True, since_s=now))
+            r.acting.append(Branch(event.tool, r.last_ctx, r.last_shared, True, since_s=now))
             r.bridge = 0.0
         r.tool_ver += 1
         if r.last_node:

@@ -40,6 +40,7 @@ class Branch:
 
     tool: str
     ctx: float
+    shared: float  # leading tokens of `ctx` other programs hold too (`Run.call_shared`)
     started: bool = False
     held: bool = True  # counted in the KV budget (False: released through its tool, see pin_rule)
     # Until its tool starts, the branch is only expected (from a hint or from what followed
@@ -74,6 +75,11 @@ class Run:
     root_ctx: float | None = None  # context after the first call (what parallel branches share)
     shared: list[tuple[Hashable, float]] = field(default_factory=list)
     shared_tokens: float = 0.0
+    # Live call -> leading prompt tokens other programs hold too: the run's shared prefix when
+    # the call continues the run's context (or is its first), else the call's own named prefix
+    # (a sub-agent with its own system prompt); `last_shared` is the latest finished call's.
+    call_shared: dict[str, float] = field(default_factory=dict)
+    last_shared: float = 0.0
     calls_done: int = 0
     queued_s: float = 0.0
     entered_s: float | None = None  # first queued (its place in the admission order)

@@ -229,6 +229,55 @@ def test_only_kv_that_is_never_read_again_gets_an_eviction_hint() -> None:
     assert [d.at_s for d in out if isinstance(d, NextUse)] == [math.inf]
 
 
+def test_kv_a_branch_in_its_tool_will_read_gets_no_eviction_hint() -> None:
+    # One sub-agent of a run ends for good while another waits in its tool: the hint is per
+    # run, and the waiting branch reads the run's KV again, so none is marked for eviction.
+    policy = Legato()
+    view = _View(100_000)
+    out: list[Decision] = []
+    out += policy.on_event(RunStarted("a", "agent", "t0"), 0.0, view)
+    out += policy.on_event(_call("a", 0, 2000), 0.0, view)
+    out += policy.on_event(_call("a", 1, 2000, tool=None, last=True), 0.0, view)
+    out += policy.on_event(CallFinished("a#0", "a", 2000, 300, 0, "stop"), 3.0, view)
+    out += policy.on_event(ToolStarted("a", "bash", 2.0), 3.0, view)
+    out += policy.on_event(CallFinished("a#1", "a", 2000, 300, 0, "stop"), 4.0, view)
+    assert not [d for d in out if isinstance(d, NextUse)]
+
+
+def test_a_sub_agent_with_a_prompt_of_its_own_is_priced_by_all_of_its_context() -> None:
+    # The run's first call opens with a 3,000-token system prompt other programs share. A
+    # sub-agent then starts from a prompt of its own: none of its 2,300-token context is that
+    # shared prefix, so dropping it through its tool means recomputing all of it, and it is
+    # pinned (counted as shared, it looked free to drop).
+    policy = Legato()
+    view = _View(100_000, prefill_s_per_token=1e-4)
+
+    def call(j: int, prompt: int, shared: int, tool: str | None) -> CallArrived:
+        hints = CallHints(next_tool=tool, expected_tool_latency_s=1.0 if tool else None)
+        return CallArrived(
+            LLMCall(
+                f"a#{j}",
+                "a",
+                "agent",
+                f"step-{j}",
+                "t0",
+                (),
+                shared_prefix_tokens=shared,
+                hints=hints,
+                num_prompt_tokens=prompt,
+                reused_context_tokens=0,
+            )
+        )
+
+    policy.on_event(RunStarted("a", "agent", "t0"), 0.0, view)
+    policy.on_event(call(0, 4000, 3000, None), 0.0, view)
+    policy.on_event(CallFinished("a#0", "a", 4000, 300, 0, "stop"), 3.0, view)
+    policy.on_event(call(1, 2000, 0, "bash"), 3.0, view)
+    policy.on_event(CallFinished("a#1", "a", 2000, 300, 0, "stop"), 6.0, view)
+    out = list(policy.on_event(ToolStarted("a", "bash", 2.0), 6.0, view))
+    assert [d for d in out if isinstance(d, Pin)]
+
+
 def _tenant_call(run: str, j: int, tenant: str, prompt: int) -> CallArrived:
     hints = CallHints(next_tool="bash", expected_tool_latency_s=1.0)
     return CallArrived(
