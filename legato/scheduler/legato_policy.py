@@ -170,9 +170,13 @@ class Legato(AdmissionControl, BasePolicy):
             r.max_output = call.sampling.max_tokens
         r.live[call.call_id] = call.prompt_len
         r.hints[call.call_id] = (call.node, call.hints)
-        r.reused[call.call_id] = reused_context(call, r.last_ctx)
-        continues = r.root_ctx is None or r.reused[call.call_id] > 0
+        reused = r.reused[call.call_id] = reused_context(call, r.last_ctx)
+        continues = r.root_ctx is None or reused > 0
         r.call_shared[call.call_id] = r.shared_tokens if continues else float(call.shared_prefix_tokens)
+        if r.root_ctx is None:
+            r.call_root[call.call_id] = float(call.prompt_len)
+        elif reused > 0:
+            r.call_root[call.call_id] = min(reused, r.lineage.get(reused, r.root_ctx))
         out: list[Decision] = []
         self._after_change(r, now, view, out)
         if r.state == ACTIVE:
@@ -212,7 +216,9 @@ class Legato(AdmissionControl, BasePolicy):
             reuse = self.predictor.reuses_prefix(r.program, node, hints)
             tool = self.predictor.next_tool(r.program, node, hints) if reuse else None
         if tool is not None:
-            r.acting.append(Branch(tool, ctx, r.last_shared, expires_s=now + TOOL_GRACE_S, since_s=now))
+            r.acting.append(
+                Branch(tool, ctx, r.last_shared, r.last_root, expires_s=now + TOOL_GRACE_S, since_s=now)
+            )
             self._expected.push(now + TOOL_GRACE_S, r.run_id)
         elif reuse:
             r.bridge = max(r.bridge, ctx)
@@ -236,6 +242,7 @@ class Legato(AdmissionControl, BasePolicy):
             r.live_paid = max(0.0, r.live_paid - self.fair.cost(paid, 0))
         node, hints = r.hints.pop(event.call_id, ("", CallHints()))
         r.last_shared = r.call_shared.pop(event.call_id, r.shared_tokens)
+        root = r.call_root.pop(event.call_id, 0.0)
         sent = r.sent_s.pop(event.call_id, None)
         if sent is not None:
             self.rates.record_call(now - sent)
@@ -256,8 +263,10 @@ class Legato(AdmissionControl, BasePolicy):
         hist.record_progress(r.program, r.calls_done)
         r.last_ctx = float(event.prompt_tokens + event.output_tokens)
         r.last_node = node
+        r.last_root = root
         if r.root_ctx is None:
-            r.root_ctx = r.last_ctx
+            r.root_ctx = r.last_root = r.last_ctx
+        r.lineage[r.last_ctx] = r.last_root
         # The prompt was charged at dispatch; the output is charged as it is known.
         r.prepaid = self.fair.charge(r.tenant, 0, event.output_tokens, r.prepaid)
         cost = self.fair.cost(event.prompt_tokens, event.output_tokens)
@@ -283,7 +292,7 @@ class Legato(AdmissionControl, BasePolicy):
             # A tool nobody predicted: the context its call bridged to a next call now waits on
             # the tool. The branch counts it, and releasing the branch must release it (a
             # bridge left behind would hold the budget until a next call that may never come).
-            r.acting.append(Branch(event.tool, r.last_ctx, r.last_shared, True, since_s=now))
+            r.acting.append(Branch(event.tool, r.last_ctx, r.last_shared, r.last_root, True, since_s=now))
             r.bridge = 0.0
         r.tool_ver += 1
         if r.last_node:

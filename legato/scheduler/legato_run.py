@@ -41,6 +41,7 @@ class Branch:
     tool: str
     ctx: float
     shared: float  # leading tokens of `ctx` other programs hold too (`Run.call_shared`)
+    root: float  # leading tokens of `ctx` that are the run's first context (`Run.call_root`)
     started: bool = False
     held: bool = True  # counted in the KV budget (False: released through its tool, see pin_rule)
     # Until its tool starts, the branch is only expected (from a hint or from what followed
@@ -80,6 +81,14 @@ class Run:
     # (a sub-agent with its own system prompt); `last_shared` is the latest finished call's.
     call_shared: dict[str, float] = field(default_factory=dict)
     last_shared: float = 0.0
+    # Live call -> leading prompt tokens that are the run's first context, which parallel
+    # branches hold once: all of the first call's, none of a call that starts from a prompt of
+    # its own (a sub-agent), and a continuing call's from the context it continues (`lineage`:
+    # a finished context's length -> its part of the first context). `last_root`: the latest
+    # finished call's.
+    call_root: dict[str, float] = field(default_factory=dict)
+    lineage: dict[float, float] = field(default_factory=dict)
+    last_root: float = 0.0
     calls_done: int = 0
     queued_s: float = 0.0
     entered_s: float | None = None  # first queued (its place in the admission order)
@@ -135,16 +144,16 @@ def output_reserve(r: Run, hist: ProgramHistory) -> float:
 def footprint(r: Run, hist: ProgramHistory) -> float:
     """Private KV tokens the run needs resident now (see the module docstring)."""
     reserve = output_reserve(r, hist)
-    branches = [p + reserve for p in r.live.values()]
-    branches.extend(b.ctx for b in r.acting if b.held)
+    branches = [(p + reserve, r.call_root.get(c, 0.0)) for c, p in r.live.items()]
+    branches.extend((b.ctx, b.root) for b in r.acting if b.held)
     if r.bridge and not r.live:
-        branches.append(r.bridge)
+        branches.append((r.bridge, r.last_root))
     if not branches:
         return 0.0
-    total = sum(branches)
-    if len(branches) > 1:
-        head = min(r.root_ctx or 0.0, min(branches))
-        total -= (len(branches) - 1) * head
+    total = sum(size for size, _ in branches)
+    if len(branches) > 1:  # the first context, held once by the branches that continue it
+        roots = [min(root, size, r.root_ctx or 0.0) for size, root in branches]
+        total -= sum(roots) - max(roots)
     return max(0.0, total - r.shared_tokens)
 
 

@@ -278,6 +278,36 @@ def test_a_sub_agent_with_a_prompt_of_its_own_is_priced_by_all_of_its_context() 
     assert [d for d in out if isinstance(d, Pin)]
 
 
+def test_parallel_calls_hold_the_first_context_once_and_a_sub_agent_holds_its_own() -> None:
+    # The first call leaves 3,500 tokens of context (3,000 prompt, 500 output). Two workers
+    # continue it (prompts of 4,000 and 4,200 that open with it) and a sub-agent starts from a
+    # 1,000-token prompt of its own. Each live call reserves the mean output (500). The
+    # first context is held once: 4,500 + 4,700 + 1,500 - 3,500 = 7,200 tokens.
+    policy = Legato()
+    view = _View(100_000)
+
+    def call(j: int, prompt: int, reused: int) -> CallArrived:
+        return CallArrived(
+            LLMCall(
+                f"a#{j}",
+                "a",
+                "agent",
+                f"step-{j}",
+                "t0",
+                (),
+                num_prompt_tokens=prompt,
+                reused_context_tokens=reused,
+            )
+        )
+
+    policy.on_event(RunStarted("a", "agent", "t0"), 0.0, view)
+    policy.on_event(call(0, 3000, 0), 0.0, view)
+    policy.on_event(CallFinished("a#0", "a", 3000, 500, 0, "stop"), 3.0, view)
+    for j, prompt, reused in ((1, 4000, 3500), (2, 1000, 0), (3, 4200, 3500)):
+        policy.on_event(call(j, prompt, reused), 3.0, view)
+    assert policy.budget.tokens_of("a") == pytest.approx(7200)
+
+
 def _tenant_call(run: str, j: int, tenant: str, prompt: int) -> CallArrived:
     hints = CallHints(next_tool="bash", expected_tool_latency_s=1.0)
     return CallArrived(
