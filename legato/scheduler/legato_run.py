@@ -3,8 +3,9 @@
 A run's *footprint* is the private KV it needs resident now: the prompt of each live call plus
 its output reserve, the context of each branch held through a tool, the context a finished
 call hands to dependents that have not arrived yet, less the parts it shares (a tenant's system
-prompt, an RL group's task prompt: held once per replica by the budget) and less the common
-head of parallel branches (stored once in the prefix cache).
+prompt, an RL group's task prompt: held once per replica by the budget) and less the run's
+first context where several parallel branches continue it (stored once in the prefix cache; a
+sub-agent that starts from a prompt of its own shares none of it).
 
 Its *projection* is the footprint over the calls ahead, up to the run's next pause point: the
 policy re-decides at every tool boundary (hold or release, `pin_rule`) and pauses whole programs
