@@ -176,7 +176,7 @@ class Legato(AdmissionControl, BasePolicy):
         if r.root_ctx is None:
             r.call_root[call.call_id] = float(call.prompt_len)
         elif reused > 0:
-            r.call_root[call.call_id] = min(reused, r.lineage.get(reused, r.root_ctx))
+            r.call_root[call.call_id] = min(reused, r.lineage.pop(reused, r.root_ctx))
         out: list[Decision] = []
         self._after_change(r, now, view, out)
         if r.state == ACTIVE:

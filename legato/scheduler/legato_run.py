@@ -85,8 +85,9 @@ class Run:
     # Live call -> leading prompt tokens that are the run's first context, which parallel
     # branches hold once: all of the first call's, none of a call that starts from a prompt of
     # its own (a sub-agent), and a continuing call's from the context it continues (`lineage`:
-    # a finished context's length -> its part of the first context). `last_root`: the latest
-    # finished call's.
+    # a finished context's length -> its part of the first context, until a call continues it;
+    # one not found is taken to continue the first context). `last_root`: the latest finished
+    # call's.
     call_root: dict[str, float] = field(default_factory=dict)
     lineage: dict[float, float] = field(default_factory=dict)
     last_root: float = 0.0
