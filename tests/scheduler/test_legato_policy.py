@@ -55,10 +55,29 @@ class _View:
         return 0
 
 
-def _call(run: str, j: int, prompt: int, tool: str | None = "bash", last: bool = False) -> CallArrived:
+def _call(
+    run: str,
+    j: int,
+    prompt: int,
+    tool: str | None = "bash",
+    last: bool = False,
+    shared: int = 0,
+    reused: int | None = None,
+) -> CallArrived:
     hints = CallHints(next_tool=tool, expected_tool_latency_s=1.0 if tool else None, is_last_step=last)
     return CallArrived(
-        LLMCall(f"{run}#{j}", run, "agent", f"step-{j}", "t0", (), hints=hints, num_prompt_tokens=prompt)
+        LLMCall(
+            f"{run}#{j}",
+            run,
+            "agent",
+            f"step-{j}",
+            "t0",
+            (),
+            shared_prefix_tokens=shared,
+            hints=hints,
+            num_prompt_tokens=prompt,
+            reused_context_tokens=reused,
+        )
     )
 
 
@@ -210,17 +229,23 @@ def test_a_branch_whose_tool_started_keeps_its_kv_budget_until_the_tool_ends() -
     assert _dispatched(list(policy.on_event(Tick(), 12.5, view))) == ["b#0"]
 
 
-def test_only_kv_that_is_never_read_again_gets_an_eviction_hint() -> None:
-    # A map's workers run in parallel: a per-run hint cannot say which branch it is about, so
-    # the run's KV gets none while it may be read again, and "never" once it cannot.
+def _two_parallel_calls(second: CallArrived) -> tuple[Legato, _View, list[Decision]]:
+    """Run `a`'s first call and `second` at once; the first ends at 3 s and starts `bash`."""
     policy = Legato()
     view = _View(100_000)
     out: list[Decision] = []
     out += policy.on_event(RunStarted("a", "agent", "t0"), 0.0, view)
     out += policy.on_event(_call("a", 0, 2000), 0.0, view)
-    out += policy.on_event(_call("a", 1, 2000), 0.0, view)
+    out += policy.on_event(second, 0.0, view)
     out += policy.on_event(CallFinished("a#0", "a", 2000, 300, 0, "stop"), 3.0, view)
     out += policy.on_event(ToolStarted("a", "bash", 2.0), 3.0, view)
+    return policy, view, out
+
+
+def test_only_kv_that_is_never_read_again_gets_an_eviction_hint() -> None:
+    # A map's workers run in parallel: a per-run hint cannot say which branch it is about, so
+    # the run's KV gets none while it may be read again, and "never" once it cannot.
+    policy, view, out = _two_parallel_calls(_call("a", 1, 2000))
     out += policy.on_event(ToolFinished("a", "bash", 2.0), 5.0, view)
     assert not [d for d in out if isinstance(d, NextUse)]
     out = list(policy.on_event(CallFinished("a#1", "a", 2000, 300, 0, "stop"), 6.0, view))
@@ -232,14 +257,7 @@ def test_only_kv_that_is_never_read_again_gets_an_eviction_hint() -> None:
 def test_kv_a_branch_in_its_tool_will_read_gets_no_eviction_hint() -> None:
     # One sub-agent of a run ends for good while another waits in its tool: the hint is per
     # run, and the waiting branch reads the run's KV again, so none is marked for eviction.
-    policy = Legato()
-    view = _View(100_000)
-    out: list[Decision] = []
-    out += policy.on_event(RunStarted("a", "agent", "t0"), 0.0, view)
-    out += policy.on_event(_call("a", 0, 2000), 0.0, view)
-    out += policy.on_event(_call("a", 1, 2000, tool=None, last=True), 0.0, view)
-    out += policy.on_event(CallFinished("a#0", "a", 2000, 300, 0, "stop"), 3.0, view)
-    out += policy.on_event(ToolStarted("a", "bash", 2.0), 3.0, view)
+    policy, view, out = _two_parallel_calls(_call("a", 1, 2000, tool=None, last=True))
     out += policy.on_event(CallFinished("a#1", "a", 2000, 300, 0, "stop"), 4.0, view)
     assert not [d for d in out if isinstance(d, NextUse)]
 
@@ -251,28 +269,10 @@ def test_a_sub_agent_with_a_prompt_of_its_own_is_priced_by_all_of_its_context() 
     # pinned (counted as shared, it looked free to drop).
     policy = Legato()
     view = _View(100_000, prefill_s_per_token=1e-4)
-
-    def call(j: int, prompt: int, shared: int, tool: str | None) -> CallArrived:
-        hints = CallHints(next_tool=tool, expected_tool_latency_s=1.0 if tool else None)
-        return CallArrived(
-            LLMCall(
-                f"a#{j}",
-                "a",
-                "agent",
-                f"step-{j}",
-                "t0",
-                (),
-                shared_prefix_tokens=shared,
-                hints=hints,
-                num_prompt_tokens=prompt,
-                reused_context_tokens=0,
-            )
-        )
-
     policy.on_event(RunStarted("a", "agent", "t0"), 0.0, view)
-    policy.on_event(call(0, 4000, 3000, None), 0.0, view)
+    policy.on_event(_call("a", 0, 4000, tool=None, shared=3000, reused=0), 0.0, view)
     policy.on_event(CallFinished("a#0", "a", 4000, 300, 0, "stop"), 3.0, view)
-    policy.on_event(call(1, 2000, 0, "bash"), 3.0, view)
+    policy.on_event(_call("a", 1, 2000, reused=0), 3.0, view)
     policy.on_event(CallFinished("a#1", "a", 2000, 300, 0, "stop"), 6.0, view)
     out = list(policy.on_event(ToolStarted("a", "bash", 2.0), 6.0, view))
     assert [d for d in out if isinstance(d, Pin)]
@@ -285,26 +285,11 @@ def test_parallel_calls_hold_the_first_context_once_and_a_sub_agent_holds_its_ow
     # first context is held once: 4,500 + 4,700 + 1,500 - 3,500 = 7,200 tokens.
     policy = Legato()
     view = _View(100_000)
-
-    def call(j: int, prompt: int, reused: int) -> CallArrived:
-        return CallArrived(
-            LLMCall(
-                f"a#{j}",
-                "a",
-                "agent",
-                f"step-{j}",
-                "t0",
-                (),
-                num_prompt_tokens=prompt,
-                reused_context_tokens=reused,
-            )
-        )
-
     policy.on_event(RunStarted("a", "agent", "t0"), 0.0, view)
-    policy.on_event(call(0, 3000, 0), 0.0, view)
+    policy.on_event(_call("a", 0, 3000, tool=None, reused=0), 0.0, view)
     policy.on_event(CallFinished("a#0", "a", 3000, 500, 0, "stop"), 3.0, view)
     for j, prompt, reused in ((1, 4000, 3500), (2, 1000, 0), (3, 4200, 3500)):
-        policy.on_event(call(j, prompt, reused), 3.0, view)
+        policy.on_event(_call("a", j, prompt, tool=None, reused=reused), 3.0, view)
     assert policy.budget.tokens_of("a") == pytest.approx(7200)
 
 

@@ -9,10 +9,11 @@ import pytest
 
 from legato.scheduler.admission import KVBudget
 from legato.scheduler.engine_rates import EngineRates
-from legato.scheduler.events import CallArrived, CallFinished, CallHints, LLMCall, RunStarted
+from legato.scheduler.events import CallFinished, RunStarted
 from legato.scheduler.legato_policy import Legato
 from legato.scheduler.policy import Dispatch, ReplicaView
 from legato.scheduler.regime import ThrashMeter, gate_cost
+from tests.scheduler.test_legato_policy import _call
 
 PREFILL_S = 1e-3  # seconds per recomputed token on the test replica
 
@@ -93,22 +94,6 @@ def test_only_time_spent_packing_dilutes_the_recompute() -> None:
     assert meter.lost_fraction(0, 100.0) == pytest.approx(0.3)
 
 
-def _call(run: str, j: int, prompt: int, reused: int | None = None) -> CallArrived:
-    return CallArrived(
-        LLMCall(
-            f"{run}#{j}",
-            run,
-            "agent",
-            f"step-{j}",
-            "t0",
-            (),
-            hints=CallHints(),
-            num_prompt_tokens=prompt,
-            reused_context_tokens=reused,
-        )
-    )
-
-
 class _View:
     num_replicas = 1
 
@@ -128,11 +113,11 @@ def test_a_weight_bound_replica_packs_until_it_is_seen_to_drop_contexts() -> Non
     out = []
     for run in ("a", "b", "c"):  # 3 x 4000 tokens on a 10,000-token pool: the engine packs
         policy.on_event(RunStarted(run, "agent", "t0"), 0.0, view)
-        out += policy.on_event(_call(run, 0, 4000), 0.0, view)
+        out += policy.on_event(_call(run, 0, 4000, tool=None), 0.0, view)
     assert [d.call_id for d in out if isinstance(d, Dispatch)] == ["a#0", "b#0", "c#0"]
     assert policy.budget.capacity == [math.inf]
     policy.on_event(CallFinished("a#0", "a", 4000, 100, 0, "stop"), 1.0, view)
-    policy.on_event(_call("a", 1, 4200), 1.0, view)
+    policy.on_event(_call("a", 1, 4200, tool=None), 1.0, view)
     # a's next call found none of its 4100-token context cached: ~4 s of 6 s recomputing
     policy.on_event(CallFinished("a#1", "a", 4200, 100, 0, "stop"), 6.0, view)
     assert policy.budget.capacity == [10_000.0]
@@ -145,14 +130,14 @@ def test_a_prompt_that_opens_with_other_prefix_parts_lost_nothing() -> None:
     view = _View()
     for run in ("a", "b", "c"):
         policy.on_event(RunStarted(run, "agent", "t0"), 0.0, view)
-        policy.on_event(_call(run, 0, 4000), 0.0, view)
+        policy.on_event(_call(run, 0, 4000, tool=None), 0.0, view)
     policy.on_event(CallFinished("a#0", "a", 4000, 100, 0, "stop"), 1.0, view)
-    policy.on_event(_call("a", 1, 4200, reused=0), 1.0, view)
+    policy.on_event(_call("a", 1, 4200, tool=None, reused=0), 1.0, view)
     policy.on_event(CallFinished("a#1", "a", 4200, 100, 0, "stop"), 6.0, view)
     assert policy.thrash.lost_fraction(0, 6.0) == 0.0
     assert policy.budget.capacity == [math.inf]
     # Only the part the driver says repeats the run's context counts: 1000 of it dropped.
-    policy.on_event(_call("a", 2, 4400, reused=2000), 6.0, view)
+    policy.on_event(_call("a", 2, 4400, tool=None, reused=2000), 6.0, view)
     policy.on_event(CallFinished("a#2", "a", 4400, 100, 1000, "stop"), 7.0, view)
     assert policy.thrash.lost_fraction(0, 7.0) == pytest.approx(1000 * PREFILL_S / 7.0)
 
