@@ -171,12 +171,14 @@ class Legato(AdmissionControl, BasePolicy):
         r.live[call.call_id] = call.prompt_len
         r.hints[call.call_id] = (call.node, call.hints)
         reused = r.reused[call.call_id] = reused_context(call, r.last_ctx)
-        continues = r.root_ctx is None or reused > 0
-        r.call_shared[call.call_id] = r.shared_tokens if continues else float(call.shared_prefix_tokens)
-        if r.root_ctx is None:
-            r.call_root[call.call_id] = float(call.prompt_len)
-        elif reused > 0:
-            r.call_root[call.call_id] = min(reused, r.lineage.pop(reused, r.root_ctx))
+        if r.root_ctx is None:  # the first call: its context becomes the first context
+            shared, root = r.shared_tokens, float(call.prompt_len)
+        elif reused > 0:  # continues a context of the run
+            shared, root = r.shared_tokens, min(reused, r.lineage.pop(reused, r.root_ctx))
+        else:  # opens with a prompt of its own (a sub-agent)
+            shared, root = float(call.shared_prefix_tokens), 0.0
+        r.call_shared[call.call_id] = shared
+        r.call_root[call.call_id] = root
         out: list[Decision] = []
         self._after_change(r, now, view, out)
         if r.state == ACTIVE:
