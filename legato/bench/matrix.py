@@ -19,9 +19,9 @@ better), and the worst cell.
   synthetic programs (and trace samples where a loader samples): cells within a few percent of
   the bar move with it, so judge a policy change over several seeds.
 * **A subset**: `--cells GLOB` (repeatable) runs only the cells whose key matches, e.g.
-  `chat/a10/*`; each policy's makespan, prefill tokens computed, preemptions and where a call's
-  time went (`call_phases`: held by the policy, queued in the engine, running) are in the JSON,
-  beside the two ratios they explain.
+  `chat/a10/*`; each policy's makespan, prefill tokens computed, preemptions, mean decode
+  batch, share of the KV pool in use and where a call's time went (`call_phases`: held by the
+  policy, queued in the engine, running) are in the JSON, beside the two ratios they explain.
 * **The bar** (issue 13): a cell passes when Legato's steps/min is >= `STEPS_BAR` x the best
   peer's and its mean TCT <= `TCT_BAR` x the best peer's; `passed` counts them.
 """
@@ -175,6 +175,9 @@ def run_cell(cell: Cell, paths: dict[str, str], seed: int = 0) -> dict[str, Any]
             "makespan_s": outcome.makespan_s,
             "prefill_tokens_computed": outcome.prefill_tokens_computed,
             "preemptions": outcome.preemptions,
+            # Memory at work: the decode batch and the KV share requests or pins held.
+            "mean_decode_batch": outcome.extra.get("mean_decode_batch", 0.0),
+            "kv_in_use_share": outcome.extra.get("kv_in_use_share", 0.0),
             # Where a call's time went: held by the policy, queued in the engine, running.
             **call_phases(trace),
         }

@@ -215,6 +215,7 @@ class SimEngine(ReplicaState):
         self.t0, self.t_end, self.k = now, now + dt, k
         self.chunks = chunks
         self.ctx0, self.n_flight = ctx, self.n_dec
+        self.in_use0 = pool.used - pool.evictable
         self.version += 1
         if self.check_mode:
             self.check()
@@ -237,7 +238,10 @@ class SimEngine(ReplicaState):
     def complete(self, now: float) -> list[SimRequest]:
         """Apply the step in flight (ending at `now`); returns the requests that finished."""
         self.in_flight = False
-        self.stats.busy_s += self.t_end - self.t0
+        step_s = self.t_end - self.t0
+        self.stats.busy_s += step_s
+        self.stats.decoding_s += self.n_flight * step_s
+        self.stats.in_use_block_s += self.in_use0 * step_s
         self.stats.steps += self.k
         self.d += self.k
         if self.reserve is not None and self.n_flight:

@@ -74,3 +74,5 @@ class StepStats:
     steps: int = 0
     load_stall_s: float = 0.0  # step time spent waiting for KV loads from tiers
     pin_yields: int = 0  # pins released early because KV ran out (`pin_yield` engines)
+    decoding_s: float = 0.0  # sequence-seconds in decode: sequences decoding x step time
+    in_use_block_s: float = 0.0  # block-seconds referenced by requests or pins (not idle cache)

@@ -98,6 +98,8 @@ def build_outcome(
     first = min((o.arrival_s for o in programs), default=0.0)
     last = max((o.finish_s for o in programs), default=0.0)
     evicted = sum(e.pool.evicted_blocks for e in engines)
+    busy = sum(s.busy_s for s in stats)
+    pool_block_s = sum(s.busy_s * e.pool.capacity for s, e in zip(stats, engines, strict=True))
     return RunOutcome(
         policy=policy.name,
         programs=programs,
@@ -117,6 +119,11 @@ def build_outcome(
             "engine_steps": float(sum(s.steps for s in stats)),
             "evicted_blocks": float(evicted),
             "pin_yields": float(sum(s.pin_yields for s in stats)),
+            # What a throughput gap comes from: the decode batch the engines ran, and the share
+            # of their KV pool that requests or pins held (the rest was free or idle cache),
+            # both averaged over busy time.
+            "mean_decode_batch": sum(s.decoding_s for s in stats) / busy if busy else 0.0,
+            "kv_in_use_share": sum(s.in_use_block_s for s in stats) / pool_block_s if pool_block_s else 0.0,
             "prefetches_ignored": float(0 if tiers else control.prefetches),
             **tier_extra(engines, config, tiers, control.prefetches),
             **policy_extra(policy),

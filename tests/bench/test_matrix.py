@@ -77,6 +77,8 @@ def test_a_cell_reports_what_explains_its_ratios() -> None:
         assert calls_per_min == pytest.approx(cell["llm_calls"])
         phases = [numbers[k] for k in ("mean_policy_wait_s", "mean_engine_queue_s", "mean_run_s")]
         assert min(phases) >= 0.0 and numbers["mean_run_s"] > 0.0
+        assert numbers["mean_decode_batch"] > 0.0
+        assert 0.0 <= numbers["kv_in_use_share"] <= 1.0
 
 
 def test_call_phases_are_means_of_each_interval() -> None:

@@ -27,6 +27,8 @@ def test_single_call_time_is_the_roofline_sum() -> None:
     assert out.programs[0].tct_s == pytest.approx(prefill + decode, rel=1e-9)
     assert out.extra["engine_steps"] == 10
     assert out.prefill_tokens_computed == 1000
+    # One sequence decodes in 9 of the 10 steps; the prefill step has none decoding.
+    assert out.extra["mean_decode_batch"] == pytest.approx(decode / (prefill + decode), rel=1e-9)
 
 
 def test_chunked_prefill_splits_long_prompts() -> None:
@@ -55,6 +57,8 @@ def test_preemption_by_recompute_when_blocks_run_out() -> None:
     out = simulate(w, "fcfs-lru", SimConfig(kv_blocks=200), concurrency=2, check=True)
     assert out.preemptions >= 1
     assert len(out.programs) == 2
+    # Memory binds: requests held most of the pool while they ran.
+    assert 0.5 < out.extra["kv_in_use_share"] <= 1.0
     assert out.prefill_tokens_computed > 2000  # the victim recomputed its prompt and outputs
 
 
