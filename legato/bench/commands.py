@@ -385,6 +385,39 @@ def matrix(
         console.print(f"wrote {plot}")
 
 
+@bench_app.command("matrix-diff")
+def matrix_diff(
+    before: Annotated[Path, typer.Argument(help="A `legato bench matrix --json` file (the baseline).")],
+    after: Annotated[Path, typer.Argument(help="Another, of the same seed (the change).")],
+    min_change: Annotated[
+        float,
+        typer.Option(min=0.0, help="List cells whose steps/min or TCT ratio moved at least this much."),
+    ] = 0.01,
+) -> None:
+    """What a change did to the matrix: cells that flipped across the bar or whose ratios moved,
+    and the pass counts before and after (two runs of the same seed)."""
+    from rich.console import Console
+
+    from legato.bench import matrix_diff as md
+
+    try:
+        diff = md.compare(md.load(before), md.load(after), min_change)
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=120)
+    console.print(md.render(diff))
+    flips = sum(c.flipped for c in diff.changes)
+    console.print(
+        f"{diff.passed_before} -> {diff.passed_after} of {diff.common} cells pass; {flips} flipped, "
+        f"{len(diff.changes) - flips} more moved by >= {min_change}"
+    )
+    for label, keys in (("only in BEFORE", diff.only_before), ("only in AFTER", diff.only_after)):
+        if keys:
+            console.print(f"{label} (not compared): {', '.join(keys)}")
+
+
 @bench_app.command("decide")
 def decide(
     policies: Annotated[

@@ -17,7 +17,8 @@ better), and the worst cell.
 * **Determinism**: the simulator is deterministic and each cell is computed independently, so the
   result does not depend on `--jobs` or on the order cells finish in. `--seed` draws other
   synthetic programs (and trace samples where a loader samples): cells within a few percent of
-  the bar move with it, so judge a policy change over several seeds.
+  the bar move with it, so judge a policy change over several seeds (`legato bench matrix-diff`
+  compares two runs of one seed cell by cell).
 * **A subset**: `--cells GLOB` (repeatable) runs only the cells whose key matches, e.g.
   `chat/a10/*`; each policy's makespan, prefill tokens computed, preemptions, mean decode
   batch, share of the KV pool in use and where a call's time went (`call_phases`: held by the

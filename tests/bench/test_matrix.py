@@ -91,3 +91,51 @@ def test_call_phases_are_means_of_each_interval() -> None:
         "mean_run_s": 3.0,
     }
     assert matrix.call_phases([])["mean_run_s"] == 0.0
+
+
+def _run(seed: int, cells: dict[str, tuple[float, float]]) -> dict[str, object]:
+    return {
+        "seed": seed,
+        "cells": [{"cell": k, "steps_ratio": s, "tct_ratio": t} for k, (s, t) in cells.items()],
+    }
+
+
+def test_matrix_diff_lists_flips_and_moves_of_the_same_seed(tmp_path: Path) -> None:
+    from legato.bench import matrix_diff
+
+    before = _run(1, {"a": (1.00, 0.95), "b": (0.96, 0.99), "c": (1.05, 0.90), "gone": (1.0, 1.0)})
+    after = _run(1, {"a": (1.00, 0.952), "b": (0.98, 0.99), "c": (1.05, 1.02), "new": (1.0, 1.0)})
+    diff = matrix_diff.compare(before, after)
+    assert (diff.passed_before, diff.passed_after, diff.common) == (2, 2, 3)
+    # a moved by 0.002 only; b flipped to pass; c flipped to fail.
+    assert [(c.cell, c.passed_before, c.passed_after) for c in diff.changes] == [
+        ("b", False, True),
+        ("c", True, False),
+    ]
+    assert diff.only_before == ["gone"] and diff.only_after == ["new"]
+    assert [c.cell for c in matrix_diff.compare(before, after, min_change=0.001).changes] == ["a", "b", "c"]
+
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps(before))
+    b.write_text(json.dumps(after))
+    result = CliRunner().invoke(app, ["bench", "matrix-diff", str(a), str(b)])
+    assert result.exit_code == 0, result.output
+    assert "2 -> 2 of 3 cells pass; 2 flipped" in result.output
+    assert "only in BEFORE (not compared): gone" in result.output
+
+
+def test_matrix_diff_refuses_other_seeds_and_other_files(tmp_path: Path) -> None:
+    a, b, junk = tmp_path / "a.json", tmp_path / "b.json", tmp_path / "junk.json"
+    a.write_text(json.dumps(_run(0, {"x": (1.0, 1.0)})))
+    b.write_text(json.dumps(_run(2, {"x": (1.0, 1.0)})))
+    junk.write_text("[1, 2]")
+    runner = CliRunner()
+    result = runner.invoke(app, ["bench", "matrix-diff", str(a), str(b)])
+    assert result.exit_code == 2 and "different seeds (0 and 2)" in result.output
+    result = runner.invoke(app, ["bench", "matrix-diff", str(a), str(junk)])
+    assert result.exit_code == 2 and "is not a `legato bench matrix --json` file" in result.output
+    result = runner.invoke(app, ["bench", "matrix-diff", str(a), str(tmp_path / "missing.json")])
+    assert result.exit_code == 2 and "cannot read" in result.output
+    (tmp_path / "bad.json").write_text("{")
+    result = runner.invoke(app, ["bench", "matrix-diff", str(a), str(tmp_path / "bad.json")])
+    assert result.exit_code == 2 and "is not JSON" in result.output
