@@ -39,12 +39,12 @@ from legato.scheduler.events import LLMCall, RunFinished, ToolFinished, ToolStar
 from legato.scheduler.policy import Decision, Policy
 from legato.scheduler.runtime import PolicyScheduler, UnsupportedPolicyError
 from legato.sim.client import (
+    SharedPrefixes,
     TenantLedger,
     ToolMeans,
     arrival_order,
     dependents,
     run_started,
-    shared_first_segments,
 )
 from legato.sim.outcome import ProgramOutcome, RunOutcome
 from legato.sim.workload import ProgramSpec, Workload
@@ -118,7 +118,7 @@ class _Replay:
         self.cached_tokens = 0
         self.prompt_tokens = 0
         self.t0 = 0.0
-        self.shared_first = shared_first_segments(workload)
+        self.shared_prefixes = SharedPrefixes(workload)
 
     async def program(self, spec: ProgramSpec) -> None:
         sched = self.sched
@@ -144,9 +144,8 @@ class _Replay:
                     if got is not None
                     else segment_tokens(seg.seg_id, scaled(seg.tokens, self.token_scale))
                 )
-            shared = 0
-            if cs.prompt and cs.prompt[0].seg_id in self.shared_first:
-                shared = scaled(cs.prompt[0].tokens, self.token_scale)
+            leading = self.shared_prefixes.leading(cs.prompt)
+            shared = sum(scaled(seg.tokens, self.token_scale) for seg in leading)
             call = LLMCall(
                 call_id=f"{run_id}#{j}",
                 run_id=run_id,

@@ -169,8 +169,7 @@ class AdmissionControl:
         hist = self.predictor.history
         remaining = hist.expected_remaining_calls(r.program, r.calls_done)
         calls = 1.0 if remaining is None else remaining
-        total, n = self._cycle
-        cycle = total / n if n else (self.rates.mean_call_s() or 0.0)
+        cycle = self._cycle_s()
         # Memory-time, not only time: a call holding k times the mean footprint counts as k
         # cycles (the mean is over footprints queued so far). A context grows by its program's
         # mean growth per call: counted at today's size, a program early in a long run looks as
@@ -185,6 +184,34 @@ class AdmissionControl:
             cycle *= (fp + growth * (calls - 1) / 2) / mean_fp
         self._waiting.push(r, r.entered_s + calls * cycle, now)
 
+    def _cycle_s(self) -> float:
+        """The measured call cycle (mean time between a run's consecutive calls); until one is
+        measured, the mean time a call takes (its lower bound); 0 before any call finished."""
+        total, n = self._cycle
+        return total / n if n else (self.rates.mean_call_s() or 0.0)
+
+    def _cheapest_start(self, head: Run) -> Run:
+        """The waiting program of `head`'s tenant to admit next: least queue key plus the shared
+        parts it would add, counted like its footprint (one call cycle of their tokens over the
+        mean queued footprint). A shared part (a system prompt, a database schema, an RL group's
+        prompt) is held once per replica (`KVBudget`), so a program whose shared prefix is already
+        held there adds only its private context and recomputes no shared prefix; admitting it
+        first keeps the programs that share a prefix together, and the prefix cached. Keys are
+        computed when a program is queued; which shared parts are held changes as programs come
+        and go, so this is decided at admission (a scan of the tenant's waiting programs)."""
+        queued, n = self._queued_fp
+        if not n or queued <= 0.0:
+            return head
+        weight = self._cycle_s() / (queued / n)
+        best, best_rank = head, (math.inf, 0)
+        for key, seq, r in self._waiting.entries(head.tenant, self._runs):
+            homes = range(self.budget.replicas) if r.replica is None else (r.replica,)
+            added = min((self.budget.shared_cost(i, r.shared) for i in homes), default=0.0)
+            rank = (key + weight * added, seq)
+            if rank < best_rank:
+                best, best_rank = r, rank
+        return best
+
     def _idle(self, view: ClusterView, replica: int) -> bool:
         rv = view.replica(replica)
         return rv.running + rv.waiting == 0
@@ -197,7 +224,7 @@ class AdmissionControl:
             heads = {t: h for t in self._waiting.tenants() if (h := self._waiting.head(t, self._runs))}
             if not heads:
                 return
-            r = heads[self.fair.pick(sorted(heads))]
+            r = self._cheapest_start(heads[self.fair.pick(sorted(heads))])
             if self._blocked == (r.run_id, r.qver, self.budget.releases):
                 return  # the same program failed to fit and nobody has left since: skip the math
             replica = self.router.choose(
@@ -215,8 +242,9 @@ class AdmissionControl:
                     continue
                 self._blocked = (r.run_id, r.qver, self.budget.releases)
                 return
-            self._waiting.pop(r.tenant)
-            self._activate(r, replica, now, out)
+            if r is heads[r.tenant]:
+                self._waiting.pop(r.tenant)
+            self._activate(r, replica, now, out)  # a run from mid-queue leaves a stale entry
 
     def _move_cost_s(self, r: Run, view: ClusterView) -> float:
         """Recomputing the run's context on another replica: waiting longer than that for

@@ -36,20 +36,21 @@ call timings otherwise). Concerns, one module each:
 - **Order** (`wait_queue`, `fair_share`): tenants by weighted virtual token counters; within a
   tenant, least predicted remaining memory-time first (calls x cycle x footprint, the footprint
   growing by the program's mean growth per call), a waiting program gaining one call of priority
-  per call cycle it waits (the mean time between a program's calls, measured), a paused program
-  one call ahead of an equal new one. The engine runs admitted programs'
-  calls in admission order. On a replica that does not gate (the engine packs and overcommits
-  its memory itself, preempting the lowest priority), a program released through a tool whose
-  way back is a recompute (no tier is the cheaper way back, `EngineRates.reload_s`) is, to the
-  engine, a new request when it returns and takes a new place at the end of that order: its old
-  place protected KV that is gone, and ranking it above calls already running would make them
-  the engine's preemption victims, their computed KV thrown away. One parked in a tier, or on a
-  gating replica (nothing is preempted there; the order only finishes programs in turn), keeps
-  its place — except, parked in a tier, a program that expects more calls still than one just
-  started (run lengths with a decreasing hazard: most programs make one call, a few many): least
-  expected remaining work first ranks it behind every program admitted until it finishes, those
-  that came since and those still to come. A call-level gate (`fair_gate`) evens out service
-  between admissions.
+  per call cycle it waits (the mean time between a program's calls, measured), a paused program one
+  call ahead of an equal new one. At admission a program also counts the shared parts it would add
+  (`_cheapest_start`: a system prompt, a schema, an RL group's prompt not yet held on the replica),
+  so programs sharing a prefix run together while it is cached. The engine runs admitted programs'
+  calls in admission order. On a replica that does not gate (the engine packs and overcommits its
+  memory itself, preempting the lowest priority), a program released through a tool whose way back
+  is a recompute (no tier is the cheaper way back, `EngineRates.reload_s`) is, to the engine, a new
+  request when it returns and takes a new place at the end of that order: its old place protected
+  KV that is gone, and ranking it above calls already running would make them the engine's
+  preemption victims, their computed KV thrown away. One parked in a tier, or on a gating replica
+  (nothing is preempted there; the order only finishes programs in turn), keeps its place — except,
+  parked in a tier, a program that expects more calls still than one just started (run lengths with
+  a decreasing hazard: most programs make one call, a few many): least expected remaining work
+  first ranks it behind every program admitted until it finishes, those that came since and those
+  still to come. A call-level gate (`fair_gate`) evens out service between admissions.
 - **Cache**: `NextUse` of never for KV no call reads again (`_forget`), `Prefetch` when a tool
   is about to finish (a tick ahead); a branch expected to run a tool counts in the budget from
   its call's end until `TOOL_GRACE_S` passes without the tool starting.
@@ -72,6 +73,7 @@ Constants (none is a value searched on our workloads):
 | remaining calls | learned | past runs' lengths, else all programs' mean, else 1 |
 | ageing | learned | one call per measured call cycle |
 | queue key | learned | remaining calls x cycle x mean footprint to come / mean queued footprint |
+| shared parts at admission | budget | one cycle of the unheld shared tokens / mean queued footprint |
 | context growth | learned | mean prompt growth per sequential call (the program's, else all) |
 | cycle, unmeasured | learned | the mean call time (a cycle's lower bound) |
 | gate lead, wait | learned | mean call cost; mean call time (`fair_gate`) |
@@ -80,7 +82,8 @@ Constants (none is a value searched on our workloads):
 | place after a tier park | learned | expected remaining calls vs a new program's (run lengths) |
 
 Every per-event step is O(live calls of the program + tenants + log programs), except the
-victim scans on overflow and on an idle engine (O(programs on the replica)).
+victim scans on overflow and on an idle engine (O(programs on the replica)) and the choice of
+the next program to admit (O(waiting programs of the tenant served)).
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 The key is the program's expected completion time if served from now on (`_enqueue`: when it
 entered plus its predicted remaining calls times the measured call cycle). Entries are
-invalidated by bumping the run's `qver` instead of being removed.
+invalidated by bumping the run's `qver` instead of being removed (also how a run taken from the
+middle of the queue leaves it).
 """
 
 from __future__ import annotations
@@ -50,3 +51,13 @@ class WaitQueue:
     def pop(self, tenant: str) -> None:
         """Remove the tenant's head (call `head` first)."""
         heapq.heappop(self._heaps[tenant])
+
+    def entries(self, tenant: str, runs: Mapping[str, Run]) -> list[tuple[float, int, Run]]:
+        """The tenant's valid entries as (key, arrival sequence, run), in no particular order. A
+        run taken from anywhere in the queue leaves a stale entry behind (bump its `qver`)."""
+        out = []
+        for key, seq, qver, run_id in self._heaps.get(tenant, ()):
+            r = runs.get(run_id)
+            if r is not None and r.qver == qver and r.queued:
+                out.append((key, seq, r))
+        return out

@@ -3,9 +3,10 @@ time) and the torch replay (`bench/torch_replay.py`, wall-clock time).
 
 What a program run tells the scheduler and what it is charged must not depend on which engine
 replays it, so the pieces are written once here: programs are submitted in arrival order (ties
-by position); a call's prompt counts its first segment as a shared prefix when several programs
-start with it; each program's dependency graph; the `RunStarted` a program announces (with its
-RL group); the call hints (next tool, the mean latency seen so far for that tool, last step);
+by position); a call's shared prefix is its leading segments that calls of other programs start
+with too (`SharedPrefixes`); each program's dependency graph; the `RunStarted` a program
+announces (with its RL group); the call hints (next tool, the mean latency seen so far for that
+tool, last step);
 and the VTC service cost charged per call (`legato.scheduler.fair_share.W_IN`, `W_OUT`), with
 the per-tenant ledger of what was served.
 """
@@ -16,7 +17,7 @@ from collections.abc import Sequence
 
 from legato.scheduler.events import CallHints, RunStarted
 from legato.scheduler.fair_share import W_IN, W_OUT
-from legato.sim.workload import ProgramSpec, Workload
+from legato.sim.workload import ProgramSpec, Segment, Workload
 
 
 def arrival_order(workload: Workload) -> list[ProgramSpec]:
@@ -25,14 +26,39 @@ def arrival_order(workload: Workload) -> list[ProgramSpec]:
     return [workload.programs[i] for i in order]
 
 
-def shared_first_segments(workload: Workload) -> set[int]:
-    """Ids of first prompt segments that more than one program starts with (shared prefixes)."""
-    seen: dict[int, int] = {}
-    for p in workload.programs:
-        if p.calls and p.calls[0].prompt:
-            sid = p.calls[0].prompt[0].seg_id
-            seen[sid] = seen.get(sid, 0) + 1
-    return {s for s, c in seen.items() if c > 1}
+class SharedPrefixes:
+    """The leading prompt segments a call shares with calls of other programs: the prompt
+    parts programs have in common (a system prompt, a database schema, tool descriptions),
+    which an SDK program declares as shared prefix parts (`programs.prompt.PrefixPart`) and
+    the simulator finds in the workload. A path counts when calls of more than one program
+    start with it; programs of one RL group count as one (their common prompt is the group's,
+    announced with the group). Built level by level, so only shared paths are extended."""
+
+    def __init__(self, workload: Workload) -> None:
+        self._paths: set[tuple[int, ...]] = set()
+        owner = {i: p.group if p.group is not None else i for i, p in enumerate(workload.programs)}
+        prompts = [(owner[i], c.prompt) for i, p in enumerate(workload.programs) for c in p.calls if c.prompt]
+        depth = 1
+        while prompts:
+            users: dict[tuple[int, ...], set[object]] = {}
+            for who, prompt in prompts:
+                if len(prompt) >= depth:
+                    users.setdefault(_path(prompt, depth), set()).add(who)
+            level = {path for path, who in users.items() if len(who) > 1}
+            self._paths |= level
+            prompts = [(w, pr) for w, pr in prompts if len(pr) > depth and _path(pr, depth) in level]
+            depth += 1
+
+    def leading(self, prompt: Sequence[Segment]) -> Sequence[Segment]:
+        """The shared leading segments of `prompt` (empty when its first is not shared)."""
+        depth = 0
+        while depth < len(prompt) and _path(prompt, depth + 1) in self._paths:
+            depth += 1
+        return prompt[:depth]
+
+
+def _path(prompt: Sequence[Segment], depth: int) -> tuple[int, ...]:
+    return tuple(s.seg_id for s in prompt[:depth])
 
 
 def dependents(spec: ProgramSpec) -> list[list[int]]:
@@ -110,11 +136,11 @@ class ToolMeans:
 
 
 __all__ = [
+    "SharedPrefixes",
     "TenantLedger",
     "ToolMeans",
     "arrival_order",
     "dependents",
     "run_started",
     "service_cost",
-    "shared_first_segments",
 ]

@@ -45,12 +45,12 @@ from legato.scheduler.events import (
 )
 from legato.scheduler.policy import Decision, Policy
 from legato.sim.client import (
+    SharedPrefixes,
     TenantLedger,
     ToolMeans,
     arrival_order,
     dependents,
     run_started,
-    shared_first_segments,
 )
 from legato.sim.config import SimConfig
 from legato.sim.control import AddCall, ForgetRun, SimControl, SimHooks, UnpinRun
@@ -186,7 +186,7 @@ class _Sim:
         self.outcomes: list[ProgramOutcome] = []
         self.ledger = TenantLedger(self.specs)
         self.tools = ToolMeans()
-        self.shared_first = shared_first_segments(workload)
+        self.shared_prefixes = SharedPrefixes(workload)
         self.next_prog = 0
         self.done = 0
         # Engine facts every ReplicaView carries (see `CostModel.engine_facts`).
@@ -283,7 +283,7 @@ class _Sim:
         cs = p.spec.calls[j]
         call_id = f"{p.run_id}#{j}"
         prompt = cs.prompt
-        shared = prompt[0].tokens if prompt and prompt[0].seg_id in self.shared_first else 0
+        shared = sum(seg.tokens for seg in self.shared_prefixes.leading(prompt))
         hints = self.tools.hints(cs.tool, not p.dependents[j])
         call = LLMCall(
             call_id,

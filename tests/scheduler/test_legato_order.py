@@ -148,3 +148,31 @@ def test_a_growing_context_counts_at_the_size_it_will_reach() -> None:
         policy._enqueue(r, 0.0)
     head = policy._waiting.head("t0", policy._runs)
     assert head is not None and head.run_id == "late"
+
+
+def test_a_program_whose_shared_prefix_is_held_is_admitted_first() -> None:
+    # `cold` came first; `warm` came a second later, but its 3,000-token shared prefix (its
+    # database schema) is already held on the replica by an admitted program, while `cold`'s is
+    # not. Admitting `warm` adds 3,000 tokens less, worth a cycle (10 s) x 3,000 / the mean
+    # footprint (2,000): 15 s more than the second between them. `warm` goes first.
+    from legato.scheduler.legato_run import WAITING, Run
+
+    policy = Legato()
+    policy._ensure_capacity(_View(gating=True))
+    policy.rates.record_call(10.0)
+    schema_a, schema_b = (("prefix", "t0", "sql", 3000), 3000.0), (("prefix", "t0", "sql", 3001), 3001.0)
+    policy.budget.admit("holder", 0, 1000.0, [schema_a])
+    for name, shared, at in (("cold", schema_b, 0.0), ("warm", schema_a, 1.0)):
+        r = policy._runs[name] = Run(name, "sql", "t0", None, state=WAITING)
+        r.shared.append(shared)
+        r.live[f"{name}#0"] = 2000
+        policy._enqueue(r, at)
+    head = policy._waiting.head("t0", policy._runs)
+    assert head is not None and head.run_id == "cold"  # by key alone
+    assert policy._cheapest_start(head).run_id == "warm"
+    # Taken from mid-queue, `warm` leaves a stale entry: `cold` stays the head.
+    out: list[Decision] = []
+    policy._admit(1.0, _View(gating=True), out)
+    assert policy._runs["warm"].state != WAITING
+    head = policy._waiting.head("t0", policy._runs)
+    assert head is None or head.run_id == "cold"
