@@ -10,6 +10,7 @@ Runs of different seeds draw different programs, so comparing them is refused.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,7 +54,28 @@ def load(path: Path) -> dict[str, Any]:
         raise ValueError(f"{path} is not JSON: {exc}") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("cells"), list) or "seed" not in doc:
         raise ValueError(f"{path} is not a `legato bench matrix --json` file (no seed and cells)")
+    seed = doc["seed"]
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+        raise ValueError(f"{path}: seed must be an integer in [0, 2^32), got {seed!r}")
+    for i, cell in enumerate(doc["cells"]):
+        problem = _cell_problem(cell)
+        if problem:
+            raise ValueError(f"{path}: cells[{i}] {problem}")
     return doc
+
+
+def _cell_problem(cell: object) -> str | None:
+    """What makes `cell` unusable (None: nothing): a key that is text and two finite ratios."""
+    if not isinstance(cell, dict):
+        return "is not an object"
+    key = cell.get("cell")
+    if not isinstance(key, str) or not key or not key.isprintable():  # lone surrogates are not
+        return "has no printable `cell` key"
+    for field in ("steps_ratio", "tct_ratio"):
+        value = cell.get(field)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            return f"({key}) needs a finite number `{field}`, got {value!r}"
+    return None
 
 
 def compare(before: dict[str, Any], after: dict[str, Any], min_change: float = 0.01) -> MatrixDiff:

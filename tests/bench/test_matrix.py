@@ -139,3 +139,23 @@ def test_matrix_diff_refuses_other_seeds_and_other_files(tmp_path: Path) -> None
     (tmp_path / "bad.json").write_text("{")
     result = runner.invoke(app, ["bench", "matrix-diff", str(a), str(tmp_path / "bad.json")])
     assert result.exit_code == 2 and "is not JSON" in result.output
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('{"seed": "x", "cells": []}', "seed must be an integer"),
+        ('{"seed": 99999999999999999999999, "cells": []}', "seed must be an integer"),
+        ('{"seed": 0, "cells": [1]}', "cells[0] is not an object"),
+        ('{"seed": 0, "cells": [{"cell": "a"}]}', "needs a finite number `steps_ratio`, got None"),
+        ('{"seed": 0, "cells": [{"cell": "a", "steps_ratio": NaN, "tct_ratio": 1}]}', "got nan"),
+        ('{"seed": 0, "cells": [{"cell": "a", "steps_ratio": 1, "tct_ratio": 1e999}]}', "got inf"),
+        ('{"seed": 0, "cells": [{"cell": "\\ud800", "steps_ratio": 1, "tct_ratio": 1}]}', "printable `cell`"),
+    ],
+)
+def test_matrix_diff_refuses_malformed_cells(tmp_path: Path, text: str, message: str) -> None:
+    good, bad = tmp_path / "good.json", tmp_path / "bad.json"
+    good.write_text(json.dumps(_run(0, {"a": (1.0, 1.0)})))
+    bad.write_text(text)
+    result = CliRunner().invoke(app, ["bench", "matrix-diff", str(good), str(bad)])
+    assert result.exit_code == 2 and message in result.output, result.output
