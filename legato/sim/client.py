@@ -6,9 +6,8 @@ replays it, so the pieces are written once here: programs are submitted in arriv
 by position); a call's shared prefix is its leading segments that calls of other programs start
 with too (`SharedPrefixes`); each program's dependency graph; the `RunStarted` a program
 announces (with its RL group); the call hints (next tool, the mean latency seen so far for that
-tool, last step);
-and the VTC service cost charged per call (`legato.scheduler.fair_share.W_IN`, `W_OUT`), with
-the per-tenant ledger of what was served.
+tool, last step); and the VTC service cost charged per call (`legato.scheduler.fair_share.W_IN`,
+`W_OUT`), with the per-tenant ledger of what was served.
 """
 
 from __future__ import annotations
