@@ -61,6 +61,19 @@ def gates(view: ReplicaView) -> bool:
     return pool * view.decode_s_per_ctx_token > view.decode_step_s
 
 
+def stall_defers(running: int, way_in_s: float, own_s: float, waited_s: float) -> bool:
+    """Should a program that fits wait because bringing its context in would stall the batch?
+    Its prefill (or reload) runs in the steps of the `running` calls, a compute-bound chunk per
+    step, so each of them is delayed about `way_in_s`: `running x way_in_s` of other calls'
+    time, against the `own_s` the program itself is expected to take from here. Where the stall
+    is the larger, letting the calls running now finish first costs less in total (the
+    exchange argument behind shortest-first), but the running set may never drain, so the
+    program waits at most that stall (ski rental: what waiting costs it never exceeds what its
+    start would cost the others); one whose stall is the smaller goes in at once."""
+    stall_s = running * way_in_s
+    return stall_s > own_s and waited_s < stall_s
+
+
 class AdmissionControl:
     def __init__(self, weights: Mapping[str, float] | None, gate_tokens: float | None, tick_s: float) -> None:
         self.fair = FairShare(weights)
@@ -190,7 +203,7 @@ class AdmissionControl:
         total, n = self._cycle
         return total / n if n else (self.rates.mean_call_s() or 0.0)
 
-    def _cheapest_start(self, head: Run) -> Run:
+    def _cheapest_start(self, head: Run, view: ClusterView, now: float) -> Run:
         """The waiting program of `head`'s tenant to admit next: least queue key plus the shared
         parts it would add, counted like its footprint (one call cycle of their tokens over the
         mean queued footprint). A shared part (a system prompt, a database schema, an RL group's
@@ -207,7 +220,7 @@ class AdmissionControl:
         for key, seq, r in self._waiting.entries(head.tenant, self._runs):
             homes = range(self.budget.replicas) if r.replica is None else (r.replica,)
             added = min((self.budget.shared_cost(i, r.shared) for i in homes), default=0.0)
-            rank = (key + weight * added, seq)
+            rank = (math.inf if self._stalls(r, view, now) else key + weight * added, seq)
             if rank < best_rank:
                 best, best_rank = r, rank
         return best
@@ -224,7 +237,9 @@ class AdmissionControl:
             heads = {t: h for t in self._waiting.tenants() if (h := self._waiting.head(t, self._runs))}
             if not heads:
                 return
-            r = self._cheapest_start(heads[self.fair.pick(sorted(heads))])
+            r = self._cheapest_start(heads[self.fair.pick(sorted(heads))], view, now)
+            if self._stalls(r, view, now):
+                return  # retried at the next event or tick (`stall_defers` bounds the wait)
             if self._blocked == (r.run_id, r.qver, self.budget.releases):
                 return  # the same program failed to fit and nobody has left since: skip the math
             replica = self.router.choose(
@@ -245,6 +260,34 @@ class AdmissionControl:
             if r is heads[r.tenant]:
                 self._waiting.pop(r.tenant)
             self._activate(r, replica, now, out)  # a run from mid-queue leaves a stale entry
+
+    def _stalls(self, r: Run, view: ClusterView, now: float) -> bool:
+        """Does `r` wait for the running calls of every replica it could start on, bringing
+        its context in there costing them more than it is worth (`stall_defers`)? Only where
+        admission gates: a packing replica admits every program at once."""
+        homes = range(self.budget.replicas) if r.replica is None else (r.replica,)
+        return bool(homes) and all(self._stalls_on(r, view, i, now) for i in homes)
+
+    def _stalls_on(self, r: Run, view: ClusterView, replica: int, now: float) -> bool:
+        rv = view.replica(replica)
+        cycle = self._cycle_s()
+        # Unknown, so no wait: how long programs run (cycle 0: no call has finished), or what a
+        # prefill token costs (measured rates bound it from above, `engine_rates`, and would
+        # overstate every stall).
+        if self._packs[replica] or rv.running == 0 or cycle <= 0.0 or rv.prefill_s_per_token is None:
+            return False
+        hist = self.predictor.history
+        fp = footprint(r, hist)
+        if r.replica is None:  # a new program: its context is computed
+            way_in = self.rates.recompute_s(rv, 0.0, fp)
+        else:  # a paused one: what is not resident comes back the cheapest way (a tier load)
+            resident = min(float(view.resident_tokens(replica, r.run_id)), fp)
+            way_in = self.rates.reload_s(rv, resident, fp)
+        if way_in is None:
+            return False
+        remaining = hist.expected_remaining_calls(r.program, r.calls_done)
+        own_s = (1.0 if remaining is None else remaining) * cycle
+        return stall_defers(rv.running, way_in, own_s, now - r.queued_s)
 
     def _move_cost_s(self, r: Run, view: ClusterView) -> float:
         """Recomputing the run's context on another replica: waiting longer than that for

@@ -23,7 +23,11 @@ call timings otherwise). Concerns, one module each:
   the engine), so the engine never thrashes. A replica with nothing to run while programs
   wait releases the KV held for programs inside tools (`_unhold_idle`), unless a tool is
   expected back before recomputing its context would pay for the idle engine (`_worth_idling`:
-  the pin TTL with holding priced at the whole engine).
+  the pin TTL with holding priced at the whole engine). On a gating replica, a program that
+  fits still waits while bringing its context in (a prefill, or a tier load for a paused one)
+  would stall the running calls for longer in sum than the program is expected to run, and
+  for at most that stall (`legato_admission.stall_defers`); programs that stall less go past
+  it. A long document arriving among short calls then starts when they have finished.
 - **Hold or release through a tool** (`pin_rule`): when a program starts a tool its context
   is pinned for the cost-benefit TTL over the tool's measured latency distribution (recompute
   or tier load vs. the memory held, priced by what waits for it), or released at once when
@@ -74,6 +78,7 @@ Constants (none is a value searched on our workloads):
 | ageing | learned | one call per measured call cycle |
 | queue key | learned | remaining calls x cycle x mean footprint to come / mean queued footprint |
 | shared parts at admission | budget | one cycle of the unheld shared tokens / mean queued footprint |
+| prefill stall wait | engine | running calls x recompute (or tier load) time vs remaining calls x cycle |
 | context growth | learned | mean prompt growth per sequential call (the program's, else all) |
 | cycle, unmeasured | learned | the mean call time (a cycle's lower bound) |
 | gate lead, wait | learned | mean call cost; mean call time (`fair_gate`) |
@@ -83,7 +88,7 @@ Constants (none is a value searched on our workloads):
 
 Every per-event step is O(live calls of the program + tenants + log programs), except the
 victim scans on overflow and on an idle engine (O(programs on the replica)) and the choice of
-the next program to admit (O(waiting programs of the tenant served)).
+the next program to admit (O(waiting programs of the tenant served), each priced for its stall).
 """
 
 from __future__ import annotations

@@ -197,8 +197,9 @@ def _learn_that_a_tool_follows_step_0(policy: Legato, view: _View) -> None:
 def _start_two_programs(policy: Legato, view: _View, a_tool: str | None) -> list[Decision]:
     """Run a's first call (5000 tokens) finishes at t=2; b (5000 tokens) arrives then and does
     not fit beside a's context (10,000 tokens) while a holds it for a tool."""
-    policy.on_event(RunStarted("a", "agent", "t0"), 2.0, view)
-    assert _dispatched(list(policy.on_event(_call("a", 0, 5000, tool=a_tool), 2.0, view))) == ["a#0"]
+    idle = _View(view.blocks * 16, prefill_s_per_token=view.prefill, running=0)  # a comes first
+    policy.on_event(RunStarted("a", "agent", "t0"), 2.0, idle)
+    assert _dispatched(list(policy.on_event(_call("a", 0, 5000, tool=a_tool), 2.0, idle))) == ["a#0"]
     policy.on_event(CallFinished("a#0", "a", 5000, 100, 0, "stop"), 2.0, view)
     policy.on_event(RunStarted("b", "agent", "t0"), 2.0, view)
     return list(policy.on_event(_call("b", 0, 5000, tool=None), 2.0, view))
@@ -223,10 +224,14 @@ def test_a_branch_whose_tool_started_keeps_its_kv_budget_until_the_tool_ends() -
     policy.on_event(ToolStarted("a", "bash", 30.0), 2.0, view)
     for t in (2.5, 5.0, 10.0):  # well past the grace: the tool is still running
         assert _dispatched(list(policy.on_event(Tick(), t, view))) == []
-    # the tool ends; a's next call is the last one and needs only 100 more tokens: b fits
+    # the tool ends; a's next call is the last one and needs only 100 more tokens: b fits, but
+    # its prefill (50 s at this cost) would stall a's running call for longer than programs are
+    # seen to run, so b waits out that stall at most (`stall_defers`)
     policy.on_event(ToolFinished("a", "bash", 10.0), 12.0, view)
     policy.on_event(_call("a", 1, 400, tool=None, last=True), 12.0, view)
-    assert _dispatched(list(policy.on_event(Tick(), 12.5, view))) == ["b#0"]
+    assert policy.budget.fits(0, *policy._need_fn(policy._runs["b"])(0))
+    assert _dispatched(list(policy.on_event(Tick(), 12.5, view))) == []
+    assert _dispatched(list(policy.on_event(Tick(), 60.0, view))) == ["b#0"]
 
 
 def _two_parallel_calls(second: CallArrived) -> tuple[Legato, _View, list[Decision]]:
