@@ -203,7 +203,7 @@ class AdmissionControl:
         total, n = self._cycle
         return total / n if n else (self.rates.mean_call_s() or 0.0)
 
-    def _cheapest_start(self, head: Run, view: ClusterView, now: float) -> Run:
+    def _cheapest_start(self, head: Run, sites: dict[int, ReplicaView], view: ClusterView, now: float) -> Run:
         """The waiting program of `head`'s tenant to admit next: least queue key plus the shared
         parts it would add, counted like its footprint (one call cycle of their tokens over the
         mean queued footprint). A shared part (a system prompt, a database schema, an RL group's
@@ -211,16 +211,20 @@ class AdmissionControl:
         held there adds only its private context and recomputes no shared prefix; admitting it
         first keeps the programs that share a prefix together, and the prefix cached. Keys are
         computed when a program is queued; which shared parts are held changes as programs come
-        and go, so this is decided at admission (a scan of the tenant's waiting programs)."""
+        and go, so this is decided at admission (a scan of the tenant's waiting programs). A
+        program that would stall the running calls of `sites` now (`_stalls`) goes after every
+        one that would not."""
         queued, n = self._queued_fp
         if not n or queued <= 0.0:
             return head
         weight = self._cycle_s() / (queued / n)
         best, best_rank = head, (math.inf, 0)
-        for key, seq, r in self._waiting.entries(head.tenant, self._runs):
+        for key, seq, r in self._waiting.in_order(head.tenant, self._runs):
+            if key > best_rank[0]:
+                break  # a rank is its key plus a cost >= 0: nothing further can beat it
             homes = range(self.budget.replicas) if r.replica is None else (r.replica,)
             added = min((self.budget.shared_cost(i, r.shared) for i in homes), default=0.0)
-            rank = (math.inf if self._stalls(r, view, now) else key + weight * added, seq)
+            rank = (math.inf if self._stalls(r, sites, view, now) else key + weight * added, seq)
             if rank < best_rank:
                 best, best_rank = r, rank
         return best
@@ -232,13 +236,15 @@ class AdmissionControl:
     # --- admission -----------------------------------------------------------------------
 
     def _admit(self, now: float, view: ClusterView, out: list[Decision]) -> None:
-        """Admit waiting programs, fair-share order, while they fit somewhere."""
+        """Admit waiting programs, fair-share order, while they fit somewhere and bringing the
+        next one's context in does not cost the running calls more than it is worth."""
+        sites = self._stall_sites(view) if self._waiting else {}
         while self._waiting:
             heads = {t: h for t in self._waiting.tenants() if (h := self._waiting.head(t, self._runs))}
             if not heads:
                 return
-            r = self._cheapest_start(heads[self.fair.pick(sorted(heads))], view, now)
-            if self._stalls(r, view, now):
+            r = self._cheapest_start(heads[self.fair.pick(sorted(heads))], sites, view, now)
+            if self._stalls(r, sites, view, now):
                 return  # retried at the next event or tick (`stall_defers` bounds the wait)
             if self._blocked == (r.run_id, r.qver, self.budget.releases):
                 return  # the same program failed to fit and nobody has left since: skip the math
@@ -261,32 +267,42 @@ class AdmissionControl:
                 self._waiting.pop(r.tenant)
             self._activate(r, replica, now, out)  # a run from mid-queue leaves a stale entry
 
-    def _stalls(self, r: Run, view: ClusterView, now: float) -> bool:
-        """Does `r` wait for the running calls of every replica it could start on, bringing
-        its context in there costing them more than it is worth (`stall_defers`)? Only where
-        admission gates: a packing replica admits every program at once."""
-        homes = range(self.budget.replicas) if r.replica is None else (r.replica,)
-        return bool(homes) and all(self._stalls_on(r, view, i, now) for i in homes)
+    def _stall_sites(self, view: ClusterView) -> dict[int, ReplicaView]:
+        """Replicas where a program may wait for the running calls (`stall_defers`): gating
+        ones (a packing replica admits every program at once) with calls running. Unknown, so
+        no wait: how long programs run (cycle 0: no call has finished), or what a prefill token
+        costs (measured rates bound it from above, `engine_rates`, and would overstate every
+        stall). Read once per admission round; a round with none skips the rule."""
+        if self._cycle_s() <= 0.0:
+            return {}
+        sites = {}
+        for i in range(self.budget.replicas):
+            if not self._packs[i]:
+                rv = view.replica(i)
+                if rv.running and rv.prefill_s_per_token is not None:
+                    sites[i] = rv
+        return sites
 
-    def _stalls_on(self, r: Run, view: ClusterView, replica: int, now: float) -> bool:
-        rv = view.replica(replica)
-        cycle = self._cycle_s()
-        # Unknown, so no wait: how long programs run (cycle 0: no call has finished), or what a
-        # prefill token costs (measured rates bound it from above, `engine_rates`, and would
-        # overstate every stall).
-        if self._packs[replica] or rv.running == 0 or cycle <= 0.0 or rv.prefill_s_per_token is None:
+    def _stalls(self, r: Run, sites: dict[int, ReplicaView], view: ClusterView, now: float) -> bool:
+        """Does `r` wait for the running calls of every replica it could start on (`sites`),
+        bringing its context in there costing them more than it is worth (`stall_defers`)?"""
+        if not sites:
             return False
+        homes = range(self.budget.replicas) if r.replica is None else (r.replica,)
+        return bool(homes) and all(i in sites and self._stalls_on(r, sites[i], view, now) for i in homes)
+
+    def _stalls_on(self, r: Run, rv: ReplicaView, view: ClusterView, now: float) -> bool:
         hist = self.predictor.history
         fp = footprint(r, hist)
         if r.replica is None:  # a new program: its context is computed
             way_in = self.rates.recompute_s(rv, 0.0, fp)
         else:  # a paused one: what is not resident comes back the cheapest way (a tier load)
-            resident = min(float(view.resident_tokens(replica, r.run_id)), fp)
+            resident = min(float(view.resident_tokens(rv.replica, r.run_id)), fp)
             way_in = self.rates.reload_s(rv, resident, fp)
         if way_in is None:
             return False
         remaining = hist.expected_remaining_calls(r.program, r.calls_done)
-        own_s = (1.0 if remaining is None else remaining) * cycle
+        own_s = (1.0 if remaining is None else remaining) * self._cycle_s()
         return stall_defers(rv.running, way_in, own_s, now - r.queued_s)
 
     def _move_cost_s(self, r: Run, view: ClusterView) -> float:

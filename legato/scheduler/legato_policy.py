@@ -88,7 +88,8 @@ Constants (none is a value searched on our workloads):
 
 Every per-event step is O(live calls of the program + tenants + log programs), except the
 victim scans on overflow and on an idle engine (O(programs on the replica)) and the choice of
-the next program to admit (O(waiting programs of the tenant served), each priced for its stall).
+the next program to admit (the tenant's waiting programs in key order, until the next key exceeds
+the best rank found: usually the head, at worst all of them, each priced for its stall).
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ middle of the queue leaves it).
 from __future__ import annotations
 
 import heapq
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 
 from legato.scheduler.legato_run import Run
 
@@ -52,12 +52,20 @@ class WaitQueue:
         """Remove the tenant's head (call `head` first)."""
         heapq.heappop(self._heaps[tenant])
 
-    def entries(self, tenant: str, runs: Mapping[str, Run]) -> list[tuple[float, int, Run]]:
-        """The tenant's valid entries as (key, arrival sequence, run), in no particular order. A
-        run taken from anywhere in the queue leaves a stale entry behind (bump its `qver`)."""
-        out = []
-        for key, seq, qver, run_id in self._heaps.get(tenant, ()):
+    def in_order(self, tenant: str, runs: Mapping[str, Run]) -> Iterator[tuple[float, int, Run]]:
+        """The tenant's valid entries as (key, arrival sequence, run), least key first, read
+        lazily off the heap (a frontier of heap positions): a caller that stops after k entries
+        pays O(k log k), not the queue's length. A run taken from anywhere in the queue leaves a
+        stale entry behind (bump its `qver`)."""
+        heap = self._heaps.get(tenant)
+        if not heap:
+            return
+        frontier = [(heap[0], 0)]
+        while frontier:
+            (key, seq, qver, run_id), i = heapq.heappop(frontier)
+            for child in (2 * i + 1, 2 * i + 2):
+                if child < len(heap):
+                    heapq.heappush(frontier, (heap[child], child))
             r = runs.get(run_id)
             if r is not None and r.qver == qver and r.queued:
-                out.append((key, seq, r))
-        return out
+                yield key, seq, r

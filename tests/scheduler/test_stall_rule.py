@@ -122,8 +122,9 @@ def test_a_paused_program_counts_only_the_context_it_must_bring_back() -> None:
     r.calls_done = 1
     r.live["back#1"] = BIG
     policy._enqueue(r, 0.0)
-    assert policy._stalls(r, _Resident(running=16, resident=0), 0.0)  # recomputed: 16 stalled
-    assert not policy._stalls(r, _Resident(running=16, resident=10 * BIG), 0.0)  # all resident
+    for resident, stalls in ((0, True), (10 * BIG, False)):  # recomputed: 16 stalled; all resident
+        view = _Resident(running=16, resident=resident)
+        assert policy._stalls(r, policy._stall_sites(view), view, 0.0) is stalls
 
 
 class _Unknown(_View):
