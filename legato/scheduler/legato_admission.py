@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 from legato.scheduler.admission import KVBudget
 from legato.scheduler.engine_rates import EngineRates
@@ -203,7 +203,9 @@ class AdmissionControl:
         total, n = self._cycle
         return total / n if n else (self.rates.mean_call_s() or 0.0)
 
-    def _cheapest_start(self, head: Run, sites: dict[int, ReplicaView], view: ClusterView, now: float) -> Run:
+    def _cheapest_start(
+        self, head: Run, sites: dict[int, ReplicaView], view: ClusterView, now: float
+    ) -> Run | None:
         """The waiting program of `head`'s tenant to admit next: least queue key plus the shared
         parts it would add, counted like its footprint (one call cycle of their tokens over the
         mean queued footprint). A shared part (a system prompt, a database schema, an RL group's
@@ -212,20 +214,20 @@ class AdmissionControl:
         first keeps the programs that share a prefix together, and the prefix cached. Keys are
         computed when a program is queued; which shared parts are held changes as programs come
         and go, so this is decided at admission (a scan of the tenant's waiting programs). A
-        program that would stall the running calls of `sites` now (`_stalls`) goes after every
-        one that would not."""
+        program that would stall the running calls of `sites` now (`_stalls`) is passed over;
+        None when every one would."""
         queued, n = self._queued_fp
         if not n or queued <= 0.0:
-            return head
+            return None if self._stalls(head, sites, view, now) else head
         weight = self._cycle_s() / (queued / n)
-        best, best_rank = head, (math.inf, 0)
+        best: Run | None = None
+        best_rank = (math.inf, 0)
         for key, seq, r in self._waiting.in_order(head.tenant, self._runs):
             if key > best_rank[0]:
                 break  # a rank is its key plus a cost >= 0: nothing further can beat it
-            homes = range(self.budget.replicas) if r.replica is None else (r.replica,)
-            added = min((self.budget.shared_cost(i, r.shared) for i in homes), default=0.0)
-            rank = (math.inf if self._stalls(r, sites, view, now) else key + weight * added, seq)
-            if rank < best_rank:
+            added = min((self.budget.shared_cost(i, r.shared) for i in self._homes(r)), default=0.0)
+            rank = (key + weight * added, seq)
+            if rank < best_rank and not self._stalls(r, sites, view, now):
                 best, best_rank = r, rank
         return best
 
@@ -244,7 +246,7 @@ class AdmissionControl:
             if not heads:
                 return
             r = self._cheapest_start(heads[self.fair.pick(sorted(heads))], sites, view, now)
-            if self._stalls(r, sites, view, now):
+            if r is None:
                 return  # retried at the next event or tick (`stall_defers` bounds the wait)
             if self._blocked == (r.run_id, r.qver, self.budget.releases):
                 return  # the same program failed to fit and nobody has left since: skip the math
@@ -286,10 +288,13 @@ class AdmissionControl:
     def _stalls(self, r: Run, sites: dict[int, ReplicaView], view: ClusterView, now: float) -> bool:
         """Does `r` wait for the running calls of every replica it could start on (`sites`),
         bringing its context in there costing them more than it is worth (`stall_defers`)?"""
-        if not sites:
-            return False
-        homes = range(self.budget.replicas) if r.replica is None else (r.replica,)
-        return bool(homes) and all(i in sites and self._stalls_on(r, sites[i], view, now) for i in homes)
+        return bool(sites) and all(
+            i in sites and self._stalls_on(r, sites[i], view, now) for i in self._homes(r)
+        )
+
+    def _homes(self, r: Run) -> Sequence[int]:
+        """Replicas `r` could start on: its own once it has one, else any."""
+        return range(self.budget.replicas) if r.replica is None else (r.replica,)
 
     def _stalls_on(self, r: Run, rv: ReplicaView, view: ClusterView, now: float) -> bool:
         hist = self.predictor.history

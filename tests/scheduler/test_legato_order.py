@@ -173,7 +173,7 @@ def test_a_program_whose_shared_prefix_is_held_is_admitted_first() -> None:
         policy._enqueue(r, at)
     head = policy._waiting.head("t0", policy._runs)
     assert head is not None and head.run_id == "cold"  # by key alone
-    assert policy._cheapest_start(head, {}, _View(gating=True), 1.0).run_id == "warm"
+    assert policy._cheapest_start(head, {}, _View(gating=True), 1.0) is policy._runs["warm"]
     # Taken from mid-queue, `warm` leaves a stale entry: `cold` stays the head.
     out: list[Decision] = []
     policy._admit(1.0, _View(gating=True), out)
