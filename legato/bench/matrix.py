@@ -22,7 +22,9 @@ better), and the worst cell.
 * **A subset**: `--cells GLOB` (repeatable) runs only the cells whose key matches, e.g.
   `chat/a10/*`; each policy's makespan, prefill tokens computed, preemptions, mean decode
   batch, share of the KV pool in use and where a call's time went (`call_phases`: held by the
-  policy, queued in the engine, running) are in the JSON, beside the two ratios they explain.
+  policy, queued in the engine, running) are in the JSON, beside the two ratios they explain,
+  with the share of time Legato's thrash meter held a weight-bound replica gated
+  (`legato_gated_share`: which regime it chose, `legato.scheduler.regime`).
 * **The bar** (issue 13): a cell passes when Legato's steps/min is >= `STEPS_BAR` x the best
   peer's and its mean TCT <= `TCT_BAR` x the best peer's; `passed` counts them.
 """
@@ -165,9 +167,12 @@ def run_cell(cell: Cell, paths: dict[str, str], seed: int = 0) -> dict[str, Any]
     workload, dropped = _fit(_workload(cell.workload, paths, seed), capacity, cell.workload.programs)
     peers, bounds = roles()
     results: dict[str, dict[str, float]] = {}
+    gated_share = 0.0
     for policy in ["legato", *peers, *bounds]:
         trace: list[CallTrace] = []
         outcome = simulate(workload, policy, config, concurrency=cell.concurrency, trace=trace)
+        if policy == "legato":
+            gated_share = outcome.extra.get("legato_gated_share", 0.0)
         results[policy] = {
             "steps_per_min": steps_per_min(outcome),
             "mean_tct_s": mean_tct_s(outcome),
@@ -201,6 +206,9 @@ def run_cell(cell: Cell, paths: dict[str, str], seed: int = 0) -> dict[str, Any]
         "best_peer_tct": best_tct,
         "tct_ratio": _ratio(legato["mean_tct_s"], results[best_tct]["mean_tct_s"]),
         "kv_bound_steps_per_min": bound.steps_per_min,
+        # Legato's regime on a weight-bound replica: the share of time the thrash meter gated
+        # it (0 where the engine packs throughout or the replica gates by its cost model).
+        "legato_gated_share": gated_share,
         "seconds": time.perf_counter() - started,
     }
 

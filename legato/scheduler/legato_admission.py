@@ -121,13 +121,15 @@ class AdmissionControl:
         (`regime.ThrashMeter`); on a replica that may let the engine pack its memory, gate
         admission at the pool's capacity while that recompute costs more than gating would."""
         reused = r.reused.pop(event.call_id, 0.0)
+        resident = r.resident.pop(event.call_id, math.inf)
         replica = r.replica
         if replica is None or replica >= len(self._packs):
             return
         _, hints = r.hints.get(event.call_id, ("", CallHints()))
         if r.calls_done and not hints.prefill_only and reused > 0.0:
             rv = view.replica(replica)
-            self.thrash.call_finished(r.run_id, rv, self.rates, reused, float(event.cached_tokens))
+            cached = min(resident, float(event.cached_tokens))
+            self.thrash.call_finished(r.run_id, rv, self.rates, reused, cached)
         if not self._packs[replica]:
             return
         thrashing = self.thrash.thrashing(replica, now, self.budget, view.replica(replica))
@@ -137,6 +139,16 @@ class AdmissionControl:
             caps[replica] = cap
             self.budget.set_capacity(caps)
             self._blocked = None  # the budget changed: retry admission
+
+    def _note_resident(self, r: Run, call_id: str, reused: float, view: ClusterView) -> None:
+        """On a packing replica with a tier, how much of the context a call reuses is still on
+        the device as it arrives: `CallFinished.cached_tokens` counts a prefix loaded back from
+        a tier as a hit, yet the engine dropped it and the load is paid (`_measure`)."""
+        replica = r.replica
+        if reused <= 0.0 or replica is None or replica >= len(self._packs):
+            return
+        if self._packs[replica] and self._tiered[replica]:
+            r.resident[call_id] = float(view.resident_tokens(replica, r.run_id))
 
     def _ahead(self, r: Run, replica: int) -> float:
         """Calls from now to the run's next pause point on `replica` (`legato_run.projected`):

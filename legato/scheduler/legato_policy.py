@@ -180,6 +180,7 @@ class Legato(AdmissionControl, BasePolicy):
         r.live[call.call_id] = call.prompt_len
         r.hints[call.call_id] = (call.node, call.hints)
         reused = r.reused[call.call_id] = reused_context(call, r.last_ctx)
+        self._note_resident(r, call.call_id, reused, view)
         if r.root_ctx is None:  # the first call: its context becomes the first context
             shared, root = r.shared_tokens, float(call.prompt_len)
         elif reused > 0:  # continues a context of the run
@@ -405,8 +406,10 @@ class Legato(AdmissionControl, BasePolicy):
     # --- reporting -----------------------------------------------------------------------
 
     def stats(self) -> dict[str, float]:
-        """Numbers for the bench report: predictor accuracy, pins, steals."""
+        """Numbers for the bench report: predictor accuracy, pins, steals, and the share of
+        time weight-bound replicas spent gated by the thrash meter (`regime`)."""
         out = self.predictor.accuracy()
         out["legato_pins"] = float(self.pins)
         out["legato_steals"] = float(self.router.steals)
+        out["legato_gated_share"] = self.thrash.gated_share()
         return out

@@ -113,6 +113,9 @@ class Run:
     hints: dict[str, tuple[str, CallHints]] = field(default_factory=dict)  # call -> (node, hints)
     # Live call -> leading prompt tokens the run computed before (`LLMCall.reused_context_tokens`).
     reused: dict[str, float] = field(default_factory=dict)
+    # Live call -> tokens of the run's context still on the device when it arrived (a packing
+    # replica's thrash meter: a prefix hit loaded back from a tier was dropped all the same).
+    resident: dict[str, float] = field(default_factory=dict)
     deferred: list[str] = field(default_factory=list)  # admitted calls the fair-share gate holds
 
 

@@ -13,7 +13,8 @@ whole.
 The choice is measured, not configured. For each replica the meter adds up the engine seconds
 spent recomputing KV the engine had already computed for a program and dropped (a call whose
 prompt repeats context its program computed before, `LLMCall.reused_context_tokens`, but found
-less of it cached; priced with `EngineRates.recompute_s`, the engine's own prefill cost), over
+less of it on the device; priced with `EngineRates.reload_s`, the cheapest way back: the
+engine's own prefill cost, or a load from a tier where one keeps dropped KV), over
 the time the replica packed: gating stops the drops, so time spent gated says nothing about
 what packing costs, and averaging over it would settle the choice where the two mixed regimes
 cost the same rather than on the cheaper regime. A context the policy itself let go through a
@@ -79,14 +80,15 @@ class ThrashMeter:
         self, run: str, view: ReplicaView, rates: EngineRates, reused: float, cached: float
     ) -> None:
         """A call of `run` whose prompt starts with `reused` tokens its program computed before
-        found `cached` of them resident (block granularity: up to a block short is not a loss)."""
+        found `cached` of them on the device (block granularity: up to a block short is not a
+        loss); the rest came back the cheapest way."""
         if run in self._released:
             self._released.discard(run)
             return
         if reused - cached <= view.block_size:
             return
         m = self._meters.setdefault(view.replica, _Meter())
-        cost = rates.recompute_s(view, cached, reused)
+        cost = rates.reload_s(view, cached, reused)
         if cost and m.packing:
             m.lost_s += cost
 
@@ -114,6 +116,18 @@ class ThrashMeter:
         peak = max(budget.used[replica], default=0.0)
         m.last = (peak, max(0.0, peak - budget.current[replica]))
         return m.unused / m.reserved if m.reserved > 0.0 else 0.0
+
+    def gated_share(self) -> float:
+        """Share of the metered replicas' serving time (up to each one's last finished call)
+        spent gated: a report of which regime the meter chose, and for how long."""
+        served = gated = 0.0
+        for m in self._meters.values():
+            if m.since_s is None or m.clock_s is None:
+                continue
+            span = m.clock_s - m.since_s
+            served += span
+            gated += span - m.packing_s
+        return gated / served if served > 0.0 else 0.0
 
     def thrashing(self, replica: int, now: float, budget: KVBudget, view: ReplicaView) -> bool:
         """Does recomputing dropped KV cost the replica more than gating would (see the module

@@ -79,6 +79,7 @@ def test_a_cell_reports_what_explains_its_ratios() -> None:
         assert min(phases) >= 0.0 and numbers["mean_run_s"] > 0.0
         assert numbers["mean_decode_batch"] > 0.0
         assert 0.0 <= numbers["kv_in_use_share"] <= 1.0
+    assert 0.0 <= cell["legato_gated_share"] <= 1.0
 
 
 def test_call_phases_are_means_of_each_interval() -> None:

@@ -11,7 +11,7 @@ from legato.scheduler.admission import KVBudget
 from legato.scheduler.engine_rates import EngineRates
 from legato.scheduler.events import CallFinished, RunStarted
 from legato.scheduler.legato_policy import Legato
-from legato.scheduler.policy import Dispatch, ReplicaView
+from legato.scheduler.policy import Dispatch, ReplicaView, TierView
 from legato.scheduler.regime import ThrashMeter, gate_cost
 from tests.scheduler.test_legato_policy import _call
 
@@ -93,6 +93,19 @@ def test_only_time_spent_packing_dilutes_the_recompute() -> None:
     assert meter.thrashing(0, 100.0, budget, view)  # still 3 s of 10 s packing
     assert meter.lost_fraction(0, 100.0) == pytest.approx(0.3)
 
+    # 10 s packing, then gated until the last finished call at 100 s: 90 % of the time gated.
+    assert meter.gated_share() == pytest.approx(0.9)
+
+
+def test_the_gated_share_is_zero_before_any_call_and_while_packing() -> None:
+    meter = ThrashMeter()
+    assert meter.gated_share() == 0.0
+    budget = KVBudget(horizons=2, low=1.0, high=1.0, safety=0.0)
+    budget.set_capacity([math.inf])
+    meter.dispatched(0, 0.0)
+    assert not meter.thrashing(0, 10.0, budget, _replica())
+    assert meter.gated_share() == 0.0
+
 
 class _View:
     num_replicas = 1
@@ -121,6 +134,7 @@ def test_a_weight_bound_replica_packs_until_it_is_seen_to_drop_contexts() -> Non
     # a's next call found none of its 4100-token context cached: ~4 s of 6 s recomputing
     policy.on_event(CallFinished("a#1", "a", 4200, 100, 0, "stop"), 6.0, view)
     assert policy.budget.capacity == [10_000.0]
+    assert policy.stats()["legato_gated_share"] == 0.0  # gated from its last call on
 
 
 def test_a_prompt_that_opens_with_other_prefix_parts_lost_nothing() -> None:
@@ -158,3 +172,44 @@ def test_on_a_pool_that_fits_few_contexts_legato_keeps_up_with_thunderagent() ->
     thunder = simulate(workload, "thunderagent", config, concurrency=16)
     assert steps_per_min(legato) >= 0.97 * steps_per_min(thunder)
     assert mean_tct_s(legato) <= mean_tct_s(thunder)
+
+
+def _tiered(tokens: int = 10_000) -> ReplicaView:
+    """`_replica` with a host tier that loads a token in a tenth of its recompute time."""
+    host = TierView("host", bandwidth=1e6, round_trip_s=0.0, capacity_bytes=1e9, free_bytes=1e9)
+    return dataclasses.replace(_replica(tokens), kv_bytes_per_token=100.0, tiers=(host,))
+
+
+def test_a_context_loaded_back_from_a_tier_costs_the_load() -> None:
+    meter = ThrashMeter()
+    meter.dispatched(0, 0.0)
+    # 3000 tokens dropped from the device: 0.3 s from the host tier against 3 s of recompute
+    meter.call_finished("a", _tiered(), EngineRates(), reused=4000.0, cached=1000.0)
+    assert meter.lost_fraction(0, 10.0) == pytest.approx(3000 * 100.0 / 1e6 / 10.0)
+
+
+class _TieredView(_View):
+    """The run's context on the device, as the engine reports it: `on_device` tokens."""
+
+    on_device = 0
+
+    def replica(self, index: int) -> ReplicaView:
+        return _tiered()
+
+    def resident_tokens(self, replica: int, run_id: str) -> int:
+        return self.on_device
+
+
+def test_a_prefix_hit_from_a_tier_still_counts_what_the_device_dropped() -> None:
+    # `CallFinished.cached_tokens` counts tokens loaded back from a tier as hits; the meter
+    # takes what was on the device when the call arrived.
+    policy = Legato()
+    view = _TieredView()
+    for run in ("a", "b", "c"):
+        policy.on_event(RunStarted(run, "agent", "t0"), 0.0, view)
+        policy.on_event(_call(run, 0, 4000, tool=None), 0.0, view)
+    policy.on_event(CallFinished("a#0", "a", 4000, 100, 0, "stop"), 1.0, view)
+    view.on_device = 1100  # 3000 of the 4100-token context went to the host tier
+    policy.on_event(_call("a", 1, 4200, tool=None), 1.0, view)
+    policy.on_event(CallFinished("a#1", "a", 4200, 100, 4100, "stop"), 6.0, view)
+    assert policy.thrash.lost_fraction(0, 6.0) == pytest.approx(3000 * 100.0 / 1e6 / 6.0)
