@@ -32,7 +32,7 @@ from legato.scheduler.legato_run import (
 from legato.scheduler.pin_rule import hold_ttl, memory_price
 from legato.scheduler.policy import ClusterView, Decision, Dispatch, Pause, ReplicaView, Resume, Unpin
 from legato.scheduler.predictor import ReusePredictor
-from legato.scheduler.regime import ThrashMeter
+from legato.scheduler.regime import LiveSharedParts, ThrashMeter
 from legato.scheduler.routing import Router
 from legato.scheduler.victims import idle_holders, pick_victim
 from legato.scheduler.wait_queue import WaitQueue
@@ -89,6 +89,7 @@ class AdmissionControl:
         self._victims: list[list[tuple[int, str]]] = []  # per replica: (-prio, run), a heap
         self.pool: list[float] = []  # per replica: KV capacity in tokens (the budget's, if gated)
         self.thrash = ThrashMeter()
+        self.live_shared = LiveSharedParts()  # of the programs running, whatever their state
         self._packs: list[bool] = []  # per replica: may let the engine pack memory (`regime`)
         self._tiered: list[bool] = []  # per replica: a tier parks a paused run's KV
         self._queued_fp = [0.0, 0]  # summed footprint of programs at enqueue, samples
@@ -119,7 +120,8 @@ class AdmissionControl:
     def _measure(self, r: Run, event: CallFinished, now: float, view: ClusterView) -> None:
         """A call finished: count the KV its program had computed and the engine dropped
         (`regime.ThrashMeter`); on a replica that may let the engine pack its memory, gate
-        admission at the pool's capacity while that recompute costs more than gating would."""
+        admission at the pool's capacity while that recompute costs more than gating would, or
+        while the live programs' shared parts overflow the memory that packs (`regime`)."""
         reused = r.reused.pop(event.call_id, 0.0)
         resident = r.resident.pop(event.call_id, math.inf)
         replica = r.replica
@@ -130,15 +132,31 @@ class AdmissionControl:
             rv = view.replica(replica)
             cached = min(resident, float(event.cached_tokens))
             self.thrash.call_finished(r.run_id, rv, self.rates, reused, cached)
-        if not self._packs[replica]:
-            return
-        thrashing = self.thrash.thrashing(replica, now, self.budget, view.replica(replica))
+        if self._packs[replica]:
+            self._choose_regime(replica, now, view)
+
+    def _choose_regime(self, replica: int, now: float, view: ClusterView) -> None:
+        """Gate a replica that may pack at its pool's capacity, or let it pack (`regime`)."""
+        packing_pool = sum(pool for pool, packs in zip(self.pool, self._packs, strict=True) if packs)
+        overflow = self.live_shared.tokens > packing_pool
+        thrashing = self.thrash.thrashing(replica, now, self.budget, view.replica(replica), overflow)
         cap = self.pool[replica] if thrashing else math.inf
         if cap != self.budget.capacity[replica]:
             caps = list(self.budget.capacity)
             caps[replica] = cap
             self.budget.set_capacity(caps)
             self._blocked = None  # the budget changed: retry admission
+
+    def _add_shared(self, r: Run, now: float, view: ClusterView) -> None:
+        """A program's first call names its shared parts: where new ones overflow the memory
+        that packs, the packing replicas gate before it is admitted (`_choose_regime`)."""
+        before = self.live_shared.tokens
+        self.live_shared.add(r.shared)
+        if self.live_shared.tokens == before:
+            return
+        for replica, packs in enumerate(self._packs):
+            if packs and math.isinf(self.budget.capacity[replica]):
+                self._choose_regime(replica, now, view)
 
     def _note_resident(self, r: Run, call_id: str, reused: float, view: ClusterView) -> None:
         """On a packing replica with a tier, how much of the context a call reuses is still on

@@ -17,7 +17,9 @@ call timings otherwise). Concerns, one module each:
   budget always gates: weighted fair share needs the queue) — until the engine is measured to
   thrash (`regime.ThrashMeter`: where memory fits only a few contexts the engine drops whole
   contexts and recomputes them; once that recompute costs more of its time than the memory a
-  gate would leave unused, the replica gates, thunderagent's working set). When the footprint
+  gate would leave unused, the replica gates, thunderagent's working set; it gates at once
+  while the live programs' distinct shared parts, a schema per database say, add up to more
+  than the memory that packs, which packing them all would evict and recompute). When the footprint
   grows past the capacity and the engine has no free blocks left for the excess, whole
   programs are paused (`victims.pick_victim`: newest first, preferring ones with no call on
   the engine), so the engine never thrashes. A replica with nothing to run while programs
@@ -72,6 +74,7 @@ Constants (none is a value searched on our workloads):
 | budget `low`/`high` | 1.0 | the pool's capacity; `safety` 0: the expected total |
 | gating | engine | `gates`: KV pool read time vs. weight read time per decode step |
 | gating, weight-bound | measured | `regime`: recompute while packing vs. what the slack is worth |
+| gating, shared parts | budget | `regime`: live programs' distinct shared parts vs. the packing pool |
 | idle release | engine | `_worth_idling`: pin TTL with holding priced at 1 (idle engine) |
 | output reserve | learned | program's mean output, else all programs', else 0 (none seen) |
 | remaining calls | learned | past runs' lengths, else all programs' mean, else 1 |
@@ -164,6 +167,7 @@ class Legato(AdmissionControl, BasePolicy):
         self.predictor.call_arrived(r.run_id, now)
         if r.state == NEW:
             self._first_call(r, event)
+            self._add_shared(r, now, view)
         warm = call.hints.prefill_only  # a speculative prefill says nothing about the program's shape
         if not warm and not r.live and not r.acting and r.prev_prompt:
             self.predictor.history.record_growth(r.program, call.prompt_len - r.prev_prompt)
@@ -354,6 +358,7 @@ class Legato(AdmissionControl, BasePolicy):
             return ()
         self.budget.release(r.run_id)
         self.thrash.forget(r.run_id)
+        self.live_shared.remove(r.shared)
         if r.prio:
             self.router.left(r.group)
         self.fair.refund(r.tenant, r.prepaid)

@@ -12,7 +12,7 @@ from legato.scheduler.engine_rates import EngineRates
 from legato.scheduler.events import CallFinished, RunStarted
 from legato.scheduler.legato_policy import Legato
 from legato.scheduler.policy import Dispatch, ReplicaView, TierView
-from legato.scheduler.regime import ThrashMeter, gate_cost
+from legato.scheduler.regime import LiveSharedParts, ThrashMeter, gate_cost
 from tests.scheduler.test_legato_policy import _call
 
 PREFILL_S = 1e-3  # seconds per recomputed token on the test replica
@@ -213,3 +213,45 @@ def test_a_prefix_hit_from_a_tier_still_counts_what_the_device_dropped() -> None
     policy.on_event(_call("a", 1, 4200, tool=None), 1.0, view)
     policy.on_event(CallFinished("a#1", "a", 4200, 100, 4100, "stop"), 6.0, view)
     assert policy.thrash.lost_fraction(0, 6.0) == pytest.approx(3000 * 100.0 / 1e6 / 6.0)
+
+
+def test_live_shared_parts_count_each_part_once_while_a_program_uses_it() -> None:
+    parts = LiveSharedParts()
+    schema_a, schema_b = ("prefix", "t0", "sql", 4000), ("prefix", "t0", "sql", 3000)
+    parts.add([(schema_a, 4000.0)])
+    parts.add([(schema_a, 4000.0), (schema_b, 3000.0)])
+    assert parts.tokens == 7000.0
+    parts.remove([(schema_a, 4000.0)])
+    assert parts.tokens == 7000.0  # the second program still reads schema a
+    parts.remove([(schema_a, 4000.0), (schema_b, 3000.0)])
+    parts.remove([(schema_b, 3000.0)])  # a part no live program holds: nothing to take away
+    assert parts.tokens == 0.0
+
+
+def test_shared_parts_that_overflow_the_pool_gate_without_any_loss_seen() -> None:
+    meter = ThrashMeter()
+    budget = KVBudget(horizons=2, low=1.0, high=1.0, safety=0.0)
+    budget.set_capacity([math.inf])
+    meter.dispatched(0, 0.0)
+    assert meter.thrashing(0, 10.0, budget, _replica(), shared_overflow=True)
+    assert meter.gated_share() == 0.0  # gated from 10 s, the last call seen
+    assert not meter.thrashing(0, 20.0, budget, _replica())  # no loss measured: packs again
+    assert meter.gated_share() == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize(("schemas", "gated"), [((4000, 4000, 4000), False), ((4000, 4001, 4002), True)])
+def test_programs_on_more_schemas_than_the_pool_holds_are_gated_before_they_start(
+    schemas: tuple[int, int, int], gated: bool
+) -> None:
+    # text2sql: each program's prompt opens with its database's schema, shared with the other
+    # programs on that database. Three 4,000-token schemas do not fit a 10,000-token pool
+    # together: packing all three programs would evict schemas programs read again.
+    policy = Legato()
+    view = _View()
+    out = []
+    for run, schema in zip(("a", "b", "c"), schemas, strict=True):
+        policy.on_event(RunStarted(run, "agent", "t0"), 0.0, view)
+        out += policy.on_event(_call(run, 0, schema + 500, tool=None, shared=schema), 0.0, view)
+    assert policy.budget.capacity == ([10_000.0] if gated else [math.inf])
+    started = [d.call_id for d in out if isinstance(d, Dispatch)]
+    assert started == (["a#0", "b#0"] if gated else ["a#0", "b#0", "c#0"])
