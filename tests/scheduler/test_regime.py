@@ -11,7 +11,7 @@ from legato.scheduler.admission import KVBudget
 from legato.scheduler.engine_rates import EngineRates
 from legato.scheduler.events import CallFinished, RunStarted
 from legato.scheduler.legato_policy import Legato
-from legato.scheduler.policy import Dispatch, ReplicaView, TierView
+from legato.scheduler.policy import Decision, Dispatch, ReplicaView, TierView
 from legato.scheduler.regime import LiveSharedParts, ThrashMeter, gate_cost
 from tests.scheduler.test_legato_policy import _call
 
@@ -120,13 +120,19 @@ class _View:
         return 0
 
 
+def _start_three(policy: Legato, view: _View) -> list[Decision]:
+    """Three 4000-token programs on a 10,000-token weight-bound pool: the engine packs."""
+    out: list[Decision] = []
+    for run in ("a", "b", "c"):
+        policy.on_event(RunStarted(run, "agent", "t0"), 0.0, view)
+        out += policy.on_event(_call(run, 0, 4000, tool=None), 0.0, view)
+    return out
+
+
 def test_a_weight_bound_replica_packs_until_it_is_seen_to_drop_contexts() -> None:
     policy = Legato()
     view = _View()
-    out = []
-    for run in ("a", "b", "c"):  # 3 x 4000 tokens on a 10,000-token pool: the engine packs
-        policy.on_event(RunStarted(run, "agent", "t0"), 0.0, view)
-        out += policy.on_event(_call(run, 0, 4000, tool=None), 0.0, view)
+    out = _start_three(policy, view)
     assert [d.call_id for d in out if isinstance(d, Dispatch)] == ["a#0", "b#0", "c#0"]
     assert policy.budget.capacity == [math.inf]
     policy.on_event(CallFinished("a#0", "a", 4000, 100, 0, "stop"), 1.0, view)
@@ -142,9 +148,7 @@ def test_a_prompt_that_opens_with_other_prefix_parts_lost_nothing() -> None:
     # call's context, although its prompt is longer; none of that context was ever reusable.
     policy = Legato()
     view = _View()
-    for run in ("a", "b", "c"):
-        policy.on_event(RunStarted(run, "agent", "t0"), 0.0, view)
-        policy.on_event(_call(run, 0, 4000, tool=None), 0.0, view)
+    _start_three(policy, view)
     policy.on_event(CallFinished("a#0", "a", 4000, 100, 0, "stop"), 1.0, view)
     policy.on_event(_call("a", 1, 4200, tool=None, reused=0), 1.0, view)
     policy.on_event(CallFinished("a#1", "a", 4200, 100, 0, "stop"), 6.0, view)
@@ -205,9 +209,7 @@ def test_a_prefix_hit_from_a_tier_still_counts_what_the_device_dropped() -> None
     # takes what was on the device when the call arrived.
     policy = Legato()
     view = _TieredView()
-    for run in ("a", "b", "c"):
-        policy.on_event(RunStarted(run, "agent", "t0"), 0.0, view)
-        policy.on_event(_call(run, 0, 4000, tool=None), 0.0, view)
+    _start_three(policy, view)
     policy.on_event(CallFinished("a#0", "a", 4000, 100, 0, "stop"), 1.0, view)
     view.on_device = 1100  # 3000 of the 4100-token context went to the host tier
     policy.on_event(_call("a", 1, 4200, tool=None), 1.0, view)
