@@ -23,7 +23,7 @@ better), and the worst cell.
   `chat/a10/*`; each policy's makespan, prefill tokens computed, preemptions, mean decode
   batch, share of the KV pool in use and where a call's time went (`call_phases`: held by the
   policy, queued in the engine, running) are in the JSON, beside the two ratios they explain,
-  with the share of time Legato's thrash meter held a weight-bound replica gated
+  with the share of time a replica where the engine may pack was gated by Legato
   (`legato_gated_share`: which regime it chose, `legato.scheduler.regime`).
 * **The bar** (issue 13): a cell passes when Legato's steps/min is >= `STEPS_BAR` x the best
   peer's and its mean TCT <= `TCT_BAR` x the best peer's; `passed` counts them.
@@ -206,8 +206,8 @@ def run_cell(cell: Cell, paths: dict[str, str], seed: int = 0) -> dict[str, Any]
         "best_peer_tct": best_tct,
         "tct_ratio": _ratio(legato["mean_tct_s"], results[best_tct]["mean_tct_s"]),
         "kv_bound_steps_per_min": bound.steps_per_min,
-        # Legato's regime on a weight-bound replica: the share of time the thrash meter gated
-        # it (0 where the engine packs throughout or the replica gates by its cost model).
+        # Legato's regime where the engine may pack: the share of time it gated (`regime`; 0
+        # where the engine packs throughout or the replica gates by its cost model).
         "legato_gated_share": gated_share,
         "seconds": time.perf_counter() - started,
     }

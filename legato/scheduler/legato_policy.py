@@ -17,9 +17,10 @@ call timings otherwise). Concerns, one module each:
   budget always gates: weighted fair share needs the queue) — until the engine is measured to
   thrash (`regime.ThrashMeter`: where memory fits only a few contexts the engine drops whole
   contexts and recomputes them; once that recompute costs more of its time than the memory a
-  gate would leave unused, the replica gates, thunderagent's working set; it gates at once
-  while the live programs' distinct shared parts, a schema per database say, add up to more
-  than the memory that packs, which packing them all would evict and recompute). When the footprint
+  gate would leave unused, the replica gates, thunderagent's working set; it also gates, at
+  once, while the live programs' distinct shared parts, such as one schema per database, add
+  up to more than the memory that packs: packing them all would evict shared prefixes that
+  admitted programs read again). When the footprint
   grows past the capacity and the engine has no free blocks left for the excess, whole
   programs are paused (`victims.pick_victim`: newest first, preferring ones with no call on
   the engine), so the engine never thrashes. A replica with nothing to run while programs
@@ -412,7 +413,7 @@ class Legato(AdmissionControl, BasePolicy):
 
     def stats(self) -> dict[str, float]:
         """Numbers for the bench report: predictor accuracy, pins, steals, and the share of
-        time weight-bound replicas spent gated by the thrash meter (`regime`)."""
+        time replicas where the engine may pack spent gated (`regime`)."""
         out = self.predictor.accuracy()
         out["legato_pins"] = float(self.pins)
         out["legato_steals"] = float(self.router.steals)

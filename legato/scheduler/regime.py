@@ -129,7 +129,7 @@ class ThrashMeter:
 
     def gated_share(self) -> float:
         """Share of the metered replicas' serving time (up to each one's last finished call)
-        spent gated: a report of which regime the meter chose, and for how long."""
+        spent gated: a report of which regime was chosen, and for how long."""
         served = gated = 0.0
         for m in self._meters.values():
             if m.since_s is None or m.clock_s is None:
