@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import random
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from legato.scheduler.admission import KVBudget
 from legato.scheduler.engine_rates import EngineRates
@@ -227,6 +230,26 @@ def test_live_shared_parts_count_each_part_once_while_a_program_uses_it() -> Non
     assert parts.tokens == 7000.0  # the second program still reads schema a
     parts.remove([(schema_a, 4000.0), (schema_b, 3000.0)])
     parts.remove([(schema_b, 3000.0)])  # a part no live program holds: nothing to take away
+    assert parts.tokens == 0.0
+
+
+_SCHEMAS = [("s1", 100.0), ("s2", 250.0), ("s3", 400.0)]
+_PROGRAM_PARTS = st.lists(st.sampled_from(_SCHEMAS), max_size=3, unique=True)  # one program's parts
+
+
+@given(st.lists(_PROGRAM_PARTS, max_size=12), st.randoms(use_true_random=False))
+def test_live_shared_parts_are_the_distinct_parts_of_the_programs_still_running(
+    programs: list[list[tuple[str, float]]], rng: random.Random
+) -> None:
+    parts = LiveSharedParts()
+    for program in programs:
+        parts.add(program)
+    running = list(programs)
+    rng.shuffle(running)
+    while running:
+        distinct = {key: size for program in running for key, size in program}
+        assert parts.tokens == pytest.approx(sum(distinct.values()))
+        parts.remove(running.pop())
     assert parts.tokens == 0.0
 
 
