@@ -14,8 +14,10 @@ a pause drops no KV that a call is using — the next call when a pause parks th
 tier or when its calls run one at a time (between calls nothing of it is on the engine), else
 until it is next left with no call on the engine (a map's workers: a pause before then drops
 KV that running calls are using, all of it recomputed). The growth is what past runs of the
-program reached, at common future points (`HORIZONS`, in call cycles), times the chance it is
-still running then (its variance: it either still holds that or has freed everything).
+program reached, at common future points (`HORIZONS`, in call cycles), times the chance it
+makes its next call (its variance: it either holds that or has freed everything). Weighting each
+point by the chance the run is still going then would fill more of the pool, but the pauses
+that follow cost as much as that gains.
 """
 
 from __future__ import annotations
