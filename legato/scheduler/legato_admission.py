@@ -553,9 +553,10 @@ class AdmissionControl:
         (module docstring of `legato_policy`, "Order"). It keeps its place on a gating replica
         (its engine is kept within its pool and preempts nothing) and while costs are unknown.
         Else it takes a new place at the end (`released`) when the way back is recomputation
-        (no tier is cheaper); parked in a tier, when it expects more calls still than a
-        program just started (`ProgramHistory.outlasts_fresh`), behind every program admitted
-        until it finishes too (`behind_new`: least expected remaining work first)."""
+        (no tier is cheaper); parked in a tier, when it is likelier to go on after its next call
+        than a program just started is after its first (`ProgramHistory.outlasts_fresh`), behind
+        every program admitted until it finishes too (`behind_new`: least expected remaining
+        work first)."""
         r.released = r.behind_new = False
         assert r.replica is not None
         if math.isfinite(self.budget.capacity[r.replica]):

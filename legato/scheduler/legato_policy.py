@@ -54,10 +54,11 @@ call timings otherwise). Concerns, one module each:
   KV that is gone, and ranking it above calls already running would make them the engine's
   preemption victims, their computed KV thrown away. One parked in a tier, or on a gating replica
   (nothing is preempted there; the order only finishes programs in turn), keeps its place — except,
-  parked in a tier, a program that expects more calls still than one just started (run lengths with
-  a decreasing hazard: most programs make one call, a few many): least expected remaining work
-  first ranks it behind every program admitted until it finishes, those that came since and those
-  still to come. A call-level gate (`fair_gate`) evens out service between admissions.
+  parked in a tier, a program likelier to go on after its next call than one just started is after
+  its first (run lengths with a decreasing hazard: most programs make one call, a few many): least
+  expected remaining work first ranks it behind every program admitted until it finishes, those
+  that came since and those still to come. A call-level gate (`fair_gate`) evens out service
+  between admissions.
 - **Cache**: `NextUse` of never for KV no call reads again (`_forget`), `Prefetch` when a tool
   is about to finish (a tick ahead); a branch expected to run a tool counts in the budget from
   its call's end until `TOOL_GRACE_S` passes without the tool starting.
@@ -88,7 +89,7 @@ Constants (none is a value searched on our workloads):
 | gate lead, wait | learned | mean call cost; mean call time (`fair_gate`) |
 | steal wait | engine | recompute time of the program's context on the target |
 | pin TTL | engine | `pin_rule.hold_ttl` from `EngineRates` and tool latencies |
-| place after a tier park | learned | expected remaining calls vs a new program's (run lengths) |
+| place after a tier park | learned | chance of a call after the next vs a new program's (run lengths) |
 
 Every per-event step is O(live calls of the program + tenants + log programs), except the
 victim scans on overflow and on an idle engine (O(programs on the replica)) and the choice of
@@ -277,7 +278,7 @@ class Legato(AdmissionControl, BasePolicy):
             hist.record_footprint(r.program, r.calls_done, r.peak)
         r.peak = 0.0
         r.calls_done += 1
-        hist.record_progress(r.program, r.calls_done)
+        self._known_calls(r, r.calls_done)
         r.last_ctx = float(event.prompt_tokens + event.output_tokens)
         r.last_node = node
         r.last_root = root
@@ -312,6 +313,7 @@ class Legato(AdmissionControl, BasePolicy):
             r.acting.append(Branch(event.tool, r.last_ctx, r.last_shared, r.last_root, True, since_s=now))
             r.bridge = 0.0
         r.tool_ver += 1
+        self._known_calls(r, r.calls_done + 1)  # a next call reads the tool's result
         if r.last_node:
             self.predictor.history.record_tool(r.program, r.last_node, event.tool)
         at = self.predictor.tool_started(r.run_id, event.tool, r.tenant, now, event.expected_latency_s)
@@ -330,6 +332,12 @@ class Legato(AdmissionControl, BasePolicy):
             out.append(Pin(r.run_id, ttl))
             self._holds.push(now + ttl, (r.run_id, started))
         return out
+
+    def _known_calls(self, r: Run, calls: int) -> None:
+        """The run is known to make at least `calls` calls (`ProgramHistory.record_progress`)."""
+        if calls > r.known_calls:
+            self.predictor.history.record_progress(r.program, calls, r.known_calls)
+            r.known_calls = calls
 
     @staticmethod
     def _forget(r: Run, out: list[Decision]) -> None:
@@ -364,7 +372,7 @@ class Legato(AdmissionControl, BasePolicy):
             self.router.left(r.group)
         self.fair.refund(r.tenant, r.prepaid)
         self.fair.program_finished(r.tenant)
-        self.predictor.run_finished(r.run_id, r.program, r.calls_done)
+        self.predictor.run_finished(r.run_id, r.program, r.calls_done, r.known_calls)
         self.predictor.history.record_costs(r.program, r.costs)
         out: list[Decision] = []
         self._forget(r, out)

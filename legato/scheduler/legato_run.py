@@ -94,6 +94,7 @@ class Run:
     lineage: dict[float, float] = field(default_factory=dict)
     last_root: float = 0.0
     calls_done: int = 0
+    known_calls: int = 0  # calls it is known to make: its right-censored length in the history
     queued_s: float = 0.0
     entered_s: float | None = None  # first queued (its place in the admission order)
     qver: int = 0  # waiting-queue entry version (lazy deletion)
@@ -102,7 +103,7 @@ class Run:
     # Its KV was let go through a tool (`pin_rule`): on return it takes a new place in the
     # engine order (`AdmissionControl._activate`).
     released: bool = False
-    # Parked in a tier while it expects more calls than a new program: on return it also
+    # Parked in a tier while likelier to go on than a new program: on return it also
     # ranks behind programs admitted after it (`legato_admission.BEHIND_NEW`).
     behind_new: bool = False
     prev_prompt: int = 0  # prompt of the previous sequential call (growth samples)

@@ -88,9 +88,9 @@ class ReusePredictor:
         lo, hi = max(actual, MIN_PREDICTION_S), max(predicted, MIN_PREDICTION_S)
         self._within_2x.append(max(lo, hi) <= 2.0 * min(lo, hi))
 
-    def run_finished(self, run_id: str, program: str, calls: int) -> None:
+    def run_finished(self, run_id: str, program: str, calls: int, known: int | None = None) -> None:
         self._pending.pop(run_id, None)
-        self.history.record_run(program, calls)
+        self.history.record_run(program, calls, known)
 
     # --- predictions ---------------------------------------------------------------------
 

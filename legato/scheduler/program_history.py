@@ -4,8 +4,8 @@ A dynamic `async def` agent declares nothing ahead of time, but its runs repeat:
 sites, the same tools after them, similar numbers of steps. Per program name this keeps
 - the distribution of calls per finished run, to predict how much work a run still has (the mean
   residual number of calls given how many it has made: SJF without a declared length), and
-  the calls made so far by runs still going (right-censored lengths: whether a run that
-  outlived every finished one is long is a Kaplan-Meier question, `remaining_calls_km`);
+  the calls runs still going are known to make (right-censored lengths: whether a run that
+  outlived every finished one goes on is a Kaplan-Meier question, `continues_km`);
 - the mean output tokens per call, to reserve KV for a call's output before it is generated,
   the mean growth of the context per call and the mean KV footprint after k calls (fan-outs
   show up there), to project how much KV a run will need soon;
@@ -32,7 +32,7 @@ from legato.scheduler.followers import Followers
 @dataclass(slots=True)
 class _Program:
     lengths: Counter[int] = field(default_factory=Counter)  # calls per finished run -> runs
-    going: Counter[int] = field(default_factory=Counter)  # calls made by a running run -> runs
+    going: Counter[int] = field(default_factory=Counter)  # calls a running run is known to make -> runs
     runs: int = 0
     output_sum: float = 0.0
     output_n: int = 0
@@ -207,17 +207,19 @@ class ProgramHistory:
         likely = p.next_tool.most_likely(node) if p is not None else None
         return None if likely is None else likely[0]
 
-    def record_progress(self, program: str, done: int) -> None:
-        """A running run of the program has now made `done` calls (it had made `done - 1`):
-        it is known to last at least that long, a right-censored length."""
+    def record_progress(self, program: str, known: int, was: int) -> None:
+        """A running run of the program is now known to make at least `known` calls (it was
+        known to make `was`, 0 for a new run): a right-censored length. It has made them, or
+        it has made one fewer and started a tool, whose result a next call reads."""
         p = self._get(program)
-        _take(p.going, done - 1)
-        if done in p.going or len(p.going) < self.max_lengths:
-            p.going[done] += 1
+        _take(p.going, was)
+        if known in p.going or len(p.going) < self.max_lengths:
+            p.going[known] += 1
 
-    def record_run(self, program: str, calls: int) -> None:
+    def record_run(self, program: str, calls: int, known: int | None = None) -> None:
+        """A run finished after `calls` calls; it was going at `known` (default `calls`)."""
         p = self._get(program)
-        _take(p.going, calls)
+        _take(p.going, calls if known is None else known)
         if calls not in p.lengths and len(p.lengths) >= self.max_lengths:
             return  # a new distinct length beyond the bound: keep the histogram as it is
         p.lengths[calls] += 1
@@ -251,16 +253,18 @@ class ProgramHistory:
         return value
 
     def outlasts_fresh(self, program: str, done: int) -> bool:
-        """Does a run of `program` that has made `done` calls expect more calls still than one
-        just started? Where most runs are short and a few long (a decreasing hazard, as in
-        conversations where most users ask once), having made calls marks a run as likely
-        long. Runs still going count (`remaining_calls_km`): early on only the short runs
-        have finished, and finished runs alone would call every run that outlived them short.
-        False without history."""
+        """Is a run of `program` that has made `done` calls, and has one more to come, likelier
+        to go on after it than a run just started is after its first? Where most runs are
+        short and a few long (a decreasing hazard, as in conversations where most users ask
+        once), having made calls marks a run as likely long. Runs still going count
+        (`continues_km`): early on only the short runs have finished, and finished runs alone
+        would call every run that outlived them short. The next call alone is compared, not
+        the mean of all still to come: that mean is known only up to the longest run seen,
+        which early on is the run asking. False without history."""
         p = self._programs.get(program)
         if p is None or p.runs == 0:
             return False
-        return remaining_calls_km(p.lengths, p.going, done) > remaining_calls_km(p.lengths, p.going, 0)
+        return continues_km(p.lengths, p.going, done) > continues_km(p.lengths, p.going, 0)
 
     def expected_remaining_calls(self, program: str, done: int) -> float | None:
         """Mean of (length - done) over past runs longer than `done`; None without history.
@@ -290,36 +294,24 @@ def _take(counts: Counter[int], key: int) -> None:
         del counts[key]
 
 
-def remaining_calls_km(ended: Counter[int], going: Counter[int], done: int) -> float:
-    """Mean further calls of a run that has made `done` calls and is not finished, from the
-    Kaplan-Meier estimate of the run-length distribution: `ended` maps finished runs' lengths
-    to counts, `going` running runs' calls so far (right-censored: length >= that). A run
-    going at c is at risk of ending at every length below c. The mean is restricted to the
-    longest length observed (the estimate says nothing past it); with nothing censored it is
-    the plain mean of (length - done) over runs longer than `done`. 1.0 when no observed run
-    outlasted `done` (one call is pending)."""
-    times = sorted(set(ended) | set(going))
-    if not times:
-        return 1.0
-    # at_risk(t) = finished runs with length >= t + running runs with calls > t
+def continues_km(ended: Counter[int], going: Counter[int], done: int) -> float:
+    """P(length > done + 1 | length > done): the chance that a run with more than `done` calls
+    makes another after its next, from the Kaplan-Meier estimate of the run-length distribution.
+    `ended` maps finished runs' lengths to counts, `going` the calls running runs are known to
+    make (right-censored: length >= that). A run going at c is at risk of ending at every
+    length below c only. 0.0 when no observed run outlived `done`."""
     at_risk = sum(ended.values()) + sum(going.values())
     survival = 1.0  # P(length > t), stepped through the observed times
-    area = 0.0  # sum over t >= done of P(length > t)
-    s_done: float | None = None
-    prev = 0
-    for t in times:
-        if s_done is None and t > done:
-            s_done = survival  # P(length > done): no drop between prev and t
-        if prev >= done:
-            area += survival * (t - prev)
-        elif t > done:
-            area += survival * (t - done)
-        at_risk -= going.get(t, 0)  # a run going at t is at risk of ending below t only
+    s_done, s_next = 1.0, 1.0
+    for t in sorted(set(ended) | set(going)):
+        if t > done + 1:
+            break
+        at_risk -= going.get(t, 0)
         d = ended.get(t, 0)
         if at_risk > 0 and d:
             survival *= 1.0 - d / at_risk
         at_risk -= d
-        prev = t
-    if s_done is None or s_done <= 0.0:
-        return 1.0
-    return area / s_done
+        if t <= done:
+            s_done = survival
+        s_next = survival
+    return s_next / s_done if s_done > 0.0 else 0.0

@@ -100,6 +100,22 @@ def test_holds_programs_that_do_not_fit_and_admits_them_when_one_finishes() -> N
     assert any(isinstance(d, NextUse) and d.run_id == "a" and d.at_s == math.inf for d in out)
 
 
+def test_a_run_in_a_tool_is_known_to_make_another_call_and_its_end_settles_the_count() -> None:
+    # The run-length history counts a run still going at what it is known to make
+    # (`ProgramHistory.record_progress`): a started tool's result is read by a next call.
+    policy = Legato()
+    view = _View(100_000)
+    going = policy.predictor.history._programs
+    policy.on_event(RunStarted("a", "agent", "t0"), 0.0, view)
+    policy.on_event(_call("a", 0, 2000), 0.0, view)
+    policy.on_event(CallFinished("a#0", "a", 2000, 300, 0, "stop"), 3.0, view)
+    assert dict(going["agent"].going) == {1: 1}
+    policy.on_event(ToolStarted("a", "bash", 2.0), 3.0, view)
+    assert dict(going["agent"].going) == {2: 1}
+    policy.on_event(RunFinished("a", "succeeded"), 4.0, view)  # it ended in the tool after all
+    assert dict(going["agent"].going) == {} and dict(going["agent"].lengths) == {1: 1}
+
+
 def test_tool_call_gets_a_pin_for_the_break_even_time_and_no_next_use_hint() -> None:
     # Before any latency sample of the tool: hold for R / h (ski rental), R = recomputing the
     # context on this engine, h = the share of the pool it holds x the pool's fill.

@@ -11,7 +11,7 @@ from legato import END, START, Program, llm, tool_node
 from legato.scheduler.events import CallHints
 from legato.scheduler.legato_run import HORIZONS, Run, projected
 from legato.scheduler.predictor import ReusePredictor
-from legato.scheduler.program_history import ProgramHistory, remaining_calls_km
+from legato.scheduler.program_history import ProgramHistory, continues_km
 
 
 def test_tool_latency_falls_back_to_hint_then_default() -> None:
@@ -143,25 +143,40 @@ def test_a_run_outlasts_a_fresh_one_only_where_the_hazard_decreases() -> None:
     assert not any(h.outlasts_fresh("agent", done) for done in range(12))
 
 
-def test_kaplan_meier_residual_is_the_plain_mean_without_censoring() -> None:
+def test_kaplan_meier_continuation_is_the_plain_share_without_censoring() -> None:
     lengths = [1, 1, 1, 1, 1, 2, 2, 2, 5, 9, 9]
     ended = Counter(lengths)
     for done in range(11):
-        longer = [n - done for n in lengths if n > done]
-        plain = sum(longer) / len(longer) if longer else 1.0
-        assert remaining_calls_km(ended, Counter(), done) == pytest.approx(plain)
-    assert remaining_calls_km(Counter(), Counter(), 0) == 1.0  # nothing observed
+        past = [n for n in lengths if n > done]
+        plain = sum(1 for n in past if n > done + 1) / len(past) if past else 0.0
+        assert continues_km(ended, Counter(), done) == pytest.approx(plain)
+    assert continues_km(Counter(), Counter(), 0) == 1.0  # nothing observed: nothing ends
 
 
 def test_kaplan_meier_counts_running_runs_as_censored() -> None:
-    # 4 runs ended after 1 call; 2 are still going after 3 calls (length >= 3).
+    # 4 runs ended after 1 call; 2 are known to make at least 3 (length >= 3).
     ended, going = Counter({1: 4}), Counter({3: 2})
-    # P(L > t): 1 at t=0, 2/6 from t=1 (4 of 6 at risk ended), nothing drops before 3.
-    assert remaining_calls_km(ended, going, 0) == pytest.approx(1 + 2 * (2 / 6))
-    assert remaining_calls_km(ended, going, 1) == pytest.approx(2.0)  # restricted to length 3
-    assert remaining_calls_km(ended, Counter(), 1) == 1.0  # finished runs alone: none outlived 1
-    # A run going at c is not at risk of ending at c: 1 ended at 2 of the 3 at risk there.
-    assert remaining_calls_km(Counter({2: 1, 4: 1}), Counter({2: 1}), 0) == pytest.approx(2 + 2 * 0.5)
+    assert continues_km(ended, going, 0) == pytest.approx(2 / 6)  # 4 of the 6 at risk ended at 1
+    assert continues_km(ended, going, 1) == pytest.approx(1.0)  # nothing is seen to end at 2
+    assert continues_km(ended, Counter(), 1) == 0.0  # finished runs alone: none outlived 1
+    # A run going at c is not at risk of ending at c: 1 ended at 2 of the 2 at risk there.
+    assert continues_km(Counter({2: 1, 4: 1}), Counter({2: 1}), 1) == pytest.approx(0.5)
+
+
+def test_a_run_in_a_tool_counts_as_going_on_so_a_mostly_one_call_program_ranks_it_long() -> None:
+    # Mooncake's conversations: most ask once. Early on, every finished run made one call and a
+    # few runs are in a tool after their first (their second call is coming).
+    h = ProgramHistory()
+    for _ in range(10):
+        h.record_progress("chat", 1, 0)
+    for _ in range(8):
+        h.record_run("chat", 1)
+    h.record_progress("chat", 2, 1)  # started a tool: a second call reads its result
+    h.record_progress("chat", 2, 1)
+    assert h.outlasts_fresh("chat", 1)
+    h.record_run("chat", 2, known=2)  # the two that went on stopped after their second call
+    h.record_run("chat", 2, known=2)
+    assert not h.outlasts_fresh("chat", 1)
 
 
 def test_running_runs_make_an_outliving_run_long() -> None:
@@ -170,8 +185,8 @@ def test_running_runs_make_an_outliving_run_long() -> None:
         h.record_run("chat", length)
     assert not h.outlasts_fresh("chat", 2)
     for done in (1, 2, 3, 4, 5, 6):  # two runs are still going after 6 calls
-        h.record_progress("chat", done)
-        h.record_progress("chat", done)
+        h.record_progress("chat", done, done - 1)
+        h.record_progress("chat", done, done - 1)
     assert h.outlasts_fresh("chat", 2)
     h.record_run("chat", 6)  # one finished: it no longer counts as going
     h.record_run("chat", 6)
