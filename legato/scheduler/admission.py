@@ -28,8 +28,47 @@ Two thresholds give hysteresis: programs are admitted while every projected tota
 from __future__ import annotations
 
 import math
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
+
+
+@dataclass(slots=True)
+class SharedParts:
+    """Shared prefix parts (a tenant's system prompt, an RL group's task prompt), each held once
+    with a count of the programs that hold it, and their distinct tokens."""
+
+    tokens: float = 0.0
+    _parts: dict[Hashable, list[float]] = field(default_factory=dict)  # key -> [tokens, holders]
+
+    def holds(self, key: Hashable) -> bool:
+        return key in self._parts
+
+    def add(self, parts: Sequence[tuple[Hashable, float]]) -> float:
+        """One more holder of each part; returns the tokens of the parts not held before."""
+        added = 0.0
+        for key, size in parts:
+            entry = self._parts.get(key)
+            if entry is None:
+                self._parts[key] = [size, 1.0]
+                added += size
+            else:
+                entry[1] += 1.0
+        self.tokens += added
+        return added
+
+    def remove(self, keys: Iterable[Hashable]) -> float:
+        """One holder fewer of each part; returns the tokens of the parts no one holds now."""
+        freed = 0.0
+        for key in keys:
+            entry = self._parts.get(key)
+            if entry is None:
+                continue
+            entry[1] -= 1.0
+            if entry[1] <= 0.0:
+                freed += entry[0]
+                del self._parts[key]
+        self.tokens -= freed
+        return freed
 
 
 @dataclass(slots=True)
@@ -60,7 +99,7 @@ class KVBudget:
         self.count: list[int] = []  # per replica: admitted programs
         self.releases = 0  # programs released so far (admission retries only after one)
         self._held: dict[str, _Held] = {}
-        self._shared: dict[tuple[int, Hashable], list[float]] = {}  # -> [tokens, refs]
+        self._shared: dict[int, SharedParts] = {}  # per replica: the parts its programs hold
 
     def set_capacity(self, capacities: Sequence[float]) -> None:
         if len(capacities) != len(self.capacity):
@@ -111,7 +150,8 @@ class KVBudget:
 
     def shared_cost(self, replica: int, keys: Sequence[tuple[Hashable, float]]) -> float:
         """Tokens the shared parts `keys` would add on `replica` (those not held there yet)."""
-        return sum(tokens for key, tokens in keys if (replica, key) not in self._shared)
+        held = self._shared.get(replica)
+        return sum(tokens for key, tokens in keys if held is None or not held.holds(key))
 
     def _vec(self, projected: Sequence[float]) -> list[float]:
         if len(projected) == self.horizons:
@@ -140,17 +180,13 @@ class KVBudget:
         held = _Held(replica, projected=[0.0] * self.horizons, variance=[0.0] * self.horizons)
         self._held[run] = held
         self.count[replica] += 1
-        used = self.used[replica]
-        for key, size in shared:
-            entry = self._shared.get((replica, key))
-            if entry is None:
-                self._shared[(replica, key)] = [size, 1.0]
-                for h in range(self.horizons):
-                    used[h] += size
-                self.current[replica] += size
-            else:
-                entry[1] += 1
-            held.shared.append(key)
+        added = self._shared.setdefault(replica, SharedParts()).add(shared)
+        if added:
+            used = self.used[replica]
+            for h in range(self.horizons):
+                used[h] += added
+            self.current[replica] += added
+        held.shared.extend(key for key, _ in shared)
         self.update(run, tokens, projected, variance)
 
     def update(
@@ -187,11 +223,8 @@ class KVBudget:
             used[h] -= held.projected[h]
             var[h] = max(0.0, var[h] - held.variance[h])
         self.current[r] -= held.tokens
-        for key in held.shared:
-            entry = self._shared[(r, key)]
-            entry[1] -= 1
-            if entry[1] <= 0:
-                for h in range(self.horizons):
-                    used[h] -= entry[0]
-                self.current[r] -= entry[0]
-                del self._shared[(r, key)]
+        freed = self._shared[r].remove(held.shared) if held.shared else 0.0
+        if freed:
+            for h in range(self.horizons):
+                used[h] -= freed
+            self.current[r] -= freed

@@ -14,7 +14,7 @@ import heapq
 import math
 from collections.abc import Callable, Mapping, Sequence
 
-from legato.scheduler.admission import KVBudget
+from legato.scheduler.admission import KVBudget, SharedParts
 from legato.scheduler.engine_rates import EngineRates
 from legato.scheduler.events import CallFinished, CallHints
 from legato.scheduler.fair_gate import FairGate
@@ -32,7 +32,7 @@ from legato.scheduler.legato_run import (
 from legato.scheduler.pin_rule import hold_ttl, memory_price
 from legato.scheduler.policy import ClusterView, Decision, Dispatch, Pause, ReplicaView, Resume, Unpin
 from legato.scheduler.predictor import ReusePredictor
-from legato.scheduler.regime import LiveSharedParts, ThrashMeter
+from legato.scheduler.regime import ThrashMeter
 from legato.scheduler.routing import Router
 from legato.scheduler.victims import idle_holders, pick_victim
 from legato.scheduler.wait_queue import WaitQueue
@@ -89,7 +89,7 @@ class AdmissionControl:
         self._victims: list[list[tuple[int, str]]] = []  # per replica: (-prio, run), a heap
         self.pool: list[float] = []  # per replica: KV capacity in tokens (the budget's, if gated)
         self.thrash = ThrashMeter()
-        self.live_shared = LiveSharedParts()  # of the programs running, whatever their state
+        self.live_shared = SharedParts()  # of the programs running, whatever their state
         self._packs: list[bool] = []  # per replica: may let the engine pack memory (`regime`)
         self._tiered: list[bool] = []  # per replica: a tier parks a paused run's KV
         self._queued_fp = [0.0, 0]  # summed footprint of programs at enqueue, samples
@@ -150,9 +150,7 @@ class AdmissionControl:
     def _add_shared(self, r: Run, now: float, view: ClusterView) -> None:
         """A program's first call names its shared parts: where new ones overflow the memory
         that packs, the packing replicas gate before it is admitted (`_choose_regime`)."""
-        before = self.live_shared.tokens
-        self.live_shared.add(r.shared)
-        if self.live_shared.tokens == before:
+        if not self.live_shared.add(r.shared):
             return
         for replica, packs in enumerate(self._packs):
             if packs and math.isinf(self.budget.capacity[replica]):

@@ -367,7 +367,7 @@ class Legato(AdmissionControl, BasePolicy):
             return ()
         self.budget.release(r.run_id)
         self.thrash.forget(r.run_id)
-        self.live_shared.remove(r.shared)
+        self.live_shared.remove(key for key, _ in r.shared)
         if r.prio:
             self.router.left(r.group)
         self.fair.refund(r.tenant, r.prepaid)

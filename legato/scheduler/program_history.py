@@ -299,7 +299,8 @@ def continues_km(ended: Counter[int], going: Counter[int], done: int) -> float:
     makes another after its next, from the Kaplan-Meier estimate of the run-length distribution.
     `ended` maps finished runs' lengths to counts, `going` the calls running runs are known to
     make (right-censored: length >= that). A run going at c is at risk of ending at every
-    length below c only. 0.0 when no observed run outlived `done`."""
+    length below c only. 1.0 with nothing observed (no run is seen to end); 0.0 when the
+    estimate says no run outlives `done`."""
     at_risk = sum(ended.values()) + sum(going.values())
     survival = 1.0  # P(length > t), stepped through the observed times
     s_done, s_next = 1.0, 1.0

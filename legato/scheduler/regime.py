@@ -34,8 +34,8 @@ Both sides are measured on the replica or read from its cost model; no constant.
 follows the workload's phase (it is re-made at every finished call).
 
 One overcommit needs no measuring: the prefix parts that programs share (a system prompt, a
-database schema; `LiveSharedParts`). When the distinct shared parts of the live programs add up
-to more than the memory of the replicas that pack, admitting them all at once makes the engine
+database schema). When the distinct shared parts of the live programs (`admission.SharedParts`)
+add up to more than the memory of the replicas that pack, admitting them all at once makes the engine
 evict shared prefixes that admitted programs read again, each one recomputed (or reloaded) by
 every program that comes back to it, however the private contexts fare. A gate admits programs
 whose shared parts fit, those whose parts are held first (`_cheapest_start`), so programs on one
@@ -45,7 +45,6 @@ says.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 
 from legato.scheduler.admission import KVBudget
@@ -162,30 +161,3 @@ def gate_cost(slack: float, view: ReplicaView) -> float:
     p = view.total_blocks * view.block_size * view.decode_s_per_ctx_token
     kept = 1.0 - slack
     return 1.0 - kept * (w + p) / (w + p * kept)
-
-
-@dataclass(slots=True)
-class LiveSharedParts:
-    """The distinct shared prefix parts of the programs still running, and their tokens."""
-
-    tokens: float = 0.0
-    _parts: dict[Hashable, list[float]] = field(default_factory=dict)  # key -> [tokens, programs]
-
-    def add(self, parts: Sequence[tuple[Hashable, float]]) -> None:
-        for key, size in parts:
-            entry = self._parts.get(key)
-            if entry is None:
-                self._parts[key] = [size, 1.0]
-                self.tokens += size
-            else:
-                entry[1] += 1.0
-
-    def remove(self, parts: Sequence[tuple[Hashable, float]]) -> None:
-        for key, _ in parts:
-            entry = self._parts.get(key)
-            if entry is None:
-                continue
-            entry[1] -= 1.0
-            if entry[1] <= 0.0:
-                self.tokens -= entry[0]
-                del self._parts[key]

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from legato.scheduler.admission import KVBudget
+from legato.scheduler.admission import KVBudget, SharedParts
 from legato.scheduler.baselines import POLICIES
 from legato.scheduler.events import Event
 from legato.scheduler.legato_policy import ACTIVE, Legato
@@ -129,3 +131,36 @@ def test_active_footprint_never_exceeds_capacity(replicas: int) -> None:
 
 def test_registered_under_its_name() -> None:
     assert isinstance(POLICIES["legato"](), Legato)
+
+
+def test_shared_parts_count_each_part_once_while_a_program_holds_it() -> None:
+    parts = SharedParts()
+    schema_a, schema_b = ("prefix", "t0", "sql", 4000), ("prefix", "t0", "sql", 3000)
+    parts.add([(schema_a, 4000.0)])
+    parts.add([(schema_a, 4000.0), (schema_b, 3000.0)])
+    assert parts.tokens == 7000.0
+    parts.remove([schema_a])
+    assert parts.tokens == 7000.0  # the second program still reads schema a
+    parts.remove([schema_a, schema_b])
+    parts.remove([schema_b])  # a part no program holds: nothing to take away
+    assert parts.tokens == 0.0
+
+
+_SCHEMAS = [("s1", 100.0), ("s2", 250.0), ("s3", 400.0)]
+_PROGRAM_PARTS = st.lists(st.sampled_from(_SCHEMAS), max_size=3, unique=True)  # one program's parts
+
+
+@given(st.lists(_PROGRAM_PARTS, max_size=12), st.randoms(use_true_random=False))
+def test_shared_parts_are_the_distinct_parts_of_the_programs_holding_them(
+    programs: list[list[tuple[str, float]]], rng: random.Random
+) -> None:
+    parts = SharedParts()
+    for program in programs:
+        parts.add(program)
+    running = list(programs)
+    rng.shuffle(running)
+    while running:
+        distinct = {key: size for program in running for key, size in program}
+        assert parts.tokens == pytest.approx(sum(distinct.values()))
+        parts.remove(key for key, _ in running.pop())
+    assert parts.tokens == 0.0

@@ -4,18 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import random
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 
 from legato.scheduler.admission import KVBudget
 from legato.scheduler.engine_rates import EngineRates
 from legato.scheduler.events import CallFinished, RunStarted
 from legato.scheduler.legato_policy import Legato
 from legato.scheduler.policy import Decision, Dispatch, ReplicaView, TierView
-from legato.scheduler.regime import LiveSharedParts, ThrashMeter, gate_cost
+from legato.scheduler.regime import ThrashMeter, gate_cost
 from tests.scheduler.test_legato_policy import _call
 
 PREFILL_S = 1e-3  # seconds per recomputed token on the test replica
@@ -218,39 +215,6 @@ def test_a_prefix_hit_from_a_tier_still_counts_what_the_device_dropped() -> None
     policy.on_event(_call("a", 1, 4200, tool=None), 1.0, view)
     policy.on_event(CallFinished("a#1", "a", 4200, 100, 4100, "stop"), 6.0, view)
     assert policy.thrash.lost_fraction(0, 6.0) == pytest.approx(3000 * 100.0 / 1e6 / 6.0)
-
-
-def test_live_shared_parts_count_each_part_once_while_a_program_uses_it() -> None:
-    parts = LiveSharedParts()
-    schema_a, schema_b = ("prefix", "t0", "sql", 4000), ("prefix", "t0", "sql", 3000)
-    parts.add([(schema_a, 4000.0)])
-    parts.add([(schema_a, 4000.0), (schema_b, 3000.0)])
-    assert parts.tokens == 7000.0
-    parts.remove([(schema_a, 4000.0)])
-    assert parts.tokens == 7000.0  # the second program still reads schema a
-    parts.remove([(schema_a, 4000.0), (schema_b, 3000.0)])
-    parts.remove([(schema_b, 3000.0)])  # a part no live program holds: nothing to take away
-    assert parts.tokens == 0.0
-
-
-_SCHEMAS = [("s1", 100.0), ("s2", 250.0), ("s3", 400.0)]
-_PROGRAM_PARTS = st.lists(st.sampled_from(_SCHEMAS), max_size=3, unique=True)  # one program's parts
-
-
-@given(st.lists(_PROGRAM_PARTS, max_size=12), st.randoms(use_true_random=False))
-def test_live_shared_parts_are_the_distinct_parts_of_the_programs_still_running(
-    programs: list[list[tuple[str, float]]], rng: random.Random
-) -> None:
-    parts = LiveSharedParts()
-    for program in programs:
-        parts.add(program)
-    running = list(programs)
-    rng.shuffle(running)
-    while running:
-        distinct = {key: size for program in running for key, size in program}
-        assert parts.tokens == pytest.approx(sum(distinct.values()))
-        parts.remove(running.pop())
-    assert parts.tokens == 0.0
 
 
 def test_shared_parts_that_overflow_the_pool_gate_without_any_loss_seen() -> None:
