@@ -41,15 +41,15 @@ chromium-check:
 	  fi; }
 
 lint: $(STAMP)
-	$(BIN)/ruff check legato tests examples
-	$(BIN)/ruff format --check legato tests examples
+	$(BIN)/ruff check legato tests examples scripts
+	$(BIN)/ruff format --check legato tests examples scripts
 	$(BIN)/mypy
 	$(BIN)/mypy examples
 	$(BIN)/lint-imports
 
 fmt: $(STAMP)
-	$(BIN)/ruff check --fix legato tests examples
-	$(BIN)/ruff format legato tests examples
+	$(BIN)/ruff check --fix legato tests examples scripts
+	$(BIN)/ruff format legato tests examples scripts
 
 test: $(STAMP) redis-check chromium-check lint
 	$(BIN)/python -m pytest -q

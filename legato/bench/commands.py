@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from legato.bench.rl_command import rl as rl_command
+from legato.engine_adapter.commands import device_option
 from legato.output_path import output_path
 
 if TYPE_CHECKING:
@@ -219,7 +220,7 @@ def engine_bench(
     json_out: Annotated[
         Path | None, typer.Option("--json", callback=output_path, help="Write the results JSON here.")
     ] = None,
-    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    device: Annotated[str, typer.Option(callback=device_option, help="cpu, cuda or cuda:N.")] = "cpu",
     quick: Annotated[bool, typer.Option("--quick", help="A short run (smoke test).")] = False,
 ) -> None:
     """Microbenchmark the embedded torch engine (against its baseline)."""
@@ -233,7 +234,7 @@ def structured_bench(
     json_out: Annotated[
         Path | None, typer.Option("--json", callback=output_path, help="Write the results JSON here.")
     ] = None,
-    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+    device: Annotated[str, typer.Option(callback=device_option, help="cpu, cuda or cuda:N.")] = "cpu",
     quick: Annotated[bool, typer.Option("--quick", help="A short run (smoke test).")] = False,
 ) -> None:
     """Decode tokens/s of the torch engine with and without a json_schema constraint (batch 8)."""
@@ -530,6 +531,9 @@ def spec(
     decode_output: Annotated[int, typer.Option(help="Output tokens per replayed request (max).")] = 64,
     decode_repeats: Annotated[int, typer.Option(help="Runs of each mode per batch size.")] = 2,
     decode_max_draft: Annotated[int, typer.Option(help="Longest draft in the replay (1..64).")] = 16,
+    device: Annotated[
+        str, typer.Option(callback=device_option, help="Where the decode replay runs: cpu, cuda or cuda:N.")
+    ] = "cpu",
 ) -> None:
     """Acceptance of drafted tokens on real agent text: tokens per verify step by drafter and
     draft length (BPE tokens; greedy verification semantics)."""
@@ -544,7 +548,7 @@ def spec(
     except ValueError:
         raise _fail(f"--draft-lens must be a comma list of integers, got {draft_lens!r}") from None
     try:
-        decode = decode_config(decode_batches, decode_max_draft, decode_output, decode_repeats)
+        decode = decode_config(decode_batches, decode_max_draft, decode_output, decode_repeats, device)
         cfg = SpecBenchConfig(
             decode=decode,
             trace=trace,

@@ -349,7 +349,8 @@ def render(report: dict[str, Any]) -> str:
     if report.get("decode"):
         d = report["decode"]
         dt = Table(
-            title=f"Torch-engine decode tok/s, oracle target, drafter {d['drafter']} (<= {d['max_draft']})"
+            title=f"Torch-engine decode tok/s on {d.get('device', 'cpu')}, oracle target, "
+            f"drafter {d['drafter']} (<= {d['max_draft']})"
         )
         cols = (
             "batch",

@@ -64,6 +64,7 @@ class DecodeConfig:
     min_requests: int = 8  # requests decoded at every batch size (at least the batch)
     threads: int = 1  # torch threads: one, so a shared machine's contention cannot stall a barrier
     model: dict[str, int] = field(default_factory=lambda: dict(REPLAY_MODEL))
+    device: str = "cpu"  # where the target runs: on a GPU a verify step costs about a decode step
 
     def __post_init__(self) -> None:
         if not self.batches or any(b < 1 for b in self.batches):
@@ -72,7 +73,9 @@ class DecodeConfig:
             raise ValueError("need max_prompt >= 16, max_output >= 1 and repeats >= 1")
 
 
-def decode_config(batches: str, max_draft: int, max_output: int, repeats: int) -> DecodeConfig | None:
+def decode_config(
+    batches: str, max_draft: int, max_output: int, repeats: int, device: str = "cpu"
+) -> DecodeConfig | None:
     """The CLI's decode options (None: no batch sizes, skip the replay); ValueError naming the
     bad option."""
     try:
@@ -84,7 +87,9 @@ def decode_config(batches: str, max_draft: int, max_output: int, repeats: int) -
     check_draft_len(max_draft, "--decode-max-draft")
     if max_draft < 1:
         raise ValueError("--decode-max-draft must be >= 1")
-    return DecodeConfig(batches=sizes, max_draft=max_draft, max_output=max_output, repeats=repeats)
+    return DecodeConfig(
+        batches=sizes, max_draft=max_draft, max_output=max_output, repeats=repeats, device=device
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,21 +119,25 @@ class OracleEngine:
     """An `EngineCore` on the replay model whose logits are one-hots on the recorded text."""
 
     def __init__(self, tokenizer: Any, cfg: DecodeConfig, num_tokens: int, seed: int = 0) -> None:
-        model: dict[str, Any] = dict(cfg.model)
-        mc = ModelConfig(vocab_size=-(-tokenizer.get_vocab_size() // 64) * 64, **model)
+        shape: dict[str, Any] = dict(cfg.model)
+        mc = ModelConfig(vocab_size=-(-tokenizer.get_vocab_size() // 64) * 64, **shape)
         eos = tokenizer.token_to_id("<|im_end|>")
         config = EngineConfig(
-            device="cpu",
+            device=cfg.device,
             seed=seed,
             kv_cache_tokens=num_tokens,
             max_num_batched_tokens=max(2048, max(cfg.batches) * (1 + cfg.max_draft)),
             max_num_seqs=max(cfg.batches),
         )
-        self.core = EngineCore(build_default_model(seed, mc), HFTokenizer(tokenizer, eos), config)
+        model = build_default_model(seed, mc, device=cfg.device, dtype=config.resolved_dtype)
+        self.core = EngineCore(model, HFTokenizer(tokenizer, eos), config)
+        self.on_cpu = cfg.device == "cpu"
         self.truth: dict[str, tuple[int, ...]] = {}
         self.eos = eos
         self.prefill_step = False
-        self.step_cost = StepCostModel(memory=math.inf)  # decode steps: tokens -> CPU seconds
+        # decode steps: tokens -> seconds (CPU time on the CPU, as the engine's own back-off
+        # prices them; wall clock on a GPU, where the host thread mostly waits for the device)
+        self.step_cost = StepCostModel(memory=math.inf)
         run = self.core.runner.run
 
         def oracle_run(chunks: list[ScheduledChunk]) -> tuple[list[ScheduledChunk], torch.Tensor | None]:
@@ -143,7 +152,8 @@ class OracleEngine:
                 end = len(seq.token_ids)
                 targets.extend(truth[p] if p < len(truth) else eos for p in range(end - rows + 1, end + 1))
             onehot = torch.full_like(logits, -1e4)
-            onehot[torch.arange(len(targets)), torch.tensor(targets)] = 0.0
+            at = torch.arange(len(targets), device=logits.device)
+            onehot[at, torch.tensor(targets, device=logits.device)] = 0.0
             return sampled, onehot
 
         self.core.runner.run = oracle_run  # type: ignore[method-assign]
@@ -180,7 +190,7 @@ class OracleEngine:
                 tokens += sum(len(o.token_ids) for o in step)
                 seconds += dt
                 cpu += dc
-                self.step_cost.observe(sum(e - s for s, e in core.last_spans), dc)
+                self.step_cost.observe(sum(e - s for s, e in core.last_spans), dc if self.on_cpu else dt)
         return tokens, seconds, cpu, outs
 
 
@@ -265,12 +275,20 @@ def _run(
         "max_output": cfg.max_output,
         "repeats": cfg.repeats,
         "torch_threads": cfg.threads,
+        "device": _device_name(cfg.device),
         "semantics": "oracle target (full forward, logits = one-hot on the trace's next token); "
         "decode-only steps timed (wall clock, and CPU time of the engine's thread); greedy, "
         "identical outputs in both modes; bound = max over draft length g of tokens per verify "
         "step E(g) (the acceptance table) x T(B) / T(B E(g)), T the step cost measured by step size",
         "results": results,
     }
+
+
+def _device_name(device: str) -> str:
+    """The device the target ran on, with the GPU's name (numbers are per card)."""
+    if device == "cpu":
+        return "cpu"
+    return f"{device} ({torch.cuda.get_device_name(torch.device(device))})"
 
 
 def _row(
@@ -306,8 +324,9 @@ def _row(
 
 
 def speedup_bound(batch: int, cost: StepCostModel, acceptance: Mapping[int, float]) -> dict[str, Any]:
-    """What speculation can gain at this batch size under the measured step cost `T(n)` (CPU
-    time per decode step of this run by its token count, both modes: `StepCostModel`) and the
+    """What speculation can gain at this batch size under the measured step cost `T(n)` (seconds
+    per decode step of this run by its token count, both modes: `StepCostModel`; CPU time on the
+    CPU, wall clock on a GPU) and the
     drafter's acceptance E(g) (tokens per verify step at draft length g, measured on the trace):
 
     - `uniform`: every sequence verifies a draft of g tokens each step: E(g) T(B) / T(B (g + 1));

@@ -21,6 +21,20 @@ engine_app = typer.Typer(
 )
 
 
+def device_option(value: str) -> str:
+    """A typer callback for `--device`: the engine's own check (`check_device`: cpu, cuda or
+    cuda:N, and a GPU torch can use) as a usage error when the command line is parsed."""
+    if value == "cpu":
+        return value
+    from legato.engine_adapter.torch.config import ConfigError, check_device
+
+    try:
+        check_device(value)
+    except ConfigError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    return value
+
+
 KvHostGbOpt = Annotated[
     float,
     typer.Option(
@@ -118,7 +132,7 @@ def serve(
             "Default: the small seeded model with a byte-level tokenizer.",
         ),
     ] = None,
-    device: Annotated[str, typer.Option(help="cpu or cuda (cuda:N).")] = "cpu",
+    device: Annotated[str, typer.Option(callback=device_option, help="cpu, cuda or cuda:N.")] = "cpu",
     num_blocks: Annotated[
         int | None, typer.Option(min=1, help="KV-cache blocks (default: sized by the engine).")
     ] = None,
@@ -140,8 +154,6 @@ def serve(
 ) -> None:
     """Serve the torch engine over HTTP: /v1/completions, /v1/chat/completions, /v1/models,
     /generate (SGLang), /inference/v1/generate (vLLM tokens), /tokenize, /detokenize, /health."""
-    if not (device == "cpu" or device == "cuda" or device.startswith("cuda:")):
-        raise typer.BadParameter(f"device must be cpu, cuda or cuda:N, got {device!r}", param_hint="--device")
     import anyio
     import uvicorn
 

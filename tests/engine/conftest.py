@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -18,12 +19,19 @@ def _one_torch_thread() -> None:
     torch.set_num_threads(1)
 
 
+# `LEGATO_TEST_DEVICE=cuda` runs the tests that build their core here on a GPU (float32, so the
+# tolerances that compare with the dense reference still hold); `scripts/gpu_check.sh` does.
+TEST_DEVICE = os.environ.get("LEGATO_TEST_DEVICE", "cpu")
+
+
 @pytest.fixture
 def make_core() -> Callable[..., EngineCore]:
     def make(**overrides: Any) -> EngineCore:
         overrides.setdefault("num_blocks", 64)
         overrides.setdefault("max_num_batched_tokens", 64)
-        return build_core(model_config=TINY, **overrides)
+        if TEST_DEVICE != "cpu":
+            overrides.setdefault("dtype", "float32")
+        return build_core(device=TEST_DEVICE, model_config=TINY, **overrides)
 
     return make
 

@@ -24,6 +24,26 @@ class ConfigError(EngineError):
     """A model or engine config field is missing or has a bad value."""
 
 
+def check_device(device: str) -> None:
+    """`cpu`, `cuda` or `cuda:N`, and for CUDA a GPU this torch build can use: checked when the
+    engine is configured, so a typo or a CPU-only machine is one clear error, not a traceback
+    from deep inside the first tensor moved there."""
+    if device == "cpu":
+        return
+    index = device.removeprefix("cuda:") if device.startswith("cuda:") else None
+    if device != "cuda" and not (index is not None and index.isdigit()):
+        raise ConfigError(f"device must be cpu, cuda or cuda:N, got {device!r}")
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ConfigError(
+            f"device {device!r}: torch {torch.__version__} sees no CUDA GPU on this machine "
+            "(a CPU build, or no driver); use cpu"
+        )
+    if index is not None and int(index) >= torch.cuda.device_count():
+        raise ConfigError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+
+
 @dataclass(frozen=True, slots=True)
 class ModelConfig:
     """Architecture of a Llama-family decoder (Llama 2/3, Qwen2 with qkv bias)."""
@@ -224,6 +244,7 @@ class EngineConfig:
                     f"engine config field {name!r} must be an integer >= {least}, got {value!r}"
                 )
         _check_speculation(self.speculative_drafter, self.num_speculative_tokens)
+        check_device(self.device)
         for name in ("request_timeout_s", "command_timeout_s", "redis_op_timeout_s", "tier_fetch_timeout_s"):
             value = getattr(self, name)
             if not value > 0 or math.isnan(value):
