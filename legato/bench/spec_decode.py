@@ -18,6 +18,14 @@ every run, so prompts are prefilled once; decode speed counts only the steps in 
 scheduled chunk decodes (no prefill), and the tokens those steps emit. Both modes emit identical
 tokens (greedy verification is lossless), so their ratio is the speed-up on the same work. Runs
 alternate which mode goes first, and each mode runs `repeats` times; medians and spreads are reported.
+
+A serving engine keeps one speculator for its life, so its back-off has long measured what a
+verify step costs against a plain one; a run here is a few dozen steps, and a new speculator
+would spend a good part of it measuring (whole drafts verified until the step cost curve has a
+shape: on a CPU where a step costs about its token count, enough to make speculation lose 10-15 %).
+So each batch size first runs once with speculation, untimed, and every timed run's new
+speculator starts from that run's step costs (`Speculator.learn_costs_from`: timing only; its
+drafters' history and acceptance calibration are its own, so nothing of the text carries over).
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -194,6 +203,14 @@ class OracleEngine:
         return tokens, seconds, cpu, outs
 
 
+def _speculator(cfg: DecodeConfig, history: Sequence[Sequence[int]]) -> Speculator:
+    """A new speculator whose agent history is the training half's outputs."""
+    spec = Speculator(cfg.drafter, cfg.max_draft)
+    for ids in history:
+        spec.history.add_output(AGENT, ids)
+    return spec
+
+
 def _history_outputs(train: Sequence[Sequence[tuple[bool, list[int]]]]) -> list[list[int]]:
     return [ids for msgs in train for is_output, ids in msgs if is_output]
 
@@ -237,6 +254,10 @@ def _run(
         reqs = pool[: max(batch, cfg.min_requests)]
         engine.core.speculator = None
         engine.decode(reqs, batch, f"warm{batch}")  # prefill once: later runs hit the prefix cache
+        # The back-off's step costs, learned in one untimed run with speculation (module docstring)
+        learned = _speculator(cfg, history)
+        engine.core.speculator = learned
+        engine.decode(reqs, batch, f"learn{batch}")
         runs: dict[str, list[tuple[int, float, float]]] = {"off": [], "on": []}
         reference: list[list[int]] | None = None
         spec_counts = [0, 0, 0]  # verify steps, drafted, accepted
@@ -245,9 +266,8 @@ def _run(
             for mode in ("off", "on") if rep % 2 == 0 else ("on", "off"):
                 spec = None
                 if mode == "on":
-                    spec = Speculator(cfg.drafter, cfg.max_draft)
-                    for ids in history:
-                        spec.history.add_output(AGENT, ids)
+                    spec = _speculator(cfg, history)
+                    spec.learn_costs_from(learned)
                 engine.core.speculator = spec
                 tokens, seconds, cpu, outs = engine.decode(reqs, batch, f"{mode}{batch}.{rep}")
                 reference = reference or outs
@@ -287,6 +307,12 @@ def _run(
 def _device_name(device: str) -> str:
     """The device the target ran on, with the GPU's name (numbers are per card)."""
     if device == "cpu":
+        try:
+            for line in Path("/proc/cpuinfo").read_text().splitlines():
+                if line.startswith("model name"):
+                    return f"cpu ({line.split(':', 1)[1].strip()})"
+        except OSError:
+            pass
         return "cpu"
     return f"{device} ({torch.cuda.get_device_name(torch.device(device))})"
 

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from legato.engine_adapter.base import GenerateRequest, SamplingParams
 from legato.engine_adapter.torch import EngineCore
 from legato.engine_adapter.torch.config import ConfigError, EngineConfig
-from legato.engine_adapter.torch.speculator import Speculator
+from legato.engine_adapter.torch.speculator import AGENT, Speculator
 
 
 def _run(core: EngineCore, requests: list[GenerateRequest]) -> dict[str, tuple[list[int], str, str | None]]:
@@ -230,3 +230,26 @@ def test_prompts_are_indexed_when_prefilled_not_when_first_drafted(
     core.add_request(GenerateRequest("a", prompt, SamplingParams(max_tokens=8, ignore_eos=True)))
     core.step()  # the prefill step
     assert spec._reqs["a"].indexed == len(prompt)
+
+
+def test_a_new_speculator_can_start_from_another_ones_step_costs_but_not_its_text() -> None:
+    """`learn_costs_from` copies what was measured of the engine's steps (both cost models and
+    the drafting back-off) and nothing learned from text (history, calibration); the copies are
+    the new speculator's own from then on."""
+    old = Speculator("suffix", 4)
+    for n in (2, 2, 4, 4):
+        old.verify_cost.observe(n, 0.01)
+    for _ in range(2):
+        old.decode_cost.observe(1, 0.004)
+    old._weigh_drafting(8, 0.001, 0.0)
+    old.history.add_output(AGENT, [5, 6, 7, 8])
+    old.calibration.record([0.9, 0.9], 0)
+    new = Speculator("suffix", 4)
+    new.learn_costs_from(old)
+    assert new.verify_cost.sizes() == old.verify_cost.sizes() and new.verify_cost.fitted
+    assert new.decode_cost(1) == old.decode_cost(1) and new.skipping(8) == old.skipping(8)
+    assert new.calibration.accepted == new.calibration.promised == 1.0
+    assert new.history is not old.history
+    new.verify_cost.observe(8, 1.0)
+    new.verify_cost.observe(8, 1.0)
+    assert new.verify_cost.sizes() != old.verify_cost.sizes()

@@ -28,6 +28,7 @@ Requests with n > 1, penalties, logit bias, logprobs or a grammar do not specula
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -124,6 +125,16 @@ class Speculator:
         self.accepted_by_position: list[int] = []  # ... and whose token at position i was accepted
         self._pending: list[tuple[Sequence, list[int]]] = []  # verified, not yet emitted (one step)
         self._drafted: list[Sequence] = []  # sequences given a draft this step
+
+    def learn_costs_from(self, other: Speculator) -> None:
+        """Start from what `other` measured of this engine's steps: the back-off's step cost
+        models and its drafting back-off, copied (timing only; the drafters' history and the
+        acceptance calibration come from text and stay this speculator's own). A serving engine
+        keeps one speculator, so its back-off is learned once over its life; a benchmark that
+        starts a speculator per short run would otherwise measure that learning each time."""
+        self.verify_cost = copy.deepcopy(other.verify_cost)
+        self.decode_cost = copy.deepcopy(other.decode_cost)
+        self._backoff = copy.deepcopy(other._backoff)
 
     def _request(self, seq: Sequence) -> _Request:
         req = self._reqs.get(seq.request_id)
