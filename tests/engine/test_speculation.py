@@ -253,3 +253,27 @@ def test_a_new_speculator_can_start_from_another_ones_step_costs_but_not_its_tex
     new.verify_cost.observe(8, 1.0)
     new.verify_cost.observe(8, 1.0)
     assert new.verify_cost.sizes() != old.verify_cost.sizes()
+
+
+def test_a_stale_back_off_re_prices_one_drafted_token_not_whole_drafts(
+    make_core: Callable[..., EngineCore],
+) -> None:
+    """Once verifying is priced, a step that comes after the verify model's memory of plain steps
+    re-prices verifying with the likeliest single drafted token (what decides whether drafting
+    resumes), not whole drafts: on an engine whose step costs its tokens a whole-draft probe
+    costs more than a plain step."""
+    core = make_core(speculative_drafter="ngram", num_speculative_tokens=4)
+    spec = core.speculator
+    assert spec is not None
+    prompt = tuple(range(10, 30)) * 3  # repeats: the n-gram drafter proposes full drafts
+    for rid in ("a", "b"):
+        core.add_request(GenerateRequest(rid, prompt, SamplingParams(max_tokens=40, ignore_eos=True)))
+    while spec.verify_steps < 3 and core.has_unfinished():
+        core.step()
+    for n in (40, 40):  # a second size priced: the curve has a shape
+        spec.verify_cost.observe(n, 0.01)
+    assert spec.verify_cost.fitted
+    spec._since_verify = int(spec.verify_cost.memory)  # backed off for as long as it remembers
+    before = spec.drafted
+    core.step()
+    assert spec.drafted - before == 1

@@ -233,12 +233,18 @@ class Speculator:
                 proposed.append((req, draft))
                 budget -= len(draft.tokens)
         candidates = [req.calibration.adjust(d.probs) for req, d in proposed]
-        if not self.verify_cost.fitted or self._since_verify >= self.verify_cost.memory:
-            # Unmeasured, or backed off for as long as the verify model remembers (its price is
-            # stale: the machine or the text changed): verify whole drafts to measure the price,
-            # but at most doubling the step's decode tokens plus one draft, so a probe at a
-            # large batch does not verify every sequence's longest draft at once.
+        if not self.verify_cost.fitted:
+            # Unmeasured: verify whole drafts to measure the price, but at most doubling the
+            # step's decode tokens plus one draft, so a probe at a large batch does not verify
+            # every sequence's longest draft at once.
             plan = [len(c) for c in _cap_total(candidates, max(base, self.max_draft))]
+        elif self._since_verify >= self.verify_cost.memory:
+            # Backed off for as long as the verify model remembers: its price may be stale (the
+            # machine or the text changed). What turns drafting back on is the first drafted
+            # token's price, T(base + 1) against T(base), and its acceptance: verify the likeliest
+            # one token. (Whole drafts here would cost a compute-bound engine, where a step costs
+            # its tokens, a plain step's worth and more at every probe.)
+            plan = _likeliest_token(candidates)
         else:
             plan = plan_drafts(candidates, base, self.verify_cost, self.decode_cost)
         self._drafted_step = (clock() - started, base, 0)  # accepted: added by verify_and_commit
@@ -411,6 +417,15 @@ class Speculator:
                     break
         self._pending = []
         return outputs
+
+
+def _likeliest_token(candidates: list[list[float]]) -> list[int]:
+    """Keep one drafted token: the first of the draft most likely to be accepted."""
+    keep = [0] * len(candidates)
+    firsts = [(c[0], i) for i, c in enumerate(candidates) if c]
+    if firsts:
+        keep[max(firsts)[1]] = 1
+    return keep
 
 
 def _cap_total(candidates: list[list[float]], total: int) -> list[list[float]]:
