@@ -65,18 +65,18 @@ print("torch", torch.__version__, "cuda", torch.cuda.is_available(),
     printf '%s\n' "${RESULTS[@]}"
     # The engine's own tests on the device (those that build their core through `make_core`;
     # the tier tests need a redis-server binary and stay on CI).
-    check engine_tests 120 "$PY" -m pytest -q -p no:cacheprovider tests/engine \
+    check engine_tests 90 "$PY" -m pytest -q -p no:cacheprovider tests/engine \
         --ignore=tests/engine/test_tier_engine.py --ignore=tests/engine/test_tier_prefetch.py
     # Greedy tokens against Hugging Face transformers on the same weights, and tokens/s.
     check engine_bench 60 "$PY" -m legato.cli bench engine --device "$DEVICE" --quick \
         --json "$OUT/engine_bench.json"
     # Issue 14: decode tok/s with and without speculation at batch 1, 8, 32 (oracle target).
     # (The README's command: the acceptance part runs on the CPU either way.)
-    check spec_bench 150 "$PY" -m legato.cli bench spec --device "$DEVICE" --sessions 4 \
+    check spec_bench 120 "$PY" -m legato.cli bench spec --device "$DEVICE" --sessions 4 \
         --ablations '' --decode-repeats 3 --trace .gpu/miniswe_deepseek.jsonl.gz \
         --cache-dir .gpu/spec --json "$OUT/spec_bench.json"
     # Issue 15: multi-turn GRPO rollouts through `legato serve`, Legato vs passthrough.
-    check rl_bench 150 "$PY" -m legato.cli bench rl --device "$DEVICE" --json "$OUT/rl_bench.json"
+    check rl_bench 210 "$PY" -m legato.cli bench rl --device "$DEVICE" --json "$OUT/rl_bench.json"
     printf '%s\n' "${RESULTS[@]}" | tee "$OUT/summary.txt"
 }
 
