@@ -211,6 +211,11 @@ def _speculator(cfg: DecodeConfig, history: Sequence[Sequence[int]]) -> Speculat
     return spec
 
 
+def _check_lossless(outs: list[list[int]], reference: list[list[int]]) -> None:
+    if outs != reference:
+        raise RuntimeError("speculative decoding changed the output: verification is broken")
+
+
 def _history_outputs(train: Sequence[Sequence[tuple[bool, list[int]]]]) -> list[list[int]]:
     return [ids for msgs in train for is_output, ids in msgs if is_output]
 
@@ -253,13 +258,13 @@ def _run(
     for batch in cfg.batches:
         reqs = pool[: max(batch, cfg.min_requests)]
         engine.core.speculator = None
-        engine.decode(reqs, batch, f"warm{batch}")  # prefill once: later runs hit the prefix cache
+        # prefill once (later runs hit the prefix cache); its plain outputs are every run's reference
+        reference = engine.decode(reqs, batch, f"warm{batch}")[3]
         # The back-off's step costs, learned in one untimed run with speculation (module docstring)
         learned = _speculator(cfg, history)
         engine.core.speculator = learned
-        engine.decode(reqs, batch, f"learn{batch}")
+        _check_lossless(engine.decode(reqs, batch, f"learn{batch}")[3], reference)
         runs: dict[str, list[tuple[int, float, float]]] = {"off": [], "on": []}
-        reference: list[list[int]] | None = None
         spec_counts = [0, 0, 0]  # verify steps, drafted, accepted
         engine.step_cost = StepCostModel(memory=math.inf)  # plain means over every decode step
         for rep in range(cfg.repeats):
@@ -270,9 +275,7 @@ def _run(
                     spec.learn_costs_from(learned)
                 engine.core.speculator = spec
                 tokens, seconds, cpu, outs = engine.decode(reqs, batch, f"{mode}{batch}.{rep}")
-                reference = reference or outs
-                if outs != reference:
-                    raise RuntimeError("speculative decoding changed the output: verification is broken")
+                _check_lossless(outs, reference)
                 runs[mode].append((tokens, seconds, cpu))
                 if spec is not None:
                     spec_counts[0] += spec.verify_steps
