@@ -64,8 +64,10 @@ print("torch", torch.__version__, "cuda", torch.cuda.is_available(),
       torch.cuda.get_device_name() if torch.cuda.is_available() else "")' 2>&1)")
     printf '%s\n' "${RESULTS[@]}"
     # The engine's own tests on the device (those that build their core through `make_core`;
-    # the tier tests need a redis-server binary and stay on CI).
-    check engine_tests 90 "$PY" -m pytest -q -p no:cacheprovider tests/engine \
+    # the tier tests need a redis-server binary and stay on CI). The image's own pytest plugins
+    # (coverage, benchmark, xdist, ...) are kept out: the tests need none of them.
+    check engine_tests 90 "$PY" -m pytest -q -p no:cacheprovider -p no:cov -p no:benchmark \
+        -p no:xdist -p no:timeout -p no:mock -p no:randomly tests/engine \
         --ignore=tests/engine/test_tier_engine.py --ignore=tests/engine/test_tier_prefetch.py
     # Greedy tokens against Hugging Face transformers on the same weights, and tokens/s.
     check engine_bench 60 "$PY" -m legato.cli bench engine --device "$DEVICE" --quick \
