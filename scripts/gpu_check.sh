@@ -50,6 +50,10 @@ run() {
     DEVICE=${DEVICE:-cuda}
     PY=${PYTHON:-python3}
     mkdir -p "$OUT"
+    if [ ! -f .gpu/miniswe_deepseek.jsonl.gz ] || [ ! -d .gpu/whl ]; then
+        echo "no .gpu/ here: run 'scripts/gpu_check.sh prepare' first and carry .gpu" | tee "$OUT/summary.txt" >&2
+        exit 1
+    fi
     if [ -z "${SKIP_WHEELS:-}" ]; then
         "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
             --target /tmp/site .gpu/whl/*.whl || exit 1
