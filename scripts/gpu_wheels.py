@@ -16,7 +16,7 @@ from packaging.requirements import Requirement
 
 # In the GPU image already, large, and tied to its CUDA build (torch) or its numpy.
 IN_IMAGE = {"torch", "numpy", "matplotlib", "tokenizers", "safetensors", "triton", "sympy"}
-ROOTS_FOR_TESTS = ("pytest", "pytest-asyncio")
+ROOTS_FOR_TESTS = ("pytest", "pytest-asyncio", "jsonschema")  # the engine tests import jsonschema
 
 
 def canonical(name: str) -> str:

@@ -12,7 +12,16 @@ SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "gpu_wheels.py"
 
 def test_the_wheel_list_is_the_runtime_closure_at_the_installed_versions() -> None:
     pins = runpy.run_path(str(SCRIPT))["closure"]()
-    for needed in ("fastapi", "pydantic", "pydantic-core", "uvicorn", "redis", "hiredis", "pytest-asyncio"):
+    for needed in (
+        "fastapi",
+        "pydantic",
+        "pydantic-core",
+        "uvicorn",
+        "redis",
+        "hiredis",
+        "pytest-asyncio",
+        "jsonschema",
+    ):
         assert pins[needed] == metadata.version(needed), needed
     for in_image in ("torch", "numpy", "matplotlib"):
         assert in_image not in pins
