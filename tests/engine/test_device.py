@@ -11,7 +11,10 @@ from legato.cli import app
 from legato.engine_adapter.torch.config import ConfigError, EngineConfig, check_device
 
 
-@pytest.mark.parametrize("device", ["gpu", "cuda:", "cuda:x", "cuda:-1", "CPU", "tpu"])
+@pytest.mark.parametrize(
+    "device",
+    ["gpu", "cuda:", "cuda:x", "cuda:-1", "CPU", "tpu", "", " cpu", "cuda:0 ", "cuda:\u0663", "cuda:\udcff"],
+)
 def test_a_device_name_other_than_cpu_cuda_or_cuda_n_is_refused(device: str) -> None:
     with pytest.raises(ConfigError, match="device must be cpu, cuda or cuda:N"):
         check_device(device)

@@ -31,7 +31,7 @@ def check_device(device: str) -> None:
     if device == "cpu":
         return
     index = device.removeprefix("cuda:") if device.startswith("cuda:") else None
-    if device != "cuda" and not (index is not None and index.isdigit()):
+    if device != "cuda" and not (index is not None and index.isascii() and index.isdigit()):
         raise ConfigError(f"device must be cpu, cuda or cuda:N, got {device!r}")
     import torch
 
