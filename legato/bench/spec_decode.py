@@ -35,7 +35,6 @@ import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -43,7 +42,7 @@ import torch
 from legato.engine_adapter.base import GenerateRequest, SamplingParams
 from legato.engine_adapter.torch import EngineCore, ModelConfig
 from legato.engine_adapter.torch.checkpoint import build_default_model
-from legato.engine_adapter.torch.config import EngineConfig
+from legato.engine_adapter.torch.config import EngineConfig, describe_device
 from legato.engine_adapter.torch.scheduler import ScheduledChunk
 from legato.engine_adapter.torch.speculator import AGENT, Speculator
 from legato.engine_adapter.torch.tokenizer import HFTokenizer
@@ -140,7 +139,6 @@ class OracleEngine:
         )
         model = build_default_model(seed, mc, device=cfg.device, dtype=config.resolved_dtype)
         self.core = EngineCore(model, HFTokenizer(tokenizer, eos), config)
-        self.on_cpu = cfg.device == "cpu"
         self.truth: dict[str, tuple[int, ...]] = {}
         self.eos = eos
         self.prefill_step = False
@@ -199,7 +197,8 @@ class OracleEngine:
                 tokens += sum(len(o.token_ids) for o in step)
                 seconds += dt
                 cpu += dc
-                self.step_cost.observe(sum(e - s for s, e in core.last_spans), dc if self.on_cpu else dt)
+                on_cpu = core.config.device == "cpu"
+                self.step_cost.observe(sum(e - s for s, e in core.last_spans), dc if on_cpu else dt)
         return tokens, seconds, cpu, outs
 
 
@@ -298,26 +297,13 @@ def _run(
         "max_output": cfg.max_output,
         "repeats": cfg.repeats,
         "torch_threads": cfg.threads,
-        "device": _device_name(cfg.device),
+        "device": describe_device(cfg.device),
         "semantics": "oracle target (full forward, logits = one-hot on the trace's next token); "
         "decode-only steps timed (wall clock, and CPU time of the engine's thread); greedy, "
         "identical outputs in both modes; bound = max over draft length g of tokens per verify "
         "step E(g) (the acceptance table) x T(B) / T(B E(g)), T the step cost measured by step size",
         "results": results,
     }
-
-
-def _device_name(device: str) -> str:
-    """The device the target ran on, with the GPU's name (numbers are per card)."""
-    if device == "cpu":
-        try:
-            for line in Path("/proc/cpuinfo").read_text().splitlines():
-                if line.startswith("model name"):
-                    return f"cpu ({line.split(':', 1)[1].strip()})"
-        except OSError:
-            pass
-        return "cpu"
-    return f"{device} ({torch.cuda.get_device_name(torch.device(device))})"
 
 
 def _row(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from legato.engine_adapter.base import EngineError
@@ -42,6 +43,22 @@ def check_device(device: str) -> None:
         )
     if index is not None and int(index) >= torch.cuda.device_count():
         raise ConfigError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+
+
+def describe_device(device: str) -> str:
+    """The device with its model (the CPU's from /proc/cpuinfo, the GPU's name), for reports:
+    a measured speed is a fact about one machine."""
+    if device != "cpu":
+        import torch
+
+        return f"{device} ({torch.cuda.get_device_name(torch.device(device))})"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return f"cpu ({line.split(':', 1)[1].strip()})"
+    except OSError:
+        pass
+    return "cpu"
 
 
 @dataclass(frozen=True, slots=True)
