@@ -27,6 +27,7 @@ from legato.engine_adapter.http.common import (
     request_text,
     shared_sampling_fields,
 )
+from legato.engine_adapter.http.spec_counters import SGLangSpecTally, SpecStats
 
 SERVER = "SGLang"
 GENERATE_PATH = "/generate"
@@ -55,7 +56,9 @@ class SGLangEngine(HTTPEngineBase):
     hints (radix-tree LRU), no KV export/import over HTTP, no sampling `seed` unless the server
     honours `sampling_seed`. `capacity()` reads `page_size` and `max_total_num_tokens` from
     `/get_server_info` and `sglang:token_usage` from `/metrics` (SGLang needs `--enable-metrics`;
-    without it every block is reported free).
+    without it every block is reported free). A finished request's speculation counts in
+    `meta_info` (`spec_verify_ct` and the accepted / drafted tokens) come back on its last chunk
+    and add up in `stats()` (`spec_counters`).
     """
 
     def __init__(
@@ -80,6 +83,7 @@ class SGLangEngine(HTTPEngineBase):
         )
         self._send_session = send_session
         self._priority_sign = 1 if low_priority_values_first else -1
+        self._spec = SGLangSpecTally()
 
     def _sampling(self, sp: SamplingParams) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -141,6 +145,7 @@ class SGLangEngine(HTTPEngineBase):
                     cached = int(meta.get("cached_tokens") or cached)
                     reason = _finish_reason(meta.get("finish_reason"))
                     aborted = self._inflight.is_aborted(rid) and reason is None
+                    drafted, accepted = self._spec.add(meta) if reason is not None else (0, 0)
                     yield TokenChunk(
                         token_ids=tuple(new_ids),
                         text=new_text,
@@ -149,6 +154,8 @@ class SGLangEngine(HTTPEngineBase):
                         finish_reason="abort" if aborted else reason,
                         prompt_tokens=prompt_tokens or len(request.prompt_token_ids),
                         cached_tokens=cached,
+                        spec_drafted=drafted,
+                        spec_accepted=accepted,
                     )
                     if reason is not None or aborted:
                         return
@@ -170,6 +177,10 @@ class SGLangEngine(HTTPEngineBase):
         except EngineError:
             pass  # metrics are off (no --enable-metrics): report everything free
         return EngineCapacity(block_size=page, total_blocks=total, free_blocks=round(total * (1 - used)))
+
+    async def stats(self) -> SpecStats:
+        """Speculative-decoding counters of the requests this engine sent (`spec_counters`)."""
+        return self._spec.stats()
 
     async def abort(self, request_id: str) -> None:
         """Ask the server to abort `request_id`; the stream then ends with `finish_reason="abort"`."""

@@ -31,6 +31,7 @@ from legato.engine_adapter.http.common import (
     request_text,
     shared_sampling_fields,
 )
+from legato.engine_adapter.http.spec_counters import SpecStats, vllm_spec_stats
 
 SERVER = "vLLM"
 TOKENS_PATH = "/inference/v1/generate"
@@ -66,7 +67,8 @@ class VLLMEngine(HTTPEngineBase):
     session routing (`session_id` is not sent; route upstream), no abort endpoint: `abort()`
     closes the connection, which vLLM turns into an abort; it takes effect at the next streamed
     chunk (on the token route, when the single response arrives). `capacity()` reads
-    `vllm:cache_config_info` and `vllm:kv_cache_usage_perc` from `/metrics`.
+    `vllm:cache_config_info` and `vllm:kv_cache_usage_perc` from `/metrics`, `stats()` its
+    speculative-decoding counters (`spec_counters`).
     """
 
     BASE_CAPABILITIES = frozenset(
@@ -282,6 +284,12 @@ class VLLMEngine(HTTPEngineBase):
         return EngineCapacity(
             block_size=block_size, total_blocks=total, free_blocks=round(total * (1 - used))
         )
+
+    async def stats(self) -> SpecStats:
+        """The server's speculative-decoding counters (`spec_counters`; all 0 without speculation)."""
+        with anyio.fail_after(30):
+            metrics = parse_prometheus(await request_text(self._client, SERVER, "/metrics"))
+        return vllm_spec_stats(metrics)
 
     async def abort(self, request_id: str) -> None:
         self._inflight.abort(request_id)

@@ -164,8 +164,24 @@ def sglang_response(
         cached_tokens=result.cached_tokens,
         finish_reason=svc.sglang_finish(result.finish_reason, len(result.token_ids), last, req.sampling),
         output_token_logprobs=logprobs,
+        **_sglang_spec_counts(result),
     )
     return SGLangGenerateResponse(text=result.text, output_ids=list(result.token_ids), meta_info=meta)
+
+
+def _sglang_spec_counts(result: GenerateResult) -> dict[str, int]:
+    """SGLang's speculation fields of `meta_info`, only where the request speculated (as SGLang
+    sets them only with a speculative algorithm): the accepted and drafted tokens, and
+    `spec_verify_ct` as the forward passes that emitted the request's tokens (each emits the
+    target's own token after any accepted draft tokens), so `completion_tokens / spec_verify_ct`
+    reads as SGLang's accept length."""
+    if not result.spec_drafted:
+        return {}
+    return {
+        "spec_verify_ct": len(result.token_ids) - result.spec_accepted,
+        "spec_accept_token_num": result.spec_accepted,
+        "spec_draft_token_num": result.spec_drafted,
+    }
 
 
 def sglang_events(svc: EngineService, req: GenerateRequest, generation: Generation) -> AsyncIterator[str]:
