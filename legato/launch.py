@@ -5,7 +5,9 @@ One implementation for `legato serve` and `legato run` (`legato engine serve` sh
 flags through `legato.engine_adapter.commands.tier_overrides`). Engine specs:
 
 - `torch` or `torch:device=cuda:1,num_blocks=4096`: the embedded engine (`--checkpoint DIR`, or
-  the seeded default model), with `--kv-host-gb` / `--kv-redis-url` tiers;
+  the seeded default model), with `--kv-host-gb` / `--kv-redis-url` tiers; speculative decoding
+  with `speculative_drafter=NAME`, `num_speculative_tokens=K` and `draft_model=DIR` (the
+  `EngineConfig` fields);
 - `vllm=URL`, `sglang=URL`: a server speaking that API (`legato engine serve` speaks both); the
   served model is read from its `/v1/models`, the tokenizer comes from `--checkpoint DIR` (the
   seeded model's byte tokenizer without it);
@@ -33,7 +35,13 @@ from legato.engine_adapter.base import Engine, EngineError, Tokenizer
 
 Kind = Literal["torch", "vllm", "sglang", "sim-realtime", "factory"]
 HTTP_KINDS = ("vllm", "sglang")
-TORCH_KEYS = {"device": str, "num_blocks": int}
+TORCH_KEYS = {
+    "device": str,
+    "num_blocks": int,
+    "speculative_drafter": str,
+    "num_speculative_tokens": int,
+    "draft_model": str,
+}
 PROBE_TIMEOUT_S = 10.0  # an engine that does not answer /v1/models within this is unreachable
 
 
@@ -46,7 +54,7 @@ class EngineSpec:
     text: str  # as given, for messages
     kind: Kind
     url: str | None = None  # vllm / sglang
-    options: dict[str, Any] = field(default_factory=dict)  # torch: device, num_blocks
+    options: dict[str, Any] = field(default_factory=dict)  # torch: `TORCH_KEYS`
 
 
 @dataclass(frozen=True)

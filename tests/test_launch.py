@@ -13,6 +13,14 @@ def test_engine_spec_forms() -> None:
     assert parse_engine_spec("torch").kind == "torch"
     spec = parse_engine_spec("torch:device=cuda:1,num_blocks=4096")
     assert spec.kind == "torch" and spec.options == {"device": "cuda:1", "num_blocks": 4096}
+    spec = parse_engine_spec(
+        "torch:speculative_drafter=draft-model,draft_model=/m/d,num_speculative_tokens=6"
+    )
+    assert spec.options == {
+        "speculative_drafter": "draft-model",
+        "draft_model": "/m/d",
+        "num_speculative_tokens": 6,
+    }
     vllm = parse_engine_spec("vllm=http://gpu-a:8000/")
     assert (vllm.kind, vllm.url) == ("vllm", "http://gpu-a:8000")
     assert parse_engine_spec("sglang=https://10.0.0.2:30000").url == "https://10.0.0.2:30000"
@@ -28,6 +36,7 @@ def test_engine_spec_forms() -> None:
         ("sglang=http://", "http(s)://HOST[:PORT]"),
         ("torch:devise=cuda", "keys device, num_blocks"),
         ("torch:num_blocks=many", "num_blocks must be a number"),
+        ("torch:num_speculative_tokens=x", "num_speculative_tokens must be a number"),
         ("tgi=http://x", "use torch[:device=...], vllm=URL"),
         ("nonsense", "package.module:factory"),
     ],

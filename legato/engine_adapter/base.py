@@ -20,7 +20,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from legato.cache.kv_block import KVBlock as KVBlock  # re-exported: KVTransferEngine moves them
 from legato.spec.adaptive import check_draft_len
-from legato.spec.drafter import DRAFTER_NAMES
+from legato.spec.drafter import ENGINE_DRAFTERS
 
 
 class EngineError(RuntimeError):
@@ -65,8 +65,8 @@ class SpeculativeParams:
     num_tokens: int = 4
 
     def __post_init__(self) -> None:
-        if self.drafter not in (*DRAFTER_NAMES, "none"):
-            valid = ", ".join((*DRAFTER_NAMES, "none"))
+        if self.drafter not in (*ENGINE_DRAFTERS, "none"):
+            valid = ", ".join((*ENGINE_DRAFTERS, "none"))
             raise ValueError(f"drafter must be one of {valid}, got {self.drafter!r}")
         check_draft_len(self.num_tokens, "num_speculative_tokens")
 

@@ -148,6 +148,27 @@ def serve(
     ] = None,
     kv_host_gb: KvHostGbOpt = 0.0,
     kv_redis_url: KvRedisOpt = None,
+    speculative_drafter: Annotated[
+        str | None,
+        typer.Option(
+            help="Speculate on every request that can (greedy or sampled, no logprobs): suffix, "
+            "suffix-local, suffix-agent, ngram or draft-model. Default: only requests that ask."
+        ),
+    ] = None,
+    num_speculative_tokens: Annotated[
+        int, typer.Option(min=0, max=64, help="Longest draft one verify step checks.")
+    ] = 4,
+    draft_model: Annotated[
+        Path | None,
+        typer.Option(
+            exists=True,
+            file_okay=False,
+            dir_okay=True,
+            readable=True,
+            help="Checkpoint directory of a smaller model with the same vocabulary, for the "
+            "draft-model drafter.",
+        ),
+    ] = None,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "warning",
     trusted_proxies: TrustedProxiesOpt = None,
     read_timeout: ReadTimeoutOpt = 60.0,
@@ -169,6 +190,9 @@ def serve(
         overrides["max_num_batched_tokens"] = max_batched_tokens
     if seed is not None:
         overrides["seed"] = seed
+    overrides["speculative_drafter"] = speculative_drafter
+    overrides["num_speculative_tokens"] = num_speculative_tokens
+    overrides["draft_model"] = str(draft_model) if draft_model is not None else None
     try:
         overrides.update(tier_overrides(kv_host_gb, kv_redis_url))
         engine = load_engine(checkpoint, device=device, **overrides)

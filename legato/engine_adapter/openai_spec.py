@@ -12,7 +12,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from legato.spec.adaptive import MAX_DRAFT_LEN
 
-DrafterName = Literal["suffix", "suffix-local", "suffix-agent", "ngram", "none"]
+# `legato.spec.drafter.ENGINE_DRAFTERS` and "none" (a test keeps the two lists equal)
+DrafterName = Literal["suffix", "suffix-local", "suffix-agent", "ngram", "draft-model", "none"]
 
 
 class SpeculativeOptions(BaseModel):
@@ -23,7 +24,8 @@ class SpeculativeOptions(BaseModel):
     drafter: DrafterName = Field(
         default="suffix",
         description="suffix (program context + earlier outputs), its two halves alone, ngram (prompt "
-        "lookup), or none (this request does not speculate).",
+        "lookup), draft-model (the engine's draft model, where it was started with one), or none "
+        "(this request does not speculate).",
     )
     num_speculative_tokens: int = Field(
         default=4,

@@ -4,6 +4,9 @@
   context and the agent's earlier outputs; the higher-scoring draft wins, as SuffixDecoding
   chooses between its per-request and global trees.
 - `ngram`: prompt lookup (ngram.py), the baseline.
+- `draft-model`: a smaller model's greedy continuation. It runs a model, so the torch engine
+  builds it from its configured draft model (`engine_adapter/torch/draft_model.py`); these
+  drafters work on text alone.
 
 Parameters default to vLLM's SuffixDecoding defaults (`suffix_decoding_max_tree_depth` 24,
 `max_spec_factor` 1.0, `min_token_prob` 0.1), not to values searched on our traces.
@@ -18,6 +21,7 @@ from legato.spec.ngram import NgramDrafter
 from legato.spec.suffix_index import Draft
 
 DRAFTERS = ("suffix", "ngram")
+MODEL_DRAFTER = "draft-model"
 
 
 class Drafter(Protocol):
@@ -81,7 +85,10 @@ def make_drafter(name: str) -> Drafter:
         return SuffixDrafter(local=False)
     if name == "ngram":
         return NgramDrafter()
+    if name == MODEL_DRAFTER:
+        raise ValueError(f"the {name!r} drafter runs a model: an engine builds it from its draft model")
     raise ValueError(f"unknown drafter {name!r}; valid: {', '.join(DRAFTER_NAMES)}")
 
 
-DRAFTER_NAMES = ("suffix", "suffix-local", "suffix-agent", "ngram")
+DRAFTER_NAMES = ("suffix", "suffix-local", "suffix-agent", "ngram")  # the text drafters
+ENGINE_DRAFTERS = (*DRAFTER_NAMES, MODEL_DRAFTER)  # what an engine's config or a request may name

@@ -28,12 +28,13 @@ class _PlainPriced(StepCostModel):
         return True
 
 
-def _core(speculate: bool) -> EngineCore:
+def _core(drafter: str | None) -> EngineCore:
     core = build_core(model_config=TINY, num_blocks=256, max_num_batched_tokens=256)
     with torch.no_grad():  # a peakier model: drafts of its own loop get accepted often
         core.model.lm_head.weight.mul_(4.0)
-    if speculate:
-        core.speculator = Speculator("suffix", 4)
+    if drafter is not None:
+        # draft-model: the target itself, drafting its greedy path (sampling departs from it)
+        core.speculator = Speculator(drafter, 4, draft_model=core.model)
         core.speculator.decode_cost = _PlainPriced()
     return core
 
@@ -52,15 +53,16 @@ def _homogeneity_p(a: Counter[int], b: Counter[int]) -> float:
 
 
 @pytest.mark.slow
-def test_sampled_outputs_have_the_same_distribution_with_speculation() -> None:
+@pytest.mark.parametrize("drafter", ["suffix", "draft-model"])
+def test_sampled_outputs_have_the_same_distribution_with_speculation(drafter: str) -> None:
     base = tuple(range(40, 48))
-    loop = _core(False).run_to_completion(
+    loop = _core(None).run_to_completion(
         [GenerateRequest("g", base, SamplingParams(max_tokens=24, ignore_eos=True))]
     )
     prompt = base + tuple(t for o in loop["g"] for t in o.token_ids) * 2  # the model's own text
     outs = {}
     for speculate in (False, True):
-        core = _core(speculate)
+        core = _core(drafter if speculate else None)
         sp = [
             SamplingParams(max_tokens=4, temperature=1.0, top_p=0.9, seed=i, ignore_eos=True)
             for i in range(N)

@@ -4,6 +4,8 @@ prefix cache never holds unverified tokens."""
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -13,8 +15,12 @@ from hypothesis import strategies as st
 
 from legato.engine_adapter.base import GenerateRequest, SamplingParams
 from legato.engine_adapter.torch import EngineCore
+from legato.engine_adapter.torch.checkpoint import build_default_model
 from legato.engine_adapter.torch.config import ConfigError, EngineConfig
+from legato.engine_adapter.torch.model import LlamaForCausalLM
 from legato.engine_adapter.torch.speculator import AGENT, Speculator
+from tests.engine.conftest import TEST_DEVICE
+from tests.tiny_model import TINY
 
 
 def _run(core: EngineCore, requests: list[GenerateRequest]) -> dict[str, tuple[list[int], str, str | None]]:
@@ -34,12 +40,19 @@ def _requests(prompts: list[list[int]], max_tokens: int, stop: tuple[str, ...]) 
     ]
 
 
+@functools.cache
+def _draft_model() -> LlamaForCausalLM:
+    """A one-layer model on the engine's vocabulary, weights of another seed: a weak drafter."""
+    config = dataclasses.replace(TINY, num_hidden_layers=1)
+    return build_default_model(1, config, device=TEST_DEVICE)
+
+
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     st.lists(st.lists(st.integers(3, 255), min_size=2, max_size=12), min_size=1, max_size=4),
     st.integers(1, 40),
     st.sampled_from([(), ("\x07",), ("ab", "\xe4")]),
-    st.sampled_from(["suffix", "ngram"]),
+    st.sampled_from(["suffix", "ngram", "draft-model"]),
     st.integers(1, 6),
     st.sampled_from([32, 64]),
     st.sampled_from([5, 64]),
@@ -59,7 +72,7 @@ def test_greedy_output_is_identical_with_speculation(
     kw: dict[str, Any] = {"num_blocks": num_blocks, "block_size": 4, "max_num_batched_tokens": budget}
     plain = make_core(**kw)
     spec = make_core(**kw)
-    spec.speculator = Speculator(drafter, k)
+    spec.speculator = Speculator(drafter, k, draft_model=_draft_model())
     want = _run(plain, _requests(prompts, max_tokens, stop))
     got = _run(spec, _requests(prompts, max_tokens, stop))
     assert got == want

@@ -6,14 +6,16 @@ in a thread around the tiny torch engine, called with the official `openai` clie
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
 from legato.engine_adapter.server import create_engine_app
-from legato.engine_adapter.torch import TorchEngine, load_engine
-from tests.engine_http.serving import serve_in_thread
+from legato.engine_adapter.torch import ByteTokenizer, TorchEngine, load_engine, save_checkpoint
+from legato.engine_adapter.torch.checkpoint import build_default_model
+from tests.engine_http.serving import serve_cli, serve_in_thread
 from tests.tiny_model import TINY
 
 MODEL = "legato-default"
@@ -106,3 +108,34 @@ def test_an_engine_that_cannot_speculate_refuses_the_option(fake_url: str) -> No
     r = httpx.post(f"{fake_url}/v1/completions", json=body, timeout=30)
     assert r.status_code == 400, r.text
     assert r.json()["error"]["param"] == "speculative"
+
+
+def test_asking_for_the_draft_model_of_an_engine_without_one_is_a_400(url: str) -> None:
+    body = {"model": MODEL, "prompt": "hi", "max_tokens": 4, "speculative": {"drafter": "draft-model"}}
+    r = httpx.post(f"{url}/v1/completions", json=body, timeout=30)
+    assert r.status_code == 400, r.text
+    assert "needs an engine started with a draft model" in r.json()["error"]["message"]
+
+
+def test_engine_serve_drafts_with_a_draft_model(tmp_path: Path) -> None:
+    """`legato engine serve --draft-model DIR --speculative-drafter draft-model` (a real
+    subprocess): the draft model is the target's own checkpoint, so every draft is accepted."""
+    from openai import OpenAI
+
+    checkpoint = save_checkpoint(build_default_model(0, TINY), tmp_path / "tiny", ByteTokenizer())
+    args = ("--checkpoint", str(checkpoint), "--draft-model", str(checkpoint))
+    with serve_cli(*args, "--speculative-drafter", "draft-model", "--num-blocks", "256") as served:
+        client = OpenAI(base_url=f"{served}/v1", api_key="unused", timeout=60, max_retries=0)
+        out = client.completions.create(model="tiny", prompt=PROMPT, max_tokens=40, temperature=0)
+    counts = out.usage.model_extra["speculative"]
+    assert counts["drafted_tokens"] > 0
+    assert counts["accepted_tokens"] == counts["drafted_tokens"]
+
+
+def test_the_api_names_every_engine_drafter() -> None:
+    from typing import get_args
+
+    from legato.engine_adapter.openai_spec import DrafterName
+    from legato.spec.drafter import ENGINE_DRAFTERS
+
+    assert set(get_args(DrafterName)) == {*ENGINE_DRAFTERS, "none"}

@@ -16,7 +16,7 @@ from typing import Any
 
 from legato.engine_adapter.base import EngineError
 from legato.spec.adaptive import check_draft_len
-from legato.spec.drafter import DRAFTER_NAMES
+from legato.spec.drafter import ENGINE_DRAFTERS, MODEL_DRAFTER
 
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2")
 
@@ -236,6 +236,9 @@ class EngineConfig:
     # speculative decoding of greedy requests (speculator.py): a drafter name, None = off
     speculative_drafter: str | None = None
     num_speculative_tokens: int = 4  # largest draft per verify step (adapted per request below it)
+    # the `draft-model` drafter's model: a checkpoint directory of a smaller model with the
+    # target's vocabulary (draft_model.py); None = that drafter is not available
+    draft_model: str | None = None
 
     def __post_init__(self) -> None:
         ints = ("block_size", "max_num_batched_tokens", "max_num_seqs")
@@ -260,7 +263,7 @@ class EngineConfig:
                 raise ConfigError(
                     f"engine config field {name!r} must be an integer >= {least}, got {value!r}"
                 )
-        _check_speculation(self.speculative_drafter, self.num_speculative_tokens)
+        _check_speculation(self.speculative_drafter, self.num_speculative_tokens, self.draft_model)
         check_device(self.device)
         for name in ("request_timeout_s", "command_timeout_s", "redis_op_timeout_s", "tier_fetch_timeout_s"):
             value = getattr(self, name)
@@ -289,11 +292,20 @@ class EngineConfig:
         return dataclasses.replace(self, **overrides)
 
 
-def _check_speculation(drafter: str | None, max_draft: int) -> None:
-    if drafter is not None and drafter not in DRAFTER_NAMES:
+def _check_speculation(drafter: str | None, max_draft: int, draft_model: str | None) -> None:
+    if drafter is not None and drafter not in ENGINE_DRAFTERS:
         raise ConfigError(
-            f"engine config field 'speculative_drafter' must be one of {', '.join(DRAFTER_NAMES)} or None, "
+            f"engine config field 'speculative_drafter' must be one of {', '.join(ENGINE_DRAFTERS)} or None, "
             f"got {drafter!r}"
+        )
+    if draft_model is not None and (not isinstance(draft_model, str) or not draft_model.strip()):
+        raise ConfigError(
+            f"engine config field 'draft_model' must be a checkpoint directory, got {draft_model!r}"
+        )
+    if drafter == MODEL_DRAFTER and draft_model is None:
+        raise ConfigError(
+            f"engine config field 'speculative_drafter' is {MODEL_DRAFTER!r} but 'draft_model' is not set "
+            "(a checkpoint directory of a smaller model with the same vocabulary)"
         )
     try:
         check_draft_len(max_draft, "engine config field 'num_speculative_tokens'")

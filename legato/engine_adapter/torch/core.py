@@ -38,6 +38,7 @@ from legato.engine_adapter.base import (
 from legato.engine_adapter.torch.block_manager import BlockManager
 from legato.engine_adapter.torch.checkpoint import model_fingerprint, torch_dtype
 from legato.engine_adapter.torch.config import EngineConfig
+from legato.engine_adapter.torch.draft_model import load_draft_model
 from legato.engine_adapter.torch.guided import GrammarCompiler
 from legato.engine_adapter.torch.kv_tiers import KVTierLink
 from legato.engine_adapter.torch.model import LlamaForCausalLM
@@ -51,6 +52,7 @@ from legato.engine_adapter.torch.speculator import Speculator
 from legato.engine_adapter.torch.step_sampling import draw
 from legato.engine_adapter.torch.token_output import append_token, request_output
 from legato.engine_adapter.torch.tokenizer import ByteTokenizer, HFTokenizer
+from legato.spec.drafter import MODEL_DRAFTER
 
 
 class EngineCore:
@@ -107,8 +109,14 @@ class EngineCore:
         # machine the wall time of identical steps varies several-fold with other processes'
         # load, which says nothing about what a bigger step costs); elsewhere the wall time.
         self._step_clock = time.thread_time if config.device == "cpu" else time.perf_counter
+        self.draft_model: LlamaForCausalLM | None = None  # the `draft-model` drafter's (draft_model.py)
+        if config.draft_model is not None:
+            self.draft_model = load_draft_model(config.draft_model, model, config.device, self.dtype_name)
         if config.speculative_drafter is not None:
-            self.speculator = Speculator(config.speculative_drafter, config.num_speculative_tokens)
+            self.speculator = self._new_speculator(config.speculative_drafter)
+
+    def _new_speculator(self, drafter: str | None) -> Speculator:
+        return Speculator(drafter, self.config.num_speculative_tokens, draft_model=self.draft_model)
 
     # --- tiers (kv_tiers.py) -------------------------------------------------------------
 
@@ -144,6 +152,12 @@ class EngineCore:
         validate_request(
             request, self.model.config.vocab_size, self.max_model_len, self.config.block_size, self.num_blocks
         )
+        spec = request.sampling.speculative
+        if spec is not None and spec.drafter == MODEL_DRAFTER and self.draft_model is None:
+            raise EngineError(
+                f"request {request.request_id!r}: speculative drafter {MODEL_DRAFTER!r} needs an engine "
+                "started with a draft model (EngineConfig.draft_model, `--draft-model`)"
+            )
 
     def add_request(self, request: GenerateRequest, preload: Sequence[KVBlock] = ()) -> None:
         """Queue a request. `preload`: blocks fetched from a tier for its prompt, continuing the
@@ -177,7 +191,7 @@ class EngineCore:
         )
         self._seqs[request.request_id] = [seq]
         if sp.speculative is not None and self.speculator is None:  # asked for: off by default
-            self.speculator = Speculator(None, self.config.num_speculative_tokens)
+            self.speculator = self._new_speculator(None)
         self._unfinished[request.request_id] = sp.n
         if preload and self.config.enable_prefix_caching:
             self.kv.preload(seq, preload)

@@ -36,6 +36,8 @@ from typing import TYPE_CHECKING, Protocol
 
 import torch
 
+from legato.engine_adapter.torch.draft_model import DraftModelDrafter
+from legato.engine_adapter.torch.model import LlamaForCausalLM
 from legato.engine_adapter.torch.outputs import RequestOutput
 from legato.engine_adapter.torch.sampler import needs_processing
 from legato.engine_adapter.torch.scheduler import ScheduledChunk, Scheduler, SchedulerOutput
@@ -44,7 +46,7 @@ from legato.engine_adapter.torch.spec_verify import verify_greedy, verify_sample
 from legato.spec.adaptive import check_draft_len
 from legato.spec.backoff import AcceptanceCalibration, StepCostModel, plan_drafts, size_bucket
 from legato.spec.context import AgentHistory, ProgramContext
-from legato.spec.drafter import Drafter, make_drafter
+from legato.spec.drafter import MODEL_DRAFTER, Drafter, make_drafter
 from legato.spec.suffix_index import Draft
 
 if TYPE_CHECKING:
@@ -96,15 +98,23 @@ class _BackOff:
 
 class Speculator:
     """`drafter`: the engine's default (None: only requests asking for speculation speculate);
-    `max_draft`: the default longest draft. A request's `SamplingParams.speculative` overrides
-    both for that request."""
+    `max_draft`: the default longest draft; `draft_model`: what the `draft-model` drafter runs
+    (the engine's, `EngineConfig.draft_model`). A request's `SamplingParams.speculative`
+    overrides the drafter and the length for that request."""
 
-    def __init__(self, drafter: str | None = "suffix", max_draft: int = 4) -> None:
+    def __init__(
+        self,
+        drafter: str | None = "suffix",
+        max_draft: int = 4,
+        *,
+        draft_model: LlamaForCausalLM | None = None,
+    ) -> None:
         check_draft_len(max_draft, "max draft length")
         self.default = drafter
+        self.draft_model = draft_model
         self._drafters: dict[str, Drafter] = {}
         if drafter is not None:
-            self._drafters[drafter] = make_drafter(drafter)
+            self._drafters[drafter] = self._make_drafter(drafter)
         self.max_draft = max_draft
         self.history = AgentHistory()
         # the back-off's cost models, fed by the core's step times (backoff.py): steps that
@@ -300,8 +310,16 @@ class Speculator:
         assert name is not None
         drafter = self._drafters.get(name)
         if drafter is None:
-            drafter = self._drafters[name] = make_drafter(name)
+            drafter = self._drafters[name] = self._make_drafter(name)
         return drafter
+
+    def _make_drafter(self, name: str) -> Drafter:
+        """A drafter by name; `draft-model` runs this speculator's draft model."""
+        if name != MODEL_DRAFTER:
+            return make_drafter(name)
+        if self.draft_model is None:
+            raise ValueError(f"drafter {MODEL_DRAFTER!r} needs a draft model; none was given")
+        return DraftModelDrafter(self.draft_model)
 
     @staticmethod
     def drop(seq: Sequence) -> None:
