@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
+import datetime
 import gzip
 import hashlib
 import json
@@ -101,8 +102,20 @@ def int_field(path: Path, line: int, obj: dict[str, object], key: str, minimum: 
 
 
 def time_field(path: Path, line: int, obj: dict[str, object], key: str, scale: float) -> float:
-    """A non-negative timestamp in seconds (the file's unit divided by `scale`)."""
+    """A non-negative timestamp in seconds: a number in the file's unit (divided by `scale`), or
+    an ISO-8601 date-time string as many logs write them (seconds since the epoch; without a
+    zone, UTC). Only differences between timestamps matter to a replay."""
     value = obj.get(key)
+    if isinstance(value, str):
+        try:
+            when = datetime.datetime.fromisoformat(value)
+        except ValueError:
+            raise fail(
+                path, line, f"{key!r} must be a number or an ISO-8601 date-time, got {value!r}"
+            ) from None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=datetime.UTC)
+        value = when.timestamp() * scale
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
         raise fail(path, line, f"{key!r} must be a non-negative number, got {value!r}")
     return float(value) / scale

@@ -111,3 +111,28 @@ def test_tct_counts_from_the_trace_arrival(tmp_path: Path) -> None:
     assert first.arrival_s == second.arrival_s == 0.0
     assert second.submitted_s == pytest.approx(first.finish_s)  # waited for the one client slot
     assert second.tct_s == pytest.approx(second.finish_s)
+
+
+def test_iso_timestamps_and_other_openai_roles_replay_like_numbers(tmp_path: Path) -> None:
+    """Logs often write ISO-8601 times, OpenAI's newer "developer" role and the older
+    "function" tool results: the same session written that way replays the same."""
+    import datetime
+
+    def iso(t: float) -> str:
+        return datetime.datetime.fromtimestamp(1_700_000_000 + t, datetime.UTC).isoformat()
+
+    plain = _session("a", 0.0, "x")
+    other = json.loads(json.dumps(plain))
+    for m in other["messages"]:
+        if "timestamp" in m:
+            m["timestamp"] = iso(m["timestamp"])
+        m["role"] = {"system": "developer", "tool": "function"}.get(m["role"], m["role"])
+    other["messages"][3]["timestamp"] = other["messages"][3]["timestamp"].replace("+00:00", "")  # naive: UTC
+    want = load_chat(_write(tmp_path / "a.jsonl", [plain]), 10).programs[0]
+    got = load_chat(_write(tmp_path / "b.jsonl", [other]), 10).programs[0]
+    assert [c.tool_latency_s for c in got.calls] == pytest.approx([c.tool_latency_s for c in want.calls])
+    assert [c.prompt_tokens for c in got.calls] == [c.prompt_tokens for c in want.calls]
+    bad = json.loads(json.dumps(plain))
+    bad["messages"][2]["timestamp"] = "yesterday"
+    with pytest.raises(ValueError, match="'timestamp' must be a number or an ISO-8601 date-time"):
+        load_chat(_write(tmp_path / "c.jsonl", [bad]), 10)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from legato.bench.traces import CallTime, PrefixCuts, TraceTiming, fit_call_time
+from legato.bench.traces import CallTime, PrefixCuts, TraceTiming, fit_call_time, time_field
 from legato.cache.common_prefix import common_prefix
 
 
@@ -37,3 +39,12 @@ def test_timing_modes() -> None:
     assert poisson.arrivals([0.0] * 3, 1) == poisson.arrivals([9.0] * 3, 1)
     with pytest.raises(ValueError, match="unknown arrival"):
         TraceTiming.parse("trace:3", 1.0)
+
+
+def test_a_timestamp_is_a_number_in_the_files_unit_or_an_iso_date_time() -> None:
+    row: dict[str, object] = {"us": 1_700_000_000_250_000, "iso": "2023-11-14T22:13:20.25Z"}
+    assert time_field(Path("f"), 1, row, "us", 1_000_000.0) == pytest.approx(1_700_000_000.25)
+    assert time_field(Path("f"), 1, row, "iso", 1_000_000.0) == pytest.approx(1_700_000_000.25)
+    assert time_field(Path("f"), 1, row, "iso", 1.0) == pytest.approx(1_700_000_000.25)
+    with pytest.raises(ValueError, match="f:1: 'bad' must be a number or an ISO-8601 date-time"):
+        time_field(Path("f"), 1, {"bad": "soon"}, "bad", 1.0)

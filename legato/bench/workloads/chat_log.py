@@ -2,8 +2,9 @@
 
 Line shape (e.g. `../shared/traces/miniswe_deepseek.jsonl.gz`, mini-swe-agent on SWE-bench):
 `{"session_id", "messages": [...]}`; each message has `role` and `content`; assistant messages
-carry `timestamp` (s) and `usage` (`prompt_tokens`, `completion_tokens`), tool messages a
-`timestamp`. One session = one program; the n-th LLM call is the n-th assistant message:
+carry `timestamp` (s, or an ISO-8601 date-time) and `usage` (`prompt_tokens`,
+`completion_tokens`), tool messages a `timestamp`. One session = one program; the n-th LLM call
+is the n-th assistant message:
 
 * **Prompt** = every message before it. So call n's prompt is call n-1's prompt, call n-1's output
   (the segment the engine holds after decoding it) and the messages after that output (tool
@@ -50,7 +51,9 @@ from legato.bench.traces import (
 )
 from legato.sim.workload import Segment, Workload
 
-ROLES = ("system", "user", "assistant", "tool", "exit")
+# OpenAI's roles ("developer" is its newer name for "system", "function" the older tool result),
+# and mini-swe-agent's "exit"
+ROLES = ("system", "developer", "user", "assistant", "tool", "function", "exit")
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,7 +1,8 @@
 """`sessions:PATH`: replay of an OpenAI-chat call log, one call per line.
 
 Line shape: `{"timestamp": µs when the call was sent, "input": text, "output": text,
-"session_id": str | int}`, optionally `"end_timestamp"`: µs when its answer was complete. Lines
+"session_id": str | int}`, optionally `"end_timestamp"`: µs when its answer was complete (either
+timestamp may be an ISO-8601 date-time instead, as many logs write them). Lines
 are sorted by time (then file order) before anything else, so a log written out of order replays
 the same. One session = one program; its calls keep the
 structure the log shows:
