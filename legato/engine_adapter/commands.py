@@ -14,6 +14,8 @@ from typing import Annotated, Any
 
 import typer
 
+from legato.spec.adaptive import MAX_DRAFT_LEN
+
 engine_app = typer.Typer(
     name="engine",
     help="The embedded inference engine: serve it over HTTP.",
@@ -117,19 +119,20 @@ def bind_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
+def _directory_option(help_text: str) -> Any:
+    """A typer option naming an existing, readable directory."""
+    return typer.Option(exists=True, file_okay=False, dir_okay=True, readable=True, help=help_text)
+
+
 @engine_app.command("serve")
 def serve(
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=0, max=65535, help="Port (0 = any free port).")] = 8000,
     checkpoint: Annotated[
         Path | None,
-        typer.Option(
-            exists=True,
-            file_okay=False,
-            dir_okay=True,
-            readable=True,
-            help="Hugging Face checkpoint directory (config.json, *.safetensors, tokenizer.json). "
-            "Default: the small seeded model with a byte-level tokenizer.",
+        _directory_option(
+            "Hugging Face checkpoint directory (config.json, *.safetensors, tokenizer.json). "
+            "Default: the small seeded model with a byte-level tokenizer."
         ),
     ] = None,
     device: Annotated[str, typer.Option(callback=device_option, help="cpu, cuda or cuda:N.")] = "cpu",
@@ -156,17 +159,12 @@ def serve(
         ),
     ] = None,
     num_speculative_tokens: Annotated[
-        int, typer.Option(min=0, max=64, help="Longest draft one verify step checks.")
+        int, typer.Option(min=0, max=MAX_DRAFT_LEN, help="Longest draft one verify step checks.")
     ] = 4,
     draft_model: Annotated[
         Path | None,
-        typer.Option(
-            exists=True,
-            file_okay=False,
-            dir_okay=True,
-            readable=True,
-            help="Checkpoint directory of a smaller model with the same vocabulary, for the "
-            "draft-model drafter.",
+        _directory_option(
+            "Checkpoint directory of a smaller model with the same vocabulary, for the draft-model drafter."
         ),
     ] = None,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "warning",

@@ -83,7 +83,8 @@ class DraftModelDrafter:
 
     def _cache_for(self, ctx: ProgramContext, n: int, max_len: int) -> _Cache:
         """The context's cache, started over where the text and a draft no longer fit the model's
-        positions (then from a start leaving half of them free, so this happens rarely)."""
+        positions (then from the text's tail, half of the room a draft leaves, so that the next
+        start-over is that many tokens away)."""
         cache = self._caches.get(ctx)
         if (
             cache is not None
@@ -91,7 +92,8 @@ class DraftModelDrafter:
             and n >= cache.start + cache.verified
         ):
             return cache
-        start = 0 if n + max_len <= self.max_positions else n - self.max_positions // 2
+        room = self.max_positions - max_len  # positions the text may take (>= 1: max_len is capped)
+        start = 0 if n <= room else n - max(1, room // 2)
         cfg = self.model.config
         capacity = min(self.max_positions, max(64, 2 * (n - start + max_len)))
         kv = torch.zeros(
