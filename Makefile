@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint fmt venv redis-check chromium-check clean
+.PHONY: demo test lint fmt venv skyrl-env redis-check chromium-check clean
 
 venv: $(STAMP)
 
@@ -15,6 +15,22 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet torch==2.13.0
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	@touch $(STAMP)
+
+# SkyRL's real RemoteInferenceClient (skyrl 0.3.0) imports only on Python 3.12: a test-only
+# environment for tests/rl/test_skyrl_client.py, with skyrl but not its training stack (its client
+# needs aiohttp and pydantic). Without a Python 3.12, or if it cannot be built, that test is skipped.
+SKYRL_VENV := .venv-skyrl
+PYTHON312 ?= $(shell for p in python3.12 $$HOME/.pyenv/versions/3.12*/bin/python3.12; do \
+  "$$p" -c 'import sys; assert sys.version_info[:2] == (3, 12)' 2>/dev/null && { echo "$$p"; break; }; done)
+
+skyrl-env: $(SKYRL_VENV)/.installed
+
+$(SKYRL_VENV)/.installed:
+	@if [ -z "$(PYTHON312)" ]; then 	  echo "note: no Python 3.12 found: the SkyRL client test is skipped (set PYTHON312=/path/to/python3.12)"; 	else 	  { $(PYTHON312) -m venv $(SKYRL_VENV) \
+	    && $(SKYRL_VENV)/bin/python -m pip install --quiet --no-deps skyrl==0.3.0 \
+	    && $(SKYRL_VENV)/bin/python -m pip install --quiet aiohttp==3.14.5 pydantic==2.14.4 \
+	    && touch $@; } \
+	  || { echo "warning: could not build $(SKYRL_VENV): the SkyRL client test is skipped" >&2; rm -rf $(SKYRL_VENV); }; 	fi
 
 demo: $(STAMP)
 	$(BIN)/legato demo
@@ -51,8 +67,8 @@ fmt: $(STAMP)
 	$(BIN)/ruff check --fix legato tests examples scripts
 	$(BIN)/ruff format legato tests examples scripts
 
-test: $(STAMP) redis-check chromium-check lint
+test: $(STAMP) skyrl-env redis-check chromium-check lint
 	$(BIN)/python -m pytest -q
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
+	rm -rf $(VENV) $(SKYRL_VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -2,10 +2,11 @@
 
 SkyRL: skyrl 0.3.0's `RemoteInferenceClient` cannot be imported on Python 3.11 (its package
 import chain reaches `skyrl/tinker/types.py`, which pydantic refuses below 3.12: "use
-typing_extensions.TypedDict"), so these are contract tests built from that client's source
-(`skyrl/backends/skyrl_train/inference_servers/remote_inference_client.py`: `_generate_single`,
-`pause`, `resume`, `update_named_weights`, `reset_prefix_cache`, `sleep`, `wake_up`,
-`detokenize`). slime: the payload and header of `slime/rollout/sglang_rollout.py` `generate`.
+typing_extensions.TypedDict"), so here (Python 3.11) they are contract tests built from that
+client's source (`skyrl/backends/skyrl_train/inference_servers/remote_inference_client.py`:
+`_generate_single`, `pause`, `resume`, `update_named_weights`, `reset_prefix_cache`, `sleep`,
+`wake_up`, `detokenize`); `test_skyrl_client.py` runs the client itself from Python 3.12.
+slime: the payload and header of `slime/rollout/sglang_rollout.py` `generate`.
 verl: `legato.rl.VerlServerManager` with verl's `generate` signature.
 """
 
