@@ -61,8 +61,10 @@ class EngineRates:
             return
         o.in_flight -= 1
         o.tokens += max(0.0, computed_tokens)
-        if o.in_flight == 0:
-            o.busy_s += now - o.busy_since
+        # Busy time is counted up to every call's end, not only when the replica drains: a
+        # loaded engine may never be idle, and its costs must be known while it is loaded.
+        o.busy_s += now - o.busy_since
+        o.busy_since = now
 
     def _measured_s_per_token(self, replica: int) -> float | None:
         o = self._seen.get(replica)

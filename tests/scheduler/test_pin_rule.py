@@ -83,6 +83,23 @@ def test_without_declared_facts_costs_are_measured_from_call_timings() -> None:
     assert rates.recompute_s(view, 0, 100) == pytest.approx(0.2)
 
 
+def test_a_replica_that_never_drains_is_measured_while_it_is_busy() -> None:
+    """A loaded engine may always have a call in flight: its costs must be known all the same."""
+    rates = EngineRates()
+    view = ReplicaView(0, 16, 1000, 1000, 0, 0)
+    rates.call_started(0, 0.0)
+    rates.call_started(0, 1.0)
+    rates.call_finished(0, 2.0, 1000)  # one call still in flight: 1000 tokens in 2 s
+    assert rates.recompute_s(view, 0, 100) == pytest.approx(0.2)
+    rates.call_started(0, 2.5)
+    rates.call_finished(0, 4.0, 1000)  # busy throughout: 2000 tokens in 4 s
+    assert rates.recompute_s(view, 0, 100) == pytest.approx(0.2)
+    rates.call_finished(0, 5.0, 500)  # drains: 2500 tokens in 5 s
+    rates.call_started(0, 9.0)  # idle 5..9 s is not busy time
+    rates.call_finished(0, 10.0, 500)
+    assert rates.recompute_s(view, 0, 100) == pytest.approx(0.2)
+
+
 def test_admission_gates_only_where_the_kv_pool_outweighs_the_weights() -> None:
     h100 = CostModel(model("llama-3.1-8b"), gpu("h100"))
     a10 = CostModel(model("llama-3.1-8b"), gpu("a10"))
