@@ -20,7 +20,6 @@ from legato.spec.context import ProgramContext
 from legato.spec.ngram import NgramDrafter
 from legato.spec.suffix_index import Draft
 
-DRAFTERS = ("suffix", "ngram")
 MODEL_DRAFTER = "draft-model"
 
 
