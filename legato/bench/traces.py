@@ -115,6 +115,8 @@ def time_field(path: Path, line: int, obj: dict[str, object], key: str, scale: f
             ) from None
         if when.tzinfo is None:
             when = when.replace(tzinfo=datetime.UTC)
+        if when.timestamp() < 0:
+            raise fail(path, line, f"{key!r} must not be before 1970, got {value!r}")
         value = when.timestamp() * scale
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
         raise fail(path, line, f"{key!r} must be a non-negative number, got {value!r}")

@@ -48,3 +48,7 @@ def test_a_timestamp_is_a_number_in_the_files_unit_or_an_iso_date_time() -> None
     assert time_field(Path("f"), 1, row, "iso", 1.0) == pytest.approx(1_700_000_000.25)
     with pytest.raises(ValueError, match="f:1: 'bad' must be a number or an ISO-8601 date-time"):
         time_field(Path("f"), 1, {"bad": "soon"}, "bad", 1.0)
+    with pytest.raises(ValueError, match="'bad' must be a number or an ISO-8601 date-time"):
+        time_field(Path("f"), 1, {"bad": "2020-01-01T00:00:00\ud800"}, "bad", 1.0)
+    with pytest.raises(ValueError, match="'old' must not be before 1970"):
+        time_field(Path("f"), 1, {"old": "0001-01-01T00:00:00"}, "old", 1.0)

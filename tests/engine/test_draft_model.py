@@ -141,6 +141,9 @@ def test_bad_draft_model_configurations_are_refused(
         make_core(speculative_drafter="draft-model")
     with pytest.raises(CheckpointError, match="does not exist"):
         make_core(draft_model=str(tmp_path / "missing"))
+    for unreadable in ("x" * 5000, "bad\ud800", "nul\x00"):  # too long, unencodable, a NUL
+        with pytest.raises(CheckpointError, match="draft model directory"):
+            make_core(draft_model=unreadable)
     with pytest.raises(CheckpointError, match="vocab_size 300 but the target has 264"):
         make_core(draft_model=str(checkpoints["other-vocab"]))
     with pytest.raises(ConfigError, match="draft_model"):

@@ -128,6 +128,10 @@ BASE = {"completion_tokens": 40, "spec_verify_ct": 16}
         ({"completion_tokens": 40, "spec_verify_ct": 0}, None),
         ({"completion_tokens": 40, "spec_verify_ct": "16"}, None),
         ({"completion_tokens": 40, "spec_verify_ct": True}, None),
+        ({"completion_tokens": 40, "spec_verify_ct": float("inf")}, None),
+        ({"completion_tokens": 40, "spec_verify_ct": float("nan")}, None),
+        ({**BASE, "spec_accept_token_num": float("inf")}, (16, 0, 24)),  # not a count: derived
+        ({"completion_tokens": 2**70, "spec_verify_ct": 2**64}, (2**64, 0, 2**70 - 2**64)),
     ],
 )
 def test_sglang_meta_info_shapes(meta: dict[str, object], counts: tuple[int, int, int] | None) -> None:
@@ -136,3 +140,19 @@ def test_sglang_meta_info_shapes(meta: dict[str, object], counts: tuple[int, int
     assert tally.add(meta) == ((counts[1], counts[2]) if counts else (0, 0))
     stats = tally.stats()
     assert (stats.spec_drafts, stats.spec_draft_tokens, stats.spec_accepted_tokens) == (counts or (0, 0, 0))
+
+
+def test_broken_vllm_samples_count_as_zero_and_positions_stay_bounded() -> None:
+    text = "\n".join(
+        [
+            'vllm:spec_decode_num_drafts_total{engine="0"} +Inf',
+            'vllm:spec_decode_num_drafts_total{engine="1"} 4',
+            "vllm:spec_decode_num_draft_tokens_total NaN",
+            "vllm:spec_decode_num_accepted_tokens_total -3",
+            'vllm:spec_decode_num_accepted_tokens_per_pos{position="99999999999"} 1',
+            'vllm:spec_decode_num_accepted_tokens_per_pos{position="1"} 2',
+        ]
+    )
+    stats = vllm_spec_stats(parse_prometheus(text))
+    assert (stats.spec_drafts, stats.spec_draft_tokens, stats.spec_accepted_tokens) == (4, 0, 0)
+    assert stats.spec_accepted_by_position == (0, 2)

@@ -15,13 +15,19 @@ The two servers report them differently:
   `SGLangEngine` adds up the requests it sent (`SGLangSpecTally`); where a server gives only
   `spec_verify_ct`, accepted tokens are `completion_tokens - spec_verify_ct` and drafted ones
   are unknown (not counted).
+
+Samples that are not counts (NaN, infinite, negative, from a broken exporter) count as 0, and
+draft positions past the longest draft a verify step can check (`MAX_DRAFT_LEN`) are ignored.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+
+from legato.spec.adaptive import MAX_DRAFT_LEN
 
 VLLM_DRAFTS = "vllm:spec_decode_num_drafts_total"
 VLLM_DRAFT_TOKENS = "vllm:spec_decode_num_draft_tokens_total"
@@ -57,15 +63,20 @@ def vllm_spec_stats(metrics: Samples) -> SpecStats:
 
 
 def _total(metrics: Samples, name: str) -> int:
-    return round(sum(value for _, value in metrics.get(name, ())))
+    return round(sum(_count(value) for _, value in metrics.get(name, ())))
+
+
+def _count(value: float) -> float:
+    """A counter sample as a count: NaN, infinite or negative samples (a broken exporter) are 0."""
+    return value if math.isfinite(value) and value > 0.0 else 0.0
 
 
 def _by_position(metrics: Samples, name: str) -> tuple[int, ...]:
     counts: dict[int, float] = {}
     for labels, value in metrics.get(name, ()):
         position = labels.get("position", "")
-        if position.isascii() and position.isdigit():
-            counts[int(position)] = counts.get(int(position), 0.0) + value
+        if position.isascii() and position.isdigit() and int(position) < MAX_DRAFT_LEN:
+            counts[int(position)] = counts.get(int(position), 0.0) + _count(value)
     if not counts:
         return ()
     return tuple(round(counts.get(i, 0.0)) for i in range(max(counts) + 1))
@@ -87,7 +98,10 @@ def sglang_request_counts(meta: Mapping[str, Any]) -> tuple[int, int, int] | Non
 
 
 def _int(value: Any) -> int | None:
+    """A non-negative count from JSON (None for anything else: a string, a bool, NaN, infinity)."""
     if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if isinstance(value, float) and not math.isfinite(value):
         return None
     return int(value) if value >= 0 else None
 

@@ -142,12 +142,16 @@ class DraftModelDrafter:
 def load_draft_model(path: str, target: LlamaForCausalLM, device: str, dtype: str) -> LlamaForCausalLM:
     """The draft model from a checkpoint directory, on the target's device and dtype; it must
     have the target's vocabulary (the drafts are the target's token ids)."""
-    if not Path(path).is_dir():
-        raise CheckpointError(f"draft model directory {path} does not exist")
+    try:
+        is_dir = Path(path).is_dir()
+    except (OSError, ValueError) as exc:  # a name too long, a NUL, an unencodable character
+        raise CheckpointError(f"draft model directory {path!r} cannot be read: {exc}") from None
+    if not is_dir:
+        raise CheckpointError(f"draft model directory {path!r} does not exist or is not a directory")
     model = load_model(Path(path), device, dtype)
     if model.config.vocab_size != target.config.vocab_size:
         raise CheckpointError(
-            f"draft model {path} has vocab_size {model.config.vocab_size} but the target has "
+            f"draft model {path!r} has vocab_size {model.config.vocab_size} but the target has "
             f"{target.config.vocab_size}: a draft model must share the target's vocabulary"
         )
     return model
