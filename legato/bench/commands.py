@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from legato.bench.rl_command import rl as rl_command
-from legato.engine_adapter.commands import device_option
+from legato.engine_adapter.commands import DeviceOpt
 from legato.output_path import output_path
 
 if TYPE_CHECKING:
@@ -220,7 +220,7 @@ def engine_bench(
     json_out: Annotated[
         Path | None, typer.Option("--json", callback=output_path, help="Write the results JSON here.")
     ] = None,
-    device: Annotated[str, typer.Option(callback=device_option, help="cpu, cuda or cuda:N.")] = "cpu",
+    device: DeviceOpt = "cpu",
     quick: Annotated[bool, typer.Option("--quick", help="A short run (smoke test).")] = False,
 ) -> None:
     """Microbenchmark the embedded torch engine (against its baseline)."""
@@ -234,7 +234,7 @@ def structured_bench(
     json_out: Annotated[
         Path | None, typer.Option("--json", callback=output_path, help="Write the results JSON here.")
     ] = None,
-    device: Annotated[str, typer.Option(callback=device_option, help="cpu, cuda or cuda:N.")] = "cpu",
+    device: DeviceOpt = "cpu",
     quick: Annotated[bool, typer.Option("--quick", help="A short run (smoke test).")] = False,
 ) -> None:
     """Decode tokens/s of the torch engine with and without a json_schema constraint (batch 8)."""
@@ -531,9 +531,7 @@ def spec(
     decode_output: Annotated[int, typer.Option(help="Output tokens per replayed request (max).")] = 64,
     decode_repeats: Annotated[int, typer.Option(help="Runs of each mode per batch size.")] = 2,
     decode_max_draft: Annotated[int, typer.Option(help="Longest draft in the replay (1..64).")] = 16,
-    device: Annotated[
-        str, typer.Option(callback=device_option, help="Where the decode replay runs: cpu, cuda or cuda:N.")
-    ] = "cpu",
+    device: DeviceOpt = "cpu",
 ) -> None:
     """Acceptance of drafted tokens on real agent text: tokens per verify step by drafter and
     draft length (BPE tokens; greedy verification semantics)."""

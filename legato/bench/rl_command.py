@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from legato.engine_adapter.commands import device_option
+from legato.engine_adapter.commands import DeviceOpt
 from legato.output_path import output_path
 
 
@@ -23,12 +23,7 @@ def rl(
     num_blocks: Annotated[int, typer.Option(min=16, help="KV blocks of the torch engine.")] = 512,
     repetitions: Annotated[int, typer.Option(min=1, help="Interleaved runs per policy.")] = 3,
     threads: Annotated[int, typer.Option(min=1, help="Torch threads of each server.")] = 1,
-    device: Annotated[
-        str,
-        typer.Option(
-            callback=device_option, help="Where each server's torch engine runs: cpu, cuda or cuda:N."
-        ),
-    ] = "cpu",
+    device: DeviceOpt = "cpu",
     json_out: Annotated[
         Path | None, typer.Option("--json", callback=output_path, help="Write the summary JSON here.")
     ] = None,

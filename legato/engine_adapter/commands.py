@@ -37,6 +37,9 @@ def device_option(value: str) -> str:
     return value
 
 
+DeviceOpt = Annotated[
+    str, typer.Option(callback=device_option, help="Where the torch engine runs: cpu, cuda or cuda:N.")
+]
 KvHostGbOpt = Annotated[
     float,
     typer.Option(
@@ -135,7 +138,7 @@ def serve(
             "Default: the small seeded model with a byte-level tokenizer."
         ),
     ] = None,
-    device: Annotated[str, typer.Option(callback=device_option, help="cpu, cuda or cuda:N.")] = "cpu",
+    device: DeviceOpt = "cpu",
     num_blocks: Annotated[
         int | None, typer.Option(min=1, help="KV-cache blocks (default: sized by the engine).")
     ] = None,
