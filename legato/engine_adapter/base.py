@@ -35,6 +35,7 @@ class Capability(enum.StrEnum):
     PRIORITY = "priority"  # honours `GenerateRequest.priority`
     PREFIX_QUERY = "prefix_query"  # `cached_prefix_tokens` reflects real cache state
     PREFIX_SNAPSHOT = "prefix_snapshot"  # `PrefixSnapshotEngine`: read the prefix cache without awaiting
+    PREFILL_COSTS = "prefill_costs"  # `PrefillCostEngine`: its measured prefill cost, read at once
     PIN = "pin"  # `PinnableEngine`: keep a prefix resident through a tool call
     EVICTION_HINTS = "eviction_hints"  # `EvictionHintEngine`: Legato decides what stays
     KV_EXPORT = "kv_export"  # `KVTransferEngine.export_blocks`
@@ -285,6 +286,17 @@ class PrefixSnapshotEngine(Engine, Protocol):
         """Leading tokens of `token_ids` whose KV blocks are cached on the device now, in whole
         blocks. A lock-free snapshot read while the engine may be mutating its cache, so it can
         be off by a block that is being evicted right now."""
+        ...
+
+
+class PrefillCostEngine(Engine, Protocol):
+    """Capability.PREFILL_COSTS: an in-process engine that times its own steps, so a policy can
+    price recomputing a context at what a prompt token costs there instead of the upper bound it
+    measures from call timings (busy time over all tokens, decode included)."""
+
+    def prefill_costs(self) -> tuple[float, float] | None:
+        """(seconds per prompt token, seconds per attended (query, key) pair) as last fitted;
+        None before the engine has timed a step."""
         ...
 
 

@@ -144,6 +144,28 @@ class KVBudget:
             for h, n in enumerate(self._vec(need))
         )
 
+    def fits_without(self, replica: int, need: Sequence[float], runs: Sequence[str]) -> bool:
+        """Would a program projecting `need` fit once the programs `runs` left the replica (their
+        projections freed; shared parts they hold still counted, so it errs toward not fitting)?"""
+        limit = self.low * self.capacity[replica]
+        used, var = list(self.used[replica]), list(self.var[replica])
+        for run in runs:
+            held = self._held.get(run)
+            if held is None or held.replica != replica:
+                continue
+            for h, (p, v) in enumerate(zip(self._vec(held.projected), self._vec(held.variance), strict=True)):
+                used[h] -= p
+                var[h] -= v
+        k = self.safety
+        return all(
+            used[h] + n + k * math.sqrt(max(0.0, var[h])) <= limit for h, n in enumerate(self._vec(need))
+        )
+
+    def peak_of(self, run: str) -> float:
+        """The largest of the run's projected footprints (0 for a run not admitted)."""
+        held = self._held.get(run)
+        return 0.0 if held is None else max(held.projected, default=held.tokens)
+
     def overflow(self, replica: int) -> float:
         """Current tokens above the high threshold (> 0: someone must be paused)."""
         return self.current[replica] - self.high * self.capacity[replica]

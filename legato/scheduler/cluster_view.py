@@ -5,6 +5,9 @@
 - `running` / `waiting` are the scheduler's own counts: a call is *running* once its first chunk
   arrived (with chunked prefill, after its whole prompt) and *waiting* from dispatch until then,
   plus calls held by a pause.
+- The prefill cost (`prefill_s_per_token` / `_per_pair`) is declared for an engine with
+  `Capability.PREFILL_COSTS` (the torch engine's fit to its own step timings); for others the
+  policy measures an upper bound from call timings (`legato.scheduler.engine_rates`).
 - `cached_prefix_tokens` / `resident_tokens` ask an engine with `Capability.PREFIX_SNAPSHOT`
   (the torch engine) directly; for other engines they are estimated from the sequences the
   scheduler remembers per replica (the longest common prefix, in whole blocks; optimistic: it
@@ -16,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import cast
 
-from legato.engine_adapter.base import Capability, PrefixSnapshotEngine
+from legato.engine_adapter.base import Capability, PrefillCostEngine, PrefixSnapshotEngine
 from legato.scheduler.policy import ReplicaView
 from legato.scheduler.runtime_state import SchedulerState
 
@@ -34,6 +37,10 @@ class EngineClusterView:
     def replica(self, index: int) -> ReplicaView:
         s = self._s
         cap = s.capacity[index]
+        engine = s.engines[index]
+        costs = None
+        if Capability.PREFILL_COSTS in engine.capabilities:
+            costs = cast(PrefillCostEngine, engine).prefill_costs()
         return ReplicaView(
             replica=index,
             block_size=cap.block_size,
@@ -41,6 +48,8 @@ class EngineClusterView:
             free_blocks=cap.free_blocks,
             running=s.running[index],
             waiting=s.waiting[index],
+            prefill_s_per_token=None if costs is None else costs[0],
+            prefill_s_per_pair=None if costs is None else costs[1],
         )
 
     def cached_prefix_tokens(self, replica: int, call_id: str) -> int:

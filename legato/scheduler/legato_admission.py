@@ -347,33 +347,42 @@ class AdmissionControl:
         return math.inf if cost is None else cost
 
     def _unhold_idle(self, r: Run, view: ClusterView, now: float, out: list[Decision]) -> bool:
-        """A replica with nothing to run while `r` waits for memory: programs holding KV
-        through a tool, or for a next call that has not come, are released, newest first,
-        until `r` fits, unless they are expected back before recomputing their context would
-        pay for the idle engine (`_worth_idling`). Returns whether anything was released."""
-        released = False
+        """A replica with nothing to run while `r` waits for memory: the programs holding KV
+        through a tool, or for a next call that has not come, newest first, as many as `r`
+        needs to fit, are released together, unless they are expected back before recomputing
+        their contexts would pay for the idle engine (`_worth_idling`). Returns whether
+        anything was released."""
         for replica in range(self.budget.replicas):
             if not self._idle(view, replica):
                 continue
+            need = self._need_fn(r)(replica)[0]
+            chosen: list[Run] = []
             for v in idle_holders(self._victims[replica], self._runs, replica):
-                if self._worth_idling(v, view, now):
-                    continue
+                chosen.append(v)
+                if self.budget.fits_without(replica, need, [c.run_id for c in chosen]):
+                    break
+            freed = sum(self.budget.peak_of(v.run_id) for v in chosen)
+            if not chosen or any(
+                self._worth_idling(v, view, now, self.budget.peak_of(v.run_id) / freed if freed > 0 else 1.0)
+                for v in chosen
+            ):
+                continue
+            for v in chosen:
                 for b in v.acting:
                     b.held = False
                 v.bridge = 0.0
                 out.append(Unpin(v.run_id))
                 self._mark_return_place(v, v.last_ctx, v.last_shared, view)
                 self._pause(v, now, out)
-                released = True
-                if self.budget.fits(replica, *self._need_fn(r)(replica)):
-                    return True
-        return released
+            return True
+        return False
 
-    def _worth_idling(self, v: Run, view: ClusterView, now: float) -> bool:
+    def _worth_idling(self, v: Run, view: ClusterView, now: float, share: float) -> bool:
         """Should `v` keep its context although its engine is idle? `pin_rule`'s TTL with
-        holding priced at the whole engine (1 engine-second per second: everything the engine
-        could run waits for that memory): an engine idle through a short tool loses less than
-        recomputing the context when the tool returns (and, where memory fits only a few
+        holding priced at `v`'s share of the whole engine (1 engine-second per second: what the
+        engine could run waits for the memory of the programs released together, and `share`
+        is `v`'s part of that memory): an engine idle through a short tool loses less than
+        recomputing the contexts when the tool returns (and, where memory fits only a few
         contexts, than the swap of working sets that releasing starts). A context bridged to a
         next call that has no tool to wait for has no latency distribution: ski rental, kept
         for as long as recomputing it takes (a client that went away must not hold it forever)."""
@@ -390,7 +399,7 @@ class AdmissionControl:
             cost = self.rates.reload_s(rv, min(shared, ctx), ctx)
             if cost is None:
                 return True  # nothing known about the engine yet: keep it (see _hold_or_release)
-            ttl = hold_ttl(cost, 1.0, fit)
+            ttl = hold_ttl(cost, share, fit)
             if ttl is not None and now - since_s < ttl:
                 return True
         return False

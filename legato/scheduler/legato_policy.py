@@ -24,9 +24,11 @@ call timings otherwise). Concerns, one module each:
   grows past the capacity and the engine has no free blocks left for the excess, whole
   programs are paused (`victims.pick_victim`: newest first, preferring ones with no call on
   the engine), so the engine never thrashes. A replica with nothing to run while programs
-  wait releases the KV held for programs inside tools (`_unhold_idle`), unless a tool is
-  expected back before recomputing its context would pay for the idle engine (`_worth_idling`:
-  the pin TTL with holding priced at the whole engine). On a gating replica, a program that
+  wait releases the KV held for programs inside tools (`_unhold_idle`: as many, newest first,
+  as the waiting program needs), unless a tool is expected back before recomputing their
+  contexts would pay for the idle engine (`_worth_idling`: the pin TTL with the whole engine's
+  price split between them by the memory each holds: the engine idles once, however many
+  hold it back). On a gating replica, a program that
   fits still waits while bringing its context in (a prefill, or a tier load for a paused one)
   would stall the running calls for longer in sum than the program is expected to run, and
   for at most that stall (`legato_admission.stall_defers`); programs that stall less go past
@@ -77,7 +79,7 @@ Constants (none is a value searched on our workloads):
 | gating | engine | `gates`: KV pool read time vs. weight read time per decode step |
 | gating, weight-bound | measured | `regime`: recompute while packing vs. what the slack is worth |
 | gating, shared parts | budget | `regime`: live programs' distinct shared parts vs. the packing pool |
-| idle release | engine | `_worth_idling`: pin TTL with holding priced at 1 (idle engine) |
+| idle release | engine | `_worth_idling`: pin TTL, the idle engine (price 1) split by memory |
 | output reserve | learned | program's mean output, else all programs', else 0 (none seen) |
 | remaining calls | learned | past runs' lengths, else all programs' mean, else 1 |
 | ageing | learned | one call per measured call cycle |

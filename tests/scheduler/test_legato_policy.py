@@ -200,6 +200,26 @@ def test_a_next_call_that_never_comes_stops_holding_memory_on_an_idle_engine() -
     assert _dispatched(list(policy.on_event(Tick(), 2.0, idle))) == ["b#0"]
 
 
+def test_an_idle_engine_prices_the_memory_a_waiting_program_needs_once_over_its_holders() -> None:
+    # c needs the memory of both a and b: the idle engine's whole price is split between them
+    # by their shares (a half each), so each is kept for twice its own recompute (0.27 s) and
+    # both are released together; priced at the whole engine each, they went after 0.27 s.
+    policy = Legato()
+    view = _View(10_000, prefill_s_per_token=1e-4)
+    for run in ("a", "b"):
+        policy.on_event(RunStarted(run, "agent", "t0"), 0.0, view)
+        policy.on_event(_call(run, 0, 2600, tool=None), 0.0, view)
+    for run in ("a", "b"):
+        policy.on_event(CallFinished(f"{run}#0", run, 2600, 100, 0, "stop"), 1.0, view)
+    policy.on_event(RunStarted("c", "agent", "t0"), 1.0, view)
+    assert _dispatched(list(policy.on_event(_call("c", 0, 8000, tool=None), 1.0, view))) == []
+    idle = _View(10_000, prefill_s_per_token=1e-4, running=0)
+    assert _dispatched(list(policy.on_event(Tick(), 1.4, idle))) == []
+    out = list(policy.on_event(Tick(), 1.6, idle))
+    assert _dispatched(out) == ["c#0"]
+    assert sorted(d.run_id for d in out if isinstance(d, Pause)) == ["a", "b"]
+
+
 def _learn_that_a_tool_follows_step_0(policy: Legato, view: _View) -> None:
     """A past run of "agent" ran `bash` after its call site step-0 (and then ended)."""
     policy.on_event(RunStarted("past", "agent", "t0"), 0.0, view)

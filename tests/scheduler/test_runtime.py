@@ -113,6 +113,23 @@ async def test_every_call_completes_with_passthrough_outputs(policy: type[BasePo
     assert got == expected
 
 
+async def test_a_torch_engine_declares_its_measured_prefill_cost_to_the_policy() -> None:
+    # The policy prices a recompute at what a prompt token costs on this engine (the fit its
+    # tier loads use), not at busy time over all tokens, decode included (`EngineRates`).
+    async with engine() as e, PolicyScheduler([e], Continuum()) as sched:
+        assert sched.view.replica(0).prefill_s_per_token is None  # nothing timed yet
+        await run_agents(sched)
+        view = sched.view.replica(0)
+        fit = e.core.prefill_cost
+        assert fit.observations > 0
+        assert view.prefill_s_per_token == fit.per_token_s > 0.0
+        assert view.prefill_s_per_pair == fit.per_token_context_s
+        cost = fit(0, 100)  # the engine's own price of a 100-token context ...
+        pairs = 100 * 101 / 2  # ... as the policy's `EngineRates.recompute_s` counts it
+        priced = 100 * view.prefill_s_per_token + pairs * view.prefill_s_per_pair
+        assert priced == pytest.approx(cost, rel=0.02)
+
+
 async def pinned_hit(policy: Policy) -> int:
     """A's KV survives a tool step only if pinned: B then C (distinct prompts) fill the cache
     while A's tool runs, so LRU evicts A's blocks (the oldest) unless they are pinned."""

@@ -94,6 +94,7 @@ class TorchEngine(WorkerThread, WeightControl):
                 Capability.PRIORITY,
                 Capability.PREFIX_QUERY,
                 Capability.PREFIX_SNAPSHOT,
+                Capability.PREFILL_COSTS,
                 Capability.PIN,
                 Capability.EVICTION_HINTS,
                 Capability.KV_EXPORT,
@@ -324,6 +325,13 @@ class TorchEngine(WorkerThread, WeightControl):
     def block_hashes(self, token_ids: Sequence[int], cache_salt: str | None = None) -> list[bytes]:
         """Chained hashes of the full blocks of `token_ids` as this engine computes them (pure)."""
         return prefix_block_hashes(list(token_ids), self.config.block_size, self.core.extra_keys(cache_salt))
+
+    def prefill_costs(self) -> tuple[float, float] | None:
+        """`PrefillCostEngine`: the fit its tier loads are weighed against (`PrefillCostModel`)."""
+        model = self.core.prefill_cost
+        if not model.observations:
+            return None
+        return model.per_token_s, model.per_token_context_s
 
     def resident_prefix_tokens(self, token_ids: Sequence[int], cache_salt: str | None) -> int:
         """`PrefixSnapshotEngine`: the block pool's hash table read from the caller's thread."""
