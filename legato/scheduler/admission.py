@@ -164,7 +164,7 @@ class KVBudget:
     def peak_of(self, run: str) -> float:
         """The largest of the run's projected footprints (0 for a run not admitted)."""
         held = self._held.get(run)
-        return 0.0 if held is None else max(held.projected, default=held.tokens)
+        return 0.0 if held is None else max(held.projected)
 
     def overflow(self, replica: int) -> float:
         """Current tokens above the high threshold (> 0: someone must be paused)."""
