@@ -186,16 +186,24 @@ def test_a_tool_that_starts_after_an_untold_call_releases_its_context_with_the_b
     assert _dispatched(out) == ["b#0"]
 
 
+def _bridged(runs: tuple[str, ...], prompt: int, finished: tuple[str, ...]) -> tuple[Legato, _View]:
+    """Programs `runs` each send a `prompt`-token call with no tool hint at t=0 on a
+    10,000-token pool; those in `finished` end it at t=1, their contexts bridged to a next
+    call. Returns the policy and an idle view of the same engine."""
+    policy = Legato()
+    view = _View(10_000, prefill_s_per_token=1e-4)
+    for run in runs:
+        policy.on_event(RunStarted(run, "agent", "t0"), 0.0, view)
+        policy.on_event(_call(run, 0, prompt, tool=None), 0.0, view)
+    for run in finished:
+        policy.on_event(CallFinished(f"{run}#0", run, prompt, 100, 0, "stop"), 1.0, view)
+    return policy, _View(10_000, prefill_s_per_token=1e-4, running=0)
+
+
 def test_a_next_call_that_never_comes_stops_holding_memory_on_an_idle_engine() -> None:
     # A bridged context with no tool to wait for is kept, on an idle engine with others
     # waiting, for as long as recomputing it takes (ski rental), then released.
-    policy = Legato()
-    view = _View(10_000, prefill_s_per_token=1e-4)
-    for run in ("a", "b"):
-        policy.on_event(RunStarted(run, "agent", "t0"), 0.0, view)
-        policy.on_event(_call(run, 0, 5200, tool=None), 0.0, view)
-    policy.on_event(CallFinished("a#0", "a", 5200, 100, 0, "stop"), 1.0, view)
-    idle = _View(10_000, prefill_s_per_token=1e-4, running=0)
+    policy, idle = _bridged(("a", "b"), 5200, finished=("a",))
     assert _dispatched(list(policy.on_event(Tick(), 1.2, idle))) == []  # within 0.53 s of recompute
     assert _dispatched(list(policy.on_event(Tick(), 2.0, idle))) == ["b#0"]
 
@@ -204,16 +212,10 @@ def test_an_idle_engine_prices_the_memory_a_waiting_program_needs_once_over_its_
     # c needs the memory of both a and b: the idle engine's whole price is split between them
     # by their shares (a half each), so each is kept for twice its own recompute (0.27 s) and
     # both are released together; priced at the whole engine each, they went after 0.27 s.
-    policy = Legato()
+    policy, idle = _bridged(("a", "b"), 2600, finished=("a", "b"))
     view = _View(10_000, prefill_s_per_token=1e-4)
-    for run in ("a", "b"):
-        policy.on_event(RunStarted(run, "agent", "t0"), 0.0, view)
-        policy.on_event(_call(run, 0, 2600, tool=None), 0.0, view)
-    for run in ("a", "b"):
-        policy.on_event(CallFinished(f"{run}#0", run, 2600, 100, 0, "stop"), 1.0, view)
     policy.on_event(RunStarted("c", "agent", "t0"), 1.0, view)
     assert _dispatched(list(policy.on_event(_call("c", 0, 8000, tool=None), 1.0, view))) == []
-    idle = _View(10_000, prefill_s_per_token=1e-4, running=0)
     assert _dispatched(list(policy.on_event(Tick(), 1.4, idle))) == []
     out = list(policy.on_event(Tick(), 1.6, idle))
     assert _dispatched(out) == ["c#0"]
