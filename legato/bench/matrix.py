@@ -138,14 +138,15 @@ def _fit(workload: Workload, capacity: int, keep: int) -> tuple[Workload, int]:
     return dataclasses.replace(workload, programs=tuple(fits)), dropped
 
 
-_CACHE: dict[tuple[str, int, int], Workload] = {}  # per process: workloads built so far
+# per process: workloads built so far, by (name, programs, params, seed)
+_CACHE: dict[tuple[str, int, tuple[tuple[str, str], ...], int], Workload] = {}
 
 
 def _workload(spec: WorkloadSpec, paths: dict[str, str], seed: int) -> Workload:
     from legato.bench.workloads import build_workload
 
     name = spec.name.format(**paths)
-    key = (name, spec.programs, seed)
+    key = (name, spec.programs, spec.params, seed)
     if key not in _CACHE:
         _CACHE[key] = build_workload(name, spec.programs * SPARE, seed, dict(spec.params))
     return _CACHE[key]

@@ -160,3 +160,14 @@ def test_matrix_diff_refuses_malformed_cells(tmp_path: Path, text: str, message:
     bad.write_text(text)
     result = CliRunner().invoke(app, ["bench", "matrix-diff", str(good), str(bad)])
     assert result.exit_code == 2 and message in result.output, result.output
+
+
+def test_specs_of_one_workload_with_other_params_build_their_own_workloads() -> None:
+    # The per-process workload cache once keyed on name, programs and seed alone: a second
+    # spec of `chat` with another think time got the first one's sessions.
+    fast = matrix.WorkloadSpec("chat-fast", "chat", 4, (("think_median_s", "3"),))
+    slow = matrix.WorkloadSpec("chat-slow", "chat", 4, (("think_median_s", "40"),))
+    a, b = matrix._workload(fast, {}, 0), matrix._workload(slow, {}, 0)
+    assert a.params["think_median_s"] == 3.0
+    assert b.params["think_median_s"] == 40.0
+    assert matrix._workload(fast, {}, 0) is a  # still built once per spec
