@@ -319,6 +319,13 @@ def matrix(
     ] = "../shared/traces/mooncake_conversation_trace.jsonl",
     jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, help="Cells run in parallel processes.")] = 2,
     quick: Annotated[bool, typer.Option("--quick", help="A few small cells (smoke test).")] = False,
+    suite: Annotated[
+        str,
+        typer.Option(
+            help="main: the workloads policy work is judged on; variants: the same generators with "
+            "parameters the policy was not developed on (does a change generalise?).",
+        ),
+    ] = "main",
     cells_only: Annotated[
         list[str] | None,
         typer.Option(
@@ -348,7 +355,7 @@ def matrix(
         console = Console(width=160)
     err = Console(stderr=True)
     try:
-        cells = mx.plan(quick, cells_only or ())
+        cells = mx.plan(quick, cells_only or (), suite)
     except ValueError as exc:
         raise _fail(str(exc)) from None
 
@@ -359,7 +366,7 @@ def matrix(
         )
 
     try:
-        result = mx.run_matrix(cells, {"miniswe": miniswe, "mooncake": mooncake}, jobs, progress, seed)
+        result = mx.run_matrix(cells, {"miniswe": miniswe, "mooncake": mooncake}, jobs, progress, seed, suite)
     except ValueError as exc:
         raise _fail(str(exc)) from None
     console.print(mx.render(result))

@@ -14,6 +14,12 @@ better), and the worst cell.
   so the whole matrix runs in minutes on two cores. A program with a call larger than one
   replica's KV pool cannot run on that GPU at all; such programs are left out of that cell
   (`dropped` in the JSON; the workload is built with spare programs so the cell keeps its count).
+* **Suites**: `main` (the cells above, `MATRIX`) is what policy work is judged on. `variants`
+  (`VARIANTS`) is a check of how a change generalises: the same generators with parameters the
+  policy was not developed on (users who answer in 3 s or 40 s, support-desk sessions with long
+  tool-description prompts and short answers, runs of 3-12 steps, narrow fan-outs, 1-4-turn
+  rollouts, sessions arriving over time instead of at once), over the same GPUs x loads x tiers.
+  A change that wins `main` and loses `variants` is fitted to the main workloads.
 * **Determinism**: the simulator is deterministic and each cell is computed independently, so the
   result does not depend on `--jobs` or on the order cells finish in. `--seed` draws other
   synthetic programs (and trace samples where a loader samples): cells within a few percent of
@@ -74,6 +80,30 @@ MATRIX: tuple[WorkloadSpec, ...] = (
     WorkloadSpec("miniswe", "chat:{miniswe}", 32, (("arrival", "burst"),)),
     WorkloadSpec("mooncake", "trace:{mooncake}", 128, (("limit", "3000"),)),
 )
+VARIANTS: tuple[WorkloadSpec, ...] = (
+    WorkloadSpec("chat-think3", "chat", 64, (("think_median_s", "3"),)),
+    WorkloadSpec("chat-think40", "chat", 64, (("think_median_s", "40"),)),
+    WorkloadSpec(
+        "support",
+        "chat",
+        64,
+        (
+            ("system_min", "1500"),
+            ("system_max", "3000"),
+            ("user_max", "200"),
+            ("output_min", "30"),
+            ("output_max", "200"),
+        ),
+    ),
+    WorkloadSpec("chat-open", "chat", 64, (("arrival_rate", "0.2"),)),
+    WorkloadSpec("swe-short", "swe", 64, (("steps_min", "3"), ("steps_max", "12"))),
+    WorkloadSpec("swe-open", "swe", 64, (("arrival_rate", "0.05"),)),
+    WorkloadSpec("multiagent-narrow", "multiagent", 32, (("workers_min", "2"), ("workers_max", "3"))),
+    WorkloadSpec("multiagent-open", "multiagent", 32, (("arrival_rate", "0.05"),)),
+    WorkloadSpec("rl-grpo-short", "rl-grpo", 64, (("turns_min", "1"), ("turns_max", "4"))),
+    WorkloadSpec("text2sql-open", "text2sql", 64, (("arrival_rate", "0.5"),)),
+)
+SUITES: dict[str, tuple[WorkloadSpec, ...]] = {"main": MATRIX, "variants": VARIANTS}
 QUICK: tuple[WorkloadSpec, ...] = (
     WorkloadSpec("swe", "swe", 8),
     WorkloadSpec("miniswe", "chat:{miniswe}", 4, (("arrival", "burst"),)),
@@ -107,14 +137,17 @@ def roles() -> tuple[list[str], list[str]]:
     return peers, bounds
 
 
-def plan(quick: bool = False, patterns: Sequence[str] = ()) -> list[Cell]:
-    """The cells to run, in table order; with `patterns` (shell globs such as `chat/a10/*`),
-    only the cells whose key matches one of them (a pattern that matches none is an error: a
-    typo must not pass as an empty matrix)."""
+def plan(quick: bool = False, patterns: Sequence[str] = (), suite: str = "main") -> list[Cell]:
+    """The cells of `suite` (`SUITES`) to run, in table order; with `patterns` (shell globs such
+    as `chat/a10/*`), only the cells whose key matches one of them (a pattern that matches none
+    is an error: a typo must not pass as an empty matrix)."""
+    if suite not in SUITES:
+        raise ValueError(f"unknown suite {suite!r} (one of {', '.join(SUITES)})")
     if quick:
         cells = [Cell(w, "h100", 16, ()) for w in QUICK]
     else:
-        cells = [Cell(w, g, c, t) for w in MATRIX for g in GPUS for c in CONCURRENCY for t in TIERS]
+        specs = SUITES[suite]
+        cells = [Cell(w, g, c, t) for w in specs for g in GPUS for c in CONCURRENCY for t in TIERS]
     if not patterns:
         return cells
     for pattern in patterns:
@@ -249,8 +282,10 @@ def run_matrix(
     jobs: int = 2,
     progress: Callable[[int, int, dict[str, Any]], None] | None = None,
     seed: int = 0,
+    suite: str = "main",
 ) -> dict[str, Any]:
-    """Run every cell (in `jobs` processes) and summarise; the result is independent of `jobs`."""
+    """Run every cell (in `jobs` processes) and summarise; the result is independent of `jobs`.
+    `suite` is recorded in the result (the cells say what ran)."""
     paths = {label: resolve_trace(path) for label, path in paths.items()}
     for label, path in paths.items():
         if any(f"{{{label}}}" in c.workload.name for c in cells) and not Path(path).is_file():
@@ -276,6 +311,7 @@ def run_matrix(
     peers, bounds = roles()
     return {
         "model": MODEL,
+        "suite": suite,
         "seed": seed,
         "paths": paths,
         "peers": peers,
@@ -300,7 +336,9 @@ def _worst(cells: Sequence[dict[str, Any]]) -> str | None:
 def render(result: dict[str, Any]) -> Any:
     from rich.table import Table
 
-    table = Table(title=f"legato bench matrix ({result['model']}, seed {result['seed']}): Legato / best peer")
+    suite = result.get("suite", "main")
+    title = f"legato bench matrix ({result['model']}, {suite}, seed {result['seed']}): Legato / best peer"
+    table = Table(title=title)
     for column in ("workload", "gpu", "c", "tiers", "progs", "steps/min", "best peer", "ratio"):
         table.add_column(
             column, justify="right" if column in ("c", "progs", "steps/min", "ratio") else "left"

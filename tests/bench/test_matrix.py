@@ -48,6 +48,23 @@ def test_quick_matrix_end_to_end(tmp_path: Path) -> None:
     assert other["policies"] != doc["cells"][0]["policies"]
 
 
+def test_the_variants_suite_runs_the_generators_with_other_params(tmp_path: Path) -> None:
+    variants = matrix.plan(suite="variants")
+    assert len(variants) == len(matrix.VARIANTS) * 2 * 2 * 2 and len({c.key for c in variants}) == len(
+        variants
+    )
+    assert not {c.key for c in variants} & {c.key for c in matrix.plan()}
+    out = tmp_path / "v.json"
+    args = ["bench", "matrix", "--suite", "variants", "--cells", "support/h100/c16/none", "--jobs", "1"]
+    result = CliRunner().invoke(app, [*args, "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(out.read_text())
+    assert doc["suite"] == "variants" and [c["cell"] for c in doc["cells"]] == ["support/h100/c16/none"]
+    assert "variants" in result.output
+    bad = CliRunner().invoke(app, ["bench", "matrix", "--suite", "held-out"])
+    assert bad.exit_code == 2 and "unknown suite 'held-out'" in bad.output
+
+
 def test_missing_trace_is_a_usage_error(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["bench", "matrix", "--quick", "--miniswe", str(tmp_path / "no.gz")])
     assert result.exit_code == 2 and "trace file for miniswe not found" in result.output
