@@ -22,16 +22,25 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from legato.cache.two_term_fit import TwoTermFit
+
+DECAY = 0.97  # weight of an observation per newer one: the fit remembers about the last 30
+
 
 @dataclass(slots=True)
 class PrefillCostModel:
     per_token_s: float = 1e-4  # prior for `a`
     per_token_context_s: float = 1e-8  # prior for `b`
-    decay: float = 0.97  # weight of older observations
-    observations: int = 0
-    _sxx: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])  # s11, s12, s22
-    _sxy: list[float] = field(default_factory=lambda: [0.0, 0.0])
+    decay: float = DECAY
+    _fit: TwoTermFit = field(init=False)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        self._fit = TwoTermFit(self.decay)
+
+    @property
+    def observations(self) -> int:
+        return self._fit.observations
 
     def observe(self, spans: Sequence[tuple[int, int]], seconds: float) -> None:
         """One step computed the token spans `[(start, end), ...]` in `seconds`."""
@@ -40,25 +49,15 @@ class PrefillCostModel:
         if x1 <= 0 or seconds <= 0:
             return
         with self._lock:
-            d = self.decay
-            s, y = self._sxx, self._sxy
-            s[0] = d * s[0] + x1 * x1
-            s[1] = d * s[1] + x1 * x2
-            s[2] = d * s[2] + x2 * x2
-            y[0] = d * y[0] + x1 * seconds
-            y[1] = d * y[1] + x2 * seconds
-            self.observations += 1
+            self._fit.add(x1, x2, seconds)
             self._refit()
 
     def _refit(self) -> None:
-        s, y = self._sxx, self._sxy
-        det = s[0] * s[2] - s[1] * s[1]
-        if det > 1e-12 * max(s[0] * s[2], 1e-300):
-            a = (y[0] * s[2] - y[1] * s[1]) / det
-            b = (y[1] * s[0] - y[0] * s[1]) / det
-            if a > 0 and b >= 0:
-                self.per_token_s, self.per_token_context_s = a, b
-                return
+        solved = self._fit.solve()
+        if solved is not None:
+            self.per_token_s, self.per_token_context_s = solved
+            return
+        s, y = self._fit.sxx, self._fit.sxy
         if s[0] > 0:  # degenerate (all steps alike) or a negative term: fit the per-token cost alone
             self.per_token_s = max(y[0] / s[0] - self.per_token_context_s * s[1] / s[0], 1e-9)
 

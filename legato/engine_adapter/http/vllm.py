@@ -31,6 +31,7 @@ from legato.engine_adapter.http.common import (
     request_text,
     shared_sampling_fields,
 )
+from legato.engine_adapter.http.prefill_metrics import PrefillFromMetrics
 from legato.engine_adapter.http.spec_counters import SpecStats, vllm_spec_stats
 
 SERVER = "vLLM"
@@ -67,12 +68,13 @@ class VLLMEngine(HTTPEngineBase):
     session routing (`session_id` is not sent; route upstream), no abort endpoint: `abort()`
     closes the connection, which vLLM turns into an abort; it takes effect at the next streamed
     chunk (on the token route, when the single response arrives). `capacity()` reads
-    `vllm:cache_config_info` and `vllm:kv_cache_usage_perc` from `/metrics`, `stats()` its
+    `vllm:cache_config_info` and `vllm:kv_cache_usage_perc` from `/metrics`, and with them the
+    prefill-phase metrics that give `prefill_costs()` (`prefill_metrics`); `stats()` reads its
     speculative-decoding counters (`spec_counters`).
     """
 
     BASE_CAPABILITIES = frozenset(
-        {Capability.LOGPROBS, Capability.TOP_LOGPROBS, Capability.PARALLEL_SAMPLING}
+        {Capability.LOGPROBS, Capability.TOP_LOGPROBS, Capability.PARALLEL_SAMPLING, Capability.PREFILL_COSTS}
     )
 
     def __init__(
@@ -91,6 +93,7 @@ class VLLMEngine(HTTPEngineBase):
         )
         self._endpoint: Endpoint = endpoint
         self._probe_lock = anyio.Lock()
+        self._prefill = PrefillFromMetrics()
 
     async def endpoint(self) -> Literal["completions", "generate"]:
         """The route in use, probing `/openapi.json` once if it was left to "auto"."""
@@ -268,6 +271,7 @@ class VLLMEngine(HTTPEngineBase):
     async def capacity(self) -> EngineCapacity:
         with anyio.fail_after(30):
             metrics = parse_prometheus(await request_text(self._client, SERVER, "/metrics"))
+        self._prefill.observe(metrics)
         info = metrics.get("vllm:cache_config_info")
         if not info:
             raise EngineError(f"{SERVER} at {self._base_url} reports no vllm:cache_config_info in /metrics")
@@ -284,6 +288,13 @@ class VLLMEngine(HTTPEngineBase):
         return EngineCapacity(
             block_size=block_size, total_blocks=total, free_blocks=round(total * (1 - used))
         )
+
+    def prefill_costs(self) -> tuple[float, float] | None:
+        """`PrefillCostEngine`: seconds per prompt token from the server's prefill-phase metrics,
+        as of the last `capacity()` (`prefill_metrics`; no separate context term); None until it
+        has prefilled something since this client first looked."""
+        per_token = self._prefill.per_token_s
+        return None if per_token is None else (per_token, 0.0)
 
     async def stats(self) -> SpecStats:
         """The server's speculative-decoding counters (`spec_counters`; all 0 without speculation)."""

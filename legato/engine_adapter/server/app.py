@@ -90,6 +90,29 @@ async def engine_counters(engine: Engine, label: str) -> list[str]:
         value = getattr(stats, attr, None)
         if isinstance(value, int):
             lines += [f"# HELP {name} {text}", f"# TYPE {name} counter", f"{name}{{{label}}} {value}"]
+    # vLLM's prefill-phase histograms (sum and count; one +Inf bucket): a scheduler reading them
+    # learns the engine's prefill cost (`VLLMEngine.prefill_costs`)
+    requests = getattr(stats, "prefilled_requests", None)
+    if isinstance(requests, int):
+        for name, value, text in (
+            (
+                "vllm:request_prefill_time_seconds",
+                stats.prefill_time_s,
+                "Seconds from first admission to first token.",
+            ),
+            (
+                "vllm:request_prefill_kv_computed_tokens",
+                stats.prefill_computed_tokens,
+                "Prompt tokens computed in the prefill phase (prefix-cache hits excluded).",
+            ),
+        ):
+            lines += [
+                f"# HELP {name} {text}",
+                f"# TYPE {name} histogram",
+                f'{name}_bucket{{{label},le="+Inf"}} {requests}',
+                f"{name}_sum{{{label}}} {value}",
+                f"{name}_count{{{label}}} {requests}",
+            ]
     # acceptance by draft position, under vLLM's name (its `position` label counts from 0)
     for name, attr, text in (
         ("vllm:spec_decode_num_accepted_tokens_per_pos", "spec_accepted_by_position", "Accepted there."),

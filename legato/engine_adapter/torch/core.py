@@ -43,7 +43,7 @@ from legato.engine_adapter.torch.guided import GrammarCompiler
 from legato.engine_adapter.torch.kv_tiers import KVTierLink
 from legato.engine_adapter.torch.model import LlamaForCausalLM
 from legato.engine_adapter.torch.model_runner import KV_LAYOUT, ModelRunner
-from legato.engine_adapter.torch.outputs import EngineStats, RequestOutput
+from legato.engine_adapter.torch.outputs import EngineStats, PrefillPhase, RequestOutput
 from legato.engine_adapter.torch.parallel_sampling import fork_samples
 from legato.engine_adapter.torch.request_checks import validate_request
 from legato.engine_adapter.torch.scheduler import Scheduler
@@ -86,6 +86,7 @@ class EngineCore:
         self._seqs: dict[str, list[Seq]] = {}  # request id -> its live samples (sample 0 first)
         self._unfinished: dict[str, int] = {}  # request id -> samples not finished yet
         self.forked_samples = 0
+        self.prefill_phase = PrefillPhase()
         self._arrivals = itertools.count()
         self._default_gen = torch.Generator().manual_seed(config.seed)
         self._stop_ids = frozenset(tokenizer.stop_token_ids)
@@ -238,6 +239,9 @@ class EngineCore:
         if self.kv.held:
             self.kv.release_held(self._seqs)
         self.last_step_tokens = plan.num_tokens
+        for c in plan.chunks:
+            if c.seq.scheduled_s is None:
+                c.seq.scheduled_s = self.clock()
         self.last_spans = spans = [
             (c.seq.num_computed_tokens, c.seq.num_computed_tokens + c.num_tokens) for c in plan.chunks
         ]
@@ -303,6 +307,8 @@ class EngineCore:
         self, seq: Seq, token: int, logprob: float | None, top: TopLogprobs | None
     ) -> RequestOutput:
         reason, delta = append_token(self.tokenizer, seq, token, logprob, top)
+        if seq.num_output_tokens == 1 and seq.index == 0:  # the request's first token
+            self.prefill_phase.record(seq, self.clock())
         finished = False
         if reason is not None:
             seq.finish_reason = reason
@@ -379,6 +385,9 @@ class EngineCore:
             tier_loaded_tokens=self.kv.tier_loaded_tokens,
             offloaded_blocks=self.kv.offloaded_blocks,
             prefill_tokens=s.prefill_tokens,
+            prefilled_requests=self.prefill_phase.requests,
+            prefill_time_s=self.prefill_phase.seconds,
+            prefill_computed_tokens=self.prefill_phase.computed_tokens,
             forked_samples=self.forked_samples,
             spec_drafts=self.speculator.verify_steps if self.speculator else 0,
             spec_draft_tokens=self.speculator.drafted if self.speculator else 0,

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from legato.engine_adapter.base import TokenChunk, TopLogprobs
+from legato.engine_adapter.torch.sequence import Sequence as Seq
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +44,25 @@ class RequestOutput:
         )
 
 
+@dataclass(slots=True)
+class PrefillPhase:
+    """vLLM's prefill-phase metrics (`vllm:request_prefill_time_seconds`,
+    `vllm:request_prefill_kv_computed_tokens`), summed: per request, the time from its first
+    admission to its first token and the prompt tokens the prefix cache did not serve then. A
+    scheduler reading them through the vLLM API learns this engine's prefill cost."""
+
+    requests: int = 0
+    seconds: float = 0.0
+    computed_tokens: int = 0
+
+    def record(self, seq: Seq, now: float) -> None:
+        if seq.scheduled_s is None or seq.cached_tokens is None:
+            return
+        self.requests += 1
+        self.seconds += max(0.0, now - seq.scheduled_s)
+        self.computed_tokens += max(0, seq.num_prompt_tokens - seq.cached_tokens)
+
+
 @dataclass(frozen=True, slots=True)
 class EngineStats:
     """Counters for metrics and tests. Blocks: `free` = allocatable now (free + evictable)."""
@@ -64,6 +84,11 @@ class EngineStats:
     tier_loaded_tokens: int = 0  # prompt tokens imported from the host tier / Redis before prefill
     offloaded_blocks: int = 0  # evicted blocks handed to the host tier
     prefill_tokens: int = 0  # prompt tokens run through the model (cache hits and forks excluded)
+    # vLLM's prefill phase, summed over requests that reached their first token: seconds from
+    # first admission to first token, and prompt tokens not served by the prefix cache then
+    prefilled_requests: int = 0
+    prefill_time_s: float = 0.0
+    prefill_computed_tokens: int = 0
     forked_samples: int = 0  # samples of n > 1 requests that started from a forked prompt
     spec_drafts: int = 0  # verify steps that checked a draft (speculator.py)
     spec_draft_tokens: int = 0  # tokens drafted

@@ -1,0 +1,139 @@
+"""`VLLMEngine.prefill_costs()`: a vLLM server's prefill cost per token, from its prefill-phase
+metrics (`legato.engine_adapter.http.prefill_metrics`). The parser against vLLM's own shapes
+(with and without `request_prefill_kv_computed_tokens`), then the whole path on a real socket:
+the torch engine's server exports the same metrics, `VLLMEngine` reads them through
+`capacity()`, and the policy's view declares the result."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from legato.engine_adapter.base import Capability, GenerateRequest, SamplingParams, collect
+from legato.engine_adapter.http import VLLMEngine
+from legato.engine_adapter.http.common import parse_prometheus
+from legato.engine_adapter.http.prefill_metrics import PrefillFromMetrics
+from legato.engine_adapter.server import create_engine_app
+from legato.engine_adapter.torch import TorchEngine, load_engine
+from tests.engine_http.serving import serve_in_thread
+from tests.tiny_model import TINY
+
+LABELS = 'engine="0",model_name="m"'
+
+
+def _vllm_metrics(seconds: float, requests: int, computed: int | None, prompt: int, hits: int) -> str:
+    """The lines of a vLLM v1 `/metrics` the estimator reads (histograms cut to +Inf)."""
+    lines = [
+        "# TYPE vllm:request_prefill_time_seconds histogram",
+        f'vllm:request_prefill_time_seconds_bucket{{{LABELS},le="+Inf"}} {requests}.0',
+        f"vllm:request_prefill_time_seconds_sum{{{LABELS}}} {seconds}",
+        f"vllm:request_prefill_time_seconds_count{{{LABELS}}} {requests}.0",
+        f"vllm:prompt_tokens_total{{{LABELS}}} {prompt}.0",
+        f"vllm:prefix_cache_hits_total{{{LABELS}}} {hits}.0",
+    ]
+    if computed is not None:
+        lines.append(f"vllm:request_prefill_kv_computed_tokens_sum{{{LABELS}}} {computed}.0")
+    return "\n".join(lines) + "\n"
+
+
+STEP_S, TOKEN_S = 0.03, 50e-6  # a server whose prefill phase is one 30 ms step plus 50 us a token
+
+
+def _scrapes(batches: list[tuple[int, int]], computed: bool = True) -> PrefillFromMetrics:
+    """Feed an estimator the scrapes of a server that prefilled `(requests, tokens)` between
+    consecutive scrapes (after 2 s of warm-up it did before the first one)."""
+    est = PrefillFromMetrics()
+    seconds, requests, tokens = 2.0, 10, 8_000
+    est.observe(parse_prometheus(_vllm_metrics(seconds, requests, tokens if computed else None, tokens, 0)))
+    for r, t in batches:
+        seconds, requests, tokens = seconds + STEP_S * r + TOKEN_S * t, requests + r, tokens + t
+        est.observe(
+            parse_prometheus(_vllm_metrics(seconds, requests, tokens if computed else None, tokens, 0))
+        )
+    return est
+
+
+def test_the_cost_of_a_prompt_token_apart_from_the_step_each_request_waits_in() -> None:
+    # Agent turns append short prompts: seconds over tokens would price each at a whole step.
+    batches = [(8, 8 * 64), (2, 2 * 2000), (8, 8 * 64), (4, 4 * 1000), (8, 8 * 256)]
+    assert _scrapes(batches).per_token_s == pytest.approx(TOKEN_S, rel=1e-6)
+    seconds = sum(STEP_S * r + TOKEN_S * t for r, t in batches)
+    assert seconds / sum(t for _, t in batches) > 2.5 * TOKEN_S  # what seconds over tokens says
+
+
+def test_until_lengths_vary_seconds_over_tokens_since_the_first_scrape() -> None:
+    assert _scrapes([]).per_token_s is None  # the first scrape is the baseline (warm-up left out)
+    est = _scrapes([(4, 4 * 500), (4, 4 * 500)])  # always alike: the two terms cannot be told apart
+    assert est.per_token_s == pytest.approx((STEP_S * 8 + TOKEN_S * 4000) / 4000)
+
+
+def test_older_servers_count_prompt_tokens_less_prefix_hits() -> None:
+    est = PrefillFromMetrics()
+    est.observe(parse_prometheus(_vllm_metrics(0.0, 0, None, 0, 0)))
+    est.observe(parse_prometheus(_vllm_metrics(2.0, 4, None, 50_000, 10_000)))
+    assert est.per_token_s == pytest.approx(2.0 / 40_000)
+
+
+def test_a_restarted_server_or_no_metrics_teach_nothing_wrong() -> None:
+    est = PrefillFromMetrics()
+    est.observe(parse_prometheus(_vllm_metrics(9.0, 9, 90_000, 90_000, 0)))
+    est.observe(parse_prometheus(_vllm_metrics(1.0, 1, 10_000, 10_000, 0)))  # counters went back
+    assert est.per_token_s is None
+    est.observe(parse_prometheus(_vllm_metrics(2.0, 2, 30_000, 30_000, 0)))
+    assert est.per_token_s == pytest.approx(1.0 / 20_000)
+    est.observe(parse_prometheus("vllm:kv_cache_usage_perc 0.5\nvllm:request_prefill_time_seconds_sum nan\n"))
+    assert est.per_token_s == pytest.approx(1.0 / 20_000)  # kept
+
+
+@pytest.fixture
+def served() -> Iterator[tuple[str, TorchEngine]]:
+    engine: TorchEngine = load_engine(model_config=TINY, num_blocks=256, max_num_batched_tokens=256)
+    with serve_in_thread(create_engine_app(engine, on_shutdown=engine.close)) as url:
+        yield url, engine
+
+
+async def test_a_vllm_replica_declares_the_prefill_cost_its_server_measured(
+    served: tuple[str, TorchEngine],
+) -> None:
+    url, engine = served
+    vllm = VLLMEngine(url, "legato-default", engine.tokenizer, endpoint="completions", timeout=60)
+    try:
+        assert Capability.PREFILL_COSTS in vllm.capabilities
+        await vllm.capacity()  # the first scrape: the baseline
+        assert vllm.prefill_costs() is None
+        for i, length in enumerate((40, 400, 100, 250)):
+            prompt = tuple(engine.tokenizer.encode(chr(97 + i) * length))
+            await collect(vllm, GenerateRequest(f"p{i}", prompt, SamplingParams(max_tokens=4)))
+            await vllm.capacity()  # a scrape after each request
+        costs = vllm.prefill_costs()
+    finally:
+        await vllm.close()
+    stats = await engine.stats()
+    assert stats.prefilled_requests == 4 and stats.prefill_computed_tokens == stats.prefill_tokens
+    assert costs is not None and costs[1] == 0.0
+    # the server's prefill phases against the engine's own fit of its steps: the same order
+    fit = engine.prefill_costs()
+    assert fit is not None and fit[0] / 10 < costs[0] < fit[0] * 10
+
+
+async def test_the_policy_prices_a_recompute_on_a_vllm_replica_at_its_servers_prefill_cost(
+    served: tuple[str, TorchEngine],
+) -> None:
+    from legato.scheduler.baselines import Continuum
+    from legato.scheduler.runtime import PolicyScheduler
+    from tests.scheduler.test_runtime import run_agents
+
+    url, engine = served
+    vllm = VLLMEngine(url, "legato-default", engine.tokenizer, endpoint="completions", timeout=60)
+    try:
+        async with PolicyScheduler([vllm], Continuum()) as sched:
+            assert sched.view.replica(0).prefill_s_per_token is None  # nothing prefilled yet
+            await run_agents(sched)
+            await sched.settle()
+            view = sched.view.replica(0)
+            costs = vllm.prefill_costs()
+            assert costs is not None and view.prefill_s_per_token == costs[0] > 0.0
+            assert view.prefill_s_per_pair == 0.0
+    finally:
+        await vllm.close()
