@@ -6,7 +6,7 @@ the torch engine's server exports the same metrics, `VLLMEngine` reads them thro
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -87,28 +87,29 @@ def test_a_restarted_server_or_no_metrics_teach_nothing_wrong() -> None:
 
 
 @pytest.fixture
-def served() -> Iterator[tuple[str, TorchEngine]]:
+async def replica() -> AsyncIterator[tuple[VLLMEngine, TorchEngine]]:
+    """A fresh torch engine behind its server on a real socket, and a `VLLMEngine` client of it."""
     engine: TorchEngine = load_engine(model_config=TINY, num_blocks=256, max_num_batched_tokens=256)
     with serve_in_thread(create_engine_app(engine, on_shutdown=engine.close)) as url:
-        yield url, engine
+        vllm = VLLMEngine(url, "legato-default", engine.tokenizer, endpoint="completions", timeout=60)
+        try:
+            yield vllm, engine
+        finally:
+            await vllm.close()
 
 
 async def test_a_vllm_replica_declares_the_prefill_cost_its_server_measured(
-    served: tuple[str, TorchEngine],
+    replica: tuple[VLLMEngine, TorchEngine],
 ) -> None:
-    url, engine = served
-    vllm = VLLMEngine(url, "legato-default", engine.tokenizer, endpoint="completions", timeout=60)
-    try:
-        assert Capability.PREFILL_COSTS in vllm.capabilities
-        await vllm.capacity()  # the first scrape: the baseline
-        assert vllm.prefill_costs() is None
-        for i, length in enumerate((40, 400, 100, 250)):
-            prompt = tuple(engine.tokenizer.encode(chr(97 + i) * length))
-            await collect(vllm, GenerateRequest(f"p{i}", prompt, SamplingParams(max_tokens=4)))
-            await vllm.capacity()  # a scrape after each request
-        costs = vllm.prefill_costs()
-    finally:
-        await vllm.close()
+    vllm, engine = replica
+    assert Capability.PREFILL_COSTS in vllm.capabilities
+    await vllm.capacity()  # the first scrape: the baseline
+    assert vllm.prefill_costs() is None
+    for i, length in enumerate((40, 400, 100, 250)):
+        prompt = tuple(engine.tokenizer.encode(chr(97 + i) * length))
+        await collect(vllm, GenerateRequest(f"p{i}", prompt, SamplingParams(max_tokens=4)))
+        await vllm.capacity()  # a scrape after each request
+    costs = vllm.prefill_costs()
     stats = await engine.stats()
     assert stats.prefilled_requests == 4 and stats.prefill_computed_tokens == stats.prefill_tokens
     assert costs is not None and costs[1] == 0.0
@@ -118,22 +119,18 @@ async def test_a_vllm_replica_declares_the_prefill_cost_its_server_measured(
 
 
 async def test_the_policy_prices_a_recompute_on_a_vllm_replica_at_its_servers_prefill_cost(
-    served: tuple[str, TorchEngine],
+    replica: tuple[VLLMEngine, TorchEngine],
 ) -> None:
     from legato.scheduler.baselines import Continuum
     from legato.scheduler.runtime import PolicyScheduler
     from tests.scheduler.test_runtime import run_agents
 
-    url, engine = served
-    vllm = VLLMEngine(url, "legato-default", engine.tokenizer, endpoint="completions", timeout=60)
-    try:
-        async with PolicyScheduler([vllm], Continuum()) as sched:
-            assert sched.view.replica(0).prefill_s_per_token is None  # nothing prefilled yet
-            await run_agents(sched)
-            await sched.settle()
-            view = sched.view.replica(0)
-            costs = vllm.prefill_costs()
-            assert costs is not None and view.prefill_s_per_token == costs[0] > 0.0
-            assert view.prefill_s_per_pair == 0.0
-    finally:
-        await vllm.close()
+    vllm, _ = replica
+    async with PolicyScheduler([vllm], Continuum()) as sched:
+        assert sched.view.replica(0).prefill_s_per_token is None  # nothing prefilled yet
+        await run_agents(sched)
+        await sched.settle()
+        view = sched.view.replica(0)
+        costs = vllm.prefill_costs()
+        assert costs is not None and view.prefill_s_per_token == costs[0] > 0.0
+        assert view.prefill_s_per_pair == 0.0
