@@ -299,19 +299,19 @@ def continues_km(ended: Counter[int], going: Counter[int], done: int) -> float:
     makes another after its next, from the Kaplan-Meier estimate of the run-length distribution.
     `ended` maps finished runs' lengths to counts, `going` the calls running runs are known to
     make (right-censored: length >= that). A run going at c is at risk of ending at every
-    length below c only. 1.0 with nothing observed (no run is seen to end); 0.0 when the
-    estimate says no run outlives `done`."""
+    length up to c, c included (its c-th call may be its last), as Kaplan-Meier counts a
+    censored time. 1.0 with nothing observed (no run is seen to end); 0.0 when the estimate
+    says no run outlives `done`."""
     at_risk = sum(ended.values()) + sum(going.values())
     survival = 1.0  # P(length > t), stepped through the observed times
     s_done, s_next = 1.0, 1.0
     for t in sorted(set(ended) | set(going)):
         if t > done + 1:
             break
-        at_risk -= going.get(t, 0)
         d = ended.get(t, 0)
         if at_risk > 0 and d:
             survival *= 1.0 - d / at_risk
-        at_risk -= d
+        at_risk -= d + going.get(t, 0)
         if t <= done:
             s_done = survival
         s_next = survival

@@ -159,8 +159,9 @@ def test_kaplan_meier_counts_running_runs_as_censored() -> None:
     assert continues_km(ended, going, 0) == pytest.approx(2 / 6)  # 4 of the 6 at risk ended at 1
     assert continues_km(ended, going, 1) == pytest.approx(1.0)  # nothing is seen to end at 2
     assert continues_km(ended, Counter(), 1) == 0.0  # finished runs alone: none outlived 1
-    # A run going at c is not at risk of ending at c: 1 ended at 2 of the 2 at risk there.
-    assert continues_km(Counter({2: 1, 4: 1}), Counter({2: 1}), 1) == pytest.approx(0.5)
+    # A run going at c may still end at c (its c-th call may be its last): 1 ended at 2 of the
+    # 3 at risk there.
+    assert continues_km(Counter({2: 1, 4: 1}), Counter({2: 1}), 1) == pytest.approx(2 / 3)
 
 
 def test_a_run_in_a_tool_counts_as_going_on_so_a_mostly_one_call_program_ranks_it_long() -> None:
