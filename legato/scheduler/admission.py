@@ -132,33 +132,33 @@ class KVBudget:
         cap = self.capacity[replica]
         return (self.low * cap if math.isfinite(cap) else 0.0) - peak  # unbounded: least used
 
-    def fits(self, replica: int, need: Sequence[float], need_var: Sequence[float] | None = None) -> bool:
+    def fits(
+        self,
+        replica: int,
+        need: Sequence[float],
+        need_var: Sequence[float] | None = None,
+        without: Sequence[str] = (),
+    ) -> bool:
         """Would a program projecting `need` (one value per horizon, with variances
-        `need_var`) keep every horizon's mean + safety x std under `low`?"""
+        `need_var`) keep every horizon's mean + safety x std under `low`, once the programs
+        `without` left the replica (their projections freed; shared parts they hold still
+        counted, so it errs toward not fitting)?"""
         limit = self.low * self.capacity[replica]
         k = self.safety
         nv = self._vec([0.0] if need_var is None else need_var)
         used, var = self.used[replica], self.var[replica]
-        return all(
-            used[h] + n + k * math.sqrt(max(0.0, var[h] + nv[h])) <= limit
-            for h, n in enumerate(self._vec(need))
-        )
-
-    def fits_without(self, replica: int, need: Sequence[float], runs: Sequence[str]) -> bool:
-        """Would a program projecting `need` fit once the programs `runs` left the replica (their
-        projections freed; shared parts they hold still counted, so it errs toward not fitting)?"""
-        limit = self.low * self.capacity[replica]
-        used, var = list(self.used[replica]), list(self.var[replica])
-        for run in runs:
+        if without:  # on copies: the budget itself is not changed
+            used, var = list(used), list(var)
+        for run in without:
             held = self._held.get(run)
             if held is None or held.replica != replica:
                 continue
             for h, (p, v) in enumerate(zip(self._vec(held.projected), self._vec(held.variance), strict=True)):
                 used[h] -= p
                 var[h] -= v
-        k = self.safety
         return all(
-            used[h] + n + k * math.sqrt(max(0.0, var[h])) <= limit for h, n in enumerate(self._vec(need))
+            used[h] + n + k * math.sqrt(max(0.0, var[h] + nv[h])) <= limit
+            for h, n in enumerate(self._vec(need))
         )
 
     def peak_of(self, run: str) -> float:

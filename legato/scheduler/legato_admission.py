@@ -359,12 +359,13 @@ class AdmissionControl:
             chosen: list[Run] = []
             for v in idle_holders(self._victims[replica], self._runs, replica):
                 chosen.append(v)
-                if self.budget.fits_without(replica, need, [c.run_id for c in chosen]):
+                if self.budget.fits(replica, need, without=[c.run_id for c in chosen]):
                     break
-            freed = sum(self.budget.peak_of(v.run_id) for v in chosen)
+            peaks = [self.budget.peak_of(v.run_id) for v in chosen]
+            freed = sum(peaks)
             if not chosen or any(
-                self._worth_idling(v, view, now, self.budget.peak_of(v.run_id) / freed if freed > 0 else 1.0)
-                for v in chosen
+                self._worth_idling(v, view, now, peak / freed if freed > 0 else 1.0)
+                for v, peak in zip(chosen, peaks, strict=True)
             ):
                 continue
             for v in chosen:

@@ -37,7 +37,7 @@ def test_footprints_and_shared_parts_are_summed_once() -> None:
     assert not b.holds("r1")
 
 
-def test_fits_without_frees_the_named_runs_projections_at_every_horizon() -> None:
+def test_fits_without_runs_frees_their_projections_at_every_horizon() -> None:
     b = KVBudget(horizons=2, low=1.0, high=1.0, safety=0.0)
     b.set_capacity([1000.0])
     b.admit("a", 0, 300.0, [], projected=[300.0, 700.0])
@@ -45,9 +45,9 @@ def test_fits_without_frees_the_named_runs_projections_at_every_horizon() -> Non
     assert b.peak_of("a") == 700.0 and b.peak_of("gone") == 0.0
     need = [400.0, 400.0]
     assert not b.fits(0, need)
-    assert not b.fits_without(0, need, ["b"])  # a's growth still leaves no room at horizon 1
-    assert b.fits_without(0, need, ["a"])
-    assert b.fits_without(0, need, ["a", "b", "gone"])  # a run not admitted frees nothing
+    assert not b.fits(0, need, without=["b"])  # a's growth still leaves no room at horizon 1
+    assert b.fits(0, need, without=["a"])
+    assert b.fits(0, need, without=["a", "b", "gone"])  # a run not admitted frees nothing
     assert b.used[0] == [600.0, 1000.0]  # asking changed nothing
 
 
