@@ -215,6 +215,8 @@ def run_cell(cell: Cell, paths: dict[str, str], seed: int = 0) -> dict[str, Any]
             "makespan_s": outcome.makespan_s,
             "prefill_tokens_computed": outcome.prefill_tokens_computed,
             "preemptions": outcome.preemptions,
+            # Prefill that memory-bound decode steps could not hide: what makespan it added.
+            "prefill_exposed_s": outcome.extra.get("prefill_exposed_s", 0.0),
             # Memory at work: the decode batch and the KV share requests or pins held.
             "mean_decode_batch": outcome.extra.get("mean_decode_batch", 0.0),
             "kv_in_use_share": outcome.extra.get("kv_in_use_share", 0.0),

@@ -180,9 +180,11 @@ def execute_bench(
     under every speculation method in `spec` (sim only; rows `policy+method`)."""
     if engine not in ENGINES:
         raise BenchInputError(f"unknown engine {engine!r}; valid: {', '.join(ENGINES)}")
-    torch_options: dict[str, float] = {}
-    if engine == "torch":
-        workload_params, torch_options = _split_torch_params(workload_params or {})
+    from legato.bench.torch_replay import TORCH_PARAMS
+
+    # Engine options travel in --param beside the workload's; taken out before the generator.
+    names = TORCH_PARAMS if engine == "torch" else SIM_PARAMS
+    workload_params, engine_options = _split_engine_params(workload_params or {}, names)
     for name, value in (
         ("programs", programs),
         ("concurrency", concurrency),
@@ -200,6 +202,11 @@ def execute_bench(
         model, gpu = "legato-default", "cpu"
     else:
         config = sim_config(gpu, model, replicas, tiers)
+        if "max_num_batched_tokens" in engine_options:
+            budget = engine_options["max_num_batched_tokens"]
+            if budget != int(budget):
+                raise BenchInputError(f"--param max_num_batched_tokens must be an integer, got {budget}")
+            config = dataclasses.replace(config, max_num_batched_tokens=int(budget))
     workload = build(workload_name, programs, seed, workload_params or {})
     if config is not None:
         _check_fits(workload, config)
@@ -207,7 +214,7 @@ def execute_bench(
     runs = [(level, policy) for level in sorted({concurrency, *sweep}) for policy in policies]
     if engine == "torch":
         labels = {run: run[1] if not sweep else f"{run[1]} @ c={run[0]}" for run in runs}
-        outcomes = _run_torch(workload, runs, labels, seed, torch_options, progress)
+        outcomes = _run_torch(workload, runs, labels, seed, engine_options, progress)
     else:
         outcomes = {}
         for method, table in specs:
@@ -248,8 +255,9 @@ def execute_bench(
         sweep={level: summaries(level) for level in sorted(set(sweep))} if sweep else None,
     )
     if engine == "torch":
-        report["engine_params"] = _torch_engine_params(torch_options, results[concurrency])
+        report["engine_params"] = _torch_engine_params(engine_options, results[concurrency])
     else:
+        report["engine_params"] = {"max_num_batched_tokens": config.max_num_batched_tokens}
         from legato.bench.kv_bound import compute
 
         if not any(table for _, table in specs):  # the bound's step model has no speculation
@@ -276,13 +284,19 @@ Run = tuple[int, str]  # (concurrency, policy)
 # Results are wall-clock measurements: the JSON is not byte-identical from run to run.
 
 
-def _split_torch_params(params: Mapping[str, object]) -> tuple[dict[str, object], dict[str, float]]:
-    from legato.bench.torch_replay import TORCH_PARAMS
+# Simulated engine options (`--param`): the engine's token budget per step (vLLM's
+# `--max-num-batched-tokens`: how large a prefill chunk a step may take).
+SIM_PARAMS = ("max_num_batched_tokens",)
 
+
+def _split_engine_params(
+    params: Mapping[str, object], names: Sequence[str]
+) -> tuple[dict[str, object], dict[str, float]]:
+    """(workload params, engine options named in `names`, each a positive number)."""
     rest: dict[str, object] = {}
     options: dict[str, float] = {}
     for key, value in params.items():
-        if key not in TORCH_PARAMS:
+        if key not in names:
             rest[key] = value
             continue
         try:

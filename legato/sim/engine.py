@@ -206,8 +206,10 @@ class SimEngine(ReplicaState):
                 kv += o + c
                 toks += c
             dt = self.cost.step_time(toks, attn, kv)
+            self.exposed_s = max(0.0, self.cost.compute_s(toks, attn) - self.cost.memory_s(kv))
         else:
             dt = self.cost.decode_run_time(self.n_dec, ctx, k)
+            self.exposed_s = 0.0
         if self.stall_until > now:
             self.stats.load_stall_s += self.stall_until - now
             dt += self.stall_until - now
@@ -242,6 +244,7 @@ class SimEngine(ReplicaState):
         self.stats.busy_s += step_s
         self.stats.decoding_s += self.n_flight * step_s
         self.stats.in_use_block_s += self.in_use0 * step_s
+        self.stats.prefill_exposed_s += self.exposed_s
         self.stats.steps += self.k
         self.d += self.k
         if self.reserve is not None and self.n_flight:

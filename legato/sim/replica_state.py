@@ -78,6 +78,7 @@ class ReplicaState:
         self.ctx0 = 0  # summed decode context at the first step of the flight
         self.n_flight = 0  # sequences decoding in the flight
         self.in_use0 = 0  # blocks referenced by requests or pins when the flight started
+        self.exposed_s = 0.0  # the flight's prefill compute beyond its memory time (`StepStats`)
         self.version = 0  # bumped when the flight's end moves
         # KV tiers (pool.tiers): loads planned this step stall it until `_stall_until`
         self.stall_until = 0.0

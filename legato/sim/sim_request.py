@@ -76,3 +76,6 @@ class StepStats:
     pin_yields: int = 0  # pins released early because KV ran out (`pin_yield` engines)
     decoding_s: float = 0.0  # sequence-seconds in decode: sequences decoding x step time
     in_use_block_s: float = 0.0  # block-seconds referenced by requests or pins (not idle cache)
+    # Step time a prefill chunk added beyond the step's memory time: the compute-bound part of
+    # steps with prefill, which a memory-bound decode step could not hide (`CostModel.step_time`).
+    prefill_exposed_s: float = 0.0

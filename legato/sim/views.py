@@ -124,6 +124,8 @@ def build_outcome(
             # both averaged over busy time.
             "mean_decode_batch": sum(s.decoding_s for s in stats) / busy if busy else 0.0,
             "kv_in_use_share": sum(s.in_use_block_s for s in stats) / pool_block_s if pool_block_s else 0.0,
+            # Prefill the engines could not hide under memory-bound decode steps (seconds).
+            "prefill_exposed_s": sum(s.prefill_exposed_s for s in stats),
             "prefetches_ignored": float(0 if tiers else control.prefetches),
             **tier_extra(engines, config, tiers, control.prefetches),
             **policy_extra(policy),

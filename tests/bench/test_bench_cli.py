@@ -48,6 +48,9 @@ SMALL = [
         (["--engine", "gpu"], "unknown engine 'gpu'; valid: sim, torch"),
         (["--gpu", "t4", "--model", "llama-3.1-70b"], "does not fit on T4"),
         (["--gpu", "a10", "-p", "steps_min=60"], "tokens of KV but one replica of llama-3.1-8b on a10 holds"),
+        (["-p", "max_num_batched_tokens=0"], "--param max_num_batched_tokens must be > 0"),
+        (["-p", "max_num_batched_tokens=512.5"], "--param max_num_batched_tokens must be an integer"),
+        (["-p", "max_num_batched_tokens=lots"], "--param max_num_batched_tokens must be a number"),
     ],
 )
 def test_bad_input_exits_2_with_a_clear_message(args: list[str], message: str) -> None:
@@ -132,6 +135,27 @@ def test_every_policy_replays_the_same_arrivals() -> None:
     first = arrivals["fcfs-lru"]
     assert len(first) == 6 and first[-1][1] > 0
     assert all(a == first for a in arrivals.values())
+
+
+def test_the_simulated_engine_takes_its_step_budget_from_a_param() -> None:
+    """`-p max_num_batched_tokens=N` sets the simulated engine's token budget per step (vLLM's
+    flag of that name): a smaller budget cuts long prompts into more, smaller prefill chunks,
+    so more steps run and less prefill is left outside the memory-bound decode steps."""
+    runs = {
+        budget: execute_bench(
+            "swe",
+            ["fcfs-lru"],
+            programs=4,
+            concurrency=4,
+            workload_params={"steps_min": "2", "steps_max": "3", "max_num_batched_tokens": str(budget)},
+        )
+        for budget in (8192, 1024)
+    }
+    small, large = runs[1024].outcomes["fcfs-lru"], runs[8192].outcomes["fcfs-lru"]
+    assert runs[1024].report["engine_params"] == {"max_num_batched_tokens": 1024}
+    assert small.extra["engine_steps"] > large.extra["engine_steps"]
+    assert small.extra["prefill_exposed_s"] < large.extra["prefill_exposed_s"]
+    assert "max_num_batched_tokens" not in runs[1024].report["workload_params"]
 
 
 def test_bound_command_prints_and_writes_the_bound(tmp_path: Path) -> None:

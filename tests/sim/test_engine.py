@@ -29,6 +29,26 @@ def test_single_call_time_is_the_roofline_sum() -> None:
     assert out.prefill_tokens_computed == 1000
     # One sequence decodes in 9 of the 10 steps; the prefill step has none decoding.
     assert out.extra["mean_decode_batch"] == pytest.approx(decode / (prefill + decode), rel=1e-9)
+    # The prefill step is compute-bound: what it took beyond reading the weights and its KV is
+    # prefill no decode step hid; decode-only steps expose nothing.
+    exposed = cost.compute_s(1000, 1000 * 1001 / 2) - cost.memory_s(1000)
+    assert exposed > 0
+    assert out.extra["prefill_exposed_s"] == pytest.approx(exposed, rel=1e-9)
+
+
+def test_prefill_under_a_memory_bound_decode_step_is_hidden() -> None:
+    """A short prompt arriving while a long context decodes rides in a step whose time is the
+    KV read anyway: the decode step hides it, so it adds nothing to the exposed prefill."""
+    cfg = SimConfig()
+    long_ctx, short = 30_000, 16
+    alone = simulate(Workload("one", (_one_call(long_ctx, 400, pid="a"),)), "fcfs-lru", cfg, concurrency=1)
+    both = Workload(
+        "two", (_one_call(long_ctx, 400, pid="a"), _one_call(short, 2, arrival=2.0, pid="b", base=10))
+    )
+    out = simulate(both, "fcfs-lru", cfg, concurrency=2)
+    assert alone.extra["prefill_exposed_s"] > 0  # the long prompt's own chunks are compute-bound
+    assert out.extra["prefill_exposed_s"] == pytest.approx(alone.extra["prefill_exposed_s"], rel=1e-9)
+    assert out.prefill_tokens_computed == long_ctx + short
 
 
 def test_chunked_prefill_splits_long_prompts() -> None:
