@@ -291,10 +291,11 @@ class PrefixSnapshotEngine(Engine, Protocol):
 
 class PrefillCostEngine(Engine, Protocol):
     """Capability.PREFILL_COSTS: an engine that knows what a prompt token costs it (the torch
-    engine times its own steps; a vLLM server times each request's prefill phase in its
-    `/metrics`), so a policy can price recomputing a context at that instead of the upper bound
-    it measures from call timings (busy time over all tokens, decode included). Read at once:
-    the answer is the engine's last estimate, not a round trip."""
+    engine times its own steps; a vLLM or SGLang server times each request's prefill phase, or
+    its first token and queueing, in its `/metrics`), so a policy can price recomputing a
+    context at that instead of the upper bound it measures from call timings (busy time over
+    all tokens, decode included). Read at once: the answer is the engine's last estimate, not
+    a round trip."""
 
     def prefill_costs(self) -> tuple[float, float] | None:
         """(seconds per prompt token, seconds per attended (query, key) pair) as last estimated;

@@ -6,8 +6,8 @@
   arrived (with chunked prefill, after its whole prompt) and *waiting* from dispatch until then,
   plus calls held by a pause.
 - The prefill cost (`prefill_s_per_token` / `_per_pair`) is declared for an engine with
-  `Capability.PREFILL_COSTS` (the torch engine's fit to its own step timings, a vLLM server's
-  from its prefill-phase metrics); for others the policy measures an upper bound from call
+  `Capability.PREFILL_COSTS` (the torch engine's fit to its own step timings, a vLLM or SGLang
+  server's from its prefill-phase metrics); for others the policy measures an upper bound from call
   timings (`legato.scheduler.engine_rates`).
 - `cached_prefix_tokens` / `resident_tokens` ask an engine with `Capability.PREFIX_SNAPSHOT`
   (the torch engine) directly; for other engines they are estimated from the sequences the

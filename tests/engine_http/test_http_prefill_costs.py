@@ -1,8 +1,9 @@
-"""`VLLMEngine.prefill_costs()`: a vLLM server's prefill cost per token, from its prefill-phase
-metrics (`legato.engine_adapter.http.prefill_metrics`). The parser against vLLM's own shapes
-(with and without `request_prefill_kv_computed_tokens`), then the whole path on a real socket:
-the torch engine's server exports the same metrics, `VLLMEngine` reads them through
-`capacity()`, and the policy's view declares the result."""
+"""`VLLMEngine.prefill_costs()` / `SGLangEngine.prefill_costs()`: a server's prefill cost per
+token, from its prefill-phase metrics (`legato.engine_adapter.http.prefill_metrics`). The parser
+against vLLM's own shapes (with and without `request_prefill_kv_computed_tokens`) and SGLang's
+(time to first token less queue time), then the whole path on a real socket: the torch engine's
+server exports the same metrics, each client reads them through `capacity()`, and the policy's
+view declares the result."""
 
 from __future__ import annotations
 
@@ -11,9 +12,9 @@ from collections.abc import AsyncIterator
 import pytest
 
 from legato.engine_adapter.base import Capability, GenerateRequest, SamplingParams, collect
-from legato.engine_adapter.http import VLLMEngine
+from legato.engine_adapter.http import SGLangEngine, VLLMEngine
 from legato.engine_adapter.http.common import parse_prometheus
-from legato.engine_adapter.http.prefill_metrics import PrefillFromMetrics
+from legato.engine_adapter.http.prefill_metrics import PrefillFromMetrics, sglang_totals
 from legato.engine_adapter.server import create_engine_app
 from legato.engine_adapter.torch import TorchEngine, load_engine
 from tests.engine_http.serving import serve_in_thread
@@ -86,30 +87,90 @@ def test_a_restarted_server_or_no_metrics_teach_nothing_wrong() -> None:
     assert est.per_token_s == pytest.approx(1.0 / 20_000)  # kept
 
 
-@pytest.fixture
-async def replica() -> AsyncIterator[tuple[VLLMEngine, TorchEngine]]:
-    """A fresh torch engine behind its server on a real socket, and a `VLLMEngine` client of it."""
+def _sglang_metrics(ttft: float, queued: float, requests: int, prompt: int, cached: int) -> str:
+    """The lines of an SGLang `/metrics` the estimator reads (histograms cut to +Inf)."""
+    label = 'model_name="m"'
+    return (
+        "\n".join(
+            [
+                "# TYPE sglang:time_to_first_token_seconds histogram",
+                f'sglang:time_to_first_token_seconds_bucket{{{label},le="+Inf"}} {requests}.0',
+                f"sglang:time_to_first_token_seconds_sum{{{label}}} {ttft}",
+                f"sglang:time_to_first_token_seconds_count{{{label}}} {requests}.0",
+                "# TYPE sglang:queue_time_seconds histogram",
+                f"sglang:queue_time_seconds_sum{{{label}}} {queued}",
+                f"sglang:queue_time_seconds_count{{{label}}} {requests}.0",
+                f"sglang:prompt_tokens_total{{{label}}} {prompt}.0",
+                f"sglang:cached_tokens_total{{{label}}} {cached}.0",
+            ]
+        )
+        + "\n"
+    )
+
+
+def test_sglang_prefill_is_first_token_time_less_queue_time() -> None:
+    """Requests that waited long in the queue are priced by their prefill alone, and the
+    prefix-cache hits are not counted as computed."""
+    est = PrefillFromMetrics(sglang_totals)
+    ttft = queued = 0.0
+    requests = prompt = cached = 0
+    est.observe(parse_prometheus(_sglang_metrics(ttft, queued, requests, prompt, cached)))
+    for r, t, wait in [(8, 8 * 64, 30.0), (2, 2 * 2000, 0.5), (8, 8 * 64, 12.0), (4, 4 * 1000, 80.0)]:
+        hits = 3 * t  # every request also read three times its computed tokens from the cache
+        queued += wait
+        ttft += wait + STEP_S * r + TOKEN_S * t
+        requests, prompt, cached = requests + r, prompt + t + hits, cached + hits
+        est.observe(parse_prometheus(_sglang_metrics(ttft, queued, requests, prompt, cached)))
+    assert est.per_token_s == pytest.approx(TOKEN_S, rel=1e-6)
+    assert est.costs() == (est.per_token_s, 0.0)
+
+
+def test_sglang_increments_that_do_not_add_up_yet_carry_over() -> None:
+    """SGLang counts a request's queue time when it enters a batch and its first token later:
+    a scrape in between has queue time without its first token. Nothing is learned from it, and
+    the next scrape counts both."""
+    est = PrefillFromMetrics(sglang_totals)
+    est.observe(parse_prometheus(_sglang_metrics(10.0, 4.0, 5, 5_000, 0)))
+    est.observe(parse_prometheus(_sglang_metrics(10.0, 9.0, 5, 5_000, 0)))  # queued, no first token
+    assert est.per_token_s is None
+    est.observe(parse_prometheus(_sglang_metrics(15.5, 9.0, 6, 6_000, 0)))  # 5 s queued, 0.5 s prefill
+    assert est.per_token_s == pytest.approx(0.5 / 1_000)
+    assert PrefillFromMetrics(sglang_totals).costs() is None
+    no_queue = "sglang:time_to_first_token_seconds_sum 1.0\nsglang:time_to_first_token_seconds_count 1\n"
+    assert sglang_totals(parse_prometheus(no_queue)) is None  # TTFT alone would count the wait
+
+
+@pytest.fixture(params=["vllm", "sglang"])
+async def replica(
+    request: pytest.FixtureRequest,
+) -> AsyncIterator[tuple[VLLMEngine | SGLangEngine, TorchEngine]]:
+    """A fresh torch engine behind its server on a real socket, and a client of it speaking
+    vLLM's or SGLang's API."""
     engine: TorchEngine = load_engine(model_config=TINY, num_blocks=256, max_num_batched_tokens=256)
     with serve_in_thread(create_engine_app(engine, on_shutdown=engine.close)) as url:
-        vllm = VLLMEngine(url, "legato-default", engine.tokenizer, endpoint="completions", timeout=60)
+        client: VLLMEngine | SGLangEngine = (
+            VLLMEngine(url, "legato-default", engine.tokenizer, endpoint="completions", timeout=60)
+            if request.param == "vllm"
+            else SGLangEngine(url, engine.tokenizer, timeout=60)
+        )
         try:
-            yield vllm, engine
+            yield client, engine
         finally:
-            await vllm.close()
+            await client.close()
 
 
-async def test_a_vllm_replica_declares_the_prefill_cost_its_server_measured(
-    replica: tuple[VLLMEngine, TorchEngine],
+async def test_a_replica_declares_the_prefill_cost_its_server_measured(
+    replica: tuple[VLLMEngine | SGLangEngine, TorchEngine],
 ) -> None:
-    vllm, engine = replica
-    assert Capability.PREFILL_COSTS in vllm.capabilities
-    await vllm.capacity()  # the first scrape: the baseline
-    assert vllm.prefill_costs() is None
+    client, engine = replica
+    assert Capability.PREFILL_COSTS in client.capabilities
+    await client.capacity()  # the first scrape: the baseline
+    assert client.prefill_costs() is None
     for i, length in enumerate((40, 400, 100, 250)):
         prompt = tuple(engine.tokenizer.encode(chr(97 + i) * length))
-        await collect(vllm, GenerateRequest(f"p{i}", prompt, SamplingParams(max_tokens=4)))
-        await vllm.capacity()  # a scrape after each request
-    costs = vllm.prefill_costs()
+        await collect(client, GenerateRequest(f"p{i}", prompt, SamplingParams(max_tokens=4)))
+        await client.capacity()  # a scrape after each request
+    costs = client.prefill_costs()
     stats = await engine.stats()
     assert stats.prefilled_requests == 4 and stats.prefill_computed_tokens == stats.prefill_tokens
     assert costs is not None and costs[1] == 0.0
@@ -118,19 +179,19 @@ async def test_a_vllm_replica_declares_the_prefill_cost_its_server_measured(
     assert fit is not None and fit[0] / 10 < costs[0] < fit[0] * 10
 
 
-async def test_the_policy_prices_a_recompute_on_a_vllm_replica_at_its_servers_prefill_cost(
-    replica: tuple[VLLMEngine, TorchEngine],
+async def test_the_policy_prices_a_recompute_on_an_http_replica_at_its_servers_prefill_cost(
+    replica: tuple[VLLMEngine | SGLangEngine, TorchEngine],
 ) -> None:
     from legato.scheduler.baselines import Continuum
     from legato.scheduler.runtime import PolicyScheduler
     from tests.scheduler.test_runtime import run_agents
 
-    vllm, _ = replica
-    async with PolicyScheduler([vllm], Continuum()) as sched:
+    client, _ = replica
+    async with PolicyScheduler([client], Continuum()) as sched:
         assert sched.view.replica(0).prefill_s_per_token is None  # nothing prefilled yet
         await run_agents(sched)
         await sched.settle()
         view = sched.view.replica(0)
-        costs = vllm.prefill_costs()
+        costs = client.prefill_costs()
         assert costs is not None and view.prefill_s_per_token == costs[0] > 0.0
         assert view.prefill_s_per_pair == 0.0

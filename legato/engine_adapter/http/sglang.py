@@ -9,6 +9,7 @@ from urllib.parse import urlsplit
 import anyio
 
 from legato.engine_adapter.base import (
+    Capability,
     EngineCapacity,
     EngineError,
     GenerateRequest,
@@ -27,6 +28,7 @@ from legato.engine_adapter.http.common import (
     request_text,
     shared_sampling_fields,
 )
+from legato.engine_adapter.http.prefill_metrics import PrefillFromMetrics, sglang_totals
 from legato.engine_adapter.http.spec_counters import SGLangSpecTally, SpecStats
 
 SERVER = "SGLang"
@@ -56,10 +58,13 @@ class SGLangEngine(HTTPEngineBase):
     hints (radix-tree LRU), no KV export/import over HTTP, no sampling `seed` unless the server
     honours `sampling_seed`. `capacity()` reads `page_size` and `max_total_num_tokens` from
     `/get_server_info` and `sglang:token_usage` from `/metrics` (SGLang needs `--enable-metrics`;
-    without it every block is reported free). A finished request's speculation counts in
+    without it every block is reported free), and with them the time-to-first-token and queue-time
+    histograms that give `prefill_costs()` (`prefill_metrics`). A finished request's speculation counts in
     `meta_info` (`spec_verify_ct` and the accepted / drafted tokens) come back on its last chunk
     and add up in `stats()` (`spec_counters`).
     """
+
+    BASE_CAPABILITIES = frozenset({Capability.LOGPROBS, Capability.PREFILL_COSTS})
 
     def __init__(
         self,
@@ -84,6 +89,7 @@ class SGLangEngine(HTTPEngineBase):
         self._send_session = send_session
         self._priority_sign = 1 if low_priority_values_first else -1
         self._spec = SGLangSpecTally()
+        self._prefill = PrefillFromMetrics(sglang_totals)
 
     def _sampling(self, sp: SamplingParams) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -174,9 +180,16 @@ class SGLangEngine(HTTPEngineBase):
             with anyio.fail_after(30):
                 metrics = parse_prometheus(await request_text(self._client, SERVER, "/metrics"))
             used = max((value for _, value in metrics.get("sglang:token_usage", [])), default=0.0)
+            self._prefill.observe(metrics)
         except EngineError:
             pass  # metrics are off (no --enable-metrics): report everything free
         return EngineCapacity(block_size=page, total_blocks=total, free_blocks=round(total * (1 - used)))
+
+    def prefill_costs(self) -> tuple[float, float] | None:
+        """`PrefillCostEngine`: seconds per prompt token from the server's first-token and queue
+        times, as of the last `capacity()` (`prefill_metrics`); None until it has prefilled
+        something since this client first looked (or without `--enable-metrics`)."""
+        return self._prefill.costs()
 
     async def stats(self) -> SpecStats:
         """Speculative-decoding counters of the requests this engine sent (`spec_counters`)."""

@@ -293,8 +293,7 @@ class VLLMEngine(HTTPEngineBase):
         """`PrefillCostEngine`: seconds per prompt token from the server's prefill-phase metrics,
         as of the last `capacity()` (`prefill_metrics`; no separate context term); None until it
         has prefilled something since this client first looked."""
-        per_token = self._prefill.per_token_s
-        return None if per_token is None else (per_token, 0.0)
+        return self._prefill.costs()
 
     async def stats(self) -> SpecStats:
         """The server's speculative-decoding counters (`spec_counters`; all 0 without speculation)."""

@@ -76,6 +76,8 @@ _COUNTERS = (
     ("vllm:spec_decode_num_drafts_total", "spec_drafts", "Verify steps that checked a draft."),
     ("vllm:spec_decode_num_draft_tokens_total", "spec_draft_tokens", "Draft tokens proposed."),
     ("vllm:spec_decode_num_accepted_tokens_total", "spec_accepted_tokens", "Draft tokens accepted."),
+    ("sglang:prompt_tokens_total", "prompt_tokens", "Prompt tokens of admitted requests."),
+    ("sglang:cached_tokens_total", "prefix_hit_tokens", "Prompt tokens served from the prefix cache."),
 )
 
 
@@ -90,8 +92,9 @@ async def engine_counters(engine: Engine, label: str) -> list[str]:
         value = getattr(stats, attr, None)
         if isinstance(value, int):
             lines += [f"# HELP {name} {text}", f"# TYPE {name} counter", f"{name}{{{label}}} {value}"]
-    # vLLM's prefill-phase histograms (sum and count; one +Inf bucket): a scheduler reading them
-    # learns the engine's prefill cost (`VLLMEngine.prefill_costs`)
+    # vLLM's prefill-phase histograms and SGLang's first-token and queue-time ones (sum and
+    # count; one +Inf bucket): a scheduler reading them learns the engine's prefill cost
+    # (`VLLMEngine.prefill_costs`, `SGLangEngine.prefill_costs`)
     requests = getattr(stats, "prefilled_requests", None)
     if isinstance(requests, int):
         for name, value, text in (
@@ -104,6 +107,16 @@ async def engine_counters(engine: Engine, label: str) -> list[str]:
                 "vllm:request_prefill_kv_computed_tokens",
                 stats.prefill_computed_tokens,
                 "Prompt tokens computed in the prefill phase (prefix-cache hits excluded).",
+            ),
+            (
+                "sglang:time_to_first_token_seconds",
+                stats.prefill_queue_time_s + stats.prefill_time_s,
+                "Seconds from queued to first token.",
+            ),
+            (
+                "sglang:queue_time_seconds",
+                stats.prefill_queue_time_s,
+                "Seconds from queued to first admission.",
             ),
         ):
             lines += [

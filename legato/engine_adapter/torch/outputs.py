@@ -46,13 +46,16 @@ class RequestOutput:
 
 @dataclass(slots=True)
 class PrefillPhase:
-    """vLLM's prefill-phase metrics (`vllm:request_prefill_time_seconds`,
-    `vllm:request_prefill_kv_computed_tokens`), summed: per request, the time from its first
-    admission to its first token and the prompt tokens the prefix cache did not serve then. A
-    scheduler reading them through the vLLM API learns this engine's prefill cost."""
+    """The prefill-phase metrics of vLLM (`vllm:request_prefill_time_seconds`,
+    `vllm:request_prefill_kv_computed_tokens`) and SGLang (`sglang:queue_time_seconds`, the
+    wait that its `time_to_first_token_seconds` adds to the prefill phase), summed: per request,
+    the time from its first admission to its first token, the time it waited before that
+    admission, and the prompt tokens the prefix cache did not serve. A scheduler reading them
+    through either server's API learns this engine's prefill cost."""
 
     requests: int = 0
     seconds: float = 0.0
+    queued_s: float = 0.0
     computed_tokens: int = 0
 
     def record(self, seq: Seq, now: float) -> None:
@@ -60,6 +63,8 @@ class PrefillPhase:
             return
         self.requests += 1
         self.seconds += max(0.0, now - seq.scheduled_s)
+        if seq.arrived_s is not None:
+            self.queued_s += max(0.0, seq.scheduled_s - seq.arrived_s)
         self.computed_tokens += max(0, seq.num_prompt_tokens - seq.cached_tokens)
 
 
@@ -88,6 +93,7 @@ class EngineStats:
     # first admission to first token, and prompt tokens not served by the prefix cache then
     prefilled_requests: int = 0
     prefill_time_s: float = 0.0
+    prefill_queue_time_s: float = 0.0  # ... and their seconds from queued to first admission
     prefill_computed_tokens: int = 0
     forked_samples: int = 0  # samples of n > 1 requests that started from a forked prompt
     spec_drafts: int = 0  # verify steps that checked a draft (speculator.py)

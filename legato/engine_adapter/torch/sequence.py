@@ -45,6 +45,7 @@ class Sequence:
     block_hashes: list[bytes] = field(default_factory=list)  # chain over full blocks of token_ids
     num_registered_blocks: int = 0  # leading blocks of block_table already in the prefix cache
     cached_tokens: int | None = None  # prefix-cache hit at first admission
+    arrived_s: float | None = None  # engine clock when it was queued (SGLang's queue start)
     scheduled_s: float | None = None  # engine clock at its first admission (vLLM's scheduled_ts)
     num_preemptions: int = 0
     num_draft: int = 0  # unverified draft tokens at the end of token_ids (speculator.py; 0 between steps)
