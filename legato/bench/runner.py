@@ -257,7 +257,8 @@ def execute_bench(
     if engine == "torch":
         report["engine_params"] = _torch_engine_params(engine_options, results[concurrency])
     else:
-        report["engine_params"] = {"max_num_batched_tokens": config.max_num_batched_tokens}
+        step_tokens, seats = config.batch_limits()
+        report["engine_params"] = {"max_num_batched_tokens": step_tokens, "max_num_seqs": seats}
         from legato.bench.kv_bound import compute
 
         if not any(table for _, table in specs):  # the bound's step model has no speculation
@@ -285,7 +286,8 @@ Run = tuple[int, str]  # (concurrency, policy)
 
 
 # Simulated engine options (`--param`): the engine's token budget per step (vLLM's
-# `--max-num-batched-tokens`: how large a prefill chunk a step may take).
+# `--max-num-batched-tokens`: how large a prefill chunk a step may take; default: what `vllm
+# serve` picks on the GPU, `hardware.GPUSpec.serve_batched_tokens`).
 SIM_PARAMS = ("max_num_batched_tokens",)
 
 

@@ -15,8 +15,9 @@ class SimConfig:
     gpu: str = "h100"
     model: str = "llama-3.1-8b"
     replicas: int = 1
-    max_num_batched_tokens: int = 8192
-    max_num_seqs: int = 256
+    # None: what `vllm serve` picks on this GPU (`hardware.GPUSpec.serve_batched_tokens`)
+    max_num_batched_tokens: int | None = None
+    max_num_seqs: int | None = None
     block_size: int = 16
     kv_blocks: int | None = None  # None: from GPU memory (see CostModel.kv_capacity_blocks)
     tiers: tuple[str, ...] = ()  # KV tiers below the device, fastest first: "host[:GB]", "redis[:GB]"
@@ -25,6 +26,14 @@ class SimConfig:
     overhead_s: float = 1.5e-3
     # speculative decoding: measured (draft length, tokens per verify step); () = none (sim/spec.py)
     spec_acceptance: tuple[tuple[int, float], ...] = ()
+
+    def batch_limits(self) -> tuple[int, int]:
+        """(token budget per step, most sequences running): as set, else the GPU's defaults."""
+        spec = gpu_preset(self.gpu)
+        return (
+            self.max_num_batched_tokens or spec.serve_batched_tokens,
+            self.max_num_seqs or spec.serve_max_seqs,
+        )
 
     def cost_model(self) -> CostModel:
         if self.spec_acceptance:

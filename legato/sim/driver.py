@@ -151,13 +151,14 @@ class _Sim:
             blocks = config.kv_blocks
         else:
             blocks = cost.kv_capacity_blocks(config.block_size)
+        step_tokens, seats = config.batch_limits()
         self.engines = [
             SimEngine(
                 i,
                 cost,
                 KVPool(blocks, config.block_size, policy.traits.eviction),
-                max_num_batched_tokens=config.max_num_batched_tokens,
-                max_num_seqs=config.max_num_seqs,
+                max_num_batched_tokens=step_tokens,
+                max_num_seqs=seats,
                 check=check,
                 pin_yield=policy.traits.pin_yield,
                 swap=policy.traits.preemption == "swap",

@@ -18,6 +18,12 @@ class GPUSpec:
     peak_flops: float  # dense bf16 (fp16 on T4, which has no bf16) tensor-core FLOP/s
     hbm_bw: float  # bytes/s
     memory_bytes: float
+    # What `vllm serve` picks on this GPU when not told (`EngineArgs` batch defaults: 8192
+    # tokens per step and 1024 sequences on GPUs of 70 GiB or more other than the A100, else
+    # 2048 and 256; SGLang's `chunked_prefill_size` is 2048 below 35 GB too): the simulated
+    # engine's step budget and seats unless a run sets them.
+    serve_batched_tokens: int = 2048
+    serve_max_seqs: int = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,7 +41,14 @@ class TierSpec:
 
 
 GPUS: dict[str, GPUSpec] = {
-    "h100": GPUSpec("H100 SXM 80GB", peak_flops=989e12, hbm_bw=3.35e12, memory_bytes=80 * GB),
+    "h100": GPUSpec(
+        "H100 SXM 80GB",
+        peak_flops=989e12,
+        hbm_bw=3.35e12,
+        memory_bytes=80 * GB,
+        serve_batched_tokens=8192,
+        serve_max_seqs=1024,
+    ),
     "a10": GPUSpec("A10 24GB", peak_flops=125e12, hbm_bw=600e9, memory_bytes=24 * GB),
     "t4": GPUSpec("T4 16GB", peak_flops=65e12, hbm_bw=320e9, memory_bytes=16 * GB),
 }

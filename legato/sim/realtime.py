@@ -64,19 +64,18 @@ class RealtimeSimConfig:
     model: str = "llama-3.1-8b"
     block_size: int = 16
     num_blocks: int | None = None  # None: what the cost model says fits on the GPU
-    max_num_batched_tokens: int = 8192
-    max_num_seqs: int = 256
+    max_num_batched_tokens: int | None = None  # None: the GPU's `vllm serve` default (`GPUSpec`)
+    max_num_seqs: int | None = None  # ... likewise
     max_model_len: int = 32768
     time_scale: float = 1.0  # >1 slows the simulated GPU down, <1 speeds it up
     seed: int = 0
     request_timeout_s: float = 600.0
 
     def __post_init__(self) -> None:
-        for name in ("block_size", "max_num_batched_tokens", "max_num_seqs", "max_model_len"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.num_blocks is not None and self.num_blocks < 1:
-            raise ValueError(f"num_blocks must be >= 1, got {self.num_blocks}")
+        for name in ("block_size", "max_num_batched_tokens", "max_num_seqs", "max_model_len", "num_blocks"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
         if not self.time_scale >= 0:
             raise ValueError(f"time_scale must be >= 0, got {self.time_scale}")
 
@@ -105,7 +104,8 @@ class RealtimeSimEngine(WorkerThread):
 
     def __init__(self, config: RealtimeSimConfig | None = None, *, model_name: str | None = None) -> None:
         self.config = cfg = config or RealtimeSimConfig()
-        self.cost = CostModel(model_preset(cfg.model), gpu_preset(cfg.gpu))
+        gpu = gpu_preset(cfg.gpu)
+        self.cost = CostModel(model_preset(cfg.model), gpu)
         self.num_blocks = cfg.num_blocks or self.cost.kv_capacity_blocks(cfg.block_size)
         self.max_model_len = cfg.max_model_len
         self._name = model_name or f"sim-{cfg.model}"
@@ -121,8 +121,8 @@ class RealtimeSimEngine(WorkerThread):
             0,
             self.cost,
             KVPool(self.num_blocks, cfg.block_size),
-            max_num_batched_tokens=cfg.max_num_batched_tokens,
-            max_num_seqs=cfg.max_num_seqs,
+            max_num_batched_tokens=cfg.max_num_batched_tokens or gpu.serve_batched_tokens,
+            max_num_seqs=cfg.max_num_seqs or gpu.serve_max_seqs,
         )
         self._live: dict[str, SimStream] = {}  # added to the replica, not finished
         self._by_sim: dict[int, SimStream] = {}  # id(SimRequest) -> its stream

@@ -152,10 +152,27 @@ def test_the_simulated_engine_takes_its_step_budget_from_a_param() -> None:
         for budget in (8192, 1024)
     }
     small, large = runs[1024].outcomes["fcfs-lru"], runs[8192].outcomes["fcfs-lru"]
-    assert runs[1024].report["engine_params"] == {"max_num_batched_tokens": 1024}
+    assert runs[1024].report["engine_params"] == {"max_num_batched_tokens": 1024, "max_num_seqs": 1024}
     assert small.extra["engine_steps"] > large.extra["engine_steps"]
     assert small.extra["prefill_exposed_s"] < large.extra["prefill_exposed_s"]
     assert "max_num_batched_tokens" not in runs[1024].report["workload_params"]
+
+
+@pytest.mark.parametrize(("gpu", "limits"), [("h100", (8192, 1024)), ("a10", (2048, 256))])
+def test_the_simulated_engine_defaults_to_what_vllm_serve_picks_on_the_gpu(
+    gpu: str, limits: tuple[int, int]
+) -> None:
+    """Without `-p max_num_batched_tokens`, the step budget and seats are `vllm serve`'s for the
+    GPU (8192 / 1024 on an H100, 2048 / 256 on an A10), and the report says which ran."""
+    run = execute_bench(
+        "swe",
+        ["fcfs-lru"],
+        programs=2,
+        concurrency=2,
+        gpu=gpu,
+        workload_params={"steps_min": "2", "steps_max": "2"},
+    )
+    assert run.report["engine_params"] == {"max_num_batched_tokens": limits[0], "max_num_seqs": limits[1]}
 
 
 def test_bound_command_prints_and_writes_the_bound(tmp_path: Path) -> None:
