@@ -29,11 +29,7 @@ class SimConfig:
 
     def batch_limits(self) -> tuple[int, int]:
         """(token budget per step, most sequences running): as set, else the GPU's defaults."""
-        spec = gpu_preset(self.gpu)
-        return (
-            self.max_num_batched_tokens or spec.serve_batched_tokens,
-            self.max_num_seqs or spec.serve_max_seqs,
-        )
+        return gpu_preset(self.gpu).batch_limits(self.max_num_batched_tokens, self.max_num_seqs)
 
     def cost_model(self) -> CostModel:
         if self.spec_acceptance:

@@ -25,6 +25,10 @@ class GPUSpec:
     serve_batched_tokens: int = 2048
     serve_max_seqs: int = 256
 
+    def batch_limits(self, tokens: int | None, seqs: int | None) -> tuple[int, int]:
+        """(token budget per step, most sequences running): those given, else the defaults."""
+        return tokens or self.serve_batched_tokens, seqs or self.serve_max_seqs
+
 
 @dataclass(frozen=True, slots=True)
 class TierSpec:

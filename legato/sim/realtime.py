@@ -105,6 +105,7 @@ class RealtimeSimEngine(WorkerThread):
     def __init__(self, config: RealtimeSimConfig | None = None, *, model_name: str | None = None) -> None:
         self.config = cfg = config or RealtimeSimConfig()
         gpu = gpu_preset(cfg.gpu)
+        step_tokens, seats = gpu.batch_limits(cfg.max_num_batched_tokens, cfg.max_num_seqs)
         self.cost = CostModel(model_preset(cfg.model), gpu)
         self.num_blocks = cfg.num_blocks or self.cost.kv_capacity_blocks(cfg.block_size)
         self.max_model_len = cfg.max_model_len
@@ -121,8 +122,8 @@ class RealtimeSimEngine(WorkerThread):
             0,
             self.cost,
             KVPool(self.num_blocks, cfg.block_size),
-            max_num_batched_tokens=cfg.max_num_batched_tokens or gpu.serve_batched_tokens,
-            max_num_seqs=cfg.max_num_seqs or gpu.serve_max_seqs,
+            max_num_batched_tokens=step_tokens,
+            max_num_seqs=seats,
         )
         self._live: dict[str, SimStream] = {}  # added to the replica, not finished
         self._by_sim: dict[int, SimStream] = {}  # id(SimRequest) -> its stream

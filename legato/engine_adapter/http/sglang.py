@@ -58,10 +58,10 @@ class SGLangEngine(HTTPEngineBase):
     hints (radix-tree LRU), no KV export/import over HTTP, no sampling `seed` unless the server
     honours `sampling_seed`. `capacity()` reads `page_size` and `max_total_num_tokens` from
     `/get_server_info` and `sglang:token_usage` from `/metrics` (SGLang needs `--enable-metrics`;
-    without it every block is reported free), and with them the time-to-first-token and queue-time
-    histograms that give `prefill_costs()` (`prefill_metrics`). A finished request's speculation counts in
-    `meta_info` (`spec_verify_ct` and the accepted / drafted tokens) come back on its last chunk
-    and add up in `stats()` (`spec_counters`).
+    without it every block is reported free), and with them the time-to-first-token and
+    queue-time histograms that give `prefill_costs()` (`prefill_metrics`). A finished request's
+    speculation counts in `meta_info` (`spec_verify_ct` and the accepted / drafted tokens) come
+    back on its last chunk and add up in `stats()` (`spec_counters`).
     """
 
     BASE_CAPABILITIES = frozenset({Capability.LOGPROBS, Capability.PREFILL_COSTS})
