@@ -13,6 +13,7 @@ naming it and the valid choices (the CLI turns it into exit status 2).
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -305,8 +306,8 @@ def _split_engine_params(
             number = float(str(value))
         except ValueError:
             raise BenchInputError(f"--param {key} must be a number, got {value!r}") from None
-        if not number > 0 or number != number:
-            raise BenchInputError(f"--param {key} must be > 0, got {value!r}")
+        if not 0 < number < math.inf:
+            raise BenchInputError(f"--param {key} must be > 0 and finite, got {value!r}")
         options[key] = number
     return rest, options
 

@@ -49,6 +49,7 @@ SMALL = [
         (["--gpu", "t4", "--model", "llama-3.1-70b"], "does not fit on T4"),
         (["--gpu", "a10", "-p", "steps_min=60"], "tokens of KV but one replica of llama-3.1-8b on a10 holds"),
         (["-p", "max_num_batched_tokens=0"], "--param max_num_batched_tokens must be > 0"),
+        (["-p", "max_num_batched_tokens=inf"], "--param max_num_batched_tokens must be > 0 and finite"),
         (["-p", "max_num_batched_tokens=512.5"], "--param max_num_batched_tokens must be an integer"),
         (["-p", "max_num_batched_tokens=lots"], "--param max_num_batched_tokens must be a number"),
     ],
