@@ -140,6 +140,22 @@ def test_sglang_increments_that_do_not_add_up_yet_carry_over() -> None:
     assert sglang_totals(parse_prometheus(no_queue)) is None  # TTFT alone would count the wait
 
 
+def test_sglang_queue_time_counts_once_per_data_parallel_group() -> None:
+    """With metrics on every scheduler, each tensor-parallel rank records the same requests'
+    queue time: only rank 0 of each data-parallel group counts (the first-token histogram
+    comes from the one tokenizer manager)."""
+    lines = [
+        "sglang:time_to_first_token_seconds_sum 12.0",
+        "sglang:time_to_first_token_seconds_count 4",
+        "sglang:prompt_tokens_total 4000",
+        "sglang:cached_tokens_total 0",
+    ]
+    for dp in ("0", "1"):
+        for tp in ("0", "1"):
+            lines.append(f'sglang:queue_time_seconds_sum{{dp_rank="{dp}",tp_rank="{tp}",pp_rank="0"}} 5.0')
+    assert sglang_totals(parse_prometheus("\n".join(lines) + "\n")) == (2.0, 4.0, 4000.0)
+
+
 @pytest.fixture(params=["vllm", "sglang"])
 async def replica(
     request: pytest.FixtureRequest,

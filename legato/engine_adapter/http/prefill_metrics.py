@@ -70,10 +70,18 @@ def sglang_totals(metrics: Samples) -> Totals | None:
     """An SGLang server's prefill totals: time to first token less time queued (module
     docstring); None without either histogram (an older server, or `--enable-metrics` off)."""
     ttft, requests = _sum(metrics, SGLANG_TTFT_SECONDS), _sum(metrics, SGLANG_TTFT_REQUESTS)
-    queued, prompt = _sum(metrics, SGLANG_QUEUE_SECONDS), _sum(metrics, SGLANG_PROMPT_TOKENS)
+    queued = _sum(metrics, SGLANG_QUEUE_SECONDS, _lead_rank)
+    prompt = _sum(metrics, SGLANG_PROMPT_TOKENS)
     if ttft is None or requests is None or queued is None or prompt is None:
         return None
     return max(0.0, ttft - queued), requests, prompt - (_sum(metrics, SGLANG_CACHED_TOKENS) or 0.0)
+
+
+def _lead_rank(labels: dict[str, str]) -> bool:
+    """A sample of an SGLang scheduler that leads its data-parallel group: with
+    `--enable-metrics-for-all-schedulers` every tensor- and pipeline-parallel rank records the
+    same requests (`tp_rank`, `pp_rank` labels), and only one of them may count."""
+    return labels.get("tp_rank", "0") == "0" and labels.get("pp_rank", "0") == "0"
 
 
 @dataclass(slots=True)
@@ -111,8 +119,11 @@ class PrefillFromMetrics:
         return None if self.per_token_s is None else (self.per_token_s, 0.0)
 
 
-def _sum(metrics: Samples, name: str) -> float | None:
-    """The metric summed over its label sets (one per engine core and model); None when the
-    server does not export it or exports no finite non-negative sample."""
-    values = [v for _, v in metrics.get(name, ()) if math.isfinite(v) and v >= 0.0]
+def _sum(
+    metrics: Samples, name: str, keep: Callable[[dict[str, str]], bool] = lambda _: True
+) -> float | None:
+    """The metric summed over its label sets that `keep` accepts (one per engine core, model or
+    data-parallel rank); None when the server does not export it or exports no finite
+    non-negative sample."""
+    values = [v for labels, v in metrics.get(name, ()) if keep(labels) and math.isfinite(v) and v >= 0.0]
     return sum(values) if values else None
