@@ -506,7 +506,11 @@ class AdmissionControl:
     def _relieve(self, replica: int, now: float, view: ClusterView, out: list[Decision]) -> None:
         """Pause programs on `replica` until its footprint is back within capacity — only when
         the engine is really short: the footprint is an estimate (output reserves), and while
-        the engine has free blocks for the excess a pause would throw KV away for nothing."""
+        the engine has free blocks for the excess a pause would throw KV away for nothing. A
+        program with calls on the engine is paused only while the calls on the engine do not
+        fit its pool together (`_calls_fit`): where they fit, the excess is contexts held for
+        later and estimates, which pausing idle programs releases, and pausing a running one
+        would drop KV its call is reading (computed again after a wait in the queue)."""
         if self.budget.count[replica] <= 1:
             return  # its last program: the engine serves any call that fits its whole pool
         rv = view.replica(replica)
@@ -515,9 +519,20 @@ class AdmissionControl:
         while self.budget.overflow(replica) > 0 and self.budget.count[replica] > 1:
             over = self.budget.current[replica] > self.budget.capacity[replica]
             victim = pick_victim(self._victims[replica], self._runs, replica, over)
-            if victim is None:
+            if victim is None or (victim.dispatched and self._calls_fit(replica)):
                 return
             self._pause(victim, now, out)
+
+    def _calls_fit(self, replica: int) -> bool:
+        """Do the prompts of the admitted programs' calls on `replica`'s engine fit its pool
+        together (a scan of the programs, made only before pausing a running one)?"""
+        on_engine = sum(
+            r.live.get(call_id, 0)
+            for r in self._runs.values()
+            if r.state == ACTIVE and r.replica == replica
+            for call_id in r.sent_s
+        )
+        return on_engine <= self.pool[replica]
 
     def _after_change(self, r: Run, now: float, view: ClusterView, out: list[Decision]) -> None:
         """The run's footprint changed: update the budget, relieve its replica if needed."""

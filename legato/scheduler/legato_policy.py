@@ -23,7 +23,8 @@ call timings otherwise). Concerns, one module each:
   admitted programs read again). When the footprint
   grows past the capacity and the engine has no free blocks left for the excess, whole
   programs are paused (`victims.pick_victim`: newest first, preferring ones with no call on
-  the engine), so the engine never thrashes. A replica with nothing to run while programs
+  the engine, and one with calls on the engine only while those calls do not fit the pool
+  together), so the engine never thrashes. A replica with nothing to run while programs
   wait releases the KV held for programs inside tools (`_unhold_idle`: as many, newest first,
   as the waiting program needs), unless a tool is expected back before recomputing their
   contexts would pay for the idle engine (`_worth_idling`: the pin TTL with the whole engine's

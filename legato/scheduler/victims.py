@@ -6,7 +6,8 @@ done and the least waiting behind them.
 
 - `pick_victim`: on overflow, the newest program with no call on the engine (pausing it costs
   no work in flight); past the whole capacity, the newest one even with work on the engine
-  (its call is recomputed later) rather than letting the engine thrash.
+  (its call is recomputed later) rather than letting the engine thrash, which the caller does
+  only while the calls on the engine do not fit the pool together (`_relieve`).
 - `idle_holders`: programs holding KV through a tool or for a next call that has not come, for
   an engine that has nothing to run while others wait (`Legato._unhold_idle`).
 

@@ -490,3 +490,36 @@ def test_admission_commits_memory_until_the_run_can_next_be_paused(alone: bool, 
         out += policy.on_event(RunStarted(f"r{i}", "agent", "t0"), 0.0, view)
         out += policy.on_event(_call(f"r{i}", 0, 1000), 0.0, view)
     assert len(_dispatched(out)) == admitted
+
+
+class _FullView(_View):
+    """An engine with no free block left: an overflow of the budget is real."""
+
+    def replica(self, index: int) -> ReplicaView:
+        return ReplicaView(index, 16, self.blocks, 0, self.running, 0, prefill_s_per_token=self.prefill)
+
+
+@pytest.mark.parametrize(("prompt", "paused"), [(3000, []), (4000, ["c"])])
+def test_a_program_is_paused_in_its_call_only_when_the_calls_on_the_engine_overflow_the_pool(
+    prompt: int, paused: list[str]
+) -> None:
+    # A replica that let the engine pack (no budget) turns to gating with three programs in
+    # their calls, each reserving 1,000 output tokens: their footprint passes the 10,000-token
+    # pool. Pausing one would drop KV its call is reading; that pays only where the calls do not
+    # fit the engine together. 3 x 3,000 prompt tokens fit (the excess is the reserves the
+    # outputs may not need): nobody is paused. 3 x 4,000 do not: the newest is.
+    policy = Legato()
+    policy.predictor.history.record_output("agent", 1000)
+    view = _FullView(10_000)
+    policy.on_event(RunStarted("a", "agent", "t0"), 0.0, view)
+    policy.budget.set_capacity([math.inf])  # packing
+    out: list[Decision] = []
+    for run in ("a", "b", "c"):
+        if run != "a":
+            out += policy.on_event(RunStarted(run, "agent", "t0"), 0.0, view)
+        out += policy.on_event(_call(run, 0, prompt, tool=None, last=True), 0.0, view)
+    assert _dispatched(out) == ["a#0", "b#0", "c#0"]
+    policy.budget.set_capacity([10_000.0])  # gating from now on (`regime`)
+    out = []
+    policy._relieve(0, 1.0, view, out)
+    assert [d.run_id for d in out if isinstance(d, Pause)] == paused
