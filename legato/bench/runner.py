@@ -204,10 +204,8 @@ def execute_bench(
     else:
         config = sim_config(gpu, model, replicas, tiers)
         if "max_num_batched_tokens" in engine_options:
-            budget = engine_options["max_num_batched_tokens"]
-            if budget != int(budget):
-                raise BenchInputError(f"--param max_num_batched_tokens must be an integer, got {budget}")
-            config = dataclasses.replace(config, max_num_batched_tokens=int(budget))
+            budget = int(engine_options["max_num_batched_tokens"])
+            config = dataclasses.replace(config, max_num_batched_tokens=budget)
     workload = build(workload_name, programs, seed, workload_params or {})
     if config is not None:
         _check_fits(workload, config)
@@ -290,12 +288,14 @@ Run = tuple[int, str]  # (concurrency, policy)
 # `--max-num-batched-tokens`: how large a prefill chunk a step may take; default: what `vllm
 # serve` picks on the GPU, `hardware.GPUSpec.serve_batched_tokens`).
 SIM_PARAMS = ("max_num_batched_tokens",)
+COUNT_PARAMS = ("max_num_batched_tokens", "kv_blocks")  # engine options that count things: integers
 
 
 def _split_engine_params(
     params: Mapping[str, object], names: Sequence[str]
 ) -> tuple[dict[str, object], dict[str, float]]:
-    """(workload params, engine options named in `names`, each a positive number)."""
+    """(workload params, engine options named in `names`, each a positive number; an integer
+    for those that count tokens or blocks, `COUNT_PARAMS`)."""
     rest: dict[str, object] = {}
     options: dict[str, float] = {}
     for key, value in params.items():
@@ -308,6 +308,8 @@ def _split_engine_params(
             raise BenchInputError(f"--param {key} must be a number, got {value!r}") from None
         if not 0 < number < math.inf:
             raise BenchInputError(f"--param {key} must be > 0 and finite, got {value!r}")
+        if key in COUNT_PARAMS and number != int(number):
+            raise BenchInputError(f"--param {key} must be an integer, got {value!r}")
         options[key] = number
     return rest, options
 

@@ -2,7 +2,7 @@
 
 Why one helper: two engine costs are learned this way, each from what its engine reports. The
 torch engine fits its prefill cost to its own steps (`prefill_model`: tokens and attended pairs
-against step time); a scheduler fits a vLLM server's from the server's prefill-phase metrics
+against step time); a scheduler fits a vLLM or SGLang server's from its prefill-phase metrics
 (`engine_adapter.http.prefill_metrics`: requests and prompt tokens against prefill seconds).
 Older observations weigh `decay` times less per new one, so a fit follows its machine and load.
 """

@@ -5,8 +5,8 @@ the engine the policy runs on, never from a constant:
 
 - when the driver declares the engine's facts (`ReplicaView.prefill_s_per_token` etc.; the
   simulator derives them from its roofline cost model for the GPU and model, the torch engine
-  reports the prefill cost it fits to its own step timings, a vLLM replica the one it fits to
-  the server's prefill-phase metrics), they are used as they are;
+  reports the prefill cost it fits to its own step timings, a vLLM or SGLang replica the one it
+  fits to the server's prefill-phase metrics), they are used as they are;
 - otherwise (a real engine that does not declare them) they are measured online: the seconds a
   replica spent with calls in flight divided by the tokens it computed in that time (uncached
   prompt plus output). That is an upper bound on a prefill token's cost (decode tokens are

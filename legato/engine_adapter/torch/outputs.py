@@ -89,8 +89,9 @@ class EngineStats:
     tier_loaded_tokens: int = 0  # prompt tokens imported from the host tier / Redis before prefill
     offloaded_blocks: int = 0  # evicted blocks handed to the host tier
     prefill_tokens: int = 0  # prompt tokens run through the model (cache hits and forks excluded)
-    # vLLM's prefill phase, summed over requests that reached their first token: seconds from
-    # first admission to first token, and prompt tokens not served by the prefix cache then
+    # the prefill phase (`PrefillPhase`), summed over requests that reached their first token:
+    # seconds from first admission to first token, and prompt tokens not served by the prefix
+    # cache then
     prefilled_requests: int = 0
     prefill_time_s: float = 0.0
     prefill_queue_time_s: float = 0.0  # ... and their seconds from queued to first admission
